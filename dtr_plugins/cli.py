@@ -1,0 +1,215 @@
+"""The ``dtr`` command: parses arguments and calls the public API; nothing else lives here.
+
+Bad input (a :class:`UserError`) prints one line on stderr and exits with status 2; ``--debug`` shows
+the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from .core.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message by default)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set routing.beta=0.7 (repeatable)")
+
+
+def _load(args):
+    from . import load_config
+
+    return load_config(args.config, overrides=args.overrides)
+
+
+def cmd_plugins(args) -> int:
+    from .core.plugins import default_registry
+
+    registry = default_registry()
+    rows = [p.as_dict() for p in registry.list()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ["kind", "name", "distribution", "version", "description"]
+    table = [[str(r[h] or "-") for h in headers] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_validate(args) -> int:
+    cfg = _load(args)
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def cmd_masks(args) -> int:
+    from .core.build import build_model
+    from .engine.plots import plot_routing_plan
+
+    cfg = _load(args)
+    model = build_model(cfg)
+    out = plot_routing_plan(model.plan, args.out, title=f"{cfg.name}: {model.plan.strategy_repr}")
+    print(f"wrote {out} ({model.plan.num_tables} distinct table(s) over {len(model.plan.layer_table)} routed layers)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import train
+
+    cfg = _load(args)
+    run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
+    if run_dir is not None:
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import sample
+
+    out = sample(args.source, num=args.num, out=args.out, sampler=args.sampler, respacing=args.respacing,
+                 cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
+                 use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load)
+    if out is not None:
+        print(f"samples: {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import evaluate
+    from .core.io import write_json
+
+    result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
+                      weights_path=args.weights)
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from . import run_suite
+
+    run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .engine.report import build_report
+
+    path = build_report(args.suite_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_cache_latents(args) -> int:
+    from .engine.latents import cache_latents
+
+    cfg = _load(args)
+    path = cache_latents(cfg)
+    print(f"latent cache: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dtr", description="Task routing for diffusion models (DTR and friends).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("plugins", help="list installed plugins: kind, name, distribution, version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("validate", help="validate a config and print it resolved, defaults filled in")
+    _config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("masks", help="draw the mask tables of a config as heatmaps")
+    _config_args(p)
+    p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
+    p.set_defaults(func=cmd_masks)
+
+    p = sub.add_parser("train", help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
+    p.add_argument("--allow-unsafe-load", action="store_true",
+                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample images from a run directory or checkpoint")
+    p.add_argument("source", help="run directory or checkpoint file")
+    p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--out", default=None, help="output folder (default <run>/samples)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--respacing", default=None, help='timestep respacing, e.g. "250" or "ddim50"')
+    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (default: balanced)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--allow-unsafe-load", action="store_true",
+                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="score samples against a reference (FID, IS, KID, precision/recall)")
+    p.add_argument("--samples", required=True, help="sample folder or .npz")
+    p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
+    p.add_argument("--feature-extractor", default="inception-v3-compat")
+    p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("suite", help="run an ablation suite (matrix of runs) and build its report")
+    p.add_argument("suite", help="suite file (YAML)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one GPU each)")
+    p.set_defaults(func=cmd_suite)
+
+    p = sub.add_parser("report", help="rebuild a suite's report.md, results.csv and plots")
+    p.add_argument("suite_dir", help="runs/<suite name>")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("cache-latents", help="encode a dataset once with the config's VAE")
+    _config_args(p)
+    p.set_defaults(func=cmd_cache_latents)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"dtr: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = _one_line_warning
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"dtr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dtr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

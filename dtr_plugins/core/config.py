@@ -1,0 +1,195 @@
+"""The experiment config: flat YAML, validated by pydantic, every plugin section by its plugin's params.
+
+``load_config(path, overrides)`` is the only way in; every mistake becomes one :class:`ConfigError`
+line naming the file, the key path, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, UserError
+from .plugins import PluginRegistry, default_registry, format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginSection(BaseModel):
+    """``{name: <plugin>, **params}``; the params are checked against the plugin's own model."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DiffusionConfig(_Strict):
+    steps: int = Field(1000, ge=2, description="training timesteps T (also the number of routing tasks)")
+    schedule: Literal["linear", "cosine"] = "linear"
+    learn_sigma: bool = True
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch, split across ranks")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    ema_warmup: bool = Field(False, description="decay min(ema_decay, (1+step)/(10+step)): EMA useful on short runs")
+    grad_clip: float | None = Field(None, gt=0)
+    log_every: int = Field(50, ge=1)
+    ckpt_every: int = Field(0, ge=0, description="0: only at the end")
+    num_workers: int = Field(0, ge=0)
+    compile: bool = False
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+
+class SampleConfig(_Strict):
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    respacing: str = "ddim50"
+    eta: float = Field(0.0, ge=0)
+    cfg_scale: float = Field(1.0, ge=0)
+    cfg_channels: Literal["all", "first3"] = "all"
+    clip_denoised: bool = True
+    num_samples: int = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class EvalConfig(_Strict):
+    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])
+    feature_extractor: str = "inception-v3-compat"
+    weights_path: str | None = None
+    reference: str | None = Field(None, description="dataset:NAME, a folder or an .npz; default: the training data")
+    every: int = Field(0, ge=0, description="evaluate during training every N steps (0: only at the end)")
+    num_samples: int = Field(1000, ge=1)
+    at_end: bool = True
+
+
+class VaeConfig(_Strict):
+    path: str = Field(description="hub id (stabilityai/sd-vae-ft-ema) or a local diffusers folder")
+    scale_factor: float | None = None
+    cache_dir: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(min_length=1)
+    seed: int = 0
+    output_dir: str = "runs"
+    backbone: PluginSection
+    routing: PluginSection = Field(default_factory=lambda: PluginSection(name="vanilla"))
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
+    data: PluginSection
+    vae: VaeConfig | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+#: config section -> plugin kind
+PLUGIN_SECTIONS = {"backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
+                   "data": "dataset"}
+
+
+def read_yaml(path: str | Path) -> Any:
+    """``yaml.safe_load`` a file; a missing file or malformed YAML is one line naming the file (and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: malformed YAML: {problem}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides; values are parsed as YAML (``1e-4``, ``true``, ``[1, 2]``, ``{name: dtr}``)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: override '{item}' is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{source}: override '{item}': value is not valid YAML") from None
+        set_dotted(data, key.strip(), value, source=source)
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """Set ``data[a][b] = value`` for ``key = "a.b"``, creating sections as needed."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])} is not a section, cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), registry: PluginRegistry | None = None) -> ExperimentConfig:
+    """Read, override and validate a run config; raises :class:`ConfigError` with one line per mistake."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data, source=str(path), registry=registry)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>",
+                     registry: PluginRegistry | None = None) -> ExperimentConfig:
+    """Validate a config mapping (already loaded); ``source`` names it in error messages."""
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc, ExperimentConfig)}") from None
+    try:
+        return resolve_plugins(cfg, registry or default_registry())
+    except UserError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+
+
+def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> ExperimentConfig:
+    """Check every plugin section against its plugin and fill in the plugin's defaults."""
+    updates: dict[str, PluginSection] = {}
+    for section, kind in PLUGIN_SECTIONS.items():
+        current: PluginSection = getattr(cfg, section)
+        info = registry.get(kind, current.name) if current.name in registry.names(kind) else None
+        if info is None:
+            known = ", ".join(registry.names(kind)) or "none installed"
+            raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
+        params = current.params
+        if section == "backbone" and "learn_sigma" in info.params.model_fields:
+            if params.setdefault("learn_sigma", cfg.diffusion.learn_sigma) != cfg.diffusion.learn_sigma:
+                raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
+                                  f"diffusion.learn_sigma {cfg.diffusion.learn_sigma!r}; set only diffusion.learn_sigma")
+        validated = info.validate(params, where=section)
+        updates[section] = PluginSection(name=current.name, **validated.model_dump(mode="json"))
+    return cfg.model_copy(update=updates)

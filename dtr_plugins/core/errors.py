@@ -1,0 +1,24 @@
+"""User-facing errors: the CLI prints their message as one line and exits with status 2."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, CLI, data, checkpoint). The message is the whole story."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A config file or override is invalid."""
+
+
+class PluginError(UserError):
+    """A plugin is unknown, duplicated or broken."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt or does not fit the model."""
+
+
+class DataError(UserError):
+    """A dataset or sample folder cannot be read."""

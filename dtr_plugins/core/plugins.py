@@ -1,0 +1,205 @@
+"""Plugin discovery and the registry of named factories.
+
+pluggy's ``load_setuptools_entrypoints`` skips duplicate entry-point names silently and stops at the
+first module that fails to import, so this module walks the ``dtr_plugins`` entry-point group itself,
+remembers which distribution provided each plugin, and calls each hook implementation separately so
+that every registration is attributed to its plugin.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata as md
+import warnings
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+
+ENTRY_POINT_GROUP = "dtr_plugins"
+
+#: plugin kind -> the hook that registers it
+KINDS: dict[str, str] = {
+    "strategy": "dtr_register_strategies",
+    "backbone": "dtr_register_backbones",
+    "loss_weighting": "dtr_register_loss_weightings",
+    "dataset": "dtr_register_datasets",
+    "feature_extractor": "dtr_register_feature_extractors",
+}
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin module could not be imported; the others still load."""
+
+
+class _NoParams(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered factory and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: type[BaseModel]
+    description: str
+    plugin: str  # the module that registered it
+    distribution: str | None
+    version: str | None
+
+    def validate(self, params: dict[str, Any], *, where: str = "") -> BaseModel:
+        """Validate ``params`` against the plugin's model; errors name the key and what is allowed."""
+        try:
+            return self.params.model_validate(params)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, self.params, prefix=where)) from None
+
+    def build(self, **params: Any) -> Any:
+        validated = self.validate(params, where=f"{self.kind} '{self.name}'")
+        return self.factory(**validated.model_dump())
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "name": self.name, "distribution": self.distribution,
+                "version": self.version, "description": self.description, "plugin": self.plugin}
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
+    """The first error of a pydantic ValidationError as one line: key path, bad value, what is allowed."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(p for p in (prefix, ".".join(loc)) if p)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        msg = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+    more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+    return f"{key}: {msg}{shown}{more}"
+
+
+def _allowed_keys(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+    """The field names of the (possibly nested) model found by following ``path``."""
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+@dataclass
+class PluginRegistry:
+    """Every registered factory, by kind and name. Build one with :func:`build_registry`."""
+
+    plugins: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self.plugins if k == kind)
+
+    def get(self, kind: str, name: str) -> PluginInfo:
+        try:
+            return self.plugins[(kind, name)]
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none installed"
+            raise PluginError(f"unknown {kind} '{name}' (known: {known})") from None
+
+    def build(self, kind: str, name: str, **params: Any) -> Any:
+        return self.get(kind, name).build(**params)
+
+    def list(self) -> list[PluginInfo]:
+        order = list(KINDS)
+        return sorted(self.plugins.values(), key=lambda p: (order.index(p.kind), p.name))
+
+
+def _distribution_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def build_registry(modules: Iterable[ModuleType | tuple[ModuleType, str | None, str | None]] | None = None,
+                   *, entry_points: bool = True) -> PluginRegistry:
+    """Discover plugins and collect their registrations.
+
+    ``modules``: extra plugin modules (or ``(module, distribution, version)`` triples) registered
+    besides the entry points; tests use it with ``entry_points=False`` to build a registry holding
+    only the plugins they name.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    origin: dict[str, tuple[str | None, str | None]] = {}
+    failures: list[str] = []
+
+    def add(module: ModuleType, dist: str | None, version: str | None) -> None:
+        name = module.__name__
+        if pm.has_plugin(name):
+            return
+        pm.register(module, name=name)
+        origin[name] = (dist, version)
+
+    if entry_points:
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist, version = _distribution_of(ep)
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take the others down
+                msg = (f"plugin entry point '{ep.name} = {ep.value}' from distribution "
+                       f"'{dist or 'unknown'}' failed to import: {type(exc).__name__}: {exc}")
+                failures.append(msg)
+                warnings.warn(msg, PluginLoadWarning, stacklevel=2)
+                continue
+            add(module, dist, version)
+    for item in modules or ():
+        module, dist, version = item if isinstance(item, tuple) else (item, None, None)
+        add(module, dist, version)
+
+    registry = PluginRegistry(failures=failures)
+    for kind, hook_name in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            dist, version = origin.get(impl.plugin_name, (None, None))
+            impl.function(register=_registrar(registry, kind, impl.plugin_name, dist, version))
+    return registry
+
+
+def _registrar(registry: PluginRegistry, kind: str, plugin: str, dist: str | None, version: str | None):
+    def register(name: str, factory: Callable[..., Any], params: type[BaseModel] | None = None,
+                 description: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{plugin}' registered a {kind} without a name")
+        existing = registry.plugins.get((kind, name))
+        if existing is not None:
+            raise PluginError(
+                f"duplicate {kind} name '{name}': registered by plugin '{existing.plugin}' "
+                f"(distribution {existing.distribution or 'unknown'}) and by plugin '{plugin}' "
+                f"(distribution {dist or 'unknown'})")
+        model = params or _NoParams
+        summary = (description or (factory.__doc__ or "")).strip().splitlines()
+        registry.plugins[(kind, name)] = PluginInfo(kind, name, factory, model, summary[0] if summary else "",
+                                                    plugin, dist, version)
+    return register
+
+
+@functools.cache
+def default_registry() -> PluginRegistry:
+    """The registry of every installed plugin, built on first use (never at import time)."""
+    return build_registry()
+
+
+def list_plugins(registry: PluginRegistry | None = None) -> list[dict[str, str | None]]:
+    """Every installed plugin: kind, name, distribution, version, description."""
+    return [p.as_dict() for p in (registry or default_registry()).list()]
+
+
+def build_strategy(name: str, registry: PluginRegistry | None = None, **params: Any) -> Any:
+    """Build a routing strategy by name, e.g. ``build_strategy("dtr", alpha=4.0, beta=0.8)``."""
+    return (registry or default_registry()).build("strategy", name, **params)

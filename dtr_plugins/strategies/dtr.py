@@ -1,0 +1,46 @@
+"""``dtr``: Denoising Task Routing's sliding window (Park et al., ICLR 2024)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from dtr_plugins.core.hookspecs import hookimpl
+
+
+class DTRParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(4.0, gt=0, description="window speed exponent; > 1 moves fastest at noisy timesteps")
+    beta: float = Field(0.8, gt=0, le=1, description="share of channels active per task")
+
+
+def window_starts(num_tasks: int, channels: int, alpha: float, beta: float) -> np.ndarray:
+    """First active channel per task: ``round((t / (T-1)) ** alpha * (C - n))``, float64, half-to-even."""
+    n = int(np.floor(beta * channels))
+    return np.round(np.linspace(0, 1, num_tasks) ** alpha * (channels - n)).astype(np.int64)
+
+
+class SlidingWindow:
+    """Task ``t`` activates ``n = floor(beta * C)`` contiguous channels starting at ``window_starts(...)[t]``.
+
+    Neighbouring timesteps share almost all channels; the same table serves every layer of one width.
+    """
+
+    def __init__(self, alpha: float = 4.0, beta: float = 0.8):
+        self.alpha = alpha
+        self.beta = beta
+
+    def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
+        n = int(np.floor(self.beta * channels))
+        start = torch.from_numpy(window_starts(num_tasks, channels, self.alpha, self.beta))[:, None]
+        c = torch.arange(channels)[None, :]
+        return (c >= start) & (c < start + n)
+
+    def __repr__(self) -> str:
+        return f"dtr(alpha={self.alpha:g}, beta={self.beta:g})"
+
+
+@hookimpl
+def dtr_register_strategies(register):
+    register("dtr", SlidingWindow, params=DTRParams,
+             description="DTR sliding window: neighbouring timesteps share channels, noisy ones own more")
