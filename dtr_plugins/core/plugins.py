@@ -165,7 +165,7 @@ def build_registry(modules: Iterable[ModuleType | tuple[ModuleType, str | None, 
     registry = PluginRegistry(failures=failures)
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order (pluggy calls them in reverse)
             dist, version = origin.get(impl.plugin_name, (None, None))
             impl.function(register=_registrar(registry, kind, impl.plugin_name, dist, version))
     return registry

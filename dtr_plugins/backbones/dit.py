@@ -1,0 +1,393 @@
+"""``dit``: the Diffusion Transformer (Peebles & Xie, 2023) with every block routed.
+
+State-dict keys, initialisation and numerics follow the official DiT release, so its checkpoints (and
+the official DTR ones, through :func:`dtr_plugins.core.checkpoint.load_checkpoint`) load as they are.
+
+A routed block receives one mask row per sample, ``m`` of shape ``[N, 1, C]``, and computes
+``x + F(m * x)`` with ``F(u) = block(u) - u``: the masked tokens go through attention and MLP
+(adaLN-Zero conditioning unchanged, LayerNorm over all channels), the branch output is dense, and
+inactive channels pass through the skip untouched. This is the published DTR block. Without a mask
+(vanilla routing, or no plan at all) the block is the plain DiT block.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+from torch import nn
+
+from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.routing import RoutedBackbone, routed_residual
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x * (1 + scale) + shift``, with ``shift`` and ``scale`` already shaped ``[N, 1, C]``."""
+    return x * (1 + scale) + shift
+
+
+#################################################################################
+#                     Position and timestep embeddings                          #
+#################################################################################
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """``[sin(p * w), cos(p * w)]`` for ``dim // 2`` frequencies ``w_i = 10000 ** (-i / (dim / 2))``."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(positions.reshape(-1), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: int) -> np.ndarray:
+    """Fixed 2D position embedding ``[grid_size ** 2, dim]``, row-major over the patch grid.
+
+    The first half of the channels encodes the column coordinate, the second half the row coordinate
+    (the layout of the MAE / DiT embedding, so official weights see the same positions).
+    """
+    coords = np.arange(grid_size, dtype=np.float32)
+    cols, rows = np.meshgrid(coords, coords)
+    return np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``[cos(t * f), sin(t * f)]`` of (possibly fractional) timesteps: ``[N, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+#################################################################################
+#                                  Modules                                      #
+#################################################################################
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``p x p`` patches of an ``[N, C, H, W]`` image to tokens ``[N, H*W/p^2, D]``."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """Timesteps -> sinusoidal features -> two-layer MLP (SiLU)."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_embedding_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> vectors. With ``dropout_prob > 0`` the table has one extra row, the null class
+    ``num_classes``, and training replaces each label by it with probability ``dropout_prob`` (CFG)."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+
+    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (fused qkv projection, ``scaled_dot_product_attention``)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(n, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, tokens, dim))
+
+
+class Mlp(nn.Module):
+    """``fc2(gelu_tanh(fc1(x)))``."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """A DiT block with adaLN-Zero conditioning, routed by an optional mask row ``[N, 1, C]``."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
+            self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
+
+        def branch(u: torch.Tensor) -> torch.Tensor:
+            # block(u) - u: both residual updates of the DiT block, the second seeing the first.
+            a = gate_msa * self.attn(modulate(self.norm1(u), shift_msa, scale_msa))
+            return a + gate_mlp * self.mlp(modulate(self.norm2(u + a), shift_mlp, scale_mlp))
+
+        return routed_residual(x, mask, branch)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm, then a linear map of each token to its ``p * p * out_channels`` values."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+#################################################################################
+#                                 Parameters                                    #
+#################################################################################
+
+_PRESET_FIELDS = ("patch_size", "hidden_size", "depth", "num_heads")
+
+
+class DiTParams(BaseModel):
+    """Parameters of the ``dit`` backbone. ``size`` (``S/2`` ... ``XL/8``) fills depth, width, heads and
+    patch from DiT's table; a field given as well must agree with the preset."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: str | None = Field(None, description="preset from DiT's table: S, B, L or XL with patch 2, 4 or 8, e.g. B/2")
+    patch_size: int | None = Field(None, ge=1, validate_default=True, description="patch side (2 unless a size says otherwise)")
+    hidden_size: int | None = Field(None, ge=4, validate_default=True, description="token width")
+    depth: int | None = Field(None, ge=1, validate_default=True, description="number of blocks (all routed)")
+    num_heads: int | None = Field(None, ge=1, validate_default=True, description="attention heads; must divide hidden_size")
+    input_size: int = Field(32, ge=1, description="image (or latent) side length; a multiple of patch_size")
+    in_channels: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    class_dropout_prob: float = Field(0.1, ge=0, le=1, description="label dropout for classifier-free guidance")
+    num_classes: int = Field(1000, ge=1, description="1 = unconditional (no label dropout)")
+    learn_sigma: bool = Field(True, description="predict the variance as well: out_channels = 2 * in_channels")
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value[4:] if value.startswith("DiT-") else value
+        if name not in DIT_SIZES:
+            raise PydanticCustomError("dit_size", "unknown DiT size {size!r} (allowed: {allowed})",
+                                      {"size": value, "allowed": ", ".join(DIT_SIZES)})
+        return name
+
+    @field_validator(*_PRESET_FIELDS)
+    @classmethod
+    def _fill_from_size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "size" not in info.data:  # the size itself was invalid; that error is reported
+            return value
+        size = info.data["size"]
+        if size is None:
+            if value is not None:
+                return value
+            if info.field_name == "patch_size":
+                return 2
+            raise PydanticCustomError("dit_missing", "required unless a size preset is given (allowed sizes: {allowed})",
+                                      {"allowed": ", ".join(DIT_SIZES)})
+        preset = DIT_SIZES[size][info.field_name]
+        if value is not None and value != preset:
+            raise PydanticCustomError(
+                "dit_conflict", "{value} conflicts with size {size}, which sets {field}={preset} "
+                "(drop one of the two)", {"value": value, "size": size, "field": info.field_name, "preset": preset})
+        return preset
+
+    @field_validator("hidden_size")
+    @classmethod
+    def _hidden_multiple_of_4(cls, value: int | None) -> int | None:
+        if value is not None and value % 4:
+            raise PydanticCustomError("dit_hidden", "must be a multiple of 4 (2D sin-cos position embedding)")
+        return value
+
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide_hidden(cls, value: int | None, info: ValidationInfo) -> int | None:
+        hidden = info.data.get("hidden_size")
+        if value is not None and hidden is not None and hidden % value:
+            raise PydanticCustomError("dit_heads", "num_heads={heads} must divide hidden_size={hidden}",
+                                      {"heads": value, "hidden": hidden})
+        return value
+
+    @field_validator("input_size")
+    @classmethod
+    def _divisible_by_patch(cls, value: int, info: ValidationInfo) -> int:
+        patch = info.data.get("patch_size")
+        if patch is not None and value % patch:
+            raise PydanticCustomError("dit_input", "input_size={size} must be divisible by patch_size={patch}",
+                                      {"size": value, "patch": patch})
+        return value
+
+
+#################################################################################
+#                                 Core DiT Model                                #
+#################################################################################
+
+class DiT(RoutedBackbone):
+    """Diffusion model with a Transformer backbone, ``model(x, t, y=None)``; every block is a routed layer.
+
+    ``x``: ``[N, in_channels, input_size, input_size]``; ``t``: ``[N]`` timestep indices; ``y``: ``[N]``
+    class labels (``num_classes`` is the null class when ``class_dropout_prob > 0``). Returns
+    ``[N, out_channels, input_size, input_size]`` (epsilon, then the variance interpolation when
+    ``learn_sigma``).
+    """
+
+    def __init__(self, input_size: int = 32, patch_size: int | None = None, in_channels: int = 4,
+                 hidden_size: int | None = None, depth: int | None = None, num_heads: int | None = None,
+                 mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1, num_classes: int = 1000,
+                 learn_sigma: bool = True, size: str | None = None):
+        super().__init__()
+        p = resolve_dit_params(size=size, input_size=input_size, patch_size=patch_size, in_channels=in_channels,
+                               hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               class_dropout_prob=class_dropout_prob, num_classes=num_classes,
+                               learn_sigma=learn_sigma)
+        self.size = p.size
+        self.input_size = p.input_size
+        self.patch_size = p.patch_size
+        self.in_channels = p.in_channels
+        self.hidden_size = p.hidden_size
+        self.depth = p.depth
+        self.num_heads = p.num_heads
+        self.learn_sigma = p.learn_sigma
+        self.out_channels = p.in_channels * 2 if p.learn_sigma else p.in_channels
+        self.num_classes = p.num_classes
+        # An unconditional model (one class) has no null class and no label dropout (as DTR does).
+        self.class_dropout_prob = 0.0 if p.num_classes == 1 else p.class_dropout_prob
+
+        self.x_embedder = PatchEmbed(p.patch_size, p.in_channels, p.hidden_size)
+        self.t_embedder = TimestepEmbedder(p.hidden_size)
+        self.y_embedder = LabelEmbedder(p.num_classes, p.hidden_size, self.class_dropout_prob)
+        self.grid_size = p.input_size // p.patch_size
+        # Fixed sin-cos embedding, a frozen parameter so the key matches the official checkpoints.
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size ** 2, p.hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList([DiTBlock(p.hidden_size, p.num_heads, p.mlp_ratio) for _ in range(p.depth)])
+        self.final_layer = FinalLayer(p.hidden_size, p.patch_size, self.out_channels)
+        self.initialize_weights()
+
+    @property
+    def null_class(self) -> int | None:
+        """The label of the unconditional embedding for classifier-free guidance (None without one)."""
+        return self.num_classes if self.class_dropout_prob > 0 else None
+
+    def routed_channels(self) -> list[int]:
+        return [self.hidden_size] * self.depth
+
+    def initialize_weights(self) -> None:
+        """The official DiT initialisation: xavier linears, zero adaLN and output layers."""
+        def basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        self.apply(basic_init)
+
+        self.pos_embed.data.copy_(torch.from_numpy(sincos_2d(self.hidden_size, self.grid_size)).float().unsqueeze(0))
+        # The patch embedding is initialised like a linear layer over the flattened patch.
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[N, h*w, p*p*C]`` -> image ``[N, C, h*p, w*p]``."""
+        n, p, c, h = x.shape[0], self.patch_size, self.out_channels, self.grid_size
+        x = x.reshape(n, h, h, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(n, c, h * p, h * p)
+
+    def _labels(self, y: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        if y is not None:
+            return y
+        if self.num_classes == 1:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        if self.null_class is not None:  # no label given: the unconditional prediction
+            return torch.full((n,), self.null_class, dtype=torch.long, device=device)
+        raise ValueError(f"this DiT is class-conditional (num_classes={self.num_classes}) without a null class "
+                         "(class_dropout_prob=0): pass labels y")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        masks = self.layer_masks(t, x.dtype)
+        h = self.x_embedder(x) + self.pos_embed                                   # [N, T, D]
+        c = self.t_embedder(t) + self.y_embedder(self._labels(y, x.shape[0], x.device), self.training)  # [N, D]
+        for block, mask in zip(self.blocks, masks):
+            h = block(h, c, None if mask is None else mask.unsqueeze(1))       # mask row [N, 1, D]
+        return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
+
+
+def resolve_dit_params(**params: Any) -> DiTParams:
+    """Validate DiT parameters (filling a size preset); a mistake is one ConfigError line naming the key."""
+    from dtr_plugins.core.plugins import format_validation_error
+
+    try:
+        return DiTParams(**params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, DiTParams, prefix="dit")) from None
+
+
+@hookimpl
+def dtr_register_backbones(register: Callable[..., None]) -> None:
+    register("dit", DiT, params=DiTParams,
+             description="Diffusion Transformer (DiT, Peebles & Xie) with every block routed; official checkpoint layout")
+
+
+#################################################################################
+#                                   DiT Configs                                 #
+#################################################################################
+
+def _preset(depth: int, hidden_size: int, num_heads: int, patch_size: int) -> dict[str, int]:
+    return {"depth": depth, "hidden_size": hidden_size, "num_heads": num_heads, "patch_size": patch_size}
+
+
+#: DiT's model table: name -> depth, width, heads, patch.
+DIT_SIZES: dict[str, dict[str, int]] = {
+    f"{name}/{patch}": _preset(depth, hidden, heads, patch)
+    for name, depth, hidden, heads in (("S", 12, 384, 6), ("B", 12, 768, 12), ("L", 24, 1024, 16), ("XL", 28, 1152, 16))
+    for patch in (2, 4, 8)
+}

@@ -1,0 +1,39 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Caches (digits classifier, reference statistics) go to one temp folder per test session."""
+    monkeypatch.setenv("DTR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dtr-cache"))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``dtr`` in-process; returns (exit code, stdout, stderr)."""
+    from dtr_plugins.cli import main
+
+    def run(*args: str):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+PYTHON = sys.executable
