@@ -40,6 +40,9 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     """
     if name == "linear":
         scale = 1000.0 / num_timesteps
+        if scale * 0.02 > 1.0:
+            raise ConfigError(f"linear schedule: T={num_timesteps} gives beta_T={scale * 0.02:g} > 1 "
+                              "(the schedule is scaled by 1000 / T); use T >= 20 or the cosine schedule")
         return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
     if name == "cosine":
         return betas_for_alpha_bar(num_timesteps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
@@ -152,7 +155,8 @@ class GaussianDiffusion:
         self.learn_sigma = bool(learn_sigma)
         self.betas = betas
         self.num_timesteps = T = len(betas)
-        self.timestep_map = torch.arange(T) if timestep_map is None else torch.as_tensor(list(timestep_map), dtype=torch.long)
+        self.timestep_map = (torch.arange(T) if timestep_map is None
+                             else torch.as_tensor(list(timestep_map), dtype=torch.long))
         if self.timestep_map.shape != (T,):
             raise ValueError(f"timestep_map needs {T} entries, got {tuple(self.timestep_map.shape)}")
 
@@ -165,8 +169,9 @@ class GaussianDiffusion:
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / abar - 1.0)
         # posterior q(x_{t-1} | x_t, x_0); its variance is 0 at t = 0, so the log uses the t = 1 value there
         self.posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+        # (a one-step process has no t = 1: it clips to beta_0 instead)
         self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:])
-                                                     if T > 1 else self.posterior_variance)
+                                                     if T > 1 else betas)
         self.posterior_mean_coef1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
         self.posterior_mean_coef2 = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
         # "fixed large" variance: beta_t, with the posterior variance at t = 0 (better decoder likelihood)
@@ -237,7 +242,8 @@ class GaussianDiffusion:
 
     def predict_xstart_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         nd = x_t.ndim
-        return self._extract("sqrt_recip_alphas_cumprod", t, nd) * x_t - self._extract("sqrt_recipm1_alphas_cumprod", t, nd) * eps
+        return (self._extract("sqrt_recip_alphas_cumprod", t, nd) * x_t
+                - self._extract("sqrt_recipm1_alphas_cumprod", t, nd) * eps)
 
     def predict_eps_from_xstart(self, x_t: Tensor, t: Tensor, pred_xstart: Tensor) -> Tensor:
         nd = x_t.ndim
@@ -254,7 +260,8 @@ class GaussianDiffusion:
                              f"inputs (learn_sigma={self.learn_sigma})")
         return out
 
-    def p_mean_variance_from_output(self, output: Tensor, x: Tensor, t: Tensor, clip_denoised: bool = True) -> dict[str, Tensor]:
+    def p_mean_variance_from_output(self, output: Tensor, x: Tensor, t: Tensor,
+                                    clip_denoised: bool = True) -> dict[str, Tensor]:
         """p(x_{t-1} | x_t) from a model output already computed: ``mean``, ``variance``, ``log_variance``,
         ``pred_xstart`` and the predicted ``eps``."""
         nd, C = x.ndim, x.shape[1]
@@ -315,13 +322,19 @@ class GaussianDiffusion:
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    def respaced(self, respacing: str | int | Iterable[int] | None) -> "GaussianDiffusion":
-        """The process over the steps kept by ``respacing`` (see :func:`space_timesteps`): new betas from the
-        kept alphas_cumprod, model calls with the original indices. Cached; respacing into all steps gives
-        ``self``."""
+    def respaced(self, respacing: str | int | Iterable[int] | None = None, *,
+                 use_timesteps: Iterable[int] | None = None) -> "GaussianDiffusion":
+        """The process over the steps kept by ``respacing`` (see :func:`space_timesteps`), or over the explicit
+        training-step indices ``use_timesteps``: new betas from the kept alphas_cumprod, model calls with the
+        original indices. Cached; keeping every step gives ``self``."""
         if not torch.equal(self.timestep_map, torch.arange(self.num_timesteps)):
             raise ValueError("respace the training process, not an already respaced one")
-        keep = tuple(space_timesteps(self.num_timesteps, respacing))
+        if use_timesteps is not None:
+            keep = tuple(sorted({int(i) for i in use_timesteps}))
+            if not keep or keep[0] < 0 or keep[-1] >= self.num_timesteps:
+                raise ValueError(f"use_timesteps must be non-empty indices in 0..{self.num_timesteps - 1}")
+        else:
+            keep = tuple(space_timesteps(self.num_timesteps, respacing))
         if len(keep) == self.num_timesteps:
             return self
         spaced = self._respaced.get(keep)

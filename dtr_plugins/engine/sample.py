@@ -1,0 +1,157 @@
+"""Sampling: images from a trained model, sharded across ranks, written as PNGs, a grid and an .npz."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
+from dtr_plugins.core.errors import CheckpointError, UserError
+from dtr_plugins.core.io import atomic_write
+
+from . import distributed
+
+
+def balanced_labels(num: int, num_classes: int) -> np.ndarray:
+    """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (up to one)."""
+    return np.arange(num) % max(num_classes, 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[-1, 1]`` NCHW floats -> uint8 NHWC, as the ADM evaluator expects."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int, *, labels: Sequence[int] | None = None,
+             seed: int = 0, dist: distributed.Dist | None = None, sampler: str | None = None,
+             respacing: str | None = None, cfg_scale: float | None = None, batch_size: int | None = None,
+             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``num`` images; under torchrun each rank makes every world-size-th one and all ranks get all.
+
+    Returns uint8 NHWC images and the label each was generated for. Noise for image ``i`` comes from a
+    generator seeded with ``(seed, i // batch)``, so results do not depend on the number of ranks.
+    """
+    d = dist or distributed.Dist(device=next(model.parameters()).device)
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    conditional = num_classes > 1
+    all_labels = np.asarray(labels if labels is not None else balanced_labels(num, num_classes), dtype=np.int64)
+    if len(all_labels) != num:
+        raise UserError(f"--labels: got {len(all_labels)} labels for --num {num}")
+    if conditional and ((all_labels < 0) | (all_labels >= num_classes)).any():
+        raise UserError(f"--labels: labels must lie in 0..{num_classes - 1}")
+    batch = batch_size or cfg.sample.batch_size
+    scale = cfg.sample.cfg_scale if cfg_scale is None else cfg_scale
+    decode = getattr(model, "decode_latents", None)
+    side = getattr(model, "input_size", None) or getattr(model, "image_size", None)
+    shape_chw = tuple(getattr(model, "sample_shape", None) or (model.in_channels, side, side))
+    was_training = model.training
+    model.eval()
+    chunks: list[tuple[int, np.ndarray]] = []
+    starts = list(range(0, num, batch))
+    from tqdm.auto import tqdm
+
+    for chunk_index in tqdm(starts[d.rank::d.world_size], desc="sampling", disable=not (progress and d.is_main)):
+        idx = slice(chunk_index, min(chunk_index + batch, num))
+        n = idx.stop - idx.start
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk_index)
+        noise = torch.randn((n, *shape_chw), generator=gen).to(d.device)
+        kwargs: dict[str, Any] = {}
+        if conditional:
+            kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
+        x = diffusion.sample(model, noise.shape, sampler=sampler or cfg.sample.sampler,
+                             respacing=respacing or cfg.sample.respacing, noise=noise, model_kwargs=kwargs,
+                             cfg_scale=scale if conditional else 1.0, cfg_channels=cfg.sample.cfg_channels,
+                             clip_denoised=cfg.sample.clip_denoised and decode is None, eta=cfg.sample.eta,
+                             progress=False, device=d.device)
+        if decode is not None:
+            x = decode(x)
+        chunks.append((chunk_index, to_uint8(x)))
+    model.train(was_training)
+    if d.enabled:
+        import torch.distributed as tdist
+
+        gathered: list[Any] = [None] * d.world_size
+        tdist.all_gather_object(gathered, chunks)
+        chunks = [c for part in gathered for c in part]
+    images = np.concatenate([c for _, c in sorted(chunks, key=lambda c: c[0])]) if chunks else np.zeros((0,))
+    return images, all_labels
+
+
+def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
+    """A run directory (its config and last checkpoint) or one checkpoint file -> (cfg, model, diffusion, path)."""
+    from dtr_plugins.core.build import build_diffusion, build_model
+    from dtr_plugins.core.checkpoint import load_checkpoint
+
+    from .train import latest_checkpoint
+
+    source = Path(source)
+    if source.is_dir():
+        ckpt_path = latest_checkpoint(source)
+        if ckpt_path is None:
+            raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'}")
+        cfg = config_from_dict(read_yaml(source / "config.yaml"), source=str(source / "config.yaml"))
+    elif source.is_file():
+        ckpt_path = source
+        meta = torch.load(source, map_location="cpu", weights_only=True, mmap=True) if source.suffix == ".pt" else None
+        if not isinstance(meta, dict) or "config" not in meta:
+            run_cfg = source.parent.parent / "config.yaml"
+            if not run_cfg.exists():
+                raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
+            cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
+        else:
+            cfg = config_from_dict(meta["config"], source=f"{source} (config)")
+    else:
+        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    model = build_model(cfg)
+    load_checkpoint(model, ckpt_path, use_ema=use_ema, allow_unsafe=allow_unsafe_load)
+    device = device or distributed.pick_device(cfg.train.device)
+    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path
+
+
+def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: bool = True, info: dict | None = None) -> Path:
+    """PNGs (``000000.png`` ...), ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``)."""
+    from PIL import Image
+
+    from .plots import image_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    if png:
+        for i, img in enumerate(images):
+            atomic_write(out / f"{i:06d}.png", lambda tmp, img=img: Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG"))
+    grid = image_grid(images[:256])
+    atomic_write(out / "grid.png", lambda tmp: Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(tmp, format="PNG"))
+    atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), arr_0=images, labels=labels))
+    if info is not None:
+        from dtr_plugins.core.io import write_json
+
+        write_json(out / "samples.json", info)
+    return out
+
+
+def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, sampler: str | None = None,
+           respacing: str | None = None, cfg_scale: float | None = None, labels: Sequence[int] | None = None,
+           seed: int = 0, batch_size: int | None = None, use_ema: bool = True, allow_unsafe_load: bool = False,
+           progress: bool = True) -> Path:
+    """Sample from a run directory or checkpoint and write the images; returns the output folder."""
+    d = distributed.setup("auto")
+    try:
+        cfg, model, diffusion, ckpt_path = load_run(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
+                                                    device=d.device)
+        images, used_labels = generate(model, diffusion, cfg, num, labels=labels, seed=seed, dist=d, sampler=sampler,
+                                       respacing=respacing, cfg_scale=cfg_scale, batch_size=batch_size,
+                                       progress=progress)
+        out_dir = Path(out) if out is not None else (Path(source) if Path(source).is_dir() else Path(source).parent.parent) / "samples"
+        if d.is_main:
+            info = {"checkpoint": str(ckpt_path), "weights": "ema" if use_ema else "model", "num": num, "seed": seed,
+                    "sampler": sampler or cfg.sample.sampler, "respacing": respacing or cfg.sample.respacing,
+                    "cfg_scale": cfg.sample.cfg_scale if cfg_scale is None else cfg_scale,
+                    "cfg_channels": cfg.sample.cfg_channels, "world_size": d.world_size}
+            write_samples(images, used_labels, out_dir, info=info)
+        d.barrier()
+        return out_dir
+    finally:
+        distributed.teardown(d)
