@@ -60,3 +60,83 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
         r, col = divmod(i, nrow)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
     return grid
+
+
+def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float]]]]], titles: dict[str, str],
+                          path: str | Path, log_y: bool = False) -> Path:
+    """One panel per metric; one line per group (mean over seeds) with a band from the seeds' min to max."""
+    keys = list(series)
+    cols = min(len(keys), 3)
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for group, runs in series[key].items():
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            steps = sorted(set.intersection(*(set(s for s, _ in r) for r in runs)))
+            if not steps:
+                continue
+            values = np.array([[dict(r)[s] for s in steps] for r in runs], dtype=float)
+            mean = values.mean(0)
+            (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, ms=3, label=group)
+            if len(runs) > 1:
+                ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+        ax.set_title(titles.get(key, key))
+        ax.set_xlabel("training step")
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    out = save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str | Path) -> Path:
+    """Final training loss per timestep bucket (t = 0 .. T-1 in ten bins), one line per group."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for group, runs in buckets.items():
+        if not runs:
+            continue
+        arr = np.array([[np.nan if v is None else v for v in r] for r in runs], dtype=float)
+        mean = np.nanmean(arr, axis=0)
+        x = (np.arange(len(mean)) + 0.5) / len(mean)
+        ax.plot(x, mean, marker="o", ms=3, label=group)
+    ax.set_xlabel("timestep t / T (bucket centre)")
+    ax.set_ylabel("training loss (last log window)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("loss per timestep bucket")
+    fig.tight_layout()
+    out = save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_image_panels(images: dict[str, Path], path: str | Path) -> Path:
+    """Sample grids side by side, one panel per group."""
+    from PIL import Image
+
+    n = len(images)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
+    for ax, (title, p) in zip(axes.flat, images.items()):
+        with Image.open(p) as img:
+            ax.imshow(np.asarray(img.convert("L") if img.mode in ("L", "LA") else img.convert("RGB")),
+                      cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return out

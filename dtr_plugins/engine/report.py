@@ -1,0 +1,259 @@
+"""A suite's report: ``results.csv`` (one row per run and eval step), ``report.md`` and ``plots/*.png``.
+
+Everything is rebuilt from the run directories, so ``dtr report SUITE_DIR`` works at any time, also
+while a suite is half done.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.io import write_text
+
+#: torch-fidelity key (or ours) -> (column title, lower is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "frechet_inception_distance": ("FID", True),
+    "kernel_inception_distance_mean": ("KID", True),
+    "inception_score_mean": ("IS", False),
+    "precision": ("precision", False),
+    "recall": ("recall", False),
+    "class_accuracy": ("class accuracy", False),
+}
+TRAIN_LOSS = "train_loss"
+
+
+@dataclass
+class RunResult:
+    id: str
+    group: str
+    seed: int
+    status: str
+    routing: str
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    evals: list[dict[str, Any]] = field(default_factory=list)  # one per eval step, with "step"
+    train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl training records
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash; the rest still counts
+    return out
+
+
+def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
+    import yaml
+
+    index_path = suite_dir / "suite.json"
+    if not index_path.exists():
+        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
+    index = json.loads(index_path.read_text())
+    results = []
+    for entry in index["runs"]:
+        run_dir = suite_dir / entry["id"]
+        status = json.loads((run_dir / "status.json").read_text())["state"] if (run_dir / "status.json").exists() else "new"
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+        meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
+        records = _read_jsonl(run_dir / "metrics.jsonl")
+        evals = [dict(r["eval"], step=r["step"]) for r in records if "eval" in r]
+        train = [r for r in records if "eval" not in r]
+        results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
+                                 status=status, routing=(config.get("routing") or {}).get("name", "?"),
+                                 config=config, meta=meta, evals=evals, train=train))
+    return index, results
+
+
+def _final_loss(run: RunResult) -> float | None:
+    return run.train[-1]["loss"] if run.train else None
+
+
+def write_csv(results: list[RunResult], path: Path) -> list[str]:
+    metric_keys = [k for k in METRICS if any(k in e for r in results for e in r.evals)]
+    header = ["run_id", "group", "routing", "seed", "status", "step", *metric_keys, TRAIN_LOSS]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for r in results:
+        rows = r.evals or [{"step": r.train[-1]["step"] if r.train else ""}]
+        for e in rows:
+            loss = next((t["loss"] for t in r.train if t["step"] == e["step"]), None) if r.evals else _final_loss(r)
+            writer.writerow([r.id, r.group, r.routing, r.seed, r.status, e["step"],
+                             *[_num(e.get(k)) for k in metric_keys], _num(loss)])
+    write_text(path, buf.getvalue())
+    return metric_keys
+
+
+def _num(v: Any) -> str:
+    return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def _groups(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    out: dict[str, list[RunResult]] = {}
+    for r in results:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def _vanilla_of(group: str, groups: dict[str, list[RunResult]]) -> str | None:
+    """The vanilla group that differs from ``group`` only in routing (or the only vanilla group)."""
+    vanilla = [g for g, rs in groups.items() if rs[0].routing == "vanilla"]
+    if not vanilla:
+        return None
+    parts = group.split("__")
+    for g in vanilla:
+        other = g.split("__")
+        if len(other) == len(parts) and sum(a != b for a, b in zip(parts, other)) <= 1:
+            return g
+    return vanilla[0] if len(vanilla) == 1 else None
+
+
+def metric_table(key: str, results: list[RunResult]) -> str:
+    """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold; Δ vs vanilla."""
+    title, lower = METRICS.get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
+    groups = _groups(results)
+    if key == TRAIN_LOSS:
+        cells = {g: {"final": [v for v in (_final_loss(r) for r in rs) if v is not None]} for g, rs in groups.items()}
+        steps: list[Any] = ["final"]
+    else:
+        steps = sorted({e["step"] for r in results for e in r.evals if key in e})
+        cells = {g: {s: [e[key] for r in rs for e in r.evals if e["step"] == s and e.get(key) is not None]
+                     for s in steps} for g, rs in groups.items()}
+    if not steps:
+        return ""
+    stats = {g: {s: _mean_std(v) if v else None for s, v in row.items()} for g, row in cells.items()}
+    best = {}
+    for s in steps:
+        means = [stats[g][s][0] for g in stats if stats[g][s] is not None]
+        if means:
+            best[s] = min(means) if lower else max(means)
+    last = steps[-1]
+    arrow = "lower is better" if lower else "higher is better"
+    head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps] + ["Δ vs vanilla"]
+    lines = [f"### {title} ({arrow})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g, row in stats.items():
+        out = [f"`{g}`", str(len(groups[g]))]
+        for s in steps:
+            st = row[s]
+            if st is None:
+                out.append("—")
+                continue
+            text = f"{st[0]:.4g} ± {st[1]:.2g}" if len(cells[g][s]) > 1 else f"{st[0]:.4g}"
+            out.append(f"**{text}**" if math.isclose(st[0], best.get(s, math.nan)) else text)
+        ref = _vanilla_of(g, groups)
+        if ref is None or ref == g or row[last] is None or stats[ref][last] is None:
+            out.append("—")
+        else:
+            delta = row[last][0] - stats[ref][last][0]
+            rel = f" ({delta / stats[ref][last][0]:+.1%})" if stats[ref][last][0] else ""
+            out.append(f"{delta:+.4g}{rel}")
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(suite_dir: str | Path) -> Path:
+    suite_dir = Path(suite_dir)
+    index, results = collect(suite_dir)
+    metric_keys = write_csv(results, suite_dir / "results.csv")
+    plots = _plots(suite_dir, results, metric_keys)
+    done = [r for r in results if r.status == "done"]
+    first = next((r for r in results if r.meta), None)
+    evals = [e for r in results for e in r.evals]
+    extractor = sorted({str(e.get("feature_extractor")) for e in evals if e.get("feature_extractor")})
+    lines = [f"# Suite `{index['name']}`", "",
+             f"{len(done)} of {len(results)} runs finished. Rebuild with `dtr report {suite_dir}`.", ""]
+    if first:
+        m = first.meta
+        samp = evals[-1] if evals else {}
+        lines += ["Produced by: device " + str(m.get("device", "?")) + f", precision {m.get('precision', '?')}, "
+                  f"world size {m.get('world_size', '?')}, torch {m.get('torch', '?')}, dtr-plugins "
+                  f"{m.get('dtr_plugins', '?')} (commit {str(m.get('git_commit') or '?')[:10]}).",
+                  "Metrics: extractor " + (", ".join(extractor) or "none") +
+                  (f", {samp.get('num_samples', '?')} samples per eval, sampler {samp.get('sampler')} "
+                   f"{samp.get('respacing')}, cfg scale {samp.get('cfg_scale')}" if samp else "") + ".", ""]
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        status = json.loads((suite_dir / r.id / "status.json").read_text())
+        lines.append(f"- run `{r.id}` failed: {status.get('error', '?')}")
+    if failed:
+        lines.append("")
+    lines += ["## Results", "", "Mean ± std over seeds; best value per column in **bold**; Δ is the change "
+              "against the vanilla run at the last step.", ""]
+    for key in [*metric_keys, TRAIN_LOSS]:
+        table = metric_table(key, results)
+        if table:
+            lines += [table]
+    lines += ["## Plots", ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += ["", "Raw numbers: [results.csv](results.csv).", ""]
+    return write_text(suite_dir / "report.md", "\n".join(lines))
+
+
+def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) -> list[Path]:
+    from . import plots
+
+    out_dir = suite_dir / "plots"
+    made = []
+    groups = _groups(results)
+    if metric_keys:
+        series = {k: {g: [[(e["step"], e[k]) for e in r.evals if e.get(k) is not None] for r in rs]
+                      for g, rs in groups.items()} for k in metric_keys}
+        made.append(plots.plot_metrics_vs_steps(series, {k: METRICS[k][0] for k in metric_keys},
+                                                out_dir / "metrics_vs_steps.png"))
+    curves = {g: [[(t["step"], t["loss"]) for t in r.train] for r in rs] for g, rs in groups.items()}
+    if any(c for cs in curves.values() for c in cs):
+        made.append(plots.plot_metrics_vs_steps({"loss": curves}, {"loss": "training loss"},
+                                                out_dir / "train_loss.png", log_y=True))
+    buckets = {g: [r.train[-1]["loss_bucket"] for r in rs if r.train and r.train[-1].get("loss_bucket")]
+               for g, rs in groups.items()}
+    if any(buckets.values()):
+        made.append(plots.plot_loss_per_bucket(buckets, out_dir / "loss_per_timestep_bucket.png"))
+    grids = {g: suite_dir / rs[0].id / "samples" / "grid.png" for g, rs in groups.items()}
+    grids = {g: p for g, p in grids.items() if p.exists()}
+    if grids:
+        made.append(plots.plot_image_panels(grids, out_dir / "samples.png"))
+    masks = _mask_plots(groups, out_dir)
+    made.extend(masks)
+    return made
+
+
+def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]:
+    """One heatmap per distinct routing (built from the runs' configs; vanilla has nothing to show)."""
+    from dtr_plugins.core.build import build_model
+    from dtr_plugins.core.config import config_from_dict
+
+    from .plots import plot_routing_plan
+
+    made, seen = [], set()
+    for g, rs in groups.items():
+        cfg_dict = rs[0].config
+        routing = json.dumps(cfg_dict.get("routing"), sort_keys=True)
+        if not cfg_dict or routing in seen or rs[0].routing == "vanilla":
+            continue
+        seen.add(routing)
+        try:
+            model = build_model(config_from_dict(cfg_dict, source=g))
+        except UserError:
+            continue
+        made.append(plot_routing_plan(model.plan, out_dir / f"masks_{rs[0].routing}_{len(seen)}.png",
+                                      title=f"{g}: {model.plan.strategy_repr}"))
+    return made
