@@ -89,7 +89,8 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_embedding_size))
+        t_freq = timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # a no-op for float32 models
 
 
 class LabelEmbedder(nn.Module):
@@ -207,7 +208,7 @@ class DiTParams(BaseModel):
             return None
         name = value[4:] if value.startswith("DiT-") else value
         if name not in DIT_SIZES:
-            raise PydanticCustomError("dit_size", "unknown DiT size {size!r} (allowed: {allowed})",
+            raise PydanticCustomError("dit_size", "unknown DiT size '{size}' (allowed: {allowed})",
                                       {"size": value, "allowed": ", ".join(DIT_SIZES)})
         return name
 

@@ -263,14 +263,17 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
         torch.cuda.reset_peak_memory_stats(d.device)
     bar = tqdm(total=total, initial=step, desc=cfg.name, disable=not (progress and d.is_main), dynamic_ncols=True)
     metrics_path = run_dir / "metrics.jsonl"
+    prepare = getattr(model, "prepare_batch", None)
     model.train()
 
     for images, labels in loader:
         torch.manual_seed(step_seed(cfg.seed, d.rank, step))
-        if step == 0 and d.is_main:
-            check_data_fits(model, images, cfg)
         images = images.to(d.device, non_blocking=True)
         labels = labels.to(d.device, non_blocking=True)
+        if prepare is not None:  # e.g. a latent backbone: VAE-encode, or draw from cached posteriors
+            images = prepare(images)
+        if step == 0 and d.is_main:
+            check_data_fits(model, images, cfg)
         t = weighting.sample_timesteps(images.shape[0], T, d.device)
         scale = _lr_at(cfg, step) / cfg.train.lr
         for group, lr in zip(optimizer.param_groups, base_lrs):

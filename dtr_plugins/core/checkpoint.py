@@ -1,0 +1,244 @@
+"""Checkpoints: this project's own files, official DiT releases and official DTR training checkpoints.
+
+Everything is read with ``torch.load(..., weights_only=True)``. A file that needs arbitrary unpickling
+is refused with a one-line :class:`CheckpointError` unless the caller allows it for a trusted file
+(``allow_unsafe=True``, CLI ``--allow-unsafe-load``).
+
+Formats recognised by :func:`load_checkpoint`:
+
+- this project's checkpoints, ``{"format": "dtr-plugins/1", "model", "ema", "step", "config", ...}``
+  (written by :func:`save_checkpoint`);
+- bare state dicts (the official DiT release files, guided-diffusion ADM weights);
+- training checkpoints ``{"model", "ema", "opt", "args"}`` of the official DiT / DTR code. DTR stores each
+  block's float ``[T, C]`` mask as ``blocks.N.routing._unit_mapping``; those buffers are dropped (the
+  masks follow from the config) after a check against the model's routing plan, which warns on a mismatch.
+
+``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) key prefixes are removed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .io import save_torch
+from .routing import RoutedBackbone
+
+FORMAT = "dtr-plugins/1"
+UNIT_MAPPING = "_unit_mapping"
+_PREFIXES = ("module.", "_orig_mod.")
+_SHOWN_KEYS = 5
+
+
+class RoutingMismatchWarning(UserWarning):
+    """A checkpoint's stored routing masks differ from the routing plan of the model it is loaded into."""
+
+
+def save_checkpoint(path: str | Path, **fields: Any) -> Path:
+    """Write ``{"format": "dtr-plugins/1", **fields}`` atomically (temp file, then rename).
+
+    Usual fields: ``model`` and ``ema`` (state dicts), ``step``, ``config`` (a plain dict),
+    ``optimizer``, ``loss_weighting``, ``rng``. Everything must load with ``weights_only=True``:
+    tensors, plain Python containers, numbers and strings (no numpy arrays or custom classes).
+    """
+    if "format" in fields:
+        raise ValueError("save_checkpoint sets 'format' itself")
+    return save_torch({"format": FORMAT, **fields}, path)
+
+
+def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
+    """``torch.load`` a file on the CPU with ``weights_only=True``; every failure is one CheckpointError line.
+
+    ``argparse.Namespace`` (the ``args`` of official DiT / DTR training checkpoints) is allowed.
+    With ``allow_unsafe`` a file that needs arbitrary unpickling is loaded with ``weights_only=False``;
+    only do that for files you trust.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    try:
+        with _allow_namespace():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unsafe_reason(str(exc))
+        if reason is None:
+            raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_pickle_problem(exc)})") from None
+        if not allow_unsafe:
+            raise CheckpointError(
+                f"{path}: refusing to load, the file needs arbitrary unpickling ({reason}); if you trust it, "
+                "--allow-unsafe-load (CLI) / allow_unsafe=True (API) loads it") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ...
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, use_ema: bool = True, allow_unsafe: bool = False,
+                    strict: bool = True) -> dict[str, Any]:
+    """Load weights from ``path`` into ``model`` and return the checkpoint's contents.
+
+    ``use_ema``: take the ``ema`` weights when the file has them, else ``model``. ``strict``: missing or
+    unexpected keys are an error (shape mismatches always are). Returns the loaded dict (``step``,
+    ``config``, ``optimizer``, ``args``, ...); for a bare state dict, ``{"model": state_dict}``.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    state, meta = _select_state(ckpt, path, use_ema)
+    target = _unwrap(model)
+    state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
+    if unit_mappings:
+        _check_unit_mappings(target, unit_mappings, path)
+    _load_state(target, state, path, strict)
+    return meta
+
+
+#################################################################################
+#                                   Helpers                                     #
+#################################################################################
+
+def _allow_namespace():
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
+
+
+def _unsafe_reason(message: str) -> str | None:
+    """Why a weights-only load refused the file, if it is a refusal rather than damage."""
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", message) or \
+        re.search(r"unsupported GLOBAL (\S+) whose module", message)
+    if found:
+        return f"it references {found.group(1)}"
+    if "reduce for unrecognized function" in message or "Can only create new object" in message:
+        return "it constructs objects that weights-only loading does not allow"
+    return None
+
+
+def _pickle_problem(exc: BaseException) -> str:
+    found = re.search(r"(Unsupported operand \d+|String is too long|invalid load key[^\n]*)", str(exc))
+    return found.group(1) if found else _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and \
+        all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _select_state(ckpt: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    """The state dict to load and the metadata to return, by format."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
+    fmt = ckpt.get("format")
+    if fmt is not None and fmt != FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {fmt!r} (this version reads {FORMAT!r})")
+    if fmt is None and _is_state_dict(ckpt):
+        return ckpt, {"model": ckpt}
+    keys = ("ema", "model") if use_ema else ("model",)
+    if fmt is None:
+        keys += ("state_dict",)
+    for key in keys:
+        if _is_state_dict(ckpt.get(key)):
+            return ckpt[key], dict(ckpt)
+    wanted = " or ".join(f"'{k}'" for k in keys)
+    top = ", ".join(map(str, list(ckpt)[:8])) or "none"
+    raise CheckpointError(f"{path}: no model weights found (expected a state dict under {wanted}; "
+                          f"top-level keys: {top})")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _split_unit_mappings(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[tuple[str, torch.Tensor]]]:
+    """Remove DTR's per-block mask buffers (in the file's order, i.e. forward order) from the state dict."""
+    mappings = [(k, v) for k, v in state.items() if k.rsplit(".", 1)[-1] == UNIT_MAPPING]
+    rest = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] != UNIT_MAPPING}
+    return rest, mappings
+
+
+def _check_unit_mappings(model: nn.Module, mappings: list[tuple[str, torch.Tensor]], path: Path) -> None:
+    """Warn (one line) if the stored masks are not the tables of the model's routing plan."""
+    if not isinstance(model, RoutedBackbone):
+        return
+    plan = model.plan
+    strategy = plan.strategy_repr if plan is not None else "no routing plan"
+    num_layers = len(model.routed_channels())
+    if len(mappings) != num_layers:
+        warnings.warn(f"{path}: the checkpoint stores routing masks ({UNIT_MAPPING}) for {len(mappings)} layers but "
+                      f"the model has {num_layers} routed layers; the model's plan ({strategy}) is kept",
+                      RoutingMismatchWarning, stacklevel=3)
+        return
+    differ = []
+    for layer, (key, stored) in enumerate(mappings):
+        active = stored > 0.5
+        index = plan.layer_table[layer] if plan is not None else None
+        if index is None:
+            same = bool(active.all())
+        else:
+            table = plan.table(index).cpu()
+            same = tuple(active.shape) == tuple(table.shape) and torch.equal(active, table)
+        if not same:
+            differ.append(key)
+    if differ:
+        warnings.warn(f"{path}: the routing masks stored in the checkpoint ({UNIT_MAPPING}) differ from the model's "
+                      f"routing plan ({strategy}) in {len(differ)} of {num_layers} layers ({_few(differ)}); "
+                      "the model's plan is kept", RoutingMismatchWarning, stacklevel=3)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise CheckpointError(f"{path}: {len(mismatched)} tensors have the wrong shape for this model: "
+                              f"{_few(mismatched, 3)}")
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_few(unexpected)}")
+        raise CheckpointError(f"{path}: checkpoint does not match the model ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=strict)
+
+
+def _few(items: list[str], shown: int = _SHOWN_KEYS) -> str:
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
