@@ -157,3 +157,32 @@ def test_report_command_on_missing_folder(tmp_path, run_cli):
 def test_quickstart_suite_expands_to_four_strategies():
     suite = load_suite(ROOT / "configs" / "suites" / "quickstart.yaml")
     assert sorted({r.config.routing.name for r in suite.runs}) == ["dtr", "random", "task_specific_sharing", "vanilla"]
+
+
+def test_adm_and_dit_in_one_suite(tmp_path):
+    path = suite_file(tmp_path, """\
+name: backbones
+matrix:
+  backbone:
+    - {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+    - {name: adm_unet, preset: small, image_size: 8, in_channels: 1, num_classes: 4}
+  routing: [{name: dtr}]
+""")
+    root = run_suite(path)
+    states = {p.parent.name: json.loads(p.read_text())["state"] for p in root.glob("*/status.json")}
+    assert states == {"dit__dtr": "done", "adm_unet-small__dtr": "done"}
+    assert "`adm_unet-small__dtr`" in (root / "report.md").read_text()
+
+
+def test_shipped_suites_expand():
+    for path in sorted((ROOT / "configs" / "suites").glob("*.yaml")):
+        assert load_suite(path).runs, path
+
+
+def test_colliding_short_labels_get_parameters():
+    from dtr_plugins.engine.suite import axis_labels
+
+    a = {"name": "dit", "size": "S/2", "input_size": 8}
+    b = {"name": "dit", "size": "S/2", "input_size": 16}
+    assert axis_labels("backbone", [a, {"name": "adm_unet"}]) == ["dit-S2", "adm_unet"]
+    assert axis_labels("backbone", [a, b]) == ["dit-S2-is8", "dit-S2-is16"]

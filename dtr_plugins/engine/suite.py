@@ -66,16 +66,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def value_label(key: str, value: Any) -> str:
-    """A short readable label: ``dtr-a4-b0.8`` for a plugin section, ``seed0`` / ``lr0.001`` for values."""
+#: sections whose labels always carry their parameters (they are what an ablation varies)
+_LABEL_PARAMS = ("routing", "loss_weighting")
+
+
+def value_label(key: str, value: Any, full: bool | None = None) -> str:
+    """A short readable label: ``dtr-a4-b0.8`` for a routing, ``dit-S2`` for a backbone, ``seed0`` / ``lr0.001``.
+
+    ``full`` adds every parameter of a section (used when short labels of one axis would collide).
+    """
     if isinstance(value, dict):
         head = str(value.get("name", key))
-        if "size" in value:
-            head += "-" + str(value["size"]).replace("/", "")
-        parts = [f"{_initials(k)}{_fmt(v)}" for k, v in value.items() if k not in ("name", "size")]
+        for tag in ("size", "preset"):
+            if tag in value:
+                head += "-" + str(value[tag]).replace("/", "")
+        if full is None:
+            full = key in _LABEL_PARAMS
+        parts = [f"{_initials(k)}{_fmt(v)}" for k, v in value.items() if k not in ("name", "size", "preset")] if full else []
         return "-".join([head, *parts])
     leaf = key.split(".")[-1]
     return f"{leaf}{_fmt(value)}"
+
+
+def axis_labels(key: str, values: list[Any]) -> list[str]:
+    """Labels for one matrix axis: short where that is unambiguous, with all parameters where not."""
+    short = [value_label(key, v) for v in values]
+    return [value_label(key, v, full=True) if short.count(lbl) > 1 else lbl for v, lbl in zip(values, short)]
 
 
 # ---------------------------------------------------------------------------------------- expand
@@ -138,11 +154,12 @@ def load_suite(path: str | Path, registry=None) -> Suite:
     suite = Suite(name=spec.name, path=path, root=root)
     keys = list(spec.matrix)
     seen: dict[str, int] = {}
-    for combo in itertools.product(*(spec.matrix[k] for k in keys)):
-        assignment = dict(zip(keys, combo))
+    labels_of = {k: axis_labels(k, spec.matrix[k]) for k in keys}
+    for combo in itertools.product(*(range(len(spec.matrix[k])) for k in keys)):
+        assignment = {k: spec.matrix[k][i] for k, i in zip(keys, combo)}
         if any(_matches(assignment, partial) for partial in spec.exclude):
             continue
-        labels = [value_label(k, v) for k, v in assignment.items()]
+        labels = [labels_of[k][i] for k, i in zip(keys, combo)]
         run_id = "__".join(labels) or "base"
         if run_id in seen:
             seen[run_id] += 1
