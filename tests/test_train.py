@@ -88,7 +88,7 @@ def test_sample_writes_images_npz_and_grid(tmp_path, run_cli):
     data = np.load(out / "samples.npz")
     assert data["arr_0"].shape == (6, 8, 8, 1) and data["arr_0"].dtype == np.uint8
     assert data["labels"].tolist() == [0, 1, 2, 3, 0, 1]
-    assert len(list(out.glob("0*.png"))) == 6 and (out / "grid.png").exists()
+    assert len(list((out / "images").glob("0*.png"))) == 6 and (out / "grid.png").exists()
     info = json.loads((out / "samples.json").read_text())
     assert info["respacing"] == "ddim4" and info["weights"] == "ema"
     # a checkpoint file works as the source too, and the same seed gives the same images
@@ -119,3 +119,19 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert meta["world_size"] == 2
     assert meta["ranks_in_sync"] is True  # every rank ended with bit-identical weights
     assert (run_dir / "checkpoints" / "0000004.pt").exists()
+
+
+def test_eval_every_logs_metrics_over_steps(tmp_path):
+    cfg = tiny_config(tmp_path, "data={name: digits, image_size: 8}", "backbone.num_classes=10",
+                      "eval={every: 2, num_samples: 20, metrics: [fid], feature_extractor: digits-classifier}",
+                      "train.steps=4", "train.ckpt_every=0")
+    run_dir = dp.train(cfg, progress=False)
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert r["eval"]["frechet_inception_distance"] > 0 and r["eval"]["feature_extractor"] == "digits-classifier"
+        assert r["eval"]["respacing"] == "ddim5" and r["eval"]["num_samples"] == 20
+        assert 0 <= r["eval"]["class_accuracy"] <= 1
+    final = json.loads((run_dir / "eval.json").read_text())
+    assert final["step"] == 4 and (run_dir / "samples" / "grid.png").exists()

@@ -113,15 +113,19 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
 
 def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: bool = True, info: dict | None = None) -> Path:
-    """PNGs (``000000.png`` ...), ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``)."""
+    """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
+
+    The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
+    """
     from PIL import Image
 
     from .plots import image_grid
 
     out.mkdir(parents=True, exist_ok=True)
     if png:
+        (out / "images").mkdir(exist_ok=True)
         for i, img in enumerate(images):
-            atomic_write(out / f"{i:06d}.png", lambda tmp, img=img: Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG"))
+            atomic_write(out / "images" / f"{i:06d}.png", lambda tmp, img=img: Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG"))
     grid = image_grid(images[:256])
     atomic_write(out / "grid.png", lambda tmp: Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(tmp, format="PNG"))
     atomic_write(out / "samples.npz", lambda tmp: np.savez(open(tmp, "wb"), arr_0=images, labels=labels))

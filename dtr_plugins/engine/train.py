@@ -368,17 +368,21 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final) -> None:
     """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
-    from .sample import generate
+    from .evaluate import dataset_reference, evaluate_model_samples
+    from .sample import generate, write_samples
 
     images, labels = generate(ema, diffusion, cfg, num=cfg.eval.num_samples, seed=cfg.seed, dist=d, progress=False)
     if not d.is_main:
         return
+    if final:
+        write_samples(images[:256], labels[:256], run_dir / "samples", png=False,
+                      info={"step": step, "weights": "ema", "sampler": cfg.sample.sampler,
+                            "respacing": cfg.sample.respacing, "cfg_scale": cfg.sample.cfg_scale})
+    reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
     try:
-        from .evaluate import evaluate
-
-        reference = cfg.eval.reference or f"dataset:{cfg.data.name}"
-        result = evaluate({"images": images, "labels": labels}, reference, metrics=cfg.eval.metrics,
-                          feature_extractor=cfg.eval.feature_extractor, weights_path=cfg.eval.weights_path)
+        result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
+                                        feature_extractor=cfg.eval.feature_extractor,
+                                        weights_path=cfg.eval.weights_path)
     except UserError as exc:
         print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
         return
