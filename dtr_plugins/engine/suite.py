@@ -191,7 +191,7 @@ def run_state(run_dir: Path) -> str:
     return "partial" if any((run_dir / "checkpoints").glob("*.pt")) else "new"
 
 
-def _launch(run: PlannedRun, suite: Suite, gpu: int | None) -> dict[str, Any]:
+def _launch(run: PlannedRun, suite: Suite, gpu: int | None, threads: int | None = None) -> dict[str, Any]:
     run_dir = suite.root / run.id
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = suite.root / "configs" / f"{run.id}.yaml"
@@ -203,6 +203,8 @@ def _launch(run: PlannedRun, suite: Suite, gpu: int | None) -> dict[str, Any]:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    elif threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))  # CPU runs side by side share the cores
     write_json(run_dir / "status.json", {"state": "running", "resumed": resume})
     started = time.time()
     with open(run_dir / "train.log", "a") as log:
@@ -244,8 +246,9 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     def work(item: tuple[int, PlannedRun]) -> tuple[PlannedRun, dict[str, Any]]:
         i, run = item
         gpu = (i % gpus) if gpus and width > 1 else None
+        threads = max(1, (os.cpu_count() or 1) // width) if not gpus and width > 1 else None
         print(f"start    {run.id}", flush=True)
-        status = _launch(run, suite, gpu)
+        status = _launch(run, suite, gpu, threads)
         tail = f" ({status['error']})" if status["state"] == "failed" else f" in {status['seconds']}s"
         print(f"{status['state']:8s} {run.id}{tail}", flush=True)
         return run, status
