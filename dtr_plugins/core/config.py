@@ -76,9 +76,15 @@ class EvalConfig(_Strict):
 
 
 class VaeConfig(_Strict):
-    path: str = Field(description="hub id (stabilityai/sd-vae-ft-ema) or a local diffusers folder")
-    scale_factor: float | None = None
-    cache_dir: str | None = None
+    """The frozen VAE of a latent backbone (``latent_dit``) and its latent cache (``dtr cache-latents``)."""
+
+    path: str = Field(description="hub id (stabilityai/sd-vae-ft-ema) or a local diffusers AutoencoderKL folder")
+    scale_factor: float | None = Field(None, gt=0, description="latent scale; default: the VAE config's "
+                                       "scaling_factor, else 0.18215")
+    cache_dir: str | None = Field(None, description="root of latent caches; default <output_dir>/latent_cache")
+    batch_size: int = Field(32, ge=1, description="images per VAE encode / decode call (bounds memory)")
+    shard_size: int = Field(4096, ge=1, description="images per latent cache shard file")
+    cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
 
 
 class ExperimentConfig(_Strict):
@@ -186,6 +192,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             known = ", ".join(registry.names(kind)) or "none installed"
             raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
         params = current.params
+        if section == "backbone" and getattr(info.factory, "uses_vae", False) and cfg.vae is None:
+            raise ConfigError(f"vae.path: backbone '{current.name}' works on VAE latents and needs a vae section, "
+                              f"e.g. vae: {{path: stabilityai/sd-vae-ft-ema}} or a local diffusers folder")
         if section == "backbone" and "learn_sigma" in info.params.model_fields:
             if params.setdefault("learn_sigma", cfg.diffusion.learn_sigma) != cfg.diffusion.learn_sigma:
                 raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
