@@ -22,10 +22,8 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
-	$(VENV)/bin/dtr masks configs/dit_digits.yaml --out runs/masks/dit_digits_dtr.png
-	$(VENV)/bin/dtr masks configs/dit_digits.yaml --set 'routing={name: random}' --out runs/masks/dit_digits_random.png
-	$(VENV)/bin/dtr masks configs/dit_digits.yaml --set 'routing={name: task_specific_sharing}' --out runs/masks/dit_digits_tss.png
-	@echo "demo: mask heatmaps in runs/masks/"
+	$(VENV)/bin/dtr suite configs/suites/quickstart.yaml --parallel 2
+	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures)"
 
 clean:
 	rm -rf $(VENV) runs
