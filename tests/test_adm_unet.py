@@ -447,3 +447,15 @@ def test_direct_construction_reports_config_errors():
         ADMUNet(**dict(TINY, image_size=15))
     with pytest.raises(ConfigError, match=r"^adm_unet\.num_heads: "):
         ADMUNet(**dict(TINY, num_heads=3))
+
+
+def test_guidance_without_null_class_is_a_clear_error():
+    import dtr_plugins as dp
+    from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
+    from dtr_plugins.core.errors import ConfigError
+
+    model = build_adm_unet(preset="small", num_classes=4)
+    diffusion = GaussianDiffusion(get_named_beta_schedule("linear", 100))
+    with pytest.raises(ConfigError, match="sample.cfg_scale: .*without a null class"):
+        diffusion.sample(model, (2, 1, 8, 8), respacing="ddim2", model_kwargs={"y": torch.tensor([0, 1])},
+                         cfg_scale=2.0, progress=False)

@@ -268,6 +268,8 @@ class ADMUNet(RoutedBackbone):
         self.learn_sigma = p.learn_sigma
         self.model_channels = p.model_channels
         self.num_classes = p.num_classes
+        # guided-diffusion's label table has no extra row, so classifier-free guidance has no null label.
+        self.null_class: int | None = None
         self.channels_last = p.channels_last
         self.route_attention = p.route_attention
 

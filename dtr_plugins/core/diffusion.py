@@ -419,6 +419,11 @@ def _null_label(model: Any, y_null: Any) -> Any:
     if y_null is not None:
         return y_null
     for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        if m is not None and hasattr(m, "null_class"):  # the backbone says which label means "no class"
+            if m.null_class is None:
+                raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
+                                  "so classifier-free guidance is not available; use cfg_scale 1.0")
+            return m.null_class
         n = getattr(m, "num_classes", None)
         if n is not None:
             return n
