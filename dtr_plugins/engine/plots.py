@@ -105,7 +105,8 @@ def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str
         if not runs:
             continue
         arr = np.array([[np.nan if v is None else v for v in r] for r in runs], dtype=float)
-        mean = np.nanmean(arr, axis=0)
+        seen = np.isfinite(arr).sum(0)
+        mean = np.where(seen > 0, np.nansum(arr, axis=0) / np.maximum(seen, 1), np.nan)  # empty bucket: a gap
         x = (np.arange(len(mean)) + 0.5) / len(mean)
         ax.plot(x, mean, marker="o", ms=3, label=group)
     ax.set_xlabel("timestep t / T (bucket centre)")
