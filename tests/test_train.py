@@ -123,7 +123,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
 
 def test_eval_every_logs_metrics_over_steps(tmp_path):
     cfg = tiny_config(tmp_path, "data={name: digits, image_size: 8}", "backbone.num_classes=10",
-                      "eval={every: 2, num_samples: 20, metrics: [fid], feature_extractor: digits-classifier}",
+                      "eval={every: 2, num_samples: 20, metrics: [fid, prc], feature_extractor: digits-classifier}",
                       "train.steps=4", "train.ckpt_every=0")
     run_dir = dp.train(cfg, progress=False)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -133,5 +133,6 @@ def test_eval_every_logs_metrics_over_steps(tmp_path):
         assert r["eval"]["frechet_inception_distance"] > 0 and r["eval"]["feature_extractor"] == "digits-classifier"
         assert r["eval"]["respacing"] == "ddim5" and r["eval"]["num_samples"] == 20
         assert 0 <= r["eval"]["class_accuracy"] <= 1
+        assert 0 <= r["eval"]["precision"] <= 1 and r["eval"]["train_precision"] == "fp32"  # no key collision
     final = json.loads((run_dir / "eval.json").read_text())
     assert final["step"] == 4 and (run_dir / "samples" / "grid.png").exists()

@@ -55,6 +55,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
+    """Metric keys must hold numbers; anything else under a metric's name is dropped, not plotted."""
+    return {k: v for k, v in result.items() if k not in METRICS or isinstance(v, (int, float))}
+
+
 def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
     import yaml
 
@@ -69,7 +74,7 @@ def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
         meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
         records = _read_jsonl(run_dir / "metrics.jsonl")
-        evals = [dict(r["eval"], step=r["step"]) for r in records if "eval" in r]
+        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
         train = [r for r in records if "eval" not in r]
         results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
                                  status=status, routing=(config.get("routing") or {}).get("name", "?"),

@@ -388,7 +388,7 @@ def _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final) -> N
         return
     result.update({"step": step, "sampler": cfg.sample.sampler, "respacing": cfg.sample.respacing,
                    "cfg_scale": cfg.sample.cfg_scale, "cfg_channels": cfg.sample.cfg_channels,
-                   "precision": cfg.train.precision, "world_size": d.world_size, "seed": cfg.seed})
+                   "train_precision": cfg.train.precision, "world_size": d.world_size, "seed": cfg.seed})
     _append_jsonl(run_dir / "metrics.jsonl", {"step": step, "eval": result})
     if final:
         write_json(run_dir / "eval.json", result)
