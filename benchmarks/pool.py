@@ -1,0 +1,69 @@
+"""Pool the per-round paired ratios of several ``train_step.py`` runs of the same configuration.
+
+On a shared machine one run's 95% interval can be wider than the effect; runs of the same configuration (same
+model, batch, input size, precision) can be pooled: every round of every run gives one paired ratio per
+comparison (``dtr`` vs ``vanilla``, ``pub_dtr`` vs ``pub_vanilla``, ``dtr`` vs ``pub_dtr``), and the pooled median
+gets a bootstrap interval over all rounds.
+
+    python benchmarks/pool.py benchmarks/results-cpu/train_step_S2*.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import fmt_pct  # noqa: E402
+
+PAIRS = (("dtr", "vanilla", "our routing overhead (dtr vs vanilla)"),
+         ("pub_dtr", "pub_vanilla", "published-style overhead (pub_dtr vs pub_vanilla)"),
+         ("dtr", "pub_dtr", "our dtr step vs published-style dtr step"))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="train_step JSON files")
+    ap.add_argument("--backbone", default="dit")
+    ap.add_argument("--out-dir", default=None)
+    args = ap.parse_args(argv)
+    configs, pooled = set(), {p: ([], []) for p in PAIRS}
+    rounds = []
+    for path in args.runs:
+        data = json.loads(Path(path).read_text())[args.backbone]
+        cfg = data["config"]
+        configs.add(tuple(sorted((k, v) for k, v in cfg.items() if k not in ("steps", "warmup"))))
+        by = {(r["kind"], r["precision"], r["compile"]): r for r in data["results"] if "times_s" in r}
+        rounds.append(f"{Path(path).name}: {cfg['steps']} rounds")
+        for pair in PAIRS:
+            for (kind, prec, comp), r in by.items():
+                ref = by.get((pair[1], prec, comp))
+                if kind == pair[0] and ref is not None:
+                    n = min(len(r["times_s"]), len(ref["times_s"]))
+                    pooled[pair][0].extend(r["times_s"][:n])
+                    pooled[pair][1].extend(ref["times_s"][:n])
+    if len(configs) != 1:
+        raise SystemExit("runs differ in configuration (model, batch, input size...); pool only like with like")
+    rows = []
+    out = {}
+    for pair, (a, b) in pooled.items():
+        if not a:
+            continue
+        o = common.paired_overhead(a, b)
+        out[pair[2]] = {**o, "rounds": len(a)}
+        rows.append([pair[2], len(a), fmt_pct(o["paired_median"]), f"{fmt_pct(o['ci95_low'])} .. "
+                     f"{fmt_pct(o['ci95_high'])}"])
+    md = (f"### Pooled paired ratios ({'; '.join(rounds)})\n\n"
+          + common.markdown_table(["comparison", "rounds", "pooled paired median", "95% CI (bootstrap)"], rows))
+    ours = out.get(PAIRS[0][2])
+    pub = out.get(PAIRS[1][2])
+    if ours and pub and ours["paired_median"] > 0:
+        md += f"\n\npublished-style / ours (pooled paired medians): {pub['paired_median'] / ours['paired_median']:.2f}x"
+    common.write_outputs(args.out_dir, "pooled", md, {"runs": args.runs, "pooled": out})
+
+
+if __name__ == "__main__":
+    main()

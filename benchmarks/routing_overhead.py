@@ -1,0 +1,213 @@
+"""Routing cost at the component level, where a shared machine's noise does not hide it.
+
+A whole training step carries a ~1% routing cost under several % of noise on a shared CPU. This benchmark
+isolates what routing adds, at the real activation shape (default DiT-S/2, batch 8, 32x32 latents:
+``[8, 256, 384]``), on the same block weights, forward + backward:
+
+1. **blocks**: ``ours plain`` (our block without a mask, what vanilla routing runs), ``ours routed``
+   (``x + F(m * x)``), ``official`` (the official DiT block), ``published routed`` (the published-style block,
+   including its router's per-block mask re-selection, ``published_baseline.py``). Rounds run the four in
+   A B C D D C B A order (rotating the start), and each round's time per block is the mean of its two runs, which
+   cancels a linear drift of the machine's speed within the round.
+2. **added ops alone**: the elementwise ops each routing adds to its own plain block, at the same shape, with
+   autograd: ours ``u = x * m`` (backward ``g * m``); published ``u = x * m``, ``x * (1 - m) + r`` (backward
+   ``g * m``, ``g * (1 - m)`` and one more gradient accumulation for ``x``). Cheap, so many rounds.
+3. **mask selection per model forward**: our one gather per distinct table against the published global +
+   module walk (``model.apply``) that makes every router re-select its float mask.
+
+The per-step routing time of the whole model is then estimated as ``depth x added ops + one selection``.
+
+    python benchmarks/routing_overhead.py --model S/2 --batch 8 --input-size 32 --reps 30 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import fmt_pct  # noqa: E402
+
+
+def interleaved(fns: dict, rounds: int, warmup: int, device: torch.device, abba: bool = True) -> dict[str, list]:
+    """Per-round times of each function; with ``abba`` each round runs the list forward then backward."""
+    names = list(fns)
+    times = {k: [] for k in names}
+    for r in range(warmup + rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        runs = order + order[::-1] if abba else order
+        acc = {k: 0.0 for k in names}
+        for name in runs:
+            with common.Timer(device) as timer:
+                fns[name]()
+            acc[name] += timer.seconds
+        if r >= warmup:
+            for k in names:
+                times[k].append(acc[k] / (2 if abba else 1))
+    return times
+
+
+def ci(o: dict) -> str:
+    return f"{fmt_pct(o['paired_median'])} [{fmt_pct(o['ci95_low'])}, {fmt_pct(o['ci95_high'])}]"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="S/2")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--input-size", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    ap.add_argument("--reps", type=int, default=30, help="timed rounds of the block variants")
+    ap.add_argument("--op-reps", type=int, default=300, help="timed rounds of the added ops")
+    ap.add_argument("--select-reps", type=int, default=300, help="timed rounds of the mask selection")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.batch, args.input_size, args.reps, args.op_reps, args.select_reps, args.warmup = 2, 8, 2, 5, 5, 1
+    common.quiet_plugin_warnings()
+    device = common.pick_device(args.device)
+    common.setup_backends(device, args.threads)
+
+    import dtr_plugins as dp
+    from dtr_plugins.backbones.dit import DiT
+    from dtr_plugins.core.routing import RoutingPlan
+
+    import published_baseline as pb
+    from train_step import randomize_zero_init
+
+    torch.manual_seed(0)
+    model = DiT(size=args.model, input_size=args.input_size)
+    randomize_zero_init(model)
+    model.to(device)
+    T, D, depth = 1000, model.hidden_size, model.depth
+    tokens = (args.input_size // model.patch_size) ** 2
+    strategy = dp.build_strategy("dtr")
+    plan = RoutingPlan(strategy, model.routed_channels(), T).to(device)
+    model.attach_routing(plan)
+    pub_model = pb.PublishedStyleDiT(model, pb.published_tables(strategy, T, D, depth)).to(device)
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(args.batch, tokens, D, generator=g).to(device)
+    c = torch.randn(args.batch, D, generator=g).to(device)
+    grad = torch.randn(args.batch, tokens, D, generator=g).to(device)
+    t = torch.randint(0, T, (args.batch,), generator=g).to(device)
+    mask = plan.gather(t, x0.dtype)[0].unsqueeze(1)  # what every block receives once the forward gathered rows
+
+    block = model.blocks[0]
+    official = pb.PublishedStyleBlock(block, None)
+    published = pub_model.blocks[0]
+    ac = lambda: common.autocast(args.precision, device)  # noqa: E731
+
+    def fwd_bwd(fn):
+        def run():
+            x = x0.detach().requires_grad_(True)
+            with ac():
+                out = fn(x)
+            out.backward(grad.to(out.dtype))
+        return run
+
+    def published_fn(x):  # the router re-selects its mask on every forward (in the walk), then the block runs
+        published.routing.set_active_task(t)
+        return published(x, c)
+
+    blocks = {"ours plain": fwd_bwd(lambda x: block(x, c, None)),
+              "ours routed": fwd_bwd(lambda x: block(x, c, mask)),
+              "official": fwd_bwd(lambda x: official(x, c)),
+              "published routed": fwd_bwd(published_fn)}
+    print(f"[routing_overhead] blocks: {len(blocks)} x {args.warmup + args.reps} ABBA rounds", file=sys.stderr,
+          flush=True)
+    bt = interleaved(blocks, args.reps, args.warmup, device)
+
+    # the ops each routing adds to its own plain block, alone
+    r0 = torch.randn(args.batch, tokens, D, generator=g).to(device)
+
+    def ours_ops():
+        x = x0.detach().requires_grad_(True)
+        (x * mask).backward(grad)
+
+    published.routing.set_active_task(t)
+    pub_mask = published.routing.active_mask  # re-selection is timed with the walk below
+
+    def published_ops():
+        m = pub_mask
+        x, r = x0.detach().requires_grad_(True), r0.detach().requires_grad_(True)
+        u = x * m
+        out = x * (1 - m) + r
+        torch.autograd.backward([u, out], [grad, grad])
+
+    print(f"[routing_overhead] added ops: {args.warmup + args.op_reps} rounds", file=sys.stderr, flush=True)
+    ot = interleaved({"ours: x * m": ours_ops, "published: x * m, x * (1 - m) + r":
+                      published_ops}, args.op_reps, args.warmup, device)
+
+    def ours_select():
+        return model.layer_masks(t, x0.dtype)
+
+    def published_select():
+        pb._ACTIVE_TASK = t
+        pub_model.apply(pb._change_task)
+
+    with torch.no_grad():
+        st = interleaved({"ours: one gather per distinct table": ours_select,
+                          "published: global + model.apply walk (all routers re-select)": published_select},
+                         args.select_reps, 10, device)
+
+    # --- tables
+    o_ours = common.paired_overhead(bt["ours routed"], bt["ours plain"])
+    o_pub = common.paired_overhead(bt["published routed"], bt["official"])
+    o_cmp = common.paired_overhead(bt["ours routed"], bt["published routed"])
+    o_plain = common.paired_overhead(bt["ours plain"], bt["official"])
+    refs = {"ours routed": o_ours, "published routed": o_pub}
+    rows = []
+    for name, ts in bt.items():
+        s = common.summary(ts)
+        o = refs.get(name)
+        rows.append([name, f"{1e3 * s['median']:.2f}", f"{1e3 * s['p25']:.2f}-{1e3 * s['p75']:.2f}",
+                     "(reference)" if o is None else fmt_pct(o["ratio_of_medians"]), "" if o is None else ci(o)])
+    op_rows = [[k, f"{1e3 * statistics.median(v):.3f}", f"{1e3 * common.quantile(v, .25):.3f}-"
+                f"{1e3 * common.quantile(v, .75):.3f}"] for k, v in ot.items()]
+    sel_rows = [[k, f"{1e6 * statistics.median(v):.1f}"] for k, v in st.items()]
+    ours_op, pub_op = (statistics.median(v) for v in ot.values())
+    ours_sel, pub_sel = (statistics.median(v) for v in st.values())
+    plain_blocks = depth * statistics.median(bt["ours plain"])
+    official_blocks = depth * statistics.median(bt["official"])
+    est_ours = depth * ours_op + ours_sel
+    est_pub = depth * pub_op + pub_sel
+    ratio = est_pub / est_ours
+
+    info = common.machine_info(device)
+    md = "\n".join(common.header_lines(info))
+    md += (f"\n\n### Routing cost, DiT-{args.model} block, [{args.batch}, {tokens}, {D}] activations, "
+           f"{args.precision}, forward + backward ({args.reps} ABBA rounds)\n\n") + common.markdown_table(
+        ["block", "median (ms)", "p25-p75 (ms)", "overhead vs own plain block", "paired [95% CI]"], rows)
+    md += (f"\n\n- our routed block vs published-style routed block: {fmt_pct(o_cmp['ratio_of_medians'])} "
+           f"(paired {ci(o_cmp)})\n- our plain block vs official block: {fmt_pct(o_plain['ratio_of_medians'])} "
+           f"(paired {ci(o_plain)})")
+    md += (f"\n\nThe ops each routing adds, alone (forward + backward, same shape, median of {args.op_reps} "
+           f"rounds):\n\n" + common.markdown_table(["added ops", "median (ms)", "p25-p75 (ms)"], op_rows))
+    md += (f"\n\nMask selection per model forward ({depth} routed blocks, median of {args.select_reps} rounds):\n\n"
+           + common.markdown_table(["mechanism", "microseconds"], sel_rows))
+    md += (f"\n\nRouting time per training step of the whole model ({depth} x added ops + one selection): ours "
+           f"{1e3 * est_ours:.2f} ms = {fmt_pct(est_ours / plain_blocks)} of its {depth} plain blocks; "
+           f"published-style {1e3 * est_pub:.2f} ms = {fmt_pct(est_pub / official_blocks)} of the {depth} official "
+           f"blocks; published / ours = **{ratio:.2f}x**")
+    payload = {"machine": info, "args": vars(args), "block_times_s": bt, "op_times_s": ot, "selection_times_s": st,
+               "overhead": {"ours": o_ours, "published": o_pub, "ours_vs_published": o_cmp,
+                            "ours_plain_vs_official": o_plain},
+               "estimated_routing_s_per_step": {"ours": est_ours, "published": est_pub, "ratio": ratio,
+                                                "ours_fraction": est_ours / plain_blocks,
+                                                "published_fraction": est_pub / official_blocks}}
+    common.write_outputs(args.out_dir, "routing_overhead" + (f"_{args.tag}" if args.tag else ""), md, payload)
+
+
+if __name__ == "__main__":
+    main()
