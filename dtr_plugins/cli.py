@@ -127,21 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    common = argparse.ArgumentParser(add_help=False)  # so that `dtr train ... --debug` works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
-    p = sub.add_parser("plugins", help="list installed plugins: kind, name, distribution, version")
+    p = sub.add_parser(parents=[common], name="plugins", help="list installed plugins: kind, name, distribution, version")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("validate", help="validate a config and print it resolved, defaults filled in")
+    p = sub.add_parser(parents=[common], name="validate", help="validate a config and print it resolved, defaults filled in")
     _config_args(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("masks", help="draw the mask tables of a config as heatmaps")
+    p = sub.add_parser(parents=[common], name="masks", help="draw the mask tables of a config as heatmaps")
     _config_args(p)
     p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
     p.set_defaults(func=cmd_masks)
 
-    p = sub.add_parser("train", help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
+    p = sub.add_parser(parents=[common], name="train", help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="sample images from a run directory or checkpoint")
+    p = sub.add_parser(parents=[common], name="sample", help="sample images from a run directory or checkpoint")
     p.add_argument("source", help="run directory or checkpoint file")
     p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--out", default=None, help="output folder (default <run>/samples)")
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="score samples against a reference (FID, IS, KID, precision/recall)")
+    p = sub.add_parser(parents=[common], name="eval", help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
@@ -173,18 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("suite", help="run an ablation suite (matrix of runs) and build its report")
+    p = sub.add_parser(parents=[common], name="suite", help="run an ablation suite (matrix of runs) and build its report")
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (one GPU each)")
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser("report", help="rebuild a suite's report.md, results.csv and plots")
+    p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")
     p.add_argument("suite_dir", help="runs/<suite name>")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("cache-latents", help="encode a dataset once with the config's VAE")
+    p = sub.add_parser(parents=[common], name="cache-latents", help="encode a dataset once with the config's VAE")
     _config_args(p)
     p.set_defaults(func=cmd_cache_latents)
     return parser

@@ -83,6 +83,8 @@ def test_debug_shows_traceback(tmp_path):
     path = write(tmp_path / "c.yaml", GOOD)
     with pytest.raises(ConfigError):
         main(["--debug", "validate", str(path), "--set", "routing.beta=2"])
+    with pytest.raises(ConfigError):
+        main(["validate", str(path), "--set", "routing.beta=2", "--debug"])
 
 
 def test_bad_cli_usage_is_one_line(run_cli):
