@@ -136,3 +136,37 @@ def test_eval_every_logs_metrics_over_steps(tmp_path):
         assert 0 <= r["eval"]["precision"] <= 1 and r["eval"]["train_precision"] == "fp32"  # no key collision
     final = json.loads((run_dir / "eval.json").read_text())
     assert final["step"] == 4 and (run_dir / "samples" / "grid.png").exists()
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, run_cli):
+    import types
+
+    from dtr_plugins.core.plugins import build_registry
+    from dtr_plugins.weighting.base import LossWeighting
+
+    class ExplodeAfter(LossWeighting):
+        """Mean loss for three steps, then NaN."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, terms, t, diffusion):
+            self.calls += 1
+            loss = terms["loss"].mean()
+            return loss if self.calls <= 3 else loss * float("nan")
+
+    module = types.ModuleType("explode_plugin")
+
+    @dp.hookimpl
+    def dtr_register_loss_weightings(register):
+        register("explode", ExplodeAfter)
+
+    module.dtr_register_loss_weightings = dtr_register_loss_weightings
+    registry = build_registry([module])
+    path = write(tmp_path / "tiny.yaml", TINY.replace("data:", "loss_weighting: {name: explode}\ndata:"))
+    cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path / 'runs'}"], registry=registry)
+    with pytest.raises(dp.UserError, match="loss became NaN or inf before step 4; the last good checkpoint"):
+        dp.train(cfg, registry=registry, progress=False)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0000003.pt"]
