@@ -14,10 +14,8 @@ from dtr_plugins.core.plugins import default_registry
 
 from .conftest import write
 
-pytest.importorskip("diffusers")
-
-from dtr_plugins.engine import latents  # noqa: E402
-from dtr_plugins.engine.latents import FrozenVae, LatentCacheDataset, cache_latents  # noqa: E402
+from dtr_plugins.engine import latents
+from dtr_plugins.engine.latents import FrozenVae, LatentCacheDataset, cache_latents
 
 TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
