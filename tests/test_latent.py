@@ -11,11 +11,10 @@ import dtr_plugins as dp
 from dtr_plugins.core.build import build_dataset, build_model
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import default_registry
-
-from .conftest import write
-
 from dtr_plugins.engine import latents
 from dtr_plugins.engine.latents import FrozenVae, LatentCacheDataset, cache_latents
+
+from .conftest import write
 
 TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
