@@ -22,3 +22,11 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """A dataset or sample folder cannot be read."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters, for one-line error reports."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -54,6 +54,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dtr_plugins.core.errors import DataError, UserError
+from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import write_json
 from dtr_plugins.engine.feature_extractors import EvalError, FeatureExtractorSpec, cache_root, file_sha256
 
@@ -134,11 +135,6 @@ class DatasetImages(Dataset):
             shape = list(image.shape) if torch.is_tensor(image) else type(image).__name__
             raise EvalError(f"{self.where}: items must be images [1 or 3, H, W] in [-1, 1], got {shape}")
         return to_uint8(image).expand(3, -1, -1).contiguous()
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Floats in [-1, 1] -> ``uint8`` (``round((x + 1) * 127.5)``, clamped)."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class _Lazy(Dataset):

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import save_torch
 
@@ -199,7 +200,7 @@ def digits_training_images() -> tuple[torch.Tensor, torch.Tensor]:
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images).float().div(16.0).mul(2).sub(1).unsqueeze(1)
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    x = to_uint8(x).expand(-1, 3, -1, -1).contiguous()
     return x, torch.from_numpy(bunch.target).long()
 
 

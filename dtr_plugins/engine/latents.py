@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dtr_plugins.core.config import ExperimentConfig, VaeConfig
-from dtr_plugins.core.errors import ConfigError, DataError
+from dtr_plugins.core.errors import ConfigError, DataError, first_line
 from dtr_plugins.core.io import save_torch, write_json
 
 CACHE_FORMAT = "dtr-latent-cache/1"
@@ -114,7 +114,7 @@ class FrozenVae:
         try:
             module = AutoencoderKL.from_pretrained(str(self.folder), low_cpu_mem_usage=False)
         except Exception as exc:  # diffusers reports a bad folder as OSError, ValueError, EnvironmentError ...
-            raise ConfigError(f"vae.path: cannot load the VAE weights from {self.folder}: {_first_line(exc)}") from None
+            raise ConfigError(f"vae.path: cannot load the VAE weights from {self.folder}: {first_line(exc, limit=200)}") from None
         module.requires_grad_(False).eval()
         return module.float()
 
@@ -183,7 +183,7 @@ def load_vae(vae: VaeConfig) -> FrozenVae:
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"vae.path: cannot read {config_file}: {_first_line(exc)}") from None
+        raise ConfigError(f"vae.path: cannot read {config_file}: {first_line(exc, limit=200)}") from None
     kind = config.get("_class_name", "AutoencoderKL")
     if kind != "AutoencoderKL" or "block_out_channels" not in config:
         raise ConfigError(f"vae.path: {vae.path} holds a {kind}, not an AutoencoderKL")
@@ -246,7 +246,7 @@ def _hub_snapshot(repo_id: str) -> Path:
         return Path(snapshot_download(**kwargs))
     except Exception as exc:
         raise ConfigError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
-                                                  f"failed ({_first_line(exc)})")) from None
+                                                  f"failed ({first_line(exc, limit=200)})")) from None
 
 
 def _not_available(repo_id: str, why: str) -> str:
@@ -254,13 +254,6 @@ def _not_available(repo_id: str, why: str) -> str:
             f"python -c \"from diffusers import AutoencoderKL; AutoencoderKL.from_pretrained('{repo_id}')"
             f".save_pretrained('DIR')\", copy DIR here and set vae.path to that local folder "
             f"(--set vae.path=/path/to/DIR)")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def data_image_size(cfg: ExperimentConfig) -> int:
@@ -436,7 +429,7 @@ class LatentCacheDataset(Dataset):
             try:
                 shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:
-                raise DataError(f"{path}: unreadable latent cache shard ({_first_line(exc)}); delete it and run "
+                raise DataError(f"{path}: unreadable latent cache shard ({first_line(exc, limit=200)}); delete it and run "
                                 "dtr cache-latents again") from None
             self._shards[index] = shard
         return shard
