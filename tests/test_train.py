@@ -170,3 +170,20 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
         dp.train(cfg, registry=registry, progress=False)
     run_dir = tmp_path / "runs" / "tiny"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0000003.pt"]
+
+
+class Opaque:
+    """An object that weights-only loading refuses (as arbitrary pickles are)."""
+
+
+def test_sample_from_a_file_that_needs_unsafe_loading(tmp_path, run_cli):
+    run_dir = dp.train(tiny_config(tmp_path), progress=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "0000006.pt", weights_only=True)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({**ckpt, "extra": Opaque()}, unsafe)
+    code, _, err = run_cli("sample", str(unsafe), "--num", "2", "--out", str(tmp_path / "s"), "--respacing", "ddim2")
+    assert code == 2 and "--allow-unsafe-load" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("sample", str(unsafe), "--num", "2", "--out", str(tmp_path / "s"), "--respacing", "ddim2",
+                           "--allow-unsafe-load")
+    assert code == 0, err
+    assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .io import save_torch
 from .routing import RoutedBackbone
 
@@ -81,11 +81,11 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
     except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ...
-        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({first_line(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({first_line(exc)})") from None
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, use_ema: bool = True, allow_unsafe: bool = False,
@@ -97,7 +97,14 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, use_ema: bool = True,
     ``config``, ``optimizer``, ``args``, ...); for a bare state dict, ``{"model": state_dict}``.
     """
     path = Path(path)
-    ckpt = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    return apply_checkpoint(model, read_checkpoint(path, allow_unsafe=allow_unsafe), path, use_ema=use_ema,
+                            strict=strict)
+
+
+def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: bool = True,
+                     strict: bool = True) -> dict[str, Any]:
+    """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors)."""
+    path = Path(path)
     state, meta = _select_state(ckpt, path, use_ema)
     target = _unwrap(model)
     state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
@@ -129,14 +136,7 @@ def _unsafe_reason(message: str) -> str | None:
 
 def _pickle_problem(exc: BaseException) -> str:
     found = re.search(r"(Unsupported operand \d+|String is too long|invalid load key[^\n]*)", str(exc))
-    return found.group(1) if found else _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    text = text if len(text) <= 160 else text[:157] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return found.group(1) if found else first_line(exc)
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -9,6 +9,7 @@ import torch
 
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
 from dtr_plugins.core.errors import CheckpointError, UserError
+from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write
 
 from . import distributed
@@ -17,12 +18,6 @@ from . import distributed
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
     """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (up to one)."""
     return np.arange(num) % max(num_classes, 1)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[-1, 1]`` NCHW floats -> uint8 NHWC, as the ADM evaluator expects."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -69,7 +64,7 @@ def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int,
                              progress=False, device=d.device)
         if decode is not None:
             x = decode(x)
-        chunks.append((chunk_index, to_uint8(x)))
+        chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     model.train(was_training)
     if d.enabled:
         import torch.distributed as tdist
@@ -82,9 +77,12 @@ def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int,
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
-    """A run directory (its config and last checkpoint) or one checkpoint file -> (cfg, model, diffusion, path)."""
+    """A run directory (its config and last checkpoint) or one checkpoint file -> (cfg, model, diffusion, path).
+
+    The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
+    """
     from dtr_plugins.core.build import build_diffusion, build_model
-    from dtr_plugins.core.checkpoint import load_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
 
     from .train import latest_checkpoint
 
@@ -93,21 +91,20 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
         ckpt_path = latest_checkpoint(source)
         if ckpt_path is None:
             raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'}")
-        cfg = config_from_dict(read_yaml(source / "config.yaml"), source=str(source / "config.yaml"))
+        run_cfg = source / "config.yaml"
     elif source.is_file():
-        ckpt_path = source
-        meta = torch.load(source, map_location="cpu", weights_only=True, mmap=True) if source.suffix == ".pt" else None
-        if not isinstance(meta, dict) or "config" not in meta:
-            run_cfg = source.parent.parent / "config.yaml"
-            if not run_cfg.exists():
-                raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
-            cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
-        else:
-            cfg = config_from_dict(meta["config"], source=f"{source} (config)")
+        ckpt_path, run_cfg = source, source.parent.parent / "config.yaml"
     else:
         raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
+    if source.is_file() and isinstance(ckpt, dict) and "config" in ckpt:
+        cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
+    elif run_cfg.exists():
+        cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
+    else:
+        raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
     model = build_model(cfg)
-    load_checkpoint(model, ckpt_path, use_ema=use_ema, allow_unsafe=allow_unsafe_load)
+    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
     device = device or distributed.pick_device(cfg.train.device)
     return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path
 
