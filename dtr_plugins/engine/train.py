@@ -305,10 +305,7 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
 
         last = step == total
         if step % cfg.train.log_every == 0 or last:
-            if not bool(finite):
-                raise TrainingDiverged(f"{run_dir}: loss became NaN or inf before step {step}; the last good "
-                                       f"checkpoint is kept in {run_dir / 'checkpoints'} (try a lower train.lr, "
-                                       f"train.grad_clip or precision fp32)")
+            _stop_if_diverged(finite, run_dir, step)
             stats = _reduce(d, loss_sum, bucket_sum, bucket_count)
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             record = {"step": step, "loss": stats["loss"] / window_steps,
@@ -325,9 +322,7 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
             bucket_sum.zero_(); bucket_count.zero_(); loss_sum.zero_()
             window_steps, window_start = 0, time.perf_counter()
         if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
-            if not bool(finite):
-                raise TrainingDiverged(f"{run_dir}: loss became NaN or inf before step {step}; the last good "
-                                       f"checkpoint is kept in {run_dir / 'checkpoints'}")
+            _stop_if_diverged(finite, run_dir, step)
             if d.is_main:
                 save_checkpoint(run_dir / "checkpoints" / f"{step:07d}.pt", step=step, model=model.state_dict(),
                                 ema=ema.state_dict(), optimizer=optimizer.state_dict(),
@@ -338,6 +333,14 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
         if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
             _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final=last)
     bar.close()
+
+
+def _stop_if_diverged(finite: torch.Tensor, run_dir: Path, step: int) -> None:
+    """Checked before logging and before saving, so no NaN weights ever reach a checkpoint."""
+    if not bool(finite):
+        raise TrainingDiverged(f"{run_dir}: loss became NaN or inf before step {step}; the last good checkpoint is "
+                               f"kept in {run_dir / 'checkpoints'} (try a lower train.lr, train.grad_clip or "
+                               f"precision fp32)")
 
 
 def _all_reduce_grads(params, world_size: int) -> None:
