@@ -79,8 +79,11 @@ def test_reference_statistics_cached_and_reused(tmp_path, registry, monkeypatch)
     first = digits_eval(images, metrics=["fid", "kid"], registry=registry, cache_dir=cache)
     assert first["reference_cache"] == "miss"
     files = sorted(cache.iterdir())
-    assert any(f.name.endswith(".json") for f in files)
-    assert any("features-penultimate" in f.name for f in files)
+    assert [f.suffix for f in files] == [".json", ".npz"]  # one entry: its description and its arrays
+    with np.load(files[1], allow_pickle=False) as arrays:  # plain arrays, readable without pickle
+        assert arrays["features__penultimate"].shape == (899, 128)
+        assert arrays["fid_mu__penultimate"].shape == (128,)
+        assert arrays["fid_sigma__penultimate"].shape == (128, 128)
     stamps = {f: f.stat().st_mtime_ns for f in files}
 
     # the second run must not even build the reference dataset
