@@ -16,6 +16,7 @@ from PIL import Image
 from dtr_plugins.core.errors import DataError, UserError
 from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.data import digits as digits_plugin
+from dtr_plugins.data import image_folder as image_folder_plugin
 from dtr_plugins.data.digits import Digits
 from dtr_plugins.engine import feature_extractors as fe_plugin
 from dtr_plugins.engine.evaluate import (EvalError, dataset_reference, evaluate, evaluate_model_samples,
@@ -237,3 +238,176 @@ def test_cli_eval_digits_classifier(tmp_path, run_cli):
     code, _, err = run_cli("eval", "--samples", str(tmp_path / "nothing"), "--ref", "dataset:digits",
                            "--feature-extractor", "digits-classifier", "--out", str(out))
     assert code == 2 and "no such file" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# trustworthy results: each fault of the issue as a test
+
+
+def save_pngs(folder, images, start=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0], mode="L").save(folder / f"{start + i:04d}.png")
+
+
+def test_folder_reference_statistics_follow_the_folder_content(tmp_path, registry):
+    """Adding or replacing images in a reference folder gives new statistics, not the old FID."""
+    samples, _ = real_digits("a")
+    ref_images, _ = real_digits("b")
+    data = tmp_path / "data"
+    save_pngs(data, ref_images[:400])
+    cache = tmp_path / "cache"
+    for ref in (f"dataset:image_folder?path={data}&image_size=8&class_cond=false", str(data)):
+        reg = build_registry([digits_plugin, fe_plugin, image_folder_plugin], entry_points=False)
+        first = digits_eval(samples, ref, registry=reg, cache_dir=cache)
+        again = digits_eval(samples, ref, registry=reg, cache_dir=cache)
+        assert (first["reference_cache"], again["reference_cache"]) == ("miss", "hit")
+        assert again["frechet_inception_distance"] == first["frechet_inception_distance"]
+        assert first["num_reference"] == 400
+
+        save_pngs(data, noise_images(100)[..., :1], start=400)  # add 100 images of noise
+        added = digits_eval(samples, ref, registry=reg, cache_dir=cache)
+        assert added["reference_cache"] == "miss" and added["num_reference"] == 500
+        assert added["frechet_inception_distance"] > first["frechet_inception_distance"] + 1
+        assert added["reference_fingerprint"] != first["reference_fingerprint"]
+
+        save_pngs(data, ref_images[400:500], start=400)  # replace the noise by real digits
+        replaced = digits_eval(samples, ref, registry=reg, cache_dir=cache)
+        assert replaced["reference_cache"] == "miss" and replaced["num_reference"] == 500
+        assert replaced["frechet_inception_distance"] < added["frechet_inception_distance"] - 1
+        for f in sorted(data.glob("*.png"))[400:]:
+            f.unlink()
+
+
+class Poison:
+    """Unpickling this creates ``marker`` (a folder): the proof that a cache file ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_poisoned_cache_files_are_never_executed(tmp_path, registry, monkeypatch):
+    import pickle
+
+    images, _ = real_digits("a")
+    cache = tmp_path / "cache"
+    torch_home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    marker = tmp_path / "code-ran"
+    payload = pickle.dumps(Poison(marker))
+    first = digits_eval(images, metrics=["fid", "kid"], registry=registry, cache_dir=cache)
+    entries = sorted(cache.glob("*.npz"))
+    assert len(entries) == 1
+    # the entry itself, and every name torch-fidelity would look up (here and in its own default folder)
+    entries[0].write_bytes(payload)
+    (torch_home / "fidelity_cache").mkdir(parents=True)
+    for folder in (cache, torch_home / "fidelity_cache"):
+        for suffix in ("features-penultimate", "features-logits", "stat-fid-penultimate"):
+            (folder / f"{entries[0].stem}-digits-classifier-{suffix}.pt").write_bytes(payload)
+            torch.save(Poison(marker), folder / f"dtr-digits-split=b-image_size8-digits-classifier-{suffix}.pt")
+
+    with pytest.warns(UserWarning, match="ignored"):
+        second = digits_eval(images, metrics=["fid", "kid"], registry=registry, cache_dir=cache)
+    assert not marker.exists()
+    assert second["reference_cache"] == "miss"  # recomputed and rewritten
+    assert second["frechet_inception_distance"] == first["frechet_inception_distance"]
+    third = digits_eval(images, metrics=["fid", "kid"], registry=registry, cache_dir=cache)
+    assert third["reference_cache"] == "hit" and not marker.exists()
+
+    pickle.loads(payload)  # the poison is real: unpickled, it does run
+    assert marker.exists()
+
+
+def test_fid_with_fewer_samples_than_feature_dimensions_warns_and_is_recorded(tmp_path, registry):
+    images, _ = real_digits("a")
+    with pytest.warns(UserWarning, match=r"FID from 100 samples and 899 reference images with 128-dimensional"):
+        few = digits_eval(images[:100], registry=registry, cache_dir=tmp_path / "c")
+    assert few["fid_rank_deficient"] is True and few["fid_feature_dim"] == 128
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enough = digits_eval(images[:129], registry=registry, cache_dir=tmp_path / "c")
+    assert enough["fid_rank_deficient"] is False and enough["num_samples"] == 129
+
+
+def test_npz_labels_in_arr_1_guided_diffusion_layout(tmp_path, registry):
+    images, labels = real_digits("a")
+    npz = tmp_path / "gd.npz"
+    np.savez(npz, images, labels)  # guided-diffusion: np.savez(out_path, arr, label_arr) -> arr_0, arr_1
+    result = digits_eval(str(npz), registry=registry, cache_dir=tmp_path / "c")
+    assert result["sample_labels"] == "arr_1"
+    assert result["class_accuracy"] > 0.9
+    np.savez(npz, images, np.random.default_rng(0).permutation(labels))
+    assert digits_eval(str(npz), registry=registry, cache_dir=tmp_path / "c")["class_accuracy"] < 0.3
+
+    np.savez(npz, images, labels[:10])
+    with pytest.raises(DataError, match=r"gd.npz \(arr_1\): labels must be 898 integers"):
+        digits_eval(str(npz), registry=registry)
+    np.savez(npz, images)
+    assert digits_eval(str(npz), registry=registry, cache_dir=tmp_path / "c")["sample_labels"] is None
+
+
+def test_reference_folder_with_class_subfolders_is_read_recursively(tmp_path, registry):
+    samples, _ = real_digits("a")
+    ref_images, ref_labels = real_digits("b")
+    ref = tmp_path / "ref"
+    for c in range(10):  # image_folder layout: one subfolder per class
+        save_pngs(ref / f"class{c}", ref_images[ref_labels == c], start=1000 * c)
+    (ref / ".hidden").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(ref / ".hidden" / "thumb.png")  # skipped
+    by_folder = digits_eval(samples, str(ref), registry=registry, cache=False)
+    by_dataset = digits_eval(samples, "dataset:digits?split=b", registry=registry, cache=False)
+    assert by_folder["num_reference"] == 899
+    assert by_folder["frechet_inception_distance"] == pytest.approx(by_dataset["frechet_inception_distance"],
+                                                                    rel=1e-6, abs=1e-9)
+
+
+def test_too_few_samples_for_the_metric_settings_is_one_line_up_front(tmp_path):
+    from dtr_plugins.core.config import EvalConfig
+    from dtr_plugins.core.errors import ConfigError
+    from dtr_plugins.engine.evaluate import check_eval_settings
+
+    with pytest.raises(ConfigError, match=r"eval\.num_samples: 500 image\(s\) are too few for kid with "
+                                          r"kid_subset_size=1000"):
+        check_eval_settings({"metrics": ["fid", "kid"], "kid_subset_size": 1000}, 500)
+    check_eval_settings({"metrics": ["fid", "kid"], "kid_subset_size": 500}, 500)
+    with pytest.raises(ConfigError, match=r"3 image\(s\) are too few for prc .*prc_neighborhood=3"):
+        check_eval_settings(EvalConfig(metrics=["prc"], num_samples=3))
+    check_eval_settings(EvalConfig(metrics=["prc"], num_samples=4))
+    with pytest.raises(ConfigError, match="prc_neighborhood=8"):
+        check_eval_settings({"metrics": ["prc"], "prc_neighborhood": 8}, 8)
+    with pytest.raises(ConfigError, match=r"1 image\(s\) are too few for fid"):
+        check_eval_settings(EvalConfig(num_samples=1))
+    with pytest.raises(ConfigError, match="eval.metrics: unknown 'fd'"):
+        check_eval_settings({"metrics": ["fd"]}, 100)
+
+    # evaluate() finds it before building the extractor (an unknown one would fail later, as a plugin error)
+    with pytest.raises(DataError, match=r"<array>: 898 image\(s\) are too few for kid with kid_subset_size=1000") as err:
+        evaluate(real_digits("a")[0], "dataset:digits?split=b", metrics=["kid"], feature_extractor="nope",
+                 fidelity_options={"kid_subset_size": 1000})
+    assert "\n" not in str(err.value)
+    with pytest.raises(EvalError, match="fidelity_options: cache not allowed"):
+        evaluate(real_digits("a")[0], "dataset:digits?split=b", fidelity_options={"cache": True})
+
+
+def test_record_says_what_was_applied(tmp_path, registry):
+    images, labels = real_digits("a")
+    provenance = {"sampler": "ddim", "steps": 50, "cfg_scale": 1.5, "ema": True, "seed": 3,
+                  "precision": "bf16", "world_size": 2}
+    result = digits_eval(images[:300], metrics=["fid", "kid", "prc"], labels=labels[:300], registry=registry,
+                         cache_dir=tmp_path / "c", provenance=provenance)
+    spec = registry.build("feature_extractor", "digits-classifier")
+    assert result["feature_extractor"] == "digits-classifier"
+    assert result["weights_sha256"] == fe_plugin.file_sha256(spec.weights_path)
+    assert result["feature_layers"] == {"fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}
+    assert result["num_samples"] == 300 and result["num_reference"] == 899 and result["sample_labels"] == "argument"
+    assert result["kid_subset_size"] == 300 and result["kid_subsets"] == 10 and result["prc_neighborhood"] == 3
+    assert len(result["reference_fingerprint"]) == 64 and result["reference"] == "dataset:digits?image_size=8&channels=1&split=b"
+    assert result["provenance"] == provenance and 0 <= result["precision"] <= 1  # precision: the metric
+    other = digits_eval(images[:300], "dataset:digits?split=a", registry=registry, cache_dir=tmp_path / "c")
+    assert other["reference_fingerprint"] != result["reference_fingerprint"]
+    assert "provenance" not in other

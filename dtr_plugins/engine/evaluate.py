@@ -28,8 +28,9 @@ is a classifier and the samples' labels are known, then what was applied: ``feat
 ``None``), ``image_size``, ``samples``, ``reference``, ``reference_fingerprint`` (SHA-256 of the reference's
 content identity), ``num_reference``, ``reference_image_size``, ``reference_cache`` (``hit``, ``miss`` or
 ``off``), the metric settings (``kid_subset_size``, ``kid_subsets``, ``prc_neighborhood``, ``isc_splits``,
-``rng_seed`` where they apply), ``torch_fidelity`` (its version) and ``device``; then the caller's
-``provenance`` (sampler, steps, guidance scale, EMA, seeds, precision, world size...).
+``rng_seed`` where they apply), ``torch_fidelity`` (its version) and ``device``; then, under ``provenance``, how the caller says the samples
+were made (sampler, steps, guidance scale, EMA, seeds, precision, world size...). It is a key of its own so
+that none of it can be mistaken for (or overwrite) a measured value: ``precision`` is a metric.
 
 Reference statistics are cached under ``cache_dir`` (default ``$DTR_CACHE_DIR/reference-stats``) by content
 (see :mod:`dtr_plugins.engine.evaluation.stats_cache`); torch-fidelity's own (pickle) cache is never used.
@@ -77,7 +78,7 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     ``verbose``: progress on stderr (default: when stderr is a terminal). ``out``: also write the record there
     as JSON (atomically). ``fidelity_options``: torch-fidelity settings (``kid_subsets``, ``kid_subset_size``,
     ``rng_seed``, ``isc_splits``, ``prc_neighborhood``...; see ``metrics.FIDELITY_OPTIONS``). ``provenance``:
-    how the samples were made, merged into the record. Bad input raises a
+    how the samples were made (a dict, stored in the record under ``provenance``). Bad input raises a
     :class:`~dtr_plugins.core.errors.UserError` subclass with a one-line message, before features are computed.
     """
     metrics = check_metric_names(metrics)
@@ -134,11 +135,10 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     record["reference_cache"] = cache_state
     record.update(settings.record(metrics))
     record.update({"torch_fidelity": _fidelity_version(), "device": str(dev)})
-    if provenance:
-        clash = sorted(set(provenance) & set(record))
-        if clash:
-            raise EvalError(f"provenance: keys {', '.join(clash)} would overwrite what evaluation measured")
-        record.update(provenance)
+    if provenance is not None:
+        if not isinstance(provenance, dict):
+            raise EvalError(f"provenance: must be a dict, got {type(provenance).__name__}")
+        record["provenance"] = dict(provenance)
     if out is not None:
         write_json(out, record)
     return record
