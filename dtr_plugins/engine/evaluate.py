@@ -40,26 +40,64 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import write_json
-from dtr_plugins.engine.evaluation.features import (Extractor, device_of, feature_layers, predict_classes)
+from dtr_plugins.engine.evaluation.features import (
+    Extractor,
+    device_of,
+    feature_layers,
+    predict_classes,
+)
 from dtr_plugins.engine.evaluation.inputs import ImageSet, load_images
-from dtr_plugins.engine.evaluation.metrics import (BINARY_METRICS, FEATURE_OPTIONS, METRICS, check_eval_settings,
-                                                   check_fidelity_options, check_metric_names, class_accuracy,
-                                                   compute_metrics, metric_settings, settings_problem)
-from dtr_plugins.engine.evaluation.references import (Reference, dataset_reference, default_registry,
-                                                      parse_dataset_reference, resolve_reference)
-from dtr_plugins.engine.evaluation.stats_cache import ReferenceStats, StatsCache, fid_statistics
-from dtr_plugins.engine.feature_extractors import EvalError, FeatureExtractorSpec, cache_root, file_sha256
+from dtr_plugins.engine.evaluation.metrics import (
+    BINARY_METRICS,
+    FEATURE_OPTIONS,
+    METRICS,
+    check_eval_settings,
+    check_fidelity_options,
+    check_metric_names,
+    class_accuracy,
+    compute_metrics,
+    metric_settings,
+    settings_problem,
+)
+from dtr_plugins.engine.evaluation.references import (
+    Reference,
+    dataset_reference,
+    default_registry,
+    parse_dataset_reference,
+    resolve_reference,
+)
+from dtr_plugins.engine.evaluation.stats_cache import (
+    ReferenceStats,
+    StatsCache,
+    fid_statistics,
+)
+from dtr_plugins.engine.feature_extractors import (
+    EvalError,
+    FeatureExtractorSpec,
+    cache_root,
+    file_sha256,
+)
 
-__all__ = ["evaluate", "evaluate_model_samples", "dataset_reference", "parse_dataset_reference", "load_images",
-           "check_eval_settings", "EvalError", "METRICS", "to_uint8"]
+__all__ = [
+    "METRICS",
+    "EvalError",
+    "check_eval_settings",
+    "dataset_reference",
+    "evaluate",
+    "evaluate_model_samples",
+    "load_images",
+    "parse_dataset_reference",
+    "to_uint8",
+]
 
 
 def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),

@@ -8,7 +8,8 @@ statistics are cached by :mod:`dtr_plugins.engine.evaluation.stats_cache` in a f
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,10 @@ def exact_float32() -> Iterator[None]:
 
 def ensure_registered(spec: FeatureExtractorSpec) -> None:
     """Register the spec's ``fidelity_class`` with torch-fidelity under ``spec.name`` if it is not known yet."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+    from torch_fidelity.registry import (
+        FEATURE_EXTRACTORS_REGISTRY,
+        register_feature_extractor,
+    )
 
     if spec.name not in FEATURE_EXTRACTORS_REGISTRY:
         if spec.fidelity_class is None:

@@ -13,9 +13,11 @@ format); grayscale is expanded to RGB. All images of one input must share one si
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,8 +227,6 @@ def materialize(images: DatasetImages, label: str) -> tuple[Dataset, tuple[int, 
 
 def one_line(exc: BaseException) -> str:
     """The message of an error (also one raised inside a DataLoader worker) without the wrapper's traceback."""
-    import re
-
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__

@@ -21,9 +21,9 @@ computed (:func:`check_eval_settings`, :func:`settings_problem`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
                 feats = samples[layer]
                 mine, theirs = fid_statistics(feats), reference.fid[layer]
                 out.update(fid_statistics_to_metric(mine, theirs, verbose))
-                dim = int(len(theirs["mu"]))
+                dim = len(theirs["mu"])
                 problem = fid_rank_deficiency(len(feats), reference.num_images, dim)
                 if problem:
                     warnings.warn(problem, stacklevel=3)

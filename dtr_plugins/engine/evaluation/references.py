@@ -27,16 +27,22 @@ import json
 import os
 import typing
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from dtr_plugins.core.errors import DataError
-from dtr_plugins.engine.evaluation.inputs import (DatasetImages, ImageSet, array_images, load_images,
-                                                  materialize)
+from dtr_plugins.engine.evaluation.inputs import (
+    DatasetImages,
+    ImageSet,
+    array_images,
+    load_images,
+    materialize,
+)
 from dtr_plugins.engine.feature_extractors import EvalError
 
 DATASET_PREFIX = "dataset:"

@@ -44,7 +44,7 @@ class ReferenceStats:
     def covers(self, feature_layers: set[str], fid_layers: set[str]) -> bool:
         return feature_layers <= set(self.features) and fid_layers <= set(self.fid)
 
-    def merged(self, other: "ReferenceStats | None") -> "ReferenceStats":
+    def merged(self, other: ReferenceStats | None) -> ReferenceStats:
         """This entry plus what ``other`` (the same reference) has and this one lacks."""
         if other is None or other.num_images != self.num_images:
             return self
