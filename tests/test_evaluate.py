@@ -420,3 +420,18 @@ def test_record_says_what_was_applied(tmp_path, registry):
     other = digits_eval(images[:300], "dataset:digits?split=a", registry=registry, cache_dir=tmp_path / "c")
     assert other["reference_fingerprint"] != result["reference_fingerprint"]
     assert "provenance" not in other
+
+    # dtr sample writes samples.json beside samples.npz: dtr eval records it (the caller's dict updates it)
+    out = tmp_path / "sampled"
+    out.mkdir()
+    np.savez(out / "samples.npz", arr_0=images[:300], labels=labels[:300])
+    (out / "samples.json").write_text(json.dumps({"sampler": "ddpm", "respacing": "250", "weights": "ema",
+                                                  "seed": 0, "world_size": 1}))
+    from_file = digits_eval(str(out / "samples.npz"), registry=registry, cache_dir=tmp_path / "c",
+                            provenance={"seed": 7})
+    assert from_file["provenance"] == {"sampler": "ddpm", "respacing": "250", "weights": "ema", "seed": 7,
+                                       "world_size": 1}
+    assert from_file["provenance_file"] == str(out / "samples.json") and from_file["sample_labels"] == "labels"
+    (out / "samples.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="samples.json: the samples' provenance must be a JSON object"):
+        digits_eval(str(out / "samples.npz"), registry=registry, cache_dir=tmp_path / "c")

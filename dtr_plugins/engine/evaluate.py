@@ -28,9 +28,11 @@ is a classifier and the samples' labels are known, then what was applied: ``feat
 ``None``), ``image_size``, ``samples``, ``reference``, ``reference_fingerprint`` (SHA-256 of the reference's
 content identity), ``num_reference``, ``reference_image_size``, ``reference_cache`` (``hit``, ``miss`` or
 ``off``), the metric settings (``kid_subset_size``, ``kid_subsets``, ``prc_neighborhood``, ``isc_splits``,
-``rng_seed`` where they apply), ``torch_fidelity`` (its version) and ``device``; then, under ``provenance``, how the caller says the samples
-were made (sampler, steps, guidance scale, EMA, seeds, precision, world size...). It is a key of its own so
-that none of it can be mistaken for (or overwrite) a measured value: ``precision`` is a metric.
+``rng_seed`` where they apply), ``torch_fidelity`` (its version) and ``device``; then, under ``provenance``, how the samples were made (sampler,
+steps, guidance scale, EMA, seeds, precision, world size...): the JSON file beside an ``.npz`` with the same
+stem (``samples.json``, written by ``dtr sample``; its path in ``provenance_file``), updated by the caller's
+``provenance`` argument. It is a key of its own so that none of it can be mistaken for (or overwrite) a
+measured value: ``precision`` is a metric.
 
 Reference statistics are cached under ``cache_dir`` (default ``$DTR_CACHE_DIR/reference-stats``) by content
 (see :mod:`dtr_plugins.engine.evaluation.stats_cache`); torch-fidelity's own (pickle) cache is never used.
@@ -55,7 +57,11 @@ from dtr_plugins.engine.evaluation.features import (
     feature_layers,
     predict_classes,
 )
-from dtr_plugins.engine.evaluation.inputs import ImageSet, load_images
+from dtr_plugins.engine.evaluation.inputs import (
+    ImageSet,
+    load_images,
+    provenance_beside,
+)
 from dtr_plugins.engine.evaluation.metrics import (
     BINARY_METRICS,
     FEATURE_OPTIONS,
@@ -126,7 +132,10 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     dev = device_of(device)
     verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
 
+    if provenance is not None and not isinstance(provenance, dict):
+        raise EvalError(f"provenance: must be a dict, got {type(provenance).__name__}")
     images = load_images(samples, labels)
+    beside = provenance_beside(samples)
     problem = settings_problem(metrics, len(images), options)
     if problem:
         raise DataError(f"{images.source}: {problem}")
@@ -173,10 +182,10 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     record["reference_cache"] = cache_state
     record.update(settings.record(metrics))
     record.update({"torch_fidelity": _fidelity_version(), "device": str(dev)})
-    if provenance is not None:
-        if not isinstance(provenance, dict):
-            raise EvalError(f"provenance: must be a dict, got {type(provenance).__name__}")
-        record["provenance"] = dict(provenance)
+    if beside is not None or provenance is not None:
+        record["provenance"] = {**(beside[0] if beside else {}), **(provenance or {})}
+        if beside is not None:
+            record["provenance_file"] = beside[1]
     if out is not None:
         write_json(out, record)
     return record

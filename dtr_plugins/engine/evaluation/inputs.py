@@ -232,3 +232,28 @@ def one_line(exc: BaseException) -> str:
         return type(exc).__name__
     last = lines[-1]
     return re.sub(r"^[\w.]+(Error|Exception): ", "", last) if len(lines) > 1 else last
+
+
+def provenance_beside(source: Any) -> tuple[dict[str, Any], str] | None:
+    """How an ``.npz`` of samples was made, from the JSON file beside it with the same stem (``dtr sample``
+    writes ``samples.json`` beside ``samples.npz``): ``(dict, path)``, or ``None`` when there is none.
+
+    A sidecar that is not a JSON object raises :class:`DataError` naming it.
+    """
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return None
+    path = Path(source)
+    if path.suffix.lower() != ".npz":
+        return None
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    import json
+
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{sidecar}: cannot read the samples' provenance: {one_line(exc)}") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{sidecar}: the samples' provenance must be a JSON object, got {type(info).__name__}")
+    return info, str(sidecar)
