@@ -1,4 +1,6 @@
-"""Evaluation with torch-fidelity: digits-classifier metrics, reference cache, inputs, offline Inception errors.
+"""Evaluation with torch-fidelity: digits-classifier metrics, reference cache, inputs, offline Inception errors,
+and one test per fault of the "trustworthy results" issue (cache keyed by folder content, poisoned cache files,
+rank-deficient FID, guided-diffusion's arr_1 labels, class subfolders, too few samples, what the record says).
 
 Fast on purpose: the digits classifier trains once per session (into the session's ``DTR_CACHE_DIR``), KID
 uses 10 subsets, and nothing is ever downloaded.
