@@ -221,8 +221,8 @@ def dit_to_diffusers_state(state: Mapping[str, torch.Tensor], *, null_row: bool 
         emb = _EMB.format(i=i)
         for ours, theirs in _EMB_KEYS.items():
             for p in ("weight", "bias"):
-                out[f"{emb}{theirs}.{p}"] = _take(state, f"{ours}.{p}", src)
-        out[f"{emb}class_embedder.embedding_table.weight"] = table
+                out[f"{emb}{theirs}.{p}"] = _take(state, f"{ours}.{p}", src).clone()  # a copy per block
+        out[f"{emb}class_embedder.embedding_table.weight"] = table.clone()
         for ours, theirs in _BLOCK_KEYS.items():
             for p in ("weight", "bias"):
                 out[f"transformer_blocks.{i}.{theirs}.{p}"] = _take(state, f"blocks.{i}.{ours}.{p}", src)
