@@ -205,3 +205,49 @@ def test_non_dit_backbone_refuses_diffusers_layout(tmp_path):
                     config=cfg.to_dict())
     with pytest.raises(UserError, match="not a DiT"):
         hub.export_run(run, tmp_path / "out", layout="diffusers")
+
+
+# ------------------------------------------------------------------------------ a diffusers DiT pipeline
+
+TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
+                sample_size=16, norm_num_groups=8, layers_per_block=1)
+
+
+def _pipeline(tmp_path, scheduler):
+    """The layout of facebook/DiT-XL-2-256: model_index.json, transformer/, vae/, scheduler/ (tiny)."""
+    from diffusers import AutoencoderKL
+
+    folder = tmp_path / "pipe"
+    transformer = _randomize(DiTTransformer2DModel(**{**TINY, "in_channels": 4, "out_channels": 8}), seed=4)
+    transformer.save_pretrained(folder / "transformer")
+    torch.manual_seed(0)
+    AutoencoderKL(**TINY_VAE).save_pretrained(folder / "vae")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    return folder, transformer
+
+
+def test_diffusers_pipeline_loads_on_its_vae_and_samples(tmp_path):
+    from dtr_plugins.backbones.dit_diffusers import LatentDiffusersDiT
+    from dtr_plugins.engine.sample import generate
+
+    folder, transformer = _pipeline(tmp_path, {"_class_name": "KarrasDiffusionSchedulers", "num_train_timesteps": 500,
+                                               "beta_schedule": "linear", "beta_start": 0.0002, "beta_end": 0.04})
+    model, cfg = dp.from_pretrained(folder)
+    assert isinstance(model, LatentDiffusersDiT) and cfg.backbone.name == "latent_dit_diffusers"
+    assert cfg.diffusion.steps == 500 and cfg.diffusion.schedule == "linear"
+    assert cfg.vae.path == str((folder / "vae").resolve()) and model.image_size == 16 and model.input_size == 8
+    x, t, y = _inputs(channels=4)
+    t = t.clamp(max=499)
+    with torch.no_grad():
+        assert (model(x, t, y) - transformer(x, t, y).sample).abs().max() < 1e-5
+    images, labels = generate(model, dp.build_diffusion(cfg), cfg, 2, seed=0, respacing="ddim2", progress=False)
+    assert images.shape == (2, 16, 16, 3) and list(labels) == [0, 1]
+
+
+def test_pipeline_scheduler_that_differs_is_one_line(tmp_path):
+    folder, _ = _pipeline(tmp_path, {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear"})
+    with pytest.raises(CheckpointError, match="beta_schedule='scaled_linear' has no counterpart"):
+        dp.from_pretrained(folder)
