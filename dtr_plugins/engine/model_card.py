@@ -108,6 +108,10 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
              f"Weights: the **{record.get('weights')}** weights of checkpoint `{record.get('checkpoint')}` "
              f"(training step {record.get('step')}); `{record.get('weights_file')}` sha256 "
              f"`{record.get('weights_sha256')}`.", ""]
+    vae = cfg.get("vae")
+    if vae:
+        lines += [f"The VAE is not part of this folder: `vae.path` (`{vae['path']}`) must resolve where the model is "
+                  "loaded (a hub id, or a local diffusers AutoencoderKL folder).", ""]
     if layout_note:
         lines += [layout_note, ""]
     lines += _metrics_section(record, evaluation)
