@@ -244,3 +244,36 @@ def test_push_checks_its_arguments(tmp_path, run_cli, fake_api):
     assert [c for c in fake_api.calls if c[0] != "init"] == []
     with pytest.raises(UserError):
         hub.push(tmp_path / "missing", "org/name")
+
+
+def test_latent_model_exports_and_loads_with_its_vae(tmp_path):
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderKL
+
+    from dtr_plugins.core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
+                  sample_size=16, norm_num_groups=8, layers_per_block=1).save_pretrained(tmp_path / "vae")
+    cfg = dp.load_config(write(tmp_path / "latent.yaml", f"""\
+name: tiny-latent
+backbone: {{name: latent_dit, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, num_classes: 4}}
+routing: {{name: dtr, alpha: 4.0, beta: 0.8}}
+data: {{name: synthetic, image_size: 16, channels: 3, num_classes: 4}}
+vae: {{path: {tmp_path / 'vae'}}}
+"""))
+    model = dp.build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "0000001.pt", step=1, model=model.state_dict(),
+                    ema=model.state_dict(), config=cfg.to_dict())
+    out = hub.export_run(tmp_path / "run", tmp_path / "exp")
+    loaded, loaded_cfg = dp.from_pretrained(out)
+    assert loaded_cfg.vae.path == str(tmp_path / "vae") and loaded.vae.latent_channels == 4
+    assert "vae" not in "".join(loaded.state_dict())
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 900]), torch.tensor([0, 3])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))
+    assert "The VAE is not part of this folder" in (out / "README.md").read_text()

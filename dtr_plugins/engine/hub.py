@@ -405,7 +405,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=_hub_cache_dir())
     try:
         folder = Path(snapshot_download(local_files_only=True, **kwargs))
-        if (folder / CONFIG_FILE).is_file() or (folder / "model_index.json").is_file():
+        if _complete(folder):
             return folder
     except Exception:  # not in the cache: the network, if allowed
         pass
@@ -417,6 +417,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     except Exception as exc:
         raise CheckpointError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
                                                       f"failed ({_scrub(first_line(exc, limit=200))})")) from None
+
+
+def _complete(folder: Path) -> bool:
+    """A cached snapshot holds a whole model (not only a config fetched for something else)."""
+    weights = ("model.safetensors", "diffusion_pytorch_model.safetensors",
+               "transformer/diffusion_pytorch_model.safetensors")
+    return any((folder / w).is_file() for w in weights)
 
 
 def _not_available(repo_id: str, why: str) -> str:
