@@ -277,3 +277,14 @@ vae: {{path: {tmp_path / 'vae'}}}
     with torch.no_grad():
         assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))
     assert "The VAE is not part of this folder" in (out / "README.md").read_text()
+
+
+def test_cached_snapshot_without_weights_counts_as_absent(run_dir, tmp_path, monkeypatch):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    (tmp_path / "partial").mkdir()
+    shutil.copy(out / "config.json", tmp_path / "partial" / "config.json")  # e.g. fetched by another tool
+    _populate_cache(tmp_path / "cache", "someone/partial", tmp_path / "partial")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        dp.from_pretrained("hf://someone/partial")
