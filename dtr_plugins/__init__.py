@@ -22,6 +22,13 @@ def load_checkpoint(model, path, **kwargs: Any):
     return _load(model, path, **kwargs)
 
 
+def from_pretrained(source, **kwargs: Any):
+    """Load an exported model folder, a diffusers DiT folder or a hub id (hf://ORG/NAME): ``(model, cfg)``."""
+    from .engine.hub import from_pretrained as _from_pretrained
+
+    return _from_pretrained(source, **kwargs)
+
+
 def train(cfg: ExperimentConfig, **kwargs: Any):
     """Train one run (single process or under torchrun); returns the run directory."""
     from .engine.train import train as _train
@@ -51,5 +58,5 @@ def run_suite(path, **kwargs: Any):
 
 
 __all__ = ["hookimpl", "load_config", "list_plugins", "build_strategy", "build_model", "build_diffusion",
-           "load_checkpoint", "train", "sample", "evaluate", "run_suite", "ExperimentConfig", "UserError",
+           "load_checkpoint", "from_pretrained", "train", "sample", "evaluate", "run_suite", "ExperimentConfig", "UserError",
            "__version__"]

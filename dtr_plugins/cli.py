@@ -122,6 +122,23 @@ def cmd_cache_latents(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .engine.hub import export_run
+
+    out = export_run(args.run, args.out, weights=args.weights, layout=args.format,
+                     allow_unsafe_load=args.allow_unsafe_load)
+    print(f"exported: {out}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .engine.hub import push
+
+    url = push(args.folder, args.repo_id, private=True if args.private else None)
+    print(f"pushed: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dtr", description="Task routing for diffusion models (DTR and friends).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -189,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(parents=[common], name="cache-latents", help="encode a dataset once with the config's VAE")
     _config_args(p)
     p.set_defaults(func=cmd_cache_latents)
+
+    p = sub.add_parser(parents=[common], name="export", help="export a run's weights in hub layout (safetensors, config, model card)")
+    p.add_argument("run", help="run directory (its newest checkpoint) or checkpoint file")
+    p.add_argument("--out", required=True, help="new folder to write")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
+    p.add_argument("--format", choices=["dtr", "diffusers"], default="dtr",
+                   help="dtr: this project's layout (any model); diffusers: DiTTransformer2DModel (vanilla DiT only)")
+    p.add_argument("--allow-unsafe-load", action="store_true",
+                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(parents=[common], name="push", help="upload an exported folder to the Hugging Face hub")
+    p.add_argument("folder", help="folder written by dtr export")
+    p.add_argument("repo_id", help="hub repo ORG/NAME (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.set_defaults(func=cmd_push)
     return parser
 
 
