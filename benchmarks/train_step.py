@@ -144,9 +144,11 @@ def run_interleaved(variants: list[Variant], diffusion, bm: common.BenchModel, b
     try:
         _rounds(variants, diffusion, x, kwargs, ts, rounds, args, device, graphs)
     except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): keep and report the rounds done so far
-        done = min((len(v.times) for v in variants if not v.error), default=0)
+        done = min((len(v.times) for v in variants if not v.error and v.times), default=0)
         for v in variants:
             del v.times[done:]
+            if not v.error and not v.times:
+                v.error = "time limit reached before its first timed round"
         graphs["interrupted_after_rounds"] = done
         print(f"interrupted: reporting {done} complete timed rounds", file=sys.stderr, flush=True)
     graphs["end"] = dynamo_graphs()
