@@ -37,7 +37,8 @@ REPO_DIR = BENCH_DIR.parent
 MODELS_FILE = BENCH_DIR / "models.yaml"
 
 # --------------------------------------------------------------------------------------------- FLOPs
-#: DiT forward GMACs per image at 256x256 images (32x32 latents), from the DiT paper's table.
+#: DiT forward GMACs per image at 256x256 images (32x32 latents), from the DiT paper's table (MFU uses them;
+#: other models and sizes use the count of ``counted_forward_macs``).
 DIT_GMACS_32 = {"S/2": 6.06, "B/2": 23.01, "L/2": 80.71, "XL/2": 118.64}
 
 #: Dense (no sparsity) tensor-core peak TFLOP/s by card, per precision; matched by substring of
@@ -51,24 +52,6 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0}),
     ("L40S", {"bf16": 362.1, "fp16": 362.1, "fp32": 183.0}),
 ]
-
-
-def dit_forward_macs(size: str, input_size: int, patch_size: int, hidden: int, depth: int, in_channels: int = 4,
-                     learn_sigma: bool = True, freq_dim: int = 256) -> float:
-    """Forward multiply-adds of one image through DiT (linear layers, patch embedding, attention).
-
-    The paper's numbers (``DIT_GMACS_32``) are used for 32x32 latents; this count reproduces them within 0.1%
-    and serves other sizes.
-    """
-    if input_size == 32 and size in DIT_GMACS_32:
-        return DIT_GMACS_32[size] * 1e9
-    tokens = (input_size // patch_size) ** 2
-    out_ch = in_channels * (2 if learn_sigma else 1)
-    d = hidden
-    block = tokens * 12 * d * d + 2 * tokens * tokens * d + 6 * d * d   # qkv+proj+mlp, QK^T and AV, adaLN
-    final = tokens * d * patch_size * patch_size * out_ch + 2 * d * d
-    embed = tokens * patch_size * patch_size * in_channels * d + freq_dim * d + d * d
-    return float(depth * block + final + embed)
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -452,11 +435,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = info["device_name"]
     return info
-
-
-def results_dir(device: torch.device) -> Path:
-    """The default folder of results: ``benchmarks/results-cpu`` or ``benchmarks/results-gpu``."""
-    return BENCH_DIR / f"results-{'gpu' if device.type == 'cuda' else 'cpu'}"
 
 
 def header_lines(info: dict[str, Any]) -> list[str]:

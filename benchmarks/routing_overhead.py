@@ -6,7 +6,7 @@ isolates what routing adds, at the real activation shape (default DiT-S/2, batch
 
 1. **blocks**: ``ours plain`` (our block without a mask, what vanilla routing runs), ``ours routed``
    (``x + F(m * x)``), ``official`` (the official DiT block), ``published routed`` (the published-style block,
-   including its router's per-block mask re-selection, ``published_baseline.py``). Rounds run the four in
+   including its router's per-block mask re-selection, ``_published.py``). Rounds run the four in
    A B C D D C B A order (rotating the start), and each round's time per block is the mean of its two runs, which
    cancels a linear drift of the machine's speed within the round.
 2. **added ops alone**: the elementwise ops each routing adds to its own plain block, at the same shape, with
