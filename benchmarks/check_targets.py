@@ -87,8 +87,16 @@ def load_targets(path: Path) -> list[Target]:
     return targets
 
 
-def load_metrics(folder: Path) -> dict[str, Measured]:
-    """Every metric of the result files in ``folder`` (none if it does not exist); the newest file wins a key."""
+#: the ``machine.device_type`` a result file must have to count for a target's device
+DEVICE_TYPE = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def load_metrics(folder: Path, device: str, ignored: list[str] | None = None) -> dict[str, Measured]:
+    """Every metric of the result files in ``folder`` (none if it does not exist); the newest file wins a key.
+
+    A file measured on another kind of device than ``device`` (a CPU smoke run in a GPU folder) is left out and
+    named in ``ignored``.
+    """
     found: dict[str, Measured] = {}
     if not folder.is_dir():
         return found
@@ -101,6 +109,11 @@ def load_metrics(folder: Path) -> dict[str, Measured]:
         if not isinstance(metrics, dict):
             continue  # not a result file of these benchmarks (or one written before metrics were recorded)
         machine = data.get("machine") or {}
+        measured_on = machine.get("device_type")
+        if measured_on is not None and measured_on != DEVICE_TYPE[device]:
+            if ignored is not None:
+                ignored.append(f"{path}: measured on {measured_on}, not counted for {device} targets")
+            continue
         date = str(machine.get("date", ""))
         name = machine.get("device_name") or machine.get("gpu") or machine.get("cpu") or "unknown device"
         for key, value in metrics.items():
@@ -159,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         folders[device] = Path(folder)
     try:
         targets = [t for t in load_targets(Path(args.targets)) if args.device in (None, t.device)]
-        metrics = {d: load_metrics(folders[d]) for d in DEVICES}
+        ignored: list[str] = []
+        metrics = {d: load_metrics(folders[d], d, ignored) for d in DEVICES}
     except TargetsError as exc:
         print(exc, file=sys.stderr)
         return 2
     text, records = report(targets, metrics)
     print(text)
+    for line in ignored:
+        print(f"\nignored {line}")
     if args.json:
         Path(args.json).write_text(json.dumps({"targets": records}, indent=2) + "\n")
     return 1 if any(r["verdict"] == "MISSED" for r in records) else 0

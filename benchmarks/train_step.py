@@ -313,7 +313,7 @@ def metrics_from_payload(payload: dict[str, Any]) -> dict[str, Any]:
             for stat, value in (entry.get("dtr_vs_pub_dtr") or {}).items():
                 m[f"{name}.{tag}.dtr_vs_pub_dtr.{stat}"] = value
         graphs = data.get("dynamo_graphs") or {}
-        if "after_warmup" in graphs and any(r.get("compile") for r in data["results"]):
+        if "after_warmup" in graphs and any(r.get("compile") and "step_s" in r for r in data["results"]):
             m[f"{name}.new_graphs_timed"] = graphs["end"] - graphs["after_warmup"]
     return m
 

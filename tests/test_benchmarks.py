@@ -48,9 +48,10 @@ def _target(id_: str, metric: str, compare: str, threshold: float, device: str =
             "device": device}
 
 
-def _result(folder: Path, stem: str, metrics: dict[str, float], date: str = "2026-11-30T00:00:00+00:00") -> None:
+def _result(folder: Path, stem: str, metrics: dict[str, float], date: str = "2026-11-30T00:00:00+00:00",
+            device_type: str = "cpu") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": {"date": date, "device_name": "Test CPU", "git_commit": "abc"},
+    payload = {"machine": {"date": date, "device_name": "Test CPU", "git_commit": "abc", "device_type": device_type},
                "metrics": {f"{stem}.{k}": v for k, v in metrics.items()}}
     (folder / f"{stem}.json").write_text(json.dumps(payload))
 
@@ -71,8 +72,15 @@ def test_check_targets_verdicts_and_exit_status(tmp_path, capsys):
     assert "1 met, 1 missed, 1 not measured" in capsys.readouterr().out
 
     _result(cpu, "routing_overhead", {"ours_fraction": 0.0026, "published_over_ours": 3.31})
+    _result(gpu, "sample_B2", {"dit.dtr.cfg1.images_per_s": 50.0})  # a CPU smoke run in the GPU folder
     assert check_targets.main(["--targets", str(targets), "--results", f"cpu={cpu}",
                                "--results", f"gpu={gpu}"]) == 0  # nothing measured is missed
+    out = capsys.readouterr().out
+    assert "2 met, 0 missed, 1 not measured" in out and "sample_B2.json: measured on cpu" in out
+
+    _result(gpu, "sample_B2", {"dit.dtr.cfg1.images_per_s": 50.0}, device_type="cuda")
+    assert check_targets.main(["--targets", str(targets), "--results", f"cpu={cpu}",
+                               "--results", f"gpu={gpu}"]) == 1  # 50 images/s on a GPU misses >= 100
 
 
 def test_check_targets_rejects_a_malformed_target(tmp_path, capsys):
