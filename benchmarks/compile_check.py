@@ -109,7 +109,8 @@ def main(argv=None) -> None:
                 continue
             bm.base.to(device)
             for strategy in strategies:
-                r, error = common.run_guarded(f"compile {backbone} {strategy}", lambda: check(bm, strategy, args, device))
+                r, error = common.run_guarded(f"compile {backbone} {strategy}",
+                                              lambda: check(bm, strategy, args, device))
                 if r is None:
                     r = {"backbone": backbone, "strategy": strategy, "error": error, "ok": False,
                          **{k: "" for k in ("graphs_first_step", "new_graphs_same_shape", "new_graphs_2nd_batch_size",

@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             sections.append(f"### Training step: {backbone} skipped, it could not be built here: {error}")
             continue
         done, error = common.run_guarded(f"train_step {bm.label}", lambda: bench_backbone(bm, args, device))
-        del bm
+        bm = None  # free this backbone before building the next
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if done is None:
