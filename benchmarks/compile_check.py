@@ -66,9 +66,11 @@ def check(bm: common.BenchModel, strategy: str, args, device) -> dict:
 
 
 def metrics_from_payload(payload: dict) -> dict[str, float]:
-    """``all_ok`` (1 when every checked pair behaved as expected), ``checked`` and per-pair recompiles."""
+    """``all_ok`` (1 when every pair was checked and behaved as expected), ``checked`` and per-pair recompiles."""
     rows = payload["results"]
-    m: dict[str, float] = {"all_ok": float(bool(rows) and all(r["ok"] for r in rows)), "checked": len(rows)}
+    m: dict[str, float] = {"checked": len(rows)}
+    if not payload.get("interrupted"):  # a run stopped by a time limit did not check every pair
+        m["all_ok"] = float(bool(rows) and all(r["ok"] for r in rows))
     for r in rows:
         m[f"{r['backbone']}.{r['strategy']}.new_graphs_same_shape"] = r["new_graphs_same_shape"]
     return m
@@ -98,7 +100,7 @@ def main(argv=None) -> None:
     common.setup_backends(device, None)
     args.backend = args.backend or ("inductor" if device.type == "cuda" else "aot_eager")
 
-    rows, skipped = [], []
+    rows, skipped, interrupted = [], [], False
     strategies = common.plugin_names("strategy", args.strategies)
     try:
         for backbone in common.plugin_names("backbone", args.backbones):
@@ -119,6 +121,7 @@ def main(argv=None) -> None:
                 rows.append(r)
     except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): report the pairs checked so far
         skipped.append("the rest: interrupted by a time limit")
+        interrupted = True
         print("interrupted: reporting the pairs checked so far", file=sys.stderr, flush=True)
     info = common.machine_info(device)
     md = "\n".join(common.header_lines(info)) + (
@@ -130,7 +133,7 @@ def main(argv=None) -> None:
           r["new_graphs_2nd_batch_size"], r["new_graphs_3rd_batch_size"], "yes" if r["ok"] else "NO"] for r in rows])
     if skipped:
         md += "\n\nNot checked (could not be built here): " + "; ".join(skipped)
-    payload = {"machine": info, "args": vars(args), "results": rows, "skipped": skipped}
+    payload = {"machine": info, "args": vars(args), "results": rows, "skipped": skipped, "interrupted": interrupted}
     common.write_outputs(args.out_dir, "compile_check", md, payload, metrics_from_payload(payload))
     if not all(r["ok"] for r in rows):
         sys.exit(1)
