@@ -63,3 +63,13 @@ def dtr_register_feature_extractors(register):
     A feature extractor's factory returns a dict of settings for torch-fidelity (see
     :mod:`dtr_plugins.engine.feature_extractors`).
     """
+
+
+# --- launchers (slurm helper) ---------------------------------------------------------------------
+@hookspec
+def dtr_register_launchers(register):
+    """Register suite launchers (where the runs of a suite are started: ``local``, ``slurm``, a site's own).
+
+    A launcher's factory returns a :class:`dtr_plugins.engine.launchers.Launcher`: ``launch(suite_root,
+    runs)``, ``active(suite_root, runs)``, ``wait(...)`` and ``cancel(...)`` over run directories.
+    """
