@@ -100,9 +100,11 @@ def cmd_eval(args) -> int:
 
 def cmd_suite(args) -> int:
     from . import run_suite
+    from .engine.launchers import parse_launcher_settings
 
     run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel,
-              launcher=args.launcher, wait=args.wait, cancel=args.cancel)  # launcher options: slurm helper
+              launcher=args.launcher, wait=args.wait, cancel=args.cancel,  # launcher options: slurm helper
+              launcher_settings=parse_launcher_settings(args.launcher_set))
     return 0
 
 
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(overrides the suite file's launcher.name)")
     p.add_argument("--wait", action="store_true", help="with a scheduler (slurm): wait for the jobs, then report")
     p.add_argument("--cancel", action="store_true", help="cancel the suite's queued and running jobs")
+    p.add_argument("--launcher-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one launcher parameter, e.g. --launcher-set gpus_per_run=8 (repeatable)")
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")

@@ -55,6 +55,12 @@ def test_unknown_launcher_and_bad_launcher_key_are_one_line(tmp_path, run_cli):
     assert code == 2 and "suite.yaml: launcher.partitoin: unknown key" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher", "ray")
     assert code == 2 and "launcher.name: unknown launcher 'ray' (known: local, slurm)" in err
+    path = write(tmp_path / "plain.yaml", f"output_dir: {tmp_path / 'runs'}\nbase: base.yaml\nname: p\nmatrix: {{seed: [0]}}\n")
+    code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher", "slurm", "--launcher-set", "gpus_per_run=3",
+                           "--launcher-set", "nodes_per_run=2")
+    assert code == 2 and "launcher: Value error, gpus_per_run 3 is not divisible by nodes_per_run 2" in err
+    code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher-set", "partition")
+    assert code == 2 and "--launcher-set 'partition': expected KEY=VALUE" in err
 
 
 def test_suite_through_slurm_with_a_cancelled_job_that_resumes(tmp_path, run_cli, capsys):

@@ -192,12 +192,14 @@ def run_state(run_dir: Path) -> str:
 
 def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int | None = None,
               report: bool = True, registry=None, launcher: str | None = None, wait: bool = False,
-              cancel: bool = False, wait_timeout_s: float | None = None) -> Path:
+              cancel: bool = False, wait_timeout_s: float | None = None,
+              launcher_settings: dict[str, Any] | None = None) -> Path:
     """Start every planned run that is neither finished nor queued, then build the report; returns the suite folder.
 
     ``launcher`` overrides the suite file's ``launcher.name`` (``local`` by default). A blocking launcher
     (``local``) returns when the runs ended; a scheduler (``slurm``) returns after submitting, unless
-    ``wait``. ``cancel`` cancels the suite's live jobs instead of starting anything.
+    ``wait``. ``launcher_settings`` override parameters of the launcher section. ``cancel`` cancels the
+    suite's live jobs instead of starting anything.
     """
     suite = load_suite(path, registry=registry)
     runs = [r for r in suite.runs if only is None or fnmatch.fnmatch(r.id, only)]
@@ -207,7 +209,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if parallel is not None and (launcher or section.get("name", "local")) == "local":
         section = {"name": "local", **(section if section.get("name", "local") == "local" else {}), "parallel": parallel}
     runner = launcher_from_section(section, override=launcher, registry=registry if registry is not None and registry.names("launcher") else default_registry(),
-                                   where=str(suite.path))
+                                   where=str(suite.path), settings=launcher_settings)
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     if dry_run:
         live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from dtr_plugins.core.errors import ConfigError, PluginError
+import yaml
+
+from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 
 
 @dataclass(frozen=True)
@@ -45,19 +47,35 @@ class Launcher(Protocol):
         """Cancel the live jobs of ``runs``; returns the ids of the runs whose job was cancelled."""
 
 
-def launcher_from_section(section: dict[str, Any] | None, *, override: str | None, registry, where: str) -> Launcher:
+def launcher_from_section(section: dict[str, Any] | None, *, override: str | None, registry, where: str,
+                          settings: dict[str, Any] | None = None) -> Launcher:
     """Build the launcher named by ``override`` (the CLI) or by the suite file's ``launcher.name``.
 
     The section's parameters are used when it names the same launcher as the override; a launcher chosen
-    only on the command line gets its documented defaults. Errors name the file and the key.
+    only on the command line gets its documented defaults. ``settings`` (``--launcher-set KEY=VALUE``)
+    override single parameters. Errors name the file and the key.
     """
     section = dict(section or {})
     file_name = section.pop("name", "local")
     name = override or file_name
-    params = section if name == file_name else {}
+    params = {**(section if name == file_name else {}), **(settings or {})}
     try:
         info = registry.get("launcher", name)
     except PluginError as exc:  # unknown launcher (known: ...)
         raise ConfigError(f"{where}: launcher.name: {exc}") from None
     validated = info.validate(params, where=f"{where}: launcher")
     return info.factory(**validated.model_dump())
+
+
+def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs of ``dtr suite --launcher-set``, values read as YAML (``gpus_per_run=8``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--launcher-set {item!r}: expected KEY=VALUE, e.g. gpus_per_run=8")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--launcher-set {item!r}: the value is not valid YAML") from None
+    return out
