@@ -186,3 +186,27 @@ def test_axis_labels_from_assignment_ids_and_config():
     assert axes_of("namedtr__lr0.001", {"routing.name": "dtr", "train.lr": 0.001}, {}) == {
         "routing": "dtr", "train.lr": "0.001"}
     assert axes_of("base", {}, {"routing": {"name": "vanilla"}}) == {"routing": "vanilla"}
+
+
+def test_plots_of_bands_and_forest(tmp_path):
+    from PIL import Image
+
+    from dtr_plugins.engine.compare_plots import group_curves, plot_forest, plot_heldout_bands
+
+    runs = runs_from_suite(crafted_suite(tmp_path / "s"))
+    groups = group_curves(runs)
+    assert len(groups["vanilla, min_snr"]) == 5 and "random-b0.8-s0, constant" in groups  # the failed run is left out
+    assert len(groups["random-b0.8-s0, constant"]) == 5
+    bands = plot_heldout_bands(groups, tmp_path / "plots" / "heldout_bands.png")
+    forest = plot_forest(compare_runs(runs), tmp_path / "plots" / "forest.png")
+    one = plot_forest(compare_runs(runs_from_suite(crafted_suite(tmp_path / "one", seeds=[0], extra=False))),
+                      tmp_path / "plots" / "forest_one_seed.png")
+    for path in (bands, forest, one):
+        with Image.open(path) as img:
+            assert img.format == "PNG" and min(img.size) > 300
+    assert not list((tmp_path / "plots").glob("*.tmp"))
+    with pytest.raises(ValueError, match="no held-out"):
+        plot_heldout_bands({"x": [{FID: [(1, 2.0)]}]}, tmp_path / "none.png")
+    with pytest.raises(ValueError, match="no paired"):
+        plot_forest(compare_runs([]), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
