@@ -114,6 +114,21 @@ def test_heldout_inputs_identical_across_constructions_whatever_the_run_seed():
     assert torch.equal(first.x0[:8], first.x0[8:16]) and torch.equal(first.labels[:8], first.labels[72:])
 
 
+def test_prepare_maps_images_once_with_fixed_randomness():
+    """A latent backbone's encoder samples its posterior: the held-out latents must still be fixed."""
+    def encode(images):  # [N, 1, 8, 8] -> a noisy "latent" [N, 2, 4, 4]
+        pooled = torch.nn.functional.avg_pool2d(images, 2)
+        return torch.cat([pooled, pooled + torch.randn_like(pooled)], dim=1)
+
+    data = Synthetic(split="heldout", heldout_samples=16)
+    torch.manual_seed(5)
+    first = HeldOutSet.build(data, T, per_band=4, seed=0, prepare=encode)
+    torch.manual_seed(6)
+    second = HeldOutSet.build(data, T, per_band=4, seed=0, prepare=encode)
+    assert first.x0.shape == first.noise.shape == (40, 2, 4, 4)
+    assert torch.equal(first.x0, second.x0) and first.fingerprint == second.fingerprint
+
+
 def _tiny_dit():
     registry = default_registry()
     model = registry.build("backbone", "dit", input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2,

@@ -76,8 +76,10 @@ class HeldOutSet:
         """Draw the held-out inputs from ``dataset`` (a map-style dataset of ``(image [C, H, W], label)``).
 
         ``per_band`` images are taken in an order permuted by ``seed`` (cycling when the dataset is smaller)
-        and reused in every band. ``prepare`` maps an image batch to the model's input space once (e.g. a
-        latent backbone's VAE encoding), under the same fixed seed. The global RNG is left untouched.
+        and reused in every band. ``prepare`` maps the CPU image batch ``[per_band, C, H, W]`` to the model's
+        input space once (e.g. ``lambda x: model.prepare_batch(x.to(device))`` for a latent backbone: a VAE
+        posterior sample), under the same fixed seed; its output is kept on the CPU. The global RNG states
+        (CPU and CUDA) are left as they were.
 
         Raises :class:`DataError` for an empty dataset and ``ValueError`` for ``per_band < 1`` or
         ``num_timesteps < num_bands``.
@@ -91,7 +93,8 @@ class HeldOutSet:
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(size, generator=gen)
         picks = order[torch.arange(per_band) % size].tolist()
-        with torch.random.fork_rng(devices=[]):
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)  # any randomness inside the dataset or `prepare` is fixed too
             items = [dataset[i] for i in picks]
             images = torch.stack([torch.as_tensor(img).float() for img, _ in items])
