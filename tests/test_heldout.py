@@ -12,7 +12,7 @@ from dtr_plugins.data.digits import Digits, DigitsParams, heldout_mask
 from dtr_plugins.data.image_folder import ImageFolder
 from dtr_plugins.data.synthetic import Synthetic, SyntheticParams
 from dtr_plugins.engine.heldout import (HeldOutSet, band_edges, heldout_dataset_params, heldout_losses,
-                                        heldout_record)
+                                        heldout_record, heldout_set_for)
 
 T = 100
 
@@ -78,6 +78,8 @@ def test_heldout_dataset_params():
 
     with pytest.raises(ConfigError, match="dataset 'mine' declares no held-out split"):
         heldout_dataset_params("mine", NoSplit, {})
+    held = heldout_set_for(default_registry(), "digits", {"image_size": 8, "random_flip": True}, T, per_band=179)
+    assert sorted(held.x0[:179].flatten(1).tolist()) == sorted(Digits(split="heldout").images.flatten(1).tolist())
 
 
 # ------------------------------------------------------------------------------------- fixed inputs

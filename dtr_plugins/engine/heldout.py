@@ -190,3 +190,16 @@ def heldout_dataset_params(dataset_name: str, params_model: Any, params: Mapping
     if "random_flip" in fields:
         out["random_flip"] = False
     return out
+
+
+def heldout_set_for(registry: Any, dataset_name: str, dataset_params: Mapping[str, Any], num_timesteps: int, *,
+                    num_bands: int = 10, per_band: int = 64, seed: int = 0,
+                    prepare: Callable[[Tensor], Tensor] | None = None) -> HeldOutSet:
+    """The :class:`HeldOutSet` of a run's data: the dataset plugin ``dataset_name`` (from ``registry``, a
+    :class:`dtr_plugins.core.plugins.PluginRegistry`) built with its training ``dataset_params`` switched to
+    the held-out split (see :func:`heldout_dataset_params`). Raises :class:`ConfigError` when the dataset
+    has no held-out split and :class:`DataError` when it is empty."""
+    info = registry.get("dataset", dataset_name)
+    params = heldout_dataset_params(dataset_name, info.params, dataset_params)
+    dataset = registry.build("dataset", dataset_name, **params)
+    return HeldOutSet.build(dataset, num_timesteps, num_bands=num_bands, per_band=per_band, seed=seed, prepare=prepare)
