@@ -28,7 +28,8 @@ class ImageFolderParams(BaseModel):
     image_size: int = Field(ge=8)
     class_cond: bool = True
     random_flip: bool = True
-    split: Literal["train", "heldout"] = Field("train", description="train: the images not held out; heldout: the others")
+    split: Literal["train", "heldout"] = Field("train",
+                                               description="train: the images not held out; heldout: the others")
     heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                     description="share of images held out, picked by a hash of their relative path")
 

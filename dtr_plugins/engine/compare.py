@@ -396,7 +396,8 @@ def render_comparison_markdown(result: ComparisonResult) -> str:
             rel = (f" ({d.mean / d.baseline_mean:+.1%})" if d.mean is not None and d.baseline_mean else "")
             why = f" ({d.reason})" if d.reason else ""
             lines.append(f"| `{d.strategy}` | {_where(d.setting)} | {title} {arrow} | {len(d.seeds)} | "
-                         f"{_g(d.baseline_mean)} | {_signed(d.mean)}{rel} | {_ci(d.interval)} | {_word(d.verdict)}{why} |")
+                         f"{_g(d.baseline_mean)} | {_signed(d.mean)}{rel} | {_ci(d.interval)} | "
+                         f"{_word(d.verdict)}{why} |")
         lines.append("")
     bands = [d for d in result.differences if is_band(d.metric)]
     if bands:
