@@ -377,7 +377,9 @@ def render_comparison_markdown(result: ComparisonResult) -> str:
              f"mean over seeds, with a {pct} Student-t interval over the seeds' differences (t quantile with n − 1 "
              f"degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
              f"direction), else *not resolved*. Held-out loss: epsilon MSE of the EMA weights on fixed held-out "
-             f"images, timesteps and noise, identical for every run.", ""]
+             f"images, timesteps and noise, identical for every run. Each row is its own test: among many rows, "
+             f"about one in {round(1 / (1 - result.level))} differences that are zero in truth still reads as "
+             f"resolved.", ""]
     if not result.differences and not result.convergence:
         lines += [f"No pairs: {'; '.join(sorted({why for _, why in result.skipped})) or 'no runs'}.", ""]
     elif result.max_seeds < 2:
