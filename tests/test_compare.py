@@ -211,3 +211,10 @@ def test_plots_of_bands_and_forest(tmp_path):
     with pytest.raises(ValueError, match="no paired"):
         plot_forest(compare_runs([]), tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_suite_without_the_axis_says_so():
+    result = compare_runs([RunRecord("lr1", 0, {"train.lr": "1"}, {FID: [(10, 5.0)]})])
+    text = render_comparison_markdown(result)
+    assert "No pairs: the suite does not vary `routing`." in text
+    assert {c.status for c in result.claims} == {"not tested"}
