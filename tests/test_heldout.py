@@ -161,8 +161,8 @@ def test_heldout_loss_equals_a_direct_computation():
     want = {f"heldout/band{b}": float(mse[b * 6:(b + 1) * 6].mean()) for b in range(10)}
     want["heldout/total"] = float(mse.mean())
     assert got.keys() == want.keys()
-    for key in want:
-        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     assert got["heldout/band0"] != pytest.approx(got["heldout/band9"])  # the bands really differ
 
     # label dropout is a training-mode behaviour: scoring in training mode would give other numbers

@@ -18,8 +18,8 @@ same interval and the verdict *faster* / *slower* / *not resolved*.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
@@ -371,22 +371,22 @@ def direction_check_line(result: ComparisonResult) -> str:
 def render_comparison_markdown(result: ComparisonResult) -> str:
     """The report section: method, direction check, paired differences, loss per noise band, convergence."""
     pct = f"{result.level:.0%}"
-    lines = [f"## Paired comparisons against `{result.baseline}`", "",
-             f"A pair is a run and the `{result.baseline}` run that differs from it only in `{result.axis}` and shares "
-             f"its seed (same initial weights and data order). Δ = strategy − baseline at the final logged step, "
-             f"mean over seeds, with a {pct} Student-t interval over the seeds' differences (t quantile with n − 1 "
-             f"degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
-             f"direction), else *not resolved*. Held-out loss: epsilon MSE of the EMA weights on fixed held-out "
-             f"images, timesteps and noise, identical for every run. Each row is its own test: among many rows, "
-             f"about one in {round(1 / (1 - result.level))} differences that are zero in truth still reads as "
-             f"resolved.", ""]
+    method = (f"A pair is a run and the `{result.baseline}` run that differs from it only in `{result.axis}` and "
+              f"shares its seed (same initial weights and data order). Δ = strategy − baseline at the final logged "
+              f"step, mean over seeds, with a {pct} Student-t interval over the seeds' differences (t quantile with "
+              f"n − 1 degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
+              f"direction), else *not resolved*. Held-out loss: epsilon MSE of the EMA weights on fixed held-out "
+              f"images, timesteps and noise, identical for every run. Each row is its own test: among many rows, "
+              f"about one in {round(1 / (1 - result.level))} differences that are zero in truth still reads as "
+              f"resolved.")
+    lines = [f"## Paired comparisons against `{result.baseline}`", "", method, ""]
     if not result.differences and not result.convergence:
         lines += [f"No pairs: {'; '.join(sorted({why for _, why in result.skipped})) or 'no runs'}.", ""]
     elif result.max_seeds < 2:
-        lines += ["> **One seed per setting: every verdict is *not resolved*.** A single pair cannot tell a "
+        lines += [("> **One seed per setting: every verdict is *not resolved*.** A single pair cannot tell a "
                   "strategy's effect from seed-to-seed noise (at this scale, FID over a few hundred samples moves "
                   "more between seeds than between strategies). Add seeds, e.g. `seed: [0, 1, 2]` in the suite's "
-                  "matrix, to get intervals.", ""]
+                   "matrix, to get intervals."), ""]
     lines += [direction_check_line(result), ""]
     main = [d for d in result.differences if not is_band(d.metric)]
     if main:
@@ -406,11 +406,11 @@ def render_comparison_markdown(result: ComparisonResult) -> str:
         lines += _band_table(bands)
     if result.convergence:
         lines += ["### Convergence", "",
-                  "Step at which each strategy first reaches the baseline's final value (per seed, at the logged "
+                  ("Step at which each strategy first reaches the baseline's final value (per seed, at the logged "
                   "steps), against the step at which the baseline itself first reaches it; steps saved = baseline "
-                  f"step − strategy step, mean and {pct} t-interval over seeds.", "",
-                  "| strategy | setting | metric | seeds | baseline reaches it at | strategy reaches it at | "
-                  "steps saved | verdict |", "|---|---|---|---|---|---|---|---|"]
+                   f"step − strategy step, mean and {pct} t-interval over seeds."), "",
+                  ("| strategy | setting | metric | seeds | baseline reaches it at | strategy reaches it at | "
+                   "steps saved | verdict |"), "|---|---|---|---|---|---|---|---|"]
         for c in result.convergence:
             title = (metric_info(c.metric) or (c.metric,))[0]
             reached = [s for s in c.steps if s is not None]
@@ -435,8 +435,8 @@ def _band_table(bands: Sequence[PairedDifference]) -> list[str]:
     width = 1 + max(k for row in rows.values() for k in row)
     mark = {BETTER: " ✓", WORSE: " ✗", NOT_RESOLVED: ""}
     lines = ["### Held-out loss per noise band", "",
-             "Δ held-out loss (strategy − baseline, mean over seeds) per band of timesteps, band 0 = least noise; "
-             "✓ better, ✗ worse (interval excludes 0), no mark: not resolved.", "",
+             ("Δ held-out loss (strategy − baseline, mean over seeds) per band of timesteps, band 0 = least noise; "
+              "✓ better, ✗ worse (interval excludes 0), no mark: not resolved."), "",
              "| strategy | setting | " + " | ".join(f"band {b}" for b in range(width)) + " |",
              "|---|---|" + "---|" * width]
     for (strategy, setting), row in rows.items():

@@ -2,8 +2,8 @@
 paired differences with their intervals (matplotlib, Agg backend, atomic writes, nothing cut off)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 

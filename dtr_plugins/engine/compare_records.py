@@ -13,6 +13,7 @@ A later line for the same step replaces an earlier one (a resumed run may log a 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN is no result
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)  # NaN: no result
 
 
 def curves_from_records(records: list[dict[str, Any]]) -> tuple[dict[str, list[tuple[int, float]]], str | None]:

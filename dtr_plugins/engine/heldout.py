@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,7 +73,7 @@ class HeldOutSet:
 
     @classmethod
     def build(cls, dataset: Any, num_timesteps: int, *, num_bands: int = 10, per_band: int = 64, seed: int = 0,
-              prepare: Callable[[Tensor], Tensor] | None = None) -> "HeldOutSet":
+              prepare: Callable[[Tensor], Tensor] | None = None) -> HeldOutSet:
         """Draw the held-out inputs from ``dataset`` (a map-style dataset of ``(image [C, H, W], label)``).
 
         ``per_band`` images are taken in an order permuted by ``seed`` (cycling when the dataset is smaller)
