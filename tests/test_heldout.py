@@ -177,3 +177,19 @@ def test_heldout_loss_equals_a_direct_computation():
     record = heldout_record(400, got, heldout, weights="ema")
     assert record["step"] == 400 and record["heldout"]["total"] == got["heldout/total"]
     assert record["heldout"]["fingerprint"] == heldout.fingerprint and record["heldout"]["term"] == "mse"
+
+
+def test_runs_of_one_seed_start_from_the_same_weights_whatever_the_routing():
+    """The premise of pairing: routing adds no parameters, so one seed gives one initial model."""
+    registry = default_registry()
+    states = []
+    for name, params in [("vanilla", {}), ("dtr", {"alpha": 4.0, "beta": 0.8}), ("random", {"beta": 0.8, "seed": 0})]:
+        torch.manual_seed(7)
+        model = registry.build("backbone", "dit", input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                               in_channels=1, num_classes=10)
+        model.attach_routing(RoutingPlan(registry.build("strategy", name, **params), model.routed_channels(),
+                                         num_tasks=T))
+        states.append(model.state_dict())
+    for other in states[1:]:
+        assert other.keys() == states[0].keys()
+        assert all(torch.equal(other[k], states[0][k]) for k in other)
