@@ -93,7 +93,8 @@ def main(argv=None) -> None:
         ["config", "train batch", "held-out inputs", "train step (ms)", "held-out eval (ms)", "eval / step",
          "added, every 50", "every 100", "every 200", "every 500"], rows)
     common.write_outputs(args.out_dir, "heldout_cost", md, {"machine": info, "args": vars(args), "step_s": steps,
-                                                            "eval_s": evals, "ratio": ratio})
+                                                            "eval_s": evals, "ratio": ratio},
+                         {"eval_over_step": ratio, "step_ms": step_s * 1e3, "eval_ms": eval_s * 1e3})
 
 
 if __name__ == "__main__":
