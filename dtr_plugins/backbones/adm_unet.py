@@ -263,6 +263,7 @@ class ADMUNet(RoutedBackbone):
         self.config = p.model_dump(exclude={"preset"})
         self.preset: str | None = None
         self.image_size = p.image_size
+        self.input_size = p.image_size  # the Backbone contract's name for the side of x
         self.in_channels = p.in_channels
         self.out_channels = 2 * p.in_channels if p.learn_sigma else p.in_channels
         self.learn_sigma = p.learn_sigma

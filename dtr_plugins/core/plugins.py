@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "backbone": "dtr_register_backbones",
     "loss_weighting": "dtr_register_loss_weightings",
     "dataset": "dtr_register_datasets",
+    "codec": "dtr_register_codecs",
     "feature_extractor": "dtr_register_feature_extractors",
 }
 
