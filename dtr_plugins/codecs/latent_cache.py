@@ -46,6 +46,7 @@ class CacheSettings:
     cache_dir: str | None
     shard_size: int
     dtype: str  # "float32" or "float16"
+    batch_size: int  # images per encode call while writing
 
 
 def cache_key(data_name: str, data_params: dict[str, Any], image_size: int, codec_name: str, codec: Codec,
@@ -86,7 +87,7 @@ def _plan_fields(manifest: dict[str, Any]) -> tuple:
 
 
 def write_cache(root: Path, key: dict[str, Any], dataset: Dataset, codec: Codec, settings: CacheSettings, *,
-                image_size: int, batch_size: int, dist: Any, num_workers: int = 0, progress: bool = True,
+                image_size: int, dist: Any, num_workers: int = 0, progress: bool = True,
                 describe: dict[str, Any] | None = None) -> Path:
     """Encode ``dataset`` (read without random flips) into the cache at ``root``; resumable.
 
@@ -124,6 +125,7 @@ def write_cache(root: Path, key: dict[str, Any], dataset: Dataset, codec: Codec,
     bar = tqdm(total=sum(size_of(i) for i in mine), initial=sum(size_of(i) for i in mine if i not in todo),
                desc="cache-latents", unit="img", disable=not (progress and d.is_main), dynamic_ncols=True)
     dtype = getattr(torch, settings.dtype)
+    batch_size = settings.batch_size
     batches = [list(range(lo, min(lo + batch_size, i * shard_size + size_of(i))))
                for i in todo for lo in range(i * shard_size, i * shard_size + size_of(i), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=d.device.type == "cuda")

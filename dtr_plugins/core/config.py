@@ -81,6 +81,7 @@ class CacheFields(BaseModel):
     cache_dir: str | None = Field(None, description="root of latent caches; default <output_dir>/latent_cache")
     shard_size: int = Field(4096, ge=1, description="images per latent cache shard file")
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
+    cache_batch_size: int = Field(32, ge=1, description="images per encode call while writing the latent cache")
 
 
 class CodecSection(PluginSection, CacheFields):

@@ -56,11 +56,12 @@ def codec_spec(cfg: ExperimentConfig) -> CodecSpec:
     """The codec named by ``cfg`` (``codec`` section, ``vae`` shorthand, or ``identity``)."""
     if cfg.codec is not None:
         c = cfg.codec
-        return CodecSpec(c.name, c.params, CacheSettings(c.cache_dir, c.shard_size, c.cache_dtype), "codec")
+        return CodecSpec(c.name, c.params, CacheSettings(c.cache_dir, c.shard_size, c.cache_dtype, c.cache_batch_size),
+                         "codec")
     if cfg.vae is not None:
         v = cfg.vae
         return CodecSpec("autoencoder_kl", {"path": v.path, "scale_factor": v.scale_factor, "batch_size": v.batch_size},
-                         CacheSettings(v.cache_dir, v.shard_size, v.cache_dtype), "vae")
+                         CacheSettings(v.cache_dir, v.shard_size, v.cache_dtype, v.batch_size), "vae")
     return CodecSpec(IDENTITY, {})
 
 
@@ -227,8 +228,7 @@ def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = No
     describe = {"name": spec.name, "params": spec.params, "repr": repr(codec)}
     d = distributed.setup(cfg.train.device)
     try:
-        return write_cache(root, key, dataset, codec, spec.cache, image_size=image_size,
-                           batch_size=int(spec.params.get("batch_size", 32)), dist=d,
+        return write_cache(root, key, dataset, codec, spec.cache, image_size=image_size, dist=d,
                            num_workers=cfg.train.num_workers, progress=progress, describe=describe)
     finally:
         distributed.teardown(d)
