@@ -71,6 +71,16 @@ class PluginInfo:
                 "version": self.version, "description": self.description, "plugin": self.plugin}
 
 
+def parse_params(model: type[BaseModel], params: dict[str, Any], where: str = "") -> Any:
+    """``model.model_validate(params)``; a mistake is a one-line :class:`ConfigError` naming the key.
+
+    Plugin constructors call it so that their defaults live only in their params model."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
     """The first error of a pydantic ValidationError as one line: key path, bad value, what is allowed."""
     err = exc.errors()[0]
