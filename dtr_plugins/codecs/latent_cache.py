@@ -105,7 +105,7 @@ def write_cache(root: Path, key: dict[str, Any], dataset: Dataset, codec: Codec,
     plan = {"format": CACHE_FORMAT, "key": key, "num_items": n, "shard_size": shard_size, "num_shards": num_shards,
             "latent_shape": latent_shape, "dtype": settings.dtype,
             "layout": "posterior[n, view (image, hflip), (mean, std), C, h, w], normalised by the codec",
-            "codec": describe or {}, "num_classes": getattr(dataset, "num_classes", None)}
+            "codec": describe or {}, "num_classes": dataset.num_classes}
 
     existing = read_manifest(root)
     all_there = all(shard_file(root, i).exists() for i in range(num_shards))

@@ -9,7 +9,7 @@ import torch
 
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
 from dtr_plugins.core.contracts import Backbone, Codec
-from dtr_plugins.core.errors import CheckpointError, UserError
+from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write
 
@@ -64,6 +64,8 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
         kwargs: dict[str, Any] = {}
         if conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
+            if scale != 1.0:
+                kwargs["y_null"] = null_label(model)
         x = diffusion.sample(model, noise.shape, sampler=sampler or cfg.sample.sampler,
                              respacing=respacing or cfg.sample.respacing, noise=noise, model_kwargs=kwargs,
                              cfg_scale=scale if conditional else 1.0, cfg_channels=cfg.sample.cfg_channels,
@@ -80,6 +82,14 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
         chunks = [c for part in gathered for c in part]
     images = np.concatenate([c for _, c in sorted(chunks, key=lambda c: c[0])]) if chunks else np.zeros((0,))
     return images, all_labels
+
+
+def null_label(model: Backbone) -> int:
+    """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
+    if model.null_class is None:
+        raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
+                          "so classifier-free guidance is not available; use cfg_scale 1.0")
+    return int(model.null_class)
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
