@@ -188,3 +188,25 @@ def test_third_party_codec_with_latent_dit(tmp_path):
     sampled = dtr(site, "sample", str(run), "--num", "2")
     assert sampled.returncode == 0, sampled.stderr
     assert np.load(run / "samples" / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)  # decoded by the codec
+
+
+def test_backbone_missing_a_contract_attribute_is_one_plugin_error():
+    import types
+
+    import pytest
+
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.errors import PluginError
+    from dtr_plugins.core.plugins import build_registry
+    from dtr_plugins.engine.compose import build_model
+
+    module = types.ModuleType("acme_no_size")
+    exec(TINY_CONV.replace("self.in_channels, self.input_size, self.num_classes = in_channels, input_size, "
+                           "num_classes", "self.in_channels, self.num_classes = in_channels, num_classes"),
+         module.__dict__)
+    registry = build_registry([(module, "acme-no-size", "0.1")])
+    cfg = config_from_dict({"name": "x", "backbone": {"name": "tiny_conv"}, "data": {"name": "digits"}},
+                           registry=registry)
+    with pytest.raises(PluginError, match=r"^backbone 'tiny_conv' \(acme_no_size, distribution acme-no-size\) "
+                                          r"lacks input_size of dtr_plugins.core.contracts.Backbone$"):
+        build_model(cfg, registry)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset", "FeatureExtractor", "InputSpace"]
+__all__ = ["RoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset", "FeatureExtractor", "InputSpace",
+           "missing_members"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -166,3 +167,15 @@ class FeatureExtractor(Protocol):
     fidelity_class: type | None
     num_classes: int | None
     classifier: Callable[[torch.device], Callable[[Tensor], Tensor]] | None
+
+
+def missing_members(obj: Any, protocol: type) -> list[str]:
+    """The attributes and methods of ``protocol`` that ``obj`` lacks (empty: it satisfies the contract)."""
+    names: set[str] = set()
+    for klass in protocol.__mro__:
+        if klass in (object, Protocol) or klass.__name__ in ("Protocol", "Generic"):
+            continue
+        names |= {n for n in vars(klass) if not n.startswith("_")}
+        names |= set(getattr(klass, "__annotations__", {}))
+    names |= {"__call__"} if "__call__" in vars(protocol) else set()
+    return sorted(n for n in names if not hasattr(obj, n))

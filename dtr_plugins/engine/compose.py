@@ -24,8 +24,8 @@ import torch
 from dtr_plugins.codecs.latent_cache import (CacheSettings, LatentCacheDataset, cache_key, cache_root, draw_latents,
                                              is_complete, write_cache)
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Codec, InputSpace
-from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
+from dtr_plugins.core.errors import ConfigError, PluginError
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 
@@ -68,7 +68,17 @@ def codec_spec(cfg: ExperimentConfig) -> CodecSpec:
 def build_codec(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> Codec:
     """The codec of ``cfg`` (for ``autoencoder_kl`` only its config is read; weights load on first use)."""
     spec = codec_spec(cfg)
-    return (registry or default_registry()).build("codec", spec.name, **spec.params)
+    info = (registry or default_registry()).get("codec", spec.name)
+    codec = info.build(**spec.params)
+    _check_contract(codec, Codec, "codec", info)
+    return codec
+
+
+def _check_contract(obj: Any, protocol: type, kind: str, info: PluginInfo) -> None:
+    missing = missing_members(obj, protocol)
+    if missing:
+        raise PluginError(f"{kind} '{info.name}' ({info.plugin}, distribution {info.distribution or 'unknown'}) "
+                          f"lacks {', '.join(missing)} of dtr_plugins.core.contracts.{protocol.__name__}")
 
 
 def image_shape(cfg: ExperimentConfig) -> tuple[int, int, int]:
@@ -106,7 +116,7 @@ def _backbone_params(cfg: ExperimentConfig, info: PluginInfo, spec: CodecSpec,
         raise ConfigError(f"vae.path: backbone '{name}' works on VAE latents and needs a vae section, e.g. "
                           f"vae: {{path: stabilityai/sd-vae-ft-ema}} (a hub id or a local diffusers folder), "
                           f"or a codec section")
-    codec = codec if codec is not None else registry.build("codec", spec.name, **spec.params)
+    codec = codec if codec is not None else build_codec(cfg, registry)
     shape = image_shape(cfg)
     channels, height, width = codec.latent_shape(shape)
     if height != width:
@@ -160,7 +170,9 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
                               f"{cfg.data.params.get('image_size')})") from None
         raise
     if not isinstance(model, RoutedBackbone):
-        raise TypeError(f"backbone '{cfg.backbone.name}' must return a RoutedBackbone, got {type(model).__name__}")
+        raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
+                          f"{type(model).__name__}")
+    _check_contract(model, Backbone, "backbone", info)
     model.attach_routing(build_routing_plan(cfg, model.routed_channels(), registry))
     return model
 
