@@ -32,15 +32,15 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -
     if not isinstance(model, RoutedBackbone):
         raise TypeError(f"backbone '{cfg.backbone.name}' must return a RoutedBackbone, got {type(model).__name__}")
     strategy = build_strategy_from(cfg, registry)
-    model.attach_routing(RoutingPlan(strategy, model.routed_channels(), num_tasks=cfg.diffusion.steps))
+    process = build_diffusion(cfg, registry)  # flow: the process says what a routing task is
+    model.attach_routing(RoutingPlan(strategy, model.routed_channels(), num_tasks=process.num_timesteps,
+                                     continuous=process.continuous_tasks(strategy)))
     return model
 
 
-def build_diffusion(cfg: ExperimentConfig):
-    """The Gaussian diffusion of ``cfg.diffusion`` (guided-diffusion semantics)."""
-    from .diffusion import GaussianDiffusion
-
-    return GaussianDiffusion.from_config(cfg.diffusion)
+def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = None):
+    """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
+    return (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
 
 
 def build_loss_weighting(cfg: ExperimentConfig, registry: PluginRegistry | None = None):

@@ -173,7 +173,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg, registry).to(d.device)
-        diffusion = build_diffusion(cfg)
+        diffusion = build_diffusion(cfg, registry)
         weighting = build_loss_weighting(cfg, registry).to(d.device)
         dataset: Dataset = build_dataset(cfg, registry)
         ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -251,7 +251,6 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
           save_checkpoint) -> None:
     from tqdm.auto import tqdm
 
-    T = diffusion.num_timesteps
     total = cfg.train.steps
     base_lrs = [g.get("lr", cfg.train.lr) for g in optimizer.param_groups]
     bucket_sum = torch.zeros(NUM_BUCKETS, device=d.device, dtype=torch.float64)
@@ -274,7 +273,7 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
             images = prepare(images)
         if step == 0 and d.is_main:
             check_data_fits(model, images, cfg)
-        t = weighting.sample_timesteps(images.shape[0], T, d.device)
+        t = diffusion.training_times(weighting, images.shape[0], d.device)  # flow: the process draws t
         scale = _lr_at(cfg, step) / cfg.train.lr
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * scale
@@ -294,7 +293,7 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
 
         with torch.no_grad():
             per_sample = terms["loss"].detach().double()
-            bucket = (t * NUM_BUCKETS // T).clamp_(max=NUM_BUCKETS - 1)
+            bucket = diffusion.loss_bucket(t, NUM_BUCKETS)  # flow: by noise level, bucket 0 clean
             bucket_sum.index_add_(0, bucket, per_sample)
             bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
             loss_sum += loss.detach().double()
