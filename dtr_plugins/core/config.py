@@ -207,8 +207,10 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             # flow: the process decides (gaussian: its learn_sigma param; flow_matching: always False)
             learn_sigma = updates["diffusion"].params.get("learn_sigma", process_cls.learn_sigma)
             if params.setdefault("learn_sigma", learn_sigma) != learn_sigma:
-                raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with diffusion "
-                                  f"{cfg.diffusion.name!r} (learn_sigma {learn_sigma!r}); set only diffusion.learn_sigma")
+                hint = ("set only diffusion.learn_sigma" if "learn_sigma" in updates["diffusion"].params
+                        else f"diffusion {cfg.diffusion.name!r} fixes it; remove backbone.learn_sigma")
+                raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
+                                  f"diffusion.learn_sigma {learn_sigma!r}; {hint}")
         validated = info.validate(params, where=section)
         section_cls = ProcessSection if section == "diffusion" else PluginSection
         updates[section] = section_cls(name=current.name, **validated.model_dump(mode="json"))
