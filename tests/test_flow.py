@@ -181,6 +181,18 @@ def test_flow_config_builds_a_continuous_dtr_model():
     assert model(x, torch.tensor([0.1, 0.8]), y=torch.tensor([1, 2])).shape == x.shape
 
 
+def test_adm_unet_routes_flow_time_continuously():
+    cfg = dp.load_config(ROOT / "configs" / "flow_dit_digits.yaml", overrides=[
+        "backbone={name: adm_unet, preset: small, image_size: 8, in_channels: 1, num_classes: 10}"])
+    model = build_model(cfg).eval()
+    seen = []
+    gather = model.plan.gather
+    model.plan.gather = lambda t, dtype: (seen.append(t), gather(t, dtype))[1]
+    t = torch.tensor([0.3, 0.7])
+    out = model(torch.randn(2, 1, 8, 8), t, y=torch.tensor([0, 1]))
+    assert out.shape == (2, 1, 8, 8) and torch.equal(seen[0], t)
+
+
 def test_flow_run_trains_resumes_bit_exactly_and_samples(tmp_path, run_cli):
     straight = dp.train(tiny_config(tmp_path / "a"), progress=False)
     dp.train(tiny_config(tmp_path / "b", "train.steps=3"), progress=False)
