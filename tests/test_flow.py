@@ -232,3 +232,15 @@ def test_gaussian_sampler_names_are_checked_too(tmp_path, run_cli):
     path = write(tmp_path / "tiny.yaml", TINY.replace("name: flow_matching, steps: 100", "steps: 100"))
     code, _, err = run_cli("train", str(path), "--set", "sample.sampler=heun", "--set", "sample.respacing=ddim5")
     assert code == 2 and "sample.sampler: 'heun' is not a gaussian sampler (allowed: ddpm, ddim)" in err
+
+
+def test_routing_x_process_suite_plans_six_matching_runs():
+    from dtr_plugins.engine.suite import load_suite
+
+    suite = load_suite(ROOT / "configs" / "suites" / "routing_x_process_digits.yaml")
+    pairs = sorted((r.config.diffusion.name, r.config.sample.sampler, r.config.routing.name) for r in suite.runs)
+    assert pairs == sorted([(p, s, r) for p, s in (("gaussian", "ddim"), ("flow_matching", "heun"))
+                            for r in ("vanilla", "dtr", "random")])
+    for run in suite.runs:
+        flow = run.config.diffusion.name == "flow_matching"
+        assert run.config.backbone.params["learn_sigma"] is (not flow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import ExperimentConfig
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .plugins import PluginRegistry, default_registry
 from .routing import RoutedBackbone, RoutingPlan
 
@@ -40,7 +40,14 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -
 
 def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = None):
     """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
-    return (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
+    from .process import DiffusionProcess
+
+    process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
+    if not isinstance(process, DiffusionProcess):
+        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (num_timesteps, "
+                          f"training_times, training_losses, sample, loss_bucket, continuous_tasks), "
+                          f"got {type(process).__name__}")
+    return process
 
 
 def build_loss_weighting(cfg: ExperimentConfig, registry: PluginRegistry | None = None):
