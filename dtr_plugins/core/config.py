@@ -117,7 +117,8 @@ class ExperimentConfig(_Strict):
 
 
 #: config section -> plugin kind
-PLUGIN_SECTIONS = {"diffusion": "process", "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
+PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
+                   "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
                    "data": "dataset"}
 
 
