@@ -223,7 +223,7 @@ def test_flow_run_trains_resumes_bit_exactly_and_samples(tmp_path, run_cli):
 ])
 def test_bad_process_settings_are_one_line_exit_2(tmp_path, run_cli, override, needle):
     path = write(tmp_path / "tiny.yaml", TINY)
-    code, out, err = run_cli("train", str(path), "--set", f"output_dir={tmp_path / 'runs'}", "--set", override)
+    code, _, err = run_cli("train", str(path), "--set", f"output_dir={tmp_path / 'runs'}", "--set", override)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
 

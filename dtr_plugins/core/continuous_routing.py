@@ -54,7 +54,7 @@ class ContinuousTasks:
         t = t.double()
         return (1 - t if self.data_at_one else t).clamp(0, 1)
 
-    def gather(self, plan: "RoutingPlan", t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    def gather(self, plan: RoutingPlan, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
         """The ``[B, C]`` mask rows of every routed layer of ``plan`` for float times ``t`` ``[B]``."""
         if plan.num_tables == 0:
             return [None] * len(plan.layer_table)

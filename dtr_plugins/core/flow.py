@@ -24,7 +24,8 @@ timestep index ``t / (T - 1)`` (see :mod:`dtr_plugins.core.continuous_routing`).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -6,9 +6,9 @@ noise level ``u`` in [0, 1] (``flow_matching``, see :mod:`dtr_plugins.core.conti
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 from .diffusion import GaussianDiffusion, get_named_beta_schedule
@@ -47,7 +47,8 @@ class GaussianProcess(GaussianDiffusion):
     @classmethod
     def check_sample_settings(cls, sampler: str, respacing: Any) -> None:
         if sampler not in cls.samplers:
-            raise ConfigError(f"sample.sampler: {sampler!r} is not a gaussian sampler (allowed: {', '.join(cls.samplers)})")
+            raise ConfigError(f"sample.sampler: {sampler!r} is not a gaussian sampler "
+                              f"(allowed: {', '.join(cls.samplers)})")
 
     def training_times(self, weighting: Any, batch_size: int, device: Any = None) -> Tensor:
         """``weighting.sample_timesteps(batch_size, T, device)``: int64 timesteps, as before."""
