@@ -17,8 +17,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -121,7 +122,7 @@ class Timer:
     def __init__(self, device: torch.device):
         self.device = device
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         if self.device.type == "cuda":
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)

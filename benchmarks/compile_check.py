@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 STRATEGIES = ("vanilla", "dtr", "random", "task_specific_sharing")
 
@@ -40,7 +40,6 @@ def check(name: str, build, in_shape, num_classes: int, strategy: str, args, dev
     from dtr_plugins.core.routing import RoutingPlan
 
     torch._dynamo.reset()
-    recompiles: list[str] = []
     model = build().to(device)
     model.attach_routing(RoutingPlan(dp.build_strategy(strategy), model.routed_channels(), 1000).to(device))
     model.train()
@@ -101,7 +100,7 @@ def main(argv=None) -> None:
             from dtr_plugins.backbones.adm_unet import build_adm_unet
 
             builds["adm"] = (lambda: build_adm_unet(preset="small"), (1, 8, 8), 10)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             print(f"ADM skipped: dtr_plugins.backbones.adm_unet does not import ({exc})", file=sys.stderr)
     rows = []
     for name, (build, shape, classes) in builds.items():

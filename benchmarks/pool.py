@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_pct  # noqa: E402
+import common
+from common import fmt_pct
 
 PAIRS = (("dtr", "vanilla", "our routing overhead (dtr vs vanilla)"),
          ("pub_dtr", "pub_vanilla", "published-style overhead (pub_dtr vs pub_vanilla)"),

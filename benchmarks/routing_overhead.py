@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_pct  # noqa: E402
+import common
+from common import fmt_pct
 
 
 def interleaved(fns: dict, rounds: int, warmup: int, device: torch.device, abba: bool = True) -> dict[str, list]:
@@ -41,7 +41,7 @@ def interleaved(fns: dict, rounds: int, warmup: int, device: torch.device, abba:
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         runs = order + order[::-1] if abba else order
-        acc = {k: 0.0 for k in names}
+        acc = dict.fromkeys(names, 0.0)
         for name in runs:
             with common.Timer(device) as timer:
                 fns[name]()
@@ -78,12 +78,12 @@ def main(argv=None) -> None:
     device = common.pick_device(args.device)
     common.setup_backends(device, args.threads)
 
+    import published_baseline as pb
+    from train_step import randomize_zero_init
+
     import dtr_plugins as dp
     from dtr_plugins.backbones.dit import DiT
     from dtr_plugins.core.routing import RoutingPlan
-
-    import published_baseline as pb
-    from train_step import randomize_zero_init
 
     torch.manual_seed(0)
     model = DiT(size=args.model, input_size=args.input_size)

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_pct  # noqa: E402
+import common
+from common import fmt_pct
 
 
 def main(argv=None) -> None:
@@ -48,12 +48,12 @@ def main(argv=None) -> None:
     device = common.pick_device(args.device)
     common.setup_backends(device, args.threads)
 
+    from published_baseline import PublishedStyleDiT, published_tables
+    from train_step import NUM_TASKS, build_base, shallow_view
+
     import dtr_plugins as dp
     from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
     from dtr_plugins.core.routing import RoutingPlan
-
-    from published_baseline import PublishedStyleDiT, published_tables
-    from train_step import NUM_TASKS, build_base, shallow_view
 
     args.adm_preset, args.channels_last = None, False
     base, desc = build_base("dit", args)

@@ -33,8 +33,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_bytes, fmt_pct  # noqa: E402
+import common
+from common import fmt_bytes, fmt_pct
 
 OURS = ("vanilla", "dtr", "random", "task_specific_sharing")
 PUBLISHED = ("pub_vanilla", "pub_dtr")
@@ -122,10 +122,10 @@ def build_base(backbone: str, args) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def build_variants(backbone: str, base: nn.Module, specs: list[str], args, device: torch.device) -> list[Variant]:
+    from published_baseline import PublishedStyleDiT, published_tables
+
     import dtr_plugins as dp
     from dtr_plugins.core.routing import RoutingPlan
-
-    from published_baseline import PublishedStyleDiT, published_tables
 
     params = [p for p in base.parameters() if p.requires_grad]
     optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -215,7 +215,7 @@ def _rounds(variants, diffusion, x, y, ts, rounds, args, device, graphs) -> None
             try:
                 with common.Timer(device) as timer:
                     train_step(v, diffusion, x, ts[r], y, device)
-            except Exception as exc:  # one variant failing (compile, out of memory) must not lose the others
+            except Exception as exc:  # noqa: BLE001 - one variant failing (compile, out of memory) must not lose the others
                 v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 print(f"[{v.label}] failed: {v.error}", file=sys.stderr, flush=True)
                 v.optimizer.zero_grad(set_to_none=True)
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         if backbone == "adm":
             try:
                 import dtr_plugins.backbones.adm_unet  # noqa: F401
-            except Exception as exc:  # being written by someone else: skip, say why
+            except Exception as exc:  # noqa: BLE001 - being written by someone else: skip, say why
                 msg = f"ADM skipped: dtr_plugins.backbones.adm_unet does not import ({type(exc).__name__}: {exc})"
                 print(msg, file=sys.stderr)
                 sections.append(msg)

@@ -14,7 +14,8 @@ timestep indices (``timestep_map``), so routing masks are the training masks.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,8 +96,8 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int
         if size < count:
             raise ConfigError(f"respacing '{spec}': cannot take {count} steps from a section of {size}"
                               f" (T = {num_timesteps})")
-        stride = 1.0 if count == 1 else (size - 1) / (count - 1)
-        steps += [start + round(j * stride) for j in range(count)]
+        spacing = 1.0 if count == 1 else (size - 1) / (count - 1)
+        steps += [start + round(j * spacing) for j in range(count)]
         start += size
     return sorted(set(steps))
 
@@ -182,7 +183,7 @@ class GaussianDiffusion:
         self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "GaussianDiffusion":
+    def from_config(cls, cfg: Any) -> GaussianDiffusion:
         """From a :class:`dtr_plugins.core.config.DiffusionConfig` (``steps``, ``schedule``, ``learn_sigma``)."""
         return cls(get_named_beta_schedule(cfg.schedule, cfg.steps), learn_sigma=cfg.learn_sigma)
 
@@ -323,7 +324,7 @@ class GaussianDiffusion:
     # -- sampling ----------------------------------------------------------------------------------
 
     def respaced(self, respacing: str | int | Iterable[int] | None = None, *,
-                 use_timesteps: Iterable[int] | None = None) -> "GaussianDiffusion":
+                 use_timesteps: Iterable[int] | None = None) -> GaussianDiffusion:
         """The process over the steps kept by ``respacing`` (see :func:`space_timesteps`), or over the explicit
         training-step indices ``use_timesteps``: new betas from the kept alphas_cumprod, model calls with the
         original indices. Cached; keeping every step gives ``self``."""
@@ -411,7 +412,8 @@ def _model_device(model: Any) -> torch.device:
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
-            return p.device
+            device: torch.device = p.device
+            return device
     return torch.device("cpu")
 
 

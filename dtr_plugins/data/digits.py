@@ -15,7 +15,8 @@ class DigitsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image_size: int = Field(8, ge=8, description="side length; 8 is native, larger sizes upsample bilinearly")
     channels: Literal[1, 3] = 1
-    split: Literal["all", "a", "b"] = Field("all", description="a / b: two disjoint seeded halves (for real-vs-real metrics)")
+    split: Literal["all", "a", "b"] = Field(
+        "all", description="a / b: two disjoint seeded halves (for real-vs-real metrics)")
     random_flip: bool = Field(False, description="horizontal flips (off by default: flipped digits are other glyphs)")
 
 

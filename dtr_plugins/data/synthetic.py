@@ -22,7 +22,8 @@ class SyntheticParams(BaseModel):
 class Synthetic(Dataset):
     """Class ``k`` is a sinusoidal stripe pattern at angle ``k * pi / num_classes`` plus a little noise."""
 
-    def __init__(self, num_samples: int = 256, image_size: int = 8, channels: int = 1, num_classes: int = 4, seed: int = 0):
+    def __init__(self, num_samples: int = 256, image_size: int = 8, channels: int = 1, num_classes: int = 4,
+                 seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(num_samples) % num_classes
         coords = torch.linspace(-1, 1, image_size)

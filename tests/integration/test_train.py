@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import dtr_plugins as dp
-from dtr_plugins.core.checkpoint import load_checkpoint
 
-from .conftest import write
+from ..conftest import write
 
 TINY = """\
 name: tiny
 seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 4}
 routing: {name: dtr, alpha: 4.0, beta: 0.8}
 diffusion: {steps: 100, schedule: linear, learn_sigma: true}
 data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}

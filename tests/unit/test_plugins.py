@@ -13,7 +13,7 @@ import dtr_plugins
 from dtr_plugins.core.errors import PluginError
 from dtr_plugins.core.plugins import build_registry
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 STRIPES = textwrap.dedent('''
     import torch

@@ -18,11 +18,17 @@ from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.data import digits as digits_plugin
 from dtr_plugins.data.digits import Digits
 from dtr_plugins.engine import feature_extractors as fe_plugin
-from dtr_plugins.engine.evaluate import (EvalError, dataset_reference, evaluate, evaluate_model_samples,
-                                         parse_dataset_reference, to_uint8)
+from dtr_plugins.engine.evaluate import (
+    EvalError,
+    dataset_reference,
+    evaluate,
+    evaluate_model_samples,
+    parse_dataset_reference,
+    to_uint8,
+)
 from dtr_plugins.engine.feature_extractors import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 FAST = {"kid_subsets": 10}
 
