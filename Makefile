@@ -35,8 +35,8 @@ test-quick: $(STAMP)
 # MUTATE_ARGS narrows it, e.g. `make mutate MUTATE_ARGS="dtr_plugins.strategies.dtr*"` (see docs/testing.md).
 MUTATE_ARGS ?=
 mutate: $(STAMP)
-	$(VENV)/bin/mutmut run $(MUTATE_ARGS)
-	$(VENV)/bin/mutmut results
+	$(PY) -m mutmut run $(MUTATE_ARGS)
+	$(PY) -m mutmut results
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins

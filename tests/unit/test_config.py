@@ -53,11 +53,11 @@ BAD = [
     ("bad schedule", GOOD, ["diffusion.schedule=quadratic"], "diffusion.schedule"),
     ("bad sampler", GOOD, ["sample.sampler=plms"], "sample.sampler"),
     ("string for int", GOOD, ["data.image_size=big"], "data.image_size"),
-    ("missing backbone", GOOD.replace(GOOD.splitlines()[1] + "\n", ""), [], "backbone: Field required"),
+    ("missing backbone", GOOD.replace("\n".join(GOOD.splitlines()[1:3]) + "\n", ""), [], "backbone: Field required"),
     ("override without =", GOOD, ["routing.beta"], "override 'routing.beta' is not of the form key.path=value"),
     ("override into a value", GOOD, ["name.x=1"], "--set: name is not a section"),
     ("not a mapping", "- a\n- b\n", [], "expected a mapping of sections, got list"),
-    ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:8: malformed YAML"),
+    ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:9: malformed YAML"),
     ("learn_sigma conflict", GOOD, ["backbone.learn_sigma=false"],
      "backbone.learn_sigma: False disagrees with diffusion.learn_sigma"),
 ]
