@@ -30,6 +30,7 @@ KINDS: dict[str, str] = {
     "loss_weighting": "dtr_register_loss_weightings",
     "dataset": "dtr_register_datasets",
     "feature_extractor": "dtr_register_feature_extractors",
+    "tracker": "dtr_register_trackers",  # helper "trackers"
 }
 
 
