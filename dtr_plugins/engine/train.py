@@ -27,6 +27,7 @@ from dtr_plugins.core.io import write_json, write_text
 from dtr_plugins.core.plugins import PluginRegistry
 
 from . import distributed
+from .trackers import TrackerSet, routing_heatmap
 
 NUM_BUCKETS = 10
 CHECKPOINT_FORMAT = "dtr-plugins/1"
@@ -162,6 +163,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     from dtr_plugins.core.checkpoint import load_checkpoint, save_checkpoint
 
     d = distributed.setup(cfg.train.device)
+    trackers = TrackerSet()  # trackers: only rank 0 mirrors metrics.jsonl into log.trackers
     try:
         run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / cfg.name
         start_ckpt = latest_checkpoint(run_dir)
@@ -200,6 +202,10 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             if resume and (run_dir / "meta.json").exists():
                 meta["resumed_from_step"] = step
             write_json(run_dir / "meta.json", meta)
+            trackers = TrackerSet.open(cfg.log.trackers, run_dir, cfg.to_dict(), cfg.name, registry)  # trackers
+            heatmap = routing_heatmap(model.plan) if model.plan is not None else None  # trackers
+            if heatmap is not None:  # trackers
+                trackers.log_image(step, "routing/masks", heatmap)  # trackers
         d.barrier()
 
         net: torch.nn.Module = model
@@ -213,7 +219,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.train.num_workers, collate_fn=_collate,
                             pin_memory=d.device.type == "cuda")
         _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, scaler, loader, step, progress,
-              save_checkpoint)
+              save_checkpoint, trackers)
         in_sync = ranks_in_sync(model, d) if d.enabled else None
         if d.is_main:
             meta = json.loads((run_dir / "meta.json").read_text())
@@ -223,6 +229,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             write_json(run_dir / "meta.json", meta)
         return run_dir
     finally:
+        trackers.finish()  # trackers
         distributed.teardown(d)
 
 
@@ -248,7 +255,7 @@ def _lr_at(cfg: ExperimentConfig, step: int) -> float:
 
 
 def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, scaler, loader, step, progress,
-          save_checkpoint) -> None:
+          save_checkpoint, trackers: TrackerSet) -> None:
     from tqdm.auto import tqdm
 
     T = diffusion.num_timesteps
@@ -318,6 +325,7 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
             record.update({f"weighting/{k}": v for k, v in weighting.log_values().items()})
             if d.is_main:
                 _append_jsonl(metrics_path, record)
+                trackers.log_record(record)  # trackers
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             bucket_sum.zero_(); bucket_count.zero_(); loss_sum.zero_()
             window_steps, window_start = 0, time.perf_counter()
@@ -331,7 +339,7 @@ def _loop(cfg, d, run_dir, net, model, ema, diffusion, weighting, optimizer, sca
                                 config=cfg.to_dict())
             d.barrier()
         if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
-            _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final=last)
+            _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final=last, trackers=trackers)
     bar.close()
 
 
@@ -369,7 +377,7 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final) -> None:
+def _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final, trackers: TrackerSet) -> None:
     """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
     from .evaluate import dataset_reference, evaluate_model_samples
     from .sample import generate, write_samples
@@ -377,6 +385,9 @@ def _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final) -> N
     images, labels = generate(ema, diffusion, cfg, num=cfg.eval.num_samples, seed=cfg.seed, dist=d, progress=False)
     if not d.is_main:
         return
+    from .plots import image_grid  # trackers
+
+    trackers.log_image(step, "samples", image_grid(images[:64]))  # trackers
     if final:
         write_samples(images[:256], labels[:256], run_dir / "samples", png=False,
                       info={"step": step, "weights": "ema", "sampler": cfg.sample.sampler,
@@ -393,5 +404,6 @@ def _evaluate_during_training(cfg, d, run_dir, ema, diffusion, step, final) -> N
                    "cfg_scale": cfg.sample.cfg_scale, "cfg_channels": cfg.sample.cfg_channels,
                    "train_precision": cfg.train.precision, "world_size": d.world_size, "seed": cfg.seed})
     _append_jsonl(run_dir / "metrics.jsonl", {"step": step, "eval": result})
+    trackers.log_record({"step": step, "eval": result})  # trackers
     if final:
         write_json(run_dir / "eval.json", result)
