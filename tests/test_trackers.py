@@ -267,18 +267,23 @@ def test_training_run_writes_all_three_trackers(tmp_path, run_cli):
     code, out, err = run_cli(
         "train", str(ROOT / "configs" / "dit_digits.yaml"), "--set", f"output_dir={tmp_path}",
         "--set", "train={steps: 4, batch_size: 8, log_every: 2, ckpt_every: 0, lr: 2.0e-3}",
-        "--set", "backbone.depth=1", "--set", "eval.at_end=false",
+        "--set", "backbone.depth=1", "--set", "sample={respacing: ddim5, batch_size: 16}",
+        "--set", "eval={at_end: true, num_samples: 16, metrics: [fid], feature_extractor: digits-classifier}",
         "--set", "log.trackers=[tensorboard, wandb, mlflow]")
     assert code == 0, err
     run_dir = tmp_path / "dit-digits-dtr"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    loss = [(r["step"], r["loss"]) for r in records]
-    assert [s for s, _ in loss] == [2, 4]
+    loss = [(r["step"], r.get("loss")) for r in records]
+    assert [s for s, _ in loss if s is not None] == [2, 4, 4]  # the last record is the final evaluation
+    fid = records[-1]["eval"]["frechet_inception_distance"]
+    loss = loss[:2]
 
     scalars, images = read_tensorboard(run_dir)
     assert scalars["loss"] == [(s, pytest.approx(v, rel=1e-6)) for s, v in loss]
     assert images["routing/masks"][0][0] == 0  # the DTR mask heatmap, logged before the first step
+    assert images["samples"] == [(4, 4 * 9 + 1, 4 * 9 + 1)]  # 16 samples of 8x8 in a 4x4 grid, 1px gaps
+    assert scalars["eval/frechet_inception_distance"] == [(4, pytest.approx(fid, rel=1e-6))]
     assert [(r["_step"], r["loss"]) for r in read_wandb(run_dir) if "loss" in r] == loss
     _, history, _ = read_mlflow(run_dir)
-    assert sorted(history["loss"]) == loss
+    assert sorted(history["loss"]) == loss and history["eval/frechet_inception_distance"] == [(4, fid)]
     assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "wandb").exists()
