@@ -21,7 +21,12 @@ from dtr_plugins.core.config import PluginSection, config_from_dict
 from dtr_plugins.core.errors import ConfigError, PluginError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import build_registry
-from dtr_plugins.engine.trackers import TrackerSet, TrackerWarning, as_rgb_uint8, flatten_scalars
+from dtr_plugins.engine.trackers import (
+    TrackerSet,
+    TrackerWarning,
+    as_rgb_uint8,
+    flatten_scalars,
+)
 
 from .conftest import ROOT, write
 
@@ -257,14 +262,14 @@ def test_dtr_validate_finds_a_missing_tracker_package(tmp_path, run_cli, monkeyp
     code, out, err = run_cli("validate", str(cfg), "--set", f"log.trackers=[tensorboard, {package}]")
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
-        f"dtr: error: {cfg}: log.trackers.1: tracker '{package}' needs a package that is not installed; "
-        f"install it with: pip install '{extra}'"]
+        (f"dtr: error: {cfg}: log.trackers.1: tracker '{package}' needs a package that is not installed; "
+         f"install it with: pip install '{extra}'")]
 
 
 # --------------------------------------------------------------------------------------- end to end
 def test_training_run_writes_all_three_trackers(tmp_path, run_cli):
     """``dtr train configs/dit_digits.yaml --set log.trackers=[tensorboard, wandb, mlflow]``, shortened."""
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         "train", str(ROOT / "configs" / "dit_digits.yaml"), "--set", f"output_dir={tmp_path}",
         "--set", "train={steps: 4, batch_size: 8, log_every: 2, ckpt_every: 0, lr: 2.0e-3}",
         "--set", "backbone.depth=1", "--set", "sample={respacing: ddim5, batch_size: 16}",

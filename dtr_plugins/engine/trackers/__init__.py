@@ -9,10 +9,12 @@ the built-in trackers in the modules beside this one.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +103,7 @@ class TrackerSet:
 
     @classmethod
     def open(cls, sections: Sequence[Any], run_dir: str | Path, config: Mapping[str, Any], run_name: str,
-             registry: PluginRegistry | None = None) -> "TrackerSet":
+             registry: PluginRegistry | None = None) -> TrackerSet:
         """Build and start each tracker of ``log.trackers`` (resolved ``PluginSection`` entries).
 
         Raises :class:`PluginError` (one line naming ``log.trackers`` and the tracker) if one cannot
@@ -163,16 +165,14 @@ class TrackerSet:
                 del self._active[name]
                 warnings.warn(f"tracker {name!r} failed ({why}); it is switched off for the rest of this run "
                               f"(metrics.jsonl is unaffected)", TrackerWarning, stacklevel=3)
-                try:
+                with contextlib.suppress(Exception):  # already reported above
                     tracker.finish()
-                except Exception:  # noqa: BLE001 - already reported above
-                    pass
 
-    def __enter__(self) -> "TrackerSet":
+    def __enter__(self) -> TrackerSet:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.finish()
 
 
-__all__ = ["TrackerSet", "TrackerWarning", "flatten_scalars", "as_rgb_uint8", "routing_heatmap"]
+__all__ = ["TrackerSet", "TrackerWarning", "as_rgb_uint8", "flatten_scalars", "routing_heatmap"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -97,4 +98,4 @@ def dtr_register_trackers(register):
              description="MLflow run in <run_dir>/mlflow.db (or $MLFLOW_TRACKING_URI): params, metrics, pictures")
 
 
-__all__ = ["MlflowTracker", "MlflowParams", "resolve_tracking_uri", "flatten_params", "dtr_register_trackers"]
+__all__ = ["MlflowParams", "MlflowTracker", "dtr_register_trackers", "flatten_params", "resolve_tracking_uri"]

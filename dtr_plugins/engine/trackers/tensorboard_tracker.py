@@ -5,8 +5,9 @@ Written with ``torch.utils.tensorboard.SummaryWriter``; read with ``tensorboard 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,4 +59,4 @@ def dtr_register_trackers(register):
              description="TensorBoard event files under <run_dir>/tensorboard (scalars, sample grids, mask heatmaps)")
 
 
-__all__ = ["TensorBoardTracker", "TensorBoardParams", "dtr_register_trackers"]
+__all__ = ["TensorBoardParams", "TensorBoardTracker", "dtr_register_trackers"]

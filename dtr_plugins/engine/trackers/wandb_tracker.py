@@ -7,8 +7,9 @@ touches the network until then.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,4 +68,4 @@ def dtr_register_trackers(register):
              description="Weights & Biases run under <run_dir>/wandb (offline unless mode/$WANDB_MODE says online)")
 
 
-__all__ = ["WandbTracker", "WandbParams", "resolve_mode", "dtr_register_trackers"]
+__all__ = ["WandbParams", "WandbTracker", "dtr_register_trackers", "resolve_mode"]
