@@ -143,6 +143,7 @@ def test_each_tracker_writes_what_its_own_reader_loads(tmp_path, name):
             trackers.log_record(record)
         trackers.log_image(6, "samples", picture)
         assert trackers.names == [name]
+        applied = trackers.applied()[name]
 
     if name == "tensorboard":
         scalars, images = read_tensorboard(run_dir)
@@ -150,6 +151,7 @@ def test_each_tracker_writes_what_its_own_reader_loads(tmp_path, name):
             assert scalars[key] == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected(key)]
         assert "note" not in scalars and "compiled" not in scalars and "step" not in scalars
         assert images["samples"] == [(6, 12, 8)]
+        assert applied == {"log_dir": str(run_dir / "tensorboard")}
     elif name == "wandb":
         rows = read_wandb(run_dir)
         loss = [(r["_step"], r["loss"]) for r in rows if "loss" in r]
@@ -158,6 +160,7 @@ def test_each_tracker_writes_what_its_own_reader_loads(tmp_path, name):
         (image,) = [r for r in rows if "samples/_type" in r]
         assert image["samples/_type"] == "image-file" and (image["samples/width"], image["samples/height"]) == (12, 8)
         assert list(run_dir.glob("wandb/offline-run-*/files/" + image["samples/path"]))
+        assert applied["mode"] == "offline" and applied["dir"].startswith(str(run_dir / "wandb" / "offline-run-"))
     else:
         run, history, images = read_mlflow(run_dir)
         assert run.info.status == "FINISHED" and run.info.run_name == "trk"
@@ -166,6 +169,8 @@ def test_each_tracker_writes_what_its_own_reader_loads(tmp_path, name):
             assert sorted(history[key]) == expected(key)
         assert any(p.endswith(".png") and "samples" in p for p in images)
         assert not (tmp_path / "mlruns").exists() and (run_dir / "mlflow.db").exists()
+        assert applied == {"tracking_uri": f"sqlite:///{run_dir.resolve() / 'mlflow.db'}", "experiment": "dtr-plugins",
+                           "run_id": run.info.run_id}
 
 
 # ---------------------------------------------------------------------------------- failure handling
@@ -189,6 +194,9 @@ class _Recorder:
 
     def finish(self):
         self.finished += 1
+
+    def applied(self):
+        return {"fail_at": self.fail_at}
 
 
 def _registry_with(**trackers: _Recorder):
@@ -292,3 +300,5 @@ def test_training_run_writes_all_three_trackers(tmp_path, run_cli):
     _, history, _ = read_mlflow(run_dir)
     assert sorted(history["loss"]) == loss and history["eval/frechet_inception_distance"] == [(4, fid)]
     assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "wandb").exists()
+    applied = json.loads((run_dir / "meta.json").read_text())["trackers"]  # what was applied, not what was asked
+    assert sorted(applied) == ["mlflow", "tensorboard", "wandb"] and applied["wandb"]["mode"] == "offline"

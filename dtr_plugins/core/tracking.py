@@ -44,6 +44,9 @@ class Tracker(Protocol):
     def finish(self) -> None:
         """Flush and close the run; called once, also when training stopped with an error."""
 
+    def applied(self) -> dict[str, Any]:
+        """What this tracker actually uses, for ``meta.json`` (folder, mode, store URI, run id); after ``start``."""
+
 
 @runtime_checkable
 class TrackerFactory(Protocol):

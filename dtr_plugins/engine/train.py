@@ -201,8 +201,9 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             meta = run_meta(d, cfg)
             if resume and (run_dir / "meta.json").exists():
                 meta["resumed_from_step"] = step
-            write_json(run_dir / "meta.json", meta)
             trackers = TrackerSet.open(cfg.log.trackers, run_dir, cfg.to_dict(), cfg.name, registry)  # trackers
+            meta["trackers"] = trackers.applied()  # trackers
+            write_json(run_dir / "meta.json", meta)
             heatmap = routing_heatmap(model.plan) if model.plan is not None else None  # trackers
             if heatmap is not None:  # trackers
                 trackers.log_image(step, "routing/masks", heatmap)  # trackers

@@ -131,6 +131,10 @@ class TrackerSet:
         """The trackers still logging."""
         return list(self._active)
 
+    def applied(self) -> dict[str, dict[str, Any]]:
+        """``{tracker name: what it applied}`` for ``meta.json`` (see ``Tracker.applied``)."""
+        return {name: tracker.applied() for name, tracker in self._active.items()}
+
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Mirror one ``metrics.jsonl`` record (``{"step": N, "loss": ..., ...}``); its numbers only."""
         if not self._active:

@@ -77,6 +77,9 @@ class MlflowTracker:
         for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
             self._client.log_batch(self.run_id, params=params[i:i + 100])
 
+    def applied(self) -> dict[str, Any]:
+        return {"tracking_uri": self.applied_uri, "experiment": self.experiment, "run_id": self.run_id}
+
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 

@@ -38,6 +38,9 @@ class TensorBoardTracker:
         self._writer = SummaryWriter(log_dir=str(Path(run_dir) / self.subdir))
         self._writer.add_text("config", "```\n" + json.dumps(dict(config), indent=2) + "\n```", global_step=0)
 
+    def applied(self) -> dict[str, Any]:
+        return {"log_dir": str(self._writer.log_dir)}
+
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         for name, value in values.items():
             self._writer.add_scalar(name, value, global_step=step)

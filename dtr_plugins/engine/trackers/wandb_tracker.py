@@ -46,9 +46,14 @@ class WandbTracker:
         import wandb
 
         self._wandb = wandb
+        self.applied_mode = resolve_mode(self.mode)
         self._run = wandb.init(project=self.project, entity=self.entity, name=run_name, config=dict(config),
-                               dir=str(run_dir), mode=resolve_mode(self.mode), reinit="create_new",
+                               dir=str(run_dir), mode=self.applied_mode, reinit="create_new",
                                settings=wandb.Settings(console="off", save_code=False))
+
+    def applied(self) -> dict[str, Any]:
+        return {"mode": self.applied_mode, "project": self.project, "run_id": self._run.id,
+                "dir": str(self._run.dir)}
 
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         self._run.log(dict(values), step=step)
