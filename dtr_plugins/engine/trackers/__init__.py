@@ -133,7 +133,13 @@ class TrackerSet:
 
     def applied(self) -> dict[str, dict[str, Any]]:
         """``{tracker name: what it applied}`` for ``meta.json`` (see ``Tracker.applied``)."""
-        return {name: tracker.applied() for name, tracker in self._active.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for name, tracker in self._active.items():
+            try:
+                out[name] = dict(tracker.applied())
+            except Exception as exc:  # noqa: BLE001 - a record of settings must not stop training
+                out[name] = {"error": first_line(exc)}
+        return out
 
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Mirror one ``metrics.jsonl`` record (``{"step": N, "loss": ..., ...}``); its numbers only."""
