@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, format_validation_error
+from .tracking import KIND as TRACKER_KIND, check_trackers  # helper "trackers"
 
 
 class _Strict(BaseModel):
@@ -31,7 +32,15 @@ class PluginSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ProcessSection(PluginSection):
+    """flow: the ``diffusion`` section, a plugin section whose ``name`` defaults to ``gaussian``."""
+
+    name: str = "gaussian"
+
+
 class DiffusionConfig(_Strict):
+    """Parameters of the ``gaussian`` process."""
+
     steps: int = Field(1000, ge=2, description="training timesteps T (also the number of routing tasks)")
     schedule: Literal["linear", "cosine"] = "linear"
     learn_sigma: bool = True
@@ -55,8 +64,8 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: Literal["ddpm", "ddim"] = "ddim"
-    respacing: str = "ddim50"
+    sampler: str = Field("ddim", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
+    respacing: str = Field("ddim50", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count")
     eta: float = Field(0.0, ge=0)
     cfg_scale: float = Field(1.0, ge=0)
     cfg_channels: Literal["all", "first3"] = "all"
@@ -75,8 +84,22 @@ class EvalConfig(_Strict):
     at_end: bool = True
 
 
+class CacheFields(BaseModel):
+    """Where a codec's latent cache (``dtr cache-latents``) is stored."""
+
+    cache_dir: str | None = Field(None, description="root of latent caches; default <output_dir>/latent_cache")
+    shard_size: int = Field(4096, ge=1, description="images per latent cache shard file")
+    cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
+    cache_batch_size: int = Field(32, ge=1, description="images per encode call while writing the latent cache")
+
+
+class CodecSection(PluginSection, CacheFields):
+    """``{name: <codec plugin>, **params}`` plus the latent cache fields (not passed to the codec)."""
+
+
 class VaeConfig(_Strict):
-    """The frozen VAE of a latent backbone (``latent_dit``) and its latent cache (``dtr cache-latents``)."""
+    """Shorthand for the ``autoencoder_kl`` codec of a latent backbone (``latent_dit``) and its latent
+    cache; ``vae: {path: X}`` is ``codec: {name: autoencoder_kl, path: X}``."""
 
     path: str = Field(description="hub id (stabilityai/sd-vae-ft-ema) or a local diffusers AutoencoderKL folder")
     scale_factor: float | None = Field(None, gt=0, description="latent scale; default: the VAE config's "
@@ -87,19 +110,38 @@ class VaeConfig(_Strict):
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
 
 
+# --- log section (helper "trackers") -----------------------------------------------------------------
+class LogConfig(_Strict):
+    """Experiment trackers that mirror ``metrics.jsonl`` (which stays the source of truth)."""
+
+    trackers: list[PluginSection] = Field(
+        default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _names_to_sections(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+# --- end log section ---------------------------------------------------------------------------------
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1)
     seed: int = 0
     output_dir: str = "runs"
     backbone: PluginSection
     routing: PluginSection = Field(default_factory=lambda: PluginSection(name="vanilla"))
-    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    diffusion: ProcessSection = Field(default_factory=ProcessSection)
     loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
     data: PluginSection
     vae: VaeConfig | None = None
+    codec: CodecSection | None = Field(None, description="the image <-> denoiser-space codec; default identity "
+                                       "(pixels), or autoencoder_kl when a vae section is given")
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -109,7 +151,8 @@ class ExperimentConfig(_Strict):
 
 
 #: config section -> plugin kind
-PLUGIN_SECTIONS = {"backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
+PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
+                   "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
                    "data": "dataset"}
 
 
@@ -192,13 +235,41 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             known = ", ".join(registry.names(kind)) or "none installed"
             raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
         params = current.params
-        if section == "backbone" and getattr(info.factory, "uses_vae", False) and cfg.vae is None:
-            raise ConfigError(f"vae.path: backbone '{current.name}' works on VAE latents and needs a vae section, "
-                              f"e.g. vae: {{path: stabilityai/sd-vae-ft-ema}} or a local diffusers folder")
         if section == "backbone" and "learn_sigma" in info.params.model_fields:
-            if params.setdefault("learn_sigma", cfg.diffusion.learn_sigma) != cfg.diffusion.learn_sigma:
+            # flow: the process decides (gaussian: its learn_sigma param; flow_matching: always False)
+            learn_sigma = updates["diffusion"].params.get("learn_sigma", process_cls.learn_sigma)
+            if params.setdefault("learn_sigma", learn_sigma) != learn_sigma:
+                hint = ("set only diffusion.learn_sigma" if "learn_sigma" in updates["diffusion"].params
+                        else f"diffusion {cfg.diffusion.name!r} fixes it; remove backbone.learn_sigma")
                 raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
-                                  f"diffusion.learn_sigma {cfg.diffusion.learn_sigma!r}; set only diffusion.learn_sigma")
+                                  f"diffusion.learn_sigma {learn_sigma!r}; {hint}")
         validated = info.validate(params, where=section)
-        updates[section] = PluginSection(name=current.name, **validated.model_dump(mode="json"))
+        section_cls = ProcessSection if section == "diffusion" else PluginSection
+        updates[section] = section_cls(name=current.name, **validated.model_dump(mode="json"))
+        if section == "diffusion":
+            process_cls = info.factory
+    if cfg.codec is not None:
+        if cfg.vae is not None:
+            raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "
+                              "not both")
+        if cfg.codec.name not in registry.names("codec"):
+            known = ", ".join(registry.names("codec")) or "none installed"
+            raise ConfigError(f"codec.name: unknown codec {cfg.codec.name!r} (known: {known})")
+        validated = registry.get("codec", cfg.codec.name).validate(cfg.codec.params, where="codec")
+        cache = {k: getattr(cfg.codec, k) for k in CacheFields.model_fields}
+        updates["codec"] = CodecSection(name=cfg.codec.name, **cache, **validated.model_dump(mode="json"))
+    # flow: the process rules out loss weightings and sample settings that do not apply to it
+    from .process import check_process_settings
+
+    check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
+                           sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)
+    updates["log"] = _resolve_trackers(cfg.log, registry)
     return cfg.model_copy(update=updates)
+
+
+def _resolve_trackers(log: LogConfig, registry: PluginRegistry) -> LogConfig:
+    """Each ``log.trackers`` entry: a known tracker, its package installed, its params filled in."""
+    check_trackers([t.name for t in log.trackers], registry)
+    resolved = [PluginSection(name=t.name, **registry.get(TRACKER_KIND, t.name).validate(t.params, where=f"log.trackers.{i}")
+                              .model_dump(mode="json")) for i, t in enumerate(log.trackers)]
+    return log.model_copy(update={"trackers": resolved})

@@ -1,7 +1,14 @@
-"""``image_folder``: images under a folder, one subfolder per class (ImageNet/FFHQ layout), ADM preprocessing."""
+"""``image_folder``: images under a folder, one subfolder per class (ImageNet/FFHQ layout), ADM preprocessing.
+
+Held-out split: with ``heldout_fraction = f``, an image is held out when the SHA-256 of its path relative to
+the folder, read as a number in [0, 1), is below ``f``. The choice depends on the file's own name only, so
+adding or removing other files never moves an image between ``train`` and ``heldout``.
+"""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,14 +28,24 @@ class ImageFolderParams(BaseModel):
     image_size: int = Field(ge=8)
     class_cond: bool = True
     random_flip: bool = True
+    split: Literal["train", "heldout"] = Field("train",
+                                               description="train: the images not held out; heldout: the others")
+    heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                    description="share of images held out, picked by a hash of their relative path")
+
+
+def is_heldout(relative_path: str, fraction: float) -> bool:
+    """Is the file at ``relative_path`` (posix, relative to the dataset folder) in the held-out share?"""
+    digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
 def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
     """ADM's centre crop: halve with BOX while large, resize the short side with BICUBIC, crop the centre."""
     while min(*image.size) >= 2 * image_size:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
     scale = image_size / min(*image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
     arr = np.asarray(image)
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2
@@ -36,15 +53,26 @@ def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
 
 
 class ImageFolder(Dataset):
-    def __init__(self, path: str, image_size: int, class_cond: bool = True, random_flip: bool = True):
+    def __init__(self, path: str, image_size: int, class_cond: bool = True, random_flip: bool = True,
+                 split: str = "train", heldout_fraction: float = 0.0):
         root = Path(path)
         if not root.is_dir():
             raise DataError(f"data.path: folder {path!r} does not exist")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path!r}")
-        self.files = files
+        # classes come from every file, so both splits give a class the same label
         classes = sorted({p.parent.relative_to(root).as_posix() for p in files}) if class_cond else ["."]
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be train or heldout, got {split!r}")
+        if heldout_fraction > 0 or split == "heldout":
+            want = split == "heldout"
+            files = [p for p in files if is_heldout(p.relative_to(root).as_posix(), heldout_fraction) == want]
+            if not files:
+                raise DataError(f"data.path: no {split} images under {path!r} with data.heldout_fraction "
+                                f"{heldout_fraction:g} (held-out images are picked by a hash of their path; "
+                                f"allowed: a fraction in [0, 1) that leaves both splits non-empty)")
+        self.files = files
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.num_classes = len(classes)
         self.class_cond = class_cond

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from dtr_plugins.core.io import write_json, write_text
 from dtr_plugins.core.plugins import default_registry, format_validation_error
 
 from .launchers import RunSpec, launcher_from_section
+from .rundir import RunDir
 
 
 class SuiteFile(BaseModel):
@@ -180,14 +180,11 @@ def load_suite(path: str | Path, registry=None) -> Suite:
 # ------------------------------------------------------------------------------------------ state
 def run_state(run_dir: Path) -> str:
     """``done``, ``failed``, ``partial`` (has checkpoints) or ``new``."""
-    status = run_dir / "status.json"
-    if status.exists():
-        state = json.loads(status.read_text()).get("state")
-        if state == "done":
-            return "done"
-        if state == "failed":
-            return "failed"
-    return "partial" if any((run_dir / "checkpoints").glob("*.pt")) else "new"
+    run = RunDir(run_dir)
+    state = run.read_status().get("state")
+    if state in ("done", "failed"):
+        return state
+    return "partial" if run.has_checkpoints() else "new"
 
 
 def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int | None = None,
@@ -207,8 +204,10 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
         raise UserError(f"--only {only!r} matches none of: {', '.join(r.id for r in suite.runs)}")
     section = dict(suite.launcher)
     if parallel is not None and (launcher or section.get("name", "local")) == "local":
-        section = {"name": "local", **(section if section.get("name", "local") == "local" else {}), "parallel": parallel}
-    runner = launcher_from_section(section, override=launcher, registry=registry if registry is not None and registry.names("launcher") else default_registry(),
+        own = section if section.get("name", "local") == "local" else {}
+        section = {"name": "local", **own, "parallel": parallel}
+    launchers = registry if registry is not None and registry.names("launcher") else default_registry()
+    runner = launcher_from_section(section, override=launcher, registry=launchers,
                                    where=str(suite.path), settings=launcher_settings)
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     if dry_run:

@@ -6,6 +6,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 
 
 class DTRParams(BaseModel):
@@ -26,14 +27,25 @@ class SlidingWindow:
     Neighbouring timesteps share almost all channels; the same table serves every layer of one width.
     """
 
-    def __init__(self, alpha: float = 4.0, beta: float = 0.8):
-        self.alpha = alpha
-        self.beta = beta
+    def __init__(self, **params: float):
+        """``alpha``, ``beta``: see :class:`DTRParams` (their defaults live there)."""
+        p = parse_params(DTRParams, params, "dtr")
+        self.alpha = p.alpha
+        self.beta = p.beta
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
         n = int(np.floor(self.beta * channels))
         start = torch.from_numpy(window_starts(num_tasks, channels, self.alpha, self.beta))[:, None]
         c = torch.arange(channels)[None, :]
+        return (c >= start) & (c < start + n)
+
+    def mask_for_u(self, u: torch.Tensor, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
+        """The window in closed form over continuous noise levels ``u`` ``[B]`` in [0, 1] (0 clean, 1 noisy):
+        start ``round(u ** alpha * (C - n))`` in float64, half-to-even; ``bool [B, C]``. Equals
+        ``mask_table(T, C)[k]`` at ``u = k / (T - 1)`` (see dtr_plugins.core.continuous_routing)."""
+        n = int(np.floor(self.beta * channels))
+        start = torch.round(u.double().clamp(0, 1) ** self.alpha * (channels - n)).long()[:, None]
+        c = torch.arange(channels, device=u.device)[None, :]
         return (c >= start) & (c < start + n)
 
     def __repr__(self) -> str:

@@ -8,9 +8,10 @@ whose ``state`` is ``running``, ``done`` or ``failed``; a run with checkpoints i
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import yaml
 

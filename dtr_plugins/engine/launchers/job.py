@@ -17,8 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from dtr_plugins.core.io import write_json
-
+from ..rundir import RunDir
 from .local import failure_line, has_checkpoint
 
 
@@ -63,6 +62,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         env = submitit.JobEnvironment()
         run_dir, node = Path(self.run_dir), env.node
+        rd = RunDir(run_dir)
         resume = has_checkpoint(run_dir)
         cmd = torchrun_command(self.python, Path(self.config_path), run_dir, nnodes=env.num_nodes,
                                nproc_per_node=self.nproc_per_node, rdzv_host=env.hostnames[0],
@@ -72,9 +72,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             child_env["OMP_NUM_THREADS"] = str(self.threads)
         record = {"launcher": "slurm", "job_id": env.job_id, "nodes": env.num_nodes, "resumed": resume}
         if node == 0:
-            write_json(run_dir / "status.json", {"state": "running", **record})
+            rd.write_status({"state": "running", **record})
         started = time.time()
-        log_path = run_dir / ("train.log" if node == 0 else f"train.node{node}.log")
+        log_path = rd.log_path if node == 0 else run_dir / f"train.node{node}.log"
         with open(log_path, "a") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True, env=child_env,
                                   preexec_fn=_ignore_preemption_signal)
@@ -83,9 +83,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         if proc.returncode != 0:
             error = failure_line(proc.stderr, proc.returncode)
             if node == 0:
-                write_json(run_dir / "status.json", {"state": "failed", "seconds": seconds,
+                rd.write_status({"state": "failed", "seconds": seconds,
                                                      "returncode": proc.returncode, "error": error, **record})
             raise RuntimeError(f"{self.run_id}: training failed: {error}")
         if node == 0:
-            write_json(run_dir / "status.json", {"state": "done", "seconds": seconds, **record})
+            rd.write_status({"state": "done", "seconds": seconds, **record})
         return "done"

@@ -5,15 +5,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.hookspecs import hookimpl
-from dtr_plugins.core.io import write_json
 
+from ..rundir import RunDir
 from . import RunSpec
 
 
@@ -23,7 +24,7 @@ class LocalParams(BaseModel):
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*.pt"))
+    return RunDir(run_dir).has_checkpoints()
 
 
 def failure_line(stderr: str, returncode: int) -> str:
@@ -79,9 +80,10 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None) -> d
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     elif threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))  # CPU runs side by side share the cores
-    write_json(run.run_dir / "status.json", {"state": "running", "launcher": "local", "resumed": resume})
+    rd = RunDir(run.run_dir)
+    rd.write_status({"state": "running", "launcher": "local", "resumed": resume})
     started = time.time()
-    with open(run.run_dir / "train.log", "a") as log:
+    with open(rd.log_path, "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True, env=env)
         log.write(proc.stderr)
     seconds = round(time.time() - started, 1)
@@ -90,7 +92,7 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None) -> d
     else:
         status = {"state": "failed", "seconds": seconds, "returncode": proc.returncode,
                   "error": failure_line(proc.stderr, proc.returncode)}
-    write_json(run.run_dir / "status.json", status)
+    rd.write_status(status)
     return status
 
 

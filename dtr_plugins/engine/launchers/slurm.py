@@ -13,8 +13,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,7 +37,7 @@ class SlurmParams(BaseModel):
     qos: str | None = None
     mem_gb: float | None = Field(None, gt=0, description="memory per node in GB")
     max_parallel: int = Field(256, ge=1, description="array tasks running at once (sbatch --array=...%N)")
-    signal_delay_s: int = Field(120, ge=10, description="seconds before the time limit that the job is signalled to requeue")
+    signal_delay_s: int = Field(120, ge=10, description="seconds before the time limit when the job is signalled")
     max_requeues: int = Field(3, ge=0, description="requeues after a time-out (preemptions requeue without limit)")
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job (module load ...)")
     extra: dict[str, Any] = Field(default_factory=dict, description="any other sbatch option, e.g. {constraint: a100}")
@@ -50,7 +51,7 @@ class SlurmParams(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _gpus_divide(self) -> "SlurmParams":
+    def _gpus_divide(self) -> SlurmParams:
         if self.gpus_per_run and self.gpus_per_run % self.nodes_per_run:
             raise ValueError(f"gpus_per_run {self.gpus_per_run} is not divisible by nodes_per_run {self.nodes_per_run}")
         return self

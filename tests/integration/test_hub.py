@@ -1,0 +1,290 @@
+"""Export in hub layout, loading from folders and the Hugging Face cache, push (no network)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import dtr_plugins as dp
+from dtr_plugins.core.errors import CheckpointError, UserError
+from dtr_plugins.engine import hub
+from dtr_plugins.engine.sample import generate, load_run
+
+from ..conftest import write
+
+TINY = """\
+name: tiny-export
+seed: 3
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+routing: {name: dtr, alpha: 4.0, beta: 0.8}
+diffusion: {steps: 100, schedule: linear, learn_sigma: true}
+data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
+train: {steps: 4, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 2, ema_warmup: true}
+sample: {sampler: ddim, respacing: ddim5, cfg_scale: 2.0, num_samples: 8, batch_size: 8}
+eval: {at_end: false}
+"""
+
+# What the trainer writes to eval.json at the end of a run (engine/train.py, _evaluate_during_training).
+EVAL = {"frechet_inception_distance": 12.345, "kernel_inception_distance_mean": 0.0123,
+        "kernel_inception_distance_std": 0.0011, "precision": 0.71, "recall": 0.42, "class_accuracy": 0.9,
+        "feature_extractor": "digits-classifier", "weights_sha256": "ab" * 32, "num_samples": 250,
+        "num_reference": 1797, "image_size": [8, 8], "reference_image_size": [8, 8], "samples": "<memory>",
+        "reference": "dataset:digits", "kid_subset_size": 250, "reference_cache": "hit", "step": 4,
+        "sampler": "ddim", "respacing": "ddim25", "cfg_scale": 2.0, "cfg_channels": "all", "train_precision": "fp32",
+        "world_size": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hubrun")
+    cfg = dp.load_config(write(root / "tiny.yaml", TINY), overrides=[f"output_dir={root / 'runs'}"])
+    run = dp.train(cfg, progress=False)
+    (run / "eval.json").write_text(json.dumps(EVAL))
+    return run
+
+
+def _forward(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 1, 8, 8, generator=gen)
+    t = torch.tensor([0, 17, 50, 99])
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        return model.eval()(x, t, y)
+
+
+def test_export_then_load_gives_identical_outputs_and_samples(run_dir, tmp_path):
+    out = hub.export_run(run_dir, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["routing"]["name"] == "dtr" and config["routing"]["alpha"] == 4.0 and config["routing"]["beta"] == 0.8
+    record = config["_dtr_export"]
+    assert record["weights"] == "ema" and record["step"] == 4 and record["checkpoint"] == "0000004.pt"
+    assert len(record["weights_sha256"]) == 64
+
+    cfg, run_model, diffusion, _ = load_run(run_dir, device="cpu")
+    model, loaded_cfg = dp.from_pretrained(out)
+    assert loaded_cfg.to_dict() == cfg.to_dict()
+    assert torch.equal(_forward(model), _forward(run_model))
+    assert model.plan.strategy_repr == run_model.plan.strategy_repr and not model.plan.is_dense
+    a, _ = generate(run_model, diffusion, cfg, 8, seed=5, progress=False)
+    b, _ = generate(model, dp.build_diffusion(loaded_cfg), loaded_cfg, 8, seed=5, progress=False)
+    assert a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_export_raw_weights_differ_from_ema(run_dir, tmp_path):
+    ema, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "ema"))
+    raw, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "raw", weights="model"))
+    ckpt = torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=True)
+    for key, value in ckpt["model"].items():
+        assert torch.equal(raw.state_dict()[key], value)
+    assert not torch.equal(_forward(ema), _forward(raw))
+    card = (tmp_path / "raw" / "README.md").read_text()
+    assert "not the EMA weights" in card
+
+
+def test_model_card_carries_the_runs_metrics_and_provenance(run_dir, tmp_path):
+    card = (hub.export_run(run_dir, tmp_path / "card") / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: dtr-plugins")
+    assert "| FID | 12.35 |" in card and "| KID (mean) | 0.0123 |" in card and "| recall | 0.42 |" in card
+    assert "| class accuracy | 0.9 |" in card
+    for fact in ("250 samples from the **EMA** weights at training step 4", "sampler `ddim`", "respacing `ddim25`",
+                 "guidance scale 2.0", "seed 3", "`digits-classifier`", "`dataset:digits` (1797 images)"):
+        assert fact in card, fact
+    assert "routing `dtr`" in card and "Note:" not in card  # EMA weights of the evaluated step
+
+
+def test_model_card_without_evaluation_says_so(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "eval.json").unlink()
+    card = (hub.export_run(run, tmp_path / "out") / "README.md").read_text()
+    assert "No evaluation was recorded" in card and "| FID |" not in card
+
+
+def test_export_refuses_a_nonempty_out_and_writes_nothing_on_error(run_dir, tmp_path, run_cli):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, _, err = run_cli("export", str(run_dir), "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    ckpt = torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=True)
+    del ckpt["ema"]
+    torch.save(ckpt, tmp_path / "no_ema.pt")
+    with pytest.raises(CheckpointError, match="no 'ema' weights.*--weights model"):
+        hub.export_run(tmp_path / "no_ema.pt", tmp_path / "new")
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new*"))
+
+
+def test_cli_export_prints_the_folder(run_dir, tmp_path, run_cli):
+    code, out, err = run_cli("export", str(run_dir), "--weights", "model", "--out", str(tmp_path / "e"))
+    assert code == 0 and out.strip() == f"exported: {tmp_path / 'e'}" and err == ""
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["_dtr_export"]["weights"] == "model"
+
+
+def test_export_detects_pretrained_sources(run_dir, tmp_path):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    assert hub.is_pretrained_source(out) and hub.is_pretrained_source("hf://org/name")
+    assert not hub.is_pretrained_source(run_dir) and not hub.is_pretrained_source(run_dir / "checkpoints" / "0000004.pt")
+    cfg, model, diffusion, path, info = hub.load_for_sampling(out, device="cpu")
+    assert path == out / "model.safetensors" and info == {"weights": "ema", "step": 4, "source": str(out)}
+
+
+# ------------------------------------------------------------------------------------------ hub cache
+
+def _populate_cache(cache, repo_id, folder, revision="0123456789abcdef0123456789abcdef01234567"):
+    """The layout huggingface_hub keeps: models--ORG--NAME/{refs/main, snapshots/<rev>/...}."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision
+
+
+def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    cache = tmp_path / "hf" / "hub"
+    snapshot = _populate_cache(cache, "someone/tiny-dit", out)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve("hf://someone/tiny-dit") == snapshot
+    model, _ = dp.from_pretrained("hf://someone/tiny-dit")
+    local, _ = dp.from_pretrained(out)
+    assert torch.equal(_forward(model), _forward(local))
+    bare, _ = dp.from_pretrained("someone/tiny-dit")  # no such local folder: a hub id
+    assert torch.equal(_forward(bare), _forward(local))
+
+
+def test_absent_hub_id_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as info:
+        dp.from_pretrained("hf://nobody/absent-model")
+    message = str(info.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE" in message and "hf download nobody/absent-model" in message
+    assert "pass the folder" in message and not (tmp_path / "empty-cache" / "models--nobody--absent-model").exists()
+
+
+def test_bad_sources_are_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="no such folder"):
+        dp.from_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        dp.from_pretrained(tmp_path / "f.txt")
+    write(tmp_path / "other" / "config.json", json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(CheckpointError, match="neither an exported dtr-plugins model"):
+        dp.from_pretrained(tmp_path / "other")
+
+
+def test_corrupt_export_weights_are_one_line(run_dir, tmp_path):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    (out / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt or not a safetensors file"):
+        dp.from_pretrained(out)
+
+
+# ------------------------------------------------------------------------------------------- push
+
+class _FakeApi:
+    calls: list = []
+    fail: str | None = None
+
+    def __init__(self, token=None):
+        _FakeApi.calls.append(("init", token))
+
+    def create_repo(self, **kwargs):
+        _FakeApi.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs):
+        _FakeApi.calls.append(("upload_folder", kwargs))
+        if _FakeApi.fail:
+            raise RuntimeError(_FakeApi.fail)
+        return "https://huggingface.co/org/tiny/commit/abc"
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    import huggingface_hub
+
+    _FakeApi.calls, _FakeApi.fail = [], None
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_SecretTokenValue123456")
+    return _FakeApi
+
+
+def test_push_uploads_the_folder_and_never_prints_the_token(run_dir, tmp_path, run_cli, fake_api):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    code, stdout, stderr = run_cli("push", str(out), "org/tiny")
+    assert code == 0 and stdout.strip() == "pushed: https://huggingface.co/org/tiny/commit/abc"
+    assert fake_api.calls[0] == ("init", None)  # huggingface_hub finds the token itself
+    assert fake_api.calls[1] == ("create_repo", {"repo_id": "org/tiny", "repo_type": "model", "private": None,
+                                                 "exist_ok": True})
+    name, upload = fake_api.calls[2]
+    assert name == "upload_folder" and upload["folder_path"] == str(out) and upload["repo_id"] == "org/tiny"
+    assert upload["repo_type"] == "model"
+    assert "SecretTokenValue" not in stdout + stderr
+
+
+def test_push_failure_is_one_line_without_the_token(run_dir, tmp_path, run_cli, fake_api):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    fake_api.fail = "401 Unauthorized: invalid token hf_SecretTokenValue123456 for org/tiny"
+    code, stdout, stderr = run_cli("push", str(out), "org/tiny")
+    assert code == 2 and stderr.count("\n") == 1 and "upload failed" in stderr and "401 Unauthorized" in stderr
+    assert "SecretTokenValue" not in stdout + stderr
+
+
+def test_push_checks_its_arguments(tmp_path, run_cli, fake_api):
+    code, _, err = run_cli("push", str(tmp_path), "not-a-repo-id")
+    assert code == 2 and "not a hub repo id" in err
+    code, _, err = run_cli("push", str(tmp_path), "org/name")
+    assert code == 2 and "no config.json" in err
+    assert [c for c in fake_api.calls if c[0] != "init"] == []
+    with pytest.raises(UserError):
+        hub.push(tmp_path / "missing", "org/name")
+
+
+def test_latent_model_exports_and_loads_with_its_vae(tmp_path):
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderKL
+
+    from dtr_plugins.core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
+                  sample_size=16, norm_num_groups=8, layers_per_block=1).save_pretrained(tmp_path / "vae")
+    cfg = dp.load_config(write(tmp_path / "latent.yaml", f"""\
+name: tiny-latent
+backbone: {{name: latent_dit, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, num_classes: 4}}
+routing: {{name: dtr, alpha: 4.0, beta: 0.8}}
+data: {{name: synthetic, image_size: 16, channels: 3, num_classes: 4}}
+vae: {{path: {tmp_path / 'vae'}}}
+"""))
+    model = dp.build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "0000001.pt", step=1, model=model.state_dict(),
+                    ema=model.state_dict(), config=cfg.to_dict())
+    out = hub.export_run(tmp_path / "run", tmp_path / "exp")
+    loaded, loaded_cfg = dp.from_pretrained(out)
+    assert loaded_cfg.vae.path == str(tmp_path / "vae") and loaded.vae.latent_channels == 4
+    assert "vae" not in "".join(loaded.state_dict())
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 900]), torch.tensor([0, 3])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))
+    assert "The VAE is not part of this folder" in (out / "README.md").read_text()
+
+
+def test_cached_snapshot_without_weights_counts_as_absent(run_dir, tmp_path, monkeypatch):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    (tmp_path / "partial").mkdir()
+    shutil.copy(out / "config.json", tmp_path / "partial" / "config.json")  # e.g. fetched by another tool
+    _populate_cache(tmp_path / "cache", "someone/partial", tmp_path / "partial")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        dp.from_pretrained("hf://someone/partial")

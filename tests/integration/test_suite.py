@@ -1,0 +1,213 @@
+"""Suites: matrix expansion, stable ids, failure isolation, resumability and the report."""
+import csv
+import json
+
+import pytest
+
+from dtr_plugins.engine.report import build_report, metric_table
+from dtr_plugins.engine.suite import load_suite, run_suite, value_label
+
+from ..conftest import ROOT, write
+
+BASE = """\
+name: base
+seed: 0
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 4}
+diffusion: {steps: 100}
+data: {name: synthetic, num_samples: 32, image_size: 8, num_classes: 4}
+train: {steps: 2, batch_size: 8, log_every: 1}
+sample: {respacing: ddim4, num_samples: 8, batch_size: 8}
+eval: {at_end: false}
+"""
+
+
+def suite_file(tmp_path, body: str):
+    write(tmp_path / "base.yaml", BASE)
+    return write(tmp_path / "suite.yaml", f"output_dir: {tmp_path / 'runs'}\nbase: base.yaml\n" + body)
+
+
+def test_matrix_expansion_exclude_and_stable_ids(tmp_path):
+    path = suite_file(tmp_path, """\
+name: grid
+set: {train.steps: 3}
+matrix:
+  routing: [{name: vanilla}, {name: dtr, alpha: 4, beta: 0.8}, {name: random, beta: 0.5}]
+  seed: [0, 1]
+exclude:
+  - {routing.name: random, seed: 1}
+""")
+    suite = load_suite(path)
+    ids = [r.id for r in suite.runs]
+    assert ids == ["vanilla__seed0", "vanilla__seed1", "dtr-a4-b0.8__seed0", "dtr-a4-b0.8__seed1", "random-b0.5__seed0"]
+    assert [r.id for r in load_suite(path).runs] == ids  # stable
+    run = suite.runs[2]
+    assert run.group == "dtr-a4-b0.8" and run.config.routing.params == {"alpha": 4.0, "beta": 0.8}
+    assert run.config.train.steps == 3 and run.config.seed == 0 and run.config.name == run.id
+    assert suite.runs[4].config.routing.params == {"beta": 0.5, "seed": 0}
+
+
+def test_value_labels():
+    assert value_label("backbone", {"name": "dit", "size": "S/2"}) == "dit-S2"
+    assert value_label("train.lr", 0.001) == "lr0.001"
+    assert value_label("routing", {"name": "task_specific_sharing", "shared_ratio": 0.5, "groups": 4}) == \
+        "task_specific_sharing-sr0.5-g4"
+
+
+@pytest.mark.parametrize("body,expected", [
+    ("name: s\nmatrix: {routing: [{name: nope}]}\n", "routing.name: unknown strategy 'nope'"),
+    ("name: s\nmatrix: {seed: []}\n", "matrix.seed: needs at least one value"),
+    ("name: s\nmatrix: {seed: [0]}\nexclude: [{lr: 1}]\n", "exclude.0: key 'lr' is not a matrix key"),
+    ("name: s\nmatrx: {seed: [0]}\n", "matrx: unknown key"),
+    ("name: s\nmatrix: {routing.beta: [2.0]}\nset: {routing: {name: dtr}}\n",
+     "routing.beta: Input should be less than or equal to 1"),
+])
+def test_bad_suite_files(tmp_path, run_cli, body, expected):
+    path = suite_file(tmp_path, body)
+    code, _, err = run_cli("suite", str(path), "--dry-run")
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if not ln.startswith("dtr: warning")]
+    assert len(lines) == 1 and expected in lines[0] and "suite.yaml" in lines[0]
+
+
+def test_failing_run_is_recorded_rerun_skips_and_report(tmp_path, capsys):
+    path = suite_file(tmp_path, """\
+name: mini
+matrix:
+  routing: [{name: vanilla}, {name: dtr}]
+  backbone.in_channels: [1, 3]
+exclude:
+  - {routing.name: dtr, backbone.in_channels: 3}
+""")
+    root = run_suite(path)
+    out = capsys.readouterr().out
+    states = {p.parent.name: json.loads(p.read_text())["state"] for p in root.glob("*/status.json")}
+    assert states == {"vanilla__in_channels1": "done", "vanilla__in_channels3": "failed",
+                      "dtr__in_channels1": "done"}
+    failed = json.loads((root / "vanilla__in_channels3" / "status.json").read_text())
+    assert "in_channels" in failed["error"]
+    assert "1 run(s) failed: vanilla__in_channels3" in out
+    report = (root / "report.md").read_text()
+    assert "failed:" in report and "training loss" in report
+    rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
+    assert {r["run_id"] for r in rows} == set(states)
+    ckpt_times = {p: p.stat().st_mtime_ns for p in root.glob("*__in_channels1/checkpoints/*.pt")}
+
+    run_suite(path)  # again: finished runs are skipped, the failed one is retried (and fails again)
+    out = capsys.readouterr().out
+    assert "skip     vanilla__in_channels1 (finished)" in out and "skip     dtr__in_channels1 (finished)" in out
+    assert "start    vanilla__in_channels3" in out
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*__in_channels1/checkpoints/*.pt")} == ckpt_times
+
+
+def test_interrupted_run_resumes(tmp_path, capsys):
+    path = suite_file(tmp_path, "name: resumable\nset: {train.steps: 4, train.ckpt_every: 2}\nmatrix: {seed: [0]}\n")
+    root = run_suite(path, report=False)
+    run_dir = root / "seed0"
+    (run_dir / "checkpoints" / "0000004.pt").unlink()  # as if killed after step 2
+    (run_dir / "status.json").write_text('{"state": "running"}')
+    run_suite(path, report=False)
+    assert json.loads((run_dir / "status.json").read_text()) == {**json.loads((run_dir / "status.json").read_text()),
+                                                                 "state": "done", "resumed": True}
+    assert (run_dir / "checkpoints" / "0000004.pt").exists()
+
+
+def synthetic_suite(root):
+    """A results set written by hand: two strategies x two seeds, evals at steps 10 and 20."""
+    runs = []
+    values = {("vanilla", 0): (10.0, 8.0), ("vanilla", 1): (12.0, 6.0), ("dtr", 0): (9.0, 5.0), ("dtr", 1): (9.0, 5.0)}
+    for (routing, seed), (fid10, fid20) in values.items():
+        rid = f"{routing}__seed{seed}"
+        runs.append({"id": rid, "group": routing, "assignment": {}})
+        d = root / rid
+        write(d / "config.yaml", f"name: {rid}\nseed: {seed}\nrouting: {{name: {routing}}}\n")
+        write(d / "status.json", '{"state": "done"}')
+        write(d / "meta.json", json.dumps({"device": "cpu (test)", "precision": "fp32", "world_size": 1}))
+        lines = [{"step": 10, "loss": 0.5, "loss_bucket": [0.1] * 10},
+                 {"step": 10, "eval": {"frechet_inception_distance": fid10, "feature_extractor": "digits-classifier"}},
+                 {"step": 20, "loss": 0.25 if routing == "dtr" else 0.3, "loss_bucket": [0.1] * 10},
+                 {"step": 20, "eval": {"frechet_inception_distance": fid20, "feature_extractor": "digits-classifier"}}]
+        write(d / "metrics.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    write(root / "suite.json", json.dumps({"name": "synthetic", "runs": runs}))
+
+
+def test_report_from_synthetic_results(tmp_path):
+    root = tmp_path / "synthetic"
+    synthetic_suite(root)
+    report = build_report(root).read_text()
+    from dtr_plugins.engine.report import collect
+
+    table = metric_table("frechet_inception_distance", collect(root)[1])
+    assert table.splitlines()[2:] == [
+        "| run | seeds | step 10 | step 20 | Δ vs vanilla |",
+        "|---|---|---|---|---|",
+        "| `vanilla` | 2 | 11 ± 1.4 | 7 ± 1.4 | — |",
+        "| `dtr` | 2 | **9 ± 0** | **5 ± 0** | -2 (-28.6%) |",
+    ]
+    assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
+    rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
+    assert len(rows) == 8
+    assert rows[0] == {"run_id": "vanilla__seed0", "group": "vanilla", "routing": "vanilla", "seed": "0",
+                       "status": "done", "step": "10", "frechet_inception_distance": "10", "train_loss": "0.5"}
+    plots = sorted(p.name for p in (root / "plots").glob("*.png"))
+    assert plots == ["loss_per_timestep_bucket.png", "metrics_vs_steps.png", "train_loss.png"]
+
+
+def test_report_command_on_missing_folder(tmp_path, run_cli):
+    code, _, err = run_cli("report", str(tmp_path))
+    assert code == 2 and "not a suite folder" in err
+
+
+def test_quickstart_suite_expands_to_four_strategies():
+    suite = load_suite(ROOT / "configs" / "suites" / "quickstart.yaml")
+    assert sorted({r.config.routing.name for r in suite.runs}) == ["dtr", "random", "task_specific_sharing", "vanilla"]
+
+
+def test_adm_and_dit_in_one_suite(tmp_path):
+    path = suite_file(tmp_path, """\
+name: backbones
+matrix:
+  backbone:
+    - {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+    - {name: adm_unet, preset: small, image_size: 8, in_channels: 1, num_classes: 4}
+  routing: [{name: dtr}]
+""")
+    root = run_suite(path)
+    states = {p.parent.name: json.loads(p.read_text())["state"] for p in root.glob("*/status.json")}
+    assert states == {"dit__dtr": "done", "adm_unet-small__dtr": "done"}
+    assert "`adm_unet-small__dtr`" in (root / "report.md").read_text()
+
+
+def test_shipped_suites_expand():
+    for path in sorted((ROOT / "configs" / "suites").glob("*.yaml")):
+        assert load_suite(path).runs, path
+
+
+def test_colliding_short_labels_get_parameters():
+    from dtr_plugins.engine.suite import axis_labels
+
+    a = {"name": "dit", "size": "S/2", "input_size": 8}
+    b = {"name": "dit", "size": "S/2", "input_size": 16}
+    assert axis_labels("backbone", [a, {"name": "adm_unet"}]) == ["dit-S2", "adm_unet"]
+    assert axis_labels("backbone", [a, b]) == ["dit-S2-is8", "dit-S2-is16"]
+
+
+def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_path, monkeypatch):
+    from dtr_plugins.engine import compose
+
+    root = tmp_path / "synthetic"
+    synthetic_suite(root)
+    for seed in (0, 1):
+        d = root / f"dtr__seed{seed}"
+        write(d / "config.yaml", f"name: dtr__seed{seed}\nseed: {seed}\nrouting: {{name: dtr, alpha: 4.0, beta: 0.8}}\n"
+                                 "diffusion: {steps: 50}\nbackbone: {name: dit, input_size: 8, hidden_size: 32, "
+                                 "depth: 2, num_heads: 2}\ndata: {name: digits}\n")
+        write(d / "meta.json", json.dumps({"device": "cpu (test)", "routed_channels": [32, 32]}))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the report must not build models")
+
+    monkeypatch.setattr(compose, "build_model", boom)
+    build_report(root)
+    assert (root / "plots" / "masks_dtr_1.png").exists()
+    assert "masks_dtr_1.png" in (root / "report.md").read_text()
