@@ -32,7 +32,8 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -
     if not isinstance(model, RoutedBackbone):
         raise TypeError(f"backbone '{cfg.backbone.name}' must return a RoutedBackbone, got {type(model).__name__}")
     strategy = build_strategy_from(cfg, registry)
-    model.attach_routing(RoutingPlan(strategy, model.routed_channels(), num_tasks=cfg.diffusion.steps))
+    site = cfg.routing.site
+    model.attach_routing(RoutingPlan(strategy, model.routed_channels(site), num_tasks=cfg.diffusion.steps, site=site))
     return model
 
 

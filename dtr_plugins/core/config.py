@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, format_validation_error
+from .routing import RoutedBackbone, check_routing_site
 
 
 class _Strict(BaseModel):
@@ -29,6 +30,13 @@ class PluginSection(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class RoutingSection(PluginSection):
+    """``routing: {name: <strategy>, site: <routing site>, **params}``; ``site`` is not a strategy param."""
+
+    site: str = Field("input", description="where the table acts: a routing site of the backbone "
+                      "(input: block inputs, the published DTR; dit: heads, mlp, heads_mlp)")
 
 
 class DiffusionConfig(_Strict):
@@ -92,7 +100,7 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     output_dir: str = "runs"
     backbone: PluginSection
-    routing: PluginSection = Field(default_factory=lambda: PluginSection(name="vanilla"))
+    routing: RoutingSection = Field(default_factory=lambda: RoutingSection(name="vanilla"))
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
     data: PluginSection
@@ -200,5 +208,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
                 raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
                                   f"diffusion.learn_sigma {cfg.diffusion.learn_sigma!r}; set only diffusion.learn_sigma")
         validated = info.validate(params, where=section)
-        updates[section] = PluginSection(name=current.name, **validated.model_dump(mode="json"))
+        fixed = current.model_dump(exclude=set(params))  # name, and routing.site
+        updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
+    backbone = registry.get("backbone", cfg.backbone.name).factory
+    if isinstance(backbone, type) and issubclass(backbone, RoutedBackbone):
+        check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)
     return cfg.model_copy(update=updates)
