@@ -241,3 +241,14 @@ def test_adm_unet_declares_only_the_input_site():
     cfg = load_config(CONFIGS / "adm_digits.yaml", ["routing.site=heads"])  # a function factory: checked at build
     with pytest.raises(ConfigError, match=r"routing.site: 'heads' is not a routing site .*\(allowed: input\)"):
         build_model(cfg)
+
+
+def test_routing_sites_suite_compares_three_routings_over_three_seeds():
+    from dtr_plugins.engine.suite import load_suite
+
+    suite = load_suite(CONFIGS / "suites" / "routing_sites_digits.yaml")
+    groups = {r.group: r.config.routing for r in suite.runs}
+    assert len(suite.runs) == 9 and len(groups) == 3
+    assert sorted((g.name, g.site, g.params.get("beta")) for g in groups.values()) == [
+        ("dtr", "heads_mlp", 0.8), ("dtr", "input", 0.8), ("vanilla", "input", None)]
+    assert {r.config.train.steps for r in suite.runs} == {800}

@@ -33,8 +33,9 @@ def dtr_register_backbones(register):
     """Register denoiser backbones.
 
     A backbone's factory returns a :class:`dtr_plugins.core.routing.RoutedBackbone`: a module called as
-    ``model(x, t, y=None)`` that declares the channel count of each routed layer through
-    ``routed_channels()`` and receives its :class:`RoutingPlan` through ``attach_routing(plan)``.
+    ``model(x, t, y=None)`` that declares the unit count of each routed layer at a routing site through
+    ``routed_channels(site)`` (``routing_sites`` lists its sites; ``input`` is every backbone's) and
+    receives its :class:`RoutingPlan` through ``attach_routing(plan)``.
     """
 
 
