@@ -142,12 +142,14 @@ def test_mixed_timesteps_match_per_sample_runs():
 
 
 def test_sliced_and_masked_gradients_agree():
-    sliced = routed_dit(SlidingWindow(beta=0.5), "heads_mlp").train()
-    dense = routed_dit(SlidingWindow(beta=0.5), "heads_mlp", slice_shared=False).train()
+    sliced = routed_dit(SlidingWindow(beta=0.5), "heads_mlp")       # eval mode, gradients on: sliced
+    dense = routed_dit(SlidingWindow(beta=0.5), "heads_mlp").train()  # training mode: masked dense
     x, y = inputs()
     t = torch.full((4,), 321)
+    assert isinstance(sliced.block_routes(t, torch.float32, x.device)[0][1], ActiveUnits)
+    assert isinstance(dense.block_routes(t, torch.float32, x.device)[0][1], torch.Tensor)
+    dense.y_embedder.dropout_prob = 0.0  # no random label dropout in this comparison
     for model in (sliced, dense):
-        model.y_embedder.dropout_prob = 0.0  # no random label dropout in this comparison
         model(x, t, y).square().mean().backward()
     for (name, a), (_, b) in zip(sliced.named_parameters(), dense.named_parameters()):
         if a.requires_grad:

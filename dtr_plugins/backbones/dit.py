@@ -23,8 +23,8 @@ unchanged with units in place of channels):
 At these sites the block input, LayerNorms and adaLN are untouched and the zeroed units contribute
 nothing, so when a batch shares one timestep (always in sampling) the block runs only the active
 units: the active heads' q/k/v rows and out-projection columns, the active ``fc1`` rows and ``fc2``
-columns (views for DTR's contiguous window). Mixed timesteps (training) run the masked dense path;
-the two agree to float rounding. No parameters are added: checkpoints keep the official layout.
+columns (views for DTR's contiguous window). Mixed timesteps and training mode run the masked dense
+path; the two agree to float rounding. No parameters are added: checkpoints keep the official layout.
 """
 from __future__ import annotations
 
@@ -378,15 +378,16 @@ class DiT(RoutedBackbone):
                      device: torch.device) -> list[tuple[torch.Tensor | None, UnitRoute, UnitRoute]]:
         """``(input mask [N, 1, D], heads route, mlp route)`` per block for timesteps ``t`` ``[N]``.
 
-        At a unit site, a batch that shares one timestep gets :class:`ActiveUnits` (sliced execution,
-        unless the plan has ``slice_shared=False``); mixed timesteps get mask rows (masked dense).
+        At a unit site, in eval mode, a batch that shares one timestep gets :class:`ActiveUnits` (sliced
+        execution, unless the plan has ``slice_shared=False``); mixed timesteps and training mode get mask
+        rows (masked dense; training never pays the host sync of the shared-timestep check).
         """
         plan = self.plan
         if plan is None or plan.is_dense:
             return [(None, None, None)] * self.depth
         if plan.site == INPUT_SITE:
             return [(None if m is None else m.unsqueeze(1), None, None) for m in plan.gather(t, dtype)]
-        shared = shared_timestep(t) if plan.slice_shared else None
+        shared = shared_timestep(t) if plan.slice_shared and not self.training else None
         routes: list[Any] = plan.gather(t, dtype) if shared is None else plan.active_units(shared, device)
         if plan.site == "heads":
             return [(None, r, None) for r in routes]
