@@ -4,9 +4,11 @@ One process, one set of DiT weights, one routing plan per variant swapped in bef
 variants interleaved round by round (the order rotates), ratios against vanilla from the same rounds.
 
 Sampling: DDIM images/s for a ``--respacing`` schedule (default ddim50). On a slow CPU a call times
-``--steps-per-call`` of its steps (each round takes the next steps of the schedule, so the rounds cover
-every timestep window); images/s is then ``num_images / (seconds per step * schedule length)``. With
-``--steps-per-call`` equal to the schedule length a call is a whole sampling run.
+``--steps-per-call`` of its steps (the rounds start at steps spread over the schedule, so they cover every
+timestep window); images/s is then ``num_images / (seconds per step * schedule length)``. With
+``--steps-per-call`` equal to the schedule length a call is a whole sampling run. Times are wall-clock
+on a GPU and the process's CPU time on the CPU (one torch thread: robust to other processes sharing
+the cores); ratios are against vanilla.
 
 Training: one optimizer step (AdamW, forward + backward) on a batch of mixed timesteps, where the unit
 sites run the masked dense path.
@@ -39,14 +41,18 @@ NUM_TASKS = 1000
 
 
 def timed(device: torch.device, fn) -> float:
-    """Seconds of wall-clock time of ``fn()``, synchronising the device before and after."""
+    """Seconds of ``fn()``: wall-clock on a GPU (synchronised before and after); on the CPU the process's
+    CPU time (``time.process_time``), which on a shared machine leaves out the time other processes hold
+    the cores (run with one torch thread so that CPU time is the work of the call)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    start = time.process_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def parse_variant(spec: str) -> tuple[str, str | None, float, bool]:
@@ -103,8 +109,9 @@ def run_sampling(model, plans, diffusion, args, device):
     labels = list(plans)
     times = {label: [] for label in labels}
     k = args.steps_per_call
+    stride = max(k, len(schedule) // (args.warmup + args.reps))  # rounds spread over the whole schedule
     for r in range(args.warmup + args.reps):
-        first = (r * k) % len(schedule)
+        first = (r * stride) % len(schedule)
         steps = [schedule[(first + j) % len(schedule)] for j in range(k)]
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:
             model.attach_routing(plans[label])
@@ -147,6 +154,37 @@ def run_training(model, plans, diffusion, args, device):
         print(f"  training round {r + 1}/{1 + args.train_reps}", file=sys.stderr, flush=True)
     model.eval()
     return times
+
+
+def profile_components(model, plans, args, device, label: str, repeats: int = 5) -> list[dict[str, float]]:
+    """Best-of-``repeats`` seconds of block 0's attention and MLP, all units vs the active units of ``label``
+    at t=700 (sliced), with the multiply-add ratio each should reach."""
+    from dtr_plugins.core.routing import ActiveUnits
+
+    plan = plans[label]
+    routes = plan.active_units(700, device)
+    per_block = len(routes) // model.depth
+    heads = routes[0] if plan.site in ("heads", "heads_mlp") else None
+    mlp = routes[per_block - 1] if plan.site in ("mlp", "heads_mlp") else None
+    tokens = (args.input_size // model.patch_size) ** 2
+    x = torch.randn(args.num_images, tokens, model.hidden_size, device=device)
+    block = model.blocks[0]
+    d, h, hidden = model.hidden_size, model.num_heads, block.mlp.fc1.out_features
+    rows = []
+    for part, module, route, total, macs in (
+            ("attention", block.attn, heads, h, lambda k: (4 * d * d * k / h + 2 * tokens * d * k / h)),
+            ("mlp", block.mlp, mlp, hidden, lambda k: 2 * d * k)):
+        if not isinstance(route, ActiveUnits):
+            continue
+        best = {}
+        with torch.no_grad():
+            for name, arg in (("dense", None), ("sliced", route)):
+                module(x, arg)
+                best[name] = min(timed(device, lambda: module(x, arg)) for _ in range(repeats))
+        rows.append({"part": part, "units": f"{route.count}/{total}", "dense_ms": 1e3 * best["dense"],
+                     "sliced_ms": 1e3 * best["sliced"], "time_ratio": best["sliced"] / best["dense"],
+                     "mac_ratio": macs(route.count) / macs(total)})
+    return rows
 
 
 def profile_ops(model, plans, args, device, labels) -> dict[str, list[tuple[str, float, int]]]:
@@ -202,16 +240,17 @@ def main(argv=None) -> None:
     plans = make_plans(model, specs, device)
     diffusion = GaussianDiffusion(get_named_beta_schedule("linear", NUM_TASKS), learn_sigma=True)
     tokens = (args.input_size // model.patch_size) ** 2
+    clock = "wall-clock" if device.type == "cuda" else "process CPU time"
     where = (f"DiT-{args.size}, {args.input_size}x{args.input_size}x4 latent ({tokens} tokens), batch {args.num_images}, "
              f"{device}{'' if device.type == 'cuda' else f', {torch.get_num_threads()} thread(s)'}, torch {torch.__version__}, "
-             f"{platform.processor() or platform.machine()}")
+             f"{platform.processor() or platform.machine()}, {clock}")
     print(f"[routing_sites] {where}", file=sys.stderr, flush=True)
 
     sample_times, schedule_len = run_sampling(model, plans, diffusion, args, device)
     sampling = summarize(sample_times)
     lines = [f"### Sampling, {args.respacing} ({where})", "",
              f"{args.reps} interleaved rounds after {args.warmup} warm-up; each call {args.steps_per_call} DDIM "
-             f"steps of the {schedule_len}-step schedule (the next ones each round); images/s = batch / "
+             f"steps of the {schedule_len}-step schedule (starts spread over it); images/s = batch / "
              f"(median s per step x {schedule_len}).", "",
              "| variant | block MACs vs dense | median s / step | images/s | speed vs vanilla (ratio of medians) "
              "| paired ratio median [min, max] |", "|---|---|---|---|---|---|"]
@@ -238,8 +277,16 @@ def main(argv=None) -> None:
 
     if args.profile:
         wanted = [label for label in ("vanilla", "heads_mlp@0.8") if label in plans]
+        if "heads_mlp@0.8" in plans:
+            parts = profile_components(model, plans, args, device, "heads_mlp@0.8")
+            lines += ["", "### Profile: block 0, all units vs heads_mlp@0.8 at t=700 (best of 5)", "",
+                      "| part | active units | dense ms | sliced ms | time ratio | multiply-add ratio |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r['part']} | {r['units']} | {r['dense_ms']:.1f} | {r['sliced_ms']:.1f} | "
+                      f"{r['time_ratio']:.3f} | {r['mac_ratio']:.3f} |" for r in parts]
+            result["components"] = parts
         profiles = profile_ops(model, plans, args, device, wanted)
-        lines += ["", "### Profile: one model call at t=700 (self time, top ops)", ""]
+        lines += ["", "### Profile: one model call at t=700 (self time, top ops; wall-clock)", ""]
         for label, rows in profiles.items():
             lines += [f"{label}:", "", "| op | ms | calls |", "|---|---|---|"]
             lines += [f"| {name} | {ms:.1f} | {count} |" for name, ms, count in rows] + [""]
