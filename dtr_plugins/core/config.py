@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, format_validation_error
-from .routing import RoutedBackbone, check_routing_site
+from .routing import check_routing_site, declared_backbone_class
 
 
 class _Strict(BaseModel):
@@ -210,7 +210,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         validated = info.validate(params, where=section)
         fixed = current.model_dump(exclude=set(params))  # name, and routing.site
         updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
-    backbone = registry.get("backbone", cfg.backbone.name).factory
-    if isinstance(backbone, type) and issubclass(backbone, RoutedBackbone):
+    backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
+    if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)
     return cfg.model_copy(update=updates)

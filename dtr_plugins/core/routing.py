@@ -13,6 +13,7 @@ slice out of its weights (:class:`ActiveUnits`) instead of masking a dense compu
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -207,6 +208,18 @@ class RoutedBackbone(nn.Module):
         if plan is None:
             return [None] * len(self.routed_channels())
         return plan.gather(t, dtype)
+
+
+def declared_backbone_class(factory: Any) -> type[RoutedBackbone] | None:
+    """The RoutedBackbone class a backbone factory builds: the factory itself, or its annotated return type
+    (None when neither says, e.g. an unannotated function: its routing site is then checked at build)."""
+    cls = factory
+    if not isinstance(factory, type):
+        try:
+            cls = typing.get_type_hints(factory).get("return")
+        except Exception:  # unresolvable annotations: nothing declared
+            return None
+    return cls if isinstance(cls, type) and issubclass(cls, RoutedBackbone) else None
 
 
 def check_routing_site(backbone: type[RoutedBackbone], site: str, name: str | None = None) -> None:
