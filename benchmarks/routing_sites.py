@@ -79,11 +79,12 @@ def make_plans(model: DiT, specs: list[str], device: torch.device) -> dict[str, 
 
 def block_flops_share(model: DiT, site: str | None, beta: float, tokens: int) -> float:
     """Share of a block's multiply-adds (linears + attention) left at ``site`` and ``beta`` (vs dense)."""
-    d, h, hidden = model.hidden_size, model.num_heads, model.blocks[0].mlp.fc1.out_features
+    mlp = model.blocks[0].mlp
+    d, h, hidden, groups = model.hidden_size, model.num_heads, mlp.fc1.out_features, mlp.num_units
     attn_dense = 4 * d * d + 2 * tokens * d            # qkv + proj, QK^T + AV (per token)
     mlp_dense = 2 * d * hidden
     heads = int(beta * h) / h if site in ("heads", "heads_mlp") else 1.0
-    units = int(beta * hidden) / hidden if site in ("mlp", "heads_mlp") else 1.0
+    units = int(beta * groups) / groups if site in ("mlp", "heads_mlp") else 1.0
     return (heads * attn_dense + units * mlp_dense) / (attn_dense + mlp_dense)
 
 
@@ -169,11 +170,11 @@ def profile_components(model, plans, args, device, label: str, repeats: int = 5)
     tokens = (args.input_size // model.patch_size) ** 2
     x = torch.randn(args.num_images, tokens, model.hidden_size, device=device)
     block = model.blocks[0]
-    d, h, hidden = model.hidden_size, model.num_heads, block.mlp.fc1.out_features
+    d, h, hidden = model.hidden_size, model.num_heads, block.mlp.num_units
     rows = []
     for part, module, route, total, macs in (
             ("attention", block.attn, heads, h, lambda k: (4 * d * d * k / h + 2 * tokens * d * k / h)),
-            ("mlp", block.mlp, mlp, hidden, lambda k: 2 * d * k)):
+            ("mlp", block.mlp, mlp, hidden, lambda k: 2 * d * k * block.mlp.unit_width)):
         if not isinstance(route, ActiveUnits):
             continue
         best = {}

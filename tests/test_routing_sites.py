@@ -84,23 +84,27 @@ def test_attention_mask_zeroes_head_outputs_before_proj():
     torch.testing.assert_close(attn(x, mask), reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("active", [list(range(10, 40)), [0, 5, 17, 63], list(range(64)), []])
-def test_mlp_sliced_matches_masked(active):
-    mlp = randomized(Mlp(16, 64))
+@pytest.mark.parametrize("width", [1, 4])
+@pytest.mark.parametrize("active", [list(range(3, 12)), [0, 5, 7, 15], list(range(16)), []])
+def test_mlp_sliced_matches_masked(active, width):
+    mlp = randomized(Mlp(16, 16 * width, unit_width=width))
+    assert mlp.num_units == 16
     x = torch.randn(3, 5, 16)
-    mask = mask_of(active, 64, 3)
-    reference = mlp.fc2(mlp.act(mlp.fc1(x)) * mask[:, None, :])
+    mask = mask_of(active, 16, 3)
+    channels = mask.repeat_interleave(width, dim=1)  # unit u owns hidden channels [u * width, (u + 1) * width)
+    reference = mlp.fc2(mlp.act(mlp.fc1(x)) * channels[:, None, :])
     torch.testing.assert_close(mlp(x, mask), reference, atol=0, rtol=0)
-    run = contiguous(active[0], active[-1] + 1, 64) if active == list(range(10, 40)) else indexed(active, 64)
+    run = contiguous(active[0], active[-1] + 1, 16) if active == list(range(3, 12)) else indexed(active, 16)
     torch.testing.assert_close(mlp(x, run), reference, atol=1e-5, rtol=0)
 
 
 def test_dit_block_sliced_matches_masked():
     block = randomized(DiTBlock(32, 4))
     x, c = torch.randn(3, 5, 32), torch.randn(3, 32)
-    heads, hidden = [1, 2, 3], list(range(20, 120))
-    dense = block(x, c, None, mask_of(heads, 4, 3), mask_of(hidden, 128, 3))
-    sliced = block(x, c, None, contiguous(1, 4, 4), contiguous(20, 120, 128))
+    assert (block.mlp.unit_width, block.mlp.num_units) == (8, 16)  # head-wide MLP units
+    heads, hidden = [1, 2, 3], list(range(2, 12))
+    dense = block(x, c, None, mask_of(heads, 4, 3), mask_of(hidden, 16, 3))
+    sliced = block(x, c, None, contiguous(1, 4, 4), contiguous(2, 12, 16))
     torch.testing.assert_close(sliced, dense, atol=1e-5, rtol=0)
     gathered = block(x, c, None, indexed(heads, 4), indexed(hidden, 128))
     torch.testing.assert_close(gathered, dense, atol=1e-5, rtol=0)
@@ -124,10 +128,10 @@ def test_sliced_path_is_taken_only_for_a_shared_timestep():
     for mask, heads, mlp in shared:
         assert mask is None and isinstance(heads, ActiveUnits) and isinstance(mlp, ActiveUnits)
         assert heads.index is None and mlp.index is None          # DTR's window: views, no gather
-        assert (heads.count, heads.total) == (3, 4) and (mlp.count, mlp.total) == (204, 256)
+        assert (heads.count, heads.total) == (3, 4) and (mlp.count, mlp.total) == (12, 16)
     mixed = model.block_routes(torch.tensor([700, 3, 700]), torch.float32, torch.device("cpu"))
     for mask, heads, mlp in mixed:
-        assert mask is None and heads.shape == (3, 4) and mlp.shape == (3, 256)
+        assert mask is None and heads.shape == (3, 4) and mlp.shape == (3, 16)
         assert torch.equal(heads[1].bool(), model.routing.table(0)[3])
 
 
@@ -155,8 +159,9 @@ def test_sliced_and_masked_gradients_agree():
         if a.requires_grad:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
     fc1 = sliced.blocks[0].mlp.fc1.weight.grad
-    start = sliced.routing.active_units(321)[1].start
+    start = sliced.routing.active_units(321)[1].start * 16  # MLP units of head_dim = 16 channels
     assert fc1[:start].abs().sum() == 0 and fc1[start + 128:].abs().sum() == 0  # inactive rows get no gradient
+    assert fc1[start:start + 128].abs().sum() > 0
 
 
 def test_shared_timestep():
@@ -199,8 +204,10 @@ def test_dit_units_per_site():
     model = DiT(**TINY)
     assert model.routed_channels() == model.routed_channels("input") == [64] * 3
     assert model.routed_channels("heads") == [4] * 3
-    assert model.routed_channels("mlp") == [256] * 3
-    assert model.routed_channels("heads_mlp") == [4, 256] * 3
+    assert model.routed_channels("mlp") == [16] * 3            # 256 hidden channels in units of head_dim 16
+    assert model.routed_channels("heads_mlp") == [4, 16] * 3
+    odd = DiT(**{**TINY, "mlp_ratio": 1.1})                      # 70 hidden, head_dim 16 does not divide it
+    assert odd.routed_channels("mlp") == [70] * 3
     plan = RoutingPlan(SlidingWindow(beta=0.8), model.routed_channels("heads_mlp"), T, site="heads_mlp")
     assert plan.num_tables == 2 and plan.layer_table == [0, 1] * 3  # one bool buffer per distinct table
     assert all(b.dtype == torch.bool for b in plan.buffers())
