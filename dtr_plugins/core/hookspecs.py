@@ -47,7 +47,8 @@ def dtr_register_backbones(register: Callable[..., None]) -> None:
 
     A backbone's factory returns a :class:`dtr_plugins.core.routing.RoutedBackbone`: a module called as
     ``model(x, t, y=None)`` with ``in_channels``, ``input_size``, ``num_classes`` and ``null_class``, that
-    declares the channel count of each routed layer through ``routed_channels()`` and receives its
+    declares the unit count of each routed layer at a routing site through ``routed_channels(site)``
+    (``routing_sites`` lists its sites; ``input`` is every backbone's) and receives its
     :class:`RoutingPlan` through ``attach_routing(plan)``. A backbone on codec latents sets the class
     attribute ``input_space = "latents"``.
 

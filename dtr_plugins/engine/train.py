@@ -20,6 +20,7 @@ from dtr_plugins._version import __version__
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.plugins import PluginRegistry
+from dtr_plugins.core.routing import routed_units
 
 from . import distributed
 from .compose import build_components
@@ -128,7 +129,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             rd.path.mkdir(parents=True, exist_ok=True)
             rd.write_config(cfg.to_yaml())
             meta = run_meta(d, cfg)
-            meta["routed_channels"] = parts.model.routed_channels()  # the report draws masks from these
+            meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
             if resume and rd.meta_path.exists():
                 meta["resumed_from_step"] = state.step
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
