@@ -1,0 +1,200 @@
+"""image_folder: the label space it declares, the checks against the model's, and broken files as one line."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dtr_plugins.core.errors import ConfigError, DataError, PluginError, user_message
+from dtr_plugins.core.labels import UNLABELED, check_label_space, class_map
+from dtr_plugins.data.digits import Digits
+from dtr_plugins.data.image_folder import ImageFolder
+
+from .conftest import write
+
+
+def png(path, value=0, size=8, mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), value).save(path)
+    return path
+
+
+def class_folders(root, names, per_class=2):
+    for c, name in enumerate(names):
+        for i in range(per_class):
+            png(root / name / f"{i}.png", value=10 * c)
+    return root
+
+
+def folder(root, names, **kw):
+    return ImageFolder(str(class_folders(root, names)), image_size=8, random_flip=False, **kw)
+
+
+# ------------------------------------------------------------------ label space (issue item 4)
+def test_five_class_folders_with_num_classes_3_is_a_config_error(tmp_path):
+    """Was an IndexError traceback from the label embedding."""
+    ds = folder(tmp_path / "d", ["a", "b", "c", "d", "e"])
+    assert (ds.num_classes, ds.classes) == (5, ["a", "b", "c", "d", "e"])
+    with pytest.raises(ConfigError) as err:
+        check_label_space(3, ds, "image_folder")
+    assert str(err.value) == ("backbone.num_classes is 3 but data 'image_folder' has 5 classes (a, b, c, d, e); "
+                              "set backbone.num_classes: 5, or 1 for an unconditional model")
+
+
+def test_four_class_folders_with_num_classes_3_is_a_config_error(tmp_path):
+    """Was exit 0 with class 3 trained as DiT's null (unconditional) label."""
+    ds = folder(tmp_path / "d", ["cat", "dog", "fox", "owl"])
+    assert [ds[i][1] for i in range(len(ds))] == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ConfigError, match=r"^backbone.num_classes is 3 but data 'image_folder' has 4 classes "
+                                          r"\(cat, dog, fox, owl\); set backbone.num_classes: 4"):
+        check_label_space(3, ds, "image_folder")
+
+
+def test_matching_label_space_passes_and_is_recorded(tmp_path):
+    ds = folder(tmp_path / "d", ["n02", "n01", "n03"])
+    check_label_space(3, ds, "image_folder")
+    assert class_map(ds, 3) == {"num_classes": 3, "classes": ["n01", "n02", "n03"], "labels_used": True}
+    assert check_label_space(10, Digits()) is None
+    assert class_map(Digits(), 10)["classes"] == [str(d) for d in range(10)]
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    """Was: class2's images silently labelled 1."""
+    root = class_folders(tmp_path / "d", ["class0", "class2"])
+    (root / "class1").mkdir()
+    with pytest.raises(DataError) as err:
+        ImageFolder(str(root), image_size=8)
+    assert str(err.value).startswith(f"{root / 'class1'}: class folder has no images; classes are numbered by "
+                                     "sorted folder name")
+    (root / "class1" / "readme.txt").write_text("only notes here")  # still no images in it
+    with pytest.raises(DataError, match="class1: class folder has no images"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ImageFolder(str(root), image_size=8)
+
+
+def test_unconditional_model_ignores_labels_and_says_so(tmp_path):
+    ds = folder(tmp_path / "d", ["a", "b", "c", "d", "e"])
+    for num_classes in (1, None, 0):
+        with pytest.warns(UserWarning, match=r"backbone.num_classes is .* \(unconditional\): the 5 classes of data "
+                                             r"'image_folder' are ignored"):
+            check_label_space(num_classes, ds, "image_folder")
+        assert class_map(ds, num_classes)["labels_used"] is False
+    unlabeled = folder(tmp_path / "u", ["a", "b"], class_cond=False)
+    assert (unlabeled.num_classes, unlabeled.classes, {unlabeled[i][1] for i in range(4)}) == (1, [UNLABELED], {0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: there are no labels to ignore
+        check_label_space(1, unlabeled, "image_folder")
+
+
+def test_conditional_model_on_unlabeled_data_is_a_config_error(tmp_path):
+    ds = folder(tmp_path / "d", ["a", "b"], class_cond=False)
+    with pytest.raises(ConfigError, match=r"^backbone.num_classes is 2 \(class-conditional\) but data "
+                                          r"'image_folder' has no class labels"):
+        check_label_space(2, ds, "image_folder")
+
+
+def test_dataset_without_declared_label_space(tmp_path):
+    class Bare(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+    with pytest.raises(PluginError, match="Bare does not declare its label space: it needs an attribute num_classes"):
+        check_label_space(4, Bare())
+    check_label_space(1, Bare())  # unconditional: labels are not needed
+    assert class_map(Bare(), 1) == {"num_classes": None, "classes": None, "labels_used": False}
+
+
+# ------------------------------------------------------------------ layout
+def test_labels_follow_the_top_level_folder_and_odd_files(tmp_path):
+    root = class_folders(tmp_path / "d", ["a", "b"])
+    png(root / "b" / "deeper" / "x.png", 200)  # nested: still class b
+    (root / ".DS_Store").write_bytes(b"\0")  # hidden: skipped silently
+    (root / ".cache").mkdir()
+    png(root / ".cache" / "thumb.png")  # hidden folder: not a class
+    (root / "a" / "notes.txt").write_text("hello")  # not an image by suffix: skipped with a warning
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not images by suffix \(a/notes.txt\)"):
+        ds = ImageFolder(str(root), image_size=8, random_flip=False)
+    assert ds.classes == ["a", "b"]
+    assert [p.relative_to(root).as_posix() for p in ds.files] == ["a/0.png", "a/1.png", "b/0.png", "b/1.png",
+                                                                   "b/deeper/x.png"]
+    assert ds.labels == [0, 0, 1, 1, 1]
+
+
+def test_image_outside_class_folders_and_no_images(tmp_path):
+    root = class_folders(tmp_path / "d", ["a"])
+    png(root / "loose.png")
+    with pytest.raises(DataError, match=r"loose.png: image directly in data.path \(1 such\); with "
+                                        r"data.class_cond: true every image goes in a class subfolder"):
+        ImageFolder(str(root), image_size=8)
+    assert len(ImageFolder(str(root), image_size=8, class_cond=False)) == 3
+    (tmp_path / "none" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"none: no images \(.png"):
+        ImageFolder(str(tmp_path / "none"), image_size=8)
+    with pytest.raises(DataError, match="data.path: folder .*missing.* does not exist"):
+        ImageFolder(str(tmp_path / "missing"), image_size=8)
+
+
+def test_zero_byte_image_fails_when_the_dataset_is_built(tmp_path):
+    root = class_folders(tmp_path / "d", ["a", "b"])
+    (root / "b" / "zero.png").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        ImageFolder(str(root), image_size=8)
+    assert str(err.value) == f"{root / 'b' / 'zero.png'}: empty file (0 bytes), not an image"
+
+
+# ------------------------------------------------------------------ pixels (issue item 5)
+def test_items_are_decoded_by_meaning(tmp_path):
+    root = tmp_path / "d"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(root / "a" / "g16.png")
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent black -> white
+    rgba.save(root / "a" / "rgba.png")
+    ds = ImageFolder(str(root), image_size=8, random_flip=False)
+    image, label = ds[0]
+    assert image.shape == (3, 8, 8) and image.dtype == torch.float32 and label == 0
+    assert torch.allclose(image, torch.full_like(image, 128 / 127.5 - 1), atol=1e-6)  # not 255 (clipped) -> 1.0
+    assert torch.equal(ds[1][0], torch.ones(3, 8, 8))
+
+
+# ------------------------------------------------------------------ broken files, also in workers (item 6)
+def broken_folder(tmp_path):
+    root = class_folders(tmp_path / "d", ["a", "b"])
+    bad = root / "b" / "1.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:1500])  # truncated in the pixel data: the header still reads
+    return root, bad
+
+
+def test_corrupt_image_in_dataloader_workers_is_a_data_error_naming_the_file(tmp_path):
+    root, bad = broken_folder(tmp_path)
+    ds = ImageFolder(str(root), image_size=8)
+    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    with pytest.raises(DataError) as err:
+        list(loader)
+    assert type(err.value) is DataError and "Caught DataError in DataLoader worker process" in str(err.value)
+    line = user_message(err.value)
+    assert line.startswith(f"{bad}: cannot read image, truncated or corrupt (") and "\n" not in line
+
+
+TRAIN = """\
+name: broken
+backbone: {name: dit, input_size: 8, patch_size: 4, hidden_size: 16, depth: 1, num_heads: 2, in_channels: 3, num_classes: 2}
+routing: {name: vanilla}
+diffusion: {steps: 50, schedule: linear, learn_sigma: false}
+data: {name: image_folder, path: DATA, image_size: 8}
+train: {steps: 2, batch_size: 4, num_workers: 2, log_every: 1, ckpt_every: 2}
+eval: {at_end: false}
+"""
+
+
+def test_cli_train_with_a_corrupt_image_in_a_worker_is_one_line_exit_2(tmp_path, run_cli):
+    root, bad = broken_folder(tmp_path)
+    cfg = write(tmp_path / "broken.yaml", TRAIN.replace("DATA", str(root)))
+    code, _, err = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs'}")
+    # (the error may follow an unfinished progress bar on its line)
+    errors = [line[line.index("dtr: error:"):] for line in err.splitlines() if "dtr: error:" in line]
+    assert code == 2 and len(errors) == 1, err
+    assert errors[0].startswith(f"dtr: error: {bad}: cannot read image, truncated or corrupt (")
+    assert "Traceback" not in err and "Caught" not in err and "worker" not in err
