@@ -198,3 +198,17 @@ def test_cli_train_with_a_corrupt_image_in_a_worker_is_one_line_exit_2(tmp_path,
     assert code == 2 and len(errors) == 1, err
     assert errors[0].startswith(f"dtr: error: {bad}: cannot read image, truncated or corrupt (")
     assert "Traceback" not in err and "Caught" not in err and "worker" not in err
+
+
+def test_linked_class_folders_are_followed_and_cycles_refused(tmp_path):
+    store = class_folders(tmp_path / "store", ["x", "y"])
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "a").symlink_to(store / "x", target_is_directory=True)
+    (root / "b").symlink_to(store / "x", target_is_directory=True)  # the same real folder twice: two classes
+    (root / "c").symlink_to(store / "y", target_is_directory=True)
+    ds = ImageFolder(str(root), image_size=8)
+    assert ds.classes == ["a", "b", "c"] and ds.labels == [0, 0, 1, 1, 2, 2]
+    (store / "y" / "loop").symlink_to(store / "y", target_is_directory=True)
+    with pytest.raises(DataError, match=r"c/loop: links back to a folder that contains it \(a cycle\)"):
+        ImageFolder(str(root), image_size=8)

@@ -64,11 +64,23 @@ def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
 
 
 def _walk(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """``(images, other files, folders)`` under ``root``, sorted, skipping names that start with ``.``."""
+    """``(images, other files, folders)`` under ``root``, sorted, skipping names that start with ``.``.
+
+    Symbolic links to folders are followed (class folders are often links); a link back to a folder that
+    contains it (a cycle) is refused with :class:`DataError`.
+    """
     images, others, folders = [], [], []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    top = os.fspath(root)
+    ancestors = {top: (os.path.realpath(top),)}  # each folder: the real paths from root down to it
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            sub = os.path.join(dirpath, d)  # the name os.walk gives it as dirpath
+            real = os.path.realpath(sub)
+            if real in ancestors[dirpath]:
+                raise DataError(f"{sub}: links back to a folder that contains it (a cycle)")
+            ancestors[sub] = ancestors[dirpath] + (real,)
         folders += [here / d for d in dirnames]
         for name in sorted(filenames):
             if name.startswith("."):
