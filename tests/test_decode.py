@@ -139,10 +139,10 @@ def test_broken_files_are_one_line_naming_the_file(tmp_path):
     jpeg = saved(tmp_path, big, "whole.jpg").read_bytes()
     cut_jpg = tmp_path / "cut.jpg"
     cut_jpg.write_bytes(jpeg[:len(jpeg) // 3])
-    cases = [(empty, "empty file (0 bytes), not an image"),
-             (text, "not an image Pillow can read (unknown or corrupt format)"),
-             (cut, "cannot read image, truncated or corrupt ("),
-             (cut_jpg, "cannot read image, truncated or corrupt (")]
+    cases = [(empty, "cannot read image: empty file (0 bytes)"),
+             (text, "cannot read image: not a format Pillow knows, or corrupt"),
+             (cut, "cannot read image: truncated or corrupt ("),
+             (cut_jpg, "cannot read image: truncated or corrupt (")]
     for path, why in cases:
         with pytest.raises(DataError) as err:
             read_rgb_array(path)
@@ -158,5 +158,5 @@ def test_evaluation_folders_use_the_same_decoder(tmp_path):
     images = load_images(tmp_path / "s")
     assert torch.equal(images.dataset[0], torch.full((3, 4, 4), 128, dtype=torch.uint8))
     (tmp_path / "s" / "2.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"2\.png: empty file \(0 bytes\)"):
+    with pytest.raises(DataError, match=r"2\.png: cannot read image: empty file \(0 bytes\)"):
         load_images(tmp_path / "s")

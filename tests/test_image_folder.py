@@ -141,7 +141,7 @@ def test_zero_byte_image_fails_when_the_dataset_is_built(tmp_path):
     (root / "b" / "zero.png").write_bytes(b"")
     with pytest.raises(DataError) as err:
         ImageFolder(str(root), image_size=8)
-    assert str(err.value) == f"{root / 'b' / 'zero.png'}: empty file (0 bytes), not an image"
+    assert str(err.value) == f"{root / 'b' / 'zero.png'}: cannot read image: empty file (0 bytes)"
 
 
 # ------------------------------------------------------------------ pixels (issue item 5)
@@ -175,7 +175,7 @@ def test_corrupt_image_in_dataloader_workers_is_a_data_error_naming_the_file(tmp
         list(loader)
     assert type(err.value) is DataError and "Caught DataError in DataLoader worker process" in str(err.value)
     line = user_message(err.value)
-    assert line.startswith(f"{bad}: cannot read image, truncated or corrupt (") and "\n" not in line
+    assert line.startswith(f"{bad}: cannot read image: truncated or corrupt (") and "\n" not in line
 
 
 TRAIN = """\
@@ -196,7 +196,7 @@ def test_cli_train_with_a_corrupt_image_in_a_worker_is_one_line_exit_2(tmp_path,
     # (the error may follow an unfinished progress bar on its line)
     errors = [line[line.index("dtr: error:"):] for line in err.splitlines() if "dtr: error:" in line]
     assert code == 2 and len(errors) == 1, err
-    assert errors[0].startswith(f"dtr: error: {bad}: cannot read image, truncated or corrupt (")
+    assert errors[0].startswith(f"dtr: error: {bad}: cannot read image: truncated or corrupt (")
     assert "Traceback" not in err and "Caught" not in err and "worker" not in err
 
 

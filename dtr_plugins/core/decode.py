@@ -132,10 +132,10 @@ def _check_not_empty(path: Path) -> None:
     except OSError as exc:
         raise DataError(f"{path}: cannot read image: {exc.strerror or first_line(exc)}") from None
     if size == 0:
-        raise DataError(f"{path}: empty file (0 bytes), not an image")
+        raise DataError(f"{path}: cannot read image: empty file (0 bytes)")
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
     if isinstance(exc, UnidentifiedImageError):
-        return DataError(f"{path}: not an image Pillow can read (unknown or corrupt format)")
-    return DataError(f"{path}: cannot read image, truncated or corrupt ({first_line(exc)})")
+        return DataError(f"{path}: cannot read image: not a format Pillow knows, or corrupt")
+    return DataError(f"{path}: cannot read image: truncated or corrupt ({first_line(exc)})")

@@ -107,7 +107,7 @@ def scan_image_folder(root: Path, class_cond: bool) -> tuple[list[Path], list[in
         raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in data.path or its subfolders")
     for path in images:
         if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty file (0 bytes), not an image")
+            raise DataError(f"{path}: cannot read image: empty file (0 bytes)")
     if not class_cond:
         return images, [0] * len(images), [UNLABELED]
 
