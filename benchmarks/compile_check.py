@@ -1,7 +1,8 @@
 """Does ``torch.compile`` of a routed model recompile across timesteps or batches?
 
 Masks are tensor inputs (rows gathered from a buffer by the timestep tensor), so new timesteps must never
-recompile. The check compiles a small DiT (and the ADM ``small`` preset) per routing strategy, runs training
+recompile. The check compiles every registered backbone (its ``tiny`` size from ``models.yaml``, or its plugin
+defaults) with every registered routing strategy (``--backbones`` / ``--strategies`` restrict them), runs training
 steps (forward + backward) on fresh timesteps and data, then on a second and a third batch size, and reads
 dynamo's counters:
 
@@ -22,9 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-
-STRATEGIES = ("vanilla", "dtr", "random", "task_specific_sharing")
+import _common as common  # noqa: E402
 
 
 def _counters() -> dict[str, int]:
@@ -34,29 +33,23 @@ def _counters() -> dict[str, int]:
             "calls_captured": int(counters["stats"].get("calls_captured", 0))}
 
 
-def check(name: str, build, in_shape, num_classes: int, strategy: str, args, device) -> dict:
-    import dtr_plugins as dp
-    from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
-    from dtr_plugins.core.routing import RoutingPlan
-
+def check(bm: common.BenchModel, strategy: str, args, device) -> dict:
     torch._dynamo.reset()
-    recompiles: list[str] = []
-    model = build().to(device)
-    model.attach_routing(RoutingPlan(dp.build_strategy(strategy), model.routed_channels(), 1000).to(device))
+    model = common.routed_view(bm, strategy, device)
     model.train()
     compiled = torch.compile(model, backend=args.backend, dynamic=True if args.dynamic else None)
-    diffusion = GaussianDiffusion(get_named_beta_schedule("linear", 1000))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    diffusion = common.build_diffusion(bm)
+    opt = torch.optim.AdamW(bm.base.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
 
     def steps(batch: int, n: int) -> int:
         before = _counters()["unique_graphs"]
         for _ in range(n):
-            x = torch.randn(batch, *in_shape, generator=g).to(device)
-            t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-            y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+            x = torch.randn(batch, *bm.shape, generator=g).to(device)
+            t = torch.randint(0, bm.num_tasks, (batch,), generator=g).to(device)
+            kwargs = common.model_kwargs(bm, batch, device, g)
             with common.autocast(args.precision, device):
-                loss = diffusion.training_losses(compiled, x, t, model_kwargs={"y": y})["loss"].mean()
+                loss = diffusion.training_losses(compiled, x, t, model_kwargs=kwargs)["loss"].mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -67,9 +60,20 @@ def check(name: str, build, in_shape, num_classes: int, strategy: str, args, dev
     second_size = steps(args.batch + 2, 2)
     third_size = steps(args.batch + 5, 2)
     ok = same_shape == 0 and second_size <= (0 if args.dynamic else 1) and third_size == 0
-    return {"backbone": name, "strategy": strategy, "graphs_first_step": first,
+    return {"backbone": bm.name, "strategy": strategy, "graphs_first_step": first,
             "new_graphs_same_shape": same_shape, "new_graphs_2nd_batch_size": second_size,
             "new_graphs_3rd_batch_size": third_size, "ok": ok}
+
+
+def metrics_from_payload(payload: dict) -> dict[str, float]:
+    """``all_ok`` (1 when every pair was checked and behaved as expected), ``checked`` and per-pair recompiles."""
+    rows = payload["results"]
+    m: dict[str, float] = {"checked": len(rows)}
+    if not payload.get("interrupted"):  # a run stopped by a time limit did not check every pair
+        m["all_ok"] = float(bool(rows) and all(r["ok"] for r in rows))
+    for r in rows:
+        m[f"{r['backbone']}.{r['strategy']}.new_graphs_same_shape"] = r["new_graphs_same_shape"]
+    return m
 
 
 def main(argv=None) -> None:
@@ -80,37 +84,45 @@ def main(argv=None) -> None:
     ap.add_argument("--dynamic", action="store_true", help="compile with dynamic=True")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6, help="steps with fresh timesteps and data at one shape")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--backbones", default="dit,adm")
+    ap.add_argument("--strategies", default=None, help="comma list (default: every registered strategy)")
+    ap.add_argument("--backbones", default=None, help="comma list (default: every registered backbone)")
+    ap.add_argument("--size", default="tiny", help="size label from models.yaml (or backbone=LABEL,...)")
     ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--smoke", action="store_true", help="fewer steps and strategies")
+    ap.add_argument("--smoke", action="store_true", help="fewer steps")
+    ap.add_argument("--add-metrics", nargs="+", metavar="JSON", help="only recompute the metrics of result files")
     args = ap.parse_args(argv)
+    if args.add_metrics:
+        return common.add_metrics(args.add_metrics, metrics_from_payload)
     if args.smoke:
-        args.steps, args.strategies = 2, "vanilla,dtr"
+        args.steps = 2
     common.quiet_plugin_warnings()
     device = common.pick_device(args.device)
     common.setup_backends(device, None)
     args.backend = args.backend or ("inductor" if device.type == "cuda" else "aot_eager")
 
-    from dtr_plugins.backbones.dit import DiT
-
-    builds = {"dit": (lambda: DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
-                                  num_classes=10), (4, 8, 8), 10)}
-    if "adm" in args.backbones:
-        try:
-            from dtr_plugins.backbones.adm_unet import build_adm_unet
-
-            builds["adm"] = (lambda: build_adm_unet(preset="small"), (1, 8, 8), 10)
-        except Exception as exc:
-            print(f"ADM skipped: dtr_plugins.backbones.adm_unet does not import ({exc})", file=sys.stderr)
-    rows = []
-    for name, (build, shape, classes) in builds.items():
-        if name not in args.backbones:
-            continue
-        for strategy in args.strategies.split(","):
-            r = check(name, build, shape, classes, strategy, args, device)
-            print(r, file=sys.stderr, flush=True)
-            rows.append(r)
+    rows, skipped, interrupted = [], [], False
+    strategies = common.plugin_names("strategy", args.strategies)
+    try:
+        for backbone in common.plugin_names("backbone", args.backbones):
+            bm, error = common.run_guarded(f"build {backbone}", lambda: common.build_bench_model(
+                backbone, common.size_for(backbone, args.size)))
+            if bm is None:
+                skipped.append(f"{backbone}: {error}")
+                continue
+            bm.base.to(device)
+            for strategy in strategies:
+                r, error = common.run_guarded(f"compile {backbone} {strategy}",
+                                              lambda: check(bm, strategy, args, device))
+                if r is None:
+                    r = {"backbone": backbone, "strategy": strategy, "error": error, "ok": False,
+                         **{k: "" for k in ("graphs_first_step", "new_graphs_same_shape", "new_graphs_2nd_batch_size",
+                                            "new_graphs_3rd_batch_size")}}
+                print(r, file=sys.stderr, flush=True)
+                rows.append(r)
+    except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): report the pairs checked so far
+        skipped.append("the rest: interrupted by a time limit")
+        interrupted = True
+        print("interrupted: reporting the pairs checked so far", file=sys.stderr, flush=True)
     info = common.machine_info(device)
     md = "\n".join(common.header_lines(info)) + (
         f"\n\n### torch.compile recompiles (backend {args.backend}, {args.precision}, "
@@ -119,7 +131,10 @@ def main(argv=None) -> None:
          f"new graphs, batch {args.batch + 2}", f"new graphs, batch {args.batch + 5}", "as expected"],
         [[r["backbone"], r["strategy"], r["graphs_first_step"], r["new_graphs_same_shape"],
           r["new_graphs_2nd_batch_size"], r["new_graphs_3rd_batch_size"], "yes" if r["ok"] else "NO"] for r in rows])
-    common.write_outputs(args.out_dir, "compile_check", md, {"machine": info, "args": vars(args), "results": rows})
+    if skipped:
+        md += "\n\nNot checked (could not be built here): " + "; ".join(skipped)
+    payload = {"machine": info, "args": vars(args), "results": rows, "skipped": skipped, "interrupted": interrupted}
+    common.write_outputs(args.out_dir, "compile_check", md, payload, metrics_from_payload(payload))
     if not all(r["ok"] for r in rows):
         sys.exit(1)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import _common as common  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -36,7 +36,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--smoke", action="store_true", help="100 samples")
+    ap.add_argument("--add-metrics", nargs="+", metavar="JSON", help="only recompute the metrics of result files")
     args = ap.parse_args(argv)
+    if args.add_metrics:
+        return common.add_metrics(args.add_metrics, metrics_from_payload)
     if args.smoke:
         args.num_samples = 100
     common.quiet_plugin_warnings()
@@ -89,9 +92,16 @@ def main(argv=None) -> None:
     md += (f"\n\nCold: reference features computed and cached ({cold['reference_cache']}); warm: reference "
            f"statistics from the cache ({warm['reference_cache']}). Set-up: "
            + ("loading the cached classifier" if setup_s < 1 else "training the classifier (first use)") + ".")
-    common.write_outputs(args.out_dir, "eval", md, {"machine": info, "args": vars(args), "setup_s": setup_s,
-                                                     "cold_s": cold_s, "warm_s": warm_s, "fid": fid,
-                                                     "spec": getattr(spec, "name", args.extractor)})
+    payload = {"machine": info, "args": vars(args), "setup_s": setup_s, "cold_s": cold_s, "warm_s": warm_s,
+               "fid": fid, "spec": getattr(spec, "name", args.extractor)}
+    common.write_outputs(args.out_dir, "eval", md, payload, metrics_from_payload(payload))
+
+
+def metrics_from_payload(payload: dict) -> dict[str, float]:
+    """FID wall times (seconds) and warm samples per second, for check_targets.py."""
+    n = payload["args"]["num_samples"]
+    return {"setup_s": payload["setup_s"], "fid_cold_s": payload["cold_s"], "fid_warm_s": payload["warm_s"],
+            "samples_per_s_warm": n / payload["warm_s"]}
 
 
 if __name__ == "__main__":

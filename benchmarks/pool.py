@@ -14,10 +14,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_pct  # noqa: E402
+import _common as common  # noqa: E402
+from _common import fmt_pct  # noqa: E402
 
 PAIRS = (("dtr", "vanilla", "our routing overhead (dtr vs vanilla)"),
          ("pub_dtr", "pub_vanilla", "published-style overhead (pub_dtr vs pub_vanilla)"),
@@ -35,7 +37,7 @@ def main(argv=None) -> None:
     for path in args.runs:
         data = json.loads(Path(path).read_text())[args.backbone]
         cfg = data["config"]
-        configs.add(tuple(sorted((k, v) for k, v in cfg.items() if k not in ("steps", "warmup"))))
+        configs.add(json.dumps({k: v for k, v in cfg.items() if k not in ("steps", "warmup")}, sort_keys=True))
         by = {(r["kind"], r["precision"], r["compile"]): r for r in data["results"] if "times_s" in r}
         rounds.append(f"{Path(path).name}: {cfg['steps']} rounds")
         for pair in PAIRS:
@@ -62,7 +64,11 @@ def main(argv=None) -> None:
     pub = out.get(PAIRS[1][2])
     if ours and pub and ours["paired_median"] > 0:
         md += f"\n\npublished-style / ours (pooled paired medians): {pub['paired_median'] / ours['paired_median']:.2f}x"
-    common.write_outputs(args.out_dir, "pooled", md, {"runs": args.runs, "pooled": out})
+    metrics = {f"{k}.{stat}": v[stat] for k, v in zip(("dtr_vs_vanilla", "pub_dtr_vs_pub_vanilla", "dtr_vs_pub_dtr"),
+                                                      (out.get(p[2]) for p in PAIRS)) if v
+               for stat in ("paired_median", "ci95_low", "ci95_high")}
+    payload = {"machine": common.machine_info(torch.device("cpu")), "runs": args.runs, "pooled": out}
+    common.write_outputs(args.out_dir, "pooled", md, payload, metrics)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ isolates what routing adds, at the real activation shape (default DiT-S/2, batch
 
 1. **blocks**: ``ours plain`` (our block without a mask, what vanilla routing runs), ``ours routed``
    (``x + F(m * x)``), ``official`` (the official DiT block), ``published routed`` (the published-style block,
-   including its router's per-block mask re-selection, ``published_baseline.py``). Rounds run the four in
+   including its router's per-block mask re-selection, ``_published.py``). Rounds run the four in
    A B C D D C B A order (rotating the start), and each round's time per block is the mean of its two runs, which
    cancels a linear drift of the machine's speed within the round.
 2. **added ops alone**: the elementwise ops each routing adds to its own plain block, at the same shape, with
@@ -17,7 +17,10 @@ isolates what routing adds, at the real activation shape (default DiT-S/2, batch
 
 The per-step routing time of the whole model is then estimated as ``depth x added ops + one selection``.
 
-    python benchmarks/routing_overhead.py --model S/2 --batch 8 --input-size 32 --reps 30 --threads 1
+    python benchmarks/routing_overhead.py --size S/2 --batch 8 --reps 30 --threads 1 --out-dir DIR
+
+The block-level comparison is DiT's (the published-style baseline is a DiT); ``--size`` picks a DiT size from
+``models.yaml``.
 """
 from __future__ import annotations
 
@@ -30,26 +33,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_pct  # noqa: E402
+import _common as common  # noqa: E402
+import _published as pb  # noqa: E402
+from _common import fmt_pct  # noqa: E402
 
 
-def interleaved(fns: dict, rounds: int, warmup: int, device: torch.device, abba: bool = True) -> dict[str, list]:
-    """Per-round times of each function; with ``abba`` each round runs the list forward then backward."""
-    names = list(fns)
-    times = {k: [] for k in names}
-    for r in range(warmup + rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        runs = order + order[::-1] if abba else order
-        acc = {k: 0.0 for k in names}
-        for name in runs:
-            with common.Timer(device) as timer:
-                fns[name]()
-            acc[name] += timer.seconds
-        if r >= warmup:
-            for k in names:
-                times[k].append(acc[k] / (2 if abba else 1))
-    return times
+def metrics_from_payload(payload: dict) -> dict[str, float]:
+    """Flat metrics for ``check_targets.py``: the estimated routing time per step (fractions of the plain
+    blocks, and published-style / ours) and the block-level overheads."""
+    est = payload["estimated_routing_s_per_step"]
+    m = {"ours_fraction": est["ours_fraction"], "published_fraction": est["published_fraction"],
+         "published_over_ours": est["ratio"], "ours_routing_ms_per_step": 1e3 * est["ours"],
+         "published_routing_ms_per_step": 1e3 * est["published"]}
+    for name, o in payload["overhead"].items():
+        for stat in ("ratio_of_medians", "paired_median", "ci95_low", "ci95_high"):
+            m[f"block_overhead.{name}.{stat}"] = o[stat]
+    return m
 
 
 def ci(o: dict) -> str:
@@ -58,9 +57,10 @@ def ci(o: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="S/2")
+    ap.add_argument("--size", default="S/2", help="DiT size label from models.yaml")
+    ap.add_argument("--params", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a DiT parameter (YAML value), e.g. input_size=16; repeatable")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     ap.add_argument("--reps", type=int, default=30, help="timed rounds of the block variants")
@@ -70,31 +70,26 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--tag", default=None)
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny DiT, a few rounds: proves the script runs")
+    ap.add_argument("--add-metrics", nargs="+", metavar="JSON", help="only recompute the metrics of result files")
     args = ap.parse_args(argv)
+    if args.add_metrics:
+        return common.add_metrics(args.add_metrics, metrics_from_payload)
     if args.smoke:
-        args.batch, args.input_size, args.reps, args.op_reps, args.select_reps, args.warmup = 2, 8, 2, 5, 5, 1
+        args.size, args.batch, args.reps, args.op_reps, args.select_reps, args.warmup = "tiny", 2, 2, 5, 5, 1
     common.quiet_plugin_warnings()
     device = common.pick_device(args.device)
     common.setup_backends(device, args.threads)
 
     import dtr_plugins as dp
-    from dtr_plugins.backbones.dit import DiT
-    from dtr_plugins.core.routing import RoutingPlan
 
-    import published_baseline as pb
-    from train_step import randomize_zero_init
-
-    torch.manual_seed(0)
-    model = DiT(size=args.model, input_size=args.input_size)
-    randomize_zero_init(model)
-    model.to(device)
-    T, D, depth = 1000, model.hidden_size, model.depth
-    tokens = (args.input_size // model.patch_size) ** 2
-    strategy = dp.build_strategy("dtr")
-    plan = RoutingPlan(strategy, model.routed_channels(), T).to(device)
-    model.attach_routing(plan)
-    pub_model = pb.PublishedStyleDiT(model, pb.published_tables(strategy, T, D, depth)).to(device)
+    bm = common.build_bench_model("dit", args.size, args.params)
+    bm.base.to(device)
+    model = common.routed_view(bm, "dtr", device)
+    plan = model.plan
+    T, D, depth = bm.num_tasks, model.hidden_size, model.depth
+    tokens = (bm.shape[1] // model.patch_size) ** 2
+    pub_model = pb.PublishedStyleDiT(model, pb.published_tables(dp.build_strategy("dtr"), T, D, depth)).to(device)
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(args.batch, tokens, D, generator=g).to(device)
@@ -126,7 +121,7 @@ def main(argv=None) -> None:
               "published routed": fwd_bwd(published_fn)}
     print(f"[routing_overhead] blocks: {len(blocks)} x {args.warmup + args.reps} ABBA rounds", file=sys.stderr,
           flush=True)
-    bt = interleaved(blocks, args.reps, args.warmup, device)
+    bt = common.interleaved(blocks, args.reps, args.warmup, device)
 
     # the ops each routing adds to its own plain block, alone
     r0 = torch.randn(args.batch, tokens, D, generator=g).to(device)
@@ -146,7 +141,7 @@ def main(argv=None) -> None:
         torch.autograd.backward([u, out], [grad, grad])
 
     print(f"[routing_overhead] added ops: {args.warmup + args.op_reps} rounds", file=sys.stderr, flush=True)
-    ot = interleaved({"ours: x * m": ours_ops, "published: x * m, x * (1 - m) + r":
+    ot = common.interleaved({"ours: x * m": ours_ops, "published: x * m, x * (1 - m) + r":
                       published_ops}, args.op_reps, args.warmup, device)
 
     def ours_select():
@@ -157,7 +152,7 @@ def main(argv=None) -> None:
         pub_model.apply(pb._change_task)
 
     with torch.no_grad():
-        st = interleaved({"ours: one gather per distinct table": ours_select,
+        st = common.interleaved({"ours: one gather per distinct table": ours_select,
                           "published: global + model.apply walk (all routers re-select)": published_select},
                          args.select_reps, 10, device)
 
@@ -186,7 +181,7 @@ def main(argv=None) -> None:
 
     info = common.machine_info(device)
     md = "\n".join(common.header_lines(info))
-    md += (f"\n\n### Routing cost, DiT-{args.model} block, [{args.batch}, {tokens}, {D}] activations, "
+    md += (f"\n\n### Routing cost, DiT-{args.size} block, [{args.batch}, {tokens}, {D}] activations, "
            f"{args.precision}, forward + backward ({args.reps} ABBA rounds)\n\n") + common.markdown_table(
         ["block", "median (ms)", "p25-p75 (ms)", "overhead vs own plain block", "paired [95% CI]"], rows)
     md += (f"\n\n- our routed block vs published-style routed block: {fmt_pct(o_cmp['ratio_of_medians'])} "
@@ -206,7 +201,8 @@ def main(argv=None) -> None:
                "estimated_routing_s_per_step": {"ours": est_ours, "published": est_pub, "ratio": ratio,
                                                 "ours_fraction": est_ours / plain_blocks,
                                                 "published_fraction": est_pub / official_blocks}}
-    common.write_outputs(args.out_dir, "routing_overhead" + (f"_{args.tag}" if args.tag else ""), md, payload)
+    common.write_outputs(args.out_dir, "routing_overhead" + (f"_{args.tag}" if args.tag else ""), md, payload,
+                         metrics_from_payload(payload))
 
 
 if __name__ == "__main__":

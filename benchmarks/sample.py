@@ -3,10 +3,10 @@
 Each measurement is one full ``GaussianDiffusion.sample`` call (``sampler="ddim"``, ``respacing="ddim50"``,
 ``cfg_scale`` 1 = no guidance; otherwise the conditional and unconditional halves run as one doubled batch)
 for ``--num-images`` images, under ``torch.no_grad`` and the chosen autocast. Variants share one set of weights
-(see ``train_step.py``); ``pub_dtr`` is the published-style routed model, which re-selects its masks through a
-module walk at each of the 50 model calls.
+(see ``train_step.py``): by default every registered strategy and, on ``dit``, ``pub_dtr``, the published-style
+routed model, which re-selects its masks through a module walk at each of the 50 model calls.
 
-    python benchmarks/sample.py --model S/2 --input-size 32 --num-images 8 --out-dir bench-out
+    python benchmarks/sample.py --backbone dit --size S/2 --num-images 8 --out-dir DIR
 """
 from __future__ import annotations
 
@@ -18,16 +18,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_pct  # noqa: E402
+import _common as common  # noqa: E402
+import _published as pb  # noqa: E402
+from _common import fmt_pct  # noqa: E402
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="S/2", help="DiT size preset or 'tiny'")
-    ap.add_argument("--input-size", type=int, default=32)
+    ap.add_argument("--backbone", default="dit", help="a registered backbone plugin")
+    ap.add_argument("--size", default=None, help="size label from models.yaml (default: the backbone's first)")
+    ap.add_argument("--params", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a backbone parameter (YAML value); repeatable")
     ap.add_argument("--num-images", type=int, default=8, help="images per sampling call (the batch)")
-    ap.add_argument("--variants", default="vanilla,dtr,pub_dtr")
+    ap.add_argument("--variants", default=None,
+                    help="comma list of registered strategies and pub_dtr / pub_vanilla (dit only); default: every "
+                         "registered strategy, then pub_dtr on dit")
     ap.add_argument("--cfg-scales", default="1.0,4.0", help="1.0 = no guidance")
     ap.add_argument("--respacing", default="ddim50")
     ap.add_argument("--reps", type=int, default=3, help="timed interleaved rounds")
@@ -40,47 +45,48 @@ def main(argv=None) -> None:
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--tag", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny model, 5 DDIM steps, 1 round")
+    ap.add_argument("--add-metrics", nargs="+", metavar="JSON", help="only recompute the metrics of result files")
     args = ap.parse_args(argv)
+    if args.add_metrics:
+        return common.add_metrics(args.add_metrics, metrics_from_payload)
     if args.smoke:
-        args.model, args.input_size, args.num_images, args.respacing = "tiny", 8, 2, "ddim5"
-        args.reps, args.warmup = 1, 1
+        args.size, args.num_images, args.respacing, args.reps, args.warmup = "tiny", 2, "ddim5", 1, 1
     common.quiet_plugin_warnings()
     device = common.pick_device(args.device)
     common.setup_backends(device, args.threads)
 
     import dtr_plugins as dp
-    from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
-    from dtr_plugins.core.routing import RoutingPlan
 
-    from published_baseline import PublishedStyleDiT, published_tables
-    from train_step import NUM_TASKS, build_base, shallow_view
-
-    args.adm_preset, args.channels_last = None, False
-    base, desc = build_base("dit", args)
-    base.to(device).eval()
+    backbone = common.plugin_names("backbone", args.backbone)[0]
+    bm = common.build_bench_model(backbone, common.size_for(backbone, args.size), args.params, seed=args.seed)
+    bm.base.to(device).eval()
+    strategies = sorted(common.plugin_names("strategy"), key=lambda n: n != "vanilla")
+    names = ([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
+             else [*strategies, *(["pub_dtr"] if backbone == "dit" else [])])
     models = {}
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if name == "pub_dtr":
-            m = PublishedStyleDiT(base, published_tables(dp.build_strategy("dtr"), NUM_TASKS, base.hidden_size,
-                                                         base.depth)).to(device).eval()
-        elif name == "pub_vanilla":
-            m = PublishedStyleDiT(base, None).to(device).eval()
-        else:
-            m = shallow_view(base)
-            m.attach_routing(RoutingPlan(dp.build_strategy(name), base.routed_channels(), NUM_TASKS).to(device))
-            m.eval()
+    for name in names:
+        if name in ("pub_dtr", "pub_vanilla"):
+            if backbone != "dit":
+                raise SystemExit(f"variant {name}: the published-style baseline is a DiT (backbone dit)")
+            tables = None if name == "pub_vanilla" else pb.published_tables(
+                dp.build_strategy("dtr"), bm.num_tasks, bm.base.hidden_size, bm.base.depth)
+            m = pb.PublishedStyleDiT(bm.base, tables).to(device).eval()
+        elif name in strategies:
+            m = common.routed_view(bm, name, device).eval()
             if args.compile:
                 m = torch.compile(m)
+        else:
+            raise SystemExit(f"variant {name!r}: unknown (registered strategies: {', '.join(strategies)}; pub_dtr)")
         models[name] = m
-    diffusion = GaussianDiffusion(get_named_beta_schedule("linear", NUM_TASKS), learn_sigma=True)
+    diffusion = common.build_diffusion(bm)
     g = torch.Generator().manual_seed(args.seed)
-    shape = (args.num_images, 4, args.input_size, args.input_size)
+    shape = (args.num_images, *bm.shape)
     noise = torch.randn(shape, generator=g).to(device)
-    y = torch.randint(0, 1000, (args.num_images,), generator=g).to(device)
+    kwargs = common.model_kwargs(bm, args.num_images, device, g)
     scales = [float(s) for s in args.cfg_scales.split(",")]
     cells = [(name, s) for s in scales for name in models]
     times = {cell: [] for cell in cells}
-    print(f"[sample] {desc}: {len(cells)} cells x ({args.warmup} warm-up + {args.reps} timed) rounds, "
+    print(f"[sample] {bm.desc}: {len(cells)} cells x ({args.warmup} warm-up + {args.reps} timed) rounds, "
           f"{args.respacing}, {args.num_images} images", file=sys.stderr, flush=True)
     interrupted = False
     try:
@@ -89,7 +95,7 @@ def main(argv=None) -> None:
             for name, scale in order:
                 with common.Timer(device) as timer, common.autocast(args.precision, device):
                     diffusion.sample(models[name], shape, sampler="ddim", respacing=args.respacing, noise=noise,
-                                     model_kwargs={"y": y}, cfg_scale=scale, progress=False)
+                                     model_kwargs=kwargs, cfg_scale=scale, progress=False)
                 if r >= args.warmup:
                     times[(name, scale)].append(timer.seconds)
     except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): report what was measured
@@ -112,21 +118,29 @@ def main(argv=None) -> None:
         payload_rows.append({"variant": name, "cfg_scale": scale, "seconds": s, "times_s": ts,
                              "images_per_s": args.num_images / s["median"], "overhead_vs_vanilla": o})
     info = common.machine_info(device)
+    c, h, w = bm.shape
     md = "\n".join(common.header_lines(info)) + (
-        f"\n\n### Sampling: DiT-{args.model}, {args.input_size}x{args.input_size}x4, {args.respacing}, "
-        f"{args.num_images} images per call, {args.precision}{', compiled (ours)' if args.compile else ''}\n\n"
+        f"\n\n### Sampling: {bm.label}, {c}x{h}x{w}, {args.respacing}, {args.num_images} images per call, "
+        f"{args.precision}{', compiled (ours)' if args.compile else ''}\n\n"
         + common.markdown_table(["variant", "cfg scale", "median s per call", "images/s", "time vs vanilla"], rows))
     md += (f"\n\n{args.reps} timed rounds after {args.warmup} warm-up"
            + (" (**interrupted by a time limit**: fewer calls measured)" if interrupted else "") + "; time vs "
            "vanilla is the ratio of medians (with few rounds on a shared machine, within noise).")
-    if args.model == "B/2" and device.type == "cuda" and args.respacing == "ddim50":
-        for r in payload_rows:
-            if r["variant"] == "dtr" and r["cfg_scale"] == 1.0:
-                ok = r["images_per_s"] >= 100
-                md += (f"\n\n- DDIM-50, DiT-B/2, no guidance, dtr: {r['images_per_s']:.1f} images/s; target >= 100 on "
-                       f"one H100: {'holds' if ok else 'FAILS'}")
-    common.write_outputs(args.out_dir, "sample" + (f"_{args.tag}" if args.tag else ""), md,
-                         {"machine": info, "args": vars(args), "config": desc, "results": payload_rows})
+    payload = {"machine": info, "args": vars(args), "config": bm.desc, "results": payload_rows}
+    common.write_outputs(args.out_dir, "sample" + (f"_{args.tag}" if args.tag else ""), md, payload,
+                         metrics_from_payload(payload))
+
+
+def metrics_from_payload(payload: dict) -> dict[str, float]:
+    """Flat metrics (``<backbone>.<variant>.cfg<scale>.images_per_s`` and ``.overhead``) for check_targets.py."""
+    backbone = (payload.get("config") or {}).get("backbone", "dit")
+    m = {}
+    for r in payload["results"]:
+        k = f"{backbone}.{r['variant']}.cfg{r['cfg_scale']:g}"
+        m[f"{k}.images_per_s"] = r["images_per_s"]
+        if r.get("overhead_vs_vanilla"):
+            m[f"{k}.overhead"] = r["overhead_vs_vanilla"]["ratio_of_medians"]
+    return m
 
 
 if __name__ == "__main__":

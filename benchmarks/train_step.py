@@ -1,26 +1,27 @@
-"""Training-step benchmark: routing variants and a published-style DTR baseline, interleaved in one process.
+"""Training-step benchmark: every routing strategy (and a published-style baseline), interleaved in one process.
 
 A step is what ``dtr train`` does per batch: ``GaussianDiffusion.training_losses`` (T = 1000, learned sigma,
 hybrid loss) under the chosen autocast, backward, AdamW step (fused on CUDA, as the trainer), zero_grad. Every
-variant runs on the *same* parameter tensors: our variants are views of one DiT/ADM with different routing plans,
-the published-style ones wrap the same submodules (``published_baseline.py``); one AdamW per family (ours fused
-on CUDA, the published one torch's default) updates them in turn. Weights do not change the cost of a step, and
-sharing them keeps the memory of one model. Rounds are interleaved: each round runs one step of every variant,
-in a rotating order, so a shared machine's drifts hit all variants alike.
+variant runs on the *same* parameter tensors: the strategies' variants are views of one model with different
+routing plans, the published-style ones wrap the same DiT submodules (``_published.py``); one AdamW per family
+(ours fused on CUDA, the published one torch's default) updates them in turn. Weights do not change the cost of a
+step, and sharing them keeps the memory of one model. Rounds are interleaved: each round runs one step of every
+variant, in a rotating order, so a shared machine's drifts hit all variants alike.
 
-Variants: ``vanilla``, ``dtr``, ``random``, ``task_specific_sharing`` (this project's routing) and, for DiT,
-``pub_vanilla`` (official DiT forward, no routing) and ``pub_dtr`` (published-style routing with the dtr table).
-A variant may carry its own precision / compile, ``dtr@bf16+compile``, ``pub_dtr@fp16``.
+Backbones and strategies come from the plugin registry: by default every registered backbone (sizes from
+``models.yaml``; a backbone that cannot be built here, e.g. one that needs VAE weights, is skipped with the
+reason) and every registered strategy, plus ``pub_vanilla`` (official DiT forward) and ``pub_dtr``
+(published-style routing with the dtr table) on ``dit``. ``--backbones`` and ``--variants`` restrict them. A
+variant may carry its own precision / compile: ``dtr@bf16+compile``, ``pub_dtr@fp16``.
 
 Overheads compare each variant with the vanilla of its own family and settings: ours against ``vanilla``,
 published-style against ``pub_vanilla``.
 
-    python benchmarks/train_step.py --model S/2 --batch 8 --input-size 32 --precision fp32 --out-dir bench-out
+    python benchmarks/train_step.py --backbones dit --size S/2 --batch 8 --params input_size=16 --out-dir DIR
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import re
 import statistics
 import sys
@@ -33,14 +34,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import fmt_bytes, fmt_pct  # noqa: E402
+import _common as common  # noqa: E402
+import _published as pub  # noqa: E402
+from _common import fmt_bytes, fmt_pct  # noqa: E402
 
-OURS = ("vanilla", "dtr", "random", "task_specific_sharing")
 PUBLISHED = ("pub_vanilla", "pub_dtr")
-NUM_TASKS = 1000
 ABBA_NOTE = ": 2 steps per variant per round, step time = their mean"
-TINY_DIT = dict(depth=2, hidden_size=64, num_heads=4, patch_size=2)  # --model tiny (smoke runs)
 
 
 @dataclass
@@ -67,7 +66,7 @@ class Variant:
 
 
 # ------------------------------------------------------------------------------------------- building
-def parse_variant(spec: str, precision: str, compiled: bool) -> tuple[str, str, bool]:
+def parse_variant(spec: str, precision: str, compiled: bool, strategies: list[str]) -> tuple[str, str, bool]:
     name, *mods = re.split(r"[@+]", spec.strip())
     for part in filter(None, mods):
         if part in ("fp32", "bf16", "fp16"):
@@ -76,58 +75,17 @@ def parse_variant(spec: str, precision: str, compiled: bool) -> tuple[str, str, 
             compiled = part == "compile"
         else:
             raise SystemExit(f"variant {spec!r}: unknown modifier {part!r} (fp32, bf16, fp16, compile, eager)")
-    if name not in OURS + PUBLISHED:
-        raise SystemExit(f"variant {spec!r}: unknown (allowed: {', '.join(OURS + PUBLISHED)})")
+    if name not in [*strategies, *PUBLISHED]:
+        raise SystemExit(f"variant {spec!r}: unknown (registered strategies: {', '.join(strategies)}; "
+                         f"published-style: {', '.join(PUBLISHED)})")
     return name, precision, compiled
 
 
-def shallow_view(module: nn.Module) -> nn.Module:
-    """A second module object sharing all submodules, parameters and buffers of ``module``."""
-    view = copy.copy(module)
-    view._modules = dict(module._modules)
-    view._parameters = dict(module._parameters)
-    view._buffers = dict(module._buffers)
-    view._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-    return view
-
-
-def randomize_zero_init(model: nn.Module, seed: int = 0) -> None:
-    """adaLN-Zero and zeroed output layers make an untrained net degenerate; give them small weights."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-
-
-def build_base(backbone: str, args) -> tuple[nn.Module, dict[str, Any]]:
-    if backbone == "dit":
-        from dtr_plugins.backbones.dit import DiT
-
-        kw = dict(TINY_DIT) if args.model == "tiny" else {"size": args.model}
-        base = DiT(input_size=args.input_size, in_channels=4, num_classes=1000, **kw)
-        desc = {"backbone": "dit", "model": args.model, "input_size": args.input_size, "depth": base.depth,
-                "hidden_size": base.hidden_size, "patch_size": base.patch_size}
-    else:
-        from dtr_plugins.backbones.adm_unet import build_adm_unet
-
-        kw: dict[str, Any] = {"preset": args.adm_preset}
-        if args.channels_last:
-            kw["channels_last"] = True
-        base = build_adm_unet(**kw)
-        desc = {"backbone": "adm_unet", "preset": args.adm_preset, "image_size": base.image_size,
-                "channels_last": bool(args.channels_last)}
-    randomize_zero_init(base, args.seed)
-    return base, desc
-
-
-def build_variants(backbone: str, base: nn.Module, specs: list[str], args, device: torch.device) -> list[Variant]:
+def build_variants(bm: common.BenchModel, specs: list[str], args, device: torch.device) -> list[Variant]:
     import dtr_plugins as dp
-    from dtr_plugins.core.routing import RoutingPlan
 
-    from published_baseline import PublishedStyleDiT, published_tables
-
-    params = [p for p in base.parameters() if p.requires_grad]
+    strategies = common.plugin_names("strategy")
+    params = [p for p in bm.base.parameters() if p.requires_grad]
     optimizers: dict[str, torch.optim.Optimizer] = {}
 
     def optimizer_for(family: str) -> torch.optim.Optimizer:
@@ -138,33 +96,32 @@ def build_variants(backbone: str, base: nn.Module, specs: list[str], args, devic
 
     variants = []
     for spec in specs:
-        kind, precision, compiled = parse_variant(spec, args.precision, args.compile)
-        if kind in PUBLISHED and backbone != "dit":
-            continue
+        kind, precision, compiled = parse_variant(spec, args.precision, args.compile, strategies)
+        if kind in PUBLISHED and bm.name != "dit":
+            continue  # the published-style baseline is a DiT
         family = "published" if kind in PUBLISHED else "ours"
         if family == "ours":
-            module = shallow_view(base)
-            module.attach_routing(RoutingPlan(dp.build_strategy(kind), base.routed_channels(), NUM_TASKS).to(device))
+            module = common.routed_view(bm, kind, device)
             own_buffers = common.tensor_bytes(module.plan.buffers())
         else:
-            tables = None if kind == "pub_vanilla" else published_tables(
-                dp.build_strategy("dtr"), NUM_TASKS, base.hidden_size, base.depth)
-            module = PublishedStyleDiT(base, tables).to(device)
+            base = bm.base
+            tables = None if kind == "pub_vanilla" else pub.published_tables(
+                dp.build_strategy("dtr"), bm.num_tasks, base.hidden_size, base.depth)
+            module = pub.PublishedStyleDiT(base, tables).to(device)
             own_buffers = common.tensor_bytes(b for n, b in module.named_buffers() if "unit_mapping" in n)
         module.train()
         model = torch.compile(module, backend=args.compile_backend) if compiled else module
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        label = spec.strip()
-        variants.append(Variant(label, kind, precision, compiled, family, module, model, optimizer_for(family),
-                                scaler, own_buffer_bytes=own_buffers))
+        variants.append(Variant(spec.strip(), kind, precision, compiled, family, module, model,
+                                optimizer_for(family), scaler, own_buffer_bytes=own_buffers))
     return variants
 
 
 # -------------------------------------------------------------------------------------------- running
-def train_step(v: Variant, diffusion, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+def train_step(v: Variant, diffusion, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any],
                device: torch.device) -> None:
     with common.autocast(v.precision, device):
-        loss = diffusion.training_losses(v.model, x, t, model_kwargs={"y": y})["loss"].mean()
+        loss = diffusion.training_losses(v.model, x, t, model_kwargs=kwargs)["loss"].mean()
     v.scaler.scale(loss).backward()
     v.scaler.step(v.optimizer)
     v.scaler.update()
@@ -175,28 +132,30 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     return common.tensor_bytes(s for state in opt.state.values() for s in state.values() if torch.is_tensor(s))
 
 
-def run_interleaved(variants: list[Variant], diffusion, batch: int, in_shape: tuple[int, ...], num_classes: int,
-                    args, device: torch.device) -> dict[str, int]:
+def run_interleaved(variants: list[Variant], diffusion, bm: common.BenchModel, batch: int, args,
+                    device: torch.device) -> dict[str, int]:
     """Warm-up rounds, then timed rounds; returns dynamo's graph count after warm-up and at the end."""
     g = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(batch, *in_shape, generator=g).to(device)
-    y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    x = torch.randn(batch, *bm.shape, generator=g).to(device)
+    kwargs = common.model_kwargs(bm, batch, device, g)
     rounds = args.warmup + args.steps
-    ts = torch.randint(0, NUM_TASKS, (rounds, batch), generator=g).to(device)
+    ts = torch.randint(0, bm.num_tasks, (rounds, batch), generator=g).to(device)
     graphs: dict[str, int] = {"interrupted_after_rounds": -1}
     try:
-        _rounds(variants, diffusion, x, y, ts, rounds, args, device, graphs)
+        _rounds(variants, diffusion, x, kwargs, ts, rounds, args, device, graphs)
     except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): keep and report the rounds done so far
-        done = min((len(v.times) for v in variants if not v.error), default=0)
+        done = min((len(v.times) for v in variants if not v.error and v.times), default=0)
         for v in variants:
             del v.times[done:]
+            if not v.error and not v.times:
+                v.error = "time limit reached before its first timed round"
         graphs["interrupted_after_rounds"] = done
         print(f"interrupted: reporting {done} complete timed rounds", file=sys.stderr, flush=True)
     graphs["end"] = dynamo_graphs()
     return graphs
 
 
-def _rounds(variants, diffusion, x, y, ts, rounds, args, device, graphs) -> None:
+def _rounds(variants, diffusion, x, kwargs, ts, rounds, args, device, graphs) -> None:
     param_bytes = None
     k = len(variants)
     for r in range(rounds):
@@ -214,7 +173,7 @@ def _rounds(variants, diffusion, x, y, ts, rounds, args, device, graphs) -> None
                 torch.cuda.reset_peak_memory_stats(device)
             try:
                 with common.Timer(device) as timer:
-                    train_step(v, diffusion, x, ts[r], y, device)
+                    train_step(v, diffusion, x, ts[r], kwargs, device)
             except Exception as exc:  # one variant failing (compile, out of memory) must not lose the others
                 v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 print(f"[{v.label}] failed: {v.error}", file=sys.stderr, flush=True)
@@ -234,7 +193,7 @@ def _rounds(variants, diffusion, x, y, ts, rounds, args, device, graphs) -> None
         for v in variants:  # one time per variant and round: the mean of its runs in the round (ABBA: two)
             if id(v) in per_round:
                 v.times.append(statistics.fmean(per_round[id(v)]))
-        if args.verbose or r == 0:
+        if args.verbose or r == 0 or r == args.warmup:
             print(f"round {r + 1}/{rounds}: " + ", ".join(
                 f"{v.label} {(v.times or v.warmup_times or [float('nan')])[-1] * 1e3:.1f} ms" for v in variants),
                 file=sys.stderr, flush=True)
@@ -268,6 +227,7 @@ def results(variants: list[Variant], batch: int, macs: float, device: torch.devi
             row["mfu"] = 6 * macs * row["images_per_s"] / (peak * 1e12) if peak else None
             row["peak_tflops"], row["peak_tflops_source"] = peak, source
             row["peak_memory_bytes"] = max(v.peaks) if v.peaks else None
+            row["mask_buffer_bytes"] = v.own_buffer_bytes
             ref = reference_for(v, variants)
             if ref is not None and ref is not v:
                 n = min(len(v.times), len(ref.times))
@@ -289,77 +249,73 @@ def _ci(o: dict[str, float]) -> str:
             f"{fmt_pct(o['ci95_low'])} .. {fmt_pct(o['ci95_high'])})")
 
 
-def target_lines(rows: list[dict[str, Any]], args) -> tuple[list[str], dict[str, Any]]:
-    """Our routing overhead, the published-style overhead, their ratio and DTR step against DTR step.
-
-    Verdicts use the paired 95% interval: a target holds or fails only when the whole interval says so; otherwise
-    the run's noise does not resolve it, and the line says that.
-    """
+def comparisons(rows: list[dict[str, Any]], seed: int) -> tuple[list[str], dict[str, Any]]:
+    """Our routing overhead, the published-style overhead, their ratio, our dtr step against the published-style
+    dtr step, and the end-to-end speed-up. Numbers only: ``check_targets.py`` compares them with the targets."""
     lines, out = [], {}
-    unresolved = "not resolved by this run (the 95% CI straddles the target)"
-    if min((len(r["times_s"]) for r in rows if "times_s" in r), default=0) < 10:
-        few = "n/a (fewer than 10 timed rounds: no verdict)"
-        unresolved = few
     for settings in dict.fromkeys((r["precision"], r["compile"]) for r in rows):
-        ours, pub = find(rows, "dtr", settings), find(rows, "pub_dtr", settings)
-        tag = f"{settings[0]}{' + compile' if settings[1] else ''}"
+        ours, published = find(rows, "dtr", settings), find(rows, "pub_dtr", settings)
+        tag = f"{settings[0]}{'+compile' if settings[1] else ''}"
         entry: dict[str, Any] = {}
         o = ours.get("overhead") if ours else None
-        p = pub.get("overhead") if pub else None
+        p = published.get("overhead") if published else None
         if o:
-            entry["ours_overhead"] = o
-            verdict = ("holds" if o["ci95_high"] <= 0.03 else "FAILS" if o["ci95_low"] > 0.03 else unresolved)
-            verdict = unresolved if unresolved.startswith("n/a") else verdict
-            lines.append(f"- [{tag}] our routing overhead (dtr vs vanilla): {_ci(o)}; target <= +3%: {verdict}")
+            lines.append(f"- [{tag}] our routing overhead (dtr vs vanilla): {_ci(o)}")
         if p:
-            entry["published_overhead"] = p
             lines.append(f"- [{tag}] published-style overhead (pub_dtr vs pub_vanilla): {_ci(p)}")
-        if o and p:
-            a, b = o["ratio_of_medians"], p["ratio_of_medians"]
-            ratio = b / a if a > 0 else float("inf")
-            entry["overhead_ratio"] = ratio
-            if (o["ci95_high"] <= 0 < p["ci95_low"]) or (o["ci95_high"] > 0 and p["ci95_low"] >= 3 * o["ci95_high"]):
-                verdict = "holds"
-            elif o["ci95_low"] > 0 and p["ci95_high"] < 3 * o["ci95_low"]:
-                verdict = "FAILS"
-            else:
-                verdict = "not resolved by this run (the overheads' 95% CIs overlap too much)"
-            verdict = unresolved if unresolved.startswith("n/a") else verdict
-            lines.append(f"- [{tag}] published-style overhead / ours (ratio of medians): "
-                         f"{'unbounded (ours <= 0)' if a <= 0 else f'{ratio:.2f}x'}; target >= 3x: {verdict}")
-        if ours and pub:
-            n = min(len(ours["times_s"]), len(pub["times_s"]))
-            cmp = common.paired_overhead(ours["times_s"][:n], pub["times_s"][:n], seed=args.seed)
-            entry["dtr_vs_pub_dtr"] = cmp
-            verdict = ("holds" if cmp["ci95_high"] <= 0 else "FAILS" if cmp["ci95_low"] > 0 else
-                       "no difference resolved by this run (the 95% CI straddles 0)")
-            verdict = unresolved if unresolved.startswith("n/a") else verdict
-            lines.append(f"- [{tag}] our dtr step vs published-style dtr step: {_ci(cmp)}; target: ours at least as "
-                         f"fast: {verdict}")
+        if o and p and o["ratio_of_medians"] > 0:
+            entry["published_over_ours"] = p["ratio_of_medians"] / o["ratio_of_medians"]
+            lines.append(f"- [{tag}] published-style overhead / ours: {entry['published_over_ours']:.2f}x")
+        if ours and published:
+            n = min(len(ours["times_s"]), len(published["times_s"]))
+            entry["dtr_vs_pub_dtr"] = common.paired_overhead(ours["times_s"][:n], published["times_s"][:n], seed=seed)
+            lines.append(f"- [{tag}] our dtr step vs published-style dtr step: {_ci(entry['dtr_vs_pub_dtr'])}")
         if entry:
             out[tag] = entry
-    # end to end: our dtr with compile against the published-style dtr in fp16 autocast, eager (its recipe)
-    ours_fast = [r for r in rows if r["kind"] == "dtr" and r["compile"] and "step_s" in r]
-    pub_fp16 = [r for r in rows if r["kind"] == "pub_dtr" and r["precision"] == "fp16" and not r["compile"]
-                and "step_s" in r]
-    if ours_fast and pub_fp16:
-        a, b = ours_fast[0], pub_fp16[0]
-        speedup = b["step_s"]["median"] / a["step_s"]["median"]
-        out["end_to_end_speedup"] = speedup
-        lines.append(f"- end to end: speed-up of our {a['variant']} ({a['precision']}, fused AdamW on CUDA) over the "
-                     f"published-style {b['variant']} (fp16 autocast, eager, default AdamW): {speedup:.2f}x "
-                     f"(ratio of median step times); GPU target (DiT-B/2, H100) >= 2x: "
-                     f"{'holds' if speedup >= 2 else 'FAILS'}")
-    goals = {"B/2": (0.35, 30e9), "L/2": (0.45, 70e9)}
-    if args.model in goals and args.batch == 256 and any(r.get("peak_memory_bytes") for r in rows):
-        mfu_goal, mem_goal = goals[args.model]
-        for r in rows:
-            if r["kind"] == "dtr" and r["precision"] == "bf16" and "step_s" in r and r.get("mfu") is not None:
-                mem = r.get("peak_memory_bytes")
-                lines.append(f"- {r['variant']}: MFU {100 * r['mfu']:.1f}% (target >= {100 * mfu_goal:.0f}% at batch "
-                             f"256: {'holds' if r['mfu'] >= mfu_goal else 'FAILS'}); peak memory {fmt_bytes(mem)} "
-                             f"(target <= {fmt_bytes(mem_goal)}: {'holds' if mem and mem <= mem_goal else 'FAILS'})")
+    # end to end: our compiled dtr against the published-style dtr in fp16 autocast, eager (its recipe)
+    fast = [r for r in rows if r["kind"] == "dtr" and r["compile"] and "step_s" in r]
+    slow = [r for r in rows if r["kind"] == "pub_dtr" and r["precision"] == "fp16" and not r["compile"]
+            and "step_s" in r]
+    if fast and slow:
+        out["end_to_end_speedup"] = slow[0]["step_s"]["median"] / fast[0]["step_s"]["median"]
+        lines.append(f"- end to end: our {fast[0]['variant']} ({fast[0]['precision']}, fused AdamW on CUDA) over the "
+                     f"published-style {slow[0]['variant']} (fp16 autocast, eager, default AdamW): "
+                     f"{out['end_to_end_speedup']:.2f}x (ratio of median step times)")
     return lines, out
+
+
+def metrics_from_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Flat metrics (``<backbone>.<variant>.<metric>``) of a train_step result, for ``check_targets.py``."""
+    m: dict[str, Any] = {}
+    for backbone, data in payload.items():
+        if not isinstance(data, dict) or "results" not in data:
+            continue
+        name = {"adm": "adm_unet"}.get(backbone, backbone)  # files written before backbones were plugin names
+        for r in data["results"]:
+            if "step_s" not in r:
+                continue
+            k = f"{name}.{r['variant']}"
+            m[f"{k}.step_s"] = r["step_s"]["median"]
+            m[f"{k}.images_per_s"] = r["images_per_s"]
+            m[f"{k}.mfu"] = r.get("mfu")
+            if r.get("peak_memory_bytes"):
+                m[f"{k}.peak_memory_gb"] = r["peak_memory_bytes"] / 1e9
+            if r.get("overhead"):
+                for stat in ("ratio_of_medians", "paired_median", "ci95_low", "ci95_high"):
+                    m[f"{k}.overhead.{stat}"] = r["overhead"][stat]
+        for tag, entry in (data.get("comparisons") or data.get("targets") or {}).items():
+            if not isinstance(entry, dict):
+                m[f"{name}.{tag}"] = entry
+                continue
+            ratio = entry.get("published_over_ours", entry.get("overhead_ratio"))
+            if ratio is not None:
+                m[f"{name}.{tag}.published_over_ours"] = ratio
+            for stat, value in (entry.get("dtr_vs_pub_dtr") or {}).items():
+                m[f"{name}.{tag}.dtr_vs_pub_dtr.{stat}"] = value
+        graphs = data.get("dynamo_graphs") or {}
+        if "after_warmup" in graphs and any(r.get("compile") and "step_s" in r for r in data["results"]):
+            m[f"{name}.new_graphs_timed"] = graphs["end"] - graphs["after_warmup"]
+    return m
 
 
 def table(rows: list[dict[str, Any]], device: torch.device) -> str:
@@ -381,112 +337,104 @@ def table(rows: list[dict[str, Any]], device: torch.device) -> str:
     return common.markdown_table(headers, body)
 
 
-def mask_memory(variants: list[Variant], base: nn.Module, backbone: str) -> tuple[str, dict[str, Any]]:
-    """Mask buffers: measured on the benchmarked model, and computed for the DiT sizes."""
-    from published_baseline import published_mask_bytes
-
+def mask_memory(variants: list[Variant], bm: common.BenchModel) -> tuple[str, dict[str, Any]]:
+    """Mask buffers: measured on the benchmarked model; for DiT also computed for the published sizes."""
     measured = []
     for v in variants:
         if v.family == "ours":
-            plan = v.module.plan
             persistent = sum(t.numel() * t.element_size() for k, t in v.module.state_dict().items() if "table_" in k)
-            measured.append([v.label, f"{plan.num_tables} bool table(s)", fmt_bytes(v.own_buffer_bytes),
-                             fmt_bytes(persistent)])
+            measured.append([v.label, f"{v.module.plan.num_tables} bool table(s)", v.own_buffer_bytes, persistent])
         elif v.kind == "pub_dtr":
             persistent = sum(t.numel() * t.element_size() for k, t in v.module.state_dict().items()
                              if "unit_mapping" in k)
-            measured.append([v.label, f"{len(v.module.blocks)} float tables", fmt_bytes(v.own_buffer_bytes),
-                             fmt_bytes(persistent)])
+            measured.append([v.label, f"{len(v.module.blocks)} float tables", v.own_buffer_bytes, persistent])
     text = "Mask buffers of the benchmarked model (measured):\n\n" + common.markdown_table(
-        ["variant", "tables", "buffer bytes", "bytes in state_dict (x2 with EMA per checkpoint)"], measured)
+        ["variant", "tables", "buffer bytes", "bytes in state_dict (x2 with EMA per checkpoint)"],
+        [[a, b, fmt_bytes(c), fmt_bytes(d)] for a, b, c, d in measured])
     payload: dict[str, Any] = {"measured": measured}
-    if backbone == "dit":
+    if bm.name == "dit":
         from dtr_plugins.backbones.dit import DIT_SIZES
 
         rows = []
         for size in ("S/2", "B/2", "L/2", "XL/2"):
             d, c = DIT_SIZES[size]["depth"], DIT_SIZES[size]["hidden_size"]
-            pub = published_mask_bytes(d, NUM_TASKS, c)
-            rows.append([f"DiT-{size}", f"{d} x {c}", fmt_bytes(NUM_TASKS * c), fmt_bytes(d * NUM_TASKS * c),
-                         fmt_bytes(pub), fmt_bytes(2 * pub), "0 B"])
+            published = pub.published_mask_bytes(d, bm.num_tasks, c)
+            rows.append([f"DiT-{size}", f"{d} x {c}", fmt_bytes(bm.num_tasks * c), fmt_bytes(d * bm.num_tasks * c),
+                         fmt_bytes(published), fmt_bytes(2 * published), "0 B"])
         text += ("\n\nMask buffers by DiT size (T = 1000; dtr shares one table per width, random draws one per "
                  "layer; ours are non-persistent, rebuilt from the config):\n\n" + common.markdown_table(
                      ["model", "depth x width", "ours dtr (bool)", "ours random (bool)", "published (float/block)",
                       "published per checkpoint (model + EMA)", "ours per checkpoint"], rows))
-        payload["by_size"] = rows
     return text, payload
 
 
 # ----------------------------------------------------------------------------------------------- main
-def bench_backbone(backbone: str, args, device: torch.device) -> tuple[str, dict[str, Any]]:
-    from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
+def forward_macs(bm: common.BenchModel, device: torch.device) -> tuple[float, float]:
+    """(MACs used for MFU, MACs counted by FlopCounterMode) of one image's forward pass.
 
-    base, desc = build_base(backbone, args)
-    base.to(device)
-    if backbone == "dit":
-        batch = args.batch
-        in_shape = (4, args.input_size, args.input_size)
-        macs = common.dit_forward_macs(args.model, args.input_size, base.patch_size, base.hidden_size, base.depth)
-        specs = args.variants
-    else:
-        batch = args.adm_batch
-        in_shape = (base.in_channels, base.image_size, base.image_size)
-        macs = None
-        specs = [s for s in args.variants if re.split(r"[@+]", s.strip())[0] in OURS]
-    num_classes = getattr(base, "num_classes", None) or 1000
-    example = (torch.randn(1, *in_shape, device=device), torch.tensor([10], device=device),
-               torch.tensor([1], device=device))
-    counted = common.counted_forward_macs(base.eval(), example)
-    macs = macs or counted
-    diffusion = GaussianDiffusion(get_named_beta_schedule("linear", NUM_TASKS), learn_sigma=True)
-    variants = build_variants(backbone, base, specs, args, device)
-    print(f"[{backbone}] {desc}: batch {batch}, {len(variants)} variants x ({args.warmup} warm-up + {args.steps} "
-          f"timed) interleaved rounds", file=sys.stderr, flush=True)
-    graphs = run_interleaved(variants, diffusion, batch, in_shape, num_classes, args, device)
-    rows = results(variants, batch, macs, device, args)
-    lines, targets = target_lines(rows, args)
+    DiT at 32x32 latents uses the DiT paper's GMACs (``DIT_GMACS_32``); everything else the counted number.
+    """
+    g = torch.Generator().manual_seed(0)
+    example = (torch.randn(1, *bm.shape, generator=g).to(device), torch.tensor([10], device=device))
+    kwargs = common.model_kwargs(bm, 1, device, g)
+    counted = common.counted_forward_macs(bm.base.eval(), (*example, *kwargs.values()))
+    params = bm.cfg.backbone.params
+    paper = common.DIT_GMACS_32.get(params.get("size")) if bm.name == "dit" and params.get("input_size") == 32 else None
+    return (paper * 1e9 if paper else counted), counted
+
+
+def bench_backbone(bm: common.BenchModel, args, device: torch.device) -> tuple[str, dict[str, Any]]:
+    bm.base.to(device)
+    strategies = sorted(common.plugin_names("strategy"), key=lambda n: n != "vanilla")  # the reference first
+    specs = args.variants or [*strategies, *PUBLISHED]
+    macs, counted = forward_macs(bm, device)
+    diffusion = common.build_diffusion(bm)
+    variants = build_variants(bm, specs, args, device)
+    print(f"[{bm.label}] {bm.desc['params']}: batch {args.batch}, {len(variants)} variants x ({args.warmup} warm-up "
+          f"+ {args.steps} timed) interleaved rounds", file=sys.stderr, flush=True)
+    graphs = run_interleaved(variants, diffusion, bm, args.batch, args, device)
+    rows = results(variants, args.batch, macs, device, args)
+    lines, comps = comparisons(rows, args.seed)
     compiled = [v for v in variants if v.compiled and not v.error]
     if compiled:
         new = graphs["end"] - graphs.get("after_warmup", graphs["end"])
         first = ", ".join(f"{v.label} {v.warmup_times[0]:.1f} s" for v in compiled if v.warmup_times)
         lines.append(f"- torch.compile: {graphs.get('after_warmup', 0)} graph(s) compiled in warm-up (first step, "
                      f"compile included: {first}); {new} new graph(s) during the {args.steps} timed rounds with new "
-                     f"timesteps every step: {'no recompiles' if new == 0 else 'RECOMPILED'}")
-    where = (f"DiT-{args.model}, {args.input_size}x{args.input_size}x4 inputs" if backbone == "dit"
-             else f"ADM U-Net preset {args.adm_preset} ({base.image_size}x{base.image_size}x{base.in_channels})")
-    text = (f"### Training step: {where}, batch {batch}\n\n"
-            f"Forward {macs / 1e9:.3g} GMACs per image (counted: {counted / 1e9:.3g}); {args.steps} timed interleaved "
-            f"rounds ({args.order}{ABBA_NOTE if args.order == 'abba' else ''}) "
-            f"after {args.warmup} warm-up; device {device}.\n\n" + table(rows, device))
+                     f"timesteps every step")
+    c, h, w = bm.shape
+    text = (f"### Training step: {bm.label}, {c}x{h}x{w} inputs, batch {args.batch}\n\n"
+            f"Forward {macs / 1e9:.3g} GMACs per image (counted: {counted / 1e9:.3g}); {args.steps} timed "
+            f"interleaved rounds ({args.order}{ABBA_NOTE if args.order == 'abba' else ''}) after {args.warmup} "
+            f"warm-up; device {device}.\n\n" + table(rows, device))
     if graphs["interrupted_after_rounds"] >= 0:
-        done = graphs["interrupted_after_rounds"]
-        lines.insert(0, f"- **interrupted by a time limit**: {done} complete timed rounds of {args.steps} planned")
+        lines.insert(0, f"- **interrupted by a time limit**: {graphs['interrupted_after_rounds']} complete timed "
+                        f"rounds of {args.steps} planned")
     if lines:
         text += "\n\n" + "\n".join(lines)
-    mem_text, mem_payload = mask_memory(variants, base, backbone)
+    mem_text, mem_payload = mask_memory(variants, bm)
     text += "\n\n" + mem_text
-    payload = {"config": {**desc, "batch": batch, "steps": args.steps, "warmup": args.warmup,
+    payload = {"config": {**bm.desc, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
                           "forward_macs_per_image": macs, "counted_forward_macs_per_image": counted},
-               "results": rows, "targets": targets, "mask_memory": mem_payload, "dynamo_graphs": graphs}
+               "results": rows, "comparisons": comps, "mask_memory": mem_payload, "dynamo_graphs": graphs}
     return text, payload
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backbone", choices=("dit", "adm", "both"), default="both",
-                    help="both: DiT, then ADM if dtr_plugins.backbones.adm_unet imports")
-    ap.add_argument("--model", default="S/2", help="DiT size preset (S/2, B/2, L/2, XL/2, ...) or 'tiny'")
+    ap.add_argument("--backbones", default=None, help="comma list of backbone plugins (default: every registered)")
+    ap.add_argument("--size", default=None, help="size label from models.yaml, or backbone=LABEL,... "
+                                                 "(default: each backbone's first label)")
+    ap.add_argument("--params", action="append", default=[], metavar="[BACKBONE.]KEY=VALUE",
+                    help="override a backbone parameter (YAML value); repeatable")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256x256 images)")
-    ap.add_argument("--adm-preset", default="small", help="ADM preset (small, adm-64, adm-128, adm-256)")
-    ap.add_argument("--adm-batch", type=int, default=None, help="ADM batch (default: --batch)")
-    ap.add_argument("--channels-last", action="store_true", help="ADM in channels_last memory format")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    ap.add_argument("--compile", action="store_true", help="torch.compile every variant (unless it says @eager)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every variant (unless it says +eager)")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick checks)")
-    ap.add_argument("--variants", default=",".join(OURS + PUBLISHED),
-                    help="comma list; name[@fp32|bf16|fp16][+compile|+eager]")
+    ap.add_argument("--variants", default=None,
+                    help="comma list, name[@fp32|bf16|fp16][+compile|+eager]; names: registered strategies, "
+                         "pub_vanilla, pub_dtr (default: every registered strategy, then pub_vanilla, pub_dtr)")
     ap.add_argument("--steps", type=int, default=30, help="timed rounds (one step of every variant each)")
     ap.add_argument("--order", choices=("rotate", "abba"), default="rotate",
                     help="rotate: one step per variant per round, rotating the start; abba: each round runs the "
@@ -498,39 +446,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=None, help="write train_step[_TAG].md and .json here")
     ap.add_argument("--tag", default=None, help="suffix of the output file names")
-    ap.add_argument("--smoke", action="store_true", help="tiny model, 2 rounds: proves the script runs")
+    ap.add_argument("--smoke", action="store_true", help="tiny models, batch 2, 2 rounds: proves the script runs")
     ap.add_argument("--verbose", action="store_true", help="print every round's times")
+    ap.add_argument("--add-metrics", nargs="+", metavar="JSON", help="only recompute the metrics of result files")
     args = ap.parse_args(argv)
-    args.variants = [s for s in args.variants.split(",") if s.strip()]
+    if args.add_metrics:
+        return common.add_metrics(args.add_metrics, metrics_from_payload)
+    args.variants = [s.strip() for s in args.variants.split(",") if s.strip()] if args.variants else None
     if args.smoke:
-        args.model, args.input_size, args.batch, args.steps, args.warmup = "tiny", 8, 2, 2, 1
-        args.adm_preset, args.adm_batch = "small", 2
-    args.adm_batch = args.adm_batch or args.batch
+        args.size, args.batch, args.steps, args.warmup = "tiny", 2, 2, 1
 
     common.quiet_plugin_warnings()
     device = common.pick_device(args.device)
     common.setup_backends(device, args.threads)
-    torch.manual_seed(args.seed)
 
-    backbones = ["dit", "adm"] if args.backbone == "both" else [args.backbone]
     sections, payload = [], {"machine": common.machine_info(device), "args": vars(args)}
-    for backbone in backbones:
-        if backbone == "adm":
-            try:
-                import dtr_plugins.backbones.adm_unet  # noqa: F401
-            except Exception as exc:  # being written by someone else: skip, say why
-                msg = f"ADM skipped: dtr_plugins.backbones.adm_unet does not import ({type(exc).__name__}: {exc})"
-                print(msg, file=sys.stderr)
-                sections.append(msg)
-                continue
-        text, data = bench_backbone(backbone, args, device)
-        sections.append(text)
-        payload[backbone] = data
+    for backbone in common.plugin_names("backbone", args.backbones):
+        size = common.size_for(backbone, args.size)
+        bm, error = common.run_guarded(f"build {backbone} {size}", lambda: common.build_bench_model(
+            backbone, size, args.params, seed=args.seed))
+        if bm is None:
+            sections.append(f"### Training step: {backbone} skipped, it could not be built here: {error}")
+            continue
+        done, error = common.run_guarded(f"train_step {bm.label}", lambda: bench_backbone(bm, args, device))
+        bm = None  # free this backbone before building the next
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if done is None:
+            sections.append(f"### Training step: {backbone} failed: {error}")
+            continue
+        sections.append(done[0])
+        payload[backbone] = done[1]
     info = payload["machine"]
     info["max_rss_bytes"] = common.rss_bytes()
     markdown = "\n".join(common.header_lines(info)) + "\n\n" + "\n\n".join(sections)
     stem = "train_step" + (f"_{args.tag}" if args.tag else "")
-    common.write_outputs(args.out_dir, stem, markdown, payload)
+    common.write_outputs(args.out_dir, stem, markdown, payload, metrics_from_payload(payload))
 
 
 if __name__ == "__main__":

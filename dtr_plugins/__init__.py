@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core.build import build_diffusion, build_model
+from ._version import __version__
 from .core.config import ExperimentConfig, load_config
 from .core.errors import UserError
 from .core.hookspecs import hookimpl
 from .core.plugins import build_strategy, list_plugins
-
-__version__ = "0.1.0"
+from .engine.compose import build_codec, build_components, build_diffusion, build_model
 
 
 def load_checkpoint(model, path, **kwargs: Any):
@@ -58,5 +57,6 @@ def run_suite(path, **kwargs: Any):
 
 
 __all__ = ["hookimpl", "load_config", "list_plugins", "build_strategy", "build_model", "build_diffusion",
+           "build_codec", "build_components",
            "load_checkpoint", "from_pretrained", "train", "sample", "evaluate", "run_suite", "ExperimentConfig", "UserError",
            "__version__"]

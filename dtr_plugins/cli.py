@@ -27,9 +27,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from . import load_config
+    from .core.config import load_config
+    from .engine.compose import check_composition
 
-    return load_config(args.config, overrides=args.overrides)
+    cfg = load_config(args.config, overrides=args.overrides)
+    try:
+        check_composition(cfg)
+    except UserError as exc:
+        raise type(exc)(f"{args.config}: {exc}") from None
+    return cfg
 
 
 def cmd_plugins(args) -> int:
@@ -56,7 +62,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_masks(args) -> int:
-    from .core.build import build_model
+    from .engine.compose import build_model
     from .engine.plots import plot_routing_plan
 
     cfg = _load(args)
@@ -67,7 +73,7 @@ def cmd_masks(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import train
+    from .engine.train import train
 
     cfg = _load(args)
     run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
@@ -77,7 +83,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from . import sample
+    from .engine.sample import sample
 
     out = sample(args.source, num=args.num, out=args.out, sampler=args.sampler, respacing=args.respacing,
                  cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
@@ -88,8 +94,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import evaluate
     from .core.io import write_json
+    from .engine.evaluate import evaluate
 
     result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
                       weights_path=args.weights)
@@ -99,7 +105,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from . import run_suite
+    from .engine.suite import run_suite
 
     run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel)
     return 0
@@ -114,7 +120,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_cache_latents(args) -> int:
-    from .engine.latents import cache_latents
+    from .engine.compose import cache_latents
 
     cfg = _load(args)
     path = cache_latents(cfg)

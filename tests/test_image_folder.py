@@ -212,3 +212,14 @@ def test_linked_class_folders_are_followed_and_cycles_refused(tmp_path):
     (store / "y" / "loop").symlink_to(store / "y", target_is_directory=True)
     with pytest.raises(DataError, match=r"c/loop: links back to a folder that contains it \(a cycle\)"):
         ImageFolder(str(root), image_size=8)
+
+
+def test_heldout_split_keeps_every_label_with_its_file(tmp_path):
+    root = tmp_path / "d"
+    for i in range(30):
+        png(root / ("a", "b", "c")[i % 3] / f"{i:03d}.png", i)
+    parts = [ImageFolder(str(root), 8, split=s, heldout_fraction=0.4) for s in ("train", "heldout")]
+    assert sum(len(p) for p in parts) == 30 and all(len(p) for p in parts)
+    for part in parts:
+        assert part.classes == ["a", "b", "c"] and part.num_classes == 3
+        assert part.labels == [part.class_index[f.relative_to(root).parts[0]] for f in part.files]

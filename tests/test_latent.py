@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import dtr_plugins as dp
-from dtr_plugins.core.build import build_dataset, build_model
+from dtr_plugins.codecs.autoencoder_kl import AutoencoderKLCodec
+from dtr_plugins.codecs.latent_cache import LatentCacheDataset, draw_latents
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import default_registry
-from dtr_plugins.engine import latents
-from dtr_plugins.engine.latents import FrozenVae, LatentCacheDataset, cache_latents
+from dtr_plugins.engine.compose import (build_codec, build_components, build_dataset, build_model, cache_latents,
+                                        latent_cache_root)
 
 from .conftest import write
 
@@ -51,13 +52,13 @@ def config(tmp_path, vae_dir, *overrides):
 
 def count_encodes(monkeypatch):
     calls = []
-    original = FrozenVae.posterior
+    original = AutoencoderKLCodec.posterior
 
     def counted(self, images):
         calls.append(images.shape[0])
         return original(self, images)
 
-    monkeypatch.setattr(FrozenVae, "posterior", counted)
+    monkeypatch.setattr(AutoencoderKLCodec, "posterior", counted)
     return calls
 
 
@@ -66,18 +67,20 @@ def forbid_vae(monkeypatch):
         raise AssertionError("the VAE must not be used here")
 
     for name in ("posterior", "encode", "_load"):
-        monkeypatch.setattr(FrozenVae, name, boom)
+        monkeypatch.setattr(AutoencoderKLCodec, name, boom)
 
 
 def test_model_geometry_comes_from_the_vae(tmp_path, vae_dir):
     cfg, _ = config(tmp_path, vae_dir)
-    model = build_model(cfg)
-    assert (model.in_channels, model.input_size, model.image_size) == (4, 8, 16)  # 16px / 2 (two levels)
-    assert model.sample_shape == (4, 8, 8) and model.out_channels == 8
-    assert model.scale_factor == pytest.approx(0.18215)  # the VAE config's scaling_factor
-    assert not model.vae.loaded  # building reads config.json only; weights load on first use
+    codec = build_codec(cfg)
+    model = build_model(cfg, codec=codec)
+    assert (model.in_channels, model.input_size) == (4, 8)  # 16px / 2 (two levels)
+    assert codec.latent_shape((3, 16, 16)) == (4, 8, 8) and model.out_channels == 8
+    assert codec.scale_factor == pytest.approx(0.18215)  # the VAE config's scaling_factor
+    assert not codec.loaded  # building reads config.json only; weights load on first use
+    assert not hasattr(model, "vae")  # the codec is the engine's stage, not part of the model
     cfg2, _ = config(tmp_path, vae_dir, "vae.scale_factor=0.5")
-    assert build_model(cfg2).scale_factor == 0.5
+    assert build_codec(cfg2).scale_factor == 0.5
 
 
 def test_cache_written_reused_and_resumed(tmp_path, vae_dir, monkeypatch):
@@ -96,7 +99,7 @@ def test_cache_written_reused_and_resumed(tmp_path, vae_dir, monkeypatch):
     # The stored posteriors are the VAE's (scaled), for the image and for its flip.
     shard = torch.load(shards[0], weights_only=True)
     assert shard["posterior"].shape == (8, 2, 2, 4, 8, 8) and shard["labels"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
-    vae = build_model(cfg).vae
+    vae = build_codec(cfg)
     image = default_registry().build("dataset", "synthetic", **cfg.data.params)[1][0]
     mean, std = vae.posterior(torch.stack([image, image.flip(-1)]))
     torch.testing.assert_close(shard["posterior"][1, :, 0], mean, rtol=1e-4, atol=1e-5)
@@ -116,7 +119,7 @@ def test_cache_written_reused_and_resumed(tmp_path, vae_dir, monkeypatch):
 
     # The key separates caches: another image size or scale factor is another folder.
     other, _ = config(tmp_path, vae_dir, "vae.scale_factor=0.5")
-    assert latents.cache_path(other, build_model(other).vae) != root
+    assert latent_cache_root(other, build_codec(other))[0] != root
 
 
 def test_train_from_cache_without_vae_then_sample(tmp_path, vae_dir, monkeypatch, capsys, run_cli):
@@ -140,45 +143,40 @@ def test_train_from_cache_without_vae_then_sample(tmp_path, vae_dir, monkeypatch
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
 
 
-def test_prepare_batch_flips_and_samples_on_the_device(tmp_path, vae_dir):
-    cfg, _ = config(tmp_path, vae_dir)
-    model = build_model(cfg)
+def test_draw_latents_flips_and_samples_on_the_device():
     mean = torch.randn(32, 2, 1, 4, 8, 8)
     batch = torch.cat([mean, torch.zeros_like(mean)], dim=2)  # std 0: the sample is the mean of the picked view
     torch.manual_seed(0)
-    z = model.prepare_batch(batch)
+    z = draw_latents(batch)
     assert z.shape == (32, 4, 8, 8)
     picked = [next(v for v in range(2) if torch.equal(z[i], mean[i, v, 0])) for i in range(32)]
     assert set(picked) == {0, 1}  # a random view per sample
-    noisy = model.prepare_batch(torch.cat([mean, torch.ones_like(mean)], dim=2))
+    noisy = draw_latents(torch.cat([mean, torch.ones_like(mean)], dim=2))
     assert not any(torch.equal(noisy[i], mean[i, v, 0]) for i in range(32) for v in range(2))  # mean + std * noise
-    single = model.prepare_batch(batch[:, :1])
+    single = draw_latents(batch[:, :1])
     assert torch.equal(single, mean[:, 0, 0])
-    assert not model.vae.loaded
 
 
 def test_online_encoding_keeps_the_vae_frozen(tmp_path, vae_dir, capsys):
     cfg, _ = config(tmp_path, vae_dir, "data.num_samples=8", "train.steps=2", "train.log_every=1")
-    model = build_model(cfg)
-    dataset = build_dataset(cfg)  # no cache: the images, and a hint
+    parts = build_components(cfg)  # no cache: the images, and a hint
     err = capsys.readouterr().err
     assert "dtr cache-latents" in err and len(err.strip().splitlines()) == 1
-    images = torch.stack([dataset[i][0] for i in range(4)])
+    model, codec = parts.model, parts.codec
+    images = torch.stack([parts.dataset[i][0] for i in range(4)])
     assert images.shape == (4, 3, 16, 16)
 
     model.train()
-    z = model.prepare_batch(images)
+    z = parts.model_input(images)  # the codec stage encodes online
     assert z.shape == (4, 4, 8, 8) and not z.requires_grad
-    vae = model.vae.module
+    vae = codec.module
     out = model(z, torch.tensor([1, 5, 50, 99]), torch.tensor([0, 1, 2, 3]))
     out.float().pow(2).mean().backward()
     assert not vae.training and all(not p.requires_grad and p.grad is None for p in vae.parameters())
     ids = {id(p) for p in vae.parameters()}
     assert not ids & {id(p) for p in model.parameters()}
     assert not any(k.startswith(("vae", "encoder", "decoder", "quant")) for k in model.state_dict())
-    ema = copy.deepcopy(model)
-    assert ema.vae is model.vae and not ids & {id(p) for p in ema.parameters()}  # shared, never copied
-    decoded = model.decode_latents(z)
+    decoded = codec.decode(z)
     assert decoded.shape == (4, 3, 16, 16) and decoded.min() >= -1 and decoded.max() <= 1
 
     run_dir = dp.train(cfg, progress=False)  # online encoding through the engine
@@ -205,9 +203,9 @@ def test_hub_id_offline_fails_fast_with_one_line(tmp_path, vae_dir, monkeypatch,
     shutil.copytree(vae_dir, snapshot)
     write(snapshot.parents[1] / "refs" / "main", "0" * 40)
     cfg, _ = config(tmp_path, vae_dir, "vae.path=dtr-tests/tiny-vae")
-    model = build_model(cfg)
-    assert model.vae.source == "dtr-tests/tiny-vae" and model.vae.folder == snapshot
-    assert model.decode_latents(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 16, 16)
+    codec = build_codec(cfg)
+    assert codec.source == "dtr-tests/tiny-vae" and codec.folder == snapshot
+    assert codec.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 16, 16)
 
 
 def test_config_mistakes_are_one_line(tmp_path, vae_dir, run_cli):
@@ -223,11 +221,9 @@ def test_config_mistakes_are_one_line(tmp_path, vae_dir, run_cli):
         code, _, err = run_cli(command, str(stripped), "--set", f"output_dir={tmp_path / 'runs'}")
         assert code == 2 and err.startswith("dtr: error:") and "vae.path" in err and len(err.strip().splitlines()) == 1
 
-    code, _, err = run_cli("validate", str(path), "--set", "backbone.in_channels=4")
-    assert code == 2 and "backbone.in_channels" in err and "VAE" in err
     with pytest.raises(ConfigError, match="not divisible by the VAE's downsampling factor 2"):
         build_model(config(tmp_path, vae_dir, "data.image_size=15")[0])
-    with pytest.raises(ConfigError, match="backbone.patch_size 4"):
+    with pytest.raises(ConfigError, match="input_size=6 must be divisible by patch_size=4.*data.image_size 12"):
         build_model(config(tmp_path, vae_dir, "data.image_size=12", "backbone.patch_size=4")[0])
     with pytest.raises(ConfigError, match="^vae: backbone 'dit' works on pixels"):
         build_model(config(tmp_path, vae_dir, "backbone={name: dit, input_size: 8, hidden_size: 32, depth: 1, "

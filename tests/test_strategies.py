@@ -48,7 +48,7 @@ def test_dtr_matches_published_formula():
     expected = np.zeros((T, C), dtype=bool)
     for t in range(T):
         expected[t, index[t]:index[t] + n] = True
-    assert torch.equal(SlidingWindow(alpha, beta).mask_table(T, C), torch.from_numpy(expected))
+    assert torch.equal(SlidingWindow(alpha=alpha, beta=beta).mask_table(T, C), torch.from_numpy(expected))
 
 
 def test_dtr_noisy_tasks_own_more_channels():

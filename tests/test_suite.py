@@ -186,3 +186,24 @@ def test_colliding_short_labels_get_parameters():
     b = {"name": "dit", "size": "S/2", "input_size": 16}
     assert axis_labels("backbone", [a, {"name": "adm_unet"}]) == ["dit-S2", "adm_unet"]
     assert axis_labels("backbone", [a, b]) == ["dit-S2-is8", "dit-S2-is16"]
+
+
+def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_path, monkeypatch):
+    from dtr_plugins.engine import compose
+
+    root = tmp_path / "synthetic"
+    synthetic_suite(root)
+    for seed in (0, 1):
+        d = root / f"dtr__seed{seed}"
+        write(d / "config.yaml", f"name: dtr__seed{seed}\nseed: {seed}\nrouting: {{name: dtr, alpha: 4.0, beta: 0.8}}\n"
+                                 "diffusion: {steps: 10}\nbackbone: {name: dit, input_size: 8, hidden_size: 32, "
+                                 "depth: 2, num_heads: 2}\ndata: {name: digits}\n")
+        write(d / "meta.json", json.dumps({"device": "cpu (test)", "routed_channels": [32, 32]}))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the report must not build models")
+
+    monkeypatch.setattr(compose, "build_model", boom)
+    build_report(root)
+    assert (root / "plots" / "masks_dtr_1.png").exists()
+    assert "masks_dtr_1.png" in (root / "report.md").read_text()

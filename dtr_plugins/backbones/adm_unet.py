@@ -242,27 +242,17 @@ class ADMUNet(RoutedBackbone):
     activations in NHWC. Invalid geometry raises :class:`ConfigError` (one line naming the key).
     """
 
-    def __init__(self, *, image_size: int = 64, in_channels: int = 3, model_channels: int = 128,
-                 num_res_blocks: int = 2, attention_resolutions: Sequence[int] = (16, 8),
-                 channel_mult: Sequence[float] | None = None, num_heads: int = 4, num_head_channels: int = -1,
-                 num_heads_upsample: int = -1, use_scale_shift_norm: bool = True, resblock_updown: bool = False,
-                 use_new_attention_order: bool = False, dropout: float = 0.0, num_classes: int | None = None,
-                 learn_sigma: bool = True, route_attention: bool = False, channels_last: bool = False):
+    def __init__(self, **params: Any):
+        """``params``: the fields of :class:`ADMParams` (their defaults live there)."""
         super().__init__()
-        args = dict(image_size=image_size, in_channels=in_channels, model_channels=model_channels,
-                    num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions,
-                    channel_mult=channel_mult, num_heads=num_heads, num_head_channels=num_head_channels,
-                    num_heads_upsample=num_heads_upsample, use_scale_shift_norm=use_scale_shift_norm,
-                    resblock_updown=resblock_updown, use_new_attention_order=use_new_attention_order,
-                    dropout=dropout, num_classes=num_classes, learn_sigma=learn_sigma,
-                    route_attention=route_attention, channels_last=channels_last)
         try:
-            p = ADMParams.model_validate(args)
+            p = ADMParams.model_validate(params)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, ADMParams, prefix="adm_unet")) from None
         self.config = p.model_dump(exclude={"preset"})
-        self.preset: str | None = None
+        self.preset: str | None = p.preset
         self.image_size = p.image_size
+        self.input_size = p.image_size  # the Backbone contract's name for the side of x
         self.in_channels = p.in_channels
         self.out_channels = 2 * p.in_channels if p.learn_sigma else p.in_channels
         self.learn_sigma = p.learn_sigma

@@ -75,8 +75,22 @@ class EvalConfig(_Strict):
     at_end: bool = True
 
 
+class CacheFields(BaseModel):
+    """Where a codec's latent cache (``dtr cache-latents``) is stored."""
+
+    cache_dir: str | None = Field(None, description="root of latent caches; default <output_dir>/latent_cache")
+    shard_size: int = Field(4096, ge=1, description="images per latent cache shard file")
+    cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
+    cache_batch_size: int = Field(32, ge=1, description="images per encode call while writing the latent cache")
+
+
+class CodecSection(PluginSection, CacheFields):
+    """``{name: <codec plugin>, **params}`` plus the latent cache fields (not passed to the codec)."""
+
+
 class VaeConfig(_Strict):
-    """The frozen VAE of a latent backbone (``latent_dit``) and its latent cache (``dtr cache-latents``)."""
+    """Shorthand for the ``autoencoder_kl`` codec of a latent backbone (``latent_dit``) and its latent
+    cache; ``vae: {path: X}`` is ``codec: {name: autoencoder_kl, path: X}``."""
 
     path: str = Field(description="hub id (stabilityai/sd-vae-ft-ema) or a local diffusers AutoencoderKL folder")
     scale_factor: float | None = Field(None, gt=0, description="latent scale; default: the VAE config's "
@@ -97,6 +111,8 @@ class ExperimentConfig(_Strict):
     loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
     data: PluginSection
     vae: VaeConfig | None = None
+    codec: CodecSection | None = Field(None, description="the image <-> denoiser-space codec; default identity "
+                                       "(pixels), or autoencoder_kl when a vae section is given")
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -192,13 +208,20 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             known = ", ".join(registry.names(kind)) or "none installed"
             raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
         params = current.params
-        if section == "backbone" and getattr(info.factory, "uses_vae", False) and cfg.vae is None:
-            raise ConfigError(f"vae.path: backbone '{current.name}' works on VAE latents and needs a vae section, "
-                              f"e.g. vae: {{path: stabilityai/sd-vae-ft-ema}} or a local diffusers folder")
         if section == "backbone" and "learn_sigma" in info.params.model_fields:
             if params.setdefault("learn_sigma", cfg.diffusion.learn_sigma) != cfg.diffusion.learn_sigma:
                 raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
                                   f"diffusion.learn_sigma {cfg.diffusion.learn_sigma!r}; set only diffusion.learn_sigma")
         validated = info.validate(params, where=section)
         updates[section] = PluginSection(name=current.name, **validated.model_dump(mode="json"))
+    if cfg.codec is not None:
+        if cfg.vae is not None:
+            raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "
+                              "not both")
+        if cfg.codec.name not in registry.names("codec"):
+            known = ", ".join(registry.names("codec")) or "none installed"
+            raise ConfigError(f"codec.name: unknown codec {cfg.codec.name!r} (known: {known})")
+        validated = registry.get("codec", cfg.codec.name).validate(cfg.codec.params, where="codec")
+        cache = {k: getattr(cfg.codec, k) for k in CacheFields.model_fields}
+        updates["codec"] = CodecSection(name=cfg.codec.name, **cache, **validated.model_dump(mode="json"))
     return cfg.model_copy(update=updates)

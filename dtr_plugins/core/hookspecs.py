@@ -4,11 +4,21 @@ Every kind of plugin has one registration hook. Each hook receives a ``register`
 
     register(name, factory, params=ParamsModel, description="one line")
 
-``factory`` is called later with the validated fields of ``params`` (a pydantic model) as keyword
-arguments. Mark implementations with ``@dtr_plugins.hookimpl`` and expose the module through the
-``dtr_plugins`` entry-point group of your distribution.
+``factory`` is called later with the validated fields of ``params`` (a pydantic model, the only place
+the plugin's defaults are written) as keyword arguments. What the returned object must provide is
+written as a ``typing.Protocol`` per kind in :mod:`dtr_plugins.core.contracts`. Mark implementations
+with ``@dtr_plugins.hookimpl`` and expose the module through the ``dtr_plugins`` entry-point group of
+your distribution (``[project.entry-points.dtr_plugins] name = "your_package.module"``).
+
+Parameters of every hook:
+    register: ``register(name: str, factory: Callable[..., T], params: type[pydantic.BaseModel] | None
+        = None, description: str = "") -> None``. ``name`` is what configs use; ``factory(**params)``
+        returns the plugin object ``T``; ``params`` defaults to a model without fields; ``description``
+        is one line for ``dtr plugins`` (default: the factory's docstring).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import pluggy
 
@@ -19,47 +29,79 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def dtr_register_strategies(register):
-    """Register routing strategies.
+def dtr_register_strategies(register: Callable[..., None]) -> None:
+    """Register routing strategies (:class:`~dtr_plugins.core.contracts.RoutingStrategy`).
 
     A strategy's factory returns an object with
     ``mask_table(num_tasks, channels, *, layer=0, num_layers=1) -> torch.BoolTensor[num_tasks, channels]``:
     row ``t`` says which channels timestep ``t`` may use in that layer.
+
+    Args:
+        register: the registration callable described in the module docstring.
     """
 
 
 @hookspec
-def dtr_register_backbones(register):
-    """Register denoiser backbones.
+def dtr_register_backbones(register: Callable[..., None]) -> None:
+    """Register denoiser backbones (:class:`~dtr_plugins.core.contracts.Backbone`).
 
     A backbone's factory returns a :class:`dtr_plugins.core.routing.RoutedBackbone`: a module called as
-    ``model(x, t, y=None)`` that declares the channel count of each routed layer through
-    ``routed_channels()`` and receives its :class:`RoutingPlan` through ``attach_routing(plan)``.
+    ``model(x, t, y=None)`` with ``in_channels``, ``input_size``, ``num_classes`` and ``null_class``, that
+    declares the channel count of each routed layer through ``routed_channels()`` and receives its
+    :class:`RoutingPlan` through ``attach_routing(plan)``. A backbone on codec latents sets the class
+    attribute ``input_space = "latents"``.
+
+    Args:
+        register: the registration callable described in the module docstring.
     """
 
 
 @hookspec
-def dtr_register_loss_weightings(register):
-    """Register loss weightings.
+def dtr_register_loss_weightings(register: Callable[..., None]) -> None:
+    """Register loss weightings (:class:`~dtr_plugins.core.contracts.LossWeighting`).
 
     A weighting's factory returns a :class:`dtr_plugins.weighting.base.LossWeighting`: it samples the
     training timesteps and turns per-sample losses into the scalar training loss.
+
+    Args:
+        register: the registration callable described in the module docstring.
     """
 
 
 @hookspec
-def dtr_register_datasets(register):
-    """Register datasets.
+def dtr_register_datasets(register: Callable[..., None]) -> None:
+    """Register datasets (:class:`~dtr_plugins.core.contracts.Dataset`).
 
     A dataset's factory returns a ``torch.utils.data.Dataset`` of ``(image, label)`` pairs, images as
-    float tensors ``[C, H, W]`` in ``[-1, 1]`` and labels as ints.
+    float tensors ``[C, H, W]`` in ``[-1, 1]`` and labels as ints, with a ``num_classes`` attribute.
+
+    Args:
+        register: the registration callable described in the module docstring.
     """
 
 
 @hookspec
-def dtr_register_feature_extractors(register):
-    """Register feature extractors for evaluation metrics (FID, KID, precision/recall).
+def dtr_register_codecs(register: Callable[..., None]) -> None:
+    """Register codecs (:class:`~dtr_plugins.core.contracts.Codec`): image <-> denoiser-space stages.
 
-    A feature extractor's factory returns a dict of settings for torch-fidelity (see
+    A codec's factory returns an object with ``latent_shape``, ``posterior``, ``encode``, ``decode``,
+    ``fingerprint`` and ``bounded``. Configs name one in a ``codec: {name: ..., **params}`` section
+    (``vae:`` is the shorthand for the built-in ``autoencoder_kl``); without either the codec is
+    ``identity`` (pixels).
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """
+
+
+@hookspec
+def dtr_register_feature_extractors(register: Callable[..., None]) -> None:
+    """Register feature extractors for evaluation metrics (FID, KID, precision/recall)
+    (:class:`~dtr_plugins.core.contracts.FeatureExtractor`).
+
+    A feature extractor's factory returns its settings for torch-fidelity (see
     :mod:`dtr_plugins.engine.feature_extractors`).
+
+    Args:
+        register: the registration callable described in the module docstring.
     """

@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "backbone": "dtr_register_backbones",
     "loss_weighting": "dtr_register_loss_weightings",
     "dataset": "dtr_register_datasets",
+    "codec": "dtr_register_codecs",
     "feature_extractor": "dtr_register_feature_extractors",
 }
 
@@ -68,6 +69,16 @@ class PluginInfo:
     def as_dict(self) -> dict[str, str | None]:
         return {"kind": self.kind, "name": self.name, "distribution": self.distribution,
                 "version": self.version, "description": self.description, "plugin": self.plugin}
+
+
+def parse_params(model: type[BaseModel], params: dict[str, Any], where: str = "") -> Any:
+    """``model.model_validate(params)``; a mistake is a one-line :class:`ConfigError` naming the key.
+
+    Plugin constructors call it so that their defaults live only in their params model."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:

@@ -7,7 +7,7 @@ plain block: no mask op at all. There is no global state and no walk over the mo
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -94,8 +94,14 @@ class RoutedBackbone(nn.Module):
     """Base class of backbones: declares routed layers and receives the plan built for them.
 
     Subclasses implement ``routed_channels()`` and ``forward(x, t, y=None)``; in ``forward`` they call
-    ``self.layer_masks(t, x.dtype)`` once and pass each block its row (or None).
+    ``self.layer_masks(t, x.dtype)`` once and pass each block its row (or None). The full contract
+    (``in_channels``, ``input_size``, ``num_classes``, ``null_class``) is
+    :class:`dtr_plugins.core.contracts.Backbone`.
     """
+
+    #: "pixels": works on images (identity codec); "latents": on a codec's latents, whose shape sets
+    #: ``in_channels`` and ``input_size`` (see :mod:`dtr_plugins.engine.compose`).
+    input_space: ClassVar[Literal["pixels", "latents"]] = "pixels"
 
     def routed_channels(self) -> list[int]:
         raise NotImplementedError

@@ -18,14 +18,21 @@ are skipped with one warning that counts them and names the first. A file with a
 cannot be decoded (truncated, corrupt, not an image) raises :class:`DataError` naming it when it is read
 -- also from a DataLoader worker, where torch re-raises it as the same class.
 
+Held-out split: with ``heldout_fraction = f``, an image is held out when the SHA-256 of its path relative to
+the folder, read as a number in [0, 1), is below ``f``. The choice depends on the file's own name only, so
+adding or removing other files never moves an image between ``train`` and ``heldout``. Classes come from the
+whole folder, so both splits give a class the same label (a class may have no images in one split).
+
 Pixels are decoded by :mod:`dtr_plugins.core.decode` (16-bit, float, palette, alpha composited on white,
 CMYK ...), then ADM's centre crop (:func:`center_crop_arr`) and, optionally, a random horizontal flip.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,6 +52,16 @@ class ImageFolderParams(BaseModel):
     image_size: int = Field(ge=8)
     class_cond: bool = True
     random_flip: bool = True
+    split: Literal["train", "heldout"] = Field("train",
+                                               description="train: the images not held out; heldout: the others")
+    heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                    description="share of images held out, picked by a hash of their relative path")
+
+
+def is_heldout(relative_path: str, fraction: float) -> bool:
+    """Is the file at ``relative_path`` (posix, relative to the dataset folder) in the held-out share?"""
+    digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
 def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
@@ -131,15 +148,30 @@ def scan_image_folder(root: Path, class_cond: bool) -> tuple[list[Path], list[in
 
 class ImageFolder(Dataset):
     """Images ``float [3, image_size, image_size]`` in ``[-1, 1]`` with their class label (0 when not
-    ``class_cond``). ``classes``: the class folder names in label order; ``num_classes == len(classes)``.
+    ``class_cond``). ``classes``: the class folder names in label order; ``num_classes == len(classes)``;
+    ``class_index``: name -> label.
 
     Raises :class:`DataError` as listed in the module docstring.
     """
 
-    def __init__(self, path: str, image_size: int, class_cond: bool = True, random_flip: bool = True):
+    def __init__(self, path: str, image_size: int, class_cond: bool = True, random_flip: bool = True,
+                 split: str = "train", heldout_fraction: float = 0.0):
         self.root = Path(path)
-        self.files, self.labels, self.classes = scan_image_folder(self.root, class_cond)
+        files, labels, self.classes = scan_image_folder(self.root, class_cond)
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be train or heldout, got {split!r}")
+        if heldout_fraction > 0 or split == "heldout":
+            want = split == "heldout"
+            keep = [is_heldout(p.relative_to(self.root).as_posix(), heldout_fraction) == want for p in files]
+            files = [p for p, k in zip(files, keep) if k]
+            labels = [y for y, k in zip(labels, keep) if k]
+            if not files:
+                raise DataError(f"data.path: no {split} images under {path!r} with data.heldout_fraction "
+                                f"{heldout_fraction:g} (held-out images are picked by a hash of their path; "
+                                f"allowed: a fraction in [0, 1) that leaves both splits non-empty)")
+        self.files, self.labels = files, labels
         self.num_classes = len(self.classes)
+        self.class_index = {name: i for i, name in enumerate(self.classes)}
         self.class_cond = class_cond
         self.image_size = image_size
         self.random_flip = random_flip

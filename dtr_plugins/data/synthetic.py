@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,12 +18,26 @@ class SyntheticParams(BaseModel):
     channels: int = Field(1, ge=1)
     num_classes: int = Field(4, ge=1)
     seed: int = 0
+    split: Literal["train", "heldout"] = Field("train", description="heldout: other draws of the same patterns")
+    heldout_samples: int = Field(64, ge=1, description="size of the heldout split")
+
+
+#: added to ``seed`` for the held-out draws, so they never repeat a training image
+HELDOUT_SEED_OFFSET = 1_000_003
 
 
 class Synthetic(Dataset):
-    """Class ``k`` is a sinusoidal stripe pattern at angle ``k * pi / num_classes`` plus a little noise."""
+    """Class ``k`` is a sinusoidal stripe pattern at angle ``k * pi / num_classes`` plus a little noise.
 
-    def __init__(self, num_samples: int = 256, image_size: int = 8, channels: int = 1, num_classes: int = 4, seed: int = 0):
+    ``split="heldout"`` gives ``heldout_samples`` images drawn with the seed ``seed + HELDOUT_SEED_OFFSET``
+    (same patterns, other phases and noise); the train split does not depend on it."""
+
+    def __init__(self, num_samples: int = 256, image_size: int = 8, channels: int = 1, num_classes: int = 4, seed: int = 0,
+                 split: str = "train", heldout_samples: int = 64):
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be train or heldout, got {split!r}")
+        if split == "heldout":
+            num_samples, seed = heldout_samples, seed + HELDOUT_SEED_OFFSET
         gen = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(num_samples) % num_classes
         coords = torch.linspace(-1, 1, image_size)

@@ -57,7 +57,7 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
-    from dtr_plugins.core.build import build_model
+    from dtr_plugins.engine.compose import build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
     from dtr_plugins.core.config import config_from_dict, read_yaml
 
@@ -227,7 +227,7 @@ def from_pretrained(source: str | Path, *, device: Any = None):
 def load_for_sampling(source: str | Path, *, device: Any = None):
     """``(cfg, model, diffusion, weights_path, info)`` for ``dtr sample``; ``info``: ``weights`` (``ema``,
     ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
-    from dtr_plugins.core.build import build_diffusion
+    from dtr_plugins.engine.compose import build_diffusion
 
     folder = resolve(source)
     cfg, model, info = _load(folder)
@@ -288,7 +288,7 @@ def _load_weights(path: Path) -> dict[str, Any]:
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.core.build import build_model
+    from dtr_plugins.engine.compose import build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -307,7 +307,7 @@ def _load_export(folder: Path, config: dict[str, Any]):
 def _load_diffusers(transformer: Path, pipeline: Path | None):
     from dtr_plugins.backbones.dit_diffusers import (DIFFUSERS_WEIGHTS, diffusers_to_dit_state,
                                                      dit_params_from_diffusers_config)
-    from dtr_plugins.core.build import build_model
+    from dtr_plugins.engine.compose import build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -400,16 +400,16 @@ def resolve(source: str | Path) -> Path:
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    from .latents import _hub_cache_dir, _hub_offline
+    from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 
-    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=_hub_cache_dir())
+    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=hub_cache_dir())
     try:
         folder = Path(snapshot_download(local_files_only=True, **kwargs))
         if _complete(folder):
             return folder
     except Exception:  # not in the cache: the network, if allowed
         pass
-    if _hub_offline():
+    if hub_offline():
         raise CheckpointError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                                                       "is set"))
     try:

@@ -16,6 +16,8 @@ from typing import Any
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import write_text
 
+from .rundir import RunDir
+
 #: torch-fidelity key (or ours) -> (column title, lower is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "frechet_inception_distance": ("FID", True),
@@ -41,39 +43,23 @@ class RunResult:
     train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl training records
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash; the rest still counts
-    return out
-
-
 def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
     """Metric keys must hold numbers; anything else under a metric's name is dropped, not plotted."""
     return {k: v for k, v in result.items() if k not in METRICS or isinstance(v, (int, float))}
 
 
 def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
-    import yaml
-
     index_path = suite_dir / "suite.json"
     if not index_path.exists():
         raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
     index = json.loads(index_path.read_text())
     results = []
     for entry in index["runs"]:
-        run_dir = suite_dir / entry["id"]
-        status = json.loads((run_dir / "status.json").read_text())["state"] if (run_dir / "status.json").exists() else "new"
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-        meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
-        records = _read_jsonl(run_dir / "metrics.jsonl")
+        run_dir = RunDir(suite_dir / entry["id"])
+        status = run_dir.read_status().get("state", "new")
+        config = run_dir.read_config()
+        meta = run_dir.read_meta()
+        records = run_dir.read_metrics()
         evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
         train = [r for r in records if "eval" not in r]
         results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
@@ -197,7 +183,7 @@ def build_report(suite_dir: str | Path) -> Path:
                    f"{samp.get('respacing')}, cfg scale {samp.get('cfg_scale')}" if samp else "") + ".", ""]
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        status = json.loads((suite_dir / r.id / "status.json").read_text())
+        status = RunDir(suite_dir / r.id).read_status()
         lines.append(f"- run `{r.id}` failed: {status.get('error', '?')}")
     if failed:
         lines.append("")
@@ -232,7 +218,7 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
                for g, rs in groups.items()}
     if any(buckets.values()):
         made.append(plots.plot_loss_per_bucket(buckets, out_dir / "loss_per_timestep_bucket.png"))
-    grids = {g: suite_dir / rs[0].id / "samples" / "grid.png" for g, rs in groups.items()}
+    grids = {g: RunDir(suite_dir / rs[0].id).samples / "grid.png" for g, rs in groups.items()}
     grids = {g: p for g, p in grids.items() if p.exists()}
     if grids:
         made.append(plots.plot_image_panels(grids, out_dir / "samples.png"))
@@ -242,23 +228,26 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
 
 
 def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]:
-    """One heatmap per distinct routing (built from the runs' configs; vanilla has nothing to show)."""
-    from dtr_plugins.core.build import build_model
+    """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
+    widths its training recorded in meta.json (no model is built; vanilla has nothing to show)."""
     from dtr_plugins.core.config import config_from_dict
 
+    from .compose import build_routing_plan
     from .plots import plot_routing_plan
 
     made, seen = [], set()
     for g, rs in groups.items():
-        cfg_dict = rs[0].config
-        routing = json.dumps(cfg_dict.get("routing"), sort_keys=True)
-        if not cfg_dict or routing in seen or rs[0].routing == "vanilla":
+        run = next((r for r in rs if r.meta.get("routed_channels")), None)
+        if run is None or run.routing == "vanilla":
+            continue
+        routing = json.dumps(run.config.get("routing"), sort_keys=True)
+        if routing in seen:
             continue
         seen.add(routing)
         try:
-            model = build_model(config_from_dict(cfg_dict, source=g))
+            plan = build_routing_plan(config_from_dict(run.config, source=g), run.meta["routed_channels"])
         except UserError:
             continue
-        made.append(plot_routing_plan(model.plan, out_dir / f"masks_{rs[0].routing}_{len(seen)}.png",
-                                      title=f"{g}: {model.plan.strategy_repr}"))
+        made.append(plot_routing_plan(plan, out_dir / f"masks_{run.routing}_{len(seen)}.png",
+                                      title=f"{g}: {plan.strategy_repr}"))
     return made

@@ -8,11 +8,14 @@ import numpy as np
 import torch
 
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
-from dtr_plugins.core.errors import CheckpointError, UserError
+from dtr_plugins.core.contracts import Backbone, Codec
+from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write
 
 from . import distributed
+from .compose import build_codec, build_diffusion, build_model
+from .rundir import RunDir
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
@@ -21,17 +24,23 @@ def balanced_labels(num: int, num_classes: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int, *, labels: Sequence[int] | None = None,
+def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, labels: Sequence[int] | None = None,
              seed: int = 0, dist: distributed.Dist | None = None, sampler: str | None = None,
              respacing: str | None = None, cfg_scale: float | None = None, batch_size: int | None = None,
-             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+             codec: Codec | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``num`` images; under torchrun each rank makes every world-size-th one and all ranks get all.
 
+    The diffusion samples ``[n, model.in_channels, model.input_size, model.input_size]`` in the
+    backbone's input space; ``codec`` (default: identity, pixels) decodes them into images. Predicted
+    ``x0`` is clipped to ``[-1, 1]`` (``sample.clip_denoised``) only for a bounded codec (pixels).
     Returns uint8 NHWC images and the label each was generated for. Noise for image ``i`` comes from a
     generator seeded with ``(seed, i // batch)``, so results do not depend on the number of ranks.
     """
+    from dtr_plugins.codecs.identity import IdentityCodec
+
+    codec = codec if codec is not None else IdentityCodec()
     d = dist or distributed.Dist(device=next(model.parameters()).device)
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    num_classes = int(model.num_classes or 0)
     conditional = num_classes > 1
     all_labels = np.asarray(labels if labels is not None else balanced_labels(num, num_classes), dtype=np.int64)
     if len(all_labels) != num:
@@ -40,9 +49,7 @@ def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int,
         raise UserError(f"--labels: labels must lie in 0..{num_classes - 1}")
     batch = batch_size or cfg.sample.batch_size
     scale = cfg.sample.cfg_scale if cfg_scale is None else cfg_scale
-    decode = getattr(model, "decode_latents", None)
-    side = getattr(model, "input_size", None) or getattr(model, "image_size", None)
-    shape_chw = tuple(getattr(model, "sample_shape", None) or (model.in_channels, side, side))
+    shape_chw = (model.in_channels, model.input_size, model.input_size)
     was_training = model.training
     model.eval()
     chunks: list[tuple[int, np.ndarray]] = []
@@ -57,13 +64,14 @@ def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int,
         kwargs: dict[str, Any] = {}
         if conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
+            if scale != 1.0:
+                kwargs["y_null"] = null_label(model)
         x = diffusion.sample(model, noise.shape, sampler=sampler or cfg.sample.sampler,
                              respacing=respacing or cfg.sample.respacing, noise=noise, model_kwargs=kwargs,
                              cfg_scale=scale if conditional else 1.0, cfg_channels=cfg.sample.cfg_channels,
-                             clip_denoised=cfg.sample.clip_denoised and decode is None, eta=cfg.sample.eta,
+                             clip_denoised=cfg.sample.clip_denoised and codec.bounded, eta=cfg.sample.eta,
                              progress=False, device=d.device)
-        if decode is not None:
-            x = decode(x)
+        x = codec.decode(x)
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     model.train(was_training)
     if d.enabled:
@@ -76,24 +84,27 @@ def generate(model: torch.nn.Module, diffusion, cfg: ExperimentConfig, num: int,
     return images, all_labels
 
 
+def null_label(model: Backbone) -> int:
+    """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
+    if model.null_class is None:
+        raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
+                          "so classifier-free guidance is not available; use cfg_scale 1.0")
+    return int(model.null_class)
+
+
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
     """A run directory (its config and last checkpoint) or one checkpoint file -> (cfg, model, diffusion, path).
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    from dtr_plugins.core.build import build_diffusion, build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
-
-    from .train import latest_checkpoint
 
     source = Path(source)
     if source.is_dir():
-        ckpt_path = latest_checkpoint(source)
-        if ckpt_path is None:
-            raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'}")
-        run_cfg = source / "config.yaml"
+        ckpt_path = RunDir(source).require_checkpoint()
+        run_cfg = RunDir(source).config_path
     elif source.is_file():
-        ckpt_path, run_cfg = source, source.parent.parent / "config.yaml"
+        ckpt_path, run_cfg = source, RunDir.of_checkpoint(source).config_path
     else:
         raise CheckpointError(f"{source}: no such run directory or checkpoint file")
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
@@ -107,6 +118,13 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
     apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
     device = device or distributed.pick_device(cfg.train.device)
     return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path
+
+
+def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacing: str | None = None,
+                  cfg_scale: float | None = None) -> dict[str, Any]:
+    """The sampler settings used (arguments over the config's ``sample`` section), for records."""
+    return {"sampler": sampler or cfg.sample.sampler, "respacing": respacing or cfg.sample.respacing,
+            "cfg_scale": cfg.sample.cfg_scale if cfg_scale is None else cfg_scale}
 
 
 def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: bool = True, info: dict | None = None) -> Path:
@@ -142,14 +160,15 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
     try:
         cfg, model, diffusion, ckpt_path = load_run(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
                                                     device=d.device)
+        codec = build_codec(cfg)
         images, used_labels = generate(model, diffusion, cfg, num, labels=labels, seed=seed, dist=d, sampler=sampler,
                                        respacing=respacing, cfg_scale=cfg_scale, batch_size=batch_size,
-                                       progress=progress)
-        out_dir = Path(out) if out is not None else (Path(source) if Path(source).is_dir() else Path(source).parent.parent) / "samples"
+                                       codec=codec, progress=progress)
+        run = RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source)
+        out_dir = Path(out) if out is not None else run.samples
         if d.is_main:
             info = {"checkpoint": str(ckpt_path), "weights": "ema" if use_ema else "model", "num": num, "seed": seed,
-                    "sampler": sampler or cfg.sample.sampler, "respacing": respacing or cfg.sample.respacing,
-                    "cfg_scale": cfg.sample.cfg_scale if cfg_scale is None else cfg_scale,
+                    **sample_record(cfg, sampler=sampler, respacing=respacing, cfg_scale=cfg_scale),
                     "cfg_channels": cfg.sample.cfg_channels, "world_size": d.world_size}
             write_samples(images, used_labels, out_dir, info=info)
         d.barrier()

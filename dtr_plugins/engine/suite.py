@@ -25,6 +25,8 @@ from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.io import write_json, write_text
 from dtr_plugins.core.plugins import format_validation_error
 
+from .rundir import RunDir
+
 
 class SuiteFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -181,23 +183,20 @@ def load_suite(path: str | Path, registry=None) -> Suite:
 # ------------------------------------------------------------------------------------------ state
 def run_state(run_dir: Path) -> str:
     """``done``, ``failed``, ``partial`` (has checkpoints) or ``new``."""
-    status = run_dir / "status.json"
-    if status.exists():
-        state = json.loads(status.read_text()).get("state")
-        if state == "done":
-            return "done"
-        if state == "failed":
-            return "failed"
-    return "partial" if any((run_dir / "checkpoints").glob("*.pt")) else "new"
+    run = RunDir(run_dir)
+    state = run.read_status().get("state")
+    if state in ("done", "failed"):
+        return state
+    return "partial" if run.has_checkpoints() else "new"
 
 
 def _launch(run: PlannedRun, suite: Suite, gpu: int | None, threads: int | None = None) -> dict[str, Any]:
-    run_dir = suite.root / run.id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(suite.root / run.id)
+    rd.path.mkdir(parents=True, exist_ok=True)
     config_path = suite.root / "configs" / f"{run.id}.yaml"
     write_text(config_path, run.config.to_yaml())
-    resume = any((run_dir / "checkpoints").glob("*.pt"))
-    cmd = [sys.executable, "-m", "dtr_plugins", "train", str(config_path), "--run-dir", str(run_dir)]
+    resume = rd.has_checkpoints()
+    cmd = [sys.executable, "-m", "dtr_plugins", "train", str(config_path), "--run-dir", str(rd.path)]
     if resume:
         cmd.append("--resume")
     env = dict(os.environ)
@@ -205,9 +204,9 @@ def _launch(run: PlannedRun, suite: Suite, gpu: int | None, threads: int | None 
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     elif threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))  # CPU runs side by side share the cores
-    write_json(run_dir / "status.json", {"state": "running", "resumed": resume})
+    rd.write_status({"state": "running", "resumed": resume})
     started = time.time()
-    with open(run_dir / "train.log", "a") as log:
+    with open(rd.log_path, "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True, env=env)
         log.write(proc.stderr)
     seconds = round(time.time() - started, 1)
@@ -217,7 +216,7 @@ def _launch(run: PlannedRun, suite: Suite, gpu: int | None, threads: int | None 
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and "warning" not in ln.lower()]
         status = {"state": "failed", "seconds": seconds, "returncode": proc.returncode,
                   "error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    write_json(run_dir / "status.json", status)
+    rd.write_status(status)
     return status
 
 

@@ -6,6 +6,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 
 
 class DTRParams(BaseModel):
@@ -26,9 +27,11 @@ class SlidingWindow:
     Neighbouring timesteps share almost all channels; the same table serves every layer of one width.
     """
 
-    def __init__(self, alpha: float = 4.0, beta: float = 0.8):
-        self.alpha = alpha
-        self.beta = beta
+    def __init__(self, **params: float):
+        """``alpha``, ``beta``: see :class:`DTRParams` (their defaults live there)."""
+        p = parse_params(DTRParams, params, "dtr")
+        self.alpha = p.alpha
+        self.beta = p.beta
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
         n = int(np.floor(self.beta * channels))

@@ -1,12 +1,15 @@
 """``random``: random task routing (R-TR), the paper's ablation baseline."""
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 
 
 class RandomParams(BaseModel):
@@ -18,9 +21,11 @@ class RandomParams(BaseModel):
 class RandomRouting:
     """Each task activates ``floor(beta * C)`` channels drawn without replacement; one table per layer."""
 
-    def __init__(self, beta: float = 0.8, seed: int = 0):
-        self.beta = beta
-        self.seed = seed
+    def __init__(self, **params: Any):
+        """``beta``, ``seed``: see :class:`RandomParams` (their defaults live there)."""
+        p = parse_params(RandomParams, params, "random")
+        self.beta = p.beta
+        self.seed = p.seed
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
         n = math.floor(self.beta * channels)

@@ -1,12 +1,15 @@
 """``task_specific_sharing``: a shared channel block plus one private slice per timestep interval."""
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 
 
 class SharingParams(BaseModel):
@@ -27,9 +30,11 @@ class TaskSpecificSharing:
     ``shared_ratio = 0`` gives disjoint experts inside one network, ``shared_ratio = 1`` the vanilla model.
     """
 
-    def __init__(self, shared_ratio: float = 0.5, groups: int = 4):
-        self.shared_ratio = shared_ratio
-        self.groups = groups
+    def __init__(self, **params: Any):
+        """``shared_ratio``, ``groups``: see the params model (their defaults live there)."""
+        p = parse_params(SharingParams, params, "task_specific_sharing")
+        self.shared_ratio = p.shared_ratio
+        self.groups = p.groups
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
         s = math.floor(self.shared_ratio * channels)

@@ -1,12 +1,15 @@
 """``ant_uw``: ANT's uncertainty weighting over uniform timestep clusters (Go et al., 2023)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 from dtr_plugins.weighting.base import LossWeighting
 
 
@@ -33,8 +36,11 @@ class AntUW(LossWeighting):
     Effective weight of cluster ``i``: ``0.5 * exp(-s_i)``.
     """
 
-    def __init__(self, k: int = 8, lr: float = 0.025):
+    def __init__(self, **params: Any):
+        """``k``, ``lr``: see the params model (their defaults live there)."""
         super().__init__()
+        p = parse_params(AntUWParams, params, "ant_uw")
+        k, lr = p.k, p.lr
         if k < 1:
             raise ConfigError(f"ant_uw: k must be >= 1 (got {k})")
         self.k = int(k)

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 from dtr_plugins.weighting.base import MSEWeighting
 
 
@@ -17,9 +18,10 @@ class MinSNRParams(BaseModel):
 class MinSNR(MSEWeighting):
     """``w_t = min(SNR(t), gamma) / SNR(t)`` on the MSE term: 1 at noisy steps, gamma / SNR at clean ones."""
 
-    def __init__(self, gamma: float = 5.0):
+    def __init__(self, **params: float):
+        """``gamma``: see the params model (its default lives there)."""
         super().__init__()
-        self.gamma = float(gamma)
+        self.gamma = float(parse_params(MinSNRParams, params, "min_snr").gamma)
 
     def weight(self, t: Tensor, diffusion) -> Tensor:
         snr = diffusion.snr(t)

@@ -5,6 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.plugins import parse_params
 from dtr_plugins.weighting.base import MSEWeighting
 
 
@@ -20,10 +21,12 @@ class P2(MSEWeighting):
     (The official DTR code averages before weighting through a broadcasting slip; this does not.)
     """
 
-    def __init__(self, gamma: float = 1.0, k: float = 1.0):
+    def __init__(self, **params: float):
+        """``gamma``, ``k``: see the params model (their defaults live there)."""
         super().__init__()
-        self.gamma = float(gamma)
-        self.k = float(k)
+        p = parse_params(P2Params, params, "p2")
+        self.gamma = float(p.gamma)
+        self.k = float(p.k)
 
     def weight(self, t: Tensor, diffusion) -> Tensor:
         return (self.k + diffusion.snr(t)) ** (-self.gamma)

@@ -13,7 +13,8 @@ project does instead):
 :class:`PublishedStyleDiT` reproduces exactly that cost structure around the *same* modules (and therefore the
 same weights) as a :class:`dtr_plugins.backbones.dit.DiT`, so a benchmark can run both side by side. Without
 routing it is the official DiT forward (``x = x + gate * attn(...)``, ``x = x + gate * mlp(...)``, no walk), the
-baseline's own vanilla. The outputs equal this project's DiT with the same table (checked by ``--selfcheck``).
+baseline's own vanilla. The outputs equal this project's DiT with the same table (checked by
+``tests/test_benchmarks.py``). A library of the benchmark scripts, not a script itself.
 """
 from __future__ import annotations
 
@@ -113,30 +114,3 @@ def published_tables(strategy, num_tasks: int, channels: int, depth: int) -> lis
 def published_mask_bytes(depth: int, num_tasks: int, channels: int) -> int:
     """Bytes of the published float mask buffers of one model (``depth x T x C x 4``)."""
     return depth * num_tasks * channels * 4
-
-
-def _selfcheck() -> None:
-    """Our DiT with a dtr plan and the published-style model with the same tables give the same output."""
-    import dtr_plugins as dp
-    from dtr_plugins.core.routing import RoutingPlan
-
-    torch.manual_seed(0)
-    base = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4, num_classes=10)
-    for p in base.parameters():
-        if p.requires_grad and not p.any():
-            nn.init.normal_(p, std=0.02)
-    strategy = dp.build_strategy("dtr")
-    pub = PublishedStyleDiT(base, published_tables(strategy, 1000, 64, 3)).eval()
-    official = PublishedStyleDiT(base, None).eval()
-    base.eval()
-    x, t, y = torch.randn(4, 4, 8, 8), torch.tensor([0, 300, 700, 999]), torch.tensor([1, 2, 3, 4])
-    with torch.no_grad():
-        plain = base(x, t, y)
-        torch.testing.assert_close(official(x, t, y), plain, atol=1e-5, rtol=0)
-        base.attach_routing(RoutingPlan(strategy, base.routed_channels(), 1000))
-        torch.testing.assert_close(pub(x, t, y), base(x, t, y), atol=1e-5, rtol=0)
-    print("published-style DiT matches dtr_plugins' DiT (vanilla and dtr)")
-
-
-if __name__ == "__main__":
-    _selfcheck()

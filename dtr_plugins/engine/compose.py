@@ -1,0 +1,296 @@
+"""The composition root: config -> objects. Nothing else turns a config into plugin objects.
+
+:func:`build_components` gives everything a run needs (:class:`Components`): the codec (the image <->
+denoiser-space stage), the backbone with its routing plan, the diffusion, the loss weighting, the
+dataset and the :class:`ModelInput` stage that turns a data batch into the denoiser's ``x0``. Each
+``build_*`` function is usable on its own; they take an optional plugin registry (default: every
+installed plugin).
+
+The codec of a config: a ``codec: {name, **params}`` section; else ``autoencoder_kl`` when a ``vae``
+section is given (its shorthand); else ``identity`` (pixels). A backbone whose class declares
+``input_space = "latents"`` gets ``in_channels`` and ``input_size`` from the codec's latent shape of
+``data.image_size`` images (explicit values must agree); a pixel backbone refuses a non-identity codec.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dtr_plugins.codecs.latent_cache import (CacheSettings, LatentCacheDataset, cache_key, cache_root, draw_latents,
+                                             is_complete, write_cache)
+from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
+from dtr_plugins.core.errors import ConfigError, PluginError
+from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
+from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
+
+IDENTITY = "identity"
+
+__all__ = ["CodecSpec", "Components", "ModelInput", "codec_spec", "build_codec", "build_strategy_from",
+           "build_model", "build_routing_plan", "build_diffusion", "build_loss_weighting", "build_dataset",
+           "build_components", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
+           "backbone_input_space"]
+
+
+# ----------------------------------------------------------------------------------------- codec
+@dataclass(frozen=True)
+class CodecSpec:
+    """Which codec a config uses, with what parameters, and where its latent cache lives."""
+
+    name: str
+    params: dict[str, Any]
+    cache: CacheSettings | None = None
+    section: str = "codec"  # the config section it came from (for error messages)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.name == IDENTITY
+
+
+def codec_spec(cfg: ExperimentConfig) -> CodecSpec:
+    """The codec named by ``cfg`` (``codec`` section, ``vae`` shorthand, or ``identity``)."""
+    if cfg.codec is not None:
+        c = cfg.codec
+        return CodecSpec(c.name, c.params, CacheSettings(c.cache_dir, c.shard_size, c.cache_dtype, c.cache_batch_size),
+                         "codec")
+    if cfg.vae is not None:
+        v = cfg.vae
+        return CodecSpec("autoencoder_kl", {"path": v.path, "scale_factor": v.scale_factor, "batch_size": v.batch_size},
+                         CacheSettings(v.cache_dir, v.shard_size, v.cache_dtype, v.batch_size), "vae")
+    return CodecSpec(IDENTITY, {})
+
+
+def build_codec(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> Codec:
+    """The codec of ``cfg`` (for ``autoencoder_kl`` only its config is read; weights load on first use)."""
+    spec = codec_spec(cfg)
+    info = (registry or default_registry()).get("codec", spec.name)
+    codec = info.build(**spec.params)
+    _check_contract(codec, Codec, "codec", info)
+    return codec
+
+
+def _check_contract(obj: Any, protocol: type, kind: str, info: PluginInfo) -> None:
+    missing = missing_members(obj, protocol)
+    if missing:
+        raise PluginError(f"{kind} '{info.name}' ({info.plugin}, distribution {info.distribution or 'unknown'}) "
+                          f"lacks {', '.join(missing)} of dtr_plugins.core.contracts.{protocol.__name__}")
+
+
+def image_shape(cfg: ExperimentConfig) -> tuple[int, int, int]:
+    """``(channels, image_size, image_size)`` of the data: ``data.channels`` (datasets without that
+    parameter give RGB, 3) and ``data.image_size`` (required when a codec needs the geometry)."""
+    size = cfg.data.params.get("image_size")
+    if not isinstance(size, int) or size < 1:
+        raise ConfigError(f"data.image_size: dataset '{cfg.data.name}' must give an image_size for a latent backbone "
+                          f"(got {size!r})")
+    channels = cfg.data.params.get("channels", 3)
+    return int(channels), size, size
+
+
+# -------------------------------------------------------------------------------------- backbone
+def backbone_input_space(info: PluginInfo) -> InputSpace:
+    """``input_space`` of a backbone plugin: its class attribute; factories that are not a
+    :class:`RoutedBackbone` subclass are pixel backbones."""
+    factory = info.factory
+    if isinstance(factory, type) and issubclass(factory, RoutedBackbone):
+        return factory.input_space
+    return "pixels"
+
+
+def _backbone_params(cfg: ExperimentConfig, info: PluginInfo, spec: CodecSpec,
+                     codec: Codec | None, registry: PluginRegistry) -> tuple[dict[str, Any], Codec | None]:
+    """The backbone's params with the latent geometry filled in (latent backbones), checked against the codec."""
+    name = cfg.backbone.name
+    params = dict(cfg.backbone.params)
+    if backbone_input_space(info) == "pixels":
+        if not spec.is_identity:
+            raise ConfigError(f"{spec.section}: backbone '{name}' works on pixels and does not use a VAE; use a "
+                              f"latent backbone (latent_dit) or remove the {spec.section} section")
+        return params, codec
+    if spec.is_identity:
+        raise ConfigError(f"vae.path: backbone '{name}' works on VAE latents and needs a vae section, e.g. "
+                          f"vae: {{path: stabilityai/sd-vae-ft-ema}} (a hub id or a local diffusers folder), "
+                          f"or a codec section")
+    codec = codec if codec is not None else build_codec(cfg, registry)
+    shape = image_shape(cfg)
+    channels, height, width = codec.latent_shape(shape)
+    if height != width:
+        raise ConfigError(f"data.image_size: codec '{spec.name}' gives non-square {height}x{width} latents")
+    for key, derived in (("in_channels", channels), ("input_size", height)):
+        given = params.get(key)
+        if given is None:
+            params[key] = derived
+        elif given != derived:
+            raise ConfigError(f"backbone.{key}: {given} disagrees with {derived} from the codec '{spec.name}' "
+                              f"({spec.section}) for {shape[1]}px images; remove the key or set it to {derived}")
+    return params, codec
+
+
+def check_composition(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> None:
+    """The checks of :func:`build_model` that need no codec weights, config or files: does the backbone's
+    input space match the codec? (``dtr validate`` runs this.)"""
+    registry = registry or default_registry()
+    info = registry.get("backbone", cfg.backbone.name)
+    spec = codec_spec(cfg)
+    latent = backbone_input_space(info) == "latents"
+    if latent and spec.is_identity or not latent and not spec.is_identity:
+        _backbone_params(cfg, info, spec, None, registry)  # raises the one-line error
+
+
+def build_strategy_from(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> Any:
+    return (registry or default_registry()).build("strategy", cfg.routing.name, **cfg.routing.params)
+
+
+def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
+                       registry: PluginRegistry | None = None) -> RoutingPlan:
+    """The routing plan of ``cfg.routing`` for layers of the given widths (no model needed)."""
+    return RoutingPlan(build_strategy_from(cfg, registry), routed_channels, num_tasks=cfg.diffusion.steps)
+
+
+def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
+                codec: Codec | None = None) -> RoutedBackbone:
+    """The backbone with the routing plan of ``cfg.routing`` attached: ``model(x, t, y=None)``.
+
+    ``codec``: the run's codec when already built (latent backbones read their geometry from it).
+    """
+    registry = registry or default_registry()
+    info = registry.get("backbone", cfg.backbone.name)
+    params, _ = _backbone_params(cfg, info, codec_spec(cfg), codec, registry)
+    try:
+        model = info.build(**params)
+    except ConfigError as exc:
+        if backbone_input_space(info) == "latents":
+            raise ConfigError(f"{exc} (in_channels={params['in_channels']} and input_size={params['input_size']} "
+                              f"come from the codec's latents of data.image_size "
+                              f"{cfg.data.params.get('image_size')})") from None
+        raise
+    if not isinstance(model, RoutedBackbone):
+        raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
+                          f"{type(model).__name__}")
+    _check_contract(model, Backbone, "backbone", info)
+    model.attach_routing(build_routing_plan(cfg, model.routed_channels(), registry))
+    return model
+
+
+# ------------------------------------------------------------------------------ diffusion, loss
+def build_diffusion(cfg: ExperimentConfig):
+    """The Gaussian diffusion of ``cfg.diffusion`` (guided-diffusion semantics)."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+
+    return GaussianDiffusion.from_config(cfg.diffusion)
+
+
+def build_loss_weighting(cfg: ExperimentConfig, registry: PluginRegistry | None = None):
+    return (registry or default_registry()).build("loss_weighting", cfg.loss_weighting.name,
+                                                  **cfg.loss_weighting.params)
+
+
+# ------------------------------------------------------------------------------------ data, cache
+def latent_cache_root(cfg: ExperimentConfig, codec: Codec) -> tuple[Path, dict[str, Any]]:
+    """``(cache folder, key)`` of ``cfg``'s latent cache for ``codec`` (a non-identity codec)."""
+    spec = codec_spec(cfg)
+    if spec.cache is None:
+        raise ConfigError("vae.path: a latent cache needs a vae section, e.g. vae: {path: stabilityai/sd-vae-ft-ema} "
+                          "(a hub id or a local diffusers folder), or a codec section")
+    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg)[1], spec.name, codec, spec.cache.dtype)
+    base = Path(spec.cache.cache_dir).expanduser() if spec.cache.cache_dir else Path(cfg.output_dir) / "latent_cache"
+    return cache_root(base, key), key
+
+
+def build_dataset(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, codec: Codec | None = None):
+    """The training data. With a non-identity codec and a complete latent cache (``dtr cache-latents``)
+    for this dataset, image size and codec content: the cached posteriors instead of the images (else
+    the images, and a one-line hint on stderr)."""
+    registry = registry or default_registry()
+    spec = codec_spec(cfg)
+    if not spec.is_identity:
+        codec = codec if codec is not None else build_codec(cfg, registry)
+        root, key = latent_cache_root(cfg, codec)
+        if is_complete(root, key):
+            return LatentCacheDataset(root, random_flip=bool(cfg.data.params.get("random_flip", False)))
+        if os.environ.get("RANK", "0") == "0":
+            state = "is incomplete" if (root / "manifest.json").exists() else "does not exist"
+            print(f"dtr: hint: the latent cache {root} {state}, so every batch is encoded with the VAE (slower); "
+                  f"run `dtr cache-latents CONFIG` once to build it", file=sys.stderr)
+    return registry.build("dataset", cfg.data.name, **cfg.data.params)
+
+
+def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = None, progress: bool = True) -> Path:
+    """Encode ``cfg``'s dataset with its codec into the latent cache (resumable); returns the cache folder."""
+    from . import distributed
+
+    registry = registry or default_registry()
+    spec = codec_spec(cfg)
+    if spec.is_identity or spec.cache is None:
+        raise ConfigError("vae.path: dtr cache-latents needs a vae section, e.g. vae: {path: "
+                          "stabilityai/sd-vae-ft-ema} (a hub id or a local diffusers folder), or a codec section")
+    codec = build_codec(cfg, registry)
+    image_size = image_shape(cfg)[1]
+    codec.latent_shape(image_shape(cfg))  # geometry errors before any work
+    root, key = latent_cache_root(cfg, codec)
+    params = dict(cfg.data.params)
+    if "random_flip" in params:  # the cache holds both views itself
+        params["random_flip"] = False
+    dataset = registry.build("dataset", cfg.data.name, **params)
+    describe = {"name": spec.name, "params": spec.params, "repr": repr(codec)}
+    d = distributed.setup(cfg.train.device)
+    try:
+        return write_cache(root, key, dataset, codec, spec.cache, image_size=image_size, dist=d,
+                           num_workers=cfg.train.num_workers, progress=progress, describe=describe)
+    finally:
+        distributed.teardown(d)
+
+
+@dataclass
+class ModelInput:
+    """A data batch -> the denoiser's ``x0``: identity for pixels (the batch itself, no random draw);
+    cached posteriors -> :func:`draw_latents`; images with a latent codec -> ``codec.encode``."""
+
+    codec: Codec
+    identity: bool
+    cached: bool
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return batch
+        if self.cached:
+            return draw_latents(batch)
+        return self.codec.encode(batch)
+
+
+# ------------------------------------------------------------------------------------ everything
+@dataclass
+class Components:
+    """Everything one run is made of, built from one config."""
+
+    cfg: ExperimentConfig
+    codec: Codec
+    model: RoutedBackbone
+    diffusion: Any
+    loss_weighting: Any
+    dataset: Any
+    model_input: ModelInput = field(repr=False)
+
+
+def build_components(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
+                     device: torch.device | str = "cpu") -> Components:
+    """Codec, model (on ``device``), diffusion, loss weighting (on ``device``), dataset, input stage.
+
+    The model's initial weights come from the global torch generator (seed it first).
+    """
+    registry = registry or default_registry()
+    spec = codec_spec(cfg)
+    codec = build_codec(cfg, registry)
+    model = build_model(cfg, registry, codec=codec).to(device)
+    diffusion = build_diffusion(cfg)
+    weighting = build_loss_weighting(cfg, registry).to(device)
+    dataset = build_dataset(cfg, registry, codec=codec)
+    model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))
+    return Components(cfg, codec, model, diffusion, weighting, dataset, model_input)
+
+

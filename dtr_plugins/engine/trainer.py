@@ -1,0 +1,317 @@
+"""The training step loop over an explicit :class:`TrainState` (model, EMA, optimizer, grad scaler, loss
+weighting, step), in the manner of guided-diffusion's ``TrainLoop`` (``improved_diffusion/train_util.py``).
+
+Resumption is exact: every step re-seeds the RNG from ``(seed, rank, step)`` and the data position is
+the step itself (see :class:`dtr_plugins.engine.train.StepBatches`).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone, Codec
+from dtr_plugins.core.errors import ConfigError, UserError
+
+from . import distributed
+from .rundir import RunDir
+
+NUM_BUCKETS = 10
+
+__all__ = ["TrainState", "Trainer", "TrainingDiverged", "ema_update", "ema_decay_at", "step_seed", "autocast",
+           "model_kwargs_for", "check_data_fits", "ranks_in_sync", "NUM_BUCKETS"]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or inf."""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels."""
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
+def ema_decay_at(cfg: ExperimentConfig, step: int) -> float:
+    """Configured decay, or with warm-up ``min(decay, (1 + step) / (10 + step))`` for short runs."""
+    if cfg.train.ema_warmup:
+        return min(cfg.train.ema_decay, (1 + step) / (10 + step))
+    return cfg.train.ema_decay
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63 - 1)
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_at(cfg: ExperimentConfig, step: int) -> float:
+    """Learning rate of ``step``: linear warm-up over ``train.lr_warmup_steps``, then constant."""
+    if cfg.train.lr_warmup_steps:
+        return cfg.train.lr * min(1.0, (step + 1) / cfg.train.lr_warmup_steps)
+    return cfg.train.lr
+
+
+def model_kwargs_for(model: Backbone, labels: torch.Tensor) -> dict[str, Any]:
+    """Class-conditional backbones get ``y``; unconditional ones (``num_classes`` None, 0 or 1) get nothing."""
+    return {"y": labels} if (model.num_classes or 0) > 1 else {}
+
+
+def check_data_fits(model: Backbone, x0: torch.Tensor, cfg: ExperimentConfig) -> None:
+    """The denoiser's inputs (after the codec) must have the backbone's channels and size."""
+    if x0.shape[1] != model.in_channels:
+        raise ConfigError(f"data: '{cfg.data.name}' gives {x0.shape[1]}-channel images but backbone.in_channels "
+                          f"is {model.in_channels}")
+    if x0.shape[-1] != model.input_size:
+        raise ConfigError(f"data.image_size: '{cfg.data.name}' gives {x0.shape[-1]}px images but the backbone "
+                          f"expects {model.input_size}px (backbone.input_size)")
+
+
+@torch.no_grad()
+def ranks_in_sync(model: torch.nn.Module, d: distributed.Dist) -> bool:
+    """Do all ranks hold identical weights? Compares position-weighted checksums of every parameter."""
+    import torch.distributed as dist
+
+    sums = []
+    for p in model.parameters():
+        flat = p.detach().double().flatten()
+        sums += [flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device, dtype=flat.dtype)).sum()]
+    local = torch.stack(sums)
+    gathered = [torch.empty_like(local) for _ in range(d.world_size)]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+# ------------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores: the model, its EMA, the optimizer, the fp16 grad scaler, the
+    loss weighting (ANT-UW learns weights) and the number of optimizer steps taken."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    weighting: torch.nn.Module
+    step: int = 0
+
+    @classmethod
+    def create(cls, model: torch.nn.Module, weighting: torch.nn.Module, cfg: ExperimentConfig,
+               device: torch.device) -> "TrainState":
+        """A fresh state: EMA = a copy of ``model``, AdamW over the model and the weighting's groups."""
+        import copy
+
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + list(weighting.param_groups())
+        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                      fused=device.type == "cuda")
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+        return cls(model, ema, optimizer, scaler, weighting)
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        """Restore from a checkpoint whose ``model`` weights were already applied to ``self.model``."""
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.weighting.load_state_dict(ckpt["loss_weighting"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+
+    def checkpoint(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """The checkpoint payload (format of :mod:`dtr_plugins.core.checkpoint`)."""
+        return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
+                    optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
+                    scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
+                    config=cfg.to_dict())
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs optimizer steps on a :class:`TrainState`, logs to the run directory, saves and evaluates.
+
+    Args:
+        cfg: the run config (train, eval and sample sections are read).
+        state: the state to advance.
+        net: the module the forward pass goes through (``state.model``, or it wrapped in DDP / compiled).
+        diffusion: the Gaussian diffusion (``training_losses``, ``num_timesteps``).
+        model_input: a data batch -> the denoiser's ``x0`` (the codec stage).
+        codec: the run's codec (decodes samples for evaluation).
+        run_dir: where metrics, checkpoints and samples go.
+        dist: the process group of this rank.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
+                 model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True):
+        self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
+        self.model_input, self.codec, self.run_dir, self.dist, self.progress = model_input, codec, run_dir, dist, progress
+        device = dist.device
+        self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
+        self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
+        self.bucket_count = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.finite = torch.ones((), device=device, dtype=torch.bool)
+        self.window_steps, self.window_start = 0, time.perf_counter()
+
+    # ------------------------------------------------------------------------------------- loop
+    def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step per batch of ``loader``, then logging, checkpoints and evaluation on schedule."""
+        from tqdm.auto import tqdm
+
+        cfg, d, state = self.cfg, self.dist, self.state
+        if d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(d.device)
+        bar = tqdm(total=cfg.train.steps, initial=state.step, desc=cfg.name, disable=not (self.progress and d.is_main),
+                   dynamic_ncols=True)
+        state.model.train()
+        for batch, labels in loader:
+            loss = self.run_step(batch, labels)
+            bar.update(1)
+            step, last = state.step, state.step == cfg.train.steps
+            if step % cfg.train.log_every == 0 or last:
+                record = self.log()
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
+                self.save()
+            if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
+                self.evaluate(final=last)
+            del loss
+        bar.close()
+
+    def run_step(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one batch; returns the (detached) scalar loss."""
+        cfg, d, state = self.cfg, self.dist, self.state
+        model, weighting, optimizer, scaler = state.model, state.weighting, state.optimizer, state.scaler
+        torch.manual_seed(step_seed(cfg.seed, d.rank, state.step))
+        batch = batch.to(d.device, non_blocking=True)
+        labels = labels.to(d.device, non_blocking=True)
+        x0 = self.model_input(batch)
+        if state.step == 0 and d.is_main:
+            check_data_fits(model, x0, cfg)
+        T = self.diffusion.num_timesteps
+        t = weighting.sample_timesteps(x0.shape[0], T, d.device)
+        scale = lr_at(cfg, state.step) / cfg.train.lr
+        for group, lr in zip(optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr * scale
+        with autocast(cfg.train.precision, d.device):
+            terms = self.diffusion.training_losses(self.net, x0, t, model_kwargs=model_kwargs_for(model, labels))
+            loss = weighting(terms, t, self.diffusion)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if d.enabled:  # the weighting's own parameters (ANT-UW) live outside DDP: average their gradients
+            _all_reduce_grads(weighting.parameters(), d.world_size)
+        if cfg.train.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        ema_update(state.ema, model, ema_decay_at(cfg, state.step))
+
+        with torch.no_grad():
+            per_sample = terms["loss"].detach().double()
+            bucket = (t * NUM_BUCKETS // T).clamp_(max=NUM_BUCKETS - 1)
+            self.bucket_sum.index_add_(0, bucket, per_sample)
+            self.bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
+            self.loss_sum += loss.detach().double()
+            self.finite &= torch.isfinite(loss.detach())
+        state.step += 1
+        self.window_steps += 1
+        return loss.detach()
+
+    # -------------------------------------------------------------------------------- reporting
+    def log(self) -> dict[str, Any]:
+        """Reduce the window's statistics across ranks, append one record to metrics.jsonl, reset."""
+        cfg, d, state = self.cfg, self.dist, self.state
+        self._stop_if_diverged()
+        stats = _reduce(d, self.loss_sum, self.bucket_sum, self.bucket_count)
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        record = {"step": state.step, "loss": stats["loss"] / self.window_steps,
+                  "loss_bucket": stats["buckets"], "lr": state.optimizer.param_groups[0]["lr"],
+                  "steps_per_s": self.window_steps / elapsed,
+                  "images_per_s": self.window_steps * cfg.train.batch_size / elapsed,
+                  "ema_decay": ema_decay_at(cfg, state.step - 1)}
+        if d.device.type == "cuda":
+            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(d.device) / 2**20
+        record.update({f"weighting/{k}": v for k, v in state.weighting.log_values().items()})
+        if d.is_main:
+            self.run_dir.append_metrics(record)
+        self.bucket_sum.zero_(); self.bucket_count.zero_(); self.loss_sum.zero_()
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        return record
+
+    def save(self) -> None:
+        """Write ``checkpoints/<step>.pt`` (main rank; atomic), after the divergence check."""
+        from dtr_plugins.core.checkpoint import save_checkpoint
+
+        self._stop_if_diverged()
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir.checkpoint_path(self.state.step), **self.state.checkpoint(self.cfg))
+        self.dist.barrier()
+
+    def evaluate(self, final: bool) -> None:
+        """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
+        from .evaluate import dataset_reference, evaluate_model_samples
+        from .sample import generate, sample_record, write_samples
+
+        cfg, d, step = self.cfg, self.dist, self.state.step
+        images, labels = generate(self.state.ema, self.diffusion, cfg, num=cfg.eval.num_samples, seed=cfg.seed,
+                                  dist=d, codec=self.codec, progress=False)
+        if not d.is_main:
+            return
+        applied = sample_record(cfg)
+        if final:
+            write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
+                          info={"step": step, "weights": "ema", **applied})
+        reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
+        try:
+            result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
+                                            feature_extractor=cfg.eval.feature_extractor,
+                                            weights_path=cfg.eval.weights_path)
+        except UserError as exc:
+            print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
+            return
+        result.update({"step": step, **applied, "cfg_channels": cfg.sample.cfg_channels,
+                       "train_precision": cfg.train.precision, "world_size": d.world_size, "seed": cfg.seed})
+        self.run_dir.append_metrics({"step": step, "eval": result})
+        if final:
+            self.run_dir.write_eval(result)
+
+    def _stop_if_diverged(self) -> None:
+        """Checked before logging and before saving, so no NaN weights ever reach a checkpoint."""
+        if not bool(self.finite):
+            ckpts = self.run_dir.checkpoints
+            raise TrainingDiverged(f"{self.run_dir.path}: loss became NaN or inf before step {self.state.step}; the "
+                                   f"last good checkpoint is kept in {ckpts} (try a lower train.lr, train.grad_clip "
+                                   f"or precision fp32)")
+
+
+def _all_reduce_grads(params, world_size: int) -> None:
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def _reduce(d: distributed.Dist, loss_sum, bucket_sum, bucket_count) -> dict[str, Any]:
+    if d.enabled:
+        import torch.distributed as dist
+
+        packed = torch.cat([loss_sum[None], bucket_sum, bucket_count])
+        dist.all_reduce(packed)
+        packed[0] /= d.world_size
+        loss_sum, bucket_sum, bucket_count = packed[0], packed[1:1 + NUM_BUCKETS], packed[1 + NUM_BUCKETS:]
+    buckets = [float(s / c) if c > 0 else None for s, c in zip(bucket_sum.tolist(), bucket_count.tolist())]
+    return {"loss": float(loss_sum), "buckets": buckets}
