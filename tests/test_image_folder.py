@@ -223,3 +223,43 @@ def test_heldout_split_keeps_every_label_with_its_file(tmp_path):
     for part in parts:
         assert part.classes == ["a", "b", "c"] and part.num_classes == 3
         assert part.labels == [part.class_index[f.relative_to(root).parts[0]] for f in part.files]
+
+
+# ------------------------------------------------------------------ wired into dtr train
+LABELS = """\
+name: labels
+backbone: {name: dit, input_size: 8, patch_size: 4, hidden_size: 16, depth: 1, num_heads: 2, in_channels: 3, num_classes: 3}
+routing: {name: vanilla}
+diffusion: {steps: 50, schedule: linear, learn_sigma: false}
+data: {name: image_folder, path: DATA, image_size: 8}
+train: {steps: 1, batch_size: 4, log_every: 1, ckpt_every: 1}
+eval: {at_end: false}
+"""
+
+
+@pytest.mark.parametrize("names", [["a", "b", "c", "d", "e"], ["a", "b", "c", "d"]])
+def test_cli_train_refuses_a_label_space_that_does_not_fit_and_writes_nothing(tmp_path, run_cli, names):
+    """5 folders for num_classes 3 was an IndexError traceback; 4 folders exited 0 (class 3 trained as null)."""
+    root = class_folders(tmp_path / "d", names)
+    cfg = write(tmp_path / "labels.yaml", LABELS.replace("DATA", str(root)))
+    code, _, err = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs'}")
+    assert code == 2 and err.strip() == (f"dtr: error: backbone.num_classes is 3 but data 'image_folder' has "
+                                         f"{len(names)} classes ({', '.join(names)}); set backbone.num_classes: "
+                                         f"{len(names)}, or 1 for an unconditional model")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_train_records_the_class_map(tmp_path, run_cli):
+    import json
+
+    root = class_folders(tmp_path / "d", ["cat", "dog", "owl"])
+    cfg = write(tmp_path / "labels.yaml", LABELS.replace("DATA", str(root)))
+    code, _, err = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs'}")
+    assert code == 0, err
+    assert json.loads((tmp_path / "runs" / "labels" / "classes.json").read_text()) == {
+        "num_classes": 3, "classes": ["cat", "dog", "owl"], "labels_used": True}
+    code, _, err = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs1'}", "--set",
+                           "backbone.num_classes=1")
+    assert code == 0 and "dtr: warning: backbone.num_classes is 1 (unconditional): the 3 classes of data " \
+                          "'image_folder' are ignored" in err
+    assert json.loads((tmp_path / "runs1" / "labels" / "classes.json").read_text())["labels_used"] is False
