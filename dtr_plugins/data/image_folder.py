@@ -103,8 +103,10 @@ def _walk(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
             if name.startswith("."):
                 continue
             (images if is_image_name(Path(name)) else others).append(here / name)
-    key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
-    return sorted(images, key=key), sorted(others, key=key), sorted(folders, key=key)
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    return sorted(images, key=rel), sorted(others, key=rel), sorted(folders, key=rel)
 
 
 def scan_image_folder(root: Path, class_cond: bool) -> tuple[list[Path], list[int], list[str]]:
