@@ -196,7 +196,7 @@ def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_pat
     for seed in (0, 1):
         d = root / f"dtr__seed{seed}"
         write(d / "config.yaml", f"name: dtr__seed{seed}\nseed: {seed}\nrouting: {{name: dtr, alpha: 4.0, beta: 0.8}}\n"
-                                 "diffusion: {steps: 10}\nbackbone: {name: dit, input_size: 8, hidden_size: 32, "
+                                 "diffusion: {steps: 50}\nbackbone: {name: dit, input_size: 8, hidden_size: 32, "
                                  "depth: 2, num_heads: 2}\ndata: {name: digits}\n")
         write(d / "meta.json", json.dumps({"device": "cpu (test)", "routed_channels": [32, 32]}))
 

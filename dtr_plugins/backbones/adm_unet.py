@@ -332,7 +332,9 @@ class ADMUNet(RoutedBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[N, in_channels, H, W]``; ``t``: ``[N]`` timestep indices; ``y``: ``[N]`` labels
         (required when class-conditional, ignored otherwise). Returns ``[N, out_channels, H, W]``."""
-        masks = iter([None if m is None else m[:, :, None, None] for m in self.layer_masks(t.long(), x.dtype)])
+        # flow: a continuous process routes by the float time itself; index plans take integer timesteps
+        task = t if self.plan is not None and self.plan.continuous is not None else t.long()
+        masks = iter([None if m is None else m[:, :, None, None] for m in self.layer_masks(task, x.dtype)])
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype))
         if self.num_classes is not None:
             if y is None:

@@ -31,7 +31,15 @@ class PluginSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ProcessSection(PluginSection):
+    """flow: the ``diffusion`` section, a plugin section whose ``name`` defaults to ``gaussian``."""
+
+    name: str = "gaussian"
+
+
 class DiffusionConfig(_Strict):
+    """Parameters of the ``gaussian`` process."""
+
     steps: int = Field(1000, ge=2, description="training timesteps T (also the number of routing tasks)")
     schedule: Literal["linear", "cosine"] = "linear"
     learn_sigma: bool = True
@@ -55,8 +63,8 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: Literal["ddpm", "ddim"] = "ddim"
-    respacing: str = "ddim50"
+    sampler: str = Field("ddim", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
+    respacing: str = Field("ddim50", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count")
     eta: float = Field(0.0, ge=0)
     cfg_scale: float = Field(1.0, ge=0)
     cfg_channels: Literal["all", "first3"] = "all"
@@ -107,7 +115,7 @@ class ExperimentConfig(_Strict):
     output_dir: str = "runs"
     backbone: PluginSection
     routing: PluginSection = Field(default_factory=lambda: PluginSection(name="vanilla"))
-    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    diffusion: ProcessSection = Field(default_factory=ProcessSection)
     loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
     data: PluginSection
     vae: VaeConfig | None = None
@@ -125,7 +133,8 @@ class ExperimentConfig(_Strict):
 
 
 #: config section -> plugin kind
-PLUGIN_SECTIONS = {"backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
+PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
+                   "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
                    "data": "dataset"}
 
 
@@ -209,11 +218,18 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
         params = current.params
         if section == "backbone" and "learn_sigma" in info.params.model_fields:
-            if params.setdefault("learn_sigma", cfg.diffusion.learn_sigma) != cfg.diffusion.learn_sigma:
+            # flow: the process decides (gaussian: its learn_sigma param; flow_matching: always False)
+            learn_sigma = updates["diffusion"].params.get("learn_sigma", process_cls.learn_sigma)
+            if params.setdefault("learn_sigma", learn_sigma) != learn_sigma:
+                hint = ("set only diffusion.learn_sigma" if "learn_sigma" in updates["diffusion"].params
+                        else f"diffusion {cfg.diffusion.name!r} fixes it; remove backbone.learn_sigma")
                 raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
-                                  f"diffusion.learn_sigma {cfg.diffusion.learn_sigma!r}; set only diffusion.learn_sigma")
+                                  f"diffusion.learn_sigma {learn_sigma!r}; {hint}")
         validated = info.validate(params, where=section)
-        updates[section] = PluginSection(name=current.name, **validated.model_dump(mode="json"))
+        section_cls = ProcessSection if section == "diffusion" else PluginSection
+        updates[section] = section_cls(name=current.name, **validated.model_dump(mode="json"))
+        if section == "diffusion":
+            process_cls = info.factory
     if cfg.codec is not None:
         if cfg.vae is not None:
             raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "
@@ -224,4 +240,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         validated = registry.get("codec", cfg.codec.name).validate(cfg.codec.params, where="codec")
         cache = {k: getattr(cfg.codec, k) for k in CacheFields.model_fields}
         updates["codec"] = CodecSection(name=cfg.codec.name, **cache, **validated.model_dump(mode="json"))
+    # flow: the process rules out loss weightings and sample settings that do not apply to it
+    from .process import check_process_settings
+
+    check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
+                           sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)
     return cfg.model_copy(update=updates)

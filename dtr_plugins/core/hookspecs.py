@@ -105,3 +105,16 @@ def dtr_register_feature_extractors(register: Callable[..., None]) -> None:
     Args:
         register: the registration callable described in the module docstring.
     """
+
+
+# --- flow: process plugins (lead: re-apply on the refactored hookspecs) -----------------------------
+@hookspec
+def dtr_register_processes(register):
+    """Register diffusion processes (the ``diffusion`` config section; ``gaussian`` is the default).
+
+    A process's factory is a class (see :class:`dtr_plugins.core.process.DiffusionProcess`) with class
+    attributes ``samplers`` (names ``sample.sampler`` may take), ``loss_weightings`` (allowed weighting
+    names, or None for any) and ``learn_sigma``, a classmethod ``check_sample_settings(sampler, respacing)``,
+    and instances offering ``num_timesteps``, ``training_times``, ``training_losses``, ``sample``,
+    ``loss_bucket`` and ``continuous_tasks``.
+    """

@@ -31,6 +31,7 @@ KINDS: dict[str, str] = {
     "dataset": "dtr_register_datasets",
     "codec": "dtr_register_codecs",
     "feature_extractor": "dtr_register_feature_extractors",
+    "process": "dtr_register_processes",  # flow: diffusion processes (gaussian, flow_matching)
 }
 
 

@@ -34,8 +34,10 @@ class RoutingPlan(nn.Module):
         num_tasks: number of training timesteps ``T``.
     """
 
-    def __init__(self, strategy: Any, layer_channels: Sequence[int], num_tasks: int):
+    def __init__(self, strategy: Any, layer_channels: Sequence[int], num_tasks: int, continuous: Any = None):
         super().__init__()
+        # flow: float times -> tasks u in [0, 1] (a core.continuous_routing.ContinuousTasks); None: index only
+        self.continuous = continuous
         self.strategy_repr = repr(strategy)
         self.num_tasks = int(num_tasks)
         self.layer_channels = [int(c) for c in layer_channels]
@@ -76,6 +78,10 @@ class RoutingPlan(nn.Module):
         """The ``[N, C]`` mask rows of every layer for timesteps ``t``: one index op per distinct table."""
         if self.num_tables == 0:
             return [None] * len(self.layer_table)
+        if t.is_floating_point():  # continuous time (flow): closed form or nearest row, see continuous_routing
+            if self.continuous is None:
+                raise ValueError("float times given to a routing plan built for timestep indices")
+            return self.continuous.gather(self, t, dtype)
         rows = [self.table(i).index_select(0, t).to(dtype) for i in range(self.num_tables)]
         return [None if j is None else rows[j] for j in self.layer_table]
 

@@ -27,6 +27,7 @@ from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
 from dtr_plugins.core.errors import ConfigError, PluginError
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
+from dtr_plugins.core.process import DiffusionProcess
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 
 IDENTITY = "identity"
@@ -149,7 +150,10 @@ def build_strategy_from(cfg: ExperimentConfig, registry: PluginRegistry | None =
 def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
                        registry: PluginRegistry | None = None) -> RoutingPlan:
     """The routing plan of ``cfg.routing`` for layers of the given widths (no model needed)."""
-    return RoutingPlan(build_strategy_from(cfg, registry), routed_channels, num_tasks=cfg.diffusion.steps)
+    strategy = build_strategy_from(cfg, registry)
+    process = build_diffusion(cfg, registry)  # the process says what a routing task is (index or continuous u)
+    return RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
+                       continuous=process.continuous_tasks(strategy))
 
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
@@ -178,11 +182,14 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
 
 
 # ------------------------------------------------------------------------------ diffusion, loss
-def build_diffusion(cfg: ExperimentConfig):
-    """The Gaussian diffusion of ``cfg.diffusion`` (guided-diffusion semantics)."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
-
-    return GaussianDiffusion.from_config(cfg.diffusion)
+def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> DiffusionProcess:
+    """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
+    process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
+    if not isinstance(process, DiffusionProcess):
+        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (num_timesteps, "
+                          f"training_times, training_losses, sample, loss_bucket, continuous_tasks), "
+                          f"got {type(process).__name__}")
+    return process
 
 
 def build_loss_weighting(cfg: ExperimentConfig, registry: PluginRegistry | None = None):
@@ -287,7 +294,7 @@ def build_components(cfg: ExperimentConfig, registry: PluginRegistry | None = No
     spec = codec_spec(cfg)
     codec = build_codec(cfg, registry)
     model = build_model(cfg, registry, codec=codec).to(device)
-    diffusion = build_diffusion(cfg)
+    diffusion = build_diffusion(cfg, registry)
     weighting = build_loss_weighting(cfg, registry).to(device)
     dataset = build_dataset(cfg, registry, codec=codec)
     model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))

@@ -145,7 +145,7 @@ class Trainer:
         cfg: the run config (train, eval and sample sections are read).
         state: the state to advance.
         net: the module the forward pass goes through (``state.model``, or it wrapped in DDP / compiled).
-        diffusion: the Gaussian diffusion (``training_losses``, ``num_timesteps``).
+        diffusion: the diffusion process (:class:`dtr_plugins.core.process.DiffusionProcess`).
         model_input: a data batch -> the denoiser's ``x0`` (the codec stage).
         codec: the run's codec (decodes samples for evaluation).
         run_dir: where metrics, checkpoints and samples go.
@@ -199,8 +199,7 @@ class Trainer:
         x0 = self.model_input(batch)
         if state.step == 0 and d.is_main:
             check_data_fits(model, x0, cfg)
-        T = self.diffusion.num_timesteps
-        t = weighting.sample_timesteps(x0.shape[0], T, d.device)
+        t = self.diffusion.training_times(weighting, x0.shape[0], d.device)  # the process draws t
         scale = lr_at(cfg, state.step) / cfg.train.lr
         for group, lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = lr * scale
@@ -220,7 +219,7 @@ class Trainer:
 
         with torch.no_grad():
             per_sample = terms["loss"].detach().double()
-            bucket = (t * NUM_BUCKETS // T).clamp_(max=NUM_BUCKETS - 1)
+            bucket = self.diffusion.loss_bucket(t, NUM_BUCKETS)  # by noise level, bucket 0 clean
             self.bucket_sum.index_add_(0, bucket, per_sample)
             self.bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
             self.loss_sum += loss.detach().double()

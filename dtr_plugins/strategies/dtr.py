@@ -39,6 +39,15 @@ class SlidingWindow:
         c = torch.arange(channels)[None, :]
         return (c >= start) & (c < start + n)
 
+    def mask_for_u(self, u: torch.Tensor, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
+        """The window in closed form over continuous noise levels ``u`` ``[B]`` in [0, 1] (0 clean, 1 noisy):
+        start ``round(u ** alpha * (C - n))`` in float64, half-to-even; ``bool [B, C]``. Equals
+        ``mask_table(T, C)[k]`` at ``u = k / (T - 1)`` (see dtr_plugins.core.continuous_routing)."""
+        n = int(np.floor(self.beta * channels))
+        start = torch.round(u.double().clamp(0, 1) ** self.alpha * (channels - n)).long()[:, None]
+        c = torch.arange(channels, device=u.device)[None, :]
+        return (c >= start) & (c < start + n)
+
     def __repr__(self) -> str:
         return f"dtr(alpha={self.alpha:g}, beta={self.beta:g})"
 

@@ -1,0 +1,75 @@
+"""Routing over continuous time: which channels a batch element uses when its task is a real ``u`` in [0, 1].
+
+A discrete process (DDPM) names a task by its timestep index, a row of each ``[T, C]`` mask table. A
+continuous process (flow matching) calls the model with a float time; :class:`ContinuousTasks` turns it
+into the **noise level** ``u`` in [0, 1], ordered like DDPM's index: ``u = 0`` clean, ``u = 1`` pure noise
+(``u = 1 - t`` when the process's time runs from noise at 0 to data at 1, as SiT's).
+
+- Strategies with a closed form over ``u`` (:class:`ContinuousStrategy`, e.g. ``dtr``'s window
+  ``start = round(u ** alpha * (C - n))``) are evaluated at ``u`` itself when ``exact`` is set: nothing is
+  quantised.
+- Every other strategy (a static table), or any strategy when ``exact`` is off, is read at the nearest row
+  of its ``T``-row grid over ``u``: ``row = round(u * (T - 1))`` (half to even), i.e. row ``k`` stands for
+  ``u = k / (T - 1)``, the same grid DTR's table formula uses.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from .routing import RoutingPlan
+
+
+@runtime_checkable
+class ContinuousStrategy(Protocol):
+    """A strategy that also gives its masks in closed form over continuous ``u`` (0 clean, 1 noisy)."""
+
+    def mask_for_u(self, u: torch.Tensor, channels: int, *, layer: int = 0,
+                   num_layers: int = 1) -> torch.Tensor:
+        """``bool [B, channels]`` for ``u`` ``[B]``; equals ``mask_table(T, ...)[k]`` at ``u = k / (T - 1)``."""
+        ...
+
+
+def grid_rows(u: torch.Tensor, num_tasks: int) -> torch.Tensor:
+    """Nearest row ``round(u * (T - 1))`` of a ``T``-row table for noise levels ``u`` in [0, 1] (int64)."""
+    return torch.round(u.double().clamp(0, 1) * (num_tasks - 1)).long()
+
+
+class ContinuousTasks:
+    """How a :class:`RoutingPlan` routes float times. ``data_at_one``: the model's time is 1 at the data
+    (``u = 1 - t``); else it is already the noise level (``u = t``). ``exact``: use closed forms."""
+
+    def __init__(self, strategy: Any, *, exact: bool = True, data_at_one: bool = True):
+        self.strategy = strategy
+        self.exact = bool(exact) and isinstance(strategy, ContinuousStrategy)
+        self.data_at_one = bool(data_at_one)
+
+    def __repr__(self) -> str:
+        return f"continuous(u={'1-t' if self.data_at_one else 't'}, {'closed form' if self.exact else 'nearest row'})"
+
+    def noise_level(self, t: torch.Tensor) -> torch.Tensor:
+        """``u`` in [0, 1] (float64) for the model's times ``t`` ``[B]``."""
+        t = t.double()
+        return (1 - t if self.data_at_one else t).clamp(0, 1)
+
+    def gather(self, plan: RoutingPlan, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
+        """The ``[B, C]`` mask rows of every routed layer of ``plan`` for float times ``t`` ``[B]``."""
+        if plan.num_tables == 0:
+            return [None] * len(plan.layer_table)
+        u = self.noise_level(t)
+        if not self.exact:
+            return plan.gather(grid_rows(u, plan.num_tasks).to(t.device), dtype)
+        num_layers = len(plan.layer_channels)
+        per_table: dict[int, torch.Tensor] = {}
+        out: list[torch.Tensor | None] = []
+        for layer, index in enumerate(plan.layer_table):
+            if index is None:
+                out.append(None)
+                continue
+            if index not in per_table:  # layers with one table share one closed form too
+                mask = self.strategy.mask_for_u(u, plan.layer_channels[layer], layer=layer, num_layers=num_layers)
+                per_table[index] = mask.to(device=t.device, dtype=dtype)
+            out.append(per_table[index])
+        return out

@@ -1,0 +1,221 @@
+"""Flow matching with the linear interpolant and velocity prediction (SiT's ``Linear`` / ``velocity`` transport).
+
+Conventions follow SiT (Ma et al., 2024; github.com/willisma/SiT, ``transport/path.py`` ``ICPlan`` and
+``transport/transport.py``), so that SiT's time embedding and numbers carry over:
+
+- time ``t`` in [0, 1] runs from **noise (t = 0) to data (t = 1)**: ``x_t = t * x1 + (1 - t) * x0`` with
+  ``x1`` the data and ``x0 ~ N(0, I)`` the noise;
+- the model predicts the velocity ``v(x_t, t) = dx_t/dt = x1 - x0`` and is called as ``model(x_t, t, **kw)``
+  with the float ``t`` itself (SiT feeds ``t`` in [0, 1] to the DiT timestep embedder unchanged);
+- the loss is ``mean over non-batch dims of (v - (x1 - x0)) ** 2`` per sample (``train_eps = 0``: the
+  velocity objective is finite on the closed interval);
+- sampling integrates ``dx/dt = v`` from ``t = 0`` (noise) to ``t = 1`` on the uniform grid
+  ``linspace(0, 1, steps + 1)``: Euler, or Heun (torchdiffeq's ``heun2``, explicit trapezoid, the
+  corrector applied on every step including the last), as SiT's ``Sampler.sample_ode``; SiT's
+  ``num_steps`` is this ``steps + 1``.
+- ``euler_maruyama``: SiT's ``Sampler.sample_sde`` with ``sampling_method="Euler"``, diffusion form
+  ``"sigma"`` (``w(t) = 1 - t``, SiT's sample.py default), norm 1 and last step ``"Mean"``: ``steps - 1``
+  Euler-Maruyama steps on ``linspace(0, 1 - h, steps)`` then one mean step of size ``h``
+  (``sde_last_step``), ``steps`` model calls in all. Drift ``v + w(t) * score`` with the score from the
+  velocity, ``score = (t * v - x) / (1 - t)`` for the linear path.
+
+Routing tasks are the **noise level** ``u = 1 - t`` in [0, 1], ordered clean (0) to noisy (1) like DDPM's
+timestep index ``t / (T - 1)`` (see :mod:`dtr_plugins.core.continuous_routing`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .continuous_routing import ContinuousTasks
+from .diffusion import _guided, _model_device, mean_flat
+from .errors import ConfigError
+
+__all__ = ["FlowMatching", "flow_steps"]
+
+SAMPLERS = ("euler", "heun", "euler_maruyama")
+_CFG_CHANNELS = {"all": None, "first3": 3}
+
+
+def flow_steps(respacing: Any) -> int:
+    """The number of integration steps ``N`` of a flow sampler from ``sample.respacing`` (``"50"`` or 50).
+
+    Raises :class:`ConfigError` for anything else (``"ddim50"``, ``"10,20"``: those are DDPM respacings).
+    """
+    text = str(respacing).strip() if respacing is not None else ""
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"sample.respacing: flow_matching takes the number of integration steps, e.g. '50' "
+                          f"(got {respacing!r}; 'ddimN' and section lists are Gaussian respacings)")
+    return int(text)
+
+
+class FlowMatching:
+    """The linear-interpolant flow-matching process (velocity prediction); see the module docstring.
+
+    Args:
+        steps: ``T``, rows of the routing-table grid over ``u`` (static tables are read at row
+            ``round(u * (T - 1))``); not a sampling setting.
+        time_sampling: ``"uniform"``: ``t ~ U(0, 1)``; ``"logit_normal"``: ``u = sigmoid(m + s * n)``,
+            ``n ~ N(0, 1)`` (Esser et al., 2024, SD3, who write u for the noise level), ``t = 1 - u``.
+        logit_mean, logit_std: ``m`` and ``s`` of the logit-normal; ``m > 0`` favours noisy times.
+        routing: ``"continuous"``: strategies with a closed form over u (``dtr``) use it, others the
+            nearest table row; ``"grid"``: every strategy reads the nearest table row.
+        sde_last_step: size ``h`` of the final mean step of ``euler_maruyama`` (SiT's 0.04).
+    """
+
+    samplers = SAMPLERS
+    #: loss weightings that work without a discrete Gaussian schedule (min_snr / p2 need SNR(t), ant_uw integer t)
+    loss_weightings = ("constant",)
+    learn_sigma = False
+
+    def __init__(self, steps: int = 1000, time_sampling: str = "uniform", logit_mean: float = 0.0,
+                 logit_std: float = 1.0, routing: str = "continuous", sde_last_step: float = 0.04):
+        if time_sampling not in ("uniform", "logit_normal"):
+            raise ConfigError(f"diffusion.time_sampling: {time_sampling!r} (allowed: uniform, logit_normal)")
+        if routing not in ("continuous", "grid"):
+            raise ConfigError(f"diffusion.routing: {routing!r} (allowed: continuous, grid)")
+        self.num_timesteps = int(steps)
+        self.time_sampling = time_sampling
+        self.logit_mean = float(logit_mean)
+        self.logit_std = float(logit_std)
+        self.routing = routing
+        self.sde_last_step = float(sde_last_step)
+
+    def __repr__(self) -> str:
+        return (f"FlowMatching(linear, velocity, T_grid={self.num_timesteps}, time={self.time_sampling}, "
+                f"routing={self.routing})")
+
+    # -- settings checks ----------------------------------------------------------------------------
+
+    @classmethod
+    def check_sample_settings(cls, sampler: str, respacing: Any) -> None:
+        """ConfigError unless ``sampler`` is one of :attr:`samplers` and ``respacing`` a step count."""
+        if sampler not in cls.samplers:
+            raise ConfigError(f"sample.sampler: {sampler!r} is not a flow_matching sampler "
+                              f"(allowed: {', '.join(cls.samplers)})")
+        flow_steps(respacing)
+
+    # -- routing and logging ------------------------------------------------------------------------
+
+    def continuous_tasks(self, strategy: Any) -> ContinuousTasks:
+        """How the routing plan maps the model's time ``t`` to tasks: ``u = 1 - t``."""
+        return ContinuousTasks(strategy, exact=self.routing == "continuous", data_at_one=True)
+
+    def loss_bucket(self, t: Tensor, buckets: int) -> Tensor:
+        """Bucket ``floor(u * buckets)`` of the noise level ``u = 1 - t`` (bucket 0: clean), int64."""
+        return ((1 - t.double()) * buckets).floor().long().clamp_(0, buckets - 1)
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def sample_times(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """Training times ``t`` ``[batch_size]`` float32 in [0, 1] (1 = data), from the device's global generator."""
+        if self.time_sampling == "uniform":
+            return torch.rand((batch_size,), device=device)
+        u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn((batch_size,), device=device))
+        return 1 - u
+
+    def training_times(self, weighting: Any, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """Training times for one step. The loss weighting's own timestep sampling is not used: time
+        sampling is this process's ``time_sampling`` (only weightings in :attr:`loss_weightings` are allowed)."""
+        return self.sample_times(batch_size, device)
+
+    def training_losses(self, model, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
+                        noise: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-sample velocity losses ``{"loss", "mse"}`` (equal), each ``[N]``.
+
+        ``x_start``: data ``x1`` ``[N, C, ...]``; ``t``: ``[N]`` float times in [0, 1]; ``noise``: ``x0``
+        (default ``randn_like``). Source: SiT ``Transport.training_losses`` (velocity, no weight).
+        """
+        if not t.is_floating_point():
+            raise ValueError("flow matching takes float times t in [0, 1], got integer timesteps")
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        tt = t.view(-1, *([1] * (x_start.ndim - 1)))
+        x_t = tt * x_start + (1 - tt) * noise
+        target = x_start - noise
+        out = model(x_t, t, **(model_kwargs or {})).float()
+        if out.shape != x_start.shape:
+            raise ValueError(f"model output {tuple(out.shape)}: flow matching needs the input shape "
+                             f"{tuple(x_start.shape)} (velocity; build the backbone with learn_sigma false)")
+        mse = mean_flat((out - target.float()) ** 2)
+        return {"loss": mse, "mse": mse}
+
+    # -- sampling -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, model, shape: tuple[int, ...] | list[int], sampler: str = "heun", respacing: Any = 50,
+               noise: Tensor | None = None, model_kwargs: Mapping[str, Any] | None = None, cfg_scale: float = 1.0,
+               cfg_channels: str = "all", clip_denoised: bool = False, eta: float = 0.0, progress: bool = True,
+               device: torch.device | str | None = None) -> Tensor:
+        """Integrate from noise ``x(0) ~ N(0, I)`` of ``shape`` to data ``x(1)``; returns ``[N, C, ...]``.
+
+        ``respacing``: the number of steps ``N`` (see :func:`flow_steps`). Classifier-free guidance when
+        ``cfg_scale != 1``: ``v = v_uncond + s * (v_cond - v_uncond)`` with the backbone's null class,
+        on every channel (``"all"``) or the first three (``"first3"``, SiT's / DiT's released behaviour).
+        ``clip_denoised`` clamps the final sample to [-1, 1]. ``eta`` must be 0 (a DDIM setting).
+        Raises :class:`ConfigError` for an unknown sampler, a bad step count or ``eta != 0``.
+        """
+        self.check_sample_settings(sampler, respacing)
+        steps = flow_steps(respacing)
+        if eta:
+            raise ConfigError(f"sample.eta: {eta:g} is a DDIM setting; flow_matching samplers need eta 0")
+        if cfg_channels not in _CFG_CHANNELS:
+            raise ConfigError(f"sample.cfg_channels: {cfg_channels!r} (allowed: {', '.join(_CFG_CHANNELS)})")
+        if device is None:
+            device = noise.device if noise is not None else _model_device(model)
+        kwargs = dict(model_kwargs or {})
+        y_null = kwargs.pop("y_null", None)
+        if cfg_scale != 1.0:
+            model = _guided(model, kwargs, cfg_scale, _CFG_CHANNELS[cfg_channels], y_null, shape[1])
+        x = noise.to(device) if noise is not None else torch.randn(*shape, device=device)
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"noise shape {tuple(x.shape)} != sample shape {tuple(shape)}")
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            return model(x, t.expand(x.shape[0]), **kwargs).float()
+
+        from tqdm.auto import tqdm
+
+        if sampler == "euler_maruyama":
+            x = self._sde(velocity, x, steps, progress)
+        else:
+            grid = torch.linspace(0.0, 1.0, steps + 1).to(device)  # on the CPU first, as SiT
+            for i in tqdm(range(steps), disable=not progress, desc=f"{sampler} {steps} steps", leave=False):
+                t0, t1 = grid[i], grid[i + 1]
+                dt = t1 - t0
+                k1 = velocity(x, t0.reshape(1))
+                if sampler == "euler":
+                    x = x + dt * k1
+                else:  # heun2: k2 at (t0 + dt, x + dt * k1), then the trapezoid
+                    k2 = velocity(x + dt * k1, (t0 + dt).reshape(1))
+                    x = x + dt * (0.5 * k1 + 0.5 * k2)
+        return x.clamp(-1, 1) if clip_denoised else x
+
+    def _sde(self, velocity, x: Tensor, steps: int, progress: bool) -> Tensor:
+        """SiT's Euler-Maruyama with diffusion ``w(t) = 1 - t`` and a final mean step (see module docstring)."""
+        if steps < 2:
+            raise ConfigError("sample.respacing: euler_maruyama needs at least 2 steps")
+        h = self.sde_last_step
+
+        def drift(x: Tensor, t: Tensor) -> Tensor:
+            v = velocity(x, t)
+            tt = t.view(-1, *([1] * (x.ndim - 1)))
+            var = (1 - tt) ** 2 + tt * (1 - tt)  # sigma^2 - (alpha / alpha') sigma' sigma, = 1 - t
+            score = (tt * v - x) / var
+            return v + (1 - tt) * score
+
+        grid = torch.linspace(0.0, 1.0 - h, steps).to(x.device)
+        dt = grid[1] - grid[0]
+        from tqdm.auto import tqdm
+
+        for i in tqdm(range(steps - 1), disable=not progress, desc=f"euler_maruyama {steps} steps", leave=False):
+            t = torch.ones(x.shape[0], device=x.device) * grid[i]
+            w = torch.randn_like(x)
+            dw = w * torch.sqrt(dt)
+            mean_x = x + drift(x, t) * dt
+            x = mean_x + torch.sqrt(2 * (1 - t.view(-1, *([1] * (x.ndim - 1))))) * dw
+        t_last = torch.ones(x.shape[0], device=x.device) * grid[-1]
+        return x + drift(x, t_last) * h
