@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU machines here serve this torch from a local cache; set TORCH_SPEC to use another build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo setup clean
+.PHONY: test lint typecheck test-quick mutate demo setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,26 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# CI runs `make test`: lint, then types, then every test (unit, parity and the slow integration runs).
+test: lint typecheck
 	$(PY) -m pytest -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check dtr_plugins tests benchmarks
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+# The quick local loop: unit and parity tests only (tests/integration is marked slow).
+test-quick: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider -m "not slow" tests
+
+# Mutation testing (mutmut, configured in pyproject.toml) over the math modules; slow, not part of CI.
+# MUTATE_ARGS narrows it, e.g. `make mutate MUTATE_ARGS="dtr_plugins.strategies.dtr*"` (see docs/testing.md).
+MUTATE_ARGS ?=
+mutate: $(STAMP)
+	$(PY) -m mutmut run $(MUTATE_ARGS)
+	$(PY) -m mutmut results
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins

@@ -1,3 +1,4 @@
+# This file is over 500 lines because it is the single shared module of the benchmarks (by design, see below).
 """The one shared module of the benchmarks: devices, timers and interleaving, FLOP counts, peak FLOP/s,
 statistics, plugin lists from the registry, benchmark models by backbone and size, and result files.
 

@@ -1,3 +1,8 @@
+"""Shared fixtures and paths for tests/unit, tests/parity and tests/integration.
+
+Everything under ``tests/integration/`` is marked ``slow`` here (one place, so a new file cannot forget it):
+``pytest -m "not slow"`` is the quick local loop; ``make test`` runs everything.
+"""
 import os
 import sys
 from pathlib import Path
@@ -9,6 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

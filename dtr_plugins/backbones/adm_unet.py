@@ -1,3 +1,4 @@
+# This file is over 500 lines because it is one model family in one file, read beside guided-diffusion's unet.py.
 """``adm_unet``: the ADM U-Net of guided-diffusion (Dhariwal & Nichol, 2021) with task routing.
 
 The architecture and the state-dict layout follow guided-diffusion's ``UNetModel`` exactly

@@ -80,11 +80,11 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
                 "--allow-unsafe-load (CLI) / allow_unsafe=True (API) loads it") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
-    except Exception as exc:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ...
+    except Exception as exc:  # noqa: BLE001 - torch.load reports damage as RuntimeError, EOFError, KeyError, ...
         raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({first_line(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above
         raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({first_line(exc)})") from None
 
 
@@ -118,7 +118,7 @@ def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: 
 #                                   Helpers                                     #
 #################################################################################
 
-def _allow_namespace():
+def _allow_namespace() -> contextlib.AbstractContextManager[Any]:
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     return safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext()
 
@@ -153,7 +153,7 @@ def _select_state(ckpt: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, to
         raise CheckpointError(f"{path}: unsupported checkpoint format {fmt!r} (this version reads {FORMAT!r})")
     if fmt is None and _is_state_dict(ckpt):
         return ckpt, {"model": ckpt}
-    keys = ("ema", "model") if use_ema else ("model",)
+    keys: tuple[str, ...] = ("ema", "model") if use_ema else ("model",)
     if fmt is None:
         keys += ("state_dict",)
     for key in keys:
@@ -184,7 +184,8 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _split_unit_mappings(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[tuple[str, torch.Tensor]]]:
+def _split_unit_mappings(
+        state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[tuple[str, torch.Tensor]]]:
     """Remove DTR's per-block mask buffers (in the file's order, i.e. forward order) from the state dict."""
     mappings = [(k, v) for k, v in state.items() if k.rsplit(".", 1)[-1] == UNIT_MAPPING]
     rest = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] != UNIT_MAPPING}
@@ -207,7 +208,7 @@ def _check_unit_mappings(model: nn.Module, mappings: list[tuple[str, torch.Tenso
     for layer, (key, stored) in enumerate(mappings):
         active = stored > 0.5
         index = plan.layer_table[layer] if plan is not None else None
-        if index is None:
+        if plan is None or index is None:
             same = bool(active.all())
         else:
             table = plan.table(index).cpu()

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, format_validation_error
+from .tracking import KIND as TRACKER_KIND, check_trackers  # helper "trackers"
 
 
 class _Strict(BaseModel):
@@ -109,6 +110,22 @@ class VaeConfig(_Strict):
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
 
 
+# --- log section (helper "trackers") -----------------------------------------------------------------
+class LogConfig(_Strict):
+    """Experiment trackers that mirror ``metrics.jsonl`` (which stays the source of truth)."""
+
+    trackers: list[PluginSection] = Field(
+        default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _names_to_sections(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+# --- end log section ---------------------------------------------------------------------------------
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1)
     seed: int = 0
@@ -124,6 +141,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -245,4 +263,13 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
 
     check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
                            sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)
+    updates["log"] = _resolve_trackers(cfg.log, registry)
     return cfg.model_copy(update=updates)
+
+
+def _resolve_trackers(log: LogConfig, registry: PluginRegistry) -> LogConfig:
+    """Each ``log.trackers`` entry: a known tracker, its package installed, its params filled in."""
+    check_trackers([t.name for t in log.trackers], registry)
+    resolved = [PluginSection(name=t.name, **registry.get(TRACKER_KIND, t.name).validate(t.params, where=f"log.trackers.{i}")
+                              .model_dump(mode="json")) for i, t in enumerate(log.trackers)]
+    return log.model_copy(update={"trackers": resolved})

@@ -14,7 +14,8 @@ timestep indices (``timestep_map``), so routing masks are the training masks.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,8 +96,8 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Iterable[int
         if size < count:
             raise ConfigError(f"respacing '{spec}': cannot take {count} steps from a section of {size}"
                               f" (T = {num_timesteps})")
-        stride = 1.0 if count == 1 else (size - 1) / (count - 1)
-        steps += [start + round(j * stride) for j in range(count)]
+        spacing = 1.0 if count == 1 else (size - 1) / (count - 1)
+        steps += [start + round(j * spacing) for j in range(count)]
         start += size
     return sorted(set(steps))
 
@@ -182,7 +183,7 @@ class GaussianDiffusion:
         self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "GaussianDiffusion":
+    def from_config(cls, cfg: Any) -> GaussianDiffusion:
         """From a :class:`dtr_plugins.core.config.DiffusionConfig` (``steps``, ``schedule``, ``learn_sigma``)."""
         return cls(get_named_beta_schedule(cfg.schedule, cfg.steps), learn_sigma=cfg.learn_sigma)
 
@@ -323,7 +324,7 @@ class GaussianDiffusion:
     # -- sampling ----------------------------------------------------------------------------------
 
     def respaced(self, respacing: str | int | Iterable[int] | None = None, *,
-                 use_timesteps: Iterable[int] | None = None) -> "GaussianDiffusion":
+                 use_timesteps: Iterable[int] | None = None) -> GaussianDiffusion:
         """The process over the steps kept by ``respacing`` (see :func:`space_timesteps`), or over the explicit
         training-step indices ``use_timesteps``: new betas from the kept alphas_cumprod, model calls with the
         original indices. Cached; keeping every step gives ``self``."""
@@ -345,16 +346,24 @@ class GaussianDiffusion:
         return spaced
 
     def ddpm_step(self, model: Model, x: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
-                  clip_denoised: bool = True) -> Tensor:
-        """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (no noise at t = 0)."""
+                  clip_denoised: bool = True, noise: Tensor | None = None) -> Tensor:
+        """One ancestral step x_t -> x_{t-1} = mean + exp(log_variance / 2) * noise (no noise at t = 0).
+
+        ``noise``: the standard-normal draw, shaped like ``x`` (default: a fresh ``torch.randn_like(x)``).
+        guided-diffusion ``GaussianDiffusion.p_sample``."""
         p = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
+        if noise is None:
+            noise = torch.randn_like(x)
         nonzero = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))
-        return p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * torch.randn_like(x)
+        return p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * noise
 
     def ddim_step(self, model: Model, x: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
-                  clip_denoised: bool = True, eta: float = 0.0) -> Tensor:
+                  clip_denoised: bool = True, eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
         """One DDIM step (Song et al., eq. 12); ``eta = 0`` is deterministic, ``eta = 1`` matches DDPM's variance.
-        Epsilon is re-derived from the (clipped) x_0 prediction."""
+        Epsilon is re-derived from the (clipped) x_0 prediction (guided-diffusion ``ddim_sample``).
+
+        ``noise``: the standard-normal draw scaled by sigma_t when ``eta > 0``, shaped like ``x`` (default: a
+        fresh ``torch.randn_like(x)``); unused when ``eta = 0``."""
         p = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
         eps = self.predict_eps_from_xstart(x, t, p["pred_xstart"])
         abar = self._extract("alphas_cumprod", t, x.ndim)
@@ -362,8 +371,10 @@ class GaussianDiffusion:
         sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar)) * torch.sqrt(1 - abar / abar_prev)
         x_prev = p["pred_xstart"] * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev - sigma ** 2) * eps
         if eta > 0:
+            if noise is None:
+                noise = torch.randn_like(x)
             nonzero = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))
-            x_prev = x_prev + nonzero * sigma * torch.randn_like(x)
+            x_prev = x_prev + nonzero * sigma * noise
         return x_prev
 
     @torch.no_grad()
@@ -371,7 +382,8 @@ class GaussianDiffusion:
                respacing: str | int | Iterable[int] | None = "ddim50", noise: Tensor | None = None,
                model_kwargs: Mapping[str, Any] | None = None, cfg_scale: float = 1.0, cfg_channels: str = "all",
                clip_denoised: bool = True, eta: float = 0.0, progress: bool = True,
-               device: torch.device | str | None = None) -> Tensor:
+               device: torch.device | str | None = None,
+               step_noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Generate ``shape`` samples with ``sampler`` ("ddpm" ancestral or "ddim") over the steps kept by
         ``respacing``.
 
@@ -380,6 +392,11 @@ class GaussianDiffusion:
         eps = uncond + s * (cond - uncond) on every epsilon channel (``cfg_channels="all"``) or on the
         first three only (``"first3"``, the published DiT behaviour); the remaining channels and the
         learned variance come from the conditional half.
+
+        ``noise`` is the starting x_T (default: drawn with ``torch.randn``). ``step_noise(x)`` draws the noise of
+        each stochastic step, one call per step from the first to the last (t = 0 included, where it is multiplied
+        by zero), as guided-diffusion's loops do; default ``torch.randn_like``. It is never called by DDIM with
+        ``eta = 0``. Tests pass recorded draws through it.
         """
         if sampler not in _SAMPLERS:
             raise ConfigError(f"sampler '{sampler}': allowed {', '.join(_SAMPLERS)}")
@@ -400,10 +417,12 @@ class GaussianDiffusion:
         steps = range(process.num_timesteps - 1, -1, -1)
         for i in tqdm(steps, disable=not progress, desc=f"{sampler} {process.num_timesteps} steps", leave=False):
             t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
+            stochastic = sampler == "ddpm" or eta > 0
+            drawn = step_noise(x) if step_noise is not None and stochastic else None
             if sampler == "ddpm":
-                x = process.ddpm_step(model, x, t, kwargs, clip_denoised)
+                x = process.ddpm_step(model, x, t, kwargs, clip_denoised, noise=drawn)
             else:
-                x = process.ddim_step(model, x, t, kwargs, clip_denoised, eta)
+                x = process.ddim_step(model, x, t, kwargs, clip_denoised, eta, noise=drawn)
         return x
 
 
@@ -411,7 +430,8 @@ def _model_device(model: Any) -> torch.device:
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
-            return p.device
+            device: torch.device = p.device
+            return device
     return torch.device("cpu")
 
 

@@ -118,3 +118,20 @@ def dtr_register_processes(register):
     and instances offering ``num_timesteps``, ``training_times``, ``training_losses``, ``sample``,
     ``loss_bucket`` and ``continuous_tasks``.
     """
+
+
+# --- trackers (helper "trackers") -------------------------------------------------------------------
+@hookspec
+def dtr_register_trackers(register):
+    """Register experiment trackers (TensorBoard, Weights & Biases, MLflow, ...).
+
+    Args:
+        register: ``register(name, factory, params=ParamsModel, description="one line")``.
+            ``name`` is what ``log.trackers`` lists in a run config; ``factory`` is a
+            :class:`dtr_plugins.core.tracking.TrackerFactory`: called with the validated fields of
+            ``params`` it returns a :class:`dtr_plugins.core.tracking.Tracker` (``start`` /
+            ``log_scalars`` / ``log_image`` / ``finish``), and its ``missing_requirement()`` names the
+            install command when the tracker's package is absent (checked by ``dtr validate``).
+            ``params`` is a pydantic model of the tracker's settings (``log.trackers: [{name: wandb,
+            project: x}]``); ``description`` is the line ``dtr plugins`` shows.
+    """

@@ -5,8 +5,12 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @contextlib.contextmanager
@@ -52,7 +56,7 @@ def save_torch(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save_figure(fig, path: str | Path, **kwargs: Any) -> Path:
+def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
     """Save a matplotlib figure atomically (the format follows ``path``'s suffix)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))

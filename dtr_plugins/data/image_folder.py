@@ -71,9 +71,9 @@ def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
     ``image_datasets.center_crop_arr``).
     """
     while min(*image.size) >= 2 * image_size:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
     scale = image_size / min(*image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
     arr = np.asarray(image)
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2

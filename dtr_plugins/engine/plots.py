@@ -1,18 +1,18 @@
 """Pictures: mask heatmaps, sample grids and metric curves (matplotlib, Agg backend, atomic writes)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from dtr_plugins.core.io import save_figure  # noqa: E402
-from dtr_plugins.core.routing import RoutingPlan  # noqa: E402
+from dtr_plugins.core.io import save_figure
+from dtr_plugins.core.routing import RoutingPlan
 
 
 def _layer_label(layers: Sequence[int]) -> str:
@@ -74,7 +74,7 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
             runs = [r for r in runs if r]
             if not runs:
                 continue
-            steps = sorted(set.intersection(*(set(s for s, _ in r) for r in runs)))
+            steps = sorted(set.intersection(*({s for s, _ in r} for r in runs)))
             if not steps:
                 continue
             values = np.array([[dict(r)[s] for s in steps] for r in runs], dtype=float)

@@ -25,6 +25,7 @@ from dtr_plugins.core.plugins import PluginRegistry
 from . import distributed
 from .compose import build_components
 from .rundir import RunDir
+from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
 __all__ = ["train", "StepBatches", "run_meta", "TrainingDiverged"]
@@ -108,6 +109,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     from dtr_plugins.core.checkpoint import load_checkpoint
 
     d = distributed.setup(cfg.train.device)
+    trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     try:
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
         start_ckpt = rd.latest_checkpoint()
@@ -132,7 +134,12 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             meta["routed_channels"] = parts.model.routed_channels()  # the report draws masks from these
             if resume and rd.meta_path.exists():
                 meta["resumed_from_step"] = state.step
+            trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
+            meta["trackers"] = trackers.applied()
             rd.write_meta(meta)
+            heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
+            if heatmap is not None:
+                trackers.log_image(state.step, "routing/masks", heatmap)
         d.barrier()
 
         net: torch.nn.Module = parts.model
@@ -146,7 +153,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
                               cfg.train.steps)
         loader = DataLoader(parts.dataset, batch_sampler=batches, num_workers=cfg.train.num_workers,
                             collate_fn=_collate, pin_memory=d.device.type == "cuda")
-        trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress)
+        trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
+                          trackers=trackers)
         trainer.run(loader)
         in_sync = ranks_in_sync(parts.model, d) if d.enabled else None
         if d.is_main:
@@ -156,4 +164,5 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             rd.update_meta(**extra)
         return rd.path
     finally:
+        trackers.finish()
         distributed.teardown(d)

@@ -19,6 +19,7 @@ from dtr_plugins.core.errors import ConfigError, UserError
 
 from . import distributed
 from .rundir import RunDir
+from .trackers import TrackerSet
 
 NUM_BUCKETS = 10
 
@@ -150,10 +151,13 @@ class Trainer:
         codec: the run's codec (decodes samples for evaluation).
         run_dir: where metrics, checkpoints and samples go.
         dist: the process group of this rank.
+        trackers: experiment trackers that mirror metrics.jsonl (empty on ranks other than 0).
     """
 
     def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
-                 model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True):
+                 model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
+                 trackers: TrackerSet | None = None):
+        self.trackers = trackers if trackers is not None else TrackerSet()
         self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
         self.model_input, self.codec, self.run_dir, self.dist, self.progress = model_input, codec, run_dir, dist, progress
         device = dist.device
@@ -245,6 +249,7 @@ class Trainer:
         record.update({f"weighting/{k}": v for k, v in state.weighting.log_values().items()})
         if d.is_main:
             self.run_dir.append_metrics(record)
+            self.trackers.log_record(record)
         self.bucket_sum.zero_(); self.bucket_count.zero_(); self.loss_sum.zero_()
         self.window_steps, self.window_start = 0, time.perf_counter()
         return record
@@ -261,6 +266,7 @@ class Trainer:
     def evaluate(self, final: bool) -> None:
         """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
         from .evaluate import dataset_reference, evaluate_model_samples
+        from .plots import image_grid
         from .sample import generate, sample_record, write_samples
 
         cfg, d, step = self.cfg, self.dist, self.state.step
@@ -283,6 +289,8 @@ class Trainer:
         result.update({"step": step, **applied, "cfg_channels": cfg.sample.cfg_channels,
                        "train_precision": cfg.train.precision, "world_size": d.world_size, "seed": cfg.seed})
         self.run_dir.append_metrics({"step": step, "eval": result})
+        self.trackers.log_image(step, "samples", image_grid(images[:64]))
+        self.trackers.log_record({"step": step, "eval": result})
         if final:
             self.run_dir.write_eval(result)
 

@@ -31,7 +31,7 @@ class LossWeighting(torch.nn.Module):
         """
         return torch.randint(0, num_timesteps, (batch_size,), device=device)
 
-    def forward(self, terms: dict[str, Tensor], t: Tensor, diffusion: "GaussianDiffusion") -> Tensor:
+    def forward(self, terms: dict[str, Tensor], t: Tensor, diffusion: GaussianDiffusion) -> Tensor:
         """The scalar training loss from per-sample ``terms`` at timesteps ``t``."""
         return terms["loss"].mean()
 
@@ -53,11 +53,11 @@ class MSEWeighting(LossWeighting):
     the denoising (mean) tasks; Min-SNR's and P2's reference code weight the MSE term alone.
     """
 
-    def weight(self, t: Tensor, diffusion: "GaussianDiffusion") -> Tensor:
+    def weight(self, t: Tensor, diffusion: GaussianDiffusion) -> Tensor:
         """Per-sample weights ``[N]`` for timesteps ``t``."""
         raise NotImplementedError
 
-    def forward(self, terms: dict[str, Tensor], t: Tensor, diffusion: "GaussianDiffusion") -> Tensor:
+    def forward(self, terms: dict[str, Tensor], t: Tensor, diffusion: GaussianDiffusion) -> Tensor:
         if "mse" not in terms:  # a diffusion that only reports "loss": weight the whole of it
             return (self.weight(t, diffusion) * terms["loss"]).mean()
         per_sample = self.weight(t, diffusion).to(terms["mse"]) * terms["mse"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import fractions
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from dtr_plugins.core.errors import CheckpointError
 from dtr_plugins.core.routing import RoutingPlan
 from dtr_plugins.strategies.dtr import SlidingWindow
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from ..conftest import FIXTURES
+
 SMALL = dict(input_size=4, patch_size=2, in_channels=1, hidden_size=16, depth=2, num_heads=2, num_classes=3)
 
 
@@ -94,7 +94,8 @@ def test_official_dtr_training_checkpoint(tmp_path):
 
     other = DiT(**cfg)
     other.attach_routing(RoutingPlan(SlidingWindow(alpha=1.0, beta=0.5), other.routed_channels(), 1000))
-    with pytest.warns(RoutingMismatchWarning, match=r"differ from the model's routing plan \(dtr\(alpha=1, beta=0.5\)\)"):
+    plan = r"differ from the model's routing plan \(dtr\(alpha=1, beta=0.5\)\)"
+    with pytest.warns(RoutingMismatchWarning, match=plan):
         load_checkpoint(other, path, use_ema=False)
     assert not other.blocks[0].attn.qkv.weight.any()  # use_ema=False took "model"
 

@@ -16,7 +16,7 @@ from dtr_plugins.core.routing import RoutingPlan
 from dtr_plugins.strategies.dtr import SlidingWindow, window_starts
 from dtr_plugins.strategies.random import RandomRouting
 
-from .conftest import FIXTURES, ROOT, write
+from ..conftest import FIXTURES, ROOT, write
 
 TOL = 1e-5
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,8 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.core.routing import RoutingPlan
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from ..conftest import FIXTURES
+
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4, num_classes=10)
 T = 1000
 

@@ -23,8 +23,15 @@ def test_dtr_golden_rows_half_to_even():
 def test_dtr_golden_rows_alpha2():
     # linspace^2 * 5 = [0, .3125, 1.25, 2.8125, 5] -> [0, 0, 1, 3, 5]
     assert window_starts(5, 10, 2.0, 0.5).tolist() == [0, 0, 1, 3, 5]
+    assert window_starts(5, 10, 2.0, 0.5).dtype == np.int64  # channel indices, usable as indices
     table = SlidingWindow(alpha=2.0, beta=0.5).mask_table(5, 10)
     assert rows(table)[1] == "11111....." and rows(table)[3] == "...11111.."
+
+
+def test_dtr_defaults_are_the_papers_and_the_configs():
+    """SlidingWindow() and a config without alpha/beta give the same strategy: alpha 4, beta 0.8 (DTR paper)."""
+    assert repr(SlidingWindow()) == "dtr(alpha=4, beta=0.8)"
+    assert repr(dp.build_strategy("dtr")) == "dtr(alpha=4, beta=0.8)"
 
 
 @pytest.mark.parametrize("alpha,beta,T,C", [(4.0, 0.8, 1000, 384), (1.0, 0.3, 50, 7), (0.5, 0.9, 10, 33)])

@@ -7,7 +7,7 @@ from dtr_plugins.engine.compare import (NOT_RESOLVED, RunRecord, compare_runs, f
                                         render_comparison_markdown, t_interval)
 from dtr_plugins.engine.compare_records import axes_of, runs_from_suite
 
-from .conftest import write
+from ..conftest import write
 
 FID = "frechet_inception_distance"
 ROUTINGS = {"vanilla": {"name": "vanilla"}, "dtr-a4-b0.8": {"name": "dtr", "alpha": 4.0, "beta": 0.8},

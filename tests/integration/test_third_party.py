@@ -6,8 +6,8 @@ import textwrap
 import numpy as np
 import torch
 
-from .conftest import write
-from .test_plugins import dtr, make_distribution
+from ..conftest import write
+from ..unit.test_plugins import dtr, make_distribution
 
 TINY_CONV = textwrap.dedent('''
     """A tiny convolutional denoiser: every hidden conv is a routed layer."""

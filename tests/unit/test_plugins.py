@@ -13,7 +13,7 @@ import dtr_plugins
 from dtr_plugins.core.errors import PluginError
 from dtr_plugins.core.plugins import build_registry
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 STRIPES = textwrap.dedent('''
     import torch
@@ -116,9 +116,10 @@ def test_example_package_installs_into_a_venv_and_is_used_by_name(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python*/site-packages"))
-    # The new venv sees this environment's packages (torch, dtr-plugins) through a .pth file.
-    import sysconfig
-    (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n" + str(ROOT) + "\n")
+    # The new venv sees this environment's packages (torch, dtr-plugins) through a .pth file: every site-packages
+    # folder on sys.path (also those this environment reaches through .pth files of its own), then the checkout.
+    outer = [p for p in sys.path if p.endswith("site-packages")] + [str(ROOT)]
+    (site / "outer.pth").write_text("\n".join(outer) + "\n")
     py = venv / "bin" / "python"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",

@@ -15,7 +15,7 @@ from dtr_plugins.core.plugins import default_registry
 from dtr_plugins.engine.compose import (build_codec, build_components, build_dataset, build_model, cache_latents,
                                         latent_cache_root)
 
-from .conftest import write
+from ..conftest import write
 
 TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
@@ -215,8 +215,8 @@ def test_config_mistakes_are_one_line(tmp_path, vae_dir, run_cli):
         build_model(no_vae)
     with pytest.raises(ConfigError, match=r"^vae\.path"):
         cache_latents(no_vae)
-    stripped = write(tmp_path / "novae.yaml", "\n".join(l for l in path.read_text().splitlines()
-                                                         if not l.startswith("vae:")))
+    stripped = write(tmp_path / "novae.yaml", "\n".join(line for line in path.read_text().splitlines()
+                                                         if not line.startswith("vae:")))
     for command in ("train", "validate"):
         code, _, err = run_cli(command, str(stripped), "--set", f"output_dir={tmp_path / 'runs'}")
         assert code == 2 and err.startswith("dtr: error:") and "vae.path" in err and len(err.strip().splitlines()) == 1
@@ -232,7 +232,7 @@ def test_config_mistakes_are_one_line(tmp_path, vae_dir, run_cli):
 
 @pytest.mark.parametrize("name", ["latent_dit_b2_ffhq256.yaml", "latent_dit_l2_imagenet256.yaml"])
 def test_paper_configs_validate(name, run_cli):
-    from .conftest import ROOT
+    from ..conftest import ROOT
 
     code, out, err = run_cli("validate", str(ROOT / "configs" / name))
     assert code == 0, err

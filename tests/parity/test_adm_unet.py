@@ -1,6 +1,5 @@
 """The ADM U-Net backbone: guided-diffusion parity, key layout, routing, presets and config errors."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,15 +7,16 @@ import torch.nn.functional as F
 import yaml
 
 from dtr_plugins.backbones import adm_unet
-from dtr_plugins.backbones.adm_unet import PRESETS, ADMParams, ADMUNet, AttentionBlock, ResBlock, build_adm_unet
+from dtr_plugins.backbones.adm_unet import ADMParams, ADMUNet, AttentionBlock, ResBlock, build_adm_unet
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.core.routing import RoutingPlan
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.strategies.vanilla import Vanilla
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from ..conftest import FIXTURES, ROOT
+
+CONFIGS = ROOT / "configs"
 
 TINY = dict(image_size=16, in_channels=3, model_channels=32, num_res_blocks=1, attention_resolutions=[8],
             channel_mult=[1, 2], num_classes=10, num_heads=2, use_scale_shift_norm=True, learn_sigma=True)
@@ -86,7 +86,8 @@ def _ref_attn(x, sd, key, heads, new_order):
 
 def reference_forward(sd, cfg, x, t, y=None):
     mc, mult = cfg["model_channels"], cfg["channel_mult"]
-    ss, updown, new = cfg["use_scale_shift_norm"], cfg.get("resblock_updown", False), cfg.get("use_new_attention_order", False)
+    ss, updown = cfg["use_scale_shift_norm"], cfg.get("resblock_updown", False)
+    new = cfg.get("use_new_attention_order", False)
     attn_res = set(cfg["attention_resolutions"])
 
     def heads(ch, up=False):
@@ -117,7 +118,8 @@ def reference_forward(sd, cfg, x, t, y=None):
             if updown:
                 h = _ref_res(h, emb, sd, f"input_blocks.{n}.0", ss, "down")
             else:
-                h = F.conv2d(h, sd[f"input_blocks.{n}.0.op.weight"], sd[f"input_blocks.{n}.0.op.bias"], stride=2, padding=1)
+                h = F.conv2d(h, sd[f"input_blocks.{n}.0.op.weight"], sd[f"input_blocks.{n}.0.op.bias"],
+                             stride=2, padding=1)
             hs.append(h)
             n += 1
             res //= 2
@@ -353,7 +355,7 @@ def test_a_few_training_steps_on_digits():
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).float()
     losses = []
-    for step in range(3):
+    for _ in range(3):
         idx = torch.randint(0, len(data), (8,))
         x0, y = data.images[idx], data.labels[idx]
         t = torch.randint(0, 1000, (8,))
@@ -389,8 +391,10 @@ def test_imagenet_presets_have_the_released_sizes(preset, params, label_shape):
 
 def test_adm64_preset_matches_guided_diffusion_flags():
     p = ADMParams(preset="adm-64")
-    assert (p.model_channels, p.num_res_blocks, p.channel_mult, p.attention_resolutions) == (192, 3, (1, 2, 3, 4), (32, 16, 8))
-    assert (p.num_head_channels, p.use_new_attention_order, p.use_scale_shift_norm, p.resblock_updown) == (64, True, True, True)
+    assert (p.model_channels, p.num_res_blocks, p.channel_mult) == (192, 3, (1, 2, 3, 4))
+    assert p.attention_resolutions == (32, 16, 8)
+    assert p.num_head_channels == 64
+    assert (p.use_new_attention_order, p.use_scale_shift_norm, p.resblock_updown) == (True, True, True)
     assert (p.dropout, p.num_classes, p.learn_sigma) == (0.1, 1000, True)
     # explicit keys override the preset; the dump re-validates to itself (config snapshots)
     q = ADMParams(preset="adm-64", dropout=0.0, num_classes=0)
@@ -450,7 +454,6 @@ def test_direct_construction_reports_config_errors():
 
 
 def test_guidance_without_null_class_is_a_clear_error():
-    import dtr_plugins as dp
     from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
     from dtr_plugins.core.errors import ConfigError
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import dtr_plugins as dp
-from dtr_plugins.core.checkpoint import load_checkpoint
 
-from .conftest import write
+from ..conftest import write
 
 TINY = """\
 name: tiny
 seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 4}
 routing: {name: dtr, alpha: 4.0, beta: 0.8}
 diffusion: {steps: 100, schedule: linear, learn_sigma: true}
 data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
@@ -187,3 +187,17 @@ def test_sample_from_a_file_that_needs_unsafe_loading(tmp_path, run_cli):
                            "--allow-unsafe-load")
     assert code == 0, err
     assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)
+
+
+def test_trainer_applies_ema_with_warmup_decay(tmp_path):
+    """Checkpoints after steps 1, 2, 3: ema_k = d * ema_(k-1) + (1 - d) * model_k with d = min(0.9999, k / (9 + k))."""
+    run_dir = dp.train(tiny_config(tmp_path, "train.steps=3", "train.ckpt_every=1", "train.log_every=1"),
+                       progress=False)
+    for k in (2, 3):
+        d = min(0.9999, k / (9 + k))  # the update after step k uses step index k - 1: (1 + (k-1)) / (10 + (k-1))
+        previous, ema, model = weights(run_dir, k - 1, "ema"), weights(run_dir, k, "ema"), weights(run_dir, k, "model")
+        moved = False
+        for name in ema:
+            torch.testing.assert_close(ema[name], d * previous[name] + (1 - d) * model[name], rtol=1e-5, atol=1e-6)
+            moved |= not torch.equal(ema[name], previous[name])
+        assert moved

@@ -13,7 +13,7 @@ from dtr_plugins.codecs.latent_cache import LatentCacheDataset
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.engine.compose import build_codec, build_dataset, build_model, cache_latents, latent_cache_root
 
-from .conftest import write
+from ..conftest import write
 from .test_latent import CONFIG, TINY_VAE
 
 

@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.engine.report import build_report, metric_table
 from dtr_plugins.engine.suite import load_suite, run_suite, value_label
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 BASE = """\
 name: base
 seed: 0
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 4}
 diffusion: {steps: 100}
 data: {name: synthetic, num_samples: 32, image_size: 8, num_classes: 4}
 train: {steps: 2, batch_size: 8, log_every: 1}
@@ -59,7 +59,8 @@ def test_value_labels():
     ("name: s\nmatrix: {seed: []}\n", "matrix.seed: needs at least one value"),
     ("name: s\nmatrix: {seed: [0]}\nexclude: [{lr: 1}]\n", "exclude.0: key 'lr' is not a matrix key"),
     ("name: s\nmatrx: {seed: [0]}\n", "matrx: unknown key"),
-    ("name: s\nmatrix: {routing.beta: [2.0]}\nset: {routing: {name: dtr}}\n", "routing.beta: Input should be less than or equal to 1"),
+    ("name: s\nmatrix: {routing.beta: [2.0]}\nset: {routing: {name: dtr}}\n",
+     "routing.beta: Input should be less than or equal to 1"),
 ])
 def test_bad_suite_files(tmp_path, run_cli, body, expected):
     path = suite_file(tmp_path, body)
@@ -88,7 +89,7 @@ exclude:
     assert "1 run(s) failed: vanilla__in_channels3" in out
     report = (root / "report.md").read_text()
     assert "failed:" in report and "training loss" in report
-    rows = list(csv.DictReader(open(root / "results.csv")))
+    rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
     assert {r["run_id"] for r in rows} == set(states)
     ckpt_times = {p: p.stat().st_mtime_ns for p in root.glob("*__in_channels1/checkpoints/*.pt")}
 
@@ -122,7 +123,8 @@ def synthetic_suite(root):
         write(d / "config.yaml", f"name: {rid}\nseed: {seed}\nrouting: {{name: {routing}}}\n")
         write(d / "status.json", '{"state": "done"}')
         write(d / "meta.json", json.dumps({"device": "cpu (test)", "precision": "fp32", "world_size": 1}))
-        lines = [{"step": 10, "loss": 0.5, "loss_bucket": [0.1] * 10}, {"step": 10, "eval": {"frechet_inception_distance": fid10, "feature_extractor": "digits-classifier"}},
+        lines = [{"step": 10, "loss": 0.5, "loss_bucket": [0.1] * 10},
+                 {"step": 10, "eval": {"frechet_inception_distance": fid10, "feature_extractor": "digits-classifier"}},
                  {"step": 20, "loss": 0.25 if routing == "dtr" else 0.3, "loss_bucket": [0.1] * 10},
                  {"step": 20, "eval": {"frechet_inception_distance": fid20, "feature_extractor": "digits-classifier"}}]
         write(d / "metrics.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
@@ -133,7 +135,9 @@ def test_report_from_synthetic_results(tmp_path):
     root = tmp_path / "synthetic"
     synthetic_suite(root)
     report = build_report(root).read_text()
-    table = metric_table("frechet_inception_distance", __import__("dtr_plugins.engine.report", fromlist=["collect"]).collect(root)[1])
+    from dtr_plugins.engine.report import collect
+
+    table = metric_table("frechet_inception_distance", collect(root)[1])
     assert table.splitlines()[2:] == [
         "| run | seeds | step 10 | step 20 | Δ vs vanilla |",
         "|---|---|---|---|---|",
@@ -141,7 +145,7 @@ def test_report_from_synthetic_results(tmp_path):
         "| `dtr` | 2 | **9 ± 0** | **5 ± 0** | -2 (-28.6%) |",
     ]
     assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
-    rows = list(csv.DictReader(open(root / "results.csv")))
+    rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
     assert len(rows) == 8
     assert rows[0] == {"run_id": "vanilla__seed0", "group": "vanilla", "routing": "vanilla", "seed": "0",
                        "status": "done", "step": "10", "frechet_inception_distance": "10", "train_loss": "0.5"}

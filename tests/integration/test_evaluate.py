@@ -34,7 +34,7 @@ from dtr_plugins.engine.feature_extractors import (
     INCEPTION_WEIGHTS_FILE,
 )
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 FAST = {"kid_subsets": 10}
 

@@ -11,7 +11,7 @@ from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.engine import hub
 from dtr_plugins.engine.sample import generate, load_run
 
-from .conftest import write
+from ..conftest import write
 
 TINY = """\
 name: tiny-export

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import _common as common  # noqa: E402

@@ -9,7 +9,7 @@ from dtr_plugins.core.config import DiffusionConfig
 from dtr_plugins.core.diffusion import GaussianDiffusion, _guided, get_named_beta_schedule, space_timesteps
 from dtr_plugins.core.errors import ConfigError
 
-from .conftest import FIXTURES
+from ..conftest import FIXTURES
 
 
 class Toy(torch.nn.Module):

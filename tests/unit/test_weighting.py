@@ -72,7 +72,7 @@ def test_uniform_sampling_uses_the_global_generator():
     a = LossWeighting().sample_timesteps(64, 1000, "cpu")
     torch.manual_seed(3)
     b = LossWeighting().sample_timesteps(64, 1000, "cpu")
-    assert torch.equal(a, b) and a.dtype == torch.long and 0 <= a.min() and a.max() < 1000
+    assert torch.equal(a, b) and a.dtype == torch.long and a.min() >= 0 and a.max() < 1000
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ import pytest
 import dtr_plugins as dp
 from dtr_plugins.core.errors import ConfigError
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 GOOD = """\
 name: tiny
-backbone: {name: dit, input_size: 8, patch_size: 1, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 10}
+backbone: {name: dit, input_size: 8, patch_size: 1, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 10}
 routing: {name: dtr, alpha: 4.0, beta: 0.8}
 diffusion: {steps: 100, schedule: linear, learn_sigma: true}
 data: {name: digits, image_size: 8}
@@ -44,18 +45,21 @@ BAD = [
     ("negative alpha", GOOD, ["routing.alpha=-1"], "routing.alpha"),
     ("unknown strategy", GOOD, ["routing.name=nope"], "routing.name: unknown strategy 'nope' (known: dtr, random"),
     ("unknown backbone", GOOD, ["backbone.name=resnet"], "backbone.name: unknown backbone 'resnet'"),
-    ("param of another strategy", GOOD, ["routing.shared_ratio=0.5"], "routing.shared_ratio: unknown key (allowed: alpha, beta)"),
+    ("param of another strategy", GOOD, ["routing.shared_ratio=0.5"],
+     "routing.shared_ratio: unknown key (allowed: alpha, beta)"),
     ("zero steps", GOOD, ["train.steps=0"], "train.steps: Input should be greater than or equal to 1 (got 0)"),
-    ("bad precision", GOOD, ["train.precision=fp8"], "train.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
+    ("bad precision", GOOD, ["train.precision=fp8"],
+     "train.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
     ("bad schedule", GOOD, ["diffusion.schedule=quadratic"], "diffusion.schedule"),
     ("bad sampler", GOOD, ["sample.sampler=plms"], "sample.sampler"),
     ("string for int", GOOD, ["data.image_size=big"], "data.image_size"),
-    ("missing backbone", GOOD.replace(GOOD.splitlines()[1] + "\n", ""), [], "backbone: Field required"),
+    ("missing backbone", GOOD.replace("\n".join(GOOD.splitlines()[1:3]) + "\n", ""), [], "backbone: Field required"),
     ("override without =", GOOD, ["routing.beta"], "override 'routing.beta' is not of the form key.path=value"),
     ("override into a value", GOOD, ["name.x=1"], "--set: name is not a section"),
     ("not a mapping", "- a\n- b\n", [], "expected a mapping of sections, got list"),
-    ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:8: malformed YAML"),
-    ("learn_sigma conflict", GOOD, ["backbone.learn_sigma=false"], "backbone.learn_sigma: False disagrees with diffusion.learn_sigma"),
+    ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:9: malformed YAML"),
+    ("learn_sigma conflict", GOOD, ["backbone.learn_sigma=false"],
+     "backbone.learn_sigma: False disagrees with diffusion.learn_sigma"),
 ]
 
 

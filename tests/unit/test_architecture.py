@@ -1,0 +1,211 @@
+"""The package's import structure and file sizes, read from the source with ``ast`` (nothing is imported).
+
+Rules (DESIGN: data flows config -> build -> engine -> report and never back):
+- no ``dtr_plugins.core`` module imports ``dtr_plugins.engine`` or ``dtr_plugins.cli``;
+- no module imports the package root ``dtr_plugins`` (its ``__init__``: the public facade, for users only);
+- no import cycle among ``dtr_plugins`` modules (imports inside functions count; ``if TYPE_CHECKING:`` ones
+  do not run, so they count for the layering rules only);
+- no source file over 500 lines unless one of its first 5 lines says why ("over 500 lines because ...").
+"""
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..conftest import ROOT
+
+PACKAGE = "dtr_plugins"
+MAX_LINES = 500
+SIZE_CHECKED = ("dtr_plugins", "tests", "benchmarks")
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str  # importing module
+    target: str  # imported dtr_plugins module (a package means its __init__)
+    line: int
+    type_checking: bool  # inside ``if TYPE_CHECKING:``: never executed
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every ``.py`` under dtr_plugins/ (packages by their ``__init__``)."""
+    modules = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement anywhere in the tree (functions and classes included), with a TYPE_CHECKING flag."""
+    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append((node, guarded))
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                visit(child, True)
+            for child in node.orelse:
+                visit(child, guarded)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, guarded)
+
+    visit(tree, False)
+    return found
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The longest existing dtr_plugins module that ``name`` names (``a.b.C`` -> ``a.b`` when C is an attribute)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph() -> list[Edge]:
+    modules = module_files()
+    edges = []
+    for module, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node, guarded in _imports(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                if node.level:  # relative: from the module's package, one level up per extra dot
+                    base = module.split(".") if is_package else module.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module or ""
+                # `from P import n` imports the submodule P.n when there is one, else it reads n from P
+                targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules else prefix
+                           for alias in node.names]
+            for name in targets:
+                target = _resolve(name, modules) if name.split(".")[0] == PACKAGE else None
+                if target is not None and target != module:
+                    edges.append(Edge(module, target, node.lineno, guarded))
+    return sorted(edges, key=lambda e: (e.source, e.line))
+
+
+def unique(lines: Iterable[str]) -> list[str]:
+    """In order, without repeats (``from x import a, b`` gives one edge per name)."""
+    return list(dict.fromkeys(lines))
+
+
+def find_cycles(edges: list[Edge]) -> list[list[str]]:
+    """One concrete cycle per strongly connected component with more than one module (Tarjan)."""
+    graph: dict[str, set[str]] = {}
+    for e in edges:
+        if not e.type_checking:
+            graph.setdefault(e.source, set()).add(e.target)
+            graph.setdefault(e.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def strongconnect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            strongconnect(v)
+
+    cycles = []
+    for component in components:  # walk inside the component from its first module back to it
+        members, start = set(component), component[0]
+        path, seen = [start], {start}
+        while True:
+            nxt = sorted(w for w in graph[path[-1]] if w in members)
+            if start in nxt and len(path) > 1:
+                break
+            fresh = [w for w in nxt if w not in seen]
+            if not fresh:  # every neighbour seen: close the loop at the first one on the path
+                back = next(w for w in nxt if w in seen)
+                path = path[path.index(back):]
+                start = back
+                break
+            path.append(fresh[0])
+            seen.add(fresh[0])
+        cycles.append([*path, start])
+    return cycles
+
+
+def test_import_graph_is_read():
+    """The walker sees imports (a broken walker would pass every rule below)."""
+    edges = import_graph()
+    targets = {(e.source, e.target) for e in edges}
+    assert ("dtr_plugins.core.diffusion", "dtr_plugins.core.errors") in targets  # relative `from .errors import`
+    assert any(e.source.startswith("dtr_plugins.engine.") and e.target.startswith("dtr_plugins.core.") for e in edges)
+    assert find_cycles([Edge("a", "b", 1, False), Edge("b", "c", 2, False), Edge("c", "a", 3, False),
+                        Edge("c", "d", 4, False)]) == [["a", "b", "c", "a"]]
+    assert find_cycles([Edge("a", "b", 1, False), Edge("b", "a", 2, True)]) == []
+
+
+def test_core_never_imports_engine_or_cli():
+    bad = unique(f"{e.where()} imports {e.target}" for e in import_graph()
+                 if e.source.startswith(f"{PACKAGE}.core")
+                 and (e.target.startswith(f"{PACKAGE}.engine") or e.target == f"{PACKAGE}.cli"))
+    assert not bad, "core/ must not depend on engine/ or the CLI:\n" + "\n".join(bad)
+
+
+def test_nothing_imports_the_package_root():
+    bad = unique(f"{e.where()} imports {PACKAGE} (its __init__)" for e in import_graph() if e.target == PACKAGE)
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    edges = import_graph()
+    report = []
+    for cycle in find_cycles(edges):
+        report.append(" -> ".join(cycle))
+        members = set(cycle)
+        report += unique(f"    {e.where()} imports {e.target}" for e in edges
+                         if not e.type_checking and e.source in members and e.target in members)
+    assert not report, "import cycles (and every import among their modules):\n" + "\n".join(report)
+
+
+def test_files_stay_under_500_lines():
+    too_long = []
+    for folder in SIZE_CHECKED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = path.read_text().splitlines()
+            if len(lines) > MAX_LINES and not any("over 500 lines because" in line for line in lines[:5]):
+                too_long.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
+    assert not too_long, (f"files over {MAX_LINES} lines (split them, or say why in the first 5 lines: "
+                          "'over 500 lines because ...'):\n" + "\n".join(too_long))
