@@ -86,9 +86,12 @@ def _walk(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     Symbolic links to folders are followed (class folders are often links); a link back to a folder that
     contains it (a cycle) is refused with :class:`DataError`.
     """
-    images, others, folders = [], [], []
+    images: list[Path] = []
+    others: list[Path] = []
+    folders: list[Path] = []
     top = os.fspath(root)
-    ancestors = {top: (os.path.realpath(top),)}  # each folder: the real paths from root down to it
+    # each folder (as os.walk names it): the real paths from root down to it
+    ancestors: dict[str, tuple[str, ...]] = {top: (os.path.realpath(top),)}
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

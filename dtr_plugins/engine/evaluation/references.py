@@ -174,8 +174,10 @@ def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=Non
         raise DataError(f"reference {spec}: no such file or folder (or write dataset:NAME for a dataset plugin)")
     if not (path.is_dir() or path.suffix.lower() == ".npz"):
         raise DataError(f"reference {spec}: expected a folder of images, an .npz file or dataset:NAME")
-    key = dict(fingerprint_path(path), decoder=DECODER_VERSION) if path.is_dir() else fingerprint_path(path)
-    return Reference(spec, key, path.stem or "ref", lambda: load_images(path))
+    content: dict[str, Any] = dict(fingerprint_path(path))
+    if path.is_dir():
+        content["decoder"] = DECODER_VERSION
+    return Reference(spec, content, path.stem or "ref", lambda: load_images(path))
 
 
 def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Reference:
