@@ -105,9 +105,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_suite(args) -> int:
+    from .engine.launchers import parse_launcher_settings
     from .engine.suite import run_suite
 
-    run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel)
+    run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel,
+              launcher=args.launcher, wait=args.wait, cancel=args.cancel,  # launcher options: slurm helper
+              launcher_settings=parse_launcher_settings(args.launcher_set))
     return 0
 
 
@@ -202,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one GPU each)")
+    p.add_argument("--parallel", type=int, default=None, help="local launcher: runs at a time (one GPU each; default 1)")
+    # launcher options (slurm helper)
+    p.add_argument("--launcher", default=None, help="where runs start: local (default), slurm or a plugin's "
+                   "(overrides the suite file's launcher.name)")
+    p.add_argument("--wait", action="store_true", help="with a scheduler (slurm): wait for the jobs, then report")
+    p.add_argument("--cancel", action="store_true", help="cancel the suite's queued and running jobs")
+    p.add_argument("--launcher-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one launcher parameter, e.g. --launcher-set gpus_per_run=8 (repeatable)")
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")

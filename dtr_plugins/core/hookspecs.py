@@ -135,3 +135,13 @@ def dtr_register_trackers(register):
             ``params`` is a pydantic model of the tracker's settings (``log.trackers: [{name: wandb,
             project: x}]``); ``description`` is the line ``dtr plugins`` shows.
     """
+
+
+# --- launchers (slurm helper) ---------------------------------------------------------------------
+@hookspec
+def dtr_register_launchers(register):
+    """Register suite launchers (where the runs of a suite are started: ``local``, ``slurm``, a site's own).
+
+    A launcher's factory returns a :class:`dtr_plugins.engine.launchers.Launcher`: ``launch(suite_root,
+    runs)``, ``active(suite_root, runs)``, ``wait(...)`` and ``cancel(...)`` over run directories.
+    """

@@ -8,12 +8,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
-import json
-import os
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dtr_plugins.core.config import PLUGIN_SECTIONS, ExperimentConfig, config_from_dict, read_yaml, set_dotted
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.io import write_json, write_text
-from dtr_plugins.core.plugins import format_validation_error
+from dtr_plugins.core.plugins import default_registry, format_validation_error
 
+from .launchers import RunSpec, launcher_from_section
 from .rundir import RunDir
 
 
@@ -37,6 +32,7 @@ class SuiteFile(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     eval: dict[str, Any] = Field(default_factory=dict)
     output_dir: str = "runs"
+    launcher: dict[str, Any] = Field(default_factory=lambda: {"name": "local"})  # see engine/launchers
 
 
 @dataclass
@@ -53,6 +49,7 @@ class Suite:
     path: Path
     root: Path
     runs: list[PlannedRun] = field(default_factory=list)
+    launcher: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
 
 
 # ------------------------------------------------------------------------------------------- ids
@@ -153,7 +150,7 @@ def load_suite(path: str | Path, registry=None) -> Suite:
                               f"(matrix keys: {', '.join(spec.matrix)})")
 
     root = Path(spec.output_dir) / spec.name
-    suite = Suite(name=spec.name, path=path, root=root)
+    suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher))
     keys = list(spec.matrix)
     seen: dict[str, int] = {}
     labels_of = {k: axis_labels(k, spec.matrix[k]) for k in keys}
@@ -190,71 +187,65 @@ def run_state(run_dir: Path) -> str:
     return "partial" if run.has_checkpoints() else "new"
 
 
-def _launch(run: PlannedRun, suite: Suite, gpu: int | None, threads: int | None = None) -> dict[str, Any]:
-    rd = RunDir(suite.root / run.id)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    config_path = suite.root / "configs" / f"{run.id}.yaml"
-    write_text(config_path, run.config.to_yaml())
-    resume = rd.has_checkpoints()
-    cmd = [sys.executable, "-m", "dtr_plugins", "train", str(config_path), "--run-dir", str(rd.path)]
-    if resume:
-        cmd.append("--resume")
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    elif threads is not None:
-        env.setdefault("OMP_NUM_THREADS", str(threads))  # CPU runs side by side share the cores
-    rd.write_status({"state": "running", "resumed": resume})
-    started = time.time()
-    with open(rd.log_path, "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True, env=env)
-        log.write(proc.stderr)
-    seconds = round(time.time() - started, 1)
-    if proc.returncode == 0:
-        status = {"state": "done", "seconds": seconds, "resumed": resume}
-    else:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and "warning" not in ln.lower()]
-        status = {"state": "failed", "seconds": seconds, "returncode": proc.returncode,
-                  "error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    rd.write_status(status)
-    return status
+def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int | None = None,
+              report: bool = True, registry=None, launcher: str | None = None, wait: bool = False,
+              cancel: bool = False, wait_timeout_s: float | None = None,
+              launcher_settings: dict[str, Any] | None = None) -> Path:
+    """Start every planned run that is neither finished nor queued, then build the report; returns the suite folder.
 
-
-def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int = 1,
-              report: bool = True, registry=None) -> Path:
-    """Run every planned run that is not finished yet, then build the report; returns the suite folder."""
+    ``launcher`` overrides the suite file's ``launcher.name`` (``local`` by default). A blocking launcher
+    (``local``) returns when the runs ended; a scheduler (``slurm``) returns after submitting, unless
+    ``wait``. ``launcher_settings`` override parameters of the launcher section. ``cancel`` cancels the
+    suite's live jobs instead of starting anything.
+    """
     suite = load_suite(path, registry=registry)
     runs = [r for r in suite.runs if only is None or fnmatch.fnmatch(r.id, only)]
     if only is not None and not runs:
         raise UserError(f"--only {only!r} matches none of: {', '.join(r.id for r in suite.runs)}")
+    section = dict(suite.launcher)
+    if parallel is not None and (launcher or section.get("name", "local")) == "local":
+        own = section if section.get("name", "local") == "local" else {}
+        section = {"name": "local", **own, "parallel": parallel}
+    launchers = registry if registry is not None and registry.names("launcher") else default_registry()
+    runner = launcher_from_section(section, override=launcher, registry=launchers,
+                                   where=str(suite.path), settings=launcher_settings)
+    specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     if dry_run:
+        live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
         for r in runs:
-            print(f"{run_state(suite.root / r.id):8s} {r.id}")
+            print(f"{run_state(suite.root / r.id):8s} {r.id}" + (f" ({live[r.id]})" if r.id in live else ""))
+        return suite.root
+    if cancel:
+        cancelled = runner.cancel(suite.root, list(specs.values()))
+        print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
         return suite.root
     suite.root.mkdir(parents=True, exist_ok=True)
     write_json(suite.root / "suite.json", {"name": suite.name, "file": str(suite.path),
                                            "runs": [{"id": r.id, "group": r.group, "assignment": r.assignment}
                                                     for r in suite.runs]})
-    todo = [r for r in runs if run_state(suite.root / r.id) != "done"]
+    live = runner.active(suite.root, list(specs.values()))
+    todo = []
     for r in runs:
-        if r not in todo:
+        if run_state(suite.root / r.id) == "done":
             print(f"skip     {r.id} (finished)")
-    gpus = _gpu_count()
-    width = max(1, parallel)
-
-    def work(item: tuple[int, PlannedRun]) -> tuple[PlannedRun, dict[str, Any]]:
-        i, run = item
-        gpu = (i % gpus) if gpus and width > 1 else None
-        threads = max(1, (os.cpu_count() or 1) // width) if not gpus and width > 1 else None
-        print(f"start    {run.id}", flush=True)
-        status = _launch(run, suite, gpu, threads)
-        tail = f" ({status['error']})" if status["state"] == "failed" else f" in {status['seconds']}s"
-        print(f"{status['state']:8s} {run.id}{tail}", flush=True)
-        return run, status
-
-    with ThreadPoolExecutor(max_workers=width) as pool:
-        results = list(pool.map(work, enumerate(todo)))
-    failed = [r.id for r, s in results if s["state"] == "failed"]
+        elif r.id in live:
+            print(f"skip     {r.id} ({live[r.id]})")
+        else:
+            todo.append(r)
+    for r in todo:
+        write_text(specs[r.id].config_path, r.config.to_yaml())
+    results = runner.launch(suite.root, [specs[r.id] for r in todo])
+    if not runner.blocking:
+        if not wait:
+            print(f"{len(results)} run(s) submitted, {len(live)} still queued or running; rerun `dtr suite` to see "
+                  f"their states and resubmit failed ones, `dtr report {suite.root}` to report what has finished")
+            return suite.root
+        runner.wait(suite.root, list(specs.values()), timeout_s=wait_timeout_s)
+    states = {r.id: run_state(suite.root / r.id) for r in runs}
+    for r in runs:
+        if not runner.blocking:
+            print(f"{states[r.id]:8s} {r.id}")
+    failed = [rid for rid, state in states.items() if state != "done"]
     if report:
         from .report import build_report
 
@@ -263,12 +254,3 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log; rerun the suite to retry)")
     return suite.root
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # pragma: no cover - torch is a dependency; be safe in odd environments
-        return 0
