@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .core.errors import UserError
+from .core.errors import UserError, user_message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"dtr: error: {exc}", file=sys.stderr)
+        print(f"dtr: error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("dtr: interrupted", file=sys.stderr)

@@ -11,14 +11,16 @@ import datetime as _dt
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 from torch.utils.data import DataLoader
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.labels import check_label_space, class_map
 from dtr_plugins.core.plugins import PluginRegistry
 from dtr_plugins.core.routing import routed_units
 
@@ -121,6 +123,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         parts = build_components(cfg, registry, device=d.device)
+        num_classes = cast(Backbone, parts.model).num_classes
+        check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
         state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
         if start_ckpt is not None:
             state.load(load_checkpoint(parts.model, start_ckpt, use_ema=False, allow_unsafe=allow_unsafe_load))
@@ -128,6 +132,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         if d.is_main:
             rd.path.mkdir(parents=True, exist_ok=True)
             rd.write_config(cfg.to_yaml())
+            rd.write_classes(class_map(parts.dataset, num_classes))
             meta = run_meta(d, cfg)
             meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
             if resume and rd.meta_path.exists():
