@@ -130,6 +130,7 @@ if [ $SMOKE -eq 1 ]; then
   S2=(--size tiny); B2=(--size tiny); L2=(--size tiny)
   SAMPLE=(--smoke); RO=(--smoke); CC=(--smoke --strategies vanilla,dtr)
   LIMIT_S2=120; LIMIT_B2=120; LIMIT_B2C=180; LIMIT_L2=120; LIMIT_L2C=180; LIMIT_S=60; LIMIT_RO=60; LIMIT_CC=120
+  RS=(--size S/2 --input-size 8 --num-images 2 --steps-per-call 2 --reps 1 --warmup 1 --train-reps 1); LIMIT_RS=120
 else
   COMMON=(--device cuda)
   TRAIN=(--precision bf16 --batch 256 --steps 20 --warmup 3)
@@ -138,6 +139,7 @@ else
   RO=(--size B/2 --batch 256 --reps 20 --op-reps 200 --precision bf16)
   CC=(--backend aot_eager --precision bf16)
   LIMIT_S2=25; LIMIT_B2=30; LIMIT_B2C=140; LIMIT_L2=40; LIMIT_L2C=120; LIMIT_S=30; LIMIT_RO=20; LIMIT_CC=25
+  RS=(--size B/2 --num-images 64 --steps-per-call 50 --reps 5 --warmup 1 --train-reps 10); LIMIT_RS=60
 fi
 # the device, and every registered strategy (vanilla first), as the benchmarks list them
 STRATEGIES=$("$PY" - <<'EOF'
@@ -170,6 +172,7 @@ stage sample_B2 $LIMIT_S benchmarks/sample.py "${COMMON[@]}" "${SAMPLE[@]}" --ba
   --variants vanilla,dtr --out-dir "$WORK" --tag B2
 stage routing_overhead_B2 $LIMIT_RO benchmarks/routing_overhead.py "${COMMON[@]}" "${RO[@]}" --out-dir "$WORK" --tag B2
 stage compile_check $LIMIT_CC benchmarks/compile_check.py --device auto "${CC[@]}" --backbones dit --out-dir "$WORK"
+stage routing_sites_B2 $LIMIT_RS benchmarks/routing_sites.py "${COMMON[@]}" "${RS[@]}" --out "$WORK/routing_sites_B2.json"
 
 TOTAL=$(( $(date +%s) - START ))
 "$PY" benchmarks/check_targets.py --results "gpu=$WORK" --device gpu --json "$WORK/check_targets.json" \
@@ -193,8 +196,9 @@ CHECK_RC=$?
   echo
   cat "$WORK/check_targets.md" "$WORK/check_targets.log"
   for f in train_step_S2 train_step_B2 train_step_B2_compile train_step_L2 train_step_L2_compile sample_B2 \
-      routing_overhead_B2 compile_check; do
+      routing_overhead_B2 compile_check routing_sites_B2; do
     if [ -f "$WORK/$f.md" ]; then echo; echo "## $f"; echo; cat "$WORK/$f.md"; fi
+    if [ "$f" = routing_sites_B2 ] && [ -f "$WORK/$f.log" ]; then echo; echo "## $f (log)"; echo; tail -n 40 "$WORK/$f.log"; fi
   done
 } > "$WORK/README.md"
 cp "$WORK/README.md" "$OUT/.README.md.tmp" && mv "$OUT/.README.md.tmp" "$OUT/README.md"
