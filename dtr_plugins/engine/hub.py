@@ -2,17 +2,16 @@
 
 Layouts :func:`from_pretrained` reads (detected from the folder's files):
 
-- **this project's export** (:func:`export_run`): ``model.safetensors`` (the state dict, official DiT /
-  guided-diffusion key layout), ``config.json`` (the resolved run config, routing included, plus an
-  ``_dtr_export`` record: format, weights, step, checkpoint, weights SHA-256) and ``README.md`` (the
-  model card, :mod:`dtr_plugins.engine.model_card`);
+- **this project's export** (:func:`export_run`): ``model.safetensors`` (official DiT / guided-diffusion
+  key layout), ``config.json`` (the resolved run config, routing and codec/vae sections included, plus
+  an ``_dtr_export`` record: format, weights, step, checkpoint, weights SHA-256, codec) and ``README.md``
+  (the model card). A latent model's VAE is not in the folder: ``vae.path`` must resolve where it loads;
 - **a diffusers ``DiTTransformer2DModel`` folder** (``config.json`` with ``_class_name:
   DiTTransformer2DModel`` and ``diffusion_pytorch_model.safetensors``), loaded exactly into
   ``dit_diffusers`` (:mod:`dtr_plugins.backbones.dit_diffusers`);
 - **a diffusers DiT pipeline folder** (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``):
   the transformer on the latents of the pipeline's VAE (``latent_dit_diffusers``), with the training
-  timesteps and schedule of ``scheduler/scheduler_config.json``.
-
+  timesteps and schedule of ``scheduler/scheduler_config.json``. Loading gives the codec as well.
 A source is a local folder, or a Hugging Face hub id (``hf://ORG/NAME[@REVISION]``, or ``ORG/NAME``
 when no such local folder exists) resolved through ``huggingface_hub``'s cache: the cache first, the
 network only when ``HF_HUB_OFFLINE`` is not set; absent and offline is one line saying how to fetch the
@@ -27,9 +26,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
+
+if TYPE_CHECKING:
+    from dtr_plugins.core.config import ExperimentConfig
+    from dtr_plugins.core.contracts import Codec
+    from dtr_plugins.core.routing import RoutedBackbone
 
 EXPORT_FORMAT = "dtr-plugins-export/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -57,7 +61,7 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
-    from dtr_plugins.engine.compose import build_model
+    from dtr_plugins.engine.compose import build_model, codec_spec
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
     from dtr_plugins.core.config import config_from_dict, read_yaml
 
@@ -95,6 +99,9 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     step = ckpt.get("step")
     record = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
               "checkpoint": ckpt_path.name, "layout": layout}
+    spec = codec_spec(cfg)
+    if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
+        record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}
     evaluation = _read_json(run_dir / "eval.json")
     meta = _read_json(run_dir / "meta.json")
     with _staging(out) as stage:
@@ -110,8 +117,8 @@ def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], 
 
     sha = _save_safetensors(state, stage / WEIGHTS_FILE, record)
     record = {**record, "weights_file": WEIGHTS_FILE, "weights_sha256": sha}
-    _write_text(stage / CONFIG_FILE, json.dumps({**cfg, EXPORT_KEY: record}, indent=2) + "\n")
-    _write_text(stage / CARD_FILE, render_model_card(cfg, record, evaluation, meta))
+    (stage / CONFIG_FILE).write_text(json.dumps({**cfg, EXPORT_KEY: record}, indent=2) + "\n")
+    (stage / CARD_FILE).write_text(render_model_card(cfg, record, evaluation, meta))
 
 
 def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:
@@ -130,7 +137,7 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
     dstate, dconfig, notes = export_state_for_diffusers(model, state, cfg.diffusion.steps)
     sha = _save_safetensors(dstate, stage / DIFFUSERS_WEIGHTS, record)
     record = {**record, "weights_file": DIFFUSERS_WEIGHTS, "weights_sha256": sha, "conversion": notes}
-    _write_text(stage / CONFIG_FILE, json.dumps(dconfig, indent=2) + "\n")
+    (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
     time_note = notes["time_embedding"]
     if isinstance(time_note, dict):
         time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{time_note['timesteps'] - 1}: the first "
@@ -142,7 +149,7 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
             + ("The label table has an extra all-zero null-class row (diffusers always has one). "
                if notes["null_row_added"] else "")
             + "Load with `DiTTransformer2DModel.from_pretrained(DIR)` or `dp.from_pretrained(DIR)`.")
-    _write_text(stage / CARD_FILE, render_model_card(cfg.to_dict(), record, evaluation, meta, layout_note=note))
+    (stage / CARD_FILE).write_text(render_model_card(cfg.to_dict(), record, evaluation, meta, layout_note=note))
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
@@ -161,7 +168,6 @@ def _check_out(out: Path) -> None:
 
 class _staging:
     """A temp folder beside ``out``; renamed onto ``out`` on success, removed on error."""
-
     def __init__(self, out: Path):
         self.out = out
 
@@ -186,10 +192,6 @@ def _umask() -> int:
     return mask
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -212,29 +214,40 @@ def _sha256(path: Path) -> str:
 #                                  Loading                                      #
 #################################################################################
 
-def from_pretrained(source: str | Path, *, device: Any = None):
-    """Load an exported model, a diffusers DiT folder or pipeline, or a hub id: returns ``(model, cfg)``.
+class Pretrained(NamedTuple):
+    """What :func:`from_pretrained` gives: ``model, cfg, codec = dp.from_pretrained(...)``."""
+
+    model: RoutedBackbone  # the backbone in eval mode, routing plan attached: ``model(x, t, y)``
+    cfg: ExperimentConfig  # the resolved config it was built from
+    codec: Codec  # backbone space <-> images: ``codec.decode(x)`` (identity for pixel models)
+
+
+def from_pretrained(source: str | Path, *, device: Any = None) -> Pretrained:
+    """Load an exported model, a diffusers DiT folder or pipeline, or a hub id: ``(model, cfg, codec)``.
 
     ``model``: the backbone in eval mode (on ``device``, default CPU) with its routing plan; ``cfg``: the
     :class:`~dtr_plugins.core.config.ExperimentConfig` it was built from (for a diffusers folder, one
-    synthesised from its configs: vanilla routing, default sampling settings). Raises
-    :class:`CheckpointError` (one line) for anything that cannot be loaded.
+    synthesised from its configs: vanilla routing, default sampling settings); ``codec``: built from
+    ``cfg`` by :func:`~dtr_plugins.engine.compose.build_codec` (identity for a pixel model; a latent
+    model's VAE, which is not part of an exported folder, from ``vae.path``; a diffusers pipeline's
+    ``vae/``), for ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for
+    anything that cannot be loaded.
     """
-    cfg, model, _ = _load(resolve(source))
-    return (model.to(device) if device is not None else model).eval(), cfg
+    cfg, model, codec, _ = _load(resolve(source))
+    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, codec)
 
 
 def load_for_sampling(source: str | Path, *, device: Any = None):
-    """``(cfg, model, diffusion, weights_path, info)`` for ``dtr sample``; ``info``: ``weights`` (``ema``,
-    ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
+    """``(cfg, model, diffusion, codec, weights_path, info)`` for ``dtr sample``; ``info``: ``weights``
+    (``ema``, ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
     from dtr_plugins.engine.compose import build_diffusion
 
     folder = resolve(source)
-    cfg, model, info = _load(folder)
+    cfg, model, codec, info = _load(folder)
     info["source"] = str(source) if str(source).startswith(HUB_PREFIX) else str(folder)
     if device is not None:
         model = model.to(device)
-    return cfg, model.eval(), build_diffusion(cfg), Path(info.pop("weights_path")), info
+    return cfg, model.eval(), build_diffusion(cfg), codec, Path(info.pop("weights_path")), info
 
 
 def is_pretrained_source(source: str | Path) -> bool:
@@ -248,7 +261,7 @@ def is_pretrained_source(source: str | Path) -> bool:
 
 
 def _load(folder: Path):
-    """``(cfg, model, info)`` from a resolved local folder, by layout."""
+    """``(cfg, model, codec, info)`` from a resolved local folder, by layout."""
     from dtr_plugins.backbones.dit_diffusers import is_diffusers_dit_config
 
     if (folder / "model_index.json").is_file() and (folder / "transformer" / CONFIG_FILE).is_file():
@@ -288,7 +301,7 @@ def _load_weights(path: Path) -> dict[str, Any]:
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.engine.compose import build_model
+    from dtr_plugins.engine.compose import build_codec, build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -298,16 +311,17 @@ def _load_export(folder: Path, config: dict[str, Any]):
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
-    model = build_model(cfg)
+    codec = build_codec(cfg)
+    model = build_model(cfg, codec=codec)
     path = folder / WEIGHTS_FILE
     apply_checkpoint(model, _load_weights(path), path)
-    return cfg, model, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
+    return cfg, model, codec, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 
 
 def _load_diffusers(transformer: Path, pipeline: Path | None):
     from dtr_plugins.backbones.dit_diffusers import (DIFFUSERS_WEIGHTS, diffusers_to_dit_state,
                                                      dit_params_from_diffusers_config)
-    from dtr_plugins.engine.compose import build_model
+    from dtr_plugins.engine.compose import build_codec, build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -322,19 +336,20 @@ def _load_diffusers(transformer: Path, pipeline: Path | None):
                                 "data": data}
     vae_dir = pipeline / "vae" if pipeline is not None else None
     if vae_dir is not None and (vae_dir / CONFIG_FILE).is_file():
-        vae_config = _read_config(vae_dir)
+        vae_config = _read_config(vae_dir)  # the codec checks in_channels / input_size against its latents
         factor = 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
-        latent = {k: params.pop(k) for k in ("input_size", "in_channels")}
         cfg_dict["backbone"] = {"name": "latent_dit_diffusers", **params}
         cfg_dict["vae"] = {"path": str(vae_dir.resolve())}
-        cfg_dict["data"] = {**data, "image_size": latent["input_size"] * factor, "channels": 3}
+        cfg_dict["data"] = {**data, "image_size": params["input_size"] * factor,
+                            "channels": int(vae_config.get("in_channels", 3))}
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
-    model = build_model(cfg)
+    codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
+    model = build_model(cfg, codec=codec)
     path = transformer / DIFFUSERS_WEIGHTS
     state = diffusers_to_dit_state(_load_weights(path), num_classes=model.num_classes, input_size=model.input_size,
                                    patch_size=model.patch_size, source=str(path))
     apply_checkpoint(model, state, path)
-    return cfg, model, {"weights": "diffusers", "step": None, "weights_path": str(path)}
+    return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
 
 
 def _scheduler(pipeline: Path | None) -> tuple[int, str]:

@@ -108,16 +108,21 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
              f"Weights: the **{record.get('weights')}** weights of checkpoint `{record.get('checkpoint')}` "
              f"(training step {record.get('step')}); `{record.get('weights_file')}` sha256 "
              f"`{record.get('weights_sha256')}`.", ""]
-    vae = cfg.get("vae")
+    vae, codec = cfg.get("vae"), cfg.get("codec")
     if vae:
         lines += [f"The VAE is not part of this folder: `vae.path` (`{vae['path']}`) must resolve where the model is "
                   "loaded (a hub id, or a local diffusers AutoencoderKL folder).", ""]
+    elif codec and codec.get("name") != "identity":
+        lines += [f"The codec `{codec['name']}` is not part of this folder: its `codec` section in `config.json` "
+                  "(e.g. its `path`) must resolve where the model is loaded.", ""]
     if layout_note:
         lines += [layout_note, ""]
     lines += _metrics_section(record, evaluation)
     lines += ["## Use", "", "```bash", f"dtr sample hf://{repo_hint} --num 64 --out samples/{name}",
               "dtr sample path/to/this/folder --num 64 --out samples/local", "```", "", "```python",
-              "import dtr_plugins as dp", f'model, cfg = dp.from_pretrained("{repo_hint}")  # or a local folder',
+              "import dtr_plugins as dp", f'model, cfg, codec = dp.from_pretrained("{repo_hint}")  # or a local folder',
+              "from dtr_plugins.engine.sample import generate",
+              "images, labels = generate(model, dp.build_diffusion(cfg), cfg, 16, codec=codec)  # uint8 NHWC",
               "```", ""]
     if meta:
         keep = {k: meta[k] for k in ("dtr_plugins", "torch", "git_commit", "device", "world_size", "precision", "seed",

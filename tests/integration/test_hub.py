@@ -63,7 +63,7 @@ def test_export_then_load_gives_identical_outputs_and_samples(run_dir, tmp_path)
     assert len(record["weights_sha256"]) == 64
 
     cfg, run_model, diffusion, _ = load_run(run_dir, device="cpu")
-    model, loaded_cfg = dp.from_pretrained(out)
+    model, loaded_cfg, _ = dp.from_pretrained(out)
     assert loaded_cfg.to_dict() == cfg.to_dict()
     assert torch.equal(_forward(model), _forward(run_model))
     assert model.plan.strategy_repr == run_model.plan.strategy_repr and not model.plan.is_dense
@@ -73,8 +73,8 @@ def test_export_then_load_gives_identical_outputs_and_samples(run_dir, tmp_path)
 
 
 def test_export_raw_weights_differ_from_ema(run_dir, tmp_path):
-    ema, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "ema"))
-    raw, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "raw", weights="model"))
+    ema, _, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "ema"))
+    raw, _, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "raw", weights="model"))
     ckpt = torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=True)
     for key, value in ckpt["model"].items():
         assert torch.equal(raw.state_dict()[key], value)
@@ -127,8 +127,9 @@ def test_export_detects_pretrained_sources(run_dir, tmp_path):
     out = hub.export_run(run_dir, tmp_path / "exp")
     assert hub.is_pretrained_source(out) and hub.is_pretrained_source("hf://org/name")
     assert not hub.is_pretrained_source(run_dir) and not hub.is_pretrained_source(run_dir / "checkpoints" / "0000004.pt")
-    cfg, model, diffusion, path, info = hub.load_for_sampling(out, device="cpu")
+    cfg, model, diffusion, codec, path, info = hub.load_for_sampling(out, device="cpu")
     assert path == out / "model.safetensors" and info == {"weights": "ema", "step": 4, "source": str(out)}
+    assert codec.bounded and codec.latent_shape((1, 8, 8)) == (1, 8, 8)  # a pixel model: the identity codec
 
 
 # ------------------------------------------------------------------------------------------ hub cache
@@ -151,10 +152,10 @@ def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.resolve("hf://someone/tiny-dit") == snapshot
-    model, _ = dp.from_pretrained("hf://someone/tiny-dit")
-    local, _ = dp.from_pretrained(out)
+    model, _, _ = dp.from_pretrained("hf://someone/tiny-dit")
+    local, _, _ = dp.from_pretrained(out)
     assert torch.equal(_forward(model), _forward(local))
-    bare, _ = dp.from_pretrained("someone/tiny-dit")  # no such local folder: a hub id
+    bare, _, _ = dp.from_pretrained("someone/tiny-dit")  # no such local folder: a hub id
     assert torch.equal(_forward(bare), _forward(local))
 
 
@@ -270,9 +271,13 @@ vae: {{path: {tmp_path / 'vae'}}}
     save_checkpoint(tmp_path / "run" / "checkpoints" / "0000001.pt", step=1, model=model.state_dict(),
                     ema=model.state_dict(), config=cfg.to_dict())
     out = hub.export_run(tmp_path / "run", tmp_path / "exp")
-    loaded, loaded_cfg = dp.from_pretrained(out)
-    assert loaded_cfg.vae.path == str(tmp_path / "vae") and loaded.vae.latent_channels == 4
+    loaded, loaded_cfg, codec = dp.from_pretrained(out)
+    assert loaded_cfg.vae.path == str(tmp_path / "vae") and codec.latent_channels == 4
+    assert codec.latent_shape((3, 16, 16)) == (4, 8, 8) and not codec.bounded
     assert "vae" not in "".join(loaded.state_dict())
+    record = json.loads((out / "config.json").read_text())["_dtr_export"]["codec"]
+    assert record["name"] == "autoencoder_kl" and record["params"]["path"] == str(tmp_path / "vae")
+    assert record["in_folder"] is False
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 900]), torch.tensor([0, 3])
     with torch.no_grad():
         assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))

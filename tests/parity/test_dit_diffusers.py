@@ -62,7 +62,7 @@ def test_timestep_frequencies_match_diffusers_and_differ_from_dit():
 
 def test_diffusers_folder_loads_exactly(reference):
     ref, folder = reference
-    model, cfg = dp.from_pretrained(folder)
+    model, cfg, _ = dp.from_pretrained(folder)
     assert isinstance(model, DiffusersDiT) and cfg.backbone.name == "dit_diffusers" and cfg.routing.name == "vanilla"
     assert cfg.diffusion.learn_sigma and model.out_channels == 6 and model.null_class == 5
     x, t, y = _inputs()
@@ -78,7 +78,7 @@ def test_diffusers_folder_loads_exactly(reference):
 
 def test_round_trip_diffusers_dit_diffusers(reference, tmp_path):
     ref, folder = reference
-    model, _ = dp.from_pretrained(folder)
+    model, _, _ = dp.from_pretrained(folder)
     back = DiTTransformer2DModel(**TINY).eval()
     back.load_state_dict(dit_to_diffusers_state(model.state_dict()))
     for key, value in ref.state_dict().items():
@@ -148,7 +148,7 @@ def test_export_dit_diffusers_to_diffusers_is_exact(tmp_path):
     with torch.no_grad():
         assert (theirs(x, t, y).sample - model.eval()(x, t, y)).abs().max() < 1e-5
     assert "Time embedding: exact" in (out / "README.md").read_text()
-    again, _ = dp.from_pretrained(out)  # and back into this project
+    again, _, _ = dp.from_pretrained(out)  # and back into this project
     with torch.no_grad():
         assert (again(x, t, y) - model(x, t, y)).abs().max() < 1e-5
 
@@ -235,15 +235,17 @@ def test_diffusers_pipeline_loads_on_its_vae_and_samples(tmp_path):
 
     folder, transformer = _pipeline(tmp_path, {"_class_name": "KarrasDiffusionSchedulers", "num_train_timesteps": 500,
                                                "beta_schedule": "linear", "beta_start": 0.0002, "beta_end": 0.04})
-    model, cfg = dp.from_pretrained(folder)
+    model, cfg, codec = dp.from_pretrained(folder)
     assert isinstance(model, LatentDiffusersDiT) and cfg.backbone.name == "latent_dit_diffusers"
     assert cfg.diffusion.steps == 500 and cfg.diffusion.schedule == "linear"
-    assert cfg.vae.path == str((folder / "vae").resolve()) and model.image_size == 16 and model.input_size == 8
+    assert cfg.vae.path == str((folder / "vae").resolve()) and cfg.data.params["image_size"] == 16
+    assert model.input_size == 8 and codec.latent_shape((3, 16, 16)) == (4, 8, 8)
     x, t, y = _inputs(channels=4)
     t = t.clamp(max=499)
     with torch.no_grad():
         assert (model(x, t, y) - transformer(x, t, y).sample).abs().max() < 1e-5
-    images, labels = generate(model, dp.build_diffusion(cfg), cfg, 2, seed=0, respacing="ddim2", progress=False)
+    images, labels = generate(model, dp.build_diffusion(cfg), cfg, 2, seed=0, respacing="ddim2", codec=codec,
+                              progress=False)
     assert images.shape == (2, 16, 16, 3) and list(labels) == [0, 1]
 
 
