@@ -37,7 +37,8 @@ own layout only. diffusers' MLP width is fixed at ``4 * hidden_size`` (``mlp_rat
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -251,8 +252,8 @@ def diffusers_to_dit_state(state: Mapping[str, torch.Tensor], *, num_classes: in
         first = _take(state, _EMB.format(i=0) + theirs, source)
         for i in range(1, depth):
             if not torch.equal(_take(state, _EMB.format(i=i) + theirs, source), first):
-                raise CheckpointError(f"{source}: block {i} has its own {theirs} (differs from block 0); DiT shares one "
-                                      "timestep and label embedder across blocks, so this model cannot be loaded")
+                raise CheckpointError(f"{source}: block {i} has its own {theirs} (differs from block 0); DiT shares "
+                                      "one timestep and label embedder across blocks, so this model cannot be loaded")
         out[ours] = first
     if num_classes == 1:
         out["y_embedder.embedding_table.weight"] = out["y_embedder.embedding_table.weight"][:1]
@@ -273,7 +274,8 @@ def diffusers_to_dit_state(state: Mapping[str, torch.Tensor], *, num_classes: in
 #                       Time embedding refit (dit -> diffusers)                 #
 #################################################################################
 
-def refit_time_linear(weight: torch.Tensor, num_timesteps: int, ridge: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def refit_time_linear(weight: torch.Tensor, num_timesteps: int,
+                      ridge: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Refit the first time-MLP layer of a DiT for diffusers' frequencies.
 
     ``weight``: ``t_embedder.mlp.0.weight`` ``[hidden, 256]``. Returns ``W'`` minimising

@@ -25,8 +25,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
 
@@ -61,9 +62,9 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
-    from dtr_plugins.engine.compose import build_model, codec_spec
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
     from dtr_plugins.core.config import config_from_dict, read_yaml
+    from dtr_plugins.engine.compose import build_model, codec_spec
 
     from .retention import list_checkpoints
 
@@ -140,8 +141,8 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
     (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
     time_note = notes["time_embedding"]
     if isinstance(time_note, dict):
-        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{time_note['timesteps'] - 1}: the first "
-                     f"time-MLP layer's output deviates by rms {time_note['rms']:.3g} (max {time_note['max_abs']:.3g}; "
+        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{time_note['timesteps'] - 1}: the "
+                     f"first time-MLP layer's output deviates by rms {time_note['rms']:.3g} (max {time_note['max_abs']:.3g}; "
                      f"reference rms {time_note['rms_ref']:.3g}; copying the weights unchanged would give rms "
                      f"{time_note['copy_rms']:.3g}), so diffusers' outputs are close to, not equal to, this project's")
     note = ("**Layout:** diffusers `DiTTransformer2DModel` (`config.json`, `diffusion_pytorch_model.safetensors`). "
@@ -271,8 +272,9 @@ def _load(folder: Path):
         return _load_export(folder, config)
     if is_diffusers_dit_config(config):
         return _load_diffusers(folder, pipeline=None)
-    raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' record) "
-                          "nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export RUN --out DIR")
+    raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' "
+                          "record) nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export "
+                          "RUN --out DIR")
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -290,20 +292,21 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _load_weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
         return load_file(str(path))
-    except Exception as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupt or not a safetensors file ({first_line(exc)})") from None
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.engine.compose import build_codec, build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.engine.compose import build_codec, build_model
 
     record = config.pop(EXPORT_KEY)
     if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
@@ -319,20 +322,20 @@ def _load_export(folder: Path, config: dict[str, Any]):
 
 
 def _load_diffusers(transformer: Path, pipeline: Path | None):
-    from dtr_plugins.backbones.dit_diffusers import (DIFFUSERS_WEIGHTS, diffusers_to_dit_state,
-                                                     dit_params_from_diffusers_config)
-    from dtr_plugins.engine.compose import build_codec, build_model
+    from dtr_plugins.backbones import dit_diffusers as dd
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.engine.compose import build_codec, build_model
 
     config = _read_config(transformer)
-    params = dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
+    params = dd.dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
     steps, schedule = _scheduler(pipeline)
     name = (pipeline or transformer).name or "diffusers-dit"
     data = {"name": "synthetic", "image_size": params["input_size"], "channels": params["in_channels"],
             "num_classes": params["num_classes"]}
     cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": "dit_diffusers", **params},
-                                "diffusion": {"steps": steps, "schedule": schedule, "learn_sigma": params["learn_sigma"]},
+                                "diffusion": {"steps": steps, "schedule": schedule,
+                                              "learn_sigma": params["learn_sigma"]},
                                 "data": data}
     vae_dir = pipeline / "vae" if pipeline is not None else None
     if vae_dir is not None and (vae_dir / CONFIG_FILE).is_file():
@@ -345,8 +348,8 @@ def _load_diffusers(transformer: Path, pipeline: Path | None):
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
     codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
     model = build_model(cfg, codec=codec)
-    path = transformer / DIFFUSERS_WEIGHTS
-    state = diffusers_to_dit_state(_load_weights(path), num_classes=model.num_classes, input_size=model.input_size,
+    path = transformer / dd.DIFFUSERS_WEIGHTS
+    state = dd.diffusers_to_dit_state(_load_weights(path), num_classes=model.num_classes, input_size=model.input_size,
                                    patch_size=model.patch_size, source=str(path))
     apply_checkpoint(model, state, path)
     return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
@@ -422,14 +425,14 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         folder = Path(snapshot_download(local_files_only=True, **kwargs))
         if _complete(folder):
             return folder
-    except Exception:  # not in the cache: the network, if allowed
+    except Exception:  # noqa: BLE001 -- huggingface_hub raises many kinds for "not cached"; then the network
         pass
     if hub_offline():
         raise CheckpointError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                                                       "is set"))
     try:
         return Path(snapshot_download(**kwargs))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any download failure becomes the one-line message
         raise CheckpointError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
                                                       f"failed ({_scrub(first_line(exc, limit=200))})")) from None
 
@@ -475,14 +478,14 @@ def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token
         from huggingface_hub import get_token
 
         secrets.append(get_token() or "")
-    except Exception:
+    except Exception:  # noqa: BLE001 -- no token found is fine: nothing to scrub
         pass
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload {folder.name} with dtr push",
                                  ignore_patterns=[".*", "**/.*"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any upload failure becomes one line, token scrubbed
         raise UserError(f"push {repo_id}: upload failed: {_scrub(first_line(exc, limit=300), secrets)}") from None
     return str(getattr(info, "commit_url", None) or info or f"https://huggingface.co/{repo_id}")
 

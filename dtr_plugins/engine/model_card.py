@@ -9,7 +9,8 @@ says so instead of attributing the numbers to them.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -56,7 +57,8 @@ def _describe_model(cfg: Mapping[str, Any]) -> str:
              f"learned variance: {diffusion.get('learn_sigma')})")
     vae = cfg.get("vae")
     if vae:
-        text += f", on the latents of the VAE `{vae['path']}` (scale factor {vae.get('scale_factor') or 'from its config'})"
+        scale = vae.get("scale_factor") or "from its config"
+        text += f", on the latents of the VAE `{vae['path']}` (scale factor {scale})"
     return text
 
 
@@ -75,7 +77,8 @@ def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | 
     lines.append("How they were measured (as recorded in the run's `eval.json`): "
                  f"{evaluation.get('num_samples', '?')} samples from the **EMA** weights at training step {step}, "
                  f"sampler `{evaluation.get('sampler', '?')}` with timestep respacing `{steps}`, "
-                 f"guidance scale {evaluation.get('cfg_scale', '?')} (channels: {evaluation.get('cfg_channels', '?')}), "
+                 f"guidance scale {evaluation.get('cfg_scale', '?')} "
+                 f"(channels: {evaluation.get('cfg_channels', '?')}), "
                  f"seed {evaluation.get('seed', '?')}; features from `{evaluation.get('feature_extractor', '?')}` "
                  f"(weights sha256 `{str(evaluation.get('weights_sha256') or '-')[:16]}`), against "
                  f"`{evaluation.get('reference', '?')}` ({evaluation.get('num_reference', '?')} images); "

@@ -16,7 +16,8 @@ from ..conftest import write
 TINY = """\
 name: tiny-export
 seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+           num_classes: 4}
 routing: {name: dtr, alpha: 4.0, beta: 0.8}
 diffusion: {steps: 100, schedule: linear, learn_sigma: true}
 data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
@@ -126,10 +127,44 @@ def test_cli_export_prints_the_folder(run_dir, tmp_path, run_cli):
 def test_export_detects_pretrained_sources(run_dir, tmp_path):
     out = hub.export_run(run_dir, tmp_path / "exp")
     assert hub.is_pretrained_source(out) and hub.is_pretrained_source("hf://org/name")
-    assert not hub.is_pretrained_source(run_dir) and not hub.is_pretrained_source(run_dir / "checkpoints" / "0000004.pt")
+    assert not hub.is_pretrained_source(run_dir)
+    assert not hub.is_pretrained_source(run_dir / "checkpoints" / "0000004.pt")
     cfg, model, diffusion, codec, path, info = hub.load_for_sampling(out, device="cpu")
     assert path == out / "model.safetensors" and info == {"weights": "ema", "step": 4, "source": str(out)}
     assert codec.bounded and codec.latent_shape((1, 8, 8)) == (1, 8, 8)  # a pixel model: the identity codec
+
+
+def test_cli_sample_from_the_export_gives_the_runs_images(run_dir, tmp_path, run_cli):
+    """The issue's Done-when: a run exports, reloads from the folder and samples identical images."""
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    code, _, err = run_cli("sample", str(run_dir), "--num", "8", "--seed", "7", "--out", str(tmp_path / "from_run"))
+    assert code == 0, err
+    code, stdout, err = run_cli("sample", str(out), "--num", "8", "--seed", "7", "--out", str(tmp_path / "from_exp"))
+    assert code == 0, err
+    assert stdout.strip() == f"samples: {tmp_path / 'from_exp'}"
+    a, b = np.load(tmp_path / "from_run" / "samples.npz"), np.load(tmp_path / "from_exp" / "samples.npz")
+    assert a["arr_0"].shape == (8, 8, 8, 1) and a["arr_0"].std() > 0
+    assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+    assert (tmp_path / "from_run" / "grid.png").read_bytes() == (tmp_path / "from_exp" / "grid.png").read_bytes()
+    info = json.loads((tmp_path / "from_exp" / "samples.json").read_text())
+    assert info["weights"] == "ema" and info["step"] == 4 and info["source"] == str(out)
+    assert info["checkpoint"] == str(out / "model.safetensors") and info["seed"] == 7 and info["num"] == 8
+    assert json.loads((tmp_path / "from_run" / "samples.json").read_text())["weights"] == "ema"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_cli_sample_from_an_export_needs_out_and_the_weights_it_holds(run_dir, tmp_path, run_cli):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    code, stdout, err = run_cli("sample", str(out), "--num", "2")
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "Traceback" not in err and stdout == ""
+    code, _, err = run_cli("sample", str(out), "--num", "2", "--no-ema", "--out", str(tmp_path / "s"))
+    assert code == 2 and err.count("\n") == 1 and "--weights model" in err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert not (tmp_path / "s").exists()
+    raw = hub.export_run(run_dir, tmp_path / "raw", weights="model")
+    code, _, err = run_cli("sample", str(raw), "--num", "2", "--no-ema", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["weights"] == "model"
 
 
 # ------------------------------------------------------------------------------------------ hub cache
@@ -143,7 +178,7 @@ def _populate_cache(cache, repo_id, folder, revision="0123456789abcdef0123456789
     return repo / "snapshots" / revision
 
 
-def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch):
+def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch, run_cli):
     out = hub.export_run(run_dir, tmp_path / "exp")
     cache = tmp_path / "hf" / "hub"
     snapshot = _populate_cache(cache, "someone/tiny-dit", out)
@@ -157,6 +192,10 @@ def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch)
     assert torch.equal(_forward(model), _forward(local))
     bare, _, _ = dp.from_pretrained("someone/tiny-dit")  # no such local folder: a hub id
     assert torch.equal(_forward(bare), _forward(local))
+    code, _, err = run_cli("sample", "hf://someone/tiny-dit", "--num", "4", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    info = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert info["source"] == "hf://someone/tiny-dit" and info["weights"] == "ema" and info["step"] == 4
 
 
 def test_absent_hub_id_offline_is_one_line(tmp_path, monkeypatch):
@@ -167,6 +206,15 @@ def test_absent_hub_id_offline_is_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message and "HF_HUB_OFFLINE" in message and "hf download nobody/absent-model" in message
     assert "pass the folder" in message and not (tmp_path / "empty-cache" / "models--nobody--absent-model").exists()
+
+
+def test_cli_sample_of_an_absent_hub_id_offline_is_one_line_exit_2(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, stdout, err = run_cli("sample", "hf://nobody/absent-model", "--num", "2", "--out", str(tmp_path / "s"))
+    assert code == 2 and err.count("\n") == 1 and stdout == "" and "Traceback" not in err
+    assert "hf://nobody/absent-model" in err and "HF_HUB_OFFLINE" in err and "hf download nobody/absent-model" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_bad_sources_are_one_line(tmp_path):

@@ -5,9 +5,14 @@ import pytest
 import torch
 
 import dtr_plugins as dp
-from dtr_plugins.backbones.dit_diffusers import (DiffusersDiT, diffusers_timestep_embedding, diffusers_to_dit_state,
-                                                 dit_params_from_diffusers_config, dit_to_diffusers_state,
-                                                 refit_time_linear)
+from dtr_plugins.backbones.dit_diffusers import (
+    DiffusersDiT,
+    diffusers_timestep_embedding,
+    diffusers_to_dit_state,
+    dit_params_from_diffusers_config,
+    dit_to_diffusers_state,
+    refit_time_linear,
+)
 from dtr_plugins.core.checkpoint import save_checkpoint
 from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.engine import hub
@@ -126,8 +131,9 @@ data: {{name: synthetic, image_size: 8, channels: 3, num_classes: 5}}
 
 def _fake_run(tmp_path, name, backbone="dit", routing="{name: vanilla}"):
     """A run directory with one checkpoint of random weights (what training would leave, minus the training)."""
-    from dtr_plugins.core.config import config_from_dict
     import yaml
+
+    from dtr_plugins.core.config import config_from_dict
 
     cfg = config_from_dict(yaml.safe_load(RUN.format(name=name, backbone=backbone, routing=routing)))
     model = _randomize(dp.build_model(cfg), seed=3)
