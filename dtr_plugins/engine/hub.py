@@ -36,12 +36,8 @@ if TYPE_CHECKING:
     from dtr_plugins.core.contracts import Codec
     from dtr_plugins.core.routing import RoutedBackbone
 
-EXPORT_FORMAT = "dtr-plugins-export/1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-EXPORT_KEY = "_dtr_export"
-HUB_PREFIX = "hf://"
+EXPORT_FORMAT, EXPORT_KEY, HUB_PREFIX = "dtr-plugins-export/1", "_dtr_export", "hf://"
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 #: what a hub snapshot needs (exports, diffusers transformer folders and DiT pipelines); nothing else is fetched
 HUB_PATTERNS = ["config.json", WEIGHTS_FILE, CARD_FILE, "diffusion_pytorch_model.safetensors", "model_index.json",
                 "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
@@ -98,7 +94,7 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     step = ckpt.get("step")
-    record = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
+    record: dict[str, Any] = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
               "checkpoint": ckpt_path.name, "layout": layout}
     spec = codec_spec(cfg)
     if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
@@ -141,10 +137,11 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
     (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
     time_note = notes["time_embedding"]
     if isinstance(time_note, dict):
-        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{time_note['timesteps'] - 1}: the "
-                     f"first time-MLP layer's output deviates by rms {time_note['rms']:.3g} (max {time_note['max_abs']:.3g}; "
-                     f"reference rms {time_note['rms_ref']:.3g}; copying the weights unchanged would give rms "
-                     f"{time_note['copy_rms']:.3g}), so diffusers' outputs are close to, not equal to, this project's")
+        n = time_note
+        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{n['timesteps'] - 1}: the first "
+                     f"time-MLP layer's output deviates by rms {n['rms']:.3g} (max {n['max_abs']:.3g}; reference rms "
+                     f"{n['rms_ref']:.3g}; copying the weights unchanged would give rms {n['copy_rms']:.3g}), so "
+                     "diffusers' outputs are close to, not equal to, this project's")
     note = ("**Layout:** diffusers `DiTTransformer2DModel` (`config.json`, `diffusion_pytorch_model.safetensors`). "
             f"Time embedding: {time_note}. "
             + ("The label table has an extra all-zero null-class row (diffusers always has one). "
@@ -226,13 +223,10 @@ class Pretrained(NamedTuple):
 def from_pretrained(source: str | Path, *, device: Any = None) -> Pretrained:
     """Load an exported model, a diffusers DiT folder or pipeline, or a hub id: ``(model, cfg, codec)``.
 
-    ``model``: the backbone in eval mode (on ``device``, default CPU) with its routing plan; ``cfg``: the
-    :class:`~dtr_plugins.core.config.ExperimentConfig` it was built from (for a diffusers folder, one
-    synthesised from its configs: vanilla routing, default sampling settings); ``codec``: built from
-    ``cfg`` by :func:`~dtr_plugins.engine.compose.build_codec` (identity for a pixel model; a latent
-    model's VAE, which is not part of an exported folder, from ``vae.path``; a diffusers pipeline's
-    ``vae/``), for ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for
-    anything that cannot be loaded.
+    ``model`` in eval mode on ``device`` (default CPU); ``cfg`` (for a diffusers folder synthesised from its
+    configs: vanilla routing, default sampling); ``codec`` from ``compose.build_codec(cfg)``: identity for
+    pixels, a latent model's VAE from ``vae.path`` (not part of an export), a pipeline's ``vae/``; pass it to
+    ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for what cannot be loaded.
     """
     cfg, model, codec, _ = _load(resolve(source))
     return Pretrained((model.to(device) if device is not None else model).eval(), cfg, codec)
@@ -349,8 +343,8 @@ def _load_diffusers(transformer: Path, pipeline: Path | None):
     codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
     model = build_model(cfg, codec=codec)
     path = transformer / dd.DIFFUSERS_WEIGHTS
-    state = dd.diffusers_to_dit_state(_load_weights(path), num_classes=model.num_classes, input_size=model.input_size,
-                                   patch_size=model.patch_size, source=str(path))
+    geometry = {k: params[k] for k in ("num_classes", "input_size", "patch_size")}
+    state = dd.diffusers_to_dit_state(_load_weights(path), **geometry, source=str(path))
     apply_checkpoint(model, state, path)
     return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
 
@@ -420,9 +414,12 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
     from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 
-    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=hub_cache_dir())
+    def download(local_only: bool) -> Path:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
+                                      cache_dir=hub_cache_dir(), local_files_only=local_only))
+
     try:
-        folder = Path(snapshot_download(local_files_only=True, **kwargs))
+        folder = download(local_only=True)
         if _complete(folder):
             return folder
     except Exception:  # noqa: BLE001 -- huggingface_hub raises many kinds for "not cached"; then the network
@@ -431,7 +428,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         raise CheckpointError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                                                       "is set"))
     try:
-        return Path(snapshot_download(**kwargs))
+        return download(local_only=False)
     except Exception as exc:  # noqa: BLE001 -- any download failure becomes the one-line message
         raise CheckpointError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
                                                       f"failed ({_scrub(first_line(exc, limit=200))})")) from None
