@@ -22,7 +22,8 @@ def load_checkpoint(model, path, **kwargs: Any):
 
 
 def from_pretrained(source, **kwargs: Any):
-    """Load an exported model folder, a diffusers DiT folder or a hub id (hf://ORG/NAME): ``(model, cfg)``."""
+    """Load an exported model folder, a diffusers DiT folder or pipeline, or a hub id (hf://ORG/NAME):
+    ``(model, cfg, codec)``."""
     from .engine.hub import from_pretrained as _from_pretrained
 
     return _from_pretrained(source, **kwargs)
@@ -36,7 +37,7 @@ def train(cfg: ExperimentConfig, **kwargs: Any):
 
 
 def sample(source, **kwargs: Any):
-    """Sample images from a run directory or checkpoint; writes PNGs, a grid and an .npz."""
+    """Sample images from a run directory, checkpoint, exported folder or hub id; writes PNGs, a grid and an .npz."""
     from .engine.sample import sample as _sample
 
     return _sample(source, **kwargs)

@@ -177,10 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(parents=[common], name="sample", help="sample images from a run directory or checkpoint")
-    p.add_argument("source", help="run directory or checkpoint file")
+    p = sub.add_parser(parents=[common], name="sample",
+                       help="sample images from a run, checkpoint, exported folder or hub id (hf://ORG/NAME)")
+    p.add_argument("source", help="run directory, checkpoint file, folder written by dtr export (or a diffusers DiT "
+                   "folder/pipeline) or hub id hf://ORG/NAME[@REVISION]")
     p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
-    p.add_argument("--out", default=None, help="output folder (default <run>/samples)")
+    p.add_argument("--out", default=None, help="output folder (default <run>/samples; required for an exported "
+                   "folder or hub id)")
     p.add_argument("--sampler", default=None, help="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
     p.add_argument("--respacing", default=None, help='timestep respacing, e.g. "250" or "ddim50"; flow: the step count')
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")

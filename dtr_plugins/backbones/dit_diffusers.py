@@ -37,7 +37,8 @@ own layout only. diffusers' MLP width is fixed at ``4 * hidden_size`` (``mlp_rat
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
 from pydantic import Field
@@ -45,7 +46,7 @@ from pydantic import Field
 from dtr_plugins.core.errors import CheckpointError
 from dtr_plugins.core.hookspecs import hookimpl
 
-from .dit import DiT, DiTParams, TimestepEmbedder, sincos_2d
+from .dit import DiT, DiTBlock, DiTParams, TimestepEmbedder, sincos_2d
 from .latent_dit import LatentDiT, LatentDiTParams
 
 DIFFUSERS_CLASS = "DiTTransformer2DModel"
@@ -76,16 +77,21 @@ class DiffusersTimestepEmbedder(TimestepEmbedder):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         t_freq = diffusers_timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
+        return self.mlp(t_freq.to(next(self.mlp.parameters()).dtype))
+
+
+def _int(value: Any) -> int:
+    """A DiT size attribute (``int | None`` until the model is built; always set on a built model)."""
+    assert value is not None
+    return int(value)
 
 
 def _use_diffusers_numerics(model: DiT, mlp_norm_eps: float) -> None:
-    embedder = DiffusersTimestepEmbedder(model.hidden_size, model.t_embedder.frequency_embedding_size)
+    embedder = DiffusersTimestepEmbedder(_int(model.hidden_size), model.t_embedder.frequency_embedding_size)
     embedder.load_state_dict(model.t_embedder.state_dict())
     model.t_embedder = embedder
-    for block in model.blocks:
-        block.norm2.eps = mlp_norm_eps
-    model.mlp_norm_eps = mlp_norm_eps
+    for block in model.blocks:  # read back by diffusers_config_from_dit (norm_eps)
+        cast(DiTBlock, block).norm2.eps = mlp_norm_eps
 
 
 class DiffusersDiTParams(DiTParams):
@@ -160,20 +166,22 @@ def dit_params_from_diffusers_config(config: Mapping[str, Any], source: str = "c
 
 def diffusers_config_from_dit(model: DiT) -> dict[str, Any]:
     """The ``DiTTransformer2DModel`` config of ``model`` (``config.json`` of a diffusers folder)."""
-    if float(model.blocks[0].mlp.fc1.out_features) != 4 * model.hidden_size:
-        raise CheckpointError(f"mlp_ratio={model.blocks[0].mlp.fc1.out_features / model.hidden_size:g}: diffusers' "
+    block, hidden, heads = cast(DiTBlock, model.blocks[0]), _int(model.hidden_size), _int(model.num_heads)
+    mlp_width = block.mlp.fc1.out_features
+    if mlp_width != 4 * hidden:
+        raise CheckpointError(f"mlp_ratio={mlp_width / hidden:g}: diffusers' "
                               "DiTTransformer2DModel has a fixed MLP width of 4 * hidden_size (mlp_ratio 4 only)")
     try:
         from diffusers import __version__ as version
     except ImportError:
         version = "0.25.0"
     return {"_class_name": DIFFUSERS_CLASS, "_diffusers_version": version,
-            "num_attention_heads": model.num_heads, "attention_head_dim": model.hidden_size // model.num_heads,
+            "num_attention_heads": model.num_heads, "attention_head_dim": hidden // heads,
             "in_channels": model.in_channels, "out_channels": model.out_channels, "num_layers": model.depth,
             "dropout": 0.0, "norm_num_groups": 32, "attention_bias": True, "sample_size": model.input_size,
             "patch_size": model.patch_size, "activation_fn": "gelu-approximate",
             "num_embeds_ada_norm": model.num_classes, "upcast_attention": False, "norm_type": "ada_norm_zero",
-            "norm_elementwise_affine": False, "norm_eps": float(model.blocks[0].norm2.eps)}
+            "norm_elementwise_affine": False, "norm_eps": float(block.norm2.eps)}
 
 
 #################################################################################
@@ -251,8 +259,8 @@ def diffusers_to_dit_state(state: Mapping[str, torch.Tensor], *, num_classes: in
         first = _take(state, _EMB.format(i=0) + theirs, source)
         for i in range(1, depth):
             if not torch.equal(_take(state, _EMB.format(i=i) + theirs, source), first):
-                raise CheckpointError(f"{source}: block {i} has its own {theirs} (differs from block 0); DiT shares one "
-                                      "timestep and label embedder across blocks, so this model cannot be loaded")
+                raise CheckpointError(f"{source}: block {i} has its own {theirs} (differs from block 0); DiT shares "
+                                      "one timestep and label embedder across blocks, so this model cannot be loaded")
         out[ours] = first
     if num_classes == 1:
         out["y_embedder.embedding_table.weight"] = out["y_embedder.embedding_table.weight"][:1]
@@ -273,7 +281,8 @@ def diffusers_to_dit_state(state: Mapping[str, torch.Tensor], *, num_classes: in
 #                       Time embedding refit (dit -> diffusers)                 #
 #################################################################################
 
-def refit_time_linear(weight: torch.Tensor, num_timesteps: int, ridge: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def refit_time_linear(weight: torch.Tensor, num_timesteps: int,
+                      ridge: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Refit the first time-MLP layer of a DiT for diffusers' frequencies.
 
     ``weight``: ``t_embedder.mlp.0.weight`` ``[hidden, 256]``. Returns ``W'`` minimising

@@ -66,6 +66,8 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     log_every: int = Field(50, ge=1)
     ckpt_every: int = Field(0, ge=0, description="0: only at the end")
+    keep_last: int | None = Field(None, ge=1, description="keep only the newest N checkpoints (default: keep all); "
+                                  "may change on --resume")
     num_workers: int = Field(0, ge=0)
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")

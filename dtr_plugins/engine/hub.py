@@ -2,17 +2,16 @@
 
 Layouts :func:`from_pretrained` reads (detected from the folder's files):
 
-- **this project's export** (:func:`export_run`): ``model.safetensors`` (the state dict, official DiT /
-  guided-diffusion key layout), ``config.json`` (the resolved run config, routing included, plus an
-  ``_dtr_export`` record: format, weights, step, checkpoint, weights SHA-256) and ``README.md`` (the
-  model card, :mod:`dtr_plugins.engine.model_card`);
+- **this project's export** (:func:`export_run`): ``model.safetensors`` (official DiT / guided-diffusion
+  key layout), ``config.json`` (the resolved run config, routing and codec/vae sections included, plus
+  an ``_dtr_export`` record: format, weights, step, checkpoint, weights SHA-256, codec) and ``README.md``
+  (the model card). A latent model's VAE is not in the folder: ``vae.path`` must resolve where it loads;
 - **a diffusers ``DiTTransformer2DModel`` folder** (``config.json`` with ``_class_name:
   DiTTransformer2DModel`` and ``diffusion_pytorch_model.safetensors``), loaded exactly into
   ``dit_diffusers`` (:mod:`dtr_plugins.backbones.dit_diffusers`);
 - **a diffusers DiT pipeline folder** (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``):
   the transformer on the latents of the pipeline's VAE (``latent_dit_diffusers``), with the training
-  timesteps and schedule of ``scheduler/scheduler_config.json``.
-
+  timesteps and schedule of ``scheduler/scheduler_config.json``. Loading gives the codec as well.
 A source is a local folder, or a Hugging Face hub id (``hf://ORG/NAME[@REVISION]``, or ``ORG/NAME``
 when no such local folder exists) resolved through ``huggingface_hub``'s cache: the cache first, the
 network only when ``HF_HUB_OFFLINE`` is not set; absent and offline is one line saying how to fetch the
@@ -26,17 +25,19 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
 
-EXPORT_FORMAT = "dtr-plugins-export/1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-EXPORT_KEY = "_dtr_export"
-HUB_PREFIX = "hf://"
+if TYPE_CHECKING:
+    from dtr_plugins.core.config import ExperimentConfig
+    from dtr_plugins.core.contracts import Codec
+    from dtr_plugins.core.routing import RoutedBackbone
+
+EXPORT_FORMAT, EXPORT_KEY, HUB_PREFIX = "dtr-plugins-export/1", "_dtr_export", "hf://"
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 #: what a hub snapshot needs (exports, diffusers transformer folders and DiT pipelines); nothing else is fetched
 HUB_PATTERNS = ["config.json", WEIGHTS_FILE, CARD_FILE, "diffusion_pytorch_model.safetensors", "model_index.json",
                 "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
@@ -57,9 +58,9 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
-    from dtr_plugins.engine.compose import build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
     from dtr_plugins.core.config import config_from_dict, read_yaml
+    from dtr_plugins.engine.compose import build_model, codec_spec
 
     from .retention import list_checkpoints
 
@@ -93,8 +94,11 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     step = ckpt.get("step")
-    record = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
+    record: dict[str, Any] = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
               "checkpoint": ckpt_path.name, "layout": layout}
+    spec = codec_spec(cfg)
+    if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
+        record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}
     evaluation = _read_json(run_dir / "eval.json")
     meta = _read_json(run_dir / "meta.json")
     with _staging(out) as stage:
@@ -110,8 +114,8 @@ def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], 
 
     sha = _save_safetensors(state, stage / WEIGHTS_FILE, record)
     record = {**record, "weights_file": WEIGHTS_FILE, "weights_sha256": sha}
-    _write_text(stage / CONFIG_FILE, json.dumps({**cfg, EXPORT_KEY: record}, indent=2) + "\n")
-    _write_text(stage / CARD_FILE, render_model_card(cfg, record, evaluation, meta))
+    (stage / CONFIG_FILE).write_text(json.dumps({**cfg, EXPORT_KEY: record}, indent=2) + "\n")
+    (stage / CARD_FILE).write_text(render_model_card(cfg, record, evaluation, meta))
 
 
 def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:
@@ -130,19 +134,20 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
     dstate, dconfig, notes = export_state_for_diffusers(model, state, cfg.diffusion.steps)
     sha = _save_safetensors(dstate, stage / DIFFUSERS_WEIGHTS, record)
     record = {**record, "weights_file": DIFFUSERS_WEIGHTS, "weights_sha256": sha, "conversion": notes}
-    _write_text(stage / CONFIG_FILE, json.dumps(dconfig, indent=2) + "\n")
+    (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
     time_note = notes["time_embedding"]
     if isinstance(time_note, dict):
-        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{time_note['timesteps'] - 1}: the first "
-                     f"time-MLP layer's output deviates by rms {time_note['rms']:.3g} (max {time_note['max_abs']:.3g}; "
-                     f"reference rms {time_note['rms_ref']:.3g}; copying the weights unchanged would give rms "
-                     f"{time_note['copy_rms']:.3g}), so diffusers' outputs are close to, not equal to, this project's")
+        n = time_note
+        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{n['timesteps'] - 1}: the first "
+                     f"time-MLP layer's output deviates by rms {n['rms']:.3g} (max {n['max_abs']:.3g}; reference rms "
+                     f"{n['rms_ref']:.3g}; copying the weights unchanged would give rms {n['copy_rms']:.3g}), so "
+                     "diffusers' outputs are close to, not equal to, this project's")
     note = ("**Layout:** diffusers `DiTTransformer2DModel` (`config.json`, `diffusion_pytorch_model.safetensors`). "
             f"Time embedding: {time_note}. "
             + ("The label table has an extra all-zero null-class row (diffusers always has one). "
                if notes["null_row_added"] else "")
             + "Load with `DiTTransformer2DModel.from_pretrained(DIR)` or `dp.from_pretrained(DIR)`.")
-    _write_text(stage / CARD_FILE, render_model_card(cfg.to_dict(), record, evaluation, meta, layout_note=note))
+    (stage / CARD_FILE).write_text(render_model_card(cfg.to_dict(), record, evaluation, meta, layout_note=note))
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
@@ -161,7 +166,6 @@ def _check_out(out: Path) -> None:
 
 class _staging:
     """A temp folder beside ``out``; renamed onto ``out`` on success, removed on error."""
-
     def __init__(self, out: Path):
         self.out = out
 
@@ -186,10 +190,6 @@ def _umask() -> int:
     return mask
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -212,29 +212,37 @@ def _sha256(path: Path) -> str:
 #                                  Loading                                      #
 #################################################################################
 
-def from_pretrained(source: str | Path, *, device: Any = None):
-    """Load an exported model, a diffusers DiT folder or pipeline, or a hub id: returns ``(model, cfg)``.
+class Pretrained(NamedTuple):
+    """What :func:`from_pretrained` gives: ``model, cfg, codec = dp.from_pretrained(...)``."""
 
-    ``model``: the backbone in eval mode (on ``device``, default CPU) with its routing plan; ``cfg``: the
-    :class:`~dtr_plugins.core.config.ExperimentConfig` it was built from (for a diffusers folder, one
-    synthesised from its configs: vanilla routing, default sampling settings). Raises
-    :class:`CheckpointError` (one line) for anything that cannot be loaded.
+    model: RoutedBackbone  # the backbone in eval mode, routing plan attached: ``model(x, t, y)``
+    cfg: ExperimentConfig  # the resolved config it was built from
+    codec: Codec  # backbone space <-> images: ``codec.decode(x)`` (identity for pixel models)
+
+
+def from_pretrained(source: str | Path, *, device: Any = None) -> Pretrained:
+    """Load an exported model, a diffusers DiT folder or pipeline, or a hub id: ``(model, cfg, codec)``.
+
+    ``model`` in eval mode on ``device`` (default CPU); ``cfg`` (for a diffusers folder synthesised from its
+    configs: vanilla routing, default sampling); ``codec`` from ``compose.build_codec(cfg)``: identity for
+    pixels, a latent model's VAE from ``vae.path`` (not part of an export), a pipeline's ``vae/``; pass it to
+    ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for what cannot be loaded.
     """
-    cfg, model, _ = _load(resolve(source))
-    return (model.to(device) if device is not None else model).eval(), cfg
+    cfg, model, codec, _ = _load(resolve(source))
+    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, codec)
 
 
 def load_for_sampling(source: str | Path, *, device: Any = None):
-    """``(cfg, model, diffusion, weights_path, info)`` for ``dtr sample``; ``info``: ``weights`` (``ema``,
-    ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
+    """``(cfg, model, diffusion, codec, weights_path, info)`` for ``dtr sample``; ``info``: ``weights``
+    (``ema``, ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
     from dtr_plugins.engine.compose import build_diffusion
 
     folder = resolve(source)
-    cfg, model, info = _load(folder)
+    cfg, model, codec, info = _load(folder)
     info["source"] = str(source) if str(source).startswith(HUB_PREFIX) else str(folder)
     if device is not None:
         model = model.to(device)
-    return cfg, model.eval(), build_diffusion(cfg), Path(info.pop("weights_path")), info
+    return cfg, model.eval(), build_diffusion(cfg), codec, Path(info.pop("weights_path")), info
 
 
 def is_pretrained_source(source: str | Path) -> bool:
@@ -248,7 +256,7 @@ def is_pretrained_source(source: str | Path) -> bool:
 
 
 def _load(folder: Path):
-    """``(cfg, model, info)`` from a resolved local folder, by layout."""
+    """``(cfg, model, codec, info)`` from a resolved local folder, by layout."""
     from dtr_plugins.backbones.dit_diffusers import is_diffusers_dit_config
 
     if (folder / "model_index.json").is_file() and (folder / "transformer" / CONFIG_FILE).is_file():
@@ -258,8 +266,9 @@ def _load(folder: Path):
         return _load_export(folder, config)
     if is_diffusers_dit_config(config):
         return _load_diffusers(folder, pipeline=None)
-    raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' record) "
-                          "nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export RUN --out DIR")
+    raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' "
+                          "record) nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export "
+                          "RUN --out DIR")
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -277,20 +286,21 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _load_weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
         return load_file(str(path))
-    except Exception as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupt or not a safetensors file ({first_line(exc)})") from None
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.engine.compose import build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.engine.compose import build_codec, build_model
 
     record = config.pop(EXPORT_KEY)
     if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
@@ -298,43 +308,45 @@ def _load_export(folder: Path, config: dict[str, Any]):
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
-    model = build_model(cfg)
+    codec = build_codec(cfg)
+    model = build_model(cfg, codec=codec)
     path = folder / WEIGHTS_FILE
     apply_checkpoint(model, _load_weights(path), path)
-    return cfg, model, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
+    return cfg, model, codec, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 
 
 def _load_diffusers(transformer: Path, pipeline: Path | None):
-    from dtr_plugins.backbones.dit_diffusers import (DIFFUSERS_WEIGHTS, diffusers_to_dit_state,
-                                                     dit_params_from_diffusers_config)
-    from dtr_plugins.engine.compose import build_model
+    from dtr_plugins.backbones import dit_diffusers as dd
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.engine.compose import build_codec, build_model
 
     config = _read_config(transformer)
-    params = dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
+    params = dd.dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
     steps, schedule = _scheduler(pipeline)
     name = (pipeline or transformer).name or "diffusers-dit"
     data = {"name": "synthetic", "image_size": params["input_size"], "channels": params["in_channels"],
             "num_classes": params["num_classes"]}
     cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": "dit_diffusers", **params},
-                                "diffusion": {"steps": steps, "schedule": schedule, "learn_sigma": params["learn_sigma"]},
+                                "diffusion": {"steps": steps, "schedule": schedule,
+                                              "learn_sigma": params["learn_sigma"]},
                                 "data": data}
     vae_dir = pipeline / "vae" if pipeline is not None else None
     if vae_dir is not None and (vae_dir / CONFIG_FILE).is_file():
-        vae_config = _read_config(vae_dir)
+        vae_config = _read_config(vae_dir)  # the codec checks in_channels / input_size against its latents
         factor = 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
-        latent = {k: params.pop(k) for k in ("input_size", "in_channels")}
         cfg_dict["backbone"] = {"name": "latent_dit_diffusers", **params}
         cfg_dict["vae"] = {"path": str(vae_dir.resolve())}
-        cfg_dict["data"] = {**data, "image_size": latent["input_size"] * factor, "channels": 3}
+        cfg_dict["data"] = {**data, "image_size": params["input_size"] * factor,
+                            "channels": int(vae_config.get("in_channels", 3))}
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
-    model = build_model(cfg)
-    path = transformer / DIFFUSERS_WEIGHTS
-    state = diffusers_to_dit_state(_load_weights(path), num_classes=model.num_classes, input_size=model.input_size,
-                                   patch_size=model.patch_size, source=str(path))
+    codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
+    model = build_model(cfg, codec=codec)
+    path = transformer / dd.DIFFUSERS_WEIGHTS
+    geometry = {k: params[k] for k in ("num_classes", "input_size", "patch_size")}
+    state = dd.diffusers_to_dit_state(_load_weights(path), **geometry, source=str(path))
     apply_checkpoint(model, state, path)
-    return cfg, model, {"weights": "diffusers", "step": None, "weights_path": str(path)}
+    return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
 
 
 def _scheduler(pipeline: Path | None) -> tuple[int, str]:
@@ -402,19 +414,22 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
     from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 
-    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=hub_cache_dir())
+    def download(local_only: bool) -> Path:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
+                                      cache_dir=hub_cache_dir(), local_files_only=local_only))
+
     try:
-        folder = Path(snapshot_download(local_files_only=True, **kwargs))
+        folder = download(local_only=True)
         if _complete(folder):
             return folder
-    except Exception:  # not in the cache: the network, if allowed
+    except Exception:  # noqa: BLE001 -- huggingface_hub raises many kinds for "not cached"; then the network
         pass
     if hub_offline():
         raise CheckpointError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                                                       "is set"))
     try:
-        return Path(snapshot_download(**kwargs))
-    except Exception as exc:
+        return download(local_only=False)
+    except Exception as exc:  # noqa: BLE001 -- any download failure becomes the one-line message
         raise CheckpointError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
                                                       f"failed ({_scrub(first_line(exc, limit=200))})")) from None
 
@@ -460,14 +475,14 @@ def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token
         from huggingface_hub import get_token
 
         secrets.append(get_token() or "")
-    except Exception:
+    except Exception:  # noqa: BLE001 -- no token found is fine: nothing to scrub
         pass
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                  commit_message=commit_message or f"Upload {folder.name} with dtr push",
                                  ignore_patterns=[".*", "**/.*"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any upload failure becomes one line, token scrubbed
         raise UserError(f"push {repo_id}: upload failed: {_scrub(first_line(exc, limit=300), secrets)}") from None
     return str(getattr(info, "commit_url", None) or info or f"https://huggingface.co/{repo_id}")
 

@@ -9,7 +9,8 @@ says so instead of attributing the numbers to them.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -56,7 +57,8 @@ def _describe_model(cfg: Mapping[str, Any]) -> str:
              f"learned variance: {diffusion.get('learn_sigma')})")
     vae = cfg.get("vae")
     if vae:
-        text += f", on the latents of the VAE `{vae['path']}` (scale factor {vae.get('scale_factor') or 'from its config'})"
+        scale = vae.get("scale_factor") or "from its config"
+        text += f", on the latents of the VAE `{vae['path']}` (scale factor {scale})"
     return text
 
 
@@ -75,7 +77,8 @@ def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | 
     lines.append("How they were measured (as recorded in the run's `eval.json`): "
                  f"{evaluation.get('num_samples', '?')} samples from the **EMA** weights at training step {step}, "
                  f"sampler `{evaluation.get('sampler', '?')}` with timestep respacing `{steps}`, "
-                 f"guidance scale {evaluation.get('cfg_scale', '?')} (channels: {evaluation.get('cfg_channels', '?')}), "
+                 f"guidance scale {evaluation.get('cfg_scale', '?')} "
+                 f"(channels: {evaluation.get('cfg_channels', '?')}), "
                  f"seed {evaluation.get('seed', '?')}; features from `{evaluation.get('feature_extractor', '?')}` "
                  f"(weights sha256 `{str(evaluation.get('weights_sha256') or '-')[:16]}`), against "
                  f"`{evaluation.get('reference', '?')}` ({evaluation.get('num_reference', '?')} images); "
@@ -108,16 +111,21 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
              f"Weights: the **{record.get('weights')}** weights of checkpoint `{record.get('checkpoint')}` "
              f"(training step {record.get('step')}); `{record.get('weights_file')}` sha256 "
              f"`{record.get('weights_sha256')}`.", ""]
-    vae = cfg.get("vae")
+    vae, codec = cfg.get("vae"), cfg.get("codec")
     if vae:
         lines += [f"The VAE is not part of this folder: `vae.path` (`{vae['path']}`) must resolve where the model is "
                   "loaded (a hub id, or a local diffusers AutoencoderKL folder).", ""]
+    elif codec and codec.get("name") != "identity":
+        lines += [f"The codec `{codec['name']}` is not part of this folder: its `codec` section in `config.json` "
+                  "(e.g. its `path`) must resolve where the model is loaded.", ""]
     if layout_note:
         lines += [layout_note, ""]
     lines += _metrics_section(record, evaluation)
     lines += ["## Use", "", "```bash", f"dtr sample hf://{repo_hint} --num 64 --out samples/{name}",
               "dtr sample path/to/this/folder --num 64 --out samples/local", "```", "", "```python",
-              "import dtr_plugins as dp", f'model, cfg = dp.from_pretrained("{repo_hint}")  # or a local folder',
+              "import dtr_plugins as dp", f'model, cfg, codec = dp.from_pretrained("{repo_hint}")  # or a local folder',
+              "from dtr_plugins.engine.sample import generate",
+              "images, labels = generate(model, dp.build_diffusion(cfg), cfg, 16, codec=codec)  # uint8 NHWC",
               "```", ""]
     if meta:
         keep = {k: meta[k] for k in ("dtr_plugins", "torch", "git_commit", "device", "world_size", "precision", "seed",

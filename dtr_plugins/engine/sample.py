@@ -155,19 +155,36 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
            respacing: str | None = None, cfg_scale: float | None = None, labels: Sequence[int] | None = None,
            seed: int = 0, batch_size: int | None = None, use_ema: bool = True, allow_unsafe_load: bool = False,
            progress: bool = True) -> Path:
-    """Sample from a run directory or checkpoint and write the images; returns the output folder."""
+    """Sample from a run directory, checkpoint, exported folder or hub id (``hf://ORG/NAME``) and write the
+    images; returns the output folder. An exported folder or hub id has no run directory, so ``out`` is
+    required (:class:`UserError` otherwise); it holds one set of weights (``use_ema=False`` needs raw ones).
+    ``samples.json`` records ``weights`` (ema, model or diffusers), and for those sources ``source`` and ``step``."""
+    from .hub import is_pretrained_source, load_for_sampling
+
+    pretrained = is_pretrained_source(source)
+    if pretrained and out is None:
+        raise UserError(f"--out: {source} is an exported model or hub id, not a run directory; give --out DIR")
     d = distributed.setup("auto")
     try:
-        cfg, model, diffusion, ckpt_path = load_run(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
-                                                    device=d.device)
-        codec = build_codec(cfg)
+        applied: dict[str, Any]
+        if pretrained:
+            cfg, model, diffusion, codec, ckpt_path, applied = load_for_sampling(source, device=d.device)
+            if not use_ema and applied["weights"] != "model":
+                raise UserError(f"--no-ema: {source} holds only its {applied['weights']} weights; export the raw "
+                                "weights with dtr export RUN --weights model")
+        else:
+            cfg, model, diffusion, ckpt_path = load_run(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
+                                                        device=d.device)
+            codec, applied = build_codec(cfg), {"weights": "ema" if use_ema else "model"}
         images, used_labels = generate(model, diffusion, cfg, num, labels=labels, seed=seed, dist=d, sampler=sampler,
                                        respacing=respacing, cfg_scale=cfg_scale, batch_size=batch_size,
                                        codec=codec, progress=progress)
-        run = RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source)
-        out_dir = Path(out) if out is not None else run.samples
+        if out is not None:
+            out_dir = Path(out)
+        else:
+            out_dir = (RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source)).samples
         if d.is_main:
-            info = {"checkpoint": str(ckpt_path), "weights": "ema" if use_ema else "model", "num": num, "seed": seed,
+            info = {"checkpoint": str(ckpt_path), **applied, "num": num, "seed": seed,
                     **sample_record(cfg, sampler=sampler, respacing=respacing, cfg_scale=cfg_scale),
                     "cfg_channels": cfg.sample.cfg_channels, "world_size": d.world_size}
             write_samples(images, used_labels, out_dir, info=info)

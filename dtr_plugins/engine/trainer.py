@@ -255,12 +255,16 @@ class Trainer:
         return record
 
     def save(self) -> None:
-        """Write ``checkpoints/<step>.pt`` (main rank; atomic), after the divergence check."""
+        """Write ``checkpoints/<step>.pt`` (main rank; atomic), after the divergence check; then keep only the
+        newest ``train.keep_last`` (:func:`~dtr_plugins.engine.retention.prune_checkpoints`)."""
         from dtr_plugins.core.checkpoint import save_checkpoint
+
+        from .retention import prune_checkpoints
 
         self._stop_if_diverged()
         if self.dist.is_main:
             save_checkpoint(self.run_dir.checkpoint_path(self.state.step), **self.state.checkpoint(self.cfg))
+            prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_last)
         self.dist.barrier()
 
     def evaluate(self, final: bool) -> None:

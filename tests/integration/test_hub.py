@@ -16,7 +16,8 @@ from ..conftest import write
 TINY = """\
 name: tiny-export
 seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1, num_classes: 4}
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+           num_classes: 4}
 routing: {name: dtr, alpha: 4.0, beta: 0.8}
 diffusion: {steps: 100, schedule: linear, learn_sigma: true}
 data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
@@ -63,7 +64,7 @@ def test_export_then_load_gives_identical_outputs_and_samples(run_dir, tmp_path)
     assert len(record["weights_sha256"]) == 64
 
     cfg, run_model, diffusion, _ = load_run(run_dir, device="cpu")
-    model, loaded_cfg = dp.from_pretrained(out)
+    model, loaded_cfg, _ = dp.from_pretrained(out)
     assert loaded_cfg.to_dict() == cfg.to_dict()
     assert torch.equal(_forward(model), _forward(run_model))
     assert model.plan.strategy_repr == run_model.plan.strategy_repr and not model.plan.is_dense
@@ -73,8 +74,8 @@ def test_export_then_load_gives_identical_outputs_and_samples(run_dir, tmp_path)
 
 
 def test_export_raw_weights_differ_from_ema(run_dir, tmp_path):
-    ema, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "ema"))
-    raw, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "raw", weights="model"))
+    ema, _, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "ema"))
+    raw, _, _ = dp.from_pretrained(hub.export_run(run_dir, tmp_path / "raw", weights="model"))
     ckpt = torch.load(run_dir / "checkpoints" / "0000004.pt", weights_only=True)
     for key, value in ckpt["model"].items():
         assert torch.equal(raw.state_dict()[key], value)
@@ -126,9 +127,44 @@ def test_cli_export_prints_the_folder(run_dir, tmp_path, run_cli):
 def test_export_detects_pretrained_sources(run_dir, tmp_path):
     out = hub.export_run(run_dir, tmp_path / "exp")
     assert hub.is_pretrained_source(out) and hub.is_pretrained_source("hf://org/name")
-    assert not hub.is_pretrained_source(run_dir) and not hub.is_pretrained_source(run_dir / "checkpoints" / "0000004.pt")
-    cfg, model, diffusion, path, info = hub.load_for_sampling(out, device="cpu")
+    assert not hub.is_pretrained_source(run_dir)
+    assert not hub.is_pretrained_source(run_dir / "checkpoints" / "0000004.pt")
+    cfg, model, diffusion, codec, path, info = hub.load_for_sampling(out, device="cpu")
     assert path == out / "model.safetensors" and info == {"weights": "ema", "step": 4, "source": str(out)}
+    assert codec.bounded and codec.latent_shape((1, 8, 8)) == (1, 8, 8)  # a pixel model: the identity codec
+
+
+def test_cli_sample_from_the_export_gives_the_runs_images(run_dir, tmp_path, run_cli):
+    """The issue's Done-when: a run exports, reloads from the folder and samples identical images."""
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    code, _, err = run_cli("sample", str(run_dir), "--num", "8", "--seed", "7", "--out", str(tmp_path / "from_run"))
+    assert code == 0, err
+    code, stdout, err = run_cli("sample", str(out), "--num", "8", "--seed", "7", "--out", str(tmp_path / "from_exp"))
+    assert code == 0, err
+    assert stdout.strip() == f"samples: {tmp_path / 'from_exp'}"
+    a, b = np.load(tmp_path / "from_run" / "samples.npz"), np.load(tmp_path / "from_exp" / "samples.npz")
+    assert a["arr_0"].shape == (8, 8, 8, 1) and a["arr_0"].std() > 0
+    assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+    assert (tmp_path / "from_run" / "grid.png").read_bytes() == (tmp_path / "from_exp" / "grid.png").read_bytes()
+    info = json.loads((tmp_path / "from_exp" / "samples.json").read_text())
+    assert info["weights"] == "ema" and info["step"] == 4 and info["source"] == str(out)
+    assert info["checkpoint"] == str(out / "model.safetensors") and info["seed"] == 7 and info["num"] == 8
+    assert json.loads((tmp_path / "from_run" / "samples.json").read_text())["weights"] == "ema"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_cli_sample_from_an_export_needs_out_and_the_weights_it_holds(run_dir, tmp_path, run_cli):
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    code, stdout, err = run_cli("sample", str(out), "--num", "2")
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "Traceback" not in err and stdout == ""
+    code, _, err = run_cli("sample", str(out), "--num", "2", "--no-ema", "--out", str(tmp_path / "s"))
+    assert code == 2 and err.count("\n") == 1 and "--weights model" in err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert not (tmp_path / "s").exists()
+    raw = hub.export_run(run_dir, tmp_path / "raw", weights="model")
+    code, _, err = run_cli("sample", str(raw), "--num", "2", "--no-ema", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["weights"] == "model"
 
 
 # ------------------------------------------------------------------------------------------ hub cache
@@ -142,7 +178,7 @@ def _populate_cache(cache, repo_id, folder, revision="0123456789abcdef0123456789
     return repo / "snapshots" / revision
 
 
-def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch):
+def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch, run_cli):
     out = hub.export_run(run_dir, tmp_path / "exp")
     cache = tmp_path / "hf" / "hub"
     snapshot = _populate_cache(cache, "someone/tiny-dit", out)
@@ -151,11 +187,15 @@ def test_hub_id_loads_from_a_local_cache_offline(run_dir, tmp_path, monkeypatch)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.resolve("hf://someone/tiny-dit") == snapshot
-    model, _ = dp.from_pretrained("hf://someone/tiny-dit")
-    local, _ = dp.from_pretrained(out)
+    model, _, _ = dp.from_pretrained("hf://someone/tiny-dit")
+    local, _, _ = dp.from_pretrained(out)
     assert torch.equal(_forward(model), _forward(local))
-    bare, _ = dp.from_pretrained("someone/tiny-dit")  # no such local folder: a hub id
+    bare, _, _ = dp.from_pretrained("someone/tiny-dit")  # no such local folder: a hub id
     assert torch.equal(_forward(bare), _forward(local))
+    code, _, err = run_cli("sample", "hf://someone/tiny-dit", "--num", "4", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    info = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert info["source"] == "hf://someone/tiny-dit" and info["weights"] == "ema" and info["step"] == 4
 
 
 def test_absent_hub_id_offline_is_one_line(tmp_path, monkeypatch):
@@ -166,6 +206,15 @@ def test_absent_hub_id_offline_is_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message and "HF_HUB_OFFLINE" in message and "hf download nobody/absent-model" in message
     assert "pass the folder" in message and not (tmp_path / "empty-cache" / "models--nobody--absent-model").exists()
+
+
+def test_cli_sample_of_an_absent_hub_id_offline_is_one_line_exit_2(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, stdout, err = run_cli("sample", "hf://nobody/absent-model", "--num", "2", "--out", str(tmp_path / "s"))
+    assert code == 2 and err.count("\n") == 1 and stdout == "" and "Traceback" not in err
+    assert "hf://nobody/absent-model" in err and "HF_HUB_OFFLINE" in err and "hf download nobody/absent-model" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_bad_sources_are_one_line(tmp_path):
@@ -270,9 +319,13 @@ vae: {{path: {tmp_path / 'vae'}}}
     save_checkpoint(tmp_path / "run" / "checkpoints" / "0000001.pt", step=1, model=model.state_dict(),
                     ema=model.state_dict(), config=cfg.to_dict())
     out = hub.export_run(tmp_path / "run", tmp_path / "exp")
-    loaded, loaded_cfg = dp.from_pretrained(out)
-    assert loaded_cfg.vae.path == str(tmp_path / "vae") and loaded.vae.latent_channels == 4
+    loaded, loaded_cfg, codec = dp.from_pretrained(out)
+    assert loaded_cfg.vae.path == str(tmp_path / "vae") and codec.latent_channels == 4
+    assert codec.latent_shape((3, 16, 16)) == (4, 8, 8) and not codec.bounded
     assert "vae" not in "".join(loaded.state_dict())
+    record = json.loads((out / "config.json").read_text())["_dtr_export"]["codec"]
+    assert record["name"] == "autoencoder_kl" and record["params"]["path"] == str(tmp_path / "vae")
+    assert record["in_folder"] is False
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 900]), torch.tensor([0, 3])
     with torch.no_grad():
         assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))

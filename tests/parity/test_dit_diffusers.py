@@ -5,9 +5,14 @@ import pytest
 import torch
 
 import dtr_plugins as dp
-from dtr_plugins.backbones.dit_diffusers import (DiffusersDiT, diffusers_timestep_embedding, diffusers_to_dit_state,
-                                                 dit_params_from_diffusers_config, dit_to_diffusers_state,
-                                                 refit_time_linear)
+from dtr_plugins.backbones.dit_diffusers import (
+    DiffusersDiT,
+    diffusers_timestep_embedding,
+    diffusers_to_dit_state,
+    dit_params_from_diffusers_config,
+    dit_to_diffusers_state,
+    refit_time_linear,
+)
 from dtr_plugins.core.checkpoint import save_checkpoint
 from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.engine import hub
@@ -62,7 +67,7 @@ def test_timestep_frequencies_match_diffusers_and_differ_from_dit():
 
 def test_diffusers_folder_loads_exactly(reference):
     ref, folder = reference
-    model, cfg = dp.from_pretrained(folder)
+    model, cfg, _ = dp.from_pretrained(folder)
     assert isinstance(model, DiffusersDiT) and cfg.backbone.name == "dit_diffusers" and cfg.routing.name == "vanilla"
     assert cfg.diffusion.learn_sigma and model.out_channels == 6 and model.null_class == 5
     x, t, y = _inputs()
@@ -78,7 +83,7 @@ def test_diffusers_folder_loads_exactly(reference):
 
 def test_round_trip_diffusers_dit_diffusers(reference, tmp_path):
     ref, folder = reference
-    model, _ = dp.from_pretrained(folder)
+    model, _, _ = dp.from_pretrained(folder)
     back = DiTTransformer2DModel(**TINY).eval()
     back.load_state_dict(dit_to_diffusers_state(model.state_dict()))
     for key, value in ref.state_dict().items():
@@ -126,8 +131,9 @@ data: {{name: synthetic, image_size: 8, channels: 3, num_classes: 5}}
 
 def _fake_run(tmp_path, name, backbone="dit", routing="{name: vanilla}"):
     """A run directory with one checkpoint of random weights (what training would leave, minus the training)."""
-    from dtr_plugins.core.config import config_from_dict
     import yaml
+
+    from dtr_plugins.core.config import config_from_dict
 
     cfg = config_from_dict(yaml.safe_load(RUN.format(name=name, backbone=backbone, routing=routing)))
     model = _randomize(dp.build_model(cfg), seed=3)
@@ -148,7 +154,7 @@ def test_export_dit_diffusers_to_diffusers_is_exact(tmp_path):
     with torch.no_grad():
         assert (theirs(x, t, y).sample - model.eval()(x, t, y)).abs().max() < 1e-5
     assert "Time embedding: exact" in (out / "README.md").read_text()
-    again, _ = dp.from_pretrained(out)  # and back into this project
+    again, _, _ = dp.from_pretrained(out)  # and back into this project
     with torch.no_grad():
         assert (again(x, t, y) - model(x, t, y)).abs().max() < 1e-5
 
@@ -235,15 +241,17 @@ def test_diffusers_pipeline_loads_on_its_vae_and_samples(tmp_path):
 
     folder, transformer = _pipeline(tmp_path, {"_class_name": "KarrasDiffusionSchedulers", "num_train_timesteps": 500,
                                                "beta_schedule": "linear", "beta_start": 0.0002, "beta_end": 0.04})
-    model, cfg = dp.from_pretrained(folder)
+    model, cfg, codec = dp.from_pretrained(folder)
     assert isinstance(model, LatentDiffusersDiT) and cfg.backbone.name == "latent_dit_diffusers"
     assert cfg.diffusion.steps == 500 and cfg.diffusion.schedule == "linear"
-    assert cfg.vae.path == str((folder / "vae").resolve()) and model.image_size == 16 and model.input_size == 8
+    assert cfg.vae.path == str((folder / "vae").resolve()) and cfg.data.params["image_size"] == 16
+    assert model.input_size == 8 and codec.latent_shape((3, 16, 16)) == (4, 8, 8)
     x, t, y = _inputs(channels=4)
     t = t.clamp(max=499)
     with torch.no_grad():
         assert (model(x, t, y) - transformer(x, t, y).sample).abs().max() < 1e-5
-    images, labels = generate(model, dp.build_diffusion(cfg), cfg, 2, seed=0, respacing="ddim2", progress=False)
+    images, labels = generate(model, dp.build_diffusion(cfg), cfg, 2, seed=0, respacing="ddim2", codec=codec,
+                              progress=False)
     assert images.shape == (2, 16, 16, 3) and list(labels) == [0, 1]
 
 

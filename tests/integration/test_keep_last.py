@@ -1,0 +1,52 @@
+"""train.keep_last through a real run: the newest checkpoints remain, and the run still resumes exactly."""
+import pytest
+import torch
+
+import dtr_plugins as dp
+from dtr_plugins.core.errors import ConfigError
+
+from ..conftest import write
+
+TINY = """\
+name: keep
+seed: 3
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 4}
+routing: {name: dtr, alpha: 4.0, beta: 0.8}
+diffusion: {steps: 100, schedule: linear, learn_sigma: true}
+data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
+train: {steps: 8, batch_size: 8, lr: 1.0e-3, log_every: 4, ckpt_every: 2, ema_warmup: true}
+sample: {sampler: ddim, respacing: ddim5, num_samples: 8, batch_size: 8}
+eval: {at_end: false}
+"""
+
+
+def _cfg(root, *overrides):
+    return dp.load_config(write(root / "keep.yaml", TINY), overrides=[f"output_dir={root / 'runs'}", *overrides])
+
+
+def _names(run):
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def test_keep_last_keeps_the_newest_and_the_run_resumes(tmp_path):
+    run = dp.train(_cfg(tmp_path / "a", "train.keep_last=2"), progress=False)
+    assert _names(run) == ["0000006.pt", "0000008.pt"]  # 2 and 4 pruned after later saves
+    assert torch.load(run / "checkpoints" / "0000008.pt", weights_only=True)["step"] == 8
+
+    # resume to step 12 keeping 3 (keep_last may change on resume): continues from step 8
+    resumed = dp.train(_cfg(tmp_path / "a", "train.keep_last=3", "train.steps=12"), resume=True, progress=False)
+    assert resumed == run and _names(run) == ["0000008.pt", "0000010.pt", "0000012.pt"]
+    straight = dp.train(_cfg(tmp_path / "b", "train.steps=12"), progress=False)  # keep all (the default)
+    assert _names(straight) == [f"{s:07d}.pt" for s in (2, 4, 6, 8, 10, 12)]
+    a = torch.load(straight / "checkpoints" / "0000012.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "0000012.pt", weights_only=True)
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_keep_last_below_one_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="keep_last"):
+        _cfg(tmp_path, "train.keep_last=0")
