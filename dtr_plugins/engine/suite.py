@@ -181,10 +181,13 @@ def load_suite(path: str | Path, registry=None) -> Suite:
 
 
 # ------------------------------------------------------------------------------------------ state
-def run_state(run_dir: Path) -> str:
-    """``done``, ``failed``, ``partial`` (has checkpoints) or ``new``."""
+def run_state(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
+    """``done``, ``failed``, ``partial`` (has checkpoints) or ``new``. With ``cfg``, a run is ``done`` only when
+    every output it asks for exists (:meth:`RunDir.missing_outputs`); otherwise it is resumed to redo them."""
     run = RunDir(run_dir)
     state = run.read_status().get("state")
+    if state == "done" and cfg is not None and run.missing_outputs(cfg):
+        return "partial"
     if state in ("done", "failed"):
         return state
     return "partial" if run.has_checkpoints() else "new"
@@ -229,13 +232,13 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
         raise UserError(f"--only {only!r} matches none of: {', '.join(r.id for r in suite.runs)}")
     if dry_run:
         for r in runs:
-            print(f"{run_state(suite.root / r.id):8s} {r.id}")
+            print(f"{run_state(suite.root / r.id, r.config):8s} {r.id}")
         return suite.root
     suite.root.mkdir(parents=True, exist_ok=True)
     write_json(suite.root / "suite.json", {"name": suite.name, "file": str(suite.path),
                                            "runs": [{"id": r.id, "group": r.group, "assignment": r.assignment}
                                                     for r in suite.runs]})
-    todo = [r for r in runs if run_state(suite.root / r.id) != "done"]
+    todo = [r for r in runs if run_state(suite.root / r.id, r.config) != "done"]
     for r in runs:
         if r not in todo:
             print(f"skip     {r.id} (finished)")

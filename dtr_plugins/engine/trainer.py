@@ -312,8 +312,14 @@ class Trainer:
             self.run_dir.write_eval(result)
 
     def _stop_if_diverged(self) -> None:
-        """Checked before logging and before saving, so no NaN weights ever reach a checkpoint."""
-        if not bool(self.finite):
+        """Checked before logging and before saving, so no NaN weights ever reach a checkpoint; the flag is
+        all-reduced so that every rank stops together when any rank saw a NaN/inf loss."""
+        finite = self.finite.to(torch.int32)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
             ckpts = self.run_dir.checkpoints
             raise TrainingDiverged(f"{self.run_dir.path}: loss became NaN or inf before step {self.state.step}; the "
                                    f"last good checkpoint is kept in {ckpts} (try a lower train.lr, train.grad_clip "

@@ -141,3 +141,17 @@ def test_second_process_is_refused_and_a_dead_holder_frees_the_lock(tmp_path):
     assert rd.lock_path.exists()  # stale lock file of the dead holder: no obstacle
     with rd.lock():
         assert rd.lock_path.read_text().startswith(f"pid {os.getpid()} on ")
+
+
+def test_suite_counts_a_run_done_only_when_its_outputs_exist(tmp_path):
+    from dtr_plugins.engine.suite import run_state
+
+    rd = RunDir(tmp_path / "run")
+    cfg = cfg_with(tmp_path, "eval.at_end=true")
+    write(rd.checkpoint_path(6), "x")
+    rd.write_status({"state": "done"})  # an evaluation interrupted at the end used to leave this
+    assert run_state(rd.path, cfg) == "partial"
+    write(rd.eval_path, "{}")
+    write(rd.samples / "samples.npz", "x")
+    assert run_state(rd.path, cfg) == "done"
+    assert run_state(rd.path, cfg_with(tmp_path, "eval.at_end=false", "train.steps=9")) == "partial"
