@@ -34,7 +34,7 @@ from dtr_plugins.core.plugins import PluginRegistry
 
 from . import distributed
 from .compose import build_components
-from .rundir import RunDir
+from .rundir import RunDir, RunLocked
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
@@ -201,8 +201,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     held = contextlib.ExitStack()
     try:
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
-        if d.is_main:
-            held.enter_context(rd.lock())
+        _lock_on_every_rank(rd, d, held)
         start_ckpt = rd.latest_checkpoint()
         if start_ckpt is not None and not resume:
             raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume to continue it, "
@@ -265,6 +264,25 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         trackers.finish()
         distributed.teardown(d)
         held.close()
+
+
+def _lock_on_every_rank(rd: RunDir, d: distributed.Dist, held: contextlib.ExitStack) -> None:
+    """The main rank takes the run's lock; under torchrun every rank learns the outcome, so all stop together."""
+    refused: RunLocked | None = None
+    if d.is_main:
+        try:
+            held.enter_context(rd.lock())
+        except RunLocked as exc:
+            refused = exc
+    if d.enabled:
+        import torch.distributed as dist
+
+        flag = torch.tensor(0 if refused else 1, device=d.device, dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if refused is None and int(flag) == 0:
+            refused = RunLocked(f"{rd.path}: run directory is in use by another process (see {rd.lock_path})")
+    if refused is not None:
+        raise refused
 
 
 def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d: distributed.Dist) -> None:
