@@ -23,7 +23,8 @@ __all__ = ["RESUMABLE_KEYS", "config_fingerprint", "identity_config", "first_dif
 #: - ``train.device``: a run may move between machines; each segment's device is recorded in ``meta.json``;
 #: - ``train.compile``: the same math, compiled or not;
 #: - ``eval.*``, ``sample.*``: evaluation settings; every evaluation record states the settings it applied;
-#: - ``log.*``: experiment trackers only mirror ``metrics.jsonl``.
+#: - ``log.*``: experiment trackers only mirror ``metrics.jsonl``;
+#: - ``codec.cache_dir``, ``vae.cache_dir``: where a latent cache lives (its content is keyed by the codec).
 #:
 #: Everything else (model, routing, diffusion, loss weighting, data, codec, seed, batch size, learning rate,
 #: precision, EMA, ...) is part of the run's identity.
@@ -31,7 +32,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "name", "output_dir",
     "train.steps", "train.ckpt_every", "train.log_every", "train.keep_last", "train.num_workers", "train.device",
     "train.compile",
-    "eval.*", "sample.*", "log.*",
+    "eval.*", "sample.*", "log.*", "codec.cache_dir", "vae.cache_dir",
 )
 
 

@@ -201,6 +201,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     held = contextlib.ExitStack()
     try:
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
+        if d.is_main and not rd.path.exists():
+            held.callback(_remove_if_only_lock, rd)  # a run refused before it wrote anything leaves no folder
         _lock_on_every_rank(rd, d, held)
         start_ckpt = rd.latest_checkpoint()
         if start_ckpt is not None and not resume:
@@ -264,6 +266,13 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         trackers.finish()
         distributed.teardown(d)
         held.close()
+
+
+def _remove_if_only_lock(rd: RunDir) -> None:
+    with contextlib.suppress(OSError):
+        if [p.name for p in rd.path.iterdir()] == [rd.lock_path.name]:
+            rd.lock_path.unlink()
+            rd.path.rmdir()
 
 
 def _lock_on_every_rank(rd: RunDir, d: distributed.Dist, held: contextlib.ExitStack) -> None:

@@ -210,3 +210,10 @@ def test_resume_is_bit_identical_with_random_flip(tmp_path, workers):
         b = torch.load(resumed / "checkpoints" / "0000006.pt", weights_only=True)[key]
         for name in a:
             assert torch.equal(a[name], b[name]), (key, name)
+
+
+def test_refused_resume_of_a_new_folder_leaves_nothing_behind(tmp_path, run_cli):
+    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    code, _, err = run_cli("train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}", "--resume")
+    assert code == 2 and "--resume given but there is no checkpoint" in err
+    assert not (tmp_path / "runs" / "tiny").exists()
