@@ -184,11 +184,12 @@ class RunDir:
                           "a newline)", stacklevel=3)
         return lines[:-1]
 
-    def truncate_metrics(self, step: int) -> int:
+    def truncate_metrics(self, step: int, *, drop_eval_at_step: bool = False) -> int:
         """Keep only the records of steps ``<= step`` (and drop a cut last line); rewritten atomically.
 
         A resume from the checkpoint of ``step`` calls this, so steps logged between that checkpoint and a
-        crash are not recorded twice. Returns the number of records dropped.
+        crash are not recorded twice; ``drop_eval_at_step`` also drops the evaluation record of ``step`` itself
+        (before that evaluation is redone). Returns the number of records dropped.
         """
         if not self.metrics_path.exists():
             return 0
@@ -199,7 +200,8 @@ class RunDir:
                 record = json.loads(line) if line.strip() else None
             except json.JSONDecodeError:
                 record = None
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and (at > step or (drop_eval_at_step and at == step and "eval" in record)):
                 dropped += 1
                 continue
             if line.strip():

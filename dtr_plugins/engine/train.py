@@ -306,4 +306,6 @@ def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d
     if final_ckpt in missing:
         trainer.save()
     if (cfg.eval.at_end or cfg.eval.every) and any(m != final_ckpt for m in missing):
+        if d.is_main:  # an evaluation record of a crashed final evaluation is replaced, not repeated
+            rd.truncate_metrics(cfg.train.steps, drop_eval_at_step=True)
         trainer.evaluate(final=True)

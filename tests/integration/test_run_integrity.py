@@ -106,6 +106,8 @@ def test_resume_at_the_final_step_redoes_a_lost_final_evaluation(tmp_path, run_c
     assert "redoing the missing eval.json, samples/samples.npz" in out
     final = json.loads((run_dir / "eval.json").read_text())
     assert final["step"] == 4 and final["frechet_inception_distance"] > 0
+    evals = [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
+    assert evals == [4]  # the record of the interrupted evaluation was replaced, not repeated
     assert dp_run(run_dir).missing_outputs(cfg) == []
 
 

@@ -75,6 +75,8 @@ def test_resume_truncation_drops_records_past_the_checkpoint(tmp_path):
     rd.append_metrics({"step": 6, "eval": {"fid": 1.0}})
     assert rd.truncate_metrics(6) == 2
     assert [(r["step"], "eval" in r) for r in rd.read_metrics()] == [(2, False), (4, False), (6, False), (6, True)]
+    assert rd.truncate_metrics(6, drop_eval_at_step=True) == 1
+    assert [(r["step"], "eval" in r) for r in rd.read_metrics()] == [(2, False), (4, False), (6, False)]
     assert not list(rd.path.glob("*.tmp"))
 
 
