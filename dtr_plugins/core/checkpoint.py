@@ -13,12 +13,18 @@ Formats recognised by :func:`load_checkpoint`:
   block's float ``[T, C]`` mask as ``blocks.N.routing._unit_mapping``; those buffers are dropped (the
   masks follow from the config) after a check against the model's routing plan, which warns on a mismatch.
 
+This project's checkpoints also record the routing they were trained with (``routing``: the strategy and a
+SHA-256 of the mask tables, :func:`routing_record`). Loading one into a model whose mask tables differ raises
+:class:`CheckpointError` naming both, unless ``allow_routing_mismatch=True`` (a deliberate transfer), which warns.
+Files without the record (older checkpoints, bare state dicts) load as before.
+
 ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) key prefixes are removed.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import pickle
 import re
 import warnings
@@ -41,6 +47,39 @@ _SHOWN_KEYS = 5
 
 class RoutingMismatchWarning(UserWarning):
     """A checkpoint's stored routing masks differ from the routing plan of the model it is loaded into."""
+
+
+def routing_record(model: nn.Module) -> dict[str, Any] | None:
+    """``{"strategy": repr, "masks_sha256": hex}`` of a routed backbone's plan; None for other modules.
+
+    The hash covers every routed layer in forward order: its channel count and its ``[T, C]`` boolean mask
+    table (a dense layer, or a model without a plan, hashes as dense), so two strategies that give the same
+    tables have the same hash.
+    """
+    model = _unwrap(model)
+    if not isinstance(model, RoutedBackbone):
+        return None
+    plan = model.plan
+    digest = hashlib.sha256()
+    channels = plan.layer_channels if plan is not None else [int(c) for c in model.routed_channels()]
+    for layer, width in enumerate(channels):
+        index = plan.layer_table[layer] if plan is not None else None
+        digest.update(f"layer {layer} channels {width}:".encode())
+        if index is None:
+            digest.update(b"dense;")
+        else:
+            table = plan.table(index).detach().to("cpu", torch.bool).contiguous()  # type: ignore[union-attr]
+            digest.update(f"{tuple(table.shape)}".encode())
+            digest.update(table.numpy().tobytes())
+            digest.update(b";")
+    strategy = plan.strategy_repr if plan is not None else "no routing plan"
+    return {"strategy": strategy, "masks_sha256": digest.hexdigest()}
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold a NaN or an inf."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def save_checkpoint(path: str | Path, **fields: Any) -> Path:
@@ -89,24 +128,29 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, use_ema: bool = True, allow_unsafe: bool = False,
-                    strict: bool = True) -> dict[str, Any]:
+                    strict: bool = True, allow_routing_mismatch: bool = False) -> dict[str, Any]:
     """Load weights from ``path`` into ``model`` and return the checkpoint's contents.
 
     ``use_ema``: take the ``ema`` weights when the file has them, else ``model``. ``strict``: missing or
     unexpected keys are an error (shape mismatches always are). Returns the loaded dict (``step``,
     ``config``, ``optimizer``, ``args``, ...); for a bare state dict, ``{"model": state_dict}``.
+
+    Raises :class:`CheckpointError` when the file records a routing (:func:`routing_record`) whose mask tables
+    differ from ``model``'s; ``allow_routing_mismatch=True`` loads anyway with a :class:`RoutingMismatchWarning`.
     """
     path = Path(path)
     return apply_checkpoint(model, read_checkpoint(path, allow_unsafe=allow_unsafe), path, use_ema=use_ema,
-                            strict=strict)
+                            strict=strict, allow_routing_mismatch=allow_routing_mismatch)
 
 
 def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: bool = True,
-                     strict: bool = True) -> dict[str, Any]:
+                     strict: bool = True, allow_routing_mismatch: bool = False) -> dict[str, Any]:
     """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors)."""
     path = Path(path)
     state, meta = _select_state(ckpt, path, use_ema)
     target = _unwrap(model)
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("routing"), Mapping):
+        _check_routing(target, ckpt["routing"], path, allow_routing_mismatch)
     state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
     if unit_mappings:
         _check_unit_mappings(target, unit_mappings, path)
@@ -219,6 +263,20 @@ def _check_unit_mappings(model: nn.Module, mappings: list[tuple[str, torch.Tenso
         warnings.warn(f"{path}: the routing masks stored in the checkpoint ({UNIT_MAPPING}) differ from the model's "
                       f"routing plan ({strategy}) in {len(differ)} of {num_layers} layers ({_few(differ)}); "
                       "the model's plan is kept", RoutingMismatchWarning, stacklevel=3)
+
+
+def _check_routing(model: nn.Module, stored: Mapping[str, Any], path: Path, allow_mismatch: bool) -> None:
+    """The file's recorded routing must be the model's (same mask tables), unless a mismatch is allowed."""
+    own = routing_record(model)
+    if own is None or stored.get("masks_sha256") in (None, own["masks_sha256"]):
+        return
+    message = (f"{path}: the checkpoint was trained with routing {stored.get('strategy', '?')} "
+               f"(masks sha256 {str(stored.get('masks_sha256'))[:12]}) but the model uses {own['strategy']} "
+               f"(masks sha256 {own['masks_sha256'][:12]})")
+    if not allow_mismatch:
+        raise CheckpointError(message + "; build the model with the checkpoint's routing, or pass "
+                              "allow_routing_mismatch=True for a deliberate transfer")
+    warnings.warn(message + "; loading anyway (allow_routing_mismatch)", RoutingMismatchWarning, stacklevel=4)
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> None:

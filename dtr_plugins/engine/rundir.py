@@ -12,17 +12,33 @@
       checkpoints/0002000.pt
       samples/             images/, grid.png, samples.npz, samples.json
       eval.json            the final evaluation
+      .lock                held (``flock``) by the one ``dtr train`` writing the run: its pid and host
+
+metrics.jsonl is appended one whole line per ``os.write`` on an ``O_APPEND`` descriptor; a trailing line cut
+by a crash or a full disk is dropped (with a warning) when the file is read or a run resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dtr_plugins.core.errors import CheckpointError
+from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.core.io import write_json, write_text
 
-__all__ = ["RunDir"]
+if TYPE_CHECKING:
+    from dtr_plugins.core.config import ExperimentConfig
+
+__all__ = ["RunDir", "RunLocked"]
+
+
+class RunLocked(UserError):
+    """Another process is writing this run directory."""
 
 
 class RunDir:
@@ -38,7 +54,7 @@ class RunDir:
         return str(self.path)
 
     @classmethod
-    def of_checkpoint(cls, checkpoint: str | Path) -> "RunDir":
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
         """The run a checkpoint file ``<run>/checkpoints/N.pt`` belongs to."""
         return cls(Path(checkpoint).parent.parent)
 
@@ -78,6 +94,10 @@ class RunDir:
     @property
     def samples(self) -> Path:
         return self.path / "samples"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"{int(step):07d}.pt"
@@ -129,16 +149,32 @@ class RunDir:
         return write_json(self.status_path, status)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record as one whole line: a single ``os.write`` on an ``O_APPEND`` descriptor.
+
+        A write that stores only part of the line (a full disk) is cut back to where it started and the
+        OSError is raised, so no later append extends a partial line.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+            except OSError:
+                _truncate(fd, start)
+                raise
+            if written != len(data):
+                _truncate(fd, start)
+                raise OSError(f"{self.metrics_path}: short write ({written} of {len(data)} bytes); disk full?")
+        finally:
+            os.close(fd)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Every record of metrics.jsonl; a line cut by a crash is skipped, the rest still counts."""
-        if not self.metrics_path.exists():
-            return []
+        """Every record of metrics.jsonl. A trailing line without its newline (cut by a crash or a full disk)
+        is dropped with a warning; an unreadable line elsewhere is skipped, the rest still counts."""
         out = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in self._complete_lines():
             line = line.strip()
             if line:
                 try:
@@ -147,8 +183,93 @@ class RunDir:
                     continue
         return out
 
+    def _complete_lines(self) -> list[str]:
+        if not self.metrics_path.exists():
+            return []
+        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        if lines[-1]:
+            warnings.warn(f"{self.metrics_path}: dropping a cut last line ({len(lines[-1])} characters without "
+                          "a newline)", stacklevel=3)
+        return lines[:-1]
+
+    def truncate_metrics(self, step: int, *, drop_eval_at_step: bool = False) -> int:
+        """Keep only the records of steps ``<= step`` (and drop a cut last line); rewritten atomically.
+
+        A resume from the checkpoint of ``step`` calls this, so steps logged between that checkpoint and a
+        crash are not recorded twice; ``drop_eval_at_step`` also drops the evaluation record of ``step`` itself
+        (before that evaluation is redone). Returns the number of records dropped.
+        """
+        if not self.metrics_path.exists():
+            return 0
+        keep, dropped = [], 0
+        raw = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        for line in self._complete_lines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                record = None
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and (at > step or (drop_eval_at_step and at == step and "eval" in record)):
+                dropped += 1
+                continue
+            if line.strip():
+                keep.append(line + "\n")
+        text = "".join(keep)
+        if text != raw:
+            write_text(self.metrics_path, text)
+        return dropped
+
+    # ---------------------------------------------------------------------------------- outputs
+    def missing_outputs(self, cfg: ExperimentConfig) -> list[str]:
+        """The outputs ``cfg`` asks for that this run does not have yet (paths relative to the run); [] = done.
+
+        - ``checkpoints/<train.steps>.pt``: training reached its last step;
+        - ``eval.json`` and ``samples/samples.npz`` when ``eval.at_end`` or ``eval.every`` (the final evaluation
+          writes both).
+        """
+        missing = []
+        final = self.checkpoint_path(cfg.train.steps)
+        if not final.exists():
+            missing.append(str(final.relative_to(self.path)))
+        if cfg.eval.at_end or cfg.eval.every:
+            for path in (self.eval_path, self.samples / "samples.npz"):
+                if not path.exists():
+                    missing.append(str(path.relative_to(self.path)))
+        return missing
+
+    # ------------------------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``<run>/.lock`` (``fcntl.flock``, exclusive, non-blocking) while the block runs.
+
+        The OS releases the lock when the holder exits or dies, so a stale lock file never blocks a new
+        run. Raises :class:`RunLocked` (one line, with the holder's pid and host) when another process has it.
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip() or "another process"
+                raise RunLocked(f"{self.path}: run directory is in use by {holder} (lock {self.lock_path}); "
+                                "wait for it to finish or stop it") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
     def write_eval(self, result: dict[str, Any]) -> Path:
         return write_json(self.eval_path, result)
+
+
+def _truncate(fd: int, size: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, size)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

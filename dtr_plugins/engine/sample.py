@@ -97,7 +97,7 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, nonfinite_tensors, read_checkpoint
 
     source = Path(source)
     if source.is_dir():
@@ -116,6 +116,10 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
         raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
     model = build_model(cfg)
     apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # a diverged model samples black images: refuse
+        raise CheckpointError(f"{ckpt_path}: the {'EMA' if use_ema else 'model'} weights hold NaN or inf "
+                              f"({len(bad)} tensors, first {bad[0]}); the run diverged, use an earlier checkpoint")
     device = device or distributed.pick_device(cfg.train.device)
     return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path
 

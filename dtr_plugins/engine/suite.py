@@ -178,10 +178,13 @@ def load_suite(path: str | Path, registry=None) -> Suite:
 
 
 # ------------------------------------------------------------------------------------------ state
-def run_state(run_dir: Path) -> str:
-    """``done``, ``failed``, ``partial`` (has checkpoints) or ``new``."""
+def run_state(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
+    """``done``, ``failed``, ``partial`` (has checkpoints) or ``new``. With ``cfg``, a run is ``done`` only when
+    every output it asks for exists (:meth:`RunDir.missing_outputs`); otherwise it is resumed to redo them."""
     run = RunDir(run_dir)
     state = run.read_status().get("state")
+    if state == "done" and cfg is not None and run.missing_outputs(cfg):
+        return "partial"
     if state in ("done", "failed"):
         return state
     return "partial" if run.has_checkpoints() else "new"
@@ -213,7 +216,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if dry_run:
         live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
         for r in runs:
-            print(f"{run_state(suite.root / r.id):8s} {r.id}" + (f" ({live[r.id]})" if r.id in live else ""))
+            print(f"{run_state(suite.root / r.id, r.config):8s} {r.id}" + (f" ({live[r.id]})" if r.id in live else ""))
         return suite.root
     if cancel:
         cancelled = runner.cancel(suite.root, list(specs.values()))
@@ -226,7 +229,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     live = runner.active(suite.root, list(specs.values()))
     todo = []
     for r in runs:
-        if run_state(suite.root / r.id) == "done":
+        if run_state(suite.root / r.id, r.config) == "done":
             print(f"skip     {r.id} (finished)")
         elif r.id in live:
             print(f"skip     {r.id} ({live[r.id]})")
@@ -241,7 +244,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
                   f"their states and resubmit failed ones, `dtr report {suite.root}` to report what has finished")
             return suite.root
         runner.wait(suite.root, list(specs.values()), timeout_s=wait_timeout_s)
-    states = {r.id: run_state(suite.root / r.id) for r in runs}
+    states = {r.id: run_state(suite.root / r.id, r.config) for r in runs}
     for r in runs:
         if not runner.blocking:
             print(f"{states[r.id]:8s} {r.id}")

@@ -2,54 +2,92 @@
 :class:`~dtr_plugins.engine.trainer.Trainer`. One process, or many under torchrun (DDP), on CPU or GPU.
 
 Resumption is exact: every step re-seeds the RNG from ``(seed, rank, step)`` and draws its batch from
-a stream of seeded permutations indexed by the step (:class:`StepBatches`), so ``N`` steps plus a
-resumed ``N`` give the same weights as ``2N`` straight steps.
+a stream of seeded permutations indexed by the step (:class:`StepBatches`); each sample is read with the
+torch RNG seeded from ``(seed, step, position in the global batch)`` (:class:`SeededItems`), so data
+augmentation (``image_folder``'s random flip) is the same with any number of workers and across a resume.
+``N`` steps plus a resumed ``N`` give the same weights as ``2N`` straight steps.
+
+A run directory is written by one process at a time (:meth:`RunDir.lock`). A resumed run must have the
+same config identity as its checkpoint (:mod:`dtr_plugins.core.fingerprint`); each invocation adds a
+segment to ``meta.json``; records of ``metrics.jsonl`` past the resumed checkpoint are dropped; and a
+resume at the final step redoes the final outputs a crash lost (:meth:`RunDir.missing_outputs`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import platform
 import subprocess
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.labels import check_label_space, class_map
+from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
 from dtr_plugins.core.plugins import PluginRegistry
 from dtr_plugins.core.routing import routed_units
 
 from . import distributed
 from .compose import build_components
-from .rundir import RunDir
+from .rundir import RunDir, RunLocked
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
-__all__ = ["train", "StepBatches", "run_meta", "TrainingDiverged"]
+__all__ = ["train", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
+           "TrainingDiverged"]
+
+
+def draw_key(seed: int, step: int, slot: int) -> int:
+    """Seed of the random draws (augmentation) for the sample at ``slot`` of the global batch of ``step``."""
+    return (seed * 6_364_136_223_846_793_005 + step * 1_442_695_040_888_963_407 + slot * 2_654_435_761 + 1) \
+        % (2**63 - 1)
+
+
+class SeededItems(Dataset):
+    """Reads ``dataset[index]`` for an item ``(index, key)`` with the torch RNG seeded from ``key`` (and restored
+    afterwards), so a dataset's torch random draws depend on ``(seed, step, slot)`` only: not on the worker, the
+    number of workers, or what ran before a resume."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, key = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.dataset[index]
 
 
 class StepBatches:
     """Batch indices for step ``s``: positions ``[s*B, (s+1)*B)`` of a stream of seeded epoch permutations.
 
     Each rank takes its contiguous share of the global batch, so the data position is the step itself.
+    With ``draw_keys`` it yields ``(index, draw_key(seed, step, slot))`` pairs for :class:`SeededItems`.
     """
 
     def __init__(self, dataset_len: int, global_batch: int, rank: int, world: int, seed: int, start_step: int,
-                 steps: int):
+                 steps: int, draw_keys: bool = False):
         if global_batch % world:
             raise ConfigError(f"train.batch_size: {global_batch} is not divisible by the world size {world}")
         self.n, self.batch, self.rank, self.world = dataset_len, global_batch, rank, world
-        self.seed, self.start, self.steps = seed, start_step, steps
+        self.seed, self.start, self.steps, self.draw_keys = seed, start_step, steps, draw_keys
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))}
+            gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
         return self._perms[epoch]
 
     def indices(self, step: int) -> list[int]:
@@ -61,9 +99,14 @@ class StepBatches:
             out.append(int(self._perm(epoch)[i]))
         return out
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def items(self, step: int) -> list[tuple[int, int]]:
+        """``(index, draw key)`` of this rank's share of the batch of ``step``."""
+        first = self.rank * (self.batch // self.world)
+        return [(index, draw_key(self.seed, step, first + j)) for j, index in enumerate(self.indices(step))]
+
+    def __iter__(self) -> Iterator[list[Any]]:
         for step in range(self.start, self.steps):
-            yield self.indices(step)
+            yield self.items(step) if self.draw_keys else self.indices(step)
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
@@ -97,6 +140,50 @@ def run_meta(d: distributed.Dist, cfg: ExperimentConfig) -> dict[str, Any]:
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
+    """A resumed run must keep its config identity (:data:`~dtr_plugins.core.fingerprint.RESUMABLE_KEYS` may change).
+
+    Raises :class:`ConfigError` naming the first differing key with both values. A checkpoint written before
+    fingerprints existed is resumed with a warning.
+    """
+    stored = ckpt.get("config_fingerprint") if isinstance(ckpt, dict) else None
+    if stored is None:
+        warnings.warn(f"{path}: the checkpoint has no config fingerprint (an older version wrote it); cannot check "
+                      "that the config is the one it was trained with", stacklevel=2)
+        return
+    new = cfg.to_dict()
+    if stored == config_fingerprint(new):
+        return
+    allowed = ", ".join(RESUMABLE_KEYS)
+    diff = first_difference(ckpt.get("config") or {}, new)
+    if diff is None:
+        raise ConfigError(f"{path}: the config's fingerprint differs from the checkpoint's; --resume may only change "
+                          f"{allowed}; start a new run instead")
+    key, old, now = diff
+    raise ConfigError(f"{key}: {now!r} differs from {old!r} that the run was trained with ({path}); --resume may only "
+                      f"change {allowed}; start a new run (another name or --run-dir) instead")
+
+
+def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: int, resume: bool) -> dict[str, Any]:
+    """meta.json of this invocation: the first run's fields kept, the current ones updated, one segment added."""
+    old = rd.read_meta() if resume else {}
+    meta = run_meta(d, cfg)
+    segment = {"from_step": step, "to_step": None, "world_size": d.world_size, "device": meta["device"],
+               "started": meta["started"], "finished": None, "git_commit": meta["git_commit"]}
+    segments = [s for s in old.get("segments", []) if isinstance(s, dict)]
+    if old and not segments and "started" in old:  # meta.json of an older version: its one run, as far as known
+        segments = [{"from_step": old.get("resumed_from_step", 0), "to_step": None, "world_size": old.get("world_size"),
+                     "device": old.get("device"), "started": old.get("started"), "finished": old.get("finished"),
+                     "git_commit": old.get("git_commit")}]
+    merged = {**old, **meta, "started": old.get("started", meta["started"]), "segments": [*segments, segment],
+              "config_fingerprint": config_fingerprint(cfg.to_dict())}
+    for stale in ("finished", "ranks_in_sync"):
+        merged.pop(stale, None)
+    if resume and old:
+        merged["resumed_from_step"] = step
+    return merged
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -106,14 +193,21 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     """Train ``cfg``; returns the run directory (DESIGN.md section 8, :class:`RunDir`).
 
     Raises :class:`UserError` when the run directory already has checkpoints and ``resume`` is False,
-    :class:`CheckpointError` when ``resume`` finds none, :class:`TrainingDiverged` on a NaN/inf loss.
+    :class:`CheckpointError` when ``resume`` finds none, :class:`ConfigError` when ``resume`` finds a checkpoint
+    of another config, :class:`~dtr_plugins.engine.rundir.RunLocked` when another process writes the run,
+    :class:`TrainingDiverged` on a NaN/inf loss or weights.
     """
-    from dtr_plugins.core.checkpoint import load_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
 
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
+    held = contextlib.ExitStack()
     try:
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
+        if d.is_main and not rd.path.exists():
+            created = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
+            held.callback(_remove_if_only_lock, rd, created)  # a run refused before it wrote anything leaves no folder
+        _lock_on_every_rank(rd, d, held)
         start_ckpt = rd.latest_checkpoint()
         if start_ckpt is not None and not resume:
             raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume to continue it, "
@@ -127,16 +221,19 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
         state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
         if start_ckpt is not None:
-            state.load(load_checkpoint(parts.model, start_ckpt, use_ema=False, allow_unsafe=allow_unsafe_load))
+            ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
+            check_resume_identity(ckpt, cfg, start_ckpt)
+            state.load(apply_checkpoint(parts.model, ckpt, start_ckpt, use_ema=False))
+        start_step = state.step
 
         if d.is_main:
             rd.path.mkdir(parents=True, exist_ok=True)
+            if start_ckpt is not None:
+                rd.truncate_metrics(state.step)  # steps logged after this checkpoint are redone
             rd.write_config(cfg.to_yaml())
             rd.write_classes(class_map(parts.dataset, num_classes))
-            meta = run_meta(d, cfg)
+            meta = _begin_meta(rd, d, cfg, state.step, resume)
             meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
-            if resume and rd.meta_path.exists():
-                meta["resumed_from_step"] = state.step
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
             meta["trackers"] = trackers.applied()
             rd.write_meta(meta)
@@ -153,15 +250,21 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             net = torch.compile(net)
 
         batches = StepBatches(len(parts.dataset), cfg.train.batch_size, d.rank, d.world_size, cfg.seed, state.step,
-                              cfg.train.steps)
-        loader = DataLoader(parts.dataset, batch_sampler=batches, num_workers=cfg.train.num_workers,
+                              cfg.train.steps, draw_keys=True)
+        loader = DataLoader(SeededItems(parts.dataset), batch_sampler=batches, num_workers=cfg.train.num_workers,
                             collate_fn=_collate, pin_memory=d.device.type == "cuda")
         trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
                           trackers=trackers)
         trainer.run(loader)
+        if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
+            _redo_missing_outputs(trainer, rd, cfg, d)
         in_sync = ranks_in_sync(parts.model, d) if d.enabled else None
         if d.is_main:
-            extra: dict[str, Any] = {"finished": _now()}
+            finished = _now()
+            meta = rd.read_meta()
+            segments = meta.get("segments") or [{}]
+            segments[-1].update(to_step=state.step, finished=finished)
+            extra: dict[str, Any] = {"segments": segments, "finished": finished}
             if in_sync is not None:
                 extra = {"ranks_in_sync": in_sync, **extra}
             rd.update_meta(**extra)
@@ -169,3 +272,50 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     finally:
         trackers.finish()
         distributed.teardown(d)
+        held.close()
+
+
+def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:
+    """Undo the folders this run created (``created``: the run folder and the missing parents above it, deepest
+    first) when the run was refused before it wrote anything but its lock."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in rd.path.iterdir()] == [rd.lock_path.name]:
+            rd.lock_path.unlink()
+            for folder in created:
+                folder.rmdir()  # stops (OSError) at the first folder that holds anything else
+
+
+def _lock_on_every_rank(rd: RunDir, d: distributed.Dist, held: contextlib.ExitStack) -> None:
+    """The main rank takes the run's lock; under torchrun every rank learns the outcome, so all stop together."""
+    refused: RunLocked | None = None
+    if d.is_main:
+        try:
+            held.enter_context(rd.lock())
+        except RunLocked as exc:
+            refused = exc
+    if d.enabled:
+        import torch.distributed as dist
+
+        flag = torch.tensor(0 if refused else 1, device=d.device, dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if refused is None and int(flag) == 0:
+            refused = RunLocked(f"{rd.path}: run directory is in use by another process (see {rd.lock_path})")
+    if refused is not None:
+        raise refused
+
+
+def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d: distributed.Dist) -> None:
+    """Write the final-step outputs of :meth:`RunDir.missing_outputs` again (every rank takes part)."""
+    d.barrier()
+    missing = rd.missing_outputs(cfg)
+    if not missing:
+        return
+    if d.is_main:
+        print(f"dtr: {rd.path}: training is complete; redoing the missing {', '.join(missing)}", flush=True)
+    final_ckpt = str(rd.checkpoint_path(cfg.train.steps).relative_to(rd.path))
+    if final_ckpt in missing:
+        trainer.save()
+    if (cfg.eval.at_end or cfg.eval.every) and any(m != final_ckpt for m in missing):
+        if d.is_main:  # an evaluation record of a crashed final evaluation is replaced, not repeated
+            rd.truncate_metrics(cfg.train.steps, drop_eval_at_step=True)
+        trainer.evaluate(final=True)

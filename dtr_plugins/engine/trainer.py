@@ -28,7 +28,7 @@ __all__ = ["TrainState", "Trainer", "TrainingDiverged", "ema_update", "ema_decay
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or inf."""
+    """The loss, or the weights about to be saved, became NaN or inf."""
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -131,11 +131,26 @@ class TrainState:
         self.step = int(ckpt["step"])
 
     def checkpoint(self, cfg: ExperimentConfig) -> dict[str, Any]:
-        """The checkpoint payload (format of :mod:`dtr_plugins.core.checkpoint`)."""
+        """The checkpoint payload (format of :mod:`dtr_plugins.core.checkpoint`), with the config's identity
+        (``config_fingerprint``) and the routing the weights were trained with (``routing``)."""
+        from dtr_plugins.core.checkpoint import routing_record
+        from dtr_plugins.core.fingerprint import config_fingerprint
+
+        config = cfg.to_dict()
         return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
                     optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
                     scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
-                    config=cfg.to_dict())
+                    config=config, config_fingerprint=config_fingerprint(config), routing=routing_record(self.model))
+
+    @torch.no_grad()
+    def nonfinite(self) -> list[str]:
+        """Names (``model.X``, ``ema.X``) of floating tensors of the model and its EMA holding a NaN or inf."""
+        bad = []
+        for prefix, module in (("model", self.model), ("ema", self.ema)):
+            for name, t in module.state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(f"{prefix}.{name}")
+        return bad
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -255,13 +270,15 @@ class Trainer:
         return record
 
     def save(self) -> None:
-        """Write ``checkpoints/<step>.pt`` (main rank; atomic), after the divergence check; then keep only the
-        newest ``train.keep_last`` (:func:`~dtr_plugins.engine.retention.prune_checkpoints`)."""
+        """Write ``checkpoints/<step>.pt`` (main rank; atomic), after the divergence checks: the loss, and every
+        floating tensor of the model and EMA finite on every rank (all ranks stop together otherwise); then keep
+        only the newest ``train.keep_last`` (:func:`~dtr_plugins.engine.retention.prune_checkpoints`)."""
         from dtr_plugins.core.checkpoint import save_checkpoint
 
         from .retention import prune_checkpoints
 
         self._stop_if_diverged()
+        self._stop_if_weights_nonfinite()
         if self.dist.is_main:
             save_checkpoint(self.run_dir.checkpoint_path(self.state.step), **self.state.checkpoint(self.cfg))
             prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_last)
@@ -299,12 +316,34 @@ class Trainer:
             self.run_dir.write_eval(result)
 
     def _stop_if_diverged(self) -> None:
-        """Checked before logging and before saving, so no NaN weights ever reach a checkpoint."""
-        if not bool(self.finite):
+        """Checked before logging and before saving, so no NaN weights ever reach a checkpoint; the flag is
+        all-reduced so that every rank stops together when any rank saw a NaN/inf loss."""
+        finite = self.finite.to(torch.int32)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
             ckpts = self.run_dir.checkpoints
             raise TrainingDiverged(f"{self.run_dir.path}: loss became NaN or inf before step {self.state.step}; the "
                                    f"last good checkpoint is kept in {ckpts} (try a lower train.lr, train.grad_clip "
                                    f"or precision fp32)")
+
+
+    def _stop_if_weights_nonfinite(self) -> None:
+        """A NaN/inf gradient leaves a finite loss but NaN weights: refuse to save them, on every rank at once."""
+        bad = self.state.nonfinite()
+        flag = torch.tensor(0 if bad else 1, device=self.dist.device, dtype=torch.int32)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if int(flag) == 0:
+            where = f"{len(bad)} tensors, first {bad[0]}" if bad else "on another rank"
+            raise TrainingDiverged(f"{self.run_dir.path}: weights became NaN or inf before step {self.state.step} "
+                                   f"({where}); not saved, the last good checkpoint is kept in "
+                                   f"{self.run_dir.checkpoints} (try a lower train.lr, train.grad_clip or precision "
+                                   "fp32)")
 
 
 def _all_reduce_grads(params, world_size: int) -> None:
