@@ -6,18 +6,32 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
 
+from ._version import __version__
 from .core.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message by default)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--num-samples 0`` is refused with one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
+    return value
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +70,14 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """Everything ``dtr train`` would find before its first step (:func:`validate_run`), then the resolved config."""
+    from .engine.compose import validate_run
+
     cfg = _load(args)
+    try:
+        validate_run(cfg, run_dir=getattr(args, "run_dir", None))
+    except UserError as exc:
+        raise type(exc)(f"{args.config}: {exc}") from None
     print(cfg.to_yaml(), end="")
     return 0
 
@@ -75,7 +96,7 @@ def cmd_masks(args) -> int:
 def cmd_train(args) -> int:
     from .engine.train import train
 
-    cfg = _load(args)
+    cfg = _load(args)  # train() runs validate_run on every rank before the process group
     run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
     if run_dir is not None:
         print(f"run directory: {run_dir}")
@@ -85,7 +106,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .engine.sample import sample
 
-    out = sample(args.source, num=args.num, out=args.out, sampler=args.sampler, respacing=args.respacing,
+    out = sample(args.source, num=args.num_samples, out=args.out, sampler=args.sampler, respacing=args.respacing,
                  cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
                  use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load)
     if out is not None:
@@ -148,6 +169,7 @@ def cmd_push(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dtr", description="Task routing for diffusion models (DTR and friends).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"dtr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     common = argparse.ArgumentParser(add_help=False)  # so that `dtr train ... --debug` works too
@@ -176,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(parents=[common], name="sample", help="sample images from a run directory or checkpoint")
     p.add_argument("source", help="run directory or checkpoint file")
-    p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--out", default=None, help="output folder (default <run>/samples)")
     p.add_argument("--sampler", default=None, help="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
     p.add_argument("--respacing", default=None, help='timestep respacing, e.g. "250" or "ddim50"; flow: the step count')
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (default: balanced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--allow-unsafe-load", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
@@ -202,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one GPU each)")
+    p.add_argument("--parallel", type=_positive_int, default=1, help="runs at a time (one GPU each)")
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")
@@ -235,18 +257,60 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"dtr: warning: {message}", file=sys.stderr)
 
 
+#: errno -> what the one line says about the path
+_OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose another output_dir",
+              errno.ENOTDIR: "a part of this path is a file, not a folder; choose another output_dir / name",
+              errno.EEXIST: "already exists; choose another output_dir / name / --out",
+              errno.EACCES: "permission denied; choose a folder you can write to",
+              errno.EROFS: "read-only file system; choose a folder you can write to",
+              errno.EISDIR: "is a folder, not a file"}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """The one line for an OSError the user can fix (full disk, a file where a folder goes, ...), else None."""
+    what = _OS_ERRORS.get(exc.errno or -1)
+    if what is None:
+        return None
+    where = exc.filename if exc.filename is not None else "(while writing)"
+    return f"{where}: {what} ({exc.strerror or os.strerror(exc.errno or 0)})"
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader went away (``dtr plugins | head``): send the rest to /dev/null, no traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # --help / --version into a closed pipe
+        _quiet_stdout()
+        return 141
     if not args.debug:
         warnings.showwarning = _one_line_warning
     try:
-        return int(args.func(args) or 0)
+        result = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return result
     except UserError as exc:
         if args.debug:
             raise
         print(f"dtr: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, like a command killed by the closed pipe
+    except OSError as exc:
+        line = _os_error_line(exc)
+        if args.debug or line is None:
+            raise
+        print(f"dtr: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dtr: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.plugins import PluginRegistry
 
 from . import distributed
-from .compose import build_components
+from .compose import build_components, validate_run
 from .rundir import RunDir
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
@@ -107,6 +107,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     """
     from dtr_plugins.core.checkpoint import load_checkpoint
 
+    validate_run(cfg, registry, run_dir=run_dir)  # every rank, before any collective or write
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     try:
