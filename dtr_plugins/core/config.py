@@ -255,11 +255,13 @@ def read_yaml(path: str | Path) -> Any:
 SWITCHABLE_SECTIONS = ("diffusion", "backbone", "routing", "loss_weighting", "data", "codec")
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set",
+                    notes: list[str] | None = None) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides; values are parsed as YAML (``1e-4``, ``true``, ``[1, 2]``, ``{name: dtr}``).
 
     ``--set routing.name=random`` on a config whose routing is ``dtr`` replaces the whole section: the new
-    plugin's defaults plus the params given by ``--set`` (one line on stderr says what was dropped)."""
+    plugin's defaults plus the params given by ``--set``; one line saying what was dropped goes to
+    ``notes`` (when given, else to stderr)."""
     original = data
     data = copy.deepcopy(data)
     keys: list[str] = []
@@ -273,12 +275,24 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
             raise ConfigError(f"{source}: override '{item}': value is not valid YAML") from None
         set_dotted(data, key.strip(), value, source=source)
         keys.append(key.strip())
+    said: list[str] = []
     for section in SWITCHABLE_SECTIONS:
-        _switch_plugin(original, data, section, keys, source)
+        _switch_plugin(original, data, section, keys, source, said)
+    if notes is None:
+        _print_notes(said)
+    else:
+        notes.extend(said)
     return data
 
 
-def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str) -> None:
+def _print_notes(notes: Sequence[str]) -> None:
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        for note in notes:
+            print(f"dtr: note: {note}", file=sys.stderr)
+
+
+def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,
+                   notes: list[str]) -> None:
     before, after = original.get(section), data.get(section)
     if not isinstance(before, dict) or not isinstance(after, dict) or f"{section}.name" not in keys:
         return
@@ -288,10 +302,10 @@ def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str,
     explicit = {k.split(".", 2)[1] for k in keys if k.startswith(f"{section}.") and k.count(".") >= 1}
     dropped = [k for k in before if k != "name" and k not in explicit]
     data[section] = {k: v for k, v in after.items() if k == "name" or k in explicit}
-    if dropped and os.environ.get("RANK", "0") == "0":
+    if dropped:
         shown = ", ".join(f"{section}.{k}={before[k]!r}" for k in dropped)
-        print(f"dtr: note: {source} {section}.name={new} replaces {old!r}: dropped {shown}; "
-              f"{new!r} starts from its defaults", file=sys.stderr)
+        notes.append(f"{source} {section}.name={new} replaces {old!r}: dropped {shown}; {new!r} starts from its "
+                     f"defaults")
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
@@ -313,8 +327,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), registry: Plugi
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    data = apply_overrides(data, overrides)
-    return config_from_dict(data, source=str(path), registry=registry)
+    notes: list[str] = []
+    data = apply_overrides(data, overrides, notes=notes)
+    cfg = config_from_dict(data, source=str(path), registry=registry)
+    _print_notes(notes)  # only for a config that is valid
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>",

@@ -124,7 +124,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         msg = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    hidden = err["type"] in ("missing", "extra_forbidden") or repr(err.get("input")) in msg
+    hidden = err["type"] in ("missing", "extra_forbidden") or (err["type"] == "value_error" and repr(err.get("input")) in msg)
     shown = "" if hidden else f" (got {err.get('input')!r})"
     more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     return f"{key}: {msg}{shown}{more}"
