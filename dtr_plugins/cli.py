@@ -11,8 +11,7 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._version import __version__
 from .core.errors import UserError
@@ -87,9 +86,10 @@ def cmd_masks(args) -> int:
     from .engine.plots import plot_routing_plan
 
     cfg = _load(args)
-    model = build_model(cfg)
-    out = plot_routing_plan(model.plan, args.out, title=f"{cfg.name}: {model.plan.strategy_repr}")
-    print(f"wrote {out} ({model.plan.num_tables} distinct table(s) over {len(model.plan.layer_table)} routed layers)")
+    plan = build_model(cfg).plan
+    assert plan is not None  # build_model always attaches one
+    out = plot_routing_plan(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr}")
+    print(f"wrote {out} ({plan.num_tables} distinct table(s) over {len(plan.layer_table)} routed layers)")
     return 0
 
 
@@ -172,23 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dtr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    common = argparse.ArgumentParser(add_help=False)  # so that `dtr train ... --debug` works too
+    common = _Parser(add_help=False)  # so that `dtr train ... --debug` works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
-    p = sub.add_parser(parents=[common], name="plugins", help="list installed plugins: kind, name, distribution, version")
+    p = sub.add_parser(parents=[common], name="plugins",
+                       help="list installed plugins: kind, name, distribution, version")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser(parents=[common], name="validate", help="validate a config and print it resolved, defaults filled in")
+    p = sub.add_parser(parents=[common], name="validate",
+                       help="validate a config and print it resolved, defaults filled in")
     _config_args(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser(parents=[common], name="masks", help="draw the mask tables of a config as heatmaps")
+    p = sub.add_parser(parents=[common], name="masks",
+                       help="draw the mask tables of a config as heatmaps")
     _config_args(p)
     p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
     p.set_defaults(func=cmd_masks)
 
-    p = sub.add_parser(parents=[common], name="train", help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
+    p = sub.add_parser(parents=[common], name="train",
+                       help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(parents=[common], name="sample", help="sample images from a run directory or checkpoint")
+    p = sub.add_parser(parents=[common], name="sample",
+                       help="sample images from a run directory or checkpoint")
     p.add_argument("source", help="run directory or checkpoint file")
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--out", default=None, help="output folder (default <run>/samples)")
@@ -211,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser(parents=[common], name="eval", help="score samples against a reference (FID, IS, KID, precision/recall)")
+    p = sub.add_parser(parents=[common], name="eval",
+                       help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
@@ -220,22 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(parents=[common], name="suite", help="run an ablation suite (matrix of runs) and build its report")
+    p = sub.add_parser(parents=[common], name="suite",
+                       help="run an ablation suite (matrix of runs) and build its report")
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
     p.add_argument("--parallel", type=_positive_int, default=1, help="runs at a time (one GPU each)")
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")
+    p = sub.add_parser(parents=[common], name="report",
+                       help="rebuild a suite's report.md, results.csv and plots")
     p.add_argument("suite_dir", help="runs/<suite name>")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(parents=[common], name="cache-latents", help="encode a dataset once with the config's VAE")
+    p = sub.add_parser(parents=[common], name="cache-latents",
+                       help="encode a dataset once with the config's VAE")
     _config_args(p)
     p.set_defaults(func=cmd_cache_latents)
 
-    p = sub.add_parser(parents=[common], name="export", help="export a run's weights in hub layout (safetensors, config, model card)")
+    p = sub.add_parser(parents=[common], name="export",
+                       help="export a run's weights in hub layout (safetensors, config, model card)")
     p.add_argument("run", help="run directory (its newest checkpoint) or checkpoint file")
     p.add_argument("--out", required=True, help="new folder to write")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
@@ -245,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(parents=[common], name="push", help="upload an exported folder to the Hugging Face hub")
+    p = sub.add_parser(parents=[common], name="push",
+                       help="upload an exported folder to the Hugging Face hub")
     p.add_argument("folder", help="folder written by dtr export")
     p.add_argument("repo_id", help="hub repo ORG/NAME (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo as private")

@@ -9,16 +9,17 @@ import copy
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, validate_params
-from .tracking import KIND as TRACKER_KIND, check_trackers  # helper "trackers"
-
+from .tracking import KIND as TRACKER_KIND  # helper "trackers"
+from .tracking import check_trackers
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -110,7 +111,7 @@ class SampleConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])
+    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])  # type: ignore[arg-type]
     feature_extractor: str = "inception-v3-compat"
     weights_path: str | None = None
     reference: str | None = Field(None, description="dataset:NAME, a folder or an .npz; default: the training data")
@@ -205,7 +206,7 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.get(key)
             except TypeError:  # an unhashable key: let PyYAML report it
@@ -225,7 +226,7 @@ _Loader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """``yaml.safe_load`` with duplicate keys refused and ``1e-4`` read as a float (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -322,7 +323,8 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set"
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = (), registry: PluginRegistry | None = None) -> ExperimentConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = (),
+                registry: PluginRegistry | None = None) -> ExperimentConfig:
     """Read, override and validate a run config; raises :class:`ConfigError` with one line per mistake."""
     data = read_yaml(path)
     if not isinstance(data, dict):
@@ -349,7 +351,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>",
 
 def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> ExperimentConfig:
     """Check every plugin section against its plugin and fill in the plugin's defaults."""
-    updates: dict[str, PluginSection] = {}
+    updates: dict[str, Any] = {}
+    process_cls: Any = None  # set by the diffusion section, the first of PLUGIN_SECTIONS
     for section, kind in PLUGIN_SECTIONS.items():
         current: PluginSection = getattr(cfg, section)
         info = registry.get(kind, current.name) if current.name in registry.names(kind) else None
@@ -392,6 +395,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
 def _resolve_trackers(log: LogConfig, registry: PluginRegistry) -> LogConfig:
     """Each ``log.trackers`` entry: a known tracker, its package installed, its params filled in."""
     check_trackers([t.name for t in log.trackers], registry)
-    resolved = [PluginSection(name=t.name, **registry.get(TRACKER_KIND, t.name).validate(t.params, where=f"log.trackers.{i}")
-                              .model_dump(mode="json")) for i, t in enumerate(log.trackers)]
+    resolved = [PluginSection(name=t.name, **registry.get(TRACKER_KIND, t.name)
+                              .validate(t.params, where=f"log.trackers.{i}").model_dump(mode="json"))
+                for i, t in enumerate(log.trackers)]
     return log.model_copy(update={"trackers": resolved})

@@ -8,12 +8,12 @@ that every registration is attributed to its plugin.
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.metadata as md
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any, TypeVar
 
 import pluggy
 from pydantic import BaseModel, ValidationError
@@ -96,7 +96,10 @@ def parse_params(model: type[BaseModel], params: dict[str, Any], where: str = ""
 _LAX_ONLY = {"int_type": "an integer", "float_type": "a number", "bool_type": "a boolean"}
 
 
-def validate_params(model: type[BaseModel], params: Any, where: str = "") -> Any:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_params(model: type[M], params: Any, where: str = "") -> M:
     """``model.model_validate(params)`` with strict numbers and booleans: ``true`` is not ``1``, ``"3"`` is
     not ``3`` and ``1`` is not ``true`` (an integer is still a float). Any mistake is one
     :class:`ConfigError` line naming the key, the value and what is allowed."""
@@ -124,7 +127,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         msg = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    hidden = err["type"] in ("missing", "extra_forbidden") or (err["type"] == "value_error" and repr(err.get("input")) in msg)
+    hidden = (err["type"] in ("missing", "extra_forbidden")
+              or (err["type"] == "value_error" and repr(err.get("input")) in msg))
     shown = "" if hidden else f" (got {err.get('input')!r})"
     more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     return f"{key}: {msg}{shown}{more}"
@@ -199,7 +203,7 @@ def build_registry(modules: Iterable[ModuleType | tuple[ModuleType, str | None, 
             dist, version = _distribution_of(ep)
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not take the others down
+            except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not take the others down
                 msg = (f"plugin entry point '{ep.name} = {ep.value}' from distribution "
                        f"'{dist or 'unknown'}' failed to import: {type(exc).__name__}: {exc}")
                 failures.append(msg)
@@ -222,7 +226,7 @@ def build_registry(modules: Iterable[ModuleType | tuple[ModuleType, str | None, 
                 impl.function(register=_registrar(registry, kind, impl.plugin_name, dist, version))
             except UserError:  # duplicate or nameless registrations: refused outright
                 raise
-            except Exception as exc:  # a broken third-party hook must not take the others down
+            except Exception as exc:  # noqa: BLE001 - a broken third-party hook must not take the others down
                 broken.add(impl.plugin_name)
                 for key in [k for k, p in registry.plugins.items() if p.plugin == impl.plugin_name]:
                     del registry.plugins[key]  # nothing half-registered
@@ -233,7 +237,8 @@ def build_registry(modules: Iterable[ModuleType | tuple[ModuleType, str | None, 
     return registry
 
 
-def _registrar(registry: PluginRegistry, kind: str, plugin: str, dist: str | None, version: str | None):
+def _registrar(registry: PluginRegistry, kind: str, plugin: str, dist: str | None,
+               version: str | None) -> Callable[..., None]:
     def register(name: str, factory: Callable[..., Any], params: type[BaseModel] | None = None,
                  description: str = "") -> None:
         if not isinstance(name, str) or not name:

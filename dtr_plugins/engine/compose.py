@@ -18,12 +18,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from dtr_plugins.codecs.latent_cache import (CacheSettings, LatentCacheDataset, cache_key, cache_root, draw_latents,
-                                             is_complete, write_cache)
+from dtr_plugins.codecs.latent_cache import (
+    CacheSettings,
+    LatentCacheDataset,
+    cache_key,
+    cache_root,
+    draw_latents,
+    is_complete,
+    write_cache,
+)
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
@@ -182,8 +189,9 @@ def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
             raise ConfigError(f"routing.beta: {cfg.routing.params['beta']} gives {tasks} of {plan.num_tasks} tasks no "
                               f"channels in routed layers of width {width}; the smallest allowed value for that width "
                               f"is {smallest:.4g}")
-        raise ConfigError(f"routing: {plan.strategy_repr} gives {tasks} of {plan.num_tasks} tasks no channels in routed "
-                          f"layers of width {width} (layers {layers}); every routed block would be skipped for them")
+        raise ConfigError(f"routing: {plan.strategy_repr} gives {tasks} of {plan.num_tasks} tasks no channels in "
+                          f"routed layers of width {width} (layers {layers}); every routed block "
+                          f"would be skipped for them")
 
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
@@ -435,9 +443,10 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
         raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
                           f"{type(model).__name__}")
     _check_contract(model, Backbone, "backbone", info)
-    _check_sizes(cfg, model, info)
+    backbone = cast(Backbone, model)
+    _check_sizes(cfg, backbone, info)
     build_routing_plan(cfg, model.routed_channels(), registry)
-    _check_guidance(cfg, model)
+    _check_guidance(cfg, backbone)
     process = build_diffusion(cfg, registry)
     if isinstance(process, GaussianDiffusion):
         try:

@@ -1,4 +1,6 @@
-"""One line on every error path of the CLI, and flags that survive torchrun ("Trustworthy results" #12, items 6, 8, 14)."""
+"""One line on every error path of the CLI, and flags that survive torchrun.
+
+"Trustworthy results" (#12), items 6, 8 and 14."""
 import argparse
 import errno
 import json
@@ -41,7 +43,7 @@ BAD_FACTORY = textwrap.dedent('''
 
 def _module(name: str, source: str) -> types.ModuleType:
     module = types.ModuleType(name)
-    exec(source, module.__dict__)  # noqa: S102 - test source
+    exec(source, module.__dict__)
     return module
 
 
@@ -183,4 +185,5 @@ def test_full_disk_while_training_is_one_line(tmp_path, run_cli, monkeypatch):
 def test_run_dir_that_is_a_file(tmp_path, run_cli):
     target = write(tmp_path / "taken", "a file")
     code, _, err = run_cli("train", str(write(tmp_path / "c.yaml", GOOD)), "--run-dir", str(target))
-    assert code == 2 and err.strip() == f"dtr: error: --run-dir: '{target}' is a file, not a folder; choose another --run-dir"
+    assert code == 2
+    assert err.strip() == f"dtr: error: --run-dir: '{target}' is a file, not a folder; choose another --run-dir"

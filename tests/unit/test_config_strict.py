@@ -74,7 +74,8 @@ def test_non_utf8_config_is_one_line(tmp_path, run_cli):
     path.write_bytes(GOOD.encode() + b"# caf\xe9\n")
     code, _, err = run_cli("validate", str(path))
     assert code == 2 and "Traceback" not in err
-    assert err.strip() == f"dtr: error: {path}:9: not UTF-8 text (byte 0xe9 at offset {len(GOOD) + 5}); save the file as UTF-8"
+    assert err.strip() == (f"dtr: error: {path}:9: not UTF-8 text (byte 0xe9 at offset {len(GOOD) + 5}); "
+                           f"save the file as UTF-8")
 
 
 def test_cuda_device_without_cuda(tmp_path, run_cli, monkeypatch):
@@ -91,8 +92,8 @@ def test_inception_weights_absent_refused_before_training(tmp_path, run_cli, mon
     code, _, err = run_cli("validate", str(write(tmp_path / "c.yaml", GOOD)), "--set", "eval.at_end=true")
     assert code == 2 and "Traceback" not in err
     assert "eval.weights_path: inception-v3-compat needs its weights file" in err
-    code, _, err = run_cli("train", str(write(tmp_path / "c.yaml", GOOD.replace("name: tiny", f"name: tiny\noutput_dir: {tmp_path / 'runs'}"))),
-                           "--set", "eval.at_end=true")
+    config = write(tmp_path / "c.yaml", GOOD.replace("name: tiny", f"name: tiny\noutput_dir: {tmp_path / 'runs'}"))
+    code, _, err = run_cli("train", str(config), "--set", "eval.at_end=true")
     assert code == 2 and "inception-v3-compat needs its weights file" in err
     assert not (tmp_path / "runs").exists()  # nothing written
 
