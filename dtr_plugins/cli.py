@@ -74,7 +74,7 @@ def cmd_validate(args) -> int:
 
     cfg = _load(args)
     try:
-        validate_run(cfg, run_dir=getattr(args, "run_dir", None))
+        validate_run(cfg, machine=not args.config_only)
     except UserError as exc:
         raise type(exc)(f"{args.config}: {exc}") from None
     print(cfg.to_yaml(), end="")
@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser(parents=[common], name="validate",
-                       help="validate a config and print it resolved, defaults filled in")
+                       help="check a config as dtr train would before its first step, and print it resolved")
     _config_args(p)
+    p.add_argument("--config-only", action="store_true",
+                   help="check the config alone, not this machine (devices, weight files, hub VAE, output folders)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(parents=[common], name="masks",

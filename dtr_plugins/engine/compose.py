@@ -385,7 +385,7 @@ def _check_guidance(cfg: ExperimentConfig, model: Backbone) -> None:
                           f"'{cfg.backbone.name}' was built without; use sample.cfg_scale: 1.0")
 
 
-def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry) -> None:
+def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool = True) -> None:
     from .evaluation.metrics import check_eval_settings
     from .feature_extractors import resolve_inception_weights
 
@@ -397,6 +397,8 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry) -> None:
     if not (cfg.eval.at_end or cfg.eval.every):
         return  # no evaluation during training
     check_eval_settings(cfg.eval, cfg.eval.num_samples)
+    if not machine:
+        return
     try:
         if name == "inception-v3-compat":  # never downloaded: its weights must be here before training starts
             resolve_inception_weights(cfg.eval.weights_path)
@@ -417,7 +419,7 @@ def _check_output(cfg: ExperimentConfig, run_dir: str | Path | None) -> None:
 
 
 def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
-                 run_dir: str | Path | None = None) -> None:
+                 run_dir: str | Path | None = None, machine: bool = True) -> None:
     """Everything :func:`~dtr_plugins.engine.train.train` would find before its first step, at tiny cost and
     without writing anything: the device exists, the global batch splits over the ranks, the codec fits
     the backbone, the backbone (built on the meta device) fits the data sizes, the routing plan gives every
@@ -425,16 +427,31 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     their prerequisites (Inception weights) are there, and the output paths are folders.
 
     ``dtr validate`` and ``dtr train`` (on every rank, before the process group) call it.
+    ``machine=False`` (``dtr validate --config-only``) checks the config alone, not this machine: no device,
+    weights-file, codec (hub VAE) or output-folder checks; a latent backbone is then not built.
     Raises :class:`ConfigError` / :class:`PluginError` (one line)."""
     from dtr_plugins.core.diffusion import GaussianDiffusion, space_timesteps
 
     registry = registry or default_registry()
-    check_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.train.batch_size % world:
-        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
+    if machine:
+        check_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
     check_composition(cfg, registry)
+    process = build_diffusion(cfg, registry)
+    if isinstance(process, GaussianDiffusion):
+        try:
+            space_timesteps(process.num_timesteps, cfg.sample.respacing)
+        except ConfigError as exc:
+            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
+    build_loss_weighting(cfg, registry)
+    _check_eval(cfg, registry, machine)
     info = registry.get("backbone", cfg.backbone.name)
+    if machine:
+        _check_output(cfg, run_dir)
+    elif backbone_input_space(info) == "latents":
+        return  # its geometry comes from the codec, which may need a download
     spec = codec_spec(cfg)
     params, _ = _backbone_params(cfg, info, spec, None, registry)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
@@ -447,12 +464,3 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     _check_sizes(cfg, backbone, info)
     build_routing_plan(cfg, model.routed_channels(), registry)
     _check_guidance(cfg, backbone)
-    process = build_diffusion(cfg, registry)
-    if isinstance(process, GaussianDiffusion):
-        try:
-            space_timesteps(process.num_timesteps, cfg.sample.respacing)
-        except ConfigError as exc:
-            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
-    build_loss_weighting(cfg, registry)
-    _check_eval(cfg, registry)
-    _check_output(cfg, run_dir)

@@ -143,3 +143,13 @@ def test_changing_a_plugin_by_set_starts_from_its_defaults(tmp_path, run_cli):
     assert cfg.routing.params == {"beta": 0.5, "seed": 0}
     cfg = dp.load_config(path, overrides=["routing.name=dtr", "routing.beta=0.5"])  # same name: a plain override
     assert cfg.routing.params == {"alpha": 4.0, "beta": 0.5}
+
+
+def test_config_only_skips_the_machine_checks(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write(tmp_path / "c.yaml", GOOD)
+    code, _, err = run_cli("validate", str(path), "--set", "train.device=cuda", "--config-only")
+    assert code == 0, err
+    code, _, err = run_cli("validate", str(path), "--set", "train.device=cuda", "--set", "routing.beta=0.01",
+                           "--config-only")
+    assert code == 2 and "routing.beta: 0.01" in err  # the config itself is still checked in full
