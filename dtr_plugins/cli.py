@@ -6,18 +6,31 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import warnings
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
+from ._version import __version__
 from .core.errors import UserError, user_message
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message by default)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--num-samples 0`` is refused with one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
+    return value
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +69,14 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """Everything ``dtr train`` would find before its first step (:func:`validate_run`), then the resolved config."""
+    from .engine.compose import validate_run
+
     cfg = _load(args)
+    try:
+        validate_run(cfg, machine=not args.config_only)
+    except UserError as exc:
+        raise type(exc)(f"{args.config}: {exc}") from None
     print(cfg.to_yaml(), end="")
     return 0
 
@@ -66,16 +86,17 @@ def cmd_masks(args) -> int:
     from .engine.plots import plot_routing_plan
 
     cfg = _load(args)
-    model = build_model(cfg)
-    out = plot_routing_plan(model.plan, args.out, title=f"{cfg.name}: {model.plan.strategy_repr}")
-    print(f"wrote {out} ({model.plan.num_tables} distinct table(s) over {len(model.plan.layer_table)} routed layers)")
+    plan = build_model(cfg).plan
+    assert plan is not None  # build_model always attaches one
+    out = plot_routing_plan(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr}")
+    print(f"wrote {out} ({plan.num_tables} distinct table(s) over {len(plan.layer_table)} routed layers)")
     return 0
 
 
 def cmd_train(args) -> int:
     from .engine.train import train
 
-    cfg = _load(args)
+    cfg = _load(args)  # train() runs validate_run on every rank before the process group
     run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
     if run_dir is not None:
         print(f"run directory: {run_dir}")
@@ -85,7 +106,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .engine.sample import sample
 
-    out = sample(args.source, num=args.num, out=args.out, sampler=args.sampler, respacing=args.respacing,
+    out = sample(args.source, num=args.num_samples, out=args.out, sampler=args.sampler, respacing=args.respacing,
                  cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
                  use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load)
     if out is not None:
@@ -151,25 +172,32 @@ def cmd_push(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dtr", description="Task routing for diffusion models (DTR and friends).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"dtr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    common = argparse.ArgumentParser(add_help=False)  # so that `dtr train ... --debug` works too
+    common = _Parser(add_help=False)  # so that `dtr train ... --debug` works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
-    p = sub.add_parser(parents=[common], name="plugins", help="list installed plugins: kind, name, distribution, version")
+    p = sub.add_parser(parents=[common], name="plugins",
+                       help="list installed plugins: kind, name, distribution, version")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser(parents=[common], name="validate", help="validate a config and print it resolved, defaults filled in")
+    p = sub.add_parser(parents=[common], name="validate",
+                       help="check a config as dtr train would before its first step, and print it resolved")
     _config_args(p)
+    p.add_argument("--config-only", action="store_true",
+                   help="check the config alone, not this machine (devices, weight files, hub VAE, output folders)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser(parents=[common], name="masks", help="draw the mask tables of a config as heatmaps")
+    p = sub.add_parser(parents=[common], name="masks",
+                       help="draw the mask tables of a config as heatmaps")
     _config_args(p)
     p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
     p.set_defaults(func=cmd_masks)
 
-    p = sub.add_parser(parents=[common], name="train", help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
+    p = sub.add_parser(parents=[common], name="train",
+                       help="train a run (torchrun --nproc_per_node=N -m dtr_plugins train ... for DDP)")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
@@ -181,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sample images from a run, checkpoint, exported folder or hub id (hf://ORG/NAME)")
     p.add_argument("source", help="run directory, checkpoint file, folder written by dtr export (or a diffusers DiT "
                    "folder/pipeline) or hub id hf://ORG/NAME[@REVISION]")
-    p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--out", default=None, help="output folder (default <run>/samples; required for an exported "
                    "folder or hub id)")
     p.add_argument("--sampler", default=None, help="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
@@ -189,13 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (default: balanced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--allow-unsafe-load", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser(parents=[common], name="eval", help="score samples against a reference (FID, IS, KID, precision/recall)")
+    p = sub.add_parser(parents=[common], name="eval",
+                       help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
@@ -204,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(parents=[common], name="suite", help="run an ablation suite (matrix of runs) and build its report")
+    p = sub.add_parser(parents=[common], name="suite",
+                       help="run an ablation suite (matrix of runs) and build its report")
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
-    p.add_argument("--parallel", type=int, default=None, help="local launcher: runs at a time (one GPU each; default 1)")
+    p.add_argument("--parallel", type=_positive_int, default=None, help="local launcher: runs at a time (one GPU each; default 1)")
     # launcher options (slurm helper)
     p.add_argument("--launcher", default=None, help="where runs start: local (default), slurm or a plugin's "
                    "(overrides the suite file's launcher.name)")
@@ -218,15 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set one launcher parameter, e.g. --launcher-set gpus_per_run=8 (repeatable)")
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")
+    p = sub.add_parser(parents=[common], name="report",
+                       help="rebuild a suite's report.md, results.csv and plots")
     p.add_argument("suite_dir", help="runs/<suite name>")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(parents=[common], name="cache-latents", help="encode a dataset once with the config's VAE")
+    p = sub.add_parser(parents=[common], name="cache-latents",
+                       help="encode a dataset once with the config's VAE")
     _config_args(p)
     p.set_defaults(func=cmd_cache_latents)
 
-    p = sub.add_parser(parents=[common], name="export", help="export a run's weights in hub layout (safetensors, config, model card)")
+    p = sub.add_parser(parents=[common], name="export",
+                       help="export a run's weights in hub layout (safetensors, config, model card)")
     p.add_argument("run", help="run directory (its newest checkpoint) or checkpoint file")
     p.add_argument("--out", required=True, help="new folder to write")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
@@ -236,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(parents=[common], name="push", help="upload an exported folder to the Hugging Face hub")
+    p = sub.add_parser(parents=[common], name="push",
+                       help="upload an exported folder to the Hugging Face hub")
     p.add_argument("folder", help="folder written by dtr export")
     p.add_argument("repo_id", help="hub repo ORG/NAME (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
@@ -248,18 +282,60 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"dtr: warning: {message}", file=sys.stderr)
 
 
+#: errno -> what the one line says about the path
+_OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose another output_dir",
+              errno.ENOTDIR: "a part of this path is a file, not a folder; choose another output_dir / name",
+              errno.EEXIST: "already exists; choose another output_dir / name / --out",
+              errno.EACCES: "permission denied; choose a folder you can write to",
+              errno.EROFS: "read-only file system; choose a folder you can write to",
+              errno.EISDIR: "is a folder, not a file"}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """The one line for an OSError the user can fix (full disk, a file where a folder goes, ...), else None."""
+    what = _OS_ERRORS.get(exc.errno or -1)
+    if what is None:
+        return None
+    where = exc.filename if exc.filename is not None else "(while writing)"
+    return f"{where}: {what} ({exc.strerror or os.strerror(exc.errno or 0)})"
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader went away (``dtr plugins | head``): send the rest to /dev/null, no traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # --help / --version into a closed pipe
+        _quiet_stdout()
+        return 141
     if not args.debug:
         warnings.showwarning = _one_line_warning
     try:
-        return int(args.func(args) or 0)
+        result = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return result
     except UserError as exc:
         if args.debug:
             raise
         print(f"dtr: error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, like a command killed by the closed pipe
+    except OSError as exc:
+        line = _os_error_line(exc)
+        if args.debug or line is None:
+            raise
+        print(f"dtr: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dtr: interrupted", file=sys.stderr)
         return 130

@@ -6,16 +6,39 @@ line naming the file, the key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import os
+import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError, UserError
-from .plugins import PluginRegistry, default_registry, format_validation_error
+from .plugins import PluginRegistry, default_registry, format_validation_error, validate_params
 from .routing import check_routing_site, declared_backbone_class
-from .tracking import KIND as TRACKER_KIND, check_trackers
+from .tracking import KIND as TRACKER_KIND
+from .tracking import check_trackers
+
+#: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
+PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+
+#: ``train.device`` values: ``auto`` (cuda:LOCAL_RANK when CUDA is available, else cpu), ``cpu``,
+#: ``cuda`` (cuda:LOCAL_RANK), ``cuda:N``, ``mps`` (Apple GPUs)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:[0-9]+|mps")
+DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N, mps"
+
+
+def check_path_component(value: Any, key: str) -> str:
+    """``value`` if it is one path component (letters, digits, ``._-``; not ``.`` or ``..``), else a one-line
+    :class:`ConfigError` naming ``key``. Run names and run ids go through it, so nothing lands outside
+    the output folder."""
+    if not isinstance(value, str) or not PATH_COMPONENT.fullmatch(value) or value in (".", ".."):
+        raise ConfigError(f"{key}: {value!r} is not a valid name (one path component: letters, digits, '.', '_', "
+                          f"'-'; not '.' or '..')")
+    return value
 
 
 class _Strict(BaseModel):
@@ -70,7 +93,14 @@ class TrainConfig(_Strict):
                                   "may change on --resume")
     num_workers: int = Field(0, ge=0)
     compile: bool = False
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field("auto", description=DEVICES_ALLOWED)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"unknown device {value!r} (allowed: {DEVICES_ALLOWED})")
+        return value
 
 
 class SampleConfig(_Strict):
@@ -83,9 +113,15 @@ class SampleConfig(_Strict):
     num_samples: int = Field(1000, ge=1)
     batch_size: int = Field(256, ge=1)
 
+    @field_validator("respacing", mode="before")
+    @classmethod
+    def _count_as_text(cls, value: Any) -> Any:
+        """``respacing: 250`` (a YAML integer) means the string ``"250"``."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])
+    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])  # type: ignore[arg-type]
     feature_extractor: str = "inception-v3-compat"
     weights_path: str | None = None
     reference: str | None = Field(None, description="dataset:NAME, a folder or an .npz; default: the training data")
@@ -153,6 +189,14 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
 
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, value: str) -> str:
+        try:
+            return check_path_component(value, "name")
+        except ConfigError as exc:
+            raise ValueError(str(exc).partition(": ")[2]) from None
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -166,17 +210,51 @@ PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can f
                    "data": "dataset"}
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``1e-4`` as a float (as YAML 1.2 does)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: let PyYAML report it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused and ``1e-4`` read as a float (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """``yaml.safe_load`` a file; a missing file or malformed YAML is one line naming the file (and line)."""
+    """Parse a YAML file; a missing file, non-UTF-8 bytes, malformed YAML or a duplicate key is one line
+    naming the file (and the line)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -184,19 +262,61 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}{where}: malformed YAML: {problem}") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides; values are parsed as YAML (``1e-4``, ``true``, ``[1, 2]``, ``{name: dtr}``)."""
+#: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
+SWITCHABLE_SECTIONS = ("diffusion", "backbone", "routing", "loss_weighting", "data", "codec")
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set",
+                    notes: list[str] | None = None) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides; values are parsed as YAML (``1e-4``, ``true``, ``[1, 2]``, ``{name: dtr}``).
+
+    ``--set routing.name=random`` on a config whose routing is ``dtr`` replaces the whole section: the new
+    plugin's defaults plus the params given by ``--set``; one line saying what was dropped goes to
+    ``notes`` (when given, else to stderr)."""
+    original = data
     data = copy.deepcopy(data)
+    keys: list[str] = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{source}: override '{item}' is not of the form key.path=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"{source}: override '{item}': value is not valid YAML") from None
         set_dotted(data, key.strip(), value, source=source)
+        keys.append(key.strip())
+    said: list[str] = []
+    for section in SWITCHABLE_SECTIONS:
+        _switch_plugin(original, data, section, keys, source, said)
+    if notes is None:
+        _print_notes(said)
+    else:
+        notes.extend(said)
     return data
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        for note in notes:
+            print(f"dtr: note: {note}", file=sys.stderr)
+
+
+def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,
+                   notes: list[str]) -> None:
+    before, after = original.get(section), data.get(section)
+    if not isinstance(before, dict) or not isinstance(after, dict) or f"{section}.name" not in keys:
+        return
+    old, new = before.get("name"), after.get("name")
+    if old is None or old == new or section in keys:  # the whole section given by --set: taken as is
+        return
+    explicit = {k.split(".", 2)[1] for k in keys if k.startswith(f"{section}.") and k.count(".") >= 1}
+    dropped = [k for k in before if k != "name" and k not in explicit]
+    data[section] = {k: v for k, v in after.items() if k == "name" or k in explicit}
+    if dropped:
+        shown = ", ".join(f"{section}.{k}={before[k]!r}" for k in dropped)
+        notes.append(f"{source} {section}.name={new} replaces {old!r}: dropped {shown}; {new!r} starts from its "
+                     f"defaults")
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
@@ -213,22 +333,26 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set"
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = (), registry: PluginRegistry | None = None) -> ExperimentConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = (),
+                registry: PluginRegistry | None = None) -> ExperimentConfig:
     """Read, override and validate a run config; raises :class:`ConfigError` with one line per mistake."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    data = apply_overrides(data, overrides)
-    return config_from_dict(data, source=str(path), registry=registry)
+    notes: list[str] = []
+    data = apply_overrides(data, overrides, notes=notes)
+    cfg = config_from_dict(data, source=str(path), registry=registry)
+    _print_notes(notes)  # only for a config that is valid
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>",
                      registry: PluginRegistry | None = None) -> ExperimentConfig:
     """Validate a config mapping (already loaded); ``source`` names it in error messages."""
     try:
-        cfg = ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {format_validation_error(exc, ExperimentConfig)}") from None
+        cfg = validate_params(ExperimentConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         return resolve_plugins(cfg, registry or default_registry())
     except UserError as exc:
@@ -237,7 +361,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>",
 
 def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> ExperimentConfig:
     """Check every plugin section against its plugin and fill in the plugin's defaults."""
-    updates: dict[str, PluginSection] = {}
+    updates: dict[str, Any] = {}
+    process_cls: Any = None  # set by the diffusion section, the first of PLUGIN_SECTIONS
     for section, kind in PLUGIN_SECTIONS.items():
         current: PluginSection = getattr(cfg, section)
         info = registry.get(kind, current.name) if current.name in registry.names(kind) else None
@@ -283,6 +408,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
 def _resolve_trackers(log: LogConfig, registry: PluginRegistry) -> LogConfig:
     """Each ``log.trackers`` entry: a known tracker, its package installed, its params filled in."""
     check_trackers([t.name for t in log.trackers], registry)
-    resolved = [PluginSection(name=t.name, **registry.get(TRACKER_KIND, t.name).validate(t.params, where=f"log.trackers.{i}")
-                              .model_dump(mode="json")) for i, t in enumerate(log.trackers)]
+    resolved = [PluginSection(name=t.name, **registry.get(TRACKER_KIND, t.name)
+                              .validate(t.params, where=f"log.trackers.{i}").model_dump(mode="json"))
+                for i, t in enumerate(log.trackers)]
     return log.model_copy(update={"trackers": resolved})

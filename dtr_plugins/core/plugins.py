@@ -8,18 +8,18 @@ that every registration is attributed to its plugin.
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.metadata as md
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any, TypeVar
 
 import pluggy
 from pydantic import BaseModel, ValidationError
 
 from . import hookspecs
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, UserError, first_line
 
 ENTRY_POINT_GROUP = "dtr_plugins"
 
@@ -38,7 +38,7 @@ KINDS: dict[str, str] = {
 
 
 class PluginLoadWarning(UserWarning):
-    """A plugin module could not be imported; the others still load."""
+    """A plugin module could not be imported, or its registration hook raised; the others still load."""
 
 
 class _NoParams(BaseModel):
@@ -60,14 +60,26 @@ class PluginInfo:
 
     def validate(self, params: dict[str, Any], *, where: str = "") -> BaseModel:
         """Validate ``params`` against the plugin's model; errors name the key and what is allowed."""
-        try:
-            return self.params.model_validate(params)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, self.params, prefix=where)) from None
+        return validate_params(self.params, params, where)
+
+    @property
+    def origin(self) -> str:
+        """``plugin 'module' (distribution NAME)``, for error messages."""
+        return f"plugin '{self.plugin}' (distribution {self.distribution or 'unknown'})"
 
     def build(self, **params: Any) -> Any:
+        """Call the factory with validated params. A factory that raises anything but a :class:`UserError`
+        (a bug in the plugin) is one :class:`PluginError` line naming the plugin and its distribution."""
         validated = self.validate(params, where=f"{self.kind} '{self.name}'")
-        return self.factory(**validated.model_dump())
+        try:
+            return self.factory(**validated.model_dump())
+        except UserError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+                raise
+            raise PluginError(f"{self.kind} '{self.name}' of {self.origin} failed to build: {first_line(exc)} "
+                              f"(a bug in the plugin; --debug shows the traceback)") from exc
 
     def as_dict(self) -> dict[str, str | None]:
         return {"kind": self.kind, "name": self.name, "distribution": self.distribution,
@@ -78,10 +90,33 @@ def parse_params(model: type[BaseModel], params: dict[str, Any], where: str = ""
     """``model.model_validate(params)``; a mistake is a one-line :class:`ConfigError` naming the key.
 
     Plugin constructors call it so that their defaults live only in their params model."""
+    return validate_params(model, params, where)
+
+
+#: pydantic error types of a value that only lax mode turns into a number or a boolean
+_LAX_ONLY = {"int_type": "an integer", "float_type": "a number", "bool_type": "a boolean"}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_params(model: type[M], params: Any, where: str = "") -> M:
+    """``model.model_validate(params)`` with strict numbers and booleans: ``true`` is not ``1``, ``"3"`` is
+    not ``3`` and ``1`` is not ``true`` (an integer is still a float). Any mistake is one
+    :class:`ConfigError` line naming the key, the value and what is allowed."""
     try:
-        return model.model_validate(params)
+        validated = model.model_validate(params)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
+    try:
+        model.model_validate(params, strict=True)
+    except ValidationError as exc:  # lax mode accepted it: refuse only what strict numbers/booleans refuse
+        for err in exc.errors():
+            if err["type"] in _LAX_ONLY and isinstance(err.get("input"), (bool, int, float, str)):
+                key = ".".join(p for p in (where, ".".join(str(x) for x in err["loc"])) if p)
+                raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
+                                  f"({type(err['input']).__name__})") from None
+    return validated
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
@@ -89,11 +124,13 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(p for p in (prefix, ".".join(loc)) if p)
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         msg = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+    hidden = (err["type"] in ("missing", "extra_forbidden")
+              or (err["type"] == "value_error" and repr(err.get("input")) in msg))
+    shown = "" if hidden else f" (got {err.get('input')!r})"
     more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     return f"{key}: {msg}{shown}{more}"
 
@@ -151,41 +188,58 @@ def build_registry(modules: Iterable[ModuleType | tuple[ModuleType, str | None, 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     origin: dict[str, tuple[str | None, str | None]] = {}
+    label: dict[str, str] = {}  # plugin name -> how warnings name it (its entry point)
     failures: list[str] = []
 
-    def add(module: ModuleType, dist: str | None, version: str | None) -> None:
+    def add(module: ModuleType, dist: str | None, version: str | None, where: str | None = None) -> None:
         name = module.__name__
         if pm.has_plugin(name):
             return
         pm.register(module, name=name)
         origin[name] = (dist, version)
+        label[name] = f"{where or f'plugin module {name!r}'} from distribution '{dist or 'unknown'}'"
 
     if entry_points:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             dist, version = _distribution_of(ep)
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not take the others down
+            except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not take the others down
                 msg = (f"plugin entry point '{ep.name} = {ep.value}' from distribution "
                        f"'{dist or 'unknown'}' failed to import: {type(exc).__name__}: {exc}")
                 failures.append(msg)
                 warnings.warn(msg, PluginLoadWarning, stacklevel=2)
                 continue
-            add(module, dist, version)
+            add(module, dist, version, f"plugin entry point '{ep.name} = {ep.value}'")
     for item in modules or ():
         module, dist, version = item if isinstance(item, tuple) else (item, None, None)
         add(module, dist, version)
 
     registry = PluginRegistry(failures=failures)
+    broken: set[str] = set()
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():  # registration order (pluggy calls them in reverse)
+            if impl.plugin_name in broken:
+                continue
             dist, version = origin.get(impl.plugin_name, (None, None))
-            impl.function(register=_registrar(registry, kind, impl.plugin_name, dist, version))
+            try:
+                impl.function(register=_registrar(registry, kind, impl.plugin_name, dist, version))
+            except UserError:  # duplicate or nameless registrations: refused outright
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken third-party hook must not take the others down
+                broken.add(impl.plugin_name)
+                for key in [k for k, p in registry.plugins.items() if p.plugin == impl.plugin_name]:
+                    del registry.plugins[key]  # nothing half-registered
+                msg = (f"{label.get(impl.plugin_name, repr(impl.plugin_name))} failed to register "
+                       f"({hook_name}): {first_line(exc)}")
+                failures.append(msg)
+                warnings.warn(msg, PluginLoadWarning, stacklevel=2)
     return registry
 
 
-def _registrar(registry: PluginRegistry, kind: str, plugin: str, dist: str | None, version: str | None):
+def _registrar(registry: PluginRegistry, kind: str, plugin: str, dist: str | None,
+               version: str | None) -> Callable[..., None]:
     def register(name: str, factory: Callable[..., Any], params: type[BaseModel] | None = None,
                  description: str = "") -> None:
         if not isinstance(name, str) or not name:

@@ -13,19 +13,27 @@ section is given (its shorthand); else ``identity`` (pixels). A backbone whose c
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from dtr_plugins.codecs.latent_cache import (CacheSettings, LatentCacheDataset, cache_key, cache_root, draw_latents,
-                                             is_complete, write_cache)
+from dtr_plugins.codecs.latent_cache import (
+    CacheSettings,
+    LatentCacheDataset,
+    cache_key,
+    cache_root,
+    draw_latents,
+    is_complete,
+    write_cache,
+)
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
-from dtr_plugins.core.errors import ConfigError, PluginError
+from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.process import DiffusionProcess
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
@@ -35,7 +43,7 @@ IDENTITY = "identity"
 __all__ = ["CodecSpec", "Components", "ModelInput", "codec_spec", "build_codec", "build_strategy_from",
            "build_model", "build_routing_plan", "build_diffusion", "build_loss_weighting", "build_dataset",
            "build_components", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
-           "backbone_input_space"]
+           "backbone_input_space", "validate_run"]
 
 
 # ----------------------------------------------------------------------------------------- codec
@@ -150,10 +158,40 @@ def build_strategy_from(cfg: ExperimentConfig, registry: PluginRegistry | None =
 def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
                        registry: PluginRegistry | None = None) -> RoutingPlan:
     """The routing plan of ``cfg.routing`` for layers of the given widths (no model needed)."""
+    registry = registry or default_registry()
     strategy = build_strategy_from(cfg, registry)
     process = build_diffusion(cfg, registry)  # the process says what a routing task is (index or continuous u)
-    return RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
-                       continuous=process.continuous_tasks(strategy), site=cfg.routing.site)
+    try:
+        plan = RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
+                           continuous=process.continuous_tasks(strategy), site=cfg.routing.site)
+    except UserError:
+        raise
+    except Exception as exc:  # a strategy whose mask_table raises: a bug in its plugin
+        info = registry.get("strategy", cfg.routing.name)
+        raise PluginError(f"routing.name: strategy '{info.name}' of {info.origin} failed to build its mask tables: "
+                          f"{first_line(exc)}") from exc
+    _check_no_empty_rows(cfg, plan)
+    return plan
+
+
+def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
+    """A task that gets no channels in a routed layer skips every routed block there: refuse the plan."""
+    for table, layers in plan.tables():
+        empty = ~table.any(dim=1)
+        if not bool(empty.any()):
+            continue
+        width = int(table.shape[1])
+        tasks = int(empty.sum())
+        if "beta" in cfg.routing.params:  # dtr and random: floor(beta * C) channels per task
+            smallest = math.ceil(10_000 / width) / 10_000
+            while math.floor(smallest * width) < 1:
+                smallest += 1e-4
+            raise ConfigError(f"routing.beta: {cfg.routing.params['beta']} gives {tasks} of {plan.num_tasks} tasks no "
+                              f"channels in routed layers of width {width}; the smallest allowed value for that width "
+                              f"is {smallest:.4g}")
+        raise ConfigError(f"routing: {plan.strategy_repr} gives {tasks} of {plan.num_tasks} tasks no channels in "
+                          f"routed layers of width {width} (layers {layers}); every routed block "
+                          f"would be skipped for them")
 
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
@@ -301,3 +339,128 @@ def build_components(cfg: ExperimentConfig, registry: PluginRegistry | None = No
     return Components(cfg, codec, model, diffusion, weighting, dataset, model_input)
 
 
+
+
+# ------------------------------------------------------------------------------------ validation
+def check_device(name: str, local_rank: int = 0) -> None:
+    """ConfigError (one line, the allowed values) unless ``train.device`` exists on this machine."""
+    from dtr_plugins.core.config import DEVICES_ALLOWED
+
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or local_rank)
+        if count == 0:
+            raise ConfigError(f"train.device: {name!r} but this machine has no CUDA device; use auto or cpu "
+                              f"(allowed: {DEVICES_ALLOWED})")
+        if index >= count:
+            raise ConfigError(f"train.device: {name!r} needs cuda:{index} but this machine has {count} CUDA "
+                              f"device(s) (cuda:0..cuda:{count - 1}); allowed: {DEVICES_ALLOWED}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: 'mps' but this machine has no MPS device; use auto or cpu "
+                          f"(allowed: {DEVICES_ALLOWED})")
+
+
+def _check_sizes(cfg: ExperimentConfig, model: Backbone, info: PluginInfo) -> None:
+    """Pixel backbones: ``data.image_size`` and the data's channels against the backbone's input."""
+    if backbone_input_space(info) != "pixels" or "image_size" not in cfg.data.params:
+        return
+    size, channels = cfg.data.params["image_size"], int(cfg.data.params.get("channels", 3))
+    if size != model.input_size:
+        raise ConfigError(f"data.image_size: {size} but backbone '{cfg.backbone.name}' expects {model.input_size}px "
+                          f"images (backbone.input_size); make them equal")
+    if channels != model.in_channels:
+        raise ConfigError(f"data: '{cfg.data.name}' gives {channels}-channel images but backbone.in_channels is "
+                          f"{model.in_channels}; set data.channels or backbone.in_channels to match")
+
+
+def _check_guidance(cfg: ExperimentConfig, model: Backbone) -> None:
+    scale = cfg.sample.cfg_scale
+    if scale == 1.0:
+        return
+    if (model.num_classes or 0) <= 1:
+        raise ConfigError(f"sample.cfg_scale: {scale:g} needs a class-conditional backbone, but backbone "
+                          f"'{cfg.backbone.name}' has num_classes={model.num_classes}; use sample.cfg_scale: 1.0")
+    if model.null_class is None:
+        raise ConfigError(f"sample.cfg_scale: {scale:g} needs a null class (label dropout), which backbone "
+                          f"'{cfg.backbone.name}' was built without; use sample.cfg_scale: 1.0")
+
+
+def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool = True) -> None:
+    from .evaluation.metrics import check_eval_settings
+    from .feature_extractors import resolve_inception_weights
+
+    name = cfg.eval.feature_extractor
+    known = registry.names("feature_extractor")
+    if name not in known:
+        raise ConfigError(f"eval.feature_extractor: unknown feature extractor {name!r} "
+                          f"(known: {', '.join(known) or 'none installed'})")
+    if not (cfg.eval.at_end or cfg.eval.every):
+        return  # no evaluation during training
+    check_eval_settings(cfg.eval, cfg.eval.num_samples)
+    if not machine:
+        return
+    try:
+        if name == "inception-v3-compat":  # never downloaded: its weights must be here before training starts
+            resolve_inception_weights(cfg.eval.weights_path)
+        elif cfg.eval.weights_path and not Path(cfg.eval.weights_path).expanduser().is_file():
+            raise ConfigError(f"weights file {cfg.eval.weights_path!r} not found")
+    except UserError as exc:
+        raise ConfigError(f"eval.weights_path: {exc} (or set eval.at_end: false and eval.every: 0)") from None
+
+
+def _check_output(cfg: ExperimentConfig, run_dir: str | Path | None) -> None:
+    """The output folder and the run folder must be folders (or not exist yet)."""
+    paths = [("output_dir", Path(cfg.output_dir))]
+    paths.append(("--run-dir", Path(run_dir)) if run_dir is not None else ("name", Path(cfg.output_dir) / cfg.name))
+    for key, path in paths:
+        for part in (path, *path.parents):
+            if part.exists() and not part.is_dir():
+                raise ConfigError(f"{key}: {str(part)!r} is a file, not a folder; choose another {key}")
+
+
+def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
+                 run_dir: str | Path | None = None, machine: bool = True) -> None:
+    """Everything :func:`~dtr_plugins.engine.train.train` would find before its first step, at tiny cost and
+    without writing anything: the device exists, the global batch splits over the ranks, the codec fits
+    the backbone, the backbone (built on the meta device) fits the data sizes, the routing plan gives every
+    task channels, guidance has a null class, the respacing fits the process, the evaluation settings and
+    their prerequisites (Inception weights) are there, and the output paths are folders.
+
+    ``dtr validate`` and ``dtr train`` (on every rank, before the process group) call it.
+    ``machine=False`` (``dtr validate --config-only``) checks the config alone, not this machine: no device,
+    weights-file, codec (hub VAE) or output-folder checks; a latent backbone is then not built.
+    Raises :class:`ConfigError` / :class:`PluginError` (one line)."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion, space_timesteps
+
+    registry = registry or default_registry()
+    if machine:
+        check_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
+    check_composition(cfg, registry)
+    process = build_diffusion(cfg, registry)
+    if isinstance(process, GaussianDiffusion):
+        try:
+            space_timesteps(process.num_timesteps, cfg.sample.respacing)
+        except ConfigError as exc:
+            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
+    build_loss_weighting(cfg, registry)
+    _check_eval(cfg, registry, machine)
+    info = registry.get("backbone", cfg.backbone.name)
+    if machine:
+        _check_output(cfg, run_dir)
+    elif backbone_input_space(info) == "latents":
+        return  # its geometry comes from the codec, which may need a download
+    spec = codec_spec(cfg)
+    params, _ = _backbone_params(cfg, info, spec, None, registry)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = info.build(**params)
+    if not isinstance(model, RoutedBackbone):
+        raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
+                          f"{type(model).__name__}")
+    _check_contract(model, Backbone, "backbone", info)
+    backbone = cast(Backbone, model)
+    _check_sizes(cfg, backbone, info)
+    build_routing_plan(cfg, model.routed_channels(), registry)
+    _check_guidance(cfg, backbone)

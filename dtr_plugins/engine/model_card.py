@@ -121,8 +121,8 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
     if layout_note:
         lines += [layout_note, ""]
     lines += _metrics_section(record, evaluation)
-    lines += ["## Use", "", "```bash", f"dtr sample hf://{repo_hint} --num 64 --out samples/{name}",
-              "dtr sample path/to/this/folder --num 64 --out samples/local", "```", "", "```python",
+    lines += ["## Use", "", "```bash", f"dtr sample hf://{repo_hint} --num-samples 64 --out samples/{name}",
+              "dtr sample path/to/this/folder --num-samples 64 --out samples/local", "```", "", "```python",
               "import dtr_plugins as dp", f'model, cfg, codec = dp.from_pretrained("{repo_hint}")  # or a local folder',
               "from dtr_plugins.engine.sample import generate",
               "images, labels = generate(model, dp.build_diffusion(cfg), cfg, 16, codec=codec)  # uint8 NHWC",

@@ -36,7 +36,7 @@ from dtr_plugins.core.plugins import PluginRegistry
 from dtr_plugins.core.routing import routed_units
 
 from . import distributed
-from .compose import build_components
+from .compose import build_components, validate_run
 from .rundir import RunDir, RunLocked
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
@@ -199,6 +199,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     """
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
 
+    validate_run(cfg, registry, run_dir=run_dir)  # every rank, before any collective or write
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     held = contextlib.ExitStack()

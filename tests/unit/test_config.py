@@ -14,6 +14,7 @@ routing: {name: dtr, alpha: 4.0, beta: 0.8}
 diffusion: {steps: 100, schedule: linear, learn_sigma: true}
 data: {name: digits, image_size: 8}
 train: {steps: 10, batch_size: 8}
+eval: {at_end: false}
 """
 
 
@@ -57,7 +58,7 @@ BAD = [
     ("override without =", GOOD, ["routing.beta"], "override 'routing.beta' is not of the form key.path=value"),
     ("override into a value", GOOD, ["name.x=1"], "--set: name is not a section"),
     ("not a mapping", "- a\n- b\n", [], "expected a mapping of sections, got list"),
-    ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:9: malformed YAML"),
+    ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:10: malformed YAML"),
     ("learn_sigma conflict", GOOD, ["backbone.learn_sigma=false"],
      "backbone.learn_sigma: False disagrees with diffusion.learn_sigma"),
 ]
