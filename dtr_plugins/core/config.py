@@ -61,6 +61,8 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads of this process (torch.set_num_threads); "
+                                "None: torch's default")
 
 
 class SampleConfig(_Strict):

@@ -24,6 +24,7 @@ from dtr_plugins.core.plugins import PluginRegistry
 from . import distributed
 from .compose import build_components
 from .rundir import RunDir
+from .sample import check_guidance
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
@@ -107,6 +108,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     """
     from dtr_plugins.core.checkpoint import load_checkpoint
 
+    distributed.set_threads(cfg.train.threads)
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     try:
@@ -120,6 +122,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         parts = build_components(cfg, registry, device=d.device)
+        if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
+            check_guidance(parts.model, cfg.sample.cfg_scale, "sample.cfg_scale")
         state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
         if start_ckpt is not None:
             state.load(load_checkpoint(parts.model, start_ckpt, use_ema=False, allow_unsafe=allow_unsafe_load))
