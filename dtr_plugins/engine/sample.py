@@ -124,7 +124,7 @@ def _rank_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, al
                    "cfg_channels": cfg.sample.cfg_channels if scale != 1.0 else None, "eta": cfg.sample.eta,
                    "clip_denoised": bool(cfg.sample.clip_denoised and codec.bounded), "num_samples": num,
                    "seed": seed, "batch_size": batch, "world_size": d.world_size,
-                   "precision": _PRECISION.get(dtype, str(dtype)),
+                   "sample_precision": _PRECISION.get(dtype, str(dtype)),
                    "device": str(d.device)})
     return chunks
 
