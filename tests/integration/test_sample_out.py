@@ -134,3 +134,50 @@ def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_pat
     assert np.array_equal(np.load(two / "samples.npz")["labels"], np.load(single / "samples.npz")["labels"])
     assert json.loads((two / "samples.json").read_text())["world_size"] == 2
     assert not (two / "shards").exists() and not list(tmp_path.glob("two.partial-*"))
+
+
+GATHER = """\
+import sys
+import numpy as np
+from dtr_plugins.engine import distributed
+from dtr_plugins.engine.sample import generate, load_run
+
+d = distributed.setup("cpu")
+cfg, model, diffusion, _ = load_run(sys.argv[1], device="cpu")
+record = {}
+images, labels = generate(model, diffusion, cfg, 10, dist=d, progress=False, record=record)
+if d.is_main:
+    np.save(sys.argv[2], images)
+else:
+    assert images.shape == (0,), images.shape  # only rank 0 receives the images
+assert record["world_size"] == 2 and len(labels) == 10
+distributed.teardown(d)
+"""
+
+
+def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
+    script = write(tmp_path / "gather.py", GATHER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(script), str(runs["cond"]), str(tmp_path / "images.npy")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single = tmp_path / "single"
+    dp.sample(runs["cond"], num=10, out=single, progress=False)
+    assert np.array_equal(np.load(tmp_path / "images.npy"), np.load(single / "samples.npz")["arr_0"])
+
+
+@pytest.mark.filterwarnings("ignore:FID from 8 samples")
+def test_training_time_eval_records_the_applied_values(tmp_path):
+    path = write(tmp_path / "tiny.yaml", TINY)
+    cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "data={name: digits, image_size: 8}",
+                                          "backbone.num_classes=10", "sample.cfg_scale=2.0",
+                                          "eval={num_samples: 8, feature_extractor: digits-classifier}"])
+    run_dir = dp.train(cfg, progress=False)
+    final = json.loads((run_dir / "eval.json").read_text())
+    assert {k: final[k] for k in ("step", "cfg_scale", "guidance", "cfg_channels", "model_evaluations_per_image",
+                                  "num_samples", "seed", "weights", "world_size", "sample_precision")} == {
+        "step": 2, "cfg_scale": 2.0, "guidance": True, "cfg_channels": "all", "model_evaluations_per_image": 4,
+        "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
+    info = json.loads((run_dir / "samples" / "samples.json").read_text())
+    assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 4
