@@ -181,3 +181,14 @@ def test_training_time_eval_records_the_applied_values(tmp_path):
         "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
     info = json.loads((run_dir / "samples" / "samples.json").read_text())
     assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 4
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_eval_takes_device_and_threads(runs, run_cli, tmp_path):
+    out = tmp_path / "s"
+    assert run_cli("sample", str(runs["cond"]), "--num", "4", "--out", str(out), "--threads", "1")[0] == 0
+    code, _, err = run_cli("eval", "--samples", str(out / "samples.npz"), "--ref", "dataset:digits",
+                           "--feature-extractor", "digits-classifier", "--device", "cpu", "--threads", "1",
+                           "--out", str(tmp_path / "eval.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval.json").read_text())["device"] == "cpu"
