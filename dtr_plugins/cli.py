@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .core.errors import UserError
+from .core.errors import UserError, user_message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,9 +119,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_suite(args) -> int:
+    from .engine.launchers import parse_launcher_settings
     from .engine.suite import run_suite
 
-    run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel, overrides=args.overrides,
+    run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel,
+              launcher=args.launcher, wait=args.wait, cancel=args.cancel,  # launcher options: slurm helper
+              launcher_settings=parse_launcher_settings(args.launcher_set), overrides=args.overrides,
               rerun_changed=args.rerun_changed, progress_every=args.progress_every)
     return 0
 
@@ -223,14 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
-    p.add_argument("--parallel", type=int, default=1,
-                   help="runs at a time (one GPU each; without GPUs each gets cpu_count/N threads)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="local launcher: runs at a time (one GPU each, or cpu_count/N threads each without GPUs; "
+                   "default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of every run, after the suite's set: (repeatable)")
     p.add_argument("--rerun-changed", action="store_true",
                    help="runs whose config changed since they ran: move them to <id>.stale-<fp8> and train anew")
-    p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
-                   help="print each running run's step every SECONDS (default 30)")
+    p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                   help="local launcher: print each running run's step every SECONDS (default 30)")
+    # launcher options (slurm helper)
+    p.add_argument("--launcher", default=None, help="where runs start: local (default), slurm or a plugin's "
+                   "(overrides the suite file's launcher.name)")
+    p.add_argument("--wait", action="store_true", help="with a scheduler (slurm): wait for the jobs, then report")
+    p.add_argument("--cancel", action="store_true", help="cancel the suite's queued and running jobs")
+    p.add_argument("--launcher-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one launcher parameter, e.g. --launcher-set gpus_per_run=8 (repeatable)")
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser(parents=[common], name="report", help="rebuild a suite's report.md, results.csv and plots")
@@ -273,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"dtr: error: {exc}", file=sys.stderr)
+        print(f"dtr: error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("dtr: interrupted", file=sys.stderr)

@@ -326,8 +326,10 @@ class ADMUNet(RoutedBackbone):
         return [layer for stage in self._stages() for layer in stage
                 if isinstance(layer, ResBlock) or (isinstance(layer, AttentionBlock) and layer.routed)]
 
-    def routed_channels(self) -> list[int]:
-        """Input width of every routed layer in forward order (decoder ResBlocks: after the concatenation)."""
+    def routed_channels(self, site: str = "input") -> list[int]:
+        """Input width of every routed layer in forward order (decoder ResBlocks: after the concatenation).
+        ``input`` is this backbone's only routing site; another raises ConfigError."""
+        self.check_site(site)
         return list(self._routed_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, format_validation_error
-from .tracking import KIND as TRACKER_KIND, check_trackers  # helper "trackers"
+from .routing import check_routing_site, declared_backbone_class
+from .tracking import KIND as TRACKER_KIND, check_trackers
 
 
 class _Strict(BaseModel):
@@ -36,6 +37,13 @@ class ProcessSection(PluginSection):
     """flow: the ``diffusion`` section, a plugin section whose ``name`` defaults to ``gaussian``."""
 
     name: str = "gaussian"
+
+
+class RoutingSection(PluginSection):
+    """``routing: {name: <strategy>, site: <routing site>, **params}``; ``site`` is not a strategy param."""
+
+    site: str = Field("input", description="where the table acts: a routing site of the backbone "
+                      "(input: block inputs, the published DTR; dit: heads, mlp, heads_mlp)")
 
 
 class DiffusionConfig(_Strict):
@@ -133,7 +141,7 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     output_dir: str = "runs"
     backbone: PluginSection
-    routing: PluginSection = Field(default_factory=lambda: PluginSection(name="vanilla"))
+    routing: RoutingSection = Field(default_factory=lambda: RoutingSection(name="vanilla"))
     diffusion: ProcessSection = Field(default_factory=ProcessSection)
     loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
     data: PluginSection
@@ -246,8 +254,8 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
                 raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
                                   f"diffusion.learn_sigma {learn_sigma!r}; {hint}")
         validated = info.validate(params, where=section)
-        section_cls = ProcessSection if section == "diffusion" else PluginSection
-        updates[section] = section_cls(name=current.name, **validated.model_dump(mode="json"))
+        fixed = current.model_dump(exclude=set(params))  # name, and routing.site
+        updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
         if section == "diffusion":
             process_cls = info.factory
     if cfg.codec is not None:
@@ -266,6 +274,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
                            sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)
     updates["log"] = _resolve_trackers(cfg.log, registry)
+    backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
+    if backbone is not None:
+        check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)
     return cfg.model_copy(update=updates)
 
 

@@ -60,8 +60,9 @@ class Backbone(Protocol):
             (filled in by the composition root when its params leave them unset; refused when they
             disagree); a pixel backbone refuses a non-identity codec.
 
-    ``routed_channels()`` lists the width of every routed layer in forward order (it must not depend on
-    the weights); ``attach_routing(plan)`` receives the :class:`~dtr_plugins.core.routing.RoutingPlan`
+    ``routed_channels(site)`` lists the unit count (channels at the ``input`` site) of every routed layer in
+    forward order (it must not depend on the weights); ``routing_sites`` (class attribute) names the sites a
+    routing may act on; ``attach_routing(plan)`` receives the :class:`~dtr_plugins.core.routing.RoutingPlan`
     built for those widths.
     """
 
@@ -72,7 +73,7 @@ class Backbone(Protocol):
     @property
     def null_class(self) -> int | None: ...
 
-    def routed_channels(self) -> list[int]: ...
+    def routed_channels(self, site: str = "input") -> list[int]: ...
 
     def attach_routing(self, plan: Any) -> None: ...
 

@@ -30,3 +30,19 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     text = lines[0] if lines else ""
     text = text if len(text) <= limit else text[:limit - 3] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line to show for ``exc``: its message, or -- for an error that torch re-raised from a
+    DataLoader worker or pin-memory thread, whose message is ``"Caught DataError in DataLoader worker
+    process 0.\\nOriginal Traceback ..."`` -- the first line of the original error's message.
+    Other messages are returned unchanged."""
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        cls = type(exc)
+        heads = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+        for line in reversed(text.splitlines()):
+            for head in heads:
+                if line.startswith(head):
+                    return line[len(head):].strip()
+    return text

@@ -47,7 +47,8 @@ def dtr_register_backbones(register: Callable[..., None]) -> None:
 
     A backbone's factory returns a :class:`dtr_plugins.core.routing.RoutedBackbone`: a module called as
     ``model(x, t, y=None)`` with ``in_channels``, ``input_size``, ``num_classes`` and ``null_class``, that
-    declares the channel count of each routed layer through ``routed_channels()`` and receives its
+    declares the unit count of each routed layer at a routing site through ``routed_channels(site)``
+    (``routing_sites`` lists its sites; ``input`` is every backbone's) and receives its
     :class:`RoutingPlan` through ``attach_routing(plan)``. A backbone on codec latents sets the class
     attribute ``input_space = "latents"``.
 
@@ -134,4 +135,14 @@ def dtr_register_trackers(register):
             install command when the tracker's package is absent (checked by ``dtr validate``).
             ``params`` is a pydantic model of the tracker's settings (``log.trackers: [{name: wandb,
             project: x}]``); ``description`` is the line ``dtr plugins`` shows.
+    """
+
+
+# --- launchers (slurm helper) ---------------------------------------------------------------------
+@hookspec
+def dtr_register_launchers(register):
+    """Register suite launchers (where the runs of a suite are started: ``local``, ``slurm``, a site's own).
+
+    A launcher's factory returns a :class:`dtr_plugins.engine.launchers.Launcher`: ``launch(suite_root,
+    runs)``, ``active(suite_root, runs)``, ``wait(...)`` and ``cancel(...)`` over run directories.
     """

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "feature_extractor": "dtr_register_feature_extractors",
     "process": "dtr_register_processes",  # flow: diffusion processes (gaussian, flow_matching)
     "tracker": "dtr_register_trackers",  # experiment trackers (tensorboard, wandb, mlflow)
+    "launcher": "dtr_register_launchers",  # slurm helper
 }
 
 

@@ -4,15 +4,27 @@ The plan holds one ``bool`` buffer per *distinct* table (DTR gives every layer o
 table, so a DiT has one), gathers the rows for a batch of timesteps once per forward pass, and hands
 them to the blocks as arguments. Layers whose table is all ``True`` (vanilla) get ``None`` and run the
 plain block: no mask op at all. There is no global state and no walk over the module tree.
+
+Routing sites: a backbone declares where a strategy's table may act (:attr:`RoutedBackbone.routing_sites`).
+``input`` (every backbone, the default) masks block inputs channel by channel, as published. Sites that
+route *units of work* (DiT's attention heads and MLP hidden units) can also run only the active units:
+when a whole batch shares one timestep, :meth:`RoutingPlan.active_units` tells each block which units to
+slice out of its weights (:class:`ActiveUnits`) instead of masking a dense computation.
 """
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from .errors import PluginError
+from .errors import ConfigError, PluginError
+
+#: the site every backbone has: block inputs, masked channel by channel (the published DTR)
+INPUT_SITE = "input"
 
 
 def routed_residual(x: torch.Tensor, mask: torch.Tensor | None,
@@ -25,20 +37,65 @@ def routed_residual(x: torch.Tensor, mask: torch.Tensor | None,
     return x + branch(x if mask is None else x * mask)
 
 
+@dataclass(frozen=True)
+class ActiveUnits:
+    """The units one routed layer runs at one shared timestep (the sliced execution path).
+
+    ``start``/``stop`` give the units ``[start, stop)`` when they are contiguous (DTR's window: weight
+    slices are views, nothing is copied); otherwise ``index`` is a ``[count]`` int64 tensor of unit
+    indices on the model's device (weights are gathered with ``index_select``).
+    """
+
+    count: int
+    total: int
+    start: int = 0
+    stop: int = 0
+    index: torch.Tensor | None = None
+
+    def take(self, weight: torch.Tensor, dim: int, unit_size: int = 1) -> torch.Tensor:
+        """The slices of ``weight`` along ``dim`` that belong to the active units, in unit order.
+
+        ``weight.shape[dim]`` must be ``total * unit_size`` (each unit owns ``unit_size`` consecutive
+        entries, e.g. the ``head_dim`` rows of one attention head). Returns a view when contiguous.
+        """
+        if self.index is None:
+            return weight.narrow(dim, self.start * unit_size, (self.stop - self.start) * unit_size)
+        index = self.index
+        if unit_size > 1:
+            index = (index[:, None] * unit_size + torch.arange(unit_size, device=index.device)).reshape(-1)
+        return weight.index_select(dim, index)
+
+
+def shared_timestep(t: torch.Tensor) -> int | None:
+    """The timestep every element of ``t`` (``[N]``) shares, or None when they differ (one host sync)."""
+    if t.numel() == 1:
+        return int(t.reshape(-1)[0])
+    lo, hi = torch.aminmax(t.reshape(-1))
+    lo, hi = torch.stack([lo, hi]).tolist()
+    return int(lo) if lo == hi else None
+
+
 class RoutingPlan(nn.Module):
     """Mask tables for a list of routed layers, deduplicated by content.
 
     Args:
         strategy: an object with ``mask_table(num_tasks, channels, *, layer, num_layers)``.
-        layer_channels: channel count of each routed layer, in forward order.
+        layer_channels: unit count of each routed layer at ``site`` (channels at ``input``), in forward
+            order, as given by ``model.routed_channels(site)``.
         num_tasks: number of training timesteps ``T``.
+        site: the routing site the tables act on (a name the backbone declares).
+        slice_shared: at sites that support it, run only the active units when a batch shares one
+            timestep (sampling); False always uses the masked dense path (for tests and benchmarks).
     """
 
-    def __init__(self, strategy: Any, layer_channels: Sequence[int], num_tasks: int, continuous: Any = None):
+    def __init__(self, strategy: Any, layer_channels: Sequence[int], num_tasks: int, continuous: Any = None, *,
+                 site: str = INPUT_SITE, slice_shared: bool = True):
         super().__init__()
         # flow: float times -> tasks u in [0, 1] (a core.continuous_routing.ContinuousTasks); None: index only
         self.continuous = continuous
         self.strategy_repr = repr(strategy)
+        self.site = str(site)
+        self.slice_shared = bool(slice_shared)
         self.num_tasks = int(num_tasks)
         self.layer_channels = [int(c) for c in layer_channels]
         self.layer_table: list[int | None] = []
@@ -60,6 +117,8 @@ class RoutingPlan(nn.Module):
             # Not persistent: tables follow from the config, so checkpoints keep the official layout.
             self.register_buffer(f"table_{index}", table, persistent=False)
         self.num_tables = len(tables)
+        # Host copies for active_units(): which units a shared timestep runs, without a device sync.
+        self._host_tables = [table.numpy().copy() for table in tables]
 
     @property
     def is_dense(self) -> bool:
@@ -85,8 +144,32 @@ class RoutingPlan(nn.Module):
         rows = [self.table(i).index_select(0, t).to(dtype) for i in range(self.num_tables)]
         return [None if j is None else rows[j] for j in self.layer_table]
 
+    def active_units(self, t: int, device: torch.device | str | None = None) -> list[ActiveUnits | None]:
+        """The active units of every layer at one timestep ``t`` (host int): None where all units run.
+
+        One :class:`ActiveUnits` per distinct table, shared by its layers. Contiguous rows (DTR) become
+        ``start``/``stop``; others an index tensor on ``device``.
+        """
+        if not 0 <= t < self.num_tasks:
+            raise IndexError(f"timestep {t} outside the plan's {self.num_tasks} tasks")
+        chosen: list[ActiveUnits | None] = []
+        for host in self._host_tables:
+            row = host[t]
+            idx = np.flatnonzero(row)
+            if len(idx) == len(row):
+                chosen.append(None)
+            elif len(idx) == 0:
+                chosen.append(ActiveUnits(count=0, total=len(row)))
+            elif idx[-1] - idx[0] + 1 == len(idx):
+                chosen.append(ActiveUnits(count=len(idx), total=len(row), start=int(idx[0]), stop=int(idx[-1]) + 1))
+            else:
+                index = torch.from_numpy(idx.astype(np.int64)).to(device)
+                chosen.append(ActiveUnits(count=len(idx), total=len(row), index=index))
+        return [None if j is None else chosen[j] for j in self.layer_table]
+
     def extra_repr(self) -> str:
-        return f"strategy={self.strategy_repr}, tasks={self.num_tasks}, layers={len(self.layer_table)}, tables={self.num_tables}"
+        return (f"strategy={self.strategy_repr}, site={self.site}, tasks={self.num_tasks}, "
+                f"layers={len(self.layer_table)}, tables={self.num_tables}")
 
 
 def _check_table(table: Any, num_tasks: int, channels: int, who: str) -> None:
@@ -99,21 +182,30 @@ def _check_table(table: Any, num_tasks: int, channels: int, who: str) -> None:
 class RoutedBackbone(nn.Module):
     """Base class of backbones: declares routed layers and receives the plan built for them.
 
-    Subclasses implement ``routed_channels()`` and ``forward(x, t, y=None)``; in ``forward`` they call
-    ``self.layer_masks(t, x.dtype)`` once and pass each block its row (or None). The full contract
-    (``in_channels``, ``input_size``, ``num_classes``, ``null_class``) is
-    :class:`dtr_plugins.core.contracts.Backbone`.
+    Subclasses implement ``routed_channels(site)`` and ``forward(x, t, y=None)``; in ``forward`` they call
+    ``self.layer_masks(t, x.dtype)`` once and pass each block its row (or None). A backbone with more
+    routing sites than ``input`` lists them in ``routing_sites``. The full contract (``in_channels``,
+    ``input_size``, ``num_classes``, ``null_class``) is :class:`dtr_plugins.core.contracts.Backbone`.
     """
+
+    #: where a routing may act; ``input`` (block inputs, the published DTR) is the default of every config
+    routing_sites: ClassVar[tuple[str, ...]] = (INPUT_SITE,)
 
     #: "pixels": works on images (identity codec); "latents": on a codec's latents, whose shape sets
     #: ``in_channels`` and ``input_size`` (see :mod:`dtr_plugins.engine.compose`).
     input_space: ClassVar[Literal["pixels", "latents"]] = "pixels"
 
-    def routed_channels(self) -> list[int]:
+    def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
+        """Unit count of every routed layer at ``site``, in forward order (channels at ``input``)."""
         raise NotImplementedError
 
+    def check_site(self, site: str) -> None:
+        """Raise :class:`ConfigError` (one line, the allowed sites) unless this backbone declares ``site``."""
+        check_routing_site(type(self), site)
+
     def attach_routing(self, plan: RoutingPlan) -> None:
-        if len(plan.layer_table) != len(self.routed_channels()):
+        self.check_site(plan.site)
+        if len(plan.layer_table) != len(routed_units(self, plan.site)):
             raise ValueError("routing plan was built for a different list of routed layers")
         self.add_module("routing", plan)
 
@@ -125,5 +217,33 @@ class RoutedBackbone(nn.Module):
         """Mask rows per routed layer; all None when no plan is attached (the plain model)."""
         plan = self.plan
         if plan is None:
-            return [None] * len(self.routed_channels())
+            return [None] * len(routed_units(self, INPUT_SITE))
         return plan.gather(t, dtype)
+
+
+def declared_backbone_class(factory: Any) -> type[RoutedBackbone] | None:
+    """The RoutedBackbone class a backbone factory builds: the factory itself, or its annotated return type
+    (None when neither says, e.g. an unannotated function: its routing site is then checked at build)."""
+    cls = factory
+    if not isinstance(factory, type):
+        try:
+            cls = typing.get_type_hints(factory).get("return")
+        except Exception:  # unresolvable annotations: nothing declared
+            return None
+    return cls if isinstance(cls, type) and issubclass(cls, RoutedBackbone) else None
+
+
+def check_routing_site(backbone: type[RoutedBackbone], site: str, name: str | None = None) -> None:
+    """``routing.site`` must be one of ``backbone.routing_sites``; else one :class:`ConfigError` line."""
+    sites = backbone.routing_sites
+    if site not in sites:
+        label = f"backbone '{name}'" if name else f"backbone {backbone.__name__}"
+        raise ConfigError(f"routing.site: {site!r} is not a routing site of {label} (allowed: {', '.join(sites)})")
+
+
+def routed_units(model: Any, site: str = INPUT_SITE) -> list[int]:
+    """``model.routed_channels(site)``; at the ``input`` site also for backbones written before routing
+    sites existed, whose ``routed_channels()`` takes no argument."""
+    if site == INPUT_SITE:
+        return list(model.routed_channels())
+    return list(model.routed_channels(site))

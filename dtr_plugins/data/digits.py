@@ -46,6 +46,7 @@ class Digits(Dataset):
     """Images in [-1, 1] as float ``[channels, image_size, image_size]`` with their digit label."""
 
     num_classes = 10
+    classes = [str(d) for d in range(10)]  # label i is the digit i
 
     def __init__(self, image_size: int = 8, channels: int = 1, split: str = "train", random_flip: bool = False):
         from sklearn.datasets import load_digits

@@ -48,6 +48,7 @@ class Synthetic(Dataset):
         noise = 0.05 * torch.randn(num_samples, channels, image_size, image_size, generator=gen)
         self.images = (wave[:, None].expand(-1, channels, -1, -1) + noise).clamp(-1, 1)
         self.num_classes = num_classes
+        self.classes = [str(k) for k in range(num_classes)]
 
     def __len__(self) -> int:
         return len(self.images)

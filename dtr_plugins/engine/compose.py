@@ -28,7 +28,7 @@ from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_memb
 from dtr_plugins.core.errors import ConfigError, PluginError
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.process import DiffusionProcess
-from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
+from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
 
 IDENTITY = "identity"
 
@@ -153,7 +153,7 @@ def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
     strategy = build_strategy_from(cfg, registry)
     process = build_diffusion(cfg, registry)  # the process says what a routing task is (index or continuous u)
     return RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
-                       continuous=process.continuous_tasks(strategy))
+                       continuous=process.continuous_tasks(strategy), site=cfg.routing.site)
 
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
@@ -177,7 +177,7 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
         raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
                           f"{type(model).__name__}")
     _check_contract(model, Backbone, "backbone", info)
-    model.attach_routing(build_routing_plan(cfg, model.routed_channels(), registry))
+    model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry))
     return model
 
 

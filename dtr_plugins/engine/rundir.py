@@ -5,9 +5,11 @@
     <run>/
       config.yaml          resolved config, as run
       meta.json            versions, git commit, device, world size, times, routed layer widths
+      classes.json         the dataset's label space: {"num_classes", "classes" (name of each label), "labels_used"}
       metrics.jsonl        one line per log step, plus one per evaluation ({"step", "eval"})
       status.json          suite bookkeeping: {"state": running|done|failed, ...}
       train.log            a suite run's captured output
+      config.sha256        a suite run's config fingerprint (suites rerun a run whose config changed)
       checkpoints/0002000.pt
       samples/             images/, grid.png, samples.npz, samples.json
       eval.json            the final evaluation
@@ -51,6 +53,10 @@ class RunDir:
         return self.path / "meta.json"
 
     @property
+    def classes_path(self) -> Path:
+        return self.path / "classes.json"
+
+    @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
@@ -61,6 +67,10 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.path / "train.log"
+
+    @property
+    def fingerprint_path(self) -> Path:
+        return self.path / "config.sha256"
 
     @property
     def eval_path(self) -> Path:
@@ -109,6 +119,10 @@ class RunDir:
 
     def write_meta(self, meta: dict[str, Any]) -> Path:
         return write_json(self.meta_path, meta)
+
+    def write_classes(self, classes: dict[str, Any]) -> Path:
+        """``classes.json`` (:func:`dtr_plugins.core.labels.class_map`)."""
+        return write_json(self.classes_path, classes)
 
     def update_meta(self, **fields: Any) -> Path:
         return self.write_meta({**self.read_meta(), **fields})

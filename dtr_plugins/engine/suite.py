@@ -16,13 +16,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +33,9 @@ from dtr_plugins.core.config import (
 )
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.io import write_json, write_text
-from dtr_plugins.core.plugins import format_validation_error
+from dtr_plugins.core.plugins import default_registry, format_validation_error
 
+from .launchers import RunSpec, launcher_from_section
 from .rundir import RunDir
 
 
@@ -53,6 +48,7 @@ class SuiteFile(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     eval: dict[str, Any] = Field(default_factory=dict)
     output_dir: str = "runs"
+    launcher: dict[str, Any] = Field(default_factory=lambda: {"name": "local"})  # see engine/launchers
 
 
 @dataclass
@@ -79,6 +75,7 @@ class Suite:
     path: Path
     root: Path
     runs: list[PlannedRun] = field(default_factory=list)
+    launcher: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
 
 
 # ------------------------------------------------------------------------------------------- ids
@@ -187,7 +184,7 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         if key in spec.matrix:
             raise ConfigError(f"--set {item}: {key} is a matrix key of {path}; it cannot be set for every run")
     root = Path(spec.output_dir) / spec.name
-    suite = Suite(name=spec.name, path=path, root=root)
+    suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher))
     keys = list(spec.matrix)
     seen: dict[str, int] = {}
     labels_of = {k: axis_labels(k, spec.matrix[k]) for k in keys}
@@ -234,11 +231,10 @@ def run_state(run_dir: Path) -> str:
 
 
 def recorded_fingerprint(run_dir: Path) -> str | None:
-    """The fingerprint a run was trained with: ``status.json``'s, else that of its ``config.yaml``."""
+    """The fingerprint a run was started with (``<run>/config.sha256``), else that of its ``config.yaml``."""
     run = RunDir(run_dir)
-    fp = run.read_status().get("fingerprint")
-    if fp:
-        return str(fp)
+    if run.fingerprint_path.exists():
+        return run.fingerprint_path.read_text().strip()
     if run.config_path.exists():
         try:
             return config_fingerprint(config_from_dict(read_yaml(run.config_path), source=str(run.config_path)))
@@ -270,97 +266,51 @@ def _move_aside(run_dir: Path, old_fp: str) -> Path:
     return stale
 
 
-def last_step(metrics_path: Path) -> int | None:
-    """The newest ``step`` in a metrics.jsonl (its last 8 KiB), or None."""
-    if not metrics_path.exists():
-        return None
-    with open(metrics_path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 8192))
-        tail = f.read().decode(errors="replace").splitlines()
-    for line in reversed(tail):
-        try:
-            step = json.loads(line).get("step")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(step, int):
-            return step
-    return None
+def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int | None = None,
+              report: bool = True, registry=None, launcher: str | None = None, wait: bool = False,
+              cancel: bool = False, wait_timeout_s: float | None = None,
+              launcher_settings: dict[str, Any] | None = None, overrides: Sequence[str] = (),
+              rerun_changed: bool = False, progress_every: float | None = None) -> Path:
+    """Start every planned run that is neither finished nor queued, then build the report; returns the suite folder.
 
-
-def _error_line(log_path: Path, returncode: int) -> str:
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()[-200:] if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("dtr: error:")]
-    if errors:
-        return errors[-1][len("dtr: error:"):].strip()
-    lines = [ln for ln in lines if "warning" not in ln.lower()]
-    return lines[-1] if lines else f"exit status {returncode}"
-
-
-def _launch(run: PlannedRun, suite: Suite, gpu: int | None, threads: int | None = None,
-            progress_every: float = 30.0) -> dict[str, Any]:
-    """Train one run in a child process; its stdout and stderr stream into ``train.log`` as they come,
-    and every ``progress_every`` seconds one line gives its step (from metrics.jsonl) out of train.steps."""
-    rd = RunDir(suite.root / run.id)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    config_path = suite.root / "configs" / f"{run.id}.yaml"
-    write_text(config_path, run.config.to_yaml())
-    resume = rd.has_checkpoints()
-    cmd = [sys.executable, "-m", "dtr_plugins", "train", str(config_path), "--run-dir", str(rd.path)]
-    if resume:
-        cmd.append("--resume")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    elif threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)  # CPU runs side by side share the cores
-        cmd += ["--threads", str(threads)]
-    fp = run.fingerprint
-    rd.write_status({"state": "running", "resumed": resume, "fingerprint": fp, "threads": threads})
-    print(f"start    {run.id} (log: {rd.log_path})", flush=True)
-    started = time.time()
-    total = run.config.train.steps
-    with open(rd.log_path, "a", buffering=1) as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        while True:
-            try:
-                proc.wait(timeout=progress_every)
-                break
-            except subprocess.TimeoutExpired:
-                step = last_step(rd.metrics_path)
-                print(f"running  {run.id}: step {step if step is not None else 0}/{total} "
-                      f"({time.time() - started:.0f}s, log: {rd.log_path})", flush=True)
-    seconds = round(time.time() - started, 1)
-    if proc.returncode == 0:
-        status = {"state": "done", "seconds": seconds, "resumed": resume}
-    else:
-        status = {"state": "failed", "seconds": seconds, "returncode": proc.returncode,
-                  "error": _error_line(rd.log_path, proc.returncode)}
-    rd.write_status({**status, "fingerprint": fp, "threads": threads})
-    return status
-
-
-def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int = 1,
-              report: bool = True, registry=None, overrides: Sequence[str] = (), rerun_changed: bool = False,
-              progress_every: float = 30.0) -> Path:
-    """Run every planned run that is not finished yet, then build the report; returns the suite folder.
+    ``launcher`` overrides the suite file's ``launcher.name`` (``local`` by default). A blocking launcher
+    (``local``) returns when the runs ended; a scheduler (``slurm``) returns after submitting, unless
+    ``wait``. ``launcher_settings`` override parameters of the launcher section. ``cancel`` cancels the
+    suite's live jobs instead of starting anything. ``overrides`` (``--set``) apply to every run.
 
     Refuses (ConfigError, before any run starts) when a finished or resumable run's recorded config
-    fingerprint differs from the planned one, unless ``rerun_changed``: then the old folder is moved to
-    ``<id>.stale-<fp8>`` and the run trains anew. With ``parallel > 1`` on a machine without GPUs each
-    child gets ``cpu_count // parallel`` threads (``--threads``).
+    fingerprint (``<run>/config.sha256``) differs from the planned one, unless ``rerun_changed``: then the
+    old folder is moved to ``<id>.stale-<fp8>`` and the run trains anew. ``progress_every`` (local
+    launcher): seconds between the progress lines of each running run.
     """
     suite = load_suite(path, registry=registry, overrides=overrides)
     runs = [r for r in suite.runs if only is None or fnmatch.fnmatch(r.id, only)]
     if only is not None and not runs:
         raise UserError(f"--only {only!r} matches none of: {', '.join(r.id for r in suite.runs)}")
+    section = dict(suite.launcher)
+    if parallel is not None and (launcher or section.get("name", "local")) == "local":
+        own = section if section.get("name", "local") == "local" else {}
+        section = {"name": "local", **own, "parallel": parallel}
+    if progress_every is not None and (launcher or section.get("name", "local")) == "local":
+        section = {**section, "progress_every": progress_every}
+    launchers = registry if registry is not None and registry.names("launcher") else default_registry()
+    runner = launcher_from_section(section, override=launcher, registry=launchers,
+                                   where=str(suite.path), settings=launcher_settings)
+    specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     changed = changed_runs(suite, runs)
     if dry_run:
+        live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
         stale = {r.id for r, _ in changed}
         for r in runs:
             state = "changed" if r.id in stale else run_state(suite.root / r.id)
-            print(f"{state:8s} {r.id}")
+            print(f"{state:8s} {r.id}" + (f" ({live[r.id]})" if r.id in live else ""))
         return suite.root
+    if cancel:
+        cancelled = runner.cancel(suite.root, list(specs.values()))
+        print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+        return suite.root
+    live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
+    changed = [(r, old) for r, old in changed if r.id not in live]  # a queued job is not moved under its feet
     if changed and not rerun_changed:
         names = ", ".join(f"{r.id} ({old[:8]} -> {r.fingerprint[:8]})" for r, old in changed)
         raise ConfigError(f"{suite.path}: {len(changed)} run(s) exist with a different config: {names}; pass "
@@ -371,34 +321,29 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     write_json(suite.root / "suite.json", {"name": suite.name, "file": str(suite.path),
                                            "runs": [{"id": r.id, "group": r.group, "assignment": r.assignment,
                                                      "fingerprint": r.fingerprint} for r in suite.runs]})
-    todo = [r for r in runs if run_state(suite.root / r.id) != "done"]
+    todo = []
     for r in runs:
-        if r not in todo:
+        if run_state(suite.root / r.id) == "done":
             print(f"skip     {r.id} (finished)")
-    gpus = _gpu_count()
-    width = max(1, parallel)
-    lock = threading.Lock()
-    free_gpus = list(range(gpus))
-
-    def work(run: PlannedRun) -> tuple[PlannedRun, dict[str, Any]]:
-        gpu = None
-        if gpus and width > 1:
-            with lock:
-                gpu = free_gpus.pop(0) if free_gpus else None
-        threads = max(1, (os.cpu_count() or 1) // width) if not gpus and width > 1 else None
-        try:
-            status = _launch(run, suite, gpu, threads, progress_every)
-        finally:
-            if gpu is not None:
-                with lock:
-                    free_gpus.append(gpu)
-        tail = f" ({status['error']})" if status["state"] == "failed" else f" in {status['seconds']}s"
-        print(f"{status['state']:8s} {run.id}{tail}", flush=True)
-        return run, status
-
-    with ThreadPoolExecutor(max_workers=width) as pool:
-        results = list(pool.map(work, todo))
-    failed = [r.id for r, s in results if s["state"] == "failed"]
+        elif r.id in live:
+            print(f"skip     {r.id} ({live[r.id]})")
+        else:
+            todo.append(r)
+    for r in todo:
+        write_text(specs[r.id].config_path, r.config.to_yaml())
+        write_text(RunDir(specs[r.id].run_dir).fingerprint_path, r.fingerprint + "\n")
+    results = runner.launch(suite.root, [specs[r.id] for r in todo])
+    if not runner.blocking:
+        if not wait:
+            print(f"{len(results)} run(s) submitted, {len(live)} still queued or running; rerun `dtr suite` to see "
+                  f"their states and resubmit failed ones, `dtr report {suite.root}` to report what has finished")
+            return suite.root
+        runner.wait(suite.root, list(specs.values()), timeout_s=wait_timeout_s)
+    states = {r.id: run_state(suite.root / r.id) for r in runs}
+    for r in runs:
+        if not runner.blocking:
+            print(f"{states[r.id]:8s} {r.id}")
+    failed = [rid for rid, state in states.items() if state != "done"]
     if report:
         from .report import build_report
 
@@ -407,9 +352,3 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log; rerun the suite to retry)")
     return suite.root
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()

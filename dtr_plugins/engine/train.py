@@ -11,15 +11,18 @@ import datetime as _dt
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 from torch.utils.data import DataLoader
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.labels import check_label_space, class_map
 from dtr_plugins.core.plugins import PluginRegistry
+from dtr_plugins.core.routing import routed_units
 
 from . import distributed
 from .compose import build_components
@@ -122,6 +125,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         parts = build_components(cfg, registry, device=d.device)
+        num_classes = cast(Backbone, parts.model).num_classes
+        check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
         if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
             check_guidance(parts.model, cfg.sample.cfg_scale, "sample.cfg_scale")
         state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
@@ -131,8 +136,9 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         if d.is_main:
             rd.path.mkdir(parents=True, exist_ok=True)
             rd.write_config(cfg.to_yaml())
+            rd.write_classes(class_map(parts.dataset, num_classes))
             meta = run_meta(d, cfg)
-            meta["routed_channels"] = parts.model.routed_channels()  # the report draws masks from these
+            meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
             if resume and rd.meta_path.exists():
                 meta["resumed_from_step"] = state.step
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)

@@ -1,7 +1,8 @@
 """Evaluation inputs: image folders, ``.npz`` files, ``uint8`` arrays and dataset plugins as one :class:`ImageSet`.
 
 Every input is served to the feature extractor as ``uint8`` RGB tensors ``[3, H, W]`` (torch-fidelity's input
-format); grayscale is expanded to RGB. All images of one input must share one size.
+format); grayscale is expanded to RGB. All images of one input must share one size. Image files are decoded
+by :mod:`dtr_plugins.core.decode` (16-bit and float images scaled, not clipped; alpha composited on white).
 
 - A folder is read recursively (class subfolders, as in the ``image_folder`` layout), in sorted path order;
   files and folders whose names start with ``.`` are skipped.
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dtr_plugins.core.decode import IMAGE_SUFFIXES, image_header, read_rgb_array
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.engine.feature_extractors import EvalError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: npz keys that may hold the samples' class labels, in the order they are looked for
 LABEL_KEYS = ("labels", "arr_1")
 IN_MEMORY_LIMIT = 1 << 28  # dataset references up to 256 MiB of uint8 pixels are materialized
@@ -58,14 +59,8 @@ class FolderImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
         path = self.files[index]
-        try:
-            with Image.open(path) as img:
-                arr = np.asarray(img.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{path}: cannot read image: {exc}") from None
+        arr = read_rgb_array(path)
         if arr.shape[:2] != self.size:
             raise DataError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the others {self.size[1]}x{self.size[0]}")
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
@@ -164,18 +159,12 @@ def iter_image_files(root: Path) -> Iterator[Path]:
 
 def folder_images(path: Path) -> ImageSet:
     """All images under ``path`` (recursively); headers are checked here, so a broken file fails at once."""
-    from PIL import Image
-
     files = list(iter_image_files(path))
     if not files:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or its subfolders")
     size = first = None
     for f in files:
-        try:
-            with Image.open(f) as img:
-                w, h = img.size
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{f}: cannot read image: {exc}") from None
+        w, h = image_header(f)
         if size is None:
             size, first = (h, w), f
         elif (h, w) != size:

@@ -14,11 +14,13 @@ For a dataset whose parameters include ``image_size``, an unset ``image_size`` d
 Content identity (:attr:`Reference.key`): reference statistics are cached by what determines them, never by
 a name or path alone.
 
-- a folder: every image file under it (recursively) by relative path, size and modification time;
+- a folder: every image file under it (recursively) by relative path, size and modification time, and the
+  version of the image decoder (:data:`dtr_plugins.core.decode.DECODER_VERSION`);
 - an ``.npz``: its size and modification time; an array: the SHA-256 of its bytes and its shape;
 - a dataset: its name, every validated parameter, the plugin's distribution and version, and, for each
   string parameter that names a data location (``path``, ``root``, or a name ending in ``_path``, ``_dir``
-  or ``_root``) and exists, the fingerprint of that file or folder (every file under it, recursively).
+  or ``_root``) and exists, the fingerprint of that file or folder (every file under it, recursively), and
+  the image decoder's version.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dtr_plugins.core.decode import DECODER_VERSION
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.engine.evaluation.inputs import (
     DatasetImages,
@@ -171,7 +174,10 @@ def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=Non
         raise DataError(f"reference {spec}: no such file or folder (or write dataset:NAME for a dataset plugin)")
     if not (path.is_dir() or path.suffix.lower() == ".npz"):
         raise DataError(f"reference {spec}: expected a folder of images, an .npz file or dataset:NAME")
-    return Reference(spec, fingerprint_path(path), path.stem or "ref", lambda: load_images(path))
+    content: dict[str, Any] = dict(fingerprint_path(path))
+    if path.is_dir():
+        content["decoder"] = DECODER_VERSION
+    return Reference(spec, content, path.stem or "ref", lambda: load_images(path))
 
 
 def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Reference:
@@ -189,7 +195,7 @@ def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Ref
     locations = {k: fingerprint_path(Path(v).expanduser()) for k, v in validated.items()
                  if isinstance(v, str) and _is_location(k) and os.path.exists(Path(v).expanduser())}
     key = {"dataset": name, "params": validated, "distribution": info.distribution, "version": info.version,
-           "data": locations}
+           "data": locations, "decoder": DECODER_VERSION}
 
     def load() -> ImageSet:
         images = DatasetImages(info.factory(**validated), f"reference {label}")

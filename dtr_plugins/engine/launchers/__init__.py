@@ -1,0 +1,82 @@
+"""Launchers: where and how the runs of a suite are started (a plugin kind).
+
+A launcher is built from the suite file's ``launcher:`` section (or ``dtr suite --launcher NAME``) through
+the ``dtr_register_launchers`` hook. The suite engine hands it the runs that are neither finished nor
+already queued; it starts them, reports which runs have a live job, waits and cancels. Every launcher
+keeps the run directory contract: ``<suite>/<run id>/`` holds the run's checkpoints and a ``status.json``
+whose ``state`` is ``running``, ``done`` or ``failed``; a run with checkpoints is started with ``--resume``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+
+from dtr_plugins.core.errors import ConfigError, PluginError, UserError
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run to start: its id, its run directory and the resolved config file to train from."""
+
+    id: str
+    run_dir: Path
+    config_path: Path
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """What the suite engine needs from a launcher."""
+
+    #: ``True`` when :meth:`launch` returns only after the runs ended (a local pool); ``False`` when it
+    #: submits them to a scheduler and returns at once.
+    blocking: bool
+
+    def launch(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
+        """Start ``runs``; returns run id -> its record (the final status, or the job it was submitted as)."""
+
+    def active(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
+        """Run id -> a one-line description of its live job (queued or running), for runs that have one."""
+
+    def wait(self, suite_root: Path, runs: Sequence[RunSpec], timeout_s: float | None = None) -> None:
+        """Block until none of ``runs`` has a live job (raises ``TimeoutError`` after ``timeout_s``)."""
+
+    def cancel(self, suite_root: Path, runs: Sequence[RunSpec]) -> list[str]:
+        """Cancel the live jobs of ``runs``; returns the ids of the runs whose job was cancelled."""
+
+
+def launcher_from_section(section: dict[str, Any] | None, *, override: str | None, registry, where: str,
+                          settings: dict[str, Any] | None = None) -> Launcher:
+    """Build the launcher named by ``override`` (the CLI) or by the suite file's ``launcher.name``.
+
+    The section's parameters are used when it names the same launcher as the override; a launcher chosen
+    only on the command line gets its documented defaults. ``settings`` (``--launcher-set KEY=VALUE``)
+    override single parameters. Errors name the file and the key.
+    """
+    section = dict(section or {})
+    file_name = section.pop("name", "local")
+    name = override or file_name
+    params = {**(section if name == file_name else {}), **(settings or {})}
+    try:
+        info = registry.get("launcher", name)
+    except PluginError as exc:  # unknown launcher (known: ...)
+        raise ConfigError(f"{where}: launcher.name: {exc}") from None
+    validated = info.validate(params, where=f"{where}: launcher")
+    return info.factory(**validated.model_dump())
+
+
+def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs of ``dtr suite --launcher-set``, values read as YAML (``gpus_per_run=8``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--launcher-set {item!r}: expected KEY=VALUE, e.g. gpus_per_run=8")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--launcher-set {item!r}: the value is not valid YAML") from None
+    return out
