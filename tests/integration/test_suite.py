@@ -220,7 +220,7 @@ def test_changed_config_is_not_skipped_refused_then_rerun_changed(tmp_path, run_
     path = suite_file(tmp_path, "name: fp\nset: {train.steps: 2}\nmatrix: {seed: [0, 1]}\n")
     root = run_suite(path, report=False)
     capsys.readouterr()
-    old_fp = json.loads((root / "seed0" / "status.json").read_text())["fingerprint"]
+    old_fp = (root / "seed0" / "config.sha256").read_text().strip()
     suite = load_suite(path)
     assert old_fp == suite.runs[0].fingerprint and suite.runs[0].fingerprint != suite.runs[1].fingerprint
     run_suite(path, report=False)  # unchanged: skipped
@@ -239,7 +239,7 @@ def test_changed_config_is_not_skipped_refused_then_rerun_changed(tmp_path, run_
     stale = root / f"seed0.stale-{old_fp[:8]}"
     assert f"stale    seed0 -> {stale.name}" in out and (stale / "checkpoints" / "0000002.pt").exists()
     assert sorted(p.name for p in (root / "seed0" / "checkpoints").iterdir()) == ["0000003.pt"]
-    new_fp = json.loads((root / "seed0" / "status.json").read_text())["fingerprint"]
+    new_fp = (root / "seed0" / "config.sha256").read_text().strip()
     assert new_fp == load_suite(path).runs[0].fingerprint != old_fp
     # a change of the base config file counts the same way
     write(tmp_path / "base.yaml", BASE.replace("respacing: ddim4", "respacing: ddim3"))
