@@ -51,6 +51,15 @@ def _load(args):
     return cfg
 
 
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    _threads_arg(p)
+
+
 def cmd_plugins(args) -> int:
     from .core.plugins import default_registry
 
@@ -96,6 +105,8 @@ def cmd_masks(args) -> int:
 def cmd_train(args) -> int:
     from .engine.train import train
 
+    if args.threads is not None:
+        args.overrides = [*args.overrides, f"train.threads={args.threads}"]
     cfg = _load(args)  # train() runs validate_run on every rank before the process group
     run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
     if run_dir is not None:
@@ -108,7 +119,8 @@ def cmd_sample(args) -> int:
 
     out = sample(args.source, num=args.num_samples, out=args.out, sampler=args.sampler, respacing=args.respacing,
                  cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
-                 use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load)
+                 use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load, overwrite=args.overwrite,
+                 device=args.device, threads=args.threads)
     if out is not None:
         print(f"samples: {out}")
     return 0
@@ -116,10 +128,12 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from .core.io import write_json
+    from .engine.distributed import set_threads
     from .engine.evaluate import evaluate
 
+    set_threads(args.threads)
     result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
-                      weights_path=args.weights)
+                      weights_path=args.weights, device=args.device)
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
@@ -131,7 +145,8 @@ def cmd_suite(args) -> int:
 
     run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel,
               launcher=args.launcher, wait=args.wait, cancel=args.cancel,  # launcher options: slurm helper
-              launcher_settings=parse_launcher_settings(args.launcher_set))
+              launcher_settings=parse_launcher_settings(args.launcher_set), overrides=args.overrides,
+              rerun_changed=args.rerun_changed, progress_every=args.progress_every)
     return 0
 
 
@@ -201,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
+    _threads_arg(p)
     p.add_argument("--allow-unsafe-load", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_train)
@@ -210,8 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="run directory, checkpoint file, folder written by dtr export (or a diffusers DiT "
                    "folder/pipeline) or hub id hf://ORG/NAME[@REVISION]")
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default 64)")
-    p.add_argument("--out", default=None, help="output folder (default <run>/samples; required for an exported "
-                   "folder or hub id)")
+    p.add_argument("--out", default=None, help="new output folder (default <run>/samples/step<N>-<sampler><steps>-"
+                   "cfg<s>-seed<k>-n<num>; required for an exported folder or hub id)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds files (once the new set is complete)")
+    _device_args(p)
     p.add_argument("--sampler", default=None, help="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
     p.add_argument("--respacing", default=None, help='timestep respacing, e.g. "250" or "ddim50"; flow: the step count')
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
@@ -231,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-extractor", default="inception-v3-compat")
     p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
     p.add_argument("--out", required=True, help="JSON file to write")
+    _device_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(parents=[common], name="suite",
@@ -238,7 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file (YAML)")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--only", default=None, help="run only ids matching this glob pattern")
-    p.add_argument("--parallel", type=_positive_int, default=None, help="local launcher: runs at a time (one GPU each; default 1)")
+    p.add_argument("--parallel", type=_positive_int, default=None,
+                   help="local launcher: runs at a time (one GPU each, or cpu_count/N threads each without GPUs; "
+                   "default 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value of every run, after the suite's set: (repeatable)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="runs whose config changed since they ran: move them to <id>.stale-<fp8> and train anew")
+    p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                   help="local launcher: print each running run's step every SECONDS (default 30)")
     # launcher options (slurm helper)
     p.add_argument("--launcher", default=None, help="where runs start: local (default), slurm or a plugin's "
                    "(overrides the suite file's launcher.name)")

@@ -101,6 +101,8 @@ class TrainConfig(_Strict):
         if not DEVICE_PATTERN.fullmatch(value):
             raise ValueError(f"unknown device {value!r} (allowed: {DEVICES_ALLOWED})")
         return value
+    threads: int | None = Field(None, ge=1, description="CPU threads of this process (torch.set_num_threads); "
+                                "None: torch's default")
 
 
 class SampleConfig(_Strict):

@@ -36,6 +36,12 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` (intra-op CPU threads of this process); None leaves torch's default."""
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group when started by torchrun (WORLD_SIZE > 1); otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -9,6 +9,7 @@
       metrics.jsonl        one line per log step, plus one per evaluation ({"step", "eval"})
       status.json          suite bookkeeping: {"state": running|done|failed, ...}
       train.log            a suite run's captured output
+      config.sha256        a suite run's config fingerprint (suites rerun a run whose config changed)
       checkpoints/0002000.pt
       samples/             images/, grid.png, samples.npz, samples.json
       eval.json            the final evaluation
@@ -82,6 +83,10 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.path / "train.log"
+
+    @property
+    def fingerprint_path(self) -> Path:
+        return self.path / "config.sha256"
 
     @property
     def eval_path(self) -> Path:

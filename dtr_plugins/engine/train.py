@@ -38,6 +38,7 @@ from dtr_plugins.core.routing import routed_units
 from . import distributed
 from .compose import build_components, validate_run
 from .rundir import RunDir, RunLocked
+from .sample import check_guidance
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
@@ -200,6 +201,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
 
     validate_run(cfg, registry, run_dir=run_dir)  # every rank, before any collective or write
+    distributed.set_threads(cfg.train.threads)
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     held = contextlib.ExitStack()
@@ -220,6 +222,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         parts = build_components(cfg, registry, device=d.device)
         num_classes = cast(Backbone, parts.model).num_classes
         check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
+        if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
+            check_guidance(parts.model, cfg.sample.cfg_scale, "sample.cfg_scale")
         state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
         if start_ckpt is not None:
             ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)

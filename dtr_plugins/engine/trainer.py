@@ -288,14 +288,14 @@ class Trainer:
         """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
         from .evaluate import dataset_reference, evaluate_model_samples
         from .plots import image_grid
-        from .sample import generate, sample_record, write_samples
+        from .sample import generate, write_samples
 
         cfg, d, step = self.cfg, self.dist, self.state.step
+        applied: dict[str, Any] = {}  # filled by generate with the settings applied
         images, labels = generate(self.state.ema, self.diffusion, cfg, num=cfg.eval.num_samples, seed=cfg.seed,
-                                  dist=d, codec=self.codec, progress=False)
+                                  dist=d, codec=self.codec, progress=False, record=applied)
         if not d.is_main:
             return
-        applied = sample_record(cfg)
         if final:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
                           info={"step": step, "weights": "ema", **applied})
@@ -307,8 +307,7 @@ class Trainer:
         except UserError as exc:
             print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
             return
-        result.update({"step": step, **applied, "cfg_channels": cfg.sample.cfg_channels,
-                       "train_precision": cfg.train.precision, "world_size": d.world_size, "seed": cfg.seed})
+        result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})
         self.trackers.log_image(step, "samples", image_grid(images[:64]))
         self.trackers.log_record({"step": step, "eval": result})

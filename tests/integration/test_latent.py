@@ -139,7 +139,9 @@ def test_train_from_cache_without_vae_then_sample(tmp_path, vae_dir, monkeypatch
 
     code, out, err = run_cli("sample", str(run_dir), "--num", "3", "--batch-size", "2")
     assert code == 0, err
-    images = np.load(run_dir / "samples" / "samples.npz")["arr_0"]
+    folder = run_dir / "samples" / "step0000003-ddim4-cfg1.0-seed0-n3"  # a fresh folder per sampling setting
+    assert f"samples: {folder}" in out, out
+    images = np.load(folder / "samples.npz")["arr_0"]
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
 
 

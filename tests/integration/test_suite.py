@@ -1,8 +1,10 @@
 """Suites: matrix expansion, stable ids, failure isolation, resumability and the report."""
 import csv
 import json
+import os
 
 import pytest
+import torch
 
 from dtr_plugins.engine.report import build_report, metric_table
 from dtr_plugins.engine.suite import load_suite, run_suite, value_label
@@ -211,3 +213,71 @@ def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_pat
     build_report(root)
     assert (root / "plots" / "masks_dtr_1.png").exists()
     assert "masks_dtr_1.png" in (root / "report.md").read_text()
+
+
+def test_changed_config_is_not_skipped_refused_then_rerun_changed(tmp_path, run_cli, capsys):
+    # the bug: after editing set:, every run said "skip (finished)" and the report showed the old numbers
+    path = suite_file(tmp_path, "name: fp\nset: {train.steps: 2}\nmatrix: {seed: [0, 1]}\n")
+    root = run_suite(path, report=False)
+    capsys.readouterr()
+    old_fp = (root / "seed0" / "config.sha256").read_text().strip()
+    suite = load_suite(path)
+    assert old_fp == suite.runs[0].fingerprint and suite.runs[0].fingerprint != suite.runs[1].fingerprint
+    run_suite(path, report=False)  # unchanged: skipped
+    assert "skip     seed0 (finished)" in capsys.readouterr().out
+
+    write(path, path.read_text().replace("train.steps: 2", "train.steps: 3"))
+    code, out, err = run_cli("suite", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "2 run(s) exist with a different config: seed0" in err and "--rerun-changed" in err
+    assert "skip" not in out and "start" not in out
+    code, out, _ = run_cli("suite", str(path), "--dry-run")
+    assert code == 0 and "changed  seed0" in out
+
+    code, out, err = run_cli("suite", str(path), "--rerun-changed", "--only", "seed0")
+    assert code == 0, err
+    stale = root / f"seed0.stale-{old_fp[:8]}"
+    assert f"stale    seed0 -> {stale.name}" in out and (stale / "checkpoints" / "0000002.pt").exists()
+    assert sorted(p.name for p in (root / "seed0" / "checkpoints").iterdir()) == ["0000003.pt"]
+    new_fp = (root / "seed0" / "config.sha256").read_text().strip()
+    assert new_fp == load_suite(path).runs[0].fingerprint != old_fp
+    # a change of the base config file counts the same way
+    write(tmp_path / "base.yaml", BASE.replace("respacing: ddim4", "respacing: ddim3"))
+    code, _, err = run_cli("suite", str(path), "--only", "seed0")
+    assert code == 2 and "different config: seed0" in err
+
+
+def test_exclude_that_matches_no_run_is_refused(tmp_path, run_cli):
+    path = suite_file(tmp_path, "name: s\nmatrix: {seed: [0, 1]}\nexclude: [{seed: 0}, {seed: 7}]\n")
+    code, out, err = run_cli("suite", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "exclude.1: {'seed': 7} matches no run" in err and "suite.yaml" in err
+    assert not (tmp_path / "runs").exists()  # found before any run starts
+
+
+def test_suite_set_applies_to_every_run(tmp_path, run_cli):
+    path = suite_file(tmp_path, "name: s\nset: {train.steps: 5}\nmatrix: {seed: [0, 1]}\n")
+    suite = load_suite(path, overrides=["train.steps=1", "train.lr=0.002"])
+    assert [(r.config.train.steps, r.config.train.lr) for r in suite.runs] == [(1, 0.002), (1, 0.002)]
+    assert [r.config.train.steps for r in load_suite(path).runs] == [5, 5]
+    code, _, err = run_cli("suite", str(path), "--dry-run", "--set", "seed=3")
+    assert code == 2 and "--set seed=3: seed is a matrix key" in err
+    code, _, err = run_cli("suite", str(path), "--dry-run", "--set", "train.steps=0")
+    assert code == 2 and "train.steps" in err
+
+
+def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
+    path = suite_file(tmp_path, "name: live\nset: {train.steps: 3}\nmatrix: {seed: [0, 1]}\n")
+    root = run_suite(path, report=False, parallel=2, progress_every=0.5,
+                     overrides=["data={name: synthetic, num_samples: 32, image_size: 8, num_classes: 4}"])
+    out = capsys.readouterr().out
+    for rid in ("seed0", "seed1"):
+        log = root / rid / "train.log"
+        assert f"start    {rid} (log: {log})" in out
+        assert f"running  {rid}: step " in out and "/3 (" in out  # live lines while the child trains
+        assert log.read_text().strip()
+        status = json.loads((root / rid / "status.json").read_text())
+        assert status["state"] == "done"
+        if not torch.cuda.device_count():  # CPU children side by side: cpu_count // parallel threads each
+            threads = max(1, (os.cpu_count() or 1) // 2)
+            assert status["threads"] == threads and f"threads: {threads}" in (root / rid / "config.yaml").read_text()

@@ -2,6 +2,7 @@
 distribution, used by name through the ``dtr`` command (train under DTR routing, cache latents, sample)."""
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -149,7 +150,8 @@ def test_third_party_backbone_trains_under_dtr_routing(tmp_path):
 
     sampled = dtr(site, "sample", str(run), "--num", "3")  # guided sampling with the plugin's null class
     assert sampled.returncode == 0, sampled.stderr
-    assert np.load(run / "samples" / "samples.npz")["arr_0"].shape == (3, 8, 8, 1)
+    folder = sampled.stdout.split("samples: ", 1)[1].strip()  # the fresh folder dtr sample made
+    assert np.load(Path(folder) / "samples.npz")["arr_0"].shape == (3, 8, 8, 1)
 
     masks = dtr(site, "masks", str(config), "--out", str(tmp_path / "masks.png"))
     assert masks.returncode == 0, masks.stderr
@@ -187,7 +189,8 @@ def test_third_party_codec_with_latent_dit(tmp_path):
 
     sampled = dtr(site, "sample", str(run), "--num", "2")
     assert sampled.returncode == 0, sampled.stderr
-    assert np.load(run / "samples" / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)  # decoded by the codec
+    folder = sampled.stdout.split("samples: ", 1)[1].strip()  # the fresh folder dtr sample made
+    assert np.load(Path(folder) / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)  # decoded by the codec
 
 
 def test_backbone_missing_a_contract_attribute_is_one_plugin_error():

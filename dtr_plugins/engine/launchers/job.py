@@ -75,13 +75,16 @@ class TrainJob(submitit.helpers.Checkpointable):
             rd.write_status({"state": "running", **record})
         started = time.time()
         log_path = rd.log_path if node == 0 else run_dir / f"train.node{node}.log"
-        with open(log_path, "a") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True, env=child_env,
+        child_env["PYTHONUNBUFFERED"] = "1"  # the log fills as the run goes, not at its end
+        with open(log_path, "ab") as log:
+            log_start = log.tell()
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                                   preexec_fn=_ignore_preemption_signal)
-            log.write(proc.stderr)
         seconds = round(time.time() - started, 1)
         if proc.returncode != 0:
-            error = failure_line(proc.stderr, proc.returncode)
+            with open(log_path, "rb") as f:
+                f.seek(max(log_start, f.seek(0, os.SEEK_END) - 65536))
+                error = failure_line(f.read().decode(errors="replace"), proc.returncode)
             if node == 0:
                 rd.write_status({"state": "failed", "seconds": seconds,
                                                      "returncode": proc.returncode, "error": error, **record})

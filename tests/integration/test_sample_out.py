@@ -1,0 +1,194 @@
+"""dtr sample: guidance refused where it cannot apply, records of the applied values, a fresh folder per
+setting, no mixing with old samples, no half sets, per-rank shards merged under torchrun."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dtr_plugins as dp
+from dtr_plugins.core.errors import ConfigError
+
+from ..conftest import write
+
+TINY = """\
+name: tiny
+seed: 3
+backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
+  num_classes: 4}
+diffusion: {steps: 100}
+data: {name: synthetic, num_samples: 32, image_size: 8, num_classes: 4}
+train: {steps: 2, batch_size: 8, log_every: 1}
+sample: {sampler: ddim, respacing: ddim4, num_samples: 8, batch_size: 4}
+eval: {at_end: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three tiny trained runs: class-conditional with a null class, unconditional, conditional without null."""
+    root = tmp_path_factory.mktemp("runs")
+    path = write(root / "tiny.yaml", TINY)
+    out = {}
+    for name, sets in {"cond": [], "uncond": ["backbone.num_classes=1", "data.num_classes=1"],
+                       "nonull": ["backbone.class_dropout_prob=0.0"]}.items():
+        cfg = dp.load_config(path, overrides=[f"output_dir={root}", f"name={name}", *sets])
+        out[name] = dp.train(cfg, progress=False)
+    return out
+
+
+def test_guidance_on_unconditional_model_is_refused(runs, run_cli, tmp_path):
+    # the bug: images byte-identical to --cfg-scale 1.0 while samples.json said 4.0
+    for name, why in (("uncond", "unconditional"), ("nonull", "no null class")):
+        code, _, err = run_cli("sample", str(runs[name]), "--num", "2", "--cfg-scale", "4.0",
+                               "--out", str(tmp_path / name))
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "--cfg-scale: 4" in err and why in err
+        assert not (tmp_path / name).exists() and not list(tmp_path.glob(f"{name}.partial-*"))
+    assert run_cli("sample", str(runs["uncond"]), "--num", "2", "--out", str(tmp_path / "ok"))[0] == 0
+
+
+def test_training_with_guidance_on_unconditional_model_is_refused_before_training(tmp_path):
+    path = write(tmp_path / "tiny.yaml", TINY)
+    cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "backbone.num_classes=1", "data.num_classes=1",
+                                          "sample.cfg_scale=4.0", "eval.at_end=true"])
+    with pytest.raises(ConfigError, match="sample.cfg_scale: 4 asks for classifier-free guidance"):
+        dp.train(cfg, progress=False)
+    assert not list((tmp_path / "tiny").glob("checkpoints/*.pt"))
+
+
+def test_records_hold_the_applied_values_and_guidance_changes_images(runs, run_cli, tmp_path):
+    a, b = tmp_path / "s1", tmp_path / "s4"
+    assert run_cli("sample", str(runs["cond"]), "--num", "6", "--out", str(a), "--seed", "5")[0] == 0
+    code, _, err = run_cli("sample", str(runs["cond"]), "--num", "6", "--out", str(b), "--seed", "5",
+                           "--cfg-scale", "4.0", "--sampler", "ddpm", "--respacing", "3", "--no-ema",
+                           "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    ia, ib = np.load(a / "samples.npz")["arr_0"], np.load(b / "samples.npz")["arr_0"]
+    assert ia.shape == ib.shape == (6, 8, 8, 1) and not np.array_equal(ia, ib)
+    ra, rb = json.loads((a / "samples.json").read_text()), json.loads((b / "samples.json").read_text())
+    assert {k: ra[k] for k in ("sampler", "respacing", "model_evaluations_per_image", "cfg_scale", "guidance",
+                               "cfg_channels", "weights", "seed", "num_samples", "world_size", "step",
+                               "sample_precision", "batch_size")} == {
+        "sampler": "ddim", "respacing": "ddim4", "model_evaluations_per_image": 4, "cfg_scale": 1.0,
+        "guidance": False, "cfg_channels": None, "weights": "ema", "seed": 5, "num_samples": 6, "world_size": 1,
+        "step": 2, "sample_precision": "fp32", "batch_size": 4}
+    assert rb["sampler"] == "ddpm" and rb["respacing"] == "3" and rb["model_evaluations_per_image"] == 3
+    assert rb["cfg_scale"] == 4.0 and rb["guidance"] is True and rb["cfg_channels"] == "all"
+    assert rb["weights"] == "model" and rb["device"] == "cpu"
+
+
+def test_default_out_is_a_fresh_folder_per_setting(runs, run_cli):
+    run = runs["cond"]
+    write(run / "samples" / "samples.npz", "training-time eval samples")  # what eval.json was computed on
+    code, out, err = run_cli("sample", str(run), "--num", "4", "--cfg-scale", "2")
+    assert code == 0, err
+    folder = run / "samples" / "step0000002-ddim4-cfg2.0-seed0-n4"
+    assert f"samples: {folder}" in out and (folder / "samples.npz").exists()
+    assert (run / "samples" / "samples.npz").read_text() == "training-time eval samples"
+    # the bar counts sampler steps x batches (1 batch of 4 images, 4 DDIM steps), not batches
+    assert "4/4" in err
+    # the same settings again: refused, one line; --overwrite replaces the set
+    code, _, err = run_cli("sample", str(run), "--num", "4", "--cfg-scale", "2")
+    assert code == 2 and "already holds files" in err and "--overwrite" in err
+    before = (folder / "samples.npz").stat().st_mtime_ns
+    assert run_cli("sample", str(run), "--num", "4", "--cfg-scale", "2", "--overwrite")[0] == 0
+    assert (folder / "samples.npz").stat().st_mtime_ns != before
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["samples.npz", folder.name]
+
+
+def test_out_with_old_samples_is_refused_and_interrupt_leaves_no_half_set(runs, run_cli, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert run_cli("sample", str(runs["cond"]), "--num", "6", "--out", str(out))[0] == 0
+    code, _, err = run_cli("sample", str(runs["cond"]), "--num", "2", "--out", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "already holds files" in err
+    assert len(list((out / "images").glob("*.png"))) == 6  # untouched: no mix of old and new
+
+    from dtr_plugins.engine import sample as sample_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_mod, "write_samples", interrupted)
+    code, _, _ = run_cli("sample", str(runs["cond"]), "--num", "2", "--out", str(tmp_path / "new"))
+    assert code == 130
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob("new.partial-*"))
+    code, _, _ = run_cli("sample", str(runs["cond"]), "--num", "2", "--out", str(out), "--overwrite")
+    assert code == 130 and len(list((out / "images").glob("*.png"))) == 6  # old set kept whole
+
+
+def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_path):
+    single = tmp_path / "single"
+    dp.sample(runs["cond"], num=10, out=single, progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # "--": torchrun would take --num for its own --numa-binding
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           "-m", "dtr_plugins", "--", "sample", str(runs["cond"]), "--num", "10", "--out", str(tmp_path / "two"),
+           "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    two = tmp_path / "two"
+    assert np.array_equal(np.load(two / "samples.npz")["arr_0"], np.load(single / "samples.npz")["arr_0"])
+    assert np.array_equal(np.load(two / "samples.npz")["labels"], np.load(single / "samples.npz")["labels"])
+    assert json.loads((two / "samples.json").read_text())["world_size"] == 2
+    assert not (two / "shards").exists() and not list(tmp_path.glob("two.partial-*"))
+
+
+GATHER = """\
+import sys
+import numpy as np
+from dtr_plugins.engine import distributed
+from dtr_plugins.engine.sample import generate, load_run
+
+d = distributed.setup("cpu")
+cfg, model, diffusion, _ = load_run(sys.argv[1], device="cpu")
+record = {}
+images, labels = generate(model, diffusion, cfg, 10, dist=d, progress=False, record=record)
+if d.is_main:
+    np.save(sys.argv[2], images)
+else:
+    assert images.shape == (0,), images.shape  # only rank 0 receives the images
+assert record["world_size"] == 2 and len(labels) == 10
+distributed.teardown(d)
+"""
+
+
+def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
+    script = write(tmp_path / "gather.py", GATHER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(script), str(runs["cond"]), str(tmp_path / "images.npy")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single = tmp_path / "single"
+    dp.sample(runs["cond"], num=10, out=single, progress=False)
+    assert np.array_equal(np.load(tmp_path / "images.npy"), np.load(single / "samples.npz")["arr_0"])
+
+
+@pytest.mark.filterwarnings("ignore:FID from 8 samples")
+def test_training_time_eval_records_the_applied_values(tmp_path):
+    path = write(tmp_path / "tiny.yaml", TINY)
+    cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "data={name: digits, image_size: 8}",
+                                          "backbone.num_classes=10", "sample.cfg_scale=2.0",
+                                          "eval={num_samples: 8, feature_extractor: digits-classifier}"])
+    run_dir = dp.train(cfg, progress=False)
+    final = json.loads((run_dir / "eval.json").read_text())
+    assert {k: final[k] for k in ("step", "cfg_scale", "guidance", "cfg_channels", "model_evaluations_per_image",
+                                  "num_samples", "seed", "weights", "world_size", "sample_precision")} == {
+        "step": 2, "cfg_scale": 2.0, "guidance": True, "cfg_channels": "all", "model_evaluations_per_image": 4,
+        "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
+    info = json.loads((run_dir / "samples" / "samples.json").read_text())
+    assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 4
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_eval_takes_device_and_threads(runs, run_cli, tmp_path):
+    out = tmp_path / "s"
+    assert run_cli("sample", str(runs["cond"]), "--num", "4", "--out", str(out), "--threads", "1")[0] == 0
+    code, _, err = run_cli("eval", "--samples", str(out / "samples.npz"), "--ref", "dataset:digits",
+                           "--feature-extractor", "digits-classifier", "--device", "cpu", "--threads", "1",
+                           "--out", str(tmp_path / "eval.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval.json").read_text())["device"] == "cpu"
