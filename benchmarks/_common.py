@@ -24,9 +24,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -119,7 +120,7 @@ class Timer:
     def __init__(self, device: torch.device):
         self.device = device
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         if self.device.type == "cuda":
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
@@ -150,7 +151,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, dev
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         runs = order + order[::-1] if abba else order
-        acc = {k: 0.0 for k in names}
+        acc = dict.fromkeys(names, 0.0)
         for name in runs:
             with Timer(device) as timer:
                 fns[name]()

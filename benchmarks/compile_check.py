@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
+import _common as common
 
 
 def _counters() -> dict[str, int]:
@@ -115,8 +115,7 @@ def main(argv=None) -> None:
                                               lambda: check(bm, strategy, args, device))
                 if r is None:
                     r = {"backbone": backbone, "strategy": strategy, "error": error, "ok": False,
-                         **{k: "" for k in ("graphs_first_step", "new_graphs_same_shape", "new_graphs_2nd_batch_size",
-                                            "new_graphs_3rd_batch_size")}}
+                         **dict.fromkeys(("graphs_first_step", "new_graphs_same_shape", "new_graphs_2nd_batch_size", "new_graphs_3rd_batch_size"), "")}
                 print(r, file=sys.stderr, flush=True)
                 rows.append(r)
     except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): report the pairs checked so far

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
-from _common import fmt_pct  # noqa: E402
+import _common as common
+from _common import fmt_pct
 
 PAIRS = (("dtr", "vanilla", "our routing overhead (dtr vs vanilla)"),
          ("pub_dtr", "pub_vanilla", "published-style overhead (pub_dtr vs pub_vanilla)"),

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
-import _published as pb  # noqa: E402
-from _common import fmt_pct  # noqa: E402
+import _common as common
+import _published as pb
+from _common import fmt_pct
 
 
 def main(argv=None) -> None:

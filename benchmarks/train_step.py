@@ -34,9 +34,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
-import _published as pub  # noqa: E402
-from _common import fmt_bytes, fmt_pct  # noqa: E402
+import _common as common
+import _published as pub
+from _common import fmt_bytes, fmt_pct
 
 PUBLISHED = ("pub_vanilla", "pub_dtr")
 ABBA_NOTE = ": 2 steps per variant per round, step time = their mean"

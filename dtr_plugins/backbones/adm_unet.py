@@ -15,7 +15,8 @@ per forward pass and handed to the blocks in forward order.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F

@@ -32,7 +32,8 @@ path; the two agree to float rounding. No parameters are added: checkpoints keep
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

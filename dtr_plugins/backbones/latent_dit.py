@@ -9,7 +9,8 @@ cache and decoding are the engine's codec stage, :mod:`dtr_plugins.codecs`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError

@@ -1,7 +1,7 @@
 """``identity``: the codec of pixel backbones; images are the denoiser's inputs as they are."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

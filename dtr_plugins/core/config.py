@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ConfigError, UserError
-from .plugins import PluginRegistry, default_registry, format_validation_error, validate_params
+from .plugins import PluginRegistry, default_registry, validate_params
 from .routing import check_routing_site, declared_backbone_class
 from .tracking import KIND as TRACKER_KIND
 from .tracking import check_trackers

@@ -14,8 +14,9 @@ Data flows config -> compose (:mod:`dtr_plugins.engine.compose`) -> engine::
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor

@@ -14,8 +14,9 @@ slice out of its weights (:class:`ActiveUnits`) instead of masking a dense compu
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch

@@ -8,13 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from dtr_plugins.core.io import save_figure  # noqa: E402
+from dtr_plugins.core.io import save_figure
 
-from .compare import (BETTER, LOWER, NOT_RESOLVED, WORSE, ComparisonResult, RunRecord, is_band,  # noqa: E402
-                      metric_info)
+from .compare import BETTER, LOWER, NOT_RESOLVED, WORSE, ComparisonResult, RunRecord, is_band, metric_info
 
 Curves = Mapping[str, Sequence[tuple[int, float]]]
 VERDICT_COLOURS = {BETTER: "#1a9641", WORSE: "#d7191c", NOT_RESOLVED: "#7f7f7f"}

@@ -30,9 +30,9 @@ import contextlib
 import functools
 import hashlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.errors import UserError
-from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import save_torch
 
 

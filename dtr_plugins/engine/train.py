@@ -30,8 +30,8 @@ from dtr_plugins._version import __version__
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
-from dtr_plugins.core.labels import check_label_space, class_map
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
+from dtr_plugins.core.labels import check_label_space, class_map
 from dtr_plugins.core.plugins import PluginRegistry
 from dtr_plugins.core.routing import routed_units
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -110,7 +111,7 @@ class TrainState:
 
     @classmethod
     def create(cls, model: torch.nn.Module, weighting: torch.nn.Module, cfg: ExperimentConfig,
-               device: torch.device) -> "TrainState":
+               device: torch.device) -> TrainState:
         """A fresh state: EMA = a copy of ``model``, AdamW over the model and the weighting's groups."""
         import copy
 

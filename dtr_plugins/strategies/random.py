@@ -1,9 +1,8 @@
 """``random``: random task routing (R-TR), the paper's ablation baseline."""
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field

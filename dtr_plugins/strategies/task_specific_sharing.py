@@ -1,9 +1,8 @@
 """``task_specific_sharing``: a shared channel block plus one private slice per timestep interval."""
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field

@@ -1,5 +1,4 @@
 """Latent DiT: a tiny local AutoencoderKL, the latent cache, training from it, decoding, offline errors."""
-import copy
 import json
 import shutil
 
@@ -12,8 +11,14 @@ from dtr_plugins.codecs.autoencoder_kl import AutoencoderKLCodec
 from dtr_plugins.codecs.latent_cache import LatentCacheDataset, draw_latents
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import default_registry
-from dtr_plugins.engine.compose import (build_codec, build_components, build_dataset, build_model, cache_latents,
-                                        latent_cache_root)
+from dtr_plugins.engine.compose import (
+    build_codec,
+    build_components,
+    build_dataset,
+    build_model,
+    cache_latents,
+    latent_cache_root,
+)
 
 from ..conftest import write
 

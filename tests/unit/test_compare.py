@@ -3,8 +3,15 @@ import json
 
 import pytest
 
-from dtr_plugins.engine.compare import (NOT_RESOLVED, RunRecord, compare_runs, first_reach, pair_runs,
-                                        render_comparison_markdown, t_interval)
+from dtr_plugins.engine.compare import (
+    NOT_RESOLVED,
+    RunRecord,
+    compare_runs,
+    first_reach,
+    pair_runs,
+    render_comparison_markdown,
+    t_interval,
+)
 from dtr_plugins.engine.compare_records import axes_of, runs_from_suite
 
 from ..conftest import write

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dtr_plugins.backbones.dit import Attention, DiT, DiTBlock, Mlp
-from dtr_plugins.engine.compose import build_model
 from dtr_plugins.core.config import config_from_dict, load_config
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.routing import ActiveUnits, RoutingPlan, shared_timestep
+from dtr_plugins.engine.compose import build_model
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.strategies.random import RandomRouting
 from dtr_plugins.strategies.vanilla import Vanilla
