@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     strategies = common.plugin_names("strategy", args.strategies)
     try:
         for backbone in common.plugin_names("backbone", args.backbones):
-            bm, error = common.run_guarded(f"build {backbone}", lambda: common.build_bench_model(
+            bm, error = common.run_guarded(f"build {backbone}", lambda backbone=backbone: common.build_bench_model(
                 backbone, common.size_for(backbone, args.size)))
             if bm is None:
                 skipped.append(f"{backbone}: {error}")
@@ -112,10 +112,11 @@ def main(argv=None) -> None:
             bm.base.to(device)
             for strategy in strategies:
                 r, error = common.run_guarded(f"compile {backbone} {strategy}",
-                                              lambda: check(bm, strategy, args, device))
+                                              lambda bm=bm, strategy=strategy: check(bm, strategy, args, device))
                 if r is None:
                     r = {"backbone": backbone, "strategy": strategy, "error": error, "ok": False,
-                         **dict.fromkeys(("graphs_first_step", "new_graphs_same_shape", "new_graphs_2nd_batch_size", "new_graphs_3rd_batch_size"), "")}
+                         **dict.fromkeys(("graphs_first_step", "new_graphs_same_shape", "new_graphs_2nd_batch_size",
+                                          "new_graphs_3rd_batch_size"), "")}
                 print(r, file=sys.stderr, flush=True)
                 rows.append(r)
     except KeyboardInterrupt:  # a time limit (gpu.sh sends SIGINT): report the pairs checked so far

@@ -52,7 +52,7 @@ def main(argv=None) -> None:
 
         registry = default_registry()
         spec = registry.build("feature_extractor", args.extractor)
-    except Exception as exc:  # extractor not written yet, or its weights are not on disk
+    except Exception as exc:  # noqa: BLE001 -- extractor not written yet, or its weights are not on disk
         print(f"eval benchmark skipped: feature extractor '{args.extractor}' is not available offline "
               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         return

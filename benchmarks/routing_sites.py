@@ -94,7 +94,8 @@ def summarize(times: dict[str, list[float]], reference: str = "vanilla") -> dict
     for label, ts in times.items():
         ref = times[reference]
         paired = [r / t for r, t in zip(ref, ts)]
-        out[label] = {"median_s": statistics.median(ts), "speed_vs_vanilla": statistics.median(ref) / statistics.median(ts),
+        out[label] = {"median_s": statistics.median(ts),
+                      "speed_vs_vanilla": statistics.median(ref) / statistics.median(ts),
                       "paired_speed_median": statistics.median(paired), "paired_min": min(paired),
                       "paired_max": max(paired), "n": len(ts)}
     return out
@@ -117,7 +118,7 @@ def run_sampling(model, plans, diffusion, args, device):
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:
             model.attach_routing(plans[label])
 
-            def call():
+            def call(steps=steps):
                 x = x0
                 with torch.no_grad():
                     for i in steps:
@@ -181,7 +182,7 @@ def profile_components(model, plans, args, device, label: str, repeats: int = 5)
         with torch.no_grad():
             for name, arg in (("dense", None), ("sliced", route)):
                 module(x, arg)
-                best[name] = min(timed(device, lambda: module(x, arg)) for _ in range(repeats))
+                best[name] = min(timed(device, lambda module=module, arg=arg: module(x, arg)) for _ in range(repeats))
         rows.append({"part": part, "units": f"{route.count}/{total}", "dense_ms": 1e3 * best["dense"],
                      "sliced_ms": 1e3 * best["sliced"], "time_ratio": best["sliced"] / best["dense"],
                      "mac_ratio": macs(route.count) / macs(total)})
@@ -214,7 +215,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", default="S/2", help="DiT size preset")
     ap.add_argument("--input-size", type=int, default=32, help="latent side")
     ap.add_argument("--num-images", type=int, default=8, help="batch per sampling call and per training step")
-    ap.add_argument("--variants", default="vanilla,input@0.8,heads_mlp@0.8,heads_mlp-masked@0.8,input@0.5,heads_mlp@0.5")
+    ap.add_argument("--variants",
+                    default="vanilla,input@0.8,heads_mlp@0.8,heads_mlp-masked@0.8,input@0.5,heads_mlp@0.5")
     ap.add_argument("--respacing", default="ddim50")
     ap.add_argument("--steps-per-call", type=int, default=2, help="DDIM steps per timed call (schedule length: all)")
     ap.add_argument("--reps", type=int, default=5, help="timed sampling rounds")
@@ -242,8 +244,9 @@ def main(argv=None) -> None:
     diffusion = GaussianDiffusion(get_named_beta_schedule("linear", NUM_TASKS), learn_sigma=True)
     tokens = (args.input_size // model.patch_size) ** 2
     clock = "wall-clock" if device.type == "cuda" else "process CPU time"
-    where = (f"DiT-{args.size}, {args.input_size}x{args.input_size}x4 latent ({tokens} tokens), batch {args.num_images}, "
-             f"{device}{'' if device.type == 'cuda' else f', {torch.get_num_threads()} thread(s)'}, torch {torch.__version__}, "
+    threads = '' if device.type == 'cuda' else f', {torch.get_num_threads()} thread(s)'
+    where = (f"DiT-{args.size}, {args.input_size}x{args.input_size}x4 latent ({tokens} tokens), "
+             f"batch {args.num_images}, {device}{threads}, torch {torch.__version__}, "
              f"{platform.processor() or platform.machine()}, {clock}")
     print(f"[routing_sites] {where}", file=sys.stderr, flush=True)
 
@@ -259,7 +262,8 @@ def main(argv=None) -> None:
         _, site, beta, _ = parse_variant(label)
         s = sampling[label]
         share = block_flops_share(model, site if site != "input" else None, beta, tokens)
-        lines.append(f"| {label} | {share:.3f} | {s['median_s']:.3f} | {args.num_images / (s['median_s'] * schedule_len):.3f} "
+        per_step = args.num_images / (s['median_s'] * schedule_len)
+        lines.append(f"| {label} | {share:.3f} | {s['median_s']:.3f} | {per_step:.3f} "
                      f"| {s['speed_vs_vanilla']:.3f}x | {s['paired_speed_median']:.3f}x "
                      f"[{s['paired_min']:.3f}, {s['paired_max']:.3f}] |")
     result = {"setup": where, "args": vars(args), "sampling": sampling, "sampling_times_s_per_step": sample_times}

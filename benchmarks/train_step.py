@@ -174,7 +174,7 @@ def _rounds(variants, diffusion, x, kwargs, ts, rounds, args, device, graphs) ->
             try:
                 with common.Timer(device) as timer:
                     train_step(v, diffusion, x, ts[r], kwargs, device)
-            except Exception as exc:  # one variant failing (compile, out of memory) must not lose the others
+            except Exception as exc:  # noqa: BLE001 -- one variant failing (compile, out of memory) must not lose the others
                 v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 print(f"[{v.label}] failed: {v.error}", file=sys.stderr, flush=True)
                 v.optimizer.zero_grad(set_to_none=True)
@@ -463,12 +463,13 @@ def main(argv: list[str] | None = None) -> None:
     sections, payload = [], {"machine": common.machine_info(device), "args": vars(args)}
     for backbone in common.plugin_names("backbone", args.backbones):
         size = common.size_for(backbone, args.size)
-        bm, error = common.run_guarded(f"build {backbone} {size}", lambda: common.build_bench_model(
-            backbone, size, args.params, seed=args.seed))
+        bm, error = common.run_guarded(f"build {backbone} {size}",
+                                       lambda backbone=backbone, size=size: common.build_bench_model(
+                                           backbone, size, args.params, seed=args.seed))
         if bm is None:
             sections.append(f"### Training step: {backbone} skipped, it could not be built here: {error}")
             continue
-        done, error = common.run_guarded(f"train_step {bm.label}", lambda: bench_backbone(bm, args, device))
+        done, error = common.run_guarded(f"train_step {bm.label}", lambda bm=bm: bench_backbone(bm, args, device))
         bm = None  # free this backbone before building the next
         if device.type == "cuda":
             torch.cuda.empty_cache()

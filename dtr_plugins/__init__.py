@@ -59,5 +59,5 @@ def run_suite(path, **kwargs: Any):
 
 __all__ = ["hookimpl", "load_config", "list_plugins", "build_strategy", "build_model", "build_diffusion",
            "build_codec", "build_components",
-           "load_checkpoint", "from_pretrained", "train", "sample", "evaluate", "run_suite", "ExperimentConfig", "UserError",
-           "__version__"]
+           "load_checkpoint", "from_pretrained", "train", "sample", "evaluate", "run_suite", "ExperimentConfig",
+           "UserError", "__version__"]

@@ -320,7 +320,7 @@ class ADMUNet(RoutedBackbone):
             self.to(memory_format=torch.channels_last)
 
     def _stages(self) -> list[TimestepSequential]:
-        return [*self.input_blocks, self.middle_block, *self.output_blocks]  # type: ignore[list-item]
+        return [*self.input_blocks, self.middle_block, *self.output_blocks]
 
     def _routed_layers(self) -> list[nn.Module]:
         """ResBlocks (and routed attention blocks) in forward order."""
@@ -463,9 +463,11 @@ class ADMParams(BaseModel):
     @classmethod
     def _attention_widths(cls, info: ValidationInfo) -> list[int] | None:
         d = info.data
-        if not all(d.get(k) for k in ("channel_mult", "model_channels", "image_size")) or "attention_resolutions" not in d:
+        if (not all(d.get(k) for k in ("channel_mult", "model_channels", "image_size"))
+                or "attention_resolutions" not in d):
             return None
-        at, middle = attention_widths(d["model_channels"], d["channel_mult"], d["image_size"], d["attention_resolutions"])
+        at, middle = attention_widths(d["model_channels"], d["channel_mult"], d["image_size"],
+                                      d["attention_resolutions"])
         return sorted({*at, middle})
 
     @field_validator("num_head_channels")

@@ -256,10 +256,12 @@ class DiTParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     size: str | None = Field(None, description="preset from DiT's table: S, B, L or XL with patch 2, 4 or 8, e.g. B/2")
-    patch_size: int | None = Field(None, ge=1, validate_default=True, description="patch side (2 unless a size says otherwise)")
+    patch_size: int | None = Field(None, ge=1, validate_default=True,
+                                   description="patch side (2 unless a size says otherwise)")
     hidden_size: int | None = Field(None, ge=4, validate_default=True, description="token width")
     depth: int | None = Field(None, ge=1, validate_default=True, description="number of blocks (all routed)")
-    num_heads: int | None = Field(None, ge=1, validate_default=True, description="attention heads; must divide hidden_size")
+    num_heads: int | None = Field(None, ge=1, validate_default=True,
+                                  description="attention heads; must divide hidden_size")
     input_size: int = Field(32, ge=1, description="image (or latent) side length; a multiple of patch_size")
     in_channels: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
@@ -289,7 +291,8 @@ class DiTParams(BaseModel):
                 return value
             if info.field_name == "patch_size":
                 return 2
-            raise PydanticCustomError("dit_missing", "required unless a size preset is given (allowed sizes: {allowed})",
+            raise PydanticCustomError("dit_missing",
+                                      "required unless a size preset is given (allowed sizes: {allowed})",
                                       {"allowed": ", ".join(DIT_SIZES)})
         preset = DIT_SIZES[size][info.field_name]
         if value is not None and value != preset:
@@ -471,7 +474,8 @@ def resolve_dit_params(**params: Any) -> DiTParams:
 @hookimpl
 def dtr_register_backbones(register: Callable[..., None]) -> None:
     register("dit", DiT, params=DiTParams,
-             description="Diffusion Transformer (DiT, Peebles & Xie) with every block routed; official checkpoint layout")
+             description="Diffusion Transformer (DiT, Peebles & Xie) with every block routed; "
+                         "official checkpoint layout")
 
 
 #################################################################################

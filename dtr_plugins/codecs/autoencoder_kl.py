@@ -140,7 +140,7 @@ class AutoencoderKLCodec:
             raise ConfigError("vae.path: latent backbones need diffusers (pip install 'dtr-plugins[latent]')") from None
         try:
             module = AutoencoderKL.from_pretrained(str(self.folder), low_cpu_mem_usage=False)
-        except Exception as exc:  # diffusers reports a bad folder as OSError, ValueError, EnvironmentError ...
+        except Exception as exc:  # noqa: BLE001 -- diffusers reports a bad folder as OSError, ValueError, ...
             raise ConfigError(f"vae.path: cannot load the VAE weights from {self.folder}: "
                               f"{first_line(exc, limit=200)}") from None
         module.requires_grad_(False).eval()
@@ -271,14 +271,14 @@ def _hub_snapshot(repo_id: str) -> Path:
         folder = Path(snapshot_download(local_files_only=True, **kwargs))
         if (folder / "config.json").is_file():
             return folder
-    except Exception:  # not in the local cache: try the network if allowed
+    except Exception:  # noqa: BLE001 -- not in the local cache (hub raises many kinds): try the network
         pass
     if hub_offline():
         raise ConfigError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                                                   "is set"))
     try:
         return Path(snapshot_download(**kwargs))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any download failure becomes one ConfigError line
         raise ConfigError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
                                                   f"failed ({first_line(exc, limit=200)})")) from None
 

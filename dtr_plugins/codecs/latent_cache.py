@@ -192,7 +192,7 @@ class LatentCacheDataset(Dataset):
             path = shard_file(self.root, index)
             try:
                 shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- torch.load raises many kinds on a corrupt file
                 raise DataError(f"{path}: unreadable latent cache shard ({first_line(exc, limit=200)}); delete it "
                                 "and run dtr cache-latents again") from None
             self._shards[index] = shard

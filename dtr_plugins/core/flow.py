@@ -24,7 +24,7 @@ timestep index ``t / (T - 1)`` (see :mod:`dtr_plugins.core.continuous_routing`).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -122,7 +122,7 @@ class FlowMatching:
         sampling is this process's ``time_sampling`` (only weightings in :attr:`loss_weightings` are allowed)."""
         return self.sample_times(batch_size, device)
 
-    def training_losses(self, model, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
+    def training_losses(self, model: Any, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
                         noise: Tensor | None = None) -> dict[str, Tensor]:
         """Per-sample velocity losses ``{"loss", "mse"}`` (equal), each ``[N]``.
 
@@ -146,7 +146,7 @@ class FlowMatching:
     # -- sampling -----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, model, shape: tuple[int, ...] | list[int], sampler: str = "heun", respacing: Any = 50,
+    def sample(self, model: Any, shape: tuple[int, ...] | list[int], sampler: str = "heun", respacing: Any = 50,
                noise: Tensor | None = None, model_kwargs: Mapping[str, Any] | None = None, cfg_scale: float = 1.0,
                cfg_channels: str = "all", clip_denoised: bool = False, eta: float = 0.0, progress: bool = True,
                device: torch.device | str | None = None) -> Tensor:
@@ -175,7 +175,8 @@ class FlowMatching:
             raise ValueError(f"noise shape {tuple(x.shape)} != sample shape {tuple(shape)}")
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
-            return model(x, t.expand(x.shape[0]), **kwargs).float()
+            out: Tensor = model(x, t.expand(x.shape[0]), **kwargs)
+            return out.float()
 
         from tqdm.auto import tqdm
 
@@ -194,7 +195,7 @@ class FlowMatching:
                     x = x + dt * (0.5 * k1 + 0.5 * k2)
         return x.clamp(-1, 1) if clip_denoised else x
 
-    def _sde(self, velocity, x: Tensor, steps: int, progress: bool) -> Tensor:
+    def _sde(self, velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, steps: int, progress: bool) -> Tensor:
         """SiT's Euler-Maruyama with diffusion ``w(t) = 1 - t`` and a final mean step (see module docstring)."""
         if steps < 2:
             raise ConfigError("sample.respacing: euler_maruyama needs at least 2 steps")

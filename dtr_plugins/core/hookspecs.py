@@ -110,7 +110,7 @@ def dtr_register_feature_extractors(register: Callable[..., None]) -> None:
 
 # --- flow: process plugins (lead: re-apply on the refactored hookspecs) -----------------------------
 @hookspec
-def dtr_register_processes(register):
+def dtr_register_processes(register: Callable[..., None]) -> None:
     """Register diffusion processes (the ``diffusion`` config section; ``gaussian`` is the default).
 
     A process's factory is a class (see :class:`dtr_plugins.core.process.DiffusionProcess`) with class
@@ -123,7 +123,7 @@ def dtr_register_processes(register):
 
 # --- trackers (helper "trackers") -------------------------------------------------------------------
 @hookspec
-def dtr_register_trackers(register):
+def dtr_register_trackers(register: Callable[..., None]) -> None:
     """Register experiment trackers (TensorBoard, Weights & Biases, MLflow, ...).
 
     Args:
@@ -140,7 +140,7 @@ def dtr_register_trackers(register):
 
 # --- launchers (slurm helper) ---------------------------------------------------------------------
 @hookspec
-def dtr_register_launchers(register):
+def dtr_register_launchers(register: Callable[..., None]) -> None:
     """Register suite launchers (where the runs of a suite are started: ``local``, ``slurm``, a site's own).
 
     A launcher's factory returns a :class:`dtr_plugins.engine.launchers.Launcher`: ``launch(suite_root,

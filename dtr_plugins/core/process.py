@@ -52,7 +52,8 @@ class GaussianProcess(GaussianDiffusion):
 
     def training_times(self, weighting: Any, batch_size: int, device: Any = None) -> Tensor:
         """``weighting.sample_timesteps(batch_size, T, device)``: int64 timesteps, as before."""
-        return weighting.sample_timesteps(batch_size, self.num_timesteps, device)
+        times: Tensor = weighting.sample_timesteps(batch_size, self.num_timesteps, device)
+        return times
 
     def loss_bucket(self, t: Tensor, buckets: int) -> Tensor:
         """``t * buckets // T`` (bucket 0: the cleanest timesteps)."""

@@ -127,7 +127,7 @@ class RoutingPlan(nn.Module):
         return self.num_tables == 0
 
     def table(self, index: int) -> torch.Tensor:
-        return getattr(self, f"table_{index}")
+        return typing.cast(torch.Tensor, getattr(self, f"table_{index}"))
 
     def tables(self) -> list[tuple[torch.Tensor, list[int]]]:
         """Each distinct table with the routed layers that use it (for heatmaps and reports)."""
@@ -141,7 +141,7 @@ class RoutingPlan(nn.Module):
         if t.is_floating_point():  # continuous time (flow): closed form or nearest row, see continuous_routing
             if self.continuous is None:
                 raise ValueError("float times given to a routing plan built for timestep indices")
-            return self.continuous.gather(self, t, dtype)
+            return typing.cast("list[torch.Tensor | None]", self.continuous.gather(self, t, dtype))
         rows = [self.table(i).index_select(0, t).to(dtype) for i in range(self.num_tables)]
         return [None if j is None else rows[j] for j in self.layer_table]
 
@@ -229,7 +229,7 @@ def declared_backbone_class(factory: Any) -> type[RoutedBackbone] | None:
     if not isinstance(factory, type):
         try:
             cls = typing.get_type_hints(factory).get("return")
-        except Exception:  # unresolvable annotations: nothing declared
+        except Exception:  # noqa: BLE001 -- unresolvable annotations (NameError, TypeError...): nothing declared
             return None
     return cls if isinstance(cls, type) and issubclass(cls, RoutedBackbone) else None
 

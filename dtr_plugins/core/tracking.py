@@ -82,7 +82,8 @@ def check_trackers(names: Sequence[str], registry: PluginRegistry) -> None:
             raise ConfigError(f"log.trackers.{i}: tracker {name!r} is listed twice")
         seen.add(name)
         if name not in known:
-            raise ConfigError(f"log.trackers.{i}: unknown tracker {name!r} (known: {', '.join(known) or 'none installed'})")
+            raise ConfigError(f"log.trackers.{i}: unknown tracker {name!r} "
+                              f"(known: {', '.join(known) or 'none installed'})")
         factory = registry.get(KIND, name).factory
         missing = factory.missing_requirement() if isinstance(factory, TrackerFactory) else None
         if missing:

@@ -32,7 +32,8 @@ class Synthetic(Dataset):
     ``split="heldout"`` gives ``heldout_samples`` images drawn with the seed ``seed + HELDOUT_SEED_OFFSET``
     (same patterns, other phases and noise); the train split does not depend on it."""
 
-    def __init__(self, num_samples: int = 256, image_size: int = 8, channels: int = 1, num_classes: int = 4, seed: int = 0,
+    def __init__(self, num_samples: int = 256, image_size: int = 8, channels: int = 1, num_classes: int = 4,
+                 seed: int = 0,
                  split: str = "train", heldout_samples: int = 64):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be train or heldout, got {split!r}")

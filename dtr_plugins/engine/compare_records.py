@@ -76,7 +76,7 @@ def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> 
     """Axis -> value label, seed left out. A section value (a mapping) is labelled as in the run id
     (``dtr-a4-b0.8``), a plain value by itself; the one matrix key on the routing section (``routing`` or
     ``routing.name``) becomes the ``routing`` axis, and with none the applied routing is used."""
-    keys = [k for k in assignment]
+    keys = list(assignment)
     parts = run_id.split("__")
     ids = parts[:len(keys)] if len(parts) in (len(keys), len(keys) + 1) else [None] * len(keys)
     axes = {k: _label(assignment[k], part) for k, part in zip(keys, ids) if k != "seed"}

@@ -28,7 +28,8 @@ is a classifier and the samples' labels are known, then what was applied: ``feat
 ``None``), ``image_size``, ``samples``, ``reference``, ``reference_fingerprint`` (SHA-256 of the reference's
 content identity), ``num_reference``, ``reference_image_size``, ``reference_cache`` (``hit``, ``miss`` or
 ``off``), the metric settings (``kid_subset_size``, ``kid_subsets``, ``prc_neighborhood``, ``isc_splits``,
-``rng_seed`` where they apply), ``torch_fidelity`` (its version) and ``device``; then, under ``provenance``, how the samples were made (sampler,
+``rng_seed`` where they apply), ``torch_fidelity`` (its version) and ``device``; then, under ``provenance``, how
+the samples were made (sampler,
 steps, guidance scale, EMA, seeds, precision, world size...): the JSON file beside an ``.npz`` with the same
 stem (``samples.json``, written by ``dtr sample``; its path in ``provenance_file``), updated by the caller's
 ``provenance`` argument. It is a key of its own so that none of it can be mistaken for (or overwrite) a

@@ -97,7 +97,8 @@ def resolve_inception_weights(weights_path: str | os.PathLike | None = None) -> 
     """The local Inception weights file to use, or :class:`EvalError` (one line) if there is none."""
     how = (f"pass --weights PATH (eval.weights_path in a config) or set {INCEPTION_WEIGHTS_ENV}=PATH "
            f"to a local copy of {INCEPTION_WEIGHTS_URL}")
-    for source, value in (("weights_path/--weights", weights_path), (INCEPTION_WEIGHTS_ENV, os.environ.get(INCEPTION_WEIGHTS_ENV))):
+    for source, value in (("weights_path/--weights", weights_path),
+                          (INCEPTION_WEIGHTS_ENV, os.environ.get(INCEPTION_WEIGHTS_ENV))):
         if value:
             path = Path(value).expanduser()
             if not path.is_file():

@@ -341,7 +341,8 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
         all_labels, scale = _prepare(model, cfg, num, labels, cfg_scale)
         used_sampler, used_respacing = sampler or cfg.sample.sampler, respacing or cfg.sample.respacing
         out_dir = Path(out) if out is not None else default_out(
-            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step, sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
+            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
+            sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
             use_ema=use_ema, labels=labels)
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
             raise UserError(f"--out {out_dir}: already holds files; choose a new folder or pass --overwrite "

@@ -36,7 +36,7 @@ class TrainingDiverged(UserError):
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels."""
-    ema_params = [p for p in ema.parameters()]
+    ema_params = list(ema.parameters())
     params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
@@ -175,7 +175,8 @@ class Trainer:
                  trackers: TrackerSet | None = None):
         self.trackers = trackers if trackers is not None else TrackerSet()
         self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
-        self.model_input, self.codec, self.run_dir, self.dist, self.progress = model_input, codec, run_dir, dist, progress
+        self.model_input, self.codec, self.run_dir = model_input, codec, run_dir
+        self.dist, self.progress = dist, progress
         device = dist.device
         self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
         self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
@@ -266,7 +267,9 @@ class Trainer:
         if d.is_main:
             self.run_dir.append_metrics(record)
             self.trackers.log_record(record)
-        self.bucket_sum.zero_(); self.bucket_count.zero_(); self.loss_sum.zero_()
+        self.bucket_sum.zero_()
+        self.bucket_count.zero_()
+        self.loss_sum.zero_()
         self.window_steps, self.window_start = 0, time.perf_counter()
         return record
 

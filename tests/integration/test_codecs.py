@@ -35,7 +35,8 @@ def test_shift_factor_applied_on_encode_and_decode(tmp_path):
     assert (codec.scale_factor, codec.shift_factor) == (1.5, 0.25)
     # (z - shift) * scale on encode, z / scale + shift on decode, pinned by value
     normalised, std = codec.normalise(torch.full((1, 4, 2, 2), 1.25), torch.full((1, 4, 2, 2), 0.5))
-    assert torch.allclose(normalised, torch.full_like(normalised, 1.5)) and torch.allclose(std, torch.full_like(std, 0.75))
+    assert torch.allclose(normalised, torch.full_like(normalised, 1.5))
+    assert torch.allclose(std, torch.full_like(std, 0.75))
     assert torch.allclose(codec.denormalise(torch.full((1, 4, 2, 2), 1.5)), torch.full((1, 4, 2, 2), 1.25))
 
     # ... and the real encode / decode use exactly that

@@ -397,7 +397,8 @@ def test_too_few_samples_for_the_metric_settings_is_one_line_up_front(tmp_path):
         check_eval_settings({"metrics": ["fd"]}, 100)
 
     # evaluate() finds it before building the extractor (an unknown one would fail later, as a plugin error)
-    with pytest.raises(DataError, match=r"<array>: 898 image\(s\) are too few for kid with kid_subset_size=1000") as err:
+    with pytest.raises(DataError,
+                       match=r"<array>: 898 image\(s\) are too few for kid with kid_subset_size=1000") as err:
         evaluate(real_digits("a")[0], "dataset:digits?split=b", metrics=["kid"], feature_extractor="nope",
                  fidelity_options={"kid_subset_size": 1000})
     assert "\n" not in str(err.value)
@@ -417,7 +418,8 @@ def test_record_says_what_was_applied(tmp_path, registry):
     assert result["feature_layers"] == {"fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}
     assert result["num_samples"] == 300 and result["num_reference"] == 899 and result["sample_labels"] == "argument"
     assert result["kid_subset_size"] == 300 and result["kid_subsets"] == 10 and result["prc_neighborhood"] == 3
-    assert len(result["reference_fingerprint"]) == 64 and result["reference"] == "dataset:digits?image_size=8&channels=1&split=b"
+    assert len(result["reference_fingerprint"]) == 64
+    assert result["reference"] == "dataset:digits?image_size=8&channels=1&split=b"
     assert result["provenance"] == provenance and 0 <= result["precision"] <= 1  # precision: the metric
     other = digits_eval(images[:300], "dataset:digits?split=a", registry=registry, cache_dir=tmp_path / "c")
     assert other["reference_fingerprint"] != result["reference_fingerprint"]

@@ -219,7 +219,8 @@ def test_dit_units_per_site():
 def test_unit_sites_add_no_parameters(site):
     official = torch.load(FIXTURES / "dit_tiny_official.pt", weights_only=True)["state_dict"]
     model = routed_dit(SlidingWindow(beta=0.8), site)
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in official.items()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in official.items()}
     model.load_state_dict(official)  # strict
 
 
@@ -251,8 +252,8 @@ def test_adm_unet_declares_only_the_input_site():
                                           r"\(allowed: input\)"):
         load_config(CONFIGS / "adm_digits.yaml", ["routing.site=heads"])  # from the factory's return type
     cfg = load_config(CONFIGS / "adm_digits.yaml")
+    cfg.routing.site = "mlp"  # past config validation (a hand-made config): build_model still refuses
     with pytest.raises(ConfigError, match=r"\(allowed: input\)"):
-        cfg.routing.site = "mlp"  # past config validation (a hand-made config): build_model still refuses
         build_model(cfg)
 
 

@@ -157,7 +157,7 @@ def _gpu_count() -> int:
         import torch
 
         return torch.cuda.device_count()
-    except Exception:  # pragma: no cover - torch is a dependency; be safe in odd environments
+    except Exception:  # noqa: BLE001  # pragma: no cover - torch is a dependency; be safe in odd environments
         return 0
 
 
