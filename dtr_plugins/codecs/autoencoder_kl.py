@@ -266,7 +266,8 @@ def _hub_snapshot(repo_id: str) -> Path:
     except ImportError:
         raise ConfigError(f"vae.path: {repo_id!r} is not a local folder, and loading a hub VAE needs diffusers "
                           "(pip install 'dtr-plugins[latent]')") from None
-    kwargs = dict(repo_id=repo_id, allow_patterns=["config.json", WEIGHTS_FILE], cache_dir=hub_cache_dir())
+    kwargs: dict[str, Any] = dict(repo_id=repo_id, allow_patterns=["config.json", WEIGHTS_FILE],
+                                  cache_dir=hub_cache_dir())
     try:
         folder = Path(snapshot_download(local_files_only=True, **kwargs))
         if (folder / "config.json").is_file():

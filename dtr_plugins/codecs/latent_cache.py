@@ -130,7 +130,9 @@ def write_cache(root: Path, key: dict[str, Any], dataset: Dataset, codec: Codec,
                for i in todo for lo in range(i * shard_size, i * shard_size + size_of(i), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=d.device.type == "cuda")
     shard_iter = iter(todo)
-    current, posts, labels, filled = None, [], [], 0
+    posts: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    current, filled = None, 0
     for images, ys in loader:
         if current is None:
             current, posts, labels, filled = next(shard_iter), [], [], 0

@@ -72,7 +72,10 @@ class RunRecord:
 
     def final(self, metric: str) -> tuple[int, float] | None:
         points = self.curves.get(metric) or ()
-        return tuple(points[-1]) if points else None
+        if not points:
+            return None
+        step, value = points[-1]
+        return (step, value)
 
 
 # ----------------------------------------------------------------------------------------- outputs

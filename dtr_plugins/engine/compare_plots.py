@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -55,7 +56,7 @@ def plot_heldout_bands(groups: Mapping[str, Sequence[Curves]], path: str | Path,
     rows = (len(metrics) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    handles = {}
+    handles: dict[str, Any] = {}
     for ax, metric in zip(axes.flat, metrics):
         for i, (label, seed_curves) in enumerate(groups.items()):
             stats = _mean_and_range([c.get(metric, ()) for c in seed_curves])

@@ -188,7 +188,7 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
         if beside is not None:
             record["provenance_file"] = beside[1]
     if out is not None:
-        write_json(out, record)
+        write_json(Path(out), record)
     return record
 
 

@@ -166,6 +166,8 @@ class DigitsNet(nn.Module):
     back to about the 8x8 it was upsampled from).
     """
 
+    feature_scale: torch.Tensor  # a registered buffer (set in __init__)
+
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)

@@ -215,7 +215,8 @@ class RunDir:
             except json.JSONDecodeError:
                 record = None
             at = record.get("step") if isinstance(record, dict) else None
-            if isinstance(at, int) and (at > step or (drop_eval_at_step and at == step and "eval" in record)):
+            eval_here = drop_eval_at_step and at == step and isinstance(record, dict) and "eval" in record
+            if isinstance(at, int) and (at > step or eval_here):
                 dropped += 1
                 continue
             if line.strip():

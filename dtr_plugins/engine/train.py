@@ -252,7 +252,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             net = torch.nn.parallel.DistributedDataParallel(
                 parts.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         if cfg.train.compile:
-            net = torch.compile(net)
+            net = cast(torch.nn.Module, torch.compile(net))
 
         batches = StepBatches(len(parts.dataset), cfg.train.batch_size, d.rank, d.world_size, cfg.seed, state.step,
                               cfg.train.steps, draw_keys=True)

@@ -108,7 +108,7 @@ class StatsCache:
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle's bool
 
 
 def _pack(stats: ReferenceStats) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ class TrackerWarning(UserWarning):
     """A tracker failed while logging and was switched off for the rest of the run."""
 
 
-def flatten_scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten_scalars(record: Mapping[str, Any] | list[Any] | tuple[Any, ...], prefix: str = "") -> dict[str, float]:
     """The numeric leaves of a metrics record as ``{"a/b": float}``; ``step``, text, bools and None skipped.
 
     Nested mappings join their keys with ``/``; lists get their index (``loss_bucket/3``).

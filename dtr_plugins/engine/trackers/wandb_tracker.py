@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,9 @@ class WandbParams(BaseModel):
     entity: str | None = Field(None, description="W&B team or user; default: the account's default entity")
     mode: Literal["offline", "online"] | None = Field(
         None, description="offline (local files, sync later) or online; default: $WANDB_MODE, else offline")
+
+
+WandbMode = Literal["online", "offline", "disabled", "shared"]  # what wandb.init checks at run time
 
 
 def resolve_mode(mode: str | None) -> str:
@@ -48,7 +51,7 @@ class WandbTracker:
         self._wandb = wandb
         self.applied_mode = resolve_mode(self.mode)
         self._run = wandb.init(project=self.project, entity=self.entity, name=run_name, config=dict(config),
-                               dir=str(run_dir), mode=self.applied_mode, reinit="create_new",
+                               dir=str(run_dir), mode=cast(WandbMode, self.applied_mode), reinit="create_new",
                                settings=wandb.Settings(console="off", save_code=False))
 
     def applied(self) -> dict[str, Any]:
