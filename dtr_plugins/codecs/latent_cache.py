@@ -23,12 +23,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dtr_plugins.core.contracts import Codec
+from dtr_plugins.core.contracts import Dataset as ImageDataset
 from dtr_plugins.core.errors import DataError, first_line
 from dtr_plugins.core.io import save_torch, write_json
 
@@ -86,7 +87,7 @@ def _plan_fields(manifest: dict[str, Any]) -> tuple:
     return tuple(manifest.get(k) for k in ("key", "num_items", "shard_size", "latent_shape"))
 
 
-def write_cache(root: Path, key: dict[str, Any], dataset: Dataset, codec: Codec, settings: CacheSettings, *,
+def write_cache(root: Path, key: dict[str, Any], dataset: ImageDataset, codec: Codec, settings: CacheSettings, *,
                 image_size: int, dist: Any, num_workers: int = 0, progress: bool = True,
                 describe: dict[str, Any] | None = None) -> Path:
     """Encode ``dataset`` (read without random flips) into the cache at ``root``; resumable.
@@ -128,7 +129,10 @@ def write_cache(root: Path, key: dict[str, Any], dataset: Dataset, codec: Codec,
     batch_size = settings.batch_size
     batches = [list(range(lo, min(lo + batch_size, i * shard_size + size_of(i))))
                for i in todo for lo in range(i * shard_size, i * shard_size + size_of(i), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=d.device.type == "cuda")
+    # DataLoader reads any map-style dataset; its stub wants torch's Dataset class
+    loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
+        cast("Dataset[tuple[torch.Tensor, int]]", dataset), batch_sampler=batches, num_workers=num_workers,
+        pin_memory=d.device.type == "cuda")
     shard_iter = iter(todo)
     posts: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []

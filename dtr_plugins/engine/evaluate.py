@@ -177,7 +177,7 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
         "image_size": list(images.size),
         "samples": images.source,
     })
-    if ref is not None:
+    if ref is not None and ref_stats is not None:  # set together
         record.update({"reference": ref.label, "reference_fingerprint": ref.fingerprint,
                        "num_reference": ref_stats.num_images, "reference_image_size": list(ref_stats.image_size)})
     record["reference_cache"] = cache_state
@@ -209,7 +209,7 @@ def reference_statistics(ref: Reference, metrics: Sequence[str], layers: dict[st
     loaded: ImageSet = ref.load()
     _check_reference_count(ref, metrics, len(loaded), options)
     feats = extractor(loaded.dataset, save_cpu_ram=_save_cpu_ram(loaded))
-    stats = ReferenceStats(len(loaded), tuple(loaded.size),
+    stats = ReferenceStats(len(loaded), (loaded.size[0], loaded.size[1]),
                            {layer: feats[layer] for layer in feature_layers_needed},
                            {layer: fid_statistics(feats[layer]) for layer in fid_layers})
     stats = stats.merged(cached)
@@ -246,7 +246,8 @@ def _class_accuracy(spec: FeatureExtractorSpec, images: ImageSet, device, batch_
     if spec.num_classes is not None and (labels.min() < 0 or labels.max() >= spec.num_classes):
         warnings.warn(f"class_accuracy skipped: sample labels outside 0..{spec.num_classes - 1}", stacklevel=3)
         return None
-    return class_accuracy(predict_classes(spec, images.dataset, device, batch_size), labels)
+    predicted = predict_classes(spec, images.dataset, device, batch_size)
+    return None if predicted is None else class_accuracy(predicted, labels)
 
 
 def evaluate_model_samples(images_uint8_nhwc: np.ndarray, labels: np.ndarray | None, reference: str,

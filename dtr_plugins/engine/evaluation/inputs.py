@@ -15,10 +15,10 @@ by :mod:`dtr_plugins.core.decode` (16-bit and float images scaled, not clipped; 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class DatasetImages(Dataset):
         self.where = where
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # every dataset plugin is sized (Dataset's stub is not)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.dataset[index]
@@ -98,7 +98,7 @@ class ImageSet:
     labels_from: str | None = None
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # every dataset plugin is sized (Dataset's stub is not)
 
 
 def check_labels(labels: Any, n: int, where: str) -> np.ndarray | None:
@@ -162,12 +162,12 @@ def folder_images(path: Path) -> ImageSet:
     files = list(iter_image_files(path))
     if not files:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or its subfolders")
-    size = first = None
-    for f in files:
+    first = files[0]
+    first_w, first_h = image_header(first)
+    size = (first_h, first_w)
+    for f in files[1:]:
         w, h = image_header(f)
-        if size is None:
-            size, first = (h, w), f
-        elif (h, w) != size:
+        if (h, w) != size:
             raise DataError(f"{f}: image is {w}x{h} but {first.relative_to(path)} is {size[1]}x{size[0]}; all images "
                             f"of one input must share a size (for a folder of real images of any size, use "
                             f"dataset:image_folder?path=...&image_size=N&class_cond=false)")

@@ -192,7 +192,10 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
     try:
         for metric in metrics:
             layer = layers[metric]
+            if metric in BINARY_METRICS and reference is None:
+                raise EvalError(f"{metric}: needs reference statistics (only isc runs without a reference)")
             if metric == "fid":
+                assert reference is not None
                 feats = samples[layer]
                 mine, theirs = fid_statistics(feats), reference.fid[layer]
                 out.update(fid_statistics_to_metric(mine, theirs, verbose))
@@ -204,8 +207,10 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
             elif metric == "isc":
                 out.update(isc_featuresdict_to_metric(samples, layer, **kwargs))
             elif metric == "kid":
+                assert reference is not None
                 out.update(kid_features_to_metric(samples[layer], reference.features[layer], **kwargs))
             elif metric == "prc":
+                assert reference is not None
                 out.update(prc_features_to_metric(samples[layer], reference.features[layer], **kwargs))
     except ValueError as exc:  # torch-fidelity's vassert
         raise EvalError(f"torch-fidelity: {str(exc).strip().splitlines()[-1]}") from exc
