@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
@@ -275,7 +276,9 @@ def _convergence(label, setting, metric, direction, pairs, level) -> Convergence
     if len(reached) < len(steps):
         verdict, reason = NOT_RESOLVED, f"not reached in {len(steps) - len(reached)} of {len(steps)} seeds"
     else:
-        mean_saved, saved_interval = t_interval([b - s for b, s in zip(base_steps, steps)], level)
+        # every seed reached it (steps == reached), and a reference reaches its own final value by its last point
+        ref_steps = cast("list[int]", base_steps)
+        mean_saved, saved_interval = t_interval([b - s for b, s in zip(ref_steps, reached)], level)
         verdict, reason = _verdict(saved_interval, True, FASTER, SLOWER)
     return Convergence(label, setting, metric, tuple(seeds), tuple(targets), tuple(base_steps), tuple(steps),
                        mean_step, step_interval, mean_saved, saved_interval, verdict, reason)

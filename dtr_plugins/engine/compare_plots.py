@@ -112,7 +112,7 @@ def plot_forest(result: ComparisonResult, path: str | Path, *, include_bands: bo
         title, direction = metric_info(metric) or (metric, LOWER)
         for y, d in enumerate(reversed(mine)):
             colour = VERDICT_COLOURS.get(d.verdict, VERDICT_COLOURS[NOT_RESOLVED])
-            if d.interval is not None:
+            if d.interval is not None and d.mean is not None:  # an interval comes with its mean
                 ax.errorbar(d.mean, y, xerr=[[d.mean - d.interval[0]], [d.interval[1] - d.mean]], fmt="o",
                             color=colour, capsize=3, ms=5)
             else:
