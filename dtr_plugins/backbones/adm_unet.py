@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -270,7 +270,7 @@ class ADMUNet(RoutedBackbone):
         if p.num_classes is not None:
             self.label_emb = nn.Embedding(p.num_classes, emb_dim)
 
-        widths = level_widths(p.model_channels, p.channel_mult)
+        widths = level_widths(p.model_channels, cast("tuple[float, ...]", p.channel_mult))  # filled by the validator
         attn_ds = {p.image_size // r for r in p.attention_resolutions}
         heads_up = p.num_heads if p.num_heads_upsample == -1 else p.num_heads_upsample
 
@@ -315,7 +315,8 @@ class ADMUNet(RoutedBackbone):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  zeroed(nn.Conv2d(widths[0], self.out_channels, 3, padding=1)))
 
-        self._routed_channels = [layer.channels for layer in self._routed_layers()]
+        # ResBlock and AttentionBlock both store their width as an int `channels`
+        self._routed_channels = [cast(int, layer.channels) for layer in self._routed_layers()]
         if p.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -339,7 +340,8 @@ class ADMUNet(RoutedBackbone):
         # flow: a continuous process routes by the float time itself; index plans take integer timesteps
         task = t if self.plan is not None and self.plan.continuous is not None else t.long()
         masks = iter([None if m is None else m[:, :, None, None] for m in self.layer_masks(task, x.dtype)])
-        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype))
+        emb_dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(emb_dtype))
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("this ADM U-Net is class-conditional: pass labels y")
