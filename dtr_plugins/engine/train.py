@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader
 from dtr_plugins._version import __version__
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
-from dtr_plugins.core.plugins import PluginRegistry
+from dtr_plugins.core.plugins import PluginRegistry, default_registry
 
 from . import distributed
-from .compose import build_components
+from .compose import Components, build_components
+from .heldout import HeldOutSet
 from .rundir import RunDir
 from .trackers import TrackerSet, routing_heatmap
 from .trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
@@ -98,6 +99,34 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
+                 device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
+    """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
+    off when ``eval.heldout_every`` is 0, for processes without integer timesteps (flow matching) and for
+    data without a held-out split."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+    from dtr_plugins.core.errors import DataError
+
+    from .heldout import heldout_set_for
+
+    if not cfg.eval.heldout_every:
+        return None, {"applied": False, "why": "eval.heldout_every is 0"}
+    if not isinstance(parts.diffusion, GaussianDiffusion):
+        return None, {"applied": False, "why": "held-out bands need a Gaussian process with integer timesteps"}
+    codec = parts.codec
+    prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
+    try:
+        heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
+                                  parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                                  seed=cfg.eval.heldout_seed, prepare=prepare)
+    except (ConfigError, DataError) as exc:
+        print(f"dtr: note: no held-out loss for this run: {exc}")
+        return None, {"applied": False, "why": str(exc)}
+    return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema",
+                     "num_bands": heldout.num_bands, "per_band": heldout.per_band, "seed": heldout.seed,
+                     "fingerprint": heldout.fingerprint}
+
+
 def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
           registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True) -> Path:
     """Train ``cfg``; returns the run directory (DESIGN.md section 8, :class:`RunDir`).
@@ -109,6 +138,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
+    heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
     try:
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
         start_ckpt = rd.latest_checkpoint()
@@ -134,6 +164,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
             meta["trackers"] = trackers.applied()
             rd.write_meta(meta)
+            heldout, meta["heldout"] = _heldout_for(cfg, parts, registry, d.device)
             heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
             if heatmap is not None:
                 trackers.log_image(state.step, "routing/masks", heatmap)
@@ -151,7 +182,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         loader = DataLoader(parts.dataset, batch_sampler=batches, num_workers=cfg.train.num_workers,
                             collate_fn=_collate, pin_memory=d.device.type == "cuda")
         trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
-                          trackers=trackers)
+                          trackers=trackers, heldout=heldout)
         trainer.run(loader)
         in_sync = ranks_in_sync(parts.model, d) if d.enabled else None
         if d.is_main:
