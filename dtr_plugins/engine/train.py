@@ -163,8 +163,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
                 meta["resumed_from_step"] = state.step
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
             meta["trackers"] = trackers.applied()
-            rd.write_meta(meta)
             heldout, meta["heldout"] = _heldout_for(cfg, parts, registry, d.device)
+            rd.write_meta(meta)
             heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
             if heatmap is not None:
                 trackers.log_image(state.step, "routing/masks", heatmap)
