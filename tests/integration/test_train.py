@@ -76,7 +76,7 @@ def test_loss_falls_on_digits(tmp_path):
                       "backbone.patch_size=1", "train.steps=60", "train.batch_size=16", "train.log_every=10",
                       "train.ckpt_every=0", "diffusion.steps=1000")
     run_dir = dp.train(cfg, progress=False)
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert losses[-1] < 0.7 * losses[0], losses
 
 
