@@ -102,8 +102,8 @@ def _now() -> str:
 def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
                  device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
     """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
-    off when ``eval.heldout_every`` is 0, for processes without integer timesteps (flow matching) and for
-    data without a held-out split."""
+    off when ``eval.heldout_every`` is 0, for processes without integer timesteps (flow matching), when
+    training from a latent cache and for data without a held-out split."""
     from dtr_plugins.core.diffusion import GaussianDiffusion
     from dtr_plugins.core.errors import DataError
 
@@ -113,6 +113,8 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
         return None, {"applied": False, "why": "eval.heldout_every is 0"}
     if not isinstance(parts.diffusion, GaussianDiffusion):
         return None, {"applied": False, "why": "held-out bands need a Gaussian process with integer timesteps"}
+    if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
+        return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
     try:
