@@ -124,7 +124,7 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     stats = {g: {s: _mean_std(v) if v else None for s, v in row.items()} for g, row in cells.items()}
     best = {}
     for s in steps:
-        means = [stats[g][s][0] for g in stats if stats[g][s] is not None]
+        means = [st[0] for g in stats if (st := stats[g][s]) is not None]
         if means:
             best[s] = min(means) if lower else max(means)
     arrow = "lower is better" if lower else "higher is better"
