@@ -183,9 +183,12 @@ def test_report_command_on_missing_folder(tmp_path, run_cli):
     assert code == 2 and "not a suite folder" in err
 
 
-def test_quickstart_suite_expands_to_four_strategies():
+def test_quickstart_suite_pairs_three_strategies_over_three_seeds():
     suite = load_suite(ROOT / "configs" / "suites" / "quickstart.yaml")
-    assert sorted({r.config.routing.name for r in suite.runs}) == ["dtr", "random", "task_specific_sharing", "vanilla"]
+    assert sorted((r.config.routing.name, r.config.seed) for r in suite.runs) == \
+        [(name, seed) for name in ("dtr", "random", "vanilla") for seed in (0, 1, 2)]
+    cfg = suite.runs[0].config
+    assert cfg.eval.heldout_every == 100 and cfg.eval.num_samples > 128 and cfg.eval.every == 0
 
 
 def test_adm_and_dit_in_one_suite(tmp_path):
