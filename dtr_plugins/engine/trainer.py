@@ -18,6 +18,7 @@ from dtr_plugins.core.contracts import Backbone, Codec
 from dtr_plugins.core.errors import ConfigError, UserError
 
 from . import distributed
+from .heldout import HeldOutSet
 from .rundir import RunDir
 from .trackers import TrackerSet
 
@@ -171,8 +172,9 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
                  model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
-                 trackers: TrackerSet | None = None):
+                 trackers: TrackerSet | None = None, heldout: HeldOutSet | None = None):
         self.trackers = trackers if trackers is not None else TrackerSet()
+        self.heldout = heldout  # fixed held-out inputs (main rank only; None: no held-out loss)
         self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
         self.model_input, self.codec, self.run_dir, self.dist, self.progress = model_input, codec, run_dir, dist, progress
         device = dist.device
@@ -201,6 +203,8 @@ class Trainer:
             if step % cfg.train.log_every == 0 or last:
                 record = self.log()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if self.heldout is not None and (step % cfg.eval.heldout_every == 0 or last):
+                self.score_heldout()
             if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
                 self.save()
             if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
@@ -267,6 +271,19 @@ class Trainer:
             self.trackers.log_record(record)
         self.bucket_sum.zero_(); self.bucket_count.zero_(); self.loss_sum.zero_()
         self.window_steps, self.window_start = 0, time.perf_counter()
+        return record
+
+    def score_heldout(self) -> dict[str, Any]:
+        """Held-out epsilon MSE per noise band of the EMA weights (:mod:`.heldout`); one metrics.jsonl line."""
+        from .heldout import heldout_losses, heldout_record
+
+        assert self.heldout is not None
+        model = self.state.model
+        losses = heldout_losses(self.state.ema, self.diffusion, self.heldout,
+                                lambda y: model_kwargs_for(model, y), device=self.dist.device)  # type: ignore[arg-type]
+        record = heldout_record(self.state.step, losses, self.heldout, weights="ema")
+        self.run_dir.append_metrics(record)
+        self.trackers.log_record(record)
         return record
 
     def save(self) -> None:
