@@ -35,6 +35,7 @@ from torch import Tensor
 from dtr_plugins.core.errors import ConfigError, DataError, first_line
 from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.io import file_sha256
 
 DEFAULT_SCALE_FACTOR = 0.18215
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -201,7 +202,7 @@ class AutoencoderKLCodec:
             weights = sorted({p for pattern in _WEIGHTS_PATTERNS for p in self.folder.glob(pattern)})
             for path in weights:
                 digest.update(path.name.encode())
-                digest.update(_file_sha256(path).encode())
+                digest.update(file_sha256(path).encode())
             digest.update(json.dumps(self.config, sort_keys=True).encode())
             digest.update(json.dumps(self.normalisation(), sort_keys=True).encode())
             self._fingerprint = digest.hexdigest()
@@ -213,12 +214,6 @@ class AutoencoderKLCodec:
                 "latents_mean": self.latents_mean, "latents_std": self.latents_std}
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _no_autocast(device: torch.device):

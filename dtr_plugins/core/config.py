@@ -130,6 +130,11 @@ class EvalConfig(_Strict):
     every: int = Field(0, ge=0, description="evaluate during training every N steps (0: only at the end)")
     num_samples: int = Field(1000, ge=1)
     at_end: bool = True
+    heldout_every: int = Field(200, ge=0, description="held-out denoising loss per noise band (EMA weights) every "
+                               "N steps and at the end (0: off); see engine/heldout.py")
+    heldout_per_band: int = Field(64, ge=1, description="held-out images (and fixed t, noise) per noise band")
+    heldout_seed: int = Field(0, ge=0, description="seed of the held-out inputs (not the run's seed: every run "
+                              "of a suite is scored on the same inputs)")
 
 
 class CacheFields(BaseModel):

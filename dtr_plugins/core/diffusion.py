@@ -400,18 +400,8 @@ class GaussianDiffusion:
         """
         if sampler not in _SAMPLERS:
             raise ConfigError(f"sampler '{sampler}': allowed {', '.join(_SAMPLERS)}")
-        if cfg_channels not in _CFG_CHANNELS:
-            raise ConfigError(f"cfg_channels '{cfg_channels}': allowed {', '.join(_CFG_CHANNELS)}")
-        if device is None:
-            device = noise.device if noise is not None else _model_device(model)
-        kwargs = dict(model_kwargs or {})
-        y_null = kwargs.pop("y_null", None)
-        if cfg_scale != 1.0:
-            model = _guided(model, kwargs, cfg_scale, _CFG_CHANNELS[cfg_channels], y_null, shape[1])
         process = self.respaced(respacing)
-        x = noise.to(device) if noise is not None else torch.randn(*shape, device=device)
-        if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"noise shape {tuple(x.shape)} != sample shape {tuple(shape)}")
+        model, kwargs, x, device = sampling_start(model, model_kwargs, cfg_scale, cfg_channels, shape, noise, device)
         from tqdm.auto import tqdm
 
         steps = range(process.num_timesteps - 1, -1, -1)
@@ -468,3 +458,26 @@ def _guided(model: Model, kwargs: dict[str, Any], scale: float, channels: int | 
         return torch.cat([eps, cond[:, g:]], dim=1)
 
     return guided
+
+
+def sampling_start(model: Model, model_kwargs: Mapping[str, Any] | None, cfg_scale: float, cfg_channels: str,
+                   shape: Any, noise: Tensor | None, device: Any) -> tuple[Model, dict[str, Any], Tensor, Any]:
+    """What every sampler does before its first step (guided-diffusion's loops and the flow ODE/SDE samplers):
+    the device, the model wrapped for classifier-free guidance (``model_kwargs["y_null"]`` is the null label,
+    ``cfg_channels`` names the guided output channels), and the start ``x`` of ``shape`` ``[N, C, H, W]``
+    (``noise``, or a standard normal draw on the device).
+
+    Raises ConfigError for an unknown ``cfg_channels``; ValueError when ``noise`` is not of ``shape``.
+    """
+    if cfg_channels not in _CFG_CHANNELS:
+        raise ConfigError(f"sample.cfg_channels: {cfg_channels!r} (allowed: {', '.join(_CFG_CHANNELS)})")
+    if device is None:
+        device = noise.device if noise is not None else _model_device(model)
+    kwargs = dict(model_kwargs or {})
+    y_null = kwargs.pop("y_null", None)
+    if cfg_scale != 1.0:
+        model = _guided(model, kwargs, cfg_scale, _CFG_CHANNELS[cfg_channels], y_null, shape[1])
+    x = noise.to(device) if noise is not None else torch.randn(*shape, device=device)
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"noise shape {tuple(x.shape)} != sample shape {tuple(shape)}")
+    return model, kwargs, x, device

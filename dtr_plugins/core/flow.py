@@ -31,13 +31,12 @@ import torch
 from torch import Tensor
 
 from .continuous_routing import ContinuousTasks
-from .diffusion import _guided, _model_device, mean_flat
+from .diffusion import mean_flat, sampling_start
 from .errors import ConfigError
 
 __all__ = ["FlowMatching", "flow_steps"]
 
 SAMPLERS = ("euler", "heun", "euler_maruyama")
-_CFG_CHANNELS = {"all": None, "first3": 3}
 
 
 def flow_steps(respacing: Any) -> int:
@@ -162,17 +161,7 @@ class FlowMatching:
         steps = flow_steps(respacing)
         if eta:
             raise ConfigError(f"sample.eta: {eta:g} is a DDIM setting; flow_matching samplers need eta 0")
-        if cfg_channels not in _CFG_CHANNELS:
-            raise ConfigError(f"sample.cfg_channels: {cfg_channels!r} (allowed: {', '.join(_CFG_CHANNELS)})")
-        if device is None:
-            device = noise.device if noise is not None else _model_device(model)
-        kwargs = dict(model_kwargs or {})
-        y_null = kwargs.pop("y_null", None)
-        if cfg_scale != 1.0:
-            model = _guided(model, kwargs, cfg_scale, _CFG_CHANNELS[cfg_channels], y_null, shape[1])
-        x = noise.to(device) if noise is not None else torch.randn(*shape, device=device)
-        if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"noise shape {tuple(x.shape)} != sample shape {tuple(shape)}")
+        model, kwargs, x, device = sampling_start(model, model_kwargs, cfg_scale, cfg_channels, shape, noise, device)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             out: Tensor = model(x, t.expand(x.shape[0]), **kwargs)

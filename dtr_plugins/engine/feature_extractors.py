@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.images import to_uint8
-from dtr_plugins.core.io import save_torch
+from dtr_plugins.core.io import file_sha256, save_torch
 
 
 class EvalError(UserError):
@@ -353,21 +352,6 @@ def digits_classifier(weights_path: str | None = None) -> FeatureExtractorSpec:
                                 layers={"fid": "penultimate", "kid": "penultimate", "prc": "penultimate",
                                         "isc": "logits"},
                                 fidelity_class=digits_fidelity_class(), num_classes=10, classifier=classifier)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file (remembered per path, size and modification time)."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @hookimpl

@@ -19,7 +19,6 @@ folder elsewhere and point at it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
+from dtr_plugins.core.io import file_sha256
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
@@ -156,7 +156,7 @@ def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str,
     metadata = {"format": "pt", "dtr_export": EXPORT_FORMAT, "weights": str(record["weights"]),
                 "step": str(record["step"])}
     save_file(dict(state), str(path), metadata=metadata)
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def _check_out(out: Path) -> None:
@@ -200,12 +200,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #################################################################################

@@ -16,6 +16,8 @@ from typing import Any
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import write_text
 
+from .compare import ComparisonResult, compare_runs, render_comparison_markdown
+from .compare_records import runs_from_suite
 from .rundir import RunDir
 
 #: torch-fidelity key (or ours) -> (column title, lower is better)
@@ -61,7 +63,7 @@ def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
         meta = run_dir.read_meta()
         records = run_dir.read_metrics()
         evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
-        train = [r for r in records if "eval" not in r]
+        train = [r for r in records if "loss" in r]  # held-out and eval lines are not training records
         results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
                                  status=status, routing=(config.get("routing") or {}).get("name", "?"),
                                  config=config, meta=meta, evals=evals, train=train))
@@ -105,21 +107,9 @@ def _groups(results: list[RunResult]) -> dict[str, list[RunResult]]:
     return out
 
 
-def _vanilla_of(group: str, groups: dict[str, list[RunResult]]) -> str | None:
-    """The vanilla group that differs from ``group`` only in routing (or the only vanilla group)."""
-    vanilla = [g for g, rs in groups.items() if rs[0].routing == "vanilla"]
-    if not vanilla:
-        return None
-    parts = group.split("__")
-    for g in vanilla:
-        other = g.split("__")
-        if len(other) == len(parts) and sum(a != b for a, b in zip(parts, other)) <= 1:
-            return g
-    return vanilla[0] if len(vanilla) == 1 else None
-
-
 def metric_table(key: str, results: list[RunResult]) -> str:
-    """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold; Δ vs vanilla."""
+    """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold. Differences
+    against the baseline are the paired comparison's job (:mod:`.compare`), not this table's."""
     title, lower = METRICS.get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
     groups = _groups(results)
     if key == TRAIN_LOSS:
@@ -134,12 +124,11 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     stats = {g: {s: _mean_std(v) if v else None for s, v in row.items()} for g, row in cells.items()}
     best = {}
     for s in steps:
-        means = [stats[g][s][0] for g in stats if stats[g][s] is not None]
+        means = [st[0] for g in stats if (st := stats[g][s]) is not None]
         if means:
             best[s] = min(means) if lower else max(means)
-    last = steps[-1]
     arrow = "lower is better" if lower else "higher is better"
-    head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps] + ["Δ vs vanilla"]
+    head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps]
     lines = [f"### {title} ({arrow})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, row in stats.items():
         out = [f"`{g}`", str(len(groups[g]))]
@@ -150,13 +139,6 @@ def metric_table(key: str, results: list[RunResult]) -> str:
                 continue
             text = f"{st[0]:.4g} ± {st[1]:.2g}" if len(cells[g][s]) > 1 else f"{st[0]:.4g}"
             out.append(f"**{text}**" if math.isclose(st[0], best.get(s, math.nan)) else text)
-        ref = _vanilla_of(g, groups)
-        if ref is None or ref == g or row[last] is None or stats[ref][last] is None:
-            out.append("—")
-        else:
-            delta = row[last][0] - stats[ref][last][0]
-            rel = f" ({delta / stats[ref][last][0]:+.1%})" if stats[ref][last][0] else ""
-            out.append(f"{delta:+.4g}{rel}")
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
@@ -165,7 +147,8 @@ def build_report(suite_dir: str | Path) -> Path:
     suite_dir = Path(suite_dir)
     index, results = collect(suite_dir)
     metric_keys = write_csv(results, suite_dir / "results.csv")
-    plots = _plots(suite_dir, results, metric_keys)
+    comparison = compare_runs(runs_from_suite(suite_dir))
+    plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, comparison)
     done = [r for r in results if r.status == "done"]
     first = next((r for r in results if r.meta), None)
     evals = [e for r in results for e in r.evals]
@@ -187,8 +170,9 @@ def build_report(suite_dir: str | Path) -> Path:
         lines.append(f"- run `{r.id}` failed: {status.get('error', '?')}")
     if failed:
         lines.append("")
-    lines += ["## Results", "", "Mean ± std over seeds; best value per column in **bold**; Δ is the change "
-              "against the vanilla run at the last step.", ""]
+    lines += [render_comparison_markdown(comparison)]
+    lines += ["## Results per run group", "", "Mean ± std over seeds (no test: see the paired comparisons above); "
+              "best value per column in **bold**.", ""]
     for key in [*metric_keys, TRAIN_LOSS]:
         table = metric_table(key, results)
         if table:
@@ -224,6 +208,20 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
         made.append(plots.plot_image_panels(grids, out_dir / "samples.png"))
     masks = _mask_plots(groups, out_dir)
     made.extend(masks)
+    return made
+
+
+def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Path]:
+    """``heldout_loss_bands.png`` (held-out loss per noise band vs step, one line per group, band over
+    seeds) and ``paired_differences.png`` (forest plot), each only when there is something to draw."""
+    from .compare_plots import group_curves, plot_forest, plot_heldout_bands
+
+    made = []
+    groups = group_curves(runs_from_suite(suite_dir))
+    if any(m.startswith("heldout/") for cs in groups.values() for c in cs for m in c):
+        made.append(plot_heldout_bands(groups, suite_dir / "plots" / "heldout_loss_bands.png"))
+    if any(d.mean is not None for d in comparison.differences):
+        made.append(plot_forest(comparison, suite_dir / "plots" / "paired_differences.png"))
     return made
 
 

@@ -32,11 +32,12 @@ from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
 from dtr_plugins.core.labels import check_label_space, class_map
-from dtr_plugins.core.plugins import PluginRegistry
+from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
 
 from . import distributed
-from .compose import build_components, validate_run
+from .compose import Components, build_components, validate_run
+from .heldout import HeldOutSet
 from .rundir import RunDir, RunLocked
 from .sample import check_guidance
 from .trackers import TrackerSet, routing_heatmap
@@ -189,6 +190,36 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
+                 device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
+    """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
+    off when ``eval.heldout_every`` is 0, for processes without integer timesteps (flow matching), when
+    training from a latent cache and for data without a held-out split."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+    from dtr_plugins.core.errors import DataError
+
+    from .heldout import heldout_set_for
+
+    if not cfg.eval.heldout_every:
+        return None, {"applied": False, "why": "eval.heldout_every is 0"}
+    if not isinstance(parts.diffusion, GaussianDiffusion):
+        return None, {"applied": False, "why": "held-out bands need a Gaussian process with integer timesteps"}
+    if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
+        return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
+    codec = parts.codec
+    prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
+    try:
+        heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
+                                  parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                                  seed=cfg.eval.heldout_seed, prepare=prepare)
+    except (ConfigError, DataError) as exc:
+        print(f"dtr: note: no held-out loss for this run: {exc}")
+        return None, {"applied": False, "why": str(exc)}
+    return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema",
+                     "num_bands": heldout.num_bands, "per_band": heldout.per_band, "seed": heldout.seed,
+                     "fingerprint": heldout.fingerprint}
+
+
 def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
           registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True) -> Path:
     """Train ``cfg``; returns the run directory (DESIGN.md section 8, :class:`RunDir`).
@@ -205,6 +236,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     held = contextlib.ExitStack()
+    heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
     try:
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
         if d.is_main and not rd.path.exists():
@@ -241,6 +273,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
             meta["trackers"] = trackers.applied()
+            heldout, meta["heldout"] = _heldout_for(cfg, parts, registry, d.device)
             rd.write_meta(meta)
             heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
             if heatmap is not None:
@@ -259,7 +292,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         loader = DataLoader(SeededItems(parts.dataset), batch_sampler=batches, num_workers=cfg.train.num_workers,
                             collate_fn=_collate, pin_memory=d.device.type == "cuda")
         trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
-                          trackers=trackers)
+                          trackers=trackers, heldout=heldout)
         trainer.run(loader)
         if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
             _redo_missing_outputs(trainer, rd, cfg, d)

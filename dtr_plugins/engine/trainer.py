@@ -10,15 +10,16 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec
+from dtr_plugins.core.contracts import Backbone, Codec, LossWeighting
 from dtr_plugins.core.errors import ConfigError, UserError
 
 from . import distributed
+from .heldout import HeldOutSet
 from .rundir import RunDir
 from .trackers import TrackerSet
 
@@ -116,7 +117,8 @@ class TrainState:
         import copy
 
         ema = copy.deepcopy(model).requires_grad_(False).eval()
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + list(weighting.param_groups())
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups += list(cast(LossWeighting, weighting).param_groups())
         optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                       fused=device.type == "cuda")
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
@@ -172,8 +174,9 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
                  model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
-                 trackers: TrackerSet | None = None):
+                 trackers: TrackerSet | None = None, heldout: HeldOutSet | None = None):
         self.trackers = trackers if trackers is not None else TrackerSet()
+        self.heldout = heldout  # fixed held-out inputs (main rank only; None: no held-out loss)
         self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
         self.model_input, self.codec, self.run_dir = model_input, codec, run_dir
         self.dist, self.progress = dist, progress
@@ -203,6 +206,8 @@ class Trainer:
             if step % cfg.train.log_every == 0 or last:
                 record = self.log()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if self.heldout is not None and (step % cfg.eval.heldout_every == 0 or last):
+                self.score_heldout()
             if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
                 self.save()
             if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
@@ -219,13 +224,14 @@ class Trainer:
         labels = labels.to(d.device, non_blocking=True)
         x0 = self.model_input(batch)
         if state.step == 0 and d.is_main:
-            check_data_fits(model, x0, cfg)
+            check_data_fits(cast(Backbone, model), x0, cfg)
         t = self.diffusion.training_times(weighting, x0.shape[0], d.device)  # the process draws t
         scale = lr_at(cfg, state.step) / cfg.train.lr
         for group, lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = lr * scale
         with autocast(cfg.train.precision, d.device):
-            terms = self.diffusion.training_losses(self.net, x0, t, model_kwargs=model_kwargs_for(model, labels))
+            kwargs = model_kwargs_for(cast(Backbone, model), labels)
+            terms = self.diffusion.training_losses(self.net, x0, t, model_kwargs=kwargs)
             loss = weighting(terms, t, self.diffusion)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -263,7 +269,7 @@ class Trainer:
                   "ema_decay": ema_decay_at(cfg, state.step - 1)}
         if d.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(d.device) / 2**20
-        record.update({f"weighting/{k}": v for k, v in state.weighting.log_values().items()})
+        record.update({f"weighting/{k}": v for k, v in cast(LossWeighting, state.weighting).log_values().items()})
         if d.is_main:
             self.run_dir.append_metrics(record)
             self.trackers.log_record(record)
@@ -271,6 +277,19 @@ class Trainer:
         self.bucket_count.zero_()
         self.loss_sum.zero_()
         self.window_steps, self.window_start = 0, time.perf_counter()
+        return record
+
+    def score_heldout(self) -> dict[str, Any]:
+        """Held-out epsilon MSE per noise band of the EMA weights (:mod:`.heldout`); one metrics.jsonl line."""
+        from .heldout import heldout_losses, heldout_record
+
+        assert self.heldout is not None
+        model = self.state.model
+        losses = heldout_losses(self.state.ema, self.diffusion, self.heldout,
+                                lambda y: model_kwargs_for(model, y), device=self.dist.device)  # type: ignore[arg-type]
+        record = heldout_record(self.state.step, losses, self.heldout, weights="ema")
+        self.run_dir.append_metrics(record)
+        self.trackers.log_record(record)
         return record
 
     def save(self) -> None:
@@ -296,8 +315,8 @@ class Trainer:
 
         cfg, d, step = self.cfg, self.dist, self.state.step
         applied: dict[str, Any] = {}  # filled by generate with the settings applied
-        images, labels = generate(self.state.ema, self.diffusion, cfg, num=cfg.eval.num_samples, seed=cfg.seed,
-                                  dist=d, codec=self.codec, progress=False, record=applied)
+        images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, cfg, num=cfg.eval.num_samples,
+                                  seed=cfg.seed, dist=d, codec=self.codec, progress=False, record=applied)
         if not d.is_main:
             return
         if final:

@@ -148,7 +148,7 @@ def test_cli_sample_from_the_export_gives_the_runs_images(run_dir, tmp_path, run
     assert (tmp_path / "from_run" / "grid.png").read_bytes() == (tmp_path / "from_exp" / "grid.png").read_bytes()
     info = json.loads((tmp_path / "from_exp" / "samples.json").read_text())
     assert info["weights"] == "ema" and info["step"] == 4 and info["source"] == str(out)
-    assert info["checkpoint"] == str(out / "model.safetensors") and info["seed"] == 7 and info["num"] == 8
+    assert info["checkpoint"] == str(out / "model.safetensors") and info["seed"] == 7 and info["num_samples"] == 8
     assert json.loads((tmp_path / "from_run" / "samples.json").read_text())["weights"] == "ema"
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 

@@ -60,7 +60,7 @@ def test_unknown_launcher_and_bad_launcher_key_are_one_line(tmp_path, run_cli):
     path = write(tmp_path / "plain.yaml", plain)
     code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher", "slurm", "--launcher-set", "gpus_per_run=3",
                            "--launcher-set", "nodes_per_run=2")
-    assert code == 2 and "launcher: Value error, gpus_per_run 3 is not divisible by nodes_per_run 2" in err
+    assert code == 2 and "launcher: gpus_per_run 3 is not divisible by nodes_per_run 2" in err
     code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher-set", "partition")
     assert code == 2 and "--launcher-set 'partition': expected KEY=VALUE" in err
 

@@ -141,18 +141,43 @@ def test_report_from_synthetic_results(tmp_path):
 
     table = metric_table("frechet_inception_distance", collect(root)[1])
     assert table.splitlines()[2:] == [
-        "| run | seeds | step 10 | step 20 | Δ vs vanilla |",
-        "|---|---|---|---|---|",
-        "| `vanilla` | 2 | 11 ± 1.4 | 7 ± 1.4 | — |",
-        "| `dtr` | 2 | **9 ± 0** | **5 ± 0** | -2 (-28.6%) |",
+        "| run | seeds | step 10 | step 20 |",
+        "|---|---|---|---|",
+        "| `vanilla` | 2 | 11 ± 1.4 | 7 ± 1.4 |",
+        "| `dtr` | 2 | **9 ± 0** | **5 ± 0** |",
     ]
+    # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7
+    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.7, +10.7] | *not resolved* (interval contains 0) |"
+    assert row in report
     assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
     rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
     assert len(rows) == 8
     assert rows[0] == {"run_id": "vanilla__seed0", "group": "vanilla", "routing": "vanilla", "seed": "0",
                        "status": "done", "step": "10", "frechet_inception_distance": "10", "train_loss": "0.5"}
     plots = sorted(p.name for p in (root / "plots").glob("*.png"))
-    assert plots == ["loss_per_timestep_bucket.png", "metrics_vs_steps.png", "train_loss.png"]
+    assert plots == ["loss_per_timestep_bucket.png", "metrics_vs_steps.png", "paired_differences.png",
+                     "train_loss.png"]
+
+
+def test_report_pairs_each_strategy_with_the_vanilla_run_of_the_same_weighting(tmp_path):
+    """A routing x loss-weighting suite: DTR + Min-SNR is compared with vanilla + Min-SNR (Δ FID -2 in both
+    weightings), never with vanilla + constant (that would read -7); held-out lines stay out of the training
+    loss, and the held-out and forest plots are drawn."""
+    from ..unit.test_compare import crafted_suite
+
+    root = crafted_suite(tmp_path / "grid")
+    report = build_report(root).read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| `dtr-a4-b0.8` |") and "FID" in line]
+    assert len(rows) == 2
+    assert rows[0].startswith("| `dtr-a4-b0.8` | loss_weighting=constant | FID ↓ | 5 | 20.8 | -2 (-9.6%) |")
+    assert rows[1].startswith("| `dtr-a4-b0.8` | loss_weighting=min_snr | FID ↓ | 5 | 15.8 | -2 (-12.7%) |")
+    assert all(row.endswith("| **better** |") for row in rows)
+    assert "**Direction check**" in report and "### Convergence" in report
+    assert "- `dtr-a4-b0.8__constant__seed9`: no `vanilla` run with seed 9 and loss_weighting=constant" in report
+    plots = {p.name for p in (root / "plots").glob("*.png")}
+    assert {"heldout_loss_bands.png", "paired_differences.png", "train_loss.png"} <= plots
+    rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
+    assert {r["train_loss"] for r in rows} == {"0.5"}  # training lines only, never a held-out line
 
 
 def test_report_command_on_missing_folder(tmp_path, run_cli):
@@ -160,9 +185,12 @@ def test_report_command_on_missing_folder(tmp_path, run_cli):
     assert code == 2 and "not a suite folder" in err
 
 
-def test_quickstart_suite_expands_to_four_strategies():
+def test_quickstart_suite_pairs_three_strategies_over_three_seeds():
     suite = load_suite(ROOT / "configs" / "suites" / "quickstart.yaml")
-    assert sorted({r.config.routing.name for r in suite.runs}) == ["dtr", "random", "task_specific_sharing", "vanilla"]
+    assert sorted((r.config.routing.name, r.config.seed) for r in suite.runs) == \
+        [(name, seed) for name in ("dtr", "random", "vanilla") for seed in (0, 1, 2)]
+    cfg = suite.runs[0].config
+    assert cfg.eval.heldout_every == 100 and cfg.eval.num_samples > 128 and cfg.eval.every == 0
 
 
 def test_adm_and_dit_in_one_suite(tmp_path):

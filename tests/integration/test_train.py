@@ -42,7 +42,7 @@ def test_train_writes_full_run_directory(tmp_path):
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["world_size"] == 1 and meta["precision"] == "fp32" and "finished" in meta
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 4, 6]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     assert len(records[0]["loss_bucket"]) == 10 and records[0]["steps_per_s"] > 0 and records[0]["lr"] == 1e-3
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0000003.pt", "0000006.pt"]
     ckpt = torch.load(run_dir / "checkpoints" / "0000006.pt", weights_only=True)
@@ -76,7 +76,7 @@ def test_loss_falls_on_digits(tmp_path):
                       "backbone.patch_size=1", "train.steps=60", "train.batch_size=16", "train.log_every=10",
                       "train.ckpt_every=0", "diffusion.steps=1000")
     run_dir = dp.train(cfg, progress=False)
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert losses[-1] < 0.7 * losses[0], losses
 
 
