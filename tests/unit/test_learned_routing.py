@@ -241,3 +241,14 @@ def test_learned_gates_under_flow_matching_read_the_noise_level():
     h = torch.zeros(2, 16, 32)
     g = model.plan.layer_gate(0, h, t, None)
     torch.testing.assert_close(g[:, 0], torch.sigmoid(strategy.logits[0][[0, 37]]))
+
+
+def test_backbones_without_learned_gates_refuse_a_learned_plan():
+    from dtr_plugins.core.routing import RoutedBackbone
+
+    class Plain(RoutedBackbone):
+        def routed_channels(self, site="input"):
+            return [4, 4]
+
+    with pytest.raises(ConfigError, match="backbone Plain does not support learned routing strategies"):
+        Plain().attach_routing(RoutingPlan(TaskGate(), [4, 4], T))
