@@ -252,3 +252,43 @@ def test_backbones_without_learned_gates_refuse_a_learned_plan():
 
     with pytest.raises(ConfigError, match="backbone Plain does not support learned routing strategies"):
         Plain().attach_routing(RoutingPlan(TaskGate(), [4, 4], T))
+
+
+def test_a_strategy_of_neither_kind_is_one_plugin_error():
+    import types
+
+    from pydantic import BaseModel
+
+    import dtr_plugins
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.plugins import build_registry
+    from dtr_plugins.engine.compose import build_strategy_from
+
+    class NoParams(BaseModel):
+        pass
+
+    class Half(torch.nn.Module):  # a learned strategy that forgot task_tables and its declaration
+        def bind(self, layer_units, num_tasks, *, site, cond_dim): ...
+
+    module = types.ModuleType("acme_half")
+
+    @dtr_plugins.hookimpl
+    def dtr_register_strategies(register):
+        register("half", Half, params=NoParams, description="incomplete")
+
+    module.dtr_register_strategies = dtr_register_strategies
+    registry = build_registry([(module, "acme-half", "1.0")])
+    cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "half"},
+                            "data": {"name": "synthetic", "image_size": 8, "num_classes": 10}}, registry=registry)
+    with pytest.raises(PluginError, match=r"strategy 'half' of plugin 'acme_half' \(distribution acme-half\) is "
+                                          r"neither a static strategy .* \(lacks layer_gate, learned_routing, "):
+        build_strategy_from(cfg, registry)
+
+
+def test_aux_losses_must_be_named_scalars():
+    class Bad(TaskGate):
+        def pop_aux_losses(self):
+            return {"vector": torch.ones(3)}
+
+    with pytest.raises(PluginError, match="pop_aux_losses must return"):
+        RoutingPlan(Bad(), [4], T).pop_aux_losses()
