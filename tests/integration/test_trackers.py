@@ -155,7 +155,7 @@ def test_each_tracker_writes_what_its_own_reader_loads(tmp_path, name):
     elif name == "wandb":
         rows = read_wandb(run_dir)
         loss = [(r["_step"], r["loss"]) for r in rows if "loss" in r]
-        assert loss == expected("loss")
+        assert loss == expected("loss"), rows
         assert [(r["_step"], r["loss_bucket/2"]) for r in rows if "loss_bucket/2" in r] == expected("loss_bucket/2")
         (image,) = [r for r in rows if "samples/_type" in r]
         assert image["samples/_type"] == "image-file" and (image["samples/width"], image["samples/height"]) == (12, 8)

@@ -68,6 +68,10 @@ class WandbTracker:
         if self._run is not None:
             self._run.finish()
             self._run = None
+            # finish() returns before wandb's service has flushed the run's .wandb transaction log (under
+            # load the file can still be a bare header); teardown waits for the service, so the files are
+            # complete when the training run ends. It also ends runs this process started elsewhere.
+            self._wandb.teardown()
 
 
 @hookimpl
