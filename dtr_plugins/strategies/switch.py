@@ -48,6 +48,7 @@ Deviations from upstream, and why:
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any
 
 import numpy as np
@@ -170,11 +171,15 @@ class SwitchLayer(nn.Module):
 
     def __init__(self, embed_dim: int, channels: int, num_experts: int):
         super().__init__()
-        self.router = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, num_experts))
+        self.router = nn.Linear(embed_dim, num_experts)
         self.expert_weight = nn.Parameter(torch.zeros(num_experts, channels, channels))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, channels))
-        nn.init.xavier_uniform_(self.router[1].weight)  # upstream: DiT's _basic_init (xavier, zero bias)
-        nn.init.zeros_(self.router[1].bias)
+        nn.init.xavier_uniform_(self.router.weight)  # upstream: DiT's _basic_init (xavier, zero bias)
+        nn.init.zeros_(self.router.bias)
+
+    def logits(self, embedding: Tensor) -> Tensor:
+        """``Linear(SiLU(e))``: ``[N, D]`` -> ``[N, E]`` (upstream ``TaskMoE.f_gate``)."""
+        return typing.cast(Tensor, self.router(F.silu(embedding)))
 
 
 class SwitchRouting(nn.Module):
@@ -185,6 +190,10 @@ class SwitchRouting(nn.Module):
     which ``pop_aux_losses`` hands out. See the module docstring for the equations and deviations.
     """
 
+    window: Tensor  # [T, U] float 0/1, not persistent (follows from the config)
+    matching: Tensor  # [U] int64: window column of each gate unit (persistent)
+    forwards: Tensor  # [] int64: training forwards scored so far (persistent; drives refresh_every)
+
     def __init__(self, **params: Any):
         super().__init__()
         p = parse_params(SwitchParams, params, "switch")
@@ -193,7 +202,8 @@ class SwitchRouting(nn.Module):
         self.layer_units: list[int] = []
         self.num_tasks = 0
         self.layers = nn.ModuleList()
-        self.embed: nn.Module = nn.Identity()
+        self.embed_in = nn.Linear(1, 1)  # replaced by bind()
+        self.embed_out = nn.Linear(1, 1)
         self._probs: list[Tensor] = []
         self._losses: list[Tensor] = []
 
@@ -207,8 +217,9 @@ class SwitchRouting(nn.Module):
         self.layer_units = [int(c) for c in layer_units]
         self.num_tasks = int(num_tasks)
         self.site = site
-        self.embed = nn.Sequential(nn.Linear(self.params.freq_dim, width), nn.SiLU(), nn.Linear(width, width))
-        for lin in (self.embed[0], self.embed[2]):  # as DiT's t_embedder: N(0, 0.02) weights, zero bias
+        self.embed_in = nn.Linear(self.params.freq_dim, width)
+        self.embed_out = nn.Linear(width, width)
+        for lin in (self.embed_in, self.embed_out):  # as DiT's t_embedder: N(0, 0.02) weights, zero bias
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
         self.layers = nn.ModuleList(SwitchLayer(width, c, self.num_experts) for c in self.layer_units)
@@ -223,20 +234,25 @@ class SwitchRouting(nn.Module):
         """Timestep indices as floats (flow passes ``u`` in [0, 1]: mapped onto ``0..T-1``)."""
         return tasks * (self.num_tasks - 1) if tasks.is_floating_point() else tasks.float()
 
-    def probabilities(self, tasks: Tensor) -> Tensor:
-        """Expert probabilities ``[N, depth, E]`` at timesteps ``tasks`` ``[N]``."""
-        e = self.embed(sinusoid(self._timesteps(tasks), self.params.freq_dim).to(self._dtype()))
-        return torch.stack([torch.softmax(layer.router(e), dim=-1) for layer in self.layers], dim=1)
+    def embedding(self, tasks: Tensor, dtype: torch.dtype) -> Tensor:
+        """The router's timestep embedding ``[N, D]``: ``Linear(SiLU(Linear(sinusoid(t))))``."""
+        freq = sinusoid(self._timesteps(tasks), self.params.freq_dim).to(dtype)
+        return typing.cast(Tensor, self.embed_out(F.silu(self.embed_in(freq))))
 
-    def _dtype(self) -> torch.dtype:
-        return self.layers[0].expert_weight.dtype if len(self.layers) else torch.float32
+    def layer(self, index: int) -> SwitchLayer:
+        return typing.cast(SwitchLayer, self.layers[index])
+
+    def probabilities(self, tasks: Tensor) -> Tensor:
+        """Expert probabilities ``float32 [N, depth, E]`` at timesteps ``tasks`` ``[N]``."""
+        e = self.embedding(tasks, self.embed_in.weight.dtype)
+        return torch.stack([torch.softmax(self.layer(i).logits(e).float(), dim=-1)
+                            for i in range(len(self.layers))], dim=1)
 
     def layer_gate(self, layer: int, x: Tensor, tasks: Tensor, cond: Tensor | None = None) -> Tensor:
         """``g = 1 + out`` ``[N, L, C]`` (or ``[N, C, H, W]``) for routed layer ``layer`` at timesteps
         ``tasks`` ``[N]``; ``cond`` is not read (the routing depends on the timestep only)."""
-        mod = self.layers[layer]
-        e = self.embed(sinusoid(self._timesteps(tasks), self.params.freq_dim).to(x.dtype))
-        probs = torch.softmax(mod.router(e).float(), dim=-1)
+        mod = self.layer(layer)
+        probs = torch.softmax(mod.logits(self.embedding(tasks, x.dtype)).float(), dim=-1)
         if self.training and torch.is_grad_enabled():
             self._probs.append(probs)
             if layer == len(self.layers) - 1:
@@ -250,7 +266,7 @@ class SwitchRouting(nn.Module):
             return
         if int(self.forwards) % self.params.refresh_every == 0:
             self.refresh_matching()
-        self.forwards += 1
+        self.forwards.add_(1)
         self._losses.append(self.params.jsd_weight * self.prior_loss(torch.cat(probs, dim=1), tasks))
 
     def prior_loss(self, probs: Tensor, tasks: Tensor) -> Tensor:

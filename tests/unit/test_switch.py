@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.strategies.switch import (AUX_LOSS, SwitchRouting, apply_experts, js_divergence, match_units,
-                                           top_k_gates, top_k_selection, window_prior)
+from dtr_plugins.strategies.switch import (
+    AUX_LOSS,
+    SwitchRouting,
+    apply_experts,
+    js_divergence,
+    match_units,
+    top_k_gates,
+    top_k_selection,
+    window_prior,
+)
 
 
 def bound(layers=(4, 4), tasks=10, **params) -> SwitchRouting:
