@@ -246,6 +246,12 @@ def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]
             plan = build_routing_plan(config_from_dict(run.config, source=g), run.meta["routed_channels"])
         except UserError:
             continue
+        if plan.learned is not None:  # learned gates: drawn from the run's final EMA weights
+            from .gate_plots import plot_run_gates
+
+            drawn = plot_run_gates(out_dir.parent / run.id, out_dir / f"gates_{run.routing}_{len(seen)}.png", g)
+            made.extend([drawn] if drawn else [])
+            continue
         made.append(plot_routing_plan(plan, out_dir / f"masks_{run.routing}_{len(seen)}.png",
                                       title=f"{g}: {plan.strategy_repr}"))
     return made

@@ -190,6 +190,9 @@ class SwitchRouting(nn.Module):
     which ``pop_aux_losses`` hands out. See the module docstring for the equations and deviations.
     """
 
+    #: routing contract v2 (``LearnedRoutingStrategy``)
+    learned_routing: typing.ClassVar[bool] = True
+
     window: Tensor  # [T, U] float 0/1, not persistent (follows from the config)
     matching: Tensor  # [U] int64: window column of each gate unit (persistent)
     forwards: Tensor  # [] int64: training forwards scored so far (persistent; drives refresh_every)
@@ -309,11 +312,16 @@ class SwitchRouting(nn.Module):
             group["lr"] = self.params.gate_lr
         return [group]
 
-    @torch.no_grad()
     def task_tables(self, num_tasks: int) -> list[Tensor] | None:
-        """Per routed layer the expert probabilities ``float32 [num_tasks, E]`` at every timestep."""
+        """None: the gate ``1 + out`` depends on the block input (per-token experts), not on the task alone."""
+        return None
+
+    @torch.no_grad()
+    def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]:
+        """For pictures: per routed layer the expert selection probabilities ``float32 [num_tasks, E]`` at
+        every timestep (the softmax before top-k), with the names of the unit and of the value."""
         probs = self.probabilities(torch.arange(num_tasks, device=self.window.device))
-        return [probs[:, i].float().cpu() for i in range(len(self.layers))]
+        return [probs[:, i].cpu() for i in range(len(self.layers))], "expert", "selection probability"
 
     def __repr__(self) -> str:
         p = self.params
