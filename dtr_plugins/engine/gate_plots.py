@@ -8,6 +8,7 @@ heatmaps of :mod:`.plots` do.
 """
 from __future__ import annotations
 
+import textwrap
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ def plot_gate_tables(tables: Sequence[torch.Tensor], path: str | Path, title: st
     layers = len(tables)
     lo, hi = float(matrix.min()), float(matrix.max())
     vmin, vmax = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
-    width = min(max(5.0, 0.12 * matrix.shape[1] + 2.0), 16.0)
+    width = min(max(6.5, 0.12 * matrix.shape[1] + 2.0), 16.0)
     fig, ax = plt.subplots(figsize=(width, 4.2))
     im = ax.imshow(matrix, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
                    vmin=vmin, vmax=vmax)
@@ -65,8 +66,9 @@ def plot_gate_tables(tables: Sequence[torch.Tensor], path: str | Path, title: st
     ax.set_xlabel(f"routed layer ({per})")
     ax.set_ylabel(f"timestep t (T = {matrix.shape[0]})")
     fig.colorbar(im, ax=ax, label=value, fraction=0.04, pad=0.02)
-    ax.set_title((title + "\n" if title else "") + f"learned gates: {value} per timestep, layer and {unit}",
-                 fontsize=9)
+    chars = int(width * 13)
+    head = textwrap.fill(title, chars) + "\n" if title else ""
+    ax.set_title(head + textwrap.fill(f"learned gates: {value} per timestep, layer and {unit}", chars), fontsize=8)
     fig.tight_layout()
     out = save_figure(fig, path, dpi=110)
     plt.close(fig)
