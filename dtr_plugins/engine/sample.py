@@ -24,6 +24,7 @@ from dtr_plugins.core.contracts import Backbone, Codec
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
+from dtr_plugins.core.routing import RoutedBackbone
 
 from . import distributed
 from .compose import build_codec, build_diffusion, build_model
@@ -167,11 +168,18 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     was_training = module.training
     module.eval()
     applied: dict[str, Any] = {}
-    chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d,
-                          sampler=sampler or cfg.sample.sampler, respacing=respacing or cfg.sample.respacing,
-                          scale=scale, batch=batch_size or cfg.sample.batch_size, codec=codec,
-                          progress=progress, record=applied)
-    module.train(was_training)
+    plan = module.plan if isinstance(module, RoutedBackbone) else None
+    if plan is not None and plan.is_learned:  # task-only gates: read tables, run no routing network
+        applied["learned_routing"] = "task tables" if plan.export_tables() else "module"
+    try:
+        chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d,
+                              sampler=sampler or cfg.sample.sampler, respacing=respacing or cfg.sample.respacing,
+                              scale=scale, batch=batch_size or cfg.sample.batch_size, codec=codec,
+                              progress=progress, record=applied)
+    finally:
+        if plan is not None:
+            plan.clear_exported()
+        module.train(was_training)
     if record is not None:
         record.update(applied)
     if d.enabled:
