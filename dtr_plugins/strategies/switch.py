@@ -207,7 +207,7 @@ class SwitchRouting(nn.Module):
         self.layers = nn.ModuleList()
         self.embed_in = nn.Linear(1, 1)  # replaced by bind()
         self.embed_out = nn.Linear(1, 1)
-        self._probs: list[Tensor] = []
+        self._probs: dict[int, Tensor] = {}  # layer -> [N, E] of the training forward in progress
         self._losses: list[Tensor] = []
 
     # ---- building
@@ -257,20 +257,21 @@ class SwitchRouting(nn.Module):
         mod = self.layer(layer)
         probs = torch.softmax(mod.logits(self.embedding(tasks, x.dtype)).float(), dim=-1)
         if self.training and torch.is_grad_enabled():
-            self._probs.append(probs)
+            self._probs[layer] = probs
             if layer == len(self.layers) - 1:
                 self._record_prior(tasks)
         gates = top_k_gates(probs, self.top_k).to(x.dtype)
         return 1 + apply_experts(x, gates, mod.expert_weight.to(x.dtype), mod.expert_bias.to(x.dtype))
 
     def _record_prior(self, tasks: Tensor) -> None:
-        probs, self._probs = self._probs, []
-        if len(probs) != len(self.layers):  # a forward that skipped layers: nothing consistent to score
+        probs, self._probs = self._probs, {}
+        if sorted(probs) != list(range(len(self.layers))):  # a forward that skipped layers: nothing to score
             return
         if int(self.forwards) % self.params.refresh_every == 0:
             self.refresh_matching()
         self.forwards.add_(1)
-        self._losses.append(self.params.jsd_weight * self.prior_loss(torch.cat(probs, dim=1), tasks))
+        joined = torch.cat([probs[i] for i in range(len(self.layers))], dim=1)  # [N, U], layer-major
+        self._losses.append(self.params.jsd_weight * self.prior_loss(joined, tasks))
 
     def prior_loss(self, probs: Tensor, tasks: Tensor) -> Tensor:
         """Unweighted JSD ``[]`` between ``probs / depth`` (``[N, U]``, layers concatenated) and the matched
@@ -299,7 +300,7 @@ class SwitchRouting(nn.Module):
         """``{"switch_jsd": w_jsd * JSD}`` averaged over the training forwards since the last call (empty
         when there were none)."""
         losses, self._losses = self._losses, []
-        self._probs = []
+        self._probs = {}
         if not losses:
             return {}
         return {AUX_LOSS: torch.stack(losses).mean()}

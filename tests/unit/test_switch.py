@@ -151,14 +151,15 @@ def test_matching_is_refreshed_every_n_training_forwards(monkeypatch):
 
 
 def test_aux_loss_is_the_weighted_mean_over_forwards_and_its_gradient_reaches_the_router():
-    s = bound(layers=(4, 4), tasks=10, jsd_weight=0.5).train()
+    torch.manual_seed(0)
+    s = bound(layers=(4, 4), tasks=10, jsd_weight=0.5, refresh_every=10).train()  # one matching for both
     x, t = torch.randn(2, 3, 4), torch.tensor([0, 9])
     _train_forward(s, t, x)
-    _train_forward(s, t, x)
+    _train_forward(s, t[:1], x[:1])
     losses = s.pop_aux_losses()
     assert list(losses) == [AUX_LOSS]
     probs = s.probabilities(t).flatten(1)
-    want = 0.5 * s.prior_loss(probs, t)
+    want = 0.5 * (s.prior_loss(probs, t) + s.prior_loss(probs[:1], t[:1])) / 2
     torch.testing.assert_close(losses[AUX_LOSS], want)
     losses[AUX_LOSS].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0
@@ -175,15 +176,22 @@ def test_weight_zero_prior_gives_the_router_no_gradient():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in s.parameters())
 
 
-def test_all_parameters_get_gradients_through_the_gate():
+def test_router_embedding_and_exactly_the_selected_experts_get_gradients():
     s = bound(layers=(4, 4), tasks=10).train()
     randomise_experts(s)
     x = torch.randn(2, 3, 4, requires_grad=True)
     t = torch.tensor([2, 7])
     out = sum((s.layer_gate(i, x, t) * x).square().sum() for i in range(2))
     (out + s.pop_aux_losses()[AUX_LOSS]).backward()
+    gates = top_k_gates(s.probabilities(t).detach(), 2)  # [N, depth, E]
     for name, p in s.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.grad is not None, name
+        if "expert" in name:  # exactly the experts some sample selected are trained
+            layer = int(name.split(".")[1])
+            used = (gates[:, layer] > 0).any(0)
+            assert torch.equal(p.grad.flatten(1).abs().sum(1) > 0, used), name
+        else:
+            assert p.grad.abs().sum() > 0, name
     assert x.grad is not None
 
 
