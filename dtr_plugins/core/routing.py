@@ -195,7 +195,14 @@ class RoutingPlan(nn.Module):
 
     def pop_aux_losses(self) -> dict[str, torch.Tensor]:
         """The learned strategy's weighted auxiliary losses since the last call (empty for static plans)."""
-        return {} if self.learned is None else dict(self._learned_strategy().pop_aux_losses())
+        if self.learned is None:
+            return {}
+        losses = dict(self._learned_strategy().pop_aux_losses())
+        for name, value in losses.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor) or value.ndim != 0:
+                raise PluginError(f"strategy {self.strategy_repr}: pop_aux_losses must return {{name: scalar tensor}}, "
+                                  f"got {name!r}: {type(value).__name__} {tuple(getattr(value, 'shape', ()))}")
+        return losses
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups of the learned strategy (empty for static plans); they must cover exactly its

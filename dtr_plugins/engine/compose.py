@@ -32,7 +32,14 @@ from dtr_plugins.codecs.latent_cache import (
     write_cache,
 )
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
+from dtr_plugins.core.contracts import (
+    Backbone,
+    Codec,
+    InputSpace,
+    LearnedRoutingStrategy,
+    RoutingStrategy,
+    missing_members,
+)
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.process import DiffusionProcess
@@ -152,7 +159,16 @@ def check_composition(cfg: ExperimentConfig, registry: PluginRegistry | None = N
 
 
 def build_strategy_from(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> Any:
-    return (registry or default_registry()).build("strategy", cfg.routing.name, **cfg.routing.params)
+    """The strategy of ``cfg.routing``: static (:class:`RoutingStrategy`) or learned
+    (:class:`LearnedRoutingStrategy`), told apart by their Protocols; neither is one :class:`PluginError`."""
+    registry = registry or default_registry()
+    strategy = registry.build("strategy", cfg.routing.name, **cfg.routing.params)
+    if not isinstance(strategy, (RoutingStrategy, LearnedRoutingStrategy)):
+        info = registry.get("strategy", cfg.routing.name)
+        learned = missing_members(strategy, LearnedRoutingStrategy)
+        raise PluginError(f"strategy '{info.name}' of {info.origin} is neither a static strategy (lacks mask_table) "
+                          f"nor a learned one (lacks {', '.join(learned)}); see dtr_plugins.core.contracts")
+    return strategy
 
 
 def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],

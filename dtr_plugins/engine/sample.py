@@ -86,7 +86,29 @@ class _CountingModel:
 def _rank_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
                  seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
                  codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
-    """This rank's batches: ``(first image index, uint8 NHWC images)``; the bar counts network evaluations."""
+    """This rank's batches: ``(first image index, uint8 NHWC images)``; the bar counts network evaluations.
+
+    A learned routing strategy whose gates depend on the task alone is read from its exported float
+    tables (no routing network runs); ``record["learned_routing"]`` says which (``task tables`` or ``module``).
+    """
+    module = _module(model)
+    plan = module.plan if isinstance(module, RoutedBackbone) else None
+    if plan is None or not plan.is_learned:
+        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
+                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+                              record=record)
+    record["learned_routing"] = "task tables" if plan.export_tables() else "module"
+    try:
+        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
+                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+                              record=record)
+    finally:
+        plan.clear_exported()
+
+
+def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
+                   seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
+                   codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     from tqdm.auto import tqdm
 
     num_classes = int(model.num_classes or 0)
@@ -168,18 +190,11 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     was_training = module.training
     module.eval()
     applied: dict[str, Any] = {}
-    plan = module.plan if isinstance(module, RoutedBackbone) else None
-    if plan is not None and plan.is_learned:  # task-only gates: read tables, run no routing network
-        applied["learned_routing"] = "task tables" if plan.export_tables() else "module"
-    try:
-        chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d,
-                              sampler=sampler or cfg.sample.sampler, respacing=respacing or cfg.sample.respacing,
-                              scale=scale, batch=batch_size or cfg.sample.batch_size, codec=codec,
-                              progress=progress, record=applied)
-    finally:
-        if plan is not None:
-            plan.clear_exported()
-        module.train(was_training)
+    chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d,
+                          sampler=sampler or cfg.sample.sampler, respacing=respacing or cfg.sample.respacing,
+                          scale=scale, batch=batch_size or cfg.sample.batch_size, codec=codec,
+                          progress=progress, record=applied)
+    module.train(was_training)
     if record is not None:
         record.update(applied)
     if d.enabled:
