@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 from torch import nn
 
+from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual, shared_timestep
@@ -379,6 +380,10 @@ class DiT(RoutedBackbone):
 
     #: ``input`` (block inputs), ``heads`` (attention heads), ``mlp`` (MLP hidden units) or ``heads_mlp``
     routing_sites = (INPUT_SITE, "heads", "mlp", "heads_mlp")
+    checkpoint_blocks = False  # train.activation_checkpointing: recompute each block in the backward (core/compute.py)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.checkpoint_blocks = bool(enabled)
 
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Units per routed layer at ``site``: ``hidden_size`` per block (input), ``num_heads`` (heads),
@@ -457,7 +462,7 @@ class DiT(RoutedBackbone):
         h = self.x_embedder(x) + self.pos_embed                                   # [N, T, D]
         c = self.t_embedder(t) + self.y_embedder(self._labels(y, x.shape[0], x.device), self.training)  # [N, D]
         for block, (mask, heads, mlp) in zip(self.blocks, routes):
-            h = block(h, c, mask, heads, mlp)
+            h = run_block(block, self.checkpoint_blocks, h, c, mask, heads, mlp)
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 
 
