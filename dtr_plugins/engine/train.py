@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dtr_plugins._version import __version__
+from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
@@ -238,6 +239,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     held = contextlib.ExitStack()
     heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
     try:
+        compute = _compute_settings(cfg, d, held)
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
         if d.is_main and not rd.path.exists():
             created = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
@@ -252,6 +254,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         parts = build_components(cfg, registry, device=d.device)
+        compute["activation_checkpointing"] = apply_activation_checkpointing(
+            parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
         num_classes = cast(Backbone, parts.model).num_classes
         check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
         if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
@@ -270,6 +274,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             rd.write_config(cfg.to_yaml())
             rd.write_classes(class_map(parts.dataset, num_classes))
             meta = _begin_meta(rd, d, cfg, state.step, resume)
+            meta["compute"] = meta["segments"][-1]["compute"] = compute  # as applied by this invocation
             meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
             meta["trackers"] = trackers.applied()
@@ -311,6 +316,17 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         trackers.finish()
         distributed.teardown(d)
         held.close()
+
+
+def _compute_settings(cfg: ExperimentConfig, d: distributed.Dist, held: contextlib.ExitStack) -> dict[str, Any]:
+    """Check that the micro-batches fit this world size and turn TF32 on or off for the run (restored when ``held``
+    closes); returns what meta.json records as applied (activation checkpointing is added once the model exists)."""
+    k, world = cfg.train.grad_accum_steps, d.world_size
+    if cfg.train.batch_size % (world * k):
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by world size {world} x "
+                          f"train.grad_accum_steps {k}")
+    return {"grad_accum_steps": k, "micro_batch_size": cfg.train.batch_size // (world * k),
+            "tf32": held.enter_context(tf32_mode(cfg.train.tf32, d.device))}
 
 
 def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:

@@ -1,6 +1,7 @@
 """Multi-node torchrun on one machine: two "nodes" (two torchrun agents, one worker each) meet through a
 c10d rendezvous on 127.0.0.1 with gloo and train into one shared run directory; the result must equal a
-one-node run of the same global batch and world size (two workers under one torchrun)."""
+one-node run of the same global batch and world size (two workers under one torchrun; not a one-process run, since
+each rank seeds its noise from (seed, rank, step))."""
 import json
 import os
 import socket
