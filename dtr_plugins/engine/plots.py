@@ -184,6 +184,37 @@ def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str
     return out
 
 
+def pick_per_class(images: np.ndarray, labels: np.ndarray | None, num_classes: int | None,
+                   count: int = 10) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first image of each class (up to 16 classes) for a conditional model, else the first ``count``."""
+    if labels is None or not num_classes or num_classes <= 1:
+        return images[:count], None if labels is None else labels[:count]
+    first = [int(np.flatnonzero(labels == c)[0]) for c in range(min(num_classes, 16)) if (labels == c).any()]
+    return images[first], labels[first]
+
+
+def plot_sample_rows(rows: dict[str, tuple[np.ndarray, np.ndarray | None]], path: str | Path,
+                     class_names: Sequence[str] | None = None) -> Path:
+    """One labelled row of samples per group (a strategy): ``rows`` maps the group to uint8 NHWC images and
+    their labels (:func:`pick_per_class`); cells enlarged and captioned by :func:`readable_grid`."""
+    grids = {g: readable_grid(imgs, labels, class_names if labels is not None else None, nrow=len(imgs))
+             for g, (imgs, labels) in rows.items() if len(imgs)}
+    if not grids:
+        raise ValueError("no samples to draw")
+    width = max(g.shape[1] for g in grids.values())
+    heights = [g.shape[0] for g in grids.values()]
+    dpi = 100
+    fig, axes = plt.subplots(len(grids), 1, figsize=(max(width / dpi, 4), sum(heights) / dpi + 0.35 * len(grids)),
+                             squeeze=False, gridspec_kw={"height_ratios": heights}, layout="constrained")
+    for ax, (group, grid) in zip(axes[:, 0], grids.items()):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(group, fontsize=10, loc="left")
+        ax.axis("off")
+    out = save_figure(fig, path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def plot_image_panels(images: dict[str, Path], path: str | Path) -> Path:
     """Sample grids side by side, one panel per group."""
     from PIL import Image
