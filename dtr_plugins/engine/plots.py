@@ -10,9 +10,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from dtr_plugins.core.io import save_figure
 from dtr_plugins.core.routing import RoutingPlan
+
+
+def _finish(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save with the bounding box fitted to everything drawn (no title, label or legend cut off); close."""
+    out = save_figure(fig, path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _wrap(title: str, width: int = 70) -> str:
+    """Long titles on several lines (each line kept whole), so a title never runs past its figure."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def _layer_label(layers: Sequence[int]) -> str:
@@ -32,22 +47,21 @@ def plot_routing_plan(plan: RoutingPlan, path: str | Path, title: str = "", max_
     shown = tables[:max_tables]
     cols = min(len(shown), 4)
     rows = (len(shown) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     for ax, (table, layers) in zip(axes.flat, shown):
         img = table.to(torch.uint8).cpu().numpy()
         ax.imshow(img, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
         ax.set_xlabel(f"channel (C = {table.shape[1]})")
         ax.set_ylabel(f"timestep t (T = {table.shape[0]})")
         share = img.mean()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{_layer_label(layers)}  ({share:.0%} active)", fontsize=9)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     more = f"  (+{len(tables) - len(shown)} more tables)" if len(tables) > len(shown) else ""
-    fig.suptitle((title or plan.strategy_repr) + more + "\nblack = channel active for that timestep", fontsize=10)
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    fig.suptitle(_wrap((title or plan.strategy_repr) + more, 30 * cols) + "\nblack = channel active for that timestep",
+                 fontsize=10)
+    return _finish(fig, path)
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
@@ -86,7 +100,7 @@ def _caption_font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def readable_grid(images: np.ndarray, labels: Sequence[int] | None = None,
+def readable_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray | None = None,
                   class_names: Sequence[str] | None = None, *, nrow: int | None = None,
                   min_cell: int = MIN_CELL, pad: int = 2) -> np.ndarray:
     """Sample grid meant for eyes: uint8 NHWC ``[N, H, W, C]`` -> one uint8 HWC RGB image.
@@ -108,8 +122,8 @@ def readable_grid(images: np.ndarray, labels: Sequence[int] | None = None,
     cells = [enlarge(img, min_cell) for img in images]
     cells = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c[..., :3] for c in cells]
     if captions is not None:
-        height = max(12, cells[0].shape[0] // 5)
-        font = _caption_font(int(height * 0.8))
+        height = max(16, cells[0].shape[0] // 4)
+        font = _caption_font(int(height * 0.75))
         tiles = []
         for cell, text in zip(cells, captions):
             tile = Image.new("RGB", (cell.shape[1], cell.shape[0] + height), "white")
@@ -131,8 +145,9 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
     keys = list(series)
     cols = min(len(keys), 3)
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys):
+        drawn: set[int] = set()
         for group, runs in series[key].items():
             runs = [r for r in runs if r]
             if not runs:
@@ -142,28 +157,29 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
                 continue
             values = np.array([[dict(r)[s] for s in steps] for r in runs], dtype=float)
             mean = values.mean(0)
+            drawn.update(steps)
             (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, ms=3, label=group)
             if len(runs) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-        ax.set_title(titles.get(key, key))
+        ax.set_title(_wrap(titles.get(key, key), 45))
         ax.set_xlabel("training step")
+        if 0 < len(drawn) <= 8:  # few evaluations: ticks at the steps evaluated
+            ax.set_xticks(sorted(drawn))
         if log_y:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    if handles:  # below the panels, as many rows as the names need
+        fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(len(labels), cols * 2, 4)),
+                   fontsize=8, frameon=False)
+    return _finish(fig, path)
 
 
 def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str | Path) -> Path:
     """Final training loss per timestep bucket (t = 0 .. T-1 in ten bins), one line per group."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     for group, runs in buckets.items():
         if not runs:
             continue
@@ -176,12 +192,12 @@ def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str
     ax.set_ylabel("training loss (last log window)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(buckets) <= 4:
+        ax.legend(fontsize=8)
+    else:  # many groups: beside the axes, not over the lines
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title("loss per timestep bucket")
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(fig, path)
 
 
 def pick_per_class(images: np.ndarray, labels: np.ndarray | None, num_classes: int | None,
@@ -210,28 +226,4 @@ def plot_sample_rows(rows: dict[str, tuple[np.ndarray, np.ndarray | None]], path
         ax.imshow(grid, interpolation="nearest")
         ax.set_title(group, fontsize=10, loc="left")
         ax.axis("off")
-    out = save_figure(fig, path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-def plot_image_panels(images: dict[str, Path], path: str | Path) -> Path:
-    """Sample grids side by side, one panel per group."""
-    from PIL import Image
-
-    n = len(images)
-    cols = min(n, 4)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
-    for ax, (title, p) in zip(axes.flat, images.items()):
-        with Image.open(p) as img:
-            ax.imshow(np.asarray(img.convert("L") if img.mode in ("L", "LA") else img.convert("RGB")),
-                      cmap="gray", interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(fig, path, dpi=dpi)
