@@ -1,7 +1,7 @@
 """``dtr runs``: every run directory below a folder, with its status, progress and latest numbers.
 
 A run directory is recognised by its files (:class:`~dtr_plugins.engine.rundir.RunDir`): ``config.yaml`` next
-to ``meta.json``, ``metrics.jsonl`` or ``checkpoints/``. Its status is
+to ``meta.json``, ``metrics.jsonl`` or ``checkpoints/``, or a suite's ``status.json``. Its status is
 
 - ``running``: a process holds its lock (``<run>/.lock``, taken by ``dtr train``);
 - ``failed``: a suite recorded the run as failed (``status.json``) and nothing holds the lock;
@@ -52,8 +52,12 @@ class RunSummary:
 
 
 def is_run_dir(path: Path) -> bool:
+    """``config.yaml`` next to ``meta.json``, ``metrics.jsonl`` or ``checkpoints/``; or a suite's ``status.json``
+    (a suite run that failed before training wrote anything)."""
     rd = RunDir(path)
-    return rd.config_path.is_file() and (rd.meta_path.is_file() or rd.metrics_path.is_file() or rd.checkpoints.is_dir())
+    trained = rd.config_path.is_file() and (rd.meta_path.is_file() or rd.metrics_path.is_file()
+                                            or rd.checkpoints.is_dir())
+    return trained or rd.status_path.is_file()
 
 
 def find_runs(root: str | Path) -> list[Path]:
