@@ -23,7 +23,7 @@ from .compare import metric_info
 from .compare_records import curves_from_records
 from .numbers import fmt
 from .rundir import RunDir
-from .runs import is_run_dir, summarize_run
+from .runs import find_runs, is_run_dir, summarize_run
 
 __all__ = ["build_run_report"]
 
@@ -88,9 +88,14 @@ def build_run_report(run_dir: str | Path) -> Path:
     Raises :class:`UserError` when ``run_dir`` is not a run directory (see :func:`.runs.is_run_dir`).
     """
     path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such run directory or suite folder")
     if not is_run_dir(path):
+        inside = find_runs(path)
+        hint = (f"; it holds {len(inside)} run(s), e.g. {inside[0]} (`dtr runs {path}` lists them)" if inside
+                else "")
         raise UserError(f"{path}: not a run directory (no config.yaml with meta.json, metrics.jsonl or "
-                        "checkpoints/) and not a suite folder (no suite.json)")
+                        f"checkpoints/) and not a suite folder (no suite.json){hint}")
     run = RunDir(path)
     summary = summarize_run(path)
     records = run.read_metrics()

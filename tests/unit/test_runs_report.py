@@ -174,3 +174,7 @@ def test_single_run_report(tmp_path, run_cli):
     write(tmp_path / "other" / "x.txt", "")
     code, out, err = run_cli("report", str(tmp_path / "other"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a run directory" in err and "suite" in err
+    code, out, err = run_cli("report", str(tmp_path))  # a folder of runs: names one and the command that lists them
+    assert code == 2 and f"holds 2 run(s), e.g. {tmp_path / 'run'} (`dtr runs {tmp_path}` lists them)" in err
+    code, out, err = run_cli("report", str(tmp_path / "missing"))
+    assert code == 2 and err.strip() == f"dtr: error: {tmp_path / 'missing'}: no such run directory or suite folder"
