@@ -178,3 +178,22 @@ def test_single_run_report(tmp_path, run_cli):
     assert code == 2 and f"holds 2 run(s), e.g. {tmp_path / 'run'} (`dtr runs {tmp_path}` lists them)" in err
     code, out, err = run_cli("report", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"dtr: error: {tmp_path / 'missing'}: no such run directory or suite folder"
+
+
+def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
+    from dtr_plugins.engine.launchers.local import _evaluation_note
+
+    bar = "tiny:  50%|#####     | 2/4 [00:01<00:01]\r" + " " * 40 + "\r"
+    log = write(tmp_path / "train.log", "dtr: step 9: evaluating: an earlier attempt\n")
+    start = log.stat().st_size
+    assert _evaluation_note(log, 0) == "evaluating: an earlier attempt" and _evaluation_note(log, start) == ""
+    with open(log, "a") as f:
+        f.write(bar + "dtr: step 4: evaluating: sampling 20 images with the EMA weights (ddim, ddim5)\n" + bar)
+    assert _evaluation_note(log, start) == "evaluating: sampling 20 images with the EMA weights (ddim, ddim5)"
+    with open(log, "a") as f:
+        f.write("dtr: step 4: scoring fid with digits-classifier against dataset:digits\n")
+    assert _evaluation_note(log, start) == "scoring fid with digits-classifier against dataset:digits"
+    with open(log, "a") as f:
+        f.write("dtr: step 4: FID 35.55\n")
+    assert _evaluation_note(log, start) == ""  # finished: nothing to add to the step
+    assert _evaluation_note(tmp_path / "none.log", 0) == ""
