@@ -33,8 +33,8 @@ def fmt(value: Any, digits: int = DIGITS) -> str:
     return f"{value:.{digits}g}"
 
 
-def fmt_signed(value: Any, digits: int = DIGITS - 1) -> str:
-    """A difference: always signed (``+0.0123``, ``-1.5``)."""
+def fmt_signed(value: Any, digits: int = DIGITS) -> str:
+    """A difference: always signed (``+0.01235``, ``-1.5``)."""
     return MISSING if _missing(value) else f"{float(value):+.{digits}g}"
 
 
@@ -43,6 +43,6 @@ def fmt_mean_std(mean: float, std: float, count: int) -> str:
     return f"{fmt(mean)} ± {fmt(std, DIGITS - 2)}" if count > 1 else fmt(mean)
 
 
-def fmt_interval(interval: tuple[float, float] | None, digits: int = DIGITS - 1) -> str:
-    """A signed interval ``[-0.12, +0.034]``."""
+def fmt_interval(interval: tuple[float, float] | None, digits: int = DIGITS) -> str:
+    """A signed interval ``[-0.1235, +0.034]``."""
     return MISSING if interval is None else f"[{fmt_signed(interval[0], digits)}, {fmt_signed(interval[1], digits)}]"

@@ -23,7 +23,7 @@ def test_one_number_format():
     assert fmt(12.345678) == "12.35" and fmt(0.00123456) == "0.001235" and fmt(123456.7) == "1.235e+05"
     assert fmt(7) == "7" and fmt(None) == "—" and fmt(float("nan")) == "—" and fmt("cpu") == "cpu"
     assert fmt_mean_std(5.7163, 0.7104, 3) == "5.716 ± 0.71" and fmt_mean_std(5.7163, 0.0, 1) == "5.716"
-    assert fmt_signed(0.012345) == "+0.0123" and fmt_interval((-0.1234, 0.05)) == "[-0.123, +0.05]"
+    assert fmt_signed(0.0123456) == "+0.01235" and fmt_interval((-0.123456, 0.05)) == "[-0.1235, +0.05]"
     assert describe_metrics({"frechet_inception_distance": 12.3456, "precision": 0.8, "num_samples": 20,
                              "feature_extractor": "x"}) == "FID 12.35, precision 0.8"
     assert describe_metrics({"num_samples": 20}) == "no metric computed"
@@ -197,3 +197,17 @@ def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
         f.write("dtr: step 4: FID 35.55\n")
     assert _evaluation_note(log, start) == ""  # finished: nothing to add to the step
     assert _evaluation_note(tmp_path / "none.log", 0) == ""
+
+
+def test_metric_table_counts_the_seeds_that_have_a_value():
+    from dtr_plugins.engine.report import RunResult, metric_table
+
+    def run(seed, fid=None):
+        evals = [{"step": 20, "frechet_inception_distance": fid}] if fid is not None else []
+        return RunResult(id=f"dtr__seed{seed}", group="dtr", seed=seed, status="done" if evals else "new",
+                         routing="dtr", config={}, meta={}, evals=evals)
+
+    table = metric_table("frechet_inception_distance", [run(0, 36.3412), run(1), run(2)])
+    assert "| `dtr` | 1 | **36.34** |" in table  # one of the group's three runs has finished
+    table = metric_table("frechet_inception_distance", [run(0, 36.3412), run(1, 34.0), run(2)])
+    assert "| `dtr` | 2 | **35.17 ± 1.7** |" in table
