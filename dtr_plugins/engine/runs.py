@@ -157,19 +157,22 @@ def _metric_order(key: str) -> tuple[int, str]:
 
 
 def format_runs_table(runs: list[RunSummary]) -> str:
-    """One aligned text table: run, status, step, loss, one column per metric any run has, strategy, backbone."""
+    """One aligned text table: run, status, step (of ``train.steps``), last loss, one column per metric any run
+    has (latest value), the step of the latest evaluation (FID etc.), strategy, backbone."""
     keys = sorted({k for r in runs for k in r.metrics}, key=_metric_order)
     titles = [(metric_info(k) or (k, ""))[0] for k in keys]
-    headers = ["run", "status", "step", "loss", *titles, "strategy", "backbone"]
+    evaluated = [k for k in keys if not k.startswith("heldout/")]
+    headers = ["run", "status", "step", "loss", *titles, *(["eval step"] if evaluated else []), "strategy", "backbone"]
     rows = []
     for r in runs:
         step = MISSING if r.step is None else str(r.step)
         if r.steps is not None:
             step += f"/{r.steps}"
+        at = [r.metrics_step[k] for k in evaluated if k in r.metrics_step]  # the step the FID etc. are from
         rows.append([r.run, r.status, step, fmt(r.loss), *[fmt(r.metrics.get(k)) for k in keys],
-                     r.strategy, r.backbone])
+                     *([fmt(max(at)) if at else MISSING] if evaluated else []), r.strategy, r.backbone])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    numeric = set(range(2, 4 + len(keys)))  # step, loss and metrics are right-aligned
+    numeric = set(range(2, 4 + len(keys) + (1 if evaluated else 0)))  # step, loss, metrics: right-aligned
     lines = []
     for row in [headers, *rows]:
         cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

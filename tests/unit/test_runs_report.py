@@ -135,9 +135,10 @@ def test_runs_table_and_json_from_the_cli(tmp_path, run_cli):
     make_run(tmp_path / "runs" / "b", final=False, losses=(0.5,))
     runs = [summarize_run(p, tmp_path / "runs") for p in find_runs(tmp_path / "runs")]
     lines = format_runs_table(runs).splitlines()
-    assert lines[0].split() == ["run", "status", "step", "loss", "held-out", "loss", "FID", "strategy", "backbone"]
-    assert lines[1].split()[:6] == ["a", "done", "6/6", "0.25", "0.0812", "12.35"]
-    assert lines[2].split()[:6] == ["b", "incomplete", "3/6", "0.5", "—", "—"]  # step: its checkpoint at 3
+    assert lines[0].split() == ["run", "status", "step", "loss", "held-out", "loss", "FID", "eval", "step",
+                                "strategy", "backbone"]
+    assert lines[1].split()[:7] == ["a", "done", "6/6", "0.25", "0.0812", "12.35", "6"]
+    assert lines[2].split()[:7] == ["b", "incomplete", "3/6", "0.5", "—", "—", "—"]  # step: its checkpoint at 3
     assert lines[1].index("done") == lines[0].index("status") and lines[1].index("dtr") == lines[0].index("strategy")
 
     code, out, err = run_cli("runs", str(tmp_path / "runs"))
