@@ -34,6 +34,7 @@ from dtr_plugins.codecs.latent_cache import (
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
+from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.process import DiffusionProcess
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
@@ -424,7 +425,8 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     without writing anything: the device exists, the global batch splits over the ranks, the codec fits
     the backbone, the backbone (built on the meta device) fits the data sizes, the routing plan gives every
     task channels, guidance has a null class, the respacing fits the process, the evaluation settings and
-    their prerequisites (Inception weights) are there, and the output paths are folders.
+    their prerequisites (Inception weights) are there, the output paths are folders, and the dataset
+    exists with classes that fit the backbone's labels.
 
     ``dtr validate`` and ``dtr train`` (on every rank, before the process group) call it.
     ``machine=False`` (``dtr validate --config-only``) checks the config alone, not this machine: no device,
@@ -464,3 +466,6 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     _check_sizes(cfg, backbone, info)
     build_routing_plan(cfg, model.routed_channels(), registry)
     _check_guidance(cfg, backbone)
+    if machine:  # the data: it exists, decodes its index, and its classes fit the backbone's labels
+        check_label_space(backbone.num_classes, registry.build("dataset", cfg.data.name, **cfg.data.params),
+                          cfg.data.name)

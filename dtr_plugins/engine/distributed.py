@@ -28,6 +28,19 @@ class Dist:
             dist.barrier()
 
 
+def all_ok(d: Dist, ok: bool) -> bool:
+    """True on every rank when ``ok`` is true on every rank (one all-reduce; a plain ``ok`` in one process).
+
+    Use it where one rank does work alone (rank 0 merging shards) and the others would wait at the next
+    barrier: every rank learns of the failure and stops together instead of hanging until the timeout.
+    """
+    if not d.enabled:
+        return ok
+    flag = torch.tensor(int(ok), dtype=torch.int32, device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")

@@ -362,16 +362,24 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
         atomic_write(shards / f"rank{d.rank}.npz", lambda tmp: _savez(tmp, images=mine, index=index))
         del chunks
         d.barrier()
+        failure: BaseException | None = None
         if d.is_main:
-            images, _ = _merge_shards(shards, d.world_size)
-            shutil.rmtree(shards)
-            info = {"checkpoint": str(ckpt_path), "step": step,
-                    "weights": loaded.get("weights", "ema" if use_ema else "model"),
-                    **({"source": loaded["source"]} if "source" in loaded else {}),
-                    "labels": "given" if labels is not None else "balanced", **applied}
-            write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
-            _swap_into_place(partial, out_dir)
-        d.barrier()
+            try:
+                images, _ = _merge_shards(shards, d.world_size)
+                shutil.rmtree(shards)
+                info = {"checkpoint": str(ckpt_path), "step": step,
+                        "weights": loaded.get("weights", "ema" if use_ema else "model"),
+                        **({"source": loaded["source"]} if "source" in loaded else {}),
+                        "labels": "given" if labels is not None else "balanced", **applied}
+                write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
+                _swap_into_place(partial, out_dir)
+            except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here
+                failure = exc
+        if not distributed.all_ok(d, failure is None):  # the other ranks stop with rank 0, never hang
+            if failure is not None:
+                raise failure
+            raise UserError(f"{out_dir}: rank 0 failed while merging the sample shards (its error is above); "
+                            f"nothing was written")
         return out_dir
     finally:
         if d.is_main and partial is not None and partial.exists():

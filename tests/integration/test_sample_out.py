@@ -138,6 +138,45 @@ def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_pat
     assert not (two / "shards").exists() and not list(tmp_path.glob("two.partial-*"))
 
 
+MERGE_FAILS = """\
+import errno
+import sys
+from dtr_plugins.cli import main
+from dtr_plugins.engine import sample as sample_module
+
+if __import__("os").environ["RANK"] == "0":
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    sample_module.write_samples = full_disk
+sys.exit(main(["sample", sys.argv[1], "--num", "4", "--out", sys.argv[2], "--device", "cpu"]))
+"""
+
+
+def test_rank_0_failing_to_merge_stops_every_rank(runs, tmp_path):
+    """A rank-0-only failure while merging shards ends every rank with one line. The ranks are started by
+    hand (no torchrun agent to kill the survivor), as on two nodes: rank 1 must not wait at a barrier."""
+    import socket
+
+    script = write(tmp_path / "merge_fails.py", MERGE_FAILS)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, str(script), str(runs["cond"]), str(tmp_path / "out")],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errs = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        errs.append(err)
+        assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "No space left on device" in errs[0].strip().splitlines()[-1]
+    assert "rank 0 failed while merging the sample shards" in errs[1].strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))
+
+
 GATHER = """\
 import sys
 import numpy as np

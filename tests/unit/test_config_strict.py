@@ -153,3 +153,31 @@ def test_config_only_skips_the_machine_checks(tmp_path, run_cli, monkeypatch):
     code, _, err = run_cli("validate", str(path), "--set", "train.device=cuda", "--set", "routing.beta=0.01",
                            "--config-only")
     assert code == 2 and "routing.beta: 0.01" in err  # the config itself is still checked in full
+
+
+def _image_folder(root, classes):
+    from PIL import Image
+
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        Image.new("L", (8, 8), 128).save(root / name / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("folders", [5, 4])
+def test_validate_checks_the_dataset_label_space(tmp_path, run_cli, folders):
+    """#12 item 4 found by `dtr validate`, not only by `dtr train`: 5 or 4 class folders for num_classes 3."""
+    data = _image_folder(tmp_path / "imgs", [f"class{i}" for i in range(folders)])
+    over = ["backbone.num_classes=3", "backbone.in_channels=3",
+            f"data={{name: image_folder, path: {data}, image_size: 8}}"]
+    code, _, err = run_cli("validate", str(write(tmp_path / "c.yaml", GOOD)), *[a for o in over for a in ("--set", o)])
+    assert code == 2 and "Traceback" not in err
+    assert f"backbone.num_classes is 3 but data 'image_folder' has {folders} classes" in err
+
+
+def test_validate_finds_a_missing_data_folder(tmp_path, run_cli):
+    over = ["backbone.in_channels=3", f"data={{name: image_folder, path: {tmp_path / 'nope'}, image_size: 8}}"]
+    code, _, err = run_cli("validate", str(write(tmp_path / "c.yaml", GOOD)), *[a for o in over for a in ("--set", o)])
+    lines = [ln for ln in err.splitlines() if not ln.startswith("dtr: warning:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert str(tmp_path / "nope") in lines[0]
