@@ -41,7 +41,7 @@ mutate: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
 	$(VENV)/bin/dtr suite configs/suites/quickstart.yaml --parallel 2
-	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures)"
+	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures); .venv/bin/dtr runs lists the runs"
 
 clean:
 	rm -rf $(VENV) runs

@@ -172,10 +172,29 @@ def cmd_suite(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .engine.report import build_report
+    """A suite folder (``suite.json``) gets the suite report, a run directory its own (:mod:`.engine.run_report`)."""
+    from pathlib import Path
 
-    path = build_report(args.suite_dir)
+    from .engine.report import build_report
+    from .engine.run_report import build_run_report
+
+    suite = (Path(args.suite_dir) / "suite.json").exists()
+    path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    """Every run below a folder: status, step, last loss and metrics, strategy, backbone (``--json``: a list)."""
+    from .engine.runs import find_runs, format_runs_table, summarize_run
+
+    runs = [summarize_run(p, args.folder) for p in find_runs(args.folder)]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=2))
+    elif not runs:
+        print(f"no run directories below {args.folder}", file=sys.stderr)
+    else:
+        print(format_runs_table(runs))
     return 0
 
 
@@ -301,9 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser(parents=[common], name="report",
-                       help="rebuild a suite's report.md, results.csv and plots")
-    p.add_argument("suite_dir", help="runs/<suite name>")
+                       help="rebuild a suite's report.md, results.csv and plots, or one run's report.md and plots")
+    p.add_argument("suite_dir", metavar="DIR", help="suite folder (runs/<suite name>) or run directory")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(parents=[common], name="runs",
+                       help="list the runs below a folder: status, step, loss, metrics, strategy, backbone")
+    p.add_argument("folder", nargs="?", default="runs", help="folder to search (default runs/)")
+    p.add_argument("--json", action="store_true", help="one JSON list for scripts")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser(parents=[common], name="cache-latents",
                        help="encode a dataset once with the config's VAE")

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from .numbers import fmt, fmt_interval, fmt_signed
+
 LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
 INTERVAL_METHOD = "t"
@@ -348,16 +350,7 @@ def _metric_order(metric: str) -> tuple[int, int, str]:
 
 
 # ------------------------------------------------------------------------------------------ markdown
-def _g(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4g}"
-
-
-def _signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.3g}"
-
-
-def _ci(interval: tuple[float, float] | None) -> str:
-    return "—" if interval is None else f"[{interval[0]:+.3g}, {interval[1]:+.3g}]"
+_g, _signed, _ci = fmt, fmt_signed, fmt_interval  # one number format for every table (.numbers)
 
 
 def _where(setting: tuple[tuple[str, str], ...]) -> str:

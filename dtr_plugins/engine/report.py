@@ -18,6 +18,7 @@ from dtr_plugins.core.io import write_text
 
 from .compare import ComparisonResult, compare_runs, render_comparison_markdown
 from .compare_records import runs_from_suite
+from .numbers import fmt_mean_std
 from .rundir import RunDir
 
 #: torch-fidelity key (or ours) -> (column title, lower is better)
@@ -131,13 +132,13 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps]
     lines = [f"### {title} ({arrow})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, row in stats.items():
-        out = [f"`{g}`", str(len(groups[g]))]
+        out = [f"`{g}`", str(max((len(v) for v in cells[g].values()), default=0))]  # runs with a value
         for s in steps:
             st = row[s]
             if st is None:
                 out.append("—")
                 continue
-            text = f"{st[0]:.4g} ± {st[1]:.2g}" if len(cells[g][s]) > 1 else f"{st[0]:.4g}"
+            text = fmt_mean_std(st[0], st[1], len(cells[g][s]))
             out.append(f"**{text}**" if math.isclose(st[0], best.get(s, math.nan)) else text)
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
@@ -202,13 +203,34 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
                for g, rs in groups.items()}
     if any(buckets.values()):
         made.append(plots.plot_loss_per_bucket(buckets, out_dir / "loss_per_timestep_bucket.png"))
-    grids = {g: RunDir(suite_dir / rs[0].id).samples / "grid.png" for g, rs in groups.items()}
-    grids = {g: p for g, p in grids.items() if p.exists()}
-    if grids:
-        made.append(plots.plot_image_panels(grids, out_dir / "samples.png"))
+    samples = _sample_rows(suite_dir, groups)
+    if samples is not None:
+        made.append(plots.plot_sample_rows(samples[0], out_dir / "samples.png", class_names=samples[1]))
     masks = _mask_plots(groups, out_dir)
     made.extend(masks)
     return made
+
+
+def _sample_rows(suite_dir: Path, groups: dict[str, list[RunResult]]):
+    """Per group, the first sample of each class from its first run with final samples (``samples.npz``), and
+    the class names (:meth:`RunDir.class_names`); None when no run has samples."""
+    import numpy as np
+
+    from .plots import pick_per_class
+
+    rows, names = {}, None
+    for g, rs in groups.items():
+        run = next((RunDir(suite_dir / r.id) for r in rs if (suite_dir / r.id / "samples" / "samples.npz").exists()),
+                   None)
+        if run is None:
+            continue
+        with np.load(run.samples / "samples.npz") as data:
+            images, labels = data["arr_0"], data["labels"] if "labels" in data.files else None
+        run_names = run.class_names()
+        names = names or run_names
+        rows[f"{g} ({run.path.name})"] = pick_per_class(images, labels if run_names else None,
+                                                        len(run_names) if run_names else None)
+    return (rows, names) if rows else None
 
 
 def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Path]:

@@ -327,20 +327,31 @@ class Trainer:
 
     def evaluate(self, final: bool) -> None:
         """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
-        from .evaluate import dataset_reference, evaluate_model_samples
+        from tqdm.auto import tqdm
+
+        from .evaluate import dataset_reference, describe_metrics, evaluate_model_samples
         from .plots import image_grid
         from .sample import generate, write_samples
 
         cfg, d, step = self.cfg, self.dist, self.state.step
+
+        def say(line: str) -> None:  # main rank; tqdm.write keeps an open training bar intact
+            if d.is_main:
+                tqdm.write(line)
+
+        say(f"dtr: step {step}: evaluating: sampling {cfg.eval.num_samples} images with the EMA weights "
+            f"({cfg.sample.sampler}, {cfg.sample.respacing})")
         applied: dict[str, Any] = {}  # filled by generate with the settings applied
         images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, cfg, num=cfg.eval.num_samples,
-                                  seed=cfg.seed, dist=d, codec=self.codec, progress=False, record=applied)
+                                  seed=cfg.seed, dist=d, codec=self.codec, progress=self.progress, record=applied)
         if not d.is_main:
             return
         if final:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
-                          info={"step": step, "weights": "ema", **applied})
+                          info={"step": step, "weights": "ema", **applied}, class_names=self.run_dir.class_names())
         reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
+        say(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
+            f"against {reference}")
         try:
             result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
                                             feature_extractor=cfg.eval.feature_extractor,
@@ -348,6 +359,7 @@ class Trainer:
         except UserError as exc:
             print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
             return
+        say(f"dtr: step {step}: {describe_metrics(result)}")
         result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})
         self.trackers.log_image(step, "samples", image_grid(images[:64]))

@@ -147,7 +147,7 @@ def test_report_from_synthetic_results(tmp_path):
         "| `dtr` | 2 | **9 ± 0** | **5 ± 0** |",
     ]
     # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7
-    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.7, +10.7] | *not resolved* (interval contains 0) |"
+    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.71, +10.71] | *not resolved* (interval contains 0) |"
     assert row in report
     assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
     rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
