@@ -309,3 +309,19 @@ def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
         if not torch.cuda.device_count():  # CPU children side by side: cpu_count // parallel threads each
             threads = max(1, (os.cpu_count() or 1) // 2)
             assert status["threads"] == threads and f"threads: {threads}" in (root / rid / "config.yaml").read_text()
+
+
+def test_report_header_lists_each_applied_sampling_setting():
+    """A routing x process suite samples gaussian runs with DDIM and flow runs with Heun: the header says both
+    (with run counts), never only the last run's sampler."""
+    from dtr_plugins.engine.report import RunResult, _eval_settings
+
+    def run(rid, sampler, respacing):
+        ev = {"step": 400, "num_samples": 250, "sampler": sampler, "respacing": respacing, "cfg_scale": 2.0}
+        return RunResult(rid, rid, 0, "done", "vanilla", {}, {}, evals=[ev])
+
+    mixed = [run("g0", "ddim", "ddim25"), run("g1", "ddim", "ddim25"), run("f0", "heun", "25")]
+    assert _eval_settings(mixed) == ("; 250 samples per eval, sampler ddim ddim25, cfg scale 2.0 (2 runs); "
+                                     "250 samples per eval, sampler heun 25, cfg scale 2.0 (1 run)")
+    assert _eval_settings(mixed[:2]) == ", 250 samples per eval, sampler ddim ddim25, cfg scale 2.0"
+    assert _eval_settings([RunResult("n", "n", 0, "new", "vanilla", {}, {})]) == ""
