@@ -131,7 +131,7 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps]
     lines = [f"### {title} ({arrow})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, row in stats.items():
-        out = [f"`{g}`", str(len(groups[g]))]
+        out = [f"`{g}`", str(max((len(v) for v in cells[g].values()), default=0))]  # seeds with a value, not planned
         for s in steps:
             st = row[s]
             if st is None:

@@ -325,3 +325,14 @@ def test_report_header_lists_each_applied_sampling_setting():
                                      "250 samples per eval, sampler heun 25, cfg scale 2.0 (1 run)")
     assert _eval_settings(mixed[:2]) == ", 250 samples per eval, sampler ddim ddim25, cfg scale 2.0"
     assert _eval_settings([RunResult("n", "n", 0, "new", "vanilla", {}, {})]) == ""
+
+
+def test_metric_table_counts_the_seeds_that_have_a_value_not_the_planned_runs():
+    from dtr_plugins.engine.report import RunResult
+
+    def run(seed, status, fid=None):
+        evals = [{"step": 400, "frechet_inception_distance": fid}] if fid is not None else []
+        return RunResult(f"vanilla__seed{seed}", "vanilla", seed, status, "vanilla", {}, {}, evals=evals)
+
+    table = metric_table("frechet_inception_distance", [run(0, "done", 9.0), run(1, "done", 11.0), run(2, "new")])
+    assert "| `vanilla` | 2 | **10 ± 1.4** |" in table.splitlines()  # the only row is the best
