@@ -374,8 +374,9 @@ def render_comparison_markdown(result: ComparisonResult) -> str:
               f"shares its seed (same initial weights and data order). Δ = strategy − baseline at the final logged "
               f"step, mean over seeds, with a {pct} Student-t interval over the seeds' differences (t quantile with "
               f"n − 1 degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
-              f"direction), else *not resolved*. Held-out loss: epsilon MSE of the EMA weights on fixed held-out "
-              f"images, timesteps and noise, identical for every run. Each row is its own test: among many rows, "
+              f"direction), else *not resolved*. Held-out loss: epsilon MSE (velocity MSE for flow matching) of the "
+              f"EMA weights on fixed held-out images, times and noise, identical for every run of one process. "
+              f"Each row is its own test: among many rows, "
               f"about one in {round(1 / (1 - result.level))} differences that are zero in truth still reads as "
               f"resolved.")
     lines = [f"## Paired comparisons against `{result.baseline}`", "", method, ""]

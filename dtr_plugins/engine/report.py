@@ -144,6 +144,21 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _eval_settings(results: list[RunResult]) -> str:
+    """The sampling applied at each run's last eval, one entry per distinct setting (a suite that varies the
+    process or sampler lists each, with how many runs used it); "" without evals."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.evals:
+            e = r.evals[-1]
+            text = (f"{e.get('num_samples', '?')} samples per eval, sampler {e.get('sampler')} {e.get('respacing')}, "
+                    f"cfg scale {e.get('cfg_scale')}")
+            counts[text] = counts.get(text, 0) + 1
+    if len(counts) < 2:
+        return "".join(f", {text}" for text in counts)
+    return "; " + "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in sorted(counts.items()))
+
+
 def build_report(suite_dir: str | Path) -> Path:
     suite_dir = Path(suite_dir)
     index, results = collect(suite_dir)
@@ -158,13 +173,10 @@ def build_report(suite_dir: str | Path) -> Path:
              f"{len(done)} of {len(results)} runs finished. Rebuild with `dtr report {suite_dir}`.", ""]
     if first:
         m = first.meta
-        samp = evals[-1] if evals else {}
         lines += ["Produced by: device " + str(m.get("device", "?")) + f", precision {m.get('precision', '?')}, "
                   f"world size {m.get('world_size', '?')}, torch {m.get('torch', '?')}, dtr-plugins "
                   f"{m.get('dtr_plugins', '?')} (commit {str(m.get('git_commit') or '?')[:10]}).",
-                  "Metrics: extractor " + (", ".join(extractor) or "none") +
-                  (f", {samp.get('num_samples', '?')} samples per eval, sampler {samp.get('sampler')} "
-                   f"{samp.get('respacing')}, cfg scale {samp.get('cfg_scale')}" if samp else "") + ".", ""]
+                  "Metrics: extractor " + (", ".join(extractor) or "none") + _eval_settings(results) + ".", ""]
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         status = RunDir(suite_dir / r.id).read_status()
