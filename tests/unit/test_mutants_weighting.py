@@ -7,9 +7,11 @@ import torch
 from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.strategies.random import RandomRouting
-from dtr_plugins.strategies.task_specific_sharing import _split
+from dtr_plugins.strategies.task_specific_sharing import TaskSpecificSharing, _split
+from dtr_plugins.strategies.vanilla import Vanilla
 from dtr_plugins.weighting.ant_uw import AntUW
 from dtr_plugins.weighting.base import LossWeighting
+from dtr_plugins.weighting.constant import Constant
 from dtr_plugins.weighting.min_snr import MinSNR
 from dtr_plugins.weighting.p2 import P2
 
@@ -82,10 +84,21 @@ def test_mse_weightings_on_the_real_schedule(weighting):
     assert weighting({"mse": mse.bfloat16(), "loss": mse.bfloat16()}, t, d).dtype == torch.bfloat16
 
 
-def test_random_routing_default_layer_is_layer_0():
+def test_random_routing_layer_i_draws_with_seed_plus_i():
     r = RandomRouting(beta=0.5, seed=3)
-    assert torch.equal(r.mask_table(6, 8), r.mask_table(6, 8, layer=0))
+    assert torch.equal(r.mask_table(6, 8), r.mask_table(6, 8, layer=0))  # the default layer is 0
+    assert torch.equal(r.mask_table(6, 8, layer=2), RandomRouting(beta=0.5, seed=5).mask_table(6, 8, layer=0))
     assert not torch.equal(r.mask_table(6, 8), r.mask_table(6, 8, layer=1))
+
+
+def test_reprs_name_the_plugins():
+    """Reprs go into run records and plan descriptions (RoutingPlan.strategy_repr, the model printout)."""
+    assert repr(Vanilla()) == "vanilla"
+    assert repr(Constant()) == "Constant(constant)"
+    assert repr(RandomRouting()) == "random(beta=0.8, seed=0)"
+    assert repr(TaskSpecificSharing()) == "task_specific_sharing(shared_ratio=0.5, groups=4)"
+    assert repr(AntUW()) == "AntUW(k=8, lr=0.025)"
+    assert repr(MinSNR()) == "MinSNR(gamma=5)" and repr(P2()) == "P2(gamma=1, k=1)"
 
 
 def test_task_specific_sharing_split():
