@@ -74,3 +74,27 @@ def test_bad_table_is_one_plugin_error_line():
         RoutingPlan(Wrong(), [4], num_tasks=3)
     assert str(info.value) == ("strategy wrong: mask_table must return a torch.bool tensor of shape (3, 4), "
                                "got torch.float32 (3, 5)")
+
+
+def test_gather_mixes_dense_and_routed_layers():
+    plan = RoutingPlan(Rows(ROWS), [4, 4, 4], num_tasks=4)
+    rows = plan.gather(torch.tensor([2, 3]), torch.float64)
+    assert rows[1] is None and rows[0].dtype == torch.float64
+    assert rows[0].tolist() == rows[2].tolist() == [[0, 1, 1, 0], [1, 0, 0, 1]]
+
+
+def test_gather_float_times_need_a_continuous_plan():
+    plan = RoutingPlan(Rows(ROWS), [4], num_tasks=4)
+    with pytest.raises(ValueError) as info:
+        plan.gather(torch.tensor([0.5]), torch.float32)
+    assert str(info.value) == "float times given to a routing plan built for timestep indices"
+
+
+def test_gather_float_times_in_the_requested_dtype():
+    from dtr_plugins.core.continuous_routing import ContinuousTasks
+    from dtr_plugins.strategies.dtr import SlidingWindow
+
+    dtr = SlidingWindow()
+    plan = RoutingPlan(dtr, [8], num_tasks=10, continuous=ContinuousTasks(dtr, exact=True))
+    (rows,) = plan.gather(torch.tensor([0.0, 1.0]), torch.float64)
+    assert rows.dtype == torch.float64 and rows.shape == (2, 8)
