@@ -91,3 +91,84 @@ def test_switch_keeps_a_nested_param_set_explicitly():
     before = {"data": {"name": "folder", "extra": {"b": {"c": 1}}, "size": 8}}
     data, _ = switched(before, ["data.name=other", "data.extra.b.c=2"])
     assert data == {"data": {"name": "other", "extra": {"b": {"c": 2}}}}
+
+
+# ------------------------------------------------------------------------------------------------
+# reading YAML: every failure is one line naming the file (and the line when YAML knows it)
+# ------------------------------------------------------------------------------------------------
+
+def test_unreadable_and_unparsable_files(tmp_path):
+    from dtr_plugins.core.config import read_yaml
+
+    with pytest.raises(ConfigError) as info:
+        read_yaml(tmp_path)  # a folder
+    assert str(info.value) == f"{tmp_path}: cannot read: Is a directory"
+    bell = write(tmp_path / "bell.yaml", "name: a\x07b\n")  # a reader error: no line mark, no 'problem'
+    with pytest.raises(ConfigError) as info:
+        read_yaml(bell)
+    assert str(info.value) == (f"{bell}: malformed YAML: unacceptable character #x0007: special characters are "
+                               "not allowed")
+    unhashable = write(tmp_path / "key.yaml", "? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError) as info:
+        read_yaml(unhashable)
+    assert str(info.value) == f"{unhashable}:1: malformed YAML: found unhashable key"
+    twice = write(tmp_path / "twice.yaml", "a: 1\nb: 2\na: 3\n")
+    with pytest.raises(ConfigError) as info:
+        read_yaml(twice)
+    assert str(info.value) == f"{twice}:3: malformed YAML: duplicate key 'a' (first given on line 1)"
+
+
+# ------------------------------------------------------------------------------------------------
+# resolving plugins: learn_sigma follows the process, trackers get their defaults
+# ------------------------------------------------------------------------------------------------
+
+def test_backbone_learn_sigma_follows_the_diffusion(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD)
+    cfg = dp.load_config(path, overrides=["diffusion.learn_sigma=false"])
+    assert cfg.backbone.params["learn_sigma"] is False
+    with pytest.raises(ConfigError) as info:
+        dp.load_config(path, overrides=["diffusion.learn_sigma=false", "backbone.learn_sigma=true"])
+    assert str(info.value) == (f"{path}: backbone.learn_sigma: True disagrees with diffusion.learn_sigma False; "
+                               "set only diffusion.learn_sigma")
+    flow = write(tmp_path / "f.yaml", GOOD.replace("diffusion: {steps: 100, schedule: linear, learn_sigma: true}",
+                                                   "diffusion: {name: flow_matching}"))
+    with pytest.raises(ConfigError) as info:
+        dp.load_config(flow, overrides=["backbone.learn_sigma=true"])
+    assert str(info.value) == (f"{flow}: backbone.learn_sigma: True disagrees with diffusion.learn_sigma False; "
+                               "diffusion 'flow_matching' fixes it; remove backbone.learn_sigma")
+
+
+def test_no_plugins_installed_says_so():
+    from dtr_plugins.core.config import config_from_dict, parse_yaml
+    from dtr_plugins.core.plugins import PluginRegistry
+
+    data = parse_yaml(GOOD)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, source="c.yaml", registry=PluginRegistry())
+    assert str(info.value) == "c.yaml: diffusion.name: unknown process 'gaussian' (known: none installed)"
+
+
+def test_trackers_resolved_with_their_defaults(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD + "log: {trackers: [tensorboard, {name: wandb, mode: offline}]}\n")
+    trackers = dp.load_config(path).log.trackers
+    assert [(t.name, t.params) for t in trackers] == [
+        ("tensorboard", {"subdir": "tensorboard"}),
+        ("wandb", {"project": "dtr-plugins", "entity": None, "mode": "offline"})]
+    with pytest.raises(ConfigError) as info:
+        dp.load_config(path, overrides=["log.trackers=[{name: tensorboard, dir: x}]"])
+    assert str(info.value) == f"{path}: log.trackers.0.dir: unknown key (allowed: subdir)"
+
+
+def test_declared_backbone_class():
+    import torch
+
+    from dtr_plugins.backbones.dit import DiT
+    from dtr_plugins.core.routing import declared_backbone_class
+
+    def annotated() -> DiT: ...
+    def plain_module() -> torch.nn.Module: ...
+    def unannotated(): ...
+
+    assert declared_backbone_class(DiT) is DiT and declared_backbone_class(annotated) is DiT
+    assert declared_backbone_class(plain_module) is None and declared_backbone_class(unannotated) is None
+    assert declared_backbone_class(torch.nn.Linear) is None

@@ -158,6 +158,7 @@ def test_space_timesteps_spellings_agree():
     assert space_timesteps(10, [2, 3]) == space_timesteps(10, "2,3") == [0, 4, 5, 7, 9]
     assert space_timesteps(10, "ddim10") == list(range(10))  # stride 1
     assert space_timesteps(10, "ddim1") == [0]
+    assert space_timesteps(10, "1") == [0] and space_timesteps(10, "1,1") == [0, 5]  # one step per section
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -188,7 +189,7 @@ def test_respaced_refusals():
     with pytest.raises(ValueError) as info:
         d.respaced("10").respaced("5")
     assert str(info.value) == "respace the training process, not an already respaced one"
-    for bad in ([], [-1, 5], [5, 100]):
+    for bad in ([], [-1, 5], [5, 100], [5, 10, 100]):
         with pytest.raises(ValueError) as info:
             d.respaced(use_timesteps=bad)
         assert str(info.value) == "use_timesteps must be non-empty indices in 0..99"
