@@ -172,3 +172,11 @@ def test_declared_backbone_class():
     assert declared_backbone_class(DiT) is DiT and declared_backbone_class(annotated) is DiT
     assert declared_backbone_class(plain_module) is None and declared_backbone_class(unannotated) is None
     assert declared_backbone_class(torch.nn.Linear) is None
+
+
+def test_config_from_dict_names_its_source():
+    from dtr_plugins.core.config import config_from_dict
+
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"name": "x"})
+    assert str(info.value).startswith("<config>: backbone: Field required")

@@ -1,5 +1,6 @@
 """Gaussian-diffusion behaviour that mutation testing (``make mutate``) found untested: defaults, devices,
 model wrappers, classifier-free-guidance plumbing and the one-line errors. See docs/testing.md."""
+import numpy as np
 import pytest
 import torch
 
@@ -300,3 +301,14 @@ def test_sampling_start_cfg_channels_line():
     with pytest.raises(ConfigError) as info:
         sampling_start(lambda x, t: x, None, 1.0, "first2", (1, 2), None, None)
     assert str(info.value) == "sample.cfg_channels: 'first2' (allowed: all, first3)"
+
+
+def test_linear_schedule_accepts_t_20_where_beta_t_is_1():
+    betas = get_named_beta_schedule("linear", 20)
+    assert betas.dtype == np.float64 and betas[-1] == 1.0 and betas[0] == pytest.approx(0.005)
+
+
+def test_coefficients_in_float64_and_learned_sigma_by_default():
+    d = GaussianDiffusion(np.linspace(1e-4, 0.02, 100, dtype=np.float32))
+    assert d.learn_sigma is True
+    assert d.betas.dtype == d.alphas_cumprod.dtype == d.posterior_variance.dtype == np.float64
