@@ -37,6 +37,7 @@ MUTATE_ARGS ?=
 mutate: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m mutmut run $(MUTATE_ARGS)
 	$(PY) -m mutmut results
+	$(PY) scripts/mutation_score.py
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
