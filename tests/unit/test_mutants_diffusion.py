@@ -312,3 +312,15 @@ def test_coefficients_in_float64_and_learned_sigma_by_default():
     d = GaussianDiffusion(np.linspace(1e-4, 0.02, 100, dtype=np.float32))
     assert d.learn_sigma is True
     assert d.betas.dtype == d.alphas_cumprod.dtype == d.posterior_variance.dtype == np.float64
+
+
+def test_constructor_refusals_and_int64_timestep_map():
+    for betas in ([0.0, 0.5], [0.5, 1.5], [[0.1, 0.2]]):
+        with pytest.raises(ValueError) as info:
+            GaussianDiffusion(np.array(betas))
+        assert str(info.value) == "betas must be a 1-D array with values in (0, 1]"
+    with pytest.raises(ValueError) as info:
+        GaussianDiffusion(np.full(3, 0.1), timestep_map=[0, 5])
+    assert str(info.value) == "timestep_map needs 3 entries, got (2,)"
+    d = GaussianDiffusion(np.full(2, 0.1), timestep_map=np.array([0, 5], dtype=np.int32))
+    assert d.timestep_map.dtype == torch.long and d.timestep_map.tolist() == [0, 5]
