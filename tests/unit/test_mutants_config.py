@@ -180,3 +180,29 @@ def test_config_from_dict_names_its_source():
     with pytest.raises(ConfigError) as info:
         config_from_dict({"name": "x"})
     assert str(info.value).startswith("<config>: backbone: Field required")
+
+
+# ------------------------------------------------------------------------------------------------
+# codec section and plugin params as plain YAML values
+# ------------------------------------------------------------------------------------------------
+
+def test_codec_section_resolution(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD)
+    cfg = dp.load_config(path, overrides=["codec={name: identity}"])
+    assert cfg.codec is not None and cfg.codec.name == "identity" and cfg.codec.shard_size == 4096
+    with pytest.raises(ConfigError) as info:
+        dp.load_config(path, overrides=["codec={name: nope}"])
+    assert str(info.value) == f"{path}: codec.name: unknown codec 'nope' (known: autoencoder_kl, identity)"
+    with pytest.raises(ConfigError) as info:
+        dp.load_config(path, overrides=["codec={name: identity}", "vae={path: some/vae}"])
+    assert str(info.value) == (f"{path}: codec: give either a vae section (the autoencoder_kl shorthand) or a codec "
+                               "section, not both")
+
+
+def test_resolved_plugin_params_are_plain_yaml_values(tmp_path):
+    """ADM's channel_mult is a tuple in its params model: the resolved config holds a list, and round-trips."""
+    from ..conftest import ROOT
+
+    cfg = dp.load_config(ROOT / "configs" / "adm_digits.yaml")
+    assert isinstance(cfg.backbone.params["channel_mult"], list)
+    assert dp.load_config(write(tmp_path / "resolved.yaml", cfg.to_yaml())) == cfg
