@@ -190,6 +190,11 @@ def test_codec_section_resolution(tmp_path):
     path = write(tmp_path / "c.yaml", GOOD)
     cfg = dp.load_config(path, overrides=["codec={name: identity}"])
     assert cfg.codec is not None and cfg.codec.name == "identity" and cfg.codec.shard_size == 4096
+    cfg = dp.load_config(path, overrides=["codec={name: identity, shard_size: 7, cache_dtype: float16}"])
+    assert cfg.codec is not None and (cfg.codec.shard_size, cfg.codec.cache_dtype) == (7, "float16")
+    with pytest.raises(ConfigError) as info:
+        dp.load_config(path, overrides=["codec={name: identity, bogus: 1}"])
+    assert str(info.value) == f"{path}: codec.bogus: unknown key"  # identity has no params
     with pytest.raises(ConfigError) as info:
         dp.load_config(path, overrides=["codec={name: nope}"])
     assert str(info.value) == f"{path}: codec.name: unknown codec 'nope' (known: autoencoder_kl, identity)"

@@ -324,3 +324,15 @@ def test_constructor_refusals_and_int64_timestep_map():
     assert str(info.value) == "timestep_map needs 3 entries, got (2,)"
     d = GaussianDiffusion(np.full(2, 0.1), timestep_map=np.array([0, 5], dtype=np.int32))
     assert d.timestep_map.dtype == torch.long and d.timestep_map.tolist() == [0, 5]
+
+
+def test_two_step_process_clips_the_t0_variance_to_the_t1_posterior():
+    betas = np.array([0.1, 0.2])
+    d = GaussianDiffusion(betas)
+    pv1 = 0.2 * (1 - 0.9) / (1 - 0.9 * 0.8)  # beta_1 (1 - abar_0) / (1 - abar_1)
+    np.testing.assert_allclose(d.posterior_variance, [0.0, pv1])
+    np.testing.assert_allclose(d.posterior_log_variance_clipped, np.log([pv1, pv1]))
+    np.testing.assert_allclose(d.fixed_large_variance, [pv1, 0.2])
+    one = GaussianDiffusion(np.array([0.3]))  # no t = 1: beta_0 itself
+    np.testing.assert_allclose(one.fixed_large_variance, [0.3])
+    np.testing.assert_allclose(one.posterior_log_variance_clipped, np.log([0.3]))
