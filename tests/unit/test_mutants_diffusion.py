@@ -322,6 +322,8 @@ def test_constructor_refusals_and_int64_timestep_map():
     with pytest.raises(ValueError) as info:
         GaussianDiffusion(np.full(3, 0.1), timestep_map=[0, 5])
     assert str(info.value) == "timestep_map needs 3 entries, got (2,)"
+    with np.errstate(divide="ignore"):  # beta = 1 is allowed (abar_T = 0: the 1 / abar tables are infinite)
+        assert GaussianDiffusion(np.array([0.5, 1.0])).betas.tolist() == [0.5, 1.0]
     d = GaussianDiffusion(np.full(2, 0.1), timestep_map=np.array([0, 5], dtype=np.int32))
     assert d.timestep_map.dtype == torch.long and d.timestep_map.tolist() == [0, 5]
 
