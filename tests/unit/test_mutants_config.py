@@ -211,3 +211,19 @@ def test_resolved_plugin_params_are_plain_yaml_values(tmp_path):
     cfg = dp.load_config(ROOT / "configs" / "adm_digits.yaml")
     assert isinstance(cfg.backbone.params["channel_mult"], list)
     assert dp.load_config(write(tmp_path / "resolved.yaml", cfg.to_yaml())) == cfg
+
+
+def test_codec_params_are_validated_and_filled(tmp_path):
+    from dtr_plugins.core.config import config_from_dict, parse_yaml
+    from dtr_plugins.core.plugins import PluginRegistry, default_registry
+
+    path = write(tmp_path / "c.yaml", GOOD)
+    cfg = dp.load_config(path, overrides=["codec={name: autoencoder_kl, path: some/vae}"])
+    assert cfg.codec is not None and cfg.codec.params["path"] == "some/vae"
+    assert set(cfg.codec.params) > {"path"}  # the codec's defaults are filled in
+    data = parse_yaml(GOOD + "codec: {name: identity}\n")
+    full = default_registry()
+    no_codecs = PluginRegistry(plugins={k: v for k, v in full.plugins.items() if k[0] != "codec"})
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, source="c.yaml", registry=no_codecs)
+    assert str(info.value) == "c.yaml: codec.name: unknown codec 'identity' (known: none installed)"

@@ -3,8 +3,8 @@ helpers on edge cases (empty rows, dense layers, unit sizes, devices). See docs/
 import pytest
 import torch
 
-from dtr_plugins.core.errors import PluginError
-from dtr_plugins.core.routing import ActiveUnits, RoutingPlan, shared_timestep
+from dtr_plugins.core.errors import ConfigError, PluginError
+from dtr_plugins.core.routing import ActiveUnits, RoutedBackbone, RoutingPlan, check_routing_site, shared_timestep
 
 
 class Rows:
@@ -98,3 +98,47 @@ def test_gather_float_times_in_the_requested_dtype():
     plan = RoutingPlan(dtr, [8], num_tasks=10, continuous=ContinuousTasks(dtr, exact=True))
     (rows,) = plan.gather(torch.tensor([0.0, 1.0]), torch.float64)
     assert rows.dtype == torch.float64 and rows.shape == (2, 8)
+
+
+def test_plan_defaults_and_the_layer_count_given_to_strategies():
+    seen = []
+
+    class Recording(Rows):
+        def mask_table(self, num_tasks, channels, *, layer=0, num_layers=1):
+            seen.append((layer, num_layers))
+            return super().mask_table(num_tasks, channels, layer=layer, num_layers=num_layers)
+
+    plan = RoutingPlan(Recording(ROWS), [4, 4, 4], num_tasks=4)
+    assert seen == [(0, 3), (1, 3), (2, 3)]
+    assert plan.slice_shared is True and plan.site == "input"
+
+
+def test_table_that_is_not_a_tensor_is_named_by_its_type():
+    class Listing:
+        def mask_table(self, num_tasks, channels, *, layer=0, num_layers=1):
+            return [[True] * channels] * num_tasks
+
+        def __repr__(self):
+            return "listing"
+
+    with pytest.raises(PluginError) as info:
+        RoutingPlan(Listing(), [4], num_tasks=2)
+    assert str(info.value) == ("strategy listing: mask_table must return a torch.bool tensor of shape (2, 4), "
+                               "got list ()")
+
+
+class Minimal(RoutedBackbone):
+    def routed_channels(self, site="input"):
+        return [4, 4]
+
+
+def test_attach_and_site_errors_are_one_line():
+    with pytest.raises(ValueError) as info:
+        Minimal().attach_routing(RoutingPlan(Rows(ROWS), [4], num_tasks=4))
+    assert str(info.value) == "routing plan was built for a different list of routed layers"
+    with pytest.raises(ConfigError) as info:
+        check_routing_site(Minimal, "heads")
+    assert str(info.value) == "routing.site: 'heads' is not a routing site of backbone Minimal (allowed: input)"
+    with pytest.raises(ConfigError) as info:
+        check_routing_site(Minimal, "heads", "tiny")
+    assert str(info.value) == "routing.site: 'heads' is not a routing site of backbone 'tiny' (allowed: input)"
