@@ -15,7 +15,7 @@ per forward pass and handed to the blocks in forward order.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
 import torch
@@ -217,15 +217,16 @@ class AttentionBlock(nn.Module):
 
 
 class TimestepSequential(nn.Sequential):
-    """A stage of the U-Net; hands ResBlocks the embedding and each routed layer the next mask."""
+    """A stage of the U-Net; hands ResBlocks the embedding and each routed layer the next mask, which
+    ``route(block input)`` gives (a static row, or a learned gate computed from that input)."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
-                masks: Iterator[torch.Tensor | None]) -> torch.Tensor:
+                route: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb, next(masks))
+                x = layer(x, emb, route(x))
             elif isinstance(layer, AttentionBlock):
-                x = layer(x, next(masks) if layer.routed else None)
+                x = layer(x, route(x) if layer.routed else None)
             else:
                 x = layer(x)
         return x
@@ -328,6 +329,11 @@ class ADMUNet(RoutedBackbone):
         return [layer for stage in self._stages() for layer in stage
                 if isinstance(layer, ResBlock) or (isinstance(layer, AttentionBlock) and layer.routed)]
 
+    learned_gates = True  # learned strategies gate each routed layer's input [N, C, H, W]; cond: emb
+
+    def routing_cond_dim(self) -> int | None:
+        return cast(nn.Linear, self.time_embed[2]).out_features  # emb = time_embed(t) (+ label_emb(y))
+
     def routed_channels(self, site: str = "input") -> list[int]:
         """Input width of every routed layer in forward order (decoder ResBlocks: after the concatenation).
         ``input`` is this backbone's only routing site; another raises ConfigError."""
@@ -339,22 +345,33 @@ class ADMUNet(RoutedBackbone):
         (required when class-conditional, ignored otherwise). Returns ``[N, out_channels, H, W]``."""
         # flow: a continuous process routes by the float time itself; index plans take integer timesteps
         task = t if self.plan is not None and self.plan.continuous is not None else t.long()
-        masks = iter([None if m is None else m[:, :, None, None] for m in self.layer_masks(task, x.dtype)])
         emb_dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(emb_dtype))
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("this ADM U-Net is class-conditional: pass labels y")
             emb = emb + self.label_emb(y)
+        route = self._router(task, x.dtype, emb)
         h = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         skips = []
         for stage in self.input_blocks:
-            h = stage(h, emb, masks)
+            h = stage(h, emb, route)
             skips.append(h)
-        h = self.middle_block(h, emb, masks)
+        h = self.middle_block(h, emb, route)
         for stage in self.output_blocks:
-            h = stage(torch.cat([h, skips.pop()], dim=1), emb, masks)
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, route)
         return self.out(h)
+
+    def _router(self, task: torch.Tensor, dtype: torch.dtype,
+                emb: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        """``route(block input)`` -> the next routed layer's mask ``[N, C, 1, 1]`` (None: plain), in forward order;
+        under a learned plan the gate its strategy computes from that input (``[N, C, 1, 1]`` or ``[N, C, H, W]``)."""
+        plan = self.plan
+        if plan is not None and plan.is_learned:
+            layers = iter(range(len(plan.layer_channels)))
+            return lambda h: plan.layer_gate(next(layers), h, task, emb)
+        masks = iter([None if m is None else m[:, :, None, None] for m in self.layer_masks(task, dtype)])
+        return lambda h: next(masks)
 
 
 # --------------------------------------------------------------------------------------------------

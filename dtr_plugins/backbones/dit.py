@@ -216,8 +216,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None,
                 heads: UnitRoute = None, mlp: UnitRoute = None) -> torch.Tensor:
-        """``x``: ``[N, T, D]``, ``c``: ``[N, D]``; ``mask``: input site ``[N, 1, D]``; ``heads`` / ``mlp``:
-        unit routes of :meth:`Attention.forward` / :meth:`Mlp.forward`. Returns ``[N, T, D]``."""
+        """``x``: ``[N, T, D]``, ``c``: ``[N, D]``; ``mask``: input site ``[N, 1, D]`` (a learned gate also
+        ``[N, T, D]``); ``heads`` / ``mlp``: routes of :meth:`Attention.forward` / :meth:`Mlp.forward`."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
             self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
 
@@ -389,6 +389,10 @@ class DiT(RoutedBackbone):
         per_block = {INPUT_SITE: [self.hidden_size], "heads": [heads], "mlp": [mlp], "heads_mlp": [heads, mlp]}[site]
         return per_block * self.depth
 
+    learned_gates = True  # learned strategies (contract v2) gate the block inputs, seeing c [N, D]
+    def routing_cond_dim(self) -> int | None:
+        return self.hidden_size  # c = t_embedder(t) + y_embedder(y)
+
     def block_routes(self, t: torch.Tensor, dtype: torch.dtype,
                      device: torch.device) -> list[tuple[torch.Tensor | None, UnitRoute, UnitRoute]]:
         """``(input mask [N, 1, D], heads route, mlp route)`` per block for timesteps ``t`` ``[N]``.
@@ -398,7 +402,7 @@ class DiT(RoutedBackbone):
         rows (masked dense; training never pays the host sync of the shared-timestep check).
         """
         plan = self.plan
-        if plan is None or plan.is_dense:
+        if plan is None or plan.is_dense or plan.is_learned:  # learned gates come per block, see forward
             return [(None, None, None)] * self.depth
         if plan.site == INPUT_SITE:
             return [(None if m is None else m.unsqueeze(1), None, None) for m in plan.gather(t, dtype)]
@@ -456,8 +460,10 @@ class DiT(RoutedBackbone):
         routes = self.block_routes(t, x.dtype, x.device)
         h = self.x_embedder(x) + self.pos_embed                                   # [N, T, D]
         c = self.t_embedder(t) + self.y_embedder(self._labels(y, x.shape[0], x.device), self.training)  # [N, D]
-        for block, (mask, heads, mlp) in zip(self.blocks, routes):
-            h = block(h, c, mask, heads, mlp)
+        learned = self.plan if self.plan is not None and self.plan.is_learned else None
+        for layer, (block, (mask, heads, mlp)) in enumerate(zip(self.blocks, routes)):
+            gate = mask if learned is None else learned.layer_gate(layer, h, t, c)  # learned: [N, 1 or T, D]
+            h = block(h, c, gate, heads, mlp)
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 
 

@@ -49,6 +49,16 @@ class RoutingMismatchWarning(UserWarning):
     """A checkpoint's stored routing masks differ from the routing plan of the model it is loaded into."""
 
 
+class RouterInitWarning(UserWarning):
+    """A checkpoint without a learned strategy's keys (an official DiT/DTR file) was loaded into a model with a
+    learned routing strategy: those parameters keep their initialisation (listed in the message and in the
+    returned ``initialised_keys``)."""
+
+
+#: state-dict prefix of a learned routing strategy's parameters and buffers (see RoutingPlan.learned)
+LEARNED_PREFIX = "routing.learned."
+
+
 def routing_record(model: nn.Module) -> dict[str, Any] | None:
     """``{"strategy": repr, "masks_sha256": hex}`` of a routed backbone's plan; None for other modules.
 
@@ -65,7 +75,9 @@ def routing_record(model: nn.Module) -> dict[str, Any] | None:
     for layer, width in enumerate(channels):
         index = plan.layer_table[layer] if plan is not None else None
         digest.update(f"layer {layer} channels {width}:".encode())
-        if index is None:
+        if plan is not None and plan.learned is not None:  # gates come from weights: the class names the routing
+            digest.update(f"learned {type(plan.learned).__qualname__};".encode())
+        elif index is None:
             digest.update(b"dense;")
         else:
             table = plan.table(index).detach().to("cpu", torch.bool).contiguous()  # type: ignore[union-attr]
@@ -154,7 +166,9 @@ def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: 
     state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
     if unit_mappings:
         _check_unit_mappings(target, unit_mappings, path)
-    _load_state(target, state, path, strict)
+    initialised = _load_state(target, state, path, strict)
+    if initialised:
+        meta = {**meta, "initialised_keys": initialised}
     return meta
 
 
@@ -279,9 +293,14 @@ def _check_routing(model: nn.Module, stored: Mapping[str, Any], path: Path, allo
     warnings.warn(message + "; loading anyway (allow_routing_mismatch)", RoutingMismatchWarning, stacklevel=4)
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> None:
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> list[str]:
+    """Load ``state`` (shapes checked; ``strict``: no missing or unexpected keys). A learned routing
+    strategy's keys absent from a file without any of them keep their init: returned and warned about."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    initialised: list[str] = []
+    if not any(k.startswith(LEARNED_PREFIX) for k in state):
+        initialised = [k for k in own if k.startswith(LEARNED_PREFIX)]
+    missing = [k for k in own if k not in state and k not in initialised]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k} {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
                   for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -295,7 +314,11 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, st
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {_few(unexpected)}")
         raise CheckpointError(f"{path}: checkpoint does not match the model ({'; '.join(parts)})")
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(state, strict=strict and not initialised)
+    if initialised:
+        warnings.warn(f"{path}: the checkpoint has no learned routing weights; {len(initialised)} keys keep their "
+                      f"initialisation: {_few(initialised)}", RouterInitWarning, stacklevel=3)
+    return initialised
 
 
 def _few(items: list[str], shown: int = _SHOWN_KEYS) -> str:

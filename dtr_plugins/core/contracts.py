@@ -14,14 +14,15 @@ Data flows config -> compose (:mod:`dtr_plugins.engine.compose`) -> engine::
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset", "FeatureExtractor", "InputSpace",
+__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset",
+           "FeatureExtractor", "InputSpace",
            "missing_members"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
@@ -39,6 +40,63 @@ class RoutingStrategy(Protocol):
     """
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor: ...
+
+
+@runtime_checkable
+class LearnedRoutingStrategy(Protocol):
+    """Routing contract v2: a strategy that computes real-valued gates, may learn them and add losses.
+
+    The object is a ``torch.nn.Module`` (checked when the plan is built) and sets the class attribute
+    ``learned_routing = True``; that declared attribute and the methods below tell it apart from a static
+    :class:`RoutingStrategy` (``isinstance`` against this runtime-checkable Protocol, never ``getattr``).
+    The :class:`~dtr_plugins.core.routing.RoutingPlan` holds it as its submodule ``learned``, so its
+    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA, are
+    saved and resumed with the model. Official checkpoints (without those keys) still load: the router keeps
+    its initialisation and the loader names the keys it left at their init.
+
+    A gate ``g`` is applied as the routed residual ``x + F(g * x)`` (:func:`~dtr_plugins.core.routing.routed_residual`;
+    Switch-DiT's ``x*g + F(x*g) + (1-g)*x`` is the same thing). A 0/1 gate is DTR's mask.
+
+    Life cycle:
+
+    1. ``bind(layer_units, num_tasks, site=..., cond_dim=...)`` -- once, by the composition root (through the
+       plan), after the backbone is built and before the optimizer: create the per-layer parameters.
+       ``layer_units[l]``: channels of routed layer ``l`` (forward order); ``num_tasks``: ``T``; ``site``: the
+       routing site (``input``; backbones refuse other sites for learned strategies); ``cond_dim``: width of
+       the backbone's conditioning vector ``cond`` (DiT: ``hidden_size``; None: the backbone gives none).
+    2. ``layer_gate(layer, x, tasks, cond)`` -- in every forward pass, once per routed layer, with the
+       block input ``x``: DiT tokens ``[N, L, C]``, ADM feature maps ``[N, C, H, W]``. ``tasks``: ``[N]``
+       int64 timestep indices in ``0..T-1``, or float32 noise levels ``u`` in ``[0, 1]`` (0 clean) under a
+       continuous process (flow matching; a strategy that cannot route them raises a one-line
+       :class:`~dtr_plugins.core.errors.ConfigError`). ``cond``: ``[N, cond_dim]`` or None. Returns a gate
+       broadcastable against ``x`` in its layout: ``[N, 1, C]`` or ``[N, L, C]`` for tokens, ``[N, C, 1, 1]``
+       or ``[N, C, H, W]`` for feature maps (:func:`~dtr_plugins.core.routing.gate_like` lays ``[N, C]``
+       rows out for either), dtype of ``x``.
+    3. ``pop_aux_losses()`` -- after each training forward pass: the named, already weighted scalar
+       losses collected since the last call (empty when nothing was collected, e.g. in eval mode). The
+       trainer adds their sum to the training loss and logs each as ``aux/<name>`` in metrics.jsonl.
+    4. ``param_groups()`` -- optimizer groups (dicts with ``params`` and optionally ``lr``,
+       ``weight_decay``) covering exactly the strategy's trainable parameters; they are taken out of the
+       backbone's group.
+    5. ``task_tables(num_tasks)`` -- when the gates depend on the task alone: one float ``[T, C_l]`` table
+       per routed layer, such that ``layer_gate`` equals ``gate_like(table[tasks], x)``; sampling then reads
+       the tables and runs no routing network. None when the gates depend on ``x`` or ``cond``.
+
+    ``repr`` names the strategy and its parameters (shown in reports).
+    """
+
+    #: declared by every learned strategy (class attribute), ``True``
+    learned_routing: ClassVar[bool]
+
+    def bind(self, layer_units: Sequence[int], num_tasks: int, *, site: str, cond_dim: int | None) -> None: ...
+
+    def layer_gate(self, layer: int, x: Tensor, tasks: Tensor, cond: Tensor | None) -> Tensor: ...
+
+    def pop_aux_losses(self) -> dict[str, Tensor]: ...
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def task_tables(self, num_tasks: int) -> list[Tensor] | None: ...
 
 
 @runtime_checkable

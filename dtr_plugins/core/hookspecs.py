@@ -32,9 +32,19 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def dtr_register_strategies(register: Callable[..., None]) -> None:
     """Register routing strategies (:class:`~dtr_plugins.core.contracts.RoutingStrategy`).
 
-    A strategy's factory returns an object with
-    ``mask_table(num_tasks, channels, *, layer=0, num_layers=1) -> torch.BoolTensor[num_tasks, channels]``:
-    row ``t`` says which channels timestep ``t`` may use in that layer.
+    A strategy's factory returns one of two kinds, told apart by their Protocols:
+
+    - static (:class:`~dtr_plugins.core.contracts.RoutingStrategy`): an object with
+      ``mask_table(num_tasks, channels, *, layer=0, num_layers=1) -> torch.BoolTensor[num_tasks, channels]``:
+      row ``t`` says which channels timestep ``t`` may use in that layer (the fast path: one shared bool
+      buffer per distinct table, no mask op at all under vanilla);
+    - learned (:class:`~dtr_plugins.core.contracts.LearnedRoutingStrategy`, contract v2): a
+      ``torch.nn.Module`` with the class attribute ``learned_routing = True`` and ``bind``, ``layer_gate``,
+      ``pop_aux_losses``, ``param_groups`` and ``task_tables``: real-valued gates per sample (or per sample
+      and token), its own parameters (an optimizer group, EMA, checkpoints), named auxiliary losses, and
+      float ``[T, C]`` tables for sampling when the gates depend on the task alone.
+
+    Either is registered the same way, ``register(name, factory, params=Model, description=...)``.
 
     Args:
         register: the registration callable described in the module docstring.

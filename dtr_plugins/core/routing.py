@@ -10,6 +10,11 @@ Routing sites: a backbone declares where a strategy's table may act (:attr:`Rout
 route *units of work* (DiT's attention heads and MLP hidden units) can also run only the active units:
 when a whole batch shares one timestep, :meth:`RoutingPlan.active_units` tells each block which units to
 slice out of its weights (:class:`ActiveUnits`) instead of masking a dense computation.
+
+Learned routing (contract v2, :class:`~dtr_plugins.core.contracts.LearnedRoutingStrategy`): the plan binds
+the strategy to the routed layers, keeps it as its submodule ``learned`` (parameters in the model's
+state_dict) and hands each block a real-valued gate from :meth:`RoutingPlan.layer_gate`, computed from
+the block input; :meth:`RoutingPlan.export_tables` swaps the module for its float task tables (sampling).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .contracts import LearnedRoutingStrategy
 from .errors import ConfigError, PluginError
 
 #: the site every backbone has: block inputs, masked channel by channel (the published DTR)
@@ -67,6 +73,18 @@ class ActiveUnits:
         return weight.index_select(dim, index)
 
 
+def gate_like(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample gate rows ``[N, C]`` laid out against a block input ``x``: ``[N, 1, C]`` for tokens
+    ``[N, L, C]``, ``[N, C, 1, 1]`` for feature maps ``[N, C, H, W]``; cast to ``x``'s dtype."""
+    rows = rows.to(x.dtype)
+    if x.ndim == 3:
+        return rows[:, None, :]
+    if x.ndim == 4:
+        return rows[:, :, None, None]
+    raise ValueError(f"gate_like: block input of shape {tuple(x.shape)} is neither tokens [N, L, C] "
+                     f"nor maps [N, C, H, W]")
+
+
 def shared_timestep(t: torch.Tensor) -> int | None:
     """The timestep every element of ``t`` (``[N]``) shares, or None when they differ (one host sync)."""
     if t.numel() == 1:
@@ -90,7 +108,7 @@ class RoutingPlan(nn.Module):
     """
 
     def __init__(self, strategy: Any, layer_channels: Sequence[int], num_tasks: int, continuous: Any = None, *,
-                 site: str = INPUT_SITE, slice_shared: bool = True):
+                 site: str = INPUT_SITE, slice_shared: bool = True, cond_dim: int | None = None):
         super().__init__()
         # flow: float times -> tasks u in [0, 1] (a core.continuous_routing.ContinuousTasks); None: index only
         self.continuous = continuous
@@ -100,8 +118,13 @@ class RoutingPlan(nn.Module):
         self.num_tasks = int(num_tasks)
         self.layer_channels = [int(c) for c in layer_channels]
         self.layer_table: list[int | None] = []
+        #: the learned strategy (contract v2) when there is one; its tables when exported (sampling)
+        self.learned: nn.Module | None = None
+        self._exported: list[torch.Tensor] | None = None
         tables: list[torch.Tensor] = []
-        for layer, channels in enumerate(self.layer_channels):
+        if isinstance(strategy, LearnedRoutingStrategy):
+            self._bind_learned(strategy, cond_dim)
+        for layer, channels in enumerate(self.layer_channels if self.learned is None else ()):
             table = strategy.mask_table(self.num_tasks, channels, layer=layer, num_layers=len(self.layer_channels))
             _check_table(table, self.num_tasks, channels, self.strategy_repr)
             if bool(table.all()):
@@ -121,10 +144,101 @@ class RoutingPlan(nn.Module):
         # Host copies for active_units(): which units a shared timestep runs, without a device sync.
         self._host_tables = [table.numpy().copy() for table in tables]
 
+    def _bind_learned(self, strategy: Any, cond_dim: int | None) -> None:
+        declared = typing.cast(LearnedRoutingStrategy, strategy)
+        if not isinstance(strategy, nn.Module) or declared.learned_routing is not True:
+            raise PluginError(f"strategy {self.strategy_repr}: a learned routing strategy must be a torch.nn.Module "
+                              f"with the class attribute learned_routing = True")
+        if self.site != INPUT_SITE:
+            raise ConfigError(f"routing.site: {self.site!r} is not supported by learned strategy "
+                              f"{self.strategy_repr} (allowed: {INPUT_SITE})")
+        declared.bind(list(self.layer_channels), self.num_tasks, site=self.site, cond_dim=cond_dim)
+        self.layer_table = [None] * len(self.layer_channels)
+        self.learned = strategy  # a submodule: its parameters are the model's ``routing.learned.*``
+        self.strategy_repr = repr(strategy)
+
     @property
     def is_dense(self) -> bool:
         """True when no layer is routed (vanilla): the backbone then runs its plain blocks."""
-        return self.num_tables == 0
+        return self.num_tables == 0 and self.learned is None
+
+    @property
+    def is_learned(self) -> bool:
+        """True when the plan routes with a learned strategy: blocks ask :meth:`layer_gate` for their gate."""
+        return self.learned is not None
+
+    def _learned_strategy(self) -> LearnedRoutingStrategy:
+        if self.learned is None:
+            raise ValueError("this routing plan has no learned strategy")
+        return typing.cast(LearnedRoutingStrategy, self.learned)
+
+    def tasks_of(self, t: torch.Tensor) -> torch.Tensor:
+        """The tasks a learned strategy sees for the model's times ``t`` ``[N]``: int64 indices, or float32
+        noise levels ``u`` in [0, 1] under a continuous process (``ValueError`` for float times without one)."""
+        if not t.is_floating_point():
+            return t
+        if self.continuous is None:
+            raise ValueError("float times given to a routing plan built for timestep indices")
+        return typing.cast(torch.Tensor, self.continuous.noise_level(t)).float()
+
+    def layer_gate(self, layer: int, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Gate of routed layer ``layer`` for block input ``x`` (``[N, L, C]`` or ``[N, C, H, W]``) at model
+        times ``t`` ``[N]``, with the backbone's conditioning ``cond`` ``[N, cond_dim]`` (or None).
+
+        From the exported float tables when :meth:`export_tables` was called (no routing network runs;
+        float times read the nearest row ``round(u * (T - 1))``), else from the learned strategy."""
+        if self._exported is not None:
+            table = self._exported[layer]
+            index = t if not t.is_floating_point() else _grid_rows(self.tasks_of(t), self.num_tasks)
+            return gate_like(table.index_select(0, index.to(table.device)), x)
+        return self._learned_strategy().layer_gate(layer, x, self.tasks_of(t), cond)
+
+    def pop_aux_losses(self) -> dict[str, torch.Tensor]:
+        """The learned strategy's weighted auxiliary losses since the last call (empty for static plans)."""
+        if self.learned is None:
+            return {}
+        losses = dict(self._learned_strategy().pop_aux_losses())
+        for name, value in losses.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor) or value.ndim != 0:
+                raise PluginError(f"strategy {self.strategy_repr}: pop_aux_losses must return {{name: scalar tensor}}, "
+                                  f"got {name!r}: {type(value).__name__} {tuple(getattr(value, 'shape', ()))}")
+        return losses
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups of the learned strategy (empty for static plans); they must cover exactly its
+        trainable parameters (:class:`PluginError` otherwise)."""
+        if self.learned is None:
+            return []
+        groups = list(self._learned_strategy().param_groups())
+        given = [id(p) for g in groups for p in g["params"]]
+        own = {id(p) for p in self.learned.parameters() if p.requires_grad}
+        if len(given) != len(set(given)) or set(given) != own:
+            raise PluginError(f"strategy {self.strategy_repr}: param_groups() must list each of its trainable "
+                              f"parameters exactly once")
+        return groups
+
+    def export_tables(self) -> bool:
+        """Replace the learned strategy by its float task tables for the following forward passes (sampling);
+        False (nothing changes) when its gates do not depend on the task alone. Call again after the
+        weights change; :meth:`clear_exported` returns to the module."""
+        if self.learned is None:
+            return False
+        with torch.no_grad():
+            tables = self._learned_strategy().task_tables(self.num_tasks)
+        if tables is None:
+            self._exported = None
+            return False
+        if len(tables) != len(self.layer_channels) or any(
+                not isinstance(tab, torch.Tensor) or not tab.is_floating_point()
+                or tuple(tab.shape) != (self.num_tasks, c) for tab, c in zip(tables, self.layer_channels)):
+            raise PluginError(f"strategy {self.strategy_repr}: task_tables must return one float tensor "
+                              f"[{self.num_tasks}, C] per routed layer (C = {self.layer_channels})")
+        self._exported = [tab.detach() for tab in tables]
+        return True
+
+    def clear_exported(self) -> None:
+        """Gates come from the learned strategy again (after :meth:`export_tables`)."""
+        self._exported = None
 
     def table(self, index: int) -> torch.Tensor:
         return typing.cast(torch.Tensor, getattr(self, f"table_{index}"))
@@ -136,6 +250,8 @@ class RoutingPlan(nn.Module):
 
     def gather(self, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
         """The ``[N, C]`` mask rows of every layer for timesteps ``t``: one index op per distinct table."""
+        if self.learned is not None:
+            raise ValueError("a learned routing plan has no mask rows: blocks ask layer_gate() for their gates")
         if self.num_tables == 0:
             return [None] * len(self.layer_table)
         if t.is_floating_point():  # continuous time (flow): closed form or nearest row, see continuous_routing
@@ -170,7 +286,13 @@ class RoutingPlan(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"strategy={self.strategy_repr}, site={self.site}, tasks={self.num_tasks}, "
-                f"layers={len(self.layer_table)}, tables={self.num_tables}")
+                f"layers={len(self.layer_table)}, tables={self.num_tables}"
+                + (", learned" if self.learned is not None else ""))
+
+
+def _grid_rows(u: torch.Tensor, num_tasks: int) -> torch.Tensor:
+    """Nearest table row ``round(u * (T - 1))`` of noise levels ``u`` (as continuous_routing.grid_rows)."""
+    return torch.round(u.double().clamp(0, 1) * (num_tasks - 1)).long()
 
 
 def _check_table(table: Any, num_tasks: int, channels: int, who: str) -> None:
@@ -196,6 +318,14 @@ class RoutedBackbone(nn.Module):
     #: ``in_channels`` and ``input_size`` (see :mod:`dtr_plugins.engine.compose`).
     input_space: ClassVar[Literal["pixels", "latents"]] = "pixels"
 
+    #: the backbone asks a learned plan for each routed layer's gate (:meth:`RoutingPlan.layer_gate`) with the
+    #: block input; a backbone that does not refuses learned strategies when the plan is attached
+    learned_gates: ClassVar[bool] = False
+
+    def routing_cond_dim(self) -> int | None:
+        """Width of the conditioning vector handed to learned gates (``cond`` of ``layer_gate``); None: none."""
+        return None
+
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Unit count of every routed layer at ``site``, in forward order (channels at ``input``)."""
         raise NotImplementedError
@@ -206,6 +336,9 @@ class RoutedBackbone(nn.Module):
 
     def attach_routing(self, plan: RoutingPlan) -> None:
         self.check_site(plan.site)
+        if plan.is_learned and not self.learned_gates:
+            raise ConfigError(f"routing.name: backbone {type(self).__name__} does not support learned routing "
+                              f"strategies ({plan.strategy_repr})")
         if len(plan.layer_table) != len(routed_units(self, plan.site)):
             raise ValueError("routing plan was built for a different list of routed layers")
         self.add_module("routing", plan)

@@ -32,7 +32,14 @@ from dtr_plugins.codecs.latent_cache import (
     write_cache,
 )
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec, InputSpace, missing_members
+from dtr_plugins.core.contracts import (
+    Backbone,
+    Codec,
+    InputSpace,
+    LearnedRoutingStrategy,
+    RoutingStrategy,
+    missing_members,
+)
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.process import DiffusionProcess
@@ -152,24 +159,36 @@ def check_composition(cfg: ExperimentConfig, registry: PluginRegistry | None = N
 
 
 def build_strategy_from(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> Any:
-    return (registry or default_registry()).build("strategy", cfg.routing.name, **cfg.routing.params)
+    """The strategy of ``cfg.routing``: static (:class:`RoutingStrategy`) or learned
+    (:class:`LearnedRoutingStrategy`), told apart by their Protocols; neither is one :class:`PluginError`."""
+    registry = registry or default_registry()
+    strategy = registry.build("strategy", cfg.routing.name, **cfg.routing.params)
+    if not isinstance(strategy, (RoutingStrategy, LearnedRoutingStrategy)):
+        info = registry.get("strategy", cfg.routing.name)
+        learned = missing_members(strategy, LearnedRoutingStrategy)
+        raise PluginError(f"strategy '{info.name}' of {info.origin} is neither a static strategy (lacks mask_table) "
+                          f"nor a learned one (lacks {', '.join(learned)}); see dtr_plugins.core.contracts")
+    return strategy
 
 
 def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
-                       registry: PluginRegistry | None = None) -> RoutingPlan:
-    """The routing plan of ``cfg.routing`` for layers of the given widths (no model needed)."""
+                       registry: PluginRegistry | None = None, *, cond_dim: int | None = None) -> RoutingPlan:
+    """The routing plan of ``cfg.routing`` for layers of the given widths (no model needed).
+
+    A learned strategy (:class:`~dtr_plugins.core.contracts.LearnedRoutingStrategy`) is bound here to those
+    layers (``cond_dim``: the backbone's ``routing_cond_dim()``), before any optimizer exists."""
     registry = registry or default_registry()
     strategy = build_strategy_from(cfg, registry)
     process = build_diffusion(cfg, registry)  # the process says what a routing task is (index or continuous u)
     try:
         plan = RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
-                           continuous=process.continuous_tasks(strategy), site=cfg.routing.site)
+                           continuous=process.continuous_tasks(strategy), site=cfg.routing.site, cond_dim=cond_dim)
     except UserError:
         raise
     except Exception as exc:  # a strategy whose mask_table raises: a bug in its plugin
         info = registry.get("strategy", cfg.routing.name)
-        raise PluginError(f"routing.name: strategy '{info.name}' of {info.origin} failed to build its mask tables: "
-                          f"{first_line(exc)}") from exc
+        raise PluginError(f"routing.name: strategy '{info.name}' of {info.origin} failed to build its routing "
+                          f"(mask tables or bind): {first_line(exc)}") from exc
     _check_no_empty_rows(cfg, plan)
     return plan
 
@@ -215,7 +234,8 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
         raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
                           f"{type(model).__name__}")
     _check_contract(model, Backbone, "backbone", info)
-    model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry))
+    model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
+                                            cond_dim=model.routing_cond_dim()))
     return model
 
 
@@ -462,5 +482,8 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     _check_contract(model, Backbone, "backbone", info)
     backbone = cast(Backbone, model)
     _check_sizes(cfg, backbone, info)
-    build_routing_plan(cfg, model.routed_channels(), registry)
+    plan = build_routing_plan(cfg, model.routed_channels(), registry, cond_dim=model.routing_cond_dim())
+    if plan.is_learned and not model.learned_gates:
+        raise ConfigError(f"routing.name: backbone '{cfg.backbone.name}' does not support learned routing "
+                          f"strategies ({plan.strategy_repr})")
     _check_guidance(cfg, backbone)

@@ -227,10 +227,12 @@ def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Pat
 
 def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]:
     """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
-    widths its training recorded in meta.json (no model is built; vanilla has nothing to show)."""
+    widths its training recorded in meta.json (no model is built; vanilla has nothing to show). A learned
+    strategy's gates live in its weights: they are drawn from the run's last checkpoint (gates_*.png)."""
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.contracts import LearnedRoutingStrategy
 
-    from .compose import build_routing_plan
+    from .compose import build_routing_plan, build_strategy_from
     from .plots import plot_routing_plan
 
     made, seen = [], set()
@@ -243,9 +245,21 @@ def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]
             continue
         seen.add(routing)
         try:
-            plan = build_routing_plan(config_from_dict(run.config, source=g), run.meta["routed_channels"])
+            cfg = config_from_dict(run.config, source=g)
+            if isinstance(build_strategy_from(cfg), LearnedRoutingStrategy):  # gates live in the weights
+                made.extend(_gate_plot(out_dir.parent / run.id, out_dir, run.routing, len(seen), g))
+                continue
+            plan = build_routing_plan(cfg, run.meta["routed_channels"])
         except UserError:
             continue
         made.append(plot_routing_plan(plan, out_dir / f"masks_{run.routing}_{len(seen)}.png",
                                       title=f"{g}: {plan.strategy_repr}"))
     return made
+
+
+def _gate_plot(run_dir: Path, out_dir: Path, routing: str, index: int, label: str) -> list[Path]:
+    """The learned gates of one run, from its last checkpoint (:mod:`.gate_plots`); none without one."""
+    from .gate_plots import plot_run_gates
+
+    drawn = plot_run_gates(run_dir, out_dir / f"gates_{routing}_{index}.png", label)
+    return [drawn] if drawn is not None else []

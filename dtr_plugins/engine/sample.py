@@ -24,6 +24,7 @@ from dtr_plugins.core.contracts import Backbone, Codec
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
+from dtr_plugins.core.routing import RoutedBackbone
 
 from . import distributed
 from .compose import build_codec, build_diffusion, build_model
@@ -85,7 +86,29 @@ class _CountingModel:
 def _rank_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
                  seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
                  codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
-    """This rank's batches: ``(first image index, uint8 NHWC images)``; the bar counts network evaluations."""
+    """This rank's batches: ``(first image index, uint8 NHWC images)``; the bar counts network evaluations.
+
+    A learned routing strategy whose gates depend on the task alone is read from its exported float
+    tables (no routing network runs); ``record["learned_routing"]`` says which (``task tables`` or ``module``).
+    """
+    module = _module(model)
+    plan = module.plan if isinstance(module, RoutedBackbone) else None
+    if plan is None or not plan.is_learned:
+        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
+                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+                              record=record)
+    record["learned_routing"] = "task tables" if plan.export_tables() else "module"
+    try:
+        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
+                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+                              record=record)
+    finally:
+        plan.clear_exported()
+
+
+def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
+                   seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
+                   codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     from tqdm.auto import tqdm
 
     num_classes = int(model.num_classes or 0)

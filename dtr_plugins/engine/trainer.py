@@ -17,6 +17,7 @@ import torch
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, LossWeighting
 from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 
 from . import distributed
 from .heldout import HeldOutSet
@@ -113,12 +114,17 @@ class TrainState:
     @classmethod
     def create(cls, model: torch.nn.Module, weighting: torch.nn.Module, cfg: ExperimentConfig,
                device: torch.device) -> TrainState:
-        """A fresh state: EMA = a copy of ``model``, AdamW over the model and the weighting's groups."""
+        """A fresh state: EMA = a copy of ``model``, AdamW over the backbone, the weighting's groups, then the
+        learned routing strategy's groups (their own lr / weight decay; none for static routing)."""
         import copy
 
         ema = copy.deepcopy(model).requires_grad_(False).eval()
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        plan = routing_plan(model)
+        routing_groups = plan.param_groups() if plan is not None else []
+        routed = {id(p) for g in routing_groups for p in g["params"]}
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in routed]}]
         groups += list(cast(LossWeighting, weighting).param_groups())
+        groups += routing_groups
         optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                       fused=device.type == "cuda")
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
@@ -185,8 +191,10 @@ class Trainer:
         self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
         self.bucket_count = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
         self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.aux_sum: dict[str, torch.Tensor] = {}  # a learned strategy's auxiliary losses over the log window
         self.finite = torch.ones((), device=device, dtype=torch.bool)
         self.window_steps, self.window_start = 0, time.perf_counter()
+        self.plan = routing_plan(state.model)
 
     # ------------------------------------------------------------------------------------- loop
     def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -233,8 +241,10 @@ class Trainer:
             kwargs = model_kwargs_for(cast(Backbone, model), labels)
             terms = self.diffusion.training_losses(self.net, x0, t, model_kwargs=kwargs)
             loss = weighting(terms, t, self.diffusion)
+            aux = self.plan.pop_aux_losses() if self.plan is not None else {}
+            total = loss + sum(aux.values()) if aux else loss  # static routing: the loss itself, bit for bit
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(total).backward()
         if d.enabled:  # the weighting's own parameters (ANT-UW) live outside DDP: average their gradients
             _all_reduce_grads(weighting.parameters(), d.world_size)
         if cfg.train.grad_clip:
@@ -250,7 +260,9 @@ class Trainer:
             self.bucket_sum.index_add_(0, bucket, per_sample)
             self.bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
             self.loss_sum += loss.detach().double()
-            self.finite &= torch.isfinite(loss.detach())
+            for name, value in aux.items():
+                self.aux_sum[name] = self.aux_sum.get(name, 0) + value.detach().double()
+            self.finite &= torch.isfinite(total.detach())
         state.step += 1
         self.window_steps += 1
         return loss.detach()
@@ -270,6 +282,9 @@ class Trainer:
         if d.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(d.device) / 2**20
         record.update({f"weighting/{k}": v for k, v in cast(LossWeighting, state.weighting).log_values().items()})
+        # the learned strategy's weighted auxiliary losses (this rank's window mean), added to the training loss
+        record.update({f"aux/{k}": float(v) / self.window_steps for k, v in sorted(self.aux_sum.items())})
+        self.aux_sum = {}
         if d.is_main:
             self.run_dir.append_metrics(record)
             self.trackers.log_record(record)
@@ -366,6 +381,11 @@ class Trainer:
                                    f"({where}); not saved, the last good checkpoint is kept in "
                                    f"{self.run_dir.checkpoints} (try a lower train.lr, train.grad_clip or precision "
                                    "fp32)")
+
+
+def routing_plan(model: torch.nn.Module) -> RoutingPlan | None:
+    """The routing plan attached to a backbone (None for another module or a backbone without one)."""
+    return model.plan if isinstance(model, RoutedBackbone) else None
 
 
 def _all_reduce_grads(params, world_size: int) -> None:

@@ -1,0 +1,294 @@
+"""Routing contract v2: learned strategies in the plan and in DiT (gates, gradients, tables, refusals)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtr_plugins.backbones.dit import DiT
+from dtr_plugins.core.contracts import LearnedRoutingStrategy, RoutingStrategy
+from dtr_plugins.core.errors import ConfigError, PluginError
+from dtr_plugins.core.routing import RoutingPlan, gate_like, routed_residual
+from dtr_plugins.strategies.dtr import SlidingWindow
+from dtr_plugins.strategies.vanilla import Vanilla
+
+from ..learned_strategies import TaskGate, TokenGate
+
+TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, num_classes=10)
+T = 50
+
+
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # DiT's zero init of adaLN would hide every routing effect
+        for name, p in model.named_parameters():
+            if not name.startswith("routing."):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def learned_dit(strategy, seed: int = 0) -> DiT:
+    model = DiT(**TINY)
+    model.attach_routing(RoutingPlan(strategy, model.routed_channels(), T, cond_dim=model.routing_cond_dim()))
+    return randomized(model, seed)
+
+
+def test_the_two_kinds_are_told_apart_by_protocol():
+    assert isinstance(TaskGate(), LearnedRoutingStrategy) and not isinstance(TaskGate(), RoutingStrategy)
+    for static in (Vanilla(), SlidingWindow()):
+        assert isinstance(static, RoutingStrategy) and not isinstance(static, LearnedRoutingStrategy)
+
+
+def test_static_plans_are_unchanged():
+    plan = RoutingPlan(SlidingWindow(), [16, 16], num_tasks=T)
+    assert not plan.is_learned and plan.learned is None and plan.state_dict() == {}
+    assert plan.param_groups() == [] and plan.pop_aux_losses() == {}
+    assert RoutingPlan(Vanilla(), [8], num_tasks=T).is_dense
+
+
+def test_learned_plan_binds_and_owns_the_parameters():
+    model = learned_dit(TaskGate())
+    plan = model.plan
+    assert plan.is_learned and not plan.is_dense
+    keys = [k for k in model.state_dict() if k.startswith("routing.")]
+    assert keys == ["routing.learned.logits.0", "routing.learned.logits.1"]
+    assert model.state_dict()["routing.learned.logits.0"].shape == (T, TINY["hidden_size"])
+    with pytest.raises(ValueError, match="layer_gate"):
+        plan.gather(torch.tensor([0]), torch.float32)
+
+
+def test_gate_is_applied_as_the_routed_residual():
+    model = learned_dit(TaskGate()).eval()
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0, 17, 49]), torch.tensor([1, 2, 3])
+    out = model(x, t, y)
+    # by hand: every block x + F(g * x), g = sigmoid(logits[t]) as [N, 1, C]
+    h = model.x_embedder(x) + model.pos_embed
+    c = model.t_embedder(t) + model.y_embedder(y, False)
+    for layer, block in enumerate(model.blocks):
+        g = torch.sigmoid(model.plan.learned.logits[layer][t])[:, None, :]
+        plain = lambda u, b=block: b(u, c) - u  # noqa: E731 -- F(u) = block(u) - u
+        h = routed_residual(h, g, plain)
+    ref = model.unpatchify(model.final_layer(h, c))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_router_parameters_get_gradients_and_aux_losses():
+    model = learned_dit(TaskGate(weight=0.5)).train()
+    out = model(torch.randn(2, 4, 8, 8), torch.tensor([3, 4]), torch.tensor([0, 1]))
+    aux = model.plan.pop_aux_losses()
+    assert set(aux) == {"sparsity"} and aux["sparsity"].requires_grad
+    (out.square().mean() + aux["sparsity"]).backward()
+    grads = [p.grad for p in model.plan.learned.parameters()]
+    assert all(g is not None and bool(g[3:5].abs().sum() > 0) and bool(g[5:].abs().sum() == 0) for g in grads)
+    assert model.plan.pop_aux_losses() == {}  # popped
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.tensor([0]))
+    assert model.plan.pop_aux_losses() == {}  # nothing collected outside training
+
+
+def test_exported_tables_give_the_module_output():
+    model = learned_dit(TaskGate()).eval()
+    x, t, y = torch.randn(4, 4, 8, 8), torch.tensor([0, 9, 9, 49]), torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        ref = model(x, t, y)
+        assert model.plan.export_tables()
+        assert torch.equal(model(x, t, y), ref)
+    model.plan.clear_exported()
+    token = learned_dit(TokenGate())
+    assert not token.plan.export_tables()  # gates depend on the tokens: the module keeps running
+
+
+def test_token_gates_per_sample_and_token():
+    model = learned_dit(TokenGate()).eval()
+    h = torch.randn(2, 16, 32)
+    g = model.plan.layer_gate(0, h, torch.tensor([1, 2]), None)
+    assert g.shape == (2, 16, 32)
+    out = model(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1]))
+    assert out.shape == (2, 8, 8, 8) and bool(torch.isfinite(out).all())
+
+
+def test_gate_like_layouts():
+    rows = torch.rand(2, 5)
+    assert gate_like(rows, torch.zeros(2, 7, 5)).shape == (2, 1, 5)
+    assert gate_like(rows, torch.zeros(2, 5, 3, 3)).shape == (2, 5, 1, 1)
+
+
+def test_learned_strategy_refuses_other_sites_and_non_modules():
+    with pytest.raises(ConfigError, match="routing.site: 'heads' is not supported by learned strategy"):
+        RoutingPlan(TaskGate(), [4, 4], T, site="heads")
+
+    class NotAModule:
+        learned_routing = True
+
+        def bind(self, layer_units, num_tasks, *, site, cond_dim): ...
+        def layer_gate(self, layer, x, tasks, cond): ...
+        def pop_aux_losses(self): ...
+        def param_groups(self): ...
+        def task_tables(self, num_tasks): ...
+
+    with pytest.raises(PluginError, match="must be a torch.nn.Module"):
+        RoutingPlan(NotAModule(), [4], T)
+
+
+def test_param_groups_must_cover_the_strategy_parameters():
+    class Partial(TaskGate):
+        def param_groups(self):
+            return [{"params": [self.logits[0]]}]
+
+    plan = RoutingPlan(Partial(), [4, 4], T)
+    with pytest.raises(PluginError, match="exactly once"):
+        plan.param_groups()
+
+
+def test_official_weights_load_into_a_learned_model_and_the_router_keys_are_reported(tmp_path):
+    from dtr_plugins.core.checkpoint import RouterInitWarning, load_checkpoint, routing_record
+
+    official = randomized(DiT(**TINY), seed=5)  # the official key layout: no routing keys at all
+    torch.save(official.state_dict(), tmp_path / "official.pt")
+    model = learned_dit(TaskGate(), seed=1)
+    router = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("routing.")}
+    with pytest.warns(RouterInitWarning, match="2 keys keep their initialisation: routing.learned.logits.0"):
+        meta = load_checkpoint(model, tmp_path / "official.pt")
+    assert meta["initialised_keys"] == ["routing.learned.logits.0", "routing.learned.logits.1"]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in router.items())  # the router keeps its init
+    assert all(torch.equal(state[k], v) for k, v in official.state_dict().items())  # the backbone is loaded
+    # the routing record tells a learned model from a vanilla one (same dense hash otherwise)
+    plain = DiT(**TINY)
+    plain.attach_routing(RoutingPlan(Vanilla(), plain.routed_channels(), T))
+    assert routing_record(plain)["masks_sha256"] != routing_record(model)["masks_sha256"]
+
+
+def test_learned_checkpoints_stay_strict(tmp_path):
+    from dtr_plugins.core.checkpoint import load_checkpoint
+    from dtr_plugins.core.errors import CheckpointError
+
+    state = learned_dit(TaskGate()).state_dict()
+    partial = {k: v for k, v in state.items() if k != "routing.learned.logits.1"}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="1 missing keys: routing.learned.logits.1"):
+        load_checkpoint(learned_dit(TaskGate()), tmp_path / "partial.pt")
+    torch.save(state, tmp_path / "learned.pt")
+    with pytest.raises(CheckpointError, match="unexpected keys: routing.learned.logits.0"):
+        load_checkpoint(DiT(**TINY), tmp_path / "learned.pt")
+
+
+def test_optimizer_groups_static_and_learned():
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.engine.trainer import TrainState
+    from dtr_plugins.weighting.constant import Constant
+
+    cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "dtr"},
+                            "data": {"name": "synthetic", "image_size": 8, "num_classes": 10},
+                            "train": {"lr": 1e-3, "weight_decay": 0.01}})
+    for strategy in (SlidingWindow(), Vanilla()):  # static: one group, every backbone parameter in model order
+        model = DiT(**TINY)
+        model.attach_routing(RoutingPlan(strategy, model.routed_channels(), T))
+        groups = TrainState.create(model, Constant(), cfg, torch.device("cpu")).optimizer.param_groups
+        assert len(groups) == 1 and ids(groups[0]["params"]) == ids(p for p in model.parameters() if p.requires_grad)
+    model = learned_dit(TaskGate(lr=0.1))
+    groups = TrainState.create(model, Constant(), cfg, torch.device("cpu")).optimizer.param_groups
+    router = list(model.plan.learned.parameters())
+    assert len(groups) == 2 and ids(groups[1]["params"]) == ids(router)
+    assert groups[1]["lr"] == 0.1 and groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 0.01
+    assert ids(groups[0]["params"]) == ids(p for n, p in model.named_parameters()
+                                           if p.requires_grad and not n.startswith("routing."))
+
+
+def ids(params) -> list[int]:
+    return [id(p) for p in params]
+
+
+def test_adm_unet_learned_gates_per_routed_layer():
+    from dtr_plugins.backbones.adm_unet import build_adm_unet
+
+    model = build_adm_unet(image_size=8, in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=[1, 2],
+                           attention_resolutions=[4], num_heads=2, num_classes=4)
+    widths = model.routed_channels()
+    model.attach_routing(RoutingPlan(TaskGate(), widths, T, cond_dim=model.routing_cond_dim()))
+    randomized(model)
+    seen: list[tuple[int, tuple[int, ...]]] = []
+    gate = model.plan.learned.layer_gate
+    model.plan.learned.layer_gate = lambda layer, x, tasks, cond: (seen.append((layer, tuple(x.shape))),
+                                                                  gate(layer, x, tasks, cond))[1]
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([4, 30]), torch.tensor([0, 3])
+    out = model(x, t, y)
+    assert [layer for layer, _ in seen] == list(range(len(widths)))  # every routed layer, in forward order
+    assert [shape[1] for _, shape in seen] == widths  # each sees its own block input [N, C, H, W]
+    out.square().mean().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.plan.learned.parameters())
+    model.eval()
+    with torch.no_grad():
+        ref = model(x, t, y)
+        model.plan.export_tables()
+        assert torch.equal(model(x, t, y), ref)
+
+
+def test_learned_gates_under_flow_matching_read_the_noise_level():
+    from dtr_plugins.core.continuous_routing import ContinuousTasks
+
+    strategy = TaskGate()
+    model = DiT(**TINY)
+    model.attach_routing(RoutingPlan(strategy, model.routed_channels(), T, ContinuousTasks(strategy),
+                                     cond_dim=model.routing_cond_dim()))
+    randomized(model).eval()
+    x, y = torch.randn(2, 4, 8, 8), torch.tensor([0, 1])
+    t = torch.tensor([1.0, 0.25])  # model time: 1 at the data -> u = 0 and 0.75 -> rows 0 and round(0.75 * 49) = 37
+    with torch.no_grad():
+        out = model(x, t, y)
+        model.plan.export_tables()
+        assert torch.equal(model(x, t, y), out)
+    h = torch.zeros(2, 16, 32)
+    g = model.plan.layer_gate(0, h, t, None)
+    torch.testing.assert_close(g[:, 0], torch.sigmoid(strategy.logits[0][[0, 37]]))
+
+
+def test_backbones_without_learned_gates_refuse_a_learned_plan():
+    from dtr_plugins.core.routing import RoutedBackbone
+
+    class Plain(RoutedBackbone):
+        def routed_channels(self, site="input"):
+            return [4, 4]
+
+    with pytest.raises(ConfigError, match="backbone Plain does not support learned routing strategies"):
+        Plain().attach_routing(RoutingPlan(TaskGate(), [4, 4], T))
+
+
+def test_a_strategy_of_neither_kind_is_one_plugin_error():
+    import types
+
+    from pydantic import BaseModel
+
+    import dtr_plugins
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.plugins import build_registry
+    from dtr_plugins.engine.compose import build_strategy_from
+
+    class NoParams(BaseModel):
+        pass
+
+    class Half(torch.nn.Module):  # a learned strategy that forgot task_tables and its declaration
+        def bind(self, layer_units, num_tasks, *, site, cond_dim): ...
+
+    module = types.ModuleType("acme_half")
+
+    @dtr_plugins.hookimpl
+    def dtr_register_strategies(register):
+        register("half", Half, params=NoParams, description="incomplete")
+
+    module.dtr_register_strategies = dtr_register_strategies
+    registry = build_registry([(module, "acme-half", "1.0")])
+    cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "half"},
+                            "data": {"name": "synthetic", "image_size": 8, "num_classes": 10}}, registry=registry)
+    with pytest.raises(PluginError, match=r"strategy 'half' of plugin 'acme_half' \(distribution acme-half\) is "
+                                          r"neither a static strategy .* \(lacks layer_gate, learned_routing, "):
+        build_strategy_from(cfg, registry)
+
+
+def test_aux_losses_must_be_named_scalars():
+    class Bad(TaskGate):
+        def pop_aux_losses(self):
+            return {"vector": torch.ones(3)}
+
+    with pytest.raises(PluginError, match="pop_aux_losses must return"):
+        RoutingPlan(Bad(), [4], T).pop_aux_losses()
