@@ -1,0 +1,56 @@
+"""Switch-DiT routing behaviour that mutation testing (``make mutate``) found untested: tie-breaking of the
+matching, per-row JSD and prior targets, continuous tasks, dtypes, and the aux-loss bookkeeping.
+See docs/testing.md."""
+import torch
+
+from dtr_plugins.strategies.switch import SwitchRouting, js_divergence, match_units
+
+
+def bound(layers=(4, 4), tasks=10, **params) -> SwitchRouting:
+    s = SwitchRouting(**{"embed_dim": 8, "freq_dim": 16, **params})
+    s.bind(list(layers), tasks, site="input", cond_dim=None)
+    return s
+
+
+def test_match_units_ties_follow_only_the_given_generator():
+    selected = torch.zeros(4, 6)  # every assignment costs the same: only the tie-breaking decides
+    window = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+    plain = []
+    seeded = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        plain.append(match_units(selected, window))
+        seeded.append(match_units(selected, window, torch.Generator().manual_seed(7)))
+    assert torch.equal(plain[0], plain[1]) and torch.equal(seeded[0], seeded[1])
+    assert sorted(seeded[0].tolist()) == list(range(6)) and seeded[0].dtype == torch.int64
+    others = {tuple(match_units(selected, window, torch.Generator().manual_seed(s)).tolist()) for s in range(8)}
+    assert len(others) > 1  # the generator's permutations do break the ties
+
+
+def test_js_divergence_is_a_mean_over_rows():
+    a = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    b = torch.tensor([[0.2, 0.3, 0.5], [0.3, 0.3, 0.4]])
+    rows = torch.stack([js_divergence(a[i:i + 1], b[i:i + 1]) for i in range(2)])
+    torch.testing.assert_close(js_divergence(a, b), rows.mean())
+
+
+def test_prior_loss_targets_rows_of_the_window_normalised_per_row():
+    s = bound(tasks=10)
+    logits = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(1))
+    probs = torch.softmax(logits, -1).flatten(1)  # [N, U = depth * E], each layer's three sum to 1
+    tasks = torch.tensor([0, 4, 9])
+    target = s.window[tasks][:, s.matching]
+    expect = js_divergence(probs / 2, target / target.sum(-1, keepdim=True))
+    torch.testing.assert_close(s.prior_loss(probs, tasks), expect)
+    # continuous tasks u in [0, 1]: the nearest row round(u * (T - 1)), clamped into the table
+    torch.testing.assert_close(s.prior_loss(probs, torch.tensor([-0.2, 0.45, 1.5])), expect)
+
+
+def test_layer_gate_in_float64_and_aux_losses_after_a_pop():
+    s = bound().double().train()
+    x, tasks = torch.randn(2, 3, 4, dtype=torch.float64), torch.tensor([1, 8])
+    assert s.layer_gate(0, x, tasks).dtype == torch.float64
+    s.pop_aux_losses()
+    for layer in (0, 1):
+        s.layer_gate(layer, x, tasks)  # recording starts again after a pop
+    assert set(s.pop_aux_losses()) == {"switch_jsd"}
