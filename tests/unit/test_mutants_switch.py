@@ -54,3 +54,21 @@ def test_layer_gate_in_float64_and_aux_losses_after_a_pop():
     for layer in (0, 1):
         s.layer_gate(layer, x, tasks)  # recording starts again after a pop
     assert set(s.pop_aux_losses()) == {"switch_jsd"}
+
+
+def test_sinusoid_by_hand_odd_width_and_device():
+    from dtr_plugins.strategies.switch import sinusoid
+
+    t = torch.tensor([0.0, 1.0, 12.5])
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(3.0) / 3)  # half = 7 // 2 = 3
+    args = t[:, None] * freqs[None]
+    expect = torch.cat([torch.cos(args), torch.sin(args), torch.zeros(3, 1)], dim=1)  # padded to 7
+    torch.testing.assert_close(sinusoid(t, 7), expect)
+    assert sinusoid(torch.zeros(2, device="meta"), 6).device.type == "meta"
+
+
+def test_probabilities_in_the_modules_dtype():
+    s = bound().double()
+    probs = s.probabilities(torch.tensor([0, 5, 9]))
+    assert probs.dtype == torch.float32 and probs.shape == (3, 2, 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 2))
