@@ -72,3 +72,25 @@ def test_probabilities_in_the_modules_dtype():
     probs = s.probabilities(torch.tensor([0, 5, 9]))
     assert probs.dtype == torch.float32 and probs.shape == (3, 2, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 2))
+
+
+def test_bind_defaults_initialisation_and_refusal():
+    import pytest
+
+    from dtr_plugins.core.errors import ConfigError
+
+    s = SwitchRouting(freq_dim=256)
+    s.bind([4], 10, cond_dim=64)
+    assert s.site == "input" and s.embed_in.weight.shape == (64, 256)
+    for lin in (s.embed_in, s.embed_out):  # DiT's t_embedder: N(0, 0.02) weights, zero bias
+        assert 0.018 < float(lin.weight.std()) < 0.022 and not lin.bias.any()
+    with pytest.raises(ConfigError) as info:
+        SwitchRouting().bind([4], 10)
+    assert str(info.value) == "routing.embed_dim: the backbone gives no conditioning width; set embed_dim"
+
+
+def test_continuous_tasks_embed_as_their_timestep():
+    s = bound(tasks=10)
+    by_index = s.embedding(torch.tensor([0, 4, 9]), torch.float32)
+    by_level = s.embedding(torch.tensor([0.0, 4 / 9, 1.0]), torch.float32)
+    torch.testing.assert_close(by_level, by_index)
