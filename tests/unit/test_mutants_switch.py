@@ -83,7 +83,7 @@ def test_bind_defaults_initialisation_and_refusal():
     s.bind([4], 10, cond_dim=64)
     assert s.site == "input" and s.embed_in.weight.shape == (64, 256)
     for lin in (s.embed_in, s.embed_out):  # DiT's t_embedder: N(0, 0.02) weights, zero bias
-        assert 0.018 < float(lin.weight.std()) < 0.022 and not lin.bias.any()
+        assert 0.018 < float(lin.weight.detach().std()) < 0.022 and not lin.bias.any()
     with pytest.raises(ConfigError) as info:
         SwitchRouting().bind([4], 10)
     assert str(info.value) == "routing.embed_dim: the backbone gives no conditioning width; set embed_dim"
