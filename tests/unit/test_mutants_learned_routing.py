@@ -28,6 +28,9 @@ def test_static_plan_refuses_learned_calls():
 
 
 class TaskGateless:
+    def __repr__(self):
+        return "static"
+
     def mask_table(self, num_tasks, channels, *, layer=0, num_layers=1):
         return torch.ones(num_tasks, channels, dtype=torch.bool)
 
@@ -35,7 +38,8 @@ class TaskGateless:
 def test_learned_plan_exports_tables_and_clears_them():
     gate = TaskGate()
     plan = RoutingPlan(gate, [2, 3], num_tasks=4)
-    assert "learned" in repr(plan)
+    assert plan.extra_repr() == ("strategy=task_gate(init=2.0, weight=0.0), site=input, tasks=4, layers=2, tables=0, "
+                                 "learned")
     x, t = torch.zeros(2, 5, 3), torch.tensor([1, 3])
     live = plan.layer_gate(1, x, t, None)
     assert plan.export_tables() is True
@@ -105,3 +109,43 @@ def test_conditioning_reaches_the_strategy_and_aux_losses_are_checked():
     with pytest.raises(PluginError) as info:
         plan.pop_aux_losses()
     assert str(info.value).endswith("got 'y': float ()")
+
+
+class Recording(TaskGate):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def bind(self, layer_units, num_tasks, *, site, cond_dim):
+        self.calls.append(("bind", site, cond_dim))
+        super().bind(layer_units, num_tasks, site=site, cond_dim=cond_dim)
+
+    def task_tables(self, num_tasks):
+        self.calls.append(("task_tables", num_tasks))
+        return super().task_tables(num_tasks)
+
+
+class Levels:
+    """A continuous process whose noise levels run past [0, 1] (clamped by the plan)."""
+
+    def noise_level(self, t):
+        return t * 2 - 0.5
+
+
+def test_learned_strategy_sees_the_site_width_and_task_count():
+    gate = Recording()
+    plan = RoutingPlan(gate, [2], num_tasks=4, cond_dim=7)
+    plan.export_tables()
+    assert gate.calls == [("bind", "input", 7), ("task_tables", 4)]
+    static = RoutingPlan(TaskGateless(), [2], num_tasks=3)
+    assert static.extra_repr() == "strategy=static, site=input, tasks=3, layers=1, tables=0"
+
+
+def test_exported_tables_read_the_nearest_clamped_row_for_float_times():
+    gate = TaskGate()
+    plan = RoutingPlan(gate, [2], num_tasks=4, continuous=Levels())
+    plan.export_tables()
+    x = torch.zeros(2, 1, 2)
+    got = plan.layer_gate(0, x, torch.tensor([-1.0, 2.0]), None)  # levels -2.5 and 3.5
+    expect = torch.sigmoid(gate.logits[0].detach())[[0, 3]][:, None, :]
+    torch.testing.assert_close(got, expect)
