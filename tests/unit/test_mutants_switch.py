@@ -13,8 +13,7 @@ def bound(layers=(4, 4), tasks=10, **params) -> SwitchRouting:
 
 
 def test_match_units_ties_follow_only_the_given_generator():
-    selected = torch.zeros(4, 6)  # every assignment costs the same: only the tie-breaking decides
-    window = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+    selected, window = torch.zeros(4, 6), torch.zeros(4, 6)  # every assignment costs 0: the tie-breaking decides
     plain = []
     seeded = []
     for global_seed in (0, 1):
@@ -94,3 +93,27 @@ def test_continuous_tasks_embed_as_their_timestep():
     by_index = s.embedding(torch.tensor([0, 4, 9]), torch.float32)
     by_level = s.embedding(torch.tensor([0.0, 4 / 9, 1.0]), torch.float32)
     torch.testing.assert_close(by_level, by_index)
+
+
+def test_window_prior_bounds():
+    import pytest
+
+    from dtr_plugins.strategies.switch import window_prior
+
+    assert window_prior(4, 4, 3, 1.0).tolist() == [[1.0] * 4] * 3  # every unit active is allowed
+    for active in (0, 5):
+        with pytest.raises(ValueError) as info:
+            window_prior(4, active, 3, 1.0)
+        assert str(info.value) == f"active units {active} outside 1..4"
+
+
+def test_switch_param_errors_name_the_plugin_and_buffers_persist():
+    import pytest
+
+    from dtr_plugins.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^switch\.top_k: "):
+        SwitchRouting(top_k=0)
+    s = bound()
+    assert set(s.state_dict()) >= {"matching", "forwards"} and "window" not in s.state_dict()
+    assert s.forwards.dtype == torch.int64 and s.matching.tolist() == list(range(6))
