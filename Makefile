@@ -35,8 +35,9 @@ test-quick: $(STAMP)
 # MUTATE_ARGS narrows it, e.g. `make mutate MUTATE_ARGS="dtr_plugins.strategies.dtr*"` (see docs/testing.md).
 MUTATE_ARGS ?=
 mutate: $(STAMP)
-	$(PY) -m mutmut run $(MUTATE_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m mutmut run $(MUTATE_ARGS)
 	$(PY) -m mutmut results
+	$(PY) scripts/mutation_score.py
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
