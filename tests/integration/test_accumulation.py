@@ -11,9 +11,9 @@ import torch
 
 import dtr_plugins as dp
 
-from ..conftest import write
+from ..conftest import TINY_DIT, tiny_dit_config
 from .test_multinode import free_port
-from .test_train import TINY, tiny_config
+from .test_train import tiny_config
 
 
 def checkpoint(run_dir, step):
@@ -101,12 +101,12 @@ def test_world_size_times_k_must_divide_the_batch():
     raised before the run directory is touched."""
     import contextlib
 
-    from dtr_plugins.core.config import config_from_dict, parse_yaml
+    from dtr_plugins.core.config import config_from_dict
     from dtr_plugins.core.errors import ConfigError
     from dtr_plugins.engine.distributed import Dist
     from dtr_plugins.engine.train import _compute_settings
 
-    cfg = config_from_dict({**parse_yaml(TINY), "train": {"batch_size": 8, "grad_accum_steps": 8}})
+    cfg = config_from_dict({**TINY_DIT, "train": {"batch_size": 8, "grad_accum_steps": 8}})
     with pytest.raises(ConfigError, match="^train.batch_size: 8 is not divisible by world size 2 x "
                                           "train.grad_accum_steps 8$"), contextlib.ExitStack() as held:
         _compute_settings(cfg, Dist(rank=0, world_size=2), held)
@@ -116,7 +116,7 @@ def test_world_size_times_k_must_divide_the_batch():
 
 def test_two_processes_with_accumulation_equal_two_processes_without(tmp_path):
     """Under DDP (2 ranks, gloo) k = 2 micro-batches per rank, synced once per step, give the k = 1 weights."""
-    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    cfg_path = tiny_dit_config(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = {}
     for k, port in ((1, free_port()), (2, free_port())):
