@@ -29,6 +29,7 @@ from dtr_plugins.core.routing import RoutedBackbone
 from . import distributed
 from .compose import build_codec, build_diffusion, build_model
 from .rundir import RunDir
+from .sample_out import check_out
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
@@ -344,6 +345,9 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
     pretrained = is_pretrained_source(source)
     if pretrained and out is None:
         raise UserError(f"--out: {source} is an exported model or hub id, not a run directory; give --out DIR")
+    sources = _source_paths(Path(source)) if Path(str(source)).exists() else ()  # hf:// ids: none
+    if out is not None:  # before loading anything: a bad --out costs no sampling
+        check_out(Path(out), overwrite=overwrite, sources=sources)
     distributed.set_threads(threads)
     d = distributed.setup(device or "auto")
     partial: Path | None = None
@@ -367,9 +371,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
             RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
             sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
             use_ema=use_ema, labels=labels)
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-            raise UserError(f"--out {out_dir}: already holds files; choose a new folder or pass --overwrite "
-                            f"to replace it")
+        check_out(out_dir, overwrite=overwrite, sources=sources)
         partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
         applied: dict[str, Any] = {}
         with torch.no_grad():
@@ -406,6 +408,13 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
         if d.is_main and partial is not None and partial.exists():
             shutil.rmtree(partial, ignore_errors=True)  # interrupted or failed: nothing that looks complete
         distributed.teardown(d)
+
+
+def _source_paths(source: Path) -> tuple[Path, ...]:
+    """The run directory (and checkpoint file) sampled from: ``--out`` may be neither, nor hold them."""
+    if source.is_file():
+        return (source, RunDir.of_checkpoint(source).path)
+    return (source,)
 
 
 def _swap_into_place(partial: Path, out_dir: Path) -> None:

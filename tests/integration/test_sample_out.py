@@ -233,3 +233,41 @@ def test_eval_takes_device_and_threads(runs, run_cli, tmp_path):
                            "--out", str(tmp_path / "eval.json"))
     assert code == 0, err
     assert json.loads((tmp_path / "eval.json").read_text())["device"] == "cpu"
+
+
+def test_overwrite_never_replaces_a_run_a_file_or_foreign_files(runs, run_cli, tmp_path, monkeypatch):
+    # the bug: `dtr sample RUN --out RUN --overwrite` deleted checkpoints/, config.yaml, metrics.jsonl
+    import shutil
+
+    run = tmp_path / "runs" / "cond"
+    shutil.copytree(runs["cond"], run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    precious = write(tmp_path / "precious.txt", "keep me")
+    foreign = tmp_path / "pdir"
+    write(foreign / "notes.txt", "keep me too")
+    ckpt = next((run / "checkpoints").glob("*.pt"))
+    cases = {str(run): "run sampled from", str(tmp_path / "runs"): "run sampled from",
+             str(run / "checkpoints"): "not a sample set", str(precious): "is a file",
+             str(foreign): "not a sample set", str(precious / "sub"): "is a file"}
+    for out, why in cases.items():
+        code, _, err = run_cli("sample", str(run), "--num", "2", "--out", out, "--overwrite")
+        assert code == 2, (out, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("dtr: error: --out ") and why in err, err
+    # from a checkpoint file: its run is protected too
+    code, _, err = run_cli("sample", str(ckpt), "--num", "2", "--out", str(run), "--overwrite")
+    assert code == 2 and "run sampled from" in err
+    monkeypatch.chdir(tmp_path / "pdir")
+    for out in (".", ".."):
+        code, _, err = run_cli("sample", str(run), "--num", "2", "--out", out, "--overwrite")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and "Traceback" not in err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    assert precious.read_text() == "keep me" and (foreign / "notes.txt").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pdir", "precious.txt", "runs"]
+    # an earlier sample set is still replaced
+    out = tmp_path / "set"
+    assert run_cli("sample", str(run), "--num", "2", "--out", str(out))[0] == 0
+    assert run_cli("sample", str(run), "--num", "3", "--out", str(out), "--overwrite")[0] == 0
+    assert len(list((out / "images").glob("*.png"))) == 3
+    write(out / "notes.txt", "mine")  # no longer only a sample set: refused
+    code, _, err = run_cli("sample", str(run), "--num", "2", "--out", str(out), "--overwrite")
+    assert code == 2 and "not a sample set" in err and (out / "notes.txt").exists()
