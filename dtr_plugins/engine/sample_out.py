@@ -27,10 +27,10 @@ def is_sample_set(folder: Path) -> bool:
         if not (folder / name).is_file():
             return False
     images = folder / "images"
-    if "images" in names and (not images.is_dir() or images.is_symlink()
-                              or any(not p.is_file() or p.suffix != ".png" for p in images.iterdir())):
-        return False
-    return True
+    if "images" not in names:
+        return True
+    return images.is_dir() and not images.is_symlink() and all(
+        p.is_file() and p.suffix == ".png" for p in images.iterdir())
 
 
 def check_out(out: Path, *, overwrite: bool, sources: tuple[Path, ...] = ()) -> None:
