@@ -348,6 +348,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
     sources = _source_paths(Path(source)) if Path(str(source)).exists() else ()  # hf:// ids: none
     if out is not None:  # before loading anything: a bad --out costs no sampling
         check_out(Path(out), overwrite=overwrite, sources=sources)
+    _check_options(cfg_scale=cfg_scale, device=device, num=num, batch_size=batch_size)
     distributed.set_threads(threads)
     d = distributed.setup(device or "auto")
     partial: Path | None = None
@@ -408,6 +409,22 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
         if d.is_main and partial is not None and partial.exists():
             shutil.rmtree(partial, ignore_errors=True)  # interrupted or failed: nothing that looks complete
         distributed.teardown(d)
+
+
+def _check_options(*, cfg_scale: float | None, device: str | None, num: int, batch_size: int | None) -> None:
+    """The checks the config applies to ``sample.*`` / ``train.device``, for the values given as options
+    (UserError / ConfigError, one line naming the option and what is allowed)."""
+    import math
+
+    from .compose import check_device
+
+    if cfg_scale is not None and (not math.isfinite(float(cfg_scale)) or float(cfg_scale) < 0):
+        raise UserError(f"--cfg-scale: {cfg_scale} is not allowed; give a finite number >= 0 (1.0: no guidance)")
+    for key, value in (("--num-samples", num), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise UserError(f"{key}: {value!r} is not allowed; give an integer of 1 or more")
+    if device is not None:
+        check_device(device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
 
 
 def _source_paths(source: Path) -> tuple[Path, ...]:
