@@ -147,23 +147,29 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
                    "cfg_scale": scale, "guidance": scale != 1.0,
                    "cfg_channels": cfg.sample.cfg_channels if scale != 1.0 else None, "eta": cfg.sample.eta,
                    "clip_denoised": bool(cfg.sample.clip_denoised and codec.bounded), "num_samples": num,
-                   "seed": seed, "batch_size": batch, "world_size": d.world_size,
+                   "seed": seed, "batch_size": min(batch, num), "world_size": d.world_size,
                    "sample_precision": _PRECISION.get(dtype, str(dtype)),
                    "device": str(d.device)})
     return chunks
 
 
 def _prepare(model: Backbone, cfg: ExperimentConfig, num: int, labels: Sequence[int] | None,
-             cfg_scale: float | None) -> tuple[np.ndarray, float]:
+             cfg_scale: float | None) -> tuple[np.ndarray, float, str]:
+    """``(labels per image, guidance scale, where the labels came from)``; the last is recorded as
+    ``labels``: ``given`` (``--labels``), ``balanced`` or ``unconditional`` (the model takes none)."""
     num_classes = int(model.num_classes or 0)
+    if labels is not None and num_classes <= 1:
+        raise UserError(f"--labels: this model is unconditional (num_classes={num_classes}), so class labels "
+                        f"would not be applied; leave out --labels")
     all_labels = np.asarray(labels if labels is not None else balanced_labels(num, num_classes), dtype=np.int64)
     if len(all_labels) != num:
-        raise UserError(f"--labels: got {len(all_labels)} labels for --num {num}")
+        raise UserError(f"--labels: got {len(all_labels)} labels for --num-samples {num}; give one per image")
     if num_classes > 1 and ((all_labels < 0) | (all_labels >= num_classes)).any():
         raise UserError(f"--labels: labels must lie in 0..{num_classes - 1}")
     scale = cfg.sample.cfg_scale if cfg_scale is None else float(cfg_scale)
     check_guidance(model, scale, "--cfg-scale" if cfg_scale is not None else "sample.cfg_scale")
-    return all_labels, scale
+    mode = "unconditional" if num_classes <= 1 else "given" if labels is not None else "balanced"
+    return all_labels, scale, mode
 
 
 @torch.no_grad()
@@ -187,7 +193,7 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     codec = codec if codec is not None else IdentityCodec()
     module = _module(model)
     d = dist or distributed.Dist(device=next(module.parameters()).device)
-    all_labels, scale = _prepare(model, cfg, num, labels, cfg_scale)
+    all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
     was_training = module.training
     module.eval()
     applied: dict[str, Any] = {}
@@ -197,7 +203,7 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
                           progress=progress, record=applied)
     module.train(was_training)
     if record is not None:
-        record.update(applied)
+        record.update(applied, labels=labels_from)
     if d.enabled:
         import torch.distributed as tdist
 
@@ -366,7 +372,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
             codec = build_codec(cfg)
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
-        all_labels, scale = _prepare(model, cfg, num, labels, cfg_scale)
+        all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
         used_sampler, used_respacing = sampler or cfg.sample.sampler, respacing or cfg.sample.respacing
         out_dir = Path(out) if out is not None else default_out(
             RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
@@ -394,7 +400,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                 info = {"checkpoint": str(ckpt_path), "step": step,
                         "weights": loaded.get("weights", "ema" if use_ema else "model"),
                         **({"source": loaded["source"]} if "source" in loaded else {}),
-                        "labels": "given" if labels is not None else "balanced", **applied}
+                        "labels": labels_from, **applied}
                 write_samples(images, all_labels, partial, info=info)
                 _swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here

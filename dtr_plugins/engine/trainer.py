@@ -336,7 +336,8 @@ class Trainer:
             return
         if final:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
-                          info={"step": step, "weights": "ema", **applied})
+                          info={"checkpoint": str(self.run_dir.checkpoint_path(step)), "step": step,
+                                "weights": "ema", **applied})
         reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
         try:
             result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,

@@ -209,7 +209,7 @@ def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:FID from 8 samples")
-def test_training_time_eval_records_the_applied_values(tmp_path):
+def test_training_time_eval_records_the_applied_values(tmp_path, run_cli):
     path = write(tmp_path / "tiny.yaml", TINY)
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "data={name: digits, image_size: 8}",
                                           "backbone.num_classes=10", "sample.cfg_scale=2.0",
@@ -222,6 +222,31 @@ def test_training_time_eval_records_the_applied_values(tmp_path):
         "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
     info = json.loads((run_dir / "samples" / "samples.json").read_text())
     assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 4
+    # the same fields as dtr sample's samples.json (the bug: no checkpoint, no labels)
+    assert info["checkpoint"] == str(run_dir / "checkpoints" / "0000002.pt") and info["labels"] == "balanced"
+    assert info["batch_size"] == 4  # sample.batch_size 4, 8 images
+    assert run_cli("sample", str(run_dir), "-n", "2", "--out", str(tmp_path / "s"))[0] == 0
+    assert sorted(info) == sorted(json.loads((tmp_path / "s" / "samples.json").read_text()))
+
+
+def test_records_say_the_batch_and_labels_applied(runs, run_cli, tmp_path):
+    # the bug: batch_size 4 (the config's) recorded for -n 2; --labels on an unconditional model ignored but
+    # recorded as "given"; "balanced" recorded where no labels are used
+    out = tmp_path / "c"
+    assert run_cli("sample", str(runs["cond"]), "-n", "2", "--out", str(out), "--labels", "1", "3")[0] == 0
+    info = json.loads((out / "samples.json").read_text())
+    assert info["batch_size"] == 2 and info["labels"] == "given"
+    assert np.load(out / "samples.npz")["labels"].tolist() == [1, 3]
+    code, _, err = run_cli("sample", str(runs["uncond"]), "-n", "2", "--labels", "1", "2")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--labels: this model is unconditional (num_classes=1)" in err
+    assert not list((runs["uncond"] / "samples").glob("*labels*"))
+    out = tmp_path / "u"
+    assert run_cli("sample", str(runs["uncond"]), "-n", "6", "--batch-size", "4", "--out", str(out))[0] == 0
+    info = json.loads((out / "samples.json").read_text())
+    assert info["labels"] == "unconditional" and info["batch_size"] == 4
+    code, _, err = run_cli("sample", str(runs["cond"]), "-n", "3", "--labels", "1", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--labels: got 1 labels for --num-samples 3" in err and "--num " not in err
 
 
 @pytest.mark.filterwarnings("ignore:FID from")
