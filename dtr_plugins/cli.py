@@ -51,6 +51,19 @@ def _load(args):
     return cfg
 
 
+def _check_out_file(out: str, what: str) -> None:
+    """``--out`` must name a file (``what``) to write: not a folder, not under a file (UserError, one line);
+    checked before any work so the mistake costs nothing."""
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the path of the {what} to write")
+    for parent in path.resolve().parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+
+
 def _threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
 
@@ -94,6 +107,7 @@ def cmd_masks(args) -> int:
     from .engine.compose import build_model
     from .engine.plots import plot_routing_plan
 
+    _check_out_file(args.out, "image")
     cfg = _load(args)
     plan = build_model(cfg).plan
     assert plan is not None  # build_model always attaches one
@@ -131,6 +145,7 @@ def cmd_eval(args) -> int:
     from .engine.distributed import set_threads
     from .engine.evaluate import evaluate
 
+    _check_out_file(args.out, "JSON file")
     set_threads(args.threads)
     result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
                       weights_path=args.weights, device=args.device)
@@ -208,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(parents=[common], name="masks",
                        help="draw the mask tables of a config as heatmaps")
     _config_args(p)
-    p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
+    p.add_argument("--out", default="masks.png", help="image path; its suffix picks the format (default masks.png)")
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser(parents=[common], name="train",

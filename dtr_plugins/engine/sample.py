@@ -374,6 +374,8 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                                  device=next(_module(model).parameters()).device)
         all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
         used_sampler, used_respacing = sampler or cfg.sample.sampler, respacing or cfg.sample.respacing
+        _check_sampling(diffusion, used_sampler, used_respacing, sampler_given=sampler is not None,
+                        respacing_given=respacing is not None)  # before the progress bar starts
         out_dir = Path(out) if out is not None else default_out(
             RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
             sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
@@ -431,6 +433,25 @@ def _check_options(*, cfg_scale: float | None, device: str | None, num: int, bat
             raise UserError(f"{key}: {value!r} is not allowed; give an integer of 1 or more")
     if device is not None:
         check_device(device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
+
+
+def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_given: bool,
+                    respacing_given: bool) -> None:
+    """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
+    naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+
+    try:
+        type(diffusion).check_sample_settings(sampler, respacing)
+        if isinstance(diffusion, GaussianDiffusion):
+            diffusion.respaced(respacing)
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("sample.sampler: "):
+            key = "--sampler" if sampler_given else "sample.sampler"
+            raise ConfigError(f"{key}: {text.removeprefix('sample.sampler: ')}") from None
+        key = "--respacing" if respacing_given else "sample.respacing"
+        raise ConfigError(f"{key}: {text.removeprefix('sample.respacing: ')}") from None
 
 
 def _source_paths(source: Path) -> tuple[Path, ...]:

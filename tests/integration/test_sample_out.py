@@ -296,3 +296,21 @@ def test_overwrite_never_replaces_a_run_a_file_or_foreign_files(runs, run_cli, t
     write(out / "notes.txt", "mine")  # no longer only a sample set: refused
     code, _, err = run_cli("sample", str(run), "--num", "2", "--out", str(out), "--overwrite")
     assert code == 2 and "not a sample set" in err and (out / "notes.txt").exists()
+
+
+def test_sampler_and_respacing_errors_name_the_option_before_the_bar(runs, run_cli, tmp_path):
+    # the bug: "sampler 'foo': allowed ddpm, ddim" after a progress-bar fragment (2 lines on stderr)
+    cases = ((["--sampler", "foo"], "dtr: error: --sampler: 'foo' is not a gaussian sampler (allowed: ddpm, ddim)"),
+             (["--respacing", "ddim0"], "dtr: error: --respacing: respacing 'ddim0': no integer stride gives"),
+             (["--respacing", "x7"], "dtr: error: --respacing: respacing 'x7': expected 'N', 'N1,N2,...' or 'ddimN'"))
+    for args, expected in cases:
+        code, out, err = run_cli("sample", str(runs["cond"]), "-n", "2", "--out", str(tmp_path / "o"), *args)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith(expected), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_out_file_says_it_is_a_file(runs, run_cli, tmp_path):
+    afile = write(tmp_path / "afile", "x")
+    code, _, err = run_cli("export", str(runs["cond"]), "--out", str(afile))
+    assert code == 2 and err.strip() == f"dtr: error: --out: {afile} is a file; choose a new folder"
+    assert afile.read_text() == "x"
