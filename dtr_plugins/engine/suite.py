@@ -163,6 +163,9 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, base and matrix")
+    if "base" not in raw and "matrix" not in raw and "backbone" in raw:
+        raise ConfigError(f"{path}: this is a run config, not a suite file (a suite has name, base and matrix); "
+                          f"train it with dtr train, or write a suite with base: {path.name}")
     try:
         spec = SuiteFile.model_validate(raw)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """Suite names and run ids are single folder names: nothing lands outside the suite's output_dir."""
 from dtr_plugins.engine.suite import load_suite, value_label
 
-from .test_suite import suite_file
+from ..conftest import write
+from .test_suite import BASE, suite_file
 
 
 def test_suite_name_with_a_path_is_refused(tmp_path, run_cli):
@@ -23,3 +24,11 @@ def test_run_ids_from_matrix_values_are_one_folder_name(tmp_path):
     assert [r.id for r in suite.runs] == ["respacingddim4", "respacing..-..-ddim4", "respacinga-b-c"]
     for run in suite.runs:
         assert (suite.root / run.id).resolve().parent == suite.root.resolve()
+
+
+def test_a_run_config_given_as_suite_says_so(tmp_path, run_cli):
+    path = write(tmp_path / "run.yaml", BASE)
+    code, _, err = run_cli("suite", str(path), "--dry-run")
+    # the bug: "base: Field required [and 8 more]"
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{path}: this is a run config, not a suite file" in err and "dtr train" in err
