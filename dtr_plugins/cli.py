@@ -51,12 +51,15 @@ def _load(args):
     return cfg
 
 
-def _check_out_file(out: str, what: str) -> None:
-    """``--out`` must name a file (``what``) to write: not a folder, not under a file (UserError, one line);
-    checked before any work so the mistake costs nothing."""
+def _check_out_file(out: str, what: str, inputs: Sequence[str] = ()) -> None:
+    """``--out`` must name a file (``what``) to write: not a folder, not under a file, not one of the
+    command's ``inputs`` (UserError, one line); checked before any work so the mistake costs nothing."""
     from pathlib import Path
 
     path = Path(out)
+    for given in inputs:
+        if Path(given).exists() and path.resolve() == Path(given).resolve():
+            raise UserError(f"--out {out}: is an input of this command ({given}); choose another file")
     if path.is_dir():
         raise UserError(f"--out {out}: is a folder; give the path of the {what} to write")
     for parent in path.resolve().parents:
@@ -107,7 +110,7 @@ def cmd_masks(args) -> int:
     from .engine.compose import build_model
     from .engine.plots import plot_routing_plan
 
-    _check_out_file(args.out, "image")
+    _check_out_file(args.out, "image", inputs=[args.config])
     cfg = _load(args)
     plan = build_model(cfg).plan
     assert plan is not None  # build_model always attaches one
@@ -145,7 +148,7 @@ def cmd_eval(args) -> int:
     from .engine.distributed import set_threads
     from .engine.evaluate import evaluate
 
-    _check_out_file(args.out, "JSON file")
+    _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
     result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
                       weights_path=args.weights, device=args.device)

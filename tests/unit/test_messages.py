@@ -56,3 +56,14 @@ def test_inception_hint_names_real_settings(tmp_path, monkeypatch):
         feature_extractors.resolve_inception_weights(None)
     text = str(info.value)
     assert "pass --weights" not in text and "eval.weights_path" in text and "dtr eval: --weights PATH" in text
+
+
+def test_out_may_not_replace_an_input(tmp_path, run_cli):
+    cfg = write(tmp_path / "c.yaml", GOOD)
+    code, _, err = run_cli("masks", str(cfg), "--out", str(cfg))
+    assert code == 2 and err.strip() == f"dtr: error: --out {cfg}: is an input of this command ({cfg}); choose " \
+                                        f"another file"
+    assert cfg.read_text() == GOOD
+    samples = write(tmp_path / "s.npz", "not read")
+    code, _, err = run_cli("eval", "--samples", str(samples), "--ref", "dataset:digits", "--out", str(samples))
+    assert code == 2 and "is an input of this command" in err and samples.read_text() == "not read"
