@@ -51,6 +51,22 @@ def _load(args):
     return cfg
 
 
+def _check_out_file(out: str, what: str, inputs: Sequence[str] = ()) -> None:
+    """``--out`` must name a file (``what``) to write: not a folder, not under a file, not one of the
+    command's ``inputs`` (UserError, one line); checked before any work so the mistake costs nothing."""
+    from pathlib import Path
+
+    path = Path(out)
+    for given in inputs:
+        if Path(given).exists() and path.resolve() == Path(given).resolve():
+            raise UserError(f"--out {out}: is an input of this command ({given}); choose another file")
+    if path.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the path of the {what} to write")
+    for parent in path.resolve().parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+
+
 def _threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
 
@@ -97,6 +113,7 @@ def cmd_masks(args) -> int:
     from .engine.gate_plots import plot_learned_gates
     from .engine.plots import plot_routing_plan
 
+    _check_out_file(args.out, "image", inputs=[args.config])
     source = Path(args.config)
     if source.is_dir() or source.suffix in (".pt", ".pth"):  # a trained run: its learned gates
         from .engine.sample import load_run
@@ -152,6 +169,7 @@ def cmd_eval(args) -> int:
     from .engine.distributed import set_threads
     from .engine.evaluate import evaluate
 
+    _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
     result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
                       weights_path=args.weights, device=args.device)
@@ -248,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(parents=[common], name="masks",
                        help="draw the mask tables of a config, or the learned gates of a run, as heatmaps")
     _config_args(p)
-    p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
+    p.add_argument("--out", default="masks.png", help="image path; its suffix picks the format (default masks.png)")
     p.add_argument("--no-ema", action="store_true", help="with a run directory or checkpoint: the raw weights")
     p.add_argument("--allow-unsafe-load", action="store_true",
                    help="with a checkpoint: allow a full pickle load (only for files you trust)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import pickle
 import re
@@ -130,6 +131,9 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
                 f"{path}: refusing to load, the file needs arbitrary unpickling ({reason}); if you trust it, "
                 "--allow-unsafe-load (CLI) / allow_unsafe=True (API) loads it") from None
     except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EIO) or exc.filename is None:  # torch's zip reader on a cut file
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint file (reading it failed: "
+                                  f"{exc.strerror or exc}); use another checkpoint") from None
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - torch.load reports damage as RuntimeError, EOFError, KeyError, ...
         raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({first_line(exc)})") from None
@@ -288,8 +292,9 @@ def _check_routing(model: nn.Module, stored: Mapping[str, Any], path: Path, allo
                f"(masks sha256 {str(stored.get('masks_sha256'))[:12]}) but the model uses {own['strategy']} "
                f"(masks sha256 {own['masks_sha256'][:12]})")
     if not allow_mismatch:
-        raise CheckpointError(message + "; build the model with the checkpoint's routing, or pass "
-                              "allow_routing_mismatch=True for a deliberate transfer")
+        raise CheckpointError(message + "; use the config the checkpoint was trained with (its routing section); "
+                              "a deliberate transfer to another routing is a Python API call: "
+                              "load_checkpoint(model, path, allow_routing_mismatch=True)")
     warnings.warn(message + "; loading anyway (allow_routing_mismatch)", RoutingMismatchWarning, stacklevel=4)
 
 

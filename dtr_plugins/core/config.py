@@ -42,7 +42,8 @@ def check_path_component(value: Any, key: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # nan / inf make no sense in any float of these sections (a lr of .inf trains nothing useful)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PluginSection(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as md
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ M = TypeVar("M", bound=BaseModel)
 def validate_params(model: type[M], params: Any, where: str = "") -> M:
     """``model.model_validate(params)`` with strict numbers and booleans: ``true`` is not ``1``, ``"3"`` is
     not ``3`` and ``1`` is not ``true`` (an integer is still a float). Any mistake is one
-    :class:`ConfigError` line naming the key, the value and what is allowed."""
+    :class:`ConfigError` line naming the key, the value and what is allowed. NaN and infinity are
+    refused in every float field (``routing.beta=nan``, ``routing.alpha=.inf``)."""
+    _refuse_nonfinite(model, params, where)
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
@@ -117,6 +120,24 @@ def validate_params(model: type[M], params: Any, where: str = "") -> M:
                 raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
                                   f"({type(err['input']).__name__})") from None
     return validated
+
+
+def _refuse_nonfinite(model: type[BaseModel], params: Any, where: str) -> None:
+    """ConfigError for a NaN / infinite value (a float, or text such as ``nan`` or ``inf``) given to a
+    float field of ``model`` (top-level fields)."""
+    if not isinstance(params, dict):
+        return
+    for name, value in params.items():
+        field = model.model_fields.get(str(name))
+        if field is None or "float" not in str(field.annotation) or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            key = ".".join(p for p in (where, str(name)) if p)
+            raise ConfigError(f"{key}: must be a finite number (got {value!r})")
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:

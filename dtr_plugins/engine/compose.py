@@ -363,21 +363,23 @@ def build_components(cfg: ExperimentConfig, registry: PluginRegistry | None = No
 
 
 # ------------------------------------------------------------------------------------ validation
-def check_device(name: str, local_rank: int = 0) -> None:
-    """ConfigError (one line, the allowed values) unless ``train.device`` exists on this machine."""
-    from dtr_plugins.core.config import DEVICES_ALLOWED
+def check_device(name: str, local_rank: int = 0, key: str = "train.device") -> None:
+    """ConfigError (one line naming ``key``, the allowed values) unless device ``name`` exists on this machine."""
+    from dtr_plugins.core.config import DEVICE_PATTERN, DEVICES_ALLOWED
 
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ConfigError(f"{key}: unknown device {name!r} (allowed: {DEVICES_ALLOWED})")
     if name.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(name.partition(":")[2] or local_rank)
         if count == 0:
-            raise ConfigError(f"train.device: {name!r} but this machine has no CUDA device; use auto or cpu "
+            raise ConfigError(f"{key}: {name!r} but this machine has no CUDA device; use auto or cpu "
                               f"(allowed: {DEVICES_ALLOWED})")
         if index >= count:
-            raise ConfigError(f"train.device: {name!r} needs cuda:{index} but this machine has {count} CUDA "
+            raise ConfigError(f"{key}: {name!r} needs cuda:{index} but this machine has {count} CUDA "
                               f"device(s) (cuda:0..cuda:{count - 1}); allowed: {DEVICES_ALLOWED}")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device: 'mps' but this machine has no MPS device; use auto or cpu "
+        raise ConfigError(f"{key}: 'mps' but this machine has no MPS device; use auto or cpu "
                           f"(allowed: {DEVICES_ALLOWED})")
 
 

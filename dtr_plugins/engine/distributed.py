@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dtr_plugins.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -49,9 +51,14 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)`` (intra-op CPU threads of this process); None leaves torch's default."""
+def set_threads(threads: int | None, key: str = "--threads") -> None:
+    """``torch.set_num_threads(threads)`` (intra-op CPU threads of this process); None leaves torch's default.
+
+    Raises UserError (one line naming ``key``) for a count below 1.
+    """
     if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise UserError(f"{key}: {threads!r} is not a thread count; give an integer of 1 or more")
         torch.set_num_threads(int(threads))
 
 

@@ -94,7 +94,7 @@ def inception_hub_path() -> Path:
 
 def resolve_inception_weights(weights_path: str | os.PathLike | None = None) -> Path:
     """The local Inception weights file to use, or :class:`EvalError` (one line) if there is none."""
-    how = (f"pass --weights PATH (eval.weights_path in a config) or set {INCEPTION_WEIGHTS_ENV}=PATH "
+    how = (f"set eval.weights_path in the config (dtr eval: --weights PATH) or {INCEPTION_WEIGHTS_ENV}=PATH "
            f"to a local copy of {INCEPTION_WEIGHTS_URL}")
     for source, value in (("weights_path/--weights", weights_path),
                           (INCEPTION_WEIGHTS_ENV, os.environ.get(INCEPTION_WEIGHTS_ENV))):

@@ -160,7 +160,11 @@ def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str,
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--out {out}: name a new folder (not '.' or '..')")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"--out: {out} already exists and is not an empty folder; choose a new folder")
 
 

@@ -29,6 +29,7 @@ from dtr_plugins.core.routing import RoutedBackbone
 from . import distributed
 from .compose import build_codec, build_diffusion, build_model
 from .rundir import RunDir
+from .sample_out import check_out
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
@@ -146,23 +147,29 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
                    "cfg_scale": scale, "guidance": scale != 1.0,
                    "cfg_channels": cfg.sample.cfg_channels if scale != 1.0 else None, "eta": cfg.sample.eta,
                    "clip_denoised": bool(cfg.sample.clip_denoised and codec.bounded), "num_samples": num,
-                   "seed": seed, "batch_size": batch, "world_size": d.world_size,
+                   "seed": seed, "batch_size": min(batch, num), "world_size": d.world_size,
                    "sample_precision": _PRECISION.get(dtype, str(dtype)),
                    "device": str(d.device)})
     return chunks
 
 
 def _prepare(model: Backbone, cfg: ExperimentConfig, num: int, labels: Sequence[int] | None,
-             cfg_scale: float | None) -> tuple[np.ndarray, float]:
+             cfg_scale: float | None) -> tuple[np.ndarray, float, str]:
+    """``(labels per image, guidance scale, where the labels came from)``; the last is recorded as
+    ``labels``: ``given`` (``--labels``), ``balanced`` or ``unconditional`` (the model takes none)."""
     num_classes = int(model.num_classes or 0)
+    if labels is not None and num_classes <= 1:
+        raise UserError(f"--labels: this model is unconditional (num_classes={num_classes}), so class labels "
+                        f"would not be applied; leave out --labels")
     all_labels = np.asarray(labels if labels is not None else balanced_labels(num, num_classes), dtype=np.int64)
     if len(all_labels) != num:
-        raise UserError(f"--labels: got {len(all_labels)} labels for --num {num}")
+        raise UserError(f"--labels: got {len(all_labels)} labels for --num-samples {num}; give one per image")
     if num_classes > 1 and ((all_labels < 0) | (all_labels >= num_classes)).any():
         raise UserError(f"--labels: labels must lie in 0..{num_classes - 1}")
     scale = cfg.sample.cfg_scale if cfg_scale is None else float(cfg_scale)
     check_guidance(model, scale, "--cfg-scale" if cfg_scale is not None else "sample.cfg_scale")
-    return all_labels, scale
+    mode = "unconditional" if num_classes <= 1 else "given" if labels is not None else "balanced"
+    return all_labels, scale, mode
 
 
 @torch.no_grad()
@@ -186,7 +193,7 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     codec = codec if codec is not None else IdentityCodec()
     module = _module(model)
     d = dist or distributed.Dist(device=next(module.parameters()).device)
-    all_labels, scale = _prepare(model, cfg, num, labels, cfg_scale)
+    all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
     was_training = module.training
     module.eval()
     applied: dict[str, Any] = {}
@@ -196,7 +203,7 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
                           progress=progress, record=applied)
     module.train(was_training)
     if record is not None:
-        record.update(applied)
+        record.update(applied, labels=labels_from)
     if d.enabled:
         import torch.distributed as tdist
 
@@ -346,6 +353,10 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
     pretrained = is_pretrained_source(source)
     if pretrained and out is None:
         raise UserError(f"--out: {source} is an exported model or hub id, not a run directory; give --out DIR")
+    sources = _source_paths(Path(source)) if Path(str(source)).exists() else ()  # hf:// ids: none
+    if out is not None:  # before loading anything: a bad --out costs no sampling
+        check_out(Path(out), overwrite=overwrite, sources=sources)
+    _check_options(cfg_scale=cfg_scale, device=device, num=num, batch_size=batch_size)
     distributed.set_threads(threads)
     d = distributed.setup(device or "auto")
     partial: Path | None = None
@@ -363,15 +374,15 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
             codec = build_codec(cfg)
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
-        all_labels, scale = _prepare(model, cfg, num, labels, cfg_scale)
+        all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
         used_sampler, used_respacing = sampler or cfg.sample.sampler, respacing or cfg.sample.respacing
+        _check_sampling(diffusion, used_sampler, used_respacing, sampler_given=sampler is not None,
+                        respacing_given=respacing is not None)  # before the progress bar starts
         out_dir = Path(out) if out is not None else default_out(
             RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
             sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
             use_ema=use_ema, labels=labels)
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-            raise UserError(f"--out {out_dir}: already holds files; choose a new folder or pass --overwrite "
-                            f"to replace it")
+        check_out(out_dir, overwrite=overwrite, sources=sources)
         partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
         applied: dict[str, Any] = {}
         with torch.no_grad():
@@ -393,7 +404,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                 info = {"checkpoint": str(ckpt_path), "step": step,
                         "weights": loaded.get("weights", "ema" if use_ema else "model"),
                         **({"source": loaded["source"]} if "source" in loaded else {}),
-                        "labels": "given" if labels is not None else "balanced", **applied}
+                        "labels": labels_from, **applied}
                 write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
                 _swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here
@@ -419,6 +430,48 @@ def _class_names(source: str | Path, model: Backbone) -> list[str] | None:
     run = RunDir(path) if path.is_dir() else RunDir.of_checkpoint(path) if path.is_file() else None
     names = run.class_names() if run is not None else None
     return names if names is not None else [str(i) for i in range(int(model.num_classes or 0))]
+
+
+def _check_options(*, cfg_scale: float | None, device: str | None, num: int, batch_size: int | None) -> None:
+    """The checks the config applies to ``sample.*`` / ``train.device``, for the values given as options
+    (UserError / ConfigError, one line naming the option and what is allowed)."""
+    import math
+
+    from .compose import check_device
+
+    if cfg_scale is not None and (not math.isfinite(float(cfg_scale)) or float(cfg_scale) < 0):
+        raise UserError(f"--cfg-scale: {cfg_scale} is not allowed; give a finite number >= 0 (1.0: no guidance)")
+    for key, value in (("--num-samples", num), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise UserError(f"{key}: {value!r} is not allowed; give an integer of 1 or more")
+    if device is not None:
+        check_device(device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
+
+
+def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_given: bool,
+                    respacing_given: bool) -> None:
+    """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
+    naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+
+    try:
+        type(diffusion).check_sample_settings(sampler, respacing)
+        if isinstance(diffusion, GaussianDiffusion):
+            diffusion.respaced(respacing)
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("sample.sampler: "):
+            key = "--sampler" if sampler_given else "sample.sampler"
+            raise ConfigError(f"{key}: {text.removeprefix('sample.sampler: ')}") from None
+        key = "--respacing" if respacing_given else "sample.respacing"
+        raise ConfigError(f"{key}: {text.removeprefix('sample.respacing: ')}") from None
+
+
+def _source_paths(source: Path) -> tuple[Path, ...]:
+    """The run directory (and checkpoint file) sampled from: ``--out`` may be neither, nor hold them."""
+    if source.is_file():
+        return (source, RunDir.of_checkpoint(source).path)
+    return (source,)
 
 
 def _swap_into_place(partial: Path, out_dir: Path) -> None:

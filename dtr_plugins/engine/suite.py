@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from dtr_plugins.core.config import (
     PLUGIN_SECTIONS,
     ExperimentConfig,
     apply_overrides,
+    check_path_component,
     config_from_dict,
     read_yaml,
     set_dotted,
@@ -109,9 +111,15 @@ def value_label(key: str, value: Any, full: bool | None = None) -> str:
             full = key in _LABEL_PARAMS
         skip = ("name", "size", "preset")
         parts = [f"{_initials(k)}{_fmt(v)}" for k, v in value.items() if k not in skip] if full else []
-        return "-".join([head, *parts])
+        return _one_component("-".join([head, *parts]))
     leaf = key.split(".")[-1]
-    return f"{leaf}{_fmt(value)}"
+    return _one_component(f"{leaf}{_fmt(value)}")
+
+
+def _one_component(label: str) -> str:
+    """``label`` with every run of characters a folder name may not hold (``/``, spaces, ...) as ``-``:
+    run ids are built from labels and name folders under the suite's root."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label)
 
 
 def axis_labels(key: str, values: list[Any]) -> list[str]:
@@ -155,6 +163,9 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, base and matrix")
+    if "base" not in raw and "matrix" not in raw and "backbone" in raw:
+        raise ConfigError(f"{path}: this is a run config, not a suite file (a suite has name, base and matrix); "
+                          f"train it with dtr train, or write a suite with base: {path.name}")
     try:
         spec = SuiteFile.model_validate(raw)
     except ValidationError as exc:
@@ -183,6 +194,7 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         key = item.partition("=")[0].strip()
         if key in spec.matrix:
             raise ConfigError(f"--set {item}: {key} is a matrix key of {path}; it cannot be set for every run")
+    check_path_component(spec.name, f"{path}: name")  # ../evil would write outside output_dir
     root = Path(spec.output_dir) / spec.name
     suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher))
     keys = list(spec.matrix)
@@ -203,6 +215,7 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
             run_id = f"{run_id}__{seen[run_id]}"
         else:
             seen[run_id] = 0
+        check_path_component(run_id, f"{path}: run id (from the matrix values)")
         group = "__".join(lbl for k, lbl in zip(keys, labels) if k != "seed") or "base"
         data = copy.deepcopy(base)
         for key, value in assignment.items():

@@ -272,12 +272,17 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
             check_resume_identity(ckpt, cfg, start_ckpt)
             state.load(apply_checkpoint(parts.model, ckpt, start_ckpt, use_ema=False))
+            if state.step > cfg.train.steps:  # before anything is written: config.yaml, meta.json stay as they are
+                raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of the checkpoint to resume "
+                                  f"({state.step}, {start_ckpt}); --resume may keep or raise train.steps")
         start_step = state.step
 
         if d.is_main:
             rd.path.mkdir(parents=True, exist_ok=True)
             if start_ckpt is not None:
                 rd.truncate_metrics(state.step)  # steps logged after this checkpoint are redone
+            else:
+                _drop_records_of_an_attempt_without_checkpoint(rd)
             rd.write_config(cfg.to_yaml())
             rd.write_classes(class_map(parts.dataset, num_classes))
             meta = _begin_meta(rd, d, cfg, state.step, resume)
@@ -334,6 +339,20 @@ def _compute_settings(cfg: ExperimentConfig, d: distributed.Dist, held: contextl
                           f"train.grad_accum_steps {k}")
     return {"grad_accum_steps": k, "micro_batch_size": cfg.train.batch_size // (world * k),
             "tf32": held.enter_context(tf32_mode(cfg.train.tf32, d.device))}
+
+
+def _drop_records_of_an_attempt_without_checkpoint(rd: RunDir) -> None:
+    """A fresh start in a run directory without checkpoints (an earlier attempt stopped before its first
+    one): its ``metrics.jsonl`` and ``eval.json`` describe weights that no longer exist, so they are removed
+    (with a warning) rather than appended to (which recorded steps 2, 4, 2, 4, 6)."""
+    stale = [p for p in (rd.metrics_path, rd.eval_path) if p.exists()]
+    if not stale:
+        return
+    rows = len(rd.read_metrics()) if rd.metrics_path.exists() else 0
+    for path in stale:
+        path.unlink()
+    warnings.warn(f"{rd.path}: an earlier attempt stopped before its first checkpoint; starting afresh "
+                  f"(dropped {rows} metrics record(s) and {', '.join(p.name for p in stale)})", stacklevel=3)
 
 
 def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:

@@ -348,7 +348,8 @@ class Trainer:
             return
         if final:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
-                          info={"step": step, "weights": "ema", **applied}, class_names=self.run_dir.class_names())
+                          info={"checkpoint": str(self.run_dir.checkpoint_path(step)), "step": step,
+                                "weights": "ema", **applied}, class_names=self.run_dir.class_names())
         reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
         say(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
             f"against {reference}")

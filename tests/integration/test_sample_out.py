@@ -209,7 +209,7 @@ def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:FID from 8 samples")
-def test_training_time_eval_records_the_applied_values(tmp_path):
+def test_training_time_eval_records_the_applied_values(tmp_path, run_cli):
     path = write(tmp_path / "tiny.yaml", TINY)
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "data={name: digits, image_size: 8}",
                                           "backbone.num_classes=10", "sample.cfg_scale=2.0",
@@ -222,6 +222,31 @@ def test_training_time_eval_records_the_applied_values(tmp_path):
         "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
     info = json.loads((run_dir / "samples" / "samples.json").read_text())
     assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 4
+    # the same fields as dtr sample's samples.json (the bug: no checkpoint, no labels)
+    assert info["checkpoint"] == str(run_dir / "checkpoints" / "0000002.pt") and info["labels"] == "balanced"
+    assert info["batch_size"] == 4  # sample.batch_size 4, 8 images
+    assert run_cli("sample", str(run_dir), "-n", "2", "--out", str(tmp_path / "s"))[0] == 0
+    assert sorted(info) == sorted(json.loads((tmp_path / "s" / "samples.json").read_text()))
+
+
+def test_records_say_the_batch_and_labels_applied(runs, run_cli, tmp_path):
+    # the bug: batch_size 4 (the config's) recorded for -n 2; --labels on an unconditional model ignored but
+    # recorded as "given"; "balanced" recorded where no labels are used
+    out = tmp_path / "c"
+    assert run_cli("sample", str(runs["cond"]), "-n", "2", "--out", str(out), "--labels", "1", "3")[0] == 0
+    info = json.loads((out / "samples.json").read_text())
+    assert info["batch_size"] == 2 and info["labels"] == "given"
+    assert np.load(out / "samples.npz")["labels"].tolist() == [1, 3]
+    code, _, err = run_cli("sample", str(runs["uncond"]), "-n", "2", "--labels", "1", "2")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--labels: this model is unconditional (num_classes=1)" in err
+    assert not list((runs["uncond"] / "samples").glob("*labels*"))
+    out = tmp_path / "u"
+    assert run_cli("sample", str(runs["uncond"]), "-n", "6", "--batch-size", "4", "--out", str(out))[0] == 0
+    info = json.loads((out / "samples.json").read_text())
+    assert info["labels"] == "unconditional" and info["batch_size"] == 4
+    code, _, err = run_cli("sample", str(runs["cond"]), "-n", "3", "--labels", "1", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--labels: got 1 labels for --num-samples 3" in err and "--num " not in err
 
 
 @pytest.mark.filterwarnings("ignore:FID from")
@@ -233,3 +258,59 @@ def test_eval_takes_device_and_threads(runs, run_cli, tmp_path):
                            "--out", str(tmp_path / "eval.json"))
     assert code == 0, err
     assert json.loads((tmp_path / "eval.json").read_text())["device"] == "cpu"
+
+
+def test_overwrite_never_replaces_a_run_a_file_or_foreign_files(runs, run_cli, tmp_path, monkeypatch):
+    # the bug: `dtr sample RUN --out RUN --overwrite` deleted checkpoints/, config.yaml, metrics.jsonl
+    import shutil
+
+    run = tmp_path / "runs" / "cond"
+    shutil.copytree(runs["cond"], run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    precious = write(tmp_path / "precious.txt", "keep me")
+    foreign = tmp_path / "pdir"
+    write(foreign / "notes.txt", "keep me too")
+    ckpt = next((run / "checkpoints").glob("*.pt"))
+    cases = {str(run): "run sampled from", str(tmp_path / "runs"): "run sampled from",
+             str(run / "checkpoints"): "not a sample set", str(precious): "is a file",
+             str(foreign): "not a sample set", str(precious / "sub"): "is a file"}
+    for out, why in cases.items():
+        code, _, err = run_cli("sample", str(run), "--num", "2", "--out", out, "--overwrite")
+        assert code == 2, (out, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("dtr: error: --out ") and why in err, err
+    # from a checkpoint file: its run is protected too
+    code, _, err = run_cli("sample", str(ckpt), "--num", "2", "--out", str(run), "--overwrite")
+    assert code == 2 and "run sampled from" in err
+    monkeypatch.chdir(tmp_path / "pdir")
+    for out in (".", ".."):
+        code, _, err = run_cli("sample", str(run), "--num", "2", "--out", out, "--overwrite")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and "Traceback" not in err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    assert precious.read_text() == "keep me" and (foreign / "notes.txt").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pdir", "precious.txt", "runs"]
+    # an earlier sample set is still replaced
+    out = tmp_path / "set"
+    assert run_cli("sample", str(run), "--num", "2", "--out", str(out))[0] == 0
+    assert run_cli("sample", str(run), "--num", "3", "--out", str(out), "--overwrite")[0] == 0
+    assert len(list((out / "images").glob("*.png"))) == 3
+    write(out / "notes.txt", "mine")  # no longer only a sample set: refused
+    code, _, err = run_cli("sample", str(run), "--num", "2", "--out", str(out), "--overwrite")
+    assert code == 2 and "not a sample set" in err and (out / "notes.txt").exists()
+
+
+def test_sampler_and_respacing_errors_name_the_option_before_the_bar(runs, run_cli, tmp_path):
+    # the bug: "sampler 'foo': allowed ddpm, ddim" after a progress-bar fragment (2 lines on stderr)
+    cases = ((["--sampler", "foo"], "dtr: error: --sampler: 'foo' is not a gaussian sampler (allowed: ddpm, ddim)"),
+             (["--respacing", "ddim0"], "dtr: error: --respacing: respacing 'ddim0': no integer stride gives"),
+             (["--respacing", "x7"], "dtr: error: --respacing: respacing 'x7': expected 'N', 'N1,N2,...' or 'ddimN'"))
+    for args, expected in cases:
+        code, out, err = run_cli("sample", str(runs["cond"]), "-n", "2", "--out", str(tmp_path / "o"), *args)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith(expected), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_out_file_says_it_is_a_file(runs, run_cli, tmp_path):
+    afile = write(tmp_path / "afile", "x")
+    code, _, err = run_cli("export", str(runs["cond"]), "--out", str(afile))
+    assert code == 2 and err.strip() == f"dtr: error: --out: {afile} is a file; choose a new folder"
+    assert afile.read_text() == "x"
