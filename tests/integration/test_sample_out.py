@@ -222,6 +222,8 @@ def test_training_time_eval_records_the_applied_values(tmp_path):
         "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
     info = json.loads((run_dir / "samples" / "samples.json").read_text())
     assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 8
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval"]["model_evaluations_per_image"] for r in rows if "eval" in r][-1] == 8  # 4 steps x (cond+uncond)
 
 
 @pytest.mark.filterwarnings("ignore:FID from")
