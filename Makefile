@@ -35,13 +35,14 @@ test-quick: $(STAMP)
 # MUTATE_ARGS narrows it, e.g. `make mutate MUTATE_ARGS="dtr_plugins.strategies.dtr*"` (see docs/testing.md).
 MUTATE_ARGS ?=
 mutate: $(STAMP)
-	$(PY) -m mutmut run $(MUTATE_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m mutmut run $(MUTATE_ARGS)
 	$(PY) -m mutmut results
+	$(PY) scripts/mutation_score.py
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
 	$(VENV)/bin/dtr suite configs/suites/quickstart.yaml --parallel 2
-	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures)"
+	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures); .venv/bin/dtr runs lists the runs"
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The GPU benchmark set in one command, for a machine with one NVIDIA GPU (planned on an H200: under 8 minutes).
+# The GPU benchmark set, for a machine with one NVIDIA GPU (planned on an H200: about 15.5 minutes in all, so run it
+# in two calls of under 10 minutes with --only, see below).
 #
 #   bash benchmarks/gpu.sh --fetch-wheels    # HERE, once, in the repo root, with network: Python packages the
 #                                            # GPU machine lacks (pydantic & co.) as wheels into .whl/ (git-ignored)
 #   bash benchmarks/gpu.sh OUT_DIR           # ON THE GPU MACHINE, in the repo root (carry .whl along)
-#   bash benchmarks/gpu.sh OUT_DIR --smoke   # anywhere (CPU): tiny models, every stage end to end in ~2 minutes
+#   bash benchmarks/gpu.sh OUT_DIR --smoke   # anywhere (CPU): tiny models, every stage end to end in ~3 minutes
+#   bash benchmarks/gpu.sh OUT_DIR --only train_step_S2,train_step_B2   # only these stages (comma list)
+#
+# Two calls that each fit a 10-minute limit on an H200 (each writes its own OUT_DIR):
+#   --only train_step_S2,train_step_B2,train_step_B2_compile,train_step_L2,train_step_L2_compile,routing_overhead_B2
+#   --only sample_B2,compile_check,routing_sites_B2,accumulation_L2_XL2
 #
 # Writes OUT_DIR/README.md (status of every stage, every table, the target check) and OUT_DIR/results-gpu.tar.gz
 # (one .json + .md per stage and each stage's log; unpack it into benchmarks/results-gpu/ and run
@@ -15,30 +21,40 @@
 # folder on PYTHONPATH, then this repo with `pip install --no-deps --no-build-isolation -e .` (for the plugin
 # entry points). Nothing is downloaded.
 #
-# Stages (bf16 autocast; each under its own time limit, 430 s in all; a stage that reaches its limit gets
+# Stages (bf16 autocast; each under its own time limit, 905 s in all; a stage that reaches its limit gets
 # SIGINT and reports the rounds it finished; one stage failing does not stop the others). Strategies come
 # from the plugin registry: a new strategy is benchmarked with no edit here. Compiled variants have stages of
 # their own, so a slow inductor compile cannot cost the eager tables.
-#   train_step_S2          DiT-S/2, batch 256, eager: every strategy, pub_vanilla, pub_dtr                (25 s)
-#   train_step_B2          DiT-B/2, batch 256, eager: every strategy, pub_vanilla, pub_dtr                (30 s)
+#   train_step_S2          DiT-S/2, batch 256, eager: every strategy, pub_vanilla, pub_dtr                (40 s)
+#   train_step_B2          DiT-B/2, batch 256, eager: every strategy, pub_vanilla, pub_dtr                (50 s)
 #   train_step_B2_compile  DiT-B/2, batch 256: dtr+compile, vanilla+compile (inductor), pub_dtr@fp16
 #                          (the published recipe: fp16 autocast, eager, default AdamW)                    (140 s)
-#   train_step_L2          DiT-L/2, batch 256, eager: vanilla, dtr, pub_vanilla, pub_dtr                  (40 s)
+#   train_step_L2          DiT-L/2, batch 256, eager: vanilla, dtr, pub_vanilla, pub_dtr                  (55 s)
 #   train_step_L2_compile  DiT-L/2, batch 256: dtr+compile (MFU, peak memory)                            (120 s)
-#   sample_B2              DDIM-50, DiT-B/2, 256 images per call, vanilla and dtr, cfg 1 and 4            (30 s)
+#   sample_B2              DDIM-50, DiT-B/2, 256 images per call, vanilla and dtr, cfg 1 and 4            (90 s)
 #   routing_overhead_B2    routing cost per DiT-B/2 block at batch 256 (component level)                  (20 s)
-#   compile_check          torch.compile recompiles, DiT x every strategy (aot_eager: dynamo decides)     (25 s)
+#   compile_check          torch.compile recompiles, DiT x every strategy (aot_eager: dynamo decides)     (80 s)
+#   routing_sites_B2       routing_sites.py, DiT-B/2: sampling and training speed per routing site       (130 s)
+#   accumulation_L2_XL2    DiT-L/2 and XL/2, dtr, global batch 256: train.grad_accum_steps k = 1, 2, 4 and
+#                          activation checkpointing (k = 1, 2): peak memory and images/s per variant    (180 s)
+# (The 2026-11-30 H200 run hit the earlier limits in S2 25 s, B2 30 s, L2 40 s, sample 30 s, compile_check
+# 25 s and routing_sites 60 s; docs/benchmarks.md says what each finished.)
 set -u -o pipefail
 
 OUT=""
 SMOKE=0
 FETCH=0
+ONLY=""
+WANT_ONLY=0
 for arg in "$@"; do
+  if [ $WANT_ONLY -eq 1 ]; then ONLY=",$arg,"; WANT_ONLY=0; continue; fi
   case "$arg" in
+    --only) WANT_ONLY=1 ;;
+    --only=*) ONLY=",${arg#--only=}," ;;
     --smoke) SMOKE=1 ;;
     --fetch-wheels) FETCH=1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    -*) echo "gpu.sh: unknown option '$arg' (--smoke, --fetch-wheels, --help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    -*) echo "gpu.sh: unknown option '$arg' (--smoke, --only STAGES, --fetch-wheels, --help)" >&2; exit 2 ;;
     *) OUT="$arg" ;;
   esac
 done
@@ -67,6 +83,12 @@ if [ $FETCH -eq 1 ]; then
   exit 0
 fi
 
+STAGES=",train_step_S2,train_step_B2,train_step_B2_compile,train_step_L2,train_step_L2_compile,sample_B2,routing_overhead_B2,compile_check,routing_sites_B2,accumulation_L2_XL2,"
+for want in ${ONLY//,/ }; do
+  if [[ "$STAGES" != *",$want,"* ]]; then
+    echo "gpu.sh: --only: unknown stage '$want' (stages: $(echo "${STAGES:1:-1}" | sed 's/,/, /g'))" >&2; exit 2
+  fi
+done
 if [ -z "$OUT" ]; then echo "gpu.sh: give an output folder: bash benchmarks/gpu.sh OUT_DIR [--smoke]" >&2; exit 2; fi
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -108,6 +130,7 @@ pack() {  # the tarball and README in OUT, rewritten after each stage
 # stage NAME LIMIT_S SCRIPT ARGS...: one benchmark under a time limit; records how it ended
 stage() {
   local name="$1" limit="$2"; shift 2
+  if [ -n "$ONLY" ] && [[ "$ONLY" != *",$name,"* ]]; then echo "| $name | not selected (--only) | - |" >> "$STATUS"; return; fi
   local t0=$(date +%s)
   log "=== $name (limit ${limit}s): $*"
   PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=15 "$limit" "$PY" "$@" > "$WORK/$name.log" 2>&1
@@ -130,6 +153,7 @@ if [ $SMOKE -eq 1 ]; then
   S2=(--size tiny); B2=(--size tiny); L2=(--size tiny)
   SAMPLE=(--smoke); RO=(--smoke); CC=(--smoke --strategies vanilla,dtr)
   LIMIT_S2=120; LIMIT_B2=120; LIMIT_B2C=180; LIMIT_L2=120; LIMIT_L2C=180; LIMIT_S=60; LIMIT_RO=60; LIMIT_CC=120
+  ACC=(--smoke --threads 1); LIMIT_ACC=120
   RS=(--size S/2 --input-size 8 --num-images 2 --steps-per-call 2 --reps 1 --warmup 1 --train-reps 1); LIMIT_RS=120
 else
   COMMON=(--device cuda)
@@ -138,8 +162,10 @@ else
   SAMPLE=(--size B/2 --num-images 256 --reps 2 --warmup 1 --precision bf16)
   RO=(--size B/2 --batch 256 --reps 20 --op-reps 200 --precision bf16)
   CC=(--backend aot_eager --precision bf16)
-  LIMIT_S2=25; LIMIT_B2=30; LIMIT_B2C=140; LIMIT_L2=40; LIMIT_L2C=120; LIMIT_S=30; LIMIT_RO=20; LIMIT_CC=25
-  RS=(--size B/2 --num-images 64 --steps-per-call 50 --reps 5 --warmup 1 --train-reps 10); LIMIT_RS=60
+  LIMIT_S2=40; LIMIT_B2=50; LIMIT_B2C=140; LIMIT_L2=55; LIMIT_L2C=120; LIMIT_S=90; LIMIT_RO=20; LIMIT_CC=80
+  RS=(--size B/2 --num-images 64 --steps-per-call 50 --reps 5 --warmup 1 --train-reps 10); LIMIT_RS=130
+  ACC=(--device cuda --sizes L/2,XL/2 --batch 256 --precision bf16 --steps 5 --warmup 2
+       --variants k1,k2,k4,k1+ckpt,k2+ckpt); LIMIT_ACC=180
 fi
 # the device, and every registered strategy (vanilla first), as the benchmarks list them
 STRATEGIES=$("$PY" - <<'EOF'
@@ -173,6 +199,7 @@ stage sample_B2 $LIMIT_S benchmarks/sample.py "${COMMON[@]}" "${SAMPLE[@]}" --ba
 stage routing_overhead_B2 $LIMIT_RO benchmarks/routing_overhead.py "${COMMON[@]}" "${RO[@]}" --out-dir "$WORK" --tag B2
 stage compile_check $LIMIT_CC benchmarks/compile_check.py --device auto "${CC[@]}" --backbones dit --out-dir "$WORK"
 stage routing_sites_B2 $LIMIT_RS benchmarks/routing_sites.py "${COMMON[@]}" "${RS[@]}" --out "$WORK/routing_sites_B2.json"
+stage accumulation_L2_XL2 $LIMIT_ACC benchmarks/accumulation.py "${ACC[@]}" --out-dir "$WORK" --tag L2_XL2
 
 TOTAL=$(( $(date +%s) - START ))
 "$PY" benchmarks/check_targets.py --results "gpu=$WORK" --device gpu --json "$WORK/check_targets.json" \
@@ -196,7 +223,7 @@ CHECK_RC=$?
   echo
   cat "$WORK/check_targets.md" "$WORK/check_targets.log"
   for f in train_step_S2 train_step_B2 train_step_B2_compile train_step_L2 train_step_L2_compile sample_B2 \
-      routing_overhead_B2 compile_check routing_sites_B2; do
+      routing_overhead_B2 compile_check routing_sites_B2 accumulation_L2_XL2; do
     if [ -f "$WORK/$f.md" ]; then echo; echo "## $f"; echo; cat "$WORK/$f.md"; fi
     if [ "$f" = routing_sites_B2 ] && [ -f "$WORK/$f.log" ]; then echo; echo "## $f (log)"; echo; tail -n 40 "$WORK/$f.log"; fi
   done

@@ -91,12 +91,33 @@ def cmd_validate(args) -> int:
 
 
 def cmd_masks(args) -> int:
+    from pathlib import Path
+
     from .engine.compose import build_model
+    from .engine.gate_plots import plot_learned_gates
     from .engine.plots import plot_routing_plan
 
-    cfg = _load(args)
-    plan = build_model(cfg).plan
+    source = Path(args.config)
+    if source.is_dir() or source.suffix in (".pt", ".pth"):  # a trained run: its learned gates
+        from .engine.sample import load_run
+
+        if args.overrides:
+            raise UserError(f"{source}: --set applies to a config, not to a run directory or checkpoint")
+        cfg, model, _, ckpt_path = load_run(source, use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load,
+                                            device="cpu")
+        weights = f"{'EMA' if not args.no_ema else 'model'} weights of {ckpt_path.name}"
+    else:
+        cfg, weights = _load(args), "at initialisation"
+        model = build_model(cfg)
+    plan = model.plan
     assert plan is not None  # build_model always attaches one
+    if plan.learned is not None:
+        drawn = plot_learned_gates(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr} ({weights})")
+        if drawn is None:
+            raise UserError(f"{args.config}: strategy {plan.strategy_repr} reports no per-timestep gates to draw "
+                            f"(task_tables() is None and it has no gate_summary())")
+        print(f"wrote {drawn} (learned gates of {len(plan.layer_channels)} routed layers, {weights})")
+        return 0
     out = plot_routing_plan(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr}")
     print(f"wrote {out} ({plan.num_tables} distinct table(s) over {len(plan.layer_table)} routed layers)")
     return 0
@@ -151,10 +172,29 @@ def cmd_suite(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .engine.report import build_report
+    """A suite folder (``suite.json``) gets the suite report, a run directory its own (:mod:`.engine.run_report`)."""
+    from pathlib import Path
 
-    path = build_report(args.suite_dir)
+    from .engine.report import build_report
+    from .engine.run_report import build_run_report
+
+    suite = (Path(args.suite_dir) / "suite.json").exists()
+    path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    """Every run below a folder: status, step, last loss and metrics, strategy, backbone (``--json``: a list)."""
+    from .engine.runs import find_runs, format_runs_table, summarize_run
+
+    runs = [summarize_run(p, args.folder) for p in find_runs(args.folder)]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=2))
+    elif not runs:
+        print(f"no run directories below {args.folder}", file=sys.stderr)
+    else:
+        print(format_runs_table(runs))
     return 0
 
 
@@ -209,9 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(parents=[common], name="masks",
-                       help="draw the mask tables of a config as heatmaps")
+                       help="draw the mask tables of a config, or the learned gates of a run, as heatmaps")
     _config_args(p)
     p.add_argument("--out", default="masks.png", help="PNG path (default masks.png)")
+    p.add_argument("--no-ema", action="store_true", help="with a run directory or checkpoint: the raw weights")
+    p.add_argument("--allow-unsafe-load", action="store_true",
+                   help="with a checkpoint: allow a full pickle load (only for files you trust)")
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser(parents=[common], name="train",
@@ -280,9 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser(parents=[common], name="report",
-                       help="rebuild a suite's report.md, results.csv and plots")
-    p.add_argument("suite_dir", help="runs/<suite name>")
+                       help="rebuild a suite's report.md, results.csv and plots, or one run's report.md and plots")
+    p.add_argument("suite_dir", metavar="DIR", help="suite folder (runs/<suite name>) or run directory")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(parents=[common], name="runs",
+                       help="list the runs below a folder: status, step, loss, metrics, strategy, backbone")
+    p.add_argument("folder", nargs="?", default="runs", help="folder to search (default runs/)")
+    p.add_argument("--json", action="store_true", help="one JSON list for scripts")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser(parents=[common], name="cache-latents",
                        help="encode a dataset once with the config's VAE")

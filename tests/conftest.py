@@ -13,7 +13,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS, when set, wins (mutation testing forks per mutant and needs torch single-threaded)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
@@ -50,3 +51,42 @@ def write(path: Path, text: str) -> Path:
 
 
 PYTHON = sys.executable
+
+
+#: The tiny DiT run the training tests share: 8x8 grayscale, 2 blocks, 6 steps, DTR routing, no final evaluation.
+TINY_DIT: dict = {
+    "name": "tiny",
+    "seed": 3,
+    "backbone": {"name": "dit", "input_size": 8, "patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 2,
+                 "in_channels": 1, "num_classes": 4},
+    "routing": {"name": "dtr", "alpha": 4.0, "beta": 0.8},
+    "diffusion": {"steps": 100, "schedule": "linear", "learn_sigma": True},
+    "data": {"name": "synthetic", "num_samples": 64, "image_size": 8, "num_classes": 4},
+    "train": {"steps": 6, "batch_size": 8, "lr": 1.0e-3, "log_every": 2, "ckpt_every": 3, "ema_warmup": True},
+    "sample": {"sampler": "ddim", "respacing": "ddim5", "num_samples": 8, "batch_size": 8},
+    "eval": {"at_end": False},
+}
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied: a dict merges into a dict section, ``None`` removes the key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_dit_config(folder: Path, filename: str = "tiny.yaml", **changes) -> Path:
+    """Write the tiny DiT config (:data:`TINY_DIT`) with ``changes`` to ``folder/filename``; returns the path.
+
+    ``tiny_dit_config(tmp_path, train={"steps": 8}, sample=None)`` changes one train key and drops the
+    sample section (see :func:`_merged`).
+    """
+    import yaml
+
+    return write(folder / filename, yaml.safe_dump(_merged(TINY_DIT, changes), sort_keys=False))

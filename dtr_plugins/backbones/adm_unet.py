@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from torch import nn
 
+from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import format_validation_error
@@ -220,13 +221,15 @@ class TimestepSequential(nn.Sequential):
     """A stage of the U-Net; hands ResBlocks the embedding and each routed layer the next mask, which
     ``route(block input)`` gives (a static row, or a learned gate computed from that input)."""
 
+    checkpoint_layers = False  # train.activation_checkpointing: recompute ResBlocks / attention in the backward
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
                 route: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb, route(x))
+                x = run_block(layer, self.checkpoint_layers, x, emb, route(x))
             elif isinstance(layer, AttentionBlock):
-                x = layer(x, route(x) if layer.routed else None)
+                x = run_block(layer, self.checkpoint_layers, x, route(x) if layer.routed else None)
             else:
                 x = layer(x)
         return x
@@ -320,6 +323,11 @@ class ADMUNet(RoutedBackbone):
         self._routed_channels = [cast(int, layer.channels) for layer in self._routed_layers()]
         if p.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Run every ResBlock and attention block through activation checkpointing (``core/compute.py``)."""
+        for stage in self._stages():
+            stage.checkpoint_layers = bool(enabled)
 
     def _stages(self) -> list[TimestepSequential]:
         return [*self.input_blocks, self.middle_block, *self.output_blocks]

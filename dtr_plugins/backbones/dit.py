@@ -1,3 +1,4 @@
+# This file is over 500 lines because it is one model family in one file, read beside the official DiT models.py.
 """``dit``: the Diffusion Transformer (Peebles & Xie, 2023) with every block routed.
 
 State-dict keys, initialisation and numerics follow the official DiT release, so its checkpoints (and
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 from torch import nn
 
+from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual, shared_timestep
@@ -379,6 +381,10 @@ class DiT(RoutedBackbone):
 
     #: ``input`` (block inputs), ``heads`` (attention heads), ``mlp`` (MLP hidden units) or ``heads_mlp``
     routing_sites = (INPUT_SITE, "heads", "mlp", "heads_mlp")
+    checkpoint_blocks = False  # train.activation_checkpointing: recompute each block in the backward (core/compute.py)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.checkpoint_blocks = bool(enabled)
 
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Units per routed layer at ``site``: ``hidden_size`` per block (input), ``num_heads`` (heads),
@@ -463,7 +469,7 @@ class DiT(RoutedBackbone):
         learned = self.plan if self.plan is not None and self.plan.is_learned else None
         for layer, (block, (mask, heads, mlp)) in enumerate(zip(self.blocks, routes)):
             gate = mask if learned is None else learned.layer_gate(layer, h, t, c)  # learned: [N, 1 or T, D]
-            h = block(h, c, gate, heads, mlp)
+            h = run_block(block, self.checkpoint_blocks, h, c, gate, heads, mlp)
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .errors import ConfigError, UserError
 from .plugins import PluginRegistry, default_registry, validate_params
@@ -93,6 +93,15 @@ class TrainConfig(_Strict):
                                   "may change on --resume")
     num_workers: int = Field(0, ge=0)
     compile: bool = False
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step: each rank runs its share "
+                                  "of batch_size (still the images per step) as k equal micro-batches, gradients "
+                                  "summed, DDP synced on the last (engine/accumulate.py); batch_size must divide "
+                                  "by world size x k; may change on --resume")
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
+                                           "(torch.utils.checkpoint, non-reentrant): less memory, same gradients; "
+                                           "dit, latent_dit, adm_unet; may change on --resume")
+    tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA (Ampere or newer); not applicable "
+                       "on CPU/MPS (meta.json records what was applied); may change on --resume")
     device: str = Field("auto", description=DEVICES_ALLOWED)
 
     @field_validator("device")
@@ -103,6 +112,15 @@ class TrainConfig(_Strict):
         return value
     threads: int | None = Field(None, ge=1, description="CPU threads of this process (torch.set_num_threads); "
                                 "None: torch's default")
+
+    @field_validator("grad_accum_steps")
+    @classmethod
+    def _divides_batch(cls, value: int, info: ValidationInfo) -> int:
+        batch = info.data.get("batch_size")
+        if isinstance(batch, int) and batch % value:
+            raise ValueError(f"{value} does not divide train.batch_size {batch} (each optimizer step runs "
+                             "batch_size / (world size x grad_accum_steps) images per micro-batch)")
+        return value
 
 
 class SampleConfig(_Strict):

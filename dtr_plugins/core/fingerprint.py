@@ -22,6 +22,10 @@ __all__ = ["RESUMABLE_KEYS", "config_fingerprint", "identity_config", "first_dif
 #: - ``train.num_workers``: data loading is exact with any number of workers (draws derive from seed, step, index);
 #: - ``train.device``: a run may move between machines; each segment's device is recorded in ``meta.json``;
 #: - ``train.compile``: the same math, compiled or not;
+#: - ``train.activation_checkpointing``: the same math, activations kept or recomputed;
+#: - ``train.grad_accum_steps``: the same images, noise and timesteps per optimizer step, split into
+#:   micro-batches (equal in fp32 to rounding, like a change of world size); ``train.tf32``: a CUDA matmul
+#:   mode, like ``train.device`` a property of the machine; each segment of ``meta.json`` records both as applied;
 #: - ``eval.*``, ``sample.*``: evaluation settings; every evaluation record states the settings it applied;
 #: - ``log.*``: experiment trackers only mirror ``metrics.jsonl``;
 #: - ``codec.cache_dir``, ``vae.cache_dir``: where a latent cache lives (its content is keyed by the codec).
@@ -31,7 +35,7 @@ __all__ = ["RESUMABLE_KEYS", "config_fingerprint", "identity_config", "first_dif
 RESUMABLE_KEYS: tuple[str, ...] = (
     "name", "output_dir",
     "train.steps", "train.ckpt_every", "train.log_every", "train.keep_last", "train.num_workers", "train.device",
-    "train.compile",
+    "train.compile", "train.activation_checkpointing", "train.grad_accum_steps", "train.tf32",
     "eval.*", "sample.*", "log.*", "codec.cache_dir", "vae.cache_dir",
 )
 

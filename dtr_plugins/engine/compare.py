@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from .numbers import fmt, fmt_interval, fmt_signed
+
 LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
 INTERVAL_METHOD = "t"
@@ -348,16 +350,7 @@ def _metric_order(metric: str) -> tuple[int, int, str]:
 
 
 # ------------------------------------------------------------------------------------------ markdown
-def _g(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4g}"
-
-
-def _signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.3g}"
-
-
-def _ci(interval: tuple[float, float] | None) -> str:
-    return "—" if interval is None else f"[{interval[0]:+.3g}, {interval[1]:+.3g}]"
+_g, _signed, _ci = fmt, fmt_signed, fmt_interval  # one number format for every table (.numbers)
 
 
 def _where(setting: tuple[tuple[str, str], ...]) -> str:
@@ -381,8 +374,9 @@ def render_comparison_markdown(result: ComparisonResult) -> str:
               f"shares its seed (same initial weights and data order). Δ = strategy − baseline at the final logged "
               f"step, mean over seeds, with a {pct} Student-t interval over the seeds' differences (t quantile with "
               f"n − 1 degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
-              f"direction), else *not resolved*. Held-out loss: epsilon MSE of the EMA weights on fixed held-out "
-              f"images, timesteps and noise, identical for every run. Each row is its own test: among many rows, "
+              f"direction), else *not resolved*. Held-out loss: epsilon MSE (velocity MSE for flow matching) of the "
+              f"EMA weights on fixed held-out images, times and noise, identical for every run of one process. "
+              f"Each row is its own test: among many rows, "
               f"about one in {round(1 / (1 - result.level))} differences that are zero in truth still reads as "
               f"resolved.")
     lines = [f"## Paired comparisons against `{result.baseline}`", "", method, ""]

@@ -99,6 +99,7 @@ __all__ = [
     "EvalError",
     "check_eval_settings",
     "dataset_reference",
+    "describe_metrics",
     "evaluate",
     "evaluate_model_samples",
     "load_images",
@@ -261,3 +262,18 @@ def evaluate_model_samples(images_uint8_nhwc: np.ndarray, labels: np.ndarray | N
     """
     return evaluate(images_uint8_nhwc, reference, metrics=metrics, feature_extractor=feature_extractor,
                     weights_path=weights_path, labels=labels, **kwargs)
+
+
+def describe_metrics(result: dict[str, Any]) -> str:
+    """The known metrics of an evaluation record in one line, e.g. ``FID 12.35, KID 0.001235, precision 0.8``
+    (titles of :func:`~dtr_plugins.engine.compare.metric_info`, values by :func:`~dtr_plugins.engine.numbers.fmt`)."""
+    from .compare import metric_info
+    from .numbers import fmt
+
+    parts = []
+    for key, value in result.items():
+        info = metric_info(key)
+        if info is None or key == "train_loss" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        parts.append(f"{info[0]} {fmt(value)}")
+    return ", ".join(parts) or "no metric computed"

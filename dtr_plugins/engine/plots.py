@@ -10,9 +10,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from dtr_plugins.core.io import save_figure
 from dtr_plugins.core.routing import RoutingPlan
+
+
+def _finish(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save with the bounding box fitted to everything drawn (no title, label or legend cut off); close."""
+    out = save_figure(fig, path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _wrap(title: str, width: int = 70) -> str:
+    """Long titles on several lines (each line kept whole), so a title never runs past its figure."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def _layer_label(layers: Sequence[int]) -> str:
@@ -32,22 +47,21 @@ def plot_routing_plan(plan: RoutingPlan, path: str | Path, title: str = "", max_
     shown = tables[:max_tables]
     cols = min(len(shown), 4)
     rows = (len(shown) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     for ax, (table, layers) in zip(axes.flat, shown):
         img = table.to(torch.uint8).cpu().numpy()
         ax.imshow(img, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
         ax.set_xlabel(f"channel (C = {table.shape[1]})")
         ax.set_ylabel(f"timestep t (T = {table.shape[0]})")
         share = img.mean()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{_layer_label(layers)}  ({share:.0%} active)", fontsize=9)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     more = f"  (+{len(tables) - len(shown)} more tables)" if len(tables) > len(shown) else ""
-    fig.suptitle((title or plan.strategy_repr) + more + "\nblack = channel active for that timestep", fontsize=10)
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    fig.suptitle(_wrap((title or plan.strategy_repr) + more, 30 * cols) + "\nblack = channel active for that timestep",
+                 fontsize=10)
+    return _finish(fig, path)
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
@@ -62,14 +76,78 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     return grid
 
 
+#: smallest side of one cell of a readable sample grid, in pixels (images are enlarged by a whole factor)
+MIN_CELL = 64
+
+
+def enlarge(image: np.ndarray, min_side: int = MIN_CELL) -> np.ndarray:
+    """uint8 HWC -> uint8 HWC enlarged by the smallest whole factor that makes both sides >= ``min_side``
+    (nearest neighbour: each pixel becomes a block, nothing is smoothed)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    factor = max(1, -(-min_side // max(1, min(h, w))))
+    if factor == 1:
+        return image
+    pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    big = np.asarray(pil.resize((w * factor, h * factor), Image.Resampling.NEAREST))
+    return big[..., None] if big.ndim == 2 else big
+
+
+def _caption_font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def readable_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray | None = None,
+                  class_names: Sequence[str] | None = None, *, nrow: int | None = None,
+                  min_cell: int = MIN_CELL, pad: int = 2) -> np.ndarray:
+    """Sample grid meant for eyes: uint8 NHWC ``[N, H, W, C]`` -> one uint8 HWC RGB image.
+
+    Each image is enlarged (nearest neighbour, :func:`enlarge`) to at least ``min_cell`` pixels a side; with
+    ``class_names`` each cell gets the name of its label (``labels[i]``) in a strip above it. Columns default to
+    the number of classes when that is at most 16 and there are that many images (samples made with balanced
+    labels then hold one class per column), else to a square. Tiled by ``torchvision.utils.make_grid`` on white.
+    """
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to tile")
+    captions = None
+    if class_names is not None and labels is not None:
+        captions = [class_names[int(y)] if 0 <= int(y) < len(class_names) else str(int(y)) for y in labels[:n]]
+    cells = [enlarge(img, min_cell) for img in images]
+    cells = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c[..., :3] for c in cells]
+    if captions is not None:
+        height = max(16, cells[0].shape[0] // 4)
+        font = _caption_font(int(height * 0.75))
+        tiles = []
+        for cell, text in zip(cells, captions):
+            tile = Image.new("RGB", (cell.shape[1], cell.shape[0] + height), "white")
+            tile.paste(Image.fromarray(cell), (0, height))
+            ImageDraw.Draw(tile).text((cell.shape[1] / 2, height / 2), text, fill="black", font=font, anchor="mm")
+            tiles.append(np.asarray(tile))
+        cells = tiles
+    if nrow is None:
+        k = len(class_names) if class_names is not None else 0
+        nrow = k if captions is not None and 1 < k <= 16 and n >= k else int(np.ceil(np.sqrt(n)))
+    batch = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2)
+    grid = make_grid(batch, nrow=nrow, padding=pad, pad_value=255)
+    return grid.permute(1, 2, 0).numpy().astype(np.uint8)
+
+
 def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float]]]]], titles: dict[str, str],
                           path: str | Path, log_y: bool = False) -> Path:
     """One panel per metric; one line per group (mean over seeds) with a band from the seeds' min to max."""
     keys = list(series)
     cols = min(len(keys), 3)
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys):
+        drawn: set[int] = set()
         for group, runs in series[key].items():
             runs = [r for r in runs if r]
             if not runs:
@@ -79,28 +157,29 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
                 continue
             values = np.array([[dict(r)[s] for s in steps] for r in runs], dtype=float)
             mean = values.mean(0)
+            drawn.update(steps)
             (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, ms=3, label=group)
             if len(runs) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-        ax.set_title(titles.get(key, key))
+        ax.set_title(_wrap(titles.get(key, key), 45))
         ax.set_xlabel("training step")
+        if 0 < len(drawn) <= 8:  # few evaluations: ticks at the steps evaluated
+            ax.set_xticks(sorted(drawn))
         if log_y:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    if handles:  # below the panels, as many rows as the names need
+        fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(len(labels), cols * 2, 4)),
+                   fontsize=8, frameon=False)
+    return _finish(fig, path)
 
 
 def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str | Path) -> Path:
     """Final training loss per timestep bucket (t = 0 .. T-1 in ten bins), one line per group."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     for group, runs in buckets.items():
         if not runs:
             continue
@@ -113,31 +192,38 @@ def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str
     ax.set_ylabel("training loss (last log window)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(buckets) <= 4:
+        ax.legend(fontsize=8)
+    else:  # many groups: beside the axes, not over the lines
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title("loss per timestep bucket")
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(fig, path)
 
 
-def plot_image_panels(images: dict[str, Path], path: str | Path) -> Path:
-    """Sample grids side by side, one panel per group."""
-    from PIL import Image
+def pick_per_class(images: np.ndarray, labels: np.ndarray | None, num_classes: int | None,
+                   count: int = 10) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first image of each class (up to 16 classes) for a conditional model, else the first ``count``."""
+    if labels is None or not num_classes or num_classes <= 1:
+        return images[:count], None if labels is None else labels[:count]
+    first = [int(np.flatnonzero(labels == c)[0]) for c in range(min(num_classes, 16)) if (labels == c).any()]
+    return images[first], labels[first]
 
-    n = len(images)
-    cols = min(n, 4)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
-    for ax, (title, p) in zip(axes.flat, images.items()):
-        with Image.open(p) as img:
-            ax.imshow(np.asarray(img.convert("L") if img.mode in ("L", "LA") else img.convert("RGB")),
-                      cmap="gray", interpolation="nearest")
-        ax.set_title(title, fontsize=8)
+
+def plot_sample_rows(rows: dict[str, tuple[np.ndarray, np.ndarray | None]], path: str | Path,
+                     class_names: Sequence[str] | None = None) -> Path:
+    """One labelled row of samples per group (a strategy): ``rows`` maps the group to uint8 NHWC images and
+    their labels (:func:`pick_per_class`); cells enlarged and captioned by :func:`readable_grid`."""
+    grids = {g: readable_grid(imgs, labels, class_names if labels is not None else None, nrow=len(imgs))
+             for g, (imgs, labels) in rows.items() if len(imgs)}
+    if not grids:
+        raise ValueError("no samples to draw")
+    width = max(g.shape[1] for g in grids.values())
+    heights = [g.shape[0] for g in grids.values()]
+    dpi = 100
+    fig, axes = plt.subplots(len(grids), 1, figsize=(max(width / dpi, 4), sum(heights) / dpi + 0.35 * len(grids)),
+                             squeeze=False, gridspec_kw={"height_ratios": heights}, layout="constrained")
+    for ax, (group, grid) in zip(axes[:, 0], grids.items()):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(group, fontsize=10, loc="left")
         ax.axis("off")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(fig, path, dpi=dpi)

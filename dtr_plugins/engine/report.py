@@ -19,6 +19,7 @@ from dtr_plugins.core.io import write_text
 from .compare import ComparisonResult, compare_runs, render_comparison_markdown
 from .compare_records import runs_from_suite
 from .model_card import fid_caveat
+from .numbers import fmt_mean_std
 from .rundir import RunDir
 
 #: torch-fidelity key (or ours) -> (column title, lower is better)
@@ -136,16 +137,31 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps]
     lines = [f"### {title} ({arrow})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, row in stats.items():
-        out = [f"`{g}`", str(len(groups[g]))]
+        out = [f"`{g}`", str(max((len(v) for v in cells[g].values()), default=0))]  # runs with a value
         for s in steps:
             st = row[s]
             if st is None:
                 out.append("—")
                 continue
-            text = f"{st[0]:.4g} ± {st[1]:.2g}" if len(cells[g][s]) > 1 else f"{st[0]:.4g}"
+            text = fmt_mean_std(st[0], st[1], len(cells[g][s]))
             out.append(f"**{text}**" if math.isclose(st[0], best.get(s, math.nan)) else text)
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _eval_settings(results: list[RunResult]) -> str:
+    """The sampling applied at each run's last eval, one entry per distinct setting (a suite that varies the
+    process or sampler lists each, with how many runs used it); "" without evals."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.evals:
+            e = r.evals[-1]
+            text = (f"{e.get('num_samples', '?')} samples per eval, sampler {e.get('sampler')} {e.get('respacing')}, "
+                    f"cfg scale {e.get('cfg_scale')}")
+            counts[text] = counts.get(text, 0) + 1
+    if len(counts) < 2:
+        return "".join(f", {text}" for text in counts)
+    return "; " + "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in sorted(counts.items()))
 
 
 def build_report(suite_dir: str | Path) -> Path:
@@ -167,13 +183,10 @@ def build_report(suite_dir: str | Path) -> Path:
              + f". Rebuild with `dtr report {suite_dir}`.", ""]
     if first:
         m = first.meta
-        samp = evals[-1] if evals else {}
         lines += ["Produced by: device " + str(m.get("device", "?")) + f", precision {m.get('precision', '?')}, "
                   f"world size {m.get('world_size', '?')}, torch {m.get('torch', '?')}, dtr-plugins "
                   f"{m.get('dtr_plugins', '?')} (commit {str(m.get('git_commit') or '?')[:10]}).",
-                  "Metrics: extractor " + (", ".join(extractor) or "none") +
-                  (f", {samp.get('num_samples', '?')} samples per eval, sampler {samp.get('sampler')} "
-                   f"{samp.get('respacing')}, cfg scale {samp.get('cfg_scale')}" if samp else "") + ".", ""]
+                  "Metrics: extractor " + (", ".join(extractor) or "none") + _eval_settings(results) + ".", ""]
     caveat = next((fid_caveat(e) for e in reversed(evals) if fid_caveat(e)), None)
     if caveat:
         lines += [f"**Warning:** FID is rank-deficient in {sum(bool(e.get('fid_rank_deficient')) for e in evals)} "
@@ -216,13 +229,34 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
                for g, rs in groups.items()}
     if any(buckets.values()):
         made.append(plots.plot_loss_per_bucket(buckets, out_dir / "loss_per_timestep_bucket.png"))
-    grids = {g: RunDir(suite_dir / rs[0].id).samples / "grid.png" for g, rs in groups.items()}
-    grids = {g: p for g, p in grids.items() if p.exists()}
-    if grids:
-        made.append(plots.plot_image_panels(grids, out_dir / "samples.png"))
+    samples = _sample_rows(suite_dir, groups)
+    if samples is not None:
+        made.append(plots.plot_sample_rows(samples[0], out_dir / "samples.png", class_names=samples[1]))
     masks = _mask_plots(groups, out_dir)
     made.extend(masks)
     return made
+
+
+def _sample_rows(suite_dir: Path, groups: dict[str, list[RunResult]]):
+    """Per group, the first sample of each class from its first run with final samples (``samples.npz``), and
+    the class names (:meth:`RunDir.class_names`); None when no run has samples."""
+    import numpy as np
+
+    from .plots import pick_per_class
+
+    rows, names = {}, None
+    for g, rs in groups.items():
+        run = next((RunDir(suite_dir / r.id) for r in rs if (suite_dir / r.id / "samples" / "samples.npz").exists()),
+                   None)
+        if run is None:
+            continue
+        with np.load(run.samples / "samples.npz") as data:
+            images, labels = data["arr_0"], data["labels"] if "labels" in data.files else None
+        run_names = run.class_names()
+        names = names or run_names
+        rows[f"{g} ({run.path.name})"] = pick_per_class(images, labels if run_names else None,
+                                                        len(run_names) if run_names else None)
+    return (rows, names) if rows else None
 
 
 def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Path]:
@@ -241,10 +275,12 @@ def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Pat
 
 def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]:
     """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
-    widths its training recorded in meta.json (no model is built; vanilla has nothing to show)."""
+    widths its training recorded in meta.json (no model is built; vanilla has nothing to show). A learned
+    strategy's gates live in its weights: they are drawn from the run's last checkpoint (gates_*.png)."""
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.contracts import LearnedRoutingStrategy
 
-    from .compose import build_routing_plan
+    from .compose import build_routing_plan, build_strategy_from
     from .plots import plot_routing_plan
 
     made, seen = [], set()
@@ -257,9 +293,21 @@ def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]
             continue
         seen.add(routing)
         try:
-            plan = build_routing_plan(config_from_dict(run.config, source=g), run.meta["routed_channels"])
+            cfg = config_from_dict(run.config, source=g)
+            if isinstance(build_strategy_from(cfg), LearnedRoutingStrategy):  # gates live in the weights
+                made.extend(_gate_plot(out_dir.parent / run.id, out_dir, run.routing, len(seen), g))
+                continue
+            plan = build_routing_plan(cfg, run.meta["routed_channels"])
         except UserError:
             continue
         made.append(plot_routing_plan(plan, out_dir / f"masks_{run.routing}_{len(seen)}.png",
                                       title=f"{g}: {plan.strategy_repr}"))
     return made
+
+
+def _gate_plot(run_dir: Path, out_dir: Path, routing: str, index: int, label: str) -> list[Path]:
+    """The learned gates of one run, from its last checkpoint (:mod:`.gate_plots`); none without one."""
+    from .gate_plots import plot_run_gates
+
+    drawn = plot_run_gates(run_dir, out_dir / f"gates_{routing}_{index}.png", label)
+    return [drawn] if drawn is not None else []

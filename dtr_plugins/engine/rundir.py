@@ -144,6 +144,18 @@ class RunDir:
         """``classes.json`` (:func:`dtr_plugins.core.labels.class_map`)."""
         return write_json(self.classes_path, classes)
 
+    def read_classes(self) -> dict[str, Any]:
+        return _read_json(self.classes_path)
+
+    def class_names(self) -> list[str] | None:
+        """The name of each label (``classes.json``), or None when the model ignored labels (unconditional) or
+        the run has no such file."""
+        info = self.read_classes()
+        names = info.get("classes")
+        if not isinstance(names, list) or not info.get("labels_used"):
+            return None
+        return [str(n) for n in names]
+
     def update_meta(self, **fields: Any) -> Path:
         return self.write_meta({**self.read_meta(), **fields})
 

@@ -268,14 +268,16 @@ def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacin
 
 
 def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: bool = True,
-                  info: dict | None = None) -> Path:
+                  info: dict | None = None, class_names: Sequence[str] | None = None) -> Path:
     """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
 
     The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
+    ``grid.png`` shows the first 100 images enlarged to a readable size (:func:`~.plots.readable_grid`), each
+    under the name of its class when ``class_names`` is given (a class-conditional model).
     """
     from PIL import Image
 
-    from .plots import image_grid
+    from .plots import readable_grid
 
     def save(img: np.ndarray, tmp: Path) -> None:
         Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG")
@@ -287,7 +289,7 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
         (out / "images").mkdir(exist_ok=True)
         for i, img in enumerate(images):
             atomic_write(out / "images" / f"{i:06d}.png", partial(save, img))
-    grid = image_grid(images[:256])
+    grid = readable_grid(images[:100], labels[:100], class_names)
     atomic_write(out / "grid.png", lambda tmp: save(grid, tmp))
     atomic_write(out / "samples.npz", lambda tmp: _savez(tmp, arr_0=images, labels=labels))
     if info is not None:
@@ -395,7 +397,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                         "weights": loaded.get("weights", "ema" if use_ema else "model"),
                         **({"source": loaded["source"]} if "source" in loaded else {}),
                         "labels": "given" if labels is not None else "balanced", **applied}
-                write_samples(images, all_labels, partial, info=info)
+                write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
                 _swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here
                 failure = exc
@@ -409,6 +411,17 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
         if d.is_main and partial is not None and partial.exists():
             shutil.rmtree(partial, ignore_errors=True)  # interrupted or failed: nothing that looks complete
         distributed.teardown(d)
+
+
+def _class_names(source: str | Path, model: Backbone) -> list[str] | None:
+    """Captions of a sample grid: the run's ``classes.json`` names, else the label numbers; None when the
+    model is unconditional."""
+    if int(model.num_classes or 0) <= 1:
+        return None
+    path = Path(source)
+    run = RunDir(path) if path.is_dir() else RunDir.of_checkpoint(path) if path.is_file() else None
+    names = run.class_names() if run is not None else None
+    return names if names is not None else [str(i) for i in range(int(model.num_classes or 0))]
 
 
 def _swap_into_place(partial: Path, out_dir: Path) -> None:

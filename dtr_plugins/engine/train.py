@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dtr_plugins._version import __version__
+from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
@@ -193,17 +194,23 @@ def _now() -> str:
 def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
                  device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
     """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
-    off when ``eval.heldout_every`` is 0, for processes without integer timesteps (flow matching), when
-    training from a latent cache and for data without a held-out split."""
+    off when ``eval.heldout_every`` is 0, for processes other than the Gaussian (integer timesteps, epsilon
+    MSE) and flow matching (float times over bands of u, velocity MSE), when training from a latent cache
+    and for data without a held-out split."""
     from dtr_plugins.core.diffusion import GaussianDiffusion
     from dtr_plugins.core.errors import DataError
+    from dtr_plugins.core.flow import FlowMatching
 
     from .heldout import heldout_set_for
 
     if not cfg.eval.heldout_every:
         return None, {"applied": False, "why": "eval.heldout_every is 0"}
-    if not isinstance(parts.diffusion, GaussianDiffusion):
-        return None, {"applied": False, "why": "held-out bands need a Gaussian process with integer timesteps"}
+    if isinstance(parts.diffusion, GaussianDiffusion):
+        time, target = "discrete", "epsilon"
+    elif isinstance(parts.diffusion, FlowMatching):
+        time, target = "continuous", "velocity"
+    else:
+        return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
     if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
         return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
     codec = parts.codec
@@ -211,11 +218,12 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
     try:
         heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
                                   parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
-                                  seed=cfg.eval.heldout_seed, prepare=prepare)
+                                  seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     except (ConfigError, DataError) as exc:
         print(f"dtr: note: no held-out loss for this run: {exc}")
         return None, {"applied": False, "why": str(exc)}
-    return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema",
+    return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema", "time": time,
+                     "target": target,
                      "num_bands": heldout.num_bands, "per_band": heldout.per_band, "seed": heldout.seed,
                      "fingerprint": heldout.fingerprint}
 
@@ -238,6 +246,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     held = contextlib.ExitStack()
     heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
     try:
+        compute = _compute_settings(cfg, d, held)
         rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
         if d.is_main and not rd.path.exists():
             created = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
@@ -252,6 +261,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         parts = build_components(cfg, registry, device=d.device)
+        compute["activation_checkpointing"] = apply_activation_checkpointing(
+            parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
         num_classes = cast(Backbone, parts.model).num_classes
         check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
         if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
@@ -270,6 +281,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             rd.write_config(cfg.to_yaml())
             rd.write_classes(class_map(parts.dataset, num_classes))
             meta = _begin_meta(rd, d, cfg, state.step, resume)
+            meta["compute"] = meta["segments"][-1]["compute"] = compute  # as applied by this invocation
             meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
             trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
             meta["trackers"] = trackers.applied()
@@ -311,6 +323,17 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         trackers.finish()
         distributed.teardown(d)
         held.close()
+
+
+def _compute_settings(cfg: ExperimentConfig, d: distributed.Dist, held: contextlib.ExitStack) -> dict[str, Any]:
+    """Check that the micro-batches fit this world size and turn TF32 on or off for the run (restored when ``held``
+    closes); returns what meta.json records as applied (activation checkpointing is added once the model exists)."""
+    k, world = cfg.train.grad_accum_steps, d.world_size
+    if cfg.train.batch_size % (world * k):
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by world size {world} x "
+                          f"train.grad_accum_steps {k}")
+    return {"grad_accum_steps": k, "micro_batch_size": cfg.train.batch_size // (world * k),
+            "tf32": held.enter_context(tf32_mode(cfg.train.tf32, d.device))}
 
 
 def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:

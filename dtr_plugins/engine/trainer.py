@@ -20,6 +20,7 @@ from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 
 from . import distributed
+from .accumulate import forward_backward
 from .heldout import HeldOutSet
 from .rundir import RunDir
 from .trackers import TrackerSet
@@ -237,14 +238,14 @@ class Trainer:
         scale = lr_at(cfg, state.step) / cfg.train.lr
         for group, lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = lr * scale
-        with autocast(cfg.train.precision, d.device):
-            kwargs = model_kwargs_for(cast(Backbone, model), labels)
-            terms = self.diffusion.training_losses(self.net, x0, t, model_kwargs=kwargs)
-            loss = weighting(terms, t, self.diffusion)
-            aux = self.plan.pop_aux_losses() if self.plan is not None else {}
-            total = loss + sum(aux.values()) if aux else loss  # static routing: the loss itself, bit for bit
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
+        # train.grad_accum_steps micro-batches (1: the plain step), see engine/accumulate.py; a learned routing
+        # strategy's auxiliary losses are added to what is backpropagated (static routing: the loss itself)
+        loss, per_sample_loss, aux = forward_backward(
+            self.net, self.diffusion, weighting, x0, t, model_kwargs_for(cast(Backbone, model), labels),
+            k=cfg.train.grad_accum_steps, autocast=lambda: autocast(cfg.train.precision, d.device),
+            backward=lambda value: scaler.scale(value).backward(),
+            aux_losses=self.plan.pop_aux_losses if self.plan is not None else None)
         if d.enabled:  # the weighting's own parameters (ANT-UW) live outside DDP: average their gradients
             _all_reduce_grads(weighting.parameters(), d.world_size)
         if cfg.train.grad_clip:
@@ -255,17 +256,19 @@ class Trainer:
         ema_update(state.ema, model, ema_decay_at(cfg, state.step))
 
         with torch.no_grad():
-            per_sample = terms["loss"].detach().double()
+            per_sample = per_sample_loss.double()
             bucket = self.diffusion.loss_bucket(t, NUM_BUCKETS)  # by noise level, bucket 0 clean
             self.bucket_sum.index_add_(0, bucket, per_sample)
             self.bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
             self.loss_sum += loss.detach().double()
             for name, value in aux.items():
                 self.aux_sum[name] = self.aux_sum.get(name, 0) + value.detach().double()
-            self.finite &= torch.isfinite(total.detach())
+            self.finite &= torch.isfinite(loss.detach())
+            for value in aux.values():
+                self.finite &= torch.isfinite(value)
         state.step += 1
         self.window_steps += 1
-        return loss.detach()
+        return loss
 
     # -------------------------------------------------------------------------------- reporting
     def log(self) -> dict[str, Any]:
@@ -324,20 +327,31 @@ class Trainer:
 
     def evaluate(self, final: bool) -> None:
         """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
-        from .evaluate import dataset_reference, evaluate_model_samples
+        from tqdm.auto import tqdm
+
+        from .evaluate import dataset_reference, describe_metrics, evaluate_model_samples
         from .plots import image_grid
         from .sample import generate, write_samples
 
         cfg, d, step = self.cfg, self.dist, self.state.step
+
+        def say(line: str) -> None:  # main rank; tqdm.write keeps an open training bar intact
+            if d.is_main:
+                tqdm.write(line)
+
+        say(f"dtr: step {step}: evaluating: sampling {cfg.eval.num_samples} images with the EMA weights "
+            f"({cfg.sample.sampler}, {cfg.sample.respacing})")
         applied: dict[str, Any] = {}  # filled by generate with the settings applied
         images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, cfg, num=cfg.eval.num_samples,
-                                  seed=cfg.seed, dist=d, codec=self.codec, progress=False, record=applied)
+                                  seed=cfg.seed, dist=d, codec=self.codec, progress=self.progress, record=applied)
         if not d.is_main:
             return
         if final:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
-                          info={"step": step, "weights": "ema", **applied})
+                          info={"step": step, "weights": "ema", **applied}, class_names=self.run_dir.class_names())
         reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
+        say(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
+            f"against {reference}")
         try:
             result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
                                             feature_extractor=cfg.eval.feature_extractor,
@@ -345,6 +359,7 @@ class Trainer:
         except UserError as exc:
             print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
             return
+        say(f"dtr: step {step}: {describe_metrics(result)}")
         result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})
         self.trackers.log_image(step, "samples", image_grid(images[:64]))

@@ -5,24 +5,13 @@ import torch
 import dtr_plugins as dp
 from dtr_plugins.core.errors import ConfigError
 
-from ..conftest import write
-
-TINY = """\
-name: keep
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-routing: {name: dtr, alpha: 4.0, beta: 0.8}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 8, batch_size: 8, lr: 1.0e-3, log_every: 4, ckpt_every: 2, ema_warmup: true}
-sample: {sampler: ddim, respacing: ddim5, num_samples: 8, batch_size: 8}
-eval: {at_end: false}
-"""
+from ..conftest import tiny_dit_config
 
 
 def _cfg(root, *overrides):
-    return dp.load_config(write(root / "keep.yaml", TINY), overrides=[f"output_dir={root / 'runs'}", *overrides])
+    return dp.load_config(tiny_dit_config(root, "keep.yaml", name="keep",
+                                          train={"steps": 8, "log_every": 4, "ckpt_every": 2}),
+                          overrides=[f"output_dir={root / 'runs'}", *overrides])
 
 
 def _names(run):

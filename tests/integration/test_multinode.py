@@ -1,6 +1,7 @@
 """Multi-node torchrun on one machine: two "nodes" (two torchrun agents, one worker each) meet through a
 c10d rendezvous on 127.0.0.1 with gloo and train into one shared run directory; the result must equal a
-one-node run of the same global batch and world size (two workers under one torchrun)."""
+one-node run of the same global batch and world size (two workers under one torchrun; not a one-process run, since
+each rank seeds its noise from (seed, rank, step))."""
 import json
 import os
 import socket
@@ -11,8 +12,7 @@ import torch
 
 from dtr_plugins.engine.launchers.job import torchrun_command
 
-from ..conftest import write
-from .test_train import TINY
+from ..conftest import tiny_dit_config
 
 
 def free_port() -> int:
@@ -22,8 +22,7 @@ def free_port() -> int:
 
 
 def test_two_nodes_on_localhost_equal_one_node(tmp_path):
-    text = TINY.replace("steps: 6,", "steps: 4,").replace("ckpt_every: 3", "ckpt_every: 4")
-    cfg = write(tmp_path / "tiny.yaml", text)
+    cfg = tiny_dit_config(tmp_path, train={"steps": 4, "ckpt_every": 4})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one_node = tmp_path / "one_node"
     cmd = torchrun_command(sys.executable, cfg, one_node, nnodes=1, nproc_per_node=2, rdzv_host="127.0.0.1",

@@ -13,24 +13,11 @@ from PIL import Image
 
 import dtr_plugins as dp
 
-from ..conftest import write
-
-TINY = """\
-name: tiny
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-routing: {name: dtr, alpha: 4.0, beta: 0.8}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 6, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 3, ema_warmup: true}
-sample: {sampler: ddim, respacing: ddim5, num_samples: 8, batch_size: 8}
-eval: {at_end: false}
-"""
+from ..conftest import tiny_dit_config
 
 
-def tiny_config(tmp_path, *overrides, text=TINY, registry=None):
-    path = write(tmp_path / "tiny.yaml", text)
+def tiny_config(tmp_path, *overrides, changes=None, registry=None):
+    path = tiny_dit_config(tmp_path, **(changes or {}))
     return dp.load_config(path, overrides=[f"output_dir={tmp_path / 'runs'}", *overrides], registry=registry)
 
 
@@ -41,7 +28,7 @@ def steps_logged(run_dir):
 
 
 def test_resume_with_another_routing_is_refused_naming_the_key(tmp_path, run_cli):
-    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    cfg_path = tiny_dit_config(tmp_path)
     base = ["train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}"]
     assert run_cli(*base, "--set", "routing.beta=0.8", "--set", "train.steps=20",
                    "--set", "train.log_every=10", "--set", "train.ckpt_every=0")[0] == 0
@@ -90,7 +77,7 @@ def test_kill_then_resume_records_each_step_once(tmp_path):
 
 
 def test_resume_at_the_final_step_redoes_a_lost_final_evaluation(tmp_path, run_cli):
-    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    cfg_path = tiny_dit_config(tmp_path)
     sets = [f"output_dir={tmp_path / 'runs'}", "data={name: digits, image_size: 8}", "backbone.num_classes=10",
             "train.steps=4", "train.ckpt_every=0",
             "eval={at_end: true, num_samples: 20, metrics: [fid], feature_extractor: digits-classifier}"]
@@ -144,8 +131,7 @@ def test_nan_gradients_with_a_finite_loss_never_reach_a_checkpoint(tmp_path, run
 
     module.dtr_register_loss_weightings = dtr_register_loss_weightings
     registry = build_registry([module])
-    text = TINY.replace("data:", "loss_weighting: {name: poison}\ndata:")
-    cfg = tiny_config(tmp_path, text=text, registry=registry)
+    cfg = tiny_config(tmp_path, changes={"loss_weighting": {"name": "poison"}}, registry=registry)
     with pytest.raises(dp.UserError, match=r"weights became NaN or inf before step 6 \(\d+ tensors, first model\."):
         dp.train(cfg, registry=registry, progress=False)
     run_dir = tmp_path / "runs" / "tiny"
@@ -182,7 +168,7 @@ def test_second_train_on_a_run_directory_in_use_is_refused(tmp_path, run_cli):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        cfg_path = write(tmp_path / "tiny.yaml", TINY)
+        cfg_path = tiny_dit_config(tmp_path)
         code, _, err = run_cli("train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}")
         assert code == 2 and len(err.strip().splitlines()) == 1 and f"in use by pid {holder.pid}" in err, err
         assert not (run_dir / "checkpoints").exists() and not (run_dir / "config.yaml").exists()
@@ -218,7 +204,7 @@ def test_resume_is_bit_identical_with_random_flip(tmp_path, workers):
 
 
 def test_refused_resume_of_a_new_folder_leaves_nothing_behind(tmp_path, run_cli):
-    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    cfg_path = tiny_dit_config(tmp_path)
     code, _, err = run_cli("train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}", "--resume")
     assert code == 2 and "--resume given but there is no checkpoint" in err
     assert not (tmp_path / "runs" / "tiny").exists()

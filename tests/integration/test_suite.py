@@ -150,7 +150,7 @@ def test_report_from_synthetic_results(tmp_path):
         "| `dtr` | 2 | **9 ± 0** | **5 ± 0** |",
     ]
     # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7
-    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.7, +10.7] | *not resolved* (interval contains 0) |"
+    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.71, +10.71] | *not resolved* (interval contains 0) |"
     assert row in report
     assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
     rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
@@ -344,3 +344,30 @@ def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
         if not torch.cuda.device_count():  # CPU children side by side: cpu_count // parallel threads each
             threads = max(1, (os.cpu_count() or 1) // 2)
             assert status["threads"] == threads and f"threads: {threads}" in (root / rid / "config.yaml").read_text()
+
+
+def test_report_header_lists_each_applied_sampling_setting():
+    """A routing x process suite samples gaussian runs with DDIM and flow runs with Heun: the header says both
+    (with run counts), never only the last run's sampler."""
+    from dtr_plugins.engine.report import RunResult, _eval_settings
+
+    def run(rid, sampler, respacing):
+        ev = {"step": 400, "num_samples": 250, "sampler": sampler, "respacing": respacing, "cfg_scale": 2.0}
+        return RunResult(rid, rid, 0, "done", "vanilla", {}, {}, evals=[ev])
+
+    mixed = [run("g0", "ddim", "ddim25"), run("g1", "ddim", "ddim25"), run("f0", "heun", "25")]
+    assert _eval_settings(mixed) == ("; 250 samples per eval, sampler ddim ddim25, cfg scale 2.0 (2 runs); "
+                                     "250 samples per eval, sampler heun 25, cfg scale 2.0 (1 run)")
+    assert _eval_settings(mixed[:2]) == ", 250 samples per eval, sampler ddim ddim25, cfg scale 2.0"
+    assert _eval_settings([RunResult("n", "n", 0, "new", "vanilla", {}, {})]) == ""
+
+
+def test_metric_table_counts_the_seeds_that_have_a_value_not_the_planned_runs():
+    from dtr_plugins.engine.report import RunResult
+
+    def run(seed, status, fid=None):
+        evals = [{"step": 400, "frechet_inception_distance": fid}] if fid is not None else []
+        return RunResult(f"vanilla__seed{seed}", "vanilla", seed, status, "vanilla", {}, {}, evals=evals)
+
+    table = metric_table("frechet_inception_distance", [run(0, "done", 9.0), run(1, "done", 11.0), run(2, "new")])
+    assert "| `vanilla` | 2 | **10 ± 1.4** |" in table.splitlines()  # the only row is the best

@@ -10,24 +10,11 @@ import torch
 
 import dtr_plugins as dp
 
-from ..conftest import write
-
-TINY = """\
-name: tiny
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-routing: {name: dtr, alpha: 4.0, beta: 0.8}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 6, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 3, ema_warmup: true}
-sample: {sampler: ddim, respacing: ddim5, num_samples: 8, batch_size: 8}
-eval: {at_end: false}
-"""
+from ..conftest import tiny_dit_config
 
 
 def tiny_config(tmp_path, *overrides):
-    path = write(tmp_path / "tiny.yaml", TINY)
+    path = tiny_dit_config(tmp_path)
     return dp.load_config(path, overrides=[f"output_dir={tmp_path / 'runs'}", *overrides])
 
 
@@ -64,7 +51,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_existing_run_needs_resume_flag(tmp_path, run_cli):
-    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    cfg_path = tiny_dit_config(tmp_path)
     args = ["train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}", "--set", "train.steps=2"]
     assert run_cli(*args)[0] == 0
     code, _, err = run_cli(*args)
@@ -107,7 +94,7 @@ def test_sample_errors_are_one_line(tmp_path, run_cli):
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    cfg_path = write(tmp_path / "tiny.yaml", TINY)
+    cfg_path = tiny_dit_config(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "dtr_plugins", "train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}",
@@ -164,7 +151,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
 
     module.dtr_register_loss_weightings = dtr_register_loss_weightings
     registry = build_registry([module])
-    path = write(tmp_path / "tiny.yaml", TINY.replace("data:", "loss_weighting: {name: explode}\ndata:"))
+    path = tiny_dit_config(tmp_path, loss_weighting={"name": "explode"})
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path / 'runs'}"], registry=registry)
     with pytest.raises(dp.UserError, match="loss became NaN or inf before step 4; the last good checkpoint"):
         dp.train(cfg, registry=registry, progress=False)

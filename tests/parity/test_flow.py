@@ -201,8 +201,12 @@ def test_flow_run_trains_resumes_bit_exactly_and_samples(tmp_path, run_cli):
         a = torch.load(straight / "checkpoints" / "0000006.pt", weights_only=True)[key]
         b = torch.load(resumed / "checkpoints" / "0000006.pt", weights_only=True)[key]
         assert all(torch.equal(a[k], b[k]) for k in a)
-    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in records] == [2, 4, 6]
     assert all(np.isfinite(r["loss"]) for r in records) and len(records[-1]["loss_bucket"]) == 10
+    (heldout,) = [r["heldout"] for r in lines if "heldout" in r]  # at the end (heldout_every 200 > 6 steps)
+    assert heldout["time"] == "continuous" and np.isfinite(heldout["total"])
     code, _, err = run_cli("sample", str(straight), "--num", "6", "--out", str(tmp_path / "s"))
     assert code == 0, err
     data = np.load(tmp_path / "s" / "samples.npz")
@@ -234,13 +238,45 @@ def test_gaussian_sampler_names_are_checked_too(tmp_path, run_cli):
     assert code == 2 and "sample.sampler: 'heun' is not a gaussian sampler (allowed: ddpm, ddim)" in err
 
 
-def test_routing_x_process_suite_plans_six_matching_runs():
+def test_routing_x_process_suite_plans_six_matching_runs_per_seed():
     from dtr_plugins.engine.suite import load_suite
 
     suite = load_suite(ROOT / "configs" / "suites" / "routing_x_process_digits.yaml")
-    pairs = sorted((r.config.diffusion.name, r.config.sample.sampler, r.config.routing.name) for r in suite.runs)
-    assert pairs == sorted([(p, s, r) for p, s in (("gaussian", "ddim"), ("flow_matching", "heun"))
-                            for r in ("vanilla", "dtr", "random")])
+    plan = sorted((r.config.diffusion.name, r.config.sample.sampler, r.config.routing.name, r.config.seed)
+                  for r in suite.runs)
+    assert plan == sorted([(p, s, r, seed) for p, s in (("gaussian", "ddim"), ("flow_matching", "heun"))
+                           for r in ("vanilla", "dtr", "random") for seed in (0, 1, 2)])
+    assert {r.config.eval.heldout_every for r in suite.runs} == {100}
     for run in suite.runs:
         flow = run.config.diffusion.name == "flow_matching"
         assert run.config.backbone.params["learn_sigma"] is (not flow)
+
+
+def test_routing_x_process_pairs_stay_within_one_process():
+    """The report pairs a flow run with the flow vanilla run of its seed, never with the gaussian one: with
+    the suite's own run ids and assignments, gaussian FIDs near 0 and flow FIDs near 100 give differences
+    near 1 (a cross-process pair would give about 100)."""
+    from dtr_plugins.engine.compare import RunRecord, compare_runs, pair_runs
+    from dtr_plugins.engine.compare_records import axes_of
+    from dtr_plugins.engine.suite import load_suite
+
+    suite = load_suite(ROOT / "configs" / "suites" / "routing_x_process_digits.yaml")
+    records = []
+    for run in suite.runs:
+        fid = (100.0 if run.config.diffusion.name == "flow_matching" else 0.0) + run.config.seed * 10
+        fid += {"vanilla": 0.0, "dtr": -1.0, "random": 1.0}[run.config.routing.name]
+        axes = axes_of(run.id, run.assignment, run.config.to_dict())
+        records.append(RunRecord(run.id, run.config.seed, axes, {"frechet_inception_distance": [(400, fid)]}))
+    groups, skipped = pair_runs(records)
+    assert skipped == [] and len(groups) == 4  # {dtr, random} x {gaussian, flow_matching}
+    by_id = {r.id: r for r in suite.runs}
+    for (label, setting), pairs in groups.items():
+        assert len(pairs) == 3 and dict(setting)["diffusion"] in ("gaussian", "flow_matching"), (label, setting)
+        for run, ref in pairs:
+            a, b = by_id[run.id].config, by_id[ref.id].config
+            assert ref.axes["routing"] == "vanilla" and run.seed == ref.seed
+            assert (a.diffusion.name, a.sample.sampler) == (b.diffusion.name, b.sample.sampler)
+    result = compare_runs(records, metrics=["frechet_inception_distance"])
+    means = {(d.strategy.split("-")[0], dict(d.setting)["diffusion"]): d.mean for d in result.differences}
+    assert means == pytest.approx({("dtr", "gaussian"): -1.0, ("dtr", "flow_matching"): -1.0,
+                                   ("random", "gaussian"): 1.0, ("random", "flow_matching"): 1.0})

@@ -169,3 +169,18 @@ def test_published_style_dit_matches_ours():
         routed = base(x, t, y)
         torch.testing.assert_close(published(x, t, y), routed, atol=1e-5, rtol=0)
     assert not torch.allclose(routed, official(x, t, y), atol=1e-3)  # routing changed the output
+
+
+def test_accumulation_benchmark_runs_every_variant_through_the_engine(tmp_path):
+    """The smoke run measures each kN[+ckpt] variant; a variant spec that does not divide the batch is refused."""
+    import accumulation
+
+    accumulation.main(["--smoke", "--threads", "1", "--variants", "k1,k4,k2+ckpt", "--out-dir", str(tmp_path)])
+    payload = json.loads((tmp_path / "accumulation.json").read_text())
+    rows = {r["variant"]: r for r in payload["rows"]}
+    assert set(rows) == {"k1", "k4", "k2+ckpt"} and not any(r["error"] for r in rows.values())
+    assert (rows["k4"]["k"], rows["k4"]["micro_batch"], rows["k2+ckpt"]["activation_checkpointing"]) == (4, 2, True)
+    assert rows["k1"]["activation_checkpointing"] is False and len(rows["k1"]["step_times_s"]) == 2
+    assert payload["metrics"]["accumulation.tiny.k4.images_per_s"] > 0
+    with pytest.raises(SystemExit, match="3 micro-batches do not divide --batch 8"):
+        accumulation.parse_variants("k1,k3", 8)

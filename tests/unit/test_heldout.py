@@ -199,3 +199,53 @@ def test_runs_of_one_seed_start_from_the_same_weights_whatever_the_routing():
     for other in states[1:]:
         assert other.keys() == states[0].keys()
         assert all(torch.equal(other[k], states[0][k]) for k in other)
+
+
+def test_continuous_heldout_times_are_flow_times_stratified_in_bands_of_u():
+    """Flow matching: band b holds per_band float times t = 1 - u with u stratified in [b / 10, (b + 1) / 10),
+    the flow's own loss_bucket rule; the images and noise are those of the discrete set, the fingerprint not."""
+    from dtr_plugins.core.flow import FlowMatching
+
+    data = Digits(split="heldout")
+    cont = HeldOutSet.build(data, T, per_band=8, seed=0, time="continuous")
+    disc = HeldOutSet.build(data, T, per_band=8, seed=0)
+    assert cont.t.dtype == torch.float32 and cont.time == "continuous" and disc.time == "discrete"
+    assert ((cont.t >= 0) & (cont.t <= 1)).all()
+    assert torch.equal(FlowMatching(steps=T).loss_bucket(cont.t, 10), cont.band)
+    u = 1 - cont.t.double()
+    for b in range(10):
+        i = torch.arange(8, dtype=torch.float64)
+        ub = u[cont.band == b]
+        lo, hi = (b + i / 8) / 10, (b + (i + 1) / 8) / 10  # one draw in each eighth of the band
+        assert ((ub >= lo - 1e-7) & (ub <= hi + 1e-7)).all(), b
+    assert torch.equal(cont.x0, disc.x0) and torch.equal(cont.labels, disc.labels)
+    assert cont.fingerprint != disc.fingerprint
+    again = HeldOutSet.build(Digits(split="heldout"), T, per_band=8, seed=0, time="continuous")
+    assert torch.equal(again.t, cont.t) and again.fingerprint == cont.fingerprint
+    with pytest.raises(ValueError, match="time must be one of"):
+        HeldOutSet.build(data, T, per_band=8, time="minutes")
+
+
+def test_continuous_heldout_loss_is_the_velocity_mse_per_band():
+    from dtr_plugins.core.flow import FlowMatching
+
+    registry = default_registry()
+    model = registry.build("backbone", "dit", input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                           in_channels=1, num_classes=10, class_dropout_prob=0.5, learn_sigma=False)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    heldout = HeldOutSet.build(Digits(split="heldout"), T, per_band=5, seed=0, time="continuous")
+    got = heldout_losses(model, FlowMatching(steps=T), heldout, lambda y: {"y": y}, batch_size=7)
+    model.eval()
+    with torch.no_grad():
+        t = heldout.t.view(-1, 1, 1, 1)
+        x_t = t * heldout.x0 + (1 - t) * heldout.noise  # SiT's linear path, data at t = 1
+        v = model(x_t, heldout.t, y=heldout.labels)
+        mse = ((heldout.x0 - heldout.noise - v) ** 2).mean(dim=(1, 2, 3)).double()
+    for b in range(10):
+        assert got[f"heldout/band{b}"] == pytest.approx(float(mse[b * 5:(b + 1) * 5].mean()), rel=1e-5), b
+    assert got["heldout/total"] == pytest.approx(float(mse.mean()), rel=1e-5)
+    record = heldout_record(7, got, heldout, weights="ema")
+    assert record["heldout"]["time"] == "continuous" and record["heldout"]["fingerprint"] == heldout.fingerprint

@@ -13,23 +13,11 @@ from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, fir
 from dtr_plugins.engine.compose import build_model
 from dtr_plugins.engine.rundir import RunDir, RunLocked
 
-from ..conftest import write
-
-TINY = """\
-name: tiny
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-routing: {name: dtr, alpha: 4.0, beta: 0.8}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 6, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 3, ema_warmup: true}
-eval: {at_end: false}
-"""
+from ..conftest import tiny_dit_config, write
 
 
 def cfg_with(tmp_path, *overrides):
-    return dp.load_config(write(tmp_path / "tiny.yaml", TINY), overrides=[f"output_dir={tmp_path}", *overrides])
+    return dp.load_config(tiny_dit_config(tmp_path, sample=None), overrides=[f"output_dir={tmp_path}", *overrides])
 
 
 # ------------------------------------------------------------------------------------ fingerprint

@@ -137,8 +137,9 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None,
                 break
             except subprocess.TimeoutExpired:
                 step = last_step(rd.metrics_path)
-                print(f"running  {run.id}: step {step or 0}/{total if total is not None else '?'} "
-                      f"({time.time() - started:.0f}s, log: {rd.log_path})", flush=True)
+                doing = _evaluation_note(rd.log_path, log_start)
+                print(f"running  {run.id}: step {step or 0}/{total if total is not None else '?'}"
+                      f"{f', {doing}' if doing else ''} ({time.time() - started:.0f}s, log: {rd.log_path})", flush=True)
     seconds = round(time.time() - started, 1)
     if proc.returncode == 0:
         status = {"state": "done", "seconds": seconds, "resumed": resume, "threads": threads}
@@ -150,6 +151,24 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None,
                   "error": failure_line(output, proc.returncode), "threads": threads}
     rd.write_status(status)
     return status
+
+
+def _evaluation_note(log_path: Path, start: int) -> str:
+    """What a run's evaluation is doing, from the last ``dtr: step N: evaluating|scoring ...`` line it logged
+    (``evaluating: sampling 200 images ...``); "" when its last such line is a result or there is none."""
+    try:
+        with open(log_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = (ln.strip() for ln in text.replace("\r", "\n").splitlines())
+    notes = [ln for ln in lines if ln.startswith("dtr: step ")]
+    if not notes:
+        return ""
+    what = notes[-1].split(": ", 2)[-1]
+    return what if what.startswith(("evaluating", "scoring")) else ""
 
 
 def _gpu_count() -> int:
