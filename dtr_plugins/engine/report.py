@@ -41,11 +41,11 @@ class RunResult:
     seed: int
     status: str
     routing: str
-    current: bool  # trained with the suite's current config (its recorded fingerprint is the planned one)
     config: dict[str, Any]
     meta: dict[str, Any]
     evals: list[dict[str, Any]] = field(default_factory=list)  # one per eval step, with "step"
     train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl training records
+    current: bool = True  # trained with the suite's current config (its recorded fingerprint is the planned one)
 
 
 def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
