@@ -220,7 +220,10 @@ def cmd_cache_latents(args) -> int:
     from .engine.compose import cache_latents
 
     cfg = _load(args)
-    path = cache_latents(cfg)
+    try:
+        path = cache_latents(cfg)
+    except UserError as exc:  # name the config file, as validate does
+        raise exc if str(exc).startswith(f"{args.config}:") else type(exc)(f"{args.config}: {exc}") from None
     print(f"latent cache: {path}")
     return 0
 

@@ -142,6 +142,8 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     if problem:
         raise DataError(f"{images.source}: {problem}")
     registry = default_registry(registry)
+    binary = [m for m in metrics if m in BINARY_METRICS]
+    ref = resolve_reference(reference, images.size, registry) if binary else None  # a bad --ref before weights
     params = {"weights_path": str(weights_path)} if weights_path else {}
     spec: FeatureExtractorSpec = registry.build("feature_extractor", feature_extractor, **params)
     weights_sha = file_sha256(spec.weights_path) if spec.weights_path else None
@@ -149,11 +151,9 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     feature_options = {k: options[k] for k in FEATURE_OPTIONS if k in options}
     extractor = Extractor(spec, [layers[m] for m in metrics], dev, batch_size, verbose, feature_options)
 
-    binary = [m for m in metrics if m in BINARY_METRICS]
-    ref = ref_stats = None
+    ref_stats = None
     cache_state = "off"
-    if binary:
-        ref = resolve_reference(reference, images.size, registry)
+    if ref is not None:
         store = StatsCache(Path(cache_dir) if cache_dir else cache_root() / "reference-stats", cache)
         key = {"reference": ref.key, "feature_extractor": spec.name, "weights_sha256": weights_sha,
                "torch_fidelity": _fidelity_version(), "options": feature_options}

@@ -4,7 +4,7 @@ The metrics come from the run's ``eval.json`` (written at the end of training fr
 are reported with what was applied to get them: step, weights, sampler, respacing, guidance scale,
 sample count, feature extractor (and its weights' SHA-256), reference, seed, precision and world size.
 When the exported weights are not the evaluated ones (``--weights model``, or another step) the card
-says so instead of attributing the numbers to them.
+shows no metrics and says why. A rank-deficient FID (``fid_rank_deficient``) carries its warning.
 """
 from __future__ import annotations
 
@@ -33,12 +33,20 @@ _PROVENANCE = {"step", "sampler", "respacing", "cfg_scale", "cfg_channels", "tra
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
-    """The metric values of an ``eval.json`` record (numbers only; provenance keys left out)."""
-    ordered = {k: float(result[k]) for k in _METRIC_NAMES if isinstance(result.get(k), (int, float))}
-    ordered.update({k: float(v) for k, v in result.items()
-                    if k not in ordered and k not in _PROVENANCE and isinstance(v, (int, float))
-                    and not isinstance(v, bool)})
-    return ordered
+    """The metric values of an ``eval.json`` record, in :data:`_METRIC_NAMES` order (settings such as
+    ``model_evaluations_per_image``, ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
+    return {k: float(result[k]) for k in _METRIC_NAMES
+            if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
+
+
+def evaluated_weights(evaluation: Mapping[str, Any]) -> str:
+    """Which weights ``eval.json`` measured: its ``weights`` (``ema`` or ``model``); records written before
+    that key existed come from the end-of-training eval, which samples the EMA weights."""
+    return str(evaluation.get("weights") or "ema")
+
+
+def _weights_label(weights: Any) -> str:
+    return {"ema": "EMA", "model": "raw (non-EMA)"}.get(str(weights), str(weights))
 
 
 def _describe_model(cfg: Mapping[str, Any]) -> str:
@@ -63,36 +71,54 @@ def _describe_model(cfg: Mapping[str, Any]) -> str:
 
 
 def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | None) -> list[str]:
+    """The metrics of exactly the exported weights (same step, same EMA-or-not), or a sentence why none."""
     lines = ["## Metrics", ""]
     if not evaluation:
         return lines + ["No evaluation was recorded for this run (no `eval.json`).", ""]
     values = metrics_of(evaluation)
     if not values:
         return lines + ["The run's `eval.json` holds no metric values.", ""]
+    step, weights = evaluation.get("step"), evaluated_weights(evaluation)
+    mismatch = []
+    if weights != record.get("weights"):
+        mismatch.append(f"the **{_weights_label(weights)}** weights")
+    if step is None or record.get("step") is None or int(step) != int(record["step"]):
+        mismatch.append(f"training step {step}")
+    if mismatch:
+        return lines + [f"No metrics are shown: the run's `eval.json` was measured on {' at '.join(mismatch)}, "
+                        f"not on these weights (the **{_weights_label(record.get('weights'))}** weights of training "
+                        f"step {record.get('step')}); evaluate this folder with `dtr sample` and `dtr eval` to measure "
+                        "them.", ""]
     lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {_METRIC_NAMES.get(k, k)} | {v:.4g} |" for k, v in values.items()]
+    lines += [f"| {_METRIC_NAMES[k]} | {v:.4g} |" for k, v in values.items()]
     lines.append("")
-    step = evaluation.get("step")
-    steps = evaluation.get("respacing")
     lines.append("How they were measured (as recorded in the run's `eval.json`): "
-                 f"{evaluation.get('num_samples', '?')} samples from the **EMA** weights at training step {step}, "
-                 f"sampler `{evaluation.get('sampler', '?')}` with timestep respacing `{steps}`, "
-                 f"guidance scale {evaluation.get('cfg_scale', '?')} "
+                 f"{evaluation.get('num_samples', '?')} samples from the **{_weights_label(weights)}** weights at "
+                 f"training step {step}, sampler `{evaluation.get('sampler', '?')}` with timestep respacing "
+                 f"`{evaluation.get('respacing')}` ({evaluation.get('model_evaluations_per_image', '?')} network "
+                 f"evaluations per image), guidance scale {evaluation.get('cfg_scale', '?')} "
                  f"(channels: {evaluation.get('cfg_channels', '?')}), "
                  f"seed {evaluation.get('seed', '?')}; features from `{evaluation.get('feature_extractor', '?')}` "
                  f"(weights sha256 `{str(evaluation.get('weights_sha256') or '-')[:16]}`), against "
                  f"`{evaluation.get('reference', '?')}` ({evaluation.get('num_reference', '?')} images); "
                  f"trained in {evaluation.get('train_precision', '?')} on {evaluation.get('world_size', '?')} "
                  "process(es).")
-    caveats = []
-    if record.get("weights") != "ema":
-        caveats.append(f"the exported weights are the raw `{record.get('weights')}` weights, not the EMA weights "
-                       "these metrics were measured with")
-    if step is not None and record.get("step") is not None and int(step) != int(record["step"]):
-        caveats.append(f"the exported checkpoint is from step {record['step']}, the metrics from step {step}")
-    if caveats:
-        lines += ["", "**Note:** " + "; ".join(caveats) + "."]
+    warning = fid_caveat(evaluation)
+    if warning and "frechet_inception_distance" in values:
+        lines += ["", f"**Warning:** {warning}."]
     return lines + [""]
+
+
+def fid_caveat(evaluation: Mapping[str, Any]) -> str | None:
+    """The rank-deficiency warning for an eval record whose FID came from ``N <= D`` images on a side
+    (``fid_rank_deficient``), worded as the evaluation warned; ``None`` otherwise."""
+    if not evaluation.get("fid_rank_deficient"):
+        return None
+    dim = evaluation.get("fid_feature_dim", "?")
+    return (f"this FID comes from {evaluation.get('num_samples', '?')} samples and "
+            f"{evaluation.get('num_reference', '?')} reference images with {dim}-dimensional features; a "
+            f"covariance from N <= {dim} images is rank-deficient, so the FID is biased and not comparable with "
+            "FIDs from more images")
 
 
 def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluation: Mapping[str, Any] | None,

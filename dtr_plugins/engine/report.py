@@ -18,6 +18,7 @@ from dtr_plugins.core.io import write_text
 
 from .compare import ComparisonResult, compare_runs, render_comparison_markdown
 from .compare_records import runs_from_suite
+from .model_card import fid_caveat
 from .numbers import fmt_mean_std
 from .rundir import RunDir
 
@@ -44,6 +45,7 @@ class RunResult:
     meta: dict[str, Any]
     evals: list[dict[str, Any]] = field(default_factory=list)  # one per eval step, with "step"
     train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl training records
+    current: bool = True  # trained with the suite's current config (its recorded fingerprint is the planned one)
 
 
 def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +67,11 @@ def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
         records = run_dir.read_metrics()
         evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
         train = [r for r in records if "loss" in r]  # held-out and eval lines are not training records
+        recorded = run_dir.fingerprint_path.read_text().strip() if run_dir.fingerprint_path.is_file() else None
         results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
                                  status=status, routing=(config.get("routing") or {}).get("name", "?"),
+                                 current=None in (recorded, entry.get("fingerprint"))  # unknown: not stale
+                                 or recorded == entry.get("fingerprint"),
                                  config=config, meta=meta, evals=evals, train=train))
     return index, results
 
@@ -169,14 +174,23 @@ def build_report(suite_dir: str | Path) -> Path:
     first = next((r for r in results if r.meta), None)
     evals = [e for r in results for e in r.evals]
     extractor = sorted({str(e.get("feature_extractor")) for e in evals if e.get("feature_extractor")})
+    stale = [r for r in done if not r.current]
     lines = [f"# Suite `{index['name']}`", "",
-             f"{len(done)} of {len(results)} runs finished. Rebuild with `dtr report {suite_dir}`.", ""]
+             f"{len(done) - len(stale)} of {len(results)} runs finished with the suite's current config"
+             + (f"; {len(stale)} more finished with an older config of this suite (stale: "
+                f"{', '.join(f'`{r.id}`' for r in stale)}; their numbers are not of the current config, rerun them "
+                f"with `dtr suite {index.get('file', 'SUITE.yaml')} --rerun-changed`)" if stale else "")
+             + f". Rebuild with `dtr report {suite_dir}`.", ""]
     if first:
         m = first.meta
         lines += ["Produced by: device " + str(m.get("device", "?")) + f", precision {m.get('precision', '?')}, "
                   f"world size {m.get('world_size', '?')}, torch {m.get('torch', '?')}, dtr-plugins "
                   f"{m.get('dtr_plugins', '?')} (commit {str(m.get('git_commit') or '?')[:10]}).",
                   "Metrics: extractor " + (", ".join(extractor) or "none") + _eval_settings(results) + ".", ""]
+    caveat = next((fid_caveat(e) for e in reversed(evals) if fid_caveat(e)), None)
+    if caveat:
+        lines += [f"**Warning:** FID is rank-deficient in {sum(bool(e.get('fid_rank_deficient')) for e in evals)} "
+                  f"of {len(evals)} evaluations: {caveat}.", ""]
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         status = RunDir(suite_dir / r.id).read_status()

@@ -21,6 +21,7 @@ from dtr_plugins.core.io import atomic_write, write_text
 
 from .compare import metric_info
 from .compare_records import curves_from_records
+from .model_card import fid_caveat
 from .numbers import fmt
 from .rundir import RunDir
 from .runs import find_runs, is_run_dir, summarize_run
@@ -79,7 +80,10 @@ def _eval_table(records: list[dict[str, Any]]) -> list[str]:
     last = evals[-1][1]
     applied = ", ".join(f"{k} {last[k]}" for k in ("num_samples", "sampler", "respacing", "cfg_scale",
                                                     "feature_extractor", "weights") if last.get(k) is not None)
-    return lines + ["", f"Last evaluation: {applied}." if applied else "", ""]
+    flagged = [step for step, e in evals if fid_caveat(e)]
+    warning = (f"**Warning:** the FID of step(s) {', '.join(map(str, flagged))} is rank-deficient: "
+               f"{fid_caveat(dict(evals)[flagged[-1]])}." if flagged else "")
+    return lines + ["", f"Last evaluation: {applied}." if applied else "", *([warning] if warning else []), ""]
 
 
 def build_run_report(run_dir: str | Path) -> Path:

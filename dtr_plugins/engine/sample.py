@@ -69,13 +69,16 @@ def _savez(path: Path, **arrays: np.ndarray) -> None:
 
 
 class _CountingModel:
-    """Calls the backbone and counts the calls (network evaluations) for progress and for the record."""
+    """Calls the backbone; counts the calls (for progress) and the images fed in (``rows``: a guided call
+    on the doubled cond + uncond batch evaluates each image twice), for the record."""
 
     def __init__(self, model: Any, on_call: Any = None):
-        self.model, self.calls, self.on_call = model, 0, on_call
+        self.model, self.calls, self.rows, self.on_call = model, 0, 0, on_call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        x = args[0] if args else kwargs.get("x")
+        self.rows += int(x.shape[0]) if isinstance(x, torch.Tensor) else 1
         if self.on_call is not None:
             self.on_call()
         return self.model(*args, **kwargs)
@@ -130,14 +133,14 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
             if scale != 1.0:
                 kwargs["y_null"] = null_label(model)
-        before = counted.calls
+        before, rows_before = counted.calls, counted.rows
         x = diffusion.sample(counted, noise.shape, sampler=sampler, respacing=respacing, noise=noise,
                              model_kwargs=kwargs, cfg_scale=scale, cfg_channels=cfg.sample.cfg_channels,
                              clip_denoised=cfg.sample.clip_denoised and codec.bounded, eta=cfg.sample.eta,
                              progress=False, device=d.device)
-        if per_batch is None:
-            per_batch = counted.calls - before
-            bar.total = per_batch * len(starts)
+        if per_batch is None:  # network evaluations per image: images fed to the network / images made
+            per_batch = (counted.rows - rows_before) // n
+            bar.total = (counted.calls - before) * len(starts)
             bar.refresh()
         x = codec.decode(x)
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC

@@ -163,9 +163,11 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, base and matrix")
-    if "base" not in raw and "matrix" not in raw and "backbone" in raw:
-        raise ConfigError(f"{path}: this is a run config, not a suite file (a suite has name, base and matrix); "
-                          f"train it with dtr train, or write a suite with base: {path.name}")
+    run_keys = sorted({"backbone", "train", "data"} & set(raw))
+    if "base" not in raw and "matrix" not in raw and run_keys:
+        raise ConfigError(f"{path}: this looks like a run config (it has {', '.join(run_keys)} and no base or "
+                          f"matrix); train it with `dtr train {path}`, or write a suite file with name, base (this "
+                          "file) and matrix")
     try:
         spec = SuiteFile.model_validate(raw)
     except ValidationError as exc:
@@ -184,6 +186,12 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
     for key, values in spec.matrix.items():
         if not values:
             raise ConfigError(f"{path}: matrix.{key}: needs at least one value")
+        texts = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        if repeated:
+            raise ConfigError(f"{path}: matrix.{key}: the value {repeated[0]} is given more than once (each value "
+                              "makes its own runs, so a repeat would train the same run twice and count it as "
+                              "two); list each value once")
     for i, partial in enumerate(spec.exclude):
         unknown = [k for k in partial if k not in spec.matrix and k.partition(".")[0] not in spec.matrix]
         if unknown:
@@ -312,6 +320,11 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     launchers = registry if registry is not None and registry.names("launcher") else default_registry()
     runner = launcher_from_section(section, override=launcher, registry=launchers,
                                    where=str(suite.path), settings=launcher_settings)
+    if runner.blocking and (wait or cancel):
+        flag = "--cancel" if cancel else "--wait"
+        name = launcher or section.get("name", "local")
+        raise UserError(f"{flag}: applies to a scheduler launcher (slurm) only; the {name} launcher runs the runs "
+                        f"in the foreground (set the launcher in {suite.path}, or pass --launcher slurm)")
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     changed = changed_runs(suite, runs)
     if dry_run:

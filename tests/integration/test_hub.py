@@ -81,7 +81,26 @@ def test_export_raw_weights_differ_from_ema(run_dir, tmp_path):
         assert torch.equal(raw.state_dict()[key], value)
     assert not torch.equal(_forward(ema), _forward(raw))
     card = (tmp_path / "raw" / "README.md").read_text()
-    assert "not the EMA weights" in card
+    assert "No metrics are shown: the run's `eval.json` was measured on the **EMA** weights" in card
+    assert "| FID |" not in card and "12.35" not in card
+
+
+def test_model_card_of_an_earlier_checkpoint_shows_no_metrics_of_the_last(run_dir, tmp_path):
+    card = (hub.export_run(run_dir / "checkpoints" / "0000002.pt", tmp_path / "s2") / "README.md").read_text()
+    assert "checkpoint `0000002.pt` (training step 2)" in card
+    assert "No metrics are shown: the run's `eval.json` was measured on training step 4" in card
+    assert "| FID |" not in card and "12.35" not in card and "at training step 4" not in card
+
+
+def test_model_card_carries_the_fid_warning_and_lists_only_metrics(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "eval.json").write_text(json.dumps({**EVAL, "fid_rank_deficient": True, "fid_feature_dim": 128,
+                                               "model_evaluations_per_image": 50, "isc_splits": 10}))
+    card = (hub.export_run(run, tmp_path / "out") / "README.md").read_text()
+    assert "| FID | 12.35 |" in card and "(50 network evaluations per image)" in card
+    assert "**Warning:** this FID comes from 250 samples and 1797 reference images with 128-dimensional" in card
+    assert "rank-deficient" in card and "| model_evaluations_per_image" not in card and "| isc_splits" not in card
 
 
 def test_model_card_carries_the_runs_metrics_and_provenance(run_dir, tmp_path):
@@ -92,7 +111,8 @@ def test_model_card_carries_the_runs_metrics_and_provenance(run_dir, tmp_path):
     for fact in ("250 samples from the **EMA** weights at training step 4", "sampler `ddim`", "respacing `ddim25`",
                  "guidance scale 2.0", "seed 3", "`digits-classifier`", "`dataset:digits` (1797 images)"):
         assert fact in card, fact
-    assert "routing `dtr`" in card and "Note:" not in card  # EMA weights of the evaluated step
+    assert "routing `dtr`" in card and "No metrics are shown" not in card  # EMA weights of the evaluated step
+    assert "Warning:" not in card  # fid_rank_deficient is not set
 
 
 def test_model_card_without_evaluation_says_so(run_dir, tmp_path):

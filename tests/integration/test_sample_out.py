@@ -77,7 +77,7 @@ def test_records_hold_the_applied_values_and_guidance_changes_images(runs, run_c
         "sampler": "ddim", "respacing": "ddim4", "model_evaluations_per_image": 4, "cfg_scale": 1.0,
         "guidance": False, "cfg_channels": None, "weights": "ema", "seed": 5, "num_samples": 6, "world_size": 1,
         "step": 2, "sample_precision": "fp32", "batch_size": 4}
-    assert rb["sampler"] == "ddpm" and rb["respacing"] == "3" and rb["model_evaluations_per_image"] == 3
+    assert rb["sampler"] == "ddpm" and rb["respacing"] == "3" and rb["model_evaluations_per_image"] == 6
     assert rb["cfg_scale"] == 4.0 and rb["guidance"] is True and rb["cfg_channels"] == "all"
     assert rb["weights"] == "model" and rb["device"] == "cpu"
 
@@ -218,10 +218,12 @@ def test_training_time_eval_records_the_applied_values(tmp_path, run_cli):
     final = json.loads((run_dir / "eval.json").read_text())
     assert {k: final[k] for k in ("step", "cfg_scale", "guidance", "cfg_channels", "model_evaluations_per_image",
                                   "num_samples", "seed", "weights", "world_size", "sample_precision")} == {
-        "step": 2, "cfg_scale": 2.0, "guidance": True, "cfg_channels": "all", "model_evaluations_per_image": 4,
+        "step": 2, "cfg_scale": 2.0, "guidance": True, "cfg_channels": "all", "model_evaluations_per_image": 8,
         "num_samples": 8, "seed": 3, "weights": "ema", "world_size": 1, "sample_precision": "fp32"}
     info = json.loads((run_dir / "samples" / "samples.json").read_text())
-    assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 4
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval"]["model_evaluations_per_image"] for r in rows if "eval" in r][-1] == 8  # 4 steps x (cond+uncond)
+    assert info["cfg_scale"] == 2.0 and info["step"] == 2 and info["model_evaluations_per_image"] == 8
     # the same fields as dtr sample's samples.json (the bug: no checkpoint, no labels)
     assert info["checkpoint"] == str(run_dir / "checkpoints" / "0000002.pt") and info["labels"] == "balanced"
     assert info["batch_size"] == 4  # sample.batch_size 4, 8 images

@@ -61,6 +61,9 @@ def test_value_labels():
     ("name: s\nmatrix: {seed: []}\n", "matrix.seed: needs at least one value"),
     ("name: s\nmatrix: {seed: [0]}\nexclude: [{lr: 1}]\n", "exclude.0: key 'lr' is not a matrix key"),
     ("name: s\nmatrx: {seed: [0]}\n", "matrx: unknown key"),
+    ("name: s\nmatrix: {seed: [0, 0]}\n", "matrix.seed: the value 0 is given more than once"),
+    ("name: s\nmatrix: {routing: [{name: vanilla}, {name: dtr}, {name: vanilla}]}\n",
+     'matrix.routing: the value {"name": "vanilla"} is given more than once'),
     ("name: s\nmatrix: {routing.beta: [2.0]}\nset: {routing: {name: dtr}}\n",
      "routing.beta: Input should be less than or equal to 1"),
 ])
@@ -269,10 +272,42 @@ def test_changed_config_is_not_skipped_refused_then_rerun_changed(tmp_path, run_
     assert sorted(p.name for p in (root / "seed0" / "checkpoints").iterdir()) == ["0000003.pt"]
     new_fp = (root / "seed0" / "config.sha256").read_text().strip()
     assert new_fp == load_suite(path).runs[0].fingerprint != old_fp
+    report = (root / "report.md").read_text()  # seed1 still holds the train.steps 2 run
+    assert ("1 of 2 runs finished with the suite's current config; 1 more finished with an older config of this "
+            "suite (stale: `seed1`;") in report and "--rerun-changed" in report
     # a change of the base config file counts the same way
     write(tmp_path / "base.yaml", BASE.replace("respacing: ddim4", "respacing: ddim3"))
     code, _, err = run_cli("suite", str(path), "--only", "seed0")
     assert code == 2 and "different config: seed0" in err
+
+
+def test_run_config_given_to_suite_says_so(tmp_path, run_cli):
+    path = write(tmp_path / "run.yaml", BASE)
+    code, _, err = run_cli("suite", str(path), "--dry-run")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "run.yaml: this looks like a run config" in err and "dtr train" in err and "Field required" not in err
+
+
+@pytest.mark.parametrize("flag", ["--wait", "--cancel"])
+def test_wait_and_cancel_apply_to_slurm_only(tmp_path, run_cli, flag):
+    path = suite_file(tmp_path, "name: s\nmatrix: {seed: [0]}\n")
+    code, out, err = run_cli("suite", str(path), flag)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{flag}: applies to a scheduler launcher (slurm) only; the local launcher" in err
+    assert not (tmp_path / "runs").exists() and "cancelled" not in out
+
+
+def test_report_flags_rank_deficient_fid(tmp_path):
+    root = tmp_path / "synthetic"
+    synthetic_suite(root)
+    metrics = root / "dtr__seed1" / "metrics.jsonl"
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    rows[-1]["eval"].update(fid_rank_deficient=True, fid_feature_dim=64, num_samples=16, num_reference=1797)
+    write(metrics, "\n".join(json.dumps(x) for x in rows) + "\n")
+    report = build_report(root).read_text()
+    assert "**Warning:** FID is rank-deficient in 1 of 8 evaluations: this FID comes from 16 samples and 1797 " \
+           "reference images with 64-dimensional features" in report
+    assert "4 of 4 runs finished with the suite's current config." in report  # no fingerprints: none is stale
 
 
 def test_exclude_that_matches_no_run_is_refused(tmp_path, run_cli):

@@ -31,4 +31,4 @@ def test_a_run_config_given_as_suite_says_so(tmp_path, run_cli):
     code, _, err = run_cli("suite", str(path), "--dry-run")
     # the bug: "base: Field required [and 8 more]"
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"{path}: this is a run config, not a suite file" in err and "dtr train" in err
+    assert f"{path}: this looks like a run config" in err and "dtr train" in err

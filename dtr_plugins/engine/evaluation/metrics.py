@@ -7,16 +7,20 @@
 - FID (Heusel et al. 2017): ``torch_fidelity.metric_fid.fid_statistics_to_metric`` on the two means and
   covariances. With ``N <= D`` images on a side (``D`` the feature dimension) that side's covariance is
   rank-deficient; the FID is still computed, but a warning names the counts and the record gets
-  ``fid_rank_deficient: true``.
+  ``fid_rank_deficient: true``. A FID below 0 by at most :data:`FID_NEGATIVE_TOLERANCE` times the covariances'
+  traces (matrix square-root round-off when the two sets are alike) is reported as 0; anything more negative
+  is an :class:`EvalError`, never a negative FID.
 - IS (Salimans et al. 2016): ``isc_features_to_metric`` on the samples' logits, in ``isc_splits`` splits.
+  A split of one image always scores 1, so a given ``isc_splits`` needs 2 images per split; the record
+  holds ``isc_images_per_split`` and a warning says when a split has fewer than :data:`ISC_MIN_PER_SPLIT`.
 - KID (Binkowski et al. 2018): ``kid_features_to_metric``, ``kid_subsets`` subsets of ``kid_subset_size``.
 - precision/recall (Kynkaanniemi et al. 2019): ``prc_features_to_metric`` with ``prc_neighborhood`` = k.
 
 Settings: ``kid_subset_size`` defaults to ``min(1000, samples, reference)``, ``isc_splits`` to
-``min(10, samples)``, ``prc_neighborhood`` to 3; other torch-fidelity keys (``kid_subsets``, ``rng_seed``,
-``samples_shuffle``, ``kid_kernel``...) keep torch-fidelity's defaults unless given. Too few images for the
-settings is one :class:`~dtr_plugins.core.errors.ConfigError` / ``DataError`` line found before any feature is
-computed (:func:`check_eval_settings`, :func:`settings_problem`).
+``min(10, max(1, samples // ISC_MIN_PER_SPLIT))``, ``prc_neighborhood`` to 3; other torch-fidelity keys
+(``kid_subsets``, ``rng_seed``, ``samples_shuffle``, ``kid_kernel``...) keep torch-fidelity's defaults unless
+given. Too few images for the settings is one :class:`~dtr_plugins.core.errors.ConfigError` / ``DataError``
+line found before any feature is computed (:func:`check_eval_settings`, :func:`settings_problem`).
 """
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ BINARY_METRICS = ("fid", "kid", "prc")  # compare against a reference
 KID_SUBSET_SIZE = 1000
 PRC_NEIGHBORHOOD = 3
 ISC_SPLITS = 10
+#: images per Inception-Score split below which the score is biased low (a warning); the default splits keep to it
+ISC_MIN_PER_SPLIT = 10
+#: a negative FID down to this fraction of ``tr(S1) + tr(S2)`` (at least this much) is round-off, reported as 0
+FID_NEGATIVE_TOLERANCE = 1e-6
 #: the setting keys an eval config may carry (besides ``metrics``); None: derived from the sample count
 SETTING_KEYS = ("kid_subset_size", "kid_subsets", "prc_neighborhood", "isc_splits")
 #: torch-fidelity options a caller may set (``fidelity_options``): metric settings and the extractor's dtype
@@ -77,7 +85,8 @@ def settings_problem(metrics: Sequence[str], count: int, options: Mapping[str, A
         needs.append((k + 1, f"prc (precision/recall with prc_neighborhood={k} needs k + 1 = {k + 1} images)"))
     if "isc" in metrics:
         splits = options.get("isc_splits")
-        needs.append((splits, f"isc with isc_splits={splits}") if splits else (1, "isc"))
+        needs.append((2 * splits, f"isc with isc_splits={splits} (a split of one image always scores 1, so each "
+                      "split needs at least 2)") if splits else (1, "isc"))
     for minimum, what in needs:
         if count < minimum:
             return f"{count} image(s) are too few for {what}; at least {minimum} needed"
@@ -149,7 +158,7 @@ def metric_settings(metrics: Sequence[str], num_samples: int, num_reference: int
     options = {k: v for k, v in check_fidelity_options(options).items() if k not in FEATURE_OPTIONS}
     smallest = min(num_samples, num_reference) if num_reference is not None else num_samples
     kid = options.pop("kid_subset_size", None) or min(KID_SUBSET_SIZE, smallest)
-    splits = options.pop("isc_splits", None) or min(ISC_SPLITS, num_samples)
+    splits = options.pop("isc_splits", None) or min(ISC_SPLITS, max(1, num_samples // ISC_MIN_PER_SPLIT))
     k = options.pop("prc_neighborhood", None) or PRC_NEIGHBORHOOD
     return MetricSettings(int(kid), int(splits), int(k), options)
 
@@ -199,6 +208,7 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
                 feats = samples[layer]
                 mine, theirs = fid_statistics(feats), reference.fid[layer]
                 out.update(fid_statistics_to_metric(mine, theirs, verbose))
+                out["frechet_inception_distance"] = _never_negative(out["frechet_inception_distance"], mine, theirs)
                 dim = len(theirs["mu"])
                 problem = fid_rank_deficiency(len(feats), reference.num_images, dim)
                 if problem:
@@ -206,6 +216,14 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
                 extra.update(fid_rank_deficient=problem is not None, fid_feature_dim=dim)
             elif metric == "isc":
                 out.update(isc_featuresdict_to_metric(samples, layer, **kwargs))
+                per_split = len(samples[layer]) // settings.isc_splits
+                if per_split < ISC_MIN_PER_SPLIT:
+                    warnings.warn(f"Inception Score from {len(samples[layer])} samples in {settings.isc_splits} "
+                                  f"split(s) of {per_split} image(s): with fewer than {ISC_MIN_PER_SPLIT} images a "
+                                  "split the score is biased low" + (" and its std over one split is 0"
+                                                                      if settings.isc_splits == 1 else ""),
+                                  stacklevel=3)
+                extra["isc_images_per_split"] = per_split
             elif metric == "kid":
                 assert reference is not None
                 out.update(kid_features_to_metric(samples[layer], reference.features[layer], **kwargs))
@@ -217,6 +235,17 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
     ordered = {k: float(out[k]) for m in metrics for k in METRICS[m] if k in out}
     ordered.update(extra)
     return ordered
+
+
+def _never_negative(fid: float, mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> float:
+    """``fid``, with round-off below 0 (within :data:`FID_NEGATIVE_TOLERANCE`) reported as 0."""
+    if fid >= 0:
+        return float(fid)
+    scale = max(1.0, float(np.trace(mine["sigma"])) + float(np.trace(theirs["sigma"])))
+    if -fid <= FID_NEGATIVE_TOLERANCE * scale:
+        return 0.0
+    raise EvalError(f"fid: the computation gave {fid:.3g} (negative beyond round-off); the feature covariances are "
+                    "numerically unstable, use more images")
 
 
 def class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
