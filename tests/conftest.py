@@ -90,3 +90,22 @@ def tiny_dit_config(folder: Path, filename: str = "tiny.yaml", **changes) -> Pat
     import yaml
 
     return write(folder / filename, yaml.safe_dump(_merged(TINY_DIT, changes), sort_keys=False))
+
+
+def venv_with_example(tmp_path: Path, example: Path) -> Path:
+    """A fresh venv that sees this environment's packages (torch, dtr-plugins: every site-packages folder on
+    sys.path, then the checkout, through a .pth file) with the example package ``example`` installed into a
+    target folder of its own (no network, no build isolation). Returns the venv's python."""
+    import subprocess
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    outer = [p for p in sys.path if p.endswith("site-packages")] + [str(ROOT)]
+    (site / "outer.pth").write_text("\n".join(outer) + "\n")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "--target", str(tmp_path / "target"), str(example)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    (site / "example.pth").write_text(str(tmp_path / "target") + "\n")
+    return venv / "bin" / "python"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from ..conftest import ROOT
+from ..conftest import ROOT, venv_with_example
 
 EXAMPLE = ROOT / "examples" / "dtr-learned-window-example"
 CONFIG = EXAMPLE / "learned_window_digits.yaml"
@@ -19,17 +18,7 @@ QUICK = ["train.steps=4", "train.batch_size=16", "train.log_every=2", "train.ckp
 
 
 def test_example_learned_strategy_installs_and_trains_through_dtr(tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python*/site-packages"))
-    outer = [p for p in sys.path if p.endswith("site-packages")] + [str(ROOT)]
-    (site / "outer.pth").write_text("\n".join(outer) + "\n")
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(tmp_path / "target"), str(EXAMPLE)], capture_output=True, text=True, timeout=300)
-    assert install.returncode == 0, install.stderr
-    (site / "example.pth").write_text(str(tmp_path / "target") + "\n")
-    py = str(venv / "bin" / "python")
+    py = str(venv_with_example(tmp_path, EXAMPLE))
 
     def dtr(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([py, "-m", "dtr_plugins", *args], capture_output=True, text=True, timeout=600,

@@ -13,7 +13,7 @@ import dtr_plugins
 from dtr_plugins.core.errors import PluginError
 from dtr_plugins.core.plugins import build_registry
 
-from ..conftest import ROOT, write
+from ..conftest import ROOT, venv_with_example, write
 
 STRIPES = textwrap.dedent('''
     import torch
@@ -113,20 +113,7 @@ def test_duplicate_in_registry_raises():
 
 
 def test_example_package_installs_into_a_venv_and_is_used_by_name(tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python*/site-packages"))
-    # The new venv sees this environment's packages (torch, dtr-plugins) through a .pth file: every site-packages
-    # folder on sys.path (also those this environment reaches through .pth files of its own), then the checkout.
-    outer = [p for p in sys.path if p.endswith("site-packages")] + [str(ROOT)]
-    (site / "outer.pth").write_text("\n".join(outer) + "\n")
-    py = venv / "bin" / "python"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(tmp_path / "target"), str(ROOT / "examples" / "dtr-strategy-example")],
-        capture_output=True, text=True, timeout=300)
-    assert install.returncode == 0, install.stderr
-    (site / "example.pth").write_text(str(tmp_path / "target") + "\n")
+    py = venv_with_example(tmp_path, ROOT / "examples" / "dtr-strategy-example")
     listed = subprocess.run([str(py), "-m", "dtr_plugins", "plugins"], capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
     line = next(ln for ln in listed.stdout.splitlines() if " stripes " in ln)
