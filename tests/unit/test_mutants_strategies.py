@@ -63,3 +63,11 @@ def test_dtr_mask_for_u_is_built_on_the_device_of_u():
     u = torch.zeros(3, device="meta")
     got = SlidingWindow().mask_for_u(u, 8)
     assert got.device.type == "meta" and got.shape == (3, 8) and got.dtype == torch.bool
+
+
+@pytest.mark.parametrize("strategy", [SlidingWindow(), RandomRouting(), TaskSpecificSharing()], ids=repr)
+def test_static_tables_are_bool(strategy):
+    """The contract's table dtype is torch.bool (one shared bool buffer per table); a float table would be
+    refused by the routing plan only when a model is built."""
+    table = strategy.mask_table(10, 8)
+    assert table.dtype == torch.bool and tuple(table.shape) == (10, 8)
