@@ -1,7 +1,7 @@
 """Memory and speed of large DiTs at a fixed global batch: gradient accumulation and activation checkpointing.
 
 Each variant is one training step as ``dtr train`` runs it, through the engine's own code
-(:func:`dtr_plugins.engine.accumulate.forward_backward` and :mod:`dtr_plugins.core.compute`): ``k`` micro-batches
+(:func:`dtr_plugins.training.accumulate.forward_backward` and :mod:`dtr_plugins.core.compute`): ``k`` micro-batches
 of ``batch / k`` images, optionally with every DiT block checkpointed, then one fused AdamW step (on CUDA). Variants
 run one after the other (not interleaved), so each has its own peak memory: ``torch.cuda.max_memory_allocated``
 over its timed steps, which includes the weights, their gradients and the AdamW state. A variant that runs out of
@@ -47,7 +47,7 @@ def run_variant(bm: common.BenchModel, model: torch.nn.Module, optimizer: torch.
                 k: int, ckpt: bool, args, device: torch.device) -> dict[str, Any]:
     from dtr_plugins.core.compute import apply_activation_checkpointing
     from dtr_plugins.core.plugins import default_registry
-    from dtr_plugins.engine.accumulate import forward_backward
+    from dtr_plugins.training.accumulate import forward_backward
 
     applied = apply_activation_checkpointing(model, ckpt, bm.name)
     weighting = default_registry().build("loss_weighting", "constant")

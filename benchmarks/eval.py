@@ -1,6 +1,6 @@
 """Evaluation benchmark: wall time of FID for N samples with a feature extractor available offline.
 
-Uses ``dtr_plugins.engine.evaluate.evaluate`` with the ``digits-classifier`` extractor (a small CNN trained on
+Uses ``dtr_plugins.evaluation.evaluate.evaluate`` with the ``digits-classifier`` extractor (a small CNN trained on
 the real digits on first use, cached) against ``dataset:digits``; another extractor can be named, e.g.
 ``inception-v3-compat`` where its weights are on disk. When the extractor is missing the benchmark says so and
 exits 0 (it is not a failure of the benchmark).
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
 
     try:
         from dtr_plugins.core.plugins import default_registry
-        from dtr_plugins.engine.evaluate import evaluate
+        from dtr_plugins.evaluation.evaluate import evaluate
 
         registry = default_registry()
         spec = registry.build("feature_extractor", args.extractor)
@@ -59,12 +59,12 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     if args.extractor == "digits-classifier":
-        from dtr_plugins.engine.feature_extractors import ensure_digits_classifier
+        from dtr_plugins.extractors.builtin import ensure_digits_classifier
 
         ensure_digits_classifier()
     setup_s = time.perf_counter() - t0
 
-    from dtr_plugins.engine.feature_extractors import digits_training_images
+    from dtr_plugins.extractors.builtin import digits_training_images
 
     real, _ = digits_training_images()  # uint8 [N, 3, 8, 8]
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 The model is a run config's (default ``configs/dit_digits.yaml``, the quickstart's DiT on 8x8 digits). Each
 round times one training step (``training_losses`` on a batch of ``train.batch_size``, backward, AdamW) and
-one :func:`dtr_plugins.engine.heldout.heldout_losses` over ``num_bands * per_band`` fixed held-out inputs,
+one :func:`dtr_plugins.evaluation.heldout.heldout_losses` over ``num_bands * per_band`` fixed held-out inputs,
 in alternating order. The table gives both medians, their ratio, and what evaluating every ``N`` steps adds
 to training time (ratio / N).
 
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
 
     import dtr_plugins as dp
     from dtr_plugins.core.plugins import default_registry
-    from dtr_plugins.engine.heldout import heldout_losses, heldout_set_for
+    from dtr_plugins.evaluation.heldout import heldout_losses, heldout_set_for
 
     cfg = dp.load_config(args.config)
     torch.manual_seed(cfg.seed)

@@ -13,8 +13,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ._version import __version__
-from .core.errors import UserError, user_message
+from dtr_plugins._version import __version__
+from dtr_plugins.core.errors import UserError, user_message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +40,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .core.config import load_config
-    from .engine.compose import check_composition
+    from dtr_plugins.compose import check_composition
+    from dtr_plugins.core.config import load_config
 
     cfg = load_config(args.config, overrides=args.overrides)
     try:
@@ -77,7 +77,7 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plugins(args) -> int:
-    from .core.plugins import default_registry
+    from dtr_plugins.core.plugins import default_registry
 
     registry = default_registry()
     rows = [p.as_dict() for p in registry.list()]
@@ -95,7 +95,7 @@ def cmd_plugins(args) -> int:
 
 def cmd_validate(args) -> int:
     """Everything ``dtr train`` would find before its first step (:func:`validate_run`), then the resolved config."""
-    from .engine.compose import validate_run
+    from dtr_plugins.compose import validate_run
 
     cfg = _load(args)
     try:
@@ -109,14 +109,14 @@ def cmd_validate(args) -> int:
 def cmd_masks(args) -> int:
     from pathlib import Path
 
-    from .engine.compose import build_model
-    from .engine.gate_plots import plot_learned_gates
-    from .engine.plots import plot_routing_plan
+    from dtr_plugins.compose import build_model
+    from dtr_plugins.experiments.gate_plots import plot_learned_gates
+    from dtr_plugins.experiments.plots import plot_routing_plan
 
     _check_out_file(args.out, "image", inputs=[args.config])
     source = Path(args.config)
     if source.is_dir() or source.suffix in (".pt", ".pth"):  # a trained run: its learned gates
-        from .engine.sample import load_run
+        from dtr_plugins.sampling.sample import load_run
 
         if args.overrides:
             raise UserError(f"{source}: --set applies to a config, not to a run directory or checkpoint")
@@ -141,7 +141,7 @@ def cmd_masks(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine.train import train
+    from dtr_plugins.training.train import train
 
     if args.threads is not None:
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]
@@ -153,7 +153,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .engine.sample import sample
+    from dtr_plugins.sampling.sample import sample
 
     out = sample(args.source, num=args.num_samples, out=args.out, sampler=args.sampler, respacing=args.respacing,
                  cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
@@ -165,9 +165,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.io import write_json
-    from .engine.distributed import set_threads
-    from .engine.evaluate import evaluate
+    from dtr_plugins.core.distributed import set_threads
+    from dtr_plugins.core.io import write_json
+    from dtr_plugins.evaluation.evaluate import evaluate
 
     _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
@@ -179,8 +179,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from .engine.launchers import parse_launcher_settings
-    from .engine.suite import run_suite
+    from dtr_plugins.experiments.suite import run_suite
+    from dtr_plugins.launchers import parse_launcher_settings
 
     run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel,
               launcher=args.launcher, wait=args.wait, cancel=args.cancel,  # launcher options: slurm helper
@@ -190,11 +190,12 @@ def cmd_suite(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """A suite folder (``suite.json``) gets the suite report, a run directory its own (:mod:`.engine.run_report`)."""
+    """A suite folder (``suite.json``) gets the suite report, a run directory its own
+    (:mod:`dtr_plugins.experiments.run_report`)."""
     from pathlib import Path
 
-    from .engine.report import build_report
-    from .engine.run_report import build_run_report
+    from dtr_plugins.experiments.report import build_report
+    from dtr_plugins.experiments.run_report import build_run_report
 
     suite = (Path(args.suite_dir) / "suite.json").exists()
     path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
@@ -204,7 +205,7 @@ def cmd_report(args) -> int:
 
 def cmd_runs(args) -> int:
     """Every run below a folder: status, step, last loss and metrics, strategy, backbone (``--json``: a list)."""
-    from .engine.runs import find_runs, format_runs_table, summarize_run
+    from dtr_plugins.runs.listing import find_runs, format_runs_table, summarize_run
 
     runs = [summarize_run(p, args.folder) for p in find_runs(args.folder)]
     if args.json:
@@ -217,7 +218,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_cache_latents(args) -> int:
-    from .engine.compose import cache_latents
+    from dtr_plugins.compose import cache_latents
 
     cfg = _load(args)
     try:
@@ -229,7 +230,7 @@ def cmd_cache_latents(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .engine.hub import export_run
+    from dtr_plugins.sharing.hub import export_run
 
     out = export_run(args.run, args.out, weights=args.weights, layout=args.format,
                      allow_unsafe_load=args.allow_unsafe_load)
@@ -238,7 +239,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .engine.hub import push
+    from dtr_plugins.sharing.hub import push
 
     url = push(args.folder, args.repo_id, private=True if args.private else None)
     print(f"pushed: {url}")

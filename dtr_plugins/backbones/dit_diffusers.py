@@ -43,11 +43,10 @@ from typing import Any, cast
 import torch
 from pydantic import Field
 
+from dtr_plugins.backbones.dit import DiT, DiTBlock, DiTParams, TimestepEmbedder, sincos_2d
+from dtr_plugins.backbones.latent_dit import LatentDiT, LatentDiTParams
 from dtr_plugins.core.errors import CheckpointError
 from dtr_plugins.core.hookspecs import hookimpl
-
-from .dit import DiT, DiTBlock, DiTParams, TimestepEmbedder, sincos_2d
-from .latent_dit import LatentDiT, LatentDiTParams
 
 DIFFUSERS_CLASS = "DiTTransformer2DModel"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -292,7 +291,7 @@ def refit_time_linear(weight: torch.Tensor, num_timesteps: int,
     the refit and for plain copying (``copy_max_abs``, ``copy_rms``). The ridge term keeps ``W'`` close
     to ``W`` (least squares alone gives huge, ill-conditioned weights).
     """
-    from .dit import timestep_embedding
+    from dtr_plugins.backbones.dit import timestep_embedding
 
     t = torch.arange(num_timesteps, dtype=torch.float64)
     dim = weight.shape[1]

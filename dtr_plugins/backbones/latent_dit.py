@@ -15,10 +15,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from dtr_plugins.backbones.dit import DiT, DiTParams
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
-
-from .dit import DiT, DiTParams
 
 
 class LatentDiTParams(DiTParams):

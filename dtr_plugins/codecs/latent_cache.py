@@ -1,7 +1,7 @@
 """An on-disk cache of a codec's posteriors, keyed by the codec's content.
 
 ``dtr cache-latents CONFIG`` encodes the dataset once (:func:`write_cache`, driven by
-:func:`dtr_plugins.engine.compose.cache_latents`). For every image it stores the normalised posterior
+:func:`dtr_plugins.compose.cache_latents`). For every image it stores the normalised posterior
 mean and std of the image and of its horizontal flip: a ``[2 (image, flip), 2 (mean, std), C, h, w]``
 tensor. Items are written in shards of ``shard_size`` images (``shard-00000.pt`` ...) holding
 ``posterior`` ``[n, 2, 2, C, h, w]``, ``labels`` ``[n]`` and ``start``; each shard is written atomically,
@@ -92,7 +92,7 @@ def write_cache(root: Path, key: dict[str, Any], dataset: ImageDataset, codec: C
                 describe: dict[str, Any] | None = None) -> Path:
     """Encode ``dataset`` (read without random flips) into the cache at ``root``; resumable.
 
-    ``dist``: a :class:`dtr_plugins.engine.distributed.Dist` (rank, world size, device, barrier).
+    ``dist``: a :class:`dtr_plugins.core.distributed.Dist` (rank, world size, device, barrier).
     """
     from tqdm.auto import tqdm
 

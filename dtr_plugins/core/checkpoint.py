@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, first_line
-from .io import save_torch
-from .routing import RoutedBackbone
+from dtr_plugins.core.errors import CheckpointError, first_line
+from dtr_plugins.core.io import save_torch
+from dtr_plugins.core.routing import RoutedBackbone
 
 FORMAT = "dtr-plugins/1"
 UNIT_MAPPING = "_unit_mapping"

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .errors import ConfigError, UserError
-from .plugins import PluginRegistry, default_registry, validate_params
-from .routing import check_routing_site, declared_backbone_class
-from .tracking import KIND as TRACKER_KIND
-from .tracking import check_trackers
+from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
+from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
+from dtr_plugins.core.tracking import KIND as TRACKER_KIND
+from dtr_plugins.core.tracking import check_trackers
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -96,7 +96,7 @@ class TrainConfig(_Strict):
     compile: bool = False
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step: each rank runs its share "
                                   "of batch_size (still the images per step) as k equal micro-batches, gradients "
-                                  "summed, DDP synced on the last (engine/accumulate.py); batch_size must divide "
+                                  "summed, DDP synced on the last (training/accumulate.py); batch_size must divide "
                                   "by world size x k; may change on --resume")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
                                            "(torch.utils.checkpoint, non-reentrant): less memory, same gradients; "
@@ -150,7 +150,7 @@ class EvalConfig(_Strict):
     num_samples: int = Field(1000, ge=1)
     at_end: bool = True
     heldout_every: int = Field(200, ge=0, description="held-out denoising loss per noise band (EMA weights) every "
-                               "N steps and at the end (0: off); see engine/heldout.py")
+                               "N steps and at the end (0: off); see evaluation/heldout.py")
     heldout_per_band: int = Field(64, ge=1, description="held-out images (and fixed t, noise) per noise band")
     heldout_seed: int = Field(0, ge=0, description="seed of the held-out inputs (not the run's seed: every run "
                               "of a suite is scored on the same inputs)")
@@ -420,7 +420,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         cache = {k: getattr(cfg.codec, k) for k in CacheFields.model_fields}
         updates["codec"] = CodecSection(name=cfg.codec.name, **cache, **validated.model_dump(mode="json"))
     # flow: the process rules out loss weightings and sample settings that do not apply to it
-    from .process import check_process_settings
+    from dtr_plugins.core.process import check_process_settings
 
     check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
                            sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)

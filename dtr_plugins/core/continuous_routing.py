@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:
-    from .routing import RoutingPlan
+    from dtr_plugins.core.routing import RoutingPlan
 
 
 @runtime_checkable

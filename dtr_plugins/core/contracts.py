@@ -5,7 +5,7 @@ the validated fields of its params model (a pydantic model: the one place a plug
 returns an object satisfying the protocol below. The engine reads only the attributes named here; it
 never probes a plugin with ``getattr``.
 
-Data flows config -> compose (:mod:`dtr_plugins.engine.compose`) -> engine::
+Data flows config -> compose (:mod:`dtr_plugins.compose`) -> engine::
 
     dataset item (image [C, H, W] in [-1, 1], label)
         -> codec.encode / cached posteriors  -> x0 [N, C', h, w] in the backbone's input space
@@ -216,7 +216,7 @@ class Dataset(Protocol):
 @runtime_checkable
 class FeatureExtractor(Protocol):
     """What a feature-extractor factory returns (e.g.
-    :class:`dtr_plugins.engine.feature_extractors.FeatureExtractorSpec`): the torch-fidelity feature
+    :class:`dtr_plugins.extractors.builtin.FeatureExtractorSpec`): the torch-fidelity feature
     extractor ``name`` (or ``fidelity_class``), the layer each metric reads (``layers``: metric -> layer
     name), an optional local ``weights_path``, and for label-aware metrics ``num_classes`` and a
     ``classifier(device) -> (uint8 NCHW images -> logits)``."""

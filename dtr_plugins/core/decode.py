@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError, first_line
+from dtr_plugins.core.errors import DataError, first_line
 
 #: bumped whenever decoded pixel values change; part of the content key of cached reference statistics
 DECODER_VERSION = 2

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from dtr_plugins.core.errors import ConfigError
 
 Model = Callable[..., Tensor]
 

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .continuous_routing import ContinuousTasks
-from .diffusion import mean_flat, sampling_start
-from .errors import ConfigError
+from dtr_plugins.core.continuous_routing import ContinuousTasks
+from dtr_plugins.core.diffusion import mean_flat, sampling_start
+from dtr_plugins.core.errors import ConfigError
 
 __all__ = ["FlowMatching", "flow_steps"]
 

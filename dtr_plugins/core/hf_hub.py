@@ -1,7 +1,7 @@
 """Where the Hugging Face hub cache is and whether it may be reached, read from the environment at call time.
 
 huggingface_hub reads ``HF_HUB_OFFLINE`` and its cache variables once, at import; tests and users change them
-later, so these helpers read the environment each time. Shared by the VAE codec and model loading (engine/hub).
+later, so these helpers read the environment each time. Shared by the VAE codec and model loading (sharing/hub).
 """
 from __future__ import annotations
 

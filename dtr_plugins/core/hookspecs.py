@@ -111,7 +111,7 @@ def dtr_register_feature_extractors(register: Callable[..., None]) -> None:
     (:class:`~dtr_plugins.core.contracts.FeatureExtractor`).
 
     A feature extractor's factory returns its settings for torch-fidelity (see
-    :mod:`dtr_plugins.engine.feature_extractors`).
+    :mod:`dtr_plugins.extractors.builtin`).
 
     Args:
         register: the registration callable described in the module docstring.
@@ -153,6 +153,6 @@ def dtr_register_trackers(register: Callable[..., None]) -> None:
 def dtr_register_launchers(register: Callable[..., None]) -> None:
     """Register suite launchers (where the runs of a suite are started: ``local``, ``slurm``, a site's own).
 
-    A launcher's factory returns a :class:`dtr_plugins.engine.launchers.Launcher`: ``launch(suite_root,
+    A launcher's factory returns a :class:`dtr_plugins.launchers.Launcher`: ``launch(suite_root,
     runs)``, ``active(suite_root, runs)``, ``wait(...)`` and ``cancel(...)`` over run directories.
     """

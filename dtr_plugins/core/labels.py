@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigError, PluginError
+from dtr_plugins.core.errors import ConfigError, PluginError
 
 #: the name of the single class of an unlabeled dataset
 UNLABELED = "(unlabeled)"

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import pluggy
 from pydantic import BaseModel, ValidationError
 
-from . import hookspecs
-from .errors import ConfigError, PluginError, UserError, first_line
+from dtr_plugins.core import hookspecs
+from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 
 ENTRY_POINT_GROUP = "dtr_plugins"
 

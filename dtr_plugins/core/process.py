@@ -11,8 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from .diffusion import GaussianDiffusion, get_named_beta_schedule
-from .errors import ConfigError
+from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
+from dtr_plugins.core.errors import ConfigError
 
 
 @runtime_checkable

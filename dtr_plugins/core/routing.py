@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .contracts import LearnedRoutingStrategy
-from .errors import ConfigError, PluginError
+from dtr_plugins.core.contracts import LearnedRoutingStrategy
+from dtr_plugins.core.errors import ConfigError, PluginError
 
 #: the site every backbone has: block inputs, masked channel by channel (the published DTR)
 INPUT_SITE = "input"
@@ -315,7 +315,7 @@ class RoutedBackbone(nn.Module):
     routing_sites: ClassVar[tuple[str, ...]] = (INPUT_SITE,)
 
     #: "pixels": works on images (identity codec); "latents": on a codec's latents, whose shape sets
-    #: ``in_channels`` and ``input_size`` (see :mod:`dtr_plugins.engine.compose`).
+    #: ``in_channels`` and ``input_size`` (see :mod:`dtr_plugins.compose`).
     input_space: ClassVar[Literal["pixels", "latents"]] = "pixels"
 
     #: the backbone asks a learned plan for each routed layer's gate (:meth:`RoutingPlan.layer_gate`) with the

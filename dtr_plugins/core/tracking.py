@@ -3,7 +3,7 @@
 A tracker mirrors what the trainer writes to ``metrics.jsonl`` (which stays the source of truth) into
 an external viewer: TensorBoard, Weights & Biases, MLflow. Trackers are plugins of kind ``tracker``,
 registered through the ``dtr_register_trackers`` hook; the built-ins live in
-:mod:`dtr_plugins.engine.trackers`. This module holds only the contract (imported by ``core.config``),
+:mod:`dtr_plugins.training.tracker_set`. This module holds only the contract (imported by ``core.config``),
 so ``core`` never imports ``engine``.
 """
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ConfigError
-from .plugins import PluginRegistry
+from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.plugins import PluginRegistry
 
 KIND = "tracker"
 
 
 @runtime_checkable
 class Tracker(Protocol):
-    """One experiment tracker, driven by the trainer through :class:`~dtr_plugins.engine.trackers.TrackerSet`.
+    """One experiment tracker, driven by the trainer through :class:`~dtr_plugins.training.tracker_set.TrackerSet`.
 
     Call order: ``start`` once, then any number of ``log_scalars`` / ``log_image``, then ``finish``.
     """

@@ -102,9 +102,9 @@ def test_world_size_times_k_must_divide_the_batch():
     import contextlib
 
     from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.distributed import Dist
     from dtr_plugins.core.errors import ConfigError
-    from dtr_plugins.engine.distributed import Dist
-    from dtr_plugins.engine.train import _compute_settings
+    from dtr_plugins.training.train import _compute_settings
 
     cfg = config_from_dict({**TINY_DIT, "train": {"batch_size": 8, "grad_accum_steps": 8}})
     with pytest.raises(ConfigError, match="^train.batch_size: 8 is not divisible by world size 2 x "

@@ -10,8 +10,8 @@ import dtr_plugins as dp
 from dtr_plugins.codecs.autoencoder_kl import load_autoencoder_kl
 from dtr_plugins.codecs.identity import IdentityCodec
 from dtr_plugins.codecs.latent_cache import LatentCacheDataset
+from dtr_plugins.compose import build_codec, build_dataset, build_model, cache_latents, latent_cache_root
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.engine.compose import build_codec, build_dataset, build_model, cache_latents, latent_cache_root
 
 from ..conftest import write
 from .test_latent import CONFIG, TINY_VAE

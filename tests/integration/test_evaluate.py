@@ -20,8 +20,7 @@ from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.data import digits as digits_plugin
 from dtr_plugins.data import image_folder as image_folder_plugin
 from dtr_plugins.data.digits import Digits
-from dtr_plugins.engine import feature_extractors as fe_plugin
-from dtr_plugins.engine.evaluate import (
+from dtr_plugins.evaluation.evaluate import (
     EvalError,
     dataset_reference,
     evaluate,
@@ -29,7 +28,8 @@ from dtr_plugins.engine.evaluate import (
     parse_dataset_reference,
     to_uint8,
 )
-from dtr_plugins.engine.feature_extractors import (
+from dtr_plugins.extractors import builtin as fe_plugin
+from dtr_plugins.extractors.builtin import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
 )
@@ -380,7 +380,7 @@ def test_reference_folder_with_class_subfolders_is_read_recursively(tmp_path, re
 def test_too_few_samples_for_the_metric_settings_is_one_line_up_front(tmp_path):
     from dtr_plugins.core.config import EvalConfig
     from dtr_plugins.core.errors import ConfigError
-    from dtr_plugins.engine.evaluate import check_eval_settings
+    from dtr_plugins.evaluation.evaluate import check_eval_settings
 
     with pytest.raises(ConfigError, match=r"eval\.num_samples: 500 image\(s\) are too few for kid with "
                                           r"kid_subset_size=1000"):

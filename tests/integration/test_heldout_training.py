@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import dtr_plugins as dp
+from dtr_plugins.compose import build_components
 from dtr_plugins.core.plugins import default_registry
-from dtr_plugins.engine.compose import build_components
-from dtr_plugins.engine.heldout import heldout_losses, heldout_set_for
-from dtr_plugins.engine.trainer import model_kwargs_for
+from dtr_plugins.evaluation.heldout import heldout_losses, heldout_set_for
+from dtr_plugins.training.trainer import model_kwargs_for
 
 from .test_train import tiny_config
 

@@ -8,8 +8,8 @@ import torch
 
 import dtr_plugins as dp
 from dtr_plugins.core.errors import CheckpointError, UserError
-from dtr_plugins.engine import hub
-from dtr_plugins.engine.sample import generate, load_run
+from dtr_plugins.sampling.sample import generate, load_run
+from dtr_plugins.sharing import hub
 
 from ..conftest import write
 
@@ -26,7 +26,7 @@ sample: {sampler: ddim, respacing: ddim5, cfg_scale: 2.0, num_samples: 8, batch_
 eval: {at_end: false}
 """
 
-# What the trainer writes to eval.json at the end of a run (engine/train.py, _evaluate_during_training).
+# What the trainer writes to eval.json at the end of a run (training/train.py, _evaluate_during_training).
 EVAL = {"frechet_inception_distance": 12.345, "kernel_inception_distance_mean": 0.0123,
         "kernel_inception_distance_std": 0.0011, "precision": 0.71, "recall": 0.42, "class_accuracy": 0.9,
         "feature_extractor": "digits-classifier", "weights_sha256": "ab" * 32, "num_samples": 250,

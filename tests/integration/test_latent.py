@@ -9,9 +9,7 @@ import torch
 import dtr_plugins as dp
 from dtr_plugins.codecs.autoencoder_kl import AutoencoderKLCodec
 from dtr_plugins.codecs.latent_cache import LatentCacheDataset, draw_latents
-from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.core.plugins import default_registry
-from dtr_plugins.engine.compose import (
+from dtr_plugins.compose import (
     build_codec,
     build_components,
     build_dataset,
@@ -19,6 +17,8 @@ from dtr_plugins.engine.compose import (
     cache_latents,
     latent_cache_root,
 )
+from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.plugins import default_registry
 
 from ..conftest import write
 

@@ -7,9 +7,9 @@ from pydantic import BaseModel, ConfigDict
 
 import dtr_plugins
 from dtr_plugins.core.plugins import build_registry
-from dtr_plugins.engine.launchers import Launcher
-from dtr_plugins.engine.launchers.local import LocalLauncher, run_training
-from dtr_plugins.engine.suite import run_suite
+from dtr_plugins.experiments.suite import run_suite
+from dtr_plugins.launchers import Launcher
+from dtr_plugins.launchers.local import LocalLauncher, run_training
 
 from ..conftest import write
 from .test_suite import BASE

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import dtr_plugins as dp
+from dtr_plugins.compose import build_components, build_model
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import build_registry
-from dtr_plugins.engine.compose import build_components, build_model
-from dtr_plugins.engine.sample import generate
+from dtr_plugins.sampling.sample import generate
 
 from ..conftest import write
 

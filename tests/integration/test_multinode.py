@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from dtr_plugins.engine.launchers.job import torchrun_command
+from dtr_plugins.launchers.job import torchrun_command
 
 from ..conftest import tiny_dit_config
 

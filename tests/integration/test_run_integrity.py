@@ -101,7 +101,7 @@ def test_resume_at_the_final_step_redoes_a_lost_final_evaluation(tmp_path, run_c
 
 
 def dp_run(path):
-    from dtr_plugins.engine.rundir import RunDir
+    from dtr_plugins.runs.rundir import RunDir
 
     return RunDir(path)
 
@@ -156,7 +156,7 @@ def test_sampling_refuses_non_finite_weights(tmp_path, run_cli):
 
 HOLD = """\
 import sys, time
-from dtr_plugins.engine.rundir import RunDir
+from dtr_plugins.runs.rundir import RunDir
 with RunDir(sys.argv[1]).lock():
     print("locked", flush=True)
     time.sleep(120)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from dtr_plugins.engine.rundir import RunDir
-from dtr_plugins.engine.suite import run_suite
+from dtr_plugins.experiments.suite import run_suite
+from dtr_plugins.runs.rundir import RunDir
 
 from ..conftest import tiny_dit_config, write
 

@@ -108,7 +108,7 @@ def test_out_with_old_samples_is_refused_and_interrupt_leaves_no_half_set(runs, 
     assert code == 2 and len(err.strip().splitlines()) == 1 and "already holds files" in err
     assert len(list((out / "images").glob("*.png"))) == 6  # untouched: no mix of old and new
 
-    from dtr_plugins.engine import sample as sample_mod
+    from dtr_plugins.sampling import sample as sample_mod
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -142,7 +142,7 @@ MERGE_FAILS = """\
 import errno
 import sys
 from dtr_plugins.cli import main
-from dtr_plugins.engine import sample as sample_module
+from dtr_plugins.sampling import sample as sample_module
 
 if __import__("os").environ["RANK"] == "0":
     def full_disk(*args, **kwargs):
@@ -180,8 +180,8 @@ def test_rank_0_failing_to_merge_stops_every_rank(runs, tmp_path):
 GATHER = """\
 import sys
 import numpy as np
-from dtr_plugins.engine import distributed
-from dtr_plugins.engine.sample import generate, load_run
+from dtr_plugins.core import distributed
+from dtr_plugins.sampling.sample import generate, load_run
 
 d = distributed.setup("cpu")
 cfg, model, diffusion, _ = load_run(sys.argv[1], device="cpu")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dtr_plugins.engine.launchers.slurm import SlurmParams, minutes
+from dtr_plugins.launchers.slurm import SlurmParams, minutes
 
 from ..conftest import write
 from .test_suite import BASE

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from dtr_plugins.engine.report import build_report, metric_table
-from dtr_plugins.engine.suite import load_suite, run_suite, value_label
+from dtr_plugins.experiments.report import build_report, metric_table
+from dtr_plugins.experiments.suite import load_suite, run_suite, value_label
 
 from ..conftest import ROOT, write
 
@@ -140,7 +140,7 @@ def test_report_from_synthetic_results(tmp_path):
     root = tmp_path / "synthetic"
     synthetic_suite(root)
     report = build_report(root).read_text()
-    from dtr_plugins.engine.report import collect
+    from dtr_plugins.experiments.report import collect
 
     table = metric_table("frechet_inception_distance", collect(root)[1])
     assert table.splitlines()[2:] == [
@@ -217,7 +217,7 @@ def test_shipped_suites_expand():
 
 
 def test_colliding_short_labels_get_parameters():
-    from dtr_plugins.engine.suite import axis_labels
+    from dtr_plugins.experiments.suite import axis_labels
 
     a = {"name": "dit", "size": "S/2", "input_size": 8}
     b = {"name": "dit", "size": "S/2", "input_size": 16}
@@ -226,7 +226,7 @@ def test_colliding_short_labels_get_parameters():
 
 
 def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_path, monkeypatch):
-    from dtr_plugins.engine import compose
+    from dtr_plugins import compose
 
     root = tmp_path / "synthetic"
     synthetic_suite(root)
@@ -349,7 +349,7 @@ def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
 def test_report_header_lists_each_applied_sampling_setting():
     """A routing x process suite samples gaussian runs with DDIM and flow runs with Heun: the header says both
     (with run counts), never only the last run's sampler."""
-    from dtr_plugins.engine.report import RunResult, _eval_settings
+    from dtr_plugins.experiments.report import RunResult, _eval_settings
 
     def run(rid, sampler, respacing):
         ev = {"step": 400, "num_samples": 250, "sampler": sampler, "respacing": respacing, "cfg_scale": 2.0}
@@ -363,7 +363,7 @@ def test_report_header_lists_each_applied_sampling_setting():
 
 
 def test_metric_table_counts_the_seeds_that_have_a_value_not_the_planned_runs():
-    from dtr_plugins.engine.report import RunResult
+    from dtr_plugins.experiments.report import RunResult
 
     def run(seed, status, fid=None):
         evals = [{"step": 400, "frechet_inception_distance": fid}] if fid is not None else []

@@ -1,5 +1,5 @@
 """Suite names and run ids are single folder names: nothing lands outside the suite's output_dir."""
-from dtr_plugins.engine.suite import load_suite, value_label
+from dtr_plugins.experiments.suite import load_suite, value_label
 
 from ..conftest import write
 from .test_suite import BASE, suite_file

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import dtr_plugins as dp
+from dtr_plugins.compose import build_components
 from dtr_plugins.core.checkpoint import RouterInitWarning, load_checkpoint
-from dtr_plugins.engine.compose import build_components
 
 from ..conftest import write
 
@@ -144,7 +144,7 @@ def test_bad_switch_params_are_one_line_exit_2(tmp_path, run_cli, override, key)
 
 
 def test_suite_report_draws_the_switch_gates_next_to_the_static_masks(tmp_path):
-    from dtr_plugins.engine.suite import run_suite
+    from dtr_plugins.experiments.suite import run_suite
 
     write(tmp_path / "base.yaml", TINY)
     path = write(tmp_path / "suite.yaml", f"""\

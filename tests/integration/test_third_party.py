@@ -199,10 +199,10 @@ def test_backbone_missing_a_contract_attribute_is_one_plugin_error():
 
     import pytest
 
+    from dtr_plugins.compose import build_model
     from dtr_plugins.core.config import config_from_dict
     from dtr_plugins.core.errors import PluginError
     from dtr_plugins.core.plugins import build_registry
-    from dtr_plugins.engine.compose import build_model
 
     module = types.ModuleType("acme_no_size")
     exec(TINY_CONV.replace("self.in_channels, self.input_size, self.num_classes = in_channels, input_size, "

@@ -21,7 +21,7 @@ from dtr_plugins.core.config import PluginSection, config_from_dict
 from dtr_plugins.core.errors import ConfigError, PluginError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import build_registry
-from dtr_plugins.engine.trackers import (
+from dtr_plugins.training.tracker_set import (
     TrackerSet,
     TrackerWarning,
     as_rgb_uint8,

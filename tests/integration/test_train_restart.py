@@ -3,8 +3,8 @@ import pytest
 
 import dtr_plugins as dp
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.engine.rundir import RunDir
-from dtr_plugins.engine.trainer import Trainer
+from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.training.trainer import Trainer
 
 from ..conftest import write
 from .test_sample_out import TINY

@@ -78,8 +78,12 @@ def test_single_steps(ref, toy, schedule, name):
                 sample = spaced.ddim_step(toy, x_t, t, clip_denoised=True, eta=eta, noise=step["noise"])
         # the model sees the original training-step index, as guided-diffusion's _WrappedModel does
         assert toy.seen[0].tolist() == [int(r["use_timesteps"][int(i)])] * x_t.shape[0]
-        torch.testing.assert_close(pred_xstart, step["pred_xstart"], rtol=0, atol=ATOL, msg=f"pred_xstart, i={i}")
-        torch.testing.assert_close(sample, step["sample"], rtol=0, atol=ATOL, msg=f"sample, i={i}")
+        # x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps: one fp32 rounding of eps (2^-23 relative, and the
+        # convolution's summation order differs between CPUs) is amplified by sqrt(1/abar - 1), 157 at the
+        # linear schedule's last step; the bound grows with it and stays ATOL where the factor is small
+        atol = ATOL + 2.0 ** -23 * float(spaced.sqrt_recipm1_alphas_cumprod[int(i)])
+        torch.testing.assert_close(pred_xstart, step["pred_xstart"], rtol=0, atol=atol, msg=f"pred_xstart, i={i}")
+        torch.testing.assert_close(sample, step["sample"], rtol=0, atol=atol, msg=f"sample, i={i}")
 
 
 @pytest.mark.parametrize(("schedule", "name"), CASES)

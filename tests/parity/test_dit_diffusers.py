@@ -15,7 +15,7 @@ from dtr_plugins.backbones.dit_diffusers import (
 )
 from dtr_plugins.core.checkpoint import save_checkpoint
 from dtr_plugins.core.errors import CheckpointError, UserError
-from dtr_plugins.engine import hub
+from dtr_plugins.sharing import hub
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DiTTransformer2DModel  # noqa: E402
@@ -237,7 +237,7 @@ def _pipeline(tmp_path, scheduler):
 
 def test_diffusers_pipeline_loads_on_its_vae_and_samples(tmp_path):
     from dtr_plugins.backbones.dit_diffusers import LatentDiffusersDiT
-    from dtr_plugins.engine.sample import generate
+    from dtr_plugins.sampling.sample import generate
 
     folder, transformer = _pipeline(tmp_path, {"_class_name": "KarrasDiffusionSchedulers", "num_train_timesteps": 500,
                                                "beta_schedule": "linear", "beta_start": 0.0002, "beta_end": 0.04})

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import dtr_plugins as dp
+from dtr_plugins.compose import build_diffusion, build_model
 from dtr_plugins.core.continuous_routing import ContinuousTasks, grid_rows
 from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
 from dtr_plugins.core.flow import FlowMatching
 from dtr_plugins.core.process import GaussianProcess
 from dtr_plugins.core.routing import RoutingPlan
-from dtr_plugins.engine.compose import build_diffusion, build_model
 from dtr_plugins.strategies.dtr import SlidingWindow, window_starts
 from dtr_plugins.strategies.random import RandomRouting
 
@@ -239,7 +239,7 @@ def test_gaussian_sampler_names_are_checked_too(tmp_path, run_cli):
 
 
 def test_routing_x_process_suite_plans_six_matching_runs_per_seed():
-    from dtr_plugins.engine.suite import load_suite
+    from dtr_plugins.experiments.suite import load_suite
 
     suite = load_suite(ROOT / "configs" / "suites" / "routing_x_process_digits.yaml")
     plan = sorted((r.config.diffusion.name, r.config.sample.sampler, r.config.routing.name, r.config.seed)
@@ -256,9 +256,9 @@ def test_routing_x_process_pairs_stay_within_one_process():
     """The report pairs a flow run with the flow vanilla run of its seed, never with the gaussian one: with
     the suite's own run ids and assignments, gaussian FIDs near 0 and flow FIDs near 100 give differences
     near 1 (a cross-process pair would give about 100)."""
-    from dtr_plugins.engine.compare import RunRecord, compare_runs, pair_runs
-    from dtr_plugins.engine.compare_records import axes_of
-    from dtr_plugins.engine.suite import load_suite
+    from dtr_plugins.experiments.compare import RunRecord, compare_runs, pair_runs
+    from dtr_plugins.experiments.compare_records import axes_of
+    from dtr_plugins.experiments.suite import load_suite
 
     suite = load_suite(ROOT / "configs" / "suites" / "routing_x_process_digits.yaml")
     records = []

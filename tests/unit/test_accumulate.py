@@ -1,15 +1,15 @@
-"""Gradient accumulation (engine/accumulate.py), per-block activation checkpointing and TF32 (core/compute.py)."""
+"""Gradient accumulation (training/accumulate.py), per-block activation checkpointing and TF32 (core/compute.py)."""
 import contextlib
 import copy
 
 import pytest
 import torch
 
+from dtr_plugins.compose import build_diffusion, build_model
 from dtr_plugins.core.compute import apply_activation_checkpointing, run_block, tf32_mode
 from dtr_plugins.core.config import apply_overrides, config_from_dict, load_config, parse_yaml
 from dtr_plugins.core.plugins import default_registry
-from dtr_plugins.engine.accumulate import forward_backward, micro_slices, no_sync_of, weighted_share
-from dtr_plugins.engine.compose import build_diffusion, build_model
+from dtr_plugins.training.accumulate import forward_backward, micro_slices, no_sync_of, weighted_share
 
 from ..conftest import write
 

@@ -14,10 +14,10 @@ import pytest
 from torch.distributed.run import get_args_parser
 
 from dtr_plugins.cli import _os_error_line, build_parser
+from dtr_plugins.compose import validate_run
 from dtr_plugins.core.config import load_config
 from dtr_plugins.core.errors import PluginError
 from dtr_plugins.core.plugins import PluginLoadWarning, build_registry
-from dtr_plugins.engine.compose import validate_run
 
 from ..conftest import write
 from .test_config import GOOD
@@ -51,7 +51,7 @@ def _builtin_registry_plus(*extra):
     import dtr_plugins.backbones.dit as dit
     import dtr_plugins.codecs.identity as identity
     import dtr_plugins.data.digits as digits
-    import dtr_plugins.engine.feature_extractors as fx
+    import dtr_plugins.extractors.builtin as fx
     import dtr_plugins.processes.gaussian as gaussian
     import dtr_plugins.strategies.dtr as sdtr
     import dtr_plugins.weighting.constant as constant
@@ -169,7 +169,7 @@ def test_os_errors_become_one_line(code, expected):
 
 
 def test_full_disk_while_training_is_one_line(tmp_path, run_cli, monkeypatch):
-    from dtr_plugins.engine import rundir
+    from dtr_plugins.runs import rundir
 
     def full(self, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / "config.yaml"))

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dtr_plugins.engine.compare import (
+from dtr_plugins.experiments.compare import (
     NOT_RESOLVED,
     RunRecord,
     compare_runs,
@@ -12,7 +12,7 @@ from dtr_plugins.engine.compare import (
     render_comparison_markdown,
     t_interval,
 )
-from dtr_plugins.engine.compare_records import axes_of, runs_from_suite
+from dtr_plugins.experiments.compare_records import axes_of, runs_from_suite
 
 from ..conftest import write
 
@@ -199,7 +199,7 @@ def test_axis_labels_from_assignment_ids_and_config():
 def test_plots_of_bands_and_forest(tmp_path):
     from PIL import Image
 
-    from dtr_plugins.engine.compare_plots import group_curves, plot_forest, plot_heldout_bands
+    from dtr_plugins.experiments.compare_plots import group_curves, plot_forest, plot_heldout_bands
 
     runs = runs_from_suite(crafted_suite(tmp_path / "s"))
     groups = group_curves(runs)

@@ -1,7 +1,7 @@
 """Config inputs that must be refused (or accepted) as one line, exit 2, no traceback ("Trustworthy results" #12).
 
 Each case is run through ``dtr validate``, which runs everything ``dtr train`` checks before its first step
-(:func:`dtr_plugins.engine.compose.validate_run`).
+(:func:`dtr_plugins.compose.validate_run`).
 """
 import pytest
 import torch

@@ -6,7 +6,7 @@ from PIL import Image
 
 from dtr_plugins.core.decode import read_rgb_array, to_rgb
 from dtr_plugins.core.errors import DataError
-from dtr_plugins.engine.evaluation.inputs import load_images
+from dtr_plugins.evaluation.inputs import load_images
 
 
 def saved(tmp_path, img, name, **kw):

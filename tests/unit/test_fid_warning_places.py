@@ -1,5 +1,5 @@
 """The rank-deficient FID warning travels with the number: the single-run report shows it."""
-from dtr_plugins.engine.rundir import RunDir
+from dtr_plugins.runs.rundir import RunDir
 
 from .test_runs_report import make_run
 

@@ -1,9 +1,9 @@
-"""Heatmaps of learned gates (engine/gate_plots.py): layout of the matrix, what a plan reports, the file."""
+"""Heatmaps of learned gates (experiments/gate_plots.py): layout of the matrix, what a plan reports, the file."""
 import pytest
 import torch
 
 from dtr_plugins.core.routing import RoutingPlan
-from dtr_plugins.engine.gate_plots import gate_matrix, learned_gate_tables, plot_gate_tables, plot_learned_gates
+from dtr_plugins.experiments.gate_plots import gate_matrix, learned_gate_tables, plot_gate_tables, plot_learned_gates
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.strategies.switch import SwitchRouting
 

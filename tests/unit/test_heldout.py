@@ -11,7 +11,7 @@ from dtr_plugins.core.routing import RoutingPlan
 from dtr_plugins.data.digits import Digits, DigitsParams, heldout_mask
 from dtr_plugins.data.image_folder import ImageFolder
 from dtr_plugins.data.synthetic import Synthetic, SyntheticParams
-from dtr_plugins.engine.heldout import (
+from dtr_plugins.evaluation.heldout import (
     HeldOutSet,
     band_edges,
     heldout_dataset_params,

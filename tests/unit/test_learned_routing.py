@@ -175,7 +175,7 @@ def test_learned_checkpoints_stay_strict(tmp_path):
 
 def test_optimizer_groups_static_and_learned():
     from dtr_plugins.core.config import config_from_dict
-    from dtr_plugins.engine.trainer import TrainState
+    from dtr_plugins.training.trainer import TrainState
     from dtr_plugins.weighting.constant import Constant
 
     cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "dtr"},
@@ -260,9 +260,9 @@ def test_a_strategy_of_neither_kind_is_one_plugin_error():
     from pydantic import BaseModel
 
     import dtr_plugins
+    from dtr_plugins.compose import build_strategy_from
     from dtr_plugins.core.config import config_from_dict
     from dtr_plugins.core.plugins import build_registry
-    from dtr_plugins.engine.compose import build_strategy_from
 
     class NoParams(BaseModel):
         pass

@@ -5,7 +5,7 @@ import torch
 
 from dtr_plugins.core.checkpoint import read_checkpoint
 from dtr_plugins.core.errors import CheckpointError, UserError
-from dtr_plugins.engine import feature_extractors
+from dtr_plugins.extractors import builtin as feature_extractors
 
 from ..conftest import write
 from .test_config import GOOD

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from dtr_plugins.engine.evaluation.metrics import (
+from dtr_plugins.evaluation.metrics import (
     _never_negative,
     compute_metrics,
     metric_settings,
     settings_problem,
 )
-from dtr_plugins.engine.evaluation.stats_cache import ReferenceStats, fid_statistics
-from dtr_plugins.engine.feature_extractors import EvalError
+from dtr_plugins.evaluation.stats_cache import ReferenceStats, fid_statistics
+from dtr_plugins.extractors.builtin import EvalError
 
 
 def test_fid_of_identical_sets_is_zero_not_negative():

@@ -4,7 +4,7 @@ import torch
 
 from dtr_plugins.core.checkpoint import save_checkpoint
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.engine.retention import is_complete_checkpoint, list_checkpoints, prune_checkpoints
+from dtr_plugins.runs.retention import is_complete_checkpoint, list_checkpoints, prune_checkpoints
 
 
 def _ckpt(folder, step):

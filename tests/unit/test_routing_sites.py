@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dtr_plugins.backbones.dit import Attention, DiT, DiTBlock, Mlp
+from dtr_plugins.compose import build_model
 from dtr_plugins.core.config import config_from_dict, load_config
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.routing import ActiveUnits, RoutingPlan, shared_timestep
-from dtr_plugins.engine.compose import build_model
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.strategies.random import RandomRouting
 from dtr_plugins.strategies.vanilla import Vanilla
@@ -258,7 +258,7 @@ def test_adm_unet_declares_only_the_input_site():
 
 
 def test_routing_sites_suite_compares_three_routings_over_three_seeds():
-    from dtr_plugins.engine.suite import load_suite
+    from dtr_plugins.experiments.suite import load_suite
 
     suite = load_suite(CONFIGS / "suites" / "routing_sites_digits.yaml")
     groups = {r.group: r.config.routing for r in suite.runs}

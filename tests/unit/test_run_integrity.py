@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import dtr_plugins as dp
+from dtr_plugins.compose import build_model
 from dtr_plugins.core.checkpoint import RoutingMismatchWarning, routing_record, save_checkpoint
 from dtr_plugins.core.errors import CheckpointError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference, identity_config
-from dtr_plugins.engine.compose import build_model
-from dtr_plugins.engine.rundir import RunDir, RunLocked
+from dtr_plugins.runs.rundir import RunDir, RunLocked
 
 from ..conftest import tiny_dit_config, write
 
@@ -111,7 +111,7 @@ def test_missing_outputs_lists_what_the_config_asks_for(tmp_path):
 # -------------------------------------------------------------------------------------- lock
 HOLD = """\
 import sys, time
-from dtr_plugins.engine.rundir import RunDir
+from dtr_plugins.runs.rundir import RunDir
 with RunDir(sys.argv[1]).lock():
     print("locked", flush=True)
     time.sleep(120)
@@ -134,7 +134,7 @@ def test_second_process_is_refused_and_a_dead_holder_frees_the_lock(tmp_path):
 
 
 def test_suite_counts_a_run_done_only_when_its_outputs_exist(tmp_path):
-    from dtr_plugins.engine.suite import run_state
+    from dtr_plugins.experiments.suite import run_state
 
     rd = RunDir(tmp_path / "run")
     cfg = cfg_with(tmp_path, "eval.at_end=true")

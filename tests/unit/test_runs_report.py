@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from dtr_plugins.core.errors import UserError
-from dtr_plugins.engine.evaluate import describe_metrics
-from dtr_plugins.engine.numbers import fmt, fmt_interval, fmt_mean_std, fmt_signed
-from dtr_plugins.engine.plots import enlarge, pick_per_class, plot_sample_rows, readable_grid
-from dtr_plugins.engine.run_report import build_run_report
-from dtr_plugins.engine.rundir import RunDir
-from dtr_plugins.engine.runs import find_runs, format_runs_table, lock_held, summarize_run
+from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_mean_std, fmt_signed
+from dtr_plugins.evaluation.evaluate import describe_metrics
+from dtr_plugins.experiments.plots import enlarge, pick_per_class, plot_sample_rows, readable_grid
+from dtr_plugins.experiments.run_report import build_run_report
+from dtr_plugins.runs.listing import find_runs, format_runs_table, lock_held, summarize_run
+from dtr_plugins.runs.rundir import RunDir
 
 from ..conftest import tiny_dit_config, write
 
@@ -182,7 +182,7 @@ def test_single_run_report(tmp_path, run_cli):
 
 
 def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
-    from dtr_plugins.engine.launchers.local import _evaluation_note
+    from dtr_plugins.launchers.local import _evaluation_note
 
     bar = "tiny:  50%|#####     | 2/4 [00:01<00:01]\r" + " " * 40 + "\r"
     log = write(tmp_path / "train.log", "dtr: step 9: evaluating: an earlier attempt\n")
@@ -201,7 +201,7 @@ def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
 
 
 def test_metric_table_counts_the_seeds_that_have_a_value():
-    from dtr_plugins.engine.report import RunResult, metric_table
+    from dtr_plugins.experiments.report import RunResult, metric_table
 
     def run(seed, fid=None):
         evals = [{"step": 20, "frechet_inception_distance": fid}] if fid is not None else []

@@ -4,7 +4,7 @@ import torch
 
 from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
 from dtr_plugins.core.flow import FlowMatching
-from dtr_plugins.engine.sample import _CountingModel
+from dtr_plugins.sampling.sample import _CountingModel
 
 
 class _Toy(torch.nn.Module):

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dtr_plugins.engine.train import StepBatches
-from dtr_plugins.engine.trainer import ema_decay_at, ema_update
+from dtr_plugins.training.train import StepBatches
+from dtr_plugins.training.trainer import ema_decay_at, ema_update
 
 
 def train_cfg(decay: float, warmup: bool) -> SimpleNamespace:

@@ -1,0 +1,206 @@
+"""Evaluation references: a folder, an ``.npz``, an array or a dataset plugin, and what identifies its content.
+
+A dataset plugin is written ``dataset:NAME`` with optional parameters as a query string,
+``dataset:NAME?key=value&key=value`` (values are read as YAML scalars, so ``8`` is a number and ``true`` a
+boolean, except for string-typed parameters; ``%``-escapes work as in URLs)::
+
+    dataset:digits                       all 1,797 digits
+    dataset:digits?split=b&image_size=16
+    dataset:image_folder?path=/data/ffhq&image_size=256&class_cond=false
+
+For a dataset whose parameters include ``image_size``, an unset ``image_size`` defaults to the samples' size;
+``random_flip`` defaults to off.
+
+Content identity (:attr:`Reference.key`): reference statistics are cached by what determines them, never by
+a name or path alone.
+
+- a folder: every image file under it (recursively) by relative path, size and modification time, and the
+  version of the image decoder (:data:`dtr_plugins.core.decode.DECODER_VERSION`);
+- an ``.npz``: its size and modification time; an array: the SHA-256 of its bytes and its shape;
+- a dataset: its name, every validated parameter, the plugin's distribution and version, and, for each
+  string parameter that names a data location (``path``, ``root``, or a name ending in ``_path``, ``_dir``
+  or ``_root``) and exists, the fingerprint of that file or folder (every file under it, recursively), and
+  the image decoder's version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import typing
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dtr_plugins.core.decode import DECODER_VERSION
+from dtr_plugins.core.errors import DataError
+from dtr_plugins.evaluation.inputs import (
+    DatasetImages,
+    ImageSet,
+    array_images,
+    load_images,
+    materialize,
+)
+from dtr_plugins.extractors.builtin import EvalError
+
+DATASET_PREFIX = "dataset:"
+_LOCATION_NAMES = ("path", "root")
+_LOCATION_SUFFIXES = ("_path", "_dir", "_root")
+
+
+def dataset_reference(name: str, **params: Any) -> str:
+    """The reference string for a dataset plugin, e.g. ``dataset_reference("digits", split="b")``
+    -> ``"dataset:digits?split=b"`` (``random_flip`` is dropped: references are not augmented)."""
+    params.pop("random_flip", None)
+    items = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = json.dumps(value) if isinstance(value, bool) else str(value)
+        items.append((key, text))
+    query = urllib.parse.urlencode(items)
+    return f"{DATASET_PREFIX}{name}" + (f"?{query}" if query else "")
+
+
+def parse_dataset_reference(spec: str, registry=None) -> tuple[str, dict[str, Any]]:
+    """``dataset:NAME?k=v&k=v`` -> (NAME, params); values are YAML scalars unless the parameter is a string.
+
+    Raises :class:`EvalError` for bad syntax and :class:`~dtr_plugins.core.errors.PluginError` for an unknown
+    dataset.
+    """
+    import yaml
+
+    body = spec[len(DATASET_PREFIX):]
+    name, _, query = body.partition("?")
+    name = urllib.parse.unquote(name.strip())
+    if not name:
+        raise EvalError(f"reference {spec!r}: no dataset name (write dataset:NAME?key=value&...)")
+    info = default_registry(registry).get("dataset", name)
+    fields = info.params.model_fields
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError:
+        raise EvalError(f"reference {spec!r}: parameters must be written ?key=value&key=value") from None
+    params: dict[str, Any] = {}
+    for key, raw in pairs:
+        if key in params:
+            raise EvalError(f"reference {spec!r}: parameter {key!r} given twice")
+        if key in fields and _wants_string(fields[key].annotation):
+            params[key] = raw
+            continue
+        try:
+            params[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            params[key] = raw
+    return name, params
+
+
+def _wants_string(annotation: Any) -> bool:
+    """Whether a parameter takes strings (``str``, ``str | None``, a Literal of strings): keep its raw text."""
+    if annotation is str:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return bool(args) and all(isinstance(a, str) for a in args)
+    return any(_wants_string(a) for a in args if a is not type(None))
+
+
+def default_registry(registry=None):
+    """``registry``, else the default plugin registry (entry points)."""
+    if registry is not None:
+        return registry
+    from dtr_plugins.core.plugins import default_registry as _default
+
+    return _default()
+
+
+def fingerprint_path(path: Path) -> dict[str, Any]:
+    """What identifies a folder's or file's content cheaply: every file under a folder (recursively) by
+    relative path, size and modification time in nanoseconds, hashed; a file by its size and modification time."""
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        count = 0
+        for f in sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix()):
+            st = f.stat()
+            digest.update(f"{f.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            count += 1
+        return {"folder": str(path.resolve()), "files": count, "listing_sha256": digest.hexdigest()}
+    st = path.stat()
+    return {"file": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _is_location(name: str) -> bool:
+    return name in _LOCATION_NAMES or name.endswith(_LOCATION_SUFFIXES)
+
+
+@dataclass
+class Reference:
+    """A resolved reference: ``label`` (as written, datasets normalized), ``key`` (its content identity, see
+    the module docstring), ``slug`` (a short readable name for cache files) and ``load`` (builds the images)."""
+
+    label: str
+    key: dict[str, Any]
+    slug: str
+    load: Callable[[], ImageSet]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of :attr:`key` (canonical JSON): the reference's content id in records."""
+        return hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=None) -> Reference:
+    """A folder, ``.npz``, ``uint8`` NHWC array or ``dataset:NAME?...`` string as a :class:`Reference`.
+
+    ``sample_size`` (H, W) fills a dataset's unset ``image_size`` when the samples are square. Nothing is
+    loaded here; bad references raise :class:`DataError`, :class:`EvalError` or a config/plugin error.
+    """
+    if isinstance(reference, (np.ndarray, torch.Tensor)):
+        arr = reference.cpu().numpy() if torch.is_tensor(reference) else np.asarray(reference)
+        key = {"array_sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
+               "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        return Reference("<array>", key, "array", lambda: array_images(arr, "reference"))
+    spec = str(reference)
+    if spec.startswith(DATASET_PREFIX):
+        return _dataset_reference(spec, sample_size, registry)
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"reference {spec}: no such file or folder (or write dataset:NAME for a dataset plugin)")
+    if not (path.is_dir() or path.suffix.lower() == ".npz"):
+        raise DataError(f"reference {spec}: expected a folder of images, an .npz file or dataset:NAME")
+    content: dict[str, Any] = dict(fingerprint_path(path))
+    if path.is_dir():
+        content["decoder"] = DECODER_VERSION
+    return Reference(spec, content, path.stem or "ref", lambda: load_images(path))
+
+
+def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Reference:
+    name, params = parse_dataset_reference(spec, registry)
+    info = default_registry(registry).get("dataset", name)
+    fields = info.params.model_fields
+    if "image_size" in fields and "image_size" not in params and sample_size[0] == sample_size[1]:
+        params["image_size"] = sample_size[0]
+    if "random_flip" in fields and "random_flip" not in params:
+        params["random_flip"] = False
+    validated = info.validate(params, where=f"reference dataset:{name}").model_dump(mode="json")
+    label = dataset_reference(name, **validated)
+    if validated.get("random_flip"):
+        label += "&random_flip=true"
+    locations = {k: fingerprint_path(Path(v).expanduser()) for k, v in validated.items()
+                 if isinstance(v, str) and _is_location(k) and os.path.exists(Path(v).expanduser())}
+    key = {"dataset": name, "params": validated, "distribution": info.distribution, "version": info.version,
+           "data": locations, "decoder": DECODER_VERSION}
+
+    def load() -> ImageSet:
+        images = DatasetImages(info.factory(**validated), f"reference {label}")
+        dataset, size, in_memory = materialize(images, label)
+        return ImageSet(dataset, size, None, in_memory, label)
+
+    slug = name + "".join(f"-{k}{v}" for k, v in validated.items() if k in ("split", "image_size"))
+    return Reference(label, key, slug, load)

@@ -1,0 +1,1 @@
+"""Experiments: suites, reports, paired comparisons, plots and ``dtr runs`` tables."""

@@ -1,0 +1,110 @@
+"""A suite folder -> :class:`~dtr_plugins.experiments.compare.RunRecord` per run, for paired comparisons.
+
+Reads what the runs wrote: ``suite.json`` (run ids and their matrix assignment), and per run
+``status.json``, ``config.yaml`` (the applied seed and routing) and ``metrics.jsonl``:
+
+- ``{"step": S, "eval": {"frechet_inception_distance": .., ...}}`` -> curves of the eval metrics;
+- ``{"step": S, "heldout": {"band0": .., ..., "total": .., "fingerprint": ..}}`` -> curves
+  ``heldout/band<k>`` and ``heldout/total`` (written by :func:`dtr_plugins.evaluation.heldout.heldout_record`);
+- training lines (``{"step": S, "loss": ..}``) are not compared (their window and weighting vary).
+
+A later line for the same step replaces an earlier one (a resumed run may log a step twice).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from dtr_plugins.core.errors import UserError
+from dtr_plugins.experiments.compare import RunRecord, metric_info
+
+_BODY_KEYS = ("eval", "heldout")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)  # NaN: no result
+
+
+def curves_from_records(records: list[dict[str, Any]]) -> tuple[dict[str, list[tuple[int, float]]], str | None]:
+    """Metric curves and the held-out fingerprint (``"inconsistent"`` when a run logged more than one)."""
+    points: dict[str, dict[int, float]] = {}
+    prints = set()
+    for record in records:
+        step = record.get("step")
+        if not isinstance(step, int):
+            continue
+        if isinstance(record.get("eval"), dict):
+            for key, value in record["eval"].items():
+                if metric_info(key) and _number(value):
+                    points.setdefault(key, {})[step] = float(value)
+        if isinstance(record.get("heldout"), dict):
+            body = record["heldout"]
+            for key, value in body.items():
+                name = f"heldout/{key}"
+                if metric_info(name) and _number(value):
+                    points.setdefault(name, {})[step] = float(value)
+            if body.get("fingerprint"):
+                prints.add(str(body["fingerprint"]))
+    curves = {k: sorted(v.items()) for k, v in points.items()}
+    fingerprint = next(iter(prints)) if len(prints) == 1 else ("inconsistent" if prints else None)
+    return curves, fingerprint
+
+
+def _label(value: Any, id_part: str | None) -> str:
+    if isinstance(value, dict):
+        return id_part or "-".join([str(value.get("name", "?"))] + [f"{k}{v}" for k, v in value.items() if k != "name"])
+    return str(value)
+
+
+def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
+    """Axis -> value label, seed left out. A section value (a mapping) is labelled as in the run id
+    (``dtr-a4-b0.8``), a plain value by itself; the one matrix key on the routing section (``routing`` or
+    ``routing.name``) becomes the ``routing`` axis, and with none the applied routing is used."""
+    keys = list(assignment)
+    parts = run_id.split("__")
+    ids = parts[:len(keys)] if len(parts) in (len(keys), len(keys) + 1) else [None] * len(keys)
+    axes = {k: _label(assignment[k], part) for k, part in zip(keys, ids) if k != "seed"}
+    routing_keys = [k for k in axes if k.partition(".")[0] == "routing"]
+    if len(routing_keys) == 1 and routing_keys[0] != "routing":
+        axes["routing"] = axes.pop(routing_keys[0])
+    if not routing_keys and isinstance(config.get("routing"), dict):
+        axes["routing"] = _label(config["routing"], None)
+    return axes
+
+
+def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
+    """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``)."""
+    import yaml
+
+    suite_dir = Path(suite_dir)
+    index_path = suite_dir / "suite.json"
+    if not index_path.exists():
+        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
+    index = json.loads(index_path.read_text())
+    out = []
+    for entry in index.get("runs", []):
+        run_dir = suite_dir / entry["id"]
+        status_path, config_path = run_dir / "status.json", run_dir / "config.yaml"
+        status = json.loads(status_path.read_text()).get("state", "new") if status_path.exists() else "new"
+        config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+        assignment = entry.get("assignment") or {}
+        seed = config.get("seed", assignment.get("seed", 0))
+        curves, fingerprint = curves_from_records(_read_jsonl(run_dir / "metrics.jsonl"))
+        out.append(RunRecord(id=entry["id"], seed=int(seed), axes=axes_of(entry["id"], assignment, config),
+                             curves=curves, status=status, heldout_fingerprint=fingerprint))
+    return out

@@ -1,0 +1,311 @@
+"""A suite's report: ``results.csv`` (one row per run and eval step), ``report.md`` and ``plots/*.png``.
+
+Everything is rebuilt from the run directories, so ``dtr report SUITE_DIR`` works at any time, also
+while a suite is half done.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.io import write_text
+from dtr_plugins.core.numbers import fmt_mean_std
+from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
+from dtr_plugins.experiments.compare_records import runs_from_suite
+from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.sharing.model_card import fid_caveat
+
+#: torch-fidelity key (or ours) -> (column title, lower is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "frechet_inception_distance": ("FID", True),
+    "kernel_inception_distance_mean": ("KID", True),
+    "inception_score_mean": ("IS", False),
+    "precision": ("precision", False),
+    "recall": ("recall", False),
+    "class_accuracy": ("class accuracy", False),
+}
+TRAIN_LOSS = "train_loss"
+
+
+@dataclass
+class RunResult:
+    id: str
+    group: str
+    seed: int
+    status: str
+    routing: str
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    evals: list[dict[str, Any]] = field(default_factory=list)  # one per eval step, with "step"
+    train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl training records
+    current: bool = True  # trained with the suite's current config (its recorded fingerprint is the planned one)
+
+
+def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
+    """Metric keys must hold numbers; anything else under a metric's name is dropped, not plotted."""
+    return {k: v for k, v in result.items() if k not in METRICS or isinstance(v, (int, float))}
+
+
+def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
+    index_path = suite_dir / "suite.json"
+    if not index_path.exists():
+        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
+    index = json.loads(index_path.read_text())
+    results = []
+    for entry in index["runs"]:
+        run_dir = RunDir(suite_dir / entry["id"])
+        status = run_dir.read_status().get("state", "new")
+        config = run_dir.read_config()
+        meta = run_dir.read_meta()
+        records = run_dir.read_metrics()
+        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
+        train = [r for r in records if "loss" in r]  # held-out and eval lines are not training records
+        recorded = run_dir.fingerprint_path.read_text().strip() if run_dir.fingerprint_path.is_file() else None
+        results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
+                                 status=status, routing=(config.get("routing") or {}).get("name", "?"),
+                                 current=None in (recorded, entry.get("fingerprint"))  # unknown: not stale
+                                 or recorded == entry.get("fingerprint"),
+                                 config=config, meta=meta, evals=evals, train=train))
+    return index, results
+
+
+def _final_loss(run: RunResult) -> float | None:
+    return run.train[-1]["loss"] if run.train else None
+
+
+def write_csv(results: list[RunResult], path: Path) -> list[str]:
+    metric_keys = [k for k in METRICS if any(k in e for r in results for e in r.evals)]
+    header = ["run_id", "group", "routing", "seed", "status", "step", *metric_keys, TRAIN_LOSS]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for r in results:
+        rows = r.evals or [{"step": r.train[-1]["step"] if r.train else ""}]
+        for e in rows:
+            loss = next((t["loss"] for t in r.train if t["step"] == e["step"]), None) if r.evals else _final_loss(r)
+            writer.writerow([r.id, r.group, r.routing, r.seed, r.status, e["step"],
+                             *[_num(e.get(k)) for k in metric_keys], _num(loss)])
+    write_text(path, buf.getvalue())
+    return metric_keys
+
+
+def _num(v: Any) -> str:
+    return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def _groups(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    out: dict[str, list[RunResult]] = {}
+    for r in results:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def metric_table(key: str, results: list[RunResult]) -> str:
+    """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold. Differences
+    against the baseline are the paired comparison's job (:mod:`.compare`), not this table's."""
+    title, lower = METRICS.get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
+    groups = _groups(results)
+    if key == TRAIN_LOSS:
+        cells = {g: {"final": [v for v in (_final_loss(r) for r in rs) if v is not None]} for g, rs in groups.items()}
+        steps: list[Any] = ["final"]
+    else:
+        steps = sorted({e["step"] for r in results for e in r.evals if key in e})
+        cells = {g: {s: [e[key] for r in rs for e in r.evals if e["step"] == s and e.get(key) is not None]
+                     for s in steps} for g, rs in groups.items()}
+    if not steps:
+        return ""
+    stats = {g: {s: _mean_std(v) if v else None for s, v in row.items()} for g, row in cells.items()}
+    best = {}
+    for s in steps:
+        means = [st[0] for g in stats if (st := stats[g][s]) is not None]
+        if means:
+            best[s] = min(means) if lower else max(means)
+    arrow = "lower is better" if lower else "higher is better"
+    head = ["run", "seeds"] + [f"step {s}" if s != "final" else "final" for s in steps]
+    lines = [f"### {title} ({arrow})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g, row in stats.items():
+        out = [f"`{g}`", str(max((len(v) for v in cells[g].values()), default=0))]  # runs with a value
+        for s in steps:
+            st = row[s]
+            if st is None:
+                out.append("—")
+                continue
+            text = fmt_mean_std(st[0], st[1], len(cells[g][s]))
+            out.append(f"**{text}**" if math.isclose(st[0], best.get(s, math.nan)) else text)
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _eval_settings(results: list[RunResult]) -> str:
+    """The sampling applied at each run's last eval, one entry per distinct setting (a suite that varies the
+    process or sampler lists each, with how many runs used it); "" without evals."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.evals:
+            e = r.evals[-1]
+            text = (f"{e.get('num_samples', '?')} samples per eval, sampler {e.get('sampler')} {e.get('respacing')}, "
+                    f"cfg scale {e.get('cfg_scale')}")
+            counts[text] = counts.get(text, 0) + 1
+    if len(counts) < 2:
+        return "".join(f", {text}" for text in counts)
+    return "; " + "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in sorted(counts.items()))
+
+
+def build_report(suite_dir: str | Path) -> Path:
+    suite_dir = Path(suite_dir)
+    index, results = collect(suite_dir)
+    metric_keys = write_csv(results, suite_dir / "results.csv")
+    comparison = compare_runs(runs_from_suite(suite_dir))
+    plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, comparison)
+    done = [r for r in results if r.status == "done"]
+    first = next((r for r in results if r.meta), None)
+    evals = [e for r in results for e in r.evals]
+    extractor = sorted({str(e.get("feature_extractor")) for e in evals if e.get("feature_extractor")})
+    stale = [r for r in done if not r.current]
+    lines = [f"# Suite `{index['name']}`", "",
+             f"{len(done) - len(stale)} of {len(results)} runs finished with the suite's current config"
+             + (f"; {len(stale)} more finished with an older config of this suite (stale: "
+                f"{', '.join(f'`{r.id}`' for r in stale)}; their numbers are not of the current config, rerun them "
+                f"with `dtr suite {index.get('file', 'SUITE.yaml')} --rerun-changed`)" if stale else "")
+             + f". Rebuild with `dtr report {suite_dir}`.", ""]
+    if first:
+        m = first.meta
+        lines += ["Produced by: device " + str(m.get("device", "?")) + f", precision {m.get('precision', '?')}, "
+                  f"world size {m.get('world_size', '?')}, torch {m.get('torch', '?')}, dtr-plugins "
+                  f"{m.get('dtr_plugins', '?')} (commit {str(m.get('git_commit') or '?')[:10]}).",
+                  "Metrics: extractor " + (", ".join(extractor) or "none") + _eval_settings(results) + ".", ""]
+    caveat = next((fid_caveat(e) for e in reversed(evals) if fid_caveat(e)), None)
+    if caveat:
+        lines += [f"**Warning:** FID is rank-deficient in {sum(bool(e.get('fid_rank_deficient')) for e in evals)} "
+                  f"of {len(evals)} evaluations: {caveat}.", ""]
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        status = RunDir(suite_dir / r.id).read_status()
+        lines.append(f"- run `{r.id}` failed: {status.get('error', '?')}")
+    if failed:
+        lines.append("")
+    lines += [render_comparison_markdown(comparison)]
+    lines += ["## Results per run group", "", "Mean ± std over seeds (no test: see the paired comparisons above); "
+              "best value per column in **bold**.", ""]
+    for key in [*metric_keys, TRAIN_LOSS]:
+        table = metric_table(key, results)
+        if table:
+            lines += [table]
+    lines += ["## Plots", ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += ["", "Raw numbers: [results.csv](results.csv).", ""]
+    return write_text(suite_dir / "report.md", "\n".join(lines))
+
+
+def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) -> list[Path]:
+    from dtr_plugins.experiments import plots
+
+    out_dir = suite_dir / "plots"
+    made = []
+    groups = _groups(results)
+    if metric_keys:
+        series = {k: {g: [[(e["step"], e[k]) for e in r.evals if e.get(k) is not None] for r in rs]
+                      for g, rs in groups.items()} for k in metric_keys}
+        made.append(plots.plot_metrics_vs_steps(series, {k: METRICS[k][0] for k in metric_keys},
+                                                out_dir / "metrics_vs_steps.png"))
+    curves = {g: [[(t["step"], t["loss"]) for t in r.train] for r in rs] for g, rs in groups.items()}
+    if any(c for cs in curves.values() for c in cs):
+        made.append(plots.plot_metrics_vs_steps({"loss": curves}, {"loss": "training loss"},
+                                                out_dir / "train_loss.png", log_y=True))
+    buckets = {g: [r.train[-1]["loss_bucket"] for r in rs if r.train and r.train[-1].get("loss_bucket")]
+               for g, rs in groups.items()}
+    if any(buckets.values()):
+        made.append(plots.plot_loss_per_bucket(buckets, out_dir / "loss_per_timestep_bucket.png"))
+    samples = _sample_rows(suite_dir, groups)
+    if samples is not None:
+        made.append(plots.plot_sample_rows(samples[0], out_dir / "samples.png", class_names=samples[1]))
+    masks = _mask_plots(groups, out_dir)
+    made.extend(masks)
+    return made
+
+
+def _sample_rows(suite_dir: Path, groups: dict[str, list[RunResult]]):
+    """Per group, the first sample of each class from its first run with final samples (``samples.npz``), and
+    the class names (:meth:`RunDir.class_names`); None when no run has samples."""
+    import numpy as np
+
+    from dtr_plugins.experiments.plots import pick_per_class
+
+    rows, names = {}, None
+    for g, rs in groups.items():
+        run = next((RunDir(suite_dir / r.id) for r in rs if (suite_dir / r.id / "samples" / "samples.npz").exists()),
+                   None)
+        if run is None:
+            continue
+        with np.load(run.samples / "samples.npz") as data:
+            images, labels = data["arr_0"], data["labels"] if "labels" in data.files else None
+        run_names = run.class_names()
+        names = names or run_names
+        rows[f"{g} ({run.path.name})"] = pick_per_class(images, labels if run_names else None,
+                                                        len(run_names) if run_names else None)
+    return (rows, names) if rows else None
+
+
+def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Path]:
+    """``heldout_loss_bands.png`` (held-out loss per noise band vs step, one line per group, band over
+    seeds) and ``paired_differences.png`` (forest plot), each only when there is something to draw."""
+    from dtr_plugins.experiments.compare_plots import group_curves, plot_forest, plot_heldout_bands
+
+    made = []
+    groups = group_curves(runs_from_suite(suite_dir))
+    if any(m.startswith("heldout/") for cs in groups.values() for c in cs for m in c):
+        made.append(plot_heldout_bands(groups, suite_dir / "plots" / "heldout_loss_bands.png"))
+    if any(d.mean is not None for d in comparison.differences):
+        made.append(plot_forest(comparison, suite_dir / "plots" / "paired_differences.png"))
+    return made
+
+
+def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]:
+    """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
+    widths its training recorded in meta.json (no model is built; vanilla has nothing to show). A learned
+    strategy's gates live in its weights: they are drawn from the run's last checkpoint (gates_*.png)."""
+    from dtr_plugins.compose import build_routing_plan, build_strategy_from
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.core.contracts import LearnedRoutingStrategy
+    from dtr_plugins.experiments.plots import plot_routing_plan
+
+    made, seen = [], set()
+    for g, rs in groups.items():
+        run = next((r for r in rs if r.meta.get("routed_channels")), None)
+        if run is None or run.routing == "vanilla":
+            continue
+        routing = json.dumps(run.config.get("routing"), sort_keys=True)
+        if routing in seen:
+            continue
+        seen.add(routing)
+        try:
+            cfg = config_from_dict(run.config, source=g)
+            if isinstance(build_strategy_from(cfg), LearnedRoutingStrategy):  # gates live in the weights
+                made.extend(_gate_plot(out_dir.parent / run.id, out_dir, run.routing, len(seen), g))
+                continue
+            plan = build_routing_plan(cfg, run.meta["routed_channels"])
+        except UserError:
+            continue
+        made.append(plot_routing_plan(plan, out_dir / f"masks_{run.routing}_{len(seen)}.png",
+                                      title=f"{g}: {plan.strategy_repr}"))
+    return made
+
+
+def _gate_plot(run_dir: Path, out_dir: Path, routing: str, index: int, label: str) -> list[Path]:
+    """The learned gates of one run, from its last checkpoint (:mod:`.gate_plots`); none without one."""
+    from dtr_plugins.experiments.gate_plots import plot_run_gates
+
+    drawn = plot_run_gates(run_dir, out_dir / f"gates_{routing}_{index}.png", label)
+    return [drawn] if drawn is not None else []

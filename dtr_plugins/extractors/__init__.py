@@ -1,0 +1,1 @@
+"""Feature-extractor plugins for evaluation."""

@@ -1,0 +1,1 @@
+"""Run directories: their owner (:mod:`.rundir`), checkpoint retention and ``dtr runs``."""

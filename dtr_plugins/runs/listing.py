@@ -1,0 +1,179 @@
+"""``dtr runs``: every run directory below a folder, with its status, progress and latest numbers.
+
+A run directory is recognised by its files (:class:`~dtr_plugins.runs.rundir.RunDir`): ``config.yaml`` next
+to ``meta.json``, ``metrics.jsonl`` or ``checkpoints/``, or a suite's ``status.json``. Its status is
+
+- ``running``: a process holds its lock (``<run>/.lock``, taken by ``dtr train``);
+- ``failed``: a suite recorded the run as failed (``status.json``) and nothing holds the lock;
+- ``done``: :meth:`RunDir.missing_outputs` is empty (final checkpoint, and evaluation/samples when asked for);
+- ``incomplete``: anything else (stopped, crashed, or not started yet; ``dtr train --resume`` continues it).
+
+Nothing is written; the lock is only tested (a shared, non-blocking ``flock`` released at once).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.numbers import MISSING, fmt
+from dtr_plugins.experiments.compare import METRICS as COMPARED
+from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.experiments.compare_records import curves_from_records
+from dtr_plugins.runs.rundir import RunDir
+
+__all__ = ["RunSummary", "find_runs", "format_runs_table", "is_run_dir", "lock_held", "summarize_run"]
+
+RUNNING, DONE, FAILED, INCOMPLETE = "running", "done", "failed", "incomplete"
+
+
+@dataclass
+class RunSummary:
+    """What ``dtr runs`` shows of one run (``--json`` writes these fields)."""
+
+    run: str  # path relative to the folder listed
+    status: str  # running | done | failed | incomplete
+    step: int | None  # last step trained (training records or checkpoints)
+    steps: int | None  # train.steps of the config
+    loss: float | None  # last training loss logged
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each evaluation / held-out metric
+    metrics_step: dict[str, int] = field(default_factory=dict)  # the step each of those values is from
+    strategy: str = "?"
+    backbone: str = "?"
+    missing: list[str] = field(default_factory=list)  # outputs the run still lacks (RunDir.missing_outputs)
+    note: str = ""  # why a status could not be decided fully (e.g. a config that no longer loads)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_run_dir(path: Path) -> bool:
+    """``config.yaml`` next to ``meta.json``, ``metrics.jsonl`` or ``checkpoints/``; or a suite's ``status.json``
+    (a suite run that failed before training wrote anything)."""
+    rd = RunDir(path)
+    trained = rd.config_path.is_file() and (rd.meta_path.is_file() or rd.metrics_path.is_file()
+                                            or rd.checkpoints.is_dir())
+    return trained or rd.status_path.is_file()
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run directories at or below ``root`` (sorted by path; sample and checkpoint folders are not entered)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder (train a run first: dtr train CONFIG, or give the folder that "
+                        "holds your runs)")
+    found = []
+    for folder, subdirs, _ in os.walk(root):
+        path = Path(folder)
+        if is_run_dir(path):
+            found.append(path)
+        subdirs[:] = sorted(d for d in subdirs if d not in ("checkpoints", "samples", "tensorboard", "wandb",
+                                                            "mlruns", "plots", "report") and not d.startswith("."))
+    return sorted(found)
+
+
+def lock_held(run: RunDir) -> bool:
+    """True when another process holds ``<run>/.lock`` (tested with a shared non-blocking ``flock``)."""
+    import fcntl
+
+    if not run.lock_path.is_file():
+        return False
+    try:
+        fd = os.open(run.lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing releases a lock we took
+    return False
+
+
+def _routing_label(section: Any) -> str:
+    if not isinstance(section, dict):
+        return "?"
+    params = ", ".join(f"{k}={v}" for k, v in section.items() if k != "name")
+    return f"{section.get('name', '?')}" + (f" ({params})" if params else "")
+
+
+def _backbone_label(section: Any) -> str:
+    if not isinstance(section, dict):
+        return "?"
+    keys = [k for k in ("size", "depth", "hidden_size", "patch_size") if section.get(k) is not None]
+    short = {"hidden_size": "hidden", "patch_size": "patch"}
+    params = ", ".join(f"{short.get(k, k)} {section[k]}" for k in keys)
+    return f"{section.get('name', '?')}" + (f" ({params})" if params else "")
+
+
+def _status(run: RunDir, raw: dict[str, Any]) -> tuple[str, list[str], str]:
+    """(status, missing outputs, note)."""
+    from dtr_plugins.core.config import config_from_dict
+
+    if lock_held(run):
+        return RUNNING, [], ""
+    if run.read_status().get("state") == FAILED:
+        return FAILED, [], str(run.read_status().get("error", ""))
+    try:
+        cfg = config_from_dict(raw, source=str(run.config_path))
+    except UserError as exc:  # e.g. a plugin that is no longer installed: judge by the final checkpoint alone
+        steps = (raw.get("train") or {}).get("steps")
+        final = isinstance(steps, int) and run.checkpoint_path(steps).exists()
+        return (DONE if final else INCOMPLETE), [], f"config does not load here: {exc}"
+    missing = run.missing_outputs(cfg)
+    return (INCOMPLETE if missing else DONE), missing, ""
+
+
+def summarize_run(path: str | Path, root: str | Path | None = None) -> RunSummary:
+    """The :class:`RunSummary` of the run directory ``path`` (named relative to ``root`` when given)."""
+    run = RunDir(path)
+    raw = run.read_config()
+    records = run.read_metrics()
+    train = [r for r in records if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
+    ckpt = run.latest_checkpoint()
+    ckpt_step = int(ckpt.stem) if ckpt is not None and ckpt.stem.isdigit() else None
+    step = max([s for s in (train[-1]["step"] if train else None, ckpt_step) if s is not None], default=None)
+    curves, _ = curves_from_records(records)
+    metrics = {k: v[-1][1] for k, v in curves.items() if v and not k.startswith("heldout/band")}
+    metrics_step = {k: v[-1][0] for k, v in curves.items() if v and not k.startswith("heldout/band")}
+    status, missing, note = _status(run, raw)
+    steps = (raw.get("train") or {}).get("steps")
+    name = str(Path(path).relative_to(root)) if root is not None and Path(path) != Path(root) else str(path)
+    return RunSummary(run=name, status=status, step=step, steps=steps if isinstance(steps, int) else None,
+                      loss=float(train[-1]["loss"]) if train else None, metrics=metrics, metrics_step=metrics_step,
+                      strategy=_routing_label(raw.get("routing")), backbone=_backbone_label(raw.get("backbone")),
+                      missing=missing, note=note)
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    order = list(COMPARED)
+    return (order.index(key), key) if key in order else (len(order), key)
+
+
+def format_runs_table(runs: list[RunSummary]) -> str:
+    """One aligned text table: run, status, step (of ``train.steps``), last loss, one column per metric any run
+    has (latest value), the step of the latest evaluation (FID etc.), strategy, backbone."""
+    keys = sorted({k for r in runs for k in r.metrics}, key=_metric_order)
+    titles = [(metric_info(k) or (k, ""))[0] for k in keys]
+    evaluated = [k for k in keys if not k.startswith("heldout/")]
+    headers = ["run", "status", "step", "loss", *titles, *(["eval step"] if evaluated else []), "strategy", "backbone"]
+    rows = []
+    for r in runs:
+        step = MISSING if r.step is None else str(r.step)
+        if r.steps is not None:
+            step += f"/{r.steps}"
+        at = [r.metrics_step[k] for k in evaluated if k in r.metrics_step]  # the step the FID etc. are from
+        rows.append([r.run, r.status, step, fmt(r.loss), *[fmt(r.metrics.get(k)) for k in keys],
+                     *([fmt(max(at)) if at else MISSING] if evaluated else []), r.strategy, r.backbone])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    numeric = set(range(2, 4 + len(keys) + (1 if evaluated else 0)))  # step, loss, metrics: right-aligned
+    lines = []
+    for row in [headers, *rows]:
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

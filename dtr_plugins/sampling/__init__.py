@@ -1,0 +1,1 @@
+"""The sampling path: ``dtr sample`` and in-memory generation."""

@@ -1,0 +1,488 @@
+"""Sampling: images from a trained model, sharded across ranks, written as PNGs, a grid and an .npz.
+
+Under ``torchrun`` each rank samples every world-size-th batch. :func:`sample` writes each rank's part
+to ``<partial>/shards/rank{r}.npz`` and rank 0 merges them (no rank ever holds another rank's images
+except rank 0 while merging); :func:`generate` (the training-time evaluation path) gathers to rank 0 only.
+A sample folder is written as ``<out>.partial-<pid>/`` and renamed into place at the end, so an
+interrupted run never leaves a half set that looks complete. Records (``samples.json``) hold the
+values applied, never the ones asked for.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dtr_plugins.compose import build_codec, build_diffusion, build_model
+from dtr_plugins.core import distributed
+from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
+from dtr_plugins.core.contracts import Backbone, Codec
+from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.images import to_uint8
+from dtr_plugins.core.io import atomic_write, write_json
+from dtr_plugins.core.routing import RoutedBackbone
+from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.sampling.sample_out import check_out
+
+
+def balanced_labels(num: int, num_classes: int) -> np.ndarray:
+    """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (up to one)."""
+    return np.arange(num) % max(num_classes, 1)
+
+
+def check_guidance(model: Any, cfg_scale: float, source: str = "--cfg-scale / sample.cfg_scale") -> None:
+    """Refuse a guidance scale != 1 on a backbone that cannot apply it (ConfigError, one line).
+
+    ``model``: anything with the :class:`Backbone` attributes ``num_classes`` and ``null_class``.
+
+    Classifier-free guidance (Ho & Salimans 2022) needs a class-conditional backbone (``num_classes > 1``)
+    trained with label dropout, i.e. one with a ``null_class``; otherwise the scale would be ignored.
+    """
+    if cfg_scale == 1.0:
+        return
+    num_classes = int(model.num_classes or 0)
+    if num_classes <= 1 or model.null_class is None:
+        why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
+        raise ConfigError(f"{source}: {cfg_scale:g} asks for classifier-free guidance, but this backbone "
+                          f"(num_classes={num_classes}) {why}; use a scale of 1.0")
+
+
+_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _module(model: Backbone) -> torch.nn.Module:
+    """The backbone as the torch module it is (parameters, train/eval mode)."""
+    assert isinstance(model, torch.nn.Module), type(model)
+    return model
+
+
+def _savez(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+
+
+class _CountingModel:
+    """Calls the backbone; counts the calls (for progress) and the images fed in (``rows``: a guided call
+    on the doubled cond + uncond batch evaluates each image twice), for the record."""
+
+    def __init__(self, model: Any, on_call: Any = None):
+        self.model, self.calls, self.rows, self.on_call = model, 0, 0, on_call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        x = args[0] if args else kwargs.get("x")
+        self.rows += int(x.shape[0]) if isinstance(x, torch.Tensor) else 1
+        if self.on_call is not None:
+            self.on_call()
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # attributes of the backbone (num_classes, null_class, ...)
+        return getattr(self.model, name)
+
+
+def _rank_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
+                 seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
+                 codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
+    """This rank's batches: ``(first image index, uint8 NHWC images)``; the bar counts network evaluations.
+
+    A learned routing strategy whose gates depend on the task alone is read from its exported float
+    tables (no routing network runs); ``record["learned_routing"]`` says which (``task tables`` or ``module``).
+    """
+    module = _module(model)
+    plan = module.plan if isinstance(module, RoutedBackbone) else None
+    if plan is None or not plan.is_learned:
+        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
+                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+                              record=record)
+    record["learned_routing"] = "task tables" if plan.export_tables() else "module"
+    try:
+        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
+                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+                              record=record)
+    finally:
+        plan.clear_exported()
+
+
+def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
+                   seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
+                   codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
+    from tqdm.auto import tqdm
+
+    num_classes = int(model.num_classes or 0)
+    conditional = num_classes > 1
+    shape_chw = (model.in_channels, model.input_size, model.input_size)
+    starts = list(range(0, num, batch))[d.rank::d.world_size]
+    bar = tqdm(total=None, desc=f"sampling {len(starts)} batch(es)", unit="step", disable=not (progress and d.is_main))
+    counted = _CountingModel(model, on_call=lambda: bar.update(1))
+    chunks: list[tuple[int, np.ndarray]] = []
+    per_batch = None
+    for chunk_index in starts:
+        idx = slice(chunk_index, min(chunk_index + batch, num))
+        n = idx.stop - idx.start
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk_index)
+        noise = torch.randn((n, *shape_chw), generator=gen).to(d.device)
+        kwargs: dict[str, Any] = {}
+        if conditional:
+            kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
+            if scale != 1.0:
+                kwargs["y_null"] = null_label(model)
+        before, rows_before = counted.calls, counted.rows
+        x = diffusion.sample(counted, noise.shape, sampler=sampler, respacing=respacing, noise=noise,
+                             model_kwargs=kwargs, cfg_scale=scale, cfg_channels=cfg.sample.cfg_channels,
+                             clip_denoised=cfg.sample.clip_denoised and codec.bounded, eta=cfg.sample.eta,
+                             progress=False, device=d.device)
+        if per_batch is None:  # network evaluations per image: images fed to the network / images made
+            per_batch = (counted.rows - rows_before) // n
+            bar.total = (counted.calls - before) * len(starts)
+            bar.refresh()
+        x = codec.decode(x)
+        chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
+    bar.close()
+    dtype = next(_module(model).parameters()).dtype
+    record.update({"sampler": sampler, "respacing": str(respacing), "model_evaluations_per_image": per_batch,
+                   "cfg_scale": scale, "guidance": scale != 1.0,
+                   "cfg_channels": cfg.sample.cfg_channels if scale != 1.0 else None, "eta": cfg.sample.eta,
+                   "clip_denoised": bool(cfg.sample.clip_denoised and codec.bounded), "num_samples": num,
+                   "seed": seed, "batch_size": min(batch, num), "world_size": d.world_size,
+                   "sample_precision": _PRECISION.get(dtype, str(dtype)),
+                   "device": str(d.device)})
+    return chunks
+
+
+def _prepare(model: Backbone, cfg: ExperimentConfig, num: int, labels: Sequence[int] | None,
+             cfg_scale: float | None) -> tuple[np.ndarray, float, str]:
+    """``(labels per image, guidance scale, where the labels came from)``; the last is recorded as
+    ``labels``: ``given`` (``--labels``), ``balanced`` or ``unconditional`` (the model takes none)."""
+    num_classes = int(model.num_classes or 0)
+    if labels is not None and num_classes <= 1:
+        raise UserError(f"--labels: this model is unconditional (num_classes={num_classes}), so class labels "
+                        f"would not be applied; leave out --labels")
+    all_labels = np.asarray(labels if labels is not None else balanced_labels(num, num_classes), dtype=np.int64)
+    if len(all_labels) != num:
+        raise UserError(f"--labels: got {len(all_labels)} labels for --num-samples {num}; give one per image")
+    if num_classes > 1 and ((all_labels < 0) | (all_labels >= num_classes)).any():
+        raise UserError(f"--labels: labels must lie in 0..{num_classes - 1}")
+    scale = cfg.sample.cfg_scale if cfg_scale is None else float(cfg_scale)
+    check_guidance(model, scale, "--cfg-scale" if cfg_scale is not None else "sample.cfg_scale")
+    mode = "unconditional" if num_classes <= 1 else "given" if labels is not None else "balanced"
+    return all_labels, scale, mode
+
+
+@torch.no_grad()
+def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, labels: Sequence[int] | None = None,
+             seed: int = 0, dist: distributed.Dist | None = None, sampler: str | None = None,
+             respacing: str | None = None, cfg_scale: float | None = None, batch_size: int | None = None,
+             codec: Codec | None = None, progress: bool = True,
+             record: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``num`` images; under torchrun each rank makes every world-size-th batch and rank 0 gets all.
+
+    The diffusion samples ``[n, model.in_channels, model.input_size, model.input_size]`` in the
+    backbone's input space; ``codec`` (default: identity, pixels) decodes them into images. Predicted
+    ``x0`` is clipped to ``[-1, 1]`` (``sample.clip_denoised``) only for a bounded codec (pixels).
+    Returns uint8 NHWC images (on ranks other than 0 under torchrun: an empty array) and the label each
+    was generated for. Noise for image ``i`` comes from a generator seeded with ``(seed, i // batch)``,
+    so results do not depend on the number of ranks. ``record`` (a dict) is filled with the settings
+    applied. Raises ConfigError for a guidance scale the backbone cannot apply (:func:`check_guidance`).
+    """
+    from dtr_plugins.codecs.identity import IdentityCodec
+
+    codec = codec if codec is not None else IdentityCodec()
+    module = _module(model)
+    d = dist or distributed.Dist(device=next(module.parameters()).device)
+    all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
+    was_training = module.training
+    module.eval()
+    applied: dict[str, Any] = {}
+    chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d,
+                          sampler=sampler or cfg.sample.sampler, respacing=respacing or cfg.sample.respacing,
+                          scale=scale, batch=batch_size or cfg.sample.batch_size, codec=codec,
+                          progress=progress, record=applied)
+    module.train(was_training)
+    if record is not None:
+        record.update(applied, labels=labels_from)
+    if d.enabled:
+        import torch.distributed as tdist
+
+        gathered: list[Any] | None = [None] * d.world_size if d.is_main else None
+        tdist.gather_object(chunks, gathered, dst=0)
+        if not d.is_main:
+            return np.zeros((0,), dtype=np.uint8), all_labels
+        chunks = [c for part in (gathered or []) for c in part]
+    images = np.concatenate([c for _, c in sorted(chunks, key=lambda c: c[0])]) if chunks else np.zeros((0,))
+    return images, all_labels
+
+
+def null_label(model: Backbone) -> int:
+    """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
+    if model.null_class is None:
+        raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
+                          "so classifier-free guidance is not available; use cfg_scale 1.0")
+    return int(model.null_class)
+
+
+def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):
+    from dtr_plugins.core.checkpoint import apply_checkpoint, nonfinite_tensors, read_checkpoint
+
+    source = Path(source)
+    if source.is_dir():
+        ckpt_path = RunDir(source).require_checkpoint()
+        run_cfg = RunDir(source).config_path
+    elif source.is_file():
+        ckpt_path, run_cfg = source, RunDir.of_checkpoint(source).config_path
+    else:
+        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
+    if source.is_file() and isinstance(ckpt, dict) and "config" in ckpt:
+        cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
+    elif run_cfg.exists():
+        cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
+    else:
+        raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
+    model = build_model(cfg)
+    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # a diverged model samples black images: refuse
+        raise CheckpointError(f"{ckpt_path}: the {'EMA' if use_ema else 'model'} weights hold NaN or inf "
+                              f"({len(bad)} tensors, first {bad[0]}); the run diverged, use an earlier checkpoint")
+    device = device or distributed.pick_device(cfg.train.device)
+    step = ckpt.get("step") if isinstance(ckpt, dict) else None
+    if not isinstance(step, int):
+        step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
+    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path, step
+
+
+def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
+    """A run directory (its config and last checkpoint) or one checkpoint file -> (cfg, model, diffusion, path).
+
+    The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
+    """
+    return _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)[:4]
+
+
+def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacing: str | None = None,
+                  cfg_scale: float | None = None) -> dict[str, Any]:
+    """The sampler settings asked for (arguments over the config's ``sample`` section). Records should
+    use the dict :func:`generate` fills (``record=``), which holds what was applied."""
+    return {"sampler": sampler or cfg.sample.sampler, "respacing": respacing or cfg.sample.respacing,
+            "cfg_scale": cfg.sample.cfg_scale if cfg_scale is None else cfg_scale}
+
+
+def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: bool = True,
+                  info: dict | None = None, class_names: Sequence[str] | None = None) -> Path:
+    """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
+
+    The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
+    ``grid.png`` shows the first 100 images enlarged to a readable size (:func:`~.plots.readable_grid`), each
+    under the name of its class when ``class_names`` is given (a class-conditional model).
+    """
+    from PIL import Image
+
+    from dtr_plugins.experiments.plots import readable_grid
+
+    def save(img: np.ndarray, tmp: Path) -> None:
+        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG")
+
+    from functools import partial
+
+    out.mkdir(parents=True, exist_ok=True)
+    if png:
+        (out / "images").mkdir(exist_ok=True)
+        for i, img in enumerate(images):
+            atomic_write(out / "images" / f"{i:06d}.png", partial(save, img))
+    grid = readable_grid(images[:100], labels[:100], class_names)
+    atomic_write(out / "grid.png", lambda tmp: save(grid, tmp))
+    atomic_write(out / "samples.npz", lambda tmp: _savez(tmp, arr_0=images, labels=labels))
+    if info is not None:
+        write_json(out / "samples.json", info)
+    return out
+
+
+def default_out(run: RunDir, *, step: int | None, sampler: str, respacing: str, cfg_scale: float, seed: int,
+                num: int, use_ema: bool, labels: Sequence[int] | None) -> Path:
+    """``<run>/samples/step0000800-ddim25-cfg2.0-seed0-n64``: a folder per sampling setting, never the
+    training-time evaluation samples (``<run>/samples/*.npz``)."""
+    steps = str(respacing) if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
+    name = f"step{step:07d}" if step is not None else "stepNA"
+    name += f"-{steps}-cfg{float(cfg_scale)}-seed{seed}-n{num}"
+    if not use_ema:
+        name += "-raw"
+    if labels is not None:
+        name += "-labels" + hashlib.sha256(",".join(map(str, labels)).encode()).hexdigest()[:8]
+    return run.samples / name
+
+
+def _shared_pid(d: distributed.Dist) -> int:
+    """Rank 0's process id, on every rank (names the shared ``.partial-<pid>`` folder)."""
+    pid = [os.getpid()]
+    if d.enabled:
+        import torch.distributed as tdist
+
+        tdist.broadcast_object_list(pid, src=0)
+    return int(pid[0])
+
+
+def _merge_shards(shards: Path, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = [np.load(shards / f"rank{r}.npz") for r in range(world_size)]
+    index = np.concatenate([p["index"] for p in parts])
+    images = np.concatenate([p["images"] for p in parts if len(p["images"])])
+    order = np.argsort(index, kind="stable")
+    return images[order], index[order]
+
+
+def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, sampler: str | None = None,
+           respacing: str | None = None, cfg_scale: float | None = None, labels: Sequence[int] | None = None,
+           seed: int = 0, batch_size: int | None = None, use_ema: bool = True, allow_unsafe_load: bool = False,
+           progress: bool = True, overwrite: bool = False, device: str | None = None,
+           threads: int | None = None) -> Path:
+    """Sample from a run directory, checkpoint, exported folder or hub id (``hf://ORG/NAME``) and write the
+    images; returns the output folder.
+
+    An exported folder or hub id has no run directory, so ``out`` is required there (:class:`UserError`
+    otherwise); it holds one set of weights (``use_ema=False`` needs raw ones). ``samples.json`` records
+    ``weights`` (ema, model or diffusers), and for those sources ``source``.
+    ``out`` defaults to :func:`default_out`. A folder that exists and is not empty is refused (UserError)
+    unless ``overwrite``, which replaces it only once the new set is complete. ``device``: ``cpu``,
+    ``cuda`` or ``cuda:N`` (default: the run's ``train.device``); ``threads``: CPU threads.
+    """
+    from dtr_plugins.sharing.hub import is_pretrained_source, load_for_sampling
+
+    pretrained = is_pretrained_source(source)
+    if pretrained and out is None:
+        raise UserError(f"--out: {source} is an exported model or hub id, not a run directory; give --out DIR")
+    sources = _source_paths(Path(source)) if Path(str(source)).exists() else ()  # hf:// ids: none
+    if out is not None:  # before loading anything: a bad --out costs no sampling
+        check_out(Path(out), overwrite=overwrite, sources=sources)
+    _check_options(cfg_scale=cfg_scale, device=device, num=num, batch_size=batch_size)
+    distributed.set_threads(threads)
+    d = distributed.setup(device or "auto")
+    partial: Path | None = None
+    try:
+        loaded: dict[str, Any] = {}
+        if pretrained:
+            cfg, model, diffusion, codec, ckpt_path, loaded = load_for_sampling(source, device=d.device)
+            if not use_ema and loaded["weights"] != "model":
+                raise UserError(f"--no-ema: {source} holds only its {loaded['weights']} weights; export the raw "
+                                "weights with dtr export RUN --weights model")
+            step = loaded.get("step")
+        else:
+            cfg, model, diffusion, ckpt_path, step = _load(source, use_ema=use_ema,
+                                                           allow_unsafe_load=allow_unsafe_load, device=d.device)
+            codec = build_codec(cfg)
+        dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
+                                 device=next(_module(model).parameters()).device)
+        all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
+        used_sampler, used_respacing = sampler or cfg.sample.sampler, respacing or cfg.sample.respacing
+        _check_sampling(diffusion, used_sampler, used_respacing, sampler_given=sampler is not None,
+                        respacing_given=respacing is not None)  # before the progress bar starts
+        out_dir = Path(out) if out is not None else default_out(
+            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
+            sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
+            use_ema=use_ema, labels=labels)
+        check_out(out_dir, overwrite=overwrite, sources=sources)
+        partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
+        applied: dict[str, Any] = {}
+        with torch.no_grad():
+            chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=dev_d, sampler=used_sampler,
+                                  respacing=used_respacing, scale=scale, batch=batch_size or cfg.sample.batch_size,
+                                  codec=codec, progress=progress, record=applied)
+        shards = partial / "shards"
+        shards.mkdir(parents=True, exist_ok=True)
+        index = np.concatenate([np.arange(i, i + len(c)) for i, c in chunks]) if chunks else np.zeros(0, np.int64)
+        mine = np.concatenate([c for _, c in chunks]) if chunks else np.zeros((0,), np.uint8)
+        atomic_write(shards / f"rank{d.rank}.npz", lambda tmp: _savez(tmp, images=mine, index=index))
+        del chunks
+        d.barrier()
+        failure: BaseException | None = None
+        if d.is_main:
+            try:
+                images, _ = _merge_shards(shards, d.world_size)
+                shutil.rmtree(shards)
+                info = {"checkpoint": str(ckpt_path), "step": step,
+                        "weights": loaded.get("weights", "ema" if use_ema else "model"),
+                        **({"source": loaded["source"]} if "source" in loaded else {}),
+                        "labels": labels_from, **applied}
+                write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
+                _swap_into_place(partial, out_dir)
+            except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here
+                failure = exc
+        if not distributed.all_ok(d, failure is None):  # the other ranks stop with rank 0, never hang
+            if failure is not None:
+                raise failure
+            raise UserError(f"{out_dir}: rank 0 failed while merging the sample shards (its error is above); "
+                            f"nothing was written")
+        return out_dir
+    finally:
+        if d.is_main and partial is not None and partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)  # interrupted or failed: nothing that looks complete
+        distributed.teardown(d)
+
+
+def _class_names(source: str | Path, model: Backbone) -> list[str] | None:
+    """Captions of a sample grid: the run's ``classes.json`` names, else the label numbers; None when the
+    model is unconditional."""
+    if int(model.num_classes or 0) <= 1:
+        return None
+    path = Path(source)
+    run = RunDir(path) if path.is_dir() else RunDir.of_checkpoint(path) if path.is_file() else None
+    names = run.class_names() if run is not None else None
+    return names if names is not None else [str(i) for i in range(int(model.num_classes or 0))]
+
+
+def _check_options(*, cfg_scale: float | None, device: str | None, num: int, batch_size: int | None) -> None:
+    """The checks the config applies to ``sample.*`` / ``train.device``, for the values given as options
+    (UserError / ConfigError, one line naming the option and what is allowed)."""
+    import math
+
+    from dtr_plugins.compose import check_device
+
+    if cfg_scale is not None and (not math.isfinite(float(cfg_scale)) or float(cfg_scale) < 0):
+        raise UserError(f"--cfg-scale: {cfg_scale} is not allowed; give a finite number >= 0 (1.0: no guidance)")
+    for key, value in (("--num-samples", num), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise UserError(f"{key}: {value!r} is not allowed; give an integer of 1 or more")
+    if device is not None:
+        check_device(device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
+
+
+def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_given: bool,
+                    respacing_given: bool) -> None:
+    """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
+    naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+
+    try:
+        type(diffusion).check_sample_settings(sampler, respacing)
+        if isinstance(diffusion, GaussianDiffusion):
+            diffusion.respaced(respacing)
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("sample.sampler: "):
+            key = "--sampler" if sampler_given else "sample.sampler"
+            raise ConfigError(f"{key}: {text.removeprefix('sample.sampler: ')}") from None
+        key = "--respacing" if respacing_given else "sample.respacing"
+        raise ConfigError(f"{key}: {text.removeprefix('sample.respacing: ')}") from None
+
+
+def _source_paths(source: Path) -> tuple[Path, ...]:
+    """The run directory (and checkpoint file) sampled from: ``--out`` may be neither, nor hold them."""
+    if source.is_file():
+        return (source, RunDir.of_checkpoint(source).path)
+    return (source,)
+
+
+def _swap_into_place(partial: Path, out_dir: Path) -> None:
+    """Rename the finished ``partial`` folder to ``out_dir``; an old ``out_dir`` is removed only afterwards."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    partial.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()

@@ -1,0 +1,1 @@
+"""Sharing: export, the Hugging Face Hub, model cards."""

@@ -1,0 +1,493 @@
+"""Share and reuse models: export a run in hub layout, load exported / diffusers folders and hub ids, push.
+
+Layouts :func:`from_pretrained` reads (detected from the folder's files):
+
+- **this project's export** (:func:`export_run`): ``model.safetensors`` (official DiT / guided-diffusion
+  key layout), ``config.json`` (the resolved run config, routing and codec/vae sections included, plus
+  an ``_dtr_export`` record: format, weights, step, checkpoint, weights SHA-256, codec) and ``README.md``
+  (the model card). A latent model's VAE is not in the folder: ``vae.path`` must resolve where it loads;
+- **a diffusers ``DiTTransformer2DModel`` folder** (``config.json`` with ``_class_name:
+  DiTTransformer2DModel`` and ``diffusion_pytorch_model.safetensors``), loaded exactly into
+  ``dit_diffusers`` (:mod:`dtr_plugins.backbones.dit_diffusers`);
+- **a diffusers DiT pipeline folder** (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``):
+  the transformer on the latents of the pipeline's VAE (``latent_dit_diffusers``), with the training
+  timesteps and schedule of ``scheduler/scheduler_config.json``. Loading gives the codec as well.
+A source is a local folder, or a Hugging Face hub id (``hf://ORG/NAME[@REVISION]``, or ``ORG/NAME``
+when no such local folder exists) resolved through ``huggingface_hub``'s cache: the cache first, the
+network only when ``HF_HUB_OFFLINE`` is not set; absent and offline is one line saying how to fetch the
+folder elsewhere and point at it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from dtr_plugins.core.errors import CheckpointError, UserError, first_line
+from dtr_plugins.core.io import file_sha256
+
+if TYPE_CHECKING:
+    from dtr_plugins.core.config import ExperimentConfig
+    from dtr_plugins.core.contracts import Codec
+    from dtr_plugins.core.routing import RoutedBackbone
+
+EXPORT_FORMAT, EXPORT_KEY, HUB_PREFIX = "dtr-plugins-export/1", "_dtr_export", "hf://"
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
+#: what a hub snapshot needs (exports, diffusers transformer folders and DiT pipelines); nothing else is fetched
+HUB_PATTERNS = ["config.json", WEIGHTS_FILE, CARD_FILE, "diffusion_pytorch_model.safetensors", "model_index.json",
+                "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+#################################################################################
+#                                   Export                                      #
+#################################################################################
+
+def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", layout: str = "dtr",
+               allow_unsafe_load: bool = False) -> Path:
+    """Export a run directory (its newest checkpoint) or one checkpoint file to the folder ``out``.
+
+    ``weights``: ``ema`` or ``model``. ``layout``: ``dtr`` (``model.safetensors`` + ``config.json`` +
+    ``README.md``) or ``diffusers`` (a ``DiTTransformer2DModel`` folder; vanilla DiT only). ``out`` must
+    not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
+    absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
+    """
+    from dtr_plugins.compose import build_model, codec_spec
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+    from dtr_plugins.core.config import config_from_dict, read_yaml
+    from dtr_plugins.runs.retention import list_checkpoints
+
+    if weights not in ("ema", "model"):
+        raise UserError(f"--weights: {weights!r} is not allowed (allowed: ema, model)")
+    if layout not in ("dtr", "diffusers"):
+        raise UserError(f"--format: {layout!r} is not allowed (allowed: dtr, diffusers)")
+    source, out = Path(source), Path(out)
+    if source.is_dir():
+        found = list_checkpoints(source / "checkpoints")
+        if not found:
+            raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'}")
+        ckpt_path, run_dir = found[-1], source
+    elif source.is_file():
+        ckpt_path, run_dir = source, source.parent.parent
+    else:
+        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    _check_out(out)
+    ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get(weights), dict):
+        have = ", ".join(k for k in ("ema", "model") if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict))
+        raise CheckpointError(f"{ckpt_path}: no '{weights}' weights in this checkpoint (has: {have or 'neither'}); "
+                              f"--weights {'model' if weights == 'ema' else 'ema'} exports the other set")
+    if isinstance(ckpt.get("config"), dict):
+        cfg = config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
+    elif (run_dir / "config.yaml").is_file():
+        cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    else:
+        raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {run_dir / 'config.yaml'} does not exist")
+    model = build_model(cfg)
+    apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    step = ckpt.get("step")
+    record: dict[str, Any] = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
+              "checkpoint": ckpt_path.name, "layout": layout}
+    spec = codec_spec(cfg)
+    if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
+        record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}
+    evaluation = _read_json(run_dir / "eval.json")
+    meta = _read_json(run_dir / "meta.json")
+    with _staging(out) as stage:
+        if layout == "dtr":
+            _write_dtr(stage, state, cfg.to_dict(), record, evaluation, meta)
+        else:
+            _write_diffusers(stage, model, cfg, state, record, evaluation, meta)
+    return out
+
+
+def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], evaluation, meta) -> None:
+    from dtr_plugins.sharing.model_card import render_model_card
+
+    sha = _save_safetensors(state, stage / WEIGHTS_FILE, record)
+    record = {**record, "weights_file": WEIGHTS_FILE, "weights_sha256": sha}
+    (stage / CONFIG_FILE).write_text(json.dumps({**cfg, EXPORT_KEY: record}, indent=2) + "\n")
+    (stage / CARD_FILE).write_text(render_model_card(cfg, record, evaluation, meta))
+
+
+def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:
+    from dtr_plugins.backbones.dit import DiT
+    from dtr_plugins.backbones.dit_diffusers import DIFFUSERS_WEIGHTS, export_state_for_diffusers
+    from dtr_plugins.sharing.model_card import render_model_card
+
+    if not isinstance(model, DiT):
+        raise UserError(f"--format diffusers: backbone '{cfg.backbone.name}' is not a DiT; only DiT exports to "
+                        "diffusers' DiTTransformer2DModel layout (use --format dtr)")
+    if model.plan is not None and not model.plan.is_dense:
+        raise UserError(f"--format diffusers: this model is routed (routing: {cfg.routing.name}); diffusers' "
+                        "DiTTransformer2DModel has no routing, so a routed model exports to the project's own layout "
+                        "only (--format dtr)")
+    dstate, dconfig, notes = export_state_for_diffusers(model, state, cfg.diffusion.steps)
+    sha = _save_safetensors(dstate, stage / DIFFUSERS_WEIGHTS, record)
+    record = {**record, "weights_file": DIFFUSERS_WEIGHTS, "weights_sha256": sha, "conversion": notes}
+    (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
+    time_note = notes["time_embedding"]
+    if isinstance(time_note, dict):
+        n = time_note
+        time_note = (f"refitted for diffusers' timestep frequencies over t = 0..{n['timesteps'] - 1}: the first "
+                     f"time-MLP layer's output deviates by rms {n['rms']:.3g} (max {n['max_abs']:.3g}; reference rms "
+                     f"{n['rms_ref']:.3g}; copying the weights unchanged would give rms {n['copy_rms']:.3g}), so "
+                     "diffusers' outputs are close to, not equal to, this project's")
+    note = ("**Layout:** diffusers `DiTTransformer2DModel` (`config.json`, `diffusion_pytorch_model.safetensors`). "
+            f"Time embedding: {time_note}. "
+            + ("The label table has an extra all-zero null-class row (diffusers always has one). "
+               if notes["null_row_added"] else "")
+            + "Load with `DiTTransformer2DModel.from_pretrained(DIR)` or `dp.from_pretrained(DIR)`.")
+    (stage / CARD_FILE).write_text(render_model_card(cfg.to_dict(), record, evaluation, meta, layout_note=note))
+
+
+def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
+    from safetensors.torch import save_file
+
+    metadata = {"format": "pt", "dtr_export": EXPORT_FORMAT, "weights": str(record["weights"]),
+                "step": str(record["step"])}
+    save_file(dict(state), str(path), metadata=metadata)
+    return file_sha256(path)
+
+
+def _check_out(out: Path) -> None:
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--out {out}: name a new folder (not '.' or '..')")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out: {out} already exists and is not an empty folder; choose a new folder")
+
+
+class _staging:
+    """A temp folder beside ``out``; renamed onto ``out`` on success, removed on error."""
+    def __init__(self, out: Path):
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        os.chmod(self.tmp, 0o777 & ~_umask())
+        if self.out.is_dir():
+            self.out.rmdir()  # empty (checked before)
+        os.replace(self.tmp, self.out)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+
+
+#################################################################################
+#                                  Loading                                      #
+#################################################################################
+
+class Pretrained(NamedTuple):
+    """What :func:`from_pretrained` gives: ``model, cfg, codec = dp.from_pretrained(...)``."""
+
+    model: RoutedBackbone  # the backbone in eval mode, routing plan attached: ``model(x, t, y)``
+    cfg: ExperimentConfig  # the resolved config it was built from
+    codec: Codec  # backbone space <-> images: ``codec.decode(x)`` (identity for pixel models)
+
+
+def from_pretrained(source: str | Path, *, device: Any = None) -> Pretrained:
+    """Load an exported model, a diffusers DiT folder or pipeline, or a hub id: ``(model, cfg, codec)``.
+
+    ``model`` in eval mode on ``device`` (default CPU); ``cfg`` (for a diffusers folder synthesised from its
+    configs: vanilla routing, default sampling); ``codec`` from ``compose.build_codec(cfg)``: identity for
+    pixels, a latent model's VAE from ``vae.path`` (not part of an export), a pipeline's ``vae/``; pass it to
+    ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for what cannot be loaded.
+    """
+    cfg, model, codec, _ = _load(resolve(source))
+    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, codec)
+
+
+def load_for_sampling(source: str | Path, *, device: Any = None):
+    """``(cfg, model, diffusion, codec, weights_path, info)`` for ``dtr sample``; ``info``: ``weights``
+    (``ema``, ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
+    from dtr_plugins.compose import build_diffusion
+
+    folder = resolve(source)
+    cfg, model, codec, info = _load(folder)
+    info["source"] = str(source) if str(source).startswith(HUB_PREFIX) else str(folder)
+    if device is not None:
+        model = model.to(device)
+    return cfg, model.eval(), build_diffusion(cfg), codec, Path(info.pop("weights_path")), info
+
+
+def is_pretrained_source(source: str | Path) -> bool:
+    """True for ``hf://...`` and for a local export / diffusers folder (not a run directory or .pt file)."""
+    text = str(source)
+    if text.startswith(HUB_PREFIX):
+        return True
+    folder = Path(text)
+    return folder.is_dir() and not (folder / "checkpoints").is_dir() and \
+        ((folder / CONFIG_FILE).is_file() or (folder / "model_index.json").is_file())
+
+
+def _load(folder: Path):
+    """``(cfg, model, codec, info)`` from a resolved local folder, by layout."""
+    from dtr_plugins.backbones.dit_diffusers import is_diffusers_dit_config
+
+    if (folder / "model_index.json").is_file() and (folder / "transformer" / CONFIG_FILE).is_file():
+        return _load_diffusers(folder / "transformer", pipeline=folder)
+    config = _read_config(folder)
+    if EXPORT_KEY in config:
+        return _load_export(folder, config)
+    if is_diffusers_dit_config(config):
+        return _load_diffusers(folder, pipeline=None)
+    raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' "
+                          "record) nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export "
+                          "RUN --out DIR")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE}; expected a folder written by dtr export (config.json, "
+                              f"{WEIGHTS_FILE}) or a diffusers DiTTransformer2DModel folder")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read: {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({first_line(exc)})") from None
+
+
+def _load_export(folder: Path, config: dict[str, Any]):
+    from dtr_plugins.compose import build_codec, build_model
+    from dtr_plugins.core.checkpoint import apply_checkpoint
+    from dtr_plugins.core.config import config_from_dict
+
+    record = config.pop(EXPORT_KEY)
+    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
+        fmt = record.get("format") if isinstance(record, dict) else record
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
+                              f"{EXPORT_FORMAT!r}")
+    cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
+    codec = build_codec(cfg)
+    model = build_model(cfg, codec=codec)
+    path = folder / WEIGHTS_FILE
+    apply_checkpoint(model, _load_weights(path), path)
+    return cfg, model, codec, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
+
+
+def _load_diffusers(transformer: Path, pipeline: Path | None):
+    from dtr_plugins.backbones import dit_diffusers as dd
+    from dtr_plugins.compose import build_codec, build_model
+    from dtr_plugins.core.checkpoint import apply_checkpoint
+    from dtr_plugins.core.config import config_from_dict
+
+    config = _read_config(transformer)
+    params = dd.dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
+    steps, schedule = _scheduler(pipeline)
+    name = (pipeline or transformer).name or "diffusers-dit"
+    data = {"name": "synthetic", "image_size": params["input_size"], "channels": params["in_channels"],
+            "num_classes": params["num_classes"]}
+    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": "dit_diffusers", **params},
+                                "diffusion": {"steps": steps, "schedule": schedule,
+                                              "learn_sigma": params["learn_sigma"]},
+                                "data": data}
+    vae_dir = pipeline / "vae" if pipeline is not None else None
+    if vae_dir is not None and (vae_dir / CONFIG_FILE).is_file():
+        vae_config = _read_config(vae_dir)  # the codec checks in_channels / input_size against its latents
+        factor = 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
+        cfg_dict["backbone"] = {"name": "latent_dit_diffusers", **params}
+        cfg_dict["vae"] = {"path": str(vae_dir.resolve())}
+        cfg_dict["data"] = {**data, "image_size": params["input_size"] * factor,
+                            "channels": int(vae_config.get("in_channels", 3))}
+    cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
+    codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
+    model = build_model(cfg, codec=codec)
+    path = transformer / dd.DIFFUSERS_WEIGHTS
+    geometry = {k: params[k] for k in ("num_classes", "input_size", "patch_size")}
+    state = dd.diffusers_to_dit_state(_load_weights(path), **geometry, source=str(path))
+    apply_checkpoint(model, state, path)
+    return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
+
+
+def _scheduler(pipeline: Path | None) -> tuple[int, str]:
+    """Training timesteps and schedule from a pipeline's ``scheduler/scheduler_config.json`` (default 1000, linear)."""
+    path = pipeline / "scheduler" / "scheduler_config.json" if pipeline is not None else None
+    if path is None or not path.is_file():
+        return 1000, "linear"
+    config = _read_config_file(path)
+    steps = int(config.get("num_train_timesteps", 1000))
+    kind = config.get("beta_schedule", "linear")
+    if kind == "squaredcos_cap_v2":
+        return steps, "cosine"
+    if kind != "linear":
+        raise CheckpointError(f"{path}: beta_schedule={kind!r} has no counterpart here (allowed: linear, "
+                              "squaredcos_cap_v2)")
+    scale = 1000 / steps  # guided-diffusion's linear schedule (DiT's)
+    for key, value in (("beta_start", 0.0001 * scale), ("beta_end", 0.02 * scale)):
+        if key in config and abs(float(config[key]) - value) > 1e-9:
+            raise CheckpointError(f"{path}: {key}={config[key]} differs from the linear schedule used here "
+                                  f"({value:g} for {steps} steps)")
+    return steps, "linear"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read: {first_line(exc)}") from None
+    return data if isinstance(data, dict) else {}
+
+
+#################################################################################
+#                                 Hub ids                                       #
+#################################################################################
+
+def parse_hub_id(source: str) -> tuple[str, str | None] | None:
+    """``hf://ORG/NAME[@REV]`` or ``ORG/NAME[@REV]`` -> ``(repo_id, revision)``; None if it is not one."""
+    text = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
+    repo, _, revision = text.partition("@")
+    if not _REPO_ID.match(repo) or ".." in repo:
+        return None
+    return repo, revision or None
+
+
+def resolve(source: str | Path) -> Path:
+    """A local folder as is; ``hf://ORG/NAME`` (or ``ORG/NAME`` that is no local path) through the hub cache."""
+    text = str(source)
+    if not text.startswith(HUB_PREFIX):
+        local = Path(text).expanduser()
+        if local.is_dir():
+            return local
+        if local.exists():
+            raise CheckpointError(f"{source}: is a file; expected an exported model folder, a diffusers folder or "
+                                  "a hub id (hf://ORG/NAME)")
+        if text.startswith(("/", ".", "~")) or parse_hub_id(text) is None:
+            raise CheckpointError(f"{source}: no such folder (a hub id is written hf://ORG/NAME)")
+    parsed = parse_hub_id(text)
+    if parsed is None:
+        raise CheckpointError(f"{source}: not a hub id (expected hf://ORG/NAME or hf://ORG/NAME@REVISION)")
+    return _hub_snapshot(*parsed)
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
+
+    def download(local_only: bool) -> Path:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
+                                      cache_dir=hub_cache_dir(), local_files_only=local_only))
+
+    try:
+        folder = download(local_only=True)
+        if _complete(folder):
+            return folder
+    except Exception:  # noqa: BLE001 -- huggingface_hub raises many kinds for "not cached"; then the network
+        pass
+    if hub_offline():
+        raise CheckpointError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                                                      "is set"))
+    try:
+        return download(local_only=False)
+    except Exception as exc:  # noqa: BLE001 -- any download failure becomes the one-line message
+        raise CheckpointError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
+                                                      f"failed ({_scrub(first_line(exc, limit=200))})")) from None
+
+
+def _complete(folder: Path) -> bool:
+    """A cached snapshot holds a whole model (not only a config fetched for something else)."""
+    weights = ("model.safetensors", "diffusion_pytorch_model.safetensors",
+               "transformer/diffusion_pytorch_model.safetensors")
+    return any((folder / w).is_file() for w in weights)
+
+
+def _not_available(repo_id: str, why: str) -> str:
+    return (f"hf://{repo_id}: cannot load this hub model: {why}; on a machine with network run "
+            f"hf download {repo_id} --local-dir DIR (huggingface_hub's CLI), copy DIR here and pass the folder "
+            f"instead (dtr sample DIR, dp.from_pretrained('DIR'))")
+
+
+#################################################################################
+#                                    Push                                       #
+#################################################################################
+
+def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
+         commit_message: str | None = None) -> str:
+    """Upload an exported folder to the hub repo ``repo_id`` (created if needed); returns the commit URL.
+
+    The token comes from ``token`` or huggingface_hub's usual places (``HF_TOKEN``, ``hf auth login``);
+    it is never printed: error messages are scrubbed of it. Raises :class:`UserError` (one line).
+    """
+    folder = Path(folder)
+    if parse_hub_id(repo_id) is None or "@" in repo_id or repo_id.startswith(HUB_PREFIX):
+        raise UserError(f"push: {repo_id!r} is not a hub repo id (expected ORG/NAME)")
+    if not folder.is_dir():
+        raise UserError(f"push: {folder} is not a folder")
+    config = _read_config(folder)
+    weights = WEIGHTS_FILE if EXPORT_KEY in config else "diffusion_pytorch_model.safetensors"
+    if not (folder / weights).is_file():
+        raise UserError(f"push: {folder} has no {weights}; push a folder written by dtr export")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    secrets = [token] if token else []
+    try:
+        from huggingface_hub import get_token
+
+        secrets.append(get_token() or "")
+    except Exception:  # noqa: BLE001 -- no token found is fine: nothing to scrub
+        pass
+    try:
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message=commit_message or f"Upload {folder.name} with dtr push",
+                                 ignore_patterns=[".*", "**/.*"])
+    except Exception as exc:  # noqa: BLE001 -- any upload failure becomes one line, token scrubbed
+        raise UserError(f"push {repo_id}: upload failed: {_scrub(first_line(exc, limit=300), secrets)}") from None
+    return str(getattr(info, "commit_url", None) or info or f"https://huggingface.co/{repo_id}")
+
+
+_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+def _scrub(text: str, secrets: list[str] | None = None) -> str:
+    for secret in secrets or []:
+        if secret:
+            text = text.replace(secret, "***")
+    return _TOKEN_LIKE.sub("hf_***", text)

@@ -1,0 +1,1 @@
+"""The training path: ``dtr train`` (:mod:`.train`), the step loop (:mod:`.trainer`), accumulation, trackers fan-out."""

@@ -1,0 +1,399 @@
+"""``train(cfg)``: compose a run from its config, set up its run directory and hand it to the
+:class:`~dtr_plugins.training.trainer.Trainer`. One process, or many under torchrun (DDP), on CPU or GPU.
+
+Resumption is exact: every step re-seeds the RNG from ``(seed, rank, step)`` and draws its batch from
+a stream of seeded permutations indexed by the step (:class:`StepBatches`); each sample is read with the
+torch RNG seeded from ``(seed, step, position in the global batch)`` (:class:`SeededItems`), so data
+augmentation (``image_folder``'s random flip) is the same with any number of workers and across a resume.
+``N`` steps plus a resumed ``N`` give the same weights as ``2N`` straight steps.
+
+A run directory is written by one process at a time (:meth:`RunDir.lock`). A resumed run must have the
+same config identity as its checkpoint (:mod:`dtr_plugins.core.fingerprint`); each invocation adds a
+segment to ``meta.json``; records of ``metrics.jsonl`` past the resumed checkpoint are dropped; and a
+resume at the final step redoes the final outputs a crash lost (:meth:`RunDir.missing_outputs`).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import platform
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dtr_plugins._version import __version__
+from dtr_plugins.compose import Components, build_components, validate_run
+from dtr_plugins.core import distributed
+from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
+from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone
+from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
+from dtr_plugins.core.labels import check_label_space, class_map
+from dtr_plugins.core.plugins import PluginRegistry, default_registry
+from dtr_plugins.core.routing import routed_units
+from dtr_plugins.evaluation.heldout import HeldOutSet
+from dtr_plugins.runs.rundir import RunDir, RunLocked
+from dtr_plugins.sampling.sample import check_guidance
+from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
+from dtr_plugins.training.trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
+
+__all__ = ["train", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
+           "TrainingDiverged"]
+
+
+def draw_key(seed: int, step: int, slot: int) -> int:
+    """Seed of the random draws (augmentation) for the sample at ``slot`` of the global batch of ``step``."""
+    return (seed * 6_364_136_223_846_793_005 + step * 1_442_695_040_888_963_407 + slot * 2_654_435_761 + 1) \
+        % (2**63 - 1)
+
+
+class SeededItems(Dataset):
+    """Reads ``dataset[index]`` for an item ``(index, key)`` with the torch RNG seeded from ``key`` (and restored
+    afterwards), so a dataset's torch random draws depend on ``(seed, step, slot)`` only: not on the worker, the
+    number of workers, or what ran before a resume."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, key = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.dataset[index]
+
+
+class StepBatches:
+    """Batch indices for step ``s``: positions ``[s*B, (s+1)*B)`` of a stream of seeded epoch permutations.
+
+    Each rank takes its contiguous share of the global batch, so the data position is the step itself.
+    With ``draw_keys`` it yields ``(index, draw_key(seed, step, slot))`` pairs for :class:`SeededItems`.
+    """
+
+    def __init__(self, dataset_len: int, global_batch: int, rank: int, world: int, seed: int, start_step: int,
+                 steps: int, draw_keys: bool = False):
+        if global_batch % world:
+            raise ConfigError(f"train.batch_size: {global_batch} is not divisible by the world size {world}")
+        self.n, self.batch, self.rank, self.world = dataset_len, global_batch, rank, world
+        self.seed, self.start, self.steps, self.draw_keys = seed, start_step, steps, draw_keys
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        local = self.batch // self.world
+        first = step * self.batch + self.rank * local
+        out = []
+        for pos in range(first, first + local):
+            epoch, i = divmod(pos, self.n)
+            out.append(int(self._perm(epoch)[i]))
+        return out
+
+    def items(self, step: int) -> list[tuple[int, int]]:
+        """``(index, draw key)`` of this rank's share of the batch of ``step``."""
+        first = self.rank * (self.batch // self.world)
+        return [(index, draw_key(self.seed, step, first + j)) for j, index in enumerate(self.indices(step))]
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for step in range(self.start, self.steps):
+            yield self.items(step) if self.draw_keys else self.indices(step)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def _collate(batch):
+    images = torch.stack([b[0] for b in batch])
+    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
+    return images, labels
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_meta(d: distributed.Dist, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Versions, commit, device, world size, precision, seed and start time of a run (meta.json)."""
+    device = str(d.device)
+    if d.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(d.device)})"
+    else:
+        device += f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"dtr_plugins": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "git_commit": _git_commit(), "device": device, "world_size": d.world_size,
+            "precision": cfg.train.precision, "seed": cfg.seed,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
+    """A resumed run must keep its config identity (:data:`~dtr_plugins.core.fingerprint.RESUMABLE_KEYS` may change).
+
+    Raises :class:`ConfigError` naming the first differing key with both values. A checkpoint written before
+    fingerprints existed is resumed with a warning.
+    """
+    stored = ckpt.get("config_fingerprint") if isinstance(ckpt, dict) else None
+    if stored is None:
+        warnings.warn(f"{path}: the checkpoint has no config fingerprint (an older version wrote it); cannot check "
+                      "that the config is the one it was trained with", stacklevel=2)
+        return
+    new = cfg.to_dict()
+    if stored == config_fingerprint(new):
+        return
+    allowed = ", ".join(RESUMABLE_KEYS)
+    diff = first_difference(ckpt.get("config") or {}, new)
+    if diff is None:
+        raise ConfigError(f"{path}: the config's fingerprint differs from the checkpoint's; --resume may only change "
+                          f"{allowed}; start a new run instead")
+    key, old, now = diff
+    raise ConfigError(f"{key}: {now!r} differs from {old!r} that the run was trained with ({path}); --resume may only "
+                      f"change {allowed}; start a new run (another name or --run-dir) instead")
+
+
+def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: int, resume: bool) -> dict[str, Any]:
+    """meta.json of this invocation: the first run's fields kept, the current ones updated, one segment added."""
+    old = rd.read_meta() if resume else {}
+    meta = run_meta(d, cfg)
+    segment = {"from_step": step, "to_step": None, "world_size": d.world_size, "device": meta["device"],
+               "started": meta["started"], "finished": None, "git_commit": meta["git_commit"]}
+    segments = [s for s in old.get("segments", []) if isinstance(s, dict)]
+    if old and not segments and "started" in old:  # meta.json of an older version: its one run, as far as known
+        segments = [{"from_step": old.get("resumed_from_step", 0), "to_step": None, "world_size": old.get("world_size"),
+                     "device": old.get("device"), "started": old.get("started"), "finished": old.get("finished"),
+                     "git_commit": old.get("git_commit")}]
+    merged = {**old, **meta, "started": old.get("started", meta["started"]), "segments": [*segments, segment],
+              "config_fingerprint": config_fingerprint(cfg.to_dict())}
+    for stale in ("finished", "ranks_in_sync"):
+        merged.pop(stale, None)
+    if resume and old:
+        merged["resumed_from_step"] = step
+    return merged
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
+                 device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
+    """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
+    off when ``eval.heldout_every`` is 0, for processes other than the Gaussian (integer timesteps, epsilon
+    MSE) and flow matching (float times over bands of u, velocity MSE), when training from a latent cache
+    and for data without a held-out split."""
+    from dtr_plugins.core.diffusion import GaussianDiffusion
+    from dtr_plugins.core.errors import DataError
+    from dtr_plugins.core.flow import FlowMatching
+    from dtr_plugins.evaluation.heldout import heldout_set_for
+
+    if not cfg.eval.heldout_every:
+        return None, {"applied": False, "why": "eval.heldout_every is 0"}
+    if isinstance(parts.diffusion, GaussianDiffusion):
+        time, target = "discrete", "epsilon"
+    elif isinstance(parts.diffusion, FlowMatching):
+        time, target = "continuous", "velocity"
+    else:
+        return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
+    if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
+        return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
+    codec = parts.codec
+    prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
+    try:
+        heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
+                                  parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                                  seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
+    except (ConfigError, DataError) as exc:
+        print(f"dtr: note: no held-out loss for this run: {exc}")
+        return None, {"applied": False, "why": str(exc)}
+    return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema", "time": time,
+                     "target": target,
+                     "num_bands": heldout.num_bands, "per_band": heldout.per_band, "seed": heldout.seed,
+                     "fingerprint": heldout.fingerprint}
+
+
+def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
+          registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg``; returns the run directory (DESIGN.md section 8, :class:`RunDir`).
+
+    Raises :class:`UserError` when the run directory already has checkpoints and ``resume`` is False,
+    :class:`CheckpointError` when ``resume`` finds none, :class:`ConfigError` when ``resume`` finds a checkpoint
+    of another config, :class:`~dtr_plugins.runs.rundir.RunLocked` when another process writes the run,
+    :class:`TrainingDiverged` on a NaN/inf loss or weights.
+    """
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+
+    validate_run(cfg, registry, run_dir=run_dir)  # every rank, before any collective or write
+    distributed.set_threads(cfg.train.threads)
+    d = distributed.setup(cfg.train.device)
+    trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
+    held = contextlib.ExitStack()
+    heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
+    try:
+        compute = _compute_settings(cfg, d, held)
+        rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
+        if d.is_main and not rd.path.exists():
+            created = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
+            held.callback(_remove_if_only_lock, rd, created)  # a run refused before it wrote anything leaves no folder
+        _lock_on_every_rank(rd, d, held)
+        start_ckpt = rd.latest_checkpoint()
+        if start_ckpt is not None and not resume:
+            raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume to continue it, "
+                            f"or choose another name / --run-dir")
+        if resume and start_ckpt is None:
+            raise CheckpointError(f"{rd.path}: --resume given but there is no checkpoint in {rd.checkpoints}")
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        parts = build_components(cfg, registry, device=d.device)
+        compute["activation_checkpointing"] = apply_activation_checkpointing(
+            parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
+        num_classes = cast(Backbone, parts.model).num_classes
+        check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
+        if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
+            check_guidance(parts.model, cfg.sample.cfg_scale, "sample.cfg_scale")
+        state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
+        if start_ckpt is not None:
+            ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
+            check_resume_identity(ckpt, cfg, start_ckpt)
+            state.load(apply_checkpoint(parts.model, ckpt, start_ckpt, use_ema=False))
+            if state.step > cfg.train.steps:  # before anything is written: config.yaml, meta.json stay as they are
+                raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of the checkpoint to resume "
+                                  f"({state.step}, {start_ckpt}); --resume may keep or raise train.steps")
+        start_step = state.step
+
+        if d.is_main:
+            rd.path.mkdir(parents=True, exist_ok=True)
+            if start_ckpt is not None:
+                rd.truncate_metrics(state.step)  # steps logged after this checkpoint are redone
+            else:
+                _drop_records_of_an_attempt_without_checkpoint(rd)
+            rd.write_config(cfg.to_yaml())
+            rd.write_classes(class_map(parts.dataset, num_classes))
+            meta = _begin_meta(rd, d, cfg, state.step, resume)
+            meta["compute"] = meta["segments"][-1]["compute"] = compute  # as applied by this invocation
+            meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
+            trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
+            meta["trackers"] = trackers.applied()
+            heldout, meta["heldout"] = _heldout_for(cfg, parts, registry, d.device)
+            rd.write_meta(meta)
+            heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
+            if heatmap is not None:
+                trackers.log_image(state.step, "routing/masks", heatmap)
+        d.barrier()
+
+        net: torch.nn.Module = parts.model
+        if d.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(
+                parts.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        if cfg.train.compile:
+            net = cast(torch.nn.Module, torch.compile(net))
+
+        batches = StepBatches(len(parts.dataset), cfg.train.batch_size, d.rank, d.world_size, cfg.seed, state.step,
+                              cfg.train.steps, draw_keys=True)
+        loader = DataLoader(SeededItems(parts.dataset), batch_sampler=batches, num_workers=cfg.train.num_workers,
+                            collate_fn=_collate, pin_memory=d.device.type == "cuda")
+        trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
+                          trackers=trackers, heldout=heldout)
+        trainer.run(loader)
+        if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
+            _redo_missing_outputs(trainer, rd, cfg, d)
+        in_sync = ranks_in_sync(parts.model, d) if d.enabled else None
+        if d.is_main:
+            finished = _now()
+            meta = rd.read_meta()
+            segments = meta.get("segments") or [{}]
+            segments[-1].update(to_step=state.step, finished=finished)
+            extra: dict[str, Any] = {"segments": segments, "finished": finished}
+            if in_sync is not None:
+                extra = {"ranks_in_sync": in_sync, **extra}
+            rd.update_meta(**extra)
+        return rd.path
+    finally:
+        trackers.finish()
+        distributed.teardown(d)
+        held.close()
+
+
+def _compute_settings(cfg: ExperimentConfig, d: distributed.Dist, held: contextlib.ExitStack) -> dict[str, Any]:
+    """Check that the micro-batches fit this world size and turn TF32 on or off for the run (restored when ``held``
+    closes); returns what meta.json records as applied (activation checkpointing is added once the model exists)."""
+    k, world = cfg.train.grad_accum_steps, d.world_size
+    if cfg.train.batch_size % (world * k):
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by world size {world} x "
+                          f"train.grad_accum_steps {k}")
+    return {"grad_accum_steps": k, "micro_batch_size": cfg.train.batch_size // (world * k),
+            "tf32": held.enter_context(tf32_mode(cfg.train.tf32, d.device))}
+
+
+def _drop_records_of_an_attempt_without_checkpoint(rd: RunDir) -> None:
+    """A fresh start in a run directory without checkpoints (an earlier attempt stopped before its first
+    one): its ``metrics.jsonl`` and ``eval.json`` describe weights that no longer exist, so they are removed
+    (with a warning) rather than appended to (which recorded steps 2, 4, 2, 4, 6)."""
+    stale = [p for p in (rd.metrics_path, rd.eval_path) if p.exists()]
+    if not stale:
+        return
+    rows = len(rd.read_metrics()) if rd.metrics_path.exists() else 0
+    for path in stale:
+        path.unlink()
+    warnings.warn(f"{rd.path}: an earlier attempt stopped before its first checkpoint; starting afresh "
+                  f"(dropped {rows} metrics record(s) and {', '.join(p.name for p in stale)})", stacklevel=3)
+
+
+def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:
+    """Undo the folders this run created (``created``: the run folder and the missing parents above it, deepest
+    first) when the run was refused before it wrote anything but its lock."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in rd.path.iterdir()] == [rd.lock_path.name]:
+            rd.lock_path.unlink()
+            for folder in created:
+                folder.rmdir()  # stops (OSError) at the first folder that holds anything else
+
+
+def _lock_on_every_rank(rd: RunDir, d: distributed.Dist, held: contextlib.ExitStack) -> None:
+    """The main rank takes the run's lock; under torchrun every rank learns the outcome, so all stop together."""
+    refused: RunLocked | None = None
+    if d.is_main:
+        try:
+            held.enter_context(rd.lock())
+        except RunLocked as exc:
+            refused = exc
+    if d.enabled:
+        import torch.distributed as dist
+
+        flag = torch.tensor(0 if refused else 1, device=d.device, dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if refused is None and int(flag) == 0:
+            refused = RunLocked(f"{rd.path}: run directory is in use by another process (see {rd.lock_path})")
+    if refused is not None:
+        raise refused
+
+
+def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d: distributed.Dist) -> None:
+    """Write the final-step outputs of :meth:`RunDir.missing_outputs` again (every rank takes part)."""
+    d.barrier()
+    missing = rd.missing_outputs(cfg)
+    if not missing:
+        return
+    if d.is_main:
+        print(f"dtr: {rd.path}: training is complete; redoing the missing {', '.join(missing)}", flush=True)
+    final_ckpt = str(rd.checkpoint_path(cfg.train.steps).relative_to(rd.path))
+    if final_ckpt in missing:
+        trainer.save()
+    if (cfg.eval.at_end or cfg.eval.every) and any(m != final_ckpt for m in missing):
+        if d.is_main:  # an evaluation record of a crashed final evaluation is replaced, not repeated
+            rd.truncate_metrics(cfg.train.steps, drop_eval_at_step=True)
+        trainer.evaluate(final=True)

@@ -1,0 +1,423 @@
+"""The training step loop over an explicit :class:`TrainState` (model, EMA, optimizer, grad scaler, loss
+weighting, step), in the manner of guided-diffusion's ``TrainLoop`` (``improved_diffusion/train_util.py``).
+
+Resumption is exact: every step re-seeds the RNG from ``(seed, rank, step)`` and the data position is
+the step itself (see :class:`dtr_plugins.training.train.StepBatches`).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+
+from dtr_plugins.core import distributed
+from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone, Codec, LossWeighting
+from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
+from dtr_plugins.evaluation.heldout import HeldOutSet
+from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.training.accumulate import forward_backward
+from dtr_plugins.training.tracker_set import TrackerSet
+
+NUM_BUCKETS = 10
+
+__all__ = ["TrainState", "Trainer", "TrainingDiverged", "ema_update", "ema_decay_at", "step_seed", "autocast",
+           "model_kwargs_for", "check_data_fits", "ranks_in_sync", "NUM_BUCKETS"]
+
+
+class TrainingDiverged(UserError):
+    """The loss, or the weights about to be saved, became NaN or inf."""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels."""
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
+def ema_decay_at(cfg: ExperimentConfig, step: int) -> float:
+    """Configured decay, or with warm-up ``min(decay, (1 + step) / (10 + step))`` for short runs."""
+    if cfg.train.ema_warmup:
+        return min(cfg.train.ema_decay, (1 + step) / (10 + step))
+    return cfg.train.ema_decay
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63 - 1)
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_at(cfg: ExperimentConfig, step: int) -> float:
+    """Learning rate of ``step``: linear warm-up over ``train.lr_warmup_steps``, then constant."""
+    if cfg.train.lr_warmup_steps:
+        return cfg.train.lr * min(1.0, (step + 1) / cfg.train.lr_warmup_steps)
+    return cfg.train.lr
+
+
+def model_kwargs_for(model: Backbone, labels: torch.Tensor) -> dict[str, Any]:
+    """Class-conditional backbones get ``y``; unconditional ones (``num_classes`` None, 0 or 1) get nothing."""
+    return {"y": labels} if (model.num_classes or 0) > 1 else {}
+
+
+def check_data_fits(model: Backbone, x0: torch.Tensor, cfg: ExperimentConfig) -> None:
+    """The denoiser's inputs (after the codec) must have the backbone's channels and size."""
+    if x0.shape[1] != model.in_channels:
+        raise ConfigError(f"data: '{cfg.data.name}' gives {x0.shape[1]}-channel images but backbone.in_channels "
+                          f"is {model.in_channels}")
+    if x0.shape[-1] != model.input_size:
+        raise ConfigError(f"data.image_size: '{cfg.data.name}' gives {x0.shape[-1]}px images but the backbone "
+                          f"expects {model.input_size}px (backbone.input_size)")
+
+
+@torch.no_grad()
+def ranks_in_sync(model: torch.nn.Module, d: distributed.Dist) -> bool:
+    """Do all ranks hold identical weights? Compares position-weighted checksums of every parameter."""
+    import torch.distributed as dist
+
+    sums = []
+    for p in model.parameters():
+        flat = p.detach().double().flatten()
+        sums += [flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device, dtype=flat.dtype)).sum()]
+    local = torch.stack(sums)
+    gathered = [torch.empty_like(local) for _ in range(d.world_size)]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+# ------------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores: the model, its EMA, the optimizer, the fp16 grad scaler, the
+    loss weighting (ANT-UW learns weights) and the number of optimizer steps taken."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    weighting: torch.nn.Module
+    step: int = 0
+
+    @classmethod
+    def create(cls, model: torch.nn.Module, weighting: torch.nn.Module, cfg: ExperimentConfig,
+               device: torch.device) -> TrainState:
+        """A fresh state: EMA = a copy of ``model``, AdamW over the backbone, the weighting's groups, then the
+        learned routing strategy's groups (their own lr / weight decay; none for static routing)."""
+        import copy
+
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        plan = routing_plan(model)
+        routing_groups = plan.param_groups() if plan is not None else []
+        routed = {id(p) for g in routing_groups for p in g["params"]}
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in routed]}]
+        groups += list(cast(LossWeighting, weighting).param_groups())
+        groups += routing_groups
+        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                      fused=device.type == "cuda")
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+        return cls(model, ema, optimizer, scaler, weighting)
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        """Restore from a checkpoint whose ``model`` weights were already applied to ``self.model``."""
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.weighting.load_state_dict(ckpt["loss_weighting"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+
+    def checkpoint(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """The checkpoint payload (format of :mod:`dtr_plugins.core.checkpoint`), with the config's identity
+        (``config_fingerprint``) and the routing the weights were trained with (``routing``)."""
+        from dtr_plugins.core.checkpoint import routing_record
+        from dtr_plugins.core.fingerprint import config_fingerprint
+
+        config = cfg.to_dict()
+        return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
+                    optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
+                    scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
+                    config=config, config_fingerprint=config_fingerprint(config), routing=routing_record(self.model))
+
+    @torch.no_grad()
+    def nonfinite(self) -> list[str]:
+        """Names (``model.X``, ``ema.X``) of floating tensors of the model and its EMA holding a NaN or inf."""
+        bad = []
+        for prefix, module in (("model", self.model), ("ema", self.ema)):
+            for name, t in module.state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(f"{prefix}.{name}")
+        return bad
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs optimizer steps on a :class:`TrainState`, logs to the run directory, saves and evaluates.
+
+    Args:
+        cfg: the run config (train, eval and sample sections are read).
+        state: the state to advance.
+        net: the module the forward pass goes through (``state.model``, or it wrapped in DDP / compiled).
+        diffusion: the diffusion process (:class:`dtr_plugins.core.process.DiffusionProcess`).
+        model_input: a data batch -> the denoiser's ``x0`` (the codec stage).
+        codec: the run's codec (decodes samples for evaluation).
+        run_dir: where metrics, checkpoints and samples go.
+        dist: the process group of this rank.
+        trackers: experiment trackers that mirror metrics.jsonl (empty on ranks other than 0).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
+                 model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
+                 trackers: TrackerSet | None = None, heldout: HeldOutSet | None = None):
+        self.trackers = trackers if trackers is not None else TrackerSet()
+        self.heldout = heldout  # fixed held-out inputs (main rank only; None: no held-out loss)
+        self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
+        self.model_input, self.codec, self.run_dir = model_input, codec, run_dir
+        self.dist, self.progress = dist, progress
+        device = dist.device
+        self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
+        self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
+        self.bucket_count = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.aux_sum: dict[str, torch.Tensor] = {}  # a learned strategy's auxiliary losses over the log window
+        self.finite = torch.ones((), device=device, dtype=torch.bool)
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        self.plan = routing_plan(state.model)
+
+    # ------------------------------------------------------------------------------------- loop
+    def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step per batch of ``loader``, then logging, checkpoints and evaluation on schedule."""
+        from tqdm.auto import tqdm
+
+        cfg, d, state = self.cfg, self.dist, self.state
+        if d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(d.device)
+        bar = tqdm(total=cfg.train.steps, initial=state.step, desc=cfg.name, disable=not (self.progress and d.is_main),
+                   dynamic_ncols=True)
+        state.model.train()
+        for batch, labels in loader:
+            loss = self.run_step(batch, labels)
+            bar.update(1)
+            step, last = state.step, state.step == cfg.train.steps
+            if step % cfg.train.log_every == 0 or last:
+                record = self.log()
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if self.heldout is not None and (step % cfg.eval.heldout_every == 0 or last):
+                self.score_heldout()
+            if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
+                self.save()
+            if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
+                self.evaluate(final=last)
+            del loss
+        bar.close()
+
+    def run_step(self, batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one batch; returns the (detached) scalar loss."""
+        cfg, d, state = self.cfg, self.dist, self.state
+        model, weighting, optimizer, scaler = state.model, state.weighting, state.optimizer, state.scaler
+        torch.manual_seed(step_seed(cfg.seed, d.rank, state.step))
+        batch = batch.to(d.device, non_blocking=True)
+        labels = labels.to(d.device, non_blocking=True)
+        x0 = self.model_input(batch)
+        if state.step == 0 and d.is_main:
+            check_data_fits(cast(Backbone, model), x0, cfg)
+        t = self.diffusion.training_times(weighting, x0.shape[0], d.device)  # the process draws t
+        scale = lr_at(cfg, state.step) / cfg.train.lr
+        for group, lr in zip(optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr * scale
+        optimizer.zero_grad(set_to_none=True)
+        # train.grad_accum_steps micro-batches (1: the plain step), see training/accumulate.py; a learned routing
+        # strategy's auxiliary losses are added to what is backpropagated (static routing: the loss itself)
+        loss, per_sample_loss, aux = forward_backward(
+            self.net, self.diffusion, weighting, x0, t, model_kwargs_for(cast(Backbone, model), labels),
+            k=cfg.train.grad_accum_steps, autocast=lambda: autocast(cfg.train.precision, d.device),
+            backward=lambda value: scaler.scale(value).backward(),
+            aux_losses=self.plan.pop_aux_losses if self.plan is not None else None)
+        if d.enabled:  # the weighting's own parameters (ANT-UW) live outside DDP: average their gradients
+            _all_reduce_grads(weighting.parameters(), d.world_size)
+        if cfg.train.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        ema_update(state.ema, model, ema_decay_at(cfg, state.step))
+
+        with torch.no_grad():
+            per_sample = per_sample_loss.double()
+            bucket = self.diffusion.loss_bucket(t, NUM_BUCKETS)  # by noise level, bucket 0 clean
+            self.bucket_sum.index_add_(0, bucket, per_sample)
+            self.bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
+            self.loss_sum += loss.detach().double()
+            for name, value in aux.items():
+                self.aux_sum[name] = self.aux_sum.get(name, 0) + value.detach().double()
+            self.finite &= torch.isfinite(loss.detach())
+            for value in aux.values():
+                self.finite &= torch.isfinite(value)
+        state.step += 1
+        self.window_steps += 1
+        return loss
+
+    # -------------------------------------------------------------------------------- reporting
+    def log(self) -> dict[str, Any]:
+        """Reduce the window's statistics across ranks, append one record to metrics.jsonl, reset."""
+        cfg, d, state = self.cfg, self.dist, self.state
+        self._stop_if_diverged()
+        stats = _reduce(d, self.loss_sum, self.bucket_sum, self.bucket_count)
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        record = {"step": state.step, "loss": stats["loss"] / self.window_steps,
+                  "loss_bucket": stats["buckets"], "lr": state.optimizer.param_groups[0]["lr"],
+                  "steps_per_s": self.window_steps / elapsed,
+                  "images_per_s": self.window_steps * cfg.train.batch_size / elapsed,
+                  "ema_decay": ema_decay_at(cfg, state.step - 1)}
+        if d.device.type == "cuda":
+            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(d.device) / 2**20
+        record.update({f"weighting/{k}": v for k, v in cast(LossWeighting, state.weighting).log_values().items()})
+        # the learned strategy's weighted auxiliary losses (this rank's window mean), added to the training loss
+        record.update({f"aux/{k}": float(v) / self.window_steps for k, v in sorted(self.aux_sum.items())})
+        self.aux_sum = {}
+        if d.is_main:
+            self.run_dir.append_metrics(record)
+            self.trackers.log_record(record)
+        self.bucket_sum.zero_()
+        self.bucket_count.zero_()
+        self.loss_sum.zero_()
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        return record
+
+    def score_heldout(self) -> dict[str, Any]:
+        """Held-out epsilon MSE per noise band of the EMA weights (:mod:`.heldout`); one metrics.jsonl line."""
+        from dtr_plugins.evaluation.heldout import heldout_losses, heldout_record
+
+        assert self.heldout is not None
+        model = self.state.model
+        losses = heldout_losses(self.state.ema, self.diffusion, self.heldout,
+                                lambda y: model_kwargs_for(model, y), device=self.dist.device)  # type: ignore[arg-type]
+        record = heldout_record(self.state.step, losses, self.heldout, weights="ema")
+        self.run_dir.append_metrics(record)
+        self.trackers.log_record(record)
+        return record
+
+    def save(self) -> None:
+        """Write ``checkpoints/<step>.pt`` (main rank; atomic), after the divergence checks: the loss, and every
+        floating tensor of the model and EMA finite on every rank (all ranks stop together otherwise); then keep
+        only the newest ``train.keep_last`` (:func:`~dtr_plugins.runs.retention.prune_checkpoints`)."""
+        from dtr_plugins.core.checkpoint import save_checkpoint
+        from dtr_plugins.runs.retention import prune_checkpoints
+
+        self._stop_if_diverged()
+        self._stop_if_weights_nonfinite()
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir.checkpoint_path(self.state.step), **self.state.checkpoint(self.cfg))
+            prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_last)
+        self.dist.barrier()
+
+    def evaluate(self, final: bool) -> None:
+        """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
+        from tqdm.auto import tqdm
+
+        from dtr_plugins.evaluation.evaluate import dataset_reference, describe_metrics, evaluate_model_samples
+        from dtr_plugins.experiments.plots import image_grid
+        from dtr_plugins.sampling.sample import generate, write_samples
+
+        cfg, d, step = self.cfg, self.dist, self.state.step
+
+        def say(line: str) -> None:  # main rank; tqdm.write keeps an open training bar intact
+            if d.is_main:
+                tqdm.write(line)
+
+        say(f"dtr: step {step}: evaluating: sampling {cfg.eval.num_samples} images with the EMA weights "
+            f"({cfg.sample.sampler}, {cfg.sample.respacing})")
+        applied: dict[str, Any] = {}  # filled by generate with the settings applied
+        images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, cfg, num=cfg.eval.num_samples,
+                                  seed=cfg.seed, dist=d, codec=self.codec, progress=self.progress, record=applied)
+        if not d.is_main:
+            return
+        if final:
+            write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
+                          info={"checkpoint": str(self.run_dir.checkpoint_path(step)), "step": step,
+                                "weights": "ema", **applied}, class_names=self.run_dir.class_names())
+        reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
+        say(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
+            f"against {reference}")
+        try:
+            result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
+                                            feature_extractor=cfg.eval.feature_extractor,
+                                            weights_path=cfg.eval.weights_path)
+        except UserError as exc:
+            print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
+            return
+        say(f"dtr: step {step}: {describe_metrics(result)}")
+        result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
+        self.run_dir.append_metrics({"step": step, "eval": result})
+        self.trackers.log_image(step, "samples", image_grid(images[:64]))
+        self.trackers.log_record({"step": step, "eval": result})
+        if final:
+            self.run_dir.write_eval(result)
+
+    def _stop_if_diverged(self) -> None:
+        """Checked before logging and before saving, so no NaN weights ever reach a checkpoint; the flag is
+        all-reduced so that every rank stops together when any rank saw a NaN/inf loss."""
+        finite = self.finite.to(torch.int32)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            ckpts = self.run_dir.checkpoints
+            raise TrainingDiverged(f"{self.run_dir.path}: loss became NaN or inf before step {self.state.step}; the "
+                                   f"last good checkpoint is kept in {ckpts} (try a lower train.lr, train.grad_clip "
+                                   f"or precision fp32)")
+
+
+    def _stop_if_weights_nonfinite(self) -> None:
+        """A NaN/inf gradient leaves a finite loss but NaN weights: refuse to save them, on every rank at once."""
+        bad = self.state.nonfinite()
+        flag = torch.tensor(0 if bad else 1, device=self.dist.device, dtype=torch.int32)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if int(flag) == 0:
+            where = f"{len(bad)} tensors, first {bad[0]}" if bad else "on another rank"
+            raise TrainingDiverged(f"{self.run_dir.path}: weights became NaN or inf before step {self.state.step} "
+                                   f"({where}); not saved, the last good checkpoint is kept in "
+                                   f"{self.run_dir.checkpoints} (try a lower train.lr, train.grad_clip or precision "
+                                   "fp32)")
+
+
+def routing_plan(model: torch.nn.Module) -> RoutingPlan | None:
+    """The routing plan attached to a backbone (None for another module or a backbone without one)."""
+    return model.plan if isinstance(model, RoutedBackbone) else None
+
+
+def _all_reduce_grads(params, world_size: int) -> None:
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def _reduce(d: distributed.Dist, loss_sum, bucket_sum, bucket_count) -> dict[str, Any]:
+    if d.enabled:
+        import torch.distributed as dist
+
+        packed = torch.cat([loss_sum[None], bucket_sum, bucket_count])
+        dist.all_reduce(packed)
+        packed[0] /= d.world_size
+        loss_sum, bucket_sum, bucket_count = packed[0], packed[1:1 + NUM_BUCKETS], packed[1 + NUM_BUCKETS:]
+    buckets = [float(s / c) if c > 0 else None for s, c in zip(bucket_sum.tolist(), bucket_count.tolist())]
+    return {"loss": float(loss_sum), "buckets": buckets}

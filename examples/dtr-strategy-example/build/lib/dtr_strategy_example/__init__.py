@@ -1,0 +1,1 @@
+"""An example third-party strategy package for dtr-plugins."""
