@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtr_plugins.compose import build_codec, build_diffusion, build_model
+from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
 from dtr_plugins.core.contracts import Backbone, Codec
@@ -244,7 +244,8 @@ def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device)
         cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
     else:
         raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
-    model = build_model(cfg)
+    parts = compose(cfg, data=False)  # the model, its process and codec, each built once
+    model = parts.model
     apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
     bad = nonfinite_tensors(model.state_dict())
     if bad:  # a diverged model samples black images: refuse
@@ -254,7 +255,7 @@ def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device)
     step = ckpt.get("step") if isinstance(ckpt, dict) else None
     if not isinstance(step, int):
         step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
-    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path, step
+    return cfg, parts.to(device), ckpt_path, step
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
@@ -262,7 +263,8 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    return _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)[:4]
+    cfg, parts, ckpt_path, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
+    return cfg, parts.model.eval(), parts.diffusion, ckpt_path
 
 
 def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacing: str | None = None,
@@ -371,9 +373,9 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, model, diffusion, ckpt_path, step = _load(source, use_ema=use_ema,
-                                                           allow_unsafe_load=allow_unsafe_load, device=d.device)
-            codec = build_codec(cfg)
+            cfg, parts, ckpt_path, step = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
+                                                device=d.device)
+            model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
         all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
