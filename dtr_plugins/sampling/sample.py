@@ -24,6 +24,7 @@ from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
 from dtr_plugins.core.contracts import Backbone, Codec
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
 from dtr_plugins.core.routing import RoutedBackbone
@@ -34,23 +35,6 @@ from dtr_plugins.sampling.sample_out import check_out
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
     """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (up to one)."""
     return np.arange(num) % max(num_classes, 1)
-
-
-def check_guidance(model: Any, cfg_scale: float, source: str = "--cfg-scale / sample.cfg_scale") -> None:
-    """Refuse a guidance scale != 1 on a backbone that cannot apply it (ConfigError, one line).
-
-    ``model``: anything with the :class:`Backbone` attributes ``num_classes`` and ``null_class``.
-
-    Classifier-free guidance (Ho & Salimans 2022) needs a class-conditional backbone (``num_classes > 1``)
-    trained with label dropout, i.e. one with a ``null_class``; otherwise the scale would be ignored.
-    """
-    if cfg_scale == 1.0:
-        return
-    num_classes = int(model.num_classes or 0)
-    if num_classes <= 1 or model.null_class is None:
-        why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
-        raise ConfigError(f"{source}: {cfg_scale:g} asks for classifier-free guidance, but this backbone "
-                          f"(num_classes={num_classes}) {why}; use a scale of 1.0")
 
 
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -131,7 +115,7 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
         if conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
             if scale != 1.0:
-                kwargs["y_null"] = null_label(model)
+                kwargs["y_null"] = null_label(model, scale)
         before, rows_before = counted.calls, counted.rows
         x = diffusion.sample(counted, noise.shape, sampler=sampler, respacing=respacing, noise=noise,
                              model_kwargs=kwargs, cfg_scale=scale, cfg_channels=cfg.sample.cfg_channels,
@@ -218,12 +202,11 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     return images, all_labels
 
 
-def null_label(model: Backbone) -> int:
+def null_label(model: Backbone, scale: float = 2.0) -> int:
     """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
     if model.null_class is None:
-        raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
-                          "so classifier-free guidance is not available; use cfg_scale 1.0")
-    return int(model.null_class)
+        check_guidance(model, scale)  # the one guidance rule's line
+    return int(model.null_class or 0)
 
 
 def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):

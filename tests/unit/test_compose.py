@@ -87,3 +87,23 @@ def test_each_component_is_built_once_per_command(tmp_path, run_cli, counting):
                            str(tmp_path / "s"))
     assert code == 0, err
     assert counting.counts == {k: 1 for k in Counting.KINDS if k != "dataset"}  # sampling opens no data
+
+
+def test_one_guidance_rule_with_one_message():
+    from types import SimpleNamespace
+
+    from dtr_plugins.core.errors import ConfigError
+    from dtr_plugins.core.guidance import check_guidance
+
+    from ..conftest import ROOT
+
+    raising = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "dtr_plugins").rglob("*.py"))
+               if "asks for classifier-free guidance" in p.read_text() or "null class (label dropout)" in p.read_text()]
+    assert raising == ["dtr_plugins/core/guidance.py"]
+    check_guidance(SimpleNamespace(num_classes=1, null_class=None), 1.0)  # no guidance: nothing to refuse
+    check_guidance(SimpleNamespace(num_classes=10, null_class=10), 4.0)
+    for model, why in ((SimpleNamespace(num_classes=1, null_class=None), "is unconditional"),
+                       (SimpleNamespace(num_classes=10, null_class=None), "has no null class")):
+        with pytest.raises(ConfigError, match=rf"^--cfg-scale: 4 asks for classifier-free guidance, but this backbone "
+                                              rf"\(num_classes={model.num_classes}\) {why}"):
+            check_guidance(model, 4.0, "--cfg-scale")
