@@ -57,7 +57,8 @@ Deviations from upstream, and why:
   ``routing.learned.layers.N.router.{weight,bias}``, ``...layers.N.expert_{weight,bias}``, the strategy's own
   ``routing.learned.embed_{in,out}`` (a copy of ``t_embedder.mlp.{0,2}``), and the persistent buffers
   ``matching`` and ``forwards``; the window is not stored. :func:`from_official_state_dict` converts an
-  official state dict (tested against the official code's output, prior loss and router gradients in
+  official state dict, and ``dtr_plugins.core.checkpoint.load_checkpoint`` applies it to files in the
+  official layout (tested against the official code's output, prior loss and router gradients in
   ``tests/parity/test_switch_official.py``).
 """
 from __future__ import annotations

@@ -136,3 +136,21 @@ def test_official_adapter_refuses_other_state_dicts(switch_official):
     assert not switch_module.is_official_switch_state_dict(plain)
     with pytest.raises(ValueError, match="no routers"):
         switch_module.from_official_state_dict(plain)
+
+
+def test_official_switch_checkpoints_load_through_load_checkpoint(switch_official, tmp_path):
+    f = switch_official
+    reference, _ = official_switch_model(f)
+    for name, payload in (("bare.pt", f["state_dict"]),  # a state dict, and a training checkpoint's layout
+                          ("train.pt", {"model": f["state_dict"], "ema": f["state_dict"], "opt": {}})):
+        torch.save({f"module.{k}": v for k, v in payload.items()} if name == "bare.pt" else payload,
+                   tmp_path / name)
+        torch.manual_seed(1)
+        model, _ = official_switch_model(f)
+        with torch.no_grad():  # so the loaded values, not the ones the builder set, are compared
+            for p in model.parameters():
+                p.normal_()
+        meta = load_checkpoint(model, tmp_path / name)
+        assert "initialised_keys" not in meta
+        state, want = model.state_dict(), reference.state_dict()
+        assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
