@@ -1,5 +1,7 @@
-"""Official DiT weights (facebookresearch/DiT fixture) in a ``switch`` model: the router is reported as left
-at its initialisation, and at that initialisation (experts at zero, ``g == 1``) the model is the official DiT."""
+"""``switch`` against official code. (1) Official DiT weights (facebookresearch/DiT fixture) in a ``switch`` model:
+the router is reported as left at its initialisation, and there (experts at zero, ``g == 1``) the model is the
+official DiT. (2) The official Switch-DiT code itself (switch_dit_tiny_official.pt) on non-trivial weights: output,
+prior loss, expert-to-window matching and router gradients, and its checkpoint layout."""
 from __future__ import annotations
 
 import pytest
