@@ -299,8 +299,8 @@ def test_ema_follows_every_learned_routing_parameter_and_buffer_by_value():
     router and expert parameter is the by-hand average, and the EMA copy routes with the trained model's
     ``matching`` (and ``forwards``), not with the values it was copied with."""
     from dtr_plugins.core.config import config_from_dict
-    from dtr_plugins.engine.trainer import TrainState, ema_update
     from dtr_plugins.strategies.switch import SwitchRouting
+    from dtr_plugins.training.trainer import TrainState, ema_update
     from dtr_plugins.weighting.constant import Constant
 
     cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "switch"},
