@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtr_plugins.core.contracts import SupportsStateDictAdapter
 from dtr_plugins.core.errors import CheckpointError, first_line
 from dtr_plugins.core.io import save_torch
 from dtr_plugins.core.routing import RoutedBackbone
@@ -171,10 +172,9 @@ def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: 
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("routing"), Mapping):
         _check_routing(target, ckpt["routing"], path, allow_routing_mismatch)
     state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
-    from dtr_plugins.strategies import switch  # lazy: the official Switch-DiT layout is the strategy's knowledge
-
-    if switch.is_official_switch_state_dict(state):
-        state = switch.from_official_state_dict(state)
+    for part in target.modules():  # layouts of official releases are known by the plugins that declare them
+        if isinstance(part, SupportsStateDictAdapter):
+            state = part.adapt_state_dict(state)
     if unit_mappings:
         _check_unit_mappings(target, unit_mappings, path)
     initialised = _load_state(target, state, path, strict)

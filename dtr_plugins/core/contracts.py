@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset",
-           "FeatureExtractor", "InputSpace",
+           "FeatureExtractor", "InputSpace", "SupportsStateDictAdapter",
            "missing_members"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
@@ -240,3 +240,16 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
         names |= set(getattr(klass, "__annotations__", {}))
     names |= {"__call__"} if "__call__" in vars(protocol) else set()
     return sorted(n for n in names if not hasattr(obj, n))
+
+
+@runtime_checkable
+class SupportsStateDictAdapter(Protocol):
+    """Optional capability of a model part (a backbone, or a learned strategy inside it): it reads checkpoints
+    written in another layout (an official release) by converting the WHOLE model's state dict.
+
+    :func:`~dtr_plugins.core.checkpoint.apply_checkpoint` calls ``adapt_state_dict`` on every submodule of the
+    target model that has it, before loading; it returns ``state`` unchanged (the same keys) when the layout is
+    already this project's, else a new dict in this project's layout. The loader never knows particular layouts.
+    """
+
+    def adapt_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]: ...

@@ -222,6 +222,13 @@ class SwitchRouting(nn.Module):
     matching: Tensor  # [U] int64: window column of each gate unit (persistent)
     forwards: Tensor  # [] int64: training forwards scored so far (persistent; drives refresh_every)
 
+    @staticmethod
+    def adapt_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Official Switch-DiT checkpoints load as they are (``SupportsStateDictAdapter``): a whole-model
+        state dict with upstream router keys becomes this layout (:func:`from_official_state_dict`); any
+        other is returned unchanged."""
+        return from_official_state_dict(state) if is_official_switch_state_dict(state) else dict(state)
+
     def __init__(self, **params: Any):
         super().__init__()
         p = parse_params(SwitchParams, params, "switch")
