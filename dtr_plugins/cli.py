@@ -172,25 +172,26 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from dtr_plugins.core.distributed import set_threads
     from dtr_plugins.core.io import write_json
-    from dtr_plugins.evaluation.evaluate import evaluate
+    from dtr_plugins.evaluation.evaluate import EvalSettings, evaluate
 
     _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
-    result = evaluate(args.samples, args.ref, metrics=args.metrics, feature_extractor=args.feature_extractor,
-                      weights_path=args.weights, device=args.device)
+    result = evaluate(args.samples, args.ref, EvalSettings(metrics=args.metrics, feature_extractor=args.feature_extractor,
+                                                           weights_path=args.weights, device=args.device))
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_suite(args) -> int:
-    from dtr_plugins.experiments.suite import run_suite
+    from dtr_plugins.experiments.suite import SuiteOptions, run_suite
     from dtr_plugins.launchers import parse_launcher_settings
 
-    run_suite(args.suite, dry_run=args.dry_run, only=args.only, parallel=args.parallel,
-              launcher=args.launcher, wait=args.wait, cancel=args.cancel,  # launcher options: slurm helper
-              launcher_settings=parse_launcher_settings(args.launcher_set), overrides=args.overrides,
-              rerun_changed=args.rerun_changed, progress_every=args.progress_every)
+    run_suite(args.suite, SuiteOptions(dry_run=args.dry_run, only=args.only, parallel=args.parallel,
+                                       launcher=args.launcher, wait=args.wait, cancel=args.cancel,
+                                       launcher_settings=parse_launcher_settings(args.launcher_set),
+                                       overrides=args.overrides, rerun_changed=args.rerun_changed,
+                                       progress_every=args.progress_every))
     return 0
 
 

@@ -44,6 +44,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ from dtr_plugins.extractors.builtin import (
 __all__ = [
     "METRICS",
     "EvalError",
+    "EvalSettings",
     "check_eval_settings",
     "dataset_reference",
     "describe_metrics",
@@ -108,15 +110,30 @@ __all__ = [
 ]
 
 
-def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
-             feature_extractor: str = "inception-v3-compat", weights_path: str | os.PathLike | None = None,
-             num_classes: int | None = None, labels: Any = None, cache_dir: str | os.PathLike | None = None,
-             batch_size: int = 64, device: Any = None, *, cache: bool = True, verbose: bool | None = None,
-             out: str | os.PathLike | None = None, fidelity_options: dict[str, Any] | None = None,
-             registry=None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalSettings:
+    """How samples are scored (the options of ``dtr eval``; see :func:`evaluate`)."""
+
+    metrics: Sequence[str] = ("fid",)  #: any of ``fid``, ``isc``, ``kid``, ``prc``
+    feature_extractor: str = "inception-v3-compat"  #: a registered feature-extractor plugin
+    weights_path: str | os.PathLike | None = None  #: the extractor's local weights file
+    num_classes: int | None = None  #: the model's class count, checked against the extractor's
+    cache_dir: str | os.PathLike | None = None  #: where reference statistics are cached
+    batch_size: int = 64  #: images per extractor batch
+    device: Any = None  #: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda if present)
+    cache: bool = True  #: False: no reference-statistics cache
+    verbose: bool | None = None  #: progress on stderr (default: when stderr is a terminal)
+    fidelity_options: dict[str, Any] | None = None  #: torch-fidelity settings (``metrics.FIDELITY_OPTIONS``)
+
+
+def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None, *, labels: Any = None,
+             out: str | os.PathLike | None = None, registry=None, provenance: dict[str, Any] | None = None,
+             **keywords: Any) -> dict[str, Any]:
     """Score ``samples`` against ``reference`` (see the module docstring for the inputs and the record).
 
-    ``metrics``: any of ``fid``, ``isc``, ``kid``, ``prc``. ``feature_extractor``: a registered feature-extractor
+    ``settings`` (:class:`EvalSettings`; its fields may also be given as keywords, which replace those of
+    ``settings``; an unknown keyword raises TypeError). ``metrics``: any of ``fid``, ``isc``, ``kid``, ``prc``.
+    ``feature_extractor``: a registered feature-extractor
     plugin (``inception-v3-compat``, ``digits-classifier``). ``weights_path``: the extractor's local weights file.
     ``labels``: the class of each sample (overrides an npz's); ``num_classes``: the model's class count, checked
     against the extractor's before ``class_accuracy``. ``cache_dir``: where reference statistics are cached;
@@ -127,12 +144,14 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     how the samples were made (a dict, stored in the record under ``provenance``). Bad input raises a
     :class:`~dtr_plugins.core.errors.UserError` subclass with a one-line message, before features are computed.
     """
-    metrics = check_metric_names(metrics)
+    s = replace(settings or EvalSettings(), **keywords)
+    feature_extractor, weights_path, batch_size = s.feature_extractor, s.weights_path, s.batch_size
+    metrics = check_metric_names(s.metrics)
     if batch_size < 1:
         raise EvalError(f"batch_size: must be at least 1, got {batch_size}")
-    options = check_fidelity_options(fidelity_options)
-    dev = device_of(device)
-    verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
+    options = check_fidelity_options(s.fidelity_options)
+    dev = device_of(s.device)
+    verbose = sys.stderr.isatty() if s.verbose is None else bool(s.verbose)
 
     if provenance is not None and not isinstance(provenance, dict):
         raise EvalError(f"provenance: must be a dict, got {type(provenance).__name__}")
@@ -154,7 +173,7 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
     ref_stats = None
     cache_state = "off"
     if ref is not None:
-        store = StatsCache(Path(cache_dir) if cache_dir else cache_root() / "reference-stats", cache)
+        store = StatsCache(Path(s.cache_dir) if s.cache_dir else cache_root() / "reference-stats", s.cache)
         key = {"reference": ref.key, "feature_extractor": spec.name, "weights_sha256": weights_sha,
                "torch_fidelity": _fidelity_version(), "options": feature_options}
         ref_stats, cache_state = reference_statistics(ref, binary, layers, extractor, store, key, options)
@@ -164,9 +183,9 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
                           f"input size", stacklevel=2)
 
     features = extractor(images.dataset, save_cpu_ram=_save_cpu_ram(images))
-    settings = metric_settings(metrics, len(images), ref_stats.num_images if ref_stats else None, options)
-    record = compute_metrics(metrics, features, ref_stats, layers, settings, verbose=verbose)
-    accuracy = _class_accuracy(spec, images, dev, batch_size, num_classes)
+    applied = metric_settings(metrics, len(images), ref_stats.num_images if ref_stats else None, options)
+    record = compute_metrics(metrics, features, ref_stats, layers, applied, verbose=verbose)
+    accuracy = _class_accuracy(spec, images, dev, batch_size, s.num_classes)
     if accuracy is not None:
         record["class_accuracy"] = accuracy
     record.update({
@@ -182,7 +201,7 @@ def evaluate(samples: Any, reference: Any, metrics: Sequence[str] = ("fid",),
         record.update({"reference": ref.label, "reference_fingerprint": ref.fingerprint,
                        "num_reference": ref_stats.num_images, "reference_image_size": list(ref_stats.image_size)})
     record["reference_cache"] = cache_state
-    record.update(settings.record(metrics))
+    record.update(applied.record(metrics))
     record.update({"torch_fidelity": _fidelity_version(), "device": str(dev)})
     if beside is not None or provenance is not None:
         record["provenance"] = {**(beside[0] if beside else {}), **(provenance or {})}

@@ -18,7 +18,7 @@ import itertools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -289,24 +289,42 @@ def _move_aside(run_dir: Path, old_fp: str) -> Path:
     return stale
 
 
-def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = None, parallel: int | None = None,
-              report: bool = True, registry=None, launcher: str | None = None, wait: bool = False,
-              cancel: bool = False, wait_timeout_s: float | None = None,
-              launcher_settings: dict[str, Any] | None = None, overrides: Sequence[str] = (),
-              rerun_changed: bool = False, progress_every: float | None = None) -> Path:
+@dataclass(frozen=True)
+class SuiteOptions:
+    """How ``dtr suite`` runs a suite (its command-line options; see :func:`run_suite`)."""
+
+    dry_run: bool = False  #: print each run's state, start nothing
+    only: str | None = None  #: a glob of run ids to consider (``--only``)
+    parallel: int | None = None  #: runs at once (local launcher)
+    report: bool = True  #: build the report at the end
+    launcher: str | None = None  #: overrides the suite file's ``launcher.name``
+    wait: bool = False  #: a scheduler launcher: wait for the jobs
+    cancel: bool = False  #: cancel the suite's live jobs instead
+    wait_timeout_s: float | None = None  #: with ``wait``: give up after this many seconds
+    launcher_settings: dict[str, Any] | None = None  #: override parameters of the launcher section
+    overrides: Sequence[str] = ()  #: ``--set`` KEY=VALUE for every run
+    rerun_changed: bool = False  #: move runs whose config changed aside and train them anew
+    progress_every: float | None = None  #: local launcher: seconds between progress lines
+
+
+def run_suite(path: str | Path, options: SuiteOptions | None = None, *, registry=None, **keywords: Any) -> Path:
     """Start every planned run that is neither finished nor queued, then build the report; returns the suite folder.
 
-    ``launcher`` overrides the suite file's ``launcher.name`` (``local`` by default). A blocking launcher
-    (``local``) returns when the runs ended; a scheduler (``slurm``) returns after submitting, unless
-    ``wait``. ``launcher_settings`` override parameters of the launcher section. ``cancel`` cancels the
-    suite's live jobs instead of starting anything. ``overrides`` (``--set``) apply to every run.
+    ``options`` (:class:`SuiteOptions`; its fields may also be given as keywords, which replace those of
+    ``options``; an unknown keyword raises TypeError). ``launcher`` overrides the suite file's ``launcher.name``
+    (``local`` by default). A blocking launcher (``local``) returns when the runs ended; a scheduler (``slurm``)
+    returns after submitting, unless ``wait``. ``launcher_settings`` override parameters of the launcher section.
+    ``cancel`` cancels the suite's live jobs instead of starting anything. ``overrides`` (``--set``) apply to
+    every run.
 
     Refuses (ConfigError, before any run starts) when a finished or resumable run's recorded config
     fingerprint (``<run>/config.sha256``) differs from the planned one, unless ``rerun_changed``: then the
     old folder is moved to ``<id>.stale-<fp8>`` and the run trains anew. ``progress_every`` (local
     launcher): seconds between the progress lines of each running run.
     """
-    suite = load_suite(path, registry=registry, overrides=overrides)
+    o = replace(options or SuiteOptions(), **keywords)
+    only, parallel, launcher, wait, cancel = o.only, o.parallel, o.launcher, o.wait, o.cancel
+    suite = load_suite(path, registry=registry, overrides=o.overrides)
     runs = [r for r in suite.runs if only is None or fnmatch.fnmatch(r.id, only)]
     if only is not None and not runs:
         raise UserError(f"--only {only!r} matches none of: {', '.join(r.id for r in suite.runs)}")
@@ -314,11 +332,11 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if parallel is not None and (launcher or section.get("name", "local")) == "local":
         own = section if section.get("name", "local") == "local" else {}
         section = {"name": "local", **own, "parallel": parallel}
-    if progress_every is not None and (launcher or section.get("name", "local")) == "local":
-        section = {**section, "progress_every": progress_every}
+    if o.progress_every is not None and (launcher or section.get("name", "local")) == "local":
+        section = {**section, "progress_every": o.progress_every}
     launchers = registry if registry is not None and registry.names("launcher") else default_registry()
     runner = launcher_from_section(section, override=launcher, registry=launchers,
-                                   where=str(suite.path), settings=launcher_settings)
+                                   where=str(suite.path), settings=o.launcher_settings)
     if runner.blocking and (wait or cancel):
         flag = "--cancel" if cancel else "--wait"
         name = launcher or section.get("name", "local")
@@ -326,7 +344,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
                         f"in the foreground (set the launcher in {suite.path}, or pass --launcher slurm)")
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     changed = changed_runs(suite, runs)
-    if dry_run:
+    if o.dry_run:
         live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
         stale = {r.id for r, _ in changed}
         for r in runs:
@@ -339,7 +357,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
         return suite.root
     live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
     changed = [(r, old) for r, old in changed if r.id not in live]  # a queued job is not moved under its feet
-    if changed and not rerun_changed:
+    if changed and not o.rerun_changed:
         names = ", ".join(f"{r.id} ({old[:8]} -> {r.fingerprint[:8]})" for r, old in changed)
         raise ConfigError(f"{suite.path}: {len(changed)} run(s) exist with a different config: {names}; pass "
                           f"--rerun-changed to move them aside (<id>.stale-<fp8>) and train them anew")
@@ -366,13 +384,13 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
             print(f"{len(results)} run(s) submitted, {len(live)} still queued or running; rerun `dtr suite` to see "
                   f"their states and resubmit failed ones, `dtr report {suite.root}` to report what has finished")
             return suite.root
-        runner.wait(suite.root, list(specs.values()), timeout_s=wait_timeout_s)
+        runner.wait(suite.root, list(specs.values()), timeout_s=o.wait_timeout_s)
     states = {r.id: run_state(suite.root / r.id, r.config) for r in runs}
     for r in runs:
         if not runner.blocking:
             print(f"{states[r.id]:8s} {r.id}")
     failed = [rid for rid, state in states.items() if state != "done"]
-    if report:
+    if o.report:
         from dtr_plugins.experiments.report import build_report
 
         out = build_report(suite.root)

@@ -41,7 +41,7 @@ from dtr_plugins.core.routing import routed_units
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
-from dtr_plugins.training.trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
+from dtr_plugins.training.trainer import Trainer, TrainerParts, TrainingDiverged, TrainState, ranks_in_sync
 
 __all__ = ["train", "compose_checked", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
            "TrainingDiverged"]
@@ -257,8 +257,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             trackers, heldout = _write_run_start(rd, parts, d, state.step,
                                                  _Start(resume, start_ckpt is not None, compute, registry))
         d.barrier()
-        trainer = Trainer(cfg, state, _network(cfg, parts.model, d), parts.diffusion, parts.model_input, parts.codec,
-                          rd, d, progress=progress, trackers=trackers, heldout=heldout)
+        modules = TrainerParts(_network(cfg, parts.model, d), parts.diffusion, parts.model_input, parts.codec)
+        trainer = Trainer(cfg, state, modules, rd, d, progress=progress, trackers=trackers, heldout=heldout)
         trainer.run(_loader(cfg, parts.dataset, d, state.step))
         if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
             _redo_missing_outputs(trainer, rd, cfg, d)

@@ -167,28 +167,35 @@ class TrainState:
 
 
 # ---------------------------------------------------------------------------------------- trainer
+@dataclass(frozen=True)
+class TrainerParts:
+    """The modules a :class:`Trainer` steps through, built by the composition root for one rank."""
+
+    net: torch.nn.Module  #: the forward pass goes through it (``state.model``, or it wrapped in DDP / compiled)
+    diffusion: Any  #: the diffusion process (:class:`dtr_plugins.core.process.DiffusionProcess`)
+    model_input: Any  #: a data batch -> the denoiser's ``x0`` (the codec stage)
+    codec: Codec  #: the run's codec (decodes samples for evaluation)
+
+
 class Trainer:
     """Runs optimizer steps on a :class:`TrainState`, logs to the run directory, saves and evaluates.
 
     Args:
         cfg: the run config (train, eval and sample sections are read).
         state: the state to advance.
-        net: the module the forward pass goes through (``state.model``, or it wrapped in DDP / compiled).
-        diffusion: the diffusion process (:class:`dtr_plugins.core.process.DiffusionProcess`).
-        model_input: a data batch -> the denoiser's ``x0`` (the codec stage).
-        codec: the run's codec (decodes samples for evaluation).
+        parts: the network, process, model input and codec (:class:`TrainerParts`).
         run_dir: where metrics, checkpoints and samples go.
         dist: the process group of this rank.
         trackers: experiment trackers that mirror metrics.jsonl (empty on ranks other than 0).
     """
 
-    def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
-                 model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
-                 trackers: TrackerSet | None = None, heldout: HeldOutSet | None = None):
+    def __init__(self, cfg: ExperimentConfig, state: TrainState, parts: TrainerParts, run_dir: RunDir,
+                 dist: distributed.Dist, progress: bool = True, trackers: TrackerSet | None = None,
+                 heldout: HeldOutSet | None = None):
         self.trackers = trackers if trackers is not None else TrackerSet()
         self.heldout = heldout  # fixed held-out inputs (main rank only; None: no held-out loss)
-        self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
-        self.model_input, self.codec, self.run_dir = model_input, codec, run_dir
+        self.cfg, self.state, self.net, self.diffusion = cfg, state, parts.net, parts.diffusion
+        self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
         device = dist.device
         self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
