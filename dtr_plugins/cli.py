@@ -158,12 +158,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from dtr_plugins.core.sampling_settings import SamplingOverrides
     from dtr_plugins.sampling.sample import sample
 
-    out = sample(args.source, num=args.num_samples, out=args.out, sampler=args.sampler, respacing=args.respacing,
-                 cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed, batch_size=args.batch_size,
-                 use_ema=not args.no_ema, allow_unsafe_load=args.allow_unsafe_load, overwrite=args.overwrite,
-                 device=args.device, threads=args.threads)
+    asked = SamplingOverrides(num=args.num_samples, sampler=args.sampler, respacing=args.respacing,
+                              cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed,
+                              batch_size=args.batch_size, use_ema=not args.no_ema)
+    out = sample(args.source, asked, out=args.out, allow_unsafe_load=args.allow_unsafe_load,
+                 overwrite=args.overwrite, device=args.device, threads=args.threads)
     if out is not None:
         print(f"samples: {out}")
     return 0
@@ -176,8 +178,9 @@ def cmd_eval(args) -> int:
 
     _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
-    result = evaluate(args.samples, args.ref, EvalSettings(metrics=args.metrics, feature_extractor=args.feature_extractor,
-                                                           weights_path=args.weights, device=args.device))
+    settings = EvalSettings(metrics=args.metrics, feature_extractor=args.feature_extractor,
+                            weights_path=args.weights, device=args.device)
+    result = evaluate(args.samples, args.ref, settings)
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
 from dtr_plugins.core.routing import RoutedBackbone
+from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.sample_out import check_out
 
@@ -70,9 +72,9 @@ class _CountingModel:
         return getattr(self.model, name)
 
 
-def _rank_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
-                 seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
-                 codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
+def _rank_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_labels: np.ndarray, *,
+                 d: distributed.Dist, codec: Codec, progress: bool,
+                 record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     """This rank's batches: ``(first image index, uint8 NHWC images)``; the bar counts network evaluations.
 
     A learned routing strategy whose gates depend on the task alone is read from its exported float
@@ -81,23 +83,22 @@ def _rank_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, al
     module = _module(model)
     plan = module.plan if isinstance(module, RoutedBackbone) else None
     if plan is None or not plan.is_learned:
-        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
-                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+        return _sample_chunks(model, diffusion, settings, all_labels, d=d, codec=codec, progress=progress,
                               record=record)
     record["learned_routing"] = "task tables" if plan.export_tables() else "module"
     try:
-        return _sample_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d, sampler=sampler,
-                              respacing=respacing, scale=scale, batch=batch, codec=codec, progress=progress,
+        return _sample_chunks(model, diffusion, settings, all_labels, d=d, codec=codec, progress=progress,
                               record=record)
     finally:
         plan.clear_exported()
 
 
-def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, all_labels: np.ndarray, *,
-                   seed: int, d: distributed.Dist, sampler: str, respacing: str, scale: float, batch: int,
-                   codec: Codec, progress: bool, record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
+def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_labels: np.ndarray, *,
+                   d: distributed.Dist, codec: Codec, progress: bool,
+                   record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     from tqdm.auto import tqdm
 
+    s, num, batch = settings, settings.num_samples, settings.batch_size
     num_classes = int(model.num_classes or 0)
     conditional = num_classes > 1
     shape_chw = (model.in_channels, model.input_size, model.input_size)
@@ -109,18 +110,17 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
     for chunk_index in starts:
         idx = slice(chunk_index, min(chunk_index + batch, num))
         n = idx.stop - idx.start
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk_index)
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + chunk_index)
         noise = torch.randn((n, *shape_chw), generator=gen).to(d.device)
         kwargs: dict[str, Any] = {}
         if conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
-            if scale != 1.0:
-                kwargs["y_null"] = null_label(model, scale)
+            if s.guided:
+                kwargs["y_null"] = null_label(model, s.cfg_scale)
         before, rows_before = counted.calls, counted.rows
-        x = diffusion.sample(counted, noise.shape, sampler=sampler, respacing=respacing, noise=noise,
-                             model_kwargs=kwargs, cfg_scale=scale, cfg_channels=cfg.sample.cfg_channels,
-                             clip_denoised=cfg.sample.clip_denoised and codec.bounded, eta=cfg.sample.eta,
-                             progress=False, device=d.device)
+        x = diffusion.sample(counted, noise.shape, sampler=s.sampler, respacing=s.respacing, noise=noise,
+                             model_kwargs=kwargs, cfg_scale=s.cfg_scale, cfg_channels=s.cfg_channels,
+                             clip_denoised=s.clip_denoised, eta=s.eta, progress=False, device=d.device)
         if per_batch is None:  # network evaluations per image: images fed to the network / images made
             per_batch = (counted.rows - rows_before) // n
             bar.total = (counted.calls - before) * len(starts)
@@ -129,20 +129,16 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     bar.close()
     dtype = next(_module(model).parameters()).dtype
-    record.update({"sampler": sampler, "respacing": str(respacing), "model_evaluations_per_image": per_batch,
-                   "cfg_scale": scale, "guidance": scale != 1.0,
-                   "cfg_channels": cfg.sample.cfg_channels if scale != 1.0 else None, "eta": cfg.sample.eta,
-                   "clip_denoised": bool(cfg.sample.clip_denoised and codec.bounded), "num_samples": num,
-                   "seed": seed, "batch_size": min(batch, num), "world_size": d.world_size,
-                   "sample_precision": _PRECISION.get(dtype, str(dtype)),
-                   "device": str(d.device)})
+    record.update({**s.applied(), "model_evaluations_per_image": per_batch, "world_size": d.world_size,
+                   "sample_precision": _PRECISION.get(dtype, str(dtype)), "device": str(d.device)})
     return chunks
 
 
-def _prepare(model: Backbone, cfg: ExperimentConfig, num: int, labels: Sequence[int] | None,
-             cfg_scale: float | None) -> tuple[np.ndarray, float, str]:
-    """``(labels per image, guidance scale, where the labels came from)``; the last is recorded as
-    ``labels``: ``given`` (``--labels``), ``balanced`` or ``unconditional`` (the model takes none)."""
+def _prepare(model: Backbone, settings: SamplingSettings) -> tuple[np.ndarray, str]:
+    """``(labels per image, where the labels came from)``; the last is recorded as ``labels``: ``given``
+    (``--labels``), ``balanced`` or ``unconditional`` (the model takes none). Checks the guidance scale
+    against the backbone (:func:`check_guidance`)."""
+    num, labels = settings.num_samples, settings.labels
     num_classes = int(model.num_classes or 0)
     if labels is not None and num_classes <= 1:
         raise UserError(f"--labels: this model is unconditional (num_classes={num_classes}), so class labels "
@@ -152,41 +148,46 @@ def _prepare(model: Backbone, cfg: ExperimentConfig, num: int, labels: Sequence[
         raise UserError(f"--labels: got {len(all_labels)} labels for --num-samples {num}; give one per image")
     if num_classes > 1 and ((all_labels < 0) | (all_labels >= num_classes)).any():
         raise UserError(f"--labels: labels must lie in 0..{num_classes - 1}")
-    scale = cfg.sample.cfg_scale if cfg_scale is None else float(cfg_scale)
-    check_guidance(model, scale, "--cfg-scale" if cfg_scale is not None else "sample.cfg_scale")
+    check_guidance(model, settings.cfg_scale, settings.key("cfg_scale"))
     mode = "unconditional" if num_classes <= 1 else "given" if labels is not None else "balanced"
-    return all_labels, scale, mode
+    return all_labels, mode
 
 
 @torch.no_grad()
-def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, labels: Sequence[int] | None = None,
-             seed: int = 0, dist: distributed.Dist | None = None, sampler: str | None = None,
-             respacing: str | None = None, cfg_scale: float | None = None, batch_size: int | None = None,
-             codec: Codec | None = None, progress: bool = True,
-             record: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``num`` images; under torchrun each rank makes every world-size-th batch and rank 0 gets all.
+def generate(model: Backbone, diffusion, settings: SamplingSettings | ExperimentConfig, num: int | None = None, *,
+             dist: distributed.Dist | None = None, codec: Codec | None = None, progress: bool = True,
+             record: dict[str, Any] | None = None, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``settings.num_samples`` images; under torchrun each rank makes every world-size-th batch and rank 0
+    gets all.
 
-    The diffusion samples ``[n, model.in_channels, model.input_size, model.input_size]`` in the
-    backbone's input space; ``codec`` (default: identity, pixels) decodes them into images. Predicted
-    ``x0`` is clipped to ``[-1, 1]`` (``sample.clip_denoised``) only for a bounded codec (pixels).
-    Returns uint8 NHWC images (on ranks other than 0 under torchrun: an empty array) and the label each
-    was generated for. Noise for image ``i`` comes from a generator seeded with ``(seed, i // batch)``,
+    ``settings``: a :class:`SamplingSettings`, or a run config from which they are built with ``num`` and the
+    :class:`SamplingOverrides` fields as keywords (``seed``, ``sampler``, ``respacing``, ``cfg_scale``,
+    ``batch_size``, ``labels``). The diffusion samples ``[n, model.in_channels, model.input_size,
+    model.input_size]`` in the backbone's input space; ``codec`` (default: identity, pixels) decodes them
+    into images. Predicted ``x0`` is clipped to ``[-1, 1]`` (``sample.clip_denoised``) only for a bounded
+    codec (pixels). Returns uint8 NHWC images (on ranks other than 0 under torchrun: an empty array) and the
+    label each was generated for. Noise for image ``i`` comes from a generator seeded with ``(seed, i // batch)``,
     so results do not depend on the number of ranks. ``record`` (a dict) is filled with the settings
     applied. Raises ConfigError for a guidance scale the backbone cannot apply (:func:`check_guidance`).
     """
     from dtr_plugins.codecs.identity import IdentityCodec
 
     codec = codec if codec is not None else IdentityCodec()
+    if isinstance(settings, ExperimentConfig):
+        if num is None:
+            raise TypeError("generate: a config needs num (the number of images)")
+        overrides = SamplingOverrides(num=num, **options)
+        settings = SamplingSettings.from_config(settings, overrides, bounded=codec.bounded)
+    elif num is not None or options:
+        raise TypeError("generate: give the number of images and options in the SamplingSettings, or a config")
     module = _module(model)
     d = dist or distributed.Dist(device=next(module.parameters()).device)
-    all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
+    all_labels, labels_from = _prepare(model, settings)
     was_training = module.training
     module.eval()
     applied: dict[str, Any] = {}
-    chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=d,
-                          sampler=sampler or cfg.sample.sampler, respacing=respacing or cfg.sample.respacing,
-                          scale=scale, batch=batch_size or cfg.sample.batch_size, codec=codec,
-                          progress=progress, record=applied)
+    chunks = _rank_chunks(model, diffusion, settings, all_labels, d=d, codec=codec, progress=progress,
+                          record=applied)
     module.train(was_training)
     if record is not None:
         record.update(applied, labels=labels_from)
@@ -250,14 +251,6 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
     return cfg, parts.model.eval(), parts.diffusion, ckpt_path
 
 
-def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacing: str | None = None,
-                  cfg_scale: float | None = None) -> dict[str, Any]:
-    """The sampler settings asked for (arguments over the config's ``sample`` section). Records should
-    use the dict :func:`generate` fills (``record=``), which holds what was applied."""
-    return {"sampler": sampler or cfg.sample.sampler, "respacing": respacing or cfg.sample.respacing,
-            "cfg_scale": cfg.sample.cfg_scale if cfg_scale is None else cfg_scale}
-
-
 def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: bool = True,
                   info: dict | None = None, class_names: Sequence[str] | None = None) -> Path:
     """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
@@ -288,14 +281,14 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
     return out
 
 
-def default_out(run: RunDir, *, step: int | None, sampler: str, respacing: str, cfg_scale: float, seed: int,
-                num: int, use_ema: bool, labels: Sequence[int] | None) -> Path:
+def default_out(run: RunDir, settings: SamplingSettings, *, step: int | None) -> Path:
     """``<run>/samples/step0000800-ddim25-cfg2.0-seed0-n64``: a folder per sampling setting, never the
     training-time evaluation samples (``<run>/samples/*.npz``)."""
+    sampler, respacing, labels = settings.sampler, settings.respacing, settings.labels
     steps = str(respacing) if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
     name = f"step{step:07d}" if step is not None else "stepNA"
-    name += f"-{steps}-cfg{float(cfg_scale)}-seed{seed}-n{num}"
-    if not use_ema:
+    name += f"-{steps}-cfg{float(settings.cfg_scale)}-seed{settings.seed}-n{settings.num_samples}"
+    if not settings.use_ema:
         name += "-raw"
     if labels is not None:
         name += "-labels" + hashlib.sha256(",".join(map(str, labels)).encode()).hexdigest()[:8]
@@ -320,14 +313,16 @@ def _merge_shards(shards: Path, world_size: int) -> tuple[np.ndarray, np.ndarray
     return images[order], index[order]
 
 
-def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, sampler: str | None = None,
-           respacing: str | None = None, cfg_scale: float | None = None, labels: Sequence[int] | None = None,
-           seed: int = 0, batch_size: int | None = None, use_ema: bool = True, allow_unsafe_load: bool = False,
-           progress: bool = True, overwrite: bool = False, device: str | None = None,
-           threads: int | None = None) -> Path:
+def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, out: str | Path | None = None,
+           allow_unsafe_load: bool = False, progress: bool = True, overwrite: bool = False,
+           device: str | None = None, threads: int | None = None, **options: Any) -> Path:
     """Sample from a run directory, checkpoint, exported folder or hub id (``hf://ORG/NAME``) and write the
     images; returns the output folder.
 
+    ``overrides`` (:class:`SamplingOverrides`: ``num``, ``sampler``, ``respacing``, ``cfg_scale``, ``labels``,
+    ``seed``, ``batch_size``, ``use_ema``; its fields may also be given as keywords, which replace those of
+    ``overrides``; an unknown keyword raises TypeError) go over the loaded config's ``sample`` section: the
+    :class:`SamplingSettings` are built once from both, and ``samples.json`` records what they applied.
     An exported folder or hub id has no run directory, so ``out`` is required there (:class:`UserError`
     otherwise); it holds one set of weights (``use_ema=False`` needs raw ones). ``samples.json`` records
     ``weights`` (ema, model or diffusers), and for those sources ``source``.
@@ -337,13 +332,14 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
     """
     from dtr_plugins.sharing.hub import is_pretrained_source, load_for_sampling
 
+    asked = replace(overrides if overrides is not None else SamplingOverrides(), **options)
     pretrained = is_pretrained_source(source)
     if pretrained and out is None:
         raise UserError(f"--out: {source} is an exported model or hub id, not a run directory; give --out DIR")
     sources = _source_paths(Path(source)) if Path(str(source)).exists() else ()  # hf:// ids: none
     if out is not None:  # before loading anything: a bad --out costs no sampling
         check_out(Path(out), overwrite=overwrite, sources=sources)
-    _check_options(cfg_scale=cfg_scale, device=device, num=num, batch_size=batch_size)
+    _check_options(asked, device=device)
     distributed.set_threads(threads)
     d = distributed.setup(device or "auto")
     partial: Path | None = None
@@ -351,31 +347,27 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
         loaded: dict[str, Any] = {}
         if pretrained:
             cfg, model, diffusion, codec, ckpt_path, loaded = load_for_sampling(source, device=d.device)
-            if not use_ema and loaded["weights"] != "model":
+            if not asked.use_ema and loaded["weights"] != "model":
                 raise UserError(f"--no-ema: {source} holds only its {loaded['weights']} weights; export the raw "
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, parts, ckpt_path, step = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
+            cfg, parts, ckpt_path, step = _load(source, use_ema=asked.use_ema, allow_unsafe_load=allow_unsafe_load,
                                                 device=d.device)
             model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
-        all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
-        used_sampler, used_respacing = sampler or cfg.sample.sampler, respacing or cfg.sample.respacing
-        _check_sampling(diffusion, used_sampler, used_respacing, sampler_given=sampler is not None,
-                        respacing_given=respacing is not None)  # before the progress bar starts
+        settings = SamplingSettings.from_config(cfg, asked, bounded=codec.bounded)
+        all_labels, labels_from = _prepare(model, settings)
+        _check_sampling(diffusion, settings)  # before the progress bar starts
         out_dir = Path(out) if out is not None else default_out(
-            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), step=step,
-            sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
-            use_ema=use_ema, labels=labels)
+            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), settings, step=step)
         check_out(out_dir, overwrite=overwrite, sources=sources)
         partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
         applied: dict[str, Any] = {}
         with torch.no_grad():
-            chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=dev_d, sampler=used_sampler,
-                                  respacing=used_respacing, scale=scale, batch=batch_size or cfg.sample.batch_size,
-                                  codec=codec, progress=progress, record=applied)
+            chunks = _rank_chunks(model, diffusion, settings, all_labels, d=dev_d, codec=codec, progress=progress,
+                                  record=applied)
         shards = partial / "shards"
         shards.mkdir(parents=True, exist_ok=True)
         index = np.concatenate([np.arange(i, i + len(c)) for i, c in chunks]) if chunks else np.zeros(0, np.int64)
@@ -389,7 +381,7 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                 images, _ = _merge_shards(shards, d.world_size)
                 shutil.rmtree(shards)
                 info = {"checkpoint": str(ckpt_path), "step": step,
-                        "weights": loaded.get("weights", "ema" if use_ema else "model"),
+                        "weights": loaded.get("weights", "ema" if settings.use_ema else "model"),
                         **({"source": loaded["source"]} if "source" in loaded else {}),
                         "labels": labels_from, **applied}
                 write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
@@ -419,39 +411,37 @@ def _class_names(source: str | Path, model: Backbone) -> list[str] | None:
     return names if names is not None else [str(i) for i in range(int(model.num_classes or 0))]
 
 
-def _check_options(*, cfg_scale: float | None, device: str | None, num: int, batch_size: int | None) -> None:
+def _check_options(asked: SamplingOverrides, *, device: str | None) -> None:
     """The checks the config applies to ``sample.*`` / ``train.device``, for the values given as options
     (UserError / ConfigError, one line naming the option and what is allowed)."""
     import math
 
     from dtr_plugins.compose import check_device
 
+    cfg_scale = asked.cfg_scale
     if cfg_scale is not None and (not math.isfinite(float(cfg_scale)) or float(cfg_scale) < 0):
         raise UserError(f"--cfg-scale: {cfg_scale} is not allowed; give a finite number >= 0 (1.0: no guidance)")
-    for key, value in (("--num-samples", num), ("--batch-size", batch_size)):
+    for key, value in (("--num-samples", asked.num), ("--batch-size", asked.batch_size)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise UserError(f"{key}: {value!r} is not allowed; give an integer of 1 or more")
     if device is not None:
         check_device(device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
 
 
-def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_given: bool,
-                    respacing_given: bool) -> None:
+def _check_sampling(diffusion: Any, settings: SamplingSettings) -> None:
     """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
     naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
     from dtr_plugins.core.diffusion import GaussianDiffusion
 
     try:
-        type(diffusion).check_sample_settings(sampler, respacing)
+        type(diffusion).check_sample_settings(settings.sampler, settings.respacing)
         if isinstance(diffusion, GaussianDiffusion):
-            diffusion.respaced(respacing)
+            diffusion.respaced(settings.respacing)
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("sample.sampler: "):
-            key = "--sampler" if sampler_given else "sample.sampler"
-            raise ConfigError(f"{key}: {text.removeprefix('sample.sampler: ')}") from None
-        key = "--respacing" if respacing_given else "sample.respacing"
-        raise ConfigError(f"{key}: {text.removeprefix('sample.respacing: ')}") from None
+            raise ConfigError(f"{settings.key('sampler')}: {text.removeprefix('sample.sampler: ')}") from None
+        raise ConfigError(f"{settings.key('respacing')}: {text.removeprefix('sample.respacing: ')}") from None
 
 
 def _source_paths(source: Path) -> tuple[Path, ...]:

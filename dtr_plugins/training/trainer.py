@@ -19,6 +19,7 @@ from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, LossWeighting
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
+from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.training.accumulate import forward_backward
@@ -197,6 +198,9 @@ class Trainer:
         self.cfg, self.state, self.net, self.diffusion = cfg, state, parts.net, parts.diffusion
         self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
+        # the sampling of every evaluation, built once: the EMA weights, eval.num_samples images, seed cfg.seed
+        self.sampling = SamplingSettings.from_config(
+            cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed), bounded=parts.codec.bounded)
         device = dist.device
         self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
         self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
@@ -348,11 +352,11 @@ class Trainer:
             if d.is_main:
                 tqdm.write(line)
 
-        say(f"dtr: step {step}: evaluating: sampling {cfg.eval.num_samples} images with the EMA weights "
-            f"({cfg.sample.sampler}, {cfg.sample.respacing})")
+        say(f"dtr: step {step}: evaluating: sampling {self.sampling.num_samples} images with the EMA weights "
+            f"({self.sampling.sampler}, {self.sampling.respacing})")
         applied: dict[str, Any] = {}  # filled by generate with the settings applied
-        images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, cfg, num=cfg.eval.num_samples,
-                                  seed=cfg.seed, dist=d, codec=self.codec, progress=self.progress, record=applied)
+        images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, self.sampling, dist=d,
+                                  codec=self.codec, progress=self.progress, record=applied)
         if not d.is_main:
             return
         if final:
