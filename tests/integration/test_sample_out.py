@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 import dtr_plugins as dp
+from dtr_plugins.core.config import config_from_dict, read_yaml
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
+from dtr_plugins.runs.rundir import RunDir
 
 from ..conftest import write
 
@@ -80,6 +83,13 @@ def test_records_hold_the_applied_values_and_guidance_changes_images(runs, run_c
     assert rb["sampler"] == "ddpm" and rb["respacing"] == "3" and rb["model_evaluations_per_image"] == 6
     assert rb["cfg_scale"] == 4.0 and rb["guidance"] is True and rb["cfg_channels"] == "all"
     assert rb["weights"] == "model" and rb["device"] == "cpu"
+    # samples.json holds the settings object's record, built from the run's config and the options given
+    cfg = config_from_dict(read_yaml(RunDir(runs["cond"]).config_path))
+    asked = SamplingOverrides(num=6, seed=5, cfg_scale=4.0, sampler="ddpm", respacing="3", use_ema=False)
+    settings = SamplingSettings.from_config(cfg, asked, bounded=True)
+    assert {k: rb[k] for k in settings.applied()} == settings.applied()
+    plain = SamplingSettings.from_config(cfg, SamplingOverrides(num=6, seed=5))
+    assert {k: ra[k] for k in plain.applied()} == plain.applied() and plain.applied() != settings.applied()
 
 
 def test_default_out_is_a_fresh_folder_per_setting(runs, run_cli):
