@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.guidance import check_guidance
+from dtr_plugins.core.sampling_settings import SolverSettings
 
 Model = Callable[..., Tensor]
 
@@ -378,13 +380,14 @@ class GaussianDiffusion:
             x_prev = x_prev + nonzero * sigma * noise
         return x_prev
 
+    #: the settings ``sample`` applies where neither ``solver`` nor a keyword gives one
+    default_solver = SolverSettings("ddim", "ddim50", clip_denoised=True)
+
     @torch.no_grad()
-    def sample(self, model: Model, shape: tuple[int, ...] | list[int], sampler: str = "ddim",
-               respacing: str | int | Iterable[int] | None = "ddim50", noise: Tensor | None = None,
-               model_kwargs: Mapping[str, Any] | None = None, cfg_scale: float = 1.0, cfg_channels: str = "all",
-               clip_denoised: bool = True, eta: float = 0.0, progress: bool = True,
-               device: torch.device | str | None = None,
-               step_noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    def sample(self, model: Model, shape: tuple[int, ...] | list[int], solver: SolverSettings | None = None, *,
+               noise: Tensor | None = None, model_kwargs: Mapping[str, Any] | None = None, progress: bool = True,
+               device: torch.device | str | None = None, step_noise: Callable[[Tensor], Tensor] | None = None,
+               **options: Any) -> Tensor:
         """Generate ``shape`` samples with ``sampler`` ("ddpm" ancestral or "ddim") over the steps kept by
         ``respacing``.
 
@@ -398,7 +401,14 @@ class GaussianDiffusion:
         each stochastic step, one call per step from the first to the last (t = 0 included, where it is multiplied
         by zero), as guided-diffusion's loops do; default ``torch.randn_like``. It is never called by DDIM with
         ``eta = 0``. Tests pass recorded draws through it.
+
+        ``solver`` (:class:`SolverSettings`: ``sampler``, ``respacing``, ``eta``, ``cfg_scale``, ``cfg_channels``,
+        ``clip_denoised``; default :attr:`default_solver`); its fields may also be given as keywords, which
+        replace those of ``solver`` (an unknown keyword raises TypeError).
         """
+        s = replace(solver or self.default_solver, **options)
+        sampler, respacing, eta, clip_denoised = s.sampler, s.respacing, s.eta, s.clip_denoised
+        cfg_scale, cfg_channels = s.cfg_scale, s.cfg_channels
         if sampler not in _SAMPLERS:
             raise ConfigError(f"sampler '{sampler}': allowed {', '.join(_SAMPLERS)}")
         process = self.respaced(respacing)

@@ -25,6 +25,7 @@ timestep index ``t / (T - 1)`` (see :mod:`dtr_plugins.core.continuous_routing`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from torch import Tensor
 from dtr_plugins.core.continuous_routing import ContinuousTasks
 from dtr_plugins.core.diffusion import mean_flat, sampling_start
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.sampling_settings import SolverSettings
 
 __all__ = ["FlowMatching", "flow_steps"]
 
@@ -144,11 +146,13 @@ class FlowMatching:
 
     # -- sampling -----------------------------------------------------------------------------------
 
+    #: the settings ``sample`` applies where neither ``solver`` nor a keyword gives one
+    default_solver = SolverSettings("heun", 50, clip_denoised=False)
+
     @torch.no_grad()
-    def sample(self, model: Any, shape: tuple[int, ...] | list[int], sampler: str = "heun", respacing: Any = 50,
-               noise: Tensor | None = None, model_kwargs: Mapping[str, Any] | None = None, cfg_scale: float = 1.0,
-               cfg_channels: str = "all", clip_denoised: bool = False, eta: float = 0.0, progress: bool = True,
-               device: torch.device | str | None = None) -> Tensor:
+    def sample(self, model: Any, shape: tuple[int, ...] | list[int], solver: SolverSettings | None = None, *,
+               noise: Tensor | None = None, model_kwargs: Mapping[str, Any] | None = None, progress: bool = True,
+               device: torch.device | str | None = None, **options: Any) -> Tensor:
         """Integrate from noise ``x(0) ~ N(0, I)`` of ``shape`` to data ``x(1)``; returns ``[N, C, ...]``.
 
         ``respacing``: the number of steps ``N`` (see :func:`flow_steps`). Classifier-free guidance when
@@ -156,7 +160,12 @@ class FlowMatching:
         on every channel (``"all"``) or the first three (``"first3"``, SiT's / DiT's released behaviour).
         ``clip_denoised`` clamps the final sample to [-1, 1]. ``eta`` must be 0 (a DDIM setting).
         Raises :class:`ConfigError` for an unknown sampler, a bad step count or ``eta != 0``.
+
+        ``solver`` (:class:`SolverSettings`; default :attr:`default_solver`): its fields may also be given as
+        keywords, which replace those of ``solver`` (an unknown keyword raises TypeError).
         """
+        s = replace(solver or self.default_solver, **options)
+        sampler, respacing, eta, cfg_scale, cfg_channels = s.sampler, s.respacing, s.eta, s.cfg_scale, s.cfg_channels
         self.check_sample_settings(sampler, respacing)
         steps = flow_steps(respacing)
         if eta:
@@ -182,7 +191,7 @@ class FlowMatching:
                 else:  # heun2: k2 at (t0 + dt, x + dt * k1), then the trapezoid
                     k2 = velocity(x + dt * k1, (t0 + dt).reshape(1))
                     x = x + dt * (0.5 * k1 + 0.5 * k2)
-        return x.clamp(-1, 1) if clip_denoised else x
+        return x.clamp(-1, 1) if s.clip_denoised else x
 
     def _sde(self, velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, steps: int, progress: bool) -> Tensor:
         """SiT's Euler-Maruyama with diffusion ``w(t) = 1 - t`` and a final mean step (see module docstring)."""

@@ -6,9 +6,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dtr_plugins.core.config import ExperimentConfig
+if TYPE_CHECKING:
+    from dtr_plugins.core.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """What a process's ``sample`` loop reads (one batch): the sampler and its steps, DDIM's ``eta``,
+    classifier-free guidance (``cfg_scale``; 1.0: none) on ``cfg_channels`` (``all`` or ``first3``), and
+    whether predicted ``x0`` is clipped to ``[-1, 1]``. Each process holds its own defaults
+    (``default_solver``)."""
+
+    sampler: str
+    respacing: Any  #: gaussian: ``"250"``, ``"ddim50"``, a step list...; flow matching: the step count
+    eta: float = 0.0
+    cfg_scale: float = 1.0
+    cfg_channels: str = "all"
+    clip_denoised: bool = True
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,11 @@ class SamplingSettings:
     def key(self, field: str) -> str:
         """Where a field's value came from, for an error line: ``--cfg-scale`` or ``sample.cfg_scale``."""
         return f"--{field.replace('_', '-')}" if field in self.from_options else f"sample.{field}"
+
+    def solver(self) -> SolverSettings:
+        """The part a process's ``sample`` reads."""
+        return SolverSettings(self.sampler, self.respacing, self.eta, self.cfg_scale, self.cfg_channels,
+                              self.clip_denoised)
 
     def applied(self) -> dict[str, Any]:
         """The record of these settings (``samples.json``, evaluation records, the report's header)."""

@@ -118,9 +118,8 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
             if s.guided:
                 kwargs["y_null"] = null_label(model, s.cfg_scale)
         before, rows_before = counted.calls, counted.rows
-        x = diffusion.sample(counted, noise.shape, sampler=s.sampler, respacing=s.respacing, noise=noise,
-                             model_kwargs=kwargs, cfg_scale=s.cfg_scale, cfg_channels=s.cfg_channels,
-                             clip_denoised=s.clip_denoised, eta=s.eta, progress=False, device=d.device)
+        x = diffusion.sample(counted, noise.shape, solver=s.solver(), noise=noise, model_kwargs=kwargs,
+                             progress=False, device=d.device)
         if per_batch is None:  # network evaluations per image: images fed to the network / images made
             per_batch = (counted.rows - rows_before) // n
             bar.total = (counted.calls - before) * len(starts)

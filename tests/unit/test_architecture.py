@@ -216,9 +216,6 @@ def test_files_stay_under_500_lines():
 MAX_PARAMS = 10
 #: The one exception: a model constructor whose parameters are its config (``__init__`` of a backbone class).
 CONSTRUCTOR_FOLDERS = ("backbones",)
-#: Functions still over the limit, to be split into settings objects (issue "Architecture v2", section 5).
-#: The test fails when one of them is fixed (remove it here) or when any other function goes over.
-NOT_YET_SPLIT = {"core/diffusion.py:GaussianDiffusion.sample", "core/flow.py:FlowMatching.sample"}
 
 
 def _long_parameter_lists() -> dict[str, int]:
@@ -246,8 +243,5 @@ def _long_parameter_lists() -> dict[str, int]:
 
 def test_no_function_takes_more_than_10_parameters():
     found = _long_parameter_lists()
-    new = {k: v for k, v in found.items() if k not in NOT_YET_SPLIT}
-    assert not new, ("functions with more than 10 parameters (group them into a settings object):\n"
-                     + "\n".join(f"{k}: {v}" for k, v in sorted(new.items())))
-    fixed = NOT_YET_SPLIT - set(found)
-    assert not fixed, f"now within the limit, remove from NOT_YET_SPLIT: {sorted(fixed)}"
+    assert not found, ("functions with more than 10 parameters (group them into a settings object):\n"
+                       + "\n".join(f"{k}: {v}" for k, v in sorted(found.items())))
