@@ -410,6 +410,7 @@ def _check_guidance(cfg: ExperimentConfig, model: Backbone) -> None:
 
 def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool = True) -> None:
     from dtr_plugins.evaluation.metrics import check_eval_settings
+    from dtr_plugins.evaluation.references import check_config_reference
     from dtr_plugins.extractors.builtin import resolve_inception_weights
 
     name = cfg.eval.feature_extractor
@@ -420,6 +421,7 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
     if not (cfg.eval.at_end or cfg.eval.every):
         return  # no evaluation during training
     check_eval_settings(cfg.eval, cfg.eval.num_samples)
+    check_config_reference(cfg, registry, machine)
     if not machine:
         return
     try:

@@ -423,7 +423,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     from dtr_plugins.core.process import check_process_settings
 
     check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
-                           sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)
+                           sampler=cfg.sample.sampler, respacing=cfg.sample.respacing, eta=cfg.sample.eta)
     updates["log"] = _resolve_trackers(cfg.log, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:

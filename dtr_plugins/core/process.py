@@ -63,10 +63,15 @@ class GaussianProcess(GaussianDiffusion):
         return None  # tasks are the timestep indices themselves
 
 
-def check_process_settings(process_cls: Any, name: str, *, loss_weighting: str, sampler: str, respacing: Any) -> None:
-    """Config-time checks of a process against the loss weighting and the sample settings (ConfigError)."""
+def check_process_settings(process_cls: Any, name: str, *, loss_weighting: str, sampler: str, respacing: Any,
+                           eta: float = 0.0) -> None:
+    """Config-time checks of a process against the loss weighting and the sample settings (ConfigError);
+    ``eta`` is a DDIM setting, refused (not ignored) for any other sampler."""
     allowed = process_cls.loss_weightings
     if allowed is not None and loss_weighting not in allowed:
         raise ConfigError(f"loss_weighting.name: {loss_weighting!r} does not apply to diffusion {name!r} (it needs the "
                           f"discrete Gaussian schedule or integer timesteps); allowed: {', '.join(allowed)}")
     process_cls.check_sample_settings(sampler, respacing)
+    if eta and sampler != "ddim":
+        raise ConfigError(f"sample.eta: {eta:g} is a DDIM setting; the {sampler!r} sampler of diffusion {name!r} "
+                          "needs eta 0")

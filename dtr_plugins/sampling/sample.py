@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,7 @@ def null_label(model: Backbone) -> int:
 
 
 def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):
-    from dtr_plugins.core.checkpoint import apply_checkpoint, nonfinite_tensors, read_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint, weights_in
 
     source = Path(source)
     if source.is_dir():
@@ -245,16 +246,16 @@ def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device)
     else:
         raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
     model = build_model(cfg)
-    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
-    bad = nonfinite_tensors(model.state_dict())
-    if bad:  # a diverged model samples black images: refuse
-        raise CheckpointError(f"{ckpt_path}: the {'EMA' if use_ema else 'model'} weights hold NaN or inf "
-                              f"({len(bad)} tensors, first {bad[0]}); the run diverged, use an earlier checkpoint")
+    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)  # refuses NaN / inf weights
+    weights = weights_in(ckpt, use_ema)
+    if use_ema and weights != "ema":
+        warnings.warn(f"{ckpt_path}: holds no EMA weights (a checkpoint of another tool?); sampling its raw model "
+                      "weights (samples.json records weights: model)", stacklevel=2)
     device = device or distributed.pick_device(cfg.train.device)
     step = ckpt.get("step") if isinstance(ckpt, dict) else None
     if not isinstance(step, int):
         step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
-    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path, step
+    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path, step, weights
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
@@ -371,8 +372,9 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, model, diffusion, ckpt_path, step = _load(source, use_ema=use_ema,
-                                                           allow_unsafe_load=allow_unsafe_load, device=d.device)
+            cfg, model, diffusion, ckpt_path, step, weights = _load(
+                source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=d.device)
+            loaded["weights"] = weights
             codec = build_codec(cfg)
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)

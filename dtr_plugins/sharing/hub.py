@@ -285,12 +285,16 @@ def _load_weights(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from dtr_plugins.core.checkpoint import refuse_nonfinite
+
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupt or not a safetensors file ({first_line(exc)})") from None
+    refuse_nonfinite(state, f"{path}: the exported weights")
+    return state
 
 
 def _load_export(folder: Path, config: dict[str, Any]):

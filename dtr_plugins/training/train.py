@@ -308,6 +308,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
                             collate_fn=_collate, pin_memory=d.device.type == "cuda")
         trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
                           trackers=trackers, heldout=heldout)
+        if start_ckpt is not None and start_step < cfg.train.steps:  # a kill during the checkpoint step's evaluation
+            _redo_interrupted_evaluation(trainer, rd, cfg, d)
         trainer.run(loader)
         if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
             _redo_missing_outputs(trainer, rd, cfg, d)
@@ -397,3 +399,18 @@ def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d
         if d.is_main:  # an evaluation record of a crashed final evaluation is replaced, not repeated
             rd.truncate_metrics(cfg.train.steps, drop_eval_at_step=True)
         trainer.evaluate(final=True)
+
+
+def _redo_interrupted_evaluation(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d: distributed.Dist) -> None:
+    """The ``eval.every`` evaluation scheduled at the resumed checkpoint's step runs after that checkpoint is
+    written; a run killed during it has the checkpoint but no record. It is redone (every rank takes part) before
+    training goes on, so ``metrics.jsonl`` keeps every scheduled point."""
+    step, every = trainer.state.step, cfg.eval.every
+    if not every or step == 0 or step % every:
+        return
+    d.barrier()  # the main rank has truncated metrics.jsonl
+    if any("eval" in r and r.get("step") == step for r in rd.read_metrics() if isinstance(r, dict)):
+        return
+    if d.is_main:
+        print(f"dtr: {rd.path}: the evaluation of step {step} has no record (interrupted); redoing it", flush=True)
+    trainer.evaluate(final=False)
