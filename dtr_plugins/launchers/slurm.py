@@ -53,6 +53,10 @@ class SlurmParams(BaseModel):
     def _gpus_divide(self) -> SlurmParams:
         if self.gpus_per_run and self.gpus_per_run % self.nodes_per_run:
             raise ValueError(f"gpus_per_run {self.gpus_per_run} is not divisible by nodes_per_run {self.nodes_per_run}")
+        if minutes(self.time) * 60 <= self.signal_delay_s:  # signalled before it trains, requeued until it fails
+            raise ValueError(f"time {self.time!r} ({minutes(self.time) * 60} s) is not longer than signal_delay_s "
+                             f"{self.signal_delay_s} s, so each job would be signalled before it trains; raise time "
+                             "or lower signal_delay_s")
         return self
 
 
@@ -66,6 +70,8 @@ def minutes(value: int | str) -> int:
     if not match:
         raise ValueError(f"time {value!r} is not minutes, 'HH:MM:SS' or 'D-HH:MM:SS'")
     days, hours, mins, secs = (int(g or 0) for g in match.groups())
+    if mins > 59 or secs > 59 or (match.group(1) is not None and hours > 23):
+        raise ValueError(f"time {value!r}: minutes and seconds must be 00-59 (and hours 00-23 after a day count)")
     return max(1, days * 1440 + hours * 60 + mins + (1 if secs else 0))
 
 
