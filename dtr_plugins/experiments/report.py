@@ -18,7 +18,7 @@ from dtr_plugins.core.io import write_text
 from dtr_plugins.core.numbers import fmt_mean_std
 from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
-from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.runs.rundir import RunDir, read_suite_index
 from dtr_plugins.sharing.model_card import fid_caveat
 
 #: torch-fidelity key (or ours) -> (column title, lower is better)
@@ -53,22 +53,23 @@ def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
-    index_path = suite_dir / "suite.json"
-    if not index_path.exists():
-        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
-    index = json.loads(index_path.read_text())
+    """suite.json and every run's records; a run with a damaged record file gets status ``unreadable (<file>)``."""
+    index = read_suite_index(suite_dir)
     results = []
     for entry in index["runs"]:
         run_dir = RunDir(suite_dir / entry["id"])
-        status = run_dir.read_status().get("state", "new")
+        damaged = run_dir.unreadable()
+        status = f"unreadable ({damaged})" if damaged else str(run_dir.read_status().get("state", "new"))
         config = run_dir.read_config()
         meta = run_dir.read_meta()
         records = run_dir.read_metrics()
-        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
+        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if isinstance(r.get("eval"), dict)]
         train = [r for r in records if "loss" in r]  # held-out and eval lines are not training records
         recorded = run_dir.fingerprint_path.read_text().strip() if run_dir.fingerprint_path.is_file() else None
-        results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
-                                 status=status, routing=(config.get("routing") or {}).get("name", "?"),
+        seed, routing = config.get("seed", 0), config.get("routing")
+        results.append(RunResult(id=entry["id"], group=str(entry.get("group", "?")),
+                                 seed=seed if isinstance(seed, int) else 0, status=status,
+                                 routing=str(routing.get("name", "?")) if isinstance(routing, dict) else "?",
                                  current=None in (recorded, entry.get("fingerprint"))  # unknown: not stale
                                  or recorded == entry.get("fingerprint"),
                                  config=config, meta=meta, evals=evals, train=train))
@@ -174,7 +175,7 @@ def build_report(suite_dir: str | Path) -> Path:
     evals = [e for r in results for e in r.evals]
     extractor = sorted({str(e.get("feature_extractor")) for e in evals if e.get("feature_extractor")})
     stale = [r for r in done if not r.current]
-    lines = [f"# Suite `{index['name']}`", "",
+    lines = [f"# Suite `{index.get('name', suite_dir.name)}`", "",
              f"{len(done) - len(stale)} of {len(results)} runs finished with the suite's current config"
              + (f"; {len(stale)} more finished with an older config of this suite (stale: "
                 f"{', '.join(f'`{r.id}`' for r in stale)}; their numbers are not of the current config, rerun them "
@@ -194,7 +195,10 @@ def build_report(suite_dir: str | Path) -> Path:
     for r in failed:
         status = RunDir(suite_dir / r.id).read_status()
         lines.append(f"- run `{r.id}` failed: {status.get('error', '?')}")
-    if failed:
+    for r in results:
+        if r.status.startswith("unreadable"):
+            lines.append(f"- run `{r.id}`: {r.status}; its numbers are left out")
+    if failed or any(r.status.startswith("unreadable") for r in results):
         lines.append("")
     lines += [render_comparison_markdown(comparison)]
     lines += ["## Results per run group", "", "Mean ± std over seeds (no test: see the paired comparisons above); "

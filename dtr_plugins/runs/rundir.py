@@ -29,13 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dtr_plugins.core.errors import CheckpointError, UserError
+from dtr_plugins.core.errors import CheckpointError, UserError, first_line
 from dtr_plugins.core.io import write_json, write_text
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
 
-__all__ = ["RunDir", "RunLocked"]
+__all__ = ["RunDir", "RunLocked", "read_suite_index"]
 
 
 class RunLocked(UserError):
@@ -131,7 +131,10 @@ class RunDir:
 
         if not self.config_path.exists():
             return {}
-        data = yaml.safe_load(self.config_path.read_text())
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return {}  # damaged: see unreadable()
         return data if isinstance(data, dict) else {}
 
     def read_meta(self) -> dict[str, Any]:
@@ -195,10 +198,35 @@ class RunDir:
             line = line.strip()
             if line:
                 try:
-                    out.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(record, dict):  # a damaged line may still parse (a number, a list): skipped too
+                    out.append(record)
         return out
+
+    def unreadable(self) -> str | None:
+        """The name of the first record file of this run (status.json, meta.json, config.yaml, metrics.jsonl)
+        that exists but cannot be read whole: not JSON / YAML, not a mapping, or a metrics.jsonl line that is not
+        a JSON object (a cut last line is a crash's, not damage). None when all can be read."""
+        import yaml
+
+        for path in (self.status_path, self.meta_path):
+            if path.exists() and not isinstance(_load_json(path), dict):
+                return path.name
+        if self.config_path.exists():
+            try:
+                if not isinstance(yaml.safe_load(self.config_path.read_text()), dict):
+                    return self.config_path.name
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                return self.config_path.name
+        for line in self._complete_lines():
+            try:
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    return self.metrics_path.name
+            except json.JSONDecodeError:
+                return self.metrics_path.name
+        return None
 
     def _complete_lines(self) -> list[str]:
         if not self.metrics_path.exists():
@@ -290,11 +318,34 @@ def _truncate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
+def _load_json(path: Path) -> Any:
+    """The JSON value of ``path``, or None when it cannot be read or decoded."""
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = _load_json(path) if path.exists() else None
     return data if isinstance(data, dict) else {}
+
+
+def read_suite_index(suite_dir: str | Path) -> dict[str, Any]:
+    """``suite.json`` of a suite folder: ``{"name", "runs": [{"id", "group", ...}, ...], ...}``.
+
+    Raises :class:`UserError` (one line naming the file) when it is missing, not JSON, or not of that shape."""
+    suite_dir = Path(suite_dir)
+    path = suite_dir / "suite.json"
+    if not path.exists():
+        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({first_line(exc)}); run `dtr suite SUITE.yaml` again to rewrite "
+                        "it") from None
+    runs = index.get("runs") if isinstance(index, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in runs):
+        raise UserError(f"{path}: not a suite index (expected an object with a list of runs, each with an id); run "
+                        "`dtr suite SUITE.yaml` again to rewrite it")
+    return index
