@@ -387,7 +387,8 @@ _OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose a
               errno.EEXIST: "already exists; choose another output_dir / name / --out",
               errno.EACCES: "permission denied; choose a folder you can write to",
               errno.EROFS: "read-only file system; choose a folder you can write to",
-              errno.EISDIR: "is a folder, not a file"}
+              errno.EISDIR: "is a folder, not a file",
+              errno.ENAMETOOLONG: "a name in this path is too long; choose a shorter output_dir / name / --out"}
 
 
 def _os_error_line(exc: OSError) -> str | None:

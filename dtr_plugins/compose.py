@@ -41,6 +41,7 @@ from dtr_plugins.core.contracts import (
     missing_members,
 )
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
+from dtr_plugins.core.io import creatable_folder_problem
 from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.process import DiffusionProcess
@@ -434,13 +435,13 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
 
 
 def _check_output(cfg: ExperimentConfig, run_dir: str | Path | None) -> None:
-    """The output folder and the run folder must be folders (or not exist yet)."""
+    """The output folder and the run folder must be folders this process can create or write into."""
     paths = [("output_dir", Path(cfg.output_dir))]
     paths.append(("--run-dir", Path(run_dir)) if run_dir is not None else ("name", Path(cfg.output_dir) / cfg.name))
     for key, path in paths:
-        for part in (path, *path.parents):
-            if part.exists() and not part.is_dir():
-                raise ConfigError(f"{key}: {str(part)!r} is a file, not a folder; choose another {key}")
+        problem = creatable_folder_problem(path)  # the nearest existing part: a file, or not writable
+        if problem:
+            raise ConfigError(f"{key}: {problem}; choose another {key}")
 
 
 def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,

@@ -24,6 +24,7 @@ from dtr_plugins.core.tracking import check_trackers
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+MAX_NAME = 200  #: characters of a run name or run id (one path component)
 
 #: ``train.device`` values: ``auto`` (cuda:LOCAL_RANK when CUDA is available, else cpu), ``cpu``,
 #: ``cuda`` (cuda:LOCAL_RANK), ``cuda:N``, ``mps`` (Apple GPUs)
@@ -38,6 +39,8 @@ def check_path_component(value: Any, key: str) -> str:
     if not isinstance(value, str) or not PATH_COMPONENT.fullmatch(value) or value in (".", ".."):
         raise ConfigError(f"{key}: {value!r} is not a valid name (one path component: letters, digits, '.', '_', "
                           f"'-'; not '.' or '..')")
+    if len(value) > MAX_NAME:  # a file name has at most 255 bytes, and outputs add suffixes to it
+        raise ConfigError(f"{key}: {value[:20]!r}... is {len(value)} characters long; at most {MAX_NAME} allowed")
     return value
 
 
@@ -200,7 +203,7 @@ class LogConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="the run's seed (0 to 2**63 - 1, what torch.manual_seed takes)")
     output_dir: str = "runs"
     backbone: PluginSection
     routing: RoutingSection = Field(default_factory=lambda: RoutingSection(name="vanilla"))

@@ -32,6 +32,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def creatable_folder_problem(path: str | Path) -> str | None:
+    """Why the folder ``path`` could not be created (or written, when it exists) by this process, or None.
+
+    Tries the nearest existing folder on the way up: it must be a folder in which this process can make a
+    folder (an empty temporary one, removed at once: nothing is left behind)."""
+    path = Path(path).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{str(existing)!r} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".dtr-check-", dir=existing))
+    except OSError as exc:
+        return f"cannot create folders in {str(existing)!r} ({exc.strerror or exc}), so {str(path)!r} cannot be written"
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -53,9 +69,21 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` atomically. A write that fails part-way (torch's ``RuntimeError``: ``unexpected pos``,
+    ``failed writing``: a full disk) is raised as an :class:`OSError` ``ENOSPC`` naming ``path``."""
+    import errno
+
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: Path) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            if "unexpected pos" not in str(exc) and "failed writing" not in str(exc):
+                raise
+            raise OSError(errno.ENOSPC, "the write stopped part-way; is the disk full?", str(path)) from None
+
+    return atomic_write(path, save)
 
 
 def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:

@@ -1,6 +1,7 @@
 """Trust v3: a lost periodic evaluation redone on resume, failed evaluations fail the run, the weights sampled
 are the weights recorded, non-finite exported weights refused."""
 import json
+import re
 
 import torch
 
@@ -76,3 +77,16 @@ def test_an_export_with_non_finite_weights_is_refused(tmp_path, run_cli):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert str(weights) in err and "NaN or inf" in err and name in err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, run_cli, monkeypatch):
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 1216 vs 1112")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, _, err = run_cli("train", str(tiny_dit_config(tmp_path)), "--set", f"output_dir={tmp_path / 'runs'}")
+    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "0000003.pt"
+    expected = (f"dtr: error: {ckpt}: no space left on the device; free space or choose another output_dir (the "
+                "write stopped part-way; is the disk full?)")
+    assert code == 2 and "Traceback" not in err and re.findall(r"dtr: error: [^\n]*", err) == [expected], err
+    assert not any((tmp_path / "runs" / "tiny" / "checkpoints").iterdir())
