@@ -16,7 +16,8 @@ from typing import Any
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import write_text
 from dtr_plugins.core.numbers import fmt_mean_std
-from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
+from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
+from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sharing.model_card import fid_caveat
@@ -167,7 +168,7 @@ def build_report(suite_dir: str | Path) -> Path:
     suite_dir = Path(suite_dir)
     index, results = collect(suite_dir)
     metric_keys = write_csv(results, suite_dir / "results.csv")
-    comparison = compare_runs(runs_from_suite(suite_dir))
+    comparison = compare_runs(runs_from_suite(suite_dir), primary=str(index.get("primary") or DEFAULT_PRIMARY))
     plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, comparison)
     done = [r for r in results if r.status == "done"]
     first = next((r for r in results if r.meta), None)
