@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-
 LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
 NOT_RESOLVABLE = "not resolvable"

@@ -39,7 +39,7 @@ def test_primary_uses_the_plain_interval_others_a_bonferroni_family():
     _, (low, _high) = t_interval(same, 0.95)
     _, (low5, _high5) = t_interval(same, adjusted_level(0.95, 5))
     assert low > 0 > low5  # the example is what it claims to be
-    result = compare_runs(runs_from({HELD: same, **{m: same for m in SECONDARY}}))
+    result = compare_runs(runs_from({HELD: same, **dict.fromkeys(SECONDARY, same)}))
     held = row(result, HELD)
     assert (held.family, held.family_size, held.correction, held.interval_level) == ("primary", 1, "none", 0.95)
     assert held.verdict == "worse" and held.interval[0] == pytest.approx(low)
@@ -118,7 +118,8 @@ def test_a_suite_file_declares_its_primary_metric(tmp_path):
     from dtr_plugins.experiments.suite import load_suite
 
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "suites" / "quickstart.yaml"
-    text = quickstart.read_text().replace("base: ../dit_digits.yaml", f"base: {quickstart.parent.parent}/dit_digits.yaml")
+    base = quickstart.parent.parent / "dit_digits.yaml"
+    text = quickstart.read_text().replace("base: ../dit_digits.yaml", f"base: {base}")
     (tmp_path / "ok.yaml").write_text(text + "\nprimary: class_accuracy\n")
     assert load_suite(tmp_path / "ok.yaml").primary == "class_accuracy"
     assert load_suite(quickstart).primary == HELD
