@@ -50,9 +50,10 @@ class LearnedRoutingStrategy(Protocol):
     ``learned_routing = True``; that declared attribute and the methods below tell it apart from a static
     :class:`RoutingStrategy` (``isinstance`` against this runtime-checkable Protocol, never ``getattr``).
     The :class:`~dtr_plugins.core.routing.RoutingPlan` holds it as its submodule ``learned``, so its
-    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA, are
-    saved and resumed with the model. Official checkpoints (without those keys) still load: the router keeps
-    its initialisation and the loader names the keys it left at their init.
+    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA
+    (parameters averaged, buffers copied from the trained model), are saved and resumed with the model.
+    Official checkpoints (without those keys) still load: the router keeps its initialisation and the loader
+    names the keys it left at their init.
 
     A gate ``g`` is applied as the routed residual ``x + F(g * x)`` (:func:`~dtr_plugins.core.routing.routed_residual`;
     Switch-DiT's ``x*g + F(x*g) + (1-g)*x`` is the same thing). A 0/1 gate is DTR's mask.
