@@ -16,8 +16,10 @@ from typing import Any
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import write_text
 from dtr_plugins.core.numbers import fmt_mean_std
-from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
+from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
+from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
+from dtr_plugins.experiments.raw_results import RAW_FILE, export_raw_results
 from dtr_plugins.runs.rundir import RunDir, read_suite_index
 from dtr_plugins.sharing.model_card import fid_caveat
 
@@ -168,7 +170,8 @@ def build_report(suite_dir: str | Path) -> Path:
     suite_dir = Path(suite_dir)
     index, results = collect(suite_dir)
     metric_keys = write_csv(results, suite_dir / "results.csv")
-    comparison = compare_runs(runs_from_suite(suite_dir))
+    export_raw_results(suite_dir)
+    comparison = compare_runs(runs_from_suite(suite_dir), primary=str(index.get("primary") or DEFAULT_PRIMARY))
     plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, comparison)
     done = [r for r in results if r.status == "done"]
     first = next((r for r in results if r.meta), None)
@@ -209,7 +212,10 @@ def build_report(suite_dir: str | Path) -> Path:
             lines += [table]
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    lines += ["", "Raw numbers: [results.csv](results.csv).", ""]
+    lines += ["", f"Raw numbers: [results.csv](results.csv); per run (config fingerprint, seed, every metric and "
+              f"held-out band, machine, torch, date): [{RAW_FILE}]({RAW_FILE}). Commit that file as "
+              f"`benchmarks/results-<machine>/{index['name']}/runs.jsonl` and run `make figures` to put these tables "
+              f"in the docs.", ""]
     return write_text(suite_dir / "report.md", "\n".join(lines))
 
 

@@ -36,6 +36,7 @@ from dtr_plugins.core.config import (
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.io import write_json, write_text
 from dtr_plugins.core.plugins import default_registry, format_validation_error
+from dtr_plugins.experiments.compare import METRICS, metric_info
 from dtr_plugins.launchers import RunSpec, launcher_from_section
 from dtr_plugins.runs.rundir import RunDir
 
@@ -49,6 +50,7 @@ class SuiteFile(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     eval: dict[str, Any] = Field(default_factory=dict)
     output_dir: str = "runs"
+    primary: str = "heldout/total"  # the metric tested without a multiplicity correction (experiments/compare.py)
     launcher: dict[str, Any] = Field(default_factory=lambda: {"name": "local"})  # see dtr_plugins/launchers
 
 
@@ -77,6 +79,7 @@ class Suite:
     root: Path
     runs: list[PlannedRun] = field(default_factory=list)
     launcher: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
+    primary: str = "heldout/total"
 
 
 # ------------------------------------------------------------------------------------------- ids
@@ -203,7 +206,10 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"--set {item}: {key} is a matrix key of {path}; it cannot be set for every run")
     check_path_component(spec.name, f"{path}: name")  # ../evil would write outside output_dir
     root = Path(spec.output_dir) / spec.name
-    suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher))
+    if metric_info(spec.primary) is None:
+        raise ConfigError(f"{path}: primary: {spec.primary!r} is not a compared metric (allowed: "
+                          f"{', '.join(METRICS)}, heldout/band<k>)")
+    suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher), primary=spec.primary)
     keys = list(spec.matrix)
     seen: dict[str, int] = {}
     labels_of = {k: axis_labels(k, spec.matrix[k]) for k in keys}
@@ -346,7 +352,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     for r, old in changed:
         print(f"stale    {r.id} -> {_move_aside(suite.root / r.id, old).name} (config changed)")
     suite.root.mkdir(parents=True, exist_ok=True)
-    write_json(suite.root / "suite.json", {"name": suite.name, "file": str(suite.path),
+    write_json(suite.root / "suite.json", {"name": suite.name, "file": str(suite.path), "primary": suite.primary,
                                            "runs": [{"id": r.id, "group": r.group, "assignment": r.assignment,
                                                      "fingerprint": r.fingerprint} for r in suite.runs]})
     todo = []

@@ -149,14 +149,18 @@ def test_report_from_synthetic_results(tmp_path):
         "| `vanilla` | 2 | 11 ± 1.4 | 7 ± 1.4 |",
         "| `dtr` | 2 | **9 ± 0** | **5 ± 0** |",
     ]
-    # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7
-    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.71, +10.71] | *not resolved* (interval contains 0) |"
+    # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7;
+    # two pairs give no verdict word
+    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.71, +10.71] | 95% | *not resolvable* (2 pairs) |"
     assert row in report
     assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
     rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
     assert len(rows) == 8
     assert rows[0] == {"run_id": "vanilla__seed0", "group": "vanilla", "routing": "vanilla", "seed": "0",
                        "status": "done", "step": "10", "frechet_inception_distance": "10", "train_loss": "0.5"}
+    raw = [json.loads(line) for line in (root / "raw_results.jsonl").read_text().splitlines()]
+    assert [(x["run_id"], x["final"]) for x in raw[:1]] == [("vanilla__seed0", {"frechet_inception_distance": 8.0})]
+    assert "raw_results.jsonl" in report
     plots = sorted(p.name for p in (root / "plots").glob("*.png"))
     assert plots == ["loss_per_timestep_bucket.png", "metrics_vs_steps.png", "paired_differences.png",
                      "train_loss.png"]
@@ -174,7 +178,7 @@ def test_report_pairs_each_strategy_with_the_vanilla_run_of_the_same_weighting(t
     assert len(rows) == 2
     assert rows[0].startswith("| `dtr-a4-b0.8` | loss_weighting=constant | FID ↓ | 5 | 20.8 | -2 (-9.6%) |")
     assert rows[1].startswith("| `dtr-a4-b0.8` | loss_weighting=min_snr | FID ↓ | 5 | 15.8 | -2 (-12.7%) |")
-    assert all(row.endswith("| **better** |") for row in rows)
+    assert all(row.endswith("| Bonferroni, family of 2, 97.5% | **better** |") for row in rows)
     assert "**Direction check**" in report and "### Convergence" in report
     assert "- `dtr-a4-b0.8__constant__seed9`: no `vanilla` run with seed 9 and loss_weighting=constant" in report
     plots = {p.name for p in (root / "plots").glob("*.png")}
