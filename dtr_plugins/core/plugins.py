@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "process": "dtr_register_processes",  # flow: diffusion processes (gaussian, flow_matching)
     "tracker": "dtr_register_trackers",  # experiment trackers (tensorboard, wandb, mlflow)
     "launcher": "dtr_register_launchers",  # slurm helper
+    "state_dict_adapter": "dtr_register_state_dict_adapters",  # a backbone's weights in a foreign layout
 }
 
 
