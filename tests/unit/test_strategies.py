@@ -96,9 +96,9 @@ def test_sharing_ratio_one_is_vanilla():
 
 
 def test_build_strategy_by_name_validates_params():
-    s = dp.build_strategy("dtr", alpha=4.0, beta=0.8)
+    s = dp.build_strategy("dtr", {"alpha": 4.0, "beta": 0.8})
     assert s.mask_table(num_tasks=1000, channels=384, layer=0, num_layers=12).shape == (1000, 384)
     with pytest.raises(dp.UserError, match="beta"):
-        dp.build_strategy("dtr", beta=1.5)
+        dp.build_strategy("dtr", {"beta": 1.5})
     with pytest.raises(dp.UserError, match="known: .*dtr"):
         dp.build_strategy("nope")
