@@ -1,17 +1,15 @@
 """The hub finds backbones only through the state-dict adapter a backbone plugin declares
 (:class:`dtr_plugins.core.contracts.StateDictAdapter`): a foreign folder loads through any plugin's adapter."""
 import json
-import sys
-import types
 
 import pytest
 import torch
 
-from dtr_plugins.core import plugins
 from dtr_plugins.core.contracts import StateDictAdapter
 from dtr_plugins.core.errors import CheckpointError
-from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.sharing import hub
+
+from ..conftest import registry_with
 
 ADM = {"image_size": 8, "in_channels": 1, "model_channels": 32, "num_res_blocks": 1, "attention_resolutions": [],
        "channel_mult": [1], "num_heads": 1, "num_classes": 1}
@@ -37,15 +35,7 @@ class ToyAdapter:
 
 @pytest.fixture
 def toy_registry(monkeypatch):
-    module = types.ModuleType("toy_adapter_plugin")
-
-    @hookimpl
-    def dtr_register_state_dict_adapters(register):
-        register("adm_unet", ToyAdapter, description="adm_unet <-> toy layout")
-
-    module.dtr_register_state_dict_adapters = dtr_register_state_dict_adapters  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    registry = plugins.build_registry([module])
+    registry = registry_with("state_dict_adapter", "adm_unet", ToyAdapter, description="adm_unet <-> toy layout")
     for where in ("dtr_plugins.core.plugins", "dtr_plugins.compose", "dtr_plugins.core.config"):
         monkeypatch.setattr(f"{where}.default_registry", lambda: registry)
     return registry

@@ -11,6 +11,7 @@ from dtr_plugins.core.routing import RoutingPlan, gate_like, routed_residual
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.strategies.vanilla import Vanilla
 
+from ..conftest import registry_with
 from ..learned_strategies import TaskGate, TokenGate
 
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, num_classes=10)
@@ -255,14 +256,11 @@ def test_backbones_without_learned_gates_refuse_a_learned_plan():
 
 
 def test_a_strategy_of_neither_kind_is_one_plugin_error():
-    import types
 
     from pydantic import BaseModel
 
-    import dtr_plugins
     from dtr_plugins.compose import build_strategy_from
     from dtr_plugins.core.config import config_from_dict
-    from dtr_plugins.core.plugins import build_registry
 
     class NoParams(BaseModel):
         pass
@@ -270,14 +268,8 @@ def test_a_strategy_of_neither_kind_is_one_plugin_error():
     class Half(torch.nn.Module):  # a learned strategy that forgot task_tables and its declaration
         def bind(self, layer_units, num_tasks, *, site, cond_dim): ...
 
-    module = types.ModuleType("acme_half")
-
-    @dtr_plugins.hookimpl
-    def dtr_register_strategies(register):
-        register("half", Half, params=NoParams, description="incomplete")
-
-    module.dtr_register_strategies = dtr_register_strategies
-    registry = build_registry([(module, "acme-half", "1.0")])
+    registry = registry_with("strategy", "half", Half, params=NoParams, description="incomplete",
+                             distribution=("acme-half", "1.0"), module="acme_half")
     cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "half"},
                             "data": {"name": "synthetic", "image_size": 8, "num_classes": 10}}, registry=registry)
     with pytest.raises(PluginError, match=r"strategy 'half' of plugin 'acme_half' \(distribution acme-half\) is "
