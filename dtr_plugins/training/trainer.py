@@ -327,8 +327,8 @@ class Trainer:
         """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
         from tqdm.auto import tqdm
 
+        from dtr_plugins.core.images import image_grid
         from dtr_plugins.evaluation.evaluate import dataset_reference, describe_metrics, evaluate_model_samples
-        from dtr_plugins.experiments.plots import image_grid
         from dtr_plugins.sampling.sample import generate, write_samples
 
         cfg, d, step = self.cfg, self.dist, self.state.step
