@@ -279,7 +279,8 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
 
     The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
     ``grid.png`` shows the first 100 images enlarged to a readable size
-    (:func:`~dtr_plugins.core.images.readable_grid`), each under the name of its class when ``class_names`` is given (a class-conditional model).
+    (:func:`~dtr_plugins.core.images.readable_grid`), each under the name of its class when ``class_names``
+    is given (a class-conditional model).
     """
     from PIL import Image
 
