@@ -228,7 +228,7 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
 
 def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
           registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True) -> Path:
-    """Train ``cfg``; returns the run directory (DESIGN.md section 8, :class:`RunDir`).
+    """Train ``cfg``; returns the run directory (docs/design.md, "6. The run directory"; :class:`RunDir`).
 
     Raises :class:`UserError` when the run directory already has checkpoints and ``resume`` is False,
     :class:`CheckpointError` when ``resume`` finds none, :class:`ConfigError` when ``resume`` finds a checkpoint

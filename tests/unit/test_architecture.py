@@ -283,3 +283,15 @@ def test_files_stay_under_500_lines():
                 too_long.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
     assert not too_long, (f"files over {MAX_LINES} lines (split them, or say why in the first 5 lines: "
                           "'over 500 lines because ...'):\n" + "\n".join(too_long))
+
+
+def test_docs_cite_only_files_in_the_repository():
+    """The design lives in docs/design.md; no file cites the design or paper notes that are not in the repository."""
+    missing = ["".join(("DES", "IGN")), "".join(("PAP", "ER.md"))]  # spelled apart so this file does not match
+    hits = []
+    for path in [ROOT / "README.md", *[p for folder in (*SIZE_CHECKED, "docs") for p in (ROOT / folder).rglob("*")
+                                       if p.suffix in (".py", ".md")]]:
+        text = path.read_text()
+        hits += [f"{path.relative_to(ROOT)} names {name}" for name in missing if name in text]
+    assert not hits, "\n".join(hits)
+    assert (ROOT / "docs" / "design.md").is_file() and (ROOT / "docs" / "architecture.md").is_file()

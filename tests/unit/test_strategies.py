@@ -1,4 +1,4 @@
-"""Mask math of the four built-in strategies (DESIGN.md section 2), against hand-computed tables."""
+"""Mask math of the four built-in strategies (docs/design.md, "1. Routing"), against hand-computed tables."""
 import numpy as np
 import pytest
 import torch
