@@ -36,7 +36,8 @@ class ToyAdapter:
 @pytest.fixture
 def toy_registry(monkeypatch):
     registry = registry_with("state_dict_adapter", "adm_unet", ToyAdapter, description="adm_unet <-> toy layout")
-    for where in ("dtr_plugins.core.plugins", "dtr_plugins.compose", "dtr_plugins.core.config"):
+    for where in ("dtr_plugins.core.plugins", "dtr_plugins.compose.build", "dtr_plugins.compose.validate",
+                  "dtr_plugins.core.config"):
         monkeypatch.setattr(f"{where}.default_registry", lambda: registry)
     return registry
 
