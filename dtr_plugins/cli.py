@@ -244,7 +244,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from dtr_plugins.sharing.hub import push
+    from dtr_plugins.sharing.push import push
 
     url = push(args.folder, args.repo_id, private=True if args.private else None)
     print(f"pushed: {url}")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset",
-           "FeatureExtractor", "InputSpace", "SupportsStateDictAdapter",
+           "FeatureExtractor", "InputSpace", "SupportsStateDictAdapter", "StateDictAdapter",
            "missing_members"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
@@ -228,6 +228,42 @@ class FeatureExtractor(Protocol):
     fidelity_class: type | None
     num_classes: int | None
     classifier: Callable[[torch.device], Callable[[Tensor], Tensor]] | None
+
+
+@runtime_checkable
+class StateDictAdapter(Protocol):
+    """A backbone's weights in another library's layout (e.g. diffusers' ``DiTTransformer2DModel``), declared
+    by the backbone plugin through ``dtr_register_state_dict_adapters``: ``register(BACKBONE_NAME, factory)``.
+
+    The sharing code (``dtr export --format``, ``from_pretrained``) knows backbones only through this object.
+
+    Attributes:
+        layout: the foreign layout's name (``"diffusers"``), what ``dtr export --format`` names.
+        input_space: the backbone's input space (``"pixels"`` or ``"latents"``): a foreign pipeline with a
+            VAE loads into a latent backbone.
+        weights_file: the file name of the weights in a foreign folder (``diffusion_pytorch_model.safetensors``).
+
+    ``reads(config)``: True when a foreign folder with this ``config.json`` loads into this backbone exactly;
+    ``params_from_foreign_config(config, source=...)``: the backbone's params (a ``backbone`` section without
+    ``name``); ``from_foreign_state_dict(state, params, source=...)``: the backbone's state dict;
+    ``to_foreign_state_dict(model, state, num_timesteps=...)``: ``(foreign state, foreign config, notes)``
+    (``notes``: JSON-able record of what the conversion changed). Errors: :class:`CheckpointError` (a foreign
+    file that cannot be read) or :class:`UserError` (a model this layout cannot hold), one line each.
+    """
+
+    layout: str
+    input_space: InputSpace
+    weights_file: str
+
+    def reads(self, config: Mapping[str, Any]) -> bool: ...
+
+    def params_from_foreign_config(self, config: Mapping[str, Any], *, source: str) -> dict[str, Any]: ...
+
+    def from_foreign_state_dict(self, state: Mapping[str, Tensor], params: Mapping[str, Any], *,
+                                source: str) -> dict[str, Tensor]: ...
+
+    def to_foreign_state_dict(self, model: Any, state: Mapping[str, Tensor], *, num_timesteps: int
+                              ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]: ...
 
 
 def missing_members(obj: Any, protocol: type) -> list[str]:

@@ -156,3 +156,13 @@ def dtr_register_launchers(register: Callable[..., None]) -> None:
     A launcher's factory returns a :class:`dtr_plugins.launchers.Launcher`: ``launch(suite_root,
     runs)``, ``active(suite_root, runs)``, ``wait(...)`` and ``cancel(...)`` over run directories.
     """
+
+
+@hookspec
+def dtr_register_state_dict_adapters(register: Callable[..., None]) -> None:
+    """Register state-dict adapters (:class:`~dtr_plugins.core.contracts.StateDictAdapter`): a backbone's
+    weights in another library's layout, for ``dtr export --format`` and ``from_pretrained``.
+
+    ``register(BACKBONE_NAME, factory)``: the name is the backbone's (one adapter per backbone); the
+    factory returns the adapter.
+    """

@@ -11,7 +11,7 @@ import functools
 import importlib.metadata as md
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "process": "dtr_register_processes",  # flow: diffusion processes (gaussian, flow_matching)
     "tracker": "dtr_register_trackers",  # experiment trackers (tensorboard, wandb, mlflow)
     "launcher": "dtr_register_launchers",  # slurm helper
+    "state_dict_adapter": "dtr_register_state_dict_adapters",  # a backbone's weights in a foreign layout
 }
 
 
@@ -289,6 +290,10 @@ def list_plugins(registry: PluginRegistry | None = None) -> list[dict[str, str |
     return [p.as_dict() for p in (registry or default_registry()).list()]
 
 
-def build_strategy(name: str, registry: PluginRegistry | None = None, **params: Any) -> Any:
-    """Build a routing strategy by name, e.g. ``build_strategy("dtr", alpha=4.0, beta=0.8)``."""
-    return (registry or default_registry()).build("strategy", name, **params)
+def build_strategy(name: str, params: Mapping[str, Any] | None = None, *,
+                   registry: PluginRegistry | None = None) -> Any:
+    """Build a routing strategy by name: ``build_strategy("dtr", {"alpha": 4.0, "beta": 0.8})``.
+
+    ``params``: the strategy's parameters (its params model fills the rest). Raises :class:`PluginError` for
+    an unknown name and :class:`ConfigError` (one line naming the key) for a bad parameter."""
+    return (registry or default_registry()).build("strategy", name, **dict(params or {}))

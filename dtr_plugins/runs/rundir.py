@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md section 8): one object owns its layout and reading/writing its files.
+"""The run directory (docs/design.md, "6. The run directory"): one object owns its layout and reading/writing its files.
 
 ::
 

@@ -264,12 +264,13 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
     """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
 
     The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
-    ``grid.png`` shows the first 100 images enlarged to a readable size (:func:`~.plots.readable_grid`), each
-    under the name of its class when ``class_names`` is given (a class-conditional model).
+    ``grid.png`` shows the first 100 images enlarged to a readable size
+    (:func:`~dtr_plugins.core.images.readable_grid`), each under the name of its class when ``class_names``
+    is given (a class-conditional model).
     """
     from PIL import Image
 
-    from dtr_plugins.experiments.plots import readable_grid
+    from dtr_plugins.core.images import readable_grid
 
     def save(img: np.ndarray, tmp: Path) -> None:
         Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG")

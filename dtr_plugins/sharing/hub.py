@@ -8,7 +8,8 @@ Layouts :func:`from_pretrained` reads (detected from the folder's files):
   (the model card). A latent model's VAE is not in the folder: ``vae.path`` must resolve where it loads;
 - **a diffusers ``DiTTransformer2DModel`` folder** (``config.json`` with ``_class_name:
   DiTTransformer2DModel`` and ``diffusion_pytorch_model.safetensors``), loaded exactly into
-  ``dit_diffusers`` (:mod:`dtr_plugins.backbones.dit_diffusers`);
+  the backbone whose state-dict adapter reads it (``dit_diffusers``). This module imports no backbone: it
+  finds them through the :class:`~dtr_plugins.core.contracts.StateDictAdapter` their plugins declare;
 - **a diffusers DiT pipeline folder** (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``):
   the transformer on the latents of the pipeline's VAE (``latent_dit_diffusers``), with the training
   timesteps and schedule of ``scheduler/scheduler_config.json``. Loading gives the codec as well.
@@ -33,7 +34,7 @@ from dtr_plugins.core.io import file_sha256
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
-    from dtr_plugins.core.contracts import Codec
+    from dtr_plugins.core.contracts import Codec, StateDictAdapter
     from dtr_plugins.core.routing import RoutedBackbone
 
 EXPORT_FORMAT, EXPORT_KEY, HUB_PREFIX = "dtr-plugins-export/1", "_dtr_export", "hf://"
@@ -118,20 +119,16 @@ def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], 
 
 
 def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:
-    from dtr_plugins.backbones.dit import DiT
-    from dtr_plugins.backbones.dit_diffusers import DIFFUSERS_WEIGHTS, export_state_for_diffusers
     from dtr_plugins.sharing.model_card import render_model_card
 
-    if not isinstance(model, DiT):
-        raise UserError(f"--format diffusers: backbone '{cfg.backbone.name}' is not a DiT; only DiT exports to "
-                        "diffusers' DiTTransformer2DModel layout (use --format dtr)")
+    adapter = _adapter_for(cfg.backbone.name, "diffusers")
     if model.plan is not None and not model.plan.is_dense:
         raise UserError(f"--format diffusers: this model is routed (routing: {cfg.routing.name}); diffusers' "
                         "DiTTransformer2DModel has no routing, so a routed model exports to the project's own layout "
                         "only (--format dtr)")
-    dstate, dconfig, notes = export_state_for_diffusers(model, state, cfg.diffusion.steps)
-    sha = _save_safetensors(dstate, stage / DIFFUSERS_WEIGHTS, record)
-    record = {**record, "weights_file": DIFFUSERS_WEIGHTS, "weights_sha256": sha, "conversion": notes}
+    dstate, dconfig, notes = adapter.to_foreign_state_dict(model, state, num_timesteps=cfg.diffusion.steps)
+    sha = _save_safetensors(dstate, stage / adapter.weights_file, record)
+    record = {**record, "weights_file": adapter.weights_file, "weights_sha256": sha, "conversion": notes}
     (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
     time_note = notes["time_embedding"]
     if isinstance(time_note, dict):
@@ -251,18 +248,48 @@ def is_pretrained_source(source: str | Path) -> bool:
 
 def _load(folder: Path):
     """``(cfg, parts, info)`` from a resolved local folder, by layout (``parts``: :func:`compose`'s, weights loaded)."""
-    from dtr_plugins.backbones.dit_diffusers import is_diffusers_dit_config
-
     if (folder / "model_index.json").is_file() and (folder / "transformer" / CONFIG_FILE).is_file():
-        return _load_diffusers(folder / "transformer", pipeline=folder)
+        return _load_foreign(folder / "transformer", pipeline=folder)
     config = _read_config(folder)
     if EXPORT_KEY in config:
         return _load_export(folder, config)
-    if is_diffusers_dit_config(config):
-        return _load_diffusers(folder, pipeline=None)
+    if _adapter_reading(config, "pixels") is not None:
+        return _load_foreign(folder, pipeline=None)
     raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' "
-                          "record) nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export "
-                          "RUN --out DIR")
+                          "record) nor a model that an installed backbone reads (e.g. a diffusers "
+                          "DiTTransformer2DModel, _class_name); export one with dtr export RUN --out DIR")
+
+
+#: ``dtr export --format`` values besides ``dtr`` (each a ``layout`` of some backbone's state-dict adapter)
+FOREIGN_LAYOUTS = ("diffusers",)
+
+
+def _adapter_for(backbone: str, layout: str) -> StateDictAdapter:
+    """The state-dict adapter the plugin of ``backbone`` declares for ``layout``; UserError when none does."""
+    from dtr_plugins.core.plugins import default_registry
+
+    registry = default_registry()
+    adapter = registry.build("state_dict_adapter", backbone) \
+        if backbone in registry.names("state_dict_adapter") else None
+    if adapter is None or adapter.layout != layout:
+        able = [n for n in registry.names("state_dict_adapter")
+                if registry.build("state_dict_adapter", n).layout == layout]
+        raise UserError(f"--format {layout}: backbone '{backbone}' declares no {layout} state-dict adapter "
+                        f"(backbones that do: {', '.join(able) or 'none'}); use --format dtr")
+    return adapter
+
+
+def _adapter_reading(config: Mapping[str, Any], space: str) -> tuple[str, StateDictAdapter] | None:
+    """``(backbone name, adapter)`` of the first installed backbone (by name) whose adapter loads a foreign
+    folder with this ``config.json`` into ``space`` (``pixels``, or ``latents`` for a pipeline with a VAE)."""
+    from dtr_plugins.core.plugins import default_registry
+
+    registry = default_registry()
+    for name in registry.names("state_dict_adapter"):
+        adapter = registry.build("state_dict_adapter", name)
+        if adapter.input_space == space and adapter.reads(config):
+            return name, adapter
+    return None
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -313,38 +340,45 @@ def _load_export(folder: Path, config: dict[str, Any]):
     return cfg, parts, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 
 
-def _load_diffusers(transformer: Path, pipeline: Path | None):
-    from dtr_plugins.backbones import dit_diffusers as dd
+def _load_foreign(transformer: Path, pipeline: Path | None):
+    """A foreign model folder (a diffusers transformer, or a pipeline's ``transformer/`` beside ``vae/`` and
+    ``scheduler/``) through the state-dict adapter of the backbone that reads it. The config is the model's
+    synthesised: backbone, diffusion (the pipeline's scheduler), routing vanilla, the codec of a pipeline's
+    VAE, and a ``synthetic`` data section carrying the image geometry the codec and backbone check."""
     from dtr_plugins.compose import compose
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
     config = _read_config(transformer)
-    params = dd.dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
-    steps, schedule = _scheduler(pipeline)
-    name = (pipeline or transformer).name or "diffusers-dit"
-    data = {"name": "synthetic", "image_size": params["input_size"], "channels": params["in_channels"],
-            "num_classes": params["num_classes"]}
-    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": "dit_diffusers", **params},
-                                "diffusion": {"steps": steps, "schedule": schedule,
-                                              "learn_sigma": params["learn_sigma"]},
-                                "data": data}
     vae_dir = pipeline / "vae" if pipeline is not None else None
-    if vae_dir is not None and (vae_dir / CONFIG_FILE).is_file():
-        vae_config = _read_config(vae_dir)  # the codec checks in_channels / input_size against its latents
+    latents = vae_dir is not None and (vae_dir / CONFIG_FILE).is_file()
+    found = _adapter_reading(config, "latents" if latents else "pixels")
+    if found is None:
+        raise CheckpointError(f"{transformer / CONFIG_FILE}: no installed backbone reads this model "
+                              f"(_class_name {config.get('_class_name')!r})")
+    backbone, adapter = found
+    params = adapter.params_from_foreign_config(config, source=str(transformer / CONFIG_FILE))
+    steps, schedule = _scheduler(pipeline)
+    name = (pipeline or transformer).name or "foreign-model"
+    diffusion: dict[str, Any] = {"steps": steps, "schedule": schedule}
+    if "learn_sigma" in params:  # the backbone's output channels follow the process's learn_sigma
+        diffusion["learn_sigma"] = params["learn_sigma"]
+    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": backbone, **params}, "diffusion": diffusion,
+                                "data": {"name": "synthetic",
+                                         **{k: params[k] for k in ("num_classes",) if k in params}}}
+    if latents and vae_dir is not None:  # the codec's latent geometry comes from the image size
+        vae_config = _read_config(vae_dir)
         factor = 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
-        cfg_dict["backbone"] = {"name": "latent_dit_diffusers", **params}
         cfg_dict["vae"] = {"path": str(vae_dir.resolve())}
-        cfg_dict["data"] = {**data, "image_size": params["input_size"] * factor,
-                            "channels": int(vae_config.get("in_channels", 3))}
+        cfg_dict["data"].update(image_size=int(params["input_size"]) * factor,
+                                channels=int(vae_config.get("in_channels", 3)))
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
     parts = compose(cfg, data=False)  # codec: the pipeline's vae/ (identity for a bare transformer folder)
     model = parts.model
-    path = transformer / dd.DIFFUSERS_WEIGHTS
-    geometry = {k: params[k] for k in ("num_classes", "input_size", "patch_size")}
-    state = dd.diffusers_to_dit_state(_load_weights(path), **geometry, source=str(path))
+    path = transformer / adapter.weights_file
+    state = adapter.from_foreign_state_dict(_load_weights(path), params, source=str(path))
     apply_checkpoint(model, state, path)
-    return cfg, parts, {"weights": "diffusers", "step": None, "weights_path": str(path)}
+    return cfg, parts, {"weights": adapter.layout, "step": None, "weights_path": str(path)}
 
 
 def _scheduler(pipeline: Path | None) -> tuple[int, str]:
@@ -443,46 +477,6 @@ def _not_available(repo_id: str, why: str) -> str:
     return (f"hf://{repo_id}: cannot load this hub model: {why}; on a machine with network run "
             f"hf download {repo_id} --local-dir DIR (huggingface_hub's CLI), copy DIR here and pass the folder "
             f"instead (dtr sample DIR, dp.from_pretrained('DIR'))")
-
-
-#################################################################################
-#                                    Push                                       #
-#################################################################################
-
-def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
-         commit_message: str | None = None) -> str:
-    """Upload an exported folder to the hub repo ``repo_id`` (created if needed); returns the commit URL.
-
-    The token comes from ``token`` or huggingface_hub's usual places (``HF_TOKEN``, ``hf auth login``);
-    it is never printed: error messages are scrubbed of it. Raises :class:`UserError` (one line).
-    """
-    folder = Path(folder)
-    if parse_hub_id(repo_id) is None or "@" in repo_id or repo_id.startswith(HUB_PREFIX):
-        raise UserError(f"push: {repo_id!r} is not a hub repo id (expected ORG/NAME)")
-    if not folder.is_dir():
-        raise UserError(f"push: {folder} is not a folder")
-    config = _read_config(folder)
-    weights = WEIGHTS_FILE if EXPORT_KEY in config else "diffusion_pytorch_model.safetensors"
-    if not (folder / weights).is_file():
-        raise UserError(f"push: {folder} has no {weights}; push a folder written by dtr export")
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    secrets = [token] if token else []
-    try:
-        from huggingface_hub import get_token
-
-        secrets.append(get_token() or "")
-    except Exception:  # noqa: BLE001 -- no token found is fine: nothing to scrub
-        pass
-    try:
-        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message=commit_message or f"Upload {folder.name} with dtr push",
-                                 ignore_patterns=[".*", "**/.*"])
-    except Exception as exc:  # noqa: BLE001 -- any upload failure becomes one line, token scrubbed
-        raise UserError(f"push {repo_id}: upload failed: {_scrub(first_line(exc, limit=300), secrets)}") from None
-    return str(getattr(info, "commit_url", None) or info or f"https://huggingface.co/{repo_id}")
 
 
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")

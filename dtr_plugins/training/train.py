@@ -229,7 +229,7 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
 def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
           registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True,
           parts: Components | None = None) -> Path:
-    """Train ``cfg``; returns the run directory (:class:`RunDir`).
+    """Train ``cfg``; returns the run directory (docs/design.md, "6. The run directory"; :class:`RunDir`).
 
     ``parts``: the run as :func:`compose_checked` composed it (``dtr train`` does this first, to name its config
     file in a refusal); composed here when None.

@@ -357,8 +357,8 @@ class Trainer:
         """Main rank: score the evaluation samples and record them (metrics.jsonl, trackers, eval.json)."""
         from tqdm.auto import tqdm
 
+        from dtr_plugins.core.images import image_grid
         from dtr_plugins.evaluation.evaluate import dataset_reference, describe_metrics, evaluate_model_samples
-        from dtr_plugins.experiments.plots import image_grid
         from dtr_plugins.sampling.sample import write_samples
 
         cfg, step = self.cfg, self.state.step

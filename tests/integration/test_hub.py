@@ -311,8 +311,10 @@ def test_push_checks_its_arguments(tmp_path, run_cli, fake_api):
     code, _, err = run_cli("push", str(tmp_path), "org/name")
     assert code == 2 and "no config.json" in err
     assert [c for c in fake_api.calls if c[0] != "init"] == []
+    from dtr_plugins.sharing.push import push
+
     with pytest.raises(UserError):
-        hub.push(tmp_path / "missing", "org/name")
+        push(tmp_path / "missing", "org/name")
 
 
 def test_latent_model_exports_and_loads_with_its_vae(tmp_path):

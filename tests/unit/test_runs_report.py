@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.images import enlarge, readable_grid
 from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_mean_std, fmt_signed
 from dtr_plugins.evaluation.evaluate import describe_metrics
-from dtr_plugins.experiments.plots import enlarge, pick_per_class, plot_sample_rows, readable_grid
+from dtr_plugins.experiments.plots import pick_per_class, plot_sample_rows
 from dtr_plugins.experiments.run_report import build_run_report
 from dtr_plugins.runs.listing import find_runs, format_runs_table, lock_held, summarize_run
 from dtr_plugins.runs.rundir import RunDir
