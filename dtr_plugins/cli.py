@@ -192,12 +192,12 @@ def cmd_suite(args) -> int:
 def cmd_report(args) -> int:
     """A suite folder (``suite.json``) gets the suite report, a run directory its own
     (:mod:`dtr_plugins.experiments.run_report`)."""
-    from pathlib import Path
 
     from dtr_plugins.experiments.report import build_report
     from dtr_plugins.experiments.run_report import build_run_report
+    from dtr_plugins.runs.rundir import is_suite_dir
 
-    suite = (Path(args.suite_dir) / "suite.json").exists()
+    suite = is_suite_dir(args.suite_dir)
     path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
     print(f"report: {path}")
     return 0

@@ -12,28 +12,14 @@ A later line for the same step replaces an earlier one (a resumed run may log a 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from dtr_plugins.core.errors import UserError
 from dtr_plugins.experiments.compare import RunRecord, metric_info
+from dtr_plugins.runs.rundir import SuiteIndex
 
 _BODY_KEYS = ("eval", "heldout")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-    return out
 
 
 def _number(value: Any) -> bool:
@@ -89,22 +75,15 @@ def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> 
 
 def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
     """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``)."""
-    import yaml
-
-    suite_dir = Path(suite_dir)
-    index_path = suite_dir / "suite.json"
-    if not index_path.exists():
-        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
-    index = json.loads(index_path.read_text())
+    suite = SuiteIndex(suite_dir)
     out = []
-    for entry in index.get("runs", []):
-        run_dir = suite_dir / entry["id"]
-        status_path, config_path = run_dir / "status.json", run_dir / "config.yaml"
-        status = json.loads(status_path.read_text()).get("state", "new") if status_path.exists() else "new"
-        config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+    for entry in suite.entries():
+        run_dir = suite.run(entry["id"])
+        status = str(run_dir.read_status().get("state", "new"))
+        config = run_dir.read_config()
         assignment = entry.get("assignment") or {}
         seed = config.get("seed", assignment.get("seed", 0))
-        curves, fingerprint = curves_from_records(_read_jsonl(run_dir / "metrics.jsonl"))
+        curves, fingerprint = curves_from_records(run_dir.read_metrics())
         out.append(RunRecord(id=entry["id"], seed=int(seed), axes=axes_of(entry["id"], assignment, config),
                              curves=curves, status=status, heldout_fingerprint=fingerprint))
     return out

@@ -18,7 +18,7 @@ from dtr_plugins.core.io import write_text
 from dtr_plugins.core.numbers import fmt_mean_std
 from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
-from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 from dtr_plugins.sharing.model_card import fid_caveat
 
 #: torch-fidelity key (or ours) -> (column title, lower is better)
@@ -53,22 +53,21 @@ def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
-    index_path = suite_dir / "suite.json"
-    if not index_path.exists():
-        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
-    index = json.loads(index_path.read_text())
+    suite = SuiteIndex(suite_dir)
+    index = suite.read()
     results = []
-    for entry in index["runs"]:
-        run_dir = RunDir(suite_dir / entry["id"])
+    for entry in suite.entries():
+        run_dir = suite.run(entry["id"])
         status = run_dir.read_status().get("state", "new")
         config = run_dir.read_config()
         meta = run_dir.read_meta()
         records = run_dir.read_metrics()
         evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
         train = [r for r in records if "loss" in r]  # held-out and eval lines are not training records
-        recorded = run_dir.fingerprint_path.read_text().strip() if run_dir.fingerprint_path.is_file() else None
-        results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
-                                 status=status, routing=(config.get("routing") or {}).get("name", "?"),
+        recorded = run_dir.read_fingerprint()
+        results.append(RunResult(id=entry["id"], group=str(entry.get("group", entry["id"])),
+                                 seed=int(config.get("seed", 0)), status=status,
+                                 routing=(config.get("routing") or {}).get("name", "?"),
                                  current=None in (recorded, entry.get("fingerprint"))  # unknown: not stale
                                  or recorded == entry.get("fingerprint"),
                                  config=config, meta=meta, evals=evals, train=train))

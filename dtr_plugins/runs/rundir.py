@@ -15,6 +15,11 @@
       eval.json            the final evaluation
       .lock                held (``flock``) by the one ``dtr train`` writing the run: its pid and host
 
+A suite folder ``<suite>/`` holds ``suite.json`` (its index: name, file, and per run its id, group, matrix
+assignment and plan fingerprint; :class:`SuiteIndex`) beside its run directories.
+
+This module is the one reader of these files: nothing else opens them by name.
+
 metrics.jsonl is appended one whole line per ``os.write`` on an ``O_APPEND`` descriptor; a trailing line cut
 by a crash or a full disk is dropped (with a warning) when the file is read or a run resumes.
 """
@@ -35,7 +40,7 @@ from dtr_plugins.core.io import write_json, write_text
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
 
-__all__ = ["RunDir", "RunLocked"]
+__all__ = ["RunDir", "RunLocked", "SuiteIndex", "is_suite_dir"]
 
 
 class RunLocked(UserError):
@@ -165,6 +170,15 @@ class RunDir:
     def write_status(self, status: dict[str, Any]) -> Path:
         return write_json(self.status_path, status)
 
+    def read_fingerprint(self) -> str | None:
+        """The plan fingerprint a suite started this run with (``config.sha256``), or None."""
+        if not self.fingerprint_path.is_file():
+            return None
+        return self.fingerprint_path.read_text().strip() or None
+
+    def write_fingerprint(self, fingerprint: str) -> Path:
+        return write_text(self.fingerprint_path, fingerprint + "\n")
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record as one whole line: a single ``os.write`` on an ``O_APPEND`` descriptor.
 
@@ -283,6 +297,52 @@ class RunDir:
 
     def write_eval(self, result: dict[str, Any]) -> Path:
         return write_json(self.eval_path, result)
+
+
+SUITE_INDEX = "suite.json"
+
+
+def is_suite_dir(path: str | Path) -> bool:
+    """Does ``path`` hold a suite index (``suite.json``)?"""
+    return (Path(path) / SUITE_INDEX).is_file()
+
+
+class SuiteIndex:
+    """A suite folder's index ``<suite>/suite.json``: ``{"name", "file", "runs": [{"id", "group", "assignment",
+    "fingerprint"}]}``, written by ``dtr suite`` before its runs start."""
+
+    def __init__(self, suite_dir: str | Path):
+        self.root = Path(suite_dir)
+        self.path = self.root / SUITE_INDEX
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> dict[str, Any]:
+        """The index; raises :class:`UserError` (one line) when the folder has none or it does not parse."""
+        if not self.path.is_file():
+            raise UserError(f"{self.root}: not a suite folder (no {SUITE_INDEX}; run `dtr suite SUITE.yaml` first)")
+        try:
+            data = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.path}: not valid JSON ({exc}); rerun `dtr suite SUITE.yaml` to rewrite "
+                            "it") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path}: expected a mapping with name and runs; rerun `dtr suite SUITE.yaml`")
+        return data
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The index's run entries that name an id (others are skipped)."""
+        runs = self.read().get("runs")
+        if not isinstance(runs, list):
+            return []
+        return [e for e in runs if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.root / run_id)
+
+    def write(self, index: dict[str, Any]) -> Path:
+        return write_json(self.path, index)
 
 
 def _truncate(fd: int, size: int) -> None:
