@@ -64,6 +64,31 @@ class RunDir:
         """The run a checkpoint file ``<run>/checkpoints/N.pt`` belongs to."""
         return cls(Path(checkpoint).parent.parent)
 
+    @classmethod
+    def locate(cls, source: str | Path) -> tuple[RunDir, Path]:
+        """A run directory (its newest checkpoint) or one checkpoint file -> (its run, the checkpoint path).
+        Raises :class:`CheckpointError` (one line) when ``source`` is neither or the run has no checkpoint."""
+        source = Path(source)
+        if source.is_dir():
+            run = cls(source)
+            return run, run.require_checkpoint()
+        if source.is_file():
+            return cls.of_checkpoint(source), source
+        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+
+    def config_of(self, ckpt: Any, ckpt_path: Path) -> ExperimentConfig:
+        """The config that goes with the weights of ``ckpt`` (read from ``ckpt_path``), for every reader
+        (``dtr sample``, ``dtr export``, ``from_pretrained``): the config the checkpoint itself holds (what
+        trained those weights, also after a resume changed ``config.yaml``), else this run's ``config.yaml``.
+        Raises :class:`CheckpointError` when there is neither, ConfigError when it does not validate."""
+        from dtr_plugins.core.config import config_from_dict, read_yaml
+
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+            return config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
+        if self.config_path.is_file():
+            return config_from_dict(read_yaml(self.config_path), source=str(self.config_path))
+        raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {self.config_path} does not exist")
+
     # ------------------------------------------------------------------------------------ paths
     @property
     def config_path(self) -> Path:
@@ -298,6 +323,10 @@ class RunDir:
     def write_eval(self, result: dict[str, Any]) -> Path:
         return write_json(self.eval_path, result)
 
+    def read_eval(self) -> dict[str, Any]:
+        """The final evaluation (``eval.json``), {} when there is none or it does not parse."""
+        return _read_json(self.eval_path)
+
 
 SUITE_INDEX = "suite.json"
 
@@ -355,6 +384,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: as if absent
         return {}
     return data if isinstance(data, dict) else {}
