@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.errors import UserError, user_message
+from dtr_plugins.core.metrics import selectable as metric_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
-    p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=metric_names())
     p.add_argument("--feature-extractor", default="inception-v3-compat")
     p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
     p.add_argument("--out", required=True, help="JSON file to write")

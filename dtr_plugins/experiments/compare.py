@@ -22,32 +22,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from dtr_plugins.core.metrics import HIGHER, LOWER, compared, value_of
 from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_signed
 
-LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
 INTERVAL_METHOD = "t"
 
-#: metric key -> (short title, which direction is better)
-METRICS: dict[str, tuple[str, str]] = {
-    "heldout/total": ("held-out loss", LOWER),
-    "frechet_inception_distance": ("FID", LOWER),
-    "kernel_inception_distance_mean": ("KID", LOWER),
-    "inception_score_mean": ("IS", HIGHER),
-    "precision": ("precision", HIGHER),
-    "recall": ("recall", HIGHER),
-    "class_accuracy": ("class accuracy", HIGHER),
-    "train_loss": ("training loss", LOWER),
-}
-
-
 def metric_info(metric: str) -> tuple[str, str] | None:
-    """``(title, "lower" | "higher")`` for a metric key; held-out bands are ``heldout/band<k>``; None if unknown."""
-    if metric in METRICS:
-        return METRICS[metric]
-    if metric.startswith("heldout/band") and metric[len("heldout/band"):].isdigit():
-        return f"held-out loss, band {metric[len('heldout/band'):]}", LOWER
-    return None
+    """``(title, "lower" | "higher")`` of a compared metric key (:func:`dtr_plugins.core.metrics.compared`; held-out
+    bands are ``heldout/band<k>``); None if unknown or not compared."""
+    value = value_of(metric)
+    if value is None or value.direction is None:
+        return None
+    return value.title, value.direction
 
 
 def is_band(metric: str) -> bool:
@@ -330,7 +317,8 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
         for metric in metrics:
             info = metric_info(metric)
             if info is None:
-                raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(METRICS)}, heldout/band<k>)")
+                raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(compared())}, "
+                                 "heldout/band<k>)")
             if any(metric in r.curves and metric in b.curves for r, b in pairs):
                 result.differences.append(_paired(label, setting, metric, info[1], pairs, level))
         for metric in convergence_metrics:
@@ -343,8 +331,8 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
 
 
 def _metric_order(metric: str) -> tuple[int, int, str]:
-    keys = list(METRICS)
-    if metric in METRICS:
+    keys = list(compared())
+    if metric in keys:
         return (0, keys.index(metric), metric)
     return (1, int(metric[len("heldout/band"):]) if is_band(metric) else 0, metric)
 

@@ -15,22 +15,20 @@ from typing import Any
 
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import write_text
+from dtr_plugins.core.metrics import LOWER, compared
 from dtr_plugins.core.numbers import fmt_mean_std
 from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 from dtr_plugins.sharing.model_card import fid_caveat
 
-#: torch-fidelity key (or ours) -> (column title, lower is better)
-METRICS: dict[str, tuple[str, bool]] = {
-    "frechet_inception_distance": ("FID", True),
-    "kernel_inception_distance_mean": ("KID", True),
-    "inception_score_mean": ("IS", False),
-    "precision": ("precision", False),
-    "recall": ("recall", False),
-    "class_accuracy": ("class accuracy", False),
-}
 TRAIN_LOSS = "train_loss"
+
+
+def report_metrics() -> dict[str, tuple[str, bool]]:
+    """Eval record key -> (column title, lower is better), from the metric registry (:mod:`dtr_plugins.core.metrics`):
+    every compared value but the training loss, which has a table of its own."""
+    return {k: (title, direction == LOWER) for k, (title, direction) in compared().items() if k != TRAIN_LOSS}
 
 
 @dataclass
@@ -49,7 +47,8 @@ class RunResult:
 
 def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
     """Metric keys must hold numbers; anything else under a metric's name is dropped, not plotted."""
-    return {k: v for k, v in result.items() if k not in METRICS or isinstance(v, (int, float))}
+    known = report_metrics()
+    return {k: v for k, v in result.items() if k not in known or isinstance(v, (int, float))}
 
 
 def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
@@ -79,7 +78,7 @@ def _final_loss(run: RunResult) -> float | None:
 
 
 def write_csv(results: list[RunResult], path: Path) -> list[str]:
-    metric_keys = [k for k in METRICS if any(k in e for r in results for e in r.evals)]
+    metric_keys = [k for k in report_metrics() if any(k in e for r in results for e in r.evals)]
     header = ["run_id", "group", "routing", "seed", "status", "step", *metric_keys, TRAIN_LOSS]
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -114,7 +113,7 @@ def _groups(results: list[RunResult]) -> dict[str, list[RunResult]]:
 def metric_table(key: str, results: list[RunResult]) -> str:
     """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold. Differences
     against the baseline are the paired comparison's job (:mod:`.compare`), not this table's."""
-    title, lower = METRICS.get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
+    title, lower = report_metrics().get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
     groups = _groups(results)
     if key == TRAIN_LOSS:
         cells = {g: {"final": [v for v in (_final_loss(r) for r in rs) if v is not None]} for g, rs in groups.items()}
@@ -217,7 +216,7 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
     if metric_keys:
         series = {k: {g: [[(e["step"], e[k]) for e in r.evals if e.get(k) is not None] for r in rs]
                       for g, rs in groups.items()} for k in metric_keys}
-        made.append(plots.plot_metrics_vs_steps(series, {k: METRICS[k][0] for k in metric_keys},
+        made.append(plots.plot_metrics_vs_steps(series, {k: report_metrics()[k][0] for k in metric_keys},
                                                 out_dir / "metrics_vs_steps.png"))
     curves = {g: [[(t["step"], t["loss"]) for t in r.train] for r in rs] for g, rs in groups.items()}
     if any(c for cs in curves.values() for c in cs):
