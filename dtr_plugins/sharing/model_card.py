@@ -23,8 +23,9 @@ _PROVENANCE = {"step", "sampler", "respacing", "cfg_scale", "cfg_channels", "tra
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
-    """The metric values of an ``eval.json`` record, in the metric registry's order (:func:`dtr_plugins.core.metrics.card_titles`) (settings such as
-    ``model_evaluations_per_image``, ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
+    """The metric values of an ``eval.json`` record, in the metric registry's order
+    (:func:`dtr_plugins.core.metrics.card_titles`; settings such as ``model_evaluations_per_image``,
+    ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
     return {k: float(result[k]) for k in card_titles()
             if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
 

@@ -370,7 +370,8 @@ def test_sample_and_export_read_the_same_config_of_a_resumed_run(run_dir, tmp_pa
     run = shutil.copytree(run_dir, tmp_path / "resumed")
     text = (run / "config.yaml").read_text()
     assert "respacing: ddim5" in text and "steps: 4" in text
-    (run / "config.yaml").write_text(text.replace("respacing: ddim5", "respacing: ddim3").replace("steps: 4", "steps: 6"))
+    text = text.replace("respacing: ddim5", "respacing: ddim3").replace("steps: 4", "steps: 6")
+    (run / "config.yaml").write_text(text)
     cfg = load_run(run, device="cpu")[0]
     exported = json.loads((hub.export_run(run, tmp_path / "out") / "config.json").read_text())
     assert (cfg.sample.respacing, cfg.train.steps) == ("ddim5", 4)  # what trained the newest checkpoint's weights
