@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of every run, after the suite's set: (repeatable)")
     p.add_argument("--rerun-changed", action="store_true",
-                   help="runs whose config changed since they ran: move them to <id>.stale-<fp8> and train anew")
+                   help="runs whose config changed so their checkpoints cannot continue (not train.steps, eval or "
+                        "sample settings): move them to <id>.stale-<fp8> and train anew")
     p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
                    help="local launcher: print each running run's step every SECONDS (default 30)")
     # launcher options (slurm helper)
