@@ -18,12 +18,13 @@ same interval and the verdict *faster* / *slower* / *not resolved*.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 from dtr_plugins.core.metrics import HIGHER, LOWER, compared, value_of
 from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_signed
+from dtr_plugins.runs.record import RunRecord
 
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
 INTERVAL_METHOD = "t"
@@ -47,27 +48,6 @@ def family(label: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class RunRecord:
-    """One run: ``axes`` maps each varied axis (not the seed) to its value's label, ``curves`` maps each
-    metric to its ``(step, value)`` points in step order; ``heldout_fingerprint`` identifies the held-out
-    inputs it was scored on (see :mod:`dtr_plugins.evaluation.heldout`)."""
-
-    id: str
-    seed: int
-    axes: Mapping[str, str]
-    curves: Mapping[str, Sequence[tuple[int, float]]]
-    status: str = "done"
-    heldout_fingerprint: str | None = None
-
-    def final(self, metric: str) -> tuple[int, float] | None:
-        points = self.curves.get(metric) or ()
-        if not points:
-            return None
-        step, value = points[-1]
-        return (step, value)
-
-
 # ----------------------------------------------------------------------------------------- outputs
 @dataclass(frozen=True)
 class PairedDifference:

@@ -378,25 +378,26 @@ def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
 def test_report_header_lists_each_applied_sampling_setting():
     """A routing x process suite samples gaussian runs with DDIM and flow runs with Heun: the header says both
     (with run counts), never only the last run's sampler."""
-    from dtr_plugins.experiments.report import RunResult, _eval_settings
+    from dtr_plugins.experiments.report import _eval_settings
+    from dtr_plugins.runs.record import RunRecord
 
     def run(rid, sampler, respacing):
         ev = {"step": 400, "num_samples": 250, "sampler": sampler, "respacing": respacing, "cfg_scale": 2.0}
-        return RunResult(rid, rid, 0, "done", "vanilla", {}, {}, evals=[ev])
+        return RunRecord(rid, group=rid, status="done", routing="vanilla", evals=[ev])
 
     mixed = [run("g0", "ddim", "ddim25"), run("g1", "ddim", "ddim25"), run("f0", "heun", "25")]
     assert _eval_settings(mixed) == ("; 250 samples per eval, sampler ddim ddim25, cfg scale 2.0 (2 runs); "
                                      "250 samples per eval, sampler heun 25, cfg scale 2.0 (1 run)")
     assert _eval_settings(mixed[:2]) == ", 250 samples per eval, sampler ddim ddim25, cfg scale 2.0"
-    assert _eval_settings([RunResult("n", "n", 0, "new", "vanilla", {}, {})]) == ""
+    assert _eval_settings([RunRecord("n", group="n", status="new", routing="vanilla")]) == ""
 
 
 def test_metric_table_counts_the_seeds_that_have_a_value_not_the_planned_runs():
-    from dtr_plugins.experiments.report import RunResult
+    from dtr_plugins.runs.record import RunRecord
 
     def run(seed, status, fid=None):
         evals = [{"step": 400, "frechet_inception_distance": fid}] if fid is not None else []
-        return RunResult(f"vanilla__seed{seed}", "vanilla", seed, status, "vanilla", {}, {}, evals=evals)
+        return RunRecord(f"vanilla__seed{seed}", seed, group="vanilla", status=status, routing="vanilla", evals=evals)
 
     table = metric_table("frechet_inception_distance", [run(0, "done", 9.0), run(1, "done", 11.0), run(2, "new")])
     assert "| `vanilla` | 2 | **10 ± 1.4** |" in table.splitlines()  # the only row is the best

@@ -64,8 +64,9 @@ def extra_metric(monkeypatch):
 def test_a_registered_metric_reaches_cli_config_report_runs_and_card(extra_metric, tmp_path):
     from dtr_plugins.cli import build_parser
     from dtr_plugins.experiments.compare import metric_info
-    from dtr_plugins.experiments.report import RunResult, metric_table, write_csv
+    from dtr_plugins.experiments.report import metric_table, write_csv
     from dtr_plugins.runs.listing import RunSummary, format_runs_table
+    from dtr_plugins.runs.record import RunRecord
     from dtr_plugins.sharing.model_card import metrics_of
 
     args = build_parser().parse_args(["eval", "--samples", "s", "--ref", "r", "--out", "o", "--metrics", "sharpness"])
@@ -73,7 +74,7 @@ def test_a_registered_metric_reaches_cli_config_report_runs_and_card(extra_metri
     cfg = tiny(tmp_path, eval={"at_end": False, "metrics": ["fid", "sharpness"]})
     assert cfg.eval.metrics == ["fid", "sharpness"]
     assert metric_info("sharpness_mean") == ("sharpness", "higher")
-    runs = [RunResult(id=f"a__seed{s}", group="a", seed=s, status="done", routing="dtr", config={}, meta={},
+    runs = [RunRecord(id=f"a__seed{s}", group="a", seed=s, status="done", routing="dtr", config={}, meta={},
                       evals=[{"step": 4, "sharpness_mean": v}]) for s, v in ((0, 0.5), (1, 0.7))]
     assert "### sharpness (higher is better)" in metric_table("sharpness_mean", runs)
     assert write_csv(runs, tmp_path / "results.csv") == ["sharpness_mean"]
