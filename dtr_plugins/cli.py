@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.errors import UserError, user_message
+from dtr_plugins.core.metrics import selectable as metric_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -197,12 +198,12 @@ def cmd_suite(args) -> int:
 def cmd_report(args) -> int:
     """A suite folder (``suite.json``) gets the suite report, a run directory its own
     (:mod:`dtr_plugins.experiments.run_report`)."""
-    from pathlib import Path
 
     from dtr_plugins.experiments.report import build_report
     from dtr_plugins.experiments.run_report import build_run_report
+    from dtr_plugins.runs.rundir import is_suite_dir
 
-    suite = (Path(args.suite_dir) / "suite.json").exists()
+    suite = is_suite_dir(args.suite_dir)
     path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
     print(f"report: {path}")
     return 0
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
-    p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=metric_names())
     p.add_argument("--feature-extractor", default="inception-v3-compat")
     p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
     p.add_argument("--out", required=True, help="JSON file to write")
@@ -334,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of every run, after the suite's set: (repeatable)")
     p.add_argument("--rerun-changed", action="store_true",
-                   help="runs whose config changed since they ran: move them to <id>.stale-<fp8> and train anew")
+                   help="runs whose config changed so their checkpoints cannot continue (not train.steps, eval or "
+                        "sample settings): move them to <id>.stale-<fp8> and train anew")
     p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
                    help="local launcher: print each running run's step every SECONDS (default 30)")
     # launcher options (slurm helper)

@@ -145,7 +145,19 @@ class SampleConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])  # type: ignore[arg-type]
+    metrics: list[str] = Field(default_factory=lambda: ["fid"],
+                               description="metric names of the registry (dtr_plugins.core.metrics)")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from dtr_plugins.core.metrics import selectable
+
+        allowed = selectable()
+        unknown = [m for m in value if m not in allowed]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r} (allowed: {', '.join(allowed)})")
+        return value
     feature_extractor: str = "inception-v3-compat"
     weights_path: str | None = None
     reference: str | None = Field(None, description="dataset:NAME, a folder or an .npz; default: the training data")

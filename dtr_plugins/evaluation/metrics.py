@@ -33,17 +33,14 @@ import numpy as np
 import torch
 
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.metrics import REGISTRY, needs_reference
 from dtr_plugins.evaluation.stats_cache import ReferenceStats, fid_statistics
 from dtr_plugins.extractors.builtin import EvalError
 
-#: our metric name -> the keys torch-fidelity returns for it
-METRICS: dict[str, tuple[str, ...]] = {
-    "fid": ("frechet_inception_distance",),
-    "isc": ("inception_score_mean", "inception_score_std"),
-    "kid": ("kernel_inception_distance_mean", "kernel_inception_distance_std"),
-    "prc": ("precision", "recall", "f_score"),
-}
-BINARY_METRICS = ("fid", "kid", "prc")  # compare against a reference
+#: our metric name -> the keys torch-fidelity returns for it (from the registry, :mod:`dtr_plugins.core.metrics`)
+METRICS: dict[str, tuple[str, ...]] = {m.name: tuple(v.key for v in m.values)
+                                       for m in REGISTRY.values() if m.selectable}
+BINARY_METRICS = needs_reference()  # compare against a reference
 KID_SUBSET_SIZE = 1000
 PRC_NEIGHBORHOOD = 3
 ISC_SPLITS = 10

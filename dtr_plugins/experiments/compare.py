@@ -28,11 +28,13 @@ same interval and the verdict *faster* / *slower* / *not resolved*.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-LOWER, HIGHER = "lower", "higher"
+from dtr_plugins.core.metrics import HIGHER, LOWER, compared, value_of
+from dtr_plugins.runs.record import RunRecord
+
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
 NOT_RESOLVABLE = "not resolvable"
 INTERVAL_METHOD = "t"
@@ -41,26 +43,13 @@ DEFAULT_PRIMARY = "heldout/total"
 PRIMARY, SECONDARY, BANDS, CONVERGENCE = "primary", "other metrics", "noise bands", "convergence"
 BONFERRONI, NO_CORRECTION = "Bonferroni", "none"
 
-#: metric key -> (short title, which direction is better)
-METRICS: dict[str, tuple[str, str]] = {
-    "heldout/total": ("held-out loss", LOWER),
-    "frechet_inception_distance": ("FID", LOWER),
-    "kernel_inception_distance_mean": ("KID", LOWER),
-    "inception_score_mean": ("IS", HIGHER),
-    "precision": ("precision", HIGHER),
-    "recall": ("recall", HIGHER),
-    "class_accuracy": ("class accuracy", HIGHER),
-    "train_loss": ("training loss", LOWER),
-}
-
-
 def metric_info(metric: str) -> tuple[str, str] | None:
-    """``(title, "lower" | "higher")`` for a metric key; held-out bands are ``heldout/band<k>``; None if unknown."""
-    if metric in METRICS:
-        return METRICS[metric]
-    if metric.startswith("heldout/band") and metric[len("heldout/band"):].isdigit():
-        return f"held-out loss, band {metric[len('heldout/band'):]}", LOWER
-    return None
+    """``(title, "lower" | "higher")`` of a compared metric key (:func:`dtr_plugins.core.metrics.compared`; held-out
+    bands are ``heldout/band<k>``); None if unknown or not compared."""
+    value = value_of(metric)
+    if value is None or value.direction is None:
+        return None
+    return value.title, value.direction
 
 
 def is_band(metric: str) -> bool:
@@ -73,27 +62,6 @@ def family(label: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class RunRecord:
-    """One run: ``axes`` maps each varied axis (not the seed) to its value's label, ``curves`` maps each
-    metric to its ``(step, value)`` points in step order; ``heldout_fingerprint`` identifies the held-out
-    inputs it was scored on (see :mod:`dtr_plugins.evaluation.heldout`)."""
-
-    id: str
-    seed: int
-    axes: Mapping[str, str]
-    curves: Mapping[str, Sequence[tuple[int, float]]]
-    status: str = "done"
-    heldout_fingerprint: str | None = None
-
-    def final(self, metric: str) -> tuple[int, float] | None:
-        points = self.curves.get(metric) or ()
-        if not points:
-            return None
-        step, value = points[-1]
-        return (step, value)
-
-
 # ----------------------------------------------------------------------------------------- outputs
 @dataclass(frozen=True)
 class PairedDifference:
@@ -367,7 +335,7 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
     reason. Raises ``ValueError`` for a metric (or primary) of unknown direction.
     """
     if metric_info(primary) is None:
-        raise ValueError(f"primary metric {primary!r}: direction unknown (known: {', '.join(METRICS)}, "
+        raise ValueError(f"primary metric {primary!r}: direction unknown (known: {', '.join(compared())}, "
                          f"heldout/band<k>)")
     groups, skipped = pair_runs(runs, axis, baseline)
     if metrics is None:
@@ -377,7 +345,8 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
                               primary=primary)
     for metric in metrics:
         if metric_info(metric) is None:
-            raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(METRICS)}, heldout/band<k>)")
+            raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(compared())}, "
+                             "heldout/band<k>)")
     for (label, setting), pairs in groups.items():
         result.max_seeds = max(result.max_seeds, len({r.seed for r, _ in pairs}))
         present = [m for m in metrics if any(m in r.curves and m in b.curves for r, b in pairs)]
@@ -399,7 +368,7 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
 
 
 def _metric_order(metric: str) -> tuple[int, int, str]:
-    keys = list(METRICS)
-    if metric in METRICS:
+    keys = list(compared())
+    if metric in keys:
         return (0, keys.index(metric), metric)
     return (1, int(metric[len("heldout/band"):]) if is_band(metric) else 0, metric)

@@ -1,4 +1,4 @@
-"""A suite folder -> :class:`~dtr_plugins.experiments.compare.RunRecord` per run, for paired comparisons.
+"""A suite folder -> one :class:`~dtr_plugins.runs.record.RunRecord` per run, for the report and comparisons.
 
 Reads what the runs wrote: ``suite.json`` (run ids and their matrix assignment), and per run
 ``status.json``, ``config.yaml`` (the applied seed and routing) and ``metrics.jsonl``:
@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dtr_plugins.experiments.compare import RunRecord, metric_info
+from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.runs.record import RunRecord
+from dtr_plugins.runs.rundir import SuiteIndex
 
 _BODY_KEYS = ("eval", "heldout")
 
@@ -72,23 +74,35 @@ def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> 
     return axes
 
 
-def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
-    """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``, runs with a
-    damaged record file ``unreadable (<file>)``)."""
-    from dtr_plugins.runs.rundir import RunDir, read_suite_index
+def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
+    """Values of compared metrics must be numbers; anything else under a metric's name is dropped, not plotted."""
+    return {k: v for k, v in result.items() if not metric_info(k) or isinstance(v, (int, float))}
 
-    suite_dir = Path(suite_dir)
-    index = read_suite_index(suite_dir)
+
+def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
+    """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``), read
+    through :class:`~dtr_plugins.runs.rundir.SuiteIndex` and :class:`~dtr_plugins.runs.rundir.RunDir`."""
+    suite = SuiteIndex(suite_dir)
     out = []
-    for entry in index["runs"]:
-        run_dir = RunDir(suite_dir / entry["id"])
+    for entry in suite.entries():
+        run_dir = suite.run(entry["id"])
         damaged = run_dir.unreadable()
-        status = f"unreadable ({damaged})" if damaged else str(run_dir.read_status().get("state", "new"))
         config = run_dir.read_config()
-        assignment = entry.get("assignment") if isinstance(entry.get("assignment"), dict) else {}
+        found = entry.get("assignment")
+        assignment: dict[str, Any] = found if isinstance(found, dict) else {}
         seed = config.get("seed", assignment.get("seed", 0))
-        curves, fingerprint = curves_from_records(run_dir.read_metrics())
+        records = run_dir.read_metrics()
+        curves, fingerprint = curves_from_records(records)
+        steps = [r for r in records if isinstance(r.get("step"), int)]
+        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in steps if isinstance(r.get("eval"), dict)]
+        recorded, planned = run_dir.read_fingerprint(), entry.get("fingerprint")
+        routing = config.get("routing")
+        status = f"unreadable ({damaged})" if damaged else str(run_dir.read_status().get("state", "new"))
         out.append(RunRecord(id=entry["id"], seed=seed if isinstance(seed, int) else 0,
-                             axes=axes_of(entry["id"], assignment, config),
-                             curves=curves, status=status, heldout_fingerprint=fingerprint))
+                             axes=axes_of(entry["id"], assignment, config), curves=curves, status=status,
+                             heldout_fingerprint=fingerprint, group=str(entry.get("group", entry["id"])),
+                             routing=str(routing.get("name", "?")) if isinstance(routing, dict) else "?",
+                             config=config, meta=run_dir.read_meta(), evals=evals,
+                             train=[r for r in steps if "loss" in r],  # held-out and eval lines are not training
+                             current=None in (recorded, planned) or recorded == planned))  # unknown: not stale
     return out

@@ -12,7 +12,7 @@
 - ``machine`` (device), ``torch``, ``dtr_plugins``, ``git_commit``, ``date`` (training start, UTC ISO 8601),
   from the run's ``meta.json``.
 
-:func:`records_from_raw` turns the lines back into :class:`~.compare.RunRecord` s, so every table of the
+:func:`records_from_raw` turns the lines back into :class:`~dtr_plugins.runs.record.RunRecord` s, so every table of the
 report can be recomputed from the committed file alone (``make figures``, ``scripts/figures.py``).
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import write_text
-from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, RunRecord
+from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
 from dtr_plugins.experiments.compare_records import runs_from_suite
+from dtr_plugins.runs.record import RunRecord
 from dtr_plugins.runs.rundir import RunDir
 
 RAW_FILE = "raw_results.jsonl"

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.metrics import compared
 from dtr_plugins.core.numbers import MISSING, fmt
-from dtr_plugins.experiments.compare import METRICS as COMPARED
 from dtr_plugins.experiments.compare import metric_info
 from dtr_plugins.experiments.compare_records import curves_from_records
 from dtr_plugins.runs.rundir import RunDir
@@ -151,7 +151,7 @@ def summarize_run(path: str | Path, root: str | Path | None = None) -> RunSummar
 
 
 def _metric_order(key: str) -> tuple[int, str]:
-    order = list(COMPARED)
+    order = list(compared())
     return (order.index(key), key) if key in order else (len(order), key)
 
 

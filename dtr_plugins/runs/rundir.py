@@ -15,6 +15,11 @@
       eval.json            the final evaluation
       .lock                held (``flock``) by the one ``dtr train`` writing the run: its pid and host
 
+A suite folder ``<suite>/`` holds ``suite.json`` (its index: name, file, and per run its id, group, matrix
+assignment and plan fingerprint; :class:`SuiteIndex`) beside its run directories.
+
+This module is the one reader of these files: nothing else opens them by name.
+
 metrics.jsonl is appended one whole line per ``os.write`` on an ``O_APPEND`` descriptor; a trailing line cut
 by a crash or a full disk is dropped (with a warning) when the file is read or a run resumes.
 """
@@ -35,7 +40,7 @@ from dtr_plugins.core.io import write_json, write_text
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
 
-__all__ = ["RunDir", "RunLocked", "read_suite_index"]
+__all__ = ["RunDir", "RunLocked", "SuiteIndex", "is_suite_dir", "read_suite_index"]
 
 
 class RunLocked(UserError):
@@ -58,6 +63,31 @@ class RunDir:
     def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
         """The run a checkpoint file ``<run>/checkpoints/N.pt`` belongs to."""
         return cls(Path(checkpoint).parent.parent)
+
+    @classmethod
+    def locate(cls, source: str | Path) -> tuple[RunDir, Path]:
+        """A run directory (its newest checkpoint) or one checkpoint file -> (its run, the checkpoint path).
+        Raises :class:`CheckpointError` (one line) when ``source`` is neither or the run has no checkpoint."""
+        source = Path(source)
+        if source.is_dir():
+            run = cls(source)
+            return run, run.require_checkpoint()
+        if source.is_file():
+            return cls.of_checkpoint(source), source
+        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+
+    def config_of(self, ckpt: Any, ckpt_path: Path) -> ExperimentConfig:
+        """The config that goes with the weights of ``ckpt`` (read from ``ckpt_path``), for every reader
+        (``dtr sample``, ``dtr export``, ``from_pretrained``): the config the checkpoint itself holds (what
+        trained those weights, also after a resume changed ``config.yaml``), else this run's ``config.yaml``.
+        Raises :class:`CheckpointError` when there is neither, ConfigError when it does not validate."""
+        from dtr_plugins.core.config import config_from_dict, read_yaml
+
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+            return config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
+        if self.config_path.is_file():
+            return config_from_dict(read_yaml(self.config_path), source=str(self.config_path))
+        raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {self.config_path} does not exist")
 
     # ------------------------------------------------------------------------------------ paths
     @property
@@ -167,6 +197,15 @@ class RunDir:
 
     def write_status(self, status: dict[str, Any]) -> Path:
         return write_json(self.status_path, status)
+
+    def read_fingerprint(self) -> str | None:
+        """The plan fingerprint a suite started this run with (``config.sha256``), or None."""
+        if not self.fingerprint_path.is_file():
+            return None
+        return self.fingerprint_path.read_text().strip() or None
+
+    def write_fingerprint(self, fingerprint: str) -> Path:
+        return write_text(self.fingerprint_path, fingerprint + "\n")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record as one whole line: a single ``os.write`` on an ``O_APPEND`` descriptor.
@@ -311,6 +350,48 @@ class RunDir:
 
     def write_eval(self, result: dict[str, Any]) -> Path:
         return write_json(self.eval_path, result)
+
+    def read_eval(self) -> dict[str, Any]:
+        """The final evaluation (``eval.json``), {} when there is none or it does not parse."""
+        return _read_json(self.eval_path)
+
+
+SUITE_INDEX = "suite.json"
+
+
+def is_suite_dir(path: str | Path) -> bool:
+    """Does ``path`` hold a suite index (``suite.json``)?"""
+    return (Path(path) / SUITE_INDEX).is_file()
+
+
+class SuiteIndex:
+    """A suite folder's index ``<suite>/suite.json``: ``{"name", "file", "runs": [{"id", "group", "assignment",
+    "fingerprint"}]}``, written by ``dtr suite`` before its runs start."""
+
+    def __init__(self, suite_dir: str | Path):
+        self.root = Path(suite_dir)
+        self.path = self.root / SUITE_INDEX
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> dict[str, Any]:
+        """The index; raises :class:`UserError` (one line naming the file) when the folder has none, it does not
+        parse or it is not of that shape (:func:`read_suite_index`)."""
+        return read_suite_index(self.root)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The index's run entries that name an id (others are skipped)."""
+        runs = self.read().get("runs")
+        if not isinstance(runs, list):
+            return []
+        return [e for e in runs if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.root / run_id)
+
+    def write(self, index: dict[str, Any]) -> Path:
+        return write_json(self.path, index)
 
 
 def _truncate(fd: int, size: int) -> None:

@@ -22,9 +22,9 @@ import torch
 
 from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
-from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
+from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec
-from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
@@ -213,21 +213,9 @@ def null_label(model: Backbone, scale: float = 2.0) -> int:
 def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint, weights_in
 
-    source = Path(source)
-    if source.is_dir():
-        ckpt_path = RunDir(source).require_checkpoint()
-        run_cfg = RunDir(source).config_path
-    elif source.is_file():
-        ckpt_path, run_cfg = source, RunDir.of_checkpoint(source).config_path
-    else:
-        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    run, ckpt_path = RunDir.locate(source)
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
-    if source.is_file() and isinstance(ckpt, dict) and "config" in ckpt:
-        cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
-    elif run_cfg.exists():
-        cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
-    else:
-        raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
+    cfg = run.config_of(ckpt, ckpt_path)
     parts = compose(cfg, data=False)  # the model, its process and codec, each built once
     model = parts.model
     apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)  # refuses NaN / inf weights

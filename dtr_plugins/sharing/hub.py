@@ -61,35 +61,21 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     """
     from dtr_plugins.compose import codec_spec, compose
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
-    from dtr_plugins.core.config import config_from_dict, read_yaml
-    from dtr_plugins.runs.retention import list_checkpoints
+    from dtr_plugins.runs.rundir import RunDir
 
     if weights not in ("ema", "model"):
         raise UserError(f"--weights: {weights!r} is not allowed (allowed: ema, model)")
     if layout not in ("dtr", "diffusers"):
         raise UserError(f"--format: {layout!r} is not allowed (allowed: dtr, diffusers)")
-    source, out = Path(source), Path(out)
-    if source.is_dir():
-        found = list_checkpoints(source / "checkpoints")
-        if not found:
-            raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'}")
-        ckpt_path, run_dir = found[-1], source
-    elif source.is_file():
-        ckpt_path, run_dir = source, source.parent.parent
-    else:
-        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    out = Path(out)
+    run, ckpt_path = RunDir.locate(source)
     _check_out(out)
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(weights), dict):
         have = ", ".join(k for k in ("ema", "model") if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict))
         raise CheckpointError(f"{ckpt_path}: no '{weights}' weights in this checkpoint (has: {have or 'neither'}); "
                               f"--weights {'model' if weights == 'ema' else 'ema'} exports the other set")
-    if isinstance(ckpt.get("config"), dict):
-        cfg = config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
-    elif (run_dir / "config.yaml").is_file():
-        cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
-    else:
-        raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {run_dir / 'config.yaml'} does not exist")
+    cfg = run.config_of(ckpt, ckpt_path)
     model = compose(cfg, data=False).model
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -99,8 +85,8 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     spec = codec_spec(cfg)
     if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
         record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}
-    evaluation = _read_json(run_dir / "eval.json")
-    meta = _read_json(run_dir / "meta.json")
+    evaluation = run.read_eval() or None
+    meta = run.read_meta() or None
     with _staging(out) as stage:
         if layout == "dtr":
             _write_dtr(stage, state, cfg.to_dict(), record, evaluation, meta)
@@ -188,15 +174,6 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 

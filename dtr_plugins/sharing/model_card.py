@@ -14,18 +14,8 @@ from typing import Any
 
 import yaml
 
-#: eval.json key -> name shown on the card (in this order); other numeric keys follow as they are.
-_METRIC_NAMES = {
-    "frechet_inception_distance": "FID",
-    "inception_score_mean": "Inception score (mean)",
-    "inception_score_std": "Inception score (std)",
-    "kernel_inception_distance_mean": "KID (mean)",
-    "kernel_inception_distance_std": "KID (std)",
-    "precision": "precision",
-    "recall": "recall",
-    "f_score": "F-score",
-    "class_accuracy": "class accuracy",
-}
+from dtr_plugins.core.metrics import card_titles
+
 #: provenance keys of eval.json, not metrics
 _PROVENANCE = {"step", "sampler", "respacing", "cfg_scale", "cfg_channels", "train_precision", "world_size", "seed",
                "feature_extractor", "weights_sha256", "num_samples", "num_reference", "image_size",
@@ -33,9 +23,10 @@ _PROVENANCE = {"step", "sampler", "respacing", "cfg_scale", "cfg_channels", "tra
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
-    """The metric values of an ``eval.json`` record, in :data:`_METRIC_NAMES` order (settings such as
-    ``model_evaluations_per_image``, ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
-    return {k: float(result[k]) for k in _METRIC_NAMES
+    """The metric values of an ``eval.json`` record, in the metric registry's order
+    (:func:`dtr_plugins.core.metrics.card_titles`; settings such as ``model_evaluations_per_image``,
+    ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
+    return {k: float(result[k]) for k in card_titles()
             if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
 
 
@@ -90,7 +81,7 @@ def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | 
                         f"step {record.get('step')}); evaluate this folder with `dtr sample` and `dtr eval` to measure "
                         "them.", ""]
     lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {_METRIC_NAMES[k]} | {v:.4g} |" for k, v in values.items()]
+    lines += [f"| {card_titles()[k]} | {v:.4g} |" for k, v in values.items()]
     lines.append("")
     lines.append("How they were measured (as recorded in the run's `eval.json`): "
                  f"{evaluation.get('num_samples', '?')} samples from the **{_weights_label(weights)}** weights at "

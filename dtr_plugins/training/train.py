@@ -34,7 +34,7 @@ from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
-from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
+from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
@@ -154,7 +154,7 @@ def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
                       "that the config is the one it was trained with", stacklevel=2)
         return
     new = cfg.to_dict()
-    if stored == config_fingerprint(new):
+    if stored == weights_fingerprint(new):
         return
     allowed = ", ".join(RESUMABLE_KEYS)
     diff = first_difference(ckpt.get("config") or {}, new)
@@ -178,7 +178,7 @@ def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: in
                      "device": old.get("device"), "started": old.get("started"), "finished": old.get("finished"),
                      "git_commit": old.get("git_commit")}]
     merged = {**old, **meta, "started": old.get("started", meta["started"]), "segments": [*segments, segment],
-              "config_fingerprint": config_fingerprint(cfg.to_dict())}
+              "config_fingerprint": weights_fingerprint(cfg.to_dict())}
     for stale in ("finished", "ranks_in_sync"):
         merged.pop(stale, None)
     if resume and old:

@@ -148,13 +148,13 @@ class TrainState:
         """The checkpoint payload (format of :mod:`dtr_plugins.core.checkpoint`), with the config's identity
         (``config_fingerprint``) and the routing the weights were trained with (``routing``)."""
         from dtr_plugins.core.checkpoint import routing_record
-        from dtr_plugins.core.fingerprint import config_fingerprint
+        from dtr_plugins.core.fingerprint import weights_fingerprint
 
         config = cfg.to_dict()
         return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
                     optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
                     scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
-                    config=config, config_fingerprint=config_fingerprint(config), routing=routing_record(self.model))
+                    config=config, config_fingerprint=weights_fingerprint(config), routing=routing_record(self.model))
 
     @torch.no_grad()
     def nonfinite(self) -> list[str]:

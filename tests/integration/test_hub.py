@@ -363,3 +363,19 @@ def test_cached_snapshot_without_weights_counts_as_absent(run_dir, tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         dp.from_pretrained("hf://someone/partial")
+
+
+def test_sample_and_export_read_the_same_config_of_a_resumed_run(run_dir, tmp_path):
+    # the bug: `dtr sample RUN` read config.yaml and `dtr export RUN` the checkpoint's config, so after a resume
+    # that changed config.yaml (train.steps raised, another respacing; stopped before its next checkpoint) they
+    # built the model and sampler from different configs
+    run = shutil.copytree(run_dir, tmp_path / "resumed")
+    text = (run / "config.yaml").read_text()
+    assert "respacing: ddim5" in text and "steps: 4" in text
+    text = text.replace("respacing: ddim5", "respacing: ddim3").replace("steps: 4", "steps: 6")
+    (run / "config.yaml").write_text(text)
+    cfg = load_run(run, device="cpu")[0]
+    exported = json.loads((hub.export_run(run, tmp_path / "out") / "config.json").read_text())
+    assert (cfg.sample.respacing, cfg.train.steps) == ("ddim5", 4)  # what trained the newest checkpoint's weights
+    assert (exported["sample"]["respacing"], exported["train"]["steps"]) == (cfg.sample.respacing, cfg.train.steps)
+    assert {k: exported[k] for k in cfg.to_dict()} == cfg.to_dict()

@@ -202,11 +202,12 @@ def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
 
 
 def test_metric_table_counts_the_seeds_that_have_a_value():
-    from dtr_plugins.experiments.report import RunResult, metric_table
+    from dtr_plugins.experiments.report import metric_table
+    from dtr_plugins.runs.record import RunRecord
 
     def run(seed, fid=None):
         evals = [{"step": 20, "frechet_inception_distance": fid}] if fid is not None else []
-        return RunResult(id=f"dtr__seed{seed}", group="dtr", seed=seed, status="done" if evals else "new",
+        return RunRecord(id=f"dtr__seed{seed}", group="dtr", seed=seed, status="done" if evals else "new",
                          routing="dtr", config={}, meta={}, evals=evals)
 
     table = metric_table("frechet_inception_distance", [run(0, 36.3412), run(1), run(2)])
