@@ -26,7 +26,7 @@ from dtr_plugins.core.io import write_text
 from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
 from dtr_plugins.experiments.compare_records import runs_from_suite
 from dtr_plugins.runs.record import RunRecord
-from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.runs.rundir import SuiteIndex
 
 RAW_FILE = "raw_results.jsonl"
 REQUIRED = ("suite", "run_id", "status", "seed", "axes", "config_fingerprint", "final", "curves", "machine",
@@ -36,13 +36,14 @@ REQUIRED = ("suite", "run_id", "status", "seed", "axes", "config_fingerprint", "
 def raw_lines(suite_dir: str | Path) -> list[dict[str, Any]]:
     """One mapping per run of the suite in ``suite_dir`` (see the module docstring for the keys)."""
     suite_dir = Path(suite_dir)
-    index = json.loads((suite_dir / "suite.json").read_text()) if (suite_dir / "suite.json").exists() else {}
-    planned = {e["id"]: e.get("fingerprint") for e in index.get("runs", [])}
+    suite = SuiteIndex(suite_dir)
+    index = suite.read()
+    planned = {e["id"]: e.get("fingerprint") for e in suite.entries()}
     out = []
     for run in runs_from_suite(suite_dir):
-        run_dir = RunDir(suite_dir / run.id)
+        run_dir = suite.run(run.id)
         meta = run_dir.read_meta()
-        recorded = run_dir.fingerprint_path.read_text().strip() if run_dir.fingerprint_path.is_file() else None
+        recorded = run_dir.read_fingerprint()
         out.append({
             "suite": index.get("name", suite_dir.name), "run_id": run.id, "status": run.status, "seed": run.seed,
             "axes": dict(run.axes), "config_fingerprint": recorded or planned.get(run.id),

@@ -46,10 +46,13 @@ def test_suite_index_problems_are_one_line(tmp_path):
     with pytest.raises(UserError, match="not a suite folder"):
         SuiteIndex(tmp_path).read()
     (tmp_path / "suite.json").write_text('{"runs": [')
-    with pytest.raises(UserError, match="suite.json: not valid JSON"):
+    with pytest.raises(UserError, match="suite.json: unreadable"):
         SuiteIndex(tmp_path).read()
     (tmp_path / "suite.json").write_text('{"name": "s", "runs": [{"id": "a"}, 3, {"group": "x"}]}')
-    assert SuiteIndex(tmp_path).entries() == [{"id": "a"}]
+    with pytest.raises(UserError, match="suite.json: not a suite index"):
+        SuiteIndex(tmp_path).entries()
+    (tmp_path / "suite.json").write_text('{"name": "s", "runs": [{"id": "a"}, {"id": "b", "group": "x"}]}')
+    assert [e["id"] for e in SuiteIndex(tmp_path).entries()] == ["a", "b"]
 
 
 @pytest.fixture
