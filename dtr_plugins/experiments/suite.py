@@ -36,7 +36,7 @@ from dtr_plugins.core.config import (
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.io import write_json, write_text
 from dtr_plugins.core.plugins import default_registry, format_validation_error
-from dtr_plugins.launchers import RunSpec, launcher_from_section
+from dtr_plugins.launchers import RunSpec, describe_launcher, resolve_launcher
 from dtr_plugins.runs.rundir import RunDir
 
 
@@ -317,8 +317,9 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if progress_every is not None and (launcher or section.get("name", "local")) == "local":
         section = {**section, "progress_every": progress_every}
     launchers = registry if registry is not None and registry.names("launcher") else default_registry()
-    runner = launcher_from_section(section, override=launcher, registry=launchers,
-                                   where=str(suite.path), settings=launcher_settings)
+    launcher_name, options, info = resolve_launcher(section, override=launcher, registry=launchers,
+                                                    where=str(suite.path), settings=launcher_settings)
+    runner = info.factory(**options)
     if runner.blocking and (wait or cancel):
         flag = "--cancel" if cancel else "--wait"
         name = launcher or section.get("name", "local")
@@ -327,6 +328,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     changed = changed_runs(suite, runs)
     if dry_run:
+        print("\n".join(describe_launcher(launcher_name, options)))
         live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
         stale = {r.id for r, _ in changed}
         for r in runs:
