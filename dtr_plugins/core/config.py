@@ -41,6 +41,21 @@ def check_path_component(value: Any, key: str) -> str:
     return value
 
 
+def check_inside_path(value: str) -> str:
+    """``value`` if it is a relative path that stays inside the folder it is joined to (no absolute path,
+    no ``..`` component, no control character), else ``ValueError`` saying what is allowed (for a pydantic
+    field validator: the message gets the key). Output folders a config names go through it."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from dtr_plugins.core.text import first_control_char
+
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if (not value.strip() or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive or ".." in parts or first_control_char(value) is not None):
+        raise ValueError(f"{value!r} must be a relative path inside the run directory (no leading '/', no '..')")
+    return value
+
+
 class _Strict(BaseModel):
     # nan / inf make no sense in any float of these sections (a lr of .inf trains nothing useful)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

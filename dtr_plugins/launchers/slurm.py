@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ class SlurmLauncher:
 
         p = self.p
         executor = submitit.SlurmExecutor(folder=suite_root / "slurm" / "%j", max_num_timeout=p.max_requeues,
-                                          python=p.python)
+                                          python=shlex.quote(p.python) if p.python else None)  # a path, not shell
         params: dict[str, Any] = {
             "job_name": f"dtr-{suite_root.name}", "time": minutes(p.time), "nodes": p.nodes_per_run,
             "ntasks_per_node": 1, "signal_delay_s": p.signal_delay_s, "array_parallelism": p.max_parallel,
