@@ -221,6 +221,17 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
     ``codec``: the run's codec when already built (latent backbones read their geometry from it).
     """
     registry = registry or default_registry()
+    model = build_backbone(cfg, registry, codec=codec)
+    model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
+                                            cond_dim=model.routing_cond_dim()))
+    return model
+
+
+def build_backbone(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
+                   codec: Codec | None = None) -> RoutedBackbone:
+    """The backbone of ``cfg`` without its routing plan (:func:`build_model` attaches it); builds under
+    ``torch.device("meta")`` too, to learn the weights' shapes without allocating them."""
+    registry = registry or default_registry()
     info = registry.get("backbone", cfg.backbone.name)
     params, _ = _backbone_params(cfg, info, codec_spec(cfg), codec, registry)
     try:
@@ -235,8 +246,6 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
         raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
                           f"{type(model).__name__}")
     _check_contract(model, Backbone, "backbone", info)
-    model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
-                                            cond_dim=model.routing_cond_dim()))
     return model
 
 

@@ -166,7 +166,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
         msg, shown = f"expected text, got {text} (read by YAML as {_YAML_TYPE[type(typed)]})", ""
         msg += f"; quote it to mean the text: {loc[-1] if loc else key}: '{text}'"
     elif err["type"] in ("int_parsing", "float_parsing") and isinstance(typed, str):
-        msg, shown = f"expected {'an integer' if err['type'] == 'int_parsing' else 'a number'}, got the text {typed!r}", ""
+        wanted = "an integer" if err["type"] == "int_parsing" else "a number"
+        msg, shown = f"expected {wanted}, got the text {typed!r}", ""
     more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     return f"{key}: {msg}{shown}{more}"
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from yaml import YAMLError
+
 from dtr_plugins.core.config import parse_yaml
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.text import refuse_control_chars
@@ -101,6 +103,6 @@ def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"--launcher-set {item!r}: expected KEY=VALUE, e.g. gpus_per_run=8")
         try:
             out[key.strip()] = parse_yaml(value)
-        except yaml.YAMLError:
+        except YAMLError:
             raise UserError(f"--launcher-set {item!r}: the value is not valid YAML") from None
     return out

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -149,11 +150,11 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
-    from safetensors.torch import save_file
+    from dtr_plugins.sharing.safetensors_io import save_reproducible
 
     metadata = {"format": "pt", "dtr_export": EXPORT_FORMAT, "weights": str(record["weights"]),
                 "step": str(record["step"])}
-    save_file(dict(state), str(path), metadata=metadata)
+    save_reproducible(state, path, metadata)  # same checkpoint, same bytes, same sha256
     return file_sha256(path)
 
 
@@ -294,7 +295,7 @@ def _load_weights(path: Path) -> dict[str, Any]:
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.compose import build_codec, build_model
+    from dtr_plugins.compose import build_backbone, build_codec, build_model
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -303,10 +304,13 @@ def _load_export(folder: Path, config: dict[str, Any]):
         fmt = record.get("format") if isinstance(record, dict) else record
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
+    from dtr_plugins.sharing.safetensors_io import check_config_fits_weights
+
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
     codec = build_codec(cfg)
-    model = build_model(cfg, codec=codec)
     path = folder / WEIGHTS_FILE
+    check_config_fits_weights(lambda: build_backbone(cfg, codec=codec), path, folder / CONFIG_FILE)
+    model = build_model(cfg, codec=codec)
     apply_checkpoint(model, _load_weights(path), path)
     return cfg, model, codec, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 
@@ -463,6 +467,11 @@ def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token
     weights = WEIGHTS_FILE if EXPORT_KEY in config else "diffusion_pytorch_model.safetensors"
     if not (folder / weights).is_file():
         raise UserError(f"push: {folder} has no {weights}; push a folder written by dtr export")
+    from dtr_plugins.sharing.model_card import absolute_paths
+
+    if local := absolute_paths(config):
+        warnings.warn(f"push: {folder / CONFIG_FILE} holds absolute local paths ({', '.join(local)}) and is uploaded "
+                      "as it is; edit them out first if they should stay private", stacklevel=2)
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
