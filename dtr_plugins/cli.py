@@ -68,7 +68,7 @@ def _check_out_file(out: str, what: str, inputs: Sequence[str] = ()) -> None:
 
 
 def _threads_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads of this process (default: torch's)")
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:

@@ -245,6 +245,9 @@ class ExperimentConfig(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+#: strategies that route nothing: a ``routing.site`` other than the default would be recorded as a routed site
+UNROUTED_STRATEGIES = ("vanilla",)
+
 #: config section -> plugin kind
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
@@ -516,6 +519,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)
+    if cfg.routing.name in UNROUTED_STRATEGIES and cfg.routing.site != "input":
+        raise ConfigError(f"routing.site: {cfg.routing.site!r} given with routing {cfg.routing.name!r}, which routes "
+                          f"nothing (the plain model); remove routing.site, or choose a routing strategy")
     return cfg.model_copy(update=updates)
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
 from dtr_plugins.core.io import file_sha256
+from dtr_plugins.sharing.model_card import absolute_paths
+from dtr_plugins.sharing.safetensors_io import check_config_fits_weights, save_reproducible
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
@@ -150,8 +152,6 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
-    from dtr_plugins.sharing.safetensors_io import save_reproducible
-
     metadata = {"format": "pt", "dtr_export": EXPORT_FORMAT, "weights": str(record["weights"]),
                 "step": str(record["step"])}
     save_reproducible(state, path, metadata)  # same checkpoint, same bytes, same sha256
@@ -304,8 +304,6 @@ def _load_export(folder: Path, config: dict[str, Any]):
         fmt = record.get("format") if isinstance(record, dict) else record
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
-    from dtr_plugins.sharing.safetensors_io import check_config_fits_weights
-
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
     codec = build_codec(cfg)
     path = folder / WEIGHTS_FILE
@@ -467,8 +465,6 @@ def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token
     weights = WEIGHTS_FILE if EXPORT_KEY in config else "diffusion_pytorch_model.safetensors"
     if not (folder / weights).is_file():
         raise UserError(f"push: {folder} has no {weights}; push a folder written by dtr export")
-    from dtr_plugins.sharing.model_card import absolute_paths
-
     if local := absolute_paths(config):
         warnings.warn(f"push: {folder / CONFIG_FILE} holds absolute local paths ({', '.join(local)}) and is uploaded "
                       "as it is; edit them out first if they should stay private", stacklevel=2)
