@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dtr_plugins.core.errors import UserError
-from dtr_plugins.core.io import write_text
+from dtr_plugins.core.io import clean_stale_temps, write_text
 from dtr_plugins.core.numbers import fmt_mean_std
 from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
@@ -213,6 +213,7 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
     from dtr_plugins.experiments import plots
 
     out_dir = suite_dir / "plots"
+    clean_stale_temps(out_dir)  # left by a report that was killed mid-write
     made = []
     groups = _groups(results)
     if metric_keys:
