@@ -68,7 +68,7 @@ def _check_out_file(out: str, what: str, inputs: Sequence[str] = ()) -> None:
 
 
 def _threads_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads of this process (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of this process (default: torch's)")
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
@@ -144,6 +144,8 @@ def cmd_train(args) -> int:
     from dtr_plugins.training.train import train
 
     if args.threads is not None:
+        if args.threads < 1:  # a flag, not a key of the config file
+            raise UserError(f"--threads: {args.threads} is not a thread count; give an integer of 1 or more")
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]
     cfg = _load(args)  # train() runs validate_run on every rank before the process group
     run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)

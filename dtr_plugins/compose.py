@@ -49,8 +49,8 @@ from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
 IDENTITY = "identity"
 
 __all__ = ["CodecSpec", "Components", "ModelInput", "codec_spec", "build_codec", "build_strategy_from",
-           "build_model", "build_routing_plan", "build_diffusion", "build_loss_weighting", "build_dataset",
-           "build_components", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
+           "build_model", "build_backbone", "build_routing_plan", "build_diffusion", "build_loss_weighting",
+           "build_dataset", "build_components", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
            "backbone_input_space", "validate_run"]
 
 
@@ -216,21 +216,16 @@ def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
                 codec: Codec | None = None) -> RoutedBackbone:
-    """The backbone with the routing plan of ``cfg.routing`` attached: ``model(x, t, y=None)``.
-
-    ``codec``: the run's codec when already built (latent backbones read their geometry from it).
-    """
-    registry = registry or default_registry()
-    model = build_backbone(cfg, registry, codec=codec)
-    model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
-                                            cond_dim=model.routing_cond_dim()))
+    """The backbone with ``cfg.routing``'s plan attached; ``codec``: the run's, when built (latent geometry)."""
+    model = build_backbone(cfg, registry := registry or default_registry(), codec=codec)
+    plan = build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry, cond_dim=model.routing_cond_dim())
+    model.attach_routing(plan)
     return model
 
 
 def build_backbone(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
                    codec: Codec | None = None) -> RoutedBackbone:
-    """The backbone of ``cfg`` without its routing plan (:func:`build_model` attaches it); builds under
-    ``torch.device("meta")`` too, to learn the weights' shapes without allocating them."""
+    """The backbone of ``cfg`` without its routing plan; builds under ``torch.device("meta")`` too."""
     registry = registry or default_registry()
     info = registry.get("backbone", cfg.backbone.name)
     params, _ = _backbone_params(cfg, info, codec_spec(cfg), codec, registry)

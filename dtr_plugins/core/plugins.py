@@ -119,6 +119,8 @@ def validate_params(model: type[M], params: Any, where: str = "") -> M:
     except ValidationError as exc:  # refuse here only what strict numbers/booleans refuse
         for err in exc.errors():
             if err["type"] in _LAX_ONLY and isinstance(err.get("input"), (bool, int, float, str)):
+                if _nonfinite_text(err["input"]):
+                    continue  # "nan": refused below as not finite
                 key = ".".join(p for p in (where, ".".join(str(x) for x in err["loc"])) if p)
                 hint = "; write true or false" if err["type"] == "bool_type" else ""
                 raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
@@ -128,6 +130,13 @@ def validate_params(model: type[M], params: Any, where: str = "") -> M:
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
     return validated
+
+
+def _nonfinite_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _refuse_nonfinite(model: type[BaseModel], params: Any, where: str) -> None:
