@@ -50,8 +50,8 @@ IDENTITY = "identity"
 
 __all__ = ["CodecSpec", "Components", "ModelInput", "codec_spec", "build_codec", "build_strategy_from",
            "build_model", "build_backbone", "build_routing_plan", "build_diffusion", "build_loss_weighting",
-           "build_dataset", "build_components", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
-           "backbone_input_space", "validate_run"]
+           "build_dataset", "build_components", "check_composition", "image_shape", "latent_cache_root",
+           "cache_latents", "backbone_input_space", "validate_run"]
 
 
 # ----------------------------------------------------------------------------------------- codec
