@@ -1,0 +1,30 @@
+"""The one guidance rule: classifier-free guidance (Ho & Salimans 2022) needs a
+class-conditional backbone (``num_classes > 1``) trained with label dropout, i.e. one with a ``null_class``.
+
+``dtr validate``, ``dtr train``, ``dtr sample``, :func:`~dtr_plugins.sampling.sample.generate` and the
+processes' samplers all refuse a scale the backbone cannot apply with :func:`check_guidance`'s one line.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dtr_plugins.core.errors import ConfigError
+
+__all__ = ["check_guidance"]
+
+
+def check_guidance(model: Any, scale: float, source: str = "sample.cfg_scale") -> None:
+    """Refuse a guidance ``scale`` != 1 that ``model`` cannot apply.
+
+    ``model``: anything with the :class:`~dtr_plugins.core.contracts.Backbone` attributes ``num_classes``
+    and ``null_class`` (a backbone built on the meta device will do). ``source``: the config key or option
+    the scale came from, named first in the message. Raises :class:`ConfigError` (one line).
+    """
+    if scale == 1.0:
+        return
+    num_classes = int(model.num_classes or 0)
+    if num_classes > 1 and model.null_class is not None:
+        return
+    why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
+    raise ConfigError(f"{source}: {scale:g} asks for classifier-free guidance, but this backbone "
+                      f"(num_classes={num_classes}) {why}; use a scale of 1.0")
