@@ -145,6 +145,8 @@ def cmd_train(args) -> int:
     from dtr_plugins.training.train import compose_checked, train
 
     if args.threads is not None:
+        if args.threads < 1:  # a flag, not a key of the config file
+            raise UserError(f"--threads: {args.threads} is not a thread count; give an integer of 1 or more")
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]
     cfg = _load(args)
     try:  # every rank, before the process group: the checks and the line of `dtr validate`

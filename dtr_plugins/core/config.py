@@ -21,6 +21,10 @@ from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
 from dtr_plugins.core.tracking import check_trackers
+from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-exported: configs are read here
+from dtr_plugins.core.yaml_reader import YamlLimitError as YamlLimitError
+from dtr_plugins.core.yaml_reader import parse_yaml as parse_yaml
+from dtr_plugins.core.yaml_reader import read_yaml as read_yaml
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -41,6 +45,21 @@ def check_path_component(value: Any, key: str) -> str:
                           f"'-'; not '.' or '..')")
     if len(value) > MAX_NAME:  # a file name has at most 255 bytes, and outputs add suffixes to it
         raise ConfigError(f"{key}: {value[:20]!r}... is {len(value)} characters long; at most {MAX_NAME} allowed")
+    return value
+
+
+def check_inside_path(value: str) -> str:
+    """``value`` if it is a relative path that stays inside the folder it is joined to (no absolute path,
+    no ``..`` component, no control character), else ``ValueError`` saying what is allowed (for a pydantic
+    field validator: the message gets the key). Output folders a config names go through it."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from dtr_plugins.core.text import first_control_char
+
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if (not value.strip() or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive or ".." in parts or first_control_char(value) is not None):
+        raise ValueError(f"{value!r} must be a relative path inside the run directory (no leading '/', no '..')")
     return value
 
 
@@ -245,62 +264,13 @@ class ExperimentConfig(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+#: strategies that route nothing: a ``routing.site`` other than the default would be recorded as a routed site
+UNROUTED_STRATEGIES = ("vanilla",)
+
 #: config section -> plugin kind
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
                    "data": "dataset"}
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``1e-4`` as a float (as YAML 1.2 does)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: let PyYAML report it
-                break
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def parse_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with duplicate keys refused and ``1e-4`` read as a float (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; a missing file, non-UTF-8 bytes, malformed YAML or a duplicate key is one line
-    naming the file (and the line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                          f"{exc.start}); save the file as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return parse_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: malformed YAML: {problem}") from None
 
 
 #: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
@@ -443,6 +413,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)
+    if cfg.routing.name in UNROUTED_STRATEGIES and cfg.routing.site != "input":
+        raise ConfigError(f"routing.site: {cfg.routing.site!r} given with routing {cfg.routing.name!r}, which routes "
+                          f"nothing (the plain model); remove routing.site, or choose a routing strategy")
     return cfg.model_copy(update=updates)
 
 

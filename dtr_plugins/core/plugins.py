@@ -101,6 +101,13 @@ _LAX_ONLY = {"int_type": "an integer", "float_type": "a number", "bool_type": "a
 
 M = TypeVar("M", bound=BaseModel)
 
+_YAML_TYPE = {bool: "a boolean", int: "an integer", float: "a number"}
+
+
+def yaml_text(value: bool | int | float) -> str:
+    """How ``value`` is written in YAML (``true``, ``12``, ``0.5``), for messages."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
 
 def validate_params(model: type[M], params: Any, where: str = "") -> M:
     """``model.model_validate(params)`` with strict numbers and booleans: ``true`` is not ``1``, ``"3"`` is
@@ -108,19 +115,29 @@ def validate_params(model: type[M], params: Any, where: str = "") -> M:
     :class:`ConfigError` line naming the key, the value and what is allowed. NaN and infinity are
     refused in every float field (``routing.beta=nan``, ``routing.alpha=.inf``)."""
     _refuse_nonfinite(model, params, where)
+    try:  # strict first: ``num_experts: true`` must not reach a model validator as 1
+        model.model_validate(params, strict=True)
+    except ValidationError as exc:  # refuse here only what strict numbers/booleans refuse
+        for err in exc.errors():
+            if err["type"] in _LAX_ONLY and isinstance(err.get("input"), (bool, int, float, str)):
+                if _nonfinite_text(err["input"]):
+                    continue  # "nan": refused below as not finite
+                key = ".".join(p for p in (where, ".".join(str(x) for x in err["loc"])) if p)
+                hint = "; write true or false" if err["type"] == "bool_type" else ""
+                raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
+                                  f"({type(err['input']).__name__}){hint}") from None
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
-    try:
-        model.model_validate(params, strict=True)
-    except ValidationError as exc:  # lax mode accepted it: refuse only what strict numbers/booleans refuse
-        for err in exc.errors():
-            if err["type"] in _LAX_ONLY and isinstance(err.get("input"), (bool, int, float, str)):
-                key = ".".join(p for p in (where, ".".join(str(x) for x in err["loc"])) if p)
-                raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
-                                  f"({type(err['input']).__name__})") from None
     return validated
+
+
+def _nonfinite_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _refuse_nonfinite(model: type[BaseModel], params: Any, where: str) -> None:
@@ -153,6 +170,14 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
     hidden = (err["type"] in ("missing", "extra_forbidden")
               or (err["type"] == "value_error" and repr(err.get("input")) in msg))
     shown = "" if hidden else f" (got {err.get('input')!r})"
+    typed = err.get("input")
+    if err["type"] == "string_type" and isinstance(typed, (bool, int, float)):
+        text = yaml_text(typed)
+        msg, shown = f"expected text, got {text} (read by YAML as {_YAML_TYPE[type(typed)]})", ""
+        msg += f"; quote it to mean the text: {loc[-1] if loc else key}: '{text}'"
+    elif err["type"] in ("int_parsing", "float_parsing") and isinstance(typed, str):
+        wanted = "an integer" if err["type"] == "int_parsing" else "a number"
+        msg, shown = f"expected {wanted}, got the text {typed!r}", ""
     more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     return f"{key}: {msg}{shown}{more}"
 

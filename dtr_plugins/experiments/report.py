@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dtr_plugins.core.errors import UserError
-from dtr_plugins.core.io import write_text
+from dtr_plugins.core.io import clean_stale_temps, write_text
 from dtr_plugins.core.metrics import LOWER, compared
 from dtr_plugins.core.numbers import fmt_mean_std
 from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
@@ -184,6 +184,7 @@ def _plots(suite_dir: Path, results: list[RunRecord], metric_keys: list[str]) ->
     from dtr_plugins.experiments import plots
 
     out_dir = suite_dir / "plots"
+    clean_stale_temps(out_dir)  # left by a report that was killed mid-write
     made = []
     groups = _groups(results)
     if metric_keys:

@@ -43,7 +43,7 @@ from dtr_plugins.core.io import write_text
 from dtr_plugins.core.metrics import compared
 from dtr_plugins.core.plugins import default_registry, format_validation_error
 from dtr_plugins.experiments.compare import metric_info
-from dtr_plugins.launchers import RunSpec, launcher_from_section
+from dtr_plugins.launchers import RunSpec, describe_launcher, resolve_launcher
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 
 
@@ -356,8 +356,9 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if progress_every is not None and (launcher or section.get("name", "local")) == "local":
         section = {**section, "progress_every": progress_every}
     launchers = registry if registry is not None and registry.names("launcher") else default_registry()
-    runner = launcher_from_section(section, override=launcher, registry=launchers,
-                                   where=str(suite.path), settings=launcher_settings)
+    launcher_name, options, info = resolve_launcher(section, override=launcher, registry=launchers,
+                                                    where=str(suite.path), settings=launcher_settings)
+    runner = info.factory(**options)
     if runner.blocking and (wait or cancel):
         flag = "--cancel" if cancel else "--wait"
         name = launcher or section.get("name", "local")
@@ -366,6 +367,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     changed = changed_runs(suite, runs)
     if dry_run:
+        print("\n".join(describe_launcher(launcher_name, options)))
         live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
         kind = {c.run.id: "resume" if c.resumable else "changed" for c in changed}
         for r in runs:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
-from dtr_plugins.core.io import write_json, write_text
+from dtr_plugins.core.io import clean_stale_temps, write_json, write_text
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
@@ -344,6 +344,8 @@ class RunDir:
                                 "wait for it to finish or stop it") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            for folder in (self.checkpoints, self.path / "plots"):  # what a killed run left half-written
+                clean_stale_temps(folder)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock

@@ -3,7 +3,7 @@
 Under ``torchrun`` each rank samples every world-size-th batch. :func:`sample` writes each rank's part
 to ``<partial>/shards/rank{r}.npz`` and rank 0 merges them (no rank ever holds another rank's images
 except rank 0 while merging); :func:`generate` (the training-time evaluation path) gathers to rank 0 only.
-A sample folder is written as ``<out>.partial-<pid>/`` and renamed into place at the end, so an
+A sample folder is written as ``.<out>.partial-<pid>/`` (hidden) and renamed into place at the end, so an
 interrupted run never leaves a half set that looks complete. Records (``samples.json``) hold the
 values applied, never the ones asked for.
 """
@@ -27,7 +27,7 @@ from dtr_plugins.core.contracts import Backbone, Codec
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
-from dtr_plugins.core.io import atomic_write, write_json
+from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.sample_out import check_out
@@ -361,7 +361,9 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
             sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
             use_ema=use_ema, labels=labels)
         check_out(out_dir, overwrite=overwrite, sources=sources)
-        partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
+        if d.is_main:
+            clean_dead_partials(out_dir)
+        partial = out_dir.with_name(f".{out_dir.name}.partial-{_shared_pid(d)}")  # hidden: never taken as samples
         applied: dict[str, Any] = {}
         with torch.no_grad():
             chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=dev_d, sampler=used_sampler,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
 from dtr_plugins.core.io import file_sha256
+from dtr_plugins.sharing.safetensors_io import check_config_fits_weights, save_reproducible
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
@@ -132,11 +133,9 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
-    from safetensors.torch import save_file
-
     metadata = {"format": "pt", "dtr_export": EXPORT_FORMAT, "weights": str(record["weights"]),
                 "step": str(record["step"])}
-    save_file(dict(state), str(path), metadata=metadata)
+    save_reproducible(state, path, metadata)  # same checkpoint, same bytes, same sha256
     return file_sha256(path)
 
 
@@ -310,9 +309,10 @@ def _load_export(folder: Path, config: dict[str, Any]):
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
+    path = folder / WEIGHTS_FILE  # shapes first: a config.json asking for a huge model allocates nothing
+    check_config_fits_weights(lambda: compose(cfg, data=False, device="meta").model, path, folder / CONFIG_FILE)
     parts = compose(cfg, data=False)
     model = parts.model
-    path = folder / WEIGHTS_FILE
     apply_checkpoint(model, _load_weights(path), path)
     return cfg, parts, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 

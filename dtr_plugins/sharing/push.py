@@ -1,10 +1,20 @@
 """``dtr push``: upload an exported model folder to a Hugging Face hub repo (token never printed)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from dtr_plugins.core.errors import UserError, first_line
-from dtr_plugins.sharing.hub import EXPORT_KEY, HUB_PREFIX, WEIGHTS_FILE, _read_config, _scrub, parse_hub_id
+from dtr_plugins.sharing.hub import (
+    CONFIG_FILE,
+    EXPORT_KEY,
+    HUB_PREFIX,
+    WEIGHTS_FILE,
+    _read_config,
+    _scrub,
+    parse_hub_id,
+)
+from dtr_plugins.sharing.model_card import absolute_paths
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
@@ -23,6 +33,9 @@ def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token
     weights = WEIGHTS_FILE if EXPORT_KEY in config else "diffusion_pytorch_model.safetensors"
     if not (folder / weights).is_file():
         raise UserError(f"push: {folder} has no {weights}; push a folder written by dtr export")
+    if local := absolute_paths(config):
+        warnings.warn(f"push: {folder / CONFIG_FILE} holds absolute local paths ({', '.join(local)}) and is uploaded "
+                      "as it is; edit them out first if they should stay private", stacklevel=2)
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
