@@ -35,15 +35,16 @@ from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
     Backbone,
     Codec,
+    DiffusionProcess,
     InputSpace,
     LearnedRoutingStrategy,
     RoutingStrategy,
+    SupportsGuidance,
     missing_members,
 )
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
-from dtr_plugins.core.process import DiffusionProcess
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
 
 IDENTITY = "identity"
@@ -245,9 +246,9 @@ def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = Non
     """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
     process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
     if not isinstance(process, DiffusionProcess):
-        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (num_timesteps, "
-                          f"training_times, training_losses, sample, loss_bucket, continuous_tasks), "
-                          f"got {type(process).__name__}")
+        missing = ", ".join(missing_members(process, DiffusionProcess))
+        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (see "
+                          f"dtr_plugins/core/contracts.py), got {type(process).__name__} missing {missing}")
     return process
 
 
@@ -403,6 +404,9 @@ def _check_guidance(cfg: ExperimentConfig, model: Backbone) -> None:
     if (model.num_classes or 0) <= 1:
         raise ConfigError(f"sample.cfg_scale: {scale:g} needs a class-conditional backbone, but backbone "
                           f"'{cfg.backbone.name}' has num_classes={model.num_classes}; use sample.cfg_scale: 1.0")
+    if not isinstance(model, SupportsGuidance):
+        raise ConfigError(f"sample.cfg_scale: {scale:g} needs classifier-free guidance, which backbone "
+                          f"'{cfg.backbone.name}' does not support (no null_class); use sample.cfg_scale: 1.0")
     if model.null_class is None:
         raise ConfigError(f"sample.cfg_scale: {scale:g} needs a null class (label dropout), which backbone "
                           f"'{cfg.backbone.name}' was built without; use sample.cfg_scale: 1.0")
@@ -454,8 +458,6 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     ``machine=False`` (``dtr validate --config-only``) checks the config alone, not this machine: no device,
     weights-file, codec (hub VAE) or output-folder checks; a latent backbone is then not built.
     Raises :class:`ConfigError` / :class:`PluginError` (one line)."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion, space_timesteps
-
     registry = registry or default_registry()
     if machine:
         check_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -463,12 +465,7 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
         if cfg.train.batch_size % world:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
     check_composition(cfg, registry)
-    process = build_diffusion(cfg, registry)
-    if isinstance(process, GaussianDiffusion):
-        try:
-            space_timesteps(process.num_timesteps, cfg.sample.respacing)
-        except ConfigError as exc:
-            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
+    build_diffusion(cfg, registry).check_sample_settings(cfg.sample.sampler, cfg.sample.respacing)
     build_loss_weighting(cfg, registry)
     _check_eval(cfg, registry, machine)
     info = registry.get("backbone", cfg.backbone.name)

@@ -22,7 +22,7 @@ import torch
 from dtr_plugins.compose import build_codec, build_diffusion, build_model
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
-from dtr_plugins.core.contracts import Backbone, Codec
+from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
@@ -39,7 +39,7 @@ def balanced_labels(num: int, num_classes: int) -> np.ndarray:
 def check_guidance(model: Any, cfg_scale: float, source: str = "--cfg-scale / sample.cfg_scale") -> None:
     """Refuse a guidance scale != 1 on a backbone that cannot apply it (ConfigError, one line).
 
-    ``model``: anything with the :class:`Backbone` attributes ``num_classes`` and ``null_class``.
+    ``model``: a :class:`Backbone`; guidance needs it to be :class:`SupportsGuidance` too.
 
     Classifier-free guidance (Ho & Salimans 2022) needs a class-conditional backbone (``num_classes > 1``)
     trained with label dropout, i.e. one with a ``null_class``; otherwise the scale would be ignored.
@@ -47,7 +47,7 @@ def check_guidance(model: Any, cfg_scale: float, source: str = "--cfg-scale / sa
     if cfg_scale == 1.0:
         return
     num_classes = int(model.num_classes or 0)
-    if num_classes <= 1 or model.null_class is None:
+    if num_classes <= 1 or not isinstance(model, SupportsGuidance) or model.null_class is None:
         why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
         raise ConfigError(f"{source}: {cfg_scale:g} asks for classifier-free guidance, but this backbone "
                           f"(num_classes={num_classes}) {why}; use a scale of 1.0")
@@ -220,7 +220,7 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
 
 def null_label(model: Backbone) -> int:
     """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
-    if model.null_class is None:
+    if not isinstance(model, SupportsGuidance) or model.null_class is None:
         raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
                           "so classifier-free guidance is not available; use cfg_scale 1.0")
     return int(model.null_class)
@@ -454,12 +454,8 @@ def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_giv
                     respacing_given: bool) -> None:
     """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
     naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
-
     try:
-        type(diffusion).check_sample_settings(sampler, respacing)
-        if isinstance(diffusion, GaussianDiffusion):
-            diffusion.respaced(respacing)
+        diffusion.check_sample_settings(sampler, respacing)
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("sample.sampler: "):

@@ -111,10 +111,8 @@ class Labelled:
 
 def test_null_label_from_the_model_or_the_wrapped_one():
     assert _null_label(Labelled(null_class=7), None) == 7
-    assert _null_label(Labelled(num_classes=10), None) == 10
     assert _null_label(Labelled(module=Labelled(null_class=7)), None) == 7  # DistributedDataParallel
     assert _null_label(Labelled(_orig_mod=Labelled(null_class=6)), None) == 6  # torch.compile
-    assert _null_label(Labelled(module=Labelled(num_classes=3)), None) == 3
     assert _null_label(Labelled(null_class=7), 2) == 2  # an explicit y_null wins
 
 
@@ -123,10 +121,12 @@ def test_null_label_errors_name_the_key_and_the_fix():
         _null_label(Labelled(null_class=None), None)
     assert str(info.value) == ("sample.cfg_scale: this backbone was built without a null class (label dropout), "
                                "so classifier-free guidance is not available; use cfg_scale 1.0")
-    with pytest.raises(ConfigError) as info:
-        _null_label(Labelled(), None)
-    assert str(info.value) == ("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
-                               "or use a model with a num_classes attribute")
+    for no_guidance in (Labelled(), Labelled(num_classes=10), Labelled(module=Labelled(num_classes=3))):
+        with pytest.raises(ConfigError) as info:  # num_classes alone is no null label: SupportsGuidance is
+            _null_label(no_guidance, None)
+        assert str(info.value) == ("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
+                                   "or use a backbone with a null_class (SupportsGuidance in "
+                                   "dtr_plugins/core/contracts.py)")
 
 
 def test_guided_needs_labels_one_line():
