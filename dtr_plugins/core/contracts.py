@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "Backbone", "SupportsGuidance", "Codec",
-           "LossWeighting", "TimestepSampler", "Dataset", "SupportsAugmentation", "FeatureExtractor",
+           "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape", "SupportsAugmentation",
+           "SupportsHeldoutSplit", "FeatureExtractor",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
            "InputSpace", "VARIANCE_PARAM", "missing_members"]
 
@@ -248,12 +249,33 @@ class Dataset(Protocol):
     def __getitem__(self, index: int) -> tuple[Tensor, int]: ...
 
 
+@runtime_checkable
+class SupportsImageShape(Protocol):
+    """Optional capability of a dataset plugin's params model (the pydantic class it registers), read at
+    config time without building the dataset: ``image_shape()`` is ``(C, H, W)`` of every image. Needed by
+    a codec (latent backbones) and checked against a pixel backbone's input."""
+
+    def image_shape(self) -> tuple[int, int, int]: ...
+
+
+@runtime_checkable
 class SupportsAugmentation(Protocol):
-    """Optional capability of a dataset plugin's params model (the pydantic class it registers):
-    ``unaugmented()`` returns the params of the same images with every random augmentation off. Held-out
-    inputs and evaluation references use it; a params model without it is taken as never augmenting."""
+    """Optional capability of a dataset's params model: ``random_hflip()`` says whether training images are
+    flipped horizontally at random (a latent cache stores both views and flips the latents instead);
+    ``unaugmented()`` returns the params of the same images with every random augmentation off (latent
+    caching). A params model without it is taken as never augmenting."""
+
+    def random_hflip(self) -> bool: ...
 
     def unaugmented(self) -> Any: ...
+
+
+@runtime_checkable
+class SupportsHeldoutSplit(Protocol):
+    """Optional capability of a dataset's params model: ``heldout_split()`` returns the params of images
+    never trained on (no augmentation), for the held-out loss. Without it a run records no held-out loss."""
+
+    def heldout_split(self) -> Any: ...
 
 
 @runtime_checkable
