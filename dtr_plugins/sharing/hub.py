@@ -118,11 +118,14 @@ def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], 
 
 
 def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:
-    from dtr_plugins.backbones.dit import DiT
-    from dtr_plugins.backbones.dit_diffusers import DIFFUSERS_WEIGHTS, export_state_for_diffusers
+    from dtr_plugins.backbones.dit_diffusers import (
+        DIFFUSERS_WEIGHTS,
+        export_state_for_diffusers,
+        is_diffusers_exportable,
+    )
     from dtr_plugins.sharing.model_card import render_model_card
 
-    if not isinstance(model, DiT):
+    if not is_diffusers_exportable(model):
         raise UserError(f"--format diffusers: backbone '{cfg.backbone.name}' is not a DiT; only DiT exports to "
                         "diffusers' DiTTransformer2DModel layout (use --format dtr)")
     if model.plan is not None and not model.plan.is_dense:
