@@ -109,7 +109,7 @@ def cmd_validate(args) -> int:
 def cmd_masks(args) -> int:
     from pathlib import Path
 
-    from dtr_plugins.compose import build_model
+    from dtr_plugins.compose import compose
     from dtr_plugins.experiments.gate_plots import plot_learned_gates
     from dtr_plugins.experiments.plots import plot_routing_plan
 
@@ -125,9 +125,9 @@ def cmd_masks(args) -> int:
         weights = f"{'EMA' if not args.no_ema else 'model'} weights of {ckpt_path.name}"
     else:
         cfg, weights = _load(args), "at initialisation"
-        model = build_model(cfg)
+        model = compose(cfg, data=False).model
     plan = model.plan
-    assert plan is not None  # build_model always attaches one
+    assert plan is not None  # compose always attaches one
     if plan.learned is not None:
         drawn = plot_learned_gates(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr} ({weights})")
         if drawn is None:
@@ -141,12 +141,17 @@ def cmd_masks(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from dtr_plugins.training.train import train
+    from dtr_plugins.training.train import compose_checked, train
 
     if args.threads is not None:
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]
-    cfg = _load(args)  # train() runs validate_run on every rank before the process group
-    run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
+    cfg = _load(args)
+    try:  # every rank, before the process group: the checks and the line of `dtr validate`
+        parts = compose_checked(cfg, run_dir=args.run_dir)
+    except UserError as exc:  # a config key is named with its file; an option (--run-dir) stands alone
+        raise (exc if str(exc).startswith("--") else type(exc)(f"{args.config}: {exc}")) from None
+    run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load,
+                    parts=parts)
     if run_dir is not None:
         print(f"run directory: {run_dir}")
     return 0

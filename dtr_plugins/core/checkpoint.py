@@ -11,7 +11,10 @@ Formats recognised by :func:`load_checkpoint`:
 - bare state dicts (the official DiT release files, guided-diffusion ADM weights);
 - training checkpoints ``{"model", "ema", "opt", "args"}`` of the official DiT / DTR code. DTR stores each
   block's float ``[T, C]`` mask as ``blocks.N.routing._unit_mapping``; those buffers are dropped (the
-  masks follow from the config) after a check against the model's routing plan, which warns on a mismatch.
+  masks follow from the config) after a check against the model's routing plan, which warns on a mismatch;
+- official Switch-DiT (DMoE) state dicts, bare or in such a training checkpoint: their router keys
+  (``routers.N.f_gate`` / ``routers.N.experts``) are converted to a ``switch`` model's
+  (:func:`dtr_plugins.strategies.switch.from_official_state_dict`).
 
 This project's checkpoints also record the routing they were trained with (``routing``: the strategy and a
 SHA-256 of the mask tables, :func:`routing_record`). Loading one into a model whose mask tables differ raises
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtr_plugins.core.contracts import SupportsStateDictAdapter
 from dtr_plugins.core.errors import CheckpointError, first_line
 from dtr_plugins.core.io import save_torch
 from dtr_plugins.core.routing import RoutedBackbone
@@ -168,6 +172,9 @@ def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: 
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("routing"), Mapping):
         _check_routing(target, ckpt["routing"], path, allow_routing_mismatch)
     state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
+    for part in target.modules():  # layouts of official releases are known by the plugins that declare them
+        if isinstance(part, SupportsStateDictAdapter):
+            state = part.adapt_state_dict(state)
     if unit_mappings:
         _check_unit_mappings(target, unit_mappings, path)
     initialised = _load_state(target, state, path, strict)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "Backbone", "SupportsGuidance", "Codec",
-           "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape", "SupportsAugmentation",
-           "SupportsHeldoutSplit", "FeatureExtractor",
+__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
+           "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape",
+           "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
            "InputSpace", "VARIANCE_PARAM", "missing_members"]
 
@@ -54,9 +54,10 @@ class LearnedRoutingStrategy(Protocol):
     ``learned_routing = True``; that declared attribute and the methods below tell it apart from a static
     :class:`RoutingStrategy` (``isinstance`` against this runtime-checkable Protocol, never ``getattr``).
     The :class:`~dtr_plugins.core.routing.RoutingPlan` holds it as its submodule ``learned``, so its
-    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA, are
-    saved and resumed with the model. Official checkpoints (without those keys) still load: the router keeps
-    its initialisation and the loader names the keys it left at their init.
+    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA
+    (parameters averaged, buffers copied from the trained model), are saved and resumed with the model.
+    Official checkpoints (without those keys) still load: the router keeps its initialisation and the loader
+    names the keys it left at their init.
 
     A gate ``g`` is applied as the routed residual ``x + F(g * x)`` (:func:`~dtr_plugins.core.routing.routed_residual`;
     Switch-DiT's ``x*g + F(x*g) + (1-g)*x`` is the same thing). A 0/1 gate is DTR's mask.
@@ -435,3 +436,16 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
         names |= set(getattr(klass, "__annotations__", {}))
     names |= {"__call__"} if "__call__" in vars(protocol) else set()
     return sorted(n for n in names if not hasattr(obj, n))
+
+
+@runtime_checkable
+class SupportsStateDictAdapter(Protocol):
+    """Optional capability of a model part (a backbone, or a learned strategy inside it): it reads checkpoints
+    written in another layout (an official release) by converting the WHOLE model's state dict.
+
+    :func:`~dtr_plugins.core.checkpoint.apply_checkpoint` calls ``adapt_state_dict`` on every submodule of the
+    target model that has it, before loading; it returns ``state`` unchanged (the same keys) when the layout is
+    already this project's, else a new dict in this project's layout. The loader never knows particular layouts.
+    """
+
+    def adapt_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]: ...

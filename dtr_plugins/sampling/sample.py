@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtr_plugins.compose import build_codec, build_diffusion, build_model
+from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
 from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, write_json
 from dtr_plugins.core.routing import RoutedBackbone
@@ -34,23 +35,6 @@ from dtr_plugins.sampling.sample_out import check_out
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
     """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (up to one)."""
     return np.arange(num) % max(num_classes, 1)
-
-
-def check_guidance(model: Any, cfg_scale: float, source: str = "--cfg-scale / sample.cfg_scale") -> None:
-    """Refuse a guidance scale != 1 on a backbone that cannot apply it (ConfigError, one line).
-
-    ``model``: a :class:`Backbone`; guidance needs it to be :class:`SupportsGuidance` too.
-
-    Classifier-free guidance (Ho & Salimans 2022) needs a class-conditional backbone (``num_classes > 1``)
-    trained with label dropout, i.e. one with a ``null_class``; otherwise the scale would be ignored.
-    """
-    if cfg_scale == 1.0:
-        return
-    num_classes = int(model.num_classes or 0)
-    if num_classes <= 1 or not isinstance(model, SupportsGuidance) or model.null_class is None:
-        why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
-        raise ConfigError(f"{source}: {cfg_scale:g} asks for classifier-free guidance, but this backbone "
-                          f"(num_classes={num_classes}) {why}; use a scale of 1.0")
 
 
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -131,7 +115,7 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
         if conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
             if scale != 1.0:
-                kwargs["y_null"] = null_label(model)
+                kwargs["y_null"] = null_label(model, scale)
         before, rows_before = counted.calls, counted.rows
         x = diffusion.sample(counted, noise.shape, sampler=sampler, respacing=respacing, noise=noise,
                              model_kwargs=kwargs, cfg_scale=scale, cfg_channels=cfg.sample.cfg_channels,
@@ -218,11 +202,11 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     return images, all_labels
 
 
-def null_label(model: Backbone) -> int:
+def null_label(model: Backbone, scale: float = 2.0) -> int:
     """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
     if not isinstance(model, SupportsGuidance) or model.null_class is None:
-        raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
-                          "so classifier-free guidance is not available; use cfg_scale 1.0")
+        check_guidance(model, scale)  # the one guidance rule's line
+        raise ConfigError("sample.cfg_scale: this backbone has no null class; use cfg_scale 1.0")
     return int(model.null_class)
 
 
@@ -244,7 +228,8 @@ def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device)
         cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
     else:
         raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
-    model = build_model(cfg)
+    parts = compose(cfg, data=False)  # the model, its process and codec, each built once
+    model = parts.model
     apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
     bad = nonfinite_tensors(model.state_dict())
     if bad:  # a diverged model samples black images: refuse
@@ -254,7 +239,7 @@ def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device)
     step = ckpt.get("step") if isinstance(ckpt, dict) else None
     if not isinstance(step, int):
         step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
-    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path, step
+    return cfg, parts.to(device), ckpt_path, step
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
@@ -262,7 +247,8 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    return _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)[:4]
+    cfg, parts, ckpt_path, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
+    return cfg, parts.model.eval(), parts.diffusion, ckpt_path
 
 
 def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacing: str | None = None,
@@ -371,9 +357,9 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, model, diffusion, ckpt_path, step = _load(source, use_ema=use_ema,
-                                                           allow_unsafe_load=allow_unsafe_load, device=d.device)
-            codec = build_codec(cfg)
+            cfg, parts, ckpt_path, step = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load,
+                                                device=d.device)
+            model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
         all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)

@@ -58,7 +58,7 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
-    from dtr_plugins.compose import build_model, codec_spec
+    from dtr_plugins.compose import codec_spec, compose
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
     from dtr_plugins.core.config import config_from_dict, read_yaml
     from dtr_plugins.runs.retention import list_checkpoints
@@ -89,7 +89,7 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
         cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
     else:
         raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {run_dir / 'config.yaml'} does not exist")
-    model = build_model(cfg)
+    model = compose(cfg, data=False).model
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     step = ckpt.get("step")
@@ -227,21 +227,19 @@ def from_pretrained(source: str | Path, *, device: Any = None) -> Pretrained:
     pixels, a latent model's VAE from ``vae.path`` (not part of an export), a pipeline's ``vae/``; pass it to
     ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for what cannot be loaded.
     """
-    cfg, model, codec, _ = _load(resolve(source))
-    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, codec)
+    cfg, parts, _ = _load(resolve(source))
+    model = parts.model
+    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, parts.codec)
 
 
 def load_for_sampling(source: str | Path, *, device: Any = None):
     """``(cfg, model, diffusion, codec, weights_path, info)`` for ``dtr sample``; ``info``: ``weights``
     (``ema``, ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
-    from dtr_plugins.compose import build_diffusion
-
     folder = resolve(source)
-    cfg, model, codec, info = _load(folder)
+    cfg, parts, info = _load(folder)
     info["source"] = str(source) if str(source).startswith(HUB_PREFIX) else str(folder)
-    if device is not None:
-        model = model.to(device)
-    return cfg, model.eval(), build_diffusion(cfg), codec, Path(info.pop("weights_path")), info
+    model = parts.model if device is None else parts.model.to(device)
+    return cfg, model.eval(), parts.diffusion, parts.codec, Path(info.pop("weights_path")), info
 
 
 def is_pretrained_source(source: str | Path) -> bool:
@@ -255,7 +253,7 @@ def is_pretrained_source(source: str | Path) -> bool:
 
 
 def _load(folder: Path):
-    """``(cfg, model, codec, info)`` from a resolved local folder, by layout."""
+    """``(cfg, parts, info)`` from a resolved local folder, by layout (``parts``: :func:`compose`'s, weights loaded)."""
     from dtr_plugins.backbones.dit_diffusers import is_diffusers_dit_config
 
     if (folder / "model_index.json").is_file() and (folder / "transformer" / CONFIG_FILE).is_file():
@@ -297,7 +295,7 @@ def _load_weights(path: Path) -> dict[str, Any]:
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.compose import build_codec, build_model
+    from dtr_plugins.compose import compose
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -307,16 +305,16 @@ def _load_export(folder: Path, config: dict[str, Any]):
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
-    codec = build_codec(cfg)
-    model = build_model(cfg, codec=codec)
+    parts = compose(cfg, data=False)
+    model = parts.model
     path = folder / WEIGHTS_FILE
     apply_checkpoint(model, _load_weights(path), path)
-    return cfg, model, codec, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
+    return cfg, parts, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 
 
 def _load_diffusers(transformer: Path, pipeline: Path | None):
     from dtr_plugins.backbones import dit_diffusers as dd
-    from dtr_plugins.compose import build_codec, build_model
+    from dtr_plugins.compose import compose
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -339,13 +337,13 @@ def _load_diffusers(transformer: Path, pipeline: Path | None):
         cfg_dict["data"] = {**data, "image_size": params["input_size"] * factor,
                             "channels": int(vae_config.get("in_channels", 3))}
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
-    codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
-    model = build_model(cfg, codec=codec)
+    parts = compose(cfg, data=False)  # codec: the pipeline's vae/ (identity for a bare transformer folder)
+    model = parts.model
     path = transformer / dd.DIFFUSERS_WEIGHTS
     geometry = {k: params[k] for k in ("num_classes", "input_size", "patch_size")}
     state = dd.diffusers_to_dit_state(_load_weights(path), **geometry, source=str(path))
     apply_checkpoint(model, state, path)
-    return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
+    return cfg, parts, {"weights": "diffusers", "step": None, "weights_path": str(path)}
 
 
 def _scheduler(pipeline: Path | None) -> tuple[int, str]:

@@ -37,10 +37,14 @@ class TrainingDiverged(UserError):
 # ---------------------------------------------------------------------------------------- helpers
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels."""
+    """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels; buffers are copied
+    from ``model`` (a learned router's state such as ``switch``'s integer ``matching`` cannot be averaged, and
+    the EMA model must route as the trained one does). ``ema`` is a copy of ``model`` (same structure)."""
     ema_params: list[torch.Tensor] = list(ema.parameters())
     params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
 
 
 def ema_decay_at(cfg: ExperimentConfig, step: int) -> float:

@@ -292,3 +292,46 @@ def test_aux_losses_must_be_named_scalars():
 
     with pytest.raises(PluginError, match="pop_aux_losses must return"):
         RoutingPlan(Bad(), [4], T).pop_aux_losses()
+
+
+def test_ema_follows_every_learned_routing_parameter_and_buffer_by_value():
+    """The trainer's EMA (TrainState.create, ema_update) of a ``switch`` model after a few optimizer steps: each
+    router and expert parameter is the by-hand average, and the EMA copy routes with the trained model's
+    ``matching`` (and ``forwards``), not with the values it was copied with."""
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.strategies.switch import SwitchRouting
+    from dtr_plugins.training.trainer import TrainState, ema_update
+    from dtr_plugins.weighting.constant import Constant
+
+    cfg = config_from_dict({"name": "x", "backbone": {"name": "dit", **TINY}, "routing": {"name": "switch"},
+                            "data": {"name": "synthetic", "image_size": 8, "num_classes": 10},
+                            "train": {"lr": 0.05}})
+    torch.manual_seed(0)
+    model = learned_dit(SwitchRouting(num_experts=3, top_k=2, freq_dim=16), seed=1).train()
+    state = TrainState.create(model, Constant(), cfg, torch.device("cpu"))
+    learned = {n: p for n, p in model.named_parameters() if n.startswith("routing.learned.")}
+    ema_params = dict(state.ema.named_parameters())
+    start = {n: p.detach().clone() for n, p in learned.items()}
+    expect = {n: p.detach().clone().double() for n, p in learned.items()}
+    decay = 0.75
+    gen = torch.Generator().manual_seed(3)
+    matchings = []
+    for _ in range(4):
+        x = torch.randn(4, 4, 8, 8, generator=gen)
+        t, y = torch.randint(0, T, (4,), generator=gen), torch.randint(0, 10, (4,), generator=gen)
+        state.optimizer.zero_grad(set_to_none=True)
+        out = model(x, t, y)
+        (out.square().mean() + sum(model.plan.pop_aux_losses().values())).backward()
+        state.optimizer.step()
+        ema_update(state.ema, model, decay)
+        for name, p in learned.items():
+            expect[name] = decay * expect[name] + (1 - decay) * p.detach().double()
+            torch.testing.assert_close(ema_params[name].double(), expect[name], atol=1e-6, rtol=0, msg=name)
+        ema_buffers, buffers = dict(state.ema.named_buffers()), dict(model.named_buffers())
+        for name in ("routing.learned.matching", "routing.learned.forwards"):
+            assert torch.equal(ema_buffers[name], buffers[name]), name
+        matchings.append(buffers["routing.learned.matching"].clone())
+    assert int(model.plan.learned.forwards) == 4
+    assert any(not torch.equal(m, torch.arange(m.numel())) for m in matchings)  # the matching did move
+    for name, p in learned.items():  # every router and expert parameter trained, and the EMA lags behind it
+        assert not torch.equal(p.detach(), start[name]) and not torch.equal(ema_params[name], p.detach()), name

@@ -66,11 +66,15 @@ def test_sinusoid_by_hand_odd_width_and_device():
     assert sinusoid(torch.zeros(2, device="meta"), 6).device.type == "meta"
 
 
-def test_probabilities_in_the_modules_dtype():
+def test_probabilities_in_the_modules_dtype_at_least_float32():
     s = bound().double()
     probs = s.probabilities(torch.tensor([0, 5, 9]))
-    assert probs.dtype == torch.float32 and probs.shape == (3, 2, 3)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 2))
+    assert probs.dtype == torch.float64 and probs.shape == (3, 2, 3)  # no float32 round trip in float64
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 2, dtype=torch.float64))
+    low = s.to(torch.bfloat16).probabilities(torch.tensor([0, 5, 9]))
+    assert low.dtype == torch.float32  # half-precision logits: the softmax runs in float32
+    torch.testing.assert_close(low, probs.float(), atol=0.05, rtol=0)
+    assert s.gate_summary(10)[0][0].dtype == torch.float32
 
 
 def test_bind_defaults_initialisation_and_refusal():
