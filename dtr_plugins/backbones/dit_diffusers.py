@@ -351,6 +351,11 @@ def refit_time_linear(weight: torch.Tensor, num_timesteps: int,
     return fitted.to(weight.dtype), report
 
 
+def is_diffusers_exportable(model: Any) -> bool:
+    """Whether ``model`` has diffusers' ``DiTTransformer2DModel`` layout (a DiT; this plugin's own check)."""
+    return isinstance(model, DiT)
+
+
 def export_state_for_diffusers(model: DiT, state: Mapping[str, torch.Tensor], num_timesteps: int
                                ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """``(diffusers state dict, diffusers config, notes)`` for a vanilla DiT ``model`` with weights ``state``.

@@ -17,9 +17,10 @@ from dtr_plugins.compose.build import (
     build_loss_weighting,
     check_composition,
     compose,
+    data_params,
 )
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone
+from dtr_plugins.core.contracts import Backbone, DiffusionProcess, SupportsImageShape
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.io import creatable_folder_problem
@@ -58,22 +59,18 @@ def check_machine(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
 
 
-def _check_respacing(cfg: ExperimentConfig, process: object) -> None:
-    from dtr_plugins.core.diffusion import GaussianDiffusion, space_timesteps
-
-    if isinstance(process, GaussianDiffusion):
-        try:
-            space_timesteps(process.num_timesteps, cfg.sample.respacing)
-        except ConfigError as exc:
-            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
+def _check_respacing(cfg: ExperimentConfig, process: DiffusionProcess) -> None:
+    """The process's own check of the sample settings (sampler names, respacing against its steps)."""
+    process.check_sample_settings(cfg.sample.sampler, cfg.sample.respacing)
 
 
 def _check_sizes(cfg: ExperimentConfig, model: Backbone, registry: PluginRegistry) -> None:
     """Pixel backbones: ``data.image_size`` and the data's channels against the backbone's input."""
     info = registry.get("backbone", cfg.backbone.name)
-    if backbone_input_space(info) != "pixels" or "image_size" not in cfg.data.params:
+    params = data_params(cfg, registry)
+    if backbone_input_space(info) != "pixels" or not isinstance(params, SupportsImageShape):
         return
-    size, channels = cfg.data.params["image_size"], int(cfg.data.params.get("channels", 3))
+    channels, size, _ = params.image_shape()
     if size != model.input_size:
         raise ConfigError(f"data.image_size: {size} but backbone '{cfg.backbone.name}' expects {model.input_size}px "
                           f"images (backbone.input_size); make them equal")

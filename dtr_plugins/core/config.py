@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
@@ -147,8 +147,10 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: str = Field("ddim", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
-    respacing: str = Field("ddim50", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count")
+    sampler: str = Field("", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama; "
+                         "unset: the process's default_sampler (gaussian: ddim, flow_matching: euler)")
+    respacing: str = Field("", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count; "
+                           "unset: the process's default_respacing (gaussian: ddim50, flow_matching: 50)")
     eta: float = Field(0.0, ge=0)
     cfg_scale: float = Field(1.0, ge=0)
     cfg_channels: Literal["all", "first3"] = "all"
@@ -373,7 +375,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>",
 def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> ExperimentConfig:
     """Check every plugin section against its plugin and fill in the plugin's defaults."""
     updates: dict[str, Any] = {}
-    process_cls: Any = None  # set by the diffusion section, the first of PLUGIN_SECTIONS
+    process: Any = None  # built from the diffusion section, the first of PLUGIN_SECTIONS
     for section, kind in PLUGIN_SECTIONS.items():
         current: PluginSection = getattr(cfg, section)
         info = registry.get(kind, current.name) if current.name in registry.names(kind) else None
@@ -381,19 +383,13 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             known = ", ".join(registry.names(kind)) or "none installed"
             raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
         params = current.params
-        if section == "backbone" and "learn_sigma" in info.params.model_fields:
-            # flow: the process decides (gaussian: its learn_sigma param; flow_matching: always False)
-            learn_sigma = updates["diffusion"].params.get("learn_sigma", process_cls.learn_sigma)
-            if params.setdefault("learn_sigma", learn_sigma) != learn_sigma:
-                hint = ("set only diffusion.learn_sigma" if "learn_sigma" in updates["diffusion"].params
-                        else f"diffusion {cfg.diffusion.name!r} fixes it; remove backbone.learn_sigma")
-                raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
-                                  f"diffusion.learn_sigma {learn_sigma!r}; {hint}")
+        if section == "backbone":
+            _follow_process(params, info, process, cfg.diffusion.name, updates["diffusion"].params)
         validated = info.validate(params, where=section)
         fixed = current.model_dump(exclude=set(params))  # name, and routing.site
         updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
         if section == "diffusion":
-            process_cls = info.factory
+            process = _build_process(info, validated)
     if cfg.codec is not None:
         if cfg.vae is not None:
             raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "
@@ -407,8 +403,12 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     # flow: the process rules out loss weightings and sample settings that do not apply to it
     from dtr_plugins.core.process import check_process_settings
 
-    check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
-                           sampler=cfg.sample.sampler, respacing=cfg.sample.respacing, eta=cfg.sample.eta)
+    sample = cfg.sample.model_copy(update={  # defaults that depend on the process come from the process
+        "sampler": cfg.sample.sampler or process.default_sampler,
+        "respacing": cfg.sample.respacing or str(process.default_respacing)})
+    updates["sample"] = sample
+    check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
+                           sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
     updates["log"] = _resolve_trackers(cfg.log, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
@@ -417,6 +417,37 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         raise ConfigError(f"routing.site: {cfg.routing.site!r} given with routing {cfg.routing.name!r}, which routes "
                           f"nothing (the plain model); remove routing.site, or choose a routing strategy")
     return cfg.model_copy(update=updates)
+
+
+def _build_process(info: Any, validated: BaseModel) -> Any:
+    """The process of the diffusion section, built from its validated params (cheap: no weights), checked
+    against :class:`~dtr_plugins.core.contracts.DiffusionProcess` (a PluginError naming what it lacks)."""
+    from dtr_plugins.core.contracts import DiffusionProcess, missing_members
+
+    process = info.build(**validated.model_dump())
+    missing = missing_members(process, DiffusionProcess)
+    if missing:
+        raise PluginError(f"process '{info.name}' ({info.plugin}) does not satisfy the DiffusionProcess contract: "
+                          f"missing {', '.join(missing)} (see dtr_plugins/core/contracts.py)")
+    return process
+
+
+def _follow_process(params: dict[str, Any], info: Any, process: Any, process_name: str,
+                    process_params: dict[str, Any]) -> None:
+    """The backbone's :data:`~dtr_plugins.core.contracts.VARIANCE_PARAM` follows the process's ``learn_sigma``
+    (set in ``params``); a ConfigError when the backbone's params disagree or it cannot predict a variance."""
+    from dtr_plugins.core.contracts import VARIANCE_PARAM as KEY
+
+    learn_sigma = bool(process.learn_sigma)
+    if KEY not in info.params.model_fields:
+        if learn_sigma:
+            raise ConfigError(f"backbone.name: backbone {info.name!r} cannot predict a variance (its params have no "
+                              f"{KEY}) but diffusion {process_name!r} learns sigma; set diffusion.{KEY}: false")
+        return
+    if params.setdefault(KEY, learn_sigma) != learn_sigma:
+        hint = (f"set only diffusion.{KEY}" if KEY in process_params
+                else f"diffusion {process_name!r} fixes it; remove backbone.{KEY}")
+        raise ConfigError(f"backbone.{KEY}: {params[KEY]!r} disagrees with diffusion.{KEY} {learn_sigma!r}; {hint}")
 
 
 def _resolve_trackers(log: LogConfig, registry: PluginRegistry) -> LogConfig:

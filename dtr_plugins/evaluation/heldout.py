@@ -216,21 +216,20 @@ def heldout_record(step: int, losses: Mapping[str, float], heldout: HeldOutSet, 
 
 
 def heldout_dataset_params(dataset_name: str, params_model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of ``dataset_name``'s held-out split: ``params`` with ``split="heldout"`` (and
-    ``random_flip=False`` where the dataset has it: held-out inputs are never augmented).
+    """The parameters of ``dataset_name``'s held-out split, as its params model declares them
+    (:class:`~dtr_plugins.core.contracts.SupportsHeldoutSplit`: the same data, never augmented).
 
     ``params_model`` is the dataset plugin's pydantic params class (``registry.get("dataset", name).params``).
-    Raises :class:`ConfigError` naming the dataset when it declares no ``split`` that allows ``"heldout"``.
+    Raises :class:`ConfigError` naming the dataset when it declares no held-out split.
     """
-    fields = params_model.model_fields
-    split = fields.get("split")
-    if split is None or "heldout" not in typing.get_args(split.annotation):
-        raise ConfigError(f"data.name: dataset '{dataset_name}' declares no held-out split (a `split` parameter "
-                          f"allowing 'heldout'); set eval.heldout_every: 0 or use digits, synthetic or image_folder")
-    out = dict(params)
-    out["split"] = "heldout"
-    if "random_flip" in fields:
-        out["random_flip"] = False
+    from dtr_plugins.core.contracts import SupportsHeldoutSplit
+
+    validated = params_model.model_validate(dict(params))
+    if not isinstance(validated, SupportsHeldoutSplit):
+        raise ConfigError(f"data.name: dataset '{dataset_name}' declares no held-out split (its params model has no "
+                          f"heldout_split(); see SupportsHeldoutSplit in dtr_plugins/core/contracts.py); set "
+                          f"eval.heldout_every: 0 or use digits, synthetic or image_folder")
+    out: dict[str, Any] = validated.heldout_split().model_dump()
     return out
 
 

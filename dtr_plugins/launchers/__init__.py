@@ -9,45 +9,16 @@ whose ``state`` is ``running``, ``done`` or ``failed``; a run with checkpoints i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from yaml import YAMLError
 
 from dtr_plugins.core.config import parse_yaml
+from dtr_plugins.core.contracts import Launcher, RunSpec
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.text import refuse_control_chars
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run to start: its id, its run directory and the resolved config file to train from."""
-
-    id: str
-    run_dir: Path
-    config_path: Path
-
-
-@runtime_checkable
-class Launcher(Protocol):
-    """What the suite engine needs from a launcher."""
-
-    #: ``True`` when :meth:`launch` returns only after the runs ended (a local pool); ``False`` when it
-    #: submits them to a scheduler and returns at once.
-    blocking: bool
-
-    def launch(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
-        """Start ``runs``; returns run id -> its record (the final status, or the job it was submitted as)."""
-
-    def active(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
-        """Run id -> a one-line description of its live job (queued or running), for runs that have one."""
-
-    def wait(self, suite_root: Path, runs: Sequence[RunSpec], timeout_s: float | None = None) -> None:
-        """Block until none of ``runs`` has a live job (raises ``TimeoutError`` after ``timeout_s``)."""
-
-    def cancel(self, suite_root: Path, runs: Sequence[RunSpec]) -> list[str]:
-        """Cancel the live jobs of ``runs``; returns the ids of the runs whose job was cancelled."""
+__all__ = ["Launcher", "RunSpec", "launcher_from_section", "parse_launcher_settings"]
 
 
 def resolve_launcher(section: dict[str, Any] | None, *, override: str | None, registry, where: str,

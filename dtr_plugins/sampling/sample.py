@@ -23,7 +23,7 @@ import torch
 from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec
+from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
@@ -205,9 +205,10 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
 
 def null_label(model: Backbone, scale: float = 2.0) -> int:
     """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
-    if model.null_class is None:
+    if not isinstance(model, SupportsGuidance) or model.null_class is None:
         check_guidance(model, scale)  # the one guidance rule's line
-    return int(model.null_class or 0)
+        raise ConfigError("sample.cfg_scale: this backbone has no null class; use cfg_scale 1.0")
+    return int(model.null_class)
 
 
 def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):
@@ -432,12 +433,8 @@ def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_giv
                     respacing_given: bool) -> None:
     """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
     naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
-
     try:
-        type(diffusion).check_sample_settings(sampler, respacing)
-        if isinstance(diffusion, GaussianDiffusion):
-            diffusion.respaced(respacing)
+        diffusion.check_sample_settings(sampler, respacing)
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("sample.sampler: "):

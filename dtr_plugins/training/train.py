@@ -193,29 +193,26 @@ def _now() -> str:
 def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
                  device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
     """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
-    off when ``eval.heldout_every`` is 0, for processes other than the Gaussian (integer timesteps, epsilon
-    MSE) and flow matching (float times over bands of u, velocity MSE), when training from a latent cache
-    and for data without a held-out split."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
+    off when ``eval.heldout_every`` is 0, for a process without :class:`SupportsHeldoutLoss` (which says
+    how held-out times are drawn and what the loss measures), when training from a latent cache and for
+    data without a held-out split."""
+    from dtr_plugins.core.contracts import SupportsHeldoutLoss
     from dtr_plugins.core.errors import DataError
-    from dtr_plugins.core.flow import FlowMatching
     from dtr_plugins.evaluation.heldout import heldout_set_for
 
     if not cfg.eval.heldout_every:
         return None, {"applied": False, "why": "eval.heldout_every is 0"}
-    if isinstance(parts.diffusion, GaussianDiffusion):
-        time, target = "discrete", "epsilon"
-    elif isinstance(parts.diffusion, FlowMatching):
-        time, target = "continuous", "velocity"
-    else:
+    num_timesteps = parts.diffusion.num_timesteps
+    if not isinstance(parts.diffusion, SupportsHeldoutLoss):
         return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
+    time, target = parts.diffusion.heldout_time, parts.diffusion.heldout_target
     if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
         return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
     try:
         heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
-                                  parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                                  num_timesteps, per_band=cfg.eval.heldout_per_band,
                                   seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     except (ConfigError, DataError) as exc:
         print(f"dtr: note: no held-out loss for this run: {exc}")

@@ -75,7 +75,7 @@ def test_synthetic_heldout_is_other_draws_and_leaves_train_alone():
 
 def test_heldout_dataset_params():
     assert heldout_dataset_params("digits", DigitsParams, {"image_size": 8, "random_flip": True}) == {
-        "image_size": 8, "random_flip": False, "split": "heldout"}
+        "image_size": 8, "channels": 1, "random_flip": False, "split": "heldout"}  # the params model's own split
     assert heldout_dataset_params("synthetic", SyntheticParams, {})["split"] == "heldout"
     from pydantic import BaseModel
 
