@@ -48,7 +48,7 @@ def main(argv=None) -> None:
 
     try:
         from dtr_plugins.core.plugins import default_registry
-        from dtr_plugins.evaluation.evaluate import evaluate
+        from dtr_plugins.evaluation.evaluate import EvalSettings, evaluate
 
         registry = default_registry()
         spec = registry.build("feature_extractor", args.extractor)
@@ -72,14 +72,14 @@ def main(argv=None) -> None:
     imgs = real.numpy()[idx].transpose(0, 2, 3, 1).astype(np.float32)
     imgs = np.clip(imgs + rng.normal(0, 20, imgs.shape), 0, 255).round().astype(np.uint8)
 
+    scoring = EvalSettings(metrics=["fid"], feature_extractor=args.extractor, device=str(device),
+                           batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        cold = evaluate(imgs, args.reference, metrics=["fid"], feature_extractor=args.extractor, device=str(device),
-                        cache_dir=cache, batch_size=args.batch_size, registry=registry)
+        cold = evaluate(imgs, args.reference, scoring, cache_dir=cache, registry=registry)
         cold_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        warm = evaluate(imgs, args.reference, metrics=["fid"], feature_extractor=args.extractor, device=str(device),
-                        cache_dir=cache, batch_size=args.batch_size, registry=registry)
+        warm = evaluate(imgs, args.reference, scoring, cache_dir=cache, registry=registry)
         warm_s = time.perf_counter() - t0
     fid = warm["frechet_inception_distance"]
     info = common.machine_info(device)

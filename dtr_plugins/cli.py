@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.errors import UserError, user_message
+from dtr_plugins.core.metrics import selectable as metric_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,6 +145,8 @@ def cmd_train(args) -> int:
     from dtr_plugins.training.train import compose_checked, train
 
     if args.threads is not None:
+        if args.threads < 1:  # a flag, not a key of the config file
+            raise UserError(f"--threads: {args.threads} is not a thread count; give an integer of 1 or more")
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]
     cfg = _load(args)
     try:  # every rank, before the process group: the checks and the line of `dtr validate`
@@ -201,12 +204,12 @@ def cmd_suite(args) -> int:
 def cmd_report(args) -> int:
     """A suite folder (``suite.json``) gets the suite report, a run directory its own
     (:mod:`dtr_plugins.experiments.run_report`)."""
-    from pathlib import Path
 
     from dtr_plugins.experiments.report import build_report
     from dtr_plugins.experiments.run_report import build_run_report
+    from dtr_plugins.runs.rundir import is_suite_dir
 
-    suite = (Path(args.suite_dir) / "suite.json").exists()
+    suite = is_suite_dir(args.suite_dir)
     path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
     print(f"report: {path}")
     return 0
@@ -248,7 +251,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from dtr_plugins.sharing.hub import push
+    from dtr_plugins.sharing.push import push
 
     url = push(args.folder, args.repo_id, private=True if args.private else None)
     print(f"pushed: {url}")
@@ -320,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
-    p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=metric_names())
     p.add_argument("--feature-extractor", default="inception-v3-compat")
     p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
     p.add_argument("--out", required=True, help="JSON file to write")
@@ -338,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of every run, after the suite's set: (repeatable)")
     p.add_argument("--rerun-changed", action="store_true",
-                   help="runs whose config changed since they ran: move them to <id>.stale-<fp8> and train anew")
+                   help="runs whose config changed so their checkpoints cannot continue (not train.steps, eval or "
+                        "sample settings): move them to <id>.stale-<fp8> and train anew")
     p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
                    help="local launcher: print each running run's step every SECONDS (default 30)")
     # launcher options (slurm helper)
@@ -396,7 +400,8 @@ _OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose a
               errno.EEXIST: "already exists; choose another output_dir / name / --out",
               errno.EACCES: "permission denied; choose a folder you can write to",
               errno.EROFS: "read-only file system; choose a folder you can write to",
-              errno.EISDIR: "is a folder, not a file"}
+              errno.EISDIR: "is a folder, not a file",
+              errno.ENAMETOOLONG: "a name in this path is too long; choose a shorter output_dir / name / --out"}
 
 
 def _os_error_line(exc: OSError) -> str | None:

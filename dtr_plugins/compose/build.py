@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from dtr_plugins.codecs.latent_cache import (
     CacheSettings,
@@ -36,14 +37,16 @@ from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
     Backbone,
     Codec,
+    DiffusionProcess,
     InputSpace,
     LearnedRoutingStrategy,
     RoutingStrategy,
+    SupportsAugmentation,
+    SupportsImageShape,
     missing_members,
 )
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
-from dtr_plugins.core.process import DiffusionProcess
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
 
 IDENTITY = "identity"
@@ -98,15 +101,21 @@ def _check_contract(obj: Any, protocol: type, kind: str, info: PluginInfo) -> No
                           f"lacks {', '.join(missing)} of dtr_plugins.core.contracts.{protocol.__name__}")
 
 
-def image_shape(cfg: ExperimentConfig) -> tuple[int, int, int]:
-    """``(channels, image_size, image_size)`` of the data: ``data.channels`` (datasets without that
-    parameter give RGB, 3) and ``data.image_size`` (required when a codec needs the geometry)."""
-    size = cfg.data.params.get("image_size")
-    if not isinstance(size, int) or size < 1:
-        raise ConfigError(f"data.image_size: dataset '{cfg.data.name}' must give an image_size for a latent backbone "
-                          f"(got {size!r})")
-    channels = cfg.data.params.get("channels", 3)
-    return int(channels), size, size
+def data_params(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> BaseModel:
+    """``cfg.data``'s params as its dataset plugin's params model (where its optional capabilities live)."""
+    return (registry or default_registry()).get("dataset", cfg.data.name).validate(cfg.data.params, where="data")
+
+
+def image_shape(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the data, as its params model declares it (:class:`SupportsImageShape`); a
+    ConfigError when the dataset declares none (a codec needs the geometry)."""
+    params = data_params(cfg, registry)
+    if not isinstance(params, SupportsImageShape):
+        raise ConfigError(f"data.name: dataset '{cfg.data.name}' declares no image shape (its params model has no "
+                          f"image_shape(); see SupportsImageShape in dtr_plugins/core/contracts.py), which a codec "
+                          f"or latent backbone needs")
+    channels, height, width = (int(n) for n in params.image_shape())
+    return channels, height, width
 
 
 # -------------------------------------------------------------------------------------- backbone
@@ -134,7 +143,7 @@ def _backbone_params(cfg: ExperimentConfig, info: PluginInfo, spec: CodecSpec,
                           f"vae: {{path: stabilityai/sd-vae-ft-ema}} (a hub id or a local diffusers folder), "
                           f"or a codec section")
     codec = codec if codec is not None else build_codec(cfg, registry)
-    shape = image_shape(cfg)
+    shape = image_shape(cfg, registry)
     channels, height, width = codec.latent_shape(shape)
     if height != width:
         raise ConfigError(f"data.image_size: codec '{spec.name}' gives non-square {height}x{width} latents")
@@ -250,9 +259,9 @@ def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = Non
     """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
     process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
     if not isinstance(process, DiffusionProcess):
-        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (num_timesteps, "
-                          f"training_times, training_losses, sample, loss_bucket, continuous_tasks), "
-                          f"got {type(process).__name__}")
+        missing = ", ".join(missing_members(process, DiffusionProcess))
+        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (see "
+                          f"dtr_plugins/core/contracts.py), got {type(process).__name__} missing {missing}")
     return process
 
 
@@ -262,13 +271,15 @@ def build_loss_weighting(cfg: ExperimentConfig, registry: PluginRegistry | None 
 
 
 # ------------------------------------------------------------------------------------ data, cache
-def latent_cache_root(cfg: ExperimentConfig, codec: Codec) -> tuple[Path, dict[str, Any]]:
+def latent_cache_root(cfg: ExperimentConfig, codec: Codec,
+                      registry: PluginRegistry | None = None) -> tuple[Path, dict[str, Any]]:
     """``(cache folder, key)`` of ``cfg``'s latent cache for ``codec`` (a non-identity codec)."""
     spec = codec_spec(cfg)
     if spec.cache is None:
         raise ConfigError("vae.path: a latent cache needs a vae section, e.g. vae: {path: stabilityai/sd-vae-ft-ema} "
                           "(a hub id or a local diffusers folder), or a codec section")
-    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg)[1], spec.name, codec, spec.cache.dtype)
+    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg, registry)[1], spec.name, codec,
+                    spec.cache.dtype)
     base = Path(spec.cache.cache_dir).expanduser() if spec.cache.cache_dir else Path(cfg.output_dir) / "latent_cache"
     return cache_root(base, key), key
 
@@ -281,9 +292,11 @@ def build_dataset(cfg: ExperimentConfig, registry: PluginRegistry | None = None,
     spec = codec_spec(cfg)
     if not spec.is_identity:
         codec = codec if codec is not None else build_codec(cfg, registry)
-        root, key = latent_cache_root(cfg, codec)
+        root, key = latent_cache_root(cfg, codec, registry)
         if is_complete(root, key):
-            return LatentCacheDataset(root, random_flip=bool(cfg.data.params.get("random_flip", False)))
+            params = data_params(cfg, registry)
+            flip = isinstance(params, SupportsAugmentation) and params.random_hflip()
+            return LatentCacheDataset(root, random_flip=bool(flip))
         if os.environ.get("RANK", "0") == "0":
             state = "is incomplete" if (root / "manifest.json").exists() else "does not exist"
             print(f"dtr: hint: the latent cache {root} {state}, so every batch is encoded with the VAE (slower); "
@@ -301,13 +314,13 @@ def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = No
         raise ConfigError("vae.path: dtr cache-latents needs a vae section, e.g. vae: {path: "
                           "stabilityai/sd-vae-ft-ema} (a hub id or a local diffusers folder), or a codec section")
     codec = build_codec(cfg, registry)
-    image_size = image_shape(cfg)[1]
-    codec.latent_shape(image_shape(cfg))  # geometry errors before any work
-    root, key = latent_cache_root(cfg, codec)
-    params = dict(cfg.data.params)
-    if "random_flip" in params:  # the cache holds both views itself
-        params["random_flip"] = False
-    dataset = registry.build("dataset", cfg.data.name, **params)
+    image_size = image_shape(cfg, registry)[1]
+    codec.latent_shape(image_shape(cfg, registry))  # geometry errors before any work
+    root, key = latent_cache_root(cfg, codec, registry)
+    params = data_params(cfg, registry)
+    if isinstance(params, SupportsAugmentation):  # the cache holds both views itself
+        params = params.unaugmented()
+    dataset = registry.build("dataset", cfg.data.name, **params.model_dump())
     describe = {"name": spec.name, "params": spec.params, "repr": repr(codec)}
     d = distributed.setup(cfg.train.device)
     try:

@@ -17,11 +17,13 @@ from dtr_plugins.compose.build import (
     build_loss_weighting,
     check_composition,
     compose,
+    data_params,
 )
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone
+from dtr_plugins.core.contracts import Backbone, DiffusionProcess, SupportsImageShape
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
+from dtr_plugins.core.io import creatable_folder_problem
 from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 
@@ -57,22 +59,18 @@ def check_machine(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
 
 
-def _check_respacing(cfg: ExperimentConfig, process: object) -> None:
-    from dtr_plugins.core.diffusion import GaussianDiffusion, space_timesteps
-
-    if isinstance(process, GaussianDiffusion):
-        try:
-            space_timesteps(process.num_timesteps, cfg.sample.respacing)
-        except ConfigError as exc:
-            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
+def _check_respacing(cfg: ExperimentConfig, process: DiffusionProcess) -> None:
+    """The process's own check of the sample settings (sampler names, respacing against its steps)."""
+    process.check_sample_settings(cfg.sample.sampler, cfg.sample.respacing)
 
 
 def _check_sizes(cfg: ExperimentConfig, model: Backbone, registry: PluginRegistry) -> None:
     """Pixel backbones: ``data.image_size`` and the data's channels against the backbone's input."""
     info = registry.get("backbone", cfg.backbone.name)
-    if backbone_input_space(info) != "pixels" or "image_size" not in cfg.data.params:
+    params = data_params(cfg, registry)
+    if backbone_input_space(info) != "pixels" or not isinstance(params, SupportsImageShape):
         return
-    size, channels = cfg.data.params["image_size"], int(cfg.data.params.get("channels", 3))
+    channels, size, _ = params.image_shape()
     if size != model.input_size:
         raise ConfigError(f"data.image_size: {size} but backbone '{cfg.backbone.name}' expects {model.input_size}px "
                           f"images (backbone.input_size); make them equal")
@@ -83,6 +81,7 @@ def _check_sizes(cfg: ExperimentConfig, model: Backbone, registry: PluginRegistr
 
 def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool = True) -> None:
     from dtr_plugins.evaluation.metrics import check_eval_settings
+    from dtr_plugins.evaluation.references import check_config_reference
     from dtr_plugins.extractors.builtin import resolve_inception_weights
 
     name = cfg.eval.feature_extractor
@@ -93,6 +92,7 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
     if not (cfg.eval.at_end or cfg.eval.every):
         return  # no evaluation during training
     check_eval_settings(cfg.eval, cfg.eval.num_samples)
+    check_config_reference(cfg, registry, machine)
     if not machine:
         return
     try:
@@ -105,13 +105,13 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
 
 
 def _check_output(cfg: ExperimentConfig, run_dir: str | Path | None) -> None:
-    """The output folder and the run folder must be folders (or not exist yet)."""
+    """The output folder and the run folder must be folders this process can create or write into."""
     paths = [("output_dir", Path(cfg.output_dir))]
     paths.append(("--run-dir", Path(run_dir)) if run_dir is not None else ("name", Path(cfg.output_dir) / cfg.name))
     for key, path in paths:
-        for part in (path, *path.parents):
-            if part.exists() and not part.is_dir():
-                raise ConfigError(f"{key}: {str(part)!r} is a file, not a folder; choose another {key}")
+        problem = creatable_folder_problem(path)  # the nearest existing part: a file, or no folder can be made in it
+        if problem:
+            raise ConfigError(f"{key}: {problem}; choose another {key}")
 
 
 def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None = None, *,

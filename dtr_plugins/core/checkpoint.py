@@ -99,6 +99,21 @@ def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def weights_in(ckpt: Any, use_ema: bool) -> str:
+    """Which weights :func:`apply_checkpoint` takes from ``ckpt``: ``"ema"`` when asked for and the file has
+    them, else ``"model"`` (raw weights: a plain state dict, or a checkpoint without an ``ema`` entry)."""
+    return "ema" if use_ema and isinstance(ckpt, Mapping) and _is_state_dict(ckpt.get("ema")) else "model"
+
+
+def refuse_nonfinite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """:class:`CheckpointError` when a floating tensor of ``state`` holds a NaN or inf (``where``: the file and
+    which weights); a diverged model would sample black images."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{where} hold NaN or inf ({len(bad)} tensors, first {bad[0]}); refusing to load them "
+                              "(a diverged run: use an earlier checkpoint)")
+
+
 def save_checkpoint(path: str | Path, **fields: Any) -> Path:
     """Write ``{"format": "dtr-plugins/1", **fields}`` atomically (temp file, then rename).
 
@@ -168,6 +183,7 @@ def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: 
     """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors)."""
     path = Path(path)
     state, meta = _select_state(ckpt, path, use_ema)
+    refuse_nonfinite(state, f"{path}: the {weights_in(ckpt, use_ema)} weights")
     target = _unwrap(model)
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("routing"), Mapping):
         _check_routing(target, ckpt["routing"], path, allow_routing_mismatch)

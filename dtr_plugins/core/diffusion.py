@@ -439,16 +439,16 @@ def _model_device(model: Any) -> torch.device:
 def _null_label(model: Any, y_null: Any, scale: float) -> Any:
     if y_null is not None:
         return y_null
+    from dtr_plugins.core.contracts import SupportsGuidance
+
+    # the model itself, or the backbone inside DistributedDataParallel (module) / torch.compile (_orig_mod)
     for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        if m is not None and hasattr(m, "null_class"):  # the backbone says which label means "no class"
+        if isinstance(m, SupportsGuidance):  # the backbone says which label means "no class"
             if m.null_class is None:
                 check_guidance(m, scale)  # the one guidance rule refuses it
             return m.null_class
-        n = getattr(m, "num_classes", None)
-        if n is not None:
-            return n
     raise ConfigError("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
-                      "or use a model with a num_classes attribute")
+                      "or use a backbone with a null_class (SupportsGuidance in dtr_plugins/core/contracts.py)")
 
 
 def _guided(model: Model, kwargs: dict[str, Any], scale: float, channels: int | None, y_null: Any,

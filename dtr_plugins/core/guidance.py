@@ -16,14 +16,17 @@ __all__ = ["check_guidance"]
 def check_guidance(model: Any, scale: float, source: str = "sample.cfg_scale") -> None:
     """Refuse a guidance ``scale`` != 1 that ``model`` cannot apply.
 
-    ``model``: anything with the :class:`~dtr_plugins.core.contracts.Backbone` attributes ``num_classes``
-    and ``null_class`` (a backbone built on the meta device will do). ``source``: the config key or option
+    ``model``: a :class:`~dtr_plugins.core.contracts.Backbone` (``num_classes``); guidance needs it to be
+    :class:`~dtr_plugins.core.contracts.SupportsGuidance` (``null_class``) too (a meta-device build will do).
+    ``source``: the config key or option
     the scale came from, named first in the message. Raises :class:`ConfigError` (one line).
     """
     if scale == 1.0:
         return
     num_classes = int(model.num_classes or 0)
-    if num_classes > 1 and model.null_class is not None:
+    from dtr_plugins.core.contracts import SupportsGuidance
+
+    if num_classes > 1 and isinstance(model, SupportsGuidance) and model.null_class is not None:
         return
     why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
     raise ConfigError(f"{source}: {scale:g} asks for classifier-free guidance, but this backbone "

@@ -126,13 +126,16 @@ class EvalSettings:
     fidelity_options: dict[str, Any] | None = None  #: torch-fidelity settings (``metrics.FIDELITY_OPTIONS``)
 
 
-def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None, *, labels: Any = None,
-             out: str | os.PathLike | None = None, registry=None, provenance: dict[str, Any] | None = None,
-             **keywords: Any) -> dict[str, Any]:
+def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None, *,
+             metrics: Sequence[str] | None = None, feature_extractor: str | None = None,
+             cache_dir: str | os.PathLike | None = None, labels: Any = None, out: str | os.PathLike | None = None,
+             registry=None,
+             provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score ``samples`` against ``reference`` (see the module docstring for the inputs and the record).
 
-    ``settings`` (:class:`EvalSettings`; its fields may also be given as keywords, which replace those of
-    ``settings``; an unknown keyword raises TypeError). ``metrics``: any of ``fid``, ``isc``, ``kid``, ``prc``.
+    ``settings``: :class:`EvalSettings` (the fields below but ``labels``, ``out``, ``registry``, ``provenance``);
+    ``metrics``, ``feature_extractor`` and ``cache_dir``, when given, replace those of ``settings``.
+    ``metrics``: any of ``fid``, ``isc``, ``kid``, ``prc``.
     ``feature_extractor``: a registered feature-extractor
     plugin (``inception-v3-compat``, ``digits-classifier``). ``weights_path``: the extractor's local weights file.
     ``labels``: the class of each sample (overrides an npz's); ``num_classes``: the model's class count, checked
@@ -144,7 +147,8 @@ def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None,
     how the samples were made (a dict, stored in the record under ``provenance``). Bad input raises a
     :class:`~dtr_plugins.core.errors.UserError` subclass with a one-line message, before features are computed.
     """
-    s = replace(settings or EvalSettings(), **keywords)
+    given: dict[str, Any] = {"metrics": metrics, "feature_extractor": feature_extractor, "cache_dir": cache_dir}
+    s = replace(settings or EvalSettings(), **{k: v for k, v in given.items() if v is not None})
     feature_extractor, weights_path, batch_size = s.feature_extractor, s.weights_path, s.batch_size
     metrics = check_metric_names(s.metrics)
     if batch_size < 1:
@@ -271,16 +275,13 @@ def _class_accuracy(spec: FeatureExtractorSpec, images: ImageSet, device, batch_
 
 
 def evaluate_model_samples(images_uint8_nhwc: np.ndarray, labels: np.ndarray | None, reference: str,
-                           metrics: Sequence[str] = ("fid",), feature_extractor: str = "inception-v3-compat",
-                           weights_path: str | os.PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
+                           settings: EvalSettings, *, registry=None) -> dict[str, Any]:
     """Evaluate in-memory samples (``uint8`` NHWC ``[N, H, W, C]``, e.g. from the trainer's EMA model).
 
-    ``labels``: the class each sample was generated for (``None`` for unconditional models). Other keyword
-    arguments go to :func:`evaluate` (``num_classes``, ``device``, ``batch_size``, ``cache_dir``,
-    ``provenance``...).
+    ``labels``: the class each sample was generated for (``None`` for unconditional models). See
+    :func:`evaluate` for ``settings``, ``registry`` and the record.
     """
-    return evaluate(images_uint8_nhwc, reference, metrics=metrics, feature_extractor=feature_extractor,
-                    weights_path=weights_path, labels=labels, **kwargs)
+    return evaluate(images_uint8_nhwc, reference, settings, labels=labels, registry=registry)
 
 
 def describe_metrics(result: dict[str, Any]) -> str:

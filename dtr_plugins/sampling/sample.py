@@ -3,7 +3,7 @@
 Under ``torchrun`` each rank samples every world-size-th batch. :func:`sample` writes each rank's part
 to ``<partial>/shards/rank{r}.npz`` and rank 0 merges them (no rank ever holds another rank's images
 except rank 0 while merging); :func:`generate` (the training-time evaluation path) gathers to rank 0 only.
-A sample folder is written as ``<out>.partial-<pid>/`` and renamed into place at the end, so an
+A sample folder is written as ``.<out>.partial-<pid>/`` (hidden) and renamed into place at the end, so an
 interrupted run never leaves a half set that looks complete. Records (``samples.json``) hold the
 values applied, never the ones asked for.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,12 +23,12 @@ import torch
 
 from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
-from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
-from dtr_plugins.core.contracts import Backbone, Codec
-from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance
+from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
-from dtr_plugins.core.io import atomic_write, write_json
+from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
@@ -153,32 +154,36 @@ def _prepare(model: Backbone, settings: SamplingSettings) -> tuple[np.ndarray, s
 
 
 @torch.no_grad()
-def generate(model: Backbone, diffusion, settings: SamplingSettings | ExperimentConfig, num: int | None = None, *,
-             dist: distributed.Dist | None = None, codec: Codec | None = None, progress: bool = True,
-             record: dict[str, Any] | None = None, **options: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``settings.num_samples`` images; under torchrun each rank makes every world-size-th batch and rank 0
-    gets all.
+def generate(model: Backbone, diffusion, cfg: ExperimentConfig | SamplingSettings, num: int | None = None, *,
+             seed: int | None = None, cfg_scale: float | None = None, codec: Codec | None = None,
+             dist: distributed.Dist | None = None, progress: bool = True,
+             record: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``num`` images; under torchrun each rank makes every world-size-th batch and rank 0 gets all.
 
-    ``settings``: a :class:`SamplingSettings`, or a run config from which they are built with ``num`` and the
-    :class:`SamplingOverrides` fields as keywords (``seed``, ``sampler``, ``respacing``, ``cfg_scale``,
-    ``batch_size``, ``labels``). The diffusion samples ``[n, model.in_channels, model.input_size,
-    model.input_size]`` in the backbone's input space; ``codec`` (default: identity, pixels) decodes them
-    into images. Predicted ``x0`` is clipped to ``[-1, 1]`` (``sample.clip_denoised``) only for a bounded
-    codec (pixels). Returns uint8 NHWC images (on ranks other than 0 under torchrun: an empty array) and the
-    label each was generated for. Noise for image ``i`` comes from a generator seeded with ``(seed, i // batch)``,
-    so results do not depend on the number of ranks. ``record`` (a dict) is filled with the settings
-    applied. Raises ConfigError for a guidance scale the backbone cannot apply (:func:`check_guidance`).
+    ``cfg``: the run config, from whose ``sample`` section the :class:`SamplingSettings` are built with ``num``,
+    ``seed`` (default 0) and ``cfg_scale`` over it; or the settings themselves (any other option, e.g. the
+    sampler or the labels: ``SamplingSettings.from_config(cfg, SamplingOverrides(...))``), then without
+    ``num``, ``seed`` and ``cfg_scale`` (TypeError). The diffusion samples ``[n, model.in_channels,
+    model.input_size, model.input_size]`` in the backbone's input space; ``codec`` (default: identity, pixels)
+    decodes them into images. Predicted ``x0`` is clipped to ``[-1, 1]`` (``sample.clip_denoised``) only for a
+    bounded codec (pixels). Returns uint8 NHWC images (on ranks other than 0 under torchrun: an empty array)
+    and the label each was generated for. Noise for image ``i`` comes from a generator seeded with
+    ``(seed, i // batch)``, so results do not depend on the number of ranks. ``record`` (a dict) is filled with
+    the settings applied. Raises ConfigError for a guidance scale the backbone cannot apply
+    (:func:`check_guidance`).
     """
     from dtr_plugins.codecs.identity import IdentityCodec
 
     codec = codec if codec is not None else IdentityCodec()
-    if isinstance(settings, ExperimentConfig):
-        if num is None:
-            raise TypeError("generate: a config needs num (the number of images)")
-        overrides = SamplingOverrides(num=num, **options)
-        settings = SamplingSettings.from_config(settings, overrides, bounded=codec.bounded)
-    elif num is not None or options:
-        raise TypeError("generate: give the number of images and options in the SamplingSettings, or a config")
+    if isinstance(cfg, SamplingSettings):
+        if num is not None or seed is not None or cfg_scale is not None:
+            raise TypeError("generate: num, seed and cfg_scale are part of the SamplingSettings given")
+        settings = cfg
+    elif num is None:
+        raise TypeError("generate: num (the number of images) is required with a config")
+    else:
+        asked = SamplingOverrides(num=num, seed=seed or 0, cfg_scale=cfg_scale)
+        settings = SamplingSettings.from_config(cfg, asked, bounded=codec.bounded)
     module = _module(model)
     d = dist or distributed.Dist(device=next(module.parameters()).device)
     all_labels, labels_from = _prepare(model, settings)
@@ -204,41 +209,30 @@ def generate(model: Backbone, diffusion, settings: SamplingSettings | Experiment
 
 def null_label(model: Backbone, scale: float = 2.0) -> int:
     """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
-    if model.null_class is None:
+    if not isinstance(model, SupportsGuidance) or model.null_class is None:
         check_guidance(model, scale)  # the one guidance rule's line
-    return int(model.null_class or 0)
+        raise ConfigError("sample.cfg_scale: this backbone has no null class; use cfg_scale 1.0")
+    return int(model.null_class)
 
 
 def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):
-    from dtr_plugins.core.checkpoint import apply_checkpoint, nonfinite_tensors, read_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint, weights_in
 
-    source = Path(source)
-    if source.is_dir():
-        ckpt_path = RunDir(source).require_checkpoint()
-        run_cfg = RunDir(source).config_path
-    elif source.is_file():
-        ckpt_path, run_cfg = source, RunDir.of_checkpoint(source).config_path
-    else:
-        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    run, ckpt_path = RunDir.locate(source)
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
-    if source.is_file() and isinstance(ckpt, dict) and "config" in ckpt:
-        cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
-    elif run_cfg.exists():
-        cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
-    else:
-        raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
+    cfg = run.config_of(ckpt, ckpt_path)
     parts = compose(cfg, data=False)  # the model, its process and codec, each built once
     model = parts.model
-    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
-    bad = nonfinite_tensors(model.state_dict())
-    if bad:  # a diverged model samples black images: refuse
-        raise CheckpointError(f"{ckpt_path}: the {'EMA' if use_ema else 'model'} weights hold NaN or inf "
-                              f"({len(bad)} tensors, first {bad[0]}); the run diverged, use an earlier checkpoint")
+    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)  # refuses NaN / inf weights
+    weights = weights_in(ckpt, use_ema)
+    if use_ema and weights != "ema":
+        warnings.warn(f"{ckpt_path}: holds no EMA weights (a checkpoint of another tool?); sampling its raw model "
+                      "weights (samples.json records weights: model)", stacklevel=2)
     device = device or distributed.pick_device(cfg.train.device)
     step = ckpt.get("step") if isinstance(ckpt, dict) else None
     if not isinstance(step, int):
         step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
-    return cfg, parts.to(device), ckpt_path, step
+    return cfg, parts.to(device), ckpt_path, step, weights
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
@@ -246,7 +240,7 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    cfg, parts, ckpt_path, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
+    cfg, parts, ckpt_path, _, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
     return cfg, parts.model.eval(), parts.diffusion, ckpt_path
 
 
@@ -255,12 +249,13 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
     """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
 
     The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
-    ``grid.png`` shows the first 100 images enlarged to a readable size (:func:`~.plots.readable_grid`), each
-    under the name of its class when ``class_names`` is given (a class-conditional model).
+    ``grid.png`` shows the first 100 images enlarged to a readable size
+    (:func:`~dtr_plugins.core.images.readable_grid`), each under the name of its class when ``class_names``
+    is given (a class-conditional model).
     """
     from PIL import Image
 
-    from dtr_plugins.experiments.plots import readable_grid
+    from dtr_plugins.core.images import readable_grid
 
     def save(img: np.ndarray, tmp: Path) -> None:
         Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG")
@@ -312,16 +307,16 @@ def _merge_shards(shards: Path, world_size: int) -> tuple[np.ndarray, np.ndarray
     return images[order], index[order]
 
 
-def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, out: str | Path | None = None,
-           allow_unsafe_load: bool = False, progress: bool = True, overwrite: bool = False,
-           device: str | None = None, threads: int | None = None, **options: Any) -> Path:
+def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, num: int | None = None,
+           seed: int | None = None, out: str | Path | None = None, overwrite: bool = False, device: str | None = None,
+           threads: int | None = None, progress: bool = True, allow_unsafe_load: bool = False) -> Path:
     """Sample from a run directory, checkpoint, exported folder or hub id (``hf://ORG/NAME``) and write the
     images; returns the output folder.
 
-    ``overrides`` (:class:`SamplingOverrides`: ``num``, ``sampler``, ``respacing``, ``cfg_scale``, ``labels``,
-    ``seed``, ``batch_size``, ``use_ema``; its fields may also be given as keywords, which replace those of
-    ``overrides``; an unknown keyword raises TypeError) go over the loaded config's ``sample`` section: the
-    :class:`SamplingSettings` are built once from both, and ``samples.json`` records what they applied.
+    ``overrides`` (:class:`SamplingOverrides`: ``num`` (default 64), ``sampler``, ``respacing``, ``cfg_scale``,
+    ``labels``, ``seed``, ``batch_size``, ``use_ema``; ``num`` and ``seed`` given here replace those) go over the
+    loaded config's ``sample`` section: the :class:`SamplingSettings` are built once from both, and
+    ``samples.json`` records what they applied.
     An exported folder or hub id has no run directory, so ``out`` is required there (:class:`UserError`
     otherwise); it holds one set of weights (``use_ema=False`` needs raw ones). ``samples.json`` records
     ``weights`` (ema, model or diffusers), and for those sources ``source``.
@@ -331,7 +326,8 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, ou
     """
     from dtr_plugins.sharing.hub import is_pretrained_source, load_for_sampling
 
-    asked = replace(overrides if overrides is not None else SamplingOverrides(), **options)
+    given: dict[str, Any] = {"num": num, "seed": seed}
+    asked = replace(overrides or SamplingOverrides(), **{k: v for k, v in given.items() if v is not None})
     pretrained = is_pretrained_source(source)
     if pretrained and out is None:
         raise UserError(f"--out: {source} is an exported model or hub id, not a run directory; give --out DIR")
@@ -351,8 +347,9 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, ou
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, parts, ckpt_path, step = _load(source, use_ema=asked.use_ema, allow_unsafe_load=allow_unsafe_load,
-                                                device=d.device)
+            cfg, parts, ckpt_path, step, weights = _load(source, use_ema=asked.use_ema,
+                                                         allow_unsafe_load=allow_unsafe_load, device=d.device)
+            loaded["weights"] = weights
             model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
@@ -362,7 +359,9 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, ou
         out_dir = Path(out) if out is not None else default_out(
             RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), settings, step=step)
         check_out(out_dir, overwrite=overwrite, sources=sources)
-        partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
+        if d.is_main:
+            clean_dead_partials(out_dir)
+        partial = out_dir.with_name(f".{out_dir.name}.partial-{_shared_pid(d)}")  # hidden: never taken as samples
         applied: dict[str, Any] = {}
         with torch.no_grad():
             chunks = _rank_chunks(model, diffusion, settings, all_labels, d=dev_d, codec=codec, progress=progress,
@@ -430,12 +429,8 @@ def _check_options(asked: SamplingOverrides, *, device: str | None) -> None:
 def _check_sampling(diffusion: Any, settings: SamplingSettings) -> None:
     """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
     naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
-
     try:
-        type(diffusion).check_sample_settings(settings.sampler, settings.respacing)
-        if isinstance(diffusion, GaussianDiffusion):
-            diffusion.respaced(settings.respacing)
+        diffusion.check_sample_settings(settings.sampler, settings.respacing)
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("sample.sampler: "):

@@ -34,7 +34,7 @@ from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
-from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
+from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
@@ -154,7 +154,7 @@ def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
                       "that the config is the one it was trained with", stacklevel=2)
         return
     new = cfg.to_dict()
-    if stored == config_fingerprint(new):
+    if stored == weights_fingerprint(new):
         return
     allowed = ", ".join(RESUMABLE_KEYS)
     diff = first_difference(ckpt.get("config") or {}, new)
@@ -178,7 +178,7 @@ def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: in
                      "device": old.get("device"), "started": old.get("started"), "finished": old.get("finished"),
                      "git_commit": old.get("git_commit")}]
     merged = {**old, **meta, "started": old.get("started", meta["started"]), "segments": [*segments, segment],
-              "config_fingerprint": config_fingerprint(cfg.to_dict())}
+              "config_fingerprint": weights_fingerprint(cfg.to_dict())}
     for stale in ("finished", "ranks_in_sync"):
         merged.pop(stale, None)
     if resume and old:
@@ -193,29 +193,26 @@ def _now() -> str:
 def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
                  device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
     """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
-    off when ``eval.heldout_every`` is 0, for processes other than the Gaussian (integer timesteps, epsilon
-    MSE) and flow matching (float times over bands of u, velocity MSE), when training from a latent cache
-    and for data without a held-out split."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
+    off when ``eval.heldout_every`` is 0, for a process without :class:`SupportsHeldoutLoss` (which says
+    how held-out times are drawn and what the loss measures), when training from a latent cache and for
+    data without a held-out split."""
+    from dtr_plugins.core.contracts import SupportsHeldoutLoss
     from dtr_plugins.core.errors import DataError
-    from dtr_plugins.core.flow import FlowMatching
     from dtr_plugins.evaluation.heldout import heldout_set_for
 
     if not cfg.eval.heldout_every:
         return None, {"applied": False, "why": "eval.heldout_every is 0"}
-    if isinstance(parts.diffusion, GaussianDiffusion):
-        time, target = "discrete", "epsilon"
-    elif isinstance(parts.diffusion, FlowMatching):
-        time, target = "continuous", "velocity"
-    else:
+    num_timesteps = parts.diffusion.num_timesteps
+    if not isinstance(parts.diffusion, SupportsHeldoutLoss):
         return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
+    time, target = parts.diffusion.heldout_time, parts.diffusion.heldout_target
     if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
         return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
     try:
         heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
-                                  parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                                  num_timesteps, per_band=cfg.eval.heldout_per_band,
                                   seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     except (ConfigError, DataError) as exc:
         print(f"dtr: note: no held-out loss for this run: {exc}")
@@ -229,7 +226,7 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
 def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
           registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True,
           parts: Components | None = None) -> Path:
-    """Train ``cfg``; returns the run directory (:class:`RunDir`).
+    """Train ``cfg``; returns the run directory (docs/design.md, "6. The run directory"; :class:`RunDir`).
 
     ``parts``: the run as :func:`compose_checked` composed it (``dtr train`` does this first, to name its config
     file in a refusal); composed here when None.
@@ -259,6 +256,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         d.barrier()
         modules = TrainerParts(_network(cfg, parts.model, d), parts.diffusion, parts.model_input, parts.codec)
         trainer = Trainer(cfg, state, modules, rd, d, progress=progress, trackers=trackers, heldout=heldout)
+        if start_ckpt is not None and start_step < cfg.train.steps:  # a kill during the checkpoint step's evaluation
+            _redo_interrupted_evaluation(trainer, rd, cfg, d)
         trainer.run(_loader(cfg, parts.dataset, d, state.step))
         if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
             _redo_missing_outputs(trainer, rd, cfg, d)
@@ -453,3 +452,18 @@ def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d
         if d.is_main:  # an evaluation record of a crashed final evaluation is replaced, not repeated
             rd.truncate_metrics(cfg.train.steps, drop_eval_at_step=True)
         trainer.evaluate(final=True)
+
+
+def _redo_interrupted_evaluation(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d: distributed.Dist) -> None:
+    """The ``eval.every`` evaluation scheduled at the resumed checkpoint's step runs after that checkpoint is
+    written; a run killed during it has the checkpoint but no record. It is redone (every rank takes part) before
+    training goes on, so ``metrics.jsonl`` keeps every scheduled point."""
+    step, every = trainer.state.step, cfg.eval.every
+    if not every or step == 0 or step % every:
+        return
+    d.barrier()  # the main rank has truncated metrics.jsonl
+    if any("eval" in r and r.get("step") == step for r in rd.read_metrics() if isinstance(r, dict)):
+        return
+    if d.is_main:
+        print(f"dtr: {rd.path}: the evaluation of step {step} has no record (interrupted); redoing it", flush=True)
+    trainer.evaluate(final=False)

@@ -22,6 +22,7 @@ from dtr_plugins.data import image_folder as image_folder_plugin
 from dtr_plugins.data.digits import Digits
 from dtr_plugins.evaluation.evaluate import (
     EvalError,
+    EvalSettings,
     dataset_reference,
     evaluate,
     evaluate_model_samples,
@@ -130,9 +131,9 @@ def test_class_accuracy_on_16px_npz_and_reference_follows_sample_size(tmp_path, 
     assert result["frechet_inception_distance"] < 5.0
 
     shuffled = np.random.default_rng(0).permutation(labels)
-    wrong = evaluate_model_samples(images, shuffled, "dataset:digits?split=b", metrics=["fid"],
-                                   feature_extractor="digits-classifier", registry=registry,
-                                   cache_dir=tmp_path / "c", device="cpu")
+    wrong = evaluate_model_samples(images, shuffled, "dataset:digits?split=b",
+                                   EvalSettings(metrics=["fid"], feature_extractor="digits-classifier",
+                                                cache_dir=tmp_path / "c", device="cpu"), registry=registry)
     assert wrong["class_accuracy"] < 0.3
 
 
@@ -144,7 +145,7 @@ def test_png_folders_grayscale_and_rgb(tmp_path, registry):
     for i, img in enumerate(images[:200]):
         Image.fromarray(img[..., 0], mode="L").save(gray / f"{i:04d}.png")
         Image.fromarray(np.repeat(img, 3, axis=-1), mode="RGB").save(rgb / f"{i:04d}.png")
-    a = digits_eval(str(gray), str(rgb), metrics=["fid"], registry=registry, cache=False)
+    a = digits_eval(str(gray), str(rgb), metrics=["fid"], registry=registry, settings=EvalSettings(cache=False))
     assert a["num_samples"] == a["num_reference"] == 200
     assert abs(a["frechet_inception_distance"]) < 1e-3  # the same digits, once gray, once RGB
     assert a["reference_cache"] == "off"
@@ -370,8 +371,8 @@ def test_reference_folder_with_class_subfolders_is_read_recursively(tmp_path, re
         save_pngs(ref / f"class{c}", ref_images[ref_labels == c], start=1000 * c)
     (ref / ".hidden").mkdir()
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(ref / ".hidden" / "thumb.png")  # skipped
-    by_folder = digits_eval(samples, str(ref), registry=registry, cache=False)
-    by_dataset = digits_eval(samples, "dataset:digits?split=b", registry=registry, cache=False)
+    by_folder = digits_eval(samples, str(ref), registry=registry, settings=EvalSettings(cache=False))
+    by_dataset = digits_eval(samples, "dataset:digits?split=b", registry=registry, settings=EvalSettings(cache=False))
     assert by_folder["num_reference"] == 899
     assert by_folder["frechet_inception_distance"] == pytest.approx(by_dataset["frechet_inception_distance"],
                                                                     rel=1e-6, abs=1e-9)
@@ -400,10 +401,10 @@ def test_too_few_samples_for_the_metric_settings_is_one_line_up_front(tmp_path):
     with pytest.raises(DataError,
                        match=r"<array>: 898 image\(s\) are too few for kid with kid_subset_size=1000") as err:
         evaluate(real_digits("a")[0], "dataset:digits?split=b", metrics=["kid"], feature_extractor="nope",
-                 fidelity_options={"kid_subset_size": 1000})
+                 settings=EvalSettings(fidelity_options={"kid_subset_size": 1000}))
     assert "\n" not in str(err.value)
     with pytest.raises(EvalError, match="fidelity_options: cache not allowed"):
-        evaluate(real_digits("a")[0], "dataset:digits?split=b", fidelity_options={"cache": True})
+        evaluate(real_digits("a")[0], "dataset:digits?split=b", EvalSettings(fidelity_options={"cache": True}))
 
 
 def test_record_says_what_was_applied(tmp_path, registry):

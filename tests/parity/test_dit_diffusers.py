@@ -209,7 +209,8 @@ def test_non_dit_backbone_refuses_diffusers_layout(tmp_path):
     run = tmp_path / "adm"
     save_checkpoint(run / "checkpoints" / "0000001.pt", step=1, model=model.state_dict(), ema=model.state_dict(),
                     config=cfg.to_dict())
-    with pytest.raises(UserError, match="not a DiT"):
+    with pytest.raises(UserError, match="backbone 'adm_unet' declares no diffusers state-dict adapter "
+                                        r"\(backbones that do: dit, dit_diffusers, latent_dit, latent_dit_diffusers\)"):
         hub.export_run(run, tmp_path / "out", layout="diffusers")
 
 
@@ -237,6 +238,7 @@ def _pipeline(tmp_path, scheduler):
 
 def test_diffusers_pipeline_loads_on_its_vae_and_samples(tmp_path):
     from dtr_plugins.backbones.dit_diffusers import LatentDiffusersDiT
+    from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
     from dtr_plugins.sampling.sample import generate
 
     folder, transformer = _pipeline(tmp_path, {"_class_name": "KarrasDiffusionSchedulers", "num_train_timesteps": 500,
@@ -250,8 +252,8 @@ def test_diffusers_pipeline_loads_on_its_vae_and_samples(tmp_path):
     t = t.clamp(max=499)
     with torch.no_grad():
         assert (model(x, t, y) - transformer(x, t, y).sample).abs().max() < 1e-5
-    images, labels = generate(model, dp.build_diffusion(cfg), cfg, 2, seed=0, respacing="ddim2", codec=codec,
-                              progress=False)
+    settings = SamplingSettings.from_config(cfg, SamplingOverrides(num=2, respacing="ddim2"), bounded=codec.bounded)
+    images, labels = generate(model, dp.build_diffusion(cfg), settings, codec=codec, progress=False)
     assert images.shape == (2, 16, 16, 3) and list(labels) == [0, 1]
 
 

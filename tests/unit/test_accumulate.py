@@ -236,8 +236,8 @@ def test_config_keys_and_bad_values(tmp_path, run_cli):
     for override, expected in [
         ("train.grad_accum_steps=0", "train.grad_accum_steps: Input should be greater than or equal to 1"),
         ("train.grad_accum_steps=3", "train.grad_accum_steps: 3 does not divide train.batch_size 64"),
-        ("train.tf32=maybe", "train.tf32: Input should be a valid boolean"),
-        ("train.activation_checkpointing=2", "train.activation_checkpointing: Input should be a valid boolean"),
+        ("train.tf32=maybe", "train.tf32: expected a boolean, got 'maybe'"),
+        ("train.activation_checkpointing=2", "train.activation_checkpointing: expected a boolean, got 2"),
     ]:
         code, out, err = run_cli("validate", str(path), "--set", override)
         assert code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

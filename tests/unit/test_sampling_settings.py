@@ -56,7 +56,7 @@ def test_generate_records_the_settings_it_applied_and_keywords_build_the_same():
     assert {k: record[k] for k in settings.applied()} == settings.applied()
     assert record["cfg_scale"] == 2.0 and record["respacing"] == "ddim3" and record["labels"] == "balanced"
     torch.manual_seed(0)
-    again, _ = generate(_Toy(), diffusion, cfg, 5, seed=2, respacing="ddim3", progress=False)
+    again, _ = generate(_Toy(), diffusion, _cfg(cfg_scale=2.0, respacing="ddim3"), 5, seed=2, progress=False)
     assert images.shape == (5, 4, 4, 1) and np.array_equal(images, again)
     with pytest.raises(TypeError):
         generate(_Toy(), diffusion, settings, 5, progress=False)

@@ -111,10 +111,8 @@ class Labelled:
 
 def test_null_label_from_the_model_or_the_wrapped_one():
     assert _null_label(Labelled(null_class=7), None, 2.0) == 7
-    assert _null_label(Labelled(num_classes=10), None, 2.0) == 10
     assert _null_label(Labelled(module=Labelled(null_class=7)), None, 2.0) == 7  # DistributedDataParallel
     assert _null_label(Labelled(_orig_mod=Labelled(null_class=6)), None, 2.0) == 6  # torch.compile
-    assert _null_label(Labelled(module=Labelled(num_classes=3)), None, 2.0) == 3
     assert _null_label(Labelled(null_class=7), 2, 2.0) == 2  # an explicit y_null wins
 
 
@@ -124,10 +122,12 @@ def test_null_label_errors_name_the_key_and_the_fix():
     assert str(info.value) == ("sample.cfg_scale: 2 asks for classifier-free guidance, but this backbone "
                                "(num_classes=10) has no null class (it was trained without label dropout); "
                                "use a scale of 1.0")
-    with pytest.raises(ConfigError) as info:
-        _null_label(Labelled(), None, 2.0)
-    assert str(info.value) == ("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
-                               "or use a model with a num_classes attribute")
+    for no_guidance in (Labelled(), Labelled(num_classes=10), Labelled(module=Labelled(num_classes=3))):
+        with pytest.raises(ConfigError) as info:  # num_classes alone is no null label: SupportsGuidance is
+            _null_label(no_guidance, None, 2.0)
+        assert str(info.value) == ("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
+                                   "or use a backbone with a null_class (SupportsGuidance in "
+                                   "dtr_plugins/core/contracts.py)")
 
 
 def test_guided_needs_labels_one_line():

@@ -1,1 +1,0 @@
-"""A learned soft channel window per timestep: an example of dtr-plugins' routing contract v2."""
