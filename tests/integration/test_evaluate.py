@@ -5,6 +5,7 @@ rank-deficient FID, guided-diffusion's arr_1 labels, class subfolders, too few s
 Fast on purpose: the digits classifier trains once per session (into the session's ``DTR_CACHE_DIR``), KID
 uses 10 subsets, and nothing is ever downloaded.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -56,10 +57,13 @@ def noise_images(n: int = 900, size: int = 8) -> np.ndarray:
 
 
 def digits_eval(samples, ref="dataset:digits?split=b", **kwargs):
+    """:func:`evaluate` with the digits classifier, FAST options on the CPU; ``kwargs``: evaluate's keywords
+    and :class:`EvalSettings` fields."""
     kwargs.setdefault("feature_extractor", "digits-classifier")
-    kwargs.setdefault("fidelity_options", FAST)
-    kwargs.setdefault("device", "cpu")
-    return evaluate(samples, ref, **kwargs)
+    fields = {f.name for f in dataclasses.fields(EvalSettings)} - {"metrics", "feature_extractor", "cache_dir"}
+    settings = EvalSettings(**{"fidelity_options": FAST, "device": "cpu",
+                               **{k: kwargs.pop(k) for k in list(kwargs) if k in fields}})
+    return evaluate(samples, ref, settings, **kwargs)
 
 
 def test_digits_fid_real_far_below_noise_and_metrics_in_range(tmp_path, registry):
@@ -145,7 +149,7 @@ def test_png_folders_grayscale_and_rgb(tmp_path, registry):
     for i, img in enumerate(images[:200]):
         Image.fromarray(img[..., 0], mode="L").save(gray / f"{i:04d}.png")
         Image.fromarray(np.repeat(img, 3, axis=-1), mode="RGB").save(rgb / f"{i:04d}.png")
-    a = digits_eval(str(gray), str(rgb), metrics=["fid"], registry=registry, settings=EvalSettings(cache=False))
+    a = digits_eval(str(gray), str(rgb), metrics=["fid"], registry=registry, cache=False)
     assert a["num_samples"] == a["num_reference"] == 200
     assert abs(a["frechet_inception_distance"]) < 1e-3  # the same digits, once gray, once RGB
     assert a["reference_cache"] == "off"
@@ -371,8 +375,8 @@ def test_reference_folder_with_class_subfolders_is_read_recursively(tmp_path, re
         save_pngs(ref / f"class{c}", ref_images[ref_labels == c], start=1000 * c)
     (ref / ".hidden").mkdir()
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(ref / ".hidden" / "thumb.png")  # skipped
-    by_folder = digits_eval(samples, str(ref), registry=registry, settings=EvalSettings(cache=False))
-    by_dataset = digits_eval(samples, "dataset:digits?split=b", registry=registry, settings=EvalSettings(cache=False))
+    by_folder = digits_eval(samples, str(ref), registry=registry, cache=False)
+    by_dataset = digits_eval(samples, "dataset:digits?split=b", registry=registry, cache=False)
     assert by_folder["num_reference"] == 899
     assert by_folder["frechet_inception_distance"] == pytest.approx(by_dataset["frechet_inception_distance"],
                                                                     rel=1e-6, abs=1e-9)
