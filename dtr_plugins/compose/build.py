@@ -257,7 +257,9 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
 # ------------------------------------------------------------------------------ diffusion, loss
 def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> DiffusionProcess:
     """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
-    process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
+    process = cfg.validated_process()  # built (and checked) when the config was validated
+    if process is None:
+        process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
     if not isinstance(process, DiffusionProcess):
         missing = ", ".join(missing_members(process, DiffusionProcess))
         raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (see "

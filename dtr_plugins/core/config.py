@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
@@ -250,6 +250,24 @@ class ExperimentConfig(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
+    #: (diffusion section as validated, the process built from it): validation builds the process once to ask it
+    #: for its defaults and checks; composition reuses it while the section is unchanged (one build per command)
+    _validated_process: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:  # the fields; the process held since validation is not part of it
+        if not isinstance(other, ExperimentConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    def validated_process(self) -> Any:
+        """The process built while this config was validated, when its ``diffusion`` section is still the one it
+        was built from; else None (then :func:`dtr_plugins.compose.build_diffusion` builds it)."""
+        held = self._validated_process
+        if held is None or held[0] != self.diffusion.model_dump(mode="json"):
+            return None
+        return held[1]
 
     @field_validator("name")
     @classmethod
@@ -416,7 +434,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     if cfg.routing.name in UNROUTED_STRATEGIES and cfg.routing.site != "input":
         raise ConfigError(f"routing.site: {cfg.routing.site!r} given with routing {cfg.routing.name!r}, which routes "
                           f"nothing (the plain model); remove routing.site, or choose a routing strategy")
-    return cfg.model_copy(update=updates)
+    out = cfg.model_copy(update=updates)
+    out._validated_process = (out.diffusion.model_dump(mode="json"), process)
+    return out
 
 
 def _build_process(info: Any, validated: BaseModel) -> Any:
