@@ -41,7 +41,7 @@ from dtr_plugins.core.routing import routed_units
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
-from dtr_plugins.training.trainer import Trainer, TrainerParts, TrainingDiverged, TrainState, ranks_in_sync
+from dtr_plugins.training.trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
 __all__ = ["train", "compose_checked", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
            "TrainingDiverged"]
@@ -254,8 +254,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             trackers, heldout = _write_run_start(rd, parts, d, state.step,
                                                  _Start(resume, start_ckpt is not None, compute, registry))
         d.barrier()
-        modules = TrainerParts(_network(cfg, parts.model, d), parts.diffusion, parts.model_input, parts.codec)
-        trainer = Trainer(cfg, state, modules, rd, d, progress=progress, trackers=trackers, heldout=heldout)
+        trainer = Trainer(cfg, state, _network(cfg, parts.model, d), parts, rd, d, progress=progress,
+                          trackers=trackers, heldout=heldout)
         if start_ckpt is not None and start_step < cfg.train.steps:  # a kill during the checkpoint step's evaluation
             _redo_interrupted_evaluation(trainer, rd, cfg, d)
         trainer.run(_loader(cfg, parts.dataset, d, state.step))
