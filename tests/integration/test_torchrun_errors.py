@@ -8,7 +8,8 @@ import sys
 
 from ..conftest import ROOT
 
-LINE = "dtr: error: data.image_size: 16 but backbone 'dit' expects 8px images (backbone.input_size); make them equal"
+LINE = (f"dtr: error: {ROOT / 'configs' / 'dit_digits.yaml'}: data.image_size: 16 but backbone 'dit' expects 8px "
+        "images (backbone.input_size); make them equal")
 
 
 def _free_port() -> int:
