@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU machines here serve this torch from a local cache; set TORCH_SPEC to use another build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test lint typecheck test-quick mutate demo setup clean fashion-data
+.PHONY: test lint typecheck test-quick mutate demo setup clean figures figures-check fashion-data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
 	$(VENV)/bin/dtr suite configs/suites/quickstart.yaml --parallel 2
 	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures); .venv/bin/dtr runs lists the runs"
+
+# Rebuild every measured table of README.md and docs/ from the committed raw results (benchmarks/results-*/):
+# the blocks between <!-- figures:NAME --> and <!-- /figures:NAME -->; offline, seconds. figures-check changes nothing.
+figures: $(STAMP)
+	$(PY) scripts/figures.py
+
+figures-check: $(STAMP)
+	$(PY) scripts/figures.py --check
 
 clean:
 	rm -rf $(VENV) runs

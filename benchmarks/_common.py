@@ -357,7 +357,7 @@ def routed_view(bm: BenchModel, strategy: str, device: torch.device, **params: A
     from dtr_plugins.core.routing import RoutingPlan
 
     view = shallow_view(bm.base)
-    plan = RoutingPlan(dp.build_strategy(strategy, **params), bm.base.routed_channels(), bm.num_tasks,
+    plan = RoutingPlan(dp.build_strategy(strategy, params), bm.base.routed_channels(), bm.num_tasks,
                        cond_dim=bm.base.routing_cond_dim())  # a learned strategy binds to it (as compose does)
     view.attach_routing(plan.to(device))
     return view

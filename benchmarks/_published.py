@@ -1,7 +1,7 @@
 """A published-style DTR DiT, written here from the published description, to measure its routing costs.
 
-The published DTR code routes a DiT as follows (PAPER.md, "Costs"; DESIGN.md section 2 describes what this
-project does instead):
+The published DTR code routes a DiT as follows (docs/design.md, "1. Routing", describes what this project
+does instead):
 
 - every block owns a task router holding a **float** ``[T, C]`` mask buffer (persistent, so it is saved in
   every checkpoint and repeated in the EMA copy), even when all blocks share the same table;

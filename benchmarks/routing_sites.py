@@ -71,7 +71,7 @@ def make_plans(model: DiT, specs: list[str], device: torch.device) -> dict[str, 
         if site is None:
             strategy, site = dp.build_strategy("vanilla"), "input"
         else:
-            strategy = dp.build_strategy("dtr", alpha=4.0, beta=beta)
+            strategy = dp.build_strategy("dtr", {"alpha": 4.0, "beta": beta})
         plans[label] = RoutingPlan(strategy, model.routed_channels(site), NUM_TASKS, site=site,
                                    slice_shared=sliced).to(device)
     return plans

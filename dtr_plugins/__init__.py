@@ -1,10 +1,18 @@
 """dtr-plugins: task routing for diffusion models.
 
-The public API (DESIGN.md section 6). Plugin authors need only :data:`hookimpl`.
+The public API (docs/design.md, "Python API"). Plugin authors need only :data:`hookimpl`. Every name here
+is the implementing function itself (``help(dtr_plugins.sample)`` shows its real signature); the heavy
+ones (training, sampling, evaluation, suites, sharing) are imported on first use.
+
+- ``sample(source, ...)``: images to files on disk (PNGs, a grid, an ``.npz``) from a run, checkpoint,
+  exported folder or hub id; returns the output folder.
+- ``generate(model, diffusion, cfg, num, ...)``: images in memory (uint8 ``[N, H, W, C]`` arrays and their
+  labels), as a diffusers pipeline gives them; nothing is written.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from dtr_plugins._version import __version__
 from dtr_plugins.compose import build_codec, build_components, build_diffusion, build_model
@@ -13,51 +21,40 @@ from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import build_strategy, list_plugins
 
+if TYPE_CHECKING:
+    from dtr_plugins.core.checkpoint import load_checkpoint
+    from dtr_plugins.evaluation.evaluate import evaluate
+    from dtr_plugins.experiments.suite import run_suite
+    from dtr_plugins.sampling.sample import generate, sample
+    from dtr_plugins.sharing.hub import from_pretrained
+    from dtr_plugins.training.train import train
 
-def load_checkpoint(model, path, **kwargs: Any):
-    """Load this project's checkpoints, official DiT/DTR releases or guided-diffusion ADM weights."""
-    from dtr_plugins.core.checkpoint import load_checkpoint as _load
-
-    return _load(model, path, **kwargs)
-
-
-def from_pretrained(source, **kwargs: Any):
-    """Load an exported model folder, a diffusers DiT folder or pipeline, or a hub id (hf://ORG/NAME):
-    ``(model, cfg, codec)``."""
-    from dtr_plugins.sharing.hub import from_pretrained as _from_pretrained
-
-    return _from_pretrained(source, **kwargs)
-
-
-def train(cfg: ExperimentConfig, **kwargs: Any):
-    """Train one run (single process or under torchrun); returns the run directory."""
-    from dtr_plugins.training.train import train as _train
-
-    return _train(cfg, **kwargs)
+#: public name -> the module that defines it (imported on first access)
+_LAZY = {
+    "load_checkpoint": "dtr_plugins.core.checkpoint",
+    "from_pretrained": "dtr_plugins.sharing.hub",
+    "train": "dtr_plugins.training.train",
+    "sample": "dtr_plugins.sampling.sample",
+    "generate": "dtr_plugins.sampling.sample",
+    "evaluate": "dtr_plugins.evaluation.evaluate",
+    "run_suite": "dtr_plugins.experiments.suite",
+}
 
 
-def sample(source, **kwargs: Any):
-    """Sample images from a run directory, checkpoint, exported folder or hub id; writes PNGs, a grid and an .npz."""
-    from dtr_plugins.sampling.sample import sample as _sample
-
-    return _sample(source, **kwargs)
-
-
-def evaluate(samples, reference, **kwargs: Any):
-    """Score samples against a reference with torch-fidelity (FID, IS, KID, precision/recall)."""
-    from dtr_plugins.evaluation.evaluate import evaluate as _evaluate
-
-    return _evaluate(samples, reference, **kwargs)
+def __getattr__(name: str) -> Any:
+    """The lazily imported public functions (PEP 562); anything else is an AttributeError."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dtr_plugins' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
-def run_suite(path, **kwargs: Any):
-    """Run an ablation suite and build its report."""
-    from dtr_plugins.experiments.suite import run_suite as _run_suite
-
-    return _run_suite(path, **kwargs)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = ["hookimpl", "load_config", "list_plugins", "build_strategy", "build_model", "build_diffusion",
            "build_codec", "build_components",
-           "load_checkpoint", "from_pretrained", "train", "sample", "evaluate", "run_suite", "ExperimentConfig",
-           "UserError", "__version__"]
+           "load_checkpoint", "from_pretrained", "train", "sample", "generate", "evaluate", "run_suite",
+           "ExperimentConfig", "UserError", "__version__"]

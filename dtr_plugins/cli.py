@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.errors import UserError, user_message
+from dtr_plugins.core.metrics import selectable as metric_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +110,7 @@ def cmd_validate(args) -> int:
 def cmd_masks(args) -> int:
     from pathlib import Path
 
-    from dtr_plugins.compose import build_model
+    from dtr_plugins.compose import compose
     from dtr_plugins.experiments.gate_plots import plot_learned_gates
     from dtr_plugins.experiments.plots import plot_routing_plan
 
@@ -125,9 +126,9 @@ def cmd_masks(args) -> int:
         weights = f"{'EMA' if not args.no_ema else 'model'} weights of {ckpt_path.name}"
     else:
         cfg, weights = _load(args), "at initialisation"
-        model = build_model(cfg)
+        model = compose(cfg, data=False).model
     plan = model.plan
-    assert plan is not None  # build_model always attaches one
+    assert plan is not None  # compose always attaches one
     if plan.learned is not None:
         drawn = plot_learned_gates(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr} ({weights})")
         if drawn is None:
@@ -141,12 +142,19 @@ def cmd_masks(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from dtr_plugins.training.train import train
+    from dtr_plugins.training.train import compose_checked, train
 
     if args.threads is not None:
+        if args.threads < 1:  # a flag, not a key of the config file
+            raise UserError(f"--threads: {args.threads} is not a thread count; give an integer of 1 or more")
         args.overrides = [*args.overrides, f"train.threads={args.threads}"]
-    cfg = _load(args)  # train() runs validate_run on every rank before the process group
-    run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load)
+    cfg = _load(args)
+    try:  # every rank, before the process group: the checks and the line of `dtr validate`
+        parts = compose_checked(cfg, run_dir=args.run_dir)
+    except UserError as exc:  # a config key is named with its file; an option (--run-dir) stands alone
+        raise (exc if str(exc).startswith("--") else type(exc)(f"{args.config}: {exc}")) from None
+    run_dir = train(cfg, resume=args.resume, run_dir=args.run_dir, allow_unsafe_load=args.allow_unsafe_load,
+                    parts=parts)
     if run_dir is not None:
         print(f"run directory: {run_dir}")
     return 0
@@ -192,12 +200,12 @@ def cmd_suite(args) -> int:
 def cmd_report(args) -> int:
     """A suite folder (``suite.json``) gets the suite report, a run directory its own
     (:mod:`dtr_plugins.experiments.run_report`)."""
-    from pathlib import Path
 
     from dtr_plugins.experiments.report import build_report
     from dtr_plugins.experiments.run_report import build_run_report
+    from dtr_plugins.runs.rundir import is_suite_dir
 
-    suite = (Path(args.suite_dir) / "suite.json").exists()
+    suite = is_suite_dir(args.suite_dir)
     path = build_report(args.suite_dir) if suite else build_run_report(args.suite_dir)
     print(f"report: {path}")
     return 0
@@ -239,7 +247,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from dtr_plugins.sharing.hub import push
+    from dtr_plugins.sharing.push import push
 
     url = push(args.folder, args.repo_id, private=True if args.private else None)
     print(f"pushed: {url}")
@@ -311,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score samples against a reference (FID, IS, KID, precision/recall)")
     p.add_argument("--samples", required=True, help="sample folder or .npz")
     p.add_argument("--ref", required=True, help="reference folder, .npz or dataset:NAME")
-    p.add_argument("--metrics", nargs="+", default=["fid"], choices=["fid", "isc", "kid", "prc"])
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=metric_names())
     p.add_argument("--feature-extractor", default="inception-v3-compat")
     p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
     p.add_argument("--out", required=True, help="JSON file to write")
@@ -329,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of every run, after the suite's set: (repeatable)")
     p.add_argument("--rerun-changed", action="store_true",
-                   help="runs whose config changed since they ran: move them to <id>.stale-<fp8> and train anew")
+                   help="runs whose config changed so their checkpoints cannot continue (not train.steps, eval or "
+                        "sample settings): move them to <id>.stale-<fp8> and train anew")
     p.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
                    help="local launcher: print each running run's step every SECONDS (default 30)")
     # launcher options (slurm helper)
@@ -387,7 +396,8 @@ _OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose a
               errno.EEXIST: "already exists; choose another output_dir / name / --out",
               errno.EACCES: "permission denied; choose a folder you can write to",
               errno.EROFS: "read-only file system; choose a folder you can write to",
-              errno.EISDIR: "is a folder, not a file"}
+              errno.EISDIR: "is a folder, not a file",
+              errno.ENAMETOOLONG: "a name in this path is too long; choose a shorter output_dir / name / --out"}
 
 
 def _os_error_line(exc: OSError) -> str | None:

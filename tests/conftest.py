@@ -109,3 +109,34 @@ def venv_with_example(tmp_path: Path, example: Path) -> Path:
     assert install.returncode == 0, install.stderr
     (site / "example.pth").write_text(str(tmp_path / "target") + "\n")
     return venv / "bin" / "python"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def registry_with(kind: str, name: str, factory, *, params=None, description: str = "",
+                  distribution: tuple[str, str] | None = None, module: str | None = None,
+                  entry_points: bool = True):
+    """A plugin registry: the installed plugins (``entry_points``) plus ``factory`` registered as the ``kind``
+    (``strategy``, ``loss_weighting``, ``state_dict_adapter``, ...) ``name`` by an in-memory plugin module
+    (named ``module``; ``distribution``: its ``(name, version)``)."""
+    import types
+
+    from dtr_plugins.core.hookspecs import hookimpl
+    from dtr_plugins.core.plugins import KINDS, build_registry
+
+    hook_name = KINDS[kind]
+    plugin = types.ModuleType(module or f"test_plugin_{kind}_{name}")
+
+    def hook(register):
+        register(name, factory, params=params, description=description)
+
+    hook.__name__ = hook_name
+    setattr(plugin, hook_name, hookimpl(hook))
+    return build_registry([(plugin, *distribution) if distribution else plugin], entry_points=entry_points)

@@ -7,7 +7,7 @@ The architecture and the state-dict layout follow guided-diffusion's ``UNetModel
 ``attention_resolutions`` convention (resolutions such as ``[32, 16, 8]``) follow guided-diffusion's
 script flags; defaults follow its ``model_and_diffusion_defaults``.
 
-Routing (DESIGN.md section 2): every ResBlock is a routed layer, its mask sized to the block's input
+Routing (docs/design.md, "1. Routing"): every ResBlock is a routed layer, its mask sized to the block's input
 channels (in the decoder, after the skip concatenation): ``x_next = skip(x) + F(m * x)``. With
 ``route_attention`` every attention block is routed too: ``x + Attn(m * x)``. Masks are gathered once
 per forward pass and handed to the blocks in forward order.

@@ -24,6 +24,18 @@ unchanged with units in place of channels):
   DiT-S's 1536 single channels ran ``fc1`` 40% slower than 1216 = 19 groups of 64).
 - ``heads_mlp``: both, two routed layers per block (heads, then MLP, in forward order).
 
+Against DyDiT (Zhao et al. 2024, "Dynamic Diffusion Transformer", arXiv 2410.03456; read in
+``DyDiT/models.py`` of github.com/alibaba-damo-academy/DyDiT, commit ``0ddc509``), whose width routing
+masks the same two places: heads are masked as there (a head's attention output zeroed before ``proj``).
+The MLP units are finer: DyDiT splits the MLP hidden layer into ``num_heads`` groups of
+``mlp_hidden / num_heads = mlp_ratio * head_dim`` channels, here a unit is ``head_dim`` channels, so there are
+``mlp_ratio`` times as many units, each ``mlp_ratio`` times narrower (DiT-S at ``mlp_ratio`` 4: 24 units of 64
+channels here, 6 groups of 256 in DyDiT). A table with DyDiT's MLP granularity is one whose ``mlp_ratio``
+consecutive units per group are equal; DTR's window over our units does not give that. Two smaller
+differences: DyDiT zeroes the groups after ``fc1`` and before the GELU (the same result for 0/1 masks, as
+``gelu(0) = 0``), and its routers always keep the first head and the first MLP group, here the table decides
+every unit.
+
 At these sites the block input, LayerNorms and adaLN are untouched and the zeroed units contribute
 nothing, so when a batch shares one timestep (always in sampling) the block runs only the active
 units: the active heads' q/k/v rows and out-projection columns, the active ``fc1`` rows and ``fc2``

@@ -36,16 +36,17 @@ own layout only. diffusers' MLP width is fixed at ``4 * hidden_size`` (``mlp_rat
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
 
 from dtr_plugins.backbones.dit import DiT, DiTBlock, DiTParams, TimestepEmbedder, sincos_2d
 from dtr_plugins.backbones.latent_dit import LatentDiT, LatentDiTParams
-from dtr_plugins.core.errors import CheckpointError
+from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.core.hookspecs import hookimpl
 
 DIFFUSERS_CLASS = "DiTTransformer2DModel"
@@ -129,6 +130,48 @@ def dtr_register_backbones(register: Callable[..., None]) -> None:
              description="DiT with diffusers' timestep frequencies and norm_eps (loads DiTTransformer2DModel exactly)")
     register("latent_dit_diffusers", LatentDiffusersDiT, params=LatentDiffusersDiTParams,
              description="latent_dit with diffusers' numerics (a diffusers DiT pipeline: transformer + vae)")
+
+
+class DiffusersAdapter:
+    """:class:`~dtr_plugins.core.contracts.StateDictAdapter` of the DiT family <-> diffusers'
+    ``DiTTransformer2DModel``. ``loads``: a diffusers folder loads into this backbone exactly (the
+    ``*_diffusers`` backbones, with diffusers' numerics); a plain ``dit`` / ``latent_dit`` only exports."""
+
+    layout = "diffusers"
+    weights_file = DIFFUSERS_WEIGHTS
+
+    def __init__(self, input_space: Literal["pixels", "latents"], loads: bool):
+        self.input_space: Literal["pixels", "latents"] = input_space
+        self.loads = loads
+
+    def reads(self, config: Mapping[str, Any]) -> bool:
+        return self.loads and is_diffusers_dit_config(config)
+
+    def params_from_foreign_config(self, config: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+        return dit_params_from_diffusers_config(config, source=source)
+
+    def from_foreign_state_dict(self, state: Mapping[str, torch.Tensor], params: Mapping[str, Any], *,
+                                source: str) -> dict[str, torch.Tensor]:
+        return diffusers_to_dit_state(state, num_classes=int(params["num_classes"]),
+                                      input_size=int(params["input_size"]), patch_size=int(params["patch_size"]),
+                                      source=source)
+
+    def to_foreign_state_dict(self, model: Any, state: Mapping[str, torch.Tensor], *, num_timesteps: int
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        if not isinstance(model, DiT):
+            raise UserError(f"--format diffusers: a {type(model).__name__} is not a DiT")
+        return export_state_for_diffusers(model, state, num_timesteps)
+
+
+@hookimpl
+def dtr_register_state_dict_adapters(register: Callable[..., None]) -> None:
+    adapters: tuple[tuple[str, Literal["pixels", "latents"], bool], ...] = (
+        ("dit", "pixels", False), ("latent_dit", "latents", False),
+        ("dit_diffusers", "pixels", True), ("latent_dit_diffusers", "latents", True))
+    for backbone, space, loads in adapters:
+        register(backbone, functools.partial(DiffusersAdapter, space, loads),
+                 description=f"{backbone} <-> diffusers DiTTransformer2DModel weights"
+                             + ("" if loads else " (export only)"))
 
 
 #################################################################################
@@ -306,6 +349,11 @@ def refit_time_linear(weight: torch.Tensor, num_timesteps: int,
               "copy_max_abs": float(copy_resid.abs().max()), "copy_rms": float(copy_resid.pow(2).mean().sqrt()),
               "rms_ref": float(target.pow(2).mean().sqrt()), "timesteps": num_timesteps, "ridge": ridge}
     return fitted.to(weight.dtype), report
+
+
+def is_diffusers_exportable(model: Any) -> bool:
+    """Whether ``model`` has diffusers' ``DiTTransformer2DModel`` layout (a DiT; this plugin's own check)."""
+    return isinstance(model, DiT)
 
 
 def export_state_for_diffusers(model: DiT, state: Mapping[str, torch.Tensor], num_timesteps: int

@@ -201,8 +201,22 @@ class LatentCacheDataset(Dataset):
             except Exception as exc:  # noqa: BLE001 -- torch.load raises many kinds on a corrupt file
                 raise DataError(f"{path}: unreadable latent cache shard ({first_line(exc, limit=200)}); delete it "
                                 "and run dtr cache-latents again") from None
+            self._check_shard(shard, index, path)
             self._shards[index] = shard
         return shard
+
+    def _check_shard(self, shard: Any, index: int, path: Path) -> None:
+        """A shard must hold the items this position of the cache holds: its ``start``, ``posterior`` and
+        ``labels`` of this shard's length (a shard swapped or copied from elsewhere is refused with a DataError)."""
+        start = index * self.shard_size
+        size = min(self.num_items, start + self.shard_size) - start
+        ok = isinstance(shard, dict) and shard.get("start") == start and all(
+            isinstance(shard.get(k), torch.Tensor) and len(shard[k]) == size for k in ("posterior", "labels"))
+        if not ok:
+            found = shard.get("start") if isinstance(shard, dict) else None
+            raise DataError(f"{path}: not shard {index} of this cache (expected {size} items from item {start}, found "
+                            f"a shard starting at {found!r}); it was moved or swapped: delete it and run dtr "
+                            "cache-latents again")
 
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_items:

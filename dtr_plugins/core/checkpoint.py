@@ -11,7 +11,10 @@ Formats recognised by :func:`load_checkpoint`:
 - bare state dicts (the official DiT release files, guided-diffusion ADM weights);
 - training checkpoints ``{"model", "ema", "opt", "args"}`` of the official DiT / DTR code. DTR stores each
   block's float ``[T, C]`` mask as ``blocks.N.routing._unit_mapping``; those buffers are dropped (the
-  masks follow from the config) after a check against the model's routing plan, which warns on a mismatch.
+  masks follow from the config) after a check against the model's routing plan, which warns on a mismatch;
+- official Switch-DiT (DMoE) state dicts, bare or in such a training checkpoint: their router keys
+  (``routers.N.f_gate`` / ``routers.N.experts``) are converted to a ``switch`` model's
+  (:func:`dtr_plugins.strategies.switch.from_official_state_dict`).
 
 This project's checkpoints also record the routing they were trained with (``routing``: the strategy and a
 SHA-256 of the mask tables, :func:`routing_record`). Loading one into a model whose mask tables differ raises
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtr_plugins.core.contracts import SupportsStateDictAdapter
 from dtr_plugins.core.errors import CheckpointError, first_line
 from dtr_plugins.core.io import save_torch
 from dtr_plugins.core.routing import RoutedBackbone
@@ -93,6 +97,21 @@ def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors of a state dict that hold a NaN or an inf."""
     return [name for name, t in state.items()
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def weights_in(ckpt: Any, use_ema: bool) -> str:
+    """Which weights :func:`apply_checkpoint` takes from ``ckpt``: ``"ema"`` when asked for and the file has
+    them, else ``"model"`` (raw weights: a plain state dict, or a checkpoint without an ``ema`` entry)."""
+    return "ema" if use_ema and isinstance(ckpt, Mapping) and _is_state_dict(ckpt.get("ema")) else "model"
+
+
+def refuse_nonfinite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """:class:`CheckpointError` when a floating tensor of ``state`` holds a NaN or inf (``where``: the file and
+    which weights); a diverged model would sample black images."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{where} hold NaN or inf ({len(bad)} tensors, first {bad[0]}); refusing to load them "
+                              "(a diverged run: use an earlier checkpoint)")
 
 
 def save_checkpoint(path: str | Path, **fields: Any) -> Path:
@@ -164,10 +183,14 @@ def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: 
     """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors)."""
     path = Path(path)
     state, meta = _select_state(ckpt, path, use_ema)
+    refuse_nonfinite(state, f"{path}: the {weights_in(ckpt, use_ema)} weights")
     target = _unwrap(model)
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("routing"), Mapping):
         _check_routing(target, ckpt["routing"], path, allow_routing_mismatch)
     state, unit_mappings = _split_unit_mappings(_strip_prefixes(state))
+    for part in target.modules():  # layouts of official releases are known by the plugins that declare them
+        if isinstance(part, SupportsStateDictAdapter):
+            state = part.adapt_state_dict(state)
     if unit_mappings:
         _check_unit_mappings(target, unit_mappings, path)
     initialised = _load_state(target, state, path, strict)

@@ -14,16 +14,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
-from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
 from dtr_plugins.core.tracking import check_trackers
+from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-exported: configs are read here
+from dtr_plugins.core.yaml_reader import YamlLimitError as YamlLimitError
+from dtr_plugins.core.yaml_reader import parse_yaml as parse_yaml
+from dtr_plugins.core.yaml_reader import read_yaml as read_yaml
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+MAX_NAME = 200  #: characters of a run name or run id (one path component)
 
 #: ``train.device`` values: ``auto`` (cuda:LOCAL_RANK when CUDA is available, else cpu), ``cpu``,
 #: ``cuda`` (cuda:LOCAL_RANK), ``cuda:N``, ``mps`` (Apple GPUs)
@@ -38,6 +43,23 @@ def check_path_component(value: Any, key: str) -> str:
     if not isinstance(value, str) or not PATH_COMPONENT.fullmatch(value) or value in (".", ".."):
         raise ConfigError(f"{key}: {value!r} is not a valid name (one path component: letters, digits, '.', '_', "
                           f"'-'; not '.' or '..')")
+    if len(value) > MAX_NAME:  # a file name has at most 255 bytes, and outputs add suffixes to it
+        raise ConfigError(f"{key}: {value[:20]!r}... is {len(value)} characters long; at most {MAX_NAME} allowed")
+    return value
+
+
+def check_inside_path(value: str) -> str:
+    """``value`` if it is a relative path that stays inside the folder it is joined to (no absolute path,
+    no ``..`` component, no control character), else ``ValueError`` saying what is allowed (for a pydantic
+    field validator: the message gets the key). Output folders a config names go through it."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from dtr_plugins.core.text import first_control_char
+
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if (not value.strip() or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive or ".." in parts or first_control_char(value) is not None):
+        raise ValueError(f"{value!r} must be a relative path inside the run directory (no leading '/', no '..')")
     return value
 
 
@@ -125,8 +147,10 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: str = Field("ddim", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
-    respacing: str = Field("ddim50", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count")
+    sampler: str = Field("", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama; "
+                         "unset: the process's default_sampler (gaussian: ddim, flow_matching: euler)")
+    respacing: str = Field("", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count; "
+                           "unset: the process's default_respacing (gaussian: ddim50, flow_matching: 50)")
     eta: float = Field(0.0, ge=0)
     cfg_scale: float = Field(1.0, ge=0)
     cfg_channels: Literal["all", "first3"] = "all"
@@ -142,7 +166,19 @@ class SampleConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["fid", "isc", "kid", "prc"]] = Field(default_factory=lambda: ["fid"])  # type: ignore[arg-type]
+    metrics: list[str] = Field(default_factory=lambda: ["fid"],
+                               description="metric names of the registry (dtr_plugins.core.metrics)")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from dtr_plugins.core.metrics import selectable
+
+        allowed = selectable()
+        unknown = [m for m in value if m not in allowed]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r} (allowed: {', '.join(allowed)})")
+        return value
     feature_extractor: str = "inception-v3-compat"
     weights_path: str | None = None
     reference: str | None = Field(None, description="dataset:NAME, a folder or an .npz; default: the training data")
@@ -200,7 +236,7 @@ class LogConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="the run's seed (0 to 2**63 - 1, what torch.manual_seed takes)")
     output_dir: str = "runs"
     backbone: PluginSection
     routing: RoutingSection = Field(default_factory=lambda: RoutingSection(name="vanilla"))
@@ -214,6 +250,24 @@ class ExperimentConfig(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
+    #: (diffusion section as validated, the process built from it): validation builds the process once to ask it
+    #: for its defaults and checks; composition reuses it while the section is unchanged (one build per command)
+    _validated_process: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:  # the fields; the process held since validation is not part of it
+        if not isinstance(other, ExperimentConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    def validated_process(self) -> Any:
+        """The process built while this config was validated, when its ``diffusion`` section is still the one it
+        was built from; else None (then :func:`dtr_plugins.compose.build_diffusion` builds it)."""
+        held = self._validated_process
+        if held is None or held[0] != self.diffusion.model_dump(mode="json"):
+            return None
+        return held[1]
 
     @field_validator("name")
     @classmethod
@@ -230,62 +284,13 @@ class ExperimentConfig(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+#: strategies that route nothing: a ``routing.site`` other than the default would be recorded as a routed site
+UNROUTED_STRATEGIES = ("vanilla",)
+
 #: config section -> plugin kind
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
                    "data": "dataset"}
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``1e-4`` as a float (as YAML 1.2 does)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: let PyYAML report it
-                break
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def parse_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with duplicate keys refused and ``1e-4`` read as a float (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; a missing file, non-UTF-8 bytes, malformed YAML or a duplicate key is one line
-    naming the file (and the line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                          f"{exc.start}); save the file as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return parse_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: malformed YAML: {problem}") from None
 
 
 #: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
@@ -388,7 +393,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>",
 def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> ExperimentConfig:
     """Check every plugin section against its plugin and fill in the plugin's defaults."""
     updates: dict[str, Any] = {}
-    process_cls: Any = None  # set by the diffusion section, the first of PLUGIN_SECTIONS
+    process: Any = None  # built from the diffusion section, the first of PLUGIN_SECTIONS
     for section, kind in PLUGIN_SECTIONS.items():
         current: PluginSection = getattr(cfg, section)
         info = registry.get(kind, current.name) if current.name in registry.names(kind) else None
@@ -396,19 +401,13 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
             known = ", ".join(registry.names(kind)) or "none installed"
             raise ConfigError(f"{section}.name: unknown {kind} {current.name!r} (known: {known})")
         params = current.params
-        if section == "backbone" and "learn_sigma" in info.params.model_fields:
-            # flow: the process decides (gaussian: its learn_sigma param; flow_matching: always False)
-            learn_sigma = updates["diffusion"].params.get("learn_sigma", process_cls.learn_sigma)
-            if params.setdefault("learn_sigma", learn_sigma) != learn_sigma:
-                hint = ("set only diffusion.learn_sigma" if "learn_sigma" in updates["diffusion"].params
-                        else f"diffusion {cfg.diffusion.name!r} fixes it; remove backbone.learn_sigma")
-                raise ConfigError(f"backbone.learn_sigma: {params['learn_sigma']!r} disagrees with "
-                                  f"diffusion.learn_sigma {learn_sigma!r}; {hint}")
+        if section == "backbone":
+            _follow_process(params, info, process, cfg.diffusion.name, updates["diffusion"].params)
         validated = info.validate(params, where=section)
         fixed = current.model_dump(exclude=set(params))  # name, and routing.site
         updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
         if section == "diffusion":
-            process_cls = info.factory
+            process = _build_process(info, validated)
     if cfg.codec is not None:
         if cfg.vae is not None:
             raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "
@@ -422,13 +421,53 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     # flow: the process rules out loss weightings and sample settings that do not apply to it
     from dtr_plugins.core.process import check_process_settings
 
-    check_process_settings(process_cls, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
-                           sampler=cfg.sample.sampler, respacing=cfg.sample.respacing)
+    sample = cfg.sample.model_copy(update={  # defaults that depend on the process come from the process
+        "sampler": cfg.sample.sampler or process.default_sampler,
+        "respacing": cfg.sample.respacing or str(process.default_respacing)})
+    updates["sample"] = sample
+    check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
+                           sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
     updates["log"] = _resolve_trackers(cfg.log, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)
-    return cfg.model_copy(update=updates)
+    if cfg.routing.name in UNROUTED_STRATEGIES and cfg.routing.site != "input":
+        raise ConfigError(f"routing.site: {cfg.routing.site!r} given with routing {cfg.routing.name!r}, which routes "
+                          f"nothing (the plain model); remove routing.site, or choose a routing strategy")
+    out = cfg.model_copy(update=updates)
+    out._validated_process = (out.diffusion.model_dump(mode="json"), process)
+    return out
+
+
+def _build_process(info: Any, validated: BaseModel) -> Any:
+    """The process of the diffusion section, built from its validated params (cheap: no weights), checked
+    against :class:`~dtr_plugins.core.contracts.DiffusionProcess` (a PluginError naming what it lacks)."""
+    from dtr_plugins.core.contracts import DiffusionProcess, missing_members
+
+    process = info.build(**validated.model_dump())
+    missing = missing_members(process, DiffusionProcess)
+    if missing:
+        raise PluginError(f"process '{info.name}' ({info.plugin}) does not satisfy the DiffusionProcess contract: "
+                          f"missing {', '.join(missing)} (see dtr_plugins/core/contracts.py)")
+    return process
+
+
+def _follow_process(params: dict[str, Any], info: Any, process: Any, process_name: str,
+                    process_params: dict[str, Any]) -> None:
+    """The backbone's :data:`~dtr_plugins.core.contracts.VARIANCE_PARAM` follows the process's ``learn_sigma``
+    (set in ``params``); a ConfigError when the backbone's params disagree or it cannot predict a variance."""
+    from dtr_plugins.core.contracts import VARIANCE_PARAM as KEY
+
+    learn_sigma = bool(process.learn_sigma)
+    if KEY not in info.params.model_fields:
+        if learn_sigma:
+            raise ConfigError(f"backbone.name: backbone {info.name!r} cannot predict a variance (its params have no "
+                              f"{KEY}) but diffusion {process_name!r} learns sigma; set diffusion.{KEY}: false")
+        return
+    if params.setdefault(KEY, learn_sigma) != learn_sigma:
+        hint = (f"set only diffusion.{KEY}" if KEY in process_params
+                else f"diffusion {process_name!r} fixes it; remove backbone.{KEY}")
+        raise ConfigError(f"backbone.{KEY}: {params[KEY]!r} disagrees with diffusion.{KEY} {learn_sigma!r}; {hint}")
 
 
 def _resolve_trackers(log: LogConfig, registry: PluginRegistry) -> LogConfig:

@@ -15,15 +15,19 @@ Data flows config -> compose (:mod:`dtr_plugins.compose`) -> engine::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "Backbone", "Codec", "LossWeighting", "Dataset",
-           "FeatureExtractor", "InputSpace",
-           "missing_members"]
+__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
+           "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape",
+           "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor",
+           "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
+           "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -50,9 +54,10 @@ class LearnedRoutingStrategy(Protocol):
     ``learned_routing = True``; that declared attribute and the methods below tell it apart from a static
     :class:`RoutingStrategy` (``isinstance`` against this runtime-checkable Protocol, never ``getattr``).
     The :class:`~dtr_plugins.core.routing.RoutingPlan` holds it as its submodule ``learned``, so its
-    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA, are
-    saved and resumed with the model. Official checkpoints (without those keys) still load: the router keeps
-    its initialisation and the loader names the keys it left at their init.
+    parameters and buffers are in the model's ``state_dict`` under ``routing.learned.*``: they get EMA
+    (parameters averaged, buffers copied from the trained model), are saved and resumed with the model.
+    Official checkpoints (without those keys) still load: the router keeps its initialisation and the loader
+    names the keys it left at their init.
 
     A gate ``g`` is applied as the routed residual ``x + F(g * x)`` (:func:`~dtr_plugins.core.routing.routed_residual`;
     Switch-DiT's ``x*g + F(x*g) + (1-g)*x`` is the same thing). A 0/1 gate is DTR's mask.
@@ -100,6 +105,15 @@ class LearnedRoutingStrategy(Protocol):
 
 
 @runtime_checkable
+class GateSummary(Protocol):
+    """Optional capability of a learned strategy: summarise its gates per timestep for pictures even when
+    they depend on more than the task (``switch``: expert selection probabilities). Returns per routed
+    layer a float ``[num_tasks, K]`` table, the name of a unit (``"expert"``) and of the value drawn."""
+
+    def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]: ...
+
+
+@runtime_checkable
 class Backbone(Protocol):
     """A denoiser ``model(x, t, y=None) -> Tensor`` (an ``nn.Module``; in practice a subclass of
     :class:`dtr_plugins.core.routing.RoutedBackbone`).
@@ -113,7 +127,6 @@ class Backbone(Protocol):
         in_channels: channels of ``x``.
         input_size: side of the square ``x`` the denoiser sees (pixels, or latents for a latent backbone).
         num_classes: number of class labels; ``None``, 0 or 1: unconditional (no ``y``).
-        null_class: the label meaning "no class" for classifier-free guidance; ``None``: no guidance.
         input_space: class attribute, ``"pixels"`` (the default of ``RoutedBackbone``) or ``"latents"``.
             A latent backbone is built with ``in_channels`` and ``input_size`` of the codec's latents
             (filled in by the composition root when its params leave them unset; refused when they
@@ -122,21 +135,34 @@ class Backbone(Protocol):
     ``routed_channels(site)`` lists the unit count (channels at the ``input`` site) of every routed layer in
     forward order (it must not depend on the weights); ``routing_sites`` (class attribute) names the sites a
     routing may act on; ``attach_routing(plan)`` receives the :class:`~dtr_plugins.core.routing.RoutingPlan`
-    built for those widths.
+    built for those widths. Guidance is the optional :class:`SupportsGuidance`; whether it predicts a variance
+    is its :data:`VARIANCE_PARAM` param, set from the process.
     """
 
     in_channels: int
     input_size: int
     num_classes: int | None
 
-    @property
-    def null_class(self) -> int | None: ...
-
     def routed_channels(self, site: str = "input") -> list[int]: ...
 
     def attach_routing(self, plan: Any) -> None: ...
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor: ...
+
+
+#: the backbone parameter that receives the process's ``learn_sigma`` (the composition root fills it in; a
+#: backbone whose params have no such field can only serve processes with ``learn_sigma`` False)
+VARIANCE_PARAM = "learn_sigma"
+
+
+@runtime_checkable
+class SupportsGuidance(Protocol):
+    """Optional capability of a backbone: classifier-free guidance. ``null_class`` is the label meaning
+    "no class" (trained by label dropout); ``None``: built without one, so guidance is refused. A backbone
+    without this member cannot be sampled with ``cfg_scale != 1``."""
+
+    @property
+    def null_class(self) -> int | None: ...
 
 
 @runtime_checkable
@@ -202,6 +228,17 @@ class LossWeighting(Protocol):
 
 
 @runtime_checkable
+class TimestepSampler(Protocol):
+    """How training times are drawn: ``sample(n, device) -> t`` ``[n]``, from the global torch generator of
+    ``device`` (so a checkpoint's RNG state restores the stream). Discrete samplers give int64 indices in
+    ``0..num_timesteps-1``; continuous ones float32 times in ``[0, 1]``. ``continuous`` says which."""
+
+    continuous: bool
+
+    def sample(self, n: int, device: Any = None) -> Tensor: ...
+
+
+@runtime_checkable
 class Dataset(Protocol):
     """A map-style dataset of ``(image, label)``: image float ``[C, H, W]`` in ``[-1, 1]``, label an int
     in ``0..num_classes-1`` (0 for unconditional data). ``num_classes``: the number of labels."""
@@ -211,6 +248,35 @@ class Dataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]: ...
+
+
+@runtime_checkable
+class SupportsImageShape(Protocol):
+    """Optional capability of a dataset plugin's params model (the pydantic class it registers), read at
+    config time without building the dataset: ``image_shape()`` is ``(C, H, W)`` of every image. Needed by
+    a codec (latent backbones) and checked against a pixel backbone's input."""
+
+    def image_shape(self) -> tuple[int, int, int]: ...
+
+
+@runtime_checkable
+class SupportsAugmentation(Protocol):
+    """Optional capability of a dataset's params model: ``random_hflip()`` says whether training images are
+    flipped horizontally at random (a latent cache stores both views and flips the latents instead);
+    ``unaugmented()`` returns the params of the same images with every random augmentation off (latent
+    caching). A params model without it is taken as never augmenting."""
+
+    def random_hflip(self) -> bool: ...
+
+    def unaugmented(self) -> Any: ...
+
+
+@runtime_checkable
+class SupportsHeldoutSplit(Protocol):
+    """Optional capability of a dataset's params model: ``heldout_split()`` returns the params of images
+    never trained on (no augmentation), for the held-out loss. Without it a run records no held-out loss."""
+
+    def heldout_split(self) -> Any: ...
 
 
 @runtime_checkable
@@ -229,6 +295,173 @@ class FeatureExtractor(Protocol):
     classifier: Callable[[torch.device], Callable[[Tensor], Tensor]] | None
 
 
+@runtime_checkable
+class StateDictAdapter(Protocol):
+    """A backbone's weights in another library's layout (e.g. diffusers' ``DiTTransformer2DModel``), declared
+    by the backbone plugin through ``dtr_register_state_dict_adapters``: ``register(BACKBONE_NAME, factory)``.
+
+    The sharing code (``dtr export --format``, ``from_pretrained``) knows backbones only through this object.
+
+    Attributes:
+        layout: the foreign layout's name (``"diffusers"``), what ``dtr export --format`` names.
+        input_space: the backbone's input space (``"pixels"`` or ``"latents"``): a foreign pipeline with a
+            VAE loads into a latent backbone.
+        weights_file: the file name of the weights in a foreign folder (``diffusion_pytorch_model.safetensors``).
+
+    ``reads(config)``: True when a foreign folder with this ``config.json`` loads into this backbone exactly;
+    ``params_from_foreign_config(config, source=...)``: the backbone's params (a ``backbone`` section without
+    ``name``); ``from_foreign_state_dict(state, params, source=...)``: the backbone's state dict;
+    ``to_foreign_state_dict(model, state, num_timesteps=...)``: ``(foreign state, foreign config, notes)``
+    (``notes``: JSON-able record of what the conversion changed). Errors: :class:`CheckpointError` (a foreign
+    file that cannot be read) or :class:`UserError` (a model this layout cannot hold), one line each.
+    """
+
+    layout: str
+    input_space: InputSpace
+    weights_file: str
+
+    def reads(self, config: Mapping[str, Any]) -> bool: ...
+
+    def params_from_foreign_config(self, config: Mapping[str, Any], *, source: str) -> dict[str, Any]: ...
+
+    def from_foreign_state_dict(self, state: Mapping[str, Tensor], params: Mapping[str, Any], *,
+                                source: str) -> dict[str, Tensor]: ...
+
+    def to_foreign_state_dict(self, model: Any, state: Mapping[str, Tensor], *, num_timesteps: int
+                              ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]: ...
+
+
+@runtime_checkable
+class DiffusionProcess(Protocol):
+    """The ``process`` plugin kind: how training times are drawn, what the model is trained on, how it
+    samples and what a routing task is (a row of the ``T``-row mask tables, or a continuous noise level).
+
+    Config validation builds the process from its validated params (cheap: no weights) and reads:
+
+    Attributes:
+        num_timesteps: ``T``, rows of the routing tables (the grid over ``u`` for continuous processes).
+        learn_sigma: the backbone must predict a variance too (``out_channels = 2 * in_channels``); it is
+            passed to the backbone's :data:`VARIANCE_PARAM` field.
+        samplers: names ``sample.sampler`` may take; ``default_sampler`` (one of them) is used when the
+            config names none, ``default_respacing`` when it gives no ``sample.respacing``.
+        loss_weightings: names of the loss weightings that apply, or ``None`` for any.
+
+    ``check_sample_settings(sampler, respacing)`` raises a one-line ``ConfigError`` (text starting
+    ``sample.sampler: `` or ``sample.respacing: ``) for settings the process cannot sample with.
+    ``training_times(weighting, n, device)``: ``[n]`` times for one step (the process may call the
+    weighting's ``sample_timesteps``); ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample
+    ``[N]`` terms ``loss``, ``mse`` (and ``vb`` with ``learn_sigma``); ``sample(model, shape, **settings)``:
+    ``[N, C, H, W]``; ``loss_bucket(t, buckets)``: int64 bucket of each ``t`` (0: cleanest);
+    ``continuous_tasks(strategy)``: the routing plan's map from ``t`` to tasks, or ``None`` when ``t``
+    are the task indices themselves.
+    """
+
+    num_timesteps: int
+    learn_sigma: bool
+    samplers: Sequence[str]
+    default_sampler: str
+    default_respacing: str
+    loss_weightings: Sequence[str] | None
+
+    def check_sample_settings(self, sampler: str, respacing: Any) -> None: ...
+
+    def training_times(self, weighting: Any, batch_size: int, device: Any = None) -> Tensor: ...
+
+    def training_losses(self, model: Any, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
+                        noise: Tensor | None = None) -> dict[str, Tensor]: ...
+
+    def sample(self, model: Any, shape: Any, **kwargs: Any) -> Tensor: ...
+
+    def loss_bucket(self, t: Tensor, buckets: int) -> Tensor: ...
+
+    def continuous_tasks(self, strategy: Any) -> Any: ...
+
+
+@runtime_checkable
+class SupportsHeldoutLoss(Protocol):
+    """Optional capability of a process: the held-out denoising loss per noise band
+    (:mod:`dtr_plugins.evaluation.heldout`). ``heldout_time``: ``"discrete"`` (int64 timesteps over equal
+    bands of ``[0, T)``) or ``"continuous"`` (float times ``t = 1 - u`` over equal bands of the noise
+    level ``u``); ``heldout_target``: what the ``mse`` term of ``training_losses`` measures
+    (``"epsilon"``, ``"velocity"``), recorded in meta.json. Without it a run records no held-out loss."""
+
+    heldout_time: Literal["discrete", "continuous"]
+    heldout_target: str
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """One experiment tracker (the ``tracker`` kind), driven by the trainer through
+    :class:`~dtr_plugins.training.tracker_set.TrackerSet`: it mirrors metrics.jsonl (the source of truth).
+
+    Call order: ``start`` once, then any number of ``log_scalars`` / ``log_image``, then ``finish``.
+    """
+
+    def start(self, run_dir: Path, config: Mapping[str, Any], run_name: str) -> None:
+        """Open the tracker's run; everything it writes goes under ``run_dir`` unless configured otherwise.
+
+        ``config`` is the resolved experiment config (``ExperimentConfig.to_dict()``), ``run_name`` the
+        experiment's ``name``. Raises on a bad setup (the trainer reports it as one line and stops).
+        """
+
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Record ``values`` (flat ``name -> float``, names joined with ``/``) at training step ``step``."""
+
+    def log_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """Record one picture: ``image`` is ``uint8 [H, W, 3]`` (RGB) at training step ``step``."""
+
+    def finish(self) -> None:
+        """Flush and close the run; called once, also when training stopped with an error."""
+
+    def applied(self) -> dict[str, Any]:
+        """What this tracker actually uses, for ``meta.json`` (folder, mode, store URI, run id); after ``start``."""
+
+
+@runtime_checkable
+class TrackerFactory(Protocol):
+    """What a tracker plugin registers: called with its validated params, it returns a :class:`Tracker`.
+
+    ``missing_requirement()`` is asked at config validation (``dtr validate``, before training): ``None``
+    when the tracker can run here, else the install command that makes it usable.
+    """
+
+    def __call__(self, **params: Any) -> Tracker: ...
+
+    def missing_requirement(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run a launcher starts: its id, its run directory and the resolved config file to train from."""
+
+    id: str
+    run_dir: Path
+    config_path: Path
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """The ``launcher`` kind: where and how the runs of a suite are started (the suite engine's view).
+    Every launcher keeps the run directory contract: ``<suite>/<run id>/`` holds the run's checkpoints and a
+    ``status.json`` whose ``state`` is ``running``, ``done`` or ``failed``."""
+
+    #: ``True`` when :meth:`launch` returns only after the runs ended (a local pool); ``False`` when it
+    #: submits them to a scheduler and returns at once.
+    blocking: bool
+
+    def launch(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
+        """Start ``runs``; returns run id -> its record (the final status, or the job it was submitted as)."""
+
+    def active(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
+        """Run id -> a one-line description of its live job (queued or running), for runs that have one."""
+
+    def wait(self, suite_root: Path, runs: Sequence[RunSpec], timeout_s: float | None = None) -> None:
+        """Block until none of ``runs`` has a live job (raises ``TimeoutError`` after ``timeout_s``)."""
+
+    def cancel(self, suite_root: Path, runs: Sequence[RunSpec]) -> list[str]:
+        """Cancel the live jobs of ``runs``; returns the ids of the runs whose job was cancelled."""
+
+
 def missing_members(obj: Any, protocol: type) -> list[str]:
     """The attributes and methods of ``protocol`` that ``obj`` lacks (empty: it satisfies the contract)."""
     names: set[str] = set()
@@ -239,3 +472,16 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
         names |= set(getattr(klass, "__annotations__", {}))
     names |= {"__call__"} if "__call__" in vars(protocol) else set()
     return sorted(n for n in names if not hasattr(obj, n))
+
+
+@runtime_checkable
+class SupportsStateDictAdapter(Protocol):
+    """Optional capability of a model part (a backbone, or a learned strategy inside it): it reads checkpoints
+    written in another layout (an official release) by converting the WHOLE model's state dict.
+
+    :func:`~dtr_plugins.core.checkpoint.apply_checkpoint` calls ``adapt_state_dict`` on every submodule of the
+    target model that has it, before loading; it returns ``state`` unchanged (the same keys) when the layout is
+    already this project's, else a new dict in this project's layout. The loader never knows particular layouts.
+    """
+
+    def adapt_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]: ...

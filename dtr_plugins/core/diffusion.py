@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.guidance import check_guidance
 
 Model = Callable[..., Tensor]
 
@@ -425,20 +426,19 @@ def _model_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _null_label(model: Any, y_null: Any) -> Any:
+def _null_label(model: Any, y_null: Any, scale: float) -> Any:
     if y_null is not None:
         return y_null
+    from dtr_plugins.core.contracts import SupportsGuidance
+
+    # the model itself, or the backbone inside DistributedDataParallel (module) / torch.compile (_orig_mod)
     for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        if m is not None and hasattr(m, "null_class"):  # the backbone says which label means "no class"
+        if isinstance(m, SupportsGuidance):  # the backbone says which label means "no class"
             if m.null_class is None:
-                raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
-                                  "so classifier-free guidance is not available; use cfg_scale 1.0")
+                check_guidance(m, scale)  # the one guidance rule refuses it
             return m.null_class
-        n = getattr(m, "num_classes", None)
-        if n is not None:
-            return n
     raise ConfigError("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
-                      "or use a model with a num_classes attribute")
+                      "or use a backbone with a null_class (SupportsGuidance in dtr_plugins/core/contracts.py)")
 
 
 def _guided(model: Model, kwargs: dict[str, Any], scale: float, channels: int | None, y_null: Any,
@@ -447,7 +447,7 @@ def _guided(model: Model, kwargs: dict[str, Any], scale: float, channels: int | 
     if kwargs.get("y") is None:
         raise ConfigError(f"cfg_scale={scale:g} needs class labels (model_kwargs['y']); use cfg_scale 1 "
                           "for an unconditional model")
-    null = _null_label(model, y_null)
+    null = _null_label(model, y_null, scale)
 
     def guided(x: Tensor, t: Tensor, y: Tensor, **rest: Any) -> Tensor:
         y_uncond = null.to(y) if torch.is_tensor(null) else torch.full_like(y, int(null))

@@ -1,8 +1,14 @@
-"""Identity of a resumable run by content: a fingerprint of the resolved config minus what may change on resume.
+"""The one identity rule of a run, with its two named fingerprints.
 
-A run resumed with another config would otherwise continue silently and its ``config.yaml`` would claim the
-new values for the whole run. The fingerprint is stored in every checkpoint (``config_fingerprint``) and in
-``meta.json``; ``dtr train --resume`` compares it and names the first key that differs.
+- :func:`weights_fingerprint`: *what may continue these weights*; the resolved config minus
+  :data:`RESUMABLE_KEYS`. Stored in every checkpoint and in ``meta.json`` (under the on-disk key
+  ``config_fingerprint``); ``dtr train --resume`` compares it and names the first key that differs.
+- :func:`plan_fingerprint`: *what this planned run is*; the whole resolved config. A suite records it per run
+  (``<run>/config.sha256``) to see that its file changed since the run was started.
+
+The rule (:func:`resume_refusal`): a change of the plan whose weights fingerprint is unchanged (``train.steps``
+raised, later sampling or evaluation settings, ...) continues the run from its checkpoint; any other change is
+refused with the key that changed, its old value and its new one.
 """
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RESUMABLE_KEYS", "config_fingerprint", "identity_config", "first_difference"]
+__all__ = ["RESUMABLE_KEYS", "weights_fingerprint", "plan_fingerprint", "identity_config", "first_difference",
+           "resume_refusal", "changed_keys"]
 
 #: Dotted config keys (a trailing ``.*`` means the whole section) that may change when a run is resumed,
 #: because they do not change the weights a step produces:
@@ -63,10 +70,33 @@ def identity_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(_flatten(config).items()) if not _resumable(k)}
 
 
-def config_fingerprint(config: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of :func:`identity_config`."""
-    text = json.dumps(identity_config(config), sort_keys=True, separators=(",", ":"), default=str)
+def _sha256(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def weights_fingerprint(config: Mapping[str, Any]) -> str:
+    """What may continue these weights: SHA-256 (hex) of the canonical JSON of :func:`identity_config` of a
+    resolved config (``cfg.to_dict()``)."""
+    return _sha256(identity_config(config))
+
+
+def plan_fingerprint(config: Mapping[str, Any]) -> str:
+    """What this planned run is: SHA-256 (hex) of the canonical JSON of the whole resolved config
+    (``cfg.to_dict()``, defaults filled in); any change of any key changes it."""
+    return _sha256(dict(config))
+
+
+def resume_refusal(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """None when a run trained with config ``old`` may continue under ``new`` (only :data:`RESUMABLE_KEYS`
+    differ); else one line ``key: old -> new`` naming the first key of the identity that changed."""
+    if weights_fingerprint(old) == weights_fingerprint(new):
+        return None
+    diff = first_difference(old, new)
+    if diff is None:  # pragma: no cover - equal identities have equal fingerprints
+        return "the config identity changed"
+    key, was, now = diff
+    return f"{key}: {was!r} -> {now!r}"
 
 
 def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
@@ -78,3 +108,9 @@ def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[st
         if va != vb:
             return key, va, vb
     return None
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Every dotted key (sorted) whose value differs between two resolved configs, resumable or not."""
+    a, b = _flatten(old), _flatten(new)
+    return [k for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]

@@ -66,6 +66,10 @@ class FlowMatching:
     """
 
     samplers = SAMPLERS
+    default_sampler = "euler"
+    default_respacing = "50"
+    heldout_time = "continuous"  # held-out loss over bands of the noise level u, of the velocity MSE
+    heldout_target = "velocity"
     #: loss weightings that work without a discrete Gaussian schedule (min_snr / p2 need SNR(t), ant_uw integer t)
     loss_weightings = ("constant",)
     learn_sigma = False
@@ -89,12 +93,11 @@ class FlowMatching:
 
     # -- settings checks ----------------------------------------------------------------------------
 
-    @classmethod
-    def check_sample_settings(cls, sampler: str, respacing: Any) -> None:
+    def check_sample_settings(self, sampler: str, respacing: Any) -> None:
         """ConfigError unless ``sampler`` is one of :attr:`samplers` and ``respacing`` a step count."""
-        if sampler not in cls.samplers:
+        if sampler not in self.samplers:
             raise ConfigError(f"sample.sampler: {sampler!r} is not a flow_matching sampler "
-                              f"(allowed: {', '.join(cls.samplers)})")
+                              f"(allowed: {', '.join(self.samplers)})")
         flow_steps(respacing)
 
     # -- routing and logging ------------------------------------------------------------------------

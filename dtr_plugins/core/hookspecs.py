@@ -56,7 +56,7 @@ def dtr_register_backbones(register: Callable[..., None]) -> None:
     """Register denoiser backbones (:class:`~dtr_plugins.core.contracts.Backbone`).
 
     A backbone's factory returns a :class:`dtr_plugins.core.routing.RoutedBackbone`: a module called as
-    ``model(x, t, y=None)`` with ``in_channels``, ``input_size``, ``num_classes`` and ``null_class``, that
+    ``model(x, t, y=None)`` with ``in_channels``, ``input_size``, ``num_classes`` (``null_class``: guidance), that
     declares the unit count of each routed layer at a routing site through ``routed_channels(site)``
     (``routing_sites`` lists its sites; ``input`` is every backbone's) and receives its
     :class:`RoutingPlan` through ``attach_routing(plan)``. A backbone on codec latents sets the class
@@ -123,11 +123,10 @@ def dtr_register_feature_extractors(register: Callable[..., None]) -> None:
 def dtr_register_processes(register: Callable[..., None]) -> None:
     """Register diffusion processes (the ``diffusion`` config section; ``gaussian`` is the default).
 
-    A process's factory is a class (see :class:`dtr_plugins.core.process.DiffusionProcess`) with class
-    attributes ``samplers`` (names ``sample.sampler`` may take), ``loss_weightings`` (allowed weighting
-    names, or None for any) and ``learn_sigma``, a classmethod ``check_sample_settings(sampler, respacing)``,
-    and instances offering ``num_timesteps``, ``training_times``, ``training_losses``, ``sample``,
-    ``loss_bucket`` and ``continuous_tasks``.
+    The factory returns a :class:`dtr_plugins.core.contracts.DiffusionProcess` (every member the engine
+    reads, including its samplers, default sampler and respacing, sample-settings check, allowed loss
+    weightings and ``learn_sigma``); config validation builds it from its params. The held-out loss is
+    the optional :class:`~dtr_plugins.core.contracts.SupportsHeldoutLoss`.
     """
 
 
@@ -155,4 +154,14 @@ def dtr_register_launchers(register: Callable[..., None]) -> None:
 
     A launcher's factory returns a :class:`dtr_plugins.launchers.Launcher`: ``launch(suite_root,
     runs)``, ``active(suite_root, runs)``, ``wait(...)`` and ``cancel(...)`` over run directories.
+    """
+
+
+@hookspec
+def dtr_register_state_dict_adapters(register: Callable[..., None]) -> None:
+    """Register state-dict adapters (:class:`~dtr_plugins.core.contracts.StateDictAdapter`): a backbone's
+    weights in another library's layout, for ``dtr export --format`` and ``from_pretrained``.
+
+    ``register(BACKBONE_NAME, factory)``: the name is the backbone's (one adapter per backbone); the
+    factory returns the adapter.
     """

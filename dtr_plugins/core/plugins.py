@@ -11,7 +11,7 @@ import functools
 import importlib.metadata as md
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "process": "dtr_register_processes",  # flow: diffusion processes (gaussian, flow_matching)
     "tracker": "dtr_register_trackers",  # experiment trackers (tensorboard, wandb, mlflow)
     "launcher": "dtr_register_launchers",  # slurm helper
+    "state_dict_adapter": "dtr_register_state_dict_adapters",  # a backbone's weights in a foreign layout
 }
 
 
@@ -100,6 +101,13 @@ _LAX_ONLY = {"int_type": "an integer", "float_type": "a number", "bool_type": "a
 
 M = TypeVar("M", bound=BaseModel)
 
+_YAML_TYPE = {bool: "a boolean", int: "an integer", float: "a number"}
+
+
+def yaml_text(value: bool | int | float) -> str:
+    """How ``value`` is written in YAML (``true``, ``12``, ``0.5``), for messages."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
 
 def validate_params(model: type[M], params: Any, where: str = "") -> M:
     """``model.model_validate(params)`` with strict numbers and booleans: ``true`` is not ``1``, ``"3"`` is
@@ -107,19 +115,29 @@ def validate_params(model: type[M], params: Any, where: str = "") -> M:
     :class:`ConfigError` line naming the key, the value and what is allowed. NaN and infinity are
     refused in every float field (``routing.beta=nan``, ``routing.alpha=.inf``)."""
     _refuse_nonfinite(model, params, where)
+    try:  # strict first: ``num_experts: true`` must not reach a model validator as 1
+        model.model_validate(params, strict=True)
+    except ValidationError as exc:  # refuse here only what strict numbers/booleans refuse
+        for err in exc.errors():
+            if err["type"] in _LAX_ONLY and isinstance(err.get("input"), (bool, int, float, str)):
+                if _nonfinite_text(err["input"]):
+                    continue  # "nan": refused below as not finite
+                key = ".".join(p for p in (where, ".".join(str(x) for x in err["loc"])) if p)
+                hint = "; write true or false" if err["type"] == "bool_type" else ""
+                raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
+                                  f"({type(err['input']).__name__}){hint}") from None
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
-    try:
-        model.model_validate(params, strict=True)
-    except ValidationError as exc:  # lax mode accepted it: refuse only what strict numbers/booleans refuse
-        for err in exc.errors():
-            if err["type"] in _LAX_ONLY and isinstance(err.get("input"), (bool, int, float, str)):
-                key = ".".join(p for p in (where, ".".join(str(x) for x in err["loc"])) if p)
-                raise ConfigError(f"{key}: expected {_LAX_ONLY[err['type']]}, got {err['input']!r} "
-                                  f"({type(err['input']).__name__})") from None
     return validated
+
+
+def _nonfinite_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _refuse_nonfinite(model: type[BaseModel], params: Any, where: str) -> None:
@@ -152,6 +170,14 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
     hidden = (err["type"] in ("missing", "extra_forbidden")
               or (err["type"] == "value_error" and repr(err.get("input")) in msg))
     shown = "" if hidden else f" (got {err.get('input')!r})"
+    typed = err.get("input")
+    if err["type"] == "string_type" and isinstance(typed, (bool, int, float)):
+        text = yaml_text(typed)
+        msg, shown = f"expected text, got {text} (read by YAML as {_YAML_TYPE[type(typed)]})", ""
+        msg += f"; quote it to mean the text: {loc[-1] if loc else key}: '{text}'"
+    elif err["type"] in ("int_parsing", "float_parsing") and isinstance(typed, str):
+        wanted = "an integer" if err["type"] == "int_parsing" else "a number"
+        msg, shown = f"expected {wanted}, got the text {typed!r}", ""
     more = f" [and {exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     return f"{key}: {msg}{shown}{more}"
 
@@ -289,6 +315,10 @@ def list_plugins(registry: PluginRegistry | None = None) -> list[dict[str, str |
     return [p.as_dict() for p in (registry or default_registry()).list()]
 
 
-def build_strategy(name: str, registry: PluginRegistry | None = None, **params: Any) -> Any:
-    """Build a routing strategy by name, e.g. ``build_strategy("dtr", alpha=4.0, beta=0.8)``."""
-    return (registry or default_registry()).build("strategy", name, **params)
+def build_strategy(name: str, params: Mapping[str, Any] | None = None, *,
+                   registry: PluginRegistry | None = None) -> Any:
+    """Build a routing strategy by name: ``build_strategy("dtr", {"alpha": 4.0, "beta": 0.8})``.
+
+    ``params``: the strategy's parameters (its params model fills the rest). Raises :class:`PluginError` for
+    an unknown name and :class:`ConfigError` (one line naming the key) for a bad parameter."""
+    return (registry or default_registry()).build("strategy", name, **dict(params or {}))

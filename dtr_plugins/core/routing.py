@@ -308,7 +308,7 @@ class RoutedBackbone(nn.Module):
     Subclasses implement ``routed_channels(site)`` and ``forward(x, t, y=None)``; in ``forward`` they call
     ``self.layer_masks(t, x.dtype)`` once and pass each block its row (or None). A backbone with more
     routing sites than ``input`` lists them in ``routing_sites``. The full contract (``in_channels``,
-    ``input_size``, ``num_classes``, ``null_class``) is :class:`dtr_plugins.core.contracts.Backbone`.
+    ``input_size``, ``num_classes``; ``null_class`` for guidance) is :class:`dtr_plugins.core.contracts.Backbone`.
     """
 
     #: where a routing may act; ``input`` (block inputs, the published DTR) is the default of every config

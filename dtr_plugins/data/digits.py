@@ -30,6 +30,20 @@ class DigitsParams(BaseModel):
                              "a / b: two disjoint seeded halves of all (for real-vs-real metrics)")
     random_flip: bool = Field(False, description="horizontal flips (off by default: flipped digits are other glyphs)")
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def random_hflip(self) -> bool:
+        return self.random_flip
+
+    def unaugmented(self) -> DigitsParams:
+        return self.model_copy(update={"random_flip": False})
+
+    def heldout_split(self) -> DigitsParams:
+        """The held-out split of the same data, never augmented."""
+        return self.model_copy(update={"split": "heldout", "random_flip": False})
+
 
 def heldout_mask(labels: torch.Tensor, fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> torch.Tensor:
     """``[N]`` bool: the first ``round(fraction * n_c)`` images of each class ``c`` in a permutation seeded

@@ -57,6 +57,20 @@ class ImageFolderParams(BaseModel):
     heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                     description="share of images held out, picked by a hash of their relative path")
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
+        return (3, self.image_size, self.image_size)
+
+    def random_hflip(self) -> bool:
+        return self.random_flip
+
+    def unaugmented(self) -> ImageFolderParams:
+        return self.model_copy(update={"random_flip": False})
+
+    def heldout_split(self) -> ImageFolderParams:
+        """The held-out split of the same data, never augmented."""
+        return self.model_copy(update={"split": "heldout", "random_flip": False})
+
 
 def is_heldout(relative_path: str, fraction: float) -> bool:
     """Is the file at ``relative_path`` (posix, relative to the dataset folder) in the held-out share?"""

@@ -21,6 +21,14 @@ class SyntheticParams(BaseModel):
     split: Literal["train", "heldout"] = Field("train", description="heldout: other draws of the same patterns")
     heldout_samples: int = Field(64, ge=1, description="size of the heldout split")
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def heldout_split(self) -> SyntheticParams:
+        """The held-out split of the same data, never augmented."""
+        return self.model_copy(update={"split": "heldout"})
+
 
 #: added to ``seed`` for the held-out draws, so they never repeat a training image
 HELDOUT_SEED_OFFSET = 1_000_003

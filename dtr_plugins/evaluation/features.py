@@ -16,11 +16,12 @@ import torch
 from torch.utils.data import Dataset
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.metrics import selectable
 from dtr_plugins.evaluation.inputs import one_line
 from dtr_plugins.extractors.builtin import EvalError, FeatureExtractorSpec
 
 #: the metrics and the feature layer each one reads
-METRIC_NAMES = ("fid", "isc", "kid", "prc")
+METRIC_NAMES = selectable()
 
 
 def device_of(device: Any) -> torch.device:

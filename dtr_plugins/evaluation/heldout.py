@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,7 @@ class HeldOutSet:
     seed: int
     fingerprint: str
     time: str = "discrete"
+    images: int = 0  # distinct images per band (fewer than per_band when the split is smaller; 0: not recorded)
 
     @classmethod
     def build(cls, dataset: Any, num_timesteps: int, *, num_bands: int = 10, per_band: int = 64, seed: int = 0,
@@ -121,6 +123,10 @@ class HeldOutSet:
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(size, generator=gen)
         picks = order[torch.arange(per_band) % size].tolist()
+        if size < per_band:  # the band's rows repeat images: fewer independent inputs than per_band says
+            warnings.warn(f"held-out split: {size} image(s) for {per_band} rows per band (eval.heldout_per_band); "
+                          f"each band reuses them, so its loss averages {size} distinct image(s), not {per_band}",
+                          stacklevel=2)
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)  # any randomness inside the dataset or `prepare` is fixed too
@@ -148,7 +154,8 @@ class HeldOutSet:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.numpy().tobytes())
         return cls(x0=x0, labels=labels, t=t, noise=noise, band=band, num_timesteps=num_timesteps,
-                   num_bands=num_bands, per_band=per_band, seed=seed, fingerprint=digest.hexdigest(), time=time)
+                   num_bands=num_bands, per_band=per_band, seed=seed, fingerprint=digest.hexdigest(), time=time,
+                   images=min(size, per_band))
 
     def __len__(self) -> int:
         return len(self.t)
@@ -203,27 +210,26 @@ def heldout_record(step: int, losses: Mapping[str, float], heldout: HeldOutSet, 
     """
     body: dict[str, Any] = {k.removeprefix("heldout/"): float(v) for k, v in losses.items()}
     body.update(term=HELDOUT_TERM, time=heldout.time, weights=weights, num_bands=heldout.num_bands,
-                per_band=heldout.per_band,
+                per_band=heldout.per_band, images=heldout.images,
                 seed=heldout.seed, fingerprint=heldout.fingerprint)
     return {"step": int(step), "heldout": body}
 
 
 def heldout_dataset_params(dataset_name: str, params_model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of ``dataset_name``'s held-out split: ``params`` with ``split="heldout"`` (and
-    ``random_flip=False`` where the dataset has it: held-out inputs are never augmented).
+    """The parameters of ``dataset_name``'s held-out split, as its params model declares them
+    (:class:`~dtr_plugins.core.contracts.SupportsHeldoutSplit`: the same data, never augmented).
 
     ``params_model`` is the dataset plugin's pydantic params class (``registry.get("dataset", name).params``).
-    Raises :class:`ConfigError` naming the dataset when it declares no ``split`` that allows ``"heldout"``.
+    Raises :class:`ConfigError` naming the dataset when it declares no held-out split.
     """
-    fields = params_model.model_fields
-    split = fields.get("split")
-    if split is None or "heldout" not in typing.get_args(split.annotation):
-        raise ConfigError(f"data.name: dataset '{dataset_name}' declares no held-out split (a `split` parameter "
-                          f"allowing 'heldout'); set eval.heldout_every: 0 or use digits, synthetic or image_folder")
-    out = dict(params)
-    out["split"] = "heldout"
-    if "random_flip" in fields:
-        out["random_flip"] = False
+    from dtr_plugins.core.contracts import SupportsHeldoutSplit
+
+    validated = params_model.model_validate(dict(params))
+    if not isinstance(validated, SupportsHeldoutSplit):
+        raise ConfigError(f"data.name: dataset '{dataset_name}' declares no held-out split (its params model has no "
+                          f"heldout_split(); see SupportsHeldoutSplit in dtr_plugins/core/contracts.py); set "
+                          f"eval.heldout_every: 0 or use digits, synthetic or image_folder")
+    out: dict[str, Any] = validated.heldout_split().model_dump()
     return out
 
 

@@ -33,17 +33,14 @@ import numpy as np
 import torch
 
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.metrics import REGISTRY, needs_reference
 from dtr_plugins.evaluation.stats_cache import ReferenceStats, fid_statistics
 from dtr_plugins.extractors.builtin import EvalError
 
-#: our metric name -> the keys torch-fidelity returns for it
-METRICS: dict[str, tuple[str, ...]] = {
-    "fid": ("frechet_inception_distance",),
-    "isc": ("inception_score_mean", "inception_score_std"),
-    "kid": ("kernel_inception_distance_mean", "kernel_inception_distance_std"),
-    "prc": ("precision", "recall", "f_score"),
-}
-BINARY_METRICS = ("fid", "kid", "prc")  # compare against a reference
+#: our metric name -> the keys torch-fidelity returns for it (from the registry, :mod:`dtr_plugins.core.metrics`)
+METRICS: dict[str, tuple[str, ...]] = {m.name: tuple(v.key for v in m.values)
+                                       for m in REGISTRY.values() if m.selectable}
+BINARY_METRICS = needs_reference()  # compare against a reference
 KID_SUBSET_SIZE = 1000
 PRC_NEIGHBORHOOD = 3
 ISC_SPLITS = 10
@@ -217,6 +214,9 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
             elif metric == "isc":
                 out.update(isc_featuresdict_to_metric(samples, layer, **kwargs))
                 per_split = len(samples[layer]) // settings.isc_splits
+                if settings.isc_splits == 1 and per_split >= ISC_MIN_PER_SPLIT:
+                    warnings.warn("Inception Score in one split (isc_splits=1): its std is 0 by construction, not a "
+                                  "measured spread", stacklevel=3)
                 if per_split < ISC_MIN_PER_SPLIT:
                     warnings.warn(f"Inception Score from {len(samples[layer])} samples in {settings.isc_splits} "
                                   f"split(s) of {per_split} image(s): with fewer than {ISC_MIN_PER_SPLIT} images a "
@@ -227,14 +227,43 @@ def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], re
             elif metric == "kid":
                 assert reference is not None
                 out.update(kid_features_to_metric(samples[layer], reference.features[layer], **kwargs))
+                extra["kid_whole_sets"] = _kid_whole_sets(len(samples[layer]), len(reference.features[layer]),
+                                                          settings)
             elif metric == "prc":
                 assert reference is not None
                 out.update(prc_features_to_metric(samples[layer], reference.features[layer], **kwargs))
+                extra["prc_whole_set"] = _prc_whole_set(len(samples[layer]), len(reference.features[layer]),
+                                                        settings.prc_neighborhood)
     except ValueError as exc:  # torch-fidelity's vassert
         raise EvalError(f"torch-fidelity: {str(exc).strip().splitlines()[-1]}") from exc
     ordered = {k: float(out[k]) for m in metrics for k in METRICS[m] if k in out}
     ordered.update(extra)
     return ordered
+
+
+def _kid_whole_sets(num_samples: int, num_reference: int, settings: MetricSettings) -> list[str]:
+    """The sides (``samples``, ``reference``) that every KID subset holds whole (subset size >= that side's
+    count; one side: the std measures the other side's spread only). With both, all subsets are the same and the
+    std is 0 by construction: a warning."""
+    size = settings.kid_subset_size
+    whole = [side for side, n in (("samples", num_samples), ("reference", num_reference)) if size >= n]
+    if len(whole) == 2:
+        warnings.warn(f"KID: kid_subset_size {size} holds all {num_samples} samples and all {num_reference} reference "
+                      "images, so every subset is the same: the ± is 0 by construction, not a measured spread (give "
+                      "more images than kid_subset_size on a side)", stacklevel=4)
+    return whole
+
+
+def _prc_whole_set(num_samples: int, num_reference: int, k: int) -> bool:
+    """True (with a warning) when ``k`` neighbours are all the other images of a side: each radius is then the
+    distance to its farthest point, the manifold estimate covers everything and precision/recall say little."""
+    if k < min(num_samples, num_reference) - 1:
+        return False
+    smallest = min(num_samples, num_reference)
+    warnings.warn(f"precision/recall: prc_neighborhood {k} reaches every other image of {smallest}, so each "
+                  "neighbourhood is the whole set and the values say little (use more than k + 1 images)",
+                  stacklevel=4)
+    return True
 
 
 def _never_negative(fid: float, mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> float:

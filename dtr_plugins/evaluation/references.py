@@ -204,3 +204,22 @@ def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Ref
 
     slug = name + "".join(f"-{k}{v}" for k, v in validated.items() if k in ("split", "image_size"))
     return Reference(label, key, slug, load)
+
+
+def check_config_reference(cfg: Any, registry=None, machine: bool = True) -> None:
+    """``eval.reference`` of an :class:`~dtr_plugins.core.config.ExperimentConfig` (or the data's own reference)
+    resolves, for ``dtr validate``: a dataset spec with valid parameters, or (``machine``) a folder / ``.npz``
+    that exists. Nothing is loaded. Raises :class:`ConfigError` (one line naming ``eval.reference``)."""
+    from dtr_plugins.core.errors import ConfigError, UserError
+    from dtr_plugins.evaluation.metrics import BINARY_METRICS
+
+    if not any(m in BINARY_METRICS for m in cfg.eval.metrics):
+        return
+    reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
+    if not machine and not reference.startswith(DATASET_PREFIX):
+        return
+    size = cfg.data.params.get("image_size")
+    try:
+        resolve_reference(reference, (size, size) if isinstance(size, int) else (0, 1), registry)
+    except UserError as exc:
+        raise ConfigError(f"eval.reference: {exc}") from None

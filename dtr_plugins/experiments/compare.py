@@ -8,8 +8,18 @@ spread of the differences over seeds is what an interval needs.
 For each strategy, setting (the other axis values) and metric: the paired differences
 ``d_i = strategy_i - baseline_i`` at the final step, their mean, and a two-sided Student-t interval
 ``mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)`` (``sd`` with ``n - 1``). Verdict: *better* or *worse* when
-the interval excludes 0 (by the metric's direction), else *not resolved*; with one seed there is no
-interval and the verdict is *not resolved*.
+the interval excludes 0 (by the metric's direction), else *not resolved*.
+
+Multiplicity: a suite declares one *primary* metric (default ``heldout/total``; the suite file's
+``primary`` key). Its verdict uses the plain interval at ``level``. Per strategy and setting, the other
+metrics form one family and the held-out noise bands another; each row of a family of ``m`` rows uses the
+Bonferroni-adjusted interval at level ``1 - (1 - level) / m`` (Bonferroni 1936; Dunn 1961, "Multiple
+comparisons among means"), which keeps the family-wise error rate at most ``1 - level``. Convergence rows of
+one strategy and setting are one family too.
+
+No verdict from nothing: with fewer than :data:`MIN_PAIRS` pairs, or differences that are all equal (zero
+spread: a zero-width interval says nothing about noise), the verdict is *not resolvable* and the reason
+names which (``"2 pairs"``, ``"no spread"``).
 
 Convergence: per seed, the first logged step at which the strategy reaches the baseline's final value,
 against the first step at which the baseline itself reaches it; their difference (steps saved) gets the
@@ -18,36 +28,28 @@ same interval and the verdict *faster* / *slower* / *not resolved*.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import cast
 
-from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_signed
+from dtr_plugins.core.metrics import HIGHER, LOWER, compared, value_of
+from dtr_plugins.runs.record import RunRecord
 
-LOWER, HIGHER = "lower", "higher"
 BETTER, WORSE, FASTER, SLOWER, NOT_RESOLVED = "better", "worse", "faster", "slower", "not resolved"
+NOT_RESOLVABLE = "not resolvable"
 INTERVAL_METHOD = "t"
-
-#: metric key -> (short title, which direction is better)
-METRICS: dict[str, tuple[str, str]] = {
-    "heldout/total": ("held-out loss", LOWER),
-    "frechet_inception_distance": ("FID", LOWER),
-    "kernel_inception_distance_mean": ("KID", LOWER),
-    "inception_score_mean": ("IS", HIGHER),
-    "precision": ("precision", HIGHER),
-    "recall": ("recall", HIGHER),
-    "class_accuracy": ("class accuracy", HIGHER),
-    "train_loss": ("training loss", LOWER),
-}
-
+MIN_PAIRS = 3  # fewer pairs give no verdict word: the t quantile with 1 degree of freedom is 12.7
+DEFAULT_PRIMARY = "heldout/total"
+PRIMARY, SECONDARY, BANDS, CONVERGENCE = "primary", "other metrics", "noise bands", "convergence"
+BONFERRONI, NO_CORRECTION = "Bonferroni", "none"
 
 def metric_info(metric: str) -> tuple[str, str] | None:
-    """``(title, "lower" | "higher")`` for a metric key; held-out bands are ``heldout/band<k>``; None if unknown."""
-    if metric in METRICS:
-        return METRICS[metric]
-    if metric.startswith("heldout/band") and metric[len("heldout/band"):].isdigit():
-        return f"held-out loss, band {metric[len('heldout/band'):]}", LOWER
-    return None
+    """``(title, "lower" | "higher")`` of a compared metric key (:func:`dtr_plugins.core.metrics.compared`; held-out
+    bands are ``heldout/band<k>``); None if unknown or not compared."""
+    value = value_of(metric)
+    if value is None or value.direction is None:
+        return None
+    return value.title, value.direction
 
 
 def is_band(metric: str) -> bool:
@@ -60,27 +62,6 @@ def family(label: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class RunRecord:
-    """One run: ``axes`` maps each varied axis (not the seed) to its value's label, ``curves`` maps each
-    metric to its ``(step, value)`` points in step order; ``heldout_fingerprint`` identifies the held-out
-    inputs it was scored on (see :mod:`dtr_plugins.evaluation.heldout`)."""
-
-    id: str
-    seed: int
-    axes: Mapping[str, str]
-    curves: Mapping[str, Sequence[tuple[int, float]]]
-    status: str = "done"
-    heldout_fingerprint: str | None = None
-
-    def final(self, metric: str) -> tuple[int, float] | None:
-        points = self.curves.get(metric) or ()
-        if not points:
-            return None
-        step, value = points[-1]
-        return (step, value)
-
-
 # ----------------------------------------------------------------------------------------- outputs
 @dataclass(frozen=True)
 class PairedDifference:
@@ -93,9 +74,16 @@ class PairedDifference:
     baseline: tuple[float, ...]
     values: tuple[float, ...]
     mean: float | None  # mean of values - baseline
-    interval: tuple[float, float] | None
+    interval: tuple[float, float] | None  # at ``interval_level`` (Bonferroni-adjusted in a family of several)
     verdict: str
     reason: str = ""
+    family: str = PRIMARY  # PRIMARY, SECONDARY or BANDS
+    family_size: int = 1
+    interval_level: float = 0.95
+
+    @property
+    def correction(self) -> str:
+        return BONFERRONI if self.family_size > 1 else NO_CORRECTION
 
     @property
     def baseline_mean(self) -> float | None:
@@ -117,6 +105,12 @@ class Convergence:
     saved_interval: tuple[float, float] | None
     verdict: str
     reason: str = ""
+    family_size: int = 1
+    interval_level: float = 0.95
+
+    @property
+    def correction(self) -> str:
+        return BONFERRONI if self.family_size > 1 else NO_CORRECTION
 
 
 @dataclass(frozen=True)
@@ -145,6 +139,7 @@ class ComparisonResult:
     claims: list[ClaimCheck] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, why it is in no pair)
     max_seeds: int = 0
+    primary: str = DEFAULT_PRIMARY
 
 
 #: the paper's claims (DTR, ICLR 2024, tables 2-3 and the convergence figure), checked on every suite
@@ -173,9 +168,19 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, tup
     return mean, (mean - half, mean + half)
 
 
-def _verdict(interval: tuple[float, float] | None, good_if_positive: bool, good: str, bad: str) -> tuple[str, str]:
-    if interval is None:
-        return NOT_RESOLVED, "one seed: no interval"
+def adjusted_level(level: float, family_size: int) -> float:
+    """Bonferroni: each of ``family_size`` intervals at ``1 - (1 - level) / family_size``."""
+    return 1 - (1 - level) / max(family_size, 1)
+
+
+def _verdict(values: Sequence[float], interval: tuple[float, float] | None, good_if_positive: bool, good: str,
+             bad: str) -> tuple[str, str]:
+    """The verdict word and its reason; *not resolvable* with fewer than :data:`MIN_PAIRS` values or none
+    of them different (zero spread, up to a relative 1e-9 for the rounding of ``a - b``)."""
+    if len(values) < MIN_PAIRS:
+        return NOT_RESOLVABLE, f"{len(values)} pair{'s' * (len(values) != 1)}"
+    if interval is None or max(values) - min(values) <= 1e-9 * max(abs(v) for v in values):
+        return NOT_RESOLVABLE, "no spread"  # equal up to float rounding of the subtraction
     low, high = interval
     if low > 0:
         return (good, "") if good_if_positive else (bad, "")
@@ -240,14 +245,15 @@ def _paired(label, setting, metric, direction, pairs, level) -> PairedDifference
         base.append(float(b[1]))
         steps.add(int(a[0]))
     if not seeds:
-        return PairedDifference(label, setting, metric, direction, None, (), (), (), None, None, NOT_RESOLVED,
-                                "; ".join(notes) or "no pair has this metric")
-    mean, interval = t_interval([v - b for v, b in zip(vals, base)], level)
-    verdict, reason = _verdict(interval, direction == HIGHER, BETTER, WORSE)
+        return PairedDifference(label, setting, metric, direction, None, (), (), (), None, None, NOT_RESOLVABLE,
+                                "; ".join(notes) or "no pair has this metric", interval_level=level)
+    diffs = [v - b for v, b in zip(vals, base)]
+    mean, interval = t_interval(diffs, level)
+    verdict, reason = _verdict(diffs, interval, direction == HIGHER, BETTER, WORSE)
     if len(steps) > 1:
         notes.append(f"final steps differ between seeds ({', '.join(map(str, sorted(steps)))})")
     return PairedDifference(label, setting, metric, direction, max(steps), tuple(seeds), tuple(base), tuple(vals),
-                            mean, interval, verdict, "; ".join([reason, *notes]).strip("; "))
+                            mean, interval, verdict, "; ".join([reason, *notes]).strip("; "), interval_level=level)
 
 
 def first_reach(points: Sequence[tuple[int, float]], target: float, direction: str) -> int | None:
@@ -280,15 +286,25 @@ def _convergence(label, setting, metric, direction, pairs, level) -> Convergence
     else:
         # every seed reached it (steps == reached), and a reference reaches its own final value by its last point
         ref_steps = cast("list[int]", base_steps)
-        mean_saved, saved_interval = t_interval([b - s for b, s in zip(ref_steps, reached)], level)
-        verdict, reason = _verdict(saved_interval, True, FASTER, SLOWER)
+        saved = [b - s for b, s in zip(ref_steps, reached)]
+        mean_saved, saved_interval = t_interval(saved, level)
+        verdict, reason = _verdict(saved, saved_interval, True, FASTER, SLOWER)
     return Convergence(label, setting, metric, tuple(seeds), tuple(targets), tuple(base_steps), tuple(steps),
-                       mean_step, step_interval, mean_saved, saved_interval, verdict, reason)
+                       mean_step, step_interval, mean_saved, saved_interval, verdict, reason, interval_level=level)
+
+
+def _where_of(c: PairedDifference | Convergence) -> str:
+    return f"`{c.strategy}`" + "".join(f", {k}={v}" for k, v in c.setting)
 
 
 def check_claims(claims: Sequence[Claim], differences: Sequence[PairedDifference],
                  convergence: Sequence[Convergence]) -> list[ClaimCheck]:
-    """For each claim, the verdicts of the matching comparisons (every setting of that strategy family)."""
+    """For each claim, the verdicts of the matching comparisons (every setting of that strategy family).
+
+    *confirmed*: every setting resolves in the claimed direction; *contradicted*: every setting resolves
+    against it; *mixed*: some setting resolves and the settings do not all agree; *not resolved*: no
+    setting resolves; *not tested*: no comparison. The detail names each setting and its verdict.
+    """
     out = []
     for claim in claims:
         pool = convergence if claim.expect in (FASTER, SLOWER) else differences
@@ -299,147 +315,60 @@ def check_claims(claims: Sequence[Claim], differences: Sequence[PairedDifference
         opposite = {BETTER: WORSE, WORSE: BETTER, FASTER: SLOWER, SLOWER: FASTER}[claim.expect]
         agree = sum(c.verdict == claim.expect for c in found)
         against = sum(c.verdict == opposite for c in found)
-        open_ = len(found) - agree - against
-        status = ("mixed" if agree and against else "confirmed" if agree else "contradicted" if against
-                  else NOT_RESOLVED)
-        parts = [f"{word} in {n}" for n, word in ((agree, claim.expect), (against, opposite), (open_, NOT_RESOLVED))
-                 if n]
-        reasons = sorted({c.reason for c in found if c.verdict == NOT_RESOLVED and c.reason})
-        detail = f"{', '.join(parts)} of {len(found)} setting{'s' * (len(found) > 1)}"
-        out.append(ClaimCheck(claim, status, detail + (f": {'; '.join(reasons)}" if reasons else "")))
+        status = ("confirmed" if agree == len(found) else "contradicted" if against == len(found)
+                  else NOT_RESOLVED if agree + against == 0 else "mixed")
+        parts = [f"{c.verdict}" + (f" ({c.reason})" if c.reason else "") + f" at {_where_of(c)}" for c in found]
+        out.append(ClaimCheck(claim, status, "; ".join(parts)))
     return out
 
 
 def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: str = "vanilla",
                  metrics: Sequence[str] | None = None, level: float = 0.95,
                  convergence_metrics: Sequence[str] = ("heldout/total", "frechet_inception_distance"),
-                 claims: Sequence[Claim] = PAPER_CLAIMS) -> ComparisonResult:
+                 claims: Sequence[Claim] = PAPER_CLAIMS, primary: str = DEFAULT_PRIMARY) -> ComparisonResult:
     """Every strategy against its baseline, per setting and metric; convergence; the claims' status.
 
     ``metrics``: the metric keys to compare (default: every metric with a known direction, see
-    :func:`metric_info`, that some run logged). Runs that are not ``done``, that lack the axis, or that
-    have no baseline partner are listed in ``skipped`` with the reason.
+    :func:`metric_info`, that some run logged). ``primary``: the metric tested at the plain ``level``; the
+    others and the bands are Bonferroni families per strategy and setting (module docstring). Runs that are
+    not ``done``, that lack the axis, or that have no baseline partner are listed in ``skipped`` with the
+    reason. Raises ``ValueError`` for a metric (or primary) of unknown direction.
     """
+    if metric_info(primary) is None:
+        raise ValueError(f"primary metric {primary!r}: direction unknown (known: {', '.join(compared())}, "
+                         f"heldout/band<k>)")
     groups, skipped = pair_runs(runs, axis, baseline)
     if metrics is None:
         seen = {m for r in runs for m in r.curves}
         metrics = sorted((m for m in seen if metric_info(m)), key=_metric_order)
-    result = ComparisonResult(axis=axis, baseline=baseline, level=level, method=INTERVAL_METHOD, skipped=skipped)
+    result = ComparisonResult(axis=axis, baseline=baseline, level=level, method=INTERVAL_METHOD, skipped=skipped,
+                              primary=primary)
+    for metric in metrics:
+        if metric_info(metric) is None:
+            raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(compared())}, "
+                             "heldout/band<k>)")
     for (label, setting), pairs in groups.items():
         result.max_seeds = max(result.max_seeds, len({r.seed for r, _ in pairs}))
-        for metric in metrics:
-            info = metric_info(metric)
-            if info is None:
-                raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(METRICS)}, heldout/band<k>)")
-            if any(metric in r.curves and metric in b.curves for r, b in pairs):
-                result.differences.append(_paired(label, setting, metric, info[1], pairs, level))
-        for metric in convergence_metrics:
-            info = metric_info(metric)
-            conv = _convergence(label, setting, metric, info[1], pairs, level) if info else None
+        present = [m for m in metrics if any(m in r.curves and m in b.curves for r, b in pairs)]
+        families = {m: PRIMARY if m == primary else BANDS if is_band(m) else SECONDARY for m in present}
+        sizes = {f: sum(v == f for v in families.values()) for f in set(families.values())}
+        for metric in present:
+            size = 1 if families[metric] == PRIMARY else sizes[families[metric]]
+            d = _paired(label, setting, metric, metric_info(metric)[1], pairs,  # type: ignore[index]
+                        adjusted_level(level, size))
+            result.differences.append(replace(d, family=families[metric], family_size=size))
+        directions = [(m, info[1]) for m in convergence_metrics if (info := metric_info(m))]
+        found = [m for m, d in directions if _convergence(label, setting, m, d, pairs, level) is not None]
+        for metric, direction in directions:
+            conv = _convergence(label, setting, metric, direction, pairs, adjusted_level(level, len(found)))
             if conv is not None:
-                result.convergence.append(conv)
+                result.convergence.append(replace(conv, family_size=len(found)))
     result.claims = check_claims(claims, result.differences, result.convergence)
     return result
 
 
 def _metric_order(metric: str) -> tuple[int, int, str]:
-    keys = list(METRICS)
-    if metric in METRICS:
+    keys = list(compared())
+    if metric in keys:
         return (0, keys.index(metric), metric)
     return (1, int(metric[len("heldout/band"):]) if is_band(metric) else 0, metric)
-
-
-# ------------------------------------------------------------------------------------------ markdown
-_g, _signed, _ci = fmt, fmt_signed, fmt_interval  # one number format for every table (.numbers)
-
-
-def _where(setting: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in setting) or "—"
-
-
-def _word(verdict: str) -> str:
-    return f"**{verdict}**" if verdict != NOT_RESOLVED else f"*{verdict}*"
-
-
-def direction_check_line(result: ComparisonResult) -> str:
-    """One line: what this suite resolved about each of the paper's claims."""
-    parts = [f"{c.claim.text}: **{c.status}**" + (f" ({c.detail})" if c.detail else "") for c in result.claims]
-    return "**Direction check** (the paper's claims) — " + ("; ".join(parts) if parts else "no claims checked") + "."
-
-
-def render_comparison_markdown(result: ComparisonResult) -> str:
-    """The report section: method, direction check, paired differences, loss per noise band, convergence."""
-    pct = f"{result.level:.0%}"
-    method = (f"A pair is a run and the `{result.baseline}` run that differs from it only in `{result.axis}` and "
-              f"shares its seed (same initial weights and data order). Δ = strategy − baseline at the final logged "
-              f"step, mean over seeds, with a {pct} Student-t interval over the seeds' differences (t quantile with "
-              f"n − 1 degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
-              f"direction), else *not resolved*. Held-out loss: epsilon MSE (velocity MSE for flow matching) of the "
-              f"EMA weights on fixed held-out images, times and noise, identical for every run of one process. "
-              f"Each row is its own test: among many rows, "
-              f"about one in {round(1 / (1 - result.level))} differences that are zero in truth still reads as "
-              f"resolved.")
-    lines = [f"## Paired comparisons against `{result.baseline}`", "", method, ""]
-    if not result.differences and not result.convergence:
-        lines += [f"No pairs: {'; '.join(sorted({why for _, why in result.skipped})) or 'no runs'}.", ""]
-    elif result.max_seeds < 2:
-        lines += [("> **One seed per setting: every verdict is *not resolved*.** A single pair cannot tell a "
-                  "strategy's effect from seed-to-seed noise (at this scale, FID over a few hundred samples moves "
-                  "more between seeds than between strategies). Add seeds, e.g. `seed: [0, 1, 2]` in the suite's "
-                   "matrix, to get intervals."), ""]
-    lines += [direction_check_line(result), ""]
-    main = [d for d in result.differences if not is_band(d.metric)]
-    if main:
-        lines += ["| strategy | setting | metric | seeds | baseline | Δ mean | " + pct + " interval | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for d in main:
-            title, direction = metric_info(d.metric) or (d.metric, d.direction)
-            arrow = "↓" if direction == LOWER else "↑"
-            rel = (f" ({d.mean / d.baseline_mean:+.1%})" if d.mean is not None and d.baseline_mean else "")
-            why = f" ({d.reason})" if d.reason else ""
-            lines.append(f"| `{d.strategy}` | {_where(d.setting)} | {title} {arrow} | {len(d.seeds)} | "
-                         f"{_g(d.baseline_mean)} | {_signed(d.mean)}{rel} | {_ci(d.interval)} | "
-                         f"{_word(d.verdict)}{why} |")
-        lines.append("")
-    bands = [d for d in result.differences if is_band(d.metric)]
-    if bands:
-        lines += _band_table(bands)
-    if result.convergence:
-        lines += ["### Convergence", "",
-                  ("Step at which each strategy first reaches the baseline's final value (per seed, at the logged "
-                  "steps), against the step at which the baseline itself first reaches it; steps saved = baseline "
-                   f"step − strategy step, mean and {pct} t-interval over seeds."), "",
-                  ("| strategy | setting | metric | seeds | baseline reaches it at | strategy reaches it at | "
-                   "steps saved | verdict |"), "|---|---|---|---|---|---|---|---|"]
-        for c in result.convergence:
-            title = (metric_info(c.metric) or (c.metric,))[0]
-            reached = [s for s in c.steps if s is not None]
-            base = [s for s in c.baseline_steps if s is not None]
-            at = (f"{_g(c.mean_step)} {_ci(c.step_interval).replace('+', '')}" if reached else "never")
-            if reached and len(reached) < len(c.steps):
-                at += f" ({len(reached)} of {len(c.steps)} seeds)"
-            why = f" ({c.reason})" if c.reason else ""
-            saved = "—" if c.mean_saved is None else f"{_signed(c.mean_saved)} {_ci(c.saved_interval)}"
-            lines.append(f"| `{c.strategy}` | {_where(c.setting)} | {title} | {len(c.seeds)} | "
-                         f"{_g(sum(base) / len(base)) if base else '—'} | {at} | {saved} | {_word(c.verdict)}{why} |")
-        lines.append("")
-    if result.skipped:
-        lines += ["Runs in no pair:", ""] + [f"- `{rid}`: {why}" for rid, why in result.skipped] + [""]
-    return "\n".join(lines)
-
-
-def _band_table(bands: Sequence[PairedDifference]) -> list[str]:
-    rows: dict[tuple[str, tuple], dict[int, PairedDifference]] = {}
-    for d in bands:
-        rows.setdefault((d.strategy, d.setting), {})[int(d.metric[len("heldout/band"):])] = d
-    width = 1 + max(k for row in rows.values() for k in row)
-    mark = {BETTER: " ✓", WORSE: " ✗", NOT_RESOLVED: ""}
-    lines = ["### Held-out loss per noise band", "",
-             ("Δ held-out loss (strategy − baseline, mean over seeds) per band of timesteps, band 0 = least noise; "
-              "✓ better, ✗ worse (interval excludes 0), no mark: not resolved."), "",
-             "| strategy | setting | " + " | ".join(f"band {b}" for b in range(width)) + " |",
-             "|---|---|" + "---|" * width]
-    for (strategy, setting), row in rows.items():
-        cells = [f"{_signed(row[b].mean)}{mark[row[b].verdict]}" if b in row else "—" for b in range(width)]
-        lines.append(f"| `{strategy}` | {_where(setting)} | " + " | ".join(cells) + " |")
-    return lines + [""]

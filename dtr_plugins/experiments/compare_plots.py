@@ -16,6 +16,7 @@ from dtr_plugins.core.io import save_figure
 from dtr_plugins.experiments.compare import (
     BETTER,
     LOWER,
+    NOT_RESOLVABLE,
     NOT_RESOLVED,
     WORSE,
     ComparisonResult,
@@ -25,7 +26,7 @@ from dtr_plugins.experiments.compare import (
 )
 
 Curves = Mapping[str, Sequence[tuple[int, float]]]
-VERDICT_COLOURS = {BETTER: "#1a9641", WORSE: "#d7191c", NOT_RESOLVED: "#7f7f7f"}
+VERDICT_COLOURS = {BETTER: "#1a9641", WORSE: "#d7191c", NOT_RESOLVED: "#7f7f7f", NOT_RESOLVABLE: "#7f7f7f"}
 
 
 def group_curves(runs: Sequence[RunRecord], *, statuses: Sequence[str] = ("done",)) -> dict[str, list[Curves]]:
@@ -120,12 +121,14 @@ def plot_forest(result: ComparisonResult, path: str | Path, *, include_bands: bo
         title, direction = metric_info(metric) or (metric, LOWER)
         for y, d in enumerate(reversed(mine)):
             colour = VERDICT_COLOURS.get(d.verdict, VERDICT_COLOURS[NOT_RESOLVED])
-            if d.interval is not None and d.mean is not None:  # an interval comes with its mean
+            if d.interval is not None and d.mean is not None and d.interval[1] > d.interval[0]:
                 ax.errorbar(d.mean, y, xerr=[[d.mean - d.interval[0]], [d.interval[1] - d.mean]], fmt="o",
-                            color=colour, capsize=3, ms=5)
-            else:
+                            color=colour, capsize=3, ms=5, mfc="white" if d.verdict == NOT_RESOLVABLE else colour)
+            else:  # no interval, or a zero-width one: a hollow point, never a verdict colour
                 ax.plot(d.mean, y, "o", mfc="white", mec=colour, ms=6)
-            note = f"{d.verdict}, n={len(d.seeds)}" if d.interval is not None else f"{d.verdict}: one seed"
+            test = f", {d.correction} x{d.family_size}" if d.family_size > 1 else ""
+            note = (f"{d.verdict} ({d.reason}), n={len(d.seeds)}" if d.verdict == NOT_RESOLVABLE
+                    else f"{d.verdict}, n={len(d.seeds)}{test}")
             ax.annotate(note, (1.0, y), xycoords=("axes fraction", "data"),
                         xytext=(6, 0), textcoords="offset points", va="center", fontsize=7, color=colour)
         labels = [d.strategy + (" | " + ", ".join(f"{k}={v}" for k, v in d.setting) if d.setting else "")
@@ -135,7 +138,10 @@ def plot_forest(result: ComparisonResult, path: str | Path, *, include_bands: bo
         ax.axvline(0.0, color="black", lw=0.8, ls="--")
         better = "← better" if direction == LOWER else "better →"
         ax.set_xlabel(f"Δ {title} (strategy − {result.baseline}; {better})", fontsize=8)
-        ax.set_title(f"{title}: paired difference, {result.level:.0%} {result.method}-interval over seeds", fontsize=9)
+        levels = sorted({f"{d.interval_level:.4g}" for d in mine})
+        ax.set_title(f"{title}: paired difference, {result.method}-interval over seeds at level {', '.join(levels)}"
+                     + (" (primary)" if metric == result.primary else " (Bonferroni-adjusted)"
+                        if any(d.family_size > 1 for d in mine) else ""), fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

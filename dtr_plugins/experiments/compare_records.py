@@ -1,4 +1,4 @@
-"""A suite folder -> :class:`~dtr_plugins.experiments.compare.RunRecord` per run, for paired comparisons.
+"""A suite folder -> one :class:`~dtr_plugins.runs.record.RunRecord` per run, for the report and comparisons.
 
 Reads what the runs wrote: ``suite.json`` (run ids and their matrix assignment), and per run
 ``status.json``, ``config.yaml`` (the applied seed and routing) and ``metrics.jsonl``:
@@ -12,28 +12,15 @@ A later line for the same step replaces an earlier one (a resumed run may log a 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from dtr_plugins.core.errors import UserError
-from dtr_plugins.experiments.compare import RunRecord, metric_info
+from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.runs.record import RunRecord
+from dtr_plugins.runs.rundir import SuiteIndex
 
 _BODY_KEYS = ("eval", "heldout")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-    return out
 
 
 def _number(value: Any) -> bool:
@@ -87,24 +74,35 @@ def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> 
     return axes
 
 
-def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
-    """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``)."""
-    import yaml
+def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
+    """Values of compared metrics must be numbers; anything else under a metric's name is dropped, not plotted."""
+    return {k: v for k, v in result.items() if not metric_info(k) or isinstance(v, (int, float))}
 
-    suite_dir = Path(suite_dir)
-    index_path = suite_dir / "suite.json"
-    if not index_path.exists():
-        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
-    index = json.loads(index_path.read_text())
+
+def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
+    """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``), read
+    through :class:`~dtr_plugins.runs.rundir.SuiteIndex` and :class:`~dtr_plugins.runs.rundir.RunDir`."""
+    suite = SuiteIndex(suite_dir)
     out = []
-    for entry in index.get("runs", []):
-        run_dir = suite_dir / entry["id"]
-        status_path, config_path = run_dir / "status.json", run_dir / "config.yaml"
-        status = json.loads(status_path.read_text()).get("state", "new") if status_path.exists() else "new"
-        config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
-        assignment = entry.get("assignment") or {}
+    for entry in suite.entries():
+        run_dir = suite.run(entry["id"])
+        damaged = run_dir.unreadable()
+        config = run_dir.read_config()
+        found = entry.get("assignment")
+        assignment: dict[str, Any] = found if isinstance(found, dict) else {}
         seed = config.get("seed", assignment.get("seed", 0))
-        curves, fingerprint = curves_from_records(_read_jsonl(run_dir / "metrics.jsonl"))
-        out.append(RunRecord(id=entry["id"], seed=int(seed), axes=axes_of(entry["id"], assignment, config),
-                             curves=curves, status=status, heldout_fingerprint=fingerprint))
+        records = run_dir.read_metrics()
+        curves, fingerprint = curves_from_records(records)
+        steps = [r for r in records if isinstance(r.get("step"), int)]
+        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in steps if isinstance(r.get("eval"), dict)]
+        recorded, planned = run_dir.read_fingerprint(), entry.get("fingerprint")
+        routing = config.get("routing")
+        status = f"unreadable ({damaged})" if damaged else str(run_dir.read_status().get("state", "new"))
+        out.append(RunRecord(id=entry["id"], seed=seed if isinstance(seed, int) else 0,
+                             axes=axes_of(entry["id"], assignment, config), curves=curves, status=status,
+                             heldout_fingerprint=fingerprint, group=str(entry.get("group", entry["id"])),
+                             routing=str(routing.get("name", "?")) if isinstance(routing, dict) else "?",
+                             config=config, meta=run_dir.read_meta(), evals=evals,
+                             train=[r for r in steps if "loss" in r],  # held-out and eval lines are not training
+                             current=None in (recorded, planned) or recorded == planned))  # unknown: not stale
     return out

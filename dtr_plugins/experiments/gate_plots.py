@@ -12,7 +12,6 @@ import textwrap
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import matplotlib
 
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from dtr_plugins.core.contracts import LearnedRoutingStrategy
+from dtr_plugins.core.contracts import GateSummary, LearnedRoutingStrategy
 from dtr_plugins.core.io import save_figure
 from dtr_plugins.core.routing import RoutingPlan
 
@@ -73,15 +72,6 @@ def plot_gate_tables(tables: Sequence[torch.Tensor], path: str | Path, title: st
     out = save_figure(fig, path, dpi=110)
     plt.close(fig)
     return out
-
-
-@runtime_checkable
-class GateSummary(Protocol):
-    """A learned strategy that can summarise its gates per timestep for pictures even when they depend on
-    more than the task (``switch``: expert selection probabilities). Returns per routed layer a float
-    ``[num_tasks, K]`` table, the name of a unit (``"expert"``) and of the value drawn."""
-
-    def gate_summary(self, num_tasks: int) -> tuple[list[torch.Tensor], str, str]: ...
 
 
 def learned_gate_tables(plan: RoutingPlan) -> tuple[list[torch.Tensor], str, str] | None:

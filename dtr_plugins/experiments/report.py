@@ -9,78 +9,42 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dtr_plugins.core.errors import UserError
-from dtr_plugins.core.io import write_text
+from dtr_plugins.core.io import clean_stale_temps, write_text
+from dtr_plugins.core.metrics import LOWER, compared
 from dtr_plugins.core.numbers import fmt_mean_std
-from dtr_plugins.experiments.compare import ComparisonResult, compare_runs, render_comparison_markdown
+from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
+from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
-from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.experiments.raw_results import RAW_FILE, export_raw_results
+from dtr_plugins.runs.record import RunRecord
+from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 from dtr_plugins.sharing.model_card import fid_caveat
 
-#: torch-fidelity key (or ours) -> (column title, lower is better)
-METRICS: dict[str, tuple[str, bool]] = {
-    "frechet_inception_distance": ("FID", True),
-    "kernel_inception_distance_mean": ("KID", True),
-    "inception_score_mean": ("IS", False),
-    "precision": ("precision", False),
-    "recall": ("recall", False),
-    "class_accuracy": ("class accuracy", False),
-}
 TRAIN_LOSS = "train_loss"
 
 
-@dataclass
-class RunResult:
-    id: str
-    group: str
-    seed: int
-    status: str
-    routing: str
-    config: dict[str, Any]
-    meta: dict[str, Any]
-    evals: list[dict[str, Any]] = field(default_factory=list)  # one per eval step, with "step"
-    train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl training records
-    current: bool = True  # trained with the suite's current config (its recorded fingerprint is the planned one)
+def report_metrics() -> dict[str, tuple[str, bool]]:
+    """Eval record key -> (column title, lower is better), from the metric registry (:mod:`dtr_plugins.core.metrics`):
+    every compared value but the training loss, which has a table of its own."""
+    return {k: (title, direction == LOWER) for k, (title, direction) in compared().items() if k != TRAIN_LOSS}
 
 
-def _numbers_only(result: dict[str, Any]) -> dict[str, Any]:
-    """Metric keys must hold numbers; anything else under a metric's name is dropped, not plotted."""
-    return {k: v for k, v in result.items() if k not in METRICS or isinstance(v, (int, float))}
+def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunRecord]]:
+    """The suite's index (``suite.json``) and one :class:`RunRecord` per run it lists (a run with a damaged
+    record file has status ``unreadable (<file>)``)."""
+    return SuiteIndex(suite_dir).read(), runs_from_suite(suite_dir)
 
 
-def collect(suite_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
-    index_path = suite_dir / "suite.json"
-    if not index_path.exists():
-        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
-    index = json.loads(index_path.read_text())
-    results = []
-    for entry in index["runs"]:
-        run_dir = RunDir(suite_dir / entry["id"])
-        status = run_dir.read_status().get("state", "new")
-        config = run_dir.read_config()
-        meta = run_dir.read_meta()
-        records = run_dir.read_metrics()
-        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in records if "eval" in r]
-        train = [r for r in records if "loss" in r]  # held-out and eval lines are not training records
-        recorded = run_dir.fingerprint_path.read_text().strip() if run_dir.fingerprint_path.is_file() else None
-        results.append(RunResult(id=entry["id"], group=entry["group"], seed=int(config.get("seed", 0)),
-                                 status=status, routing=(config.get("routing") or {}).get("name", "?"),
-                                 current=None in (recorded, entry.get("fingerprint"))  # unknown: not stale
-                                 or recorded == entry.get("fingerprint"),
-                                 config=config, meta=meta, evals=evals, train=train))
-    return index, results
-
-
-def _final_loss(run: RunResult) -> float | None:
+def _final_loss(run: RunRecord) -> float | None:
     return run.train[-1]["loss"] if run.train else None
 
 
-def write_csv(results: list[RunResult], path: Path) -> list[str]:
-    metric_keys = [k for k in METRICS if any(k in e for r in results for e in r.evals)]
+def write_csv(results: list[RunRecord], path: Path) -> list[str]:
+    metric_keys = [k for k in report_metrics() if any(k in e for r in results for e in r.evals)]
     header = ["run_id", "group", "routing", "seed", "status", "step", *metric_keys, TRAIN_LOSS]
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -105,17 +69,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, s
 
 
-def _groups(results: list[RunResult]) -> dict[str, list[RunResult]]:
-    out: dict[str, list[RunResult]] = {}
+def _groups(results: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = {}
     for r in results:
         out.setdefault(r.group, []).append(r)
     return out
 
 
-def metric_table(key: str, results: list[RunResult]) -> str:
+def metric_table(key: str, results: list[RunRecord]) -> str:
     """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold. Differences
     against the baseline are the paired comparison's job (:mod:`.compare`), not this table's."""
-    title, lower = METRICS.get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
+    title, lower = report_metrics().get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
     groups = _groups(results)
     if key == TRAIN_LOSS:
         cells = {g: {"final": [v for v in (_final_loss(r) for r in rs) if v is not None]} for g, rs in groups.items()}
@@ -148,7 +112,7 @@ def metric_table(key: str, results: list[RunResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _eval_settings(results: list[RunResult]) -> str:
+def _eval_settings(results: list[RunRecord]) -> str:
     """The sampling applied at each run's last eval, one entry per distinct setting (a suite that varies the
     process or sampler lists each, with how many runs used it); "" without evals."""
     counts: dict[str, int] = {}
@@ -167,14 +131,15 @@ def build_report(suite_dir: str | Path) -> Path:
     suite_dir = Path(suite_dir)
     index, results = collect(suite_dir)
     metric_keys = write_csv(results, suite_dir / "results.csv")
-    comparison = compare_runs(runs_from_suite(suite_dir))
-    plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, comparison)
+    export_raw_results(suite_dir)
+    comparison = compare_runs(results, primary=str(index.get("primary") or DEFAULT_PRIMARY))
+    plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, results, comparison)
     done = [r for r in results if r.status == "done"]
     first = next((r for r in results if r.meta), None)
     evals = [e for r in results for e in r.evals]
     extractor = sorted({str(e.get("feature_extractor")) for e in evals if e.get("feature_extractor")})
     stale = [r for r in done if not r.current]
-    lines = [f"# Suite `{index['name']}`", "",
+    lines = [f"# Suite `{index.get('name', suite_dir.name)}`", "",
              f"{len(done) - len(stale)} of {len(results)} runs finished with the suite's current config"
              + (f"; {len(stale)} more finished with an older config of this suite (stale: "
                 f"{', '.join(f'`{r.id}`' for r in stale)}; their numbers are not of the current config, rerun them "
@@ -194,7 +159,10 @@ def build_report(suite_dir: str | Path) -> Path:
     for r in failed:
         status = RunDir(suite_dir / r.id).read_status()
         lines.append(f"- run `{r.id}` failed: {status.get('error', '?')}")
-    if failed:
+    for r in results:
+        if r.status.startswith("unreadable"):
+            lines.append(f"- run `{r.id}`: {r.status}; its numbers are left out")
+    if failed or any(r.status.startswith("unreadable") for r in results):
         lines.append("")
     lines += [render_comparison_markdown(comparison)]
     lines += ["## Results per run group", "", "Mean ± std over seeds (no test: see the paired comparisons above); "
@@ -205,20 +173,24 @@ def build_report(suite_dir: str | Path) -> Path:
             lines += [table]
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    lines += ["", "Raw numbers: [results.csv](results.csv).", ""]
+    lines += ["", f"Raw numbers: [results.csv](results.csv); per run (config fingerprint, seed, every metric and "
+              f"held-out band, machine, torch, date): [{RAW_FILE}]({RAW_FILE}). Commit that file as "
+              f"`benchmarks/results-<machine>/{index['name']}/runs.jsonl` and run `make figures` to put these tables "
+              f"in the docs.", ""]
     return write_text(suite_dir / "report.md", "\n".join(lines))
 
 
-def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) -> list[Path]:
+def _plots(suite_dir: Path, results: list[RunRecord], metric_keys: list[str]) -> list[Path]:
     from dtr_plugins.experiments import plots
 
     out_dir = suite_dir / "plots"
+    clean_stale_temps(out_dir)  # left by a report that was killed mid-write
     made = []
     groups = _groups(results)
     if metric_keys:
         series = {k: {g: [[(e["step"], e[k]) for e in r.evals if e.get(k) is not None] for r in rs]
                       for g, rs in groups.items()} for k in metric_keys}
-        made.append(plots.plot_metrics_vs_steps(series, {k: METRICS[k][0] for k in metric_keys},
+        made.append(plots.plot_metrics_vs_steps(series, {k: report_metrics()[k][0] for k in metric_keys},
                                                 out_dir / "metrics_vs_steps.png"))
     curves = {g: [[(t["step"], t["loss"]) for t in r.train] for r in rs] for g, rs in groups.items()}
     if any(c for cs in curves.values() for c in cs):
@@ -236,7 +208,7 @@ def _plots(suite_dir: Path, results: list[RunResult], metric_keys: list[str]) ->
     return made
 
 
-def _sample_rows(suite_dir: Path, groups: dict[str, list[RunResult]]):
+def _sample_rows(suite_dir: Path, groups: dict[str, list[RunRecord]]):
     """Per group, the first sample of each class from its first run with final samples (``samples.npz``), and
     the class names (:meth:`RunDir.class_names`); None when no run has samples."""
     import numpy as np
@@ -258,13 +230,13 @@ def _sample_rows(suite_dir: Path, groups: dict[str, list[RunResult]]):
     return (rows, names) if rows else None
 
 
-def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Path]:
+def _comparison_plots(suite_dir: Path, results: list[RunRecord], comparison: ComparisonResult) -> list[Path]:
     """``heldout_loss_bands.png`` (held-out loss per noise band vs step, one line per group, band over
     seeds) and ``paired_differences.png`` (forest plot), each only when there is something to draw."""
     from dtr_plugins.experiments.compare_plots import group_curves, plot_forest, plot_heldout_bands
 
     made = []
-    groups = group_curves(runs_from_suite(suite_dir))
+    groups = group_curves(results)
     if any(m.startswith("heldout/") for cs in groups.values() for c in cs for m in c):
         made.append(plot_heldout_bands(groups, suite_dir / "plots" / "heldout_loss_bands.png"))
     if any(d.mean is not None for d in comparison.differences):
@@ -272,7 +244,7 @@ def _comparison_plots(suite_dir: Path, comparison: ComparisonResult) -> list[Pat
     return made
 
 
-def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]:
+def _mask_plots(groups: dict[str, list[RunRecord]], out_dir: Path) -> list[Path]:
     """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
     widths its training recorded in meta.json (no model is built; vanilla has nothing to show). A learned
     strategy's gates live in its weights: they are drawn from the run's last checkpoint (gates_*.png)."""
@@ -291,7 +263,7 @@ def _mask_plots(groups: dict[str, list[RunResult]], out_dir: Path) -> list[Path]
             continue
         seen.add(routing)
         try:
-            cfg = config_from_dict(run.config, source=g)
+            cfg = config_from_dict(dict(run.config), source=g)
             if isinstance(build_strategy_from(cfg), LearnedRoutingStrategy):  # gates live in the weights
                 made.extend(_gate_plot(out_dir.parent / run.id, out_dir, run.routing, len(seen), g))
                 continue

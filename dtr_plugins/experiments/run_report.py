@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.images import readable_grid
 from dtr_plugins.core.io import atomic_write, write_text
 from dtr_plugins.core.numbers import fmt
 from dtr_plugins.experiments.compare import metric_info
@@ -59,7 +60,7 @@ def _plots(run: RunDir, name: str, records: list[dict[str, Any]], curves: dict[s
         if len(images):
             from PIL import Image
 
-            grid = plots.readable_grid(images, labels, names)
+            grid = readable_grid(images, labels, names)
             made.append(atomic_write(out_dir / "samples.png",
                                      lambda tmp: Image.fromarray(grid).save(tmp, format="PNG")))
     return made

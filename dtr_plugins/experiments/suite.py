@@ -3,17 +3,21 @@
 Rerunning a suite skips finished runs, resumes interrupted ones from their last checkpoint and retries
 failed ones. Everything lives under ``<output_dir>/<suite name>/``.
 
-Each run is keyed by its id *and* by the fingerprint of its resolved config (:func:`config_fingerprint`,
-recorded in the run's ``status.json``). A run that exists with another fingerprint (the suite's ``set:``,
-its base config or ``--set`` changed since) is never skipped nor resumed silently: the suite refuses
-before any run starts, with one line naming the runs, unless ``rerun_changed`` (``--rerun-changed``)
-is given; then the old run folder is moved aside to ``<id>.stale-<old fp8>`` and the run trains anew.
+Each run is keyed by its id *and* by the plan fingerprint of its resolved config
+(:func:`~dtr_plugins.core.fingerprint.plan_fingerprint`, recorded in ``<run>/config.sha256``). A run that
+exists with another one (the suite's ``set:``, its base config or ``--set`` changed since) is never skipped
+silently; the one identity rule of :mod:`dtr_plugins.core.fingerprint` decides:
+
+- a resumable change (``train.steps`` raised, later sampling or evaluation settings: the weights fingerprint is
+  unchanged) continues the run from its checkpoint (``dtr train --resume``) and records the new plan;
+- any other change is refused before any run starts, with one line naming the run, the key, its old value
+  and its new one, unless ``rerun_changed`` (``--rerun-changed``): then the old run folder is moved aside to
+  ``<id>.stale-<old fp8>`` and the run trains anew.
 """
 from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
 import itertools
 import json
 import re
@@ -34,10 +38,13 @@ from dtr_plugins.core.config import (
     set_dotted,
 )
 from dtr_plugins.core.errors import ConfigError, UserError
-from dtr_plugins.core.io import write_json, write_text
+from dtr_plugins.core.fingerprint import changed_keys, plan_fingerprint, resume_refusal
+from dtr_plugins.core.io import write_text
+from dtr_plugins.core.metrics import compared
 from dtr_plugins.core.plugins import default_registry, format_validation_error
-from dtr_plugins.launchers import RunSpec, launcher_from_section
-from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.launchers import RunSpec, describe_launcher, resolve_launcher
+from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 
 
 class SuiteFile(BaseModel):
@@ -49,6 +56,7 @@ class SuiteFile(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     eval: dict[str, Any] = Field(default_factory=dict)
     output_dir: str = "runs"
+    primary: str = "heldout/total"  # the metric tested without a multiplicity correction (experiments/compare.py)
     launcher: dict[str, Any] = Field(default_factory=lambda: {"name": "local"})  # see dtr_plugins/launchers
 
 
@@ -61,13 +69,23 @@ class PlannedRun:
 
     @property
     def fingerprint(self) -> str:
-        return config_fingerprint(self.config)
+        """:func:`~dtr_plugins.core.fingerprint.plan_fingerprint` of the resolved config."""
+        return plan_fingerprint(self.config.to_dict())
 
 
-def config_fingerprint(cfg: ExperimentConfig) -> str:
-    """sha256 of the resolved config (defaults filled in, keys sorted): what determines a run's content."""
-    text = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+@dataclass(frozen=True)
+class Change:
+    """A planned run that exists with another plan fingerprint: ``refusal`` is None when its checkpoints may
+    continue under the new config (``resumable``), else ``key: old -> new`` of the first identity key changed."""
+
+    run: PlannedRun
+    old_fingerprint: str
+    keys: tuple[str, ...]  # every key that changed, resumable or not ([] when the old config is unknown)
+    refusal: str | None
+
+    @property
+    def resumable(self) -> bool:
+        return self.refusal is None
 
 
 @dataclass
@@ -77,6 +95,7 @@ class Suite:
     root: Path
     runs: list[PlannedRun] = field(default_factory=list)
     launcher: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
+    primary: str = "heldout/total"
 
 
 # ------------------------------------------------------------------------------------------- ids
@@ -203,7 +222,10 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"--set {item}: {key} is a matrix key of {path}; it cannot be set for every run")
     check_path_component(spec.name, f"{path}: name")  # ../evil would write outside output_dir
     root = Path(spec.output_dir) / spec.name
-    suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher))
+    if metric_info(spec.primary) is None:
+        raise ConfigError(f"{path}: primary: {spec.primary!r} is not a compared metric (allowed: "
+                          f"{', '.join(compared())}, heldout/band<k>)")
+    suite = Suite(name=spec.name, path=path, root=root, launcher=copy.deepcopy(spec.launcher), primary=spec.primary)
     keys = list(spec.matrix)
     seen: dict[str, int] = {}
     labels_of = {k: axis_labels(k, spec.matrix[k]) for k in keys}
@@ -253,29 +275,45 @@ def run_state(run_dir: Path, cfg: ExperimentConfig | None = None) -> str:
     return "partial" if run.has_checkpoints() else "new"
 
 
+def _trained_config(run: RunDir) -> dict[str, Any] | None:
+    """The resolved config the run was trained with (its ``config.yaml``), None when absent or not loadable."""
+    if not run.config_path.exists():
+        return None
+    try:
+        return config_from_dict(read_yaml(run.config_path), source=str(run.config_path)).to_dict()
+    except UserError:
+        return None
+
+
 def recorded_fingerprint(run_dir: Path) -> str | None:
-    """The fingerprint a run was started with (``<run>/config.sha256``), else that of its ``config.yaml``."""
+    """The plan fingerprint a run was started with (``<run>/config.sha256``), else that of its ``config.yaml``."""
     run = RunDir(run_dir)
-    if run.fingerprint_path.exists():
-        return run.fingerprint_path.read_text().strip()
+    recorded = run.read_fingerprint()
+    if recorded is not None:
+        return recorded
     if run.config_path.exists():
-        try:
-            return config_fingerprint(config_from_dict(read_yaml(run.config_path), source=str(run.config_path)))
-        except UserError:
-            return "unreadable"
+        trained = _trained_config(run)
+        return "unreadable" if trained is None else plan_fingerprint(trained)
     return None
 
 
-def changed_runs(suite: Suite, runs: list[PlannedRun]) -> list[tuple[PlannedRun, str]]:
-    """Runs that were finished (or have checkpoints to resume) with another config: (run, old fingerprint)."""
+def changed_runs(suite: Suite, runs: list[PlannedRun]) -> list[Change]:
+    """Runs that were finished (or have checkpoints to resume) with another plan, each judged by the identity
+    rule against the config it was trained with (``<run>/config.yaml``)."""
     out = []
     for r in runs:
         run_dir = suite.root / r.id
         if run_state(run_dir) not in ("done", "partial") and not RunDir(run_dir).has_checkpoints():
             continue
         old = recorded_fingerprint(run_dir)
-        if old is not None and old != r.fingerprint:
-            out.append((r, old))
+        if old is None or old == r.fingerprint:
+            continue
+        trained, new = _trained_config(RunDir(run_dir)), r.config.to_dict()
+        if trained is None:
+            out.append(Change(r, old, (), f"{RunDir(run_dir).config_path} does not load, so the change cannot be "
+                                          "judged"))
+            continue
+        out.append(Change(r, old, tuple(changed_keys(trained, new)), resume_refusal(trained, new)))
     return out
 
 
@@ -302,9 +340,10 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     suite's live jobs instead of starting anything. ``overrides`` (``--set``) apply to every run.
 
     Refuses (ConfigError, before any run starts) when a finished or resumable run's recorded config
-    fingerprint (``<run>/config.sha256``) differs from the planned one, unless ``rerun_changed``: then the
-    old folder is moved to ``<id>.stale-<fp8>`` and the run trains anew. ``progress_every`` (local
-    launcher): seconds between the progress lines of each running run.
+    plan fingerprint (``<run>/config.sha256``) differs from the planned one by a change its checkpoints cannot
+    continue (:func:`~dtr_plugins.core.fingerprint.resume_refusal`), unless ``rerun_changed``: then the old
+    folder is moved to ``<id>.stale-<fp8>`` and the run trains anew. A resumable change continues the run.
+    ``progress_every`` (local launcher): seconds between the progress lines of each running run.
     """
     suite = load_suite(path, registry=registry, overrides=overrides)
     runs = [r for r in suite.runs if only is None or fnmatch.fnmatch(r.id, only)]
@@ -317,8 +356,9 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     if progress_every is not None and (launcher or section.get("name", "local")) == "local":
         section = {**section, "progress_every": progress_every}
     launchers = registry if registry is not None and registry.names("launcher") else default_registry()
-    runner = launcher_from_section(section, override=launcher, registry=launchers,
-                                   where=str(suite.path), settings=launcher_settings)
+    launcher_name, options, info = resolve_launcher(section, override=launcher, registry=launchers,
+                                                    where=str(suite.path), settings=launcher_settings)
+    runner = info.factory(**options)
     if runner.blocking and (wait or cancel):
         flag = "--cancel" if cancel else "--wait"
         name = launcher or section.get("name", "local")
@@ -327,10 +367,11 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
     specs = {r.id: RunSpec(r.id, suite.root / r.id, suite.root / "configs" / f"{r.id}.yaml") for r in runs}
     changed = changed_runs(suite, runs)
     if dry_run:
+        print("\n".join(describe_launcher(launcher_name, options)))
         live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
-        stale = {r.id for r, _ in changed}
+        kind = {c.run.id: "resume" if c.resumable else "changed" for c in changed}
         for r in runs:
-            state = "changed" if r.id in stale else run_state(suite.root / r.id, r.config)
+            state = kind.get(r.id) or run_state(suite.root / r.id, r.config)
             print(f"{state:8s} {r.id}" + (f" ({live[r.id]})" if r.id in live else ""))
         return suite.root
     if cancel:
@@ -338,17 +379,25 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
         print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
         return suite.root
     live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
-    changed = [(r, old) for r, old in changed if r.id not in live]  # a queued job is not moved under its feet
-    if changed and not rerun_changed:
-        names = ", ".join(f"{r.id} ({old[:8]} -> {r.fingerprint[:8]})" for r, old in changed)
-        raise ConfigError(f"{suite.path}: {len(changed)} run(s) exist with a different config: {names}; pass "
-                          f"--rerun-changed to move them aside (<id>.stale-<fp8>) and train them anew")
-    for r, old in changed:
-        print(f"stale    {r.id} -> {_move_aside(suite.root / r.id, old).name} (config changed)")
+    changed = [c for c in changed if c.run.id not in live]  # a queued job is not moved under its feet
+    refused = [c for c in changed if not c.resumable]
+    if refused and not rerun_changed:
+        rest = ", ".join(c.run.id for c in refused[1:])
+        more = f" (and {len(refused) - 1} more run(s): {rest})" if rest else ""
+        raise ConfigError(f"{suite.path}: run {refused[0].run.id}: {refused[0].refusal}; its checkpoints cannot "
+                          f"continue with that change{more}; restore the old value, or pass --rerun-changed to move "
+                          "the run aside (<id>.stale-<fp8>) and train it anew")
+    for c in refused:
+        print(f"stale    {c.run.id} -> {_move_aside(suite.root / c.run.id, c.old_fingerprint).name} (config changed)")
+    for c in changed:
+        if c.resumable:
+            print(f"continue {c.run.id} ({', '.join(c.keys) or 'config'} changed; continues from its checkpoints)")
+            write_text(specs[c.run.id].config_path, c.run.config.to_yaml())
+            RunDir(specs[c.run.id].run_dir).write_fingerprint(c.run.fingerprint)
     suite.root.mkdir(parents=True, exist_ok=True)
-    write_json(suite.root / "suite.json", {"name": suite.name, "file": str(suite.path),
-                                           "runs": [{"id": r.id, "group": r.group, "assignment": r.assignment,
-                                                     "fingerprint": r.fingerprint} for r in suite.runs]})
+    SuiteIndex(suite.root).write({"name": suite.name, "file": str(suite.path), "primary": suite.primary,
+                                  "runs": [{"id": r.id, "group": r.group, "assignment": r.assignment,
+                                            "fingerprint": r.fingerprint} for r in suite.runs]})
     todo = []
     for r in runs:
         if run_state(suite.root / r.id, r.config) == "done":
@@ -359,7 +408,7 @@ def run_suite(path: str | Path, *, dry_run: bool = False, only: str | None = Non
             todo.append(r)
     for r in todo:
         write_text(specs[r.id].config_path, r.config.to_yaml())
-        write_text(RunDir(specs[r.id].run_dir).fingerprint_path, r.fingerprint + "\n")
+        RunDir(specs[r.id].run_dir).write_fingerprint(r.fingerprint)
     results = runner.launch(suite.root, [specs[r.id] for r in todo])
     if not runner.blocking:
         if not wait:

@@ -9,63 +9,60 @@ whose ``state`` is ``running``, ``done`` or ``failed``; a run with checkpoints i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import yaml
+from yaml import YAMLError
 
+from dtr_plugins.core.config import parse_yaml
+from dtr_plugins.core.contracts import Launcher, RunSpec
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
+from dtr_plugins.core.text import refuse_control_chars
+
+__all__ = ["Launcher", "RunSpec", "launcher_from_section", "parse_launcher_settings"]
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run to start: its id, its run directory and the resolved config file to train from."""
-
-    id: str
-    run_dir: Path
-    config_path: Path
-
-
-@runtime_checkable
-class Launcher(Protocol):
-    """What the suite engine needs from a launcher."""
-
-    #: ``True`` when :meth:`launch` returns only after the runs ended (a local pool); ``False`` when it
-    #: submits them to a scheduler and returns at once.
-    blocking: bool
-
-    def launch(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
-        """Start ``runs``; returns run id -> its record (the final status, or the job it was submitted as)."""
-
-    def active(self, suite_root: Path, runs: Sequence[RunSpec]) -> dict[str, str]:
-        """Run id -> a one-line description of its live job (queued or running), for runs that have one."""
-
-    def wait(self, suite_root: Path, runs: Sequence[RunSpec], timeout_s: float | None = None) -> None:
-        """Block until none of ``runs`` has a live job (raises ``TimeoutError`` after ``timeout_s``)."""
-
-    def cancel(self, suite_root: Path, runs: Sequence[RunSpec]) -> list[str]:
-        """Cancel the live jobs of ``runs``; returns the ids of the runs whose job was cancelled."""
-
-
-def launcher_from_section(section: dict[str, Any] | None, *, override: str | None, registry, where: str,
-                          settings: dict[str, Any] | None = None) -> Launcher:
-    """Build the launcher named by ``override`` (the CLI) or by the suite file's ``launcher.name``.
+def resolve_launcher(section: dict[str, Any] | None, *, override: str | None, registry, where: str,
+                     settings: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], Any]:
+    """The launcher's name, its validated options (defaults filled in) and its plugin info.
 
     The section's parameters are used when it names the same launcher as the override; a launcher chosen
     only on the command line gets its documented defaults. ``settings`` (``--launcher-set KEY=VALUE``)
-    override single parameters. Errors name the file and the key.
+    override single parameters. Errors name the file and the key; a control character (a newline, an
+    escape) in any string, key or value is refused: launcher options end up in job scripts.
     """
     section = dict(section or {})
     file_name = section.pop("name", "local")
     name = override or file_name
     params = {**(section if name == file_name else {}), **(settings or {})}
+    refuse_control_chars({"name": name, **params}, f"{where}: launcher")
     try:
         info = registry.get("launcher", name)
     except PluginError as exc:  # unknown launcher (known: ...)
         raise ConfigError(f"{where}: launcher.name: {exc}") from None
     validated = info.validate(params, where=f"{where}: launcher")
-    return info.factory(**validated.model_dump())
+    return name, validated.model_dump(), info
+
+
+def launcher_from_section(section: dict[str, Any] | None, *, override: str | None, registry, where: str,
+                          settings: dict[str, Any] | None = None) -> Launcher:
+    """Build the launcher named by ``override`` (the CLI) or by the suite file's ``launcher.name``
+    (see :func:`resolve_launcher`)."""
+    _, options, info = resolve_launcher(section, override=override, registry=registry, where=where,
+                                        settings=settings)
+    return info.factory(**options)
+
+
+def describe_launcher(name: str, options: dict[str, Any]) -> list[str]:
+    """Lines for ``dtr suite --dry-run``: the launcher, each resolved option, and the ``setup`` shell lines
+    (run as given, by design) one per line."""
+    lines = [f"launcher {name}"]
+    for key, value in options.items():
+        if key == "setup" and isinstance(value, list):
+            lines.append(f"  setup: {len(value)} shell line(s) run before each job:" if value else "  setup: none")
+            lines += [f"    $ {line}" for line in value]
+        else:
+            lines.append(f"  {key}: {value!r}")
+    return lines
 
 
 def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"--launcher-set {item!r}: expected KEY=VALUE, e.g. gpus_per_run=8")
         try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            out[key.strip()] = parse_yaml(value)
+        except YAMLError:
             raise UserError(f"--launcher-set {item!r}: the value is not valid YAML") from None
     return out

@@ -4,12 +4,17 @@ Each job starts ``torchrun`` over ``gpus_per_run`` GPUs on ``nodes_per_run`` nod
 Submitted job ids are kept in ``<suite>/slurm/jobs.json`` and submitit's scripts and logs in
 ``<suite>/slurm/``, so a rerun of ``dtr suite`` asks ``squeue`` which runs still have a live job and
 submits only the runs that are neither finished nor queued. Needs ``pip install dtr-plugins[slurm]``.
+
+``setup`` lines are shell by design: they are written as given at the top of every job script (``dtr suite
+--dry-run`` prints them). No other option becomes shell: control characters in any option are refused
+(:func:`dtr_plugins.launchers.resolve_launcher`) and ``python`` is quoted; see docs/security.md.
 """
 from __future__ import annotations
 
 import getpass
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -38,7 +43,8 @@ class SlurmParams(BaseModel):
     max_parallel: int = Field(256, ge=1, description="array tasks running at once (sbatch --array=...%N)")
     signal_delay_s: int = Field(120, ge=10, description="seconds before the time limit when the job is signalled")
     max_requeues: int = Field(3, ge=0, description="requeues after a time-out (preemptions requeue without limit)")
-    setup: list[str] = Field(default_factory=list, description="shell lines run before the job (module load ...)")
+    setup: list[str] = Field(default_factory=list, description="shell lines run as written at the top of each job "
+                             "script (module load ...): shell by design, shown by dtr suite --dry-run")
     extra: dict[str, Any] = Field(default_factory=dict, description="any other sbatch option, e.g. {constraint: a100}")
     python: str | None = Field(None, description="python on the nodes (default: the one running dtr suite)")
     poll_s: float = Field(10.0, gt=0, description="seconds between squeue polls while waiting")
@@ -53,6 +59,10 @@ class SlurmParams(BaseModel):
     def _gpus_divide(self) -> SlurmParams:
         if self.gpus_per_run and self.gpus_per_run % self.nodes_per_run:
             raise ValueError(f"gpus_per_run {self.gpus_per_run} is not divisible by nodes_per_run {self.nodes_per_run}")
+        if minutes(self.time) * 60 <= self.signal_delay_s:  # signalled before it trains, requeued until it fails
+            raise ValueError(f"time {self.time!r} ({minutes(self.time) * 60} s) is not longer than signal_delay_s "
+                             f"{self.signal_delay_s} s, so each job would be signalled before it trains; raise time "
+                             "or lower signal_delay_s")
         return self
 
 
@@ -66,6 +76,8 @@ def minutes(value: int | str) -> int:
     if not match:
         raise ValueError(f"time {value!r} is not minutes, 'HH:MM:SS' or 'D-HH:MM:SS'")
     days, hours, mins, secs = (int(g or 0) for g in match.groups())
+    if mins > 59 or secs > 59 or (match.group(1) is not None and hours > 23):
+        raise ValueError(f"time {value!r}: minutes and seconds must be 00-59 (and hours 00-23 after a day count)")
     return max(1, days * 1440 + hours * 60 + mins + (1 if secs else 0))
 
 
@@ -105,7 +117,7 @@ class SlurmLauncher:
 
         p = self.p
         executor = submitit.SlurmExecutor(folder=suite_root / "slurm" / "%j", max_num_timeout=p.max_requeues,
-                                          python=p.python)
+                                          python=shlex.quote(p.python) if p.python else None)  # a path, not shell
         params: dict[str, Any] = {
             "job_name": f"dtr-{suite_root.name}", "time": minutes(p.time), "nodes": p.nodes_per_run,
             "ntasks_per_node": 1, "signal_delay_s": p.signal_delay_s, "array_parallelism": p.max_parallel,

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.metrics import compared
 from dtr_plugins.core.numbers import MISSING, fmt
-from dtr_plugins.experiments.compare import METRICS as COMPARED
+from dtr_plugins.core.text import printable
 from dtr_plugins.experiments.compare import metric_info
 from dtr_plugins.experiments.compare_records import curves_from_records
 from dtr_plugins.runs.rundir import RunDir
@@ -151,7 +152,7 @@ def summarize_run(path: str | Path, root: str | Path | None = None) -> RunSummar
 
 
 def _metric_order(key: str) -> tuple[int, str]:
-    order = list(COMPARED)
+    order = list(compared())
     return (order.index(key), key) if key in order else (len(order), key)
 
 
@@ -170,6 +171,8 @@ def format_runs_table(runs: list[RunSummary]) -> str:
         at = [r.metrics_step[k] for k in evaluated if k in r.metrics_step]  # the step the FID etc. are from
         rows.append([r.run, r.status, step, fmt(r.loss), *[fmt(r.metrics.get(k)) for k in keys],
                      *([fmt(max(at)) if at else MISSING] if evaluated else []), r.strategy, r.backbone])
+    headers = [printable(h) for h in headers]  # values from files: no terminal escape sequence reaches the screen
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     numeric = set(range(2, 4 + len(keys) + (1 if evaluated else 0)))  # step, loss, metrics: right-aligned
     lines = []

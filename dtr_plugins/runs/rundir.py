@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md section 8): one object owns its layout and reading/writing its files.
+"""The run directory (docs/design.md, "6. The run directory"): one object owns its layout and reading/writing its files.
 
 ::
 
@@ -15,6 +15,11 @@
       eval.json            the final evaluation
       .lock                held (``flock``) by the one ``dtr train`` writing the run: its pid and host
 
+A suite folder ``<suite>/`` holds ``suite.json`` (its index: name, file, and per run its id, group, matrix
+assignment and plan fingerprint; :class:`SuiteIndex`) beside its run directories.
+
+This module is the one reader of these files: nothing else opens them by name.
+
 metrics.jsonl is appended one whole line per ``os.write`` on an ``O_APPEND`` descriptor; a trailing line cut
 by a crash or a full disk is dropped (with a warning) when the file is read or a run resumes.
 """
@@ -29,13 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dtr_plugins.core.errors import CheckpointError, UserError
-from dtr_plugins.core.io import write_json, write_text
+from dtr_plugins.core.errors import CheckpointError, UserError, first_line
+from dtr_plugins.core.io import clean_stale_temps, write_json, write_text
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
 
-__all__ = ["RunDir", "RunLocked"]
+__all__ = ["RunDir", "RunLocked", "SuiteIndex", "is_suite_dir", "read_suite_index"]
 
 
 class RunLocked(UserError):
@@ -58,6 +63,31 @@ class RunDir:
     def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
         """The run a checkpoint file ``<run>/checkpoints/N.pt`` belongs to."""
         return cls(Path(checkpoint).parent.parent)
+
+    @classmethod
+    def locate(cls, source: str | Path) -> tuple[RunDir, Path]:
+        """A run directory (its newest checkpoint) or one checkpoint file -> (its run, the checkpoint path).
+        Raises :class:`CheckpointError` (one line) when ``source`` is neither or the run has no checkpoint."""
+        source = Path(source)
+        if source.is_dir():
+            run = cls(source)
+            return run, run.require_checkpoint()
+        if source.is_file():
+            return cls.of_checkpoint(source), source
+        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+
+    def config_of(self, ckpt: Any, ckpt_path: Path) -> ExperimentConfig:
+        """The config that goes with the weights of ``ckpt`` (read from ``ckpt_path``), for every reader
+        (``dtr sample``, ``dtr export``, ``from_pretrained``): the config the checkpoint itself holds (what
+        trained those weights, also after a resume changed ``config.yaml``), else this run's ``config.yaml``.
+        Raises :class:`CheckpointError` when there is neither, ConfigError when it does not validate."""
+        from dtr_plugins.core.config import config_from_dict, read_yaml
+
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+            return config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
+        if self.config_path.is_file():
+            return config_from_dict(read_yaml(self.config_path), source=str(self.config_path))
+        raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {self.config_path} does not exist")
 
     # ------------------------------------------------------------------------------------ paths
     @property
@@ -131,7 +161,10 @@ class RunDir:
 
         if not self.config_path.exists():
             return {}
-        data = yaml.safe_load(self.config_path.read_text())
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return {}  # damaged: see unreadable()
         return data if isinstance(data, dict) else {}
 
     def read_meta(self) -> dict[str, Any]:
@@ -165,6 +198,15 @@ class RunDir:
     def write_status(self, status: dict[str, Any]) -> Path:
         return write_json(self.status_path, status)
 
+    def read_fingerprint(self) -> str | None:
+        """The plan fingerprint a suite started this run with (``config.sha256``), or None."""
+        if not self.fingerprint_path.is_file():
+            return None
+        return self.fingerprint_path.read_text().strip() or None
+
+    def write_fingerprint(self, fingerprint: str) -> Path:
+        return write_text(self.fingerprint_path, fingerprint + "\n")
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record as one whole line: a single ``os.write`` on an ``O_APPEND`` descriptor.
 
@@ -195,10 +237,35 @@ class RunDir:
             line = line.strip()
             if line:
                 try:
-                    out.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(record, dict):  # a damaged line may still parse (a number, a list): skipped too
+                    out.append(record)
         return out
+
+    def unreadable(self) -> str | None:
+        """The name of the first record file of this run (status.json, meta.json, config.yaml, metrics.jsonl)
+        that exists but cannot be read whole: not JSON / YAML, not a mapping, or a metrics.jsonl line that is not
+        a JSON object (a cut last line is a crash's, not damage). None when all can be read."""
+        import yaml
+
+        for path in (self.status_path, self.meta_path):
+            if path.exists() and not isinstance(_load_json(path), dict):
+                return path.name
+        if self.config_path.exists():
+            try:
+                if not isinstance(yaml.safe_load(self.config_path.read_text()), dict):
+                    return self.config_path.name
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                return self.config_path.name
+        for line in self._complete_lines():
+            try:
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    return self.metrics_path.name
+            except json.JSONDecodeError:
+                return self.metrics_path.name
+        return None
 
     def _complete_lines(self) -> list[str]:
         if not self.metrics_path.exists():
@@ -277,6 +344,8 @@ class RunDir:
                                 "wait for it to finish or stop it") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            for folder in (self.checkpoints, self.path / "plots"):  # what a killed run left half-written
+                clean_stale_temps(folder)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
@@ -284,17 +353,82 @@ class RunDir:
     def write_eval(self, result: dict[str, Any]) -> Path:
         return write_json(self.eval_path, result)
 
+    def read_eval(self) -> dict[str, Any]:
+        """The final evaluation (``eval.json``), {} when there is none or it does not parse."""
+        return _read_json(self.eval_path)
+
+
+SUITE_INDEX = "suite.json"
+
+
+def is_suite_dir(path: str | Path) -> bool:
+    """Does ``path`` hold a suite index (``suite.json``)?"""
+    return (Path(path) / SUITE_INDEX).is_file()
+
+
+class SuiteIndex:
+    """A suite folder's index ``<suite>/suite.json``: ``{"name", "file", "runs": [{"id", "group", "assignment",
+    "fingerprint"}]}``, written by ``dtr suite`` before its runs start."""
+
+    def __init__(self, suite_dir: str | Path):
+        self.root = Path(suite_dir)
+        self.path = self.root / SUITE_INDEX
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> dict[str, Any]:
+        """The index; raises :class:`UserError` (one line naming the file) when the folder has none, it does not
+        parse or it is not of that shape (:func:`read_suite_index`)."""
+        return read_suite_index(self.root)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The index's run entries that name an id (others are skipped)."""
+        runs = self.read().get("runs")
+        if not isinstance(runs, list):
+            return []
+        return [e for e in runs if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.root / run_id)
+
+    def write(self, index: dict[str, Any]) -> Path:
+        return write_json(self.path, index)
+
 
 def _truncate(fd: int, size: int) -> None:
     with contextlib.suppress(OSError):
         os.ftruncate(fd, size)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
+def _load_json(path: Path) -> Any:
+    """The JSON value of ``path``, or None when it cannot be read or decoded."""
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = _load_json(path) if path.exists() else None
     return data if isinstance(data, dict) else {}
+
+
+def read_suite_index(suite_dir: str | Path) -> dict[str, Any]:
+    """``suite.json`` of a suite folder: ``{"name", "runs": [{"id", "group", ...}, ...], ...}``.
+
+    Raises :class:`UserError` (one line naming the file) when it is missing, not JSON, or not of that shape."""
+    suite_dir = Path(suite_dir)
+    path = suite_dir / "suite.json"
+    if not path.exists():
+        raise UserError(f"{suite_dir}: not a suite folder (no suite.json; run `dtr suite SUITE.yaml` first)")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({first_line(exc)}); run `dtr suite SUITE.yaml` again to rewrite "
+                        "it") from None
+    runs = index.get("runs") if isinstance(index, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in runs):
+        raise UserError(f"{path}: not a suite index (expected an object with a list of runs, each with an id); run "
+                        "`dtr suite SUITE.yaml` again to rewrite it")
+    return index

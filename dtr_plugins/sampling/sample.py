@@ -3,7 +3,7 @@
 Under ``torchrun`` each rank samples every world-size-th batch. :func:`sample` writes each rank's part
 to ``<partial>/shards/rank{r}.npz`` and rank 0 merges them (no rank ever holds another rank's images
 except rank 0 while merging); :func:`generate` (the training-time evaluation path) gathers to rank 0 only.
-A sample folder is written as ``<out>.partial-<pid>/`` and renamed into place at the end, so an
+A sample folder is written as ``.<out>.partial-<pid>/`` (hidden) and renamed into place at the end, so an
 interrupted run never leaves a half set that looks complete. Records (``samples.json``) hold the
 values applied, never the ones asked for.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtr_plugins.compose import build_codec, build_diffusion, build_model
+from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
-from dtr_plugins.core.config import ExperimentConfig, config_from_dict, read_yaml
-from dtr_plugins.core.contracts import Backbone, Codec
-from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
+from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance
+from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
-from dtr_plugins.core.io import atomic_write, write_json
+from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.sample_out import check_out
@@ -34,23 +36,6 @@ from dtr_plugins.sampling.sample_out import check_out
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
     """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (up to one)."""
     return np.arange(num) % max(num_classes, 1)
-
-
-def check_guidance(model: Any, cfg_scale: float, source: str = "--cfg-scale / sample.cfg_scale") -> None:
-    """Refuse a guidance scale != 1 on a backbone that cannot apply it (ConfigError, one line).
-
-    ``model``: anything with the :class:`Backbone` attributes ``num_classes`` and ``null_class``.
-
-    Classifier-free guidance (Ho & Salimans 2022) needs a class-conditional backbone (``num_classes > 1``)
-    trained with label dropout, i.e. one with a ``null_class``; otherwise the scale would be ignored.
-    """
-    if cfg_scale == 1.0:
-        return
-    num_classes = int(model.num_classes or 0)
-    if num_classes <= 1 or model.null_class is None:
-        why = "is unconditional" if num_classes <= 1 else "has no null class (it was trained without label dropout)"
-        raise ConfigError(f"{source}: {cfg_scale:g} asks for classifier-free guidance, but this backbone "
-                          f"(num_classes={num_classes}) {why}; use a scale of 1.0")
 
 
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -131,7 +116,7 @@ def _sample_chunks(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, 
         if conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
             if scale != 1.0:
-                kwargs["y_null"] = null_label(model)
+                kwargs["y_null"] = null_label(model, scale)
         before, rows_before = counted.calls, counted.rows
         x = diffusion.sample(counted, noise.shape, sampler=sampler, respacing=respacing, noise=noise,
                              model_kwargs=kwargs, cfg_scale=scale, cfg_channels=cfg.sample.cfg_channels,
@@ -218,43 +203,32 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig, num: int, *, lab
     return images, all_labels
 
 
-def null_label(model: Backbone) -> int:
+def null_label(model: Backbone, scale: float = 2.0) -> int:
     """The backbone's label for "no class" (classifier-free guidance); one line when it has none."""
-    if model.null_class is None:
-        raise ConfigError("sample.cfg_scale: this backbone was built without a null class (label dropout), "
-                          "so classifier-free guidance is not available; use cfg_scale 1.0")
+    if not isinstance(model, SupportsGuidance) or model.null_class is None:
+        check_guidance(model, scale)  # the one guidance rule's line
+        raise ConfigError("sample.cfg_scale: this backbone has no null class; use cfg_scale 1.0")
     return int(model.null_class)
 
 
 def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device):
-    from dtr_plugins.core.checkpoint import apply_checkpoint, nonfinite_tensors, read_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint, weights_in
 
-    source = Path(source)
-    if source.is_dir():
-        ckpt_path = RunDir(source).require_checkpoint()
-        run_cfg = RunDir(source).config_path
-    elif source.is_file():
-        ckpt_path, run_cfg = source, RunDir.of_checkpoint(source).config_path
-    else:
-        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    run, ckpt_path = RunDir.locate(source)
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
-    if source.is_file() and isinstance(ckpt, dict) and "config" in ckpt:
-        cfg = config_from_dict(ckpt["config"], source=f"{source} (config)")
-    elif run_cfg.exists():
-        cfg = config_from_dict(read_yaml(run_cfg), source=str(run_cfg))
-    else:
-        raise CheckpointError(f"{source}: checkpoint holds no config and {run_cfg} does not exist")
-    model = build_model(cfg)
-    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)
-    bad = nonfinite_tensors(model.state_dict())
-    if bad:  # a diverged model samples black images: refuse
-        raise CheckpointError(f"{ckpt_path}: the {'EMA' if use_ema else 'model'} weights hold NaN or inf "
-                              f"({len(bad)} tensors, first {bad[0]}); the run diverged, use an earlier checkpoint")
+    cfg = run.config_of(ckpt, ckpt_path)
+    parts = compose(cfg, data=False)  # the model, its process and codec, each built once
+    model = parts.model
+    apply_checkpoint(model, ckpt, ckpt_path, use_ema=use_ema)  # refuses NaN / inf weights
+    weights = weights_in(ckpt, use_ema)
+    if use_ema and weights != "ema":
+        warnings.warn(f"{ckpt_path}: holds no EMA weights (a checkpoint of another tool?); sampling its raw model "
+                      "weights (samples.json records weights: model)", stacklevel=2)
     device = device or distributed.pick_device(cfg.train.device)
     step = ckpt.get("step") if isinstance(ckpt, dict) else None
     if not isinstance(step, int):
         step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
-    return cfg, model.to(device).eval(), build_diffusion(cfg), ckpt_path, step
+    return cfg, parts.to(device), ckpt_path, step, weights
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
@@ -262,7 +236,8 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    return _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)[:4]
+    cfg, parts, ckpt_path, _, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
+    return cfg, parts.model.eval(), parts.diffusion, ckpt_path
 
 
 def sample_record(cfg: ExperimentConfig, *, sampler: str | None = None, respacing: str | None = None,
@@ -278,12 +253,13 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
     """``images/000000.png`` ..., ``grid.png`` and ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels``).
 
     The PNGs get a folder of their own so that ``dtr eval --samples OUT/images`` sees only samples.
-    ``grid.png`` shows the first 100 images enlarged to a readable size (:func:`~.plots.readable_grid`), each
-    under the name of its class when ``class_names`` is given (a class-conditional model).
+    ``grid.png`` shows the first 100 images enlarged to a readable size
+    (:func:`~dtr_plugins.core.images.readable_grid`), each under the name of its class when ``class_names``
+    is given (a class-conditional model).
     """
     from PIL import Image
 
-    from dtr_plugins.experiments.plots import readable_grid
+    from dtr_plugins.core.images import readable_grid
 
     def save(img: np.ndarray, tmp: Path) -> None:
         Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(tmp, format="PNG")
@@ -371,9 +347,10 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, model, diffusion, ckpt_path, step = _load(source, use_ema=use_ema,
-                                                           allow_unsafe_load=allow_unsafe_load, device=d.device)
-            codec = build_codec(cfg)
+            cfg, parts, ckpt_path, step, weights = _load(source, use_ema=use_ema,
+                                                         allow_unsafe_load=allow_unsafe_load, device=d.device)
+            loaded["weights"] = weights
+            model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
         all_labels, scale, labels_from = _prepare(model, cfg, num, labels, cfg_scale)
@@ -385,7 +362,9 @@ def sample(source: str | Path, *, num: int = 64, out: str | Path | None = None, 
             sampler=used_sampler, respacing=used_respacing, cfg_scale=scale, seed=seed, num=num,
             use_ema=use_ema, labels=labels)
         check_out(out_dir, overwrite=overwrite, sources=sources)
-        partial = out_dir.with_name(f"{out_dir.name}.partial-{_shared_pid(d)}")
+        if d.is_main:
+            clean_dead_partials(out_dir)
+        partial = out_dir.with_name(f".{out_dir.name}.partial-{_shared_pid(d)}")  # hidden: never taken as samples
         applied: dict[str, Any] = {}
         with torch.no_grad():
             chunks = _rank_chunks(model, diffusion, cfg, num, all_labels, seed=seed, d=dev_d, sampler=used_sampler,
@@ -454,12 +433,8 @@ def _check_sampling(diffusion: Any, sampler: str, respacing: str, *, sampler_giv
                     respacing_given: bool) -> None:
     """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
     naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
-
     try:
-        type(diffusion).check_sample_settings(sampler, respacing)
-        if isinstance(diffusion, GaussianDiffusion):
-            diffusion.respaced(respacing)
+        diffusion.check_sample_settings(sampler, respacing)
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("sample.sampler: "):

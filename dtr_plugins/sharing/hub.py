@@ -8,7 +8,8 @@ Layouts :func:`from_pretrained` reads (detected from the folder's files):
   (the model card). A latent model's VAE is not in the folder: ``vae.path`` must resolve where it loads;
 - **a diffusers ``DiTTransformer2DModel`` folder** (``config.json`` with ``_class_name:
   DiTTransformer2DModel`` and ``diffusion_pytorch_model.safetensors``), loaded exactly into
-  ``dit_diffusers`` (:mod:`dtr_plugins.backbones.dit_diffusers`);
+  the backbone whose state-dict adapter reads it (``dit_diffusers``). This module imports no backbone: it
+  finds them through the :class:`~dtr_plugins.core.contracts.StateDictAdapter` their plugins declare;
 - **a diffusers DiT pipeline folder** (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``):
   the transformer on the latents of the pipeline's VAE (``latent_dit_diffusers``), with the training
   timesteps and schedule of ``scheduler/scheduler_config.json``. Loading gives the codec as well.
@@ -30,10 +31,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
 from dtr_plugins.core.io import file_sha256
+from dtr_plugins.sharing.safetensors_io import check_config_fits_weights, save_reproducible
 
 if TYPE_CHECKING:
     from dtr_plugins.core.config import ExperimentConfig
-    from dtr_plugins.core.contracts import Codec
+    from dtr_plugins.core.contracts import Codec, StateDictAdapter
     from dtr_plugins.core.routing import RoutedBackbone
 
 EXPORT_FORMAT, EXPORT_KEY, HUB_PREFIX = "dtr-plugins-export/1", "_dtr_export", "hf://"
@@ -58,38 +60,24 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
-    from dtr_plugins.compose import build_model, codec_spec
+    from dtr_plugins.compose import codec_spec, compose
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
-    from dtr_plugins.core.config import config_from_dict, read_yaml
-    from dtr_plugins.runs.retention import list_checkpoints
+    from dtr_plugins.runs.rundir import RunDir
 
     if weights not in ("ema", "model"):
         raise UserError(f"--weights: {weights!r} is not allowed (allowed: ema, model)")
     if layout not in ("dtr", "diffusers"):
         raise UserError(f"--format: {layout!r} is not allowed (allowed: dtr, diffusers)")
-    source, out = Path(source), Path(out)
-    if source.is_dir():
-        found = list_checkpoints(source / "checkpoints")
-        if not found:
-            raise CheckpointError(f"{source}: no checkpoint in {source / 'checkpoints'}")
-        ckpt_path, run_dir = found[-1], source
-    elif source.is_file():
-        ckpt_path, run_dir = source, source.parent.parent
-    else:
-        raise CheckpointError(f"{source}: no such run directory or checkpoint file")
+    out = Path(out)
+    run, ckpt_path = RunDir.locate(source)
     _check_out(out)
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(weights), dict):
         have = ", ".join(k for k in ("ema", "model") if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict))
         raise CheckpointError(f"{ckpt_path}: no '{weights}' weights in this checkpoint (has: {have or 'neither'}); "
                               f"--weights {'model' if weights == 'ema' else 'ema'} exports the other set")
-    if isinstance(ckpt.get("config"), dict):
-        cfg = config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
-    elif (run_dir / "config.yaml").is_file():
-        cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
-    else:
-        raise CheckpointError(f"{ckpt_path}: checkpoint holds no config and {run_dir / 'config.yaml'} does not exist")
-    model = build_model(cfg)
+    cfg = run.config_of(ckpt, ckpt_path)
+    model = compose(cfg, data=False).model
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     step = ckpt.get("step")
@@ -98,8 +86,8 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     spec = codec_spec(cfg)
     if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
         record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}
-    evaluation = _read_json(run_dir / "eval.json")
-    meta = _read_json(run_dir / "meta.json")
+    evaluation = run.read_eval() or None
+    meta = run.read_meta() or None
     with _staging(out) as stage:
         if layout == "dtr":
             _write_dtr(stage, state, cfg.to_dict(), record, evaluation, meta)
@@ -118,20 +106,16 @@ def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], 
 
 
 def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:
-    from dtr_plugins.backbones.dit import DiT
-    from dtr_plugins.backbones.dit_diffusers import DIFFUSERS_WEIGHTS, export_state_for_diffusers
     from dtr_plugins.sharing.model_card import render_model_card
 
-    if not isinstance(model, DiT):
-        raise UserError(f"--format diffusers: backbone '{cfg.backbone.name}' is not a DiT; only DiT exports to "
-                        "diffusers' DiTTransformer2DModel layout (use --format dtr)")
+    adapter = _adapter_for(cfg.backbone.name, "diffusers")
     if model.plan is not None and not model.plan.is_dense:
         raise UserError(f"--format diffusers: this model is routed (routing: {cfg.routing.name}); diffusers' "
                         "DiTTransformer2DModel has no routing, so a routed model exports to the project's own layout "
                         "only (--format dtr)")
-    dstate, dconfig, notes = export_state_for_diffusers(model, state, cfg.diffusion.steps)
-    sha = _save_safetensors(dstate, stage / DIFFUSERS_WEIGHTS, record)
-    record = {**record, "weights_file": DIFFUSERS_WEIGHTS, "weights_sha256": sha, "conversion": notes}
+    dstate, dconfig, notes = adapter.to_foreign_state_dict(model, state, num_timesteps=cfg.diffusion.steps)
+    sha = _save_safetensors(dstate, stage / adapter.weights_file, record)
+    record = {**record, "weights_file": adapter.weights_file, "weights_sha256": sha, "conversion": notes}
     (stage / CONFIG_FILE).write_text(json.dumps(dconfig, indent=2) + "\n")
     time_note = notes["time_embedding"]
     if isinstance(time_note, dict):
@@ -149,11 +133,9 @@ def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], eva
 
 
 def _save_safetensors(state: Mapping[str, Any], path: Path, record: Mapping[str, Any]) -> str:
-    from safetensors.torch import save_file
-
     metadata = {"format": "pt", "dtr_export": EXPORT_FORMAT, "weights": str(record["weights"]),
                 "step": str(record["step"])}
-    save_file(dict(state), str(path), metadata=metadata)
+    save_reproducible(state, path, metadata)  # same checkpoint, same bytes, same sha256
     return file_sha256(path)
 
 
@@ -192,15 +174,6 @@ def _umask() -> int:
     return mask
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
 
 
 
@@ -224,21 +197,19 @@ def from_pretrained(source: str | Path, *, device: Any = None) -> Pretrained:
     pixels, a latent model's VAE from ``vae.path`` (not part of an export), a pipeline's ``vae/``; pass it to
     ``generate(..., codec=codec)``. Raises :class:`CheckpointError` (one line) for what cannot be loaded.
     """
-    cfg, model, codec, _ = _load(resolve(source))
-    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, codec)
+    cfg, parts, _ = _load(resolve(source))
+    model = parts.model
+    return Pretrained((model.to(device) if device is not None else model).eval(), cfg, parts.codec)
 
 
 def load_for_sampling(source: str | Path, *, device: Any = None):
     """``(cfg, model, diffusion, codec, weights_path, info)`` for ``dtr sample``; ``info``: ``weights``
     (``ema``, ``model`` or ``diffusers``), ``step`` and ``source`` (the canonical source, e.g. ``hf://ORG/NAME``)."""
-    from dtr_plugins.compose import build_diffusion
-
     folder = resolve(source)
-    cfg, model, codec, info = _load(folder)
+    cfg, parts, info = _load(folder)
     info["source"] = str(source) if str(source).startswith(HUB_PREFIX) else str(folder)
-    if device is not None:
-        model = model.to(device)
-    return cfg, model.eval(), build_diffusion(cfg), codec, Path(info.pop("weights_path")), info
+    model = parts.model if device is None else parts.model.to(device)
+    return cfg, model.eval(), parts.diffusion, parts.codec, Path(info.pop("weights_path")), info
 
 
 def is_pretrained_source(source: str | Path) -> bool:
@@ -252,19 +223,49 @@ def is_pretrained_source(source: str | Path) -> bool:
 
 
 def _load(folder: Path):
-    """``(cfg, model, codec, info)`` from a resolved local folder, by layout."""
-    from dtr_plugins.backbones.dit_diffusers import is_diffusers_dit_config
-
+    """``(cfg, parts, info)`` from a resolved local folder, by layout (``parts``: :func:`compose`'s, weights loaded)."""
     if (folder / "model_index.json").is_file() and (folder / "transformer" / CONFIG_FILE).is_file():
-        return _load_diffusers(folder / "transformer", pipeline=folder)
+        return _load_foreign(folder / "transformer", pipeline=folder)
     config = _read_config(folder)
     if EXPORT_KEY in config:
         return _load_export(folder, config)
-    if is_diffusers_dit_config(config):
-        return _load_diffusers(folder, pipeline=None)
+    if _adapter_reading(config, "pixels") is not None:
+        return _load_foreign(folder, pipeline=None)
     raise CheckpointError(f"{folder / CONFIG_FILE}: neither an exported dtr-plugins model (no '{EXPORT_KEY}' "
-                          "record) nor a diffusers DiTTransformer2DModel (_class_name); export one with dtr export "
-                          "RUN --out DIR")
+                          "record) nor a model that an installed backbone reads (e.g. a diffusers "
+                          "DiTTransformer2DModel, _class_name); export one with dtr export RUN --out DIR")
+
+
+#: ``dtr export --format`` values besides ``dtr`` (each a ``layout`` of some backbone's state-dict adapter)
+FOREIGN_LAYOUTS = ("diffusers",)
+
+
+def _adapter_for(backbone: str, layout: str) -> StateDictAdapter:
+    """The state-dict adapter the plugin of ``backbone`` declares for ``layout``; UserError when none does."""
+    from dtr_plugins.core.plugins import default_registry
+
+    registry = default_registry()
+    adapter = registry.build("state_dict_adapter", backbone) \
+        if backbone in registry.names("state_dict_adapter") else None
+    if adapter is None or adapter.layout != layout:
+        able = [n for n in registry.names("state_dict_adapter")
+                if registry.build("state_dict_adapter", n).layout == layout]
+        raise UserError(f"--format {layout}: backbone '{backbone}' declares no {layout} state-dict adapter "
+                        f"(backbones that do: {', '.join(able) or 'none'}); use --format dtr")
+    return adapter
+
+
+def _adapter_reading(config: Mapping[str, Any], space: str) -> tuple[str, StateDictAdapter] | None:
+    """``(backbone name, adapter)`` of the first installed backbone (by name) whose adapter loads a foreign
+    folder with this ``config.json`` into ``space`` (``pixels``, or ``latents`` for a pipeline with a VAE)."""
+    from dtr_plugins.core.plugins import default_registry
+
+    registry = default_registry()
+    for name in registry.names("state_dict_adapter"):
+        adapter = registry.build("state_dict_adapter", name)
+        if adapter.input_space == space and adapter.reads(config):
+            return name, adapter
+    return None
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -285,16 +286,20 @@ def _load_weights(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from dtr_plugins.core.checkpoint import refuse_nonfinite
+
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupt or not a safetensors file ({first_line(exc)})") from None
+    refuse_nonfinite(state, f"{path}: the exported weights")
+    return state
 
 
 def _load_export(folder: Path, config: dict[str, Any]):
-    from dtr_plugins.compose import build_codec, build_model
+    from dtr_plugins.compose import compose
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
@@ -304,45 +309,53 @@ def _load_export(folder: Path, config: dict[str, Any]):
         raise CheckpointError(f"{folder / CONFIG_FILE}: {EXPORT_KEY}.format is {fmt!r}; this version reads "
                               f"{EXPORT_FORMAT!r}")
     cfg = config_from_dict(config, source=str(folder / CONFIG_FILE))
-    codec = build_codec(cfg)
-    model = build_model(cfg, codec=codec)
-    path = folder / WEIGHTS_FILE
+    path = folder / WEIGHTS_FILE  # shapes first: a config.json asking for a huge model allocates nothing
+    check_config_fits_weights(lambda: compose(cfg, data=False, device="meta").model, path, folder / CONFIG_FILE)
+    parts = compose(cfg, data=False)
+    model = parts.model
     apply_checkpoint(model, _load_weights(path), path)
-    return cfg, model, codec, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
+    return cfg, parts, {"weights": record.get("weights"), "step": record.get("step"), "weights_path": str(path)}
 
 
-def _load_diffusers(transformer: Path, pipeline: Path | None):
-    from dtr_plugins.backbones import dit_diffusers as dd
-    from dtr_plugins.compose import build_codec, build_model
+def _load_foreign(transformer: Path, pipeline: Path | None):
+    """A foreign model folder (a diffusers transformer, or a pipeline's ``transformer/`` beside ``vae/`` and
+    ``scheduler/``) through the state-dict adapter of the backbone that reads it. The config is the model's
+    synthesised: backbone, diffusion (the pipeline's scheduler), routing vanilla, the codec of a pipeline's
+    VAE, and a ``synthetic`` data section carrying the image geometry the codec and backbone check."""
+    from dtr_plugins.compose import compose
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
 
     config = _read_config(transformer)
-    params = dd.dit_params_from_diffusers_config(config, source=str(transformer / CONFIG_FILE))
-    steps, schedule = _scheduler(pipeline)
-    name = (pipeline or transformer).name or "diffusers-dit"
-    data = {"name": "synthetic", "image_size": params["input_size"], "channels": params["in_channels"],
-            "num_classes": params["num_classes"]}
-    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": "dit_diffusers", **params},
-                                "diffusion": {"steps": steps, "schedule": schedule,
-                                              "learn_sigma": params["learn_sigma"]},
-                                "data": data}
     vae_dir = pipeline / "vae" if pipeline is not None else None
-    if vae_dir is not None and (vae_dir / CONFIG_FILE).is_file():
-        vae_config = _read_config(vae_dir)  # the codec checks in_channels / input_size against its latents
+    latents = vae_dir is not None and (vae_dir / CONFIG_FILE).is_file()
+    found = _adapter_reading(config, "latents" if latents else "pixels")
+    if found is None:
+        raise CheckpointError(f"{transformer / CONFIG_FILE}: no installed backbone reads this model "
+                              f"(_class_name {config.get('_class_name')!r})")
+    backbone, adapter = found
+    params = adapter.params_from_foreign_config(config, source=str(transformer / CONFIG_FILE))
+    steps, schedule = _scheduler(pipeline)
+    name = (pipeline or transformer).name or "foreign-model"
+    diffusion: dict[str, Any] = {"steps": steps, "schedule": schedule}
+    if "learn_sigma" in params:  # the backbone's output channels follow the process's learn_sigma
+        diffusion["learn_sigma"] = params["learn_sigma"]
+    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": backbone, **params}, "diffusion": diffusion,
+                                "data": {"name": "synthetic",
+                                         **{k: params[k] for k in ("num_classes",) if k in params}}}
+    if latents and vae_dir is not None:  # the codec's latent geometry comes from the image size
+        vae_config = _read_config(vae_dir)
         factor = 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
-        cfg_dict["backbone"] = {"name": "latent_dit_diffusers", **params}
         cfg_dict["vae"] = {"path": str(vae_dir.resolve())}
-        cfg_dict["data"] = {**data, "image_size": params["input_size"] * factor,
-                            "channels": int(vae_config.get("in_channels", 3))}
+        cfg_dict["data"].update(image_size=int(params["input_size"]) * factor,
+                                channels=int(vae_config.get("in_channels", 3)))
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
-    codec = build_codec(cfg)  # the pipeline's vae/ (identity for a bare transformer folder)
-    model = build_model(cfg, codec=codec)
-    path = transformer / dd.DIFFUSERS_WEIGHTS
-    geometry = {k: params[k] for k in ("num_classes", "input_size", "patch_size")}
-    state = dd.diffusers_to_dit_state(_load_weights(path), **geometry, source=str(path))
+    parts = compose(cfg, data=False)  # codec: the pipeline's vae/ (identity for a bare transformer folder)
+    model = parts.model
+    path = transformer / adapter.weights_file
+    state = adapter.from_foreign_state_dict(_load_weights(path), params, source=str(path))
     apply_checkpoint(model, state, path)
-    return cfg, model, codec, {"weights": "diffusers", "step": None, "weights_path": str(path)}
+    return cfg, parts, {"weights": adapter.layout, "step": None, "weights_path": str(path)}
 
 
 def _scheduler(pipeline: Path | None) -> tuple[int, str]:
@@ -441,46 +454,6 @@ def _not_available(repo_id: str, why: str) -> str:
     return (f"hf://{repo_id}: cannot load this hub model: {why}; on a machine with network run "
             f"hf download {repo_id} --local-dir DIR (huggingface_hub's CLI), copy DIR here and pass the folder "
             f"instead (dtr sample DIR, dp.from_pretrained('DIR'))")
-
-
-#################################################################################
-#                                    Push                                       #
-#################################################################################
-
-def push(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
-         commit_message: str | None = None) -> str:
-    """Upload an exported folder to the hub repo ``repo_id`` (created if needed); returns the commit URL.
-
-    The token comes from ``token`` or huggingface_hub's usual places (``HF_TOKEN``, ``hf auth login``);
-    it is never printed: error messages are scrubbed of it. Raises :class:`UserError` (one line).
-    """
-    folder = Path(folder)
-    if parse_hub_id(repo_id) is None or "@" in repo_id or repo_id.startswith(HUB_PREFIX):
-        raise UserError(f"push: {repo_id!r} is not a hub repo id (expected ORG/NAME)")
-    if not folder.is_dir():
-        raise UserError(f"push: {folder} is not a folder")
-    config = _read_config(folder)
-    weights = WEIGHTS_FILE if EXPORT_KEY in config else "diffusion_pytorch_model.safetensors"
-    if not (folder / weights).is_file():
-        raise UserError(f"push: {folder} has no {weights}; push a folder written by dtr export")
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    secrets = [token] if token else []
-    try:
-        from huggingface_hub import get_token
-
-        secrets.append(get_token() or "")
-    except Exception:  # noqa: BLE001 -- no token found is fine: nothing to scrub
-        pass
-    try:
-        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message=commit_message or f"Upload {folder.name} with dtr push",
-                                 ignore_patterns=[".*", "**/.*"])
-    except Exception as exc:  # noqa: BLE001 -- any upload failure becomes one line, token scrubbed
-        raise UserError(f"push {repo_id}: upload failed: {_scrub(first_line(exc, limit=300), secrets)}") from None
-    return str(getattr(info, "commit_url", None) or info or f"https://huggingface.co/{repo_id}")
 
 
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")

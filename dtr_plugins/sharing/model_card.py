@@ -8,34 +8,80 @@ shows no metrics and says why. A rank-deficient FID (``fid_rank_deficient``) car
 """
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
 
-#: eval.json key -> name shown on the card (in this order); other numeric keys follow as they are.
-_METRIC_NAMES = {
-    "frechet_inception_distance": "FID",
-    "inception_score_mean": "Inception score (mean)",
-    "inception_score_std": "Inception score (std)",
-    "kernel_inception_distance_mean": "KID (mean)",
-    "kernel_inception_distance_std": "KID (std)",
-    "precision": "precision",
-    "recall": "recall",
-    "f_score": "F-score",
-    "class_accuracy": "class accuracy",
-}
+from dtr_plugins.core.metrics import card_titles
+from dtr_plugins.core.text import printable
+
 #: provenance keys of eval.json, not metrics
 _PROVENANCE = {"step", "sampler", "respacing", "cfg_scale", "cfg_channels", "train_precision", "world_size", "seed",
                "feature_extractor", "weights_sha256", "num_samples", "num_reference", "image_size",
                "reference_image_size", "samples", "reference", "kid_subset_size", "reference_cache"}
 
 
+def is_local_path(value: Any) -> bool:
+    """True for an absolute local path (``/data/x``, ``~/x``, ``C:\\x``): shown on the card by its last
+    component, and worth a warning before ``dtr push`` uploads the config that holds it."""
+    return isinstance(value, str) and (value.startswith(("/", "~")) or bool(PureWindowsPath(value).drive))
+
+
+def absolute_paths(data: Any, key: str = "") -> list[str]:
+    """The dotted keys of ``data`` (nested dicts and lists) whose value is an absolute local path."""
+    if isinstance(data, Mapping):
+        return [k for name, v in data.items() for k in absolute_paths(v, f"{key}.{name}" if key else str(name))]
+    if isinstance(data, list):
+        return [k for i, v in enumerate(data) for k in absolute_paths(v, f"{key}.{i}")]
+    return [key] if is_local_path(data) else []
+
+
+def _shown(data: Any) -> Any:
+    """``data`` with every absolute local path replaced by ``.../<last component>`` (nothing of the local
+    machine's layout reaches the card)."""
+    if isinstance(data, Mapping):
+        return {k: _shown(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_shown(v) for v in data]
+    if is_local_path(data):
+        return ".../" + (PurePosixPath(data.replace("\\", "/")).name or "")
+    return data
+
+
+def _text(value: Any) -> str:
+    """``value`` for Markdown prose: one line, HTML and Markdown syntax escaped."""
+    line = printable(str(value))
+    return re.sub(r"([\\`*_\[\]|#!])", r"\\\1", html.escape(line, quote=False))
+
+
+def _val(mapping: Mapping[str, Any], key: str, default: Any = "?") -> str:
+    return _text(mapping.get(key, default))
+
+
+def _code(value: Any) -> str:
+    """``value`` as an inline code span that no backtick or newline in it can close."""
+    line = printable(str(value))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", line)), default=0) + 1)
+    pad = " " if line.startswith("`") or line.endswith("`") else ""
+    return f"{fence}{pad}{line}{pad}{fence}"
+
+
+def _block(lang: str, text: str) -> list[str]:
+    """A fenced code block whose fence is longer than any backtick run in ``text``."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return [f"{fence}{lang}", text, fence]
+
+
 def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
-    """The metric values of an ``eval.json`` record, in :data:`_METRIC_NAMES` order (settings such as
-    ``model_evaluations_per_image``, ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
-    return {k: float(result[k]) for k in _METRIC_NAMES
+    """The metric values of an ``eval.json`` record, in the metric registry's order
+    (:func:`dtr_plugins.core.metrics.card_titles`; settings such as ``model_evaluations_per_image``,
+    ``fid_feature_dim`` or ``isc_splits`` are not metrics and are left out)."""
+    return {k: float(result[k]) for k in card_titles()
             if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
 
 
@@ -46,27 +92,28 @@ def evaluated_weights(evaluation: Mapping[str, Any]) -> str:
 
 
 def _weights_label(weights: Any) -> str:
-    return {"ema": "EMA", "model": "raw (non-EMA)"}.get(str(weights), str(weights))
+    return {"ema": "EMA", "model": "raw (non-EMA)"}.get(str(weights), _text(weights))
 
 
 def _describe_model(cfg: Mapping[str, Any]) -> str:
     backbone = dict(cfg["backbone"])
     name = backbone.pop("name")
     size = backbone.get("size")
-    dims = ", ".join(f"{k}={backbone[k]}" for k in ("input_size", "patch_size", "hidden_size", "depth", "num_heads",
-                                                       "in_channels", "num_classes") if backbone.get(k) is not None)
+    dims = ", ".join(f"{k}={_text(backbone[k])}" for k in ("input_size", "patch_size", "hidden_size", "depth",
+                                                             "num_heads", "in_channels", "num_classes")
+                     if backbone.get(k) is not None)
     routing = dict(cfg.get("routing") or {"name": "vanilla"})
     rname = routing.pop("name")
-    rparams = ", ".join(f"{k}={v}" for k, v in routing.items())
-    text = f"backbone `{name}`" + (f" {size}" if size else "") + (f" ({dims})" if dims else "")
-    text += f", routing `{rname}`" + (f" ({rparams})" if rparams else "")
+    rparams = ", ".join(f"{_text(k)}={_text(v)}" for k, v in routing.items())
+    text = f"backbone {_code(name)}" + (f" {_text(size)}" if size else "") + (f" ({dims})" if dims else "")
+    text += f", routing {_code(rname)}" + (f" ({rparams})" if rparams else "")
     diffusion = cfg.get("diffusion") or {}
-    text += (f", diffusion with {diffusion.get('steps')} training timesteps ({diffusion.get('schedule')} schedule, "
-             f"learned variance: {diffusion.get('learn_sigma')})")
+    text += (f", diffusion with {_text(diffusion.get('steps'))} training timesteps ({_text(diffusion.get('schedule'))} "
+             f"schedule, learned variance: {_text(diffusion.get('learn_sigma'))})")
     vae = cfg.get("vae")
     if vae:
-        scale = vae.get("scale_factor") or "from its config"
-        text += f", on the latents of the VAE `{vae['path']}` (scale factor {scale})"
+        scale = _text(vae.get("scale_factor") or "from its config")
+        text += f", on the latents of the VAE {_code(vae['path'])} (scale factor {scale})"
     return text
 
 
@@ -83,25 +130,28 @@ def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | 
     if weights != record.get("weights"):
         mismatch.append(f"the **{_weights_label(weights)}** weights")
     if step is None or record.get("step") is None or int(step) != int(record["step"]):
-        mismatch.append(f"training step {step}")
+        mismatch.append(f"training step {_text(step)}")
     if mismatch:
         return lines + [f"No metrics are shown: the run's `eval.json` was measured on {' at '.join(mismatch)}, "
                         f"not on these weights (the **{_weights_label(record.get('weights'))}** weights of training "
-                        f"step {record.get('step')}); evaluate this folder with `dtr sample` and `dtr eval` to measure "
-                        "them.", ""]
+                        f"step {_text(record.get('step'))}); evaluate this folder with `dtr sample` and `dtr eval` to "
+                        "measure them.", ""]
     lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {_METRIC_NAMES[k]} | {v:.4g} |" for k, v in values.items()]
+    lines += [f"| {card_titles()[k]} | {v:.4g} |" for k, v in values.items()]
     lines.append("")
     lines.append("How they were measured (as recorded in the run's `eval.json`): "
-                 f"{evaluation.get('num_samples', '?')} samples from the **{_weights_label(weights)}** weights at "
-                 f"training step {step}, sampler `{evaluation.get('sampler', '?')}` with timestep respacing "
-                 f"`{evaluation.get('respacing')}` ({evaluation.get('model_evaluations_per_image', '?')} network "
-                 f"evaluations per image), guidance scale {evaluation.get('cfg_scale', '?')} "
-                 f"(channels: {evaluation.get('cfg_channels', '?')}), "
-                 f"seed {evaluation.get('seed', '?')}; features from `{evaluation.get('feature_extractor', '?')}` "
-                 f"(weights sha256 `{str(evaluation.get('weights_sha256') or '-')[:16]}`), against "
-                 f"`{evaluation.get('reference', '?')}` ({evaluation.get('num_reference', '?')} images); "
-                 f"trained in {evaluation.get('train_precision', '?')} on {evaluation.get('world_size', '?')} "
+                 f"{_val(evaluation, 'num_samples')} samples from the **{_weights_label(weights)}** weights at "
+                 f"training step {_text(step)}, sampler {_code(evaluation.get('sampler', '?'))} with timestep "
+                 f"respacing "
+                 f"{_code(evaluation.get('respacing'))} ({_val(evaluation, 'model_evaluations_per_image')} "
+                 f"network "
+                 f"evaluations per image), guidance scale {_val(evaluation, 'cfg_scale')} "
+                 f"(channels: {_val(evaluation, 'cfg_channels')}), "
+                 f"seed {_val(evaluation, 'seed')}; features from "
+                 f"{_code(evaluation.get('feature_extractor', '?'))} "
+                 f"(weights sha256 {_code(str(evaluation.get('weights_sha256') or '-')[:16])}), against "
+                 f"{_code(evaluation.get('reference', '?'))} ({_val(evaluation, 'num_reference')} images); "
+                 f"trained in {_val(evaluation, 'train_precision')} on {_val(evaluation, 'world_size')} "
                  "process(es).")
     warning = fid_caveat(evaluation)
     if warning and "frechet_inception_distance" in values:
@@ -115,9 +165,9 @@ def fid_caveat(evaluation: Mapping[str, Any]) -> str | None:
     if not evaluation.get("fid_rank_deficient"):
         return None
     dim = evaluation.get("fid_feature_dim", "?")
-    return (f"this FID comes from {evaluation.get('num_samples', '?')} samples and "
-            f"{evaluation.get('num_reference', '?')} reference images with {dim}-dimensional features; a "
-            f"covariance from N <= {dim} images is rank-deficient, so the FID is biased and not comparable with "
+    return (f"this FID comes from {_val(evaluation, 'num_samples')} samples and "
+            f"{_val(evaluation, 'num_reference')} reference images with {_text(dim)}-dimensional features; a "
+            f"covariance from N <= {_text(dim)} images is rank-deficient, so the FID is biased and not comparable with "
             "FIDs from more images")
 
 
@@ -130,19 +180,20 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
     ``checkpoint``, ``weights_sha256``). ``evaluation``: the run's ``eval.json`` or None. ``meta``: the
     run's ``meta.json`` or None. ``layout_note``: extra text for a non-default layout (diffusers).
     """
+    cfg = _shown(cfg)  # local paths by their last component
     name = cfg.get("name", "model")
     front = {"library_name": "dtr-plugins", "tags": ["diffusion", "dit", "task-routing", "dtr-plugins"]}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {_text(name)}", "",
              f"A diffusion model trained with dtr-plugins ({_describe_model(cfg)}).", "",
-             f"Weights: the **{record.get('weights')}** weights of checkpoint `{record.get('checkpoint')}` "
-             f"(training step {record.get('step')}); `{record.get('weights_file')}` sha256 "
-             f"`{record.get('weights_sha256')}`.", ""]
+             f"Weights: the **{_text(record.get('weights'))}** weights of checkpoint {_code(record.get('checkpoint'))} "
+             f"(training step {_text(record.get('step'))}); {_code(record.get('weights_file'))} sha256 "
+             f"{_code(record.get('weights_sha256'))}.", ""]
     vae, codec = cfg.get("vae"), cfg.get("codec")
     if vae:
-        lines += [f"The VAE is not part of this folder: `vae.path` (`{vae['path']}`) must resolve where the model is "
-                  "loaded (a hub id, or a local diffusers AutoencoderKL folder).", ""]
+        lines += [f"The VAE is not part of this folder: `vae.path` ({_code(vae['path'])}) must resolve where the "
+                  "model is loaded (a hub id, or a local diffusers AutoencoderKL folder).", ""]
     elif codec and codec.get("name") != "identity":
-        lines += [f"The codec `{codec['name']}` is not part of this folder: its `codec` section in `config.json` "
+        lines += [f"The codec {_code(codec['name'])} is not part of this folder: its `codec` section in `config.json` "
                   "(e.g. its `path`) must resolve where the model is loaded.", ""]
     if layout_note:
         lines += [layout_note, ""]
@@ -156,7 +207,7 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
     if meta:
         keep = {k: meta[k] for k in ("dtr_plugins", "torch", "git_commit", "device", "world_size", "precision", "seed",
                                      "started", "finished") if k in meta}
-        lines += ["## Training run", "", "```json", json.dumps(keep, indent=2), "```", ""]
-    lines += ["## Config", "", "The resolved run config (also in `config.json`):", "", "```yaml",
-              yaml.safe_dump(dict(cfg), sort_keys=False).rstrip(), "```", ""]
+        lines += ["## Training run", "", *_block("json", json.dumps(keep, indent=2)), ""]
+    lines += ["## Config", "", "The resolved run config (also in `config.json`; local paths shown by their last "
+              "component):", "", *_block("yaml", yaml.safe_dump(dict(cfg), sort_keys=False).rstrip()), ""]
     return "\n".join(lines)

@@ -47,11 +47,26 @@ Deviations from upstream, and why:
   5.3 MB per sample and layer in fp32, so large batches of large models pay memory for it.
 - Expert count and ``top_k`` are per strategy (every routed layer the same), as upstream's config.
 - Feature maps (``[N, C, H, W]``, U-Net backbones) are gated per pixel over channels, like tokens.
+- The router's softmax runs in the logits' dtype but never below float32 (:func:`expert_softmax`): float16
+  and bfloat16 logits give float32 probabilities, which is what upstream gets under CUDA autocast (softmax
+  is one of autocast's float32 operations); float64 stays float64. The probabilities, the prior loss and the
+  top-k gate values are therefore float32 or wider; the gates are cast to the block input's dtype.
+- Checkpoint layout. Upstream keys are ``routers.N.f_gate.1.{weight,bias}``, ``routers.N.experts.{w,b}``,
+  the buffers ``prior._unit_mapping`` and ``full_time``, and the router reads the DiT's ``t_embedder``.
+  Here the same tensors (same shapes, ``experts.w`` as ``[E, C_in, C_out]``) are
+  ``routing.learned.layers.N.router.{weight,bias}``, ``...layers.N.expert_{weight,bias}``, the strategy's own
+  ``routing.learned.embed_{in,out}`` (a copy of ``t_embedder.mlp.{0,2}``), and the persistent buffers
+  ``matching`` and ``forwards``; the window is not stored. :func:`from_official_state_dict` converts an
+  official state dict, and ``dtr_plugins.core.checkpoint.load_checkpoint`` applies it to files in the
+  official layout (tested against the official code's output, prior loss and router gradients in
+  ``tests/parity/test_switch_official.py``).
 """
 from __future__ import annotations
 
 import math
+import re
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -102,6 +117,13 @@ def window_prior(num_units: int, active: int, num_tasks: int, alpha: float) -> T
     cols = torch.arange(num_units)[None, :]
     start = torch.from_numpy(starts)[:, None]
     return ((cols >= start) & (cols < start + active)).float()
+
+
+def expert_softmax(logits: Tensor) -> Tensor:
+    """Softmax over the last dim of router logits ``[..., E]``, computed in float32 or wider: float16 and
+    bfloat16 logits give float32 probabilities (as upstream's softmax under CUDA autocast, which runs it in
+    float32), float32 and float64 keep their dtype."""
+    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
 def top_k_gates(probs: Tensor, k: int) -> Tensor:
@@ -200,6 +222,13 @@ class SwitchRouting(nn.Module):
     matching: Tensor  # [U] int64: window column of each gate unit (persistent)
     forwards: Tensor  # [] int64: training forwards scored so far (persistent; drives refresh_every)
 
+    @staticmethod
+    def adapt_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Official Switch-DiT checkpoints load as they are (``SupportsStateDictAdapter``): a whole-model
+        state dict with upstream router keys becomes this layout (:func:`from_official_state_dict`); any
+        other is returned unchanged."""
+        return from_official_state_dict(state) if is_official_switch_state_dict(state) else dict(state)
+
     def __init__(self, **params: Any):
         super().__init__()
         p = parse_params(SwitchParams, params, "switch")
@@ -249,16 +278,15 @@ class SwitchRouting(nn.Module):
         return typing.cast(SwitchLayer, self.layers[index])
 
     def probabilities(self, tasks: Tensor) -> Tensor:
-        """Expert probabilities ``float32 [N, depth, E]`` at timesteps ``tasks`` ``[N]``."""
+        """Expert probabilities ``[N, depth, E]`` at timesteps ``tasks`` ``[N]`` (dtype: :func:`expert_softmax`)."""
         e = self.embedding(tasks, self.embed_in.weight.dtype)
-        return torch.stack([torch.softmax(self.layer(i).logits(e).float(), dim=-1)
-                            for i in range(len(self.layers))], dim=1)
+        return torch.stack([expert_softmax(self.layer(i).logits(e)) for i in range(len(self.layers))], dim=1)
 
     def layer_gate(self, layer: int, x: Tensor, tasks: Tensor, cond: Tensor | None = None) -> Tensor:
         """``g = 1 + out`` ``[N, L, C]`` (or ``[N, C, H, W]``) for routed layer ``layer`` at timesteps
         ``tasks`` ``[N]``; ``cond`` is not read (the routing depends on the timestep only)."""
         mod = self.layer(layer)
-        probs = torch.softmax(mod.logits(self.embedding(tasks, x.dtype)).float(), dim=-1)
+        probs = expert_softmax(mod.logits(self.embedding(tasks, x.dtype)))
         if self.training and torch.is_grad_enabled():
             self._probs[layer] = probs
             if layer == len(self.layers) - 1:
@@ -324,13 +352,65 @@ class SwitchRouting(nn.Module):
     def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]:
         """For pictures: per routed layer the expert selection probabilities ``float32 [num_tasks, E]`` at
         every timestep (the softmax before top-k), with the names of the unit and of the value."""
-        probs = self.probabilities(torch.arange(num_tasks, device=self.window.device))
+        probs = self.probabilities(torch.arange(num_tasks, device=self.window.device)).float()
         return [probs[:, i].cpu() for i in range(len(self.layers))], "expert", "selection probability"
 
     def __repr__(self) -> str:
         p = self.params
         return (f"switch(E={p.num_experts}, k={p.top_k}, w_jsd={p.jsd_weight:g}, alpha={p.alpha:g}, "
                 f"refresh_every={p.refresh_every})")
+
+
+# ------------------------------------------------------------------- official checkpoint layout
+#: state-dict prefix of a learned strategy inside a routed backbone (``RoutedBackbone.routing.learned``)
+PREFIX = "routing.learned."
+_OFFICIAL_KEY = re.compile(r"^routers\.(\d+)\.(f_gate\.1\.weight|f_gate\.1\.bias|experts\.w|experts\.b)$")
+_OFFICIAL_NAME = {"f_gate.1.weight": "router.weight", "f_gate.1.bias": "router.bias",
+                  "experts.w": "expert_weight", "experts.b": "expert_bias"}
+#: official buffers that follow from the config: the prior's window ``[T, U]`` and ``arange(T)``
+_OFFICIAL_DROPPED = ("prior._unit_mapping", "full_time")
+
+
+def is_official_switch_state_dict(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` has the official Switch-DiT router keys (``routers.N.f_gate.1.weight``, ...)."""
+    return any(_OFFICIAL_KEY.match(key) for key in state)
+
+
+def from_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An official Switch-DiT (DMoE) DiT state dict in this project's layout (a ``dit`` backbone with a
+    ``switch`` strategy); returns a new dict, ``state`` is not changed.
+
+    - ``routers.N.f_gate.1.{weight,bias}`` -> ``routing.learned.layers.N.router.{weight,bias}`` (``[E, D]``,
+      ``[E]``); ``routers.N.experts.{w,b}`` -> ``...layers.N.expert_weight`` ``[E, C, C]`` (input, output, the
+      same layout) and ``...layers.N.expert_bias`` ``[E, C]``;
+    - ``t_embedder.mlp.{0,2}.*`` is kept for the backbone and also copied to ``routing.learned.embed_{in,out}.*``
+      (upstream routes on the DiT's own timestep embedding; here the strategy has its own copy);
+    - ``prior._unit_mapping`` and ``full_time`` are dropped (the window follows from the config);
+    - ``routing.learned.matching`` is set to ``arange(depth * E)`` and ``forwards`` to 0 (upstream keeps no
+      matching: it is recomputed at every training forward, as here with ``refresh_every`` 1).
+
+    Raises ValueError when ``state`` has no router keys or no ``t_embedder.mlp`` weights.
+    """
+    out: dict[str, Tensor] = {}
+    experts: dict[int, int] = {}
+    for key, value in state.items():
+        found = _OFFICIAL_KEY.match(key)
+        if found:
+            layer = int(found[1])
+            out[f"{PREFIX}layers.{layer}.{_OFFICIAL_NAME[found[2]]}"] = value
+            experts[layer] = int(value.shape[0])
+        elif key not in _OFFICIAL_DROPPED:
+            out[key] = value
+    if not experts:
+        raise ValueError("not an official Switch-DiT state dict: no routers.N.f_gate / routers.N.experts keys")
+    for ours, theirs in (("embed_in", "t_embedder.mlp.0"), ("embed_out", "t_embedder.mlp.2")):
+        for name in ("weight", "bias"):
+            if f"{theirs}.{name}" not in state:
+                raise ValueError(f"official Switch-DiT state dict without {theirs}.{name}")
+            out[f"{PREFIX}{ours}.{name}"] = state[f"{theirs}.{name}"].clone()
+    out[f"{PREFIX}matching"] = torch.arange(sum(experts.values()))
+    out[f"{PREFIX}forwards"] = torch.zeros((), dtype=torch.int64)
+    return out
 
 
 @hookimpl

@@ -10,15 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dtr_plugins.core.config import check_inside_path
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.tracking import requirement_missing
 
 
 class TensorBoardParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    subdir: str = Field("tensorboard", description="event-file folder, relative to the run directory")
+    subdir: str = Field("tensorboard", description="event-file folder, relative to the run directory (stays "
+                        "inside it: no absolute path, no '..')")
+
+    @field_validator("subdir")
+    @classmethod
+    def _inside_run_dir(cls, value: str) -> str:
+        return check_inside_path(value)
 
 
 class TensorBoardTracker:

@@ -20,6 +20,7 @@ import platform
 import subprocess
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,23 +28,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dtr_plugins._version import __version__
-from dtr_plugins.compose import Components, build_components, validate_run
+from dtr_plugins.compose import Components, check_machine, check_run, compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
-from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference
-from dtr_plugins.core.labels import check_label_space, class_map
+from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
+from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
-from dtr_plugins.sampling.sample import check_guidance
 from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
 from dtr_plugins.training.trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
 
-__all__ = ["train", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
+__all__ = ["train", "compose_checked", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
            "TrainingDiverged"]
 
 
@@ -154,7 +154,7 @@ def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
                       "that the config is the one it was trained with", stacklevel=2)
         return
     new = cfg.to_dict()
-    if stored == config_fingerprint(new):
+    if stored == weights_fingerprint(new):
         return
     allowed = ", ".join(RESUMABLE_KEYS)
     diff = first_difference(ckpt.get("config") or {}, new)
@@ -178,7 +178,7 @@ def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: in
                      "device": old.get("device"), "started": old.get("started"), "finished": old.get("finished"),
                      "git_commit": old.get("git_commit")}]
     merged = {**old, **meta, "started": old.get("started", meta["started"]), "segments": [*segments, segment],
-              "config_fingerprint": config_fingerprint(cfg.to_dict())}
+              "config_fingerprint": weights_fingerprint(cfg.to_dict())}
     for stale in ("finished", "ranks_in_sync"):
         merged.pop(stale, None)
     if resume and old:
@@ -193,29 +193,26 @@ def _now() -> str:
 def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
                  device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
     """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
-    off when ``eval.heldout_every`` is 0, for processes other than the Gaussian (integer timesteps, epsilon
-    MSE) and flow matching (float times over bands of u, velocity MSE), when training from a latent cache
-    and for data without a held-out split."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion
+    off when ``eval.heldout_every`` is 0, for a process without :class:`SupportsHeldoutLoss` (which says
+    how held-out times are drawn and what the loss measures), when training from a latent cache and for
+    data without a held-out split."""
+    from dtr_plugins.core.contracts import SupportsHeldoutLoss
     from dtr_plugins.core.errors import DataError
-    from dtr_plugins.core.flow import FlowMatching
     from dtr_plugins.evaluation.heldout import heldout_set_for
 
     if not cfg.eval.heldout_every:
         return None, {"applied": False, "why": "eval.heldout_every is 0"}
-    if isinstance(parts.diffusion, GaussianDiffusion):
-        time, target = "discrete", "epsilon"
-    elif isinstance(parts.diffusion, FlowMatching):
-        time, target = "continuous", "velocity"
-    else:
+    num_timesteps = parts.diffusion.num_timesteps
+    if not isinstance(parts.diffusion, SupportsHeldoutLoss):
         return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
+    time, target = parts.diffusion.heldout_time, parts.diffusion.heldout_target
     if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
         return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
     try:
         heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
-                                  parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                                  num_timesteps, per_band=cfg.eval.heldout_per_band,
                                   seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     except (ConfigError, DataError) as exc:
         print(f"dtr: note: no held-out loss for this run: {exc}")
@@ -227,105 +224,163 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
 
 
 def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | None = None,
-          registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True) -> Path:
-    """Train ``cfg``; returns the run directory (DESIGN.md section 8, :class:`RunDir`).
+          registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True,
+          parts: Components | None = None) -> Path:
+    """Train ``cfg``; returns the run directory (docs/design.md, "6. The run directory"; :class:`RunDir`).
+
+    ``parts``: the run as :func:`compose_checked` composed it (``dtr train`` does this first, to name its config
+    file in a refusal); composed here when None.
 
     Raises :class:`UserError` when the run directory already has checkpoints and ``resume`` is False,
     :class:`CheckpointError` when ``resume`` finds none, :class:`ConfigError` when ``resume`` finds a checkpoint
     of another config, :class:`~dtr_plugins.runs.rundir.RunLocked` when another process writes the run,
     :class:`TrainingDiverged` on a NaN/inf loss or weights.
     """
-    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
-
-    validate_run(cfg, registry, run_dir=run_dir)  # every rank, before any collective or write
-    distributed.set_threads(cfg.train.threads)
+    if parts is None:
+        parts = compose_checked(cfg, registry, run_dir)  # every rank, before any collective or write
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     held = contextlib.ExitStack()
-    heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
     try:
         compute = _compute_settings(cfg, d, held)
-        rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
-        if d.is_main and not rd.path.exists():
-            created = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
-            held.callback(_remove_if_only_lock, rd, created)  # a run refused before it wrote anything leaves no folder
-        _lock_on_every_rank(rd, d, held)
-        start_ckpt = rd.latest_checkpoint()
-        if start_ckpt is not None and not resume:
-            raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume to continue it, "
-                            f"or choose another name / --run-dir")
-        if resume and start_ckpt is None:
-            raise CheckpointError(f"{rd.path}: --resume given but there is no checkpoint in {rd.checkpoints}")
-
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        parts = build_components(cfg, registry, device=d.device)
+        rd, start_ckpt = _open_run_dir(cfg, run_dir, resume, d, held)
+        parts.to(d.device)
         compute["activation_checkpointing"] = apply_activation_checkpointing(
             parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
-        num_classes = cast(Backbone, parts.model).num_classes
-        check_label_space(num_classes, parts.dataset, cfg.data.name)  # before anything is written
-        if cfg.eval.at_end or cfg.eval.every:  # refuse a guidance scale the model cannot apply before training
-            check_guidance(parts.model, cfg.sample.cfg_scale, "sample.cfg_scale")
-        state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
-        if start_ckpt is not None:
-            ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
-            check_resume_identity(ckpt, cfg, start_ckpt)
-            state.load(apply_checkpoint(parts.model, ckpt, start_ckpt, use_ema=False))
-            if state.step > cfg.train.steps:  # before anything is written: config.yaml, meta.json stay as they are
-                raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of the checkpoint to resume "
-                                  f"({state.step}, {start_ckpt}); --resume may keep or raise train.steps")
+        state = _initial_state(cfg, parts, d, start_ckpt, allow_unsafe_load)
         start_step = state.step
-
+        heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
         if d.is_main:
-            rd.path.mkdir(parents=True, exist_ok=True)
-            if start_ckpt is not None:
-                rd.truncate_metrics(state.step)  # steps logged after this checkpoint are redone
-            else:
-                _drop_records_of_an_attempt_without_checkpoint(rd)
-            rd.write_config(cfg.to_yaml())
-            rd.write_classes(class_map(parts.dataset, num_classes))
-            meta = _begin_meta(rd, d, cfg, state.step, resume)
-            meta["compute"] = meta["segments"][-1]["compute"] = compute  # as applied by this invocation
-            meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
-            trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, registry)
-            meta["trackers"] = trackers.applied()
-            heldout, meta["heldout"] = _heldout_for(cfg, parts, registry, d.device)
-            rd.write_meta(meta)
-            heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
-            if heatmap is not None:
-                trackers.log_image(state.step, "routing/masks", heatmap)
+            trackers, heldout = _write_run_start(rd, parts, d, state.step,
+                                                 _Start(resume, start_ckpt is not None, compute, registry))
         d.barrier()
-
-        net: torch.nn.Module = parts.model
-        if d.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                parts.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        if cfg.train.compile:
-            net = cast(torch.nn.Module, torch.compile(net))
-
-        batches = StepBatches(len(parts.dataset), cfg.train.batch_size, d.rank, d.world_size, cfg.seed, state.step,
-                              cfg.train.steps, draw_keys=True)
-        loader = DataLoader(SeededItems(parts.dataset), batch_sampler=batches, num_workers=cfg.train.num_workers,
-                            collate_fn=_collate, pin_memory=d.device.type == "cuda")
-        trainer = Trainer(cfg, state, net, parts.diffusion, parts.model_input, parts.codec, rd, d, progress=progress,
-                          trackers=trackers, heldout=heldout)
-        trainer.run(loader)
+        trainer = Trainer(cfg, state, _network(cfg, parts.model, d), parts.diffusion, parts.model_input, parts.codec,
+                          rd, d, progress=progress, trackers=trackers, heldout=heldout)
+        if start_ckpt is not None and start_step < cfg.train.steps:  # a kill during the checkpoint step's evaluation
+            _redo_interrupted_evaluation(trainer, rd, cfg, d)
+        trainer.run(_loader(cfg, parts.dataset, d, state.step))
         if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
             _redo_missing_outputs(trainer, rd, cfg, d)
-        in_sync = ranks_in_sync(parts.model, d) if d.enabled else None
-        if d.is_main:
-            finished = _now()
-            meta = rd.read_meta()
-            segments = meta.get("segments") or [{}]
-            segments[-1].update(to_step=state.step, finished=finished)
-            extra: dict[str, Any] = {"segments": segments, "finished": finished}
-            if in_sync is not None:
-                extra = {"ranks_in_sync": in_sync, **extra}
-            rd.update_meta(**extra)
+        _finish_meta(rd, parts.model, d, state.step)
         return rd.path
     finally:
         trackers.finish()
         distributed.teardown(d)
         held.close()
+
+
+def compose_checked(cfg: ExperimentConfig, registry: PluginRegistry | None = None,
+                    run_dir: str | Path | None = None) -> Components:
+    """The run composed once (on the CPU, initial weights from ``cfg.seed``, identical on every rank) and
+    checked as ``dtr validate`` checks it (:func:`check_machine`, :func:`check_run`): the same refusals, the
+    same lines. Raises :class:`ConfigError` / :class:`PluginError` (one line)."""
+    check_machine(cfg)
+    distributed.set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    parts = compose(cfg, registry, device="cpu")
+    check_run(cfg, parts, registry, run_dir=run_dir)
+    return parts
+
+
+def _open_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None, resume: bool, d: distributed.Dist,
+                  held: contextlib.ExitStack) -> tuple[RunDir, Path | None]:
+    """The run directory, locked (on every rank), and the checkpoint to resume from (None: a fresh start)."""
+    rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
+    if d.is_main and not rd.path.exists():
+        created = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
+        held.callback(_remove_if_only_lock, rd, created)  # a run refused before it wrote anything leaves no folder
+    _lock_on_every_rank(rd, d, held)
+    start_ckpt = rd.latest_checkpoint()
+    if start_ckpt is not None and not resume:
+        raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume to continue it, "
+                        f"or choose another name / --run-dir")
+    if resume and start_ckpt is None:
+        raise CheckpointError(f"{rd.path}: --resume given but there is no checkpoint in {rd.checkpoints}")
+    return rd, start_ckpt
+
+
+def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist, start_ckpt: Path | None,
+                   allow_unsafe_load: bool) -> TrainState:
+    """The training state: fresh, or loaded from ``start_ckpt`` (same config identity, step <= train.steps)."""
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+
+    state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
+    if start_ckpt is not None:
+        ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
+        check_resume_identity(ckpt, cfg, start_ckpt)
+        state.load(apply_checkpoint(parts.model, ckpt, start_ckpt, use_ema=False))
+        if state.step > cfg.train.steps:  # before anything is written: config.yaml, meta.json stay as they are
+            raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of the checkpoint to resume "
+                              f"({state.step}, {start_ckpt}); --resume may keep or raise train.steps")
+    return state
+
+
+@dataclass(frozen=True)
+class _Start:
+    """How this invocation starts: resumed or not, from a checkpoint or not, the compute settings applied."""
+
+    resume: bool
+    from_checkpoint: bool
+    compute: dict[str, Any]
+    registry: PluginRegistry | None
+
+
+def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: int,
+                     start: _Start) -> tuple[TrackerSet, HeldOutSet | None]:
+    """Rank 0: config.yaml, classes.json, meta.json (with this segment), the trackers and the held-out set."""
+    cfg = parts.cfg
+    rd.path.mkdir(parents=True, exist_ok=True)
+    if start.from_checkpoint:
+        rd.truncate_metrics(step)  # steps logged after this checkpoint are redone
+    else:
+        _drop_records_of_an_attempt_without_checkpoint(rd)
+    rd.write_config(cfg.to_yaml())
+    rd.write_classes(class_map(parts.dataset, cast(Backbone, parts.model).num_classes))
+    meta = _begin_meta(rd, d, cfg, step, start.resume)
+    meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
+    meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
+    trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry)
+    meta["trackers"] = trackers.applied()
+    heldout, meta["heldout"] = _heldout_for(cfg, parts, start.registry, d.device)
+    rd.write_meta(meta)
+    heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
+    if heatmap is not None:
+        trackers.log_image(step, "routing/masks", heatmap)
+    return trackers, heldout
+
+
+def _network(cfg: ExperimentConfig, model: torch.nn.Module, d: distributed.Dist) -> torch.nn.Module:
+    """The module the training step calls: the model, wrapped for DDP and compiled as configured."""
+    net: torch.nn.Module = model
+    if d.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = cast(torch.nn.Module, torch.compile(net))
+    return net
+
+
+def _loader(cfg: ExperimentConfig, dataset: Any, d: distributed.Dist, step: int) -> DataLoader:
+    """This rank's batches from ``step`` on (:class:`StepBatches` over :class:`SeededItems`)."""
+    batches = StepBatches(len(dataset), cfg.train.batch_size, d.rank, d.world_size, cfg.seed, step,
+                          cfg.train.steps, draw_keys=True)
+    return DataLoader(SeededItems(dataset), batch_sampler=batches, num_workers=cfg.train.num_workers,
+                      collate_fn=_collate, pin_memory=d.device.type == "cuda")
+
+
+def _finish_meta(rd: RunDir, model: torch.nn.Module, d: distributed.Dist, step: int) -> None:
+    """Close this invocation's segment of meta.json (and record whether the ranks ended in sync)."""
+    in_sync = ranks_in_sync(model, d) if d.enabled else None
+    if not d.is_main:
+        return
+    finished = _now()
+    meta = rd.read_meta()
+    segments = meta.get("segments") or [{}]
+    segments[-1].update(to_step=step, finished=finished)
+    extra: dict[str, Any] = {"segments": segments, "finished": finished}
+    if in_sync is not None:
+        extra = {"ranks_in_sync": in_sync, **extra}
+    rd.update_meta(**extra)
 
 
 def _compute_settings(cfg: ExperimentConfig, d: distributed.Dist, held: contextlib.ExitStack) -> dict[str, Any]:
@@ -397,3 +452,18 @@ def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d
         if d.is_main:  # an evaluation record of a crashed final evaluation is replaced, not repeated
             rd.truncate_metrics(cfg.train.steps, drop_eval_at_step=True)
         trainer.evaluate(final=True)
+
+
+def _redo_interrupted_evaluation(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d: distributed.Dist) -> None:
+    """The ``eval.every`` evaluation scheduled at the resumed checkpoint's step runs after that checkpoint is
+    written; a run killed during it has the checkpoint but no record. It is redone (every rank takes part) before
+    training goes on, so ``metrics.jsonl`` keeps every scheduled point."""
+    step, every = trainer.state.step, cfg.eval.every
+    if not every or step == 0 or step % every:
+        return
+    d.barrier()  # the main rank has truncated metrics.jsonl
+    if any("eval" in r and r.get("step") == step for r in rd.read_metrics() if isinstance(r, dict)):
+        return
+    if d.is_main:
+        print(f"dtr: {rd.path}: the evaluation of step {step} has no record (interrupted); redoing it", flush=True)
+    trainer.evaluate(final=False)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from dtr_plugins.core import distributed
@@ -37,10 +38,14 @@ class TrainingDiverged(UserError):
 # ---------------------------------------------------------------------------------------- helpers
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels."""
+    """``ema = decay * ema + (1 - decay) * model`` over all parameters with foreach kernels; buffers are copied
+    from ``model`` (a learned router's state such as ``switch``'s integer ``matching`` cannot be averaged, and
+    the EMA model must route as the trained one does). ``ema`` is a copy of ``model`` (same structure)."""
     ema_params: list[torch.Tensor] = list(ema.parameters())
     params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
 
 
 def ema_decay_at(cfg: ExperimentConfig, step: int) -> float:
@@ -143,13 +148,13 @@ class TrainState:
         """The checkpoint payload (format of :mod:`dtr_plugins.core.checkpoint`), with the config's identity
         (``config_fingerprint``) and the routing the weights were trained with (``routing``)."""
         from dtr_plugins.core.checkpoint import routing_record
-        from dtr_plugins.core.fingerprint import config_fingerprint
+        from dtr_plugins.core.fingerprint import weights_fingerprint
 
         config = cfg.to_dict()
         return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
                     optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
                     scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
-                    config=config, config_fingerprint=config_fingerprint(config), routing=routing_record(self.model))
+                    config=config, config_fingerprint=weights_fingerprint(config), routing=routing_record(self.model))
 
     @torch.no_grad()
     def nonfinite(self) -> list[str]:
@@ -324,41 +329,50 @@ class Trainer:
         self.dist.barrier()
 
     def evaluate(self, final: bool) -> None:
-        """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end."""
+        """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end.
+
+        A failed evaluation fails the run: :class:`UserError` on every rank (the checkpoint stays)."""
         from tqdm.auto import tqdm
 
-        from dtr_plugins.evaluation.evaluate import dataset_reference, describe_metrics, evaluate_model_samples
-        from dtr_plugins.experiments.plots import image_grid
-        from dtr_plugins.sampling.sample import generate, write_samples
+        from dtr_plugins.core.errors import user_message
+        from dtr_plugins.sampling.sample import generate
 
         cfg, d, step = self.cfg, self.dist, self.state.step
-
-        def say(line: str) -> None:  # main rank; tqdm.write keeps an open training bar intact
-            if d.is_main:
-                tqdm.write(line)
-
-        say(f"dtr: step {step}: evaluating: sampling {cfg.eval.num_samples} images with the EMA weights "
-            f"({cfg.sample.sampler}, {cfg.sample.respacing})")
+        if d.is_main:  # tqdm.write keeps an open training bar intact
+            tqdm.write(f"dtr: step {step}: evaluating: sampling {cfg.eval.num_samples} images with the EMA weights "
+                       f"({cfg.sample.sampler}, {cfg.sample.respacing})")
         applied: dict[str, Any] = {}  # filled by generate with the settings applied
         images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, cfg, num=cfg.eval.num_samples,
                                   seed=cfg.seed, dist=d, codec=self.codec, progress=self.progress, record=applied)
-        if not d.is_main:
-            return
+        failure: UserError | None = None
+        if d.is_main:
+            try:
+                self._score(images, labels, applied, final)
+            except UserError as exc:
+                failure = UserError(f"evaluation at step {step} failed: {user_message(exc)} (checkpoints are kept)")
+        if not distributed.all_ok(d, failure is None):  # every rank stops with rank 0
+            raise failure or UserError(f"evaluation at step {step} failed on rank 0 (its error is above)")
+
+    def _score(self, images: np.ndarray, labels: np.ndarray, applied: dict[str, Any], final: bool) -> None:
+        """Main rank: score the evaluation samples and record them (metrics.jsonl, trackers, eval.json)."""
+        from tqdm.auto import tqdm
+
+        from dtr_plugins.core.images import image_grid
+        from dtr_plugins.evaluation.evaluate import dataset_reference, describe_metrics, evaluate_model_samples
+        from dtr_plugins.sampling.sample import write_samples
+
+        cfg, step = self.cfg, self.state.step
         if final:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
                           info={"checkpoint": str(self.run_dir.checkpoint_path(step)), "step": step,
                                 "weights": "ema", **applied}, class_names=self.run_dir.class_names())
         reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
-        say(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
-            f"against {reference}")
-        try:
-            result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
-                                            feature_extractor=cfg.eval.feature_extractor,
-                                            weights_path=cfg.eval.weights_path)
-        except UserError as exc:
-            print(f"dtr: warning: evaluation at step {step} skipped: {exc}")
-            return
-        say(f"dtr: step {step}: {describe_metrics(result)}")
+        tqdm.write(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
+                   f"against {reference}")
+        result = evaluate_model_samples(images, labels, reference, metrics=cfg.eval.metrics,
+                                        feature_extractor=cfg.eval.feature_extractor,
+                                        weights_path=cfg.eval.weights_path)
+        tqdm.write(f"dtr: step {step}: {describe_metrics(result)}")
         result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})
         self.trackers.log_image(step, "samples", image_grid(images[:64]))

@@ -11,8 +11,7 @@ import torch
 
 import dtr_plugins as dp
 
-from ..conftest import TINY_DIT, tiny_dit_config
-from .test_multinode import free_port
+from ..conftest import TINY_DIT, free_port, tiny_dit_config
 from .test_train import tiny_config
 
 

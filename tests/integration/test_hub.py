@@ -301,7 +301,8 @@ def test_push_failure_is_one_line_without_the_token(run_dir, tmp_path, run_cli, 
     out = hub.export_run(run_dir, tmp_path / "exp")
     fake_api.fail = "401 Unauthorized: invalid token hf_SecretTokenValue123456 for org/tiny"
     code, stdout, stderr = run_cli("push", str(out), "org/tiny")
-    assert code == 2 and stderr.count("\n") == 1 and "upload failed" in stderr and "401 Unauthorized" in stderr
+    errors = [ln for ln in stderr.splitlines() if not ln.startswith("dtr: warning: push:")]  # absolute output_dir
+    assert code == 2 and len(errors) == 1 and "upload failed" in stderr and "401 Unauthorized" in stderr
     assert "SecretTokenValue" not in stdout + stderr
 
 
@@ -311,8 +312,10 @@ def test_push_checks_its_arguments(tmp_path, run_cli, fake_api):
     code, _, err = run_cli("push", str(tmp_path), "org/name")
     assert code == 2 and "no config.json" in err
     assert [c for c in fake_api.calls if c[0] != "init"] == []
+    from dtr_plugins.sharing.push import push
+
     with pytest.raises(UserError):
-        hub.push(tmp_path / "missing", "org/name")
+        push(tmp_path / "missing", "org/name")
 
 
 def test_latent_model_exports_and_loads_with_its_vae(tmp_path):
@@ -361,3 +364,19 @@ def test_cached_snapshot_without_weights_counts_as_absent(run_dir, tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         dp.from_pretrained("hf://someone/partial")
+
+
+def test_sample_and_export_read_the_same_config_of_a_resumed_run(run_dir, tmp_path):
+    # the bug: `dtr sample RUN` read config.yaml and `dtr export RUN` the checkpoint's config, so after a resume
+    # that changed config.yaml (train.steps raised, another respacing; stopped before its next checkpoint) they
+    # built the model and sampler from different configs
+    run = shutil.copytree(run_dir, tmp_path / "resumed")
+    text = (run / "config.yaml").read_text()
+    assert "respacing: ddim5" in text and "steps: 4" in text
+    text = text.replace("respacing: ddim5", "respacing: ddim3").replace("steps: 4", "steps: 6")
+    (run / "config.yaml").write_text(text)
+    cfg = load_run(run, device="cpu")[0]
+    exported = json.loads((hub.export_run(run, tmp_path / "out") / "config.json").read_text())
+    assert (cfg.sample.respacing, cfg.train.steps) == ("ddim5", 4)  # what trained the newest checkpoint's weights
+    assert (exported["sample"]["respacing"], exported["train"]["steps"]) == (cfg.sample.respacing, cfg.train.steps)
+    assert {k: exported[k] for k in cfg.to_dict()} == cfg.to_dict()

@@ -4,21 +4,14 @@ one-node run of the same global batch and world size (two workers under one torc
 each rank seeds its noise from (seed, rank, step))."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import torch
 
-from dtr_plugins.launchers.job import torchrun_command
+from dtr_plugins.launchers.torchrun import torchrun_command
 
-from ..conftest import tiny_dit_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..conftest import free_port, tiny_dit_config
 
 
 def test_two_nodes_on_localhost_equal_one_node(tmp_path):

@@ -3,7 +3,6 @@ evaluation redone, divergence in the weights, the run lock from the CLI, exact r
 import json
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 
 import dtr_plugins as dp
 
-from ..conftest import tiny_dit_config
+from ..conftest import registry_with, tiny_dit_config
 
 
 def tiny_config(tmp_path, *overrides, changes=None, registry=None):
@@ -107,7 +106,6 @@ def dp_run(path):
 
 
 def test_nan_gradients_with_a_finite_loss_never_reach_a_checkpoint(tmp_path, run_cli):
-    from dtr_plugins.core.plugins import build_registry
     from dtr_plugins.weighting.base import LossWeighting
 
     class PoisonGradsAfter(LossWeighting):
@@ -123,14 +121,7 @@ def test_nan_gradients_with_a_finite_loss_never_reach_a_checkpoint(tmp_path, run
             loss = terms["loss"].mean()
             return loss if self.calls != 6 else loss + torch.sqrt(terms["loss"] * 0).sum()
 
-    module = types.ModuleType("poison_plugin")
-
-    @dp.hookimpl
-    def dtr_register_loss_weightings(register):
-        register("poison", PoisonGradsAfter)
-
-    module.dtr_register_loss_weightings = dtr_register_loss_weightings
-    registry = build_registry([module])
+    registry = registry_with("loss_weighting", "poison", PoisonGradsAfter)
     cfg = tiny_config(tmp_path, changes={"loss_weighting": {"name": "poison"}}, registry=registry)
     with pytest.raises(dp.UserError, match=r"weights became NaN or inf before step 6 \(\d+ tensors, first model\."):
         dp.train(cfg, registry=registry, progress=False)

@@ -46,7 +46,7 @@ def test_guidance_on_unconditional_model_is_refused(runs, run_cli, tmp_path):
                                "--out", str(tmp_path / name))
         assert code == 2, err
         assert len(err.strip().splitlines()) == 1 and "--cfg-scale: 4" in err and why in err
-        assert not (tmp_path / name).exists() and not list(tmp_path.glob(f"{name}.partial-*"))
+        assert not (tmp_path / name).exists() and not list(tmp_path.glob(f".{name}.partial-*"))
     assert run_cli("sample", str(runs["uncond"]), "--num", "2", "--out", str(tmp_path / "ok"))[0] == 0
 
 
@@ -116,7 +116,7 @@ def test_out_with_old_samples_is_refused_and_interrupt_leaves_no_half_set(runs, 
     monkeypatch.setattr(sample_mod, "write_samples", interrupted)
     code, _, _ = run_cli("sample", str(runs["cond"]), "--num", "2", "--out", str(tmp_path / "new"))
     assert code == 130
-    assert not (tmp_path / "new").exists() and not list(tmp_path.glob("new.partial-*"))
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.partial-*"))
     code, _, _ = run_cli("sample", str(runs["cond"]), "--num", "2", "--out", str(out), "--overwrite")
     assert code == 130 and len(list((out / "images").glob("*.png"))) == 6  # old set kept whole
 
@@ -135,7 +135,7 @@ def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_pat
     assert np.array_equal(np.load(two / "samples.npz")["arr_0"], np.load(single / "samples.npz")["arr_0"])
     assert np.array_equal(np.load(two / "samples.npz")["labels"], np.load(single / "samples.npz")["labels"])
     assert json.loads((two / "samples.json").read_text())["world_size"] == 2
-    assert not (two / "shards").exists() and not list(tmp_path.glob("two.partial-*"))
+    assert not (two / "shards").exists() and not list(tmp_path.glob(".two.partial-*"))
 
 
 MERGE_FAILS = """\
@@ -174,7 +174,7 @@ def test_rank_0_failing_to_merge_stops_every_rank(runs, tmp_path):
         assert proc.returncode == 2 and "Traceback" not in err, err
     assert "No space left on device" in errs[0].strip().splitlines()[-1]
     assert "rank 0 failed while merging the sample shards" in errs[1].strip().splitlines()[-1]
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
 GATHER = """\

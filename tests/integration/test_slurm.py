@@ -46,6 +46,23 @@ def test_time_limits_parse():
         minutes("90m")
     with pytest.raises(ValueError, match="not divisible"):
         SlurmParams(gpus_per_run=3, nodes_per_run=2)
+    for bad in ("25:99:99", "01:60:00", "00:10:60", "1-24:00:00"):
+        with pytest.raises(ValueError, match="must be 00-59"):
+            minutes(bad)
+    assert minutes("25:00:00") == 1500 and minutes("1-23:59:59") == 2880
+
+
+def test_a_time_limit_within_the_signal_delay_is_refused(tmp_path, run_cli):
+    with pytest.raises(ValueError, match="not longer than signal_delay_s 120 s"):
+        SlurmParams(time=2)
+    assert SlurmParams(time=2, signal_delay_s=60).time == 2 and SlurmParams(time=3).time == 3
+    write(tmp_path / "base.yaml", BASE)
+    path = write(tmp_path / "s.yaml",
+                 f"output_dir: {tmp_path / 'runs'}\nbase: base.yaml\nname: p\nmatrix: {{seed: [0]}}\n")
+    for value, words in (("1", "not longer than signal_delay_s"), ("25:99:99", "must be 00-59")):
+        code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher", "slurm",
+                               "--launcher-set", f"time={value}")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "launcher" in err and words in err, err
 
 
 def test_unknown_launcher_and_bad_launcher_key_are_one_line(tmp_path, run_cli):

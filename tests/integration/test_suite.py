@@ -149,14 +149,18 @@ def test_report_from_synthetic_results(tmp_path):
         "| `vanilla` | 2 | 11 ± 1.4 | 7 ± 1.4 |",
         "| `dtr` | 2 | **9 ± 0** | **5 ± 0** |",
     ]
-    # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7
-    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.71, +10.71] | *not resolved* (interval contains 0) |"
+    # the paired comparison: differences -3 and -1 (mean -2), t_{0.975,1} = 12.706 * sd 1.414 / sqrt 2 = 12.7;
+    # two pairs give no verdict word
+    row = "| `dtr` | — | FID ↓ | 2 | 7 | -2 (-28.6%) | [-14.71, +10.71] | 95% | *not resolvable* (2 pairs) |"
     assert row in report
     assert "### FID (lower is better)" in report and "digits-classifier" in report and "cpu (test)" in report
     rows = list(csv.DictReader((root / "results.csv").read_text().splitlines()))
     assert len(rows) == 8
     assert rows[0] == {"run_id": "vanilla__seed0", "group": "vanilla", "routing": "vanilla", "seed": "0",
                        "status": "done", "step": "10", "frechet_inception_distance": "10", "train_loss": "0.5"}
+    raw = [json.loads(line) for line in (root / "raw_results.jsonl").read_text().splitlines()]
+    assert [(x["run_id"], x["final"]) for x in raw[:1]] == [("vanilla__seed0", {"frechet_inception_distance": 8.0})]
+    assert "raw_results.jsonl" in report
     plots = sorted(p.name for p in (root / "plots").glob("*.png"))
     assert plots == ["loss_per_timestep_bucket.png", "metrics_vs_steps.png", "paired_differences.png",
                      "train_loss.png"]
@@ -174,7 +178,7 @@ def test_report_pairs_each_strategy_with_the_vanilla_run_of_the_same_weighting(t
     assert len(rows) == 2
     assert rows[0].startswith("| `dtr-a4-b0.8` | loss_weighting=constant | FID ↓ | 5 | 20.8 | -2 (-9.6%) |")
     assert rows[1].startswith("| `dtr-a4-b0.8` | loss_weighting=min_snr | FID ↓ | 5 | 15.8 | -2 (-12.7%) |")
-    assert all(row.endswith("| **better** |") for row in rows)
+    assert all(row.endswith("| Bonferroni, family of 2, 97.5% | **better** |") for row in rows)
     assert "**Direction check**" in report and "### Convergence" in report
     assert "- `dtr-a4-b0.8__constant__seed9`: no `vanilla` run with seed 9 and loss_weighting=constant" in report
     plots = {p.name for p in (root / "plots").glob("*.png")}
@@ -246,21 +250,56 @@ def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_pat
     assert "masks_dtr_1.png" in (root / "report.md").read_text()
 
 
-def test_changed_config_is_not_skipped_refused_then_rerun_changed(tmp_path, run_cli, capsys):
-    # the bug: after editing set:, every run said "skip (finished)" and the report showed the old numbers
+def test_raised_train_steps_continues_finished_runs_from_their_checkpoints(tmp_path, run_cli, capsys):
+    # the bug: raising train.steps marked every finished run "changed"; --rerun-changed retrained from step 0
     path = suite_file(tmp_path, "name: fp\nset: {train.steps: 2}\nmatrix: {seed: [0, 1]}\n")
     root = run_suite(path, report=False)
     capsys.readouterr()
     old_fp = (root / "seed0" / "config.sha256").read_text().strip()
     suite = load_suite(path)
     assert old_fp == suite.runs[0].fingerprint and suite.runs[0].fingerprint != suite.runs[1].fingerprint
+    first = {p: p.stat().st_mtime_ns for p in root.glob("seed*/checkpoints/0000002.pt")}
     run_suite(path, report=False)  # unchanged: skipped
     assert "skip     seed0 (finished)" in capsys.readouterr().out
 
     write(path, path.read_text().replace("train.steps: 2", "train.steps: 3"))
+    code, out, _ = run_cli("suite", str(path), "--dry-run")
+    assert code == 0 and "resume   seed0" in out and "resume   seed1" in out
     code, out, err = run_cli("suite", str(path))
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "2 run(s) exist with a different config: seed0" in err and "--rerun-changed" in err
+    assert code == 0, err
+    assert "continue seed0 (train.steps changed; continues from its checkpoints)" in out and "stale" not in out
+    for seed in ("seed0", "seed1"):
+        run = root / seed
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000002.pt", "0000003.pt"]
+        assert json.loads((run / "status.json").read_text())["resumed"] is True  # from step 2, not step 0
+        assert json.loads((run / "meta.json").read_text())["resumed_from_step"] == 2
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # one training record per step
+        assert (run / "config.sha256").read_text().strip() == load_suite(path).runs[int(seed[-1])].fingerprint
+    assert {p: p.stat().st_mtime_ns for p in root.glob("seed*/checkpoints/0000002.pt")} == first
+    report = (root / "report.md").read_text()
+    assert "2 of 2 runs finished with the suite's current config." in report and "stale" not in report
+    with open(root / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["run_id"], r["step"]) for r in rows) == [("seed0", "3"), ("seed1", "3")]
+    run_suite(path, report=False)  # and now it is finished
+    assert "skip     seed0 (finished)" in capsys.readouterr().out
+    # a later sampling setting (the base config file) is resumable too: recorded, nothing retrained
+    write(tmp_path / "base.yaml", BASE.replace("respacing: ddim4", "respacing: ddim3"))
+    code, out, err = run_cli("suite", str(path), "--only", "seed0")
+    assert code == 0 and "continue seed0 (sample.respacing changed" in out and "skip     seed0 (finished)" in out
+
+
+def test_non_resumable_change_is_refused_naming_key_old_and_new_then_rerun_changed(tmp_path, run_cli, capsys):
+    path = suite_file(tmp_path, "name: fp\nset: {train.steps: 2, routing: {name: dtr, beta: 0.8}}\n"
+                                "matrix: {seed: [0, 1]}\n")
+    root = run_suite(path, report=False)
+    capsys.readouterr()
+    old_fp = (root / "seed0" / "config.sha256").read_text().strip()
+    write(path, path.read_text().replace("beta: 0.8", "beta: 0.5"))
+    code, out, err = run_cli("suite", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "run seed0: routing.beta: 0.8 -> 0.5" in err and "seed1" in err and "--rerun-changed" in err
     assert "skip" not in out and "start" not in out
     code, out, _ = run_cli("suite", str(path), "--dry-run")
     assert code == 0 and "changed  seed0" in out
@@ -269,16 +308,10 @@ def test_changed_config_is_not_skipped_refused_then_rerun_changed(tmp_path, run_
     assert code == 0, err
     stale = root / f"seed0.stale-{old_fp[:8]}"
     assert f"stale    seed0 -> {stale.name}" in out and (stale / "checkpoints" / "0000002.pt").exists()
-    assert sorted(p.name for p in (root / "seed0" / "checkpoints").iterdir()) == ["0000003.pt"]
-    new_fp = (root / "seed0" / "config.sha256").read_text().strip()
-    assert new_fp == load_suite(path).runs[0].fingerprint != old_fp
-    report = (root / "report.md").read_text()  # seed1 still holds the train.steps 2 run
+    assert (root / "seed0" / "config.sha256").read_text().strip() == load_suite(path).runs[0].fingerprint != old_fp
+    report = (root / "report.md").read_text()  # seed1 still holds the beta 0.8 run
     assert ("1 of 2 runs finished with the suite's current config; 1 more finished with an older config of this "
             "suite (stale: `seed1`;") in report and "--rerun-changed" in report
-    # a change of the base config file counts the same way
-    write(tmp_path / "base.yaml", BASE.replace("respacing: ddim4", "respacing: ddim3"))
-    code, _, err = run_cli("suite", str(path), "--only", "seed0")
-    assert code == 2 and "different config: seed0" in err
 
 
 def test_run_config_given_to_suite_says_so(tmp_path, run_cli):
@@ -349,25 +382,26 @@ def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
 def test_report_header_lists_each_applied_sampling_setting():
     """A routing x process suite samples gaussian runs with DDIM and flow runs with Heun: the header says both
     (with run counts), never only the last run's sampler."""
-    from dtr_plugins.experiments.report import RunResult, _eval_settings
+    from dtr_plugins.experiments.report import _eval_settings
+    from dtr_plugins.runs.record import RunRecord
 
     def run(rid, sampler, respacing):
         ev = {"step": 400, "num_samples": 250, "sampler": sampler, "respacing": respacing, "cfg_scale": 2.0}
-        return RunResult(rid, rid, 0, "done", "vanilla", {}, {}, evals=[ev])
+        return RunRecord(rid, group=rid, status="done", routing="vanilla", evals=[ev])
 
     mixed = [run("g0", "ddim", "ddim25"), run("g1", "ddim", "ddim25"), run("f0", "heun", "25")]
     assert _eval_settings(mixed) == ("; 250 samples per eval, sampler ddim ddim25, cfg scale 2.0 (2 runs); "
                                      "250 samples per eval, sampler heun 25, cfg scale 2.0 (1 run)")
     assert _eval_settings(mixed[:2]) == ", 250 samples per eval, sampler ddim ddim25, cfg scale 2.0"
-    assert _eval_settings([RunResult("n", "n", 0, "new", "vanilla", {}, {})]) == ""
+    assert _eval_settings([RunRecord("n", group="n", status="new", routing="vanilla")]) == ""
 
 
 def test_metric_table_counts_the_seeds_that_have_a_value_not_the_planned_runs():
-    from dtr_plugins.experiments.report import RunResult
+    from dtr_plugins.runs.record import RunRecord
 
     def run(seed, status, fid=None):
         evals = [{"step": 400, "frechet_inception_distance": fid}] if fid is not None else []
-        return RunResult(f"vanilla__seed{seed}", "vanilla", seed, status, "vanilla", {}, {}, evals=evals)
+        return RunRecord(f"vanilla__seed{seed}", seed, group="vanilla", status=status, routing="vanilla", evals=evals)
 
     table = metric_table("frechet_inception_distance", [run(0, "done", 9.0), run(1, "done", 11.0), run(2, "new")])
     assert "| `vanilla` | 2 | **10 ± 1.4** |" in table.splitlines()  # the only row is the best

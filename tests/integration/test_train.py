@@ -10,7 +10,7 @@ import torch
 
 import dtr_plugins as dp
 
-from ..conftest import tiny_dit_config
+from ..conftest import registry_with, tiny_dit_config
 
 
 def tiny_config(tmp_path, *overrides):
@@ -126,9 +126,7 @@ def test_eval_every_logs_metrics_over_steps(tmp_path):
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, run_cli):
-    import types
 
-    from dtr_plugins.core.plugins import build_registry
     from dtr_plugins.weighting.base import LossWeighting
 
     class ExplodeAfter(LossWeighting):
@@ -143,14 +141,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
             loss = terms["loss"].mean()
             return loss if self.calls <= 3 else loss * float("nan")
 
-    module = types.ModuleType("explode_plugin")
-
-    @dp.hookimpl
-    def dtr_register_loss_weightings(register):
-        register("explode", ExplodeAfter)
-
-    module.dtr_register_loss_weightings = dtr_register_loss_weightings
-    registry = build_registry([module])
+    registry = registry_with("loss_weighting", "explode", ExplodeAfter)
     path = tiny_dit_config(tmp_path, loss_weighting={"name": "explode"})
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path / 'runs'}"], registry=registry)
     with pytest.raises(dp.UserError, match="loss became NaN or inf before step 4; the last good checkpoint"):

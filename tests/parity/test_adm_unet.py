@@ -459,6 +459,6 @@ def test_guidance_without_null_class_is_a_clear_error():
 
     model = build_adm_unet(preset="small", num_classes=4)
     diffusion = GaussianDiffusion(get_named_beta_schedule("linear", 100))
-    with pytest.raises(ConfigError, match="sample.cfg_scale: .*without a null class"):
+    with pytest.raises(ConfigError, match="sample.cfg_scale: .*has no null class"):
         diffusion.sample(model, (2, 1, 8, 8), respacing="ddim2", model_kwargs={"y": torch.tensor([0, 1])},
                          cfg_scale=2.0, progress=False)

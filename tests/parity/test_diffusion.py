@@ -19,6 +19,7 @@ class Toy(torch.nn.Module):
         super().__init__()
         self.net = torch.nn.Conv2d(4, out_channels, 3, padding=1)
         self.num_classes = num_classes
+        self.null_class = num_classes  # the extra embedding row is the null label (SupportsGuidance)
         if num_classes is not None:  # one extra row: the null label
             self.emb = torch.nn.Embedding(num_classes + 1, out_channels)
         self.seen = []

@@ -209,7 +209,8 @@ def test_non_dit_backbone_refuses_diffusers_layout(tmp_path):
     run = tmp_path / "adm"
     save_checkpoint(run / "checkpoints" / "0000001.pt", step=1, model=model.state_dict(), ema=model.state_dict(),
                     config=cfg.to_dict())
-    with pytest.raises(UserError, match="not a DiT"):
+    with pytest.raises(UserError, match="backbone 'adm_unet' declares no diffusers state-dict adapter "
+                                        r"\(backbones that do: dit, dit_diffusers, latent_dit, latent_dit_diffusers\)"):
         hub.export_run(run, tmp_path / "out", layout="diffusers")
 
 

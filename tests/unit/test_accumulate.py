@@ -131,6 +131,42 @@ def test_auxiliary_losses_are_added_per_micro_batch_and_reported_as_their_mean()
     assert aux["balance"].item() == 3.0
 
 
+def test_learned_switch_routing_in_micro_batches_gives_the_single_batch_gradients_and_prior_loss():
+    """``switch`` (learned routing with an auxiliary prior loss): k micro-batches give the single batch's prior
+    loss and gradients, routers and experts included (each micro-batch's prior is a mean over its samples, so
+    the k shares must be divided by k)."""
+    cfg, model, diffusion = _tiny("routing={name: switch, num_experts: 3, top_k: 2, freq_dim: 16}")
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # experts away from zero (gates not 1), routers away from their initialisation
+        for name, p in model.named_parameters():
+            if name.startswith("routing.learned.layers."):
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 if ".router." in name else 0.2))
+    model.train()
+    x0 = torch.randn(8, 1, 8, 8)
+    y = torch.arange(8) % 4
+    results = {}
+    for k in (1, 2, 4):
+        net, w = copy.deepcopy(model), default_registry().build("loss_weighting", "constant")
+        torch.manual_seed(11)
+        t = w.sample_timesteps(8, diffusion.num_timesteps)
+        loss, _, aux = forward_backward(net, diffusion, w, x0, t, {"y": y}, k=k, autocast=contextlib.nullcontext,
+                                        backward=lambda v: v.backward(), aux_losses=net.plan.pop_aux_losses)
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results[k] = (loss, aux["switch_jsd"], grads)
+    loss1, prior1, grads1 = results[1]
+    assert prior1.item() > 1e-3
+    router = [n for n in grads1 if n.startswith("routing.learned.")]
+    assert {"routing.learned.layers.0.router.weight", "routing.learned.layers.1.expert_weight",
+            "routing.learned.embed_in.weight"} <= set(router)
+    for k in (2, 4):
+        loss_k, prior_k, grads_k = results[k]
+        assert abs(loss_k.item() - loss1.item()) <= 1e-6 * abs(loss1.item())
+        assert abs(prior_k.item() - prior1.item()) <= 1e-6 * prior1.item()
+        assert set(grads_k) == set(grads1)
+        assert max(rel_err(grads1[n], grads_k[n]) for n in router) < 1e-6, k
+        assert max(rel_err(grads1[n], grads_k[n]) for n in grads1) < 1e-6, k
+
+
 # ------------------------------------------------------------------------------ activation checkpointing
 def _grads(model, x, t, y):
     model.zero_grad(set_to_none=True)
@@ -200,8 +236,8 @@ def test_config_keys_and_bad_values(tmp_path, run_cli):
     for override, expected in [
         ("train.grad_accum_steps=0", "train.grad_accum_steps: Input should be greater than or equal to 1"),
         ("train.grad_accum_steps=3", "train.grad_accum_steps: 3 does not divide train.batch_size 64"),
-        ("train.tf32=maybe", "train.tf32: Input should be a valid boolean"),
-        ("train.activation_checkpointing=2", "train.activation_checkpointing: Input should be a valid boolean"),
+        ("train.tf32=maybe", "train.tf32: expected a boolean, got 'maybe'"),
+        ("train.activation_checkpointing=2", "train.activation_checkpointing: expected a boolean, got 2"),
     ]:
         code, out, err = run_cli("validate", str(path), "--set", override)
         assert code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ sys.path.insert(0, str(BENCH))
 import _common as common  # noqa: E402
 import _published as pub  # noqa: E402
 import check_targets  # noqa: E402
+
+from ..conftest import registry_with  # noqa: E402
 
 
 def test_no_script_imports_another_script():
@@ -109,7 +110,6 @@ def test_plugin_names_restrict_and_reject():
 def test_a_new_strategy_plugin_is_benchmarked_without_edits(tmp_path, monkeypatch):
     """A strategy that only a (fake) third-party plugin registers shows up in train_step's results."""
     import dtr_plugins.core.plugins as plugins
-    from dtr_plugins.core.hookspecs import hookimpl
 
     class EvenChannels:
         def mask_table(self, num_tasks, channels, *, layer=0, num_layers=1):
@@ -117,14 +117,7 @@ def test_a_new_strategy_plugin_is_benchmarked_without_edits(tmp_path, monkeypatc
             table[:, ::2] = True
             return table
 
-    module = types.ModuleType("fake_even_plugin")
-
-    @hookimpl
-    def dtr_register_strategies(register):
-        register("even_channels", EvenChannels, description="even channels only")
-
-    module.dtr_register_strategies = dtr_register_strategies
-    registry = plugins.build_registry([module])
+    registry = registry_with("strategy", "even_channels", EvenChannels, description="even channels only")
     monkeypatch.setattr(plugins, "default_registry", lambda: registry)
 
     import train_step

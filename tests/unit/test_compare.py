@@ -4,14 +4,15 @@ import json
 import pytest
 
 from dtr_plugins.experiments.compare import (
+    NOT_RESOLVABLE,
     NOT_RESOLVED,
     RunRecord,
     compare_runs,
     first_reach,
     pair_runs,
-    render_comparison_markdown,
     t_interval,
 )
+from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import axes_of, runs_from_suite
 
 from ..conftest import write
@@ -108,19 +109,22 @@ def test_large_difference_resolves_tiny_noisy_one_does_not(tmp_path):
         rnd = find(result, "random-b0.8-s0", weighting, FID)
         assert rnd.mean == pytest.approx(0.07) and rnd.interval[0] < 0 < rnd.interval[1]
         assert rnd.verdict == NOT_RESOLVED and rnd.reason == "interval contains 0"
-        assert find(result, "dtr-a4-b0.8", weighting, "precision").verdict == NOT_RESOLVED  # identical: 0 +- 0
-        assert find(result, "random-b0.8-s0", weighting, "heldout/total").verdict == "worse"  # +0.1 in every seed
+        precision = find(result, "dtr-a4-b0.8", weighting, "precision")  # identical: 0 +- 0
+        assert (precision.verdict, precision.reason) == (NOT_RESOLVABLE, "no spread")
+        held = find(result, "random-b0.8-s0", weighting, "heldout/total")  # +0.1 in every seed: no spread either
+        assert (held.verdict, held.reason) == (NOT_RESOLVABLE, "no spread") and held.mean == pytest.approx(0.1)
     assert find(result, "dtr-a4-b0.8", "constant", "heldout/total").mean == pytest.approx(0.596 - 0.65)
     assert find(result, "dtr-a4-b0.8", "constant", "heldout/band9").verdict == "better"
     # the unmatched and the failed run are in no pair
     assert all(d.seeds != (9,) for d in result.differences)
     claims = {c.claim.text: c for c in result.claims}
     assert claims["DTR better than vanilla on FID"].status == "confirmed"
-    assert claims["DTR better than vanilla on FID"].detail == "better in 2 of 2 settings"
+    assert claims["DTR better than vanilla on FID"].detail == \
+        "better at `dtr-a4-b0.8`, loss_weighting=constant; better at `dtr-a4-b0.8`, loss_weighting=min_snr"
     assert claims["random routing worse than vanilla on FID"].status == NOT_RESOLVED
-    assert claims["random routing worse than vanilla on FID"].detail == \
-        "not resolved in 2 of 2 settings: interval contains 0"
-    assert claims["random routing worse than vanilla on held-out loss"].status == "confirmed"
+    assert claims["random routing worse than vanilla on FID"].detail.startswith(
+        "not resolved (interval contains 0) at `random-b0.8-s0`, loss_weighting=constant; ")
+    assert claims["random routing worse than vanilla on held-out loss"].status == NOT_RESOLVED  # no spread
 
 
 def test_convergence_step_per_seed_and_its_interval(tmp_path):
@@ -143,22 +147,23 @@ def test_convergence_step_per_seed_and_its_interval(tmp_path):
 def test_one_seed_is_never_resolved_and_the_report_says_why(tmp_path):
     result = compare_runs(runs_from_suite(crafted_suite(tmp_path / "s", seeds=[0], extra=False)))
     assert result.max_seeds == 1 and result.differences
-    assert all(d.verdict == NOT_RESOLVED and d.interval is None and d.reason == "one seed: no interval"
+    assert all(d.verdict == NOT_RESOLVABLE and d.interval is None and d.reason == "1 pair"
                for d in result.differences)
-    assert all(c.verdict == NOT_RESOLVED for c in result.convergence)
+    assert all(c.verdict in (NOT_RESOLVABLE, NOT_RESOLVED) for c in result.convergence)
     assert {c.status for c in result.claims} == {NOT_RESOLVED}
     text = render_comparison_markdown(result)
-    assert "One seed per setting: every verdict is *not resolved*" in text
-    assert "95% Student-t interval" in text and "**better**" not in text and "**worse**" not in text
+    assert "1 seed per setting: every verdict is *not resolvable*" in text
+    assert "Student-t interval" in text and "**better**" not in text and "**worse**" not in text
     row = next(line for line in text.splitlines() if line.startswith("| `dtr-a4-b0.8` | loss_weighting=constant | FID"))
     assert row == "| `dtr-a4-b0.8` | loss_weighting=constant | FID ↓ | 1 | 20 | -1.9 (-9.5%) | — | " \
-                  "*not resolved* (one seed: no interval) |"
+                  "Bonferroni, family of 2, 97.5% | *not resolvable* (1 pair) |"
 
 
 def test_markdown_rows_and_direction_check(tmp_path):
     text = render_comparison_markdown(compare_runs(runs_from_suite(crafted_suite(tmp_path / "s"))))
-    assert "**Direction check** (the paper's claims) — DTR better than vanilla on FID: **confirmed** (better in 2 " \
-           "of 2 settings); DTR better than vanilla on held-out loss: **confirmed**" in text
+    assert "DTR better than vanilla on FID: **confirmed** (better at `dtr-a4-b0.8`, loss_weighting=constant; " \
+           "better at `dtr-a4-b0.8`, loss_weighting=min_snr); DTR better than vanilla on held-out loss: " \
+           "**confirmed**" in text
     row = next(line for line in text.splitlines() if line.startswith("| `dtr-a4-b0.8` | loss_weighting=min_snr | FID"))
     assert "| 5 | 15.8 | -2 (-12.7%) | [" in row and row.endswith("| **better** |")
     assert "### Held-out loss per noise band" in text and "### Convergence" in text

@@ -41,9 +41,9 @@ BAD = [
     ("channels vs backbone", GOOD, ["data.channels=3"],
      "data: 'digits' gives 3-channel images but backbone.in_channels is 1"),
     ("guidance unconditional", GOOD, ["backbone.num_classes=1", "sample.cfg_scale=2"],
-     "sample.cfg_scale: 2 needs a class-conditional backbone, but backbone 'dit' has num_classes=1"),
+     "sample.cfg_scale: 2 asks for classifier-free guidance, but this backbone (num_classes=1) is unconditional"),
     ("guidance without null class", GOOD, ["backbone.class_dropout_prob=0", "sample.cfg_scale=1.5"],
-     "sample.cfg_scale: 1.5 needs a null class (label dropout)"),
+     "sample.cfg_scale: 1.5 asks for classifier-free guidance, but this backbone (num_classes=10) has no null class"),
     ("unknown feature extractor", GOOD, ["eval.feature_extractor=nope"],
      "eval.feature_extractor: unknown feature extractor 'nope' (known: digits-classifier, inception-v3-compat"),
     ("respacing beyond T", GOOD, ["sample.respacing=250"], "sample.respacing: respacing '250': cannot take 250 steps"),
@@ -100,7 +100,7 @@ def test_inception_weights_absent_refused_before_training(tmp_path, run_cli, mon
 
 def test_adm_without_null_class_refuses_guidance(run_cli):
     code, _, err = run_cli("validate", str(ROOT / "configs" / "adm_digits.yaml"), "--set", "sample.cfg_scale=2")
-    assert code == 2 and "sample.cfg_scale: 2 needs a" in err and "Traceback" not in err
+    assert code == 2 and "sample.cfg_scale: 2 asks for classifier-free guidance" in err and "Traceback" not in err
 
 
 def test_output_dir_that_is_a_file(tmp_path, run_cli):

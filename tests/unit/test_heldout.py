@@ -75,7 +75,7 @@ def test_synthetic_heldout_is_other_draws_and_leaves_train_alone():
 
 def test_heldout_dataset_params():
     assert heldout_dataset_params("digits", DigitsParams, {"image_size": 8, "random_flip": True}) == {
-        "image_size": 8, "random_flip": False, "split": "heldout"}
+        "image_size": 8, "channels": 1, "random_flip": False, "split": "heldout"}  # the params model's own split
     assert heldout_dataset_params("synthetic", SyntheticParams, {})["split"] == "heldout"
     from pydantic import BaseModel
 
@@ -249,3 +249,14 @@ def test_continuous_heldout_loss_is_the_velocity_mse_per_band():
     assert got["heldout/total"] == pytest.approx(float(mse.mean()), rel=1e-5)
     record = heldout_record(7, got, heldout, weights="ema")
     assert record["heldout"]["time"] == "continuous" and record["heldout"]["fingerprint"] == heldout.fingerprint
+
+
+def test_a_split_smaller_than_per_band_warns_and_records_the_distinct_images():
+    data = Synthetic(split="heldout", heldout_samples=5)
+    with pytest.warns(UserWarning, match=r"5 image\(s\) for 8 rows per band .* averages 5 distinct image\(s\), not 8"):
+        held = HeldOutSet.build(data, T, num_bands=2, per_band=8, seed=0)
+    assert held.images == 5
+    record = heldout_record(4, {"heldout/band0": 1.0, "heldout/band1": 2.0, "heldout/total": 1.5}, held,
+                            weights="ema")
+    assert record["heldout"]["images"] == 5 and record["heldout"]["per_band"] == 8
+    assert HeldOutSet.build(Synthetic(split="heldout", heldout_samples=16), T, num_bands=2, per_band=8).images == 8

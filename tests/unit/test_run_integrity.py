@@ -10,7 +10,7 @@ import dtr_plugins as dp
 from dtr_plugins.compose import build_model
 from dtr_plugins.core.checkpoint import RoutingMismatchWarning, routing_record, save_checkpoint
 from dtr_plugins.core.errors import CheckpointError
-from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, config_fingerprint, first_difference, identity_config
+from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, identity_config, weights_fingerprint
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 
 from ..conftest import tiny_dit_config, write
@@ -26,8 +26,8 @@ def test_fingerprint_ignores_resumable_keys_and_names_the_first_changed_key(tmp_
     longer = cfg_with(tmp_path, "train.steps=40", "train.log_every=5", "train.num_workers=2",
                       "eval.num_samples=10", "output_dir=/elsewhere").to_dict()
     other_beta = cfg_with(tmp_path, "routing.beta=0.5", "train.steps=40").to_dict()
-    assert config_fingerprint(base) == config_fingerprint(longer)
-    assert config_fingerprint(base) != config_fingerprint(other_beta)
+    assert weights_fingerprint(base) == weights_fingerprint(longer)
+    assert weights_fingerprint(base) != weights_fingerprint(other_beta)
     assert first_difference(base, other_beta) == ("routing.beta", 0.8, 0.5)
     assert first_difference(base, longer) is None
     keys = identity_config(base)

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.images import enlarge, readable_grid
 from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_mean_std, fmt_signed
 from dtr_plugins.evaluation.evaluate import describe_metrics
-from dtr_plugins.experiments.plots import enlarge, pick_per_class, plot_sample_rows, readable_grid
+from dtr_plugins.experiments.plots import pick_per_class, plot_sample_rows
 from dtr_plugins.experiments.run_report import build_run_report
 from dtr_plugins.runs.listing import find_runs, format_runs_table, lock_held, summarize_run
 from dtr_plugins.runs.rundir import RunDir
@@ -201,11 +202,12 @@ def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
 
 
 def test_metric_table_counts_the_seeds_that_have_a_value():
-    from dtr_plugins.experiments.report import RunResult, metric_table
+    from dtr_plugins.experiments.report import metric_table
+    from dtr_plugins.runs.record import RunRecord
 
     def run(seed, fid=None):
         evals = [{"step": 20, "frechet_inception_distance": fid}] if fid is not None else []
-        return RunResult(id=f"dtr__seed{seed}", group="dtr", seed=seed, status="done" if evals else "new",
+        return RunRecord(id=f"dtr__seed{seed}", group="dtr", seed=seed, status="done" if evals else "new",
                          routing="dtr", config={}, meta={}, evals=evals)
 
     table = metric_table("frechet_inception_distance", [run(0, 36.3412), run(1), run(2)])

@@ -110,23 +110,24 @@ class Labelled:
 
 
 def test_null_label_from_the_model_or_the_wrapped_one():
-    assert _null_label(Labelled(null_class=7), None) == 7
-    assert _null_label(Labelled(num_classes=10), None) == 10
-    assert _null_label(Labelled(module=Labelled(null_class=7)), None) == 7  # DistributedDataParallel
-    assert _null_label(Labelled(_orig_mod=Labelled(null_class=6)), None) == 6  # torch.compile
-    assert _null_label(Labelled(module=Labelled(num_classes=3)), None) == 3
-    assert _null_label(Labelled(null_class=7), 2) == 2  # an explicit y_null wins
+    assert _null_label(Labelled(null_class=7), None, 2.0) == 7
+    assert _null_label(Labelled(module=Labelled(null_class=7)), None, 2.0) == 7  # DistributedDataParallel
+    assert _null_label(Labelled(_orig_mod=Labelled(null_class=6)), None, 2.0) == 6  # torch.compile
+    assert _null_label(Labelled(null_class=7), 2, 2.0) == 2  # an explicit y_null wins
 
 
 def test_null_label_errors_name_the_key_and_the_fix():
     with pytest.raises(ConfigError) as info:
-        _null_label(Labelled(null_class=None), None)
-    assert str(info.value) == ("sample.cfg_scale: this backbone was built without a null class (label dropout), "
-                               "so classifier-free guidance is not available; use cfg_scale 1.0")
-    with pytest.raises(ConfigError) as info:
-        _null_label(Labelled(), None)
-    assert str(info.value) == ("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
-                               "or use a model with a num_classes attribute")
+        _null_label(Labelled(null_class=None, num_classes=10), None, 2.0)
+    assert str(info.value) == ("sample.cfg_scale: 2 asks for classifier-free guidance, but this backbone "
+                               "(num_classes=10) has no null class (it was trained without label dropout); "
+                               "use a scale of 1.0")
+    for no_guidance in (Labelled(), Labelled(num_classes=10), Labelled(module=Labelled(num_classes=3))):
+        with pytest.raises(ConfigError) as info:  # num_classes alone is no null label: SupportsGuidance is
+            _null_label(no_guidance, None, 2.0)
+        assert str(info.value) == ("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
+                                   "or use a backbone with a null_class (SupportsGuidance in "
+                                   "dtr_plugins/core/contracts.py)")
 
 
 def test_guided_needs_labels_one_line():

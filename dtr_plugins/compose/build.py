@@ -1,6 +1,6 @@
 """The composition root: config -> objects. Nothing else turns a config into plugin objects.
 
-:func:`build_components` gives everything a run needs (:class:`Components`): the codec (the image <->
+:func:`compose` gives everything a run needs (:class:`Components`), each built once: the codec (the image <->
 denoiser-space stage), the backbone with its routing plan, the diffusion, the loss weighting, the
 dataset and the :class:`ModelInput` stage that turns a data batch into the denoiser's ``x0``. Each
 ``build_*`` function is usable on its own; they take an optional plugin registry (default: every
@@ -13,14 +13,16 @@ section is given (its shorthand); else ``identity`` (pixels). A backbone whose c
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from dtr_plugins.codecs.latent_cache import (
     CacheSettings,
@@ -35,23 +37,24 @@ from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
     Backbone,
     Codec,
+    DiffusionProcess,
     InputSpace,
     LearnedRoutingStrategy,
     RoutingStrategy,
+    SupportsAugmentation,
+    SupportsImageShape,
     missing_members,
 )
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
-from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
-from dtr_plugins.core.process import DiffusionProcess
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
 
 IDENTITY = "identity"
 
 __all__ = ["CodecSpec", "Components", "ModelInput", "codec_spec", "build_codec", "build_strategy_from",
            "build_model", "build_routing_plan", "build_diffusion", "build_loss_weighting", "build_dataset",
-           "build_components", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
-           "backbone_input_space", "validate_run"]
+           "build_components", "compose", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
+           "backbone_input_space"]
 
 
 # ----------------------------------------------------------------------------------------- codec
@@ -98,15 +101,21 @@ def _check_contract(obj: Any, protocol: type, kind: str, info: PluginInfo) -> No
                           f"lacks {', '.join(missing)} of dtr_plugins.core.contracts.{protocol.__name__}")
 
 
-def image_shape(cfg: ExperimentConfig) -> tuple[int, int, int]:
-    """``(channels, image_size, image_size)`` of the data: ``data.channels`` (datasets without that
-    parameter give RGB, 3) and ``data.image_size`` (required when a codec needs the geometry)."""
-    size = cfg.data.params.get("image_size")
-    if not isinstance(size, int) or size < 1:
-        raise ConfigError(f"data.image_size: dataset '{cfg.data.name}' must give an image_size for a latent backbone "
-                          f"(got {size!r})")
-    channels = cfg.data.params.get("channels", 3)
-    return int(channels), size, size
+def data_params(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> BaseModel:
+    """``cfg.data``'s params as its dataset plugin's params model (where its optional capabilities live)."""
+    return (registry or default_registry()).get("dataset", cfg.data.name).validate(cfg.data.params, where="data")
+
+
+def image_shape(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the data, as its params model declares it (:class:`SupportsImageShape`); a
+    ConfigError when the dataset declares none (a codec needs the geometry)."""
+    params = data_params(cfg, registry)
+    if not isinstance(params, SupportsImageShape):
+        raise ConfigError(f"data.name: dataset '{cfg.data.name}' declares no image shape (its params model has no "
+                          f"image_shape(); see SupportsImageShape in dtr_plugins/core/contracts.py), which a codec "
+                          f"or latent backbone needs")
+    channels, height, width = (int(n) for n in params.image_shape())
+    return channels, height, width
 
 
 # -------------------------------------------------------------------------------------- backbone
@@ -134,7 +143,7 @@ def _backbone_params(cfg: ExperimentConfig, info: PluginInfo, spec: CodecSpec,
                           f"vae: {{path: stabilityai/sd-vae-ft-ema}} (a hub id or a local diffusers folder), "
                           f"or a codec section")
     codec = codec if codec is not None else build_codec(cfg, registry)
-    shape = image_shape(cfg)
+    shape = image_shape(cfg, registry)
     channels, height, width = codec.latent_shape(shape)
     if height != width:
         raise ConfigError(f"data.image_size: codec '{spec.name}' gives non-square {height}x{width} latents")
@@ -173,14 +182,16 @@ def build_strategy_from(cfg: ExperimentConfig, registry: PluginRegistry | None =
 
 
 def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
-                       registry: PluginRegistry | None = None, *, cond_dim: int | None = None) -> RoutingPlan:
+                       registry: PluginRegistry | None = None, *, cond_dim: int | None = None,
+                       process: DiffusionProcess | None = None) -> RoutingPlan:
     """The routing plan of ``cfg.routing`` for layers of the given widths (no model needed).
 
     A learned strategy (:class:`~dtr_plugins.core.contracts.LearnedRoutingStrategy`) is bound here to those
-    layers (``cond_dim``: the backbone's ``routing_cond_dim()``), before any optimizer exists."""
+    layers (``cond_dim``: the backbone's ``routing_cond_dim()``), before any optimizer exists. ``process``:
+    the run's process when already built (it says what a routing task is: an index or a continuous u)."""
     registry = registry or default_registry()
     strategy = build_strategy_from(cfg, registry)
-    process = build_diffusion(cfg, registry)  # the process says what a routing task is (index or continuous u)
+    process = process if process is not None else build_diffusion(cfg, registry)
     try:
         plan = RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
                            continuous=process.continuous_tasks(strategy), site=cfg.routing.site, cond_dim=cond_dim)
@@ -214,17 +225,20 @@ def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
                           f"would be skipped for them")
 
 
-def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
-                codec: Codec | None = None) -> RoutedBackbone:
+def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, codec: Codec | None = None,
+                process: DiffusionProcess | None = None, meta: bool = False) -> RoutedBackbone:
     """The backbone with the routing plan of ``cfg.routing`` attached: ``model(x, t, y=None)``.
 
-    ``codec``: the run's codec when already built (latent backbones read their geometry from it).
+    ``codec`` / ``process``: the run's codec and process when already built (latent backbones read their
+    geometry from the codec; the plan's tasks come from the process). ``meta``: build the backbone on the
+    meta device (shapes only: no memory, no initialisation; what ``dtr validate`` inspects).
     """
     registry = registry or default_registry()
     info = registry.get("backbone", cfg.backbone.name)
     params, _ = _backbone_params(cfg, info, codec_spec(cfg), codec, registry)
     try:
-        model = info.build(**params)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = info.build(**params)
     except ConfigError as exc:
         if backbone_input_space(info) == "latents":
             raise ConfigError(f"{exc} (in_channels={params['in_channels']} and input_size={params['input_size']} "
@@ -236,18 +250,20 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
                           f"{type(model).__name__}")
     _check_contract(model, Backbone, "backbone", info)
     model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
-                                            cond_dim=model.routing_cond_dim()))
+                                            cond_dim=model.routing_cond_dim(), process=process))
     return model
 
 
 # ------------------------------------------------------------------------------ diffusion, loss
 def build_diffusion(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> DiffusionProcess:
     """The process of ``cfg.diffusion`` (a ``process`` plugin: ``gaussian`` by default, ``flow_matching``)."""
-    process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
+    process = cfg.validated_process()  # built (and checked) when the config was validated
+    if process is None:
+        process = (registry or default_registry()).build("process", cfg.diffusion.name, **cfg.diffusion.params)
     if not isinstance(process, DiffusionProcess):
-        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (num_timesteps, "
-                          f"training_times, training_losses, sample, loss_bucket, continuous_tasks), "
-                          f"got {type(process).__name__}")
+        missing = ", ".join(missing_members(process, DiffusionProcess))
+        raise PluginError(f"process '{cfg.diffusion.name}' must return a DiffusionProcess (see "
+                          f"dtr_plugins/core/contracts.py), got {type(process).__name__} missing {missing}")
     return process
 
 
@@ -257,13 +273,15 @@ def build_loss_weighting(cfg: ExperimentConfig, registry: PluginRegistry | None 
 
 
 # ------------------------------------------------------------------------------------ data, cache
-def latent_cache_root(cfg: ExperimentConfig, codec: Codec) -> tuple[Path, dict[str, Any]]:
+def latent_cache_root(cfg: ExperimentConfig, codec: Codec,
+                      registry: PluginRegistry | None = None) -> tuple[Path, dict[str, Any]]:
     """``(cache folder, key)`` of ``cfg``'s latent cache for ``codec`` (a non-identity codec)."""
     spec = codec_spec(cfg)
     if spec.cache is None:
         raise ConfigError("vae.path: a latent cache needs a vae section, e.g. vae: {path: stabilityai/sd-vae-ft-ema} "
                           "(a hub id or a local diffusers folder), or a codec section")
-    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg)[1], spec.name, codec, spec.cache.dtype)
+    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg, registry)[1], spec.name, codec,
+                    spec.cache.dtype)
     base = Path(spec.cache.cache_dir).expanduser() if spec.cache.cache_dir else Path(cfg.output_dir) / "latent_cache"
     return cache_root(base, key), key
 
@@ -276,9 +294,11 @@ def build_dataset(cfg: ExperimentConfig, registry: PluginRegistry | None = None,
     spec = codec_spec(cfg)
     if not spec.is_identity:
         codec = codec if codec is not None else build_codec(cfg, registry)
-        root, key = latent_cache_root(cfg, codec)
+        root, key = latent_cache_root(cfg, codec, registry)
         if is_complete(root, key):
-            return LatentCacheDataset(root, random_flip=bool(cfg.data.params.get("random_flip", False)))
+            params = data_params(cfg, registry)
+            flip = isinstance(params, SupportsAugmentation) and params.random_hflip()
+            return LatentCacheDataset(root, random_flip=bool(flip))
         if os.environ.get("RANK", "0") == "0":
             state = "is incomplete" if (root / "manifest.json").exists() else "does not exist"
             print(f"dtr: hint: the latent cache {root} {state}, so every batch is encoded with the VAE (slower); "
@@ -296,13 +316,13 @@ def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = No
         raise ConfigError("vae.path: dtr cache-latents needs a vae section, e.g. vae: {path: "
                           "stabilityai/sd-vae-ft-ema} (a hub id or a local diffusers folder), or a codec section")
     codec = build_codec(cfg, registry)
-    image_size = image_shape(cfg)[1]
-    codec.latent_shape(image_shape(cfg))  # geometry errors before any work
-    root, key = latent_cache_root(cfg, codec)
-    params = dict(cfg.data.params)
-    if "random_flip" in params:  # the cache holds both views itself
-        params["random_flip"] = False
-    dataset = registry.build("dataset", cfg.data.name, **params)
+    image_size = image_shape(cfg, registry)[1]
+    codec.latent_shape(image_shape(cfg, registry))  # geometry errors before any work
+    root, key = latent_cache_root(cfg, codec, registry)
+    params = data_params(cfg, registry)
+    if isinstance(params, SupportsAugmentation):  # the cache holds both views itself
+        params = params.unaugmented()
+    dataset = registry.build("dataset", cfg.data.name, **params.model_dump())
     describe = {"name": spec.name, "params": spec.params, "repr": repr(codec)}
     d = distributed.setup(cfg.train.device)
     try:
@@ -332,7 +352,9 @@ class ModelInput:
 # ------------------------------------------------------------------------------------ everything
 @dataclass
 class Components:
-    """Everything one run is made of, built from one config."""
+    """Everything one run is made of, built from one config, each part once (:func:`compose`).
+
+    ``dataset`` is None when :func:`compose` was told not to open the data (``data=False``)."""
 
     cfg: ExperimentConfig
     codec: Codec
@@ -342,155 +364,40 @@ class Components:
     dataset: Any
     model_input: ModelInput = field(repr=False)
 
+    def to(self, device: torch.device | str) -> Components:
+        """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
+        self.model.to(device)
+        self.loss_weighting.to(device)
+        return self
 
-def build_components(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
-                     device: torch.device | str = "cpu") -> Components:
-    """Codec, model (on ``device``), diffusion, loss weighting (on ``device``), dataset, input stage.
 
-    The model's initial weights come from the global torch generator (seed it first).
+def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, device: torch.device | str = "cpu",
+            data: bool = True) -> Components:
+    """The one builder: codec, model with its routing plan, process, loss weighting, dataset and input stage,
+    each built once. ``dtr validate``, ``dtr train``, ``dtr sample``, ``dtr masks``, ``dtr export`` and the
+    Python API all compose a run here.
+
+    ``device="meta"``: the backbone is built on the meta device (shapes only, no memory, no initialisation
+    cost; the loss weighting stays on the CPU), for the checks of :func:`~dtr_plugins.compose.validate.check_run`.
+    Otherwise the model and the loss weighting are moved to ``device``; the model's initial weights come from the
+    global torch generator (seed it first). ``data=False``: the dataset is not opened (``dataset`` is None).
+    Raises :class:`ConfigError` / :class:`PluginError` (one line) for a composition that cannot work.
     """
     registry = registry or default_registry()
     spec = codec_spec(cfg)
     codec = build_codec(cfg, registry)
-    model = build_model(cfg, registry, codec=codec).to(device)
-    diffusion = build_diffusion(cfg, registry)
-    weighting = build_loss_weighting(cfg, registry).to(device)
-    dataset = build_dataset(cfg, registry, codec=codec)
-    model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))
-    return Components(cfg, codec, model, diffusion, weighting, dataset, model_input)
-
-
-
-
-# ------------------------------------------------------------------------------------ validation
-def check_device(name: str, local_rank: int = 0, key: str = "train.device") -> None:
-    """ConfigError (one line naming ``key``, the allowed values) unless device ``name`` exists on this machine."""
-    from dtr_plugins.core.config import DEVICE_PATTERN, DEVICES_ALLOWED
-
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ConfigError(f"{key}: unknown device {name!r} (allowed: {DEVICES_ALLOWED})")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or local_rank)
-        if count == 0:
-            raise ConfigError(f"{key}: {name!r} but this machine has no CUDA device; use auto or cpu "
-                              f"(allowed: {DEVICES_ALLOWED})")
-        if index >= count:
-            raise ConfigError(f"{key}: {name!r} needs cuda:{index} but this machine has {count} CUDA "
-                              f"device(s) (cuda:0..cuda:{count - 1}); allowed: {DEVICES_ALLOWED}")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"{key}: 'mps' but this machine has no MPS device; use auto or cpu "
-                          f"(allowed: {DEVICES_ALLOWED})")
-
-
-def _check_sizes(cfg: ExperimentConfig, model: Backbone, info: PluginInfo) -> None:
-    """Pixel backbones: ``data.image_size`` and the data's channels against the backbone's input."""
-    if backbone_input_space(info) != "pixels" or "image_size" not in cfg.data.params:
-        return
-    size, channels = cfg.data.params["image_size"], int(cfg.data.params.get("channels", 3))
-    if size != model.input_size:
-        raise ConfigError(f"data.image_size: {size} but backbone '{cfg.backbone.name}' expects {model.input_size}px "
-                          f"images (backbone.input_size); make them equal")
-    if channels != model.in_channels:
-        raise ConfigError(f"data: '{cfg.data.name}' gives {channels}-channel images but backbone.in_channels is "
-                          f"{model.in_channels}; set data.channels or backbone.in_channels to match")
-
-
-def _check_guidance(cfg: ExperimentConfig, model: Backbone) -> None:
-    scale = cfg.sample.cfg_scale
-    if scale == 1.0:
-        return
-    if (model.num_classes or 0) <= 1:
-        raise ConfigError(f"sample.cfg_scale: {scale:g} needs a class-conditional backbone, but backbone "
-                          f"'{cfg.backbone.name}' has num_classes={model.num_classes}; use sample.cfg_scale: 1.0")
-    if model.null_class is None:
-        raise ConfigError(f"sample.cfg_scale: {scale:g} needs a null class (label dropout), which backbone "
-                          f"'{cfg.backbone.name}' was built without; use sample.cfg_scale: 1.0")
-
-
-def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool = True) -> None:
-    from dtr_plugins.evaluation.metrics import check_eval_settings
-    from dtr_plugins.extractors.builtin import resolve_inception_weights
-
-    name = cfg.eval.feature_extractor
-    known = registry.names("feature_extractor")
-    if name not in known:
-        raise ConfigError(f"eval.feature_extractor: unknown feature extractor {name!r} "
-                          f"(known: {', '.join(known) or 'none installed'})")
-    if not (cfg.eval.at_end or cfg.eval.every):
-        return  # no evaluation during training
-    check_eval_settings(cfg.eval, cfg.eval.num_samples)
-    if not machine:
-        return
-    try:
-        if name == "inception-v3-compat":  # never downloaded: its weights must be here before training starts
-            resolve_inception_weights(cfg.eval.weights_path)
-        elif cfg.eval.weights_path and not Path(cfg.eval.weights_path).expanduser().is_file():
-            raise ConfigError(f"weights file {cfg.eval.weights_path!r} not found")
-    except UserError as exc:
-        raise ConfigError(f"eval.weights_path: {exc} (or set eval.at_end: false and eval.every: 0)") from None
-
-
-def _check_output(cfg: ExperimentConfig, run_dir: str | Path | None) -> None:
-    """The output folder and the run folder must be folders (or not exist yet)."""
-    paths = [("output_dir", Path(cfg.output_dir))]
-    paths.append(("--run-dir", Path(run_dir)) if run_dir is not None else ("name", Path(cfg.output_dir) / cfg.name))
-    for key, path in paths:
-        for part in (path, *path.parents):
-            if part.exists() and not part.is_dir():
-                raise ConfigError(f"{key}: {str(part)!r} is a file, not a folder; choose another {key}")
-
-
-def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
-                 run_dir: str | Path | None = None, machine: bool = True) -> None:
-    """Everything :func:`~dtr_plugins.training.train.train` would find before its first step, at tiny cost and
-    without writing anything: the device exists, the global batch splits over the ranks, the codec fits
-    the backbone, the backbone (built on the meta device) fits the data sizes, the routing plan gives every
-    task channels, guidance has a null class, the respacing fits the process, the evaluation settings and
-    their prerequisites (Inception weights) are there, the output paths are folders, and the dataset
-    exists with classes that fit the backbone's labels.
-
-    ``dtr validate`` and ``dtr train`` (on every rank, before the process group) call it.
-    ``machine=False`` (``dtr validate --config-only``) checks the config alone, not this machine: no device,
-    weights-file, codec (hub VAE) or output-folder checks; a latent backbone is then not built.
-    Raises :class:`ConfigError` / :class:`PluginError` (one line)."""
-    from dtr_plugins.core.diffusion import GaussianDiffusion, space_timesteps
-
-    registry = registry or default_registry()
-    if machine:
-        check_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if cfg.train.batch_size % world:
-            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the world size {world}")
-    check_composition(cfg, registry)
+    meta = torch.device(device).type == "meta"
+    check_composition(cfg, registry)  # the codec fits the backbone, before the process is built
     process = build_diffusion(cfg, registry)
-    if isinstance(process, GaussianDiffusion):
-        try:
-            space_timesteps(process.num_timesteps, cfg.sample.respacing)
-        except ConfigError as exc:
-            raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {process.num_timesteps})") from None
-    build_loss_weighting(cfg, registry)
-    _check_eval(cfg, registry, machine)
-    info = registry.get("backbone", cfg.backbone.name)
-    if machine:
-        _check_output(cfg, run_dir)
-    elif backbone_input_space(info) == "latents":
-        return  # its geometry comes from the codec, which may need a download
-    spec = codec_spec(cfg)
-    params, _ = _backbone_params(cfg, info, spec, None, registry)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = info.build(**params)
-    if not isinstance(model, RoutedBackbone):
-        raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
-                          f"{type(model).__name__}")
-    _check_contract(model, Backbone, "backbone", info)
-    backbone = cast(Backbone, model)
-    _check_sizes(cfg, backbone, info)
-    plan = build_routing_plan(cfg, model.routed_channels(), registry, cond_dim=model.routing_cond_dim())
-    if plan.is_learned and not model.learned_gates:
-        raise ConfigError(f"routing.name: backbone '{cfg.backbone.name}' does not support learned routing "
-                          f"strategies ({plan.strategy_repr})")
-    _check_guidance(cfg, backbone)
-    if machine:  # the data: it exists, decodes its index, and its classes fit the backbone's labels
-        check_label_space(backbone.num_classes, registry.build("dataset", cfg.data.name, **cfg.data.params),
-                          cfg.data.name)
+    model = build_model(cfg, registry, codec=codec, process=process, meta=meta)
+    weighting = build_loss_weighting(cfg, registry)
+    dataset = build_dataset(cfg, registry, codec=codec) if data else None
+    model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))
+    parts = Components(cfg, codec, model, process, weighting, dataset, model_input)
+    return parts if meta else parts.to(device)
+
+
+def build_components(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
+                     device: torch.device | str = "cpu") -> Components:
+    """:func:`compose` with the data (kept for the Python API)."""
+    return compose(cfg, registry, device=device)

@@ -1,0 +1,48 @@
+"""The one record of a run that the suite report and the paired comparisons read (:class:`RunRecord`).
+
+Built from a run directory by :func:`dtr_plugins.experiments.compare_records.runs_from_suite`, through the
+readers of :class:`~dtr_plugins.runs.rundir.RunDir`; no torch needed.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunRecord"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of a suite.
+
+    ``axes`` maps each varied axis (not the seed) to its value's label; ``curves`` maps each compared metric
+    to its ``(step, value)`` points in step order; ``heldout_fingerprint`` identifies the held-out inputs it
+    was scored on (:mod:`dtr_plugins.evaluation.heldout`). ``group``: the run id without the seed (runs of one
+    group differ only by seed); ``routing``: the strategy's name; ``config`` / ``meta``: the run's
+    ``config.yaml`` and ``meta.json``; ``evals``: one eval record per eval step (with ``"step"``); ``train``: the
+    training records of ``metrics.jsonl``; ``current``: trained with the suite's current plan (its recorded
+    plan fingerprint is the planned one, or unknown).
+    """
+
+    id: str
+    seed: int = 0
+    axes: Mapping[str, str] = field(default_factory=dict)
+    curves: Mapping[str, Sequence[tuple[int, float]]] = field(default_factory=dict)
+    status: str = "done"
+    heldout_fingerprint: str | None = None
+    group: str = ""
+    routing: str = "?"
+    config: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    evals: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    train: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    current: bool = True
+
+    def final(self, metric: str) -> tuple[int, float] | None:
+        """The last ``(step, value)`` of ``metric``, None when the run logged none."""
+        points = self.curves.get(metric) or ()
+        if not points:
+            return None
+        step, value = points[-1]
+        return (step, value)

@@ -1,1 +1,0 @@
-"""An example third-party strategy package for dtr-plugins."""

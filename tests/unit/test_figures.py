@@ -1,0 +1,75 @@
+"""Raw per-run results and `make figures`: README/docs tables equal their rebuild from committed results."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from dtr_plugins.core.errors import UserError
+from dtr_plugins.experiments.compare import compare_runs
+from dtr_plugins.experiments.compare_records import runs_from_suite
+from dtr_plugins.experiments.raw_results import (
+    REQUIRED,
+    export_raw_results,
+    read_raw_results,
+    records_from_raw,
+)
+
+from .test_compare import crafted_suite
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def figures_module():
+    spec = importlib.util.spec_from_file_location("figures", REPO / "scripts" / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_and_docs_equal_their_rebuild_from_committed_results(capsys):
+    figures = figures_module()
+    assert figures.main(["--check"]) == 0, capsys.readouterr().err
+    texts = [d.read_text() for d in figures.documents()]
+    blocks = [m["name"] for t in texts for m in figures.MARKER.finditer(t)]
+    assert {"routing-overhead-summary", "routing-overhead-cpu", "sampling-sites-gpu"} <= set(blocks)
+    # the sum of separately timed parts is never presented as the measured overhead
+    readme = (REPO / "README.md").read_text()
+    assert "+0.26% of a DiT-S/2 block stack" not in readme and "[-2.70%, +4.25%]" in readme
+
+
+def test_raw_results_round_trip_to_the_same_comparison(tmp_path):
+    suite = crafted_suite(tmp_path / "s")
+    path = export_raw_results(suite)
+    lines = read_raw_results(path)
+    assert len(lines) == 32 and all(set(REQUIRED) <= set(x) for x in lines)
+    first = lines[0]
+    assert first["run_id"] == "vanilla__constant__seed0" and first["seed"] == 0 and first["primary"] == "heldout/total"
+    assert first["final"]["heldout/band9"] == pytest.approx(0.65 * 10 / 5.5) and first["final"]["heldout/total"] == 0.65
+    def compared_fields(records):  # what a comparison reads of a run (the record also carries config and meta)
+        return [(r.id, r.seed, dict(r.axes), {k: list(v) for k, v in r.curves.items()}, r.status,
+                 r.heldout_fingerprint) for r in records]
+
+    assert compared_fields(records_from_raw(lines)) == compared_fields(runs_from_suite(suite))
+    a, b = compare_runs(records_from_raw(lines)), compare_runs(runs_from_suite(suite))
+    assert a.differences == b.differences and a.claims == b.claims
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"run_id": "x"}) + "\n")
+    with pytest.raises(UserError, match=r"bad.jsonl: line 1: missing key 'suite'"):
+        read_raw_results(tmp_path / "bad.jsonl")
+
+
+def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
+    figures = figures_module()
+    repo = tmp_path / "repo"
+    raw = repo / "benchmarks" / "results-cpu" / "crafted" / "runs.jsonl"
+    raw.parent.mkdir(parents=True)
+    raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    table = figures.builders(repo)
+    assert "suite-cpu-crafted" in table
+    doc = "intro\n<!-- figures:suite-cpu-crafted -->\nold numbers\n<!-- /figures:suite-cpu-crafted -->\nend\n"
+    new = figures.rebuild(doc, "doc.md", table)
+    assert "old numbers" not in new and new.startswith("intro\n<!-- figures:suite-cpu-crafted -->\nFrom `")
+    assert "| primary, 95% |" in new and "Bonferroni, family of" in new and "**Direction check**" in new
+    assert figures.rebuild(new, "doc.md", table) == new  # a rebuilt block is stable
+    with pytest.raises(ValueError, match="doc.md: block figures:gone has no committed source"):
+        figures.rebuild("<!-- figures:gone -->\n1.33x\n<!-- /figures:gone -->\n", "doc.md", table)
