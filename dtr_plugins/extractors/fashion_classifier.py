@@ -19,15 +19,20 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from dtr_plugins.core.errors import DataError
+from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import save_torch, write_json
 from dtr_plugins.data.fashion_mnist import DEBIAN_PATH, FILES, find_file, load_split
+from dtr_plugins.extractors.builtin import FeatureExtractorSpec
 
 NAME = "fashion-classifier"
 INPUT_SIZE = 28
@@ -189,3 +194,89 @@ def load_net(weights: str) -> FashionNet:
     net = FashionNet()
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return net.eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class FashionClassifierSpec(FeatureExtractorSpec):
+    """The ``fashion-classifier`` extractor; ``record()`` is written beside every number it produces."""
+
+    test_accuracy: float = 0.0
+    data_path: str = DEBIAN_PATH
+
+    def record(self) -> dict[str, Any]:
+        return {"test_accuracy": self.test_accuracy, "test_images": 10000, "trained_on": "Fashion-MNIST train (60,000)",
+                "recipe_version": VERSION, "seed": SEED}
+
+
+@functools.cache
+def fidelity_class() -> type:
+    """The ``torch_fidelity.FeatureExtractorBase`` subclass (built on first use: importing this plugin does not
+    import torch-fidelity). Features ``penultimate`` (128-d; FID/KID/PRC) and ``logits`` (10; IS)."""
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class FashionClassifierFeatureExtractor(FeatureExtractorBase):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            self.net = load_net(str(feature_extractor_weights_path or ensure_classifier()[0]))
+
+        @staticmethod
+        def get_provided_features_list():
+            return "penultimate", "logits"
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
+
+        def forward(self, x):
+            if not (torch.is_tensor(x) and x.dtype == torch.uint8):
+                raise ValueError(f"{NAME} expects uint8 images")
+            feats, logits = self.net.features(self.net.preprocess(x))
+            out = {"penultimate": feats.float(), "logits": logits.float()}
+            return tuple(out[name] for name in self.features_list)
+
+    return FashionClassifierFeatureExtractor
+
+
+class FashionClassifierParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights_path: str | None = Field(None, description="a trained classifier's weights file (its .json beside it); "
+                                                       "default: trained on first use and cached")
+    data_path: str = Field(DEBIAN_PATH, description="Fashion-MNIST IDX folder (training data and test accuracy)")
+
+
+def fashion_classifier(weights_path: str | None = None, data_path: str = DEBIAN_PATH) -> FashionClassifierSpec:
+    """The ``fashion-classifier`` factory. Raises :class:`DataError` (one line) when the weights file or the
+    data are missing."""
+    import json
+
+    if weights_path:
+        weights = Path(weights_path).expanduser()
+        record = weights.with_suffix(".json")
+        if not weights.is_file() or not record.is_file():
+            raise DataError(f"eval.weights_path: {weights} (and {record.name} beside it) not found for {NAME}")
+        accuracy = float(json.loads(record.read_text())["test_accuracy"])
+    else:
+        weights, accuracy = ensure_classifier(data_path)
+
+    def classifier(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        return load_net(str(weights)).to(device)
+
+    return FashionClassifierSpec(name=NAME, weights_path=weights, fidelity_class=fidelity_class(), num_classes=10,
+                                 classifier=classifier, test_accuracy=accuracy, data_path=str(data_path),
+                                 layers={"fid": "penultimate", "kid": "penultimate", "prc": "penultimate",
+                                         "isc": "logits"})
+
+
+@hookimpl
+def dtr_register_feature_extractors(register):
+    register(NAME, fashion_classifier, params=FashionClassifierParams,
+             description="small CNN trained on Fashion-MNIST's training split on first use (cached by content); "
+                         "its test accuracy is recorded with every number")
