@@ -25,7 +25,7 @@ from torch import Tensor
 
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
            "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape",
-           "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor",
+           "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
            "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members"]
 
@@ -295,6 +295,15 @@ class FeatureExtractor(Protocol):
     fidelity_class: type | None
     num_classes: int | None
     classifier: Callable[[torch.device], Callable[[Tensor], Tensor]] | None
+
+
+@runtime_checkable
+class SupportsExtractorRecord(Protocol):
+    """Optional capability of a :class:`FeatureExtractor`: facts about the extractor itself that evaluation
+    records beside every number it produces (``eval.json`` key ``feature_extractor_record``), e.g. a trained
+    classifier's accuracy on held-out data and what it was trained on. JSON-able values only."""
+
+    def record(self) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from dtr_plugins.core.contracts import SupportsExtractorRecord
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import write_json
@@ -201,6 +202,8 @@ def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None,
         "image_size": list(images.size),
         "samples": images.source,
     })
+    if isinstance(spec, SupportsExtractorRecord):  # e.g. a classifier's test accuracy, beside its numbers
+        record["feature_extractor_record"] = dict(spec.record())
     if ref is not None and ref_stats is not None:  # set together
         record.update({"reference": ref.label, "reference_fingerprint": ref.fingerprint,
                        "num_reference": ref_stats.num_images, "reference_image_size": list(ref_stats.image_size)})
