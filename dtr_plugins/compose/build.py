@@ -241,9 +241,9 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
             model = info.build(**params)
     except ConfigError as exc:
         if backbone_input_space(info) == "latents":
+            shape = "x".join(map(str, image_shape(cfg, registry)))
             raise ConfigError(f"{exc} (in_channels={params['in_channels']} and input_size={params['input_size']} "
-                              f"come from the codec's latents of data.image_size "
-                              f"{cfg.data.params.get('image_size')})") from None
+                              f"come from the codec's latents of the data's {shape} images)") from None
         raise
     if not isinstance(model, RoutedBackbone):
         raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
@@ -280,7 +280,10 @@ def latent_cache_root(cfg: ExperimentConfig, codec: Codec,
     if spec.cache is None:
         raise ConfigError("vae.path: a latent cache needs a vae section, e.g. vae: {path: stabilityai/sd-vae-ft-ema} "
                           "(a hub id or a local diffusers folder), or a codec section")
-    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg, registry)[1], spec.name, codec,
+    params = data_params(cfg, registry)
+    if isinstance(params, SupportsAugmentation):  # one cache for every augmentation setting
+        params = params.unaugmented()
+    key = cache_key(cfg.data.name, params.model_dump(mode="json"), image_shape(cfg, registry)[1], spec.name, codec,
                     spec.cache.dtype)
     base = Path(spec.cache.cache_dir).expanduser() if spec.cache.cache_dir else Path(cfg.output_dir) / "latent_cache"
     return cache_root(base, key), key
