@@ -221,10 +221,10 @@ def check_config_reference(cfg: Any, registry=None, machine: bool = True) -> Non
     if not any(m in BINARY_METRICS for m in cfg.eval.metrics):
         return
     try:
-        reference = cfg.eval.reference or dataset_reference(cfg.data.name, registry, **cfg.data.params)
+        reference = cfg.eval.reference or dataset_reference(cfg.dataset.name, registry, **cfg.dataset.params)
         if not machine and not reference.startswith(DATASET_PREFIX):
             return
-        data = default_registry(registry).get("dataset", cfg.data.name).validate(cfg.data.params, where="data")
+        data = default_registry(registry).get("dataset", cfg.dataset.name).validate(cfg.dataset.params, where="data")
         _, height, width = data.image_shape() if isinstance(data, SupportsImageShape) else (0, 0, 1)
         size = (height, width)
         resolve_reference(reference, size, registry)
