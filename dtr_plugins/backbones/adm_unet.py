@@ -152,6 +152,8 @@ class ResBlock(nn.Module):
                                         zeroed(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)))
         self.skip_connection = (nn.Identity() if self.out_channels == channels
                                 else nn.Conv2d(channels, self.out_channels, 1))
+        #: index of this layer in the routing plan's layers (set by the U-Net once built; None: not routed)
+        self.route_index: int | None = None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         in_norm, in_act, in_conv = self.in_layers
@@ -191,6 +193,8 @@ class AttentionBlock(nn.Module):
             raise ConfigError(f"attention width {channels} is not divisible by {self.num_heads} heads")
         self.use_new_attention_order = use_new_attention_order
         self.routed = routed
+        #: index of this layer in the routing plan's layers (set by the U-Net once built; None: not routed)
+        self.route_index: int | None = None
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zeroed(nn.Conv1d(channels, channels, 1))
@@ -217,19 +221,28 @@ class AttentionBlock(nn.Module):
         return f"{self.channels}, heads={self.num_heads}, order={order}, routed={self.routed}"
 
 
+#: ``route(index, block input)`` -> the mask of routed layer ``index`` (None: run the plain layer)
+Route = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+def _mask(route: Route, index: int | None, x: torch.Tensor) -> torch.Tensor | None:
+    return None if index is None else route(index, x)
+
+
 class TimestepSequential(nn.Sequential):
-    """A stage of the U-Net; hands ResBlocks the embedding and each routed layer the next mask, which
-    ``route(block input)`` gives (a static row, or a learned gate computed from that input)."""
+    """A stage of the U-Net; hands ResBlocks the embedding and each routed layer its mask, which
+    ``route(layer.route_index, block input)`` gives (a static row, or a learned gate computed from that input):
+    each routed layer carries its index into the plan, so the order of the calls does not matter."""
 
     checkpoint_layers = False  # train.activation_checkpointing: recompute ResBlocks / attention in the backward
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
-                route: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
+                route: Route) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = run_block(layer, self.checkpoint_layers, x, emb, route(x))
+                x = run_block(layer, self.checkpoint_layers, x, emb, _mask(route, layer.route_index, x))
             elif isinstance(layer, AttentionBlock):
-                x = run_block(layer, self.checkpoint_layers, x, route(x) if layer.routed else None)
+                x = run_block(layer, self.checkpoint_layers, x, _mask(route, layer.route_index, x))
             else:
                 x = layer(x)
         return x
@@ -319,8 +332,12 @@ class ADMUNet(RoutedBackbone):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  zeroed(nn.Conv2d(widths[0], self.out_channels, 3, padding=1)))
 
-        # ResBlock and AttentionBlock both store their width as an int `channels`
-        self._routed_channels = [cast(int, layer.channels) for layer in self._routed_layers()]
+        # ResBlock and AttentionBlock both store their width as an int `channels`; each routed layer is told
+        # its index into the plan here, once (forward hands layer i row i whatever order it runs them in)
+        routed = self._routed_layers()
+        for index, layer in enumerate(routed):
+            layer.route_index = index
+        self._routed_channels = [layer.channels for layer in routed]
         if p.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -332,7 +349,7 @@ class ADMUNet(RoutedBackbone):
     def _stages(self) -> list[TimestepSequential]:
         return [*self.input_blocks, self.middle_block, *self.output_blocks]
 
-    def _routed_layers(self) -> list[nn.Module]:
+    def _routed_layers(self) -> list[ResBlock | AttentionBlock]:
         """ResBlocks (and routed attention blocks) in forward order."""
         return [layer for stage in self._stages() for layer in stage
                 if isinstance(layer, ResBlock) or (isinstance(layer, AttentionBlock) and layer.routed)]
@@ -370,16 +387,14 @@ class ADMUNet(RoutedBackbone):
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, route)
         return self.out(h)
 
-    def _router(self, task: torch.Tensor, dtype: torch.dtype,
-                emb: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        """``route(block input)`` -> the next routed layer's mask ``[N, C, 1, 1]`` (None: plain), in forward order;
-        under a learned plan the gate its strategy computes from that input (``[N, C, 1, 1]`` or ``[N, C, H, W]``)."""
+    def _router(self, task: torch.Tensor, dtype: torch.dtype, emb: torch.Tensor) -> Route:
+        """``route(index, block input)`` -> routed layer ``index``'s mask ``[N, C, 1, 1]`` (None: plain); under a
+        learned plan the gate its strategy computes from that input (``[N, C, 1, 1]`` or ``[N, C, H, W]``)."""
         plan = self.plan
         if plan is not None and plan.is_learned:
-            layers = iter(range(len(plan.layer_channels)))
-            return lambda h: plan.layer_gate(next(layers), h, task, emb)
-        masks = iter([None if m is None else m[:, :, None, None] for m in self.layer_masks(task, dtype)])
-        return lambda h: next(masks)
+            return lambda index, h: plan.layer_gate(index, h, task, emb)
+        masks = [None if m is None else m[:, :, None, None] for m in self.layer_masks(task, dtype)]
+        return lambda index, h: masks[index]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -441,7 +441,9 @@ class DiT(RoutedBackbone):
                     nn.init.zeros_(module.bias)
         self.apply(basic_init)
 
-        self.pos_embed.data.copy_(torch.from_numpy(sincos_2d(self.hidden_size, self.grid_size)).float().unsqueeze(0))
+        if not self.pos_embed.is_meta:  # built on the meta device (shape checks of a foreign config), nothing to fill
+            table = sincos_2d(self.hidden_size, self.grid_size)  # numpy: a hostile size would allocate here
+            self.pos_embed.data.copy_(torch.from_numpy(table).float().unsqueeze(0))
         # The patch embedding is initialised like a linear layer over the flattened patch.
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))

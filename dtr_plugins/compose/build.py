@@ -43,11 +43,13 @@ from dtr_plugins.core.contracts import (
     RoutingStrategy,
     SupportsAugmentation,
     SupportsImageShape,
+    TimestepSampler,
     missing_members,
 )
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
+from dtr_plugins.core.timesteps import training_sampler
 
 IDENTITY = "identity"
 
@@ -372,6 +374,8 @@ class Components:
     loss_weighting: Any
     dataset: Any
     model_input: ModelInput = field(repr=False)
+    #: how the training loop draws ``t`` (the weighting's sampler when it needs one, else the process's)
+    timestep_sampler: TimestepSampler
 
     def to(self, device: torch.device | str) -> Components:
         """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
@@ -382,7 +386,8 @@ class Components:
 
 def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, device: torch.device | str = "cpu",
             data: bool = True) -> Components:
-    """The one builder: codec, model with its routing plan, process, loss weighting, dataset and input stage,
+    """The one builder: codec, model with its routing plan, process, loss weighting, timestep sampler, dataset and
+    input stage,
     each built once. ``dtr validate``, ``dtr train``, ``dtr sample``, ``dtr masks``, ``dtr export`` and the
     Python API all compose a run here.
 
@@ -402,7 +407,8 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     weighting = build_loss_weighting(cfg, registry)
     dataset = build_dataset(cfg, registry, codec=codec) if data else None
     model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))
-    parts = Components(cfg, codec, model, process, weighting, dataset, model_input)
+    sampler = training_sampler(process, weighting, cfg.loss_weighting.name)
+    parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler)
     return parts if meta else parts.to(device)
 
 

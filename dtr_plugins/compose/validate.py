@@ -26,6 +26,7 @@ from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.io import creatable_folder_problem
 from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
+from dtr_plugins.core.timesteps import training_sampler
 
 __all__ = ["check_device", "check_machine", "check_run", "validate_run"]
 
@@ -152,8 +153,9 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     check_composition(cfg, registry)
     info = registry.get("backbone", cfg.backbone.name)
     if not machine and backbone_input_space(info) == "latents":  # its geometry may need a codec download
-        _check_respacing(cfg, build_diffusion(cfg, registry))
-        build_loss_weighting(cfg, registry)
+        process = build_diffusion(cfg, registry)
+        _check_respacing(cfg, process)
+        training_sampler(process, build_loss_weighting(cfg, registry), cfg.loss_weighting.name)
         _check_eval(cfg, registry, machine)
         return None
     parts = compose(cfg, registry, device="meta", data=machine)

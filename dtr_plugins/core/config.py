@@ -255,6 +255,13 @@ class ExperimentConfig(_Strict):
     #: for its defaults and checks; composition reuses it while the section is unchanged (one build per command)
     _validated_process: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
 
+    def __eq__(self, other: object) -> bool:  # the fields; the process held since validation is not part of it
+        if not isinstance(other, ExperimentConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
     def validated_process(self) -> Any:
         """The process built while this config was validated, when its ``diffusion`` section is still the one it
         was built from; else None (then :func:`dtr_plugins.compose.build_diffusion` builds it)."""

@@ -14,12 +14,9 @@ into the **noise level** ``u`` in [0, 1], ordered like DDPM's index: ``u = 0`` c
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-
-if TYPE_CHECKING:
-    from dtr_plugins.core.routing import RoutingPlan
 
 
 @runtime_checkable
@@ -54,22 +51,14 @@ class ContinuousTasks:
         t = t.double()
         return (1 - t if self.data_at_one else t).clamp(0, 1)
 
-    def gather(self, plan: RoutingPlan, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
-        """The ``[B, C]`` mask rows of every routed layer of ``plan`` for float times ``t`` ``[B]``."""
-        if plan.num_tables == 0:
-            return [None] * len(plan.layer_table)
-        u = self.noise_level(t)
-        if not self.exact:
-            return plan.gather(grid_rows(u, plan.num_tasks).to(t.device), dtype)
-        num_layers = len(plan.layer_channels)
-        per_table: dict[int, torch.Tensor] = {}
-        out: list[torch.Tensor | None] = []
-        for layer, index in enumerate(plan.layer_table):
-            if index is None:
-                out.append(None)
-                continue
-            if index not in per_table:  # layers with one table share one closed form too
-                mask = self.strategy.mask_for_u(u, plan.layer_channels[layer], layer=layer, num_layers=num_layers)
-                per_table[index] = mask.to(device=t.device, dtype=dtype)
-            out.append(per_table[index])
-        return out
+    def rows(self, t: torch.Tensor, num_tasks: int) -> torch.Tensor | None:
+        """The nearest table rows (int64 ``[B]``, on ``t``'s device) for the model's float times ``t`` ``[B]``,
+        or None when the masks come in closed form (:meth:`closed_form`)."""
+        if self.exact:
+            return None
+        return grid_rows(self.noise_level(t), num_tasks).to(t.device)
+
+    def closed_form(self, u: torch.Tensor, channels: int, *, layer: int, num_layers: int) -> torch.Tensor:
+        """``bool [B, channels]``: the strategy's mask of routed layer ``layer`` at noise levels ``u`` ``[B]``."""
+        mask: torch.Tensor = self.strategy.mask_for_u(u, channels, layer=layer, num_layers=num_layers)
+        return mask

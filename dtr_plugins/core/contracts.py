@@ -205,16 +205,18 @@ class Codec(Protocol):
 
 @runtime_checkable
 class LossWeighting(Protocol):
-    """Timestep sampling and per-sample losses -> the scalar training loss (an ``nn.Module``; see
+    """Per-sample losses -> the scalar training loss (an ``nn.Module``; see
     :class:`dtr_plugins.weighting.base.LossWeighting`, the base class that gives the defaults).
 
-    Each training step: ``t = sample_timesteps(N, T, device)`` (int64 ``[N]``, from the global torch
-    generator), ``loss = weighting(terms, t, diffusion)`` with ``terms`` the ``[N]`` tensors ``loss``,
-    ``mse`` and (learned sigma) ``vb`` of ``diffusion.training_losses``. ``param_groups()`` are added to
-    the optimizer, ``state_dict()`` goes into checkpoints, ``log_values()`` into metrics.jsonl.
+    A weighting only weighs; it never draws ``t``. Each training step: ``t = sampler.sample(N, device)``
+    with the run's :class:`TimestepSampler` (:func:`dtr_plugins.core.timesteps.training_sampler`), then
+    ``loss = weighting(terms, t, diffusion)`` with ``terms`` the ``[N]`` tensors ``loss``, ``mse`` and
+    (learned sigma) ``vb`` of ``diffusion.training_losses``. ``timestep_sampler(T)``: the sampler this
+    weighting needs (``ant_uw``: cluster-balanced), or None for the process's own. ``param_groups()`` are
+    added to the optimizer, ``state_dict()`` goes into checkpoints, ``log_values()`` into metrics.jsonl.
     """
 
-    def sample_timesteps(self, batch_size: int, num_timesteps: int, device: Any = None) -> Tensor: ...
+    def timestep_sampler(self, num_timesteps: int) -> TimestepSampler | None: ...
 
     def __call__(self, terms: dict[str, Tensor], t: Tensor, diffusion: Any) -> Tensor: ...
 
@@ -360,10 +362,11 @@ class DiffusionProcess(Protocol):
 
     ``check_sample_settings(sampler, respacing)`` raises a one-line ``ConfigError`` (text starting
     ``sample.sampler: `` or ``sample.respacing: ``) for settings the process cannot sample with.
-    ``training_times(weighting, n, device)``: ``[n]`` times for one step (the process may call the
-    weighting's ``sample_timesteps``); ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample
-    ``[N]`` terms ``loss``, ``mse`` (and ``vb`` with ``learn_sigma``); ``sample(model, shape, **settings)``:
-    ``[N, C, H, W]``; ``loss_bucket(t, buckets)``: int64 bucket of each ``t`` (0: cleanest);
+    ``timestep_sampler()``: its own :class:`TimestepSampler` (used unless the loss weighting needs
+    another); the training loop draws ``t`` from it and passes it in (the process never draws it);
+    ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample ``[N]`` terms ``loss``, ``mse``
+    (and ``vb`` with ``learn_sigma``); ``sample(model, shape, **settings)``: ``[N, C, H, W]``;
+    ``loss_bucket(t, buckets)``: int64 bucket of each ``t`` (0: cleanest);
     ``continuous_tasks(strategy)``: the routing plan's map from ``t`` to tasks, or ``None`` when ``t``
     are the task indices themselves.
     """
@@ -377,7 +380,7 @@ class DiffusionProcess(Protocol):
 
     def check_sample_settings(self, sampler: str, respacing: Any) -> None: ...
 
-    def training_times(self, weighting: Any, batch_size: int, device: Any = None) -> Tensor: ...
+    def timestep_sampler(self) -> TimestepSampler: ...
 
     def training_losses(self, model: Any, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
                         noise: Tensor | None = None) -> dict[str, Tensor]: ...

@@ -33,6 +33,7 @@ from torch import Tensor
 from dtr_plugins.core.continuous_routing import ContinuousTasks
 from dtr_plugins.core.diffusion import mean_flat, sampling_start
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.timesteps import LogitNormalTimes, UniformTimes
 
 __all__ = ["FlowMatching", "flow_steps"]
 
@@ -112,17 +113,12 @@ class FlowMatching:
 
     # -- training -----------------------------------------------------------------------------------
 
-    def sample_times(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """Training times ``t`` ``[batch_size]`` float32 in [0, 1] (1 = data), from the device's global generator."""
+    def timestep_sampler(self) -> UniformTimes | LogitNormalTimes:
+        """Training times ``t`` in [0, 1] (1 = data) by ``time_sampling``; only the weightings in
+        :attr:`loss_weightings` are allowed, none of which needs its own sampler."""
         if self.time_sampling == "uniform":
-            return torch.rand((batch_size,), device=device)
-        u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn((batch_size,), device=device))
-        return 1 - u
-
-    def training_times(self, weighting: Any, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """Training times for one step. The loss weighting's own timestep sampling is not used: time
-        sampling is this process's ``time_sampling`` (only weightings in :attr:`loss_weightings` are allowed)."""
-        return self.sample_times(batch_size, device)
+            return UniformTimes()
+        return LogitNormalTimes(self.logit_mean, self.logit_std)
 
     def training_losses(self, model: Any, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
                         noise: Tensor | None = None) -> dict[str, Tensor]:

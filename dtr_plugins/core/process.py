@@ -15,11 +15,12 @@ from torch import Tensor
 from dtr_plugins.core.contracts import DiffusionProcess
 from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule, space_timesteps
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.timesteps import UniformTimesteps
 
 
 class GaussianProcess(GaussianDiffusion):
     """guided-diffusion's Gaussian process (:class:`GaussianDiffusion`, unchanged) under the process contract:
-    integer timesteps drawn by the loss weighting, tasks are timestep indices."""
+    integer timesteps (uniform unless the loss weighting needs another sampler), tasks are timestep indices."""
 
     samplers = ("ddpm", "ddim")
     default_sampler = "ddim"
@@ -41,10 +42,9 @@ class GaussianProcess(GaussianDiffusion):
         except ConfigError as exc:
             raise ConfigError(f"sample.respacing: {exc} (diffusion.steps is {self.num_timesteps})") from None
 
-    def training_times(self, weighting: Any, batch_size: int, device: Any = None) -> Tensor:
-        """``weighting.sample_timesteps(batch_size, T, device)``: int64 timesteps, as before."""
-        times: Tensor = weighting.sample_timesteps(batch_size, self.num_timesteps, device)
-        return times
+    def timestep_sampler(self) -> UniformTimesteps:
+        """Integer timesteps uniform over ``0..T-1`` (a loss weighting may ask for another sampler)."""
+        return UniformTimesteps(self.num_timesteps)
 
     def loss_bucket(self, t: Tensor, buckets: int) -> Tensor:
         """``t * buckets // T`` (bucket 0: the cleanest timesteps)."""

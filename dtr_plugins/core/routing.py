@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dtr_plugins.core.continuous_routing import grid_rows
 from dtr_plugins.core.contracts import LearnedRoutingStrategy
 from dtr_plugins.core.errors import ConfigError, PluginError
 
@@ -189,7 +190,7 @@ class RoutingPlan(nn.Module):
         float times read the nearest row ``round(u * (T - 1))``), else from the learned strategy."""
         if self._exported is not None:
             table = self._exported[layer]
-            index = t if not t.is_floating_point() else _grid_rows(self.tasks_of(t), self.num_tasks)
+            index = t if not t.is_floating_point() else grid_rows(self.tasks_of(t), self.num_tasks)
             return gate_like(table.index_select(0, index.to(table.device)), x)
         return self._learned_strategy().layer_gate(layer, x, self.tasks_of(t), cond)
 
@@ -254,12 +255,31 @@ class RoutingPlan(nn.Module):
             raise ValueError("a learned routing plan has no mask rows: blocks ask layer_gate() for their gates")
         if self.num_tables == 0:
             return [None] * len(self.layer_table)
-        if t.is_floating_point():  # continuous time (flow): closed form or nearest row, see continuous_routing
+        if t.is_floating_point():  # continuous time (flow): nearest row or closed form, see continuous_routing
             if self.continuous is None:
                 raise ValueError("float times given to a routing plan built for timestep indices")
-            return typing.cast("list[torch.Tensor | None]", self.continuous.gather(self, t, dtype))
+            index = self.continuous.rows(t, self.num_tasks)
+            if index is None:
+                return self._closed_form(t, dtype)
+            t = index
         rows = [self.table(i).index_select(0, t).to(dtype) for i in range(self.num_tables)]
         return [None if j is None else rows[j] for j in self.layer_table]
+
+    def _closed_form(self, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | None]:
+        """Mask rows of every layer in closed form at the noise levels of float times ``t`` (one per table)."""
+        u = self.continuous.noise_level(t)
+        per_table: dict[int, torch.Tensor] = {}
+        out: list[torch.Tensor | None] = []
+        for layer, index in enumerate(self.layer_table):
+            if index is None:
+                out.append(None)
+                continue
+            if index not in per_table:  # layers with one table share one closed form too
+                mask = self.continuous.closed_form(u, self.layer_channels[layer], layer=layer,
+                                                   num_layers=len(self.layer_channels))
+                per_table[index] = mask.to(device=t.device, dtype=dtype)
+            out.append(per_table[index])
+        return out
 
     def active_units(self, t: int, device: torch.device | str | None = None) -> list[ActiveUnits | None]:
         """The active units of every layer at one timestep ``t`` (host int): None where all units run.
@@ -288,11 +308,6 @@ class RoutingPlan(nn.Module):
         return (f"strategy={self.strategy_repr}, site={self.site}, tasks={self.num_tasks}, "
                 f"layers={len(self.layer_table)}, tables={self.num_tables}"
                 + (", learned" if self.learned is not None else ""))
-
-
-def _grid_rows(u: torch.Tensor, num_tasks: int) -> torch.Tensor:
-    """Nearest table row ``round(u * (T - 1))`` of noise levels ``u`` (as continuous_routing.grid_rows)."""
-    return torch.round(u.double().clamp(0, 1) * (num_tasks - 1)).long()
 
 
 def _check_table(table: Any, num_tasks: int, channels: int, who: str) -> None:

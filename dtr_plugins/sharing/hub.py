@@ -24,13 +24,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dtr_plugins.core.errors import CheckpointError, UserError, first_line
-from dtr_plugins.core.io import file_sha256
+from dtr_plugins.core.io import clean_dead_partials, file_sha256
 from dtr_plugins.sharing.safetensors_io import check_config_fits_weights, save_reproducible
 
 if TYPE_CHECKING:
@@ -149,13 +148,17 @@ def _check_out(out: Path) -> None:
 
 
 class _staging:
-    """A temp folder beside ``out``; renamed onto ``out`` on success, removed on error."""
+    """A hidden folder ``.<out>.partial-<pid>`` beside ``out``; renamed onto ``out`` on success, removed on
+    error; those of dead processes are removed first."""
     def __init__(self, out: Path):
         self.out = out
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        clean_dead_partials(self.out)  # what an export killed before it could clean up left beside ``out``
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
         return self.tmp
 
     def __exit__(self, kind, exc, tb) -> None:

@@ -254,8 +254,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             trackers, heldout = _write_run_start(rd, parts, d, state.step,
                                                  _Start(resume, start_ckpt is not None, compute, registry))
         d.barrier()
-        trainer = Trainer(cfg, state, _network(cfg, parts.model, d), parts.diffusion, parts.model_input, parts.codec,
-                          rd, d, progress=progress, trackers=trackers, heldout=heldout)
+        trainer = Trainer(cfg, state, _network(cfg, parts.model, d), parts, rd, d, progress=progress,
+                          trackers=trackers, heldout=heldout)
         if start_ckpt is not None and start_step < cfg.train.steps:  # a kill during the checkpoint step's evaluation
             _redo_interrupted_evaluation(trainer, rd, cfg, d)
         trainer.run(_loader(cfg, parts.dataset, d, state.step))

@@ -10,20 +10,23 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec, LossWeighting
+from dtr_plugins.core.contracts import Backbone, LossWeighting, TimestepSampler
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.training.accumulate import forward_backward
 from dtr_plugins.training.tracker_set import TrackerSet
+
+if TYPE_CHECKING:
+    from dtr_plugins.compose import Components
 
 NUM_BUCKETS = 10
 
@@ -175,21 +178,22 @@ class Trainer:
         cfg: the run config (train, eval and sample sections are read).
         state: the state to advance.
         net: the module the forward pass goes through (``state.model``, or it wrapped in DDP / compiled).
-        diffusion: the diffusion process (:class:`dtr_plugins.core.process.DiffusionProcess`).
-        model_input: a data batch -> the denoiser's ``x0`` (the codec stage).
-        codec: the run's codec (decodes samples for evaluation).
+        parts: the composed run; read are its ``diffusion`` (the process), ``timestep_sampler`` (draws each
+            step's ``t``), ``model_input`` (a data batch -> the denoiser's ``x0``) and ``codec`` (decodes
+            samples for evaluation).
         run_dir: where metrics, checkpoints and samples go.
         dist: the process group of this rank.
         trackers: experiment trackers that mirror metrics.jsonl (empty on ranks other than 0).
     """
 
-    def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, diffusion: Any,
-                 model_input: Any, codec: Codec, run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
+    def __init__(self, cfg: ExperimentConfig, state: TrainState, net: torch.nn.Module, parts: Components,
+                 run_dir: RunDir, dist: distributed.Dist, progress: bool = True,
                  trackers: TrackerSet | None = None, heldout: HeldOutSet | None = None):
         self.trackers = trackers if trackers is not None else TrackerSet()
         self.heldout = heldout  # fixed held-out inputs (main rank only; None: no held-out loss)
-        self.cfg, self.state, self.net, self.diffusion = cfg, state, net, diffusion
-        self.model_input, self.codec, self.run_dir = model_input, codec, run_dir
+        self.cfg, self.state, self.net, self.diffusion = cfg, state, net, parts.diffusion
+        self.sampler: TimestepSampler = parts.timestep_sampler
+        self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
         device = dist.device
         self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
@@ -238,7 +242,8 @@ class Trainer:
         x0 = self.model_input(batch)
         if state.step == 0 and d.is_main:
             check_data_fits(cast(Backbone, model), x0, cfg)
-        t = self.diffusion.training_times(weighting, x0.shape[0], d.device)  # the process draws t
+        # t from the run's sampler, handed to the process and the weighting alike (neither draws it)
+        t = self.sampler.sample(x0.shape[0], d.device)
         scale = lr_at(cfg, state.step) / cfg.train.lr
         for group, lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = lr * scale

@@ -10,6 +10,7 @@ from torch import Tensor
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import parse_params
+from dtr_plugins.core.timesteps import ClusterBalancedTimesteps, cluster_edges
 from dtr_plugins.weighting.base import LossWeighting
 
 
@@ -19,20 +20,14 @@ class AntUWParams(BaseModel):
     lr: float = Field(0.025, gt=0, description="learning rate of the log-variances (own group, no weight decay)")
 
 
-def cluster_edges(num_timesteps: int, k: int) -> list[int]:
-    """Boundaries of ``k`` contiguous near-equal timestep intervals: cluster i is ``[e[i], e[i+1])``."""
-    return [(i * num_timesteps) // k for i in range(k + 1)]
-
-
 class AntUW(LossWeighting):
     """Uncertainty weighting of ``k`` timestep clusters with learnable log-variances ``s`` (init 0).
 
-    Timesteps: the batch is split into ``k`` consecutive chunks, chunk ``i`` drawing uniformly from
-    cluster ``i``. If ``k`` does not divide the batch, the first ``batch % k`` chunks get one sample
-    more; the batch must hold at least ``k`` samples.
+    Timesteps: it needs :class:`~dtr_plugins.core.timesteps.ClusterBalancedTimesteps` (the batch split into
+    ``k`` consecutive chunks, chunk ``i`` drawn uniformly from cluster ``i``; at least ``k`` samples).
     Loss: ``sum_i 0.5 * (exp(-s_i) * L_i + s_i)``, ``L_i`` the mean per-sample loss (mse + vb) of
     cluster ``i`` divided by ``k``. Samples are grouped by the cluster their ``t`` falls in (the same as
-    the chunks for timesteps from :meth:`sample_timesteps`); a cluster with no sample adds nothing.
+    the chunks of that sampler); a cluster with no sample adds nothing.
     Effective weight of cluster ``i``: ``0.5 * exp(-s_i)``.
     """
 
@@ -47,20 +42,9 @@ class AntUW(LossWeighting):
         self.lr = float(lr)
         self.log_vars = torch.nn.Parameter(torch.zeros(self.k))
 
-    def sample_timesteps(self, batch_size: int, num_timesteps: int, device: torch.device | str | None = None) -> Tensor:
-        if batch_size < self.k:
-            raise ConfigError(f"ant_uw: batch of {batch_size} per step cannot cover k={self.k} timestep clusters; "
-                              f"use a batch of at least {self.k} (a multiple of {self.k} keeps clusters equal)")
-        if num_timesteps < self.k:
-            raise ConfigError(f"ant_uw: k={self.k} clusters need at least {self.k} timesteps (got {num_timesteps})")
-        edges = torch.tensor(cluster_edges(num_timesteps, self.k), device=device)
-        sizes = [batch_size // self.k + (1 if i < batch_size % self.k else 0) for i in range(self.k)]
-        cluster = torch.repeat_interleave(torch.arange(self.k, device=device),
-                                          torch.tensor(sizes, device=device))
-        low, width = edges[cluster], (edges[1:] - edges[:-1])[cluster]
-        # one uniform draw per sample from the global generator, floored into its cluster
-        u = torch.rand(batch_size, device=device)
-        return low + torch.minimum((u * width).long(), width - 1)
+    def timestep_sampler(self, num_timesteps: int) -> ClusterBalancedTimesteps:
+        """The cluster-balanced sampler over this weighting's ``k`` clusters (ConfigError when ``T < k``)."""
+        return ClusterBalancedTimesteps(num_timesteps, self.k, who="ant_uw")
 
     def clusters_of(self, t: Tensor, num_timesteps: int) -> Tensor:
         """Cluster index of each timestep."""

@@ -1,10 +1,13 @@
-"""The loss-weighting contract: timestep sampling plus per-sample terms -> scalar training loss.
+"""The loss-weighting contract: per-sample terms -> scalar training loss.
 
 The training engine calls, each step::
 
-    t = weighting.sample_timesteps(batch_size, diffusion.num_timesteps, device)
+    t = sampler.sample(batch_size, device)   # core.timesteps.training_sampler(diffusion, weighting)
     terms = diffusion.training_losses(model, x, t, model_kwargs)   # {"loss", "mse", "vb"?}, each [N]
     loss = weighting(terms, t, diffusion)
+
+A weighting never draws ``t``: ``timestep_sampler(T)`` names the sampler it needs (``ant_uw``), or None
+for the process's own.
 
 adds ``weighting.param_groups()`` to its optimizer, saves ``weighting.state_dict()`` in checkpoints
 and logs ``weighting.log_values()``. A weighting is an ``nn.Module`` so learnable weights travel with
@@ -18,18 +21,18 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from dtr_plugins.core.contracts import TimestepSampler
     from dtr_plugins.core.diffusion import GaussianDiffusion
 
 
 class LossWeighting(torch.nn.Module):
-    """Base class: uniform timesteps, the plain mean of ``terms["loss"]``, no parameters, nothing to log."""
+    """Base class: the process's own timesteps, the plain mean of ``terms["loss"]``, no parameters,
+    nothing to log."""
 
-    def sample_timesteps(self, batch_size: int, num_timesteps: int, device: torch.device | str | None = None) -> Tensor:
-        """Training timesteps ``[batch_size]`` (int64), uniform over ``0..num_timesteps-1``.
-
-        Draws from the global torch generator of ``device``, so a checkpoint's RNG state restores it.
-        """
-        return torch.randint(0, num_timesteps, (batch_size,), device=device)
+    def timestep_sampler(self, num_timesteps: int) -> TimestepSampler | None:
+        """The sampler this weighting needs for a process of ``num_timesteps`` tasks; None (the default):
+        the process's own (:func:`dtr_plugins.core.timesteps.training_sampler`)."""
+        return None
 
     def forward(self, terms: dict[str, Tensor], t: Tensor, diffusion: GaussianDiffusion) -> Tensor:
         """The scalar training loss from per-sample ``terms`` at timesteps ``t``."""

@@ -46,6 +46,16 @@ ACME = textwrap.dedent('''
         steps: int = Field(20, ge=2)
 
 
+    class EveryStepTimes:  # a timestep sampler: one small class
+        continuous = False
+
+        def __init__(self, num_timesteps):
+            self.num_timesteps = num_timesteps
+
+        def sample(self, n, device=None):
+            return torch.randint(0, self.num_timesteps, (n,), device=device)
+
+
     class LinearProcess:
         learn_sigma = False
         samplers = ("walk",)
@@ -67,8 +77,8 @@ ACME = textwrap.dedent('''
             if not str(respacing).isdigit():
                 raise ConfigError(f"sample.respacing: {respacing!r} is not a step count")
 
-        def training_times(self, weighting, batch_size, device=None):
-            return weighting.sample_timesteps(batch_size, self.num_timesteps, device)
+        def timestep_sampler(self):
+            return EveryStepTimes(self.num_timesteps)
 
         def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
             noise = torch.randn_like(x_start) if noise is None else noise
@@ -217,8 +227,8 @@ ACME = textwrap.dedent('''
 
     # -- loss weighting
     class Weighting(nn.Module):
-        def sample_timesteps(self, batch_size, num_timesteps, device=None):
-            return torch.randint(0, num_timesteps, (batch_size,), device=device)
+        def timestep_sampler(self, num_timesteps):
+            return None  # the process's own
 
         def forward(self, terms, t, diffusion):
             return terms["loss"].mean()

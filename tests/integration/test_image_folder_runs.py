@@ -75,7 +75,7 @@ def test_cli_train_refuses_a_label_space_that_does_not_fit_and_writes_nothing(tm
     root = class_folders(tmp_path / "d", names)
     cfg = write(tmp_path / "labels.yaml", LABELS.replace("DATA", str(root)))
     code, _, err = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs'}")
-    assert code == 2 and err.strip() == (f"dtr: error: backbone.num_classes is 3 but data 'image_folder' has "
+    assert code == 2 and err.strip() == (f"dtr: error: {cfg}: backbone.num_classes is 3 but data 'image_folder' has "
                                          f"{len(names)} classes ({', '.join(names)}); set backbone.num_classes: "
                                          f"{len(names)}, or 1 for an unconditional model")
     assert not (tmp_path / "runs").exists()

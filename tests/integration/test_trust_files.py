@@ -70,6 +70,28 @@ def test_foreign_config_asking_for_a_huge_model_is_refused_before_allocating(run
         dp.from_pretrained(out)
 
 
+def test_foreign_config_asking_for_a_huge_image_is_refused_before_allocating(run_dir, tmp_path):  # noqa: F811
+    """The position table of a DiT is computed with numpy at construction: on the meta device it is skipped, so
+    a hostile input_size (a 10^12-entry table) is refused by the shape check instead of allocating."""
+    out = hub.export_run(run_dir, tmp_path / "exp")
+    config = json.loads((out / "config.json").read_text())
+    config["backbone"].update(input_size=1 << 20, patch_size=1)
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: the config asks for .* but model.safetensors holds"):
+        dp.from_pretrained(out)
+
+
+def test_export_cleans_what_a_killed_export_left(run_dir, tmp_path):  # noqa: F811
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".exp.partial-{dead.pid}"
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"half")
+    hub.export_run(run_dir, tmp_path / "exp")
+    assert not left.exists() and not list(tmp_path.glob(".exp.partial-*"))
+    assert (tmp_path / "exp" / "model.safetensors").is_file()
+
+
 def test_runs_listing_shows_control_characters_escaped(run_dir, tmp_path):  # noqa: F811
     config = RunDir(run_dir).config_path
     original = config.read_text()

@@ -462,3 +462,35 @@ def test_guidance_without_null_class_is_a_clear_error():
     with pytest.raises(ConfigError, match="sample.cfg_scale: .*has no null class"):
         diffusion.sample(model, (2, 1, 8, 8), respacing="ddim2", model_kwargs={"y": torch.tensor([0, 1])},
                          cfg_scale=2.0, progress=False)
+
+
+def test_routed_layers_carry_their_plan_index_so_forward_order_does_not_matter():
+    model = _routed(randomized(ADMUNet(**dict(TINY, route_attention=True))), SlidingWindow())
+    routed = model._routed_layers()
+    assert [layer.route_index for layer in routed] == list(range(len(model.routed_channels())))
+    plain = ADMUNet(**TINY)  # attention blocks not routed: they carry no index
+    attention = [m for m in plain.modules() if isinstance(m, AttentionBlock)]
+    assert attention and all(m.route_index is None for m in attention)
+    # a stage run on its own (out of forward order) still asks for its own layers' indices
+    asked = []
+    middle = model.middle_block
+    emb_dim = model.time_embed[2].out_features
+    h = torch.randn(2, middle[0].channels, 4, 4)
+    with torch.no_grad():
+        middle(h, torch.randn(2, emb_dim), lambda index, x: asked.append(index))
+    assert asked == [middle[0].route_index, middle[1].route_index, middle[2].route_index]
+    assert asked == [routed.index(middle[i]) for i in range(3)] and asked[0] > 0
+    # a route that hands every layer the row of its own index gives the forward pass's output
+    x, t, y = inputs(model)
+    with torch.no_grad():
+        expected = model(x, t, y)
+        rows = model.layer_masks(t.long(), x.dtype)
+        seen = []
+
+        def route(index, x_in):
+            seen.append(index)
+            return None if rows[index] is None else rows[index][:, :, None, None]
+
+        model._router = lambda task, dtype, emb: route
+        assert torch.equal(model(x, t, y), expected)
+    assert seen == list(range(len(routed)))

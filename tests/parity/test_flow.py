@@ -82,10 +82,10 @@ def test_euler_maruyama_matches_sit_sde(sit):
 
 def test_training_times():
     torch.manual_seed(0)
-    t = FlowMatching().sample_times(4096)
+    t = FlowMatching().timestep_sampler().sample(4096)
     assert t.dtype == torch.float32 and t.min() >= 0 and t.max() < 1 and abs(t.mean() - 0.5) < 0.02
     torch.manual_seed(0)
-    ln = FlowMatching(time_sampling="logit_normal", logit_mean=1.0).sample_times(4096)
+    ln = FlowMatching(time_sampling="logit_normal", logit_mean=1.0).timestep_sampler().sample(4096)
     u = 1 - ln
     assert abs(torch.logit(u.double()).mean() - 1.0) < 0.05 and abs(torch.logit(u.double()).std() - 1.0) < 0.05
 

@@ -9,6 +9,7 @@ from dtr_plugins.compose import build_diffusion, build_model
 from dtr_plugins.core.compute import apply_activation_checkpointing, run_block, tf32_mode
 from dtr_plugins.core.config import apply_overrides, config_from_dict, load_config, parse_yaml
 from dtr_plugins.core.plugins import default_registry
+from dtr_plugins.core.timesteps import training_sampler
 from dtr_plugins.training.accumulate import forward_backward, micro_slices, no_sync_of, weighted_share
 
 from ..conftest import write
@@ -52,7 +53,7 @@ def test_weighted_shares_sum_to_the_whole_batch_loss_with_its_gradients(name):
             p.copy_(torch.linspace(-0.7, 0.9, p.numel()).view_as(p))  # learned weights away from their init
     torch.manual_seed(0)
     n, k = 16, 4
-    t = weighting.sample_timesteps(n, diffusion.num_timesteps)
+    t = training_sampler(diffusion, weighting).sample(n)
     mse, vb = torch.rand(n, requires_grad=True), torch.rand(n, requires_grad=True)
 
     def terms(part=slice(None)):
@@ -85,7 +86,7 @@ def test_forward_backward_in_micro_batches_gives_the_single_batch_gradients(weig
         net, w = copy.deepcopy(model), default_registry().build("loss_weighting", cfg.loss_weighting.name,
                                                                 **cfg.loss_weighting.params)
         torch.manual_seed(11)
-        t = w.sample_timesteps(8, diffusion.num_timesteps)
+        t = training_sampler(diffusion, w).sample(8)
         loss, per_sample, aux = forward_backward(net, diffusion, w, x0, t, {"y": y}, k=k,
                                                  autocast=contextlib.nullcontext, backward=lambda v: v.backward())
         grads = [p.grad.clone() for p in [*net.parameters(), *w.parameters()] if p.grad is not None]
@@ -148,7 +149,7 @@ def test_learned_switch_routing_in_micro_batches_gives_the_single_batch_gradient
     for k in (1, 2, 4):
         net, w = copy.deepcopy(model), default_registry().build("loss_weighting", "constant")
         torch.manual_seed(11)
-        t = w.sample_timesteps(8, diffusion.num_timesteps)
+        t = training_sampler(diffusion, w).sample(8)
         loss, _, aux = forward_backward(net, diffusion, w, x0, t, {"y": y}, k=k, autocast=contextlib.nullcontext,
                                         backward=lambda v: v.backward(), aux_losses=net.plan.pop_aux_losses)
         grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}

@@ -298,7 +298,6 @@ NOT_YET_SPLIT = {
     "core/diffusion.py:GaussianDiffusion.sample", "core/flow.py:FlowMatching.sample",
     "evaluation/evaluate.py:evaluate", "experiments/suite.py:run_suite", "sampling/sample.py:_rank_chunks",
     "sampling/sample.py:_sample_chunks", "sampling/sample.py:generate", "sampling/sample.py:sample",
-    "training/trainer.py:Trainer.__init__",
 }
 
 

@@ -13,6 +13,7 @@ from dtr_plugins.core.contracts import DiffusionProcess, SupportsHeldoutLoss
 from dtr_plugins.core.errors import ConfigError, PluginError
 from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.core.process import GaussianProcess
+from dtr_plugins.core.timesteps import UniformTimesteps
 
 from ..conftest import ROOT
 
@@ -53,8 +54,8 @@ class ToyProcess:
         if sampler not in self.samplers:
             raise ConfigError(f"sample.sampler: {sampler!r} is not a toy sampler (allowed: walk)")
 
-    def training_times(self, weighting, batch_size, device=None):
-        return weighting.sample_timesteps(batch_size, self.num_timesteps, device)
+    def timestep_sampler(self):
+        return UniformTimesteps(self.num_timesteps)
 
     def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
         mse = ((model(x_start, t) - x_start) ** 2).flatten(1).mean(1)

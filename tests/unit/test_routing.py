@@ -202,3 +202,38 @@ def test_attach_and_site_errors_are_one_line():
     with pytest.raises(ConfigError) as info:
         check_routing_site(Minimal, "heads", "tiny")
     assert str(info.value) == "routing.site: 'heads' is not a routing site of backbone 'tiny' (allowed: input)"
+
+
+def test_routing_data_flows_one_way_from_the_plan_to_continuous_tasks():
+    """The plan asks ContinuousTasks for rows or closed-form masks; ContinuousTasks never calls back."""
+    import ast
+    import inspect
+
+    from dtr_plugins.core import continuous_routing, routing
+
+    tree = ast.parse(inspect.getsource(continuous_routing))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "dtr_plugins.core.routing" not in imported
+    calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert "gather" not in calls and "gather" not in vars(continuous_routing.ContinuousTasks)
+    plan_gather = ast.parse(inspect.getsource(routing.RoutingPlan.gather).replace("\n    ", "\n")[4:])
+    called = {ast.unparse(n.func) for n in ast.walk(plan_gather) if isinstance(n, ast.Call)}
+    assert "self.continuous.gather" not in called and "self.continuous.rows" in called
+
+
+def test_continuous_tasks_map_times_to_rows_or_closed_forms():
+    from dtr_plugins.core.continuous_routing import ContinuousTasks
+
+    dtr = SlidingWindow()
+    t = torch.tensor([1.0, 0.75, 0.1, 0.0])  # u = 0, 0.25, 0.9, 1
+    grid = ContinuousTasks(dtr, exact=False)
+    assert grid.rows(t, 10).tolist() == [0, 2, 8, 9]  # round(u * 9), half to even
+    exact = ContinuousTasks(dtr, exact=True)
+    assert exact.rows(t, 10) is None
+    u = exact.noise_level(t)
+    assert torch.equal(exact.closed_form(u, 8, layer=0, num_layers=1), dtr.mask_for_u(u, 8))
+    plan = RoutingPlan(dtr, [8, 8], num_tasks=10, continuous=exact)
+    first, second = plan.gather(t, torch.float32)
+    assert first is second and torch.equal(first, dtr.mask_for_u(u, 8).float())
+    grid_plan = RoutingPlan(dtr, [8], num_tasks=10, continuous=grid)
+    assert torch.equal(grid_plan.gather(t, torch.float32)[0], grid_plan.gather(grid.rows(t, 10), torch.float32)[0])

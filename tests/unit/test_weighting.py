@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 import torch
 
+from dtr_plugins.core.contracts import TimestepSampler
 from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import build_registry
+from dtr_plugins.core.process import GaussianProcess
+from dtr_plugins.core.timesteps import (
+    ClusterBalancedTimesteps,
+    LogitNormalTimes,
+    UniformTimes,
+    UniformTimesteps,
+    training_sampler,
+)
 from dtr_plugins.strategies.random import RandomRouting
 from dtr_plugins.strategies.task_specific_sharing import TaskSpecificSharing, _split
 from dtr_plugins.strategies.vanilla import Vanilla
@@ -72,9 +81,9 @@ def test_p2_weights_by_hand():
 
 def test_uniform_sampling_uses_the_global_generator():
     torch.manual_seed(3)
-    a = LossWeighting().sample_timesteps(64, 1000, "cpu")
+    a = UniformTimesteps(1000).sample(64, "cpu")
     torch.manual_seed(3)
-    b = LossWeighting().sample_timesteps(64, 1000, "cpu")
+    b = UniformTimesteps(1000).sample(64, "cpu")
     assert torch.equal(a, b) and a.dtype == torch.long and a.min() >= 0 and a.max() < 1000
 
 
@@ -86,7 +95,7 @@ def test_ant_uw_stratified_timesteps():
     w = AntUW(k=4)
     assert cluster_edges(100, 4) == [0, 25, 50, 75, 100]
     torch.manual_seed(0)
-    t = w.sample_timesteps(400, 100, "cpu")
+    t = w.timestep_sampler(100).sample(400, "cpu")
     assert t.dtype == torch.long
     for i, chunk in enumerate(t.view(4, 100)):
         assert chunk.min() >= 25 * i and chunk.max() < 25 * (i + 1)
@@ -94,14 +103,14 @@ def test_ant_uw_stratified_timesteps():
     assert w.clusters_of(t, 100).tolist() == sum(([i] * 100 for i in range(4)), [])
 
     # uneven clusters (T = 10, k = 4: [0, 2, 5, 7, 10]) and an uneven batch (sizes 3, 3, 2, 2)
-    t = w.sample_timesteps(10, 10, "cpu")
+    t = w.timestep_sampler(10).sample(10, "cpu")
     assert w.clusters_of(t, 10).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
     torch.manual_seed(1)
-    a = w.sample_timesteps(16, 1000, "cpu")
+    a = w.timestep_sampler(1000).sample(16, "cpu")
     torch.manual_seed(1)
-    assert torch.equal(a, w.sample_timesteps(16, 1000, "cpu"))
+    assert torch.equal(a, w.timestep_sampler(1000).sample(16, "cpu"))
     with pytest.raises(ConfigError, match="at least 4"):
-        w.sample_timesteps(3, 1000, "cpu")
+        w.timestep_sampler(1000).sample(3, "cpu")
 
 
 def test_ant_uw_loss_and_gradient_by_hand():
@@ -187,28 +196,28 @@ def test_entry_points_name_the_weightings():
 
 def test_uniform_sampling_reaches_every_timestep_on_the_given_device():
     torch.manual_seed(0)
-    t = LossWeighting().sample_timesteps(2000, 5)
+    t = UniformTimesteps(5).sample(2000)
     assert sorted(t.unique().tolist()) == [0, 1, 2, 3, 4]
-    assert LossWeighting().sample_timesteps(3, 5, device="meta").device.type == "meta"
+    assert UniformTimesteps(5).sample(3, device="meta").device.type == "meta"
 
 
 def test_ant_uw_reaches_every_timestep_of_every_cluster():
     torch.manual_seed(0)
     w = AntUW(k=4)
-    t = w.sample_timesteps(4000, 8)  # clusters of width 2
+    t = w.timestep_sampler(8).sample(4000)  # clusters of width 2
     for i, chunk in enumerate(t.view(4, 1000)):
         assert sorted(chunk.unique().tolist()) == [2 * i, 2 * i + 1]
 
 
 def test_ant_uw_boundaries_of_its_checks():
     w = AntUW(k=4)
-    assert w.sample_timesteps(4, 4).tolist() == [0, 1, 2, 3]  # batch == k and T == k are enough
-    assert AntUW(k=1).sample_timesteps(3, 10).shape == (3,)
+    assert w.timestep_sampler(4).sample(4).tolist() == [0, 1, 2, 3]  # batch == k and T == k are enough
+    assert AntUW(k=1).timestep_sampler(10).sample(3).shape == (3,)
     with pytest.raises(ConfigError) as info:
-        w.sample_timesteps(4, 3)
+        w.timestep_sampler(3).sample(4)
     assert str(info.value) == "ant_uw: k=4 clusters need at least 4 timesteps (got 3)"
     with pytest.raises(ConfigError) as info:
-        w.sample_timesteps(3, 100)
+        w.timestep_sampler(100).sample(3)
     assert str(info.value) == ("ant_uw: batch of 3 per step cannot cover k=4 timestep clusters; use a batch of at "
                                "least 4 (a multiple of 4 keeps clusters equal)")
 
@@ -264,3 +273,57 @@ def test_reprs_name_the_plugins():
 def test_task_specific_sharing_split():
     assert _split(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert _split(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+# --- timestep samplers: the training loop draws t, the weighting only weighs ---
+
+def test_weightings_only_weigh_and_ant_uw_names_its_sampler():
+    for cls in (LossWeighting, Constant, MinSNR, P2, AntUW):
+        assert not hasattr(cls, "sample_timesteps")  # no weighting draws timesteps any more
+    assert LossWeighting().timestep_sampler(10) is None and MinSNR().timestep_sampler(10) is None
+    sampler = AntUW(k=4).timestep_sampler(100)
+    assert isinstance(sampler, ClusterBalancedTimesteps) and (sampler.num_timesteps, sampler.k) == (100, 4)
+    assert isinstance(sampler, TimestepSampler) and sampler.continuous is False
+
+
+def _old_ant_uw_draw(n, num_timesteps, k):
+    """ANT-UW's draw as the weighting made it before samplers were objects (the same RNG calls)."""
+    edges = torch.tensor(cluster_edges(num_timesteps, k))
+    sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    cluster = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes))
+    low, width = edges[cluster], (edges[1:] - edges[:-1])[cluster]
+    return low + torch.minimum((torch.rand(n) * width).long(), width - 1)
+
+
+@pytest.mark.parametrize("weighting", ["constant", "ant_uw"])
+def test_the_runs_sampler_draws_what_the_old_path_drew_and_the_process_sees_it(weighting):
+    process = GaussianProcess(steps=50, learn_sigma=False)
+    w = Constant() if weighting == "constant" else AntUW(k=4)
+    sampler = training_sampler(process, w)
+    assert isinstance(sampler, UniformTimesteps if weighting == "constant" else ClusterBalancedTimesteps)
+    x0 = torch.randn(10, 1, 4, 4)
+
+    def model(x, t):
+        return x * 0.5 + t.view(-1, 1, 1, 1).float() / 50
+
+    torch.manual_seed(5)
+    t = sampler.sample(10)
+    new = process.training_losses(model, x0, t)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    t_old = torch.randint(0, 50, (10,)) if weighting == "constant" else _old_ant_uw_draw(10, 50, 4)
+    old = process.training_losses(model, x0, t_old)
+    assert torch.equal(t, t_old) and torch.equal(new["loss"], old["loss"])
+    assert torch.equal(after, torch.rand(3))  # the same number of draws from the global generator
+
+
+def test_a_weighting_sampler_of_the_wrong_time_kind_is_refused():
+    from dtr_plugins.core.flow import FlowMatching
+
+    flow = FlowMatching()
+    assert isinstance(training_sampler(flow, Constant()), UniformTimes)
+    assert isinstance(FlowMatching(time_sampling="logit_normal").timestep_sampler(), LogitNormalTimes)
+    with pytest.raises(ConfigError, match=r"^loss_weighting.name: 'ant_uw' draws integer timesteps"):
+        training_sampler(flow, AntUW(k=4), "ant_uw")
+    with pytest.raises(ConfigError, match="need at least 4 timesteps"):
+        training_sampler(GaussianProcess(steps=3, schedule="cosine"), AntUW(k=4))
