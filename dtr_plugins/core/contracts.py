@@ -263,11 +263,9 @@ class SupportsImageShape(Protocol):
 
 @runtime_checkable
 class SupportsImageSize(Protocol):
-    """Optional capability of a dataset's params model, on the class (read before validation): the same
-    dataset at another image size. ``with_image_size(params, height, width)`` returns the raw params dict
-    ``params`` with the images' size set to ``height x width`` where ``params`` leaves it unset and the dataset
-    can give that size; else ``params`` unchanged. An evaluation reference ``dataset:NAME`` without a size takes
-    the samples' size this way. A params model without it is read at its own size."""
+    """Optional capability of a dataset's params model, on the class (before validation): the raw ``params``
+    with the images' size set to ``height x width`` where unset and possible, else unchanged (a reference
+    ``dataset:NAME`` without a size takes the samples' size). Without it: the dataset's own size."""
 
     @classmethod
     def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]: ...

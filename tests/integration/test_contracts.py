@@ -2,8 +2,7 @@
 kind, each written from its Protocol in ``dtr_plugins/core/contracts.py`` alone (no built-in base class
 but ``RoutedBackbone``), and ``dtr validate``, the launcher's ``launch`` (two ``dtr train`` runs: held-out
 loss, tracker, the extractor's FID at the end; a codec and a learned strategy), and ``dtr sample`` run through
-them. Every step is as small as the contract allows (a few training steps, 8 images): this test checks the
-wiring of every kind, not the quality of anything."""
+them, all in one process and as small as possible: this test checks the wiring of every kind."""
 import json
 import os
 import subprocess
@@ -405,7 +404,7 @@ ACME = textwrap.dedent('''
 
     @dtr_plugins.hookimpl
     def dtr_register_launchers(register):
-        register("acme_launcher", Launcher, params=HalfParams, description="children, one by one")
+        register("acme_launcher", Launcher, params=HalfParams, description="in this process, one by one")
 
 
     @dtr_plugins.hookimpl
@@ -429,34 +428,27 @@ eval: {at_end: true, metrics: [fid], feature_extractor: acme-projection, num_sam
 
 LATENT = """\
 name: latent
-backbone: {{name: acme_latent_net, width: 4, input_size: 4}}
-routing: {{name: acme_gates}}
-diffusion: {{name: acme_linear}}
-codec: {{name: acme_pool}}
-data: {{name: acme_blobs, side: 8}}
-train: {{steps: 2, batch_size: 4, log_every: 1, threads: 1}}
-eval: {{at_end: false, heldout_every: 1, heldout_per_band: 2}}
+backbone: {name: acme_latent_net, width: 4, input_size: 4}
+routing: {name: acme_gates}
+diffusion: {name: acme_linear}
+codec: {name: acme_pool}
+data: {name: acme_blobs, side: 8}
+train: {steps: 2, batch_size: 4, log_every: 1, threads: 1}
+eval: {at_end: false, heldout_every: 1, heldout_per_band: 2}
 """
 
 
-#: one process (each start imports torch: seconds): ``dtr plugins --json``, ``dtr validate`` of the first
-#: config, the launcher plugin (from the registry) starting the runs ``ROOT/<config stem>`` of the configs, and
-#: ``dtr sample`` of the last run; prints one JSON line (command -> exit code and stdout; launch -> statuses)
+#: ``dtr plugins --json``, ``dtr validate`` of the first config, the launcher plugin launching ``ROOT/<config
+#: stem>`` of each config, ``dtr sample`` of the last run; one JSON line (command -> code and stdout)
 DRIVER = """
 import contextlib, io, json, sys
 from pathlib import Path
 from dtr_plugins.cli import main
 from dtr_plugins.core.contracts import Launcher, RunSpec
 from dtr_plugins.core.plugins import default_registry
-
-
 def dtr(*args):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    return {"code": code, "out": out.getvalue()}
-
-
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        return {"code": main(list(args)), "out": out.getvalue()}
 root, configs = Path(sys.argv[1]), sys.argv[2:]
 report = {"plugins": dtr("plugins", "--json"), "validate": dtr("validate", configs[0], "--config-only")}
 launcher = default_registry().build("launcher", "acme_launcher")
@@ -473,7 +465,7 @@ def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     site = tmp_path / "site"
     make_distribution(site, "acme-everything", "acme_everything", ACME)
     base = write(tmp_path / "pixels.yaml", PIXELS)
-    latent = write(tmp_path / "latent.yaml", LATENT.format(out=tmp_path / "runs"))
+    latent = write(tmp_path / "latent.yaml", LATENT)
     runs = tmp_path / "runs" / "acme"
     driven = dtr(site, "-c", DRIVER, str(runs), str(base), str(latent))
     run, latent_run = runs / "pixels", runs / "latent"
