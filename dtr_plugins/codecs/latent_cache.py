@@ -10,9 +10,10 @@ records what was encoded and says ``"complete": true`` once every shard is there
 rank encodes every world-size-th shard.
 
 The cache lives in ``<cache_dir or <output_dir>/latent_cache>/<dataset>-<size>px-<digest>``, the digest
-being a hash of the key (:func:`cache_key`): dataset name and parameters (``random_flip`` excluded:
-both views are stored), image size, the codec's name and fingerprint (for ``autoencoder_kl``: its
-weights files, config and normalisation, never its path) and the storage dtype. Training reads it
+being a hash of the key (:func:`cache_key`): dataset name and validated parameters with augmentation
+off (the params model's ``unaugmented()``: both views are stored), image size, the codec's name and
+fingerprint (for ``autoencoder_kl``: its weights files, config and normalisation, never its path) and the
+storage dtype. Training reads it
 through :class:`LatentCacheDataset`; :func:`draw_latents` turns a batch of cached posteriors into
 ``mean + std * noise`` of a random view per sample, on the device.
 """
@@ -52,8 +53,9 @@ class CacheSettings:
 
 def cache_key(data_name: str, data_params: dict[str, Any], image_size: int, codec_name: str, codec: Codec,
               dtype: str) -> dict[str, Any]:
-    """What identifies a cache's content: dataset and its parameters, image size, codec content, dtype."""
-    params = {k: v for k, v in sorted(data_params.items()) if k != "random_flip"}
+    """What identifies a cache's content: dataset and its validated parameters with augmentation off (the
+    caller passes them so), image size, codec content, dtype."""
+    params = dict(sorted(data_params.items()))
     if isinstance(params.get("path"), str) and Path(params["path"]).expanduser().exists():
         params["path"] = str(Path(params["path"]).expanduser().resolve())
     return {"format": CACHE_FORMAT, "dataset": data_name, "params": params, "image_size": int(image_size),

@@ -105,7 +105,7 @@ def _check_contract(obj: Any, protocol: type, kind: str, info: PluginInfo) -> No
 
 def data_params(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> BaseModel:
     """``cfg.data``'s params as its dataset plugin's params model (where its optional capabilities live)."""
-    return (registry or default_registry()).get("dataset", cfg.data.name).validate(cfg.data.params, where="data")
+    return (registry or default_registry()).get("dataset", cfg.dataset.name).validate(cfg.dataset.params, where="data")
 
 
 def image_shape(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> tuple[int, int, int]:
@@ -113,7 +113,7 @@ def image_shape(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -
     ConfigError when the dataset declares none (a codec needs the geometry)."""
     params = data_params(cfg, registry)
     if not isinstance(params, SupportsImageShape):
-        raise ConfigError(f"data.name: dataset '{cfg.data.name}' declares no image shape (its params model has no "
+        raise ConfigError(f"data.name: dataset '{cfg.dataset.name}' declares no image shape (its params model has no "
                           f"image_shape(); see SupportsImageShape in dtr_plugins/core/contracts.py), which a codec "
                           f"or latent backbone needs")
     channels, height, width = (int(n) for n in params.image_shape())
@@ -145,6 +145,12 @@ def _backbone_params(cfg: ExperimentConfig, info: PluginInfo, spec: CodecSpec,
                           f"vae: {{path: stabilityai/sd-vae-ft-ema}} (a hub id or a local diffusers folder), "
                           f"or a codec section")
     codec = codec if codec is not None else build_codec(cfg, registry)
+    if cfg.data is None:  # a model-only config (a loaded model): the backbone states its own latent geometry
+        for key in ("in_channels", "input_size"):
+            if params.get(key) is None:
+                raise ConfigError(f"backbone.{key}: a config without a data section states the latent backbone's "
+                                  f"in_channels and input_size")
+        return params, codec
     shape = image_shape(cfg, registry)
     channels, height, width = codec.latent_shape(shape)
     if height != width:
@@ -243,9 +249,9 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
             model = info.build(**params)
     except ConfigError as exc:
         if backbone_input_space(info) == "latents":
+            shape = "x".join(map(str, image_shape(cfg, registry)))
             raise ConfigError(f"{exc} (in_channels={params['in_channels']} and input_size={params['input_size']} "
-                              f"come from the codec's latents of data.image_size "
-                              f"{cfg.data.params.get('image_size')})") from None
+                              f"come from the codec's latents of the data's {shape} images)") from None
         raise
     if not isinstance(model, RoutedBackbone):
         raise PluginError(f"backbone '{cfg.backbone.name}' ({info.plugin}) must return a RoutedBackbone, got "
@@ -282,7 +288,10 @@ def latent_cache_root(cfg: ExperimentConfig, codec: Codec,
     if spec.cache is None:
         raise ConfigError("vae.path: a latent cache needs a vae section, e.g. vae: {path: stabilityai/sd-vae-ft-ema} "
                           "(a hub id or a local diffusers folder), or a codec section")
-    key = cache_key(cfg.data.name, cfg.data.params, image_shape(cfg, registry)[1], spec.name, codec,
+    params = data_params(cfg, registry)
+    if isinstance(params, SupportsAugmentation):  # one cache for every augmentation setting
+        params = params.unaugmented()
+    key = cache_key(cfg.dataset.name, params.model_dump(mode="json"), image_shape(cfg, registry)[1], spec.name, codec,
                     spec.cache.dtype)
     base = Path(spec.cache.cache_dir).expanduser() if spec.cache.cache_dir else Path(cfg.output_dir) / "latent_cache"
     return cache_root(base, key), key
@@ -305,7 +314,7 @@ def build_dataset(cfg: ExperimentConfig, registry: PluginRegistry | None = None,
             state = "is incomplete" if (root / "manifest.json").exists() else "does not exist"
             print(f"dtr: hint: the latent cache {root} {state}, so every batch is encoded with the VAE (slower); "
                   f"run `dtr cache-latents CONFIG` once to build it", file=sys.stderr)
-    return registry.build("dataset", cfg.data.name, **cfg.data.params)
+    return registry.build("dataset", cfg.dataset.name, **cfg.dataset.params)
 
 
 def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = None, progress: bool = True) -> Path:
@@ -324,7 +333,7 @@ def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = No
     params = data_params(cfg, registry)
     if isinstance(params, SupportsAugmentation):  # the cache holds both views itself
         params = params.unaugmented()
-    dataset = registry.build("dataset", cfg.data.name, **params.model_dump())
+    dataset = registry.build("dataset", cfg.dataset.name, **params.model_dump())
     describe = {"name": spec.name, "params": spec.params, "repr": repr(codec)}
     d = distributed.setup(cfg.train.device)
     try:

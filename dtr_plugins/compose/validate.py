@@ -76,7 +76,7 @@ def _check_sizes(cfg: ExperimentConfig, model: Backbone, registry: PluginRegistr
         raise ConfigError(f"data.image_size: {size} but backbone '{cfg.backbone.name}' expects {model.input_size}px "
                           f"images (backbone.input_size); make them equal")
     if channels != model.in_channels:
-        raise ConfigError(f"data: '{cfg.data.name}' gives {channels}-channel images but backbone.in_channels is "
+        raise ConfigError(f"data: '{cfg.dataset.name}' gives {channels}-channel images but backbone.in_channels is "
                           f"{model.in_channels}; set data.channels or backbone.in_channels to match")
 
 
@@ -132,7 +132,7 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
     _check_sizes(cfg, backbone, registry)
     check_guidance(backbone, cfg.sample.cfg_scale, "sample.cfg_scale")
     if parts.dataset is not None:  # it exists, decodes its index, and its classes fit the backbone's labels
-        check_label_space(backbone.num_classes, parts.dataset, cfg.data.name)
+        check_label_space(backbone.num_classes, parts.dataset, cfg.dataset.name)
 
 
 def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,
@@ -147,6 +147,7 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     is returned). Returns the meta-device :class:`Components`. Raises :class:`ConfigError` /
     :class:`PluginError` (one line)."""
     registry = registry or default_registry()
+    cfg.dataset  # noqa: B018 (a training config needs its data section: the one-line ConfigError when missing)
     if machine:
         check_machine(cfg)
     check_composition(cfg, registry)

@@ -242,7 +242,8 @@ class ExperimentConfig(_Strict):
     routing: RoutingSection = Field(default_factory=lambda: RoutingSection(name="vanilla"))
     diffusion: ProcessSection = Field(default_factory=ProcessSection)
     loss_weighting: PluginSection = Field(default_factory=lambda: PluginSection(name="constant"))
-    data: PluginSection
+    data: PluginSection | None = Field(None, description="the training data; a model-only config (a loaded "
+                                       "model: backbone, routing, diffusion, codec, sample) has none")
     vae: VaeConfig | None = None
     codec: CodecSection | None = Field(None, description="the image <-> denoiser-space codec; default identity "
                                        "(pixels), or autoencoder_kl when a vae section is given")
@@ -277,8 +278,20 @@ class ExperimentConfig(_Strict):
         except ConfigError as exc:
             raise ValueError(str(exc).partition(": ")[2]) from None
 
+    @property
+    def dataset(self) -> PluginSection:
+        """The ``data`` section; a ConfigError for a model-only config (training and evaluating need data)."""
+        if self.data is None:
+            raise ConfigError("data: missing section; training and evaluation need the training data, e.g. "
+                              "data: {name: digits} (only a loaded model's config goes without one)")
+        return self.data
+
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as JSON-ready values (a model-only config has no ``data`` key)."""
+        out = self.model_dump(mode="json")
+        if out.get("data") is None:
+            out.pop("data", None)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -395,7 +408,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     updates: dict[str, Any] = {}
     process: Any = None  # built from the diffusion section, the first of PLUGIN_SECTIONS
     for section, kind in PLUGIN_SECTIONS.items():
-        current: PluginSection = getattr(cfg, section)
+        current: PluginSection | None = getattr(cfg, section)
+        if current is None:  # data of a model-only config
+            continue
         info = registry.get(kind, current.name) if current.name in registry.names(kind) else None
         if info is None:
             known = ", ".join(registry.names(kind)) or "none installed"

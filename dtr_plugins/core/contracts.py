@@ -262,6 +262,16 @@ class SupportsImageShape(Protocol):
 
 
 @runtime_checkable
+class SupportsImageSize(Protocol):
+    """Optional capability of a dataset's params model, on the class (before validation): the raw ``params``
+    with the images' size set to ``height x width`` where unset and possible, else unchanged (a reference
+    ``dataset:NAME`` without a size takes the samples' size). Without it: the dataset's own size."""
+
+    @classmethod
+    def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class SupportsAugmentation(Protocol):
     """Optional capability of a dataset's params model: ``random_hflip()`` says whether training images are
     flipped horizontally at random (a latent cache stores both views and flips the latents instead);

@@ -69,7 +69,7 @@ def check_label_space(num_classes: int | None, dataset: Any, data_name: str = "d
     """Refuse a conditional backbone whose ``num_classes`` differs from the dataset's class count.
 
     ``num_classes``: the built backbone's ``num_classes`` (``None``/0/1: unconditional). ``data_name``
-    names the dataset plugin in messages (``cfg.data.name``).
+    names the dataset plugin in messages (``cfg.dataset.name``).
 
     - conditional backbone: the counts must be equal, else :class:`ConfigError` (one line naming
       ``backbone.num_classes``, the dataset's count and the first class names); an unlabeled dataset

@@ -7,7 +7,7 @@ disjoint seeded halves of ``all`` for real-vs-real metric references (they overl
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,11 @@ class DigitsParams(BaseModel):
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
         return (self.channels, self.image_size, self.image_size)
+
+    @classmethod
+    def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+        """``params`` with ``image_size`` set to a square sample size when unset (``SupportsImageSize``)."""
+        return {"image_size": height, **params} if height == width else params
 
     def random_hflip(self) -> bool:
         return self.random_flip

@@ -32,7 +32,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -60,6 +60,11 @@ class ImageFolderParams(BaseModel):
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
         return (3, self.image_size, self.image_size)
+
+    @classmethod
+    def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+        """``params`` with ``image_size`` set to a square sample size when unset (``SupportsImageSize``)."""
+        return {"image_size": height, **params} if height == width else params
 
     def random_hflip(self) -> bool:
         return self.random_flip

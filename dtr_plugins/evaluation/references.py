@@ -8,8 +8,9 @@ boolean, except for string-typed parameters; ``%``-escapes work as in URLs)::
     dataset:digits?split=b&image_size=16
     dataset:image_folder?path=/data/ffhq&image_size=256&class_cond=false
 
-For a dataset whose parameters include ``image_size``, an unset ``image_size`` defaults to the samples' size;
-``random_flip`` defaults to off.
+A reference is never augmented (its params model's ``unaugmented()``, :class:`SupportsAugmentation`), and a
+dataset whose params model can give another size (:class:`SupportsImageSize`) takes the samples' size when the
+reference leaves it unset. Both capabilities are in ``dtr_plugins/core/contracts.py``.
 
 Content identity (:attr:`Reference.key`): reference statistics are cached by what determines them, never by
 a name or path alone.
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dtr_plugins.core.contracts import SupportsAugmentation, SupportsImageShape, SupportsImageSize
 from dtr_plugins.core.decode import DECODER_VERSION
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.evaluation.inputs import (
@@ -53,10 +55,15 @@ _LOCATION_NAMES = ("path", "root")
 _LOCATION_SUFFIXES = ("_path", "_dir", "_root")
 
 
-def dataset_reference(name: str, **params: Any) -> str:
+def dataset_reference(name: str, /, registry=None, **params: Any) -> str:
     """The reference string for a dataset plugin, e.g. ``dataset_reference("digits", split="b")``
-    -> ``"dataset:digits?split=b"`` (``random_flip`` is dropped: references are not augmented)."""
-    params.pop("random_flip", None)
+    -> ``"dataset:digits?split=b"``. Parameters that the params model's ``unaugmented()`` changes are dropped
+    (references are not augmented). Raises a config error when ``params`` do not validate."""
+    model = default_registry(registry).get("dataset", name).validate(params, where=f"dataset '{name}'")
+    given = model.model_dump(mode="json")
+    if isinstance(model, SupportsAugmentation):
+        plain = model.unaugmented().model_dump(mode="json")
+        params = {k: v for k, v in params.items() if given.get(k) == plain.get(k)}
     items = []
     for key, value in params.items():
         if value is None:
@@ -158,7 +165,7 @@ class Reference:
 def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=None) -> Reference:
     """A folder, ``.npz``, ``uint8`` NHWC array or ``dataset:NAME?...`` string as a :class:`Reference`.
 
-    ``sample_size`` (H, W) fills a dataset's unset ``image_size`` when the samples are square. Nothing is
+    ``sample_size`` (H, W) sets a dataset's unset image size (:class:`SupportsImageSize`). Nothing is
     loaded here; bad references raise :class:`DataError`, :class:`EvalError` or a config/plugin error.
     """
     if isinstance(reference, (np.ndarray, torch.Tensor)):
@@ -183,15 +190,13 @@ def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=Non
 def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Reference:
     name, params = parse_dataset_reference(spec, registry)
     info = default_registry(registry).get("dataset", name)
-    fields = info.params.model_fields
-    if "image_size" in fields and "image_size" not in params and sample_size[0] == sample_size[1]:
-        params["image_size"] = sample_size[0]
-    if "random_flip" in fields and "random_flip" not in params:
-        params["random_flip"] = False
-    validated = info.validate(params, where=f"reference dataset:{name}").model_dump(mode="json")
-    label = dataset_reference(name, **validated)
-    if validated.get("random_flip"):
-        label += "&random_flip=true"
+    if isinstance(info.params, SupportsImageSize):
+        params = info.params.with_image_size(params, *sample_size)
+    model = info.validate(params, where=f"reference dataset:{name}")
+    if isinstance(model, SupportsAugmentation):
+        model = model.unaugmented()
+    validated = model.model_dump(mode="json")
+    label = dataset_reference(name, registry, **validated)
     locations = {k: fingerprint_path(Path(v).expanduser()) for k, v in validated.items()
                  if isinstance(v, str) and _is_location(k) and os.path.exists(Path(v).expanduser())}
     key = {"dataset": name, "params": validated, "distribution": info.distribution, "version": info.version,
@@ -202,7 +207,7 @@ def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Ref
         dataset, size, in_memory = materialize(images, label)
         return ImageSet(dataset, size, None, in_memory, label)
 
-    slug = name + "".join(f"-{k}{v}" for k, v in validated.items() if k in ("split", "image_size"))
+    slug = name + (f"-{model.image_shape()[1]}" if isinstance(model, SupportsImageShape) else "")
     return Reference(label, key, slug, load)
 
 
@@ -215,11 +220,13 @@ def check_config_reference(cfg: Any, registry=None, machine: bool = True) -> Non
 
     if not any(m in BINARY_METRICS for m in cfg.eval.metrics):
         return
-    reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
-    if not machine and not reference.startswith(DATASET_PREFIX):
-        return
-    size = cfg.data.params.get("image_size")
     try:
-        resolve_reference(reference, (size, size) if isinstance(size, int) else (0, 1), registry)
+        reference = cfg.eval.reference or dataset_reference(cfg.dataset.name, registry, **cfg.dataset.params)
+        if not machine and not reference.startswith(DATASET_PREFIX):
+            return
+        data = default_registry(registry).get("dataset", cfg.dataset.name).validate(cfg.dataset.params, where="data")
+        _, height, width = data.image_shape() if isinstance(data, SupportsImageShape) else (0, 0, 1)
+        size = (height, width)
+        resolve_reference(reference, size, registry)
     except UserError as exc:
         raise ConfigError(f"eval.reference: {exc}") from None

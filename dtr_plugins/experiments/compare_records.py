@@ -18,7 +18,7 @@ from typing import Any
 
 from dtr_plugins.experiments.compare import metric_info
 from dtr_plugins.runs.record import RunRecord
-from dtr_plugins.runs.rundir import SuiteIndex
+from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 
 _BODY_KEYS = ("eval", "heldout")
 
@@ -83,26 +83,31 @@ def runs_from_suite(suite_dir: str | Path) -> list[RunRecord]:
     """One record per run listed in ``suite_dir/suite.json`` (runs never started have status ``new``), read
     through :class:`~dtr_plugins.runs.rundir.SuiteIndex` and :class:`~dtr_plugins.runs.rundir.RunDir`."""
     suite = SuiteIndex(suite_dir)
-    out = []
-    for entry in suite.entries():
-        run_dir = suite.run(entry["id"])
-        damaged = run_dir.unreadable()
-        config = run_dir.read_config()
-        found = entry.get("assignment")
-        assignment: dict[str, Any] = found if isinstance(found, dict) else {}
-        seed = config.get("seed", assignment.get("seed", 0))
-        records = run_dir.read_metrics()
-        curves, fingerprint = curves_from_records(records)
-        steps = [r for r in records if isinstance(r.get("step"), int)]
-        evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in steps if isinstance(r.get("eval"), dict)]
-        recorded, planned = run_dir.read_fingerprint(), entry.get("fingerprint")
-        routing = config.get("routing")
-        status = f"unreadable ({damaged})" if damaged else str(run_dir.read_status().get("state", "new"))
-        out.append(RunRecord(id=entry["id"], seed=seed if isinstance(seed, int) else 0,
-                             axes=axes_of(entry["id"], assignment, config), curves=curves, status=status,
-                             heldout_fingerprint=fingerprint, group=str(entry.get("group", entry["id"])),
-                             routing=str(routing.get("name", "?")) if isinstance(routing, dict) else "?",
-                             config=config, meta=run_dir.read_meta(), evals=evals,
-                             train=[r for r in steps if "loss" in r],  # held-out and eval lines are not training
-                             current=None in (recorded, planned) or recorded == planned))  # unknown: not stale
-    return out
+    return [run_record(suite.run(entry["id"]), entry["id"], entry) for entry in suite.entries()]
+
+
+def run_record(run_dir: RunDir, run_id: str, entry: dict[str, Any] | None = None) -> RunRecord:
+    """The :class:`RunRecord` of ``run_dir`` (one reading of each of its files), named ``run_id``; ``entry``:
+    its line of a suite's ``suite.json`` (matrix assignment, group, plan fingerprint), None for a lone run."""
+    entry = entry or {}
+    damaged = run_dir.unreadable()
+    config = run_dir.read_config()
+    found = entry.get("assignment")
+    assignment: dict[str, Any] = found if isinstance(found, dict) else {}
+    seed = config.get("seed", assignment.get("seed", 0))
+    records = run_dir.read_metrics()
+    curves, fingerprint = curves_from_records(records)
+    steps = [r for r in records if isinstance(r.get("step"), int)]
+    evals = [dict(_numbers_only(r["eval"]), step=r["step"]) for r in steps if isinstance(r.get("eval"), dict)]
+    recorded, planned = run_dir.read_fingerprint(), entry.get("fingerprint")
+    routing = config.get("routing")
+    state = run_dir.read_status()
+    status = f"unreadable ({damaged})" if damaged else str(state.get("state", "new"))
+    return RunRecord(id=run_id, seed=seed if isinstance(seed, int) else 0,
+                     axes=axes_of(run_id, assignment, config), curves=curves, status=status,
+                     heldout_fingerprint=fingerprint, group=str(entry.get("group", run_id)),
+                     routing=str(routing.get("name", "?")) if isinstance(routing, dict) else "?",
+                     config=config, meta=run_dir.read_meta(), evals=evals,
+                     train=[r for r in steps if "loss" in r],  # held-out and eval lines are not training
+                     current=None in (recorded, planned) or recorded == planned,  # unknown: not stale
+                     error=str(state.get("error", "")))

@@ -23,7 +23,8 @@ from dtr_plugins.core.metrics import compared
 from dtr_plugins.core.numbers import MISSING, fmt
 from dtr_plugins.core.text import printable
 from dtr_plugins.experiments.compare import metric_info
-from dtr_plugins.experiments.compare_records import curves_from_records
+from dtr_plugins.experiments.compare_records import run_record
+from dtr_plugins.runs.record import RunRecord
 from dtr_plugins.runs.rundir import RunDir
 
 __all__ = ["RunSummary", "find_runs", "format_runs_table", "is_run_dir", "lock_held", "summarize_run"]
@@ -33,7 +34,8 @@ RUNNING, DONE, FAILED, INCOMPLETE = "running", "done", "failed", "incomplete"
 
 @dataclass
 class RunSummary:
-    """What ``dtr runs`` shows of one run (``--json`` writes these fields)."""
+    """What ``dtr runs`` shows of one run (``--json`` writes these fields): a view computed by
+    :func:`summarize_run` from the run's :class:`~dtr_plugins.runs.record.RunRecord` (no reader of its own)."""
 
     run: str  # path relative to the folder listed
     status: str  # running | done | failed | incomplete
@@ -112,14 +114,15 @@ def _backbone_label(section: Any) -> str:
     return f"{section.get('name', '?')}" + (f" ({params})" if params else "")
 
 
-def _status(run: RunDir, raw: dict[str, Any]) -> tuple[str, list[str], str]:
+def _status(run: RunDir, record: RunRecord) -> tuple[str, list[str], str]:
     """(status, missing outputs, note)."""
     from dtr_plugins.core.config import config_from_dict
 
     if lock_held(run):
         return RUNNING, [], ""
-    if run.read_status().get("state") == FAILED:
-        return FAILED, [], str(run.read_status().get("error", ""))
+    if record.status == FAILED:
+        return FAILED, [], record.error
+    raw = dict(record.config)
     try:
         cfg = config_from_dict(raw, source=str(run.config_path))
     except UserError as exc:  # e.g. a plugin that is no longer installed: judge by the final checkpoint alone
@@ -131,24 +134,24 @@ def _status(run: RunDir, raw: dict[str, Any]) -> tuple[str, list[str], str]:
 
 
 def summarize_run(path: str | Path, root: str | Path | None = None) -> RunSummary:
-    """The :class:`RunSummary` of the run directory ``path`` (named relative to ``root`` when given)."""
+    """The :class:`RunSummary` of the run directory ``path`` (named relative to ``root`` when given): a view of
+    its :class:`~dtr_plugins.runs.record.RunRecord`, plus the lock, the checkpoints and the missing outputs."""
     run = RunDir(path)
-    raw = run.read_config()
-    records = run.read_metrics()
-    train = [r for r in records if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
+    name = str(Path(path).relative_to(root)) if root is not None and Path(path) != Path(root) else str(path)
+    record = run_record(run, name)
+    train = [r for r in record.train if isinstance(r.get("loss"), (int, float))]
     ckpt = run.latest_checkpoint()
     ckpt_step = int(ckpt.stem) if ckpt is not None and ckpt.stem.isdigit() else None
     step = max([s for s in (train[-1]["step"] if train else None, ckpt_step) if s is not None], default=None)
-    curves, _ = curves_from_records(records)
-    metrics = {k: v[-1][1] for k, v in curves.items() if v and not k.startswith("heldout/band")}
-    metrics_step = {k: v[-1][0] for k, v in curves.items() if v and not k.startswith("heldout/band")}
-    status, missing, note = _status(run, raw)
-    steps = (raw.get("train") or {}).get("steps")
-    name = str(Path(path).relative_to(root)) if root is not None and Path(path) != Path(root) else str(path)
+    curves = {k: v for k, v in record.curves.items() if v and not k.startswith("heldout/band")}
+    status, missing, note = _status(run, record)
+    steps = (record.config.get("train") or {}).get("steps")
     return RunSummary(run=name, status=status, step=step, steps=steps if isinstance(steps, int) else None,
-                      loss=float(train[-1]["loss"]) if train else None, metrics=metrics, metrics_step=metrics_step,
-                      strategy=_routing_label(raw.get("routing")), backbone=_backbone_label(raw.get("backbone")),
-                      missing=missing, note=note)
+                      loss=float(train[-1]["loss"]) if train else None,
+                      metrics={k: v[-1][1] for k, v in curves.items()},
+                      metrics_step={k: v[-1][0] for k, v in curves.items()},
+                      strategy=_routing_label(record.config.get("routing")),
+                      backbone=_backbone_label(record.config.get("backbone")), missing=missing, note=note)
 
 
 def _metric_order(key: str) -> tuple[int, str]:

@@ -1,6 +1,6 @@
-"""The one record of a run that the suite report and the paired comparisons read (:class:`RunRecord`).
+"""The one record of a run that the suite report, the paired comparisons and ``dtr runs`` read (:class:`RunRecord`).
 
-Built from a run directory by :func:`dtr_plugins.experiments.compare_records.runs_from_suite`, through the
+Built from a run directory by :func:`dtr_plugins.experiments.compare_records.run_record`, through the
 readers of :class:`~dtr_plugins.runs.rundir.RunDir`; no torch needed.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ class RunRecord:
     group differ only by seed); ``routing``: the strategy's name; ``config`` / ``meta``: the run's
     ``config.yaml`` and ``meta.json``; ``evals``: one eval record per eval step (with ``"step"``); ``train``: the
     training records of ``metrics.jsonl``; ``current``: trained with the suite's current plan (its recorded
-    plan fingerprint is the planned one, or unknown).
+    plan fingerprint is the planned one, or unknown); ``error``: the failure line its ``status.json`` recorded.
+    ``dtr runs`` shows a view of it (:class:`dtr_plugins.runs.listing.RunSummary`).
     """
 
     id: str
@@ -38,6 +39,7 @@ class RunRecord:
     evals: Sequence[Mapping[str, Any]] = field(default_factory=list)
     train: Sequence[Mapping[str, Any]] = field(default_factory=list)
     current: bool = True
+    error: str = ""
 
     def final(self, metric: str) -> tuple[int, float] | None:
         """The last ``(step, value)`` of ``metric``, None when the run logged none."""

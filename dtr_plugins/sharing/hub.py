@@ -323,8 +323,8 @@ def _load_export(folder: Path, config: dict[str, Any]):
 def _load_foreign(transformer: Path, pipeline: Path | None):
     """A foreign model folder (a diffusers transformer, or a pipeline's ``transformer/`` beside ``vae/`` and
     ``scheduler/``) through the state-dict adapter of the backbone that reads it. The config is the model's
-    synthesised: backbone, diffusion (the pipeline's scheduler), routing vanilla, the codec of a pipeline's
-    VAE, and a ``synthetic`` data section carrying the image geometry the codec and backbone check."""
+    synthesised, model-only one: backbone (its geometry from the model's config), diffusion (the pipeline's
+    scheduler), routing vanilla and the codec of a pipeline's VAE; no data section."""
     from dtr_plugins.compose import compose
     from dtr_plugins.core.checkpoint import apply_checkpoint
     from dtr_plugins.core.config import config_from_dict
@@ -343,15 +343,9 @@ def _load_foreign(transformer: Path, pipeline: Path | None):
     diffusion: dict[str, Any] = {"steps": steps, "schedule": schedule}
     if "learn_sigma" in params:  # the backbone's output channels follow the process's learn_sigma
         diffusion["learn_sigma"] = params["learn_sigma"]
-    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": backbone, **params}, "diffusion": diffusion,
-                                "data": {"name": "synthetic",
-                                         **{k: params[k] for k in ("num_classes",) if k in params}}}
-    if latents and vae_dir is not None:  # the codec's latent geometry comes from the image size
-        vae_config = _read_config(vae_dir)
-        factor = 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    cfg_dict: dict[str, Any] = {"name": name, "backbone": {"name": backbone, **params}, "diffusion": diffusion}
+    if latents and vae_dir is not None:  # the backbone's own in_channels / input_size are the latent geometry
         cfg_dict["vae"] = {"path": str(vae_dir.resolve())}
-        cfg_dict["data"].update(image_size=int(params["input_size"]) * factor,
-                                channels=int(vae_config.get("in_channels", 3)))
     cfg = config_from_dict(cfg_dict, source=str(transformer / CONFIG_FILE))
     parts = compose(cfg, data=False)  # codec: the pipeline's vae/ (identity for a bare transformer folder)
     model = parts.model

@@ -211,7 +211,7 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
     try:
-        heldout = heldout_set_for(registry or default_registry(), cfg.data.name, cfg.data.params,
+        heldout = heldout_set_for(registry or default_registry(), cfg.dataset.name, cfg.dataset.params,
                                   num_timesteps, per_band=cfg.eval.heldout_per_band,
                                   seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     except (ConfigError, DataError) as exc:

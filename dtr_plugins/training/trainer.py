@@ -85,10 +85,10 @@ def model_kwargs_for(model: Backbone, labels: torch.Tensor) -> dict[str, Any]:
 def check_data_fits(model: Backbone, x0: torch.Tensor, cfg: ExperimentConfig) -> None:
     """The denoiser's inputs (after the codec) must have the backbone's channels and size."""
     if x0.shape[1] != model.in_channels:
-        raise ConfigError(f"data: '{cfg.data.name}' gives {x0.shape[1]}-channel images but backbone.in_channels "
+        raise ConfigError(f"data: '{cfg.dataset.name}' gives {x0.shape[1]}-channel images but backbone.in_channels "
                           f"is {model.in_channels}")
     if x0.shape[-1] != model.input_size:
-        raise ConfigError(f"data.image_size: '{cfg.data.name}' gives {x0.shape[-1]}px images but the backbone "
+        raise ConfigError(f"data.image_size: '{cfg.dataset.name}' gives {x0.shape[-1]}px images but the backbone "
                           f"expects {model.input_size}px (backbone.input_size)")
 
 
@@ -380,7 +380,7 @@ class Trainer:
             write_samples(images[:256], labels[:256], self.run_dir.samples, png=False,
                           info={"checkpoint": str(self.run_dir.checkpoint_path(step)), "step": step,
                                 "weights": "ema", **applied}, class_names=self.run_dir.class_names())
-        reference = cfg.eval.reference or dataset_reference(cfg.data.name, **cfg.data.params)
+        reference = cfg.eval.reference or dataset_reference(cfg.dataset.name, **cfg.dataset.params)
         tqdm.write(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
                    f"against {reference}")
         scoring = EvalSettings(metrics=cfg.eval.metrics, feature_extractor=cfg.eval.feature_extractor,

@@ -1,7 +1,8 @@
 """The written contract is the whole contract: one temporary distribution registers one plugin of every
 kind, each written from its Protocol in ``dtr_plugins/core/contracts.py`` alone (no built-in base class
-but ``RoutedBackbone``), and ``dtr validate`` / ``dtr suite`` (train, held-out loss, tracker, launcher) /
-``dtr sample`` / evaluation run through them."""
+but ``RoutedBackbone``), and ``dtr validate``, the launcher's ``launch`` (two ``dtr train`` runs: held-out
+loss, tracker, the extractor's FID at the end; a codec and a learned strategy), and ``dtr sample`` run through
+them, all in one process and as small as possible: this test checks the wiring of every kind."""
 import json
 import os
 import subprocess
@@ -16,10 +17,9 @@ from ..unit.test_plugins import make_distribution
 
 
 def dtr(site: Path, *args: str) -> subprocess.CompletedProcess:
-    """``dtr ARGS`` with the temporary distribution importable (a suite trains and evaluates: a longer limit)."""
+    """``python -c SCRIPT ARGS`` with the temporary distribution importable."""
     env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "dtr_plugins", *args], capture_output=True, text=True, env=env,
-                          timeout=400)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=400)
 
 ACME = textwrap.dedent('''
     """One plugin of every kind, each from its Protocol alone."""
@@ -294,17 +294,23 @@ ACME = textwrap.dedent('''
             return None
 
 
-    # -- launcher: runs each training in a child process, one after another
+    # -- launcher: runs each training in this process, one after another (the built-in local launcher starts
+    #    a child process per run; the contract is the same: status.json says running, then done or failed)
     class Launcher:
         blocking = True
 
-        def __init__(self):
-            self.seen = []
-
         def launch(self, suite_root, runs):
-            from dtr_plugins.launchers.local import run_training
+            from dtr_plugins.cli import main
+            from dtr_plugins.runs.rundir import RunDir
 
-            return {r.id: run_training(r, gpu=None, threads=1) for r in runs}
+            records = {}
+            for r in runs:
+                run_dir = RunDir(r.run_dir)
+                run_dir.write_status({"state": "running", "launcher": "acme"})
+                code = main(["train", str(r.config_path), "--run-dir", str(r.run_dir), "--threads", "1"])
+                records[r.id] = {"state": "done" if code == 0 else "failed", "returncode": code}
+                run_dir.write_status(records[r.id])
+            return records
 
         def active(self, suite_root, runs):
             return {}
@@ -398,7 +404,7 @@ ACME = textwrap.dedent('''
 
     @dtr_plugins.hookimpl
     def dtr_register_launchers(register):
-        register("acme_launcher", Launcher, params=HalfParams, description="children, one by one")
+        register("acme_launcher", Launcher, params=HalfParams, description="in this process, one by one")
 
 
     @dtr_plugins.hookimpl
@@ -422,34 +428,57 @@ eval: {at_end: true, metrics: [fid], feature_extractor: acme-projection, num_sam
 
 LATENT = """\
 name: latent
-output_dir: {out}
-backbone: {{name: acme_latent_net, width: 4, input_size: 4}}
-routing: {{name: acme_gates}}
-diffusion: {{name: acme_linear}}
-codec: {{name: acme_pool}}
-data: {{name: acme_blobs, side: 8}}
-train: {{steps: 2, batch_size: 4, log_every: 1, threads: 1}}
-eval: {{at_end: false, heldout_every: 1, heldout_per_band: 2}}
+backbone: {name: acme_latent_net, width: 4, input_size: 4}
+routing: {name: acme_gates}
+diffusion: {name: acme_linear}
+codec: {name: acme_pool}
+data: {name: acme_blobs, side: 8}
+train: {steps: 2, batch_size: 4, log_every: 1, threads: 1}
+eval: {at_end: false, heldout_every: 1, heldout_per_band: 2}
+"""
+
+
+#: ``dtr plugins --json``, ``dtr validate`` of the first config, the launcher plugin launching ``ROOT/<config
+#: stem>`` of each config, ``dtr sample`` of the last run; one JSON line (command -> code and stdout)
+DRIVER = """
+import contextlib, io, json, sys
+from pathlib import Path
+from dtr_plugins.cli import main
+from dtr_plugins.core.contracts import Launcher, RunSpec
+from dtr_plugins.core.plugins import default_registry
+def dtr(*args):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        return {"code": main(list(args)), "out": out.getvalue()}
+root, configs = Path(sys.argv[1]), sys.argv[2:]
+report = {"plugins": dtr("plugins", "--json"), "validate": dtr("validate", configs[0], "--config-only")}
+launcher = default_registry().build("launcher", "acme_launcher")
+assert isinstance(launcher, Launcher) and launcher.blocking
+runs = [RunSpec(Path(c).stem, root / Path(c).stem, Path(c)) for c in configs]
+with contextlib.redirect_stdout(sys.stderr):
+    report["launch"] = launcher.launch(root, runs)
+report["sample"] = dtr("sample", str(runs[-1].run_dir), "--num", "2")
+print(json.dumps(report))
 """
 
 
 def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     site = tmp_path / "site"
     make_distribution(site, "acme-everything", "acme_everything", ACME)
-    listed = dtr(site, "plugins", "--json")
-    assert listed.returncode == 0, listed.stderr
-    kinds = {r["kind"] for r in json.loads(listed.stdout) if r["distribution"] == "acme-everything"}
+    base = write(tmp_path / "pixels.yaml", PIXELS)
+    latent = write(tmp_path / "latent.yaml", LATENT)
+    runs = tmp_path / "runs" / "acme"
+    driven = dtr(site, "-c", DRIVER, str(runs), str(base), str(latent))
+    run, latent_run = runs / "pixels", runs / "latent"
+    assert driven.returncode == 0, driven.stderr
+    report = json.loads(driven.stdout.splitlines()[-1])
+    assert report["plugins"]["code"] == 0, driven.stderr
+    kinds = {r["kind"] for r in json.loads(report["plugins"]["out"]) if r["distribution"] == "acme-everything"}
     assert kinds == {"process", "dataset", "backbone", "strategy", "loss_weighting", "codec", "tracker",
                      "launcher", "feature_extractor"}
+    assert report["validate"]["code"] == 0, driven.stderr
+    statuses = {k: v["state"] for k, v in report["launch"].items()}
+    assert statuses == {"pixels": "done", "latent": "done"}, driven.stderr
 
-    base = write(tmp_path / "pixels.yaml", PIXELS)
-    validated = dtr(site, "validate", str(base), "--config-only")
-    assert validated.returncode == 0, validated.stderr
-    suite = write(tmp_path / "suite.yaml", f"output_dir: {tmp_path / 'runs'}\nbase: pixels.yaml\nname: acme\n"
-                  "launcher: {name: acme_launcher}\nmatrix: {seed: [0]}\n")
-    ran = dtr(site, "suite", str(suite))
-    run = tmp_path / "runs" / "acme" / "seed0"
-    assert ran.returncode == 0, ran.stderr + (run / "train.log").read_text()
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
@@ -457,22 +486,14 @@ def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     assert all(np.isfinite(r["heldout"]["total"]) for r in records if "heldout" in r)
     assert any("fid" in json.dumps(r) for r in records), records[-3:]  # the extractor's FID at the end
     tracked = [json.loads(line) for line in (run / "acme_tracker.jsonl").read_text().splitlines()]
-    assert tracked[0] == {"start": "seed0"} and tracked[-1] == {"finish": True}
+    assert tracked[0] == {"start": "pixels"} and tracked[-1] == {"finish": True}
     config = json.loads((run / "meta.json").read_text())
     assert config["heldout"]["target"] == "epsilon"
+    # the final evaluation sampled with the process's own default sampler (walk, 4 steps)
+    assert np.load(run / "samples" / "samples.npz")["arr_0"].shape == (8, 8, 8, 1)
 
-    sampled = dtr(site, "sample", str(run), "--num", "3")  # the process's own default sampler: walk, 4 steps
-    assert sampled.returncode == 0, sampled.stderr
-    folder = Path(sampled.stdout.split("samples: ", 1)[1].strip())
-    assert np.load(folder / "samples.npz")["arr_0"].shape == (3, 8, 8, 1)
-
-    latent = write(tmp_path / "latent.yaml", LATENT.format(out=tmp_path / "runs"))
-    trained = dtr(site, "train", str(latent))
-    assert trained.returncode == 0, trained.stderr
-    latent_run = tmp_path / "runs" / "latent"
     losses = [json.loads(line) for line in (latent_run / "metrics.jsonl").read_text().splitlines()]
     assert any("aux/mean_gate" in json.dumps(r) for r in losses)  # the learned strategy's aux loss
-    sampled = dtr(site, "sample", str(latent_run), "--num", "2")
-    assert sampled.returncode == 0, sampled.stderr
-    folder = Path(sampled.stdout.split("samples: ", 1)[1].strip())
+    assert report["sample"]["code"] == 0, driven.stderr
+    folder = Path(report["sample"]["out"].split("samples: ", 1)[1].strip())
     assert np.load(folder / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)  # decoded by the codec

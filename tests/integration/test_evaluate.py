@@ -424,7 +424,7 @@ def test_record_says_what_was_applied(tmp_path, registry):
     assert result["num_samples"] == 300 and result["num_reference"] == 899 and result["sample_labels"] == "argument"
     assert result["kid_subset_size"] == 300 and result["kid_subsets"] == 10 and result["prc_neighborhood"] == 3
     assert len(result["reference_fingerprint"]) == 64
-    assert result["reference"] == "dataset:digits?image_size=8&channels=1&split=b"
+    assert result["reference"] == "dataset:digits?image_size=8&channels=1&split=b&random_flip=false"
     assert result["provenance"] == provenance and 0 <= result["precision"] <= 1  # precision: the metric
     other = digits_eval(images[:300], "dataset:digits?split=a", registry=registry, cache_dir=tmp_path / "c")
     assert other["reference_fingerprint"] != result["reference_fingerprint"]

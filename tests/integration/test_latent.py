@@ -231,7 +231,7 @@ def test_config_mistakes_are_one_line(tmp_path, vae_dir, run_cli):
 
     with pytest.raises(ConfigError, match="not divisible by the VAE's downsampling factor 2"):
         build_model(config(tmp_path, vae_dir, "data.image_size=15")[0])
-    with pytest.raises(ConfigError, match="input_size=6 must be divisible by patch_size=4.*data.image_size 12"):
+    with pytest.raises(ConfigError, match="input_size=6 must be divisible by patch_size=4.*data.s 3x12x12 images"):
         build_model(config(tmp_path, vae_dir, "data.image_size=12", "backbone.patch_size=4")[0])
     with pytest.raises(ConfigError, match="^vae: backbone 'dit' works on pixels"):
         build_model(config(tmp_path, vae_dir, "backbone={name: dit, input_size: 8, hidden_size: 32, depth: 1, "

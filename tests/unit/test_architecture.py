@@ -59,7 +59,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("dtr_plugins.runs.listing", "dtr_plugins.experiments.compare"):
         "`dtr runs` shows the metrics the comparison knows (the same table)",
     ("dtr_plugins.runs.listing", "dtr_plugins.experiments.compare_records"):
-        "`dtr runs` reads a run's curves as the comparison does",
+        "`dtr runs` shows a view of the run's one record (RunRecord), read as the comparison reads it",
 }
 #: the training and sampling core may not grow past this share of the package's lines
 CORE_SHARE = 0.35

@@ -47,6 +47,8 @@ BAD = [
     ("unknown feature extractor", GOOD, ["eval.feature_extractor=nope"],
      "eval.feature_extractor: unknown feature extractor 'nope' (known: digits-classifier, inception-v3-compat"),
     ("respacing beyond T", GOOD, ["sample.respacing=250"], "sample.respacing: respacing '250': cannot take 250 steps"),
+    ("training config without data", GOOD.replace("data: {name: digits, image_size: 8}\n", ""), [],
+     "data: missing section; training and evaluation need the training data"),
     ("too few eval samples", GOOD, ["eval={metrics: [kid], num_samples: 1, feature_extractor: digits-classifier}"],
      "eval.num_samples:"),
 ]
