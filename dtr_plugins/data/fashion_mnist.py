@@ -22,7 +22,7 @@ import gzip
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,25 @@ class FashionMNISTParams(BaseModel):
     split: Literal["train", "test", "heldout"] = Field(
         "train", description="train: the 60,000 training images; test (also called heldout): the 10,000 test images")
     random_flip: bool = Field(False, description="horizontal flips (garments are roughly mirror-symmetric)")
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @classmethod
+    def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+        """``params`` with ``image_size`` set to a square sample size when unset (``SupportsImageSize``)."""
+        return {"image_size": height, **params} if height == width else params
+
+    def random_hflip(self) -> bool:
+        return self.random_flip
+
+    def unaugmented(self) -> FashionMNISTParams:
+        return self.model_copy(update={"random_flip": False})
+
+    def heldout_split(self) -> FashionMNISTParams:
+        """The test split (the data set's own held-out images), never augmented."""
+        return self.model_copy(update={"split": "test", "random_flip": False})
 
 
 def candidate_folders(path: str | os.PathLike[str]) -> list[Path]:

@@ -97,3 +97,14 @@ def test_the_real_data_set():
     assert len(test) == SIZES["test"]
     assert test.labels.bincount(minlength=10).tolist() == [1000] * len(CLASSES)  # balanced, 1,000 per class
     assert test.images.min() == -1 and test.images.max() == 1
+
+
+def test_declares_its_shape_augmentation_and_held_out_split():
+    from dtr_plugins.core.contracts import SupportsAugmentation, SupportsHeldoutSplit, SupportsImageShape
+    from dtr_plugins.data.fashion_mnist import FashionMNISTParams
+
+    params = FashionMNISTParams(image_size=32, channels=3, random_flip=True)
+    assert isinstance(params, SupportsImageShape) and params.image_shape() == (3, 32, 32)
+    assert isinstance(params, SupportsAugmentation) and params.random_hflip() and not params.unaugmented().random_flip
+    held = params.heldout_split()
+    assert isinstance(params, SupportsHeldoutSplit) and held.split == "test" and not held.random_flip
