@@ -1,3 +1,4 @@
+# This file is over 500 lines because every plugin kind's Protocol is in this one place, read as one contract.
 """The written contract of every plugin kind: what the engine reads from a plugin, and nothing more.
 
 Each kind is registered through one hook of :mod:`dtr_plugins.core.hookspecs`; its factory is called with

@@ -7,47 +7,28 @@ disjoint seeded halves of ``all`` for real-vs-real metric references (they overl
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.data.square import SquareImageParams
 
 #: share of every class in the held-out split, and the seed of the permutation that picks it
 HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 20240117
 
 
-class DigitsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DigitsParams(SquareImageParams):
     image_size: int = Field(8, ge=8, description="side length; 8 is native, larger sizes upsample bilinearly")
     channels: Literal[1, 3] = 1
     split: Literal["train", "heldout", "all", "a", "b"] = Field(
         "train", description="train: all but a fixed stratified 10% (heldout, never trained on); all: every image; "
                              "a / b: two disjoint seeded halves of all (for real-vs-real metrics)")
     random_flip: bool = Field(False, description="horizontal flips (off by default: flipped digits are other glyphs)")
-
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
-        return (self.channels, self.image_size, self.image_size)
-
-    @classmethod
-    def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-        """``params`` with ``image_size`` set to a square sample size when unset (``SupportsImageSize``)."""
-        return {"image_size": height, **params} if height == width else params
-
-    def random_hflip(self) -> bool:
-        return self.random_flip
-
-    def unaugmented(self) -> DigitsParams:
-        return self.model_copy(update={"random_flip": False})
-
-    def heldout_split(self) -> DigitsParams:
-        """The held-out split of the same data, never augmented."""
-        return self.model_copy(update={"split": "heldout", "random_flip": False})
 
 
 def heldout_mask(labels: torch.Tensor, fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> torch.Tensor:

@@ -22,15 +22,16 @@ import gzip
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.data.square import SquareImageParams
 
 #: where Debian's ``dataset-fashion-mnist`` installs the IDX files
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
@@ -44,33 +45,14 @@ SIZES = {"train": 60000, "test": 10000}
 INSTALL_HINT = "install them with `apt-get install dataset-fashion-mnist` or set data.path"
 
 
-class FashionMNISTParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FashionMNISTParams(SquareImageParams):
+    HELDOUT: ClassVar[str] = "test"  # the data set's own test split is the held-out set
     path: str = Field(DEBIAN_PATH, description="folder of the IDX files (Debian's, or torchvision's download root)")
     image_size: int = Field(28, ge=8, description="side length; 28 is native, other sizes resize bilinearly")
     channels: Literal[1, 3] = 1
     split: Literal["train", "test", "heldout"] = Field(
         "train", description="train: the 60,000 training images; test (also called heldout): the 10,000 test images")
     random_flip: bool = Field(False, description="horizontal flips (garments are roughly mirror-symmetric)")
-
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of every image (the dataset contract's ``SupportsImageShape``)."""
-        return (self.channels, self.image_size, self.image_size)
-
-    @classmethod
-    def with_image_size(cls, params: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-        """``params`` with ``image_size`` set to a square sample size when unset (``SupportsImageSize``)."""
-        return {"image_size": height, **params} if height == width else params
-
-    def random_hflip(self) -> bool:
-        return self.random_flip
-
-    def unaugmented(self) -> FashionMNISTParams:
-        return self.model_copy(update={"random_flip": False})
-
-    def heldout_split(self) -> FashionMNISTParams:
-        """The test split (the data set's own held-out images), never augmented."""
-        return self.model_copy(update={"split": "test", "random_flip": False})
 
 
 def candidate_folders(path: str | os.PathLike[str]) -> list[Path]:

@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -294,19 +295,19 @@ def _one_thread_on_cpu(x: torch.Tensor):
         torch.set_num_threads(threads)
 
 
-@functools.cache
-def digits_fidelity_class() -> type:
-    """The ``torch_fidelity.FeatureExtractorBase`` subclass for ``digits-classifier`` (built on first use so
-    that importing this plugin does not import torch-fidelity)."""
+def classifier_fidelity_class(name: str, input_size: int, load: Callable[[str | None], Any]) -> type:
+    """A ``torch_fidelity.FeatureExtractorBase`` subclass over a small classifier ``net`` (``net.preprocess``:
+    ``uint8 [N, 3, H, W]`` -> its input; ``net.features``: input -> (``penultimate`` features, ``logits``)).
+
+    ``load(weights_path or None)`` returns the net in eval mode (``None``: the default, e.g. trained on first use).
+    Features ``penultimate`` serve FID/KID/PRC and ``logits`` IS. torch-fidelity is imported here, on first use,
+    so that importing a plugin does not import it."""
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    class DigitsClassifierFeatureExtractor(FeatureExtractorBase):
-        """Features ``penultimate`` (128-d, FID/KID/PRC) and ``logits`` (10 classes, ISC)."""
-
-        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-            super().__init__(name, features_list)
-            path = feature_extractor_weights_path or ensure_digits_classifier()
-            self.net = load_digits_net(path)
+    class ClassifierFeatureExtractor(FeatureExtractorBase):
+        def __init__(self, fidelity_name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(fidelity_name, features_list)
+            self.net = load(feature_extractor_weights_path)
 
         @staticmethod
         def get_provided_features_list():
@@ -322,17 +323,25 @@ def digits_fidelity_class() -> type:
 
         @staticmethod
         def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE, dtype=torch.uint8)
+            return torch.zeros(1, 3, input_size, input_size, dtype=torch.uint8)
 
         def forward(self, x):
             if not (torch.is_tensor(x) and x.dtype == torch.uint8):
-                raise ValueError("digits-classifier expects uint8 images")
+                raise ValueError(f"{name} expects uint8 images")
             with _one_thread_on_cpu(x):
                 feats, logits = self.net.features(self.net.preprocess(x))
             out = {"penultimate": feats.float(), "logits": logits.float()}
-            return tuple(out[name] for name in self.features_list)
+            return tuple(out[layer] for layer in self.features_list)
 
-    return DigitsClassifierFeatureExtractor
+    ClassifierFeatureExtractor.__name__ = ClassifierFeatureExtractor.__qualname__ = f"{name}-extractor"
+    return ClassifierFeatureExtractor
+
+
+@functools.cache
+def digits_fidelity_class() -> type:
+    """The torch-fidelity extractor of ``digits-classifier`` (:func:`classifier_fidelity_class`)."""
+    return classifier_fidelity_class(DIGITS_CLASSIFIER_NAME, DIGITS_INPUT_SIZE,
+                                     lambda path: load_digits_net(path or ensure_digits_classifier()))
 
 
 def digits_classifier(weights_path: str | None = None) -> FeatureExtractorSpec:

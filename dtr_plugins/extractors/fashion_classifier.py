@@ -32,7 +32,7 @@ from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import save_torch, write_json
 from dtr_plugins.data.fashion_mnist import DEBIAN_PATH, FILES, find_file, load_split
-from dtr_plugins.extractors.builtin import FeatureExtractorSpec
+from dtr_plugins.extractors.builtin import FeatureExtractorSpec, classifier_fidelity_class
 
 NAME = "fashion-classifier"
 INPUT_SIZE = 28
@@ -210,39 +210,9 @@ class FashionClassifierSpec(FeatureExtractorSpec):
 
 @functools.cache
 def fidelity_class() -> type:
-    """The ``torch_fidelity.FeatureExtractorBase`` subclass (built on first use: importing this plugin does not
-    import torch-fidelity). Features ``penultimate`` (128-d; FID/KID/PRC) and ``logits`` (10; IS)."""
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-
-    class FashionClassifierFeatureExtractor(FeatureExtractorBase):
-        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-            super().__init__(name, features_list)
-            self.net = load_net(str(feature_extractor_weights_path or ensure_classifier()[0]))
-
-        @staticmethod
-        def get_provided_features_list():
-            return "penultimate", "logits"
-
-        @staticmethod
-        def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
-
-        def forward(self, x):
-            if not (torch.is_tensor(x) and x.dtype == torch.uint8):
-                raise ValueError(f"{NAME} expects uint8 images")
-            feats, logits = self.net.features(self.net.preprocess(x))
-            out = {"penultimate": feats.float(), "logits": logits.float()}
-            return tuple(out[name] for name in self.features_list)
-
-    return FashionClassifierFeatureExtractor
+    """The torch-fidelity extractor of ``fashion-classifier``
+    (:func:`~dtr_plugins.extractors.builtin.classifier_fidelity_class`)."""
+    return classifier_fidelity_class(NAME, INPUT_SIZE, lambda path: load_net(str(path or ensure_classifier()[0])))
 
 
 class FashionClassifierParams(BaseModel):
