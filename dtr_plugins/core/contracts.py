@@ -373,7 +373,9 @@ class DiffusionProcess(Protocol):
     ``timestep_sampler()``: its own :class:`TimestepSampler` (used unless the loss weighting needs
     another); the training loop draws ``t`` from it and passes it in (the process never draws it);
     ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample ``[N]`` terms ``loss``, ``mse``
-    (and ``vb`` with ``learn_sigma``); ``sample(model, shape, **settings)``: ``[N, C, H, W]``;
+    (and ``vb`` with ``learn_sigma``); ``sample(model, shape, solver, *, noise, model_kwargs, device, ...)``:
+    ``[N, C, H, W]``, with ``solver`` a :class:`~dtr_plugins.core.sampling_settings.SolverSettings` (sampler,
+    respacing, eta, cfg_scale, cfg_channels, clip_denoised; None: the process's own defaults);
     ``loss_bucket(t, buckets)``: int64 bucket of each ``t`` (0: cleanest);
     ``continuous_tasks(strategy)``: the routing plan's map from ``t`` to tasks, or ``None`` when ``t``
     are the task indices themselves.
@@ -393,7 +395,7 @@ class DiffusionProcess(Protocol):
     def training_losses(self, model: Any, x_start: Tensor, t: Tensor, model_kwargs: Mapping[str, Any] | None = None,
                         noise: Tensor | None = None) -> dict[str, Tensor]: ...
 
-    def sample(self, model: Any, shape: Any, **kwargs: Any) -> Tensor: ...
+    def sample(self, model: Any, shape: Any, solver: Any = None, **kwargs: Any) -> Tensor: ...
 
     def loss_bucket(self, t: Tensor, buckets: int) -> Tensor: ...
 

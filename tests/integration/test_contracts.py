@@ -86,8 +86,9 @@ ACME = textwrap.dedent('''
             mse = ((eps - noise) ** 2).flatten(1).mean(1)
             return {"loss": mse, "mse": mse}
 
-        def sample(self, model, shape, *, respacing, noise=None, model_kwargs=None, device=None, **settings):
+        def sample(self, model, shape, solver=None, *, noise=None, model_kwargs=None, device=None, **settings):
             x = torch.randn(shape, device=device) if noise is None else noise
+            respacing = solver.respacing if solver is not None else self.default_respacing
             steps = torch.linspace(self.num_timesteps - 1, 0, int(respacing)).round().long().tolist()
             for i, step in enumerate(steps):
                 t = torch.full((shape[0],), step, dtype=torch.long, device=x.device)
