@@ -28,9 +28,10 @@ fashion-data:
 	  || echo "setup: could not install dataset-fashion-mnist; the Fashion-MNIST tests will skip"; \
 	else echo "setup: Fashion-MNIST is not installed: as root, apt-get install dataset-fashion-mnist"; fi
 
-# CI runs `make test`: lint, then types, then every test (unit, parity and the slow integration runs).
+# CI runs `make test`: lint, then types, then every test (unit, parity and the slow integration runs), on two
+# pytest-xdist workers (one per core; a test file stays on one worker).
 test: lint typecheck
-	$(PY) -m pytest -p no:cacheprovider tests
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check dtr_plugins tests benchmarks
