@@ -10,12 +10,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import Dataset
 
 from dtr_plugins.core.hookspecs import hookimpl
-from dtr_plugins.data.square import SquareImageParams
+from dtr_plugins.data.square import SquareImageParams, SquareImages
 
 #: share of every class in the held-out split, and the seed of the permutation that picks it
 HELDOUT_FRACTION = 0.1
@@ -42,7 +40,7 @@ def heldout_mask(labels: torch.Tensor, fraction: float = HELDOUT_FRACTION, seed:
     return mask
 
 
-class Digits(Dataset):
+class Digits(SquareImages):
     """Images in [-1, 1] as float ``[channels, image_size, image_size]`` with their digit label."""
 
     num_classes = 10
@@ -65,20 +63,7 @@ class Digits(Dataset):
             images, labels = images[keep], labels[keep]
         elif split != "all":
             raise ValueError(f"split must be train, heldout, all, a or b, got {split!r}")
-        if image_size != 8:
-            images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        self.images = images.clamp(-1, 1).expand(-1, channels, -1, -1).contiguous()
-        self.labels = labels
-        self.random_flip = random_flip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, int(self.labels[index])
+        super().__init__(images, labels, image_size, channels, random_flip)
 
 
 @hookimpl

@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import Dataset
 
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.hookspecs import hookimpl
-from dtr_plugins.data.square import SquareImageParams
+from dtr_plugins.data.square import SquareImageParams, SquareImages
 
 #: where Debian's ``dataset-fashion-mnist`` installs the IDX files
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
@@ -105,7 +103,7 @@ def load_split(path: str | os.PathLike[str], split: str) -> tuple[torch.Tensor, 
     return images, labels
 
 
-class FashionMNIST(Dataset):
+class FashionMNIST(SquareImages):
     """Images in [-1, 1] as float ``[channels, image_size, image_size]`` with their class label (0..9)."""
 
     num_classes = len(CLASSES)
@@ -115,20 +113,7 @@ class FashionMNIST(Dataset):
                  random_flip: bool = False):
         images, labels = load_split(path, "test" if split == "heldout" else split)
         pixels = images.unsqueeze(1).float().div(255.0).mul(2).sub(1)  # [N, 1, 28, 28] in [-1, 1]
-        if image_size != pixels.shape[-1]:
-            pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        self.images = pixels.clamp(-1, 1).expand(-1, channels, -1, -1).contiguous()
-        self.labels = labels
-        self.random_flip = random_flip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index]
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, int(self.labels[index])
+        super().__init__(pixels, labels, image_size, channels, random_flip)
 
 
 @hookimpl
