@@ -69,12 +69,14 @@ TINY_DIT: dict = {
 
 
 def _merged(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` applied: a dict merges into a dict section, ``None`` removes the key."""
+    """``base`` with ``changes`` applied: a dict merges into a dict section (one naming another plugin ``name``
+    replaces it: another plugin's params), ``None`` removes the key."""
     out = dict(base)
     for key, value in changes.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and value.get("name", out[key].get("name")) \
+                == out[key].get("name"):
             out[key] = _merged(out[key], value)
         else:
             out[key] = value

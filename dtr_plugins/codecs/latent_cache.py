@@ -53,11 +53,10 @@ class CacheSettings:
 
 def cache_key(data_name: str, data_params: dict[str, Any], image_size: int, codec_name: str, codec: Codec,
               dtype: str) -> dict[str, Any]:
-    """What identifies a cache's content: dataset and its validated parameters with augmentation off (the
-    caller passes them so), image size, codec content, dtype."""
+    """What identifies a cache's content: dataset and what identifies its images with augmentation off (the
+    caller passes the params model's ``content_key()`` where it has one, see ``SupportsContentKey``), image
+    size, codec content, dtype."""
     params = dict(sorted(data_params.items()))
-    if isinstance(params.get("path"), str) and Path(params["path"]).expanduser().exists():
-        params["path"] = str(Path(params["path"]).expanduser().resolve())
     return {"format": CACHE_FORMAT, "dataset": data_name, "params": params, "image_size": int(image_size),
             "codec": {"name": codec_name, "fingerprint": codec.fingerprint()}, "dtype": dtype}
 

@@ -42,6 +42,7 @@ from dtr_plugins.core.contracts import (
     LearnedRoutingStrategy,
     RoutingStrategy,
     SupportsAugmentation,
+    SupportsContentKey,
     SupportsImageShape,
     TimestepSampler,
     missing_members,
@@ -291,8 +292,8 @@ def latent_cache_root(cfg: ExperimentConfig, codec: Codec,
     params = data_params(cfg, registry)
     if isinstance(params, SupportsAugmentation):  # one cache for every augmentation setting
         params = params.unaugmented()
-    key = cache_key(cfg.dataset.name, params.model_dump(mode="json"), image_shape(cfg, registry)[1], spec.name, codec,
-                    spec.cache.dtype)
+    identity = params.content_key() if isinstance(params, SupportsContentKey) else params.model_dump(mode="json")
+    key = cache_key(cfg.dataset.name, identity, image_shape(cfg, registry)[1], spec.name, codec, spec.cache.dtype)
     base = Path(spec.cache.cache_dir).expanduser() if spec.cache.cache_dir else Path(cfg.output_dir) / "latent_cache"
     return cache_root(base, key), key
 

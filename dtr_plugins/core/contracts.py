@@ -285,6 +285,15 @@ class SupportsAugmentation(Protocol):
 
 
 @runtime_checkable
+class SupportsContentKey(Protocol):
+    """Optional capability of a dataset's params model: ``content_key()`` is what identifies its images, as
+    JSON-able values (a folder as its resolved absolute path, so ``./data`` and ``/abs/data`` share a latent
+    cache). Without it the key is the params' ``model_dump(mode="json")``."""
+
+    def content_key(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class SupportsHeldoutSplit(Protocol):
     """Optional capability of a dataset's params model: ``heldout_split()`` returns the params of images
     never trained on (no augmentation), for the held-out loss. Without it a run records no held-out loss."""

@@ -146,7 +146,7 @@ class FlowMatching:
     # -- sampling -----------------------------------------------------------------------------------
 
     #: the settings ``sample`` applies where neither ``solver`` nor a keyword gives one
-    default_solver = SolverSettings("heun", 50, clip_denoised=False)
+    default_solver = SolverSettings(default_sampler, default_respacing, clip_denoised=False)
 
     @torch.no_grad()
     def sample(self, model: Any, shape: tuple[int, ...] | list[int], solver: SolverSettings | None = None, *,

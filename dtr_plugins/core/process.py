@@ -15,6 +15,7 @@ from torch import Tensor
 from dtr_plugins.core.contracts import DiffusionProcess
 from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedule, space_timesteps
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.sampling_settings import SolverSettings
 from dtr_plugins.core.timesteps import UniformTimesteps
 
 
@@ -25,6 +26,8 @@ class GaussianProcess(GaussianDiffusion):
     samplers = ("ddpm", "ddim")
     default_sampler = "ddim"
     default_respacing = "ddim50"
+    #: what ``sample`` applies without settings: the same defaults a config gets (one place)
+    default_solver = SolverSettings(default_sampler, default_respacing, clip_denoised=True)
     loss_weightings = None  # any
     heldout_time = "discrete"  # held-out loss over bands of integer timesteps, of the epsilon MSE
     heldout_target = "epsilon"

@@ -22,7 +22,7 @@ import gzip
 import os
 import tempfile
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -51,6 +51,11 @@ class FashionMNISTParams(SquareImageParams):
     split: Literal["train", "test", "heldout"] = Field(
         "train", description="train: the 60,000 training images; test (also called heldout): the 10,000 test images")
     random_flip: bool = Field(False, description="horizontal flips (garments are roughly mirror-symmetric)")
+
+    def content_key(self) -> dict[str, Any]:
+        """The params with ``path`` as its resolved absolute folder (``SupportsContentKey``: latent caches of
+        ``./data`` and ``/abs/data`` are one)."""
+        return {**self.model_dump(mode="json"), "path": str(Path(self.path).expanduser().resolve())}
 
 
 def candidate_folders(path: str | os.PathLike[str]) -> list[Path]:

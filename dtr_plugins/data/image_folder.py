@@ -69,6 +69,11 @@ class ImageFolderParams(BaseModel):
     def random_hflip(self) -> bool:
         return self.random_flip
 
+    def content_key(self) -> dict[str, Any]:
+        """The params with ``path`` as its resolved absolute folder (``SupportsContentKey``: latent caches of
+        ``./data`` and ``/abs/data`` are one)."""
+        return {**self.model_dump(mode="json"), "path": str(Path(self.path).expanduser().resolve())}
+
     def unaugmented(self) -> ImageFolderParams:
         return self.model_copy(update={"random_flip": False})
 

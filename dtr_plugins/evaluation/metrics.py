@@ -25,7 +25,7 @@ line found before any feature is computed (:func:`check_eval_settings`, :func:`s
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.core.metrics import REGISTRY, needs_reference
+from dtr_plugins.core.metrics import REGISTRY, needs_reference, selectable
 from dtr_plugins.evaluation.stats_cache import ReferenceStats, fid_statistics
 from dtr_plugins.extractors.builtin import EvalError
 
-#: our metric name -> the keys torch-fidelity returns for it (from the registry, :mod:`dtr_plugins.core.metrics`)
+#: our metric name -> the keys torch-fidelity returns for it (from the registry, :mod:`dtr_plugins.core.metrics`;
+#: a snapshot at import: the functions below read the registry itself)
 METRICS: dict[str, tuple[str, ...]] = {m.name: tuple(v.key for v in m.values)
                                        for m in REGISTRY.values() if m.selectable}
 BINARY_METRICS = needs_reference()  # compare against a reference
@@ -61,30 +62,21 @@ FEATURE_OPTIONS = ("feature_extractor_internal_dtype",)
 def check_metric_names(metrics: Sequence[str]) -> list[str]:
     """``metrics`` without repeats, or :class:`EvalError` naming the unknown ones."""
     metrics = list(dict.fromkeys(metrics))
-    unknown = [m for m in metrics if m not in METRICS]
+    allowed = selectable()
+    unknown = [m for m in metrics if m not in allowed]
     if not metrics or unknown:
-        raise EvalError(f"metrics: unknown {', '.join(map(repr, unknown))} (allowed: {', '.join(METRICS)})"
-                        if unknown else f"metrics: none given (allowed: {', '.join(METRICS)})")
+        raise EvalError(f"metrics: unknown {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)})"
+                        if unknown else f"metrics: none given (allowed: {', '.join(allowed)})")
     return metrics
 
 
 def settings_problem(metrics: Sequence[str], count: int, options: Mapping[str, Any] | None = None) -> str | None:
-    """Why ``count`` images are too few for ``metrics`` with ``options`` (one phrase), or ``None`` if enough."""
+    """Why ``count`` images are too few for ``metrics`` with ``options`` (one phrase), or ``None`` if enough.
+
+    Each metric's minimum comes from its :class:`MetricFunction` (``minimum``)."""
     options = options or {}
-    needs: list[tuple[int, str]] = []
-    if "fid" in metrics:
-        needs.append((2, "fid (a covariance needs at least 2 images)"))
-    if "kid" in metrics:
-        subset = options.get("kid_subset_size")
-        needs.append((subset, f"kid with kid_subset_size={subset}") if subset else (2, "kid (at least 2 images)"))
-    if "prc" in metrics:
-        k = int(options.get("prc_neighborhood") or PRC_NEIGHBORHOOD)
-        needs.append((k + 1, f"prc (precision/recall with prc_neighborhood={k} needs k + 1 = {k + 1} images)"))
-    if "isc" in metrics:
-        splits = options.get("isc_splits")
-        needs.append((2 * splits, f"isc with isc_splits={splits} (a split of one image always scores 1, so each "
-                      "split needs at least 2)") if splits else (1, "isc"))
-    for minimum, what in needs:
+    for metric in metrics:
+        minimum, what = FUNCTIONS[metric].minimum(options)
         if count < minimum:
             return f"{count} image(s) are too few for {what}; at least {minimum} needed"
     return None
@@ -178,65 +170,151 @@ def fid_rank_deficiency(num_samples: int, num_reference: int, dim: int) -> str |
             f"comparable with FIDs from more images (use more than {dim} images on each side)")
 
 
+@dataclass(frozen=True)
+class MetricInputs:
+    """What a metric function reads: the samples' features (layer -> ``float [N, D]``), the reference statistics
+    (None when no metric asked needs them), the layer this metric reads, the settings and torch-fidelity's
+    keyword arguments built from them."""
+
+    samples: Mapping[str, torch.Tensor]
+    reference: ReferenceStats | None
+    layer: str
+    settings: MetricSettings
+    kwargs: Mapping[str, Any]
+    verbose: bool
+
+
+#: ``(inputs) -> (values keyed as the registry's Value.key, extra record fields)``
+Compute = Callable[[MetricInputs], tuple[Mapping[str, Any], Mapping[str, Any]]]
+#: ``(options) -> (least number of images, what needs them)`` for ``settings_problem``
+Minimum = Callable[[Mapping[str, Any]], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class MetricFunction:
+    """The code of one selectable registry metric: how to compute it and how many images it needs."""
+
+    compute: Compute
+    minimum: Minimum
+
+
+#: selectable metric name -> its function (registered with :func:`metric_function`, one per registry entry)
+FUNCTIONS: dict[str, MetricFunction] = {}
+
+
+def metric_function(name: str, minimum: Minimum) -> Callable[[Compute], Compute]:
+    """Register the function that computes the selectable registry metric ``name`` (a decorator).
+
+    A new metric is its :class:`~dtr_plugins.core.metrics.Metric` entry plus one function registered here;
+    ``tests/unit/test_metric_registry.py`` checks that every selectable entry has one."""
+    if name not in REGISTRY or not REGISTRY[name].selectable:
+        raise ValueError(f"metric_function: {name!r} is not a selectable metric of dtr_plugins.core.metrics.REGISTRY")
+
+    def register(fn: Compute) -> Compute:
+        FUNCTIONS[name] = MetricFunction(fn, minimum)
+        return fn
+    return register
+
+
+def _kid_minimum(options: Mapping[str, Any]) -> tuple[int, str]:
+    subset = options.get("kid_subset_size")
+    return (int(subset), f"kid with kid_subset_size={subset}") if subset else (2, "kid (at least 2 images)")
+
+
+def _prc_minimum(options: Mapping[str, Any]) -> tuple[int, str]:
+    k = int(options.get("prc_neighborhood") or PRC_NEIGHBORHOOD)
+    return k + 1, f"prc (precision/recall with prc_neighborhood={k} needs k + 1 = {k + 1} images)"
+
+
+def _isc_minimum(options: Mapping[str, Any]) -> tuple[int, str]:
+    splits = options.get("isc_splits")
+    if not splits:
+        return 1, "isc"
+    return 2 * int(splits), (f"isc with isc_splits={splits} (a split of one image always scores 1, so each split "
+                             "needs at least 2)")
+
+
+def _reference(inputs: MetricInputs, metric: str) -> ReferenceStats:
+    if inputs.reference is None:
+        raise EvalError(f"{metric}: needs reference statistics (only isc runs without a reference)")
+    return inputs.reference
+
+
+@metric_function("fid", lambda options: (2, "fid (a covariance needs at least 2 images)"))
+def _fid(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    reference = _reference(inputs, "fid")
+    feats = inputs.samples[inputs.layer]
+    mine, theirs = fid_statistics(feats), reference.fid[inputs.layer]
+    out = dict(fid_statistics_to_metric(mine, theirs, inputs.verbose))
+    out["frechet_inception_distance"] = _never_negative(out["frechet_inception_distance"], mine, theirs)
+    dim = len(theirs["mu"])
+    problem = fid_rank_deficiency(len(feats), reference.num_images, dim)
+    if problem:
+        warnings.warn(problem, stacklevel=4)
+    return out, {"fid_rank_deficient": problem is not None, "fid_feature_dim": dim}
+
+
+@metric_function("isc", _isc_minimum)
+def _isc(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+
+    samples, layer, splits = inputs.samples, inputs.layer, inputs.settings.isc_splits
+    out = isc_featuresdict_to_metric(dict(samples), layer, **inputs.kwargs)
+    per_split = len(samples[layer]) // splits
+    if splits == 1 and per_split >= ISC_MIN_PER_SPLIT:
+        warnings.warn("Inception Score in one split (isc_splits=1): its std is 0 by construction, not a "
+                      "measured spread", stacklevel=4)
+    if per_split < ISC_MIN_PER_SPLIT:
+        warnings.warn(f"Inception Score from {len(samples[layer])} samples in {splits} split(s) of {per_split} "
+                      f"image(s): with fewer than {ISC_MIN_PER_SPLIT} images a split the score is biased low"
+                      + (" and its std over one split is 0" if splits == 1 else ""), stacklevel=4)
+    return out, {"isc_images_per_split": per_split}
+
+
+@metric_function("kid", _kid_minimum)
+def _kid(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    reference, feats = _reference(inputs, "kid"), inputs.samples[inputs.layer]
+    theirs = reference.features[inputs.layer]
+    out = kid_features_to_metric(feats, theirs, **inputs.kwargs)
+    return out, {"kid_whole_sets": _kid_whole_sets(len(feats), len(theirs), inputs.settings)}
+
+
+@metric_function("prc", _prc_minimum)
+def _prc(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    reference, feats = _reference(inputs, "prc"), inputs.samples[inputs.layer]
+    theirs = reference.features[inputs.layer]
+    out = prc_features_to_metric(feats, theirs, **inputs.kwargs)
+    return out, {"prc_whole_set": _prc_whole_set(len(feats), len(theirs), inputs.settings.prc_neighborhood)}
+
+
 def compute_metrics(metrics: Sequence[str], samples: dict[str, torch.Tensor], reference: ReferenceStats | None,
                     layers: Mapping[str, str], settings: MetricSettings, *, verbose: bool = False,
                     save_cpu_ram: bool = True) -> dict[str, Any]:
-    """The metric values: torch-fidelity's keys in ``METRICS`` order, plus ``fid_rank_deficient`` and
-    ``fid_feature_dim`` with FID.
+    """The metric values: each metric's registered values in registry order, then the extra record fields its
+    function returns (``fid_rank_deficient`` and ``fid_feature_dim`` with FID, ...).
 
     ``samples``: layer -> ``float [N, D]`` features of the samples; ``reference``: the reference statistics
-    (``None`` when only ``isc`` is asked); ``layers``: metric -> layer.
+    (``None`` when only ``isc`` is asked); ``layers``: metric -> layer. Raises :class:`EvalError` when a metric
+    needs reference statistics that are not given, or torch-fidelity refuses the inputs.
     """
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
     kwargs = settings.fidelity_kwargs(verbose, save_cpu_ram)
     out: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     try:
         for metric in metrics:
-            layer = layers[metric]
-            if metric in BINARY_METRICS and reference is None:
-                raise EvalError(f"{metric}: needs reference statistics (only isc runs without a reference)")
-            if metric == "fid":
-                assert reference is not None
-                feats = samples[layer]
-                mine, theirs = fid_statistics(feats), reference.fid[layer]
-                out.update(fid_statistics_to_metric(mine, theirs, verbose))
-                out["frechet_inception_distance"] = _never_negative(out["frechet_inception_distance"], mine, theirs)
-                dim = len(theirs["mu"])
-                problem = fid_rank_deficiency(len(feats), reference.num_images, dim)
-                if problem:
-                    warnings.warn(problem, stacklevel=3)
-                extra.update(fid_rank_deficient=problem is not None, fid_feature_dim=dim)
-            elif metric == "isc":
-                out.update(isc_featuresdict_to_metric(samples, layer, **kwargs))
-                per_split = len(samples[layer]) // settings.isc_splits
-                if settings.isc_splits == 1 and per_split >= ISC_MIN_PER_SPLIT:
-                    warnings.warn("Inception Score in one split (isc_splits=1): its std is 0 by construction, not a "
-                                  "measured spread", stacklevel=3)
-                if per_split < ISC_MIN_PER_SPLIT:
-                    warnings.warn(f"Inception Score from {len(samples[layer])} samples in {settings.isc_splits} "
-                                  f"split(s) of {per_split} image(s): with fewer than {ISC_MIN_PER_SPLIT} images a "
-                                  "split the score is biased low" + (" and its std over one split is 0"
-                                                                      if settings.isc_splits == 1 else ""),
-                                  stacklevel=3)
-                extra["isc_images_per_split"] = per_split
-            elif metric == "kid":
-                assert reference is not None
-                out.update(kid_features_to_metric(samples[layer], reference.features[layer], **kwargs))
-                extra["kid_whole_sets"] = _kid_whole_sets(len(samples[layer]), len(reference.features[layer]),
-                                                          settings)
-            elif metric == "prc":
-                assert reference is not None
-                out.update(prc_features_to_metric(samples[layer], reference.features[layer], **kwargs))
-                extra["prc_whole_set"] = _prc_whole_set(len(samples[layer]), len(reference.features[layer]),
-                                                        settings.prc_neighborhood)
+            values, fields = FUNCTIONS[metric].compute(
+                MetricInputs(samples, reference, layers[metric], settings, kwargs, verbose))
+            out.update(values)
+            extra.update(fields)
     except ValueError as exc:  # torch-fidelity's vassert
         raise EvalError(f"torch-fidelity: {str(exc).strip().splitlines()[-1]}") from exc
-    ordered = {k: float(out[k]) for m in metrics for k in METRICS[m] if k in out}
+    ordered = {v.key: float(out[v.key]) for m in metrics for v in REGISTRY[m].values if v.key in out}
     ordered.update(extra)
     return ordered
 
@@ -250,7 +328,7 @@ def _kid_whole_sets(num_samples: int, num_reference: int, settings: MetricSettin
     if len(whole) == 2:
         warnings.warn(f"KID: kid_subset_size {size} holds all {num_samples} samples and all {num_reference} reference "
                       "images, so every subset is the same: the ± is 0 by construction, not a measured spread (give "
-                      "more images than kid_subset_size on a side)", stacklevel=4)
+                      "more images than kid_subset_size on a side)", stacklevel=5)
     return whole
 
 
@@ -262,7 +340,7 @@ def _prc_whole_set(num_samples: int, num_reference: int, k: int) -> bool:
     smallest = min(num_samples, num_reference)
     warnings.warn(f"precision/recall: prc_neighborhood {k} reaches every other image of {smallest}, so each "
                   "neighbourhood is the whole set and the values say little (use more than k + 1 images)",
-                  stacklevel=4)
+                  stacklevel=5)
     return True
 
 

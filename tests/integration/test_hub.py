@@ -11,20 +11,10 @@ from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.sampling.sample import generate, load_run
 from dtr_plugins.sharing import hub
 
-from ..conftest import write
+from ..conftest import tiny_dit_config, write
 
-TINY = """\
-name: tiny-export
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-           num_classes: 4}
-routing: {name: dtr, alpha: 4.0, beta: 0.8}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 4, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 2, ema_warmup: true}
-sample: {sampler: ddim, respacing: ddim5, cfg_scale: 2.0, num_samples: 8, batch_size: 8}
-eval: {at_end: false}
-"""
+#: the shared tiny DiT run (tests/conftest.py), 4 steps, sampled with guidance
+TINY = {"name": "tiny-export", "train": {"steps": 4, "ckpt_every": 2}, "sample": {"cfg_scale": 2.0}}
 
 # What the trainer writes to eval.json at the end of a run (training/train.py, _evaluate_during_training).
 EVAL = {"frechet_inception_distance": 12.345, "kernel_inception_distance_mean": 0.0123,
@@ -39,7 +29,7 @@ EVAL = {"frechet_inception_distance": 12.345, "kernel_inception_distance_mean": 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("hubrun")
-    cfg = dp.load_config(write(root / "tiny.yaml", TINY), overrides=[f"output_dir={root / 'runs'}"])
+    cfg = dp.load_config(tiny_dit_config(root, "tiny.yaml", **TINY), overrides=[f"output_dir={root / 'runs'}"])
     run = dp.train(cfg, progress=False)
     (run / "eval.json").write_text(json.dumps(EVAL))
     return run

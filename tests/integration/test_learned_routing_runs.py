@@ -16,23 +16,15 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.sampling.sample import generate
 
-from ..conftest import write
+from ..conftest import tiny_dit_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "dtr-learned-window-example"
 
-TINY = """\
-name: tiny-learned
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-routing: {name: learned_window, alpha: 4.0, beta: 0.8, sharpness: 1.0, smooth_weight: 1.0, lr: 0.05}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 6, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 3, ema_warmup: true}
-sample: {sampler: ddim, respacing: ddim5, num_samples: 8, batch_size: 8}
-eval: {at_end: false, heldout_every: 0}
-"""
+#: the shared tiny DiT run (tests/conftest.py) with learned routing and no held-out loss
+TINY = {"name": "tiny-learned", "eval": {"heldout_every": 0},
+        "routing": {"name": "learned_window", "alpha": 4.0, "beta": 0.8, "sharpness": 1.0, "smooth_weight": 1.0,
+                    "lr": 0.05}}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def registry():
 
 
 def tiny_config(tmp_path, registry, *overrides):
-    path = write(tmp_path / "tiny.yaml", TINY)
+    path = tiny_dit_config(tmp_path, "tiny.yaml", **TINY)
     return dp.load_config(path, overrides=[f"output_dir={tmp_path / 'runs'}", *overrides], registry=registry)
 
 

@@ -14,26 +14,20 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
 
-from ..conftest import write
+from ..conftest import tiny_dit_config, write
 
-TINY = """\
-name: tiny
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-diffusion: {steps: 100}
-data: {name: synthetic, num_samples: 32, image_size: 8, num_classes: 4}
-train: {steps: 2, batch_size: 8, log_every: 1}
-sample: {sampler: ddim, respacing: ddim4, num_samples: 8, batch_size: 4}
-eval: {at_end: false}
-"""
+#: the shared tiny DiT run (tests/conftest.py) without routing: 2 steps, 32 images, DDIM-4 in batches of 4
+TINY = {"routing": None, "diffusion": {"steps": 100, "schedule": None, "learn_sigma": None},
+        "data": {"num_samples": 32}, "train": {"steps": 2, "batch_size": 8, "lr": None, "log_every": 1,
+                                               "ckpt_every": None, "ema_warmup": None},
+        "sample": {"respacing": "ddim4", "batch_size": 4}}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three tiny trained runs: class-conditional with a null class, unconditional, conditional without null."""
     root = tmp_path_factory.mktemp("runs")
-    path = write(root / "tiny.yaml", TINY)
+    path = tiny_dit_config(root, "tiny.yaml", **TINY)
     out = {}
     for name, sets in {"cond": [], "uncond": ["backbone.num_classes=1", "data.num_classes=1"],
                        "nonull": ["backbone.class_dropout_prob=0.0"]}.items():
@@ -54,7 +48,7 @@ def test_guidance_on_unconditional_model_is_refused(runs, run_cli, tmp_path):
 
 
 def test_training_with_guidance_on_unconditional_model_is_refused_before_training(tmp_path):
-    path = write(tmp_path / "tiny.yaml", TINY)
+    path = tiny_dit_config(tmp_path, "tiny.yaml", **TINY)
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "backbone.num_classes=1", "data.num_classes=1",
                                           "sample.cfg_scale=4.0", "eval.at_end=true",
                                           "eval.feature_extractor=digits-classifier"])
@@ -220,7 +214,7 @@ def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:FID from 8 samples")
 def test_training_time_eval_records_the_applied_values(tmp_path, run_cli):
-    path = write(tmp_path / "tiny.yaml", TINY)
+    path = tiny_dit_config(tmp_path, "tiny.yaml", **TINY)
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "data={name: digits, image_size: 8}",
                                           "backbone.num_classes=10", "sample.cfg_scale=2.0",
                                           "eval={num_samples: 8, feature_extractor: digits-classifier}"])

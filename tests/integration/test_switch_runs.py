@@ -9,26 +9,17 @@ import dtr_plugins as dp
 from dtr_plugins.compose import build_components
 from dtr_plugins.core.checkpoint import RouterInitWarning, load_checkpoint
 
-from ..conftest import write
+from ..conftest import tiny_dit_config, write
 
-TINY = """\
-name: tiny-switch
-seed: 3
-backbone: {name: dit, input_size: 8, patch_size: 2, hidden_size: 32, depth: 2, num_heads: 2, in_channels: 1,
-  num_classes: 4}
-routing: {name: switch, num_experts: 3, top_k: 2, jsd_weight: 1.0, refresh_every: 2}
-diffusion: {steps: 100, schedule: linear, learn_sigma: true}
-data: {name: synthetic, num_samples: 64, image_size: 8, num_classes: 4}
-train: {steps: 6, batch_size: 8, lr: 1.0e-3, log_every: 2, ckpt_every: 3, ema_warmup: true}
-sample: {sampler: ddim, respacing: ddim5, num_samples: 8, batch_size: 8}
-eval: {at_end: false}
-"""
+#: the shared tiny DiT run (tests/conftest.py) with Switch-DiT routing
+TINY = {"name": "tiny-switch",
+        "routing": {"name": "switch", "num_experts": 3, "top_k": 2, "jsd_weight": 1.0, "refresh_every": 2}}
 AUX_KEY = "aux/switch_jsd"
 ROUTER = "routing.learned."
 
 
 def config_file(tmp_path):
-    return write(tmp_path / "tiny.yaml", TINY)
+    return tiny_dit_config(tmp_path, "tiny.yaml", **TINY)
 
 
 def tiny_config(tmp_path, *overrides):
@@ -146,7 +137,7 @@ def test_bad_switch_params_are_one_line_exit_2(tmp_path, run_cli, override, key)
 def test_suite_report_draws_the_switch_gates_next_to_the_static_masks(tmp_path):
     from dtr_plugins.experiments.suite import run_suite
 
-    write(tmp_path / "base.yaml", TINY)
+    tiny_dit_config(tmp_path, "base.yaml", **TINY)
     path = write(tmp_path / "suite.yaml", f"""\
 output_dir: {tmp_path / 'runs'}
 base: base.yaml

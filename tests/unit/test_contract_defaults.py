@@ -33,6 +33,16 @@ def test_flow_matching_without_a_sampler_takes_its_own_default(tmp_path):
     assert (given.sample.sampler, given.sample.respacing) == ("heun", "50")
 
 
+@pytest.mark.parametrize("name", ["gaussian", "flow_matching"])
+def test_a_process_samples_with_the_defaults_a_config_gets(name):
+    """One default per process: what ``process.sample`` applies without settings is what a config without
+    ``sample.sampler`` / ``sample.respacing`` gets (flow matching once said heun in one and euler in the other)."""
+    cfg = config_from_dict({**BASE, "diffusion": {"name": name, "steps": 50}})
+    process = build_registry().build("process", name, **cfg.diffusion.params)
+    assert (process.default_solver.sampler, str(process.default_solver.respacing)) == \
+        (cfg.sample.sampler, str(cfg.sample.respacing)) == (process.default_sampler, process.default_respacing)
+
+
 class ToyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps: int = 10

@@ -1,6 +1,7 @@
 """Only a dataset plugin reads its own params by name: everywhere else the dataset's declared capabilities
-(``SupportsImageShape``, ``SupportsImageSize``, ``SupportsAugmentation``, ``SupportsHeldoutSplit`` in
-``dtr_plugins/core/contracts.py``) are used. Read from the source with ``ast`` (nothing is imported)."""
+(``SupportsImageShape``, ``SupportsImageSize``, ``SupportsAugmentation``, ``SupportsHeldoutSplit``,
+``SupportsContentKey`` in ``dtr_plugins/core/contracts.py``) are used. Read from the source with ``ast``
+(nothing is imported)."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +10,7 @@ from ..conftest import ROOT
 
 PACKAGE = ROOT / "dtr_plugins"
 #: parameter names of the built-in datasets that other code used to read
-DATASET_KEYS = frozenset({"image_size", "random_flip", "channels", "heldout_fraction", "class_cond"})
+DATASET_KEYS = frozenset({"image_size", "random_flip", "channels", "heldout_fraction", "class_cond", "path"})
 #: plugin folders whose modules own params of these names (a backbone's own ``image_size``)
 OWNERS = ("data", "backbones")
 

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import dtr_plugins
@@ -10,6 +11,7 @@ from dtr_plugins.core import metrics as registry
 from dtr_plugins.core.config import config_from_dict
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.fingerprint import plan_fingerprint, resume_refusal, weights_fingerprint
+from dtr_plugins.evaluation import metrics as metric_code
 from dtr_plugins.runs.rundir import SuiteIndex
 
 from ..conftest import tiny_dit_config
@@ -61,7 +63,31 @@ def extra_metric(monkeypatch):
     entry = registry.Metric("sharpness", (registry.Value("sharpness_mean", "sharpness", registry.HIGHER,
                                                          "Sharpness (mean)"),), feature_layer=None)
     monkeypatch.setitem(registry.REGISTRY, "sharpness", entry)
+    monkeypatch.setattr(metric_code, "FUNCTIONS", dict(metric_code.FUNCTIONS))
+
+    @metric_code.metric_function("sharpness", lambda options: (3, "sharpness (three images)"))
+    def sharpness(inputs):
+        feats = inputs.samples[inputs.layer]
+        return {"sharpness_mean": float(feats.abs().mean()), "ignored": 1.0}, {"sharpness_images": len(feats)}
     return entry
+
+
+def test_a_registered_metric_is_computed_and_sized_by_its_one_function(extra_metric):
+    """Its registry entry plus one registered function: evaluation computes it (only the registry's values are
+    kept, in registry order, then the function's extra fields) and refuses too few images with its minimum."""
+    feats = torch.tensor([[1.0, -2.0], [3.0, -4.0], [0.0, 2.0]])
+    settings = metric_code.metric_settings(["sharpness"], 3, None, None)
+    out = metric_code.compute_metrics(["sharpness"], {"features": feats}, None, {"sharpness": "features"}, settings)
+    assert out == {"sharpness_mean": pytest.approx(2.0), "sharpness_images": 3}
+    assert metric_code.settings_problem(["sharpness"], 2) == \
+        "2 image(s) are too few for sharpness (three images); at least 3 needed"
+    assert metric_code.check_metric_names(["sharpness", "fid"]) == ["sharpness", "fid"]
+
+
+def test_every_selectable_registry_metric_has_exactly_one_function():
+    assert set(metric_code.FUNCTIONS) == set(registry.selectable())
+    with pytest.raises(ValueError, match="'nope' is not a selectable metric"):
+        metric_code.metric_function("nope", lambda options: (1, "x"))
 
 
 def test_a_registered_metric_reaches_cli_config_report_runs_and_card(extra_metric, tmp_path):

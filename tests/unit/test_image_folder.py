@@ -179,3 +179,19 @@ def test_heldout_split_keeps_every_label_with_its_file(tmp_path):
     for part in parts:
         assert part.classes == ["a", "b", "c"] and part.num_classes == 3
         assert part.labels == [part.class_index[f.relative_to(root).parts[0]] for f in part.files]
+
+
+def test_content_key_names_the_folder_not_how_it_was_written(tmp_path, monkeypatch):
+    """A latent cache is keyed by what the params model says identifies its images (``SupportsContentKey``):
+    ``./data`` and its absolute path are one folder, so one cache."""
+    from dtr_plugins.core.contracts import SupportsContentKey
+    from dtr_plugins.data.image_folder import ImageFolderParams
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = ImageFolderParams(path="data", image_size=8)
+    absolute = ImageFolderParams(path=str(tmp_path / "data"), image_size=8)
+    assert isinstance(relative, SupportsContentKey)
+    assert relative.content_key() == absolute.content_key()
+    assert relative.content_key()["path"] == str((tmp_path / "data").resolve())
+    assert relative.content_key() != ImageFolderParams(path="data", image_size=16).content_key()
