@@ -32,7 +32,8 @@ def test_readme_and_docs_equal_their_rebuild_from_committed_results(capsys):
     assert figures.main(["--check"]) == 0, capsys.readouterr().err
     texts = [d.read_text() for d in figures.documents()]
     blocks = [m["name"] for t in texts for m in figures.MARKER.finditer(t)]
-    assert {"routing-overhead-summary", "routing-overhead-cpu", "sampling-sites-gpu"} <= set(blocks)
+    assert {"routing-overhead-summary", "routing-overhead-cpu", "sampling-sites-gpu", "targets", "speed-summary",
+            "bench:results-cpu/train_step_S2", "bench:results-gpu/train_step_B2_compile"} <= set(blocks)
     # the sum of separately timed parts is never presented as the measured overhead
     readme = (REPO / "README.md").read_text()
     assert "+0.26% of a DiT-S/2 block stack" not in readme and "[-2.70%, +4.25%]" in readme
@@ -73,3 +74,42 @@ def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
     assert figures.rebuild(new, "doc.md", table) == new  # a rebuilt block is stable
     with pytest.raises(ValueError, match="doc.md: block figures:gone has no committed source"):
         figures.rebuild("<!-- figures:gone -->\n1.33x\n<!-- /figures:gone -->\n", "doc.md", table)
+
+
+def test_every_committed_benchmark_result_renders_through_its_script():
+    """Each ``benchmarks/results-*/*.json`` has a ``bench:`` block source, and it names the script that renders it."""
+    figures = figures_module()
+    table = figures.builders()
+    results = sorted(REPO.glob("benchmarks/results-*/*.json"))
+    names = [f"bench:{p.parent.name}/{p.stem}" for p in results if p.stem != "check_targets"]
+    assert len(names) >= 15 and set(names) <= set(table)
+    for name in names:
+        text = table[name]()
+        assert text.startswith(f"From `benchmarks/{name[6:]}.json`, rendered by `benchmarks/") and "| " in text
+        assert "\n#" not in text  # headings become bold lines: a block never adds a section
+
+
+def test_a_changed_number_in_a_result_changes_its_block(tmp_path):
+    """The block is computed from the JSON: edit one stored time and the rebuilt table shows the new number."""
+    figures = figures_module()
+    repo = tmp_path / "repo"
+    bench = repo / "benchmarks"
+    (bench / "results-cpu").mkdir(parents=True)
+    for script in ("_common.py", "_published.py", "sample.py", "models.yaml"):
+        (bench / script).write_text((REPO / "benchmarks" / script).read_text())
+    payload = json.loads((REPO / "benchmarks/results-cpu/sample.json").read_text())
+    (bench / "results-cpu" / "sample.json").write_text(json.dumps(payload))
+    doc = "<!-- figures:bench:results-cpu/sample -->\nold\n<!-- /figures:bench:results-cpu/sample -->\n"
+    before = figures.rebuild(doc, "doc.md", figures.builders(repo))
+    row = payload["results"][0]
+    assert f"| {row['variant']} | 1 (no guidance) | {row['seconds']['median']:.3f} |" in before
+    row["seconds"]["median"] = 123.4567
+    row["images_per_s"] = 8 / 123.4567
+    (bench / "results-cpu" / "sample.json").write_text(json.dumps(payload))
+    after = figures.rebuild(before, "doc.md", figures.builders(repo))
+    assert after != before and "| vanilla | 1 (no guidance) | 123.457 | 0.06 |" in after
+    assert figures.rebuild(after, "doc.md", figures.builders(repo)) == after  # stable once rebuilt
+    # a JSON no script renders is an error, not an empty block
+    (bench / "results-cpu" / "mystery.json").write_text("{}")
+    with pytest.raises(ValueError, match="mystery.json: no benchmark script renders it"):
+        figures.builders(repo)["bench:results-cpu/mystery"]()
