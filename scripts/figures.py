@@ -298,6 +298,64 @@ def fashion_gpu_estimate(repo: Path = REPO) -> str:
             f"{sets['eval.num_samples']} images for the final evaluation adds minutes.\n")
 
 
+def recipe_table(path: Path) -> str:
+    """What a suite's recipe measured, from its committed per-run lines: run time, the seed-to-seed spread of
+    the primary metric, the smallest paired difference it resolves, and the class accuracy of the samples.
+
+    Per strategy (runs grouped by their axes): runs, median wall time per run (the launcher's, with its threads),
+    mean and SD over seeds of the primary metric and of ``class_accuracy``; per strategy but vanilla, the SD of the
+    paired differences against vanilla (same seed and other axes) and the half-width of the 95% t-interval of
+    their mean with that many pairs, as a share of vanilla's mean: the smallest relative difference that
+    resolves at that spread."""
+    from scipy import stats
+
+    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
+    from dtr_plugins.experiments.raw_results import read_raw_results
+
+    lines = [x for x in read_raw_results(path) if x["status"] == "done"]
+    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+
+    def setting(x: dict[str, Any]) -> tuple[tuple[str, str], ...]:  # every axis but the strategy
+        return tuple(sorted((k, str(v)) for k, v in x["axes"].items() if k != "routing"))
+
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
+    for x in lines:
+        groups.setdefault((str(x["axes"].get("routing", "base")), setting(x)), []).append(x)
+    reference = {(set_, x["seed"]): x["final"].get(primary) for (name, set_), runs in groups.items()
+                 if name == "vanilla" for x in runs}
+
+    def mean_sd(values: list[float]) -> str:
+        if not values:
+            return "n/a"
+        return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}" if len(values) > 1 else \
+            f"{values[0]:.4g}"
+
+    rows = [f"| strategy | runs | wall time per run (median) | {primary} (mean ± SD over seeds) | SD of paired "
+            "differences | smallest resolvable paired difference (95%) | class accuracy of samples |",
+            "|---|---|---|---|---|---|---|"]
+    for (name, set_), runs in groups.items():
+        seconds = [x["seconds"] for x in runs if x.get("seconds") is not None and not x.get("resumed")]
+        threads = sorted({str(x.get("threads")) for x in runs if x.get("seconds") is not None})
+        wall = (f"{statistics.median(seconds) / 60:.1f} min ({len(seconds)} unresumed runs, threads "
+                f"{'/'.join(threads)})" if seconds else "not recorded")
+        values = [x["final"][primary] for x in runs if x["final"].get(primary) is not None]
+        accuracy = [x["final"]["class_accuracy"] for x in runs if x["final"].get("class_accuracy") is not None]
+        spread = resolvable = "(reference)" if name == "vanilla" else "n/a"
+        base = [v for (s_, _), v in reference.items() if s_ == set_ and v is not None]
+        diffs = [x["final"][primary] - reference[(set_, x["seed"])] for x in runs if name != "vanilla"
+                 and reference.get((set_, x["seed"])) is not None and x["final"].get(primary) is not None]
+        if len(diffs) > 1 and base:
+            sd = statistics.stdev(diffs)
+            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+            spread = f"{sd:.2g}"
+            resolvable = f"±{half / statistics.fmean(base):.2%} of vanilla's mean ({len(diffs)} pairs)"
+        label = name + (f" ({', '.join(f'{k}={v}' for k, v in set_)})" if set_ else "")
+        rows.append(f"| {label} | {len(runs)} | {wall} | {mean_sd(values)} | {spread} | {resolvable} | "
+                    f"{mean_sd(accuracy)} |")
+    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n"
+
+
 def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     out: dict[str, Callable[[], str]] = {
         "routing-overhead-cpu": lambda: _overhead_text("benchmarks/results-cpu/routing_overhead.json"),
@@ -319,6 +377,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         machine = raw.parent.parent.name.removeprefix("results-")
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
+        out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
     return out
 
 
