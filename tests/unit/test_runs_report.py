@@ -76,12 +76,14 @@ def test_pick_per_class_and_sample_rows(tmp_path):
 
 # ------------------------------------------------------------------------------------------ runs
 def make_run(path, *, steps=6, losses=(0.5, 0.25), fid=None, heldout=None, final=True, eval_at_end=False,
-             status=None, labels_used=True):
+             status=None, labels_used=True, process=None, target="epsilon"):
     """A run directory as training leaves it (no model is trained): config, meta, metrics, checkpoints."""
-    tiny_dit_config(path.parent, f"{path.name}.yaml", train={"steps": steps}, eval={"at_end": eval_at_end})
+    extra = {"diffusion": {"name": process}} if process else {}
+    tiny_dit_config(path.parent, f"{path.name}.yaml", train={"steps": steps}, eval={"at_end": eval_at_end}, **extra)
     rd = RunDir(path)
     rd.write_config((path.parent / f"{path.name}.yaml").read_text())
-    rd.write_meta({"device": "cpu (test)", "precision": "fp32", "world_size": 1})
+    rd.write_meta({"device": "cpu (test)", "precision": "fp32", "world_size": 1,
+                   **({"heldout": {"applied": True, "target": target}} if heldout is not None else {})})
     rd.write_classes({"num_classes": 4, "classes": ["a", "b", "c", "d"], "labels_used": labels_used})
     for i, loss in enumerate(losses):
         rd.append_metrics({"step": 2 * (i + 1), "loss": loss})
@@ -136,10 +138,10 @@ def test_runs_table_and_json_from_the_cli(tmp_path, run_cli):
     make_run(tmp_path / "runs" / "b", final=False, losses=(0.5,))
     runs = [summarize_run(p, tmp_path / "runs") for p in find_runs(tmp_path / "runs")]
     lines = format_runs_table(runs).splitlines()
-    assert lines[0].split() == ["run", "status", "step", "loss", "held-out", "loss", "FID", "eval", "step",
-                                "strategy", "backbone"]
-    assert lines[1].split()[:7] == ["a", "done", "6/6", "0.25", "0.0812", "12.35", "6"]
-    assert lines[2].split()[:7] == ["b", "incomplete", "3/6", "0.5", "—", "—", "—"]  # step: its checkpoint at 3
+    assert lines[0].split() == ["run", "status", "step", "loss", "held-out", "loss", "(epsilon", "MSE)", "FID", "eval",
+                                "step", "process", "strategy", "backbone"]
+    assert lines[1].split()[:8] == ["a", "done", "6/6", "0.25", "0.0812", "12.35", "6", "gaussian"]
+    assert lines[2].split()[:8] == ["b", "incomplete", "3/6", "0.5", "—", "—", "—", "gaussian"]  # step: checkpoint 3
     assert lines[1].index("done") == lines[0].index("status") and lines[1].index("dtr") == lines[0].index("strategy")
 
     code, out, err = run_cli("runs", str(tmp_path / "runs"))
@@ -147,8 +149,24 @@ def test_runs_table_and_json_from_the_cli(tmp_path, run_cli):
     code, out, _ = run_cli("runs", str(tmp_path / "runs"), "--json")
     assert [(r["run"], r["status"], r["metrics"]) for r in json.loads(out)] == [
         ("a", "done", {"frechet_inception_distance": 12.3456, "heldout/total": 0.0812}), ("b", "incomplete", {})]
+    assert [(r["process"], r["heldout_target"]) for r in json.loads(out)] == [("gaussian", "epsilon"),
+                                                                               ("gaussian", None)]
     code, out, err = run_cli("runs", str(tmp_path / "empty-missing"))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "no such folder" in err
+
+
+def test_runs_table_never_puts_epsilon_and_velocity_mse_in_one_column(tmp_path):
+    make_run(tmp_path / "runs" / "ddpm", heldout=0.0812)
+    make_run(tmp_path / "runs" / "flow", heldout=0.9, process="flow_matching", target="velocity")
+    runs = [summarize_run(p, tmp_path / "runs") for p in find_runs(tmp_path / "runs")]
+    assert [(r.process, r.heldout_target) for r in runs] == [("gaussian", "epsilon"), ("flow_matching", "velocity")]
+    lines = format_runs_table(runs).splitlines()
+    eps, vel = lines[0].index("held-out loss (epsilon MSE)"), lines[0].index("held-out loss (velocity MSE)")
+    assert eps < vel and "process" in lines[0]
+    ddpm, flow = lines[1], lines[2]
+    assert ddpm.split()[:6] == ["ddpm", "done", "6/6", "0.25", "0.0812", "—"]  # epsilon column, velocity empty
+    assert flow.split()[:6] == ["flow", "done", "6/6", "0.25", "—", "0.9"]
+    assert "gaussian" in ddpm and "flow_matching" in flow
 
 
 # ------------------------------------------------------------------------------------------ report of one run
