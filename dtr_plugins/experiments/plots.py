@@ -150,6 +150,33 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
     return _finish(fig, path)
 
 
+def heldout_band_figure(by_step: dict[int, list[float]], target: str | None = None, latest: int = 5):
+    """The figure of :func:`plot_heldout_per_band` (not saved)."""
+    steps = sorted(by_step)[-latest:]
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    colours = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(steps)))
+    for colour, step in zip(colours, steps):
+        values = by_step[step]
+        ax.plot(range(len(values)), values, marker="o", ms=3, color=colour, label=f"step {step}")
+    count = max(len(v) for v in by_step.values())
+    ax.set_xticks(range(count))
+    ax.set_xlabel(f"noise band (0 = least noise, {count} bands of equal width)")
+    measured = f"{target} MSE" if target else "held-out loss"
+    ax.set_ylabel(f"held-out {measured}" if target else measured)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="held-out evaluation", title_fontsize=8)
+    ax.set_title(wrap_title(f"held-out loss per noise band, EMA weights, fixed inputs; the latest {len(steps)} "
+                            f"evaluation{'s' * (len(steps) > 1)}", 60), fontsize=10)
+    return fig
+
+
+def plot_heldout_per_band(by_step: dict[int, list[float]], path: str | Path, target: str | None = None) -> Path:
+    """One run's held-out loss against the noise band: ``by_step`` maps a step to its loss per band
+    (``[band0, band1, ...]``), one line per step (the latest five). ``target``: what the loss measures
+    (``epsilon`` / ``velocity``, from the run's ``meta.json``), named on the y axis."""
+    return _finish(heldout_band_figure(by_step, target), path)
+
+
 def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str | Path) -> Path:
     """Final training loss per timestep bucket (t = 0 .. T-1 in ten bins), one line per group."""
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")

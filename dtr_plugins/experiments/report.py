@@ -232,7 +232,7 @@ def _plots(suite_dir: Path, results: list[RunRecord], metric_keys: list[str]) ->
     samples = _sample_rows(suite_dir, groups)
     if samples is not None:
         made.append(plots.plot_sample_rows(samples[0], out_dir / "samples.png", class_names=samples[1]))
-    masks = _mask_plots(groups, out_dir)
+    masks = mask_plots(groups, out_dir)
     made.extend(masks)
     return made
 
@@ -273,7 +273,7 @@ def _comparison_plots(suite_dir: Path, results: list[RunRecord], comparison: Com
     return made
 
 
-def _mask_plots(groups: dict[str, list[RunRecord]], out_dir: Path) -> list[Path]:
+def mask_plots(groups: dict[str, list[RunRecord]], out_dir: Path) -> list[Path]:
     """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
     widths its training recorded in meta.json (no model is built; vanilla has nothing to show). A learned
     strategy's gates live in its weights: they are drawn from the run's last checkpoint (gates_*.png)."""

@@ -181,9 +181,10 @@ def test_single_run_report(tmp_path, run_cli):
     assert "Status **done**, step 6 of 6. Strategy dtr (alpha=4.0, beta=0.8)" in report
     assert "| training loss | 0.25 | 6 |" in report and "| FID | 12.35 | 6 |" in report
     assert "| held-out loss | 0.0812 | 4 |" in report and "| 6 | 12.35 |" in report  # latest values, evaluations
-    for name in ("train_loss", "heldout_loss_bands", "metrics_vs_steps", "samples"):
+    for name in ("train_loss", "heldout_loss_per_band", "samples"):
         assert f"![{name}](plots/{name}.png)" in report
-    with Image.open(rd.path / "plots" / "samples.png") as img:
+    assert "metrics_vs_steps" not in report and "heldout_loss_bands" not in report  # one eval: no one-dot panels
+    with Image.open(rd.path / "plots" / "samples.png") as img:  # no grid.png: the samples drawn here
         assert img.size == (4 * 64 + 5 * 2, 3 * (64 + 16) + 4 * 2)  # 4 classes a row, captioned
 
     stopped = make_run(tmp_path / "stopped", final=False)
@@ -198,6 +199,44 @@ def test_single_run_report(tmp_path, run_cli):
     assert code == 2 and f"holds 2 run(s), e.g. {tmp_path / 'run'} (`dtr runs {tmp_path}` lists them)" in err
     code, out, err = run_cli("report", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"dtr: error: {tmp_path / 'missing'}: no such run directory or suite folder"
+
+
+def test_single_run_report_draws_what_suits_one_run(tmp_path):
+    """Curves where there are several points, the held-out loss against the band, the run's masks, sampling's
+    grid.png linked once; never a panel with a single dot or a second copy of the grid."""
+    import matplotlib.pyplot as plt
+
+    from dtr_plugins.experiments.plots import heldout_band_figure
+    from dtr_plugins.experiments.run_report import heldout_by_step
+
+    rd = make_run(tmp_path / "run", losses=(0.5, 0.4, 0.3, 0.25), fid=12.0, heldout=0.08)
+    rd.append_metrics({"step": 6, "heldout": {"band0": 0.5, "band1": 1.5, "total": 1.0, "fingerprint": "f"}})
+    rd.append_metrics({"step": 8, "eval": {"frechet_inception_distance": 10.0, "precision": 0.5, "num_samples": 8}})
+    rd.write_meta({**rd.read_meta(), "routed_channels": [32, 32], "heldout": {"target": "velocity"}})
+    rd.samples.mkdir()
+    write(rd.samples / "grid.png", "png")
+    report = build_run_report(rd.path).read_text()
+    drawn = sorted(p.name for p in (rd.path / "plots").iterdir())
+    assert drawn == ["heldout_loss_per_band.png", "masks_dtr_1.png", "metrics_vs_steps.png", "train_loss.png"]
+    assert "![grid](samples/grid.png)" in report and report.count("grid.png") == 1
+    assert "![masks_dtr_1](plots/masks_dtr_1.png)" in report
+
+    by_step = heldout_by_step(run_record_curves(rd))
+    assert by_step == {4: [1.0, 2.0], 6: [0.5, 1.5]}
+    fig = heldout_band_figure(by_step, "velocity")
+    try:
+        ax = fig.axes[0]
+        assert [len(line.get_xdata()) for line in ax.get_lines()] == [2, 2]  # a line per evaluation, not dots
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["step 4", "step 6"]
+        assert ax.get_ylabel() == "held-out velocity MSE" and ax.get_xlabel().startswith("noise band")
+    finally:
+        plt.close(fig)
+
+
+def run_record_curves(rd):
+    from dtr_plugins.experiments.compare_records import curves_from_records
+
+    return curves_from_records(rd.read_metrics())[0]
 
 
 def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
