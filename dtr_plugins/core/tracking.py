@@ -3,8 +3,9 @@
 A tracker mirrors what the trainer writes to ``metrics.jsonl`` (which stays the source of truth) into
 an external viewer: TensorBoard, Weights & Biases, MLflow. Trackers are plugins of kind ``tracker``,
 registered through the ``dtr_register_trackers`` hook; the built-ins live in :mod:`dtr_plugins.trackers`,
-the fan-out in :mod:`dtr_plugins.training.tracker_set`. The contract itself (:class:`Tracker`, :class:`TrackerFactory`) is in
-:mod:`dtr_plugins.core.contracts`; this module holds the config-time check (imported by ``core.config``).
+the fan-out in :mod:`dtr_plugins.training.tracker_set`. The contract itself (:class:`Tracker`,
+:class:`TrackerFactory`) is in :mod:`dtr_plugins.core.contracts`; this module holds the config-time check
+(imported by ``core.config``) and :class:`RunLabels`.
 """
 from __future__ import annotations
 
