@@ -8,6 +8,8 @@ ones (training, sampling, evaluation, suites, sharing) are imported on first use
   exported folder or hub id; returns the output folder.
 - ``generate(model, diffusion, cfg, num, ...)``: images in memory (uint8 ``[N, H, W, C]`` arrays and their
   labels), as a diffusers pipeline gives them; nothing is written.
+- ``DTRPipeline``: a model with ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` (docs/sharing.md);
+  ``from_pretrained(source)``: the same loading as a ``(model, cfg, codec)`` tuple.
 """
 from __future__ import annotations
 
@@ -27,12 +29,14 @@ if TYPE_CHECKING:
     from dtr_plugins.experiments.suite import run_suite
     from dtr_plugins.sampling.sample import generate, sample
     from dtr_plugins.sharing.hub import from_pretrained
+    from dtr_plugins.sharing.pipeline import DTRPipeline
     from dtr_plugins.training.train import train
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
     "load_checkpoint": "dtr_plugins.core.checkpoint",
     "from_pretrained": "dtr_plugins.sharing.hub",
+    "DTRPipeline": "dtr_plugins.sharing.pipeline",
     "train": "dtr_plugins.training.train",
     "sample": "dtr_plugins.sampling.sample",
     "generate": "dtr_plugins.sampling.sample",
@@ -56,5 +60,5 @@ def __dir__() -> list[str]:
 
 __all__ = ["hookimpl", "load_config", "list_plugins", "build_strategy", "build_model", "build_diffusion",
            "build_codec", "build_components",
-           "load_checkpoint", "from_pretrained", "train", "sample", "generate", "evaluate", "run_suite",
+           "load_checkpoint", "from_pretrained", "DTRPipeline", "train", "sample", "generate", "evaluate", "run_suite",
            "ExperimentConfig", "UserError", "__version__"]

@@ -224,6 +224,8 @@ class LogConfig(_Strict):
 
     trackers: list[PluginSection] = Field(
         default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+    suite: str | None = Field(None, description="the suite this run belongs to (`dtr suite` sets it to the suite's "
+                              "name); trackers group by it: W&B group, MLflow experiment")
 
     @field_validator("trackers", mode="before")
     @classmethod

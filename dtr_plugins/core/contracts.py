@@ -27,7 +27,8 @@ from torch import Tensor
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
            "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
-           "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
+           "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
+           "RunSpec",
            "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
@@ -449,6 +450,19 @@ class Tracker(Protocol):
 
     def applied(self) -> dict[str, Any]:
         """What this tracker actually uses, for ``meta.json`` (folder, mode, store URI, run id); after ``start``."""
+
+
+@runtime_checkable
+class SupportsTrackerResume(Protocol):
+    """Optional capability of a :class:`Tracker`: continue the tracker's own run when training resumes.
+
+    On ``dtr train --resume`` (from a checkpoint) ``resume_from`` is called before ``start`` with what the
+    previous segment's ``applied()`` recorded in ``meta.json`` under ``trackers.<name>`` (e.g. its run id),
+    so the viewer shows one run, not one per segment. A tracker without it starts a new run.
+    """
+
+    def resume_from(self, applied: Mapping[str, Any]) -> None:
+        """Remember the run to continue (``applied``: the previous segment's record); ``start`` reopens it."""
 
 
 @runtime_checkable

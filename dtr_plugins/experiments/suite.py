@@ -251,6 +251,8 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
             _apply(data, key, value)
         data["name"] = run_id
         data["output_dir"] = str(root)
+        if isinstance(data.setdefault("log", {}), dict):  # recorded in the run's config.yaml; trackers group by it
+            data["log"]["suite"] = spec.name
         data = apply_overrides(data, overrides)
         where = f"{path} (run {run_id})"
         cfg = config_from_dict(data, source=where, registry=registry)

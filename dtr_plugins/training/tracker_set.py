@@ -22,7 +22,7 @@ import torch
 from dtr_plugins.core.errors import PluginError, UserError, first_line
 from dtr_plugins.core.images import MASK_GAP, mask_rgb
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
-from dtr_plugins.core.tracking import KIND, Tracker
+from dtr_plugins.core.tracking import KIND, SupportsTrackerResume, Tracker
 
 
 class TrackerWarning(UserWarning):
@@ -105,9 +105,12 @@ class TrackerSet:
 
     @classmethod
     def open(cls, sections: Sequence[Any], run_dir: str | Path, config: Mapping[str, Any], run_name: str,
-             registry: PluginRegistry | None = None) -> TrackerSet:
+             registry: PluginRegistry | None = None,
+             previous: Mapping[str, Mapping[str, Any]] | None = None) -> TrackerSet:
         """Build and start each tracker of ``log.trackers`` (resolved ``PluginSection`` entries).
 
+        ``previous``: on a resume, what the previous segment's trackers applied (``meta.json`` ``trackers``);
+        a tracker that :class:`SupportsTrackerResume` continues the run recorded there (same run id).
         Raises :class:`PluginError` (one line naming ``log.trackers`` and the tracker) if one cannot
         start; the ones already started are finished first.
         """
@@ -118,6 +121,9 @@ class TrackerSet:
             name = section.name
             try:
                 tracker = registry.build(KIND, name, **section.params)
+                record = (previous or {}).get(name)
+                if isinstance(record, Mapping) and isinstance(tracker, SupportsTrackerResume):
+                    tracker.resume_from(record)
                 tracker.start(run_dir, config, run_name)
             except UserError:
                 cls(started).finish()

@@ -339,7 +339,9 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
-    trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry)
+    previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
+    trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry,
+                               previous=previous if isinstance(previous, dict) else None)
     meta["trackers"] = trackers.applied()
     heldout, meta["heldout"] = _heldout_for(cfg, parts, start.registry, d.device)
     rd.write_meta(meta)

@@ -262,7 +262,7 @@ def test_trackers_resolved_with_their_defaults(tmp_path):
     trackers = dp.load_config(path).log.trackers
     assert [(t.name, t.params) for t in trackers] == [
         ("tensorboard", {"subdir": "tensorboard"}),
-        ("wandb", {"project": "dtr-plugins", "entity": None, "mode": "offline"})]
+        ("wandb", {"project": None, "entity": None, "run_name": None, "group": None, "tags": [], "mode": "offline"})]
     with pytest.raises(ConfigError) as info:
         dp.load_config(path, overrides=["log.trackers=[{name: tensorboard, dir: x}]"])
     assert str(info.value) == f"{path}: log.trackers.0.dir: unknown key (allowed: subdir)"
