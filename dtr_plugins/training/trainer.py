@@ -7,6 +7,7 @@ the step itself (see :class:`dtr_plugins.training.train.StepBatches`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from dtr_plugins.training.tracker_set import TrackerSet
 
 if TYPE_CHECKING:
     from dtr_plugins.compose import Components
+
+logger = logging.getLogger(__name__)
 
 NUM_BUCKETS = 10
 
@@ -341,14 +344,12 @@ class Trainer:
         """Sample with the EMA weights and score them; append to metrics.jsonl, and eval.json at the end.
 
         A failed evaluation fails the run: :class:`UserError` on every rank (the checkpoint stays)."""
-        from tqdm.auto import tqdm
-
         from dtr_plugins.core.errors import user_message
         from dtr_plugins.sampling.sample import generate
 
         d, step = self.dist, self.state.step
-        if d.is_main:  # tqdm.write keeps an open training bar intact
-            tqdm.write(f"dtr: step {step}: evaluating: sampling {self.sampling.num_samples} images with the EMA "
+        if d.is_main:
+            logger.info(f"dtr: step {step}: evaluating: sampling {self.sampling.num_samples} images with the EMA "
                        f"weights ({self.sampling.sampler}, {self.sampling.respacing})")
         applied: dict[str, Any] = {}  # filled by generate with the settings applied
         images, labels = generate(cast(Backbone, self.state.ema), self.diffusion, self.sampling, dist=d,
@@ -364,8 +365,6 @@ class Trainer:
 
     def _score(self, images: np.ndarray, labels: np.ndarray, applied: dict[str, Any], final: bool) -> None:
         """Main rank: score the evaluation samples and record them (metrics.jsonl, trackers, eval.json)."""
-        from tqdm.auto import tqdm
-
         from dtr_plugins.core.images import image_grid
         from dtr_plugins.evaluation.evaluate import (
             EvalSettings,
@@ -381,12 +380,12 @@ class Trainer:
                           info={"checkpoint": str(self.run_dir.checkpoint_path(step)), "step": step,
                                 "weights": "ema", **applied}, class_names=self.run_dir.class_names())
         reference = cfg.eval.reference or dataset_reference(cfg.dataset.name, **cfg.dataset.params)
-        tqdm.write(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
+        logger.info(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
                    f"against {reference}")
         scoring = EvalSettings(metrics=cfg.eval.metrics, feature_extractor=cfg.eval.feature_extractor,
                                weights_path=cfg.eval.weights_path)
         result = evaluate_model_samples(images, labels, reference, scoring)
-        tqdm.write(f"dtr: step {step}: {describe_metrics(result)}")
+        logger.info(f"dtr: step {step}: {describe_metrics(result)}")
         result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})
         self.trackers.log_image(step, "samples", image_grid(images[:64]))
