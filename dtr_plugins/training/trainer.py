@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -231,11 +231,13 @@ class Trainer:
                 record = self.log()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if self.heldout is not None and (step % cfg.eval.heldout_every == 0 or last):
-                self.score_heldout()
+                with bar_paused(bar):
+                    self.score_heldout()
             if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
                 self.save()
             if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
-                self.evaluate(final=last)
+                with bar_paused(bar):  # the bar's rate and elapsed time are the training's
+                    self.evaluate(final=last)
             del loss
         bar.close()
 
@@ -422,6 +424,20 @@ class Trainer:
                                    f"({where}); not saved, the last good checkpoint is kept in "
                                    f"{self.run_dir.checkpoints} (try a lower train.lr, train.grad_clip or precision "
                                    "fp32)")
+
+
+@contextlib.contextmanager
+def bar_paused(bar: Any) -> Iterator[None]:
+    """Leave the time the block takes out of a tqdm bar's elapsed time and rate (an evaluation between two
+    training steps: without this the next rate spans it, 3.8 s/it for 1.2 s/it of training)."""
+    started = time.time()
+    try:
+        yield
+    finally:
+        if not bar.disable:  # tqdm's clock (time.time): the bar starts, and last printed, that much later
+            pause = time.time() - started
+            bar.start_t += pause
+            bar.last_print_t += pause
 
 
 def routing_plan(model: torch.nn.Module) -> RoutingPlan | None:
