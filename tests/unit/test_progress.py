@@ -73,8 +73,8 @@ def test_heun_bar_counts_25_steps_per_batch_not_its_50_network_calls(bars):
 
 
 def test_a_single_batch_has_its_total_from_the_start(bars, monkeypatch):
-    settings, diffusion = _settings({"name": "gaussian", "learn_sigma": False}, {"sampler": "ddim", "respacing": "ddim7",
-                                                           "batch_size": 8}, num=5)
+    settings, diffusion = _settings({"name": "gaussian", "learn_sigma": False},
+                                    {"sampler": "ddim", "respacing": "ddim7", "batch_size": 8}, num=5)
     totals = []
     model = _Toy()
     forward = model.forward
@@ -86,9 +86,9 @@ def test_a_single_batch_has_its_total_from_the_start(bars, monkeypatch):
 def test_the_training_bar_leaves_evaluations_out_of_its_time(tmp_path, bars, monkeypatch):
     pause = 1.0
     monkeypatch.setattr(Trainer, "evaluate", lambda self, final: time.sleep(pause))
-    cfg = dp.load_config(tiny_dit_config(tmp_path, eval={"every": 3, "at_end": False, "feature_extractor": "digits-classifier"},
-                                         data={"name": "digits", "image_size": 8}, backbone={"num_classes": 10}),
-                         overrides=[f"output_dir={tmp_path / 'runs'}"])
+    evaluation = {"every": 3, "at_end": False, "feature_extractor": "digits-classifier"}
+    cfg = dp.load_config(tiny_dit_config(tmp_path, eval=evaluation, data={"name": "digits", "image_size": 8},
+                                         backbone={"num_classes": 10}), overrides=[f"output_dir={tmp_path / 'runs'}"])
     dp.train(cfg, progress=True)
     (bar,) = [b for b in bars if b.desc == "tiny"]
     wall = bar.closed_at - bar.opened
