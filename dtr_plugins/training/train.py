@@ -255,6 +255,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
             held.enter_context(run_log(rd.log_path))
             how = f"resuming from {start_ckpt.relative_to(rd.path)}" if start_ckpt is not None else "new run"
             logger.info(f"dtr: run directory: {rd.path} ({how})")
+            logger.debug(f"dtr: device {d.device}, world size {d.world_size}, compute {compute}")
         parts.to(d.device)
         compute["activation_checkpointing"] = apply_activation_checkpointing(
             parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)

@@ -90,6 +90,10 @@ def test_quiet_cli_train_shows_no_info_lines(tmp_path, run_cli):
     # the flag after the command works too; the logger is as before afterwards
     code, out, _ = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs2'}", "--quiet")
     assert code == 0 and out.splitlines() == [f"run directory: {tmp_path / 'runs2' / 'tiny'}"]
+    code, out, _ = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs3'}")
+    assert code == 0 and "dtr: device cpu" not in out
+    code, out, _ = run_cli("-v", "train", str(cfg), "--set", f"output_dir={tmp_path / 'runs4'}")
+    assert code == 0 and out.splitlines()[1].startswith("dtr: device cpu, world size 1, compute {")  # debug
     assert PACKAGE.level == logging.NOTSET and not [h for h in PACKAGE.handlers
                                                     if not isinstance(h, logging.NullHandler)]  # restored
 
