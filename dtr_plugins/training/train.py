@@ -422,10 +422,12 @@ def _drop_records_of_an_attempt_without_checkpoint(rd: RunDir) -> None:
 
 def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:
     """Undo the folders this run created (``created``: the run folder and the missing parents above it, deepest
-    first) when the run was refused before it wrote anything but its lock."""
+    first) when the run was refused before it wrote anything but its lock (and the first lines of train.log)."""
     with contextlib.suppress(OSError):
-        if [p.name for p in rd.path.iterdir()] == [rd.lock_path.name]:
-            rd.lock_path.unlink()
+        names = {p.name for p in rd.path.iterdir()}
+        if rd.lock_path.name in names and names <= {rd.lock_path.name, rd.log_path.name}:  # its log says no more
+            for name in names:
+                (rd.path / name).unlink()
             for folder in created:
                 folder.rmdir()  # stops (OSError) at the first folder that holds anything else
 

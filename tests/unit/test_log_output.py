@@ -119,3 +119,18 @@ def test_a_suite_file_is_named_as_one(command, run_cli):
     assert code == 2 and out == ""
     assert err.strip() == (f"dtr: error: {suite}: is a suite file (it has base / matrix), not a run config; run it "
                            f"with `dtr suite {suite}`")
+
+
+def test_a_fresh_run_refused_after_its_first_log_line_leaves_no_folder(tmp_path, monkeypatch, package_level):
+    from dtr_plugins.core.errors import ConfigError
+    from dtr_plugins.training import train as train_module
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("train.x: refused")
+
+    package_level.setLevel(logging.INFO)  # train.log gets its first line
+    monkeypatch.setattr(train_module, "_initial_state", refuse)
+    cfg = dp.load_config(tiny_dit_config(tmp_path), overrides=[f"output_dir={tmp_path / 'runs'}"])
+    with pytest.raises(ConfigError, match="refused"):
+        dp.train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()
