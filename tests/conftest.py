@@ -94,6 +94,8 @@ def _merged(base: dict, changes: dict) -> dict:
         elif isinstance(value, dict) and isinstance(out.get(key), dict) and value.get("name", out[key].get("name")) \
                 == out[key].get("name"):
             out[key] = _merged(out[key], value)
+        elif isinstance(value, dict):
+            out[key] = _merged({}, value)  # a new section: its None values say "not set"
         else:
             out[key] = value
     return out
