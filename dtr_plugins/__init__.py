@@ -14,6 +14,7 @@ ones (training, sampling, evaluation, suites, sharing) are imported on first use
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dtr_plugins._version import __version__
@@ -22,6 +23,9 @@ from dtr_plugins.core.config import ExperimentConfig, load_config
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import build_strategy, list_plugins
+
+# silent unless the user configures logging (docs/architecture.md, "Log output"; the `dtr` command shows it)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from dtr_plugins.core.checkpoint import load_checkpoint

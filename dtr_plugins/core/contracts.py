@@ -425,6 +425,16 @@ class SupportsHeldoutLoss(Protocol):
 
 
 @runtime_checkable
+class SupportsSolverSteps(Protocol):
+    """Optional capability of a process: ``solver_steps(solver)`` is ``(steps, calls)``, the solver steps that
+    ``sample`` takes for one batch with ``solver`` (a :class:`~dtr_plugins.core.sampling_settings.SolverSettings`,
+    None: the process's defaults) and the network calls they make (Heun over 25 steps: ``(25, 50)``). The sampling
+    progress bar counts steps with it, its total known from the start; without it the bar counts network calls."""
+
+    def solver_steps(self, solver: Any = None) -> tuple[int, int]: ...
+
+
+@runtime_checkable
 class Tracker(Protocol):
     """One experiment tracker (the ``tracker`` kind), driven by the trainer through
     :class:`~dtr_plugins.training.tracker_set.TrackerSet`: it mirrors metrics.jsonl (the source of truth).
