@@ -126,6 +126,8 @@ class TrainConfig(_Strict):
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA (Ampere or newer); not applicable "
                        "on CPU/MPS (meta.json records what was applied); may change on --resume")
     device: str = Field("auto", description=DEVICES_ALLOWED)
+    init_from: str | None = Field(None, description="fine-tune from this checkpoint file: its EMA (else model) weights "
+                                  "start a fresh run (an official DiT/DTR file or one of ours); not read on --resume")
 
     @field_validator("device")
     @classmethod
@@ -291,6 +293,8 @@ class ExperimentConfig(_Strict):
         out = self.model_dump(mode="json")
         if out.get("data") is None:
             out.pop("data", None)
+        if out["train"].get("init_from") is None:  # unset: fingerprints of runs from before the key stay the same
+            out["train"].pop("init_from", None)
         return out
 
     def to_yaml(self) -> str:
