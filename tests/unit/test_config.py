@@ -45,7 +45,7 @@ BAD = [
     ("top-level typo", GOOD + "trian: {steps: 1}\n", [], "trian: unknown key (allowed:"),
     ("beta above 1", GOOD, ["routing.beta=1.5"], "routing.beta: Input should be less than or equal to 1 (got 1.5)"),
     ("negative alpha", GOOD, ["routing.alpha=-1"], "routing.alpha"),
-    ("unknown strategy", GOOD, ["routing.name=nope"], "routing.name: unknown strategy 'nope' (known: dtr, random"),
+    ("unknown strategy", GOOD, ["routing.name=nope"], "routing.name: unknown strategy 'nope' (known: dtr, dydit_width, random"),
     ("unknown backbone", GOOD, ["backbone.name=resnet"], "backbone.name: unknown backbone 'resnet'"),
     ("param of another strategy", GOOD, ["routing.shared_ratio=0.5"],
      "routing.shared_ratio: unknown key (allowed: alpha, beta)"),
