@@ -60,7 +60,7 @@ from torch import nn
 from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
-from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual, shared_timestep
+from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual
 
 #: a unit-site route of one layer: None (all units), a mask ``[N, units]`` (dense) or the active units (sliced)
 UnitRoute = torch.Tensor | ActiveUnits | None
@@ -434,8 +434,8 @@ class DiT(RoutedBackbone):
         elif plan.site == INPUT_SITE:
             return [(None if m is None else m.unsqueeze(1), None, None) for m in plan.gather(t, dtype)]
         else:
-            shared = shared_timestep(t) if plan.slice_shared and not self.training else None
-            routes = plan.gather(t, dtype) if shared is None else plan.active_units(shared, device)
+            units = plan.shared_units(t, device) if plan.slice_shared and not self.training else None
+            routes = plan.gather(t, dtype) if units is None else units
         if plan.site == "heads":
             return [(None, r, None) for r in routes]
         if plan.site == "mlp":

@@ -317,6 +317,18 @@ class RoutingPlan(nn.Module):
         chosen = [_units_of_row(host[t], device) for host in self._host_tables]
         return [None if j is None else chosen[j] for j in self.layer_table]
 
+    def shared_units(self, t: torch.Tensor,
+                     device: torch.device | str | None = None) -> list[ActiveUnits | None] | None:
+        """:meth:`active_units` when every element of the model's times ``t`` ``[N]`` is the same, else None.
+        Float times (a continuous process) use the mask rows of that time (nearest row or closed form)."""
+        if not t.is_floating_point():
+            shared = shared_timestep(t)
+            return None if shared is None else self.active_units(shared, device)
+        if not bool((t == t.reshape(-1)[0]).all()):
+            return None
+        rows = [None if r is None else r[0].cpu().numpy() != 0 for r in self.gather(t.reshape(-1)[:1], torch.float32)]
+        return [None if r is None else _units_of_row(r, device) for r in rows]
+
     def extra_repr(self) -> str:
         return (f"strategy={self.strategy_repr}, site={self.site}, tasks={self.num_tasks}, "
                 f"layers={len(self.layer_table)}, tables={self.num_tables}"
