@@ -6,9 +6,9 @@ line naming the file, the key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,8 @@ from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-
 from dtr_plugins.core.yaml_reader import YamlLimitError as YamlLimitError
 from dtr_plugins.core.yaml_reader import parse_yaml as parse_yaml
 from dtr_plugins.core.yaml_reader import read_yaml as read_yaml
+
+logger = logging.getLogger(__name__)
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -226,6 +228,8 @@ class LogConfig(_Strict):
 
     trackers: list[PluginSection] = Field(
         default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+    suite: str | None = Field(None, description="the suite this run belongs to (`dtr suite` sets it to the suite's "
+                              "name); trackers group by it: W&B group, MLflow experiment")
 
     @field_validator("trackers", mode="before")
     @classmethod
@@ -347,7 +351,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
 def _print_notes(notes: Sequence[str]) -> None:
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         for note in notes:
-            print(f"dtr: note: {note}", file=sys.stderr)
+            logger.warning(f"dtr: note: {note}")
 
 
 def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,
@@ -387,6 +391,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = (),
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    if suite_keys := sorted({"matrix", "base"} & data.keys()):  # a suite file's (experiments/suite.py), no run's
+        raise ConfigError(f"{path}: is a suite file (it has {' / '.join(suite_keys)}), not a "
+                          f"run config; run it with `dtr suite {path}`")
     notes: list[str] = []
     data = apply_overrides(data, overrides, notes=notes)
     cfg = config_from_dict(data, source=str(path), registry=registry)
