@@ -352,15 +352,29 @@ def build_diffusion(bm: BenchModel):
 
 
 def routed_view(bm: BenchModel, strategy: str, device: torch.device, **params: Any) -> nn.Module:
-    """A view of ``bm.base`` (same parameter tensors) with the routing plan of ``strategy`` attached."""
+    """A view of ``bm.base`` (same parameter tensors) with the routing plan of ``strategy`` attached, at the
+    first of the backbone's routing sites (``input`` first) that the strategy and the backbone accept (every
+    strategy but ``dydit_width`` routes ``input``; it routes ``heads_mlp``). Raises the ``routing.site``
+    :class:`ConfigError` when there is none (e.g. ``dydit_width`` on a U-Net)."""
     import dtr_plugins as dp
+    from dtr_plugins.core.errors import ConfigError
     from dtr_plugins.core.routing import RoutingPlan
 
-    view = shallow_view(bm.base)
-    plan = RoutingPlan(dp.build_strategy(strategy, params), bm.base.routed_channels(), bm.num_tasks,
-                       cond_dim=bm.base.routing_cond_dim())  # a learned strategy binds to it (as compose does)
-    view.attach_routing(plan.to(device))
-    return view
+    refused: ConfigError | None = None
+    for site in type(bm.base).routing_sites:
+        view = shallow_view(bm.base)
+        try:  # a learned strategy binds to the plan (as compose does); the backbone checks the site
+            plan = RoutingPlan(dp.build_strategy(strategy, params), bm.base.routed_channels(site), bm.num_tasks,
+                               site=site, cond_dim=bm.base.routing_cond_dim())
+            view.attach_routing(plan.to(device))
+        except ConfigError as exc:
+            if not str(exc).startswith("routing.site:"):
+                raise
+            refused = refused or exc
+            continue
+        return view
+    assert refused is not None
+    raise refused
 
 
 def shallow_view(module: nn.Module) -> nn.Module:

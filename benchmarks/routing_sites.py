@@ -13,9 +13,12 @@ the cores); ratios are against vanilla.
 Training: one optimizer step (AdamW, forward + backward) on a batch of mixed timesteps, where the unit
 sites run the masked dense path.
 
-Variants (``--variants``): ``vanilla``, ``<site>@<beta>`` (DTR, alpha 4, at that site), and
+Variants (``--variants``): ``vanilla``, ``<site>@<beta>`` (DTR, alpha 4, at that site),
 ``<site>-masked@<beta>`` (the same plan without sliced execution: what the heads/MLP site costs without
-it). ``--profile`` adds per-op profiles of one model call of vanilla and of the sliced heads_mlp variant.
+it), and ``dydit_width@<target>`` (DyDiT's width per timestep at ``heads_mlp``: random routers whose shared bias
+offset is set so the tables' mean width is the target, :func:`fit_dydit`; sampling runs its exported
+per-timestep tables sliced; the block MACs share column is the mean over all timesteps of the tables).
+``--profile`` adds per-op profiles of one model call of vanilla and of the sliced heads_mlp variant.
 
     OMP_NUM_THREADS=1 python benchmarks/routing_sites.py --threads 1            # CPU, DiT-S/2, 32x32, batch 8
     python benchmarks/routing_sites.py --device cuda --steps-per-call 50 --reps 5 --train-reps 20
@@ -38,6 +41,7 @@ from dtr_plugins.core.diffusion import GaussianDiffusion, get_named_beta_schedul
 from dtr_plugins.core.routing import RoutingPlan
 
 NUM_TASKS = 1000
+DYDIT = "dydit_width"
 
 
 def timed(device: torch.device, fn) -> float:
@@ -56,10 +60,12 @@ def timed(device: torch.device, fn) -> float:
 
 
 def parse_variant(spec: str) -> tuple[str, str | None, float, bool]:
-    """``vanilla`` | ``site@beta`` | ``site-masked@beta`` -> (label, site, beta, sliced)."""
+    """``vanilla`` | ``site@beta`` | ``site-masked@beta`` | ``dydit_width@target`` -> (label, site, beta, sliced)."""
     if spec == "vanilla":
         return spec, None, 1.0, True
     site, _, beta = spec.partition("@")
+    if site == DYDIT:
+        return spec, "heads_mlp", float(beta), True
     masked = site.endswith("-masked")
     return spec, site.removesuffix("-masked"), float(beta), not masked
 
@@ -68,6 +74,9 @@ def make_plans(model: DiT, specs: list[str], device: torch.device) -> dict[str, 
     plans = {}
     for spec in specs:
         label, site, beta, sliced = parse_variant(spec)
+        if label.startswith(DYDIT + "@"):
+            plans[label] = fit_dydit(model, beta, device)
+            continue
         if site is None:
             strategy, site = dp.build_strategy("vanilla"), "input"
         else:
@@ -75,6 +84,49 @@ def make_plans(model: DiT, specs: list[str], device: torch.device) -> dict[str, 
         plans[label] = RoutingPlan(strategy, model.routed_channels(site), NUM_TASKS, site=site,
                                    slice_shared=sliced).to(device)
     return plans
+
+
+def fit_dydit(model: DiT, target: float, device: torch.device) -> RoutingPlan:
+    """A ``dydit_width`` plan at a mean width ``target``, its per-timestep tables exported for sampling.
+
+    The speed of a width, not the quality of a model: the routers and their embedding get random weights
+    (N(0, 1 / fan_in), seeded), then one bias offset shared by every router is bisected so that the tables'
+    mean share of the blocks' multiply-adds over all timesteps (:func:`dydit_share`) is closest to ``target``.
+    (Fitting the routers to the FLOPs loss alone switches every unit off in eval mode: without a denoising
+    loss nothing tells the units apart.) The decisions still vary with the timestep, through the weights."""
+    strategy = dp.build_strategy(DYDIT, {"target": target})
+    plan = RoutingPlan(strategy, model.routed_channels("heads_mlp"), NUM_TASKS, site="heads_mlp",
+                       cond_dim=model.routing_cond_dim()).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in strategy.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / (p.shape[-1] ** 0.5 if p.dim() > 1 else 1.0))
+        routers = [*strategy.head_routers, *strategy.mlp_routers]
+        base = [r.bias.clone() for r in routers]
+        tokens = (model.input_size // model.patch_size) ** 2
+
+        def share_at(offset: float) -> float:
+            for r, b in zip(routers, base):
+                r.bias.copy_(b + offset)
+            return dydit_share(model, plan, tokens)
+
+        lo, hi = -50.0, 50.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if share_at(mid) > target else (mid, hi)
+        share_at(min((lo, hi), key=lambda offset: abs(share_at(offset) - target)))
+    plan.to(device).export_tables()
+    return plan
+
+
+def dydit_share(model: DiT, plan: RoutingPlan, tokens: int) -> float:
+    """Mean over all timesteps of the share of the blocks' multiply-adds the exported tables leave."""
+    from dtr_plugins.strategies.dydit_width import block_costs, width_ratio
+
+    tables = plan.learned.task_tables(NUM_TASKS)  # type: ignore[union-attr]
+    heads, mlp = torch.stack(tables[0::2], 1), torch.stack(tables[1::2], 1)          # [T, depth, units]
+    costs = block_costs(tokens, model.hidden_size, model.blocks[0].mlp.fc1.out_features)
+    return float(width_ratio(heads, mlp, *costs).mean())
 
 
 def block_flops_share(model: DiT, site: str | None, beta: float, tokens: int) -> float:
@@ -252,8 +304,9 @@ def main(argv=None) -> None:
 
     sample_times, schedule_len = run_sampling(model, plans, diffusion, args, device)
     sampling = summarize(sample_times)
-    shares = {label: block_flops_share(model, parse_variant(label)[1] if parse_variant(label)[1] != "input" else None,
-                                       parse_variant(label)[2], tokens) for label in plans}
+    shares = {label: dydit_share(model, plans[label], tokens) if label.startswith(DYDIT + "@") else
+              block_flops_share(model, parse_variant(label)[1] if parse_variant(label)[1] != "input" else None,
+                                parse_variant(label)[2], tokens) for label in plans}
     result = {"script": "routing_sites", "setup": where, "args": vars(args), "schedule_len": schedule_len,
               "block_macs_share": shares, "sampling": sampling, "sampling_times_s_per_step": sample_times}
     if args.train_reps:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from dtr_plugins.core.errors import ConfigError
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
@@ -72,7 +74,11 @@ def main(argv=None) -> None:
                 dp.build_strategy("dtr"), bm.num_tasks, bm.base.hidden_size, bm.base.depth)
             m = pb.PublishedStyleDiT(bm.base, tables).to(device).eval()
         elif name in strategies:
-            m = common.routed_view(bm, name, device).eval()
+            try:
+                m = common.routed_view(bm, name, device).eval()
+            except ConfigError as exc:  # a strategy this backbone cannot route (dydit_width on a U-Net)
+                print(f"[sample] {name}: skipped ({exc})", file=sys.stderr, flush=True)
+                continue
             if args.compile:
                 m = torch.compile(m)
         else:

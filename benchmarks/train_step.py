@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtr_plugins.core.errors import ConfigError
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
@@ -102,7 +104,11 @@ def build_variants(bm: common.BenchModel, specs: list[str], args, device: torch.
             continue  # the published-style baseline is a DiT
         family = "published" if kind in PUBLISHED else "ours"
         if family == "ours":
-            module = common.routed_view(bm, kind, device)
+            try:
+                module = common.routed_view(bm, kind, device)
+            except ConfigError as exc:  # a strategy this backbone cannot route (dydit_width on a U-Net)
+                print(f"[{bm.label}] {kind}: skipped ({exc})", file=sys.stderr, flush=True)
+                continue
             own_buffers = common.tensor_bytes(module.plan.buffers())
         else:
             base = bm.base

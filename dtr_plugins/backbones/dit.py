@@ -41,6 +41,8 @@ nothing, so when a batch shares one timestep (always in sampling) the block runs
 units: the active heads' q/k/v rows and out-projection columns, the active ``fc1`` rows and ``fc2``
 columns (views for DTR's contiguous window). Mixed timesteps and training mode run the masked dense
 path; the two agree to float rounding. No parameters are added: checkpoints keep the official layout.
+Learned strategies may act at these sites too (``[N, units]`` gate rows, e.g. ``dydit_width``); their
+exported 0/1 task tables take the same sliced path at a shared timestep.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from torch import nn
 from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
-from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual, shared_timestep
+from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual
 
 #: a unit-site route of one layer: None (all units), a mask ``[N, units]`` (dense) or the active units (sliced)
 UnitRoute = torch.Tensor | ActiveUnits | None
@@ -408,6 +410,7 @@ class DiT(RoutedBackbone):
         return per_block * self.depth
 
     learned_gates = True  # learned strategies (contract v2) gate the block inputs, seeing c [N, D]
+    learned_sites = routing_sites  # ... or the heads / MLP units: gate rows [N, units], sliced from 0/1 tables
     def routing_cond_dim(self) -> int | None:
         return self.hidden_size  # c = t_embedder(t) + y_embedder(y)
 
@@ -417,20 +420,38 @@ class DiT(RoutedBackbone):
 
         At a unit site, in eval mode, a batch that shares one timestep gets :class:`ActiveUnits` (sliced
         execution, unless the plan has ``slice_shared=False``); mixed timesteps and training mode get mask
-        rows (masked dense; training never pays the host sync of the shared-timestep check).
+        rows (masked dense; training never pays the host sync of the shared-timestep check). A learned plan
+        gives ``[]`` (the blocks ask it for their gates) unless its exported 0/1 tables allow the sliced path.
         """
         plan = self.plan
-        if plan is None or plan.is_dense or plan.is_learned:  # learned gates come per block, see forward
+        if plan is None or plan.is_dense:
             return [(None, None, None)] * self.depth
-        if plan.site == INPUT_SITE:
+        if plan.is_learned:  # exported 0/1 tables at a shared timestep: sliced; else gates per block (forward)
+            units = None if self.training or not plan.slice_shared else plan.learned_active_units(t, device)
+            if units is None:
+                return []
+            routes: list[Any] = units
+        elif plan.site == INPUT_SITE:
             return [(None if m is None else m.unsqueeze(1), None, None) for m in plan.gather(t, dtype)]
-        shared = shared_timestep(t) if plan.slice_shared and not self.training else None
-        routes: list[Any] = plan.gather(t, dtype) if shared is None else plan.active_units(shared, device)
+        else:
+            units = plan.shared_units(t, device) if plan.slice_shared and not self.training else None
+            routes = plan.gather(t, dtype) if units is None else units
         if plan.site == "heads":
             return [(None, r, None) for r in routes]
         if plan.site == "mlp":
             return [(None, None, r) for r in routes]
         return [(None, a, m) for a, m in zip(routes[0::2], routes[1::2])]
+
+    def _learned_route(self, plan: Any, block: int, h: torch.Tensor, t: torch.Tensor,
+                       c: torch.Tensor) -> tuple[torch.Tensor | None, UnitRoute, UnitRoute]:
+        """Block ``block``'s learned gates: input ``[N, 1 or T, D]``, or ``[N, units]`` rows at a unit site."""
+        site = plan.site
+        if site == INPUT_SITE:
+            return plan.layer_gate(block, h, t, c), None, None
+        if site == "heads_mlp":
+            return None, plan.layer_gate(2 * block, h, t, c), plan.layer_gate(2 * block + 1, h, t, c)
+        gate = plan.layer_gate(block, h, t, c)
+        return (None, gate, None) if site == "heads" else (None, None, gate)
 
     def initialize_weights(self) -> None:
         """The official DiT initialisation: xavier linears, zero adaLN and output layers."""
@@ -480,10 +501,10 @@ class DiT(RoutedBackbone):
         routes = self.block_routes(t, x.dtype, x.device)
         h = self.x_embedder(x) + self.pos_embed                                   # [N, T, D]
         c = self.t_embedder(t) + self.y_embedder(self._labels(y, x.shape[0], x.device), self.training)  # [N, D]
-        learned = self.plan if self.plan is not None and self.plan.is_learned else None
-        for layer, (block, (mask, heads, mlp)) in enumerate(zip(self.blocks, routes)):
-            gate = mask if learned is None else learned.layer_gate(layer, h, t, c)  # learned: [N, 1 or T, D]
-            h = run_block(block, self.checkpoint_blocks, h, c, gate, heads, mlp)
+        learned = self.plan if self.plan is not None and self.plan.is_learned and not routes else None
+        for layer, block in enumerate(self.blocks):
+            mask, heads, mlp = routes[layer] if learned is None else self._learned_route(learned, layer, h, t, c)
+            h = run_block(block, self.checkpoint_blocks, h, c, mask, heads, mlp)
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 
 

@@ -115,6 +115,13 @@ def _check_output(cfg: ExperimentConfig, run_dir: str | Path | None) -> None:
             raise ConfigError(f"{key}: {problem}; choose another {key}")
 
 
+def _check_init_from(path: str | None) -> None:
+    """``train.init_from`` must name an existing checkpoint file (its contents are checked when it is loaded)."""
+    if path is not None and not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"train.init_from: {path} {what} (allowed: a checkpoint file, e.g. an official DiT .pt)")
+
+
 def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None = None, *,
               run_dir: str | Path | None = None, machine: bool = True) -> None:
     """The checks on a composed run (``parts``, built by :func:`compose` on any device, meta included): the
@@ -128,6 +135,7 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
     _check_eval(cfg, registry, machine)
     if machine:
         _check_output(cfg, run_dir)
+        _check_init_from(cfg.train.init_from)
     backbone = cast(Backbone, parts.model)
     _check_sizes(cfg, backbone, registry)
     check_guidance(backbone, cfg.sample.cfg_scale, "sample.cfg_scale")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
+from dtr_plugins.core.text import check_inside_path as check_inside_path  # re-exported: it lived here
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
 from dtr_plugins.core.tracking import check_trackers
 from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-exported: configs are read here
@@ -47,21 +48,6 @@ def check_path_component(value: Any, key: str) -> str:
                           f"'-'; not '.' or '..')")
     if len(value) > MAX_NAME:  # a file name has at most 255 bytes, and outputs add suffixes to it
         raise ConfigError(f"{key}: {value[:20]!r}... is {len(value)} characters long; at most {MAX_NAME} allowed")
-    return value
-
-
-def check_inside_path(value: str) -> str:
-    """``value`` if it is a relative path that stays inside the folder it is joined to (no absolute path,
-    no ``..`` component, no control character), else ``ValueError`` saying what is allowed (for a pydantic
-    field validator: the message gets the key). Output folders a config names go through it."""
-    from pathlib import PurePosixPath, PureWindowsPath
-
-    from dtr_plugins.core.text import first_control_char
-
-    parts = PurePosixPath(value.replace("\\", "/")).parts
-    if (not value.strip() or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
-            or PureWindowsPath(value).drive or ".." in parts or first_control_char(value) is not None):
-        raise ValueError(f"{value!r} must be a relative path inside the run directory (no leading '/', no '..')")
     return value
 
 
@@ -128,6 +114,8 @@ class TrainConfig(_Strict):
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA (Ampere or newer); not applicable "
                        "on CPU/MPS (meta.json records what was applied); may change on --resume")
     device: str = Field("auto", description=DEVICES_ALLOWED)
+    init_from: str | None = Field(None, description="fine-tune from this checkpoint file: its EMA (else model) weights "
+                                  "start a fresh run (an official DiT/DTR file or one of ours); not read on --resume")
 
     @field_validator("device")
     @classmethod
@@ -295,6 +283,8 @@ class ExperimentConfig(_Strict):
         out = self.model_dump(mode="json")
         if out.get("data") is None:
             out.pop("data", None)
+        if out["train"].get("init_from") is None:  # unset: fingerprints of runs from before the key stay the same
+            out["train"].pop("init_from", None)
         return out
 
     def to_yaml(self) -> str:

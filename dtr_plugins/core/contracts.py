@@ -69,8 +69,9 @@ class LearnedRoutingStrategy(Protocol):
     1. ``bind(layer_units, num_tasks, site=..., cond_dim=...)`` -- once, by the composition root (through the
        plan), after the backbone is built and before the optimizer: create the per-layer parameters.
        ``layer_units[l]``: channels of routed layer ``l`` (forward order); ``num_tasks``: ``T``; ``site``: the
-       routing site (``input``; backbones refuse other sites for learned strategies); ``cond_dim``: width of
-       the backbone's conditioning vector ``cond`` (DiT: ``hidden_size``; None: the backbone gives none).
+       routing site (``input``, or a unit site the backbone lists in ``learned_sites``, e.g. DiT's
+       ``heads_mlp``; a strategy refuses sites it cannot route with a one-line ConfigError); ``cond_dim``:
+       width of the backbone's conditioning vector ``cond`` (DiT: ``hidden_size``; None: the backbone gives none).
     2. ``layer_gate(layer, x, tasks, cond)`` -- in every forward pass, once per routed layer, with the
        block input ``x``: DiT tokens ``[N, L, C]``, ADM feature maps ``[N, C, H, W]``. ``tasks``: ``[N]``
        int64 timestep indices in ``0..T-1``, or float32 noise levels ``u`` in ``[0, 1]`` (0 clean) under a
@@ -78,7 +79,8 @@ class LearnedRoutingStrategy(Protocol):
        :class:`~dtr_plugins.core.errors.ConfigError`). ``cond``: ``[N, cond_dim]`` or None. Returns a gate
        broadcastable against ``x`` in its layout: ``[N, 1, C]`` or ``[N, L, C]`` for tokens, ``[N, C, 1, 1]``
        or ``[N, C, H, W]`` for feature maps (:func:`~dtr_plugins.core.routing.gate_like` lays ``[N, C]``
-       rows out for either), dtype of ``x``.
+       rows out for either), dtype of ``x``. At a unit site: one row per sample ``[N, units]`` (``x`` is still
+       the block input).
     3. ``pop_aux_losses()`` -- after each training forward pass: the named, already weighted scalar
        losses collected since the last call (empty when nothing was collected, e.g. in eval mode). The
        trainer adds their sum to the training loss and logs each as ``aux/<name>`` in metrics.jsonl.

@@ -15,6 +15,8 @@ Learned routing (contract v2, :class:`~dtr_plugins.core.contracts.LearnedRouting
 the strategy to the routed layers, keeps it as its submodule ``learned`` (parameters in the model's
 state_dict) and hands each block a real-valued gate from :meth:`RoutingPlan.layer_gate`, computed from
 the block input; :meth:`RoutingPlan.export_tables` swaps the module for its float task tables (sampling).
+At a unit site (a backbone lists it in ``learned_sites``) a gate is one row ``[N, units]`` per routed layer;
+exported 0/1 tables there run the sliced path too (:meth:`RoutingPlan.learned_active_units`).
 """
 from __future__ import annotations
 
@@ -122,6 +124,7 @@ class RoutingPlan(nn.Module):
         #: the learned strategy (contract v2) when there is one; its tables when exported (sampling)
         self.learned: nn.Module | None = None
         self._exported: list[torch.Tensor] | None = None
+        self._exported_host: list[np.ndarray] | None = None  # 0/1 exported tables at a unit site (sliced path)
         tables: list[torch.Tensor] = []
         if isinstance(strategy, LearnedRoutingStrategy):
             self._bind_learned(strategy, cond_dim)
@@ -150,9 +153,6 @@ class RoutingPlan(nn.Module):
         if not isinstance(strategy, nn.Module) or declared.learned_routing is not True:
             raise PluginError(f"strategy {self.strategy_repr}: a learned routing strategy must be a torch.nn.Module "
                               f"with the class attribute learned_routing = True")
-        if self.site != INPUT_SITE:
-            raise ConfigError(f"routing.site: {self.site!r} is not supported by learned strategy "
-                              f"{self.strategy_repr} (allowed: {INPUT_SITE})")
         declared.bind(list(self.layer_channels), self.num_tasks, site=self.site, cond_dim=cond_dim)
         self.layer_table = [None] * len(self.layer_channels)
         self.learned = strategy  # a submodule: its parameters are the model's ``routing.learned.*``
@@ -191,8 +191,16 @@ class RoutingPlan(nn.Module):
         if self._exported is not None:
             table = self._exported[layer]
             index = t if not t.is_floating_point() else grid_rows(self.tasks_of(t), self.num_tasks)
-            return gate_like(table.index_select(0, index.to(table.device)), x)
-        return self._learned_strategy().layer_gate(layer, x, self.tasks_of(t), cond)
+            rows = table.index_select(0, index.to(table.device))
+            return rows.to(x.dtype) if self.site != INPUT_SITE else gate_like(rows, x)
+        gate = self._learned_strategy().layer_gate(layer, x, self.tasks_of(t), cond)
+        if self.site == INPUT_SITE:
+            return gate
+        units = self.layer_channels[layer]
+        if gate.numel() != x.shape[0] * units:
+            raise PluginError(f"strategy {self.strategy_repr}: at routing site {self.site!r} layer_gate must return "
+                              f"one gate per sample and unit ([N, {units}]), got {tuple(gate.shape)}")
+        return gate.reshape(x.shape[0], units)
 
     def pop_aux_losses(self) -> dict[str, torch.Tensor]:
         """The learned strategy's weighted auxiliary losses since the last call (empty for static plans)."""
@@ -235,11 +243,28 @@ class RoutingPlan(nn.Module):
             raise PluginError(f"strategy {self.strategy_repr}: task_tables must return one float tensor "
                               f"[{self.num_tasks}, C] per routed layer (C = {self.layer_channels})")
         self._exported = [tab.detach() for tab in tables]
+        host = [tab.detach().cpu().numpy() for tab in tables]
+        binary = self.site != INPUT_SITE and all(bool(((h == 0) | (h == 1)).all()) for h in host)
+        self._exported_host = [h != 0 for h in host] if binary else None
         return True
 
     def clear_exported(self) -> None:
         """Gates come from the learned strategy again (after :meth:`export_tables`)."""
         self._exported = None
+        self._exported_host = None
+
+    def learned_active_units(self, t: torch.Tensor, device: torch.device | str | None = None
+                             ) -> list[ActiveUnits | None] | None:
+        """The sliced routes of a learned plan at a unit site for model times ``t`` ``[N]``: the active units of
+        every routed layer when the exported tables (:meth:`export_tables`) are 0/1 and the batch shares one
+        row (float times: the nearest row ``round(u * (T - 1))``); None otherwise (the gates are then applied
+        densely, :meth:`layer_gate`)."""
+        if self._exported_host is None:
+            return None
+        shared = shared_timestep(t if not t.is_floating_point() else grid_rows(self.tasks_of(t), self.num_tasks))
+        if shared is None:
+            return None
+        return [_units_of_row(host[shared], device) for host in self._exported_host]
 
     def table(self, index: int) -> torch.Tensor:
         return typing.cast(torch.Tensor, getattr(self, f"table_{index}"))
@@ -289,25 +314,37 @@ class RoutingPlan(nn.Module):
         """
         if not 0 <= t < self.num_tasks:
             raise IndexError(f"timestep {t} outside the plan's {self.num_tasks} tasks")
-        chosen: list[ActiveUnits | None] = []
-        for host in self._host_tables:
-            row = host[t]
-            idx = np.flatnonzero(row)
-            if len(idx) == len(row):
-                chosen.append(None)
-            elif len(idx) == 0:
-                chosen.append(ActiveUnits(count=0, total=len(row)))
-            elif idx[-1] - idx[0] + 1 == len(idx):
-                chosen.append(ActiveUnits(count=len(idx), total=len(row), start=int(idx[0]), stop=int(idx[-1]) + 1))
-            else:
-                index = torch.from_numpy(idx.astype(np.int64)).to(device)
-                chosen.append(ActiveUnits(count=len(idx), total=len(row), index=index))
+        chosen = [_units_of_row(host[t], device) for host in self._host_tables]
         return [None if j is None else chosen[j] for j in self.layer_table]
+
+    def shared_units(self, t: torch.Tensor,
+                     device: torch.device | str | None = None) -> list[ActiveUnits | None] | None:
+        """:meth:`active_units` when every element of the model's times ``t`` ``[N]`` is the same, else None.
+        Float times (a continuous process) use the mask rows of that time (nearest row or closed form)."""
+        if not t.is_floating_point():
+            shared = shared_timestep(t)
+            return None if shared is None else self.active_units(shared, device)
+        if not bool((t == t.reshape(-1)[0]).all()):
+            return None
+        rows = [None if r is None else r[0].cpu().numpy() != 0 for r in self.gather(t.reshape(-1)[:1], torch.float32)]
+        return [None if r is None else _units_of_row(r, device) for r in rows]
 
     def extra_repr(self) -> str:
         return (f"strategy={self.strategy_repr}, site={self.site}, tasks={self.num_tasks}, "
                 f"layers={len(self.layer_table)}, tables={self.num_tables}"
                 + (", learned" if self.learned is not None else ""))
+
+
+def _units_of_row(row: np.ndarray, device: torch.device | str | None) -> ActiveUnits | None:
+    """The active units of one bool table row ``[U]``: None (all), a contiguous range, or an index tensor."""
+    idx = np.flatnonzero(row)
+    if len(idx) == len(row):
+        return None
+    if len(idx) == 0:
+        return ActiveUnits(count=0, total=len(row))
+    if idx[-1] - idx[0] + 1 == len(idx):
+        return ActiveUnits(count=len(idx), total=len(row), start=int(idx[0]), stop=int(idx[-1]) + 1)
+    return ActiveUnits(count=len(idx), total=len(row), index=torch.from_numpy(idx.astype(np.int64)).to(device))
 
 
 def _check_table(table: Any, num_tasks: int, channels: int, who: str) -> None:
@@ -336,6 +373,8 @@ class RoutedBackbone(nn.Module):
     #: the backbone asks a learned plan for each routed layer's gate (:meth:`RoutingPlan.layer_gate`) with the
     #: block input; a backbone that does not refuses learned strategies when the plan is attached
     learned_gates: ClassVar[bool] = False
+    #: the routing sites at which the backbone applies learned gates (``[N, units]`` rows at a unit site)
+    learned_sites: ClassVar[tuple[str, ...]] = (INPUT_SITE,)
 
     def routing_cond_dim(self) -> int | None:
         """Width of the conditioning vector handed to learned gates (``cond`` of ``layer_gate``); None: none."""
@@ -354,6 +393,9 @@ class RoutedBackbone(nn.Module):
         if plan.is_learned and not self.learned_gates:
             raise ConfigError(f"routing.name: backbone {type(self).__name__} does not support learned routing "
                               f"strategies ({plan.strategy_repr})")
+        if plan.is_learned and plan.site not in self.learned_sites:
+            raise ConfigError(f"routing.site: {plan.site!r} is not supported by learned strategy {plan.strategy_repr} "
+                              f"on backbone {type(self).__name__} (allowed: {', '.join(self.learned_sites)})")
         if len(plan.layer_table) != len(routed_units(self, plan.site)):
             raise ValueError("routing plan was built for a different list of routed layers")
         self.add_module("routing", plan)

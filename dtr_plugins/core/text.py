@@ -43,3 +43,16 @@ def refuse_control_chars(value: Any, key: str) -> None:
 def printable(text: str) -> str:
     """``text`` with every control character shown as its escape (``\\x1b``, ``\\n``): safe to print."""
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+def check_inside_path(value: str) -> str:
+    """``value`` if it is a relative path that stays inside the folder it is joined to (no absolute path,
+    no ``..`` component, no control character), else ``ValueError`` saying what is allowed (for a pydantic
+    field validator: the message gets the key). Output folders a config names go through it."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if (not value.strip() or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive or ".." in parts or first_control_char(value) is not None):
+        raise ValueError(f"{value!r} must be a relative path inside the run directory (no leading '/', no '..')")
+    return value

@@ -246,6 +246,9 @@ class SwitchRouting(nn.Module):
     def bind(self, layer_units: list[int], num_tasks: int, *, site: str = "input", cond_dim: int | None = None) -> None:
         """Create the router and experts for routed layers of widths ``layer_units`` (forward order) and
         ``num_tasks`` timesteps. ``cond_dim``: the backbone's conditioning width (the default ``embed_dim``)."""
+        if site != "input":
+            raise ConfigError(f"routing.site: {site!r} is not supported by switch, which gates block inputs "
+                              f"(allowed: input)")
         width = self.params.embed_dim or cond_dim
         if width is None:
             raise ConfigError("routing.embed_dim: the backbone gives no conditioning width; set embed_dim")

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dtr_plugins.core.config import check_inside_path
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.text import check_inside_path
 from dtr_plugins.core.tracking import requirement_missing
 
 

@@ -313,9 +313,14 @@ def _open_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None, resume: boo
 
 def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist, start_ckpt: Path | None,
                    allow_unsafe_load: bool) -> TrainState:
-    """The training state: fresh, or loaded from ``start_ckpt`` (same config identity, step <= train.steps)."""
+    """The training state: fresh (from ``train.init_from``'s weights when set), or loaded from ``start_ckpt``
+    (same config identity, step <= train.steps)."""
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
 
+    if start_ckpt is None and cfg.train.init_from is not None:  # fine-tuning: a deliberate transfer of weights
+        init = Path(cfg.train.init_from)
+        apply_checkpoint(parts.model, read_checkpoint(init, allow_unsafe=allow_unsafe_load), init, use_ema=True,
+                         allow_routing_mismatch=True)
     state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
     if start_ckpt is not None:
         ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)

@@ -181,3 +181,28 @@ def test_accumulation_benchmark_runs_every_variant_through_the_engine(tmp_path):
     assert (tmp_path / "accumulation.md").read_text() == accumulation.render(payload) + "\n"
     with pytest.raises(SystemExit, match="3 micro-batches do not divide --batch 8"):
         accumulation.parse_variants("k1,k3", 8)
+
+
+def test_dydit_width_is_benchmarked_at_its_site_and_at_its_target_width():
+    """``routed_view`` routes ``dydit_width`` at ``heads_mlp`` (the first site it takes) and refuses a U-Net
+    in one line; ``routing_sites.py``'s ``dydit_width@0.5`` plan reaches a mean width of 0.5 with tables that
+    change along the timesteps, and samples through the sliced path."""
+    import routing_sites
+
+    from dtr_plugins.backbones.dit import DiT
+    from dtr_plugins.core.errors import ConfigError
+    from dtr_plugins.core.routing import ActiveUnits
+
+    bm = common.build_bench_model("dit", "tiny")
+    assert common.routed_view(bm, "dydit_width", torch.device("cpu")).plan.site == "heads_mlp"
+    assert common.routed_view(bm, "dtr", torch.device("cpu")).plan.site == "input"
+    with pytest.raises(ConfigError, match="routing.site: 'input' is not supported by dydit_width"):
+        common.routed_view(common.build_bench_model("adm_unet", "tiny"), "dydit_width", torch.device("cpu"))
+    model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=2, num_heads=6).eval()
+    plan = routing_sites.fit_dydit(model, 0.5, torch.device("cpu"))
+    assert routing_sites.dydit_share(model, plan, 16) == pytest.approx(0.5, abs=0.03)
+    rows = torch.cat(plan.learned.task_tables(routing_sites.NUM_TASKS), dim=1)
+    assert len({tuple(r.tolist()) for r in rows}) > 10
+    model.attach_routing(plan)
+    units = plan.learned_active_units(torch.full((2,), 500))
+    assert units is not None and any(isinstance(u, ActiveUnits) for u in units)

@@ -7,7 +7,7 @@ import torch
 from dtr_plugins.backbones.dit import DiT
 from dtr_plugins.core.contracts import LearnedRoutingStrategy, RoutingStrategy
 from dtr_plugins.core.errors import ConfigError, PluginError
-from dtr_plugins.core.routing import RoutingPlan, gate_like, routed_residual
+from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, gate_like, routed_residual
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.strategies.vanilla import Vanilla
 
@@ -115,8 +115,16 @@ def test_gate_like_layouts():
 
 
 def test_learned_strategy_refuses_other_sites_and_non_modules():
-    with pytest.raises(ConfigError, match="routing.site: 'heads' is not supported by learned strategy"):
-        RoutingPlan(TaskGate(), [4, 4], T, site="heads")
+    class HeadsBackbone(RoutedBackbone):  # declares a heads site, but learned gates only at its inputs
+        routing_sites = ("input", "heads")
+        learned_gates = True
+
+        def routed_channels(self, site="input"):
+            return [4, 4]
+
+    with pytest.raises(ConfigError, match="routing.site: 'heads' is not supported by learned strategy .* "
+                                          r"on backbone HeadsBackbone \(allowed: input\)"):
+        HeadsBackbone().attach_routing(RoutingPlan(TaskGate(), [4, 4], T, site="heads"))
 
     class NotAModule:
         learned_routing = True

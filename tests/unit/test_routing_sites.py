@@ -266,3 +266,25 @@ def test_routing_sites_suite_compares_three_routings_over_three_seeds():
     assert sorted((g.name, g.site, g.params.get("beta")) for g in groups.values()) == [
         ("dtr", "heads_mlp", 0.8), ("dtr", "input", 0.8), ("vanilla", "input", None)]
     assert {r.config.train.steps for r in suite.runs} == {600}  # the quickstart recipe, so DTR input = quickstart dtr
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_float_times_of_a_continuous_process_slice_at_their_own_masks(exact):
+    """A batch sharing one float time (flow matching sampling) runs the units of that time's masks (closed
+    form or nearest row), the same as the masked dense path; not the row of ``int(t)``."""
+    from dtr_plugins.core.continuous_routing import ContinuousTasks
+
+    window = SlidingWindow(alpha=1.0, beta=0.5)
+    outs = []
+    for slice_shared in (True, False):
+        model = randomized(DiT(**TINY))
+        model.attach_routing(RoutingPlan(window, model.routed_channels("heads_mlp"), T,
+                                         ContinuousTasks(window, exact=exact), site="heads_mlp",
+                                         slice_shared=slice_shared))
+        units = model.eval().plan.shared_units(torch.tensor([0.3, 0.3]))
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            outs.append(model(x, torch.tensor([0.3, 0.3]), torch.tensor([0, 1])))
+    assert units is not None and any(isinstance(u, ActiveUnits) and 0 < u.count < u.total for u in units)
+    assert model.plan.shared_units(torch.tensor([0.3, 0.4])) is None
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
