@@ -165,3 +165,31 @@ def dtr_register_state_dict_adapters(register: Callable[..., None]) -> None:
     ``register(BACKBONE_NAME, factory)``: the name is the backbone's (one adapter per backbone); the
     factory returns the adapter.
     """
+
+
+@hookspec
+def dtr_register_ema(register: Callable[..., None]) -> None:
+    """Register EMA rules (:class:`~dtr_plugins.core.contracts.EmaRule`; config ``ema: {name, **params}``).
+
+    The factory returns an object with ``profiles()`` (the averages tracked, the first being the run's EMA),
+    ``betas(step)`` (one decay per profile after optimizer step ``step``) and ``applied()`` (for ``meta.json``).
+    Built-ins: ``constant``, ``warmup``, ``power`` (EDM2's power-function EMA; post-hoc reconstruction with
+    ``dtr ema``).
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """
+
+
+@hookspec
+def dtr_register_timestep_samplers(register: Callable[..., None]) -> None:
+    """Register timestep-sampler rules (:class:`~dtr_plugins.core.contracts.TimestepRule`; config
+    ``timesteps: {name, **params}``).
+
+    The factory returns an object whose ``sampler(num_timesteps, continuous=...)`` gives the
+    :class:`~dtr_plugins.core.contracts.TimestepSampler` the training loop draws ``t`` from, for the process's
+    kind of time. Built-ins: ``uniform``, ``logit_normal``, ``cluster_balanced``.
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """
