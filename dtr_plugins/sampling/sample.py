@@ -385,10 +385,10 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
             try:
                 images, _ = _merge_shards(shards, d.world_size)
                 shutil.rmtree(shards)
-                info = {"checkpoint": str(ckpt_path), "step": step,
-                        "weights": loaded.get("weights", "ema" if settings.use_ema else "model"),
-                        **{k: loaded[k] for k in ("source", "ema_profile") if k in loaded},
-                        "labels": labels_from, **applied}
+                info: dict[str, Any] = {"checkpoint": str(ckpt_path), "step": step,
+                                        "weights": loaded.get("weights", "ema" if settings.use_ema else "model")}
+                info.update({k: loaded[k] for k in ("source", "ema_profile") if k in loaded})
+                info.update(labels=labels_from, **applied)
                 write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
                 _swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here
