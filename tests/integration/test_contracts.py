@@ -51,8 +51,41 @@ ACME = textwrap.dedent('''
         def __init__(self, num_timesteps):
             self.num_timesteps = num_timesteps
 
+        def __repr__(self):
+            return f"every_step(T={self.num_timesteps})"
+
         def sample(self, n, device=None):
             return torch.randint(0, self.num_timesteps, (n,), device=device)
+
+
+    class LowHalf:  # a timestep rule (``timesteps:``): integer timesteps of the lower half of 0..T-1
+        def __repr__(self):
+            return "low_half"
+
+        def sampler(self, num_timesteps, *, continuous):
+            if continuous:
+                raise ConfigError("timesteps.name: 'acme_low_half' draws integer timesteps only")
+            return EveryStepTimes(max(1, num_timesteps // 2))
+
+
+    class HalfLife:  # an EMA rule: two averages of fixed half-lives (in steps)
+        def __init__(self, halflife):
+            self.halflife = halflife
+
+        def profiles(self):
+            from dtr_plugins.core.contracts import EmaProfile
+
+            return [EmaProfile("fast"), EmaProfile("slow")]
+
+        def betas(self, step):
+            return [0.5 ** (1 / self.halflife), 0.5 ** (1 / (4 * self.halflife))]
+
+        def applied(self):
+            return {"name": "acme_halflife", "halflife": self.halflife}
+
+
+    class HalfLifeParams(Strict):
+        halflife: float = Field(2.0, gt=0)
 
 
     class LinearProcess:
@@ -409,6 +442,16 @@ ACME = textwrap.dedent('''
 
 
     @dtr_plugins.hookimpl
+    def dtr_register_ema(register):
+        register("acme_halflife", HalfLife, params=HalfLifeParams, description="two fixed half-lives")
+
+
+    @dtr_plugins.hookimpl
+    def dtr_register_timestep_samplers(register):
+        register("acme_low_half", LowHalf, params=HalfParams, description="the lower half of the timesteps")
+
+
+    @dtr_plugins.hookimpl
     def dtr_register_feature_extractors(register):
         register("acme-projection", ExtractorSpec, params=HalfParams, description="random projection")
 ''')
@@ -421,6 +464,8 @@ diffusion: {name: acme_linear}
 loss_weighting: {name: acme_uniform}
 data: {name: acme_blobs, mirror: true}
 log: {trackers: [acme_tracker]}
+ema: {name: acme_halflife, snapshot_every: 2}
+timesteps: {name: acme_low_half}
 train: {steps: 3, batch_size: 4, log_every: 1, threads: 1}
 sample: {num_samples: 8, batch_size: 8}
 eval: {at_end: true, metrics: [fid], feature_extractor: acme-projection, num_samples: 8, heldout_every: 2,
@@ -475,7 +520,7 @@ def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     assert report["plugins"]["code"] == 0, driven.stderr
     kinds = {r["kind"] for r in json.loads(report["plugins"]["out"]) if r["distribution"] == "acme-everything"}
     assert kinds == {"process", "dataset", "backbone", "strategy", "loss_weighting", "codec", "tracker",
-                     "launcher", "feature_extractor"}
+                     "launcher", "feature_extractor", "ema", "timestep_sampler"}
     assert report["validate"]["code"] == 0, driven.stderr
     statuses = {k: v["state"] for k, v in report["launch"].items()}
     assert statuses == {"pixels": "done", "latent": "done"}, driven.stderr
@@ -490,6 +535,10 @@ def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     assert tracked[0] == {"start": "pixels"} and tracked[-1] == {"finish": True}
     config = json.loads((run / "meta.json").read_text())
     assert config["heldout"]["target"] == "epsilon"
+    assert config["ema"]["name"] == "acme_halflife" and config["ema"]["applied"] is True  # the EMA rule's record
+    assert config["timesteps"] == {"sampler": "every_step(T=10)", "continuous": False, "from": "timesteps"}
+    assert sorted(p.name for p in (run / "ema").iterdir()) == [
+        f"snapshot-{s:07d}-{n}.pt" for s in (2, 3) for n in ("fast", "slow")]  # both profiles, every 2 and at the end
     # the final evaluation sampled with the process's own default sampler (walk, 4 steps)
     assert np.load(run / "samples" / "samples.npz")["arr_0"].shape == (8, 8, 8, 1)
 
