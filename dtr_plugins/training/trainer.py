@@ -246,10 +246,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if self.heldout is not None and (step % cfg.eval.heldout_every == 0 or last):
                 self.score_heldout()
+            if self.snapshot_every and (step % self.snapshot_every == 0 or last):  # first: a checkpoint of this
+                self.save_ema_snapshots()  # step then implies its snapshots (a resume never skips one)
             if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
                 self.save()
-            if self.snapshot_every and (step % self.snapshot_every == 0 or last):
-                self.save_ema_snapshots()
             if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
                 self.evaluate(final=last)
             del loss
