@@ -71,8 +71,9 @@ def dtr_register_backbones(register: Callable[..., None]) -> None:
 def dtr_register_loss_weightings(register: Callable[..., None]) -> None:
     """Register loss weightings (:class:`~dtr_plugins.core.contracts.LossWeighting`).
 
-    A weighting's factory returns a :class:`dtr_plugins.weighting.base.LossWeighting`: it samples the
-    training timesteps and turns per-sample losses into the scalar training loss.
+    A weighting's factory returns a :class:`dtr_plugins.weighting.base.LossWeighting`: it turns per-sample
+    losses at the timesteps it is given into the scalar training loss, and may name the timestep sampler it
+    needs (``timestep_sampler(T)``; a config's ``timesteps`` section takes precedence).
 
     Args:
         register: the registration callable described in the module docstring.
