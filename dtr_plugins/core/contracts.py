@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
-           "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "TimestepRule", "EmaProfile",
+           "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "TimestepRule", "SupportsNoiseSchedule",
+           "EmaProfile",
            "EmaRule", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
@@ -245,13 +246,23 @@ class TimestepSampler(Protocol):
 @runtime_checkable
 class TimestepRule(Protocol):
     """The ``timestep_sampler`` kind (config ``timesteps: {name, **params}``): a rule that gives the
-    :class:`TimestepSampler` for a process. ``sampler(num_timesteps, continuous=...)``: ``num_timesteps`` is the
-    process's ``T`` (rows of the routing tables), ``continuous`` whether the process takes float times in
-    ``[0, 1]`` (flow matching) or int64 indices (gaussian); the process says which through its own sampler.
-    A rule that cannot draw that kind of time raises a one-line ``ConfigError`` naming ``timesteps.name``.
-    ``repr`` names the rule and its parameters (recorded in ``meta.json``)."""
+    :class:`TimestepSampler` for a process. ``sampler(process, continuous=...)``: ``process`` is the run's
+    :class:`DiffusionProcess` (its ``num_timesteps`` is ``T``, the rows of the routing tables; a rule that needs
+    more asks for an optional capability such as :class:`SupportsNoiseSchedule` with ``isinstance``),
+    ``continuous`` whether the process takes float times in ``[0, 1]`` (flow matching) or int64 indices
+    (gaussian); the process says which through its own sampler. A rule that cannot draw that kind of time for
+    that process raises a one-line ``ConfigError`` naming the ``timesteps`` key. ``repr`` names the rule."""
 
-    def sampler(self, num_timesteps: int, *, continuous: bool) -> TimestepSampler: ...
+    def sampler(self, process: Any, *, continuous: bool) -> TimestepSampler: ...
+
+
+@runtime_checkable
+class SupportsNoiseSchedule(Protocol):
+    """Optional capability of a discrete process: ``alphas_cumprod``, float64 ``[T]``, the signal fraction
+    ``abar_t`` of each integer timestep (``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``); the ``speed``
+    timestep rule reads it."""
+
+    alphas_cumprod: np.ndarray
 
 
 @dataclass(frozen=True)

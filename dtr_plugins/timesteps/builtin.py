@@ -1,4 +1,4 @@
-"""The built-in ``timestep_sampler`` rules: ``uniform``, ``logit_normal``, ``cluster_balanced``.
+"""The built-in ``timestep_sampler`` rules: ``uniform``, ``logit_normal``, ``cluster_balanced``, ``speed``.
 
 A config picks one with ``timesteps: {name: ..., **params}``; without that section the loss weighting's
 sampler (``ant_uw``: cluster-balanced) or the process's own is used (:func:`dtr_plugins.core.timesteps.choose_sampler`).
@@ -8,9 +8,11 @@ live in :mod:`dtr_plugins.core.timesteps`.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from dtr_plugins.core.contracts import TimestepSampler
+from dtr_plugins.core.contracts import SupportsNoiseSchedule, TimestepSampler
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.timesteps import (
@@ -18,8 +20,10 @@ from dtr_plugins.core.timesteps import (
     ClusterBalancedTimesteps,
     LogitNormalTimes,
     LogitNormalTimesteps,
+    SpeedTimesteps,
     UniformTimes,
     UniformTimesteps,
+    speed_distribution,
 )
 
 
@@ -44,8 +48,8 @@ class Uniform:
     def __repr__(self) -> str:
         return "uniform"
 
-    def sampler(self, num_timesteps: int, *, continuous: bool) -> TimestepSampler:
-        return UniformTimes() if continuous else UniformTimesteps(num_timesteps)
+    def sampler(self, process: Any, *, continuous: bool) -> TimestepSampler:
+        return UniformTimes() if continuous else UniformTimesteps(process.num_timesteps)
 
 
 class LogitNormal:
@@ -58,10 +62,10 @@ class LogitNormal:
     def __repr__(self) -> str:
         return f"logit_normal(mean={self.mean:g}, std={self.std:g})"
 
-    def sampler(self, num_timesteps: int, *, continuous: bool) -> TimestepSampler:
+    def sampler(self, process: Any, *, continuous: bool) -> TimestepSampler:
         if continuous:
             return LogitNormalTimes(self.mean, self.std)
-        return LogitNormalTimesteps(num_timesteps, self.mean, self.std)
+        return LogitNormalTimesteps(process.num_timesteps, self.mean, self.std)
 
 
 class ClusterBalanced:
@@ -74,13 +78,40 @@ class ClusterBalanced:
     def __repr__(self) -> str:
         return f"cluster_balanced(k={self.k})"
 
-    def sampler(self, num_timesteps: int, *, continuous: bool) -> TimestepSampler:
+    def sampler(self, process: Any, *, continuous: bool) -> TimestepSampler:
         if continuous:
             return ClusterBalancedTimes(self.k, who="timesteps.k")
+        num_timesteps = int(process.num_timesteps)
         if num_timesteps < self.k:
             raise ConfigError(f"timesteps.k: {self.k} clusters need at least {self.k} timesteps (the process has "
                               f"{num_timesteps})")
         return ClusterBalancedTimesteps(num_timesteps, self.k, who="timesteps.k")
+
+
+class SpeedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    threshold: float = Field(1e-4, gt=0, description="slope of sqrt(1 - abar_t) below which timesteps count as "
+                             "converged (drawn 5 times less often)")
+
+
+class Speed:
+    """SpeeD's asymmetric sampling (Wang et al., 2024): the converged, nearly pure-noise tail of the schedule
+    drawn less often, each draw paired with its mirror about the tail's start. Integer timesteps of a process
+    with a noise schedule (:class:`~dtr_plugins.core.contracts.SupportsNoiseSchedule`) only. SpeeD's loss
+    weighting is ``p2`` with ``gamma: 1, k: 1``, a ``loss_weighting`` of its own."""
+
+    def __init__(self, threshold: float = 1e-4):
+        self.threshold = float(threshold)
+
+    def __repr__(self) -> str:
+        return f"speed(threshold={self.threshold:g})"
+
+    def sampler(self, process: Any, *, continuous: bool) -> TimestepSampler:
+        if continuous or not isinstance(process, SupportsNoiseSchedule):
+            raise ConfigError("timesteps.name: 'speed' draws integer timesteps from a discrete noise schedule "
+                              "(diffusion: gaussian); this process has continuous times or no alphas_cumprod")
+        probs, meaningful = speed_distribution(process.alphas_cumprod, self.threshold)
+        return SpeedTimesteps(probs, meaningful)
 
 
 @hookimpl
@@ -90,3 +121,5 @@ def dtr_register_timestep_samplers(register):
              description="logit-normal noise levels (SD3), integer or continuous")
     register("cluster_balanced", ClusterBalanced, params=ClusterBalancedParams,
              description="the batch split evenly over k time intervals (ANT)")
+    register("speed", Speed, params=SpeedParams,
+             description="SpeeD: the converged noise tail drawn less, draws paired (integer timesteps)")

@@ -38,10 +38,10 @@ class LowHalf:  # a timestep rule (``timesteps:``): integer timesteps of the low
     def __repr__(self):
         return "low_half"
 
-    def sampler(self, num_timesteps, *, continuous):
+    def sampler(self, process, *, continuous):
         if continuous:
             raise ConfigError("timesteps.name: 'acme_low_half' draws integer timesteps only")
-        return EveryStepTimes(max(1, num_timesteps // 2))
+        return EveryStepTimes(max(1, process.num_timesteps // 2))
 
 
 class HalfLife:  # an EMA rule: two averages of fixed half-lives (in steps)

@@ -9,11 +9,13 @@ from dtr_plugins.compose import compose
 from dtr_plugins.core.contracts import TimestepRule, missing_members
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.plugins import default_registry
+from dtr_plugins.core.process import GaussianProcess
 from dtr_plugins.core.timesteps import ClusterBalancedTimes, ClusterBalancedTimesteps, sampler_record
 
 from ..conftest import tiny_dit_config
 
 FLOW = {"name": "flow_matching"}
+GAUSSIAN = GaussianProcess(steps=1000)
 
 
 def parts_of(tmp_path, *overrides, **changes):
@@ -23,29 +25,32 @@ def parts_of(tmp_path, *overrides, **changes):
 
 def test_built_in_rules_are_registered_like_plugins_and_satisfy_the_contract():
     registry = default_registry()
-    assert registry.names("timestep_sampler") == ["cluster_balanced", "logit_normal", "uniform"]
+    assert registry.names("timestep_sampler") == ["cluster_balanced", "logit_normal", "speed", "uniform"]
     for name in registry.names("timestep_sampler"):
         info = registry.get("timestep_sampler", name)
         assert info.distribution == "dtr-plugins" and missing_members(info.build(), TimestepRule) == []
+
+
+GAUSSIAN_100 = GaussianProcess(steps=100)
 
 
 @pytest.mark.parametrize("name", ["uniform", "logit_normal", "cluster_balanced"])
 def test_each_rule_draws_integer_indices_or_continuous_times_as_the_process_needs(name):
     rule = default_registry().build("timestep_sampler", name)
     torch.manual_seed(0)
-    discrete = rule.sampler(100, continuous=False)
+    discrete = rule.sampler(GAUSSIAN_100, continuous=False)
     t = discrete.sample(64)
     assert not discrete.continuous and t.dtype == torch.int64 and t.shape == (64,)
     assert int(t.min()) >= 0 and int(t.max()) <= 99
-    continuous = rule.sampler(100, continuous=True)
+    continuous = rule.sampler(GAUSSIAN_100, continuous=True)
     u = continuous.sample(64)
     assert continuous.continuous and u.dtype == torch.float32 and float(u.min()) >= 0 and float(u.max()) <= 1
 
 
 def test_logit_normal_mean_moves_integer_timesteps_towards_noise():
     torch.manual_seed(0)
-    noisy = default_registry().build("timestep_sampler", "logit_normal", mean=1.5).sampler(1000, continuous=False)
-    plain = default_registry().build("timestep_sampler", "logit_normal").sampler(1000, continuous=False)
+    noisy = default_registry().build("timestep_sampler", "logit_normal", mean=1.5).sampler(GAUSSIAN, continuous=False)
+    plain = default_registry().build("timestep_sampler", "logit_normal").sampler(GAUSSIAN, continuous=False)
     a, b = noisy.sample(4000).double().mean(), plain.sample(4000).double().mean()
     assert 450 < b < 550 and a > b + 200  # index T-1 is the noisiest
 
