@@ -187,9 +187,9 @@ def dtr_register_timestep_samplers(register: Callable[..., None]) -> None:
     """Register timestep-sampler rules (:class:`~dtr_plugins.core.contracts.TimestepRule`; config
     ``timesteps: {name, **params}``).
 
-    The factory returns an object whose ``sampler(num_timesteps, continuous=...)`` gives the
+    The factory returns an object whose ``sampler(process, continuous=...)`` gives the
     :class:`~dtr_plugins.core.contracts.TimestepSampler` the training loop draws ``t`` from, for the process's
-    kind of time. Built-ins: ``uniform``, ``logit_normal``, ``cluster_balanced``.
+    kind of time. Built-ins: ``uniform``, ``logit_normal``, ``cluster_balanced``, ``speed``.
 
     Args:
         register: the registration callable described in the module docstring.
