@@ -232,6 +232,8 @@ class LogConfig(_Strict):
 
     trackers: list[PluginSection] = Field(
         default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+    suite: str | None = Field(None, description="the suite this run belongs to (`dtr suite` sets it to the suite's "
+                              "name); trackers group by it: W&B group, MLflow experiment")
 
     @field_validator("trackers", mode="before")
     @classmethod
@@ -326,6 +328,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = (),
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    if suite_keys := sorted({"matrix", "base"} & data.keys()):  # a suite file's (experiments/suite.py), no run's
+        raise ConfigError(f"{path}: is a suite file (it has {' / '.join(suite_keys)}), not a "
+                          f"run config; run it with `dtr suite {path}`")
     notes: list[str] = []
     data = apply_overrides(data, overrides, notes=notes)
     cfg = config_from_dict(data, source=str(path), registry=registry)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +13,8 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.yaml_reader import parse_yaml
 
 __all__ = ["SWITCHABLE_SECTIONS", "apply_overrides", "print_notes", "set_dotted"]
+
+logger = logging.getLogger("dtr_plugins.core.config")  # the config's notes, under the logger they always had
 
 
 #: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
@@ -52,7 +54,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
 def print_notes(notes: Sequence[str]) -> None:
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         for note in notes:
-            print(f"dtr: note: {note}", file=sys.stderr)
+            logger.warning(f"dtr: note: {note}")
 
 
 def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,

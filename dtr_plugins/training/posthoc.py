@@ -1,8 +1,8 @@
-"""``dtr ema RUN --sigma-rel S``: post-hoc EMA reconstruction from a run's power-EMA snapshots (EDM2).
+"""EMA snapshots and ``dtr ema RUN --sigma-rel S``, post-hoc EMA reconstruction from them (EDM2).
 
 A run trained with ``ema: {name: power, sigma_rels: [...], snapshot_every: N}`` leaves
-``<run>/ema/snapshot-<step>-<profile>.pt`` files (:meth:`~dtr_plugins.training.trainer.Trainer.save_ema_snapshots`),
-each the weights of one power-function average at one step with its ``sigma_rel``. The average of another width
+``<run>/ema/snapshot-<step>-<profile>.pt`` files (:func:`write_snapshots`, called by the trainer), each the
+weights of one power-function average at one step with its ``sigma_rel``. The average of another width
 ``S`` at step ``T`` (default: the last snapshot's step) is the combination of the snapshots up to ``T`` whose
 coefficients :func:`~dtr_plugins.core.phema.posthoc_coefficients` solves (least squares over the snapshots'
 profiles, Karras et al. 2024, algorithm 3). Floating parameters are combined in float64 and stored in the
@@ -17,14 +17,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.runs.rundir import RunDir
 
-__all__ = ["Snapshot", "power_snapshots", "reconstruct_ema"]
+if TYPE_CHECKING:
+    from dtr_plugins.core.config import ExperimentConfig
+    from dtr_plugins.core.contracts import EmaProfile
+    from dtr_plugins.training.trainer import TrainState
+
+__all__ = ["Snapshot", "power_snapshots", "reconstruct_ema", "write_snapshots"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,22 @@ class Snapshot:
     profile: str
     sigma_rel: float
     path: Path
+
+
+def write_snapshots(run: RunDir, cfg: ExperimentConfig, state: TrainState, profiles: Sequence[EmaProfile]) -> None:
+    """Write each profile's average of ``state`` (``state.averages()``, in the order of ``profiles``) to
+    :meth:`RunDir.ema_snapshot_path` (atomic), in the checkpoint format: ``step``, ``ema``, ``config``,
+    ``config_fingerprint``, ``routing`` and ``ema_profile`` (name, ``sigma_rel``, ``kind: snapshot``); ``dtr
+    sample`` reads one as it reads a checkpoint."""
+    from dtr_plugins.core.checkpoint import routing_record, save_checkpoint
+    from dtr_plugins.core.fingerprint import weights_fingerprint
+
+    config = cfg.to_dict()
+    for profile, average in zip(profiles, state.averages(), strict=True):
+        save_checkpoint(run.ema_snapshot_path(state.step, profile.name), step=state.step, ema=average.state_dict(),
+                        config=config, config_fingerprint=weights_fingerprint(config),
+                        routing=routing_record(state.model),
+                        ema_profile={"name": profile.name, "sigma_rel": profile.sigma_rel, "kind": "snapshot"})
 
 
 def power_snapshots(run: RunDir) -> list[Snapshot]:
