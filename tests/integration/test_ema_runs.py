@@ -95,4 +95,8 @@ def test_dtr_ema_refuses_a_run_without_power_snapshots_in_one_line(tmp_path, run
                    progress=False)
     code, _, err = run_cli("ema", str(run), "--sigma-rel", "0.05")
     assert code == 2 and "no power-EMA snapshots" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("ema", str(run), "--sigma-rel", "0.5")
+    assert code == 2 and "--sigma-rel: 0.5 is outside (0, 0.2886]" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("ema", str(run / "checkpoints" / "0000002.pt"), "--sigma-rel", "0.05")
+    assert code == 2 and "not a run directory" in err and len(err.strip().splitlines()) == 1, err
     assert not (run / "ema").exists()
