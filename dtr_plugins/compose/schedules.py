@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtr_plugins.core.config import ExperimentConfig, PluginSection
+from dtr_plugins.core.config import PATH_COMPONENT, ExperimentConfig, PluginSection
 from dtr_plugins.core.contracts import EmaRule, TimestepRule, missing_members
 from dtr_plugins.core.errors import PluginError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
@@ -30,7 +30,13 @@ def ema_section(cfg: ExperimentConfig) -> PluginSection:
 def build_ema(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> EmaRule:
     """The :class:`~dtr_plugins.core.contracts.EmaRule` of ``cfg`` (PluginError naming what a plugin lacks)."""
     section = ema_section(cfg)
-    return _checked(registry, "ema", section, EmaRule)
+    rule: EmaRule = _checked(registry, "ema", section, EmaRule)
+    names = [profile.name for profile in rule.profiles()]
+    bad = [n for n in names if not isinstance(n, str) or not PATH_COMPONENT.fullmatch(n) or n in (".", "..")]
+    if not names or bad or len(set(names)) != len(names):
+        raise PluginError(f"ema '{section.name}': profiles() must name one or more distinct profiles, each letters, "
+                          f"digits, '.', '_', '-' (they are parts of file names); got {names!r}")
+    return rule
 
 
 def build_timestep_rule(cfg: ExperimentConfig, registry: PluginRegistry | None = None) -> TimestepRule | None:

@@ -128,3 +128,28 @@ def test_posthoc_reconstruction_of_an_untracked_width_approximates_tracking_it()
     rebuilt, itself = coef.T @ v_in
     assert abs(rebuilt - avg[2]) < 0.05 * min(abs(avg[0] - avg[2]), abs(avg[1] - avg[2]))
     assert itself == pytest.approx(avg[0], rel=1e-9, abs=1e-9)
+
+
+def test_an_ema_rule_with_unusable_profile_names_is_one_plugin_error(tmp_path):
+    from dtr_plugins.core.contracts import EmaProfile
+    from dtr_plugins.core.errors import PluginError
+
+    from ..conftest import registry_with
+
+    class Slashes:
+        def profiles(self):
+            return [EmaProfile("a/b")]
+
+        def betas(self, step):
+            return [0.5]
+
+        def applied(self):
+            return {}
+
+    from dtr_plugins.core.config import EmaSection
+
+    cfg = load(tmp_path, train={"ema_warmup": None}, ema={"name": "power"})
+    cfg = cfg.model_copy(update={"ema": EmaSection(name="slashes")})
+    registry = registry_with("ema", "slashes", Slashes)
+    with pytest.raises(PluginError, match=r"profiles\(\) must name one or more distinct profiles.*'a/b'"):
+        build_ema(cfg, registry)
