@@ -164,6 +164,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_ema(args) -> int:
+    from dtr_plugins.training.posthoc import reconstruct_ema
+
+    if args.out is not None:
+        _check_out_file(args.out, "checkpoint")
+    for path in reconstruct_ema(args.run, args.sigma_rel, step=args.step, out=args.out):
+        print(f"wrote {path} (post-hoc EMA; sample it with: dtr sample {path})")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from dtr_plugins.core.sampling_settings import SamplingOverrides
     from dtr_plugins.sampling.sample import sample
@@ -386,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsafe-load", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(parents=[common], name="ema",
+                       help="post-hoc EMA: build the power-EMA weights of another width from a run's EMA snapshots")
+    p.add_argument("run", help="run directory trained with ema: {name: power, snapshot_every: N}")
+    p.add_argument("--sigma-rel", type=float, nargs="+", required=True,
+                   help="relative width(s) of the wanted power-function EMA, e.g. 0.05 (EDM2's sigma_rel)")
+    p.add_argument("--step", type=int, default=None, help="step of the average (a snapshot step; default the last)")
+    p.add_argument("--out", default=None, help="checkpoint to write (one width; default "
+                   "<run>/ema/posthoc-<step>-sigma<S>.pt)")
+    p.set_defaults(func=cmd_ema)
 
     p = sub.add_parser(parents=[common], name="push",
                        help="upload an exported folder to the Hugging Face hub")

@@ -33,11 +33,13 @@ from dtr_plugins.codecs.latent_cache import (
     is_complete,
     write_cache,
 )
+from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
     Backbone,
     Codec,
     DiffusionProcess,
+    EmaRule,
     InputSpace,
     LearnedRoutingStrategy,
     RoutingStrategy,
@@ -50,7 +52,7 @@ from dtr_plugins.core.contracts import (
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_line
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
-from dtr_plugins.core.timesteps import training_sampler
+from dtr_plugins.core.timesteps import choose_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -377,8 +379,13 @@ class Components:
     loss_weighting: Any
     dataset: Any
     model_input: ModelInput = field(repr=False)
-    #: how the training loop draws ``t`` (the weighting's sampler when it needs one, else the process's)
+    #: how the training loop draws ``t`` (the ``timesteps`` section's, else the weighting's when it needs one,
+    #: else the process's)
     timestep_sampler: TimestepSampler
+    #: how the averaged weights follow the trained ones (the ``ema`` section, or its train.* shorthand)
+    ema: EmaRule
+    #: where ``timestep_sampler`` came from: ``timesteps``, ``loss_weighting`` or ``process``
+    timestep_source: str = "process"
 
     def to(self, device: torch.device | str) -> Components:
         """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
@@ -410,8 +417,11 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     weighting = build_loss_weighting(cfg, registry)
     dataset = build_dataset(cfg, registry, codec=codec) if data else None
     model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))
-    sampler = training_sampler(process, weighting, cfg.loss_weighting.name)
-    parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler)
+    rule = build_timestep_rule(cfg, registry)
+    sampler, source = choose_sampler(process, weighting, cfg.loss_weighting.name, rule,
+                                     cfg.timesteps.name if cfg.timesteps else "")
+    parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler, build_ema(cfg, registry),
+                       source)
     return parts if meta else parts.to(device)
 
 

@@ -19,6 +19,7 @@ from dtr_plugins.compose.build import (
     compose,
     data_params,
 )
+from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, DiffusionProcess, SupportsImageShape
 from dtr_plugins.core.errors import ConfigError, UserError
@@ -163,7 +164,9 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     if not machine and backbone_input_space(info) == "latents":  # its geometry may need a codec download
         process = build_diffusion(cfg, registry)
         _check_respacing(cfg, process)
-        training_sampler(process, build_loss_weighting(cfg, registry), cfg.loss_weighting.name)
+        training_sampler(process, build_loss_weighting(cfg, registry), cfg.loss_weighting.name,
+                         build_timestep_rule(cfg, registry), cfg.timesteps.name if cfg.timesteps else "")
+        build_ema(cfg, registry)
         _check_eval(cfg, registry, machine)
         return None
     parts = compose(cfg, registry, device="meta", data=machine)

@@ -5,9 +5,6 @@ line naming the file, the key path, the bad value and what is allowed.
 """
 from __future__ import annotations
 
-import copy
-import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
+from dtr_plugins.core.overrides import SWITCHABLE_SECTIONS as SWITCHABLE_SECTIONS  # re-exported
+from dtr_plugins.core.overrides import apply_overrides as apply_overrides
+from dtr_plugins.core.overrides import print_notes
+from dtr_plugins.core.overrides import set_dotted as set_dotted
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
 from dtr_plugins.core.text import check_inside_path as check_inside_path  # re-exported: it lived here
@@ -26,8 +27,6 @@ from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-
 from dtr_plugins.core.yaml_reader import YamlLimitError as YamlLimitError
 from dtr_plugins.core.yaml_reader import parse_yaml as parse_yaml
 from dtr_plugins.core.yaml_reader import read_yaml as read_yaml
-
-logger = logging.getLogger(__name__)
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -78,6 +77,13 @@ class RoutingSection(PluginSection):
 
     site: str = Field("input", description="where the table acts: a routing site of the backbone "
                       "(input: block inputs, the published DTR; dit: heads, mlp, heads_mlp)")
+
+
+class EmaSection(PluginSection):
+    """``ema: {name: <ema rule>, snapshot_every: N, **params}``; ``snapshot_every`` is not a rule param."""
+
+    snapshot_every: int = Field(0, ge=0, description="save every profile's EMA weights to <run>/ema/ every N steps "
+                                "and at the end (0: never); dtr ema reconstructs other power-EMA widths from them")
 
 
 class DiffusionConfig(_Strict):
@@ -240,6 +246,10 @@ class ExperimentConfig(_Strict):
     codec: CodecSection | None = Field(None, description="the image <-> denoiser-space codec; default identity "
                                        "(pixels), or autoencoder_kl when a vae section is given")
     train: TrainConfig = Field(default_factory=TrainConfig)
+    ema: EmaSection | None = Field(None, description="the EMA rule (constant, warmup, power); unset: the shorthand "
+                                   "train.ema_decay / train.ema_warmup (constant or warmup)")
+    timesteps: PluginSection | None = Field(None, description="how training draws t (uniform, logit_normal, "
+                                            "cluster_balanced); unset: the loss weighting's or the process's own")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
@@ -281,8 +291,9 @@ class ExperimentConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values (a model-only config has no ``data`` key)."""
         out = self.model_dump(mode="json")
-        if out.get("data") is None:
-            out.pop("data", None)
+        for optional in ("data", "ema", "timesteps"):  # unset sections: absent, as in configs written before them
+            if out.get(optional) is None:
+                out.pop(optional, None)
         if out["train"].get("init_from") is None:  # unset: fingerprints of runs from before the key stay the same
             out["train"].pop("init_from", None)
         return out
@@ -297,78 +308,8 @@ UNROUTED_STRATEGIES = ("vanilla",)
 #: config section -> plugin kind
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
-                   "data": "dataset"}
+                   "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler"}
 
-
-#: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
-SWITCHABLE_SECTIONS = ("diffusion", "backbone", "routing", "loss_weighting", "data", "codec")
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set",
-                    notes: list[str] | None = None) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides; values are parsed as YAML (``1e-4``, ``true``, ``[1, 2]``, ``{name: dtr}``).
-
-    ``--set routing.name=random`` on a config whose routing is ``dtr`` replaces the whole section: the new
-    plugin's defaults plus the params given by ``--set``; one line saying what was dropped goes to
-    ``notes`` (when given, else to stderr)."""
-    original = data
-    data = copy.deepcopy(data)
-    keys: list[str] = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: override '{item}' is not of the form key.path=value")
-        try:
-            value = parse_yaml(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"{source}: override '{item}': value is not valid YAML") from None
-        set_dotted(data, key.strip(), value, source=source)
-        keys.append(key.strip())
-    said: list[str] = []
-    for section in SWITCHABLE_SECTIONS:
-        _switch_plugin(original, data, section, keys, source, said)
-    if notes is None:
-        _print_notes(said)
-    else:
-        notes.extend(said)
-    return data
-
-
-def _print_notes(notes: Sequence[str]) -> None:
-    if os.environ.get("RANK", "0") == "0":  # once under torchrun
-        for note in notes:
-            logger.warning(f"dtr: note: {note}")
-
-
-def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,
-                   notes: list[str]) -> None:
-    before, after = original.get(section), data.get(section)
-    if not isinstance(before, dict) or not isinstance(after, dict) or f"{section}.name" not in keys:
-        return
-    old, new = before.get("name"), after.get("name")
-    if old is None or old == new or section in keys:  # the whole section given by --set: taken as is
-        return
-    explicit = {k.split(".", 2)[1] for k in keys if k.startswith(f"{section}.") and k.count(".") >= 1}
-    dropped = [k for k in before if k != "name" and k not in explicit]
-    data[section] = {k: v for k, v in after.items() if k == "name" or k in explicit}
-    if dropped:
-        shown = ", ".join(f"{section}.{k}={before[k]!r}" for k in dropped)
-        notes.append(f"{source} {section}.name={new} replaces {old!r}: dropped {shown}; {new!r} starts from its "
-                     f"defaults")
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
-    """Set ``data[a][b] = value`` for ``key = "a.b"``, creating sections as needed."""
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])} is not a section, cannot set {key}")
-        node = child
-    node[parts[-1]] = value
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (),
@@ -383,7 +324,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (),
     notes: list[str] = []
     data = apply_overrides(data, overrides, notes=notes)
     cfg = config_from_dict(data, source=str(path), registry=registry)
-    _print_notes(notes)  # only for a config that is valid
+    print_notes(notes)  # only for a config that is valid
     return cfg
 
 
@@ -420,6 +361,9 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
         if section == "diffusion":
             process = _build_process(info, validated)
+    if cfg.ema is not None and (cfg.train.ema_decay != TrainConfig().ema_decay or cfg.train.ema_warmup):
+        raise ConfigError("ema: give either an ema section or its shorthand train.ema_decay / train.ema_warmup, "
+                          "not both (e.g. ema: {name: warmup, decay: 0.999})")
     if cfg.codec is not None:
         if cfg.vae is not None:
             raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "

@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
-           "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape",
+           "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "TimestepRule", "SupportsNoiseSchedule",
+           "EmaProfile",
+           "EmaRule", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec",
@@ -242,6 +244,58 @@ class TimestepSampler(Protocol):
     continuous: bool
 
     def sample(self, n: int, device: Any = None) -> Tensor: ...
+
+
+@runtime_checkable
+class TimestepRule(Protocol):
+    """The ``timestep_sampler`` kind (config ``timesteps: {name, **params}``): a rule that gives the
+    :class:`TimestepSampler` for a process. ``sampler(process, continuous=...)``: ``process`` is the run's
+    :class:`DiffusionProcess` (its ``num_timesteps`` is ``T``, the rows of the routing tables; a rule that needs
+    more asks for an optional capability such as :class:`SupportsNoiseSchedule` with ``isinstance``),
+    ``continuous`` whether the process takes float times in ``[0, 1]`` (flow matching) or int64 indices
+    (gaussian); the process says which through its own sampler. A rule that cannot draw that kind of time for
+    that process raises a one-line ``ConfigError`` naming the ``timesteps`` key. ``repr`` names the rule."""
+
+    def sampler(self, process: Any, *, continuous: bool) -> TimestepSampler: ...
+
+
+@runtime_checkable
+class SupportsNoiseSchedule(Protocol):
+    """Optional capability of a discrete process: ``alphas_cumprod``, float64 ``[T]``, the signal fraction
+    ``abar_t`` of each integer timestep (``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``); the ``speed``
+    timestep rule reads it."""
+
+    alphas_cumprod: np.ndarray
+
+
+@dataclass(frozen=True)
+class EmaProfile:
+    """One average an :class:`EmaRule` tracks: ``name`` (letters, digits, ``._-``: part of file names, e.g.
+    ``ema`` or ``sigma0.050``) and ``sigma_rel``, the relative width of a power-function profile (EDM2), or
+    None for a profile of another form (no post-hoc reconstruction from its snapshots)."""
+
+    name: str
+    sigma_rel: float | None = None
+
+
+@runtime_checkable
+class EmaRule(Protocol):
+    """The ``ema`` kind (config ``ema: {name, **params, snapshot_every}``; ``train.ema_decay`` /
+    ``train.ema_warmup`` are the shorthand for ``constant`` / ``warmup``): how the averaged weights follow the
+    trained ones. The trainer keeps one copy of the model per profile; after optimizer step ``step`` (0-based,
+    counted before the step is taken) it sets ``avg = beta * avg + (1 - beta) * model`` over the parameters
+    of each profile with ``betas(step)[i]`` and copies the buffers (a learned router's state is not averaged).
+
+    ``profiles()``: the tracked averages, the first being *the* EMA (evaluation, held-out loss, checkpoints'
+    ``ema``, sampling); the others are saved in checkpoints under ``ema_profiles`` and in the EMA snapshots.
+    ``betas(step)``: one decay in ``[0, 1]`` per profile, a pure function of ``step`` (resumption is exact).
+    ``applied()``: JSON-ready record for ``meta.json``."""
+
+    def profiles(self) -> Sequence[EmaProfile]: ...
+
+    def betas(self, step: int) -> Sequence[float]: ...
+
+    def applied(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable

@@ -35,7 +35,8 @@ __all__ = ["RESUMABLE_KEYS", "weights_fingerprint", "plan_fingerprint", "identit
 #:   mode, like ``train.device`` a property of the machine; each segment of ``meta.json`` records both as applied;
 #: - ``eval.*``, ``sample.*``: evaluation settings; every evaluation record states the settings it applied;
 #: - ``log.*``: experiment trackers only mirror ``metrics.jsonl``;
-#: - ``codec.cache_dir``, ``vae.cache_dir``: where a latent cache lives (its content is keyed by the codec).
+#: - ``codec.cache_dir``, ``vae.cache_dir``: where a latent cache lives (its content is keyed by the codec);
+#: - ``ema.snapshot_every``: how often the EMA weights are also written to ``<run>/ema/``, not what they are.
 #:
 #: Everything else (model, routing, diffusion, loss weighting, data, codec, seed, batch size, learning rate,
 #: precision, EMA, ...) is part of the run's identity.
@@ -43,7 +44,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "name", "output_dir",
     "train.steps", "train.ckpt_every", "train.log_every", "train.keep_last", "train.num_workers", "train.device",
     "train.compile", "train.activation_checkpointing", "train.grad_accum_steps", "train.tf32",
-    "eval.*", "sample.*", "log.*", "codec.cache_dir", "vae.cache_dir",
+    "eval.*", "sample.*", "log.*", "codec.cache_dir", "vae.cache_dir", "ema.snapshot_every",
 )
 
 

@@ -71,8 +71,9 @@ def dtr_register_backbones(register: Callable[..., None]) -> None:
 def dtr_register_loss_weightings(register: Callable[..., None]) -> None:
     """Register loss weightings (:class:`~dtr_plugins.core.contracts.LossWeighting`).
 
-    A weighting's factory returns a :class:`dtr_plugins.weighting.base.LossWeighting`: it samples the
-    training timesteps and turns per-sample losses into the scalar training loss.
+    A weighting's factory returns a :class:`dtr_plugins.weighting.base.LossWeighting`: it turns per-sample
+    losses at the timesteps it is given into the scalar training loss, and may name the timestep sampler it
+    needs (``timestep_sampler(T)``; a config's ``timesteps`` section takes precedence).
 
     Args:
         register: the registration callable described in the module docstring.
@@ -164,4 +165,32 @@ def dtr_register_state_dict_adapters(register: Callable[..., None]) -> None:
 
     ``register(BACKBONE_NAME, factory)``: the name is the backbone's (one adapter per backbone); the
     factory returns the adapter.
+    """
+
+
+@hookspec
+def dtr_register_ema(register: Callable[..., None]) -> None:
+    """Register EMA rules (:class:`~dtr_plugins.core.contracts.EmaRule`; config ``ema: {name, **params}``).
+
+    The factory returns an object with ``profiles()`` (the averages tracked, the first being the run's EMA),
+    ``betas(step)`` (one decay per profile after optimizer step ``step``) and ``applied()`` (for ``meta.json``).
+    Built-ins: ``constant``, ``warmup``, ``power`` (EDM2's power-function EMA; post-hoc reconstruction with
+    ``dtr ema``).
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """
+
+
+@hookspec
+def dtr_register_timestep_samplers(register: Callable[..., None]) -> None:
+    """Register timestep-sampler rules (:class:`~dtr_plugins.core.contracts.TimestepRule`; config
+    ``timesteps: {name, **params}``).
+
+    The factory returns an object whose ``sampler(process, continuous=...)`` gives the
+    :class:`~dtr_plugins.core.contracts.TimestepSampler` the training loop draws ``t`` from, for the process's
+    kind of time. Built-ins: ``uniform``, ``logit_normal``, ``cluster_balanced``, ``speed``.
+
+    Args:
+        register: the registration callable described in the module docstring.
     """

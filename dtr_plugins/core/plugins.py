@@ -36,6 +36,8 @@ KINDS: dict[str, str] = {
     "tracker": "dtr_register_trackers",  # experiment trackers (tensorboard, wandb, mlflow)
     "launcher": "dtr_register_launchers",  # slurm helper
     "state_dict_adapter": "dtr_register_state_dict_adapters",  # a backbone's weights in a foreign layout
+    "ema": "dtr_register_ema",  # how the averaged weights follow the trained ones (constant, warmup, power)
+    "timestep_sampler": "dtr_register_timestep_samplers",  # how training draws t (uniform, logit_normal, ...)
 }
 
 

@@ -4,11 +4,13 @@ The contract is :class:`~dtr_plugins.core.contracts.TimestepSampler`: ``continuo
 [0, 1] or int64 indices in ``0..T-1``) and ``sample(n, device) -> t`` ``[n]``. Every sampler draws from the
 global torch generator of ``device``, so a checkpoint's RNG state restores the stream.
 
-Which sampler a run uses (:func:`training_sampler`): the one the loss weighting declares it needs
-(``ant_uw``: :class:`ClusterBalancedTimesteps`), else the process's own (``gaussian``:
-:class:`UniformTimesteps`; ``flow_matching``: :class:`UniformTimes` or :class:`LogitNormalTimes`). The
-training loop then hands the same ``t`` to the process (``training_losses``) and to the weighting, which
-only weighs (docs/architecture.md, "Plugin kinds"). A new sampler is one class with these two members.
+Which sampler a run uses (:func:`choose_sampler`): the config's ``timesteps: {name, **params}`` section (a
+:class:`~dtr_plugins.core.contracts.TimestepRule` of the ``timestep_sampler`` plugin kind, built for the
+process's kind of time), else the one the loss weighting declares it needs (``ant_uw``:
+:class:`ClusterBalancedTimesteps`), else the process's own (``gaussian``: :class:`UniformTimesteps`;
+``flow_matching``: :class:`UniformTimes` or :class:`LogitNormalTimes`). The training loop then hands the same
+``t`` to the process (``training_losses``) and to the weighting, which only weighs (docs/architecture.md,
+"Plugin kinds"). A new sampler is one class with these two members.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dtr_plugins.core.contracts import TimestepSampler
+from dtr_plugins.core.contracts import TimestepRule, TimestepSampler
 from dtr_plugins.core.errors import ConfigError
 
 
@@ -66,6 +68,87 @@ class LogitNormalTimes:
         return 1 - u
 
 
+class LogitNormalTimesteps:
+    """Integer timesteps whose noise level ``u = (index + U(0, 1)) / T`` is close to logit-normal: ``index =
+    floor(T * sigmoid(mean + std * z))`` clipped to ``T - 1`` (int64 ``[n]``; index ``T - 1`` is the noisiest),
+    the discrete counterpart of :class:`LogitNormalTimes` (Esser et al., 2024)."""
+
+    continuous = False
+
+    def __init__(self, num_timesteps: int, mean: float = 0.0, std: float = 1.0):
+        self.num_timesteps, self.mean, self.std = int(num_timesteps), float(mean), float(std)
+
+    def __repr__(self) -> str:
+        return f"logit_normal(T={self.num_timesteps}, mean={self.mean:g}, std={self.std:g})"
+
+    def sample(self, n: int, device: Any = None) -> Tensor:
+        u = torch.sigmoid(self.mean + self.std * torch.randn((n,), device=device))
+        return (u * self.num_timesteps).long().clamp_(0, self.num_timesteps - 1)
+
+
+class ClusterBalancedTimes:
+    """Continuous times balanced over ``k`` equal intervals of ``[0, 1]``: the batch is split into ``k``
+    consecutive chunks as in :class:`ClusterBalancedTimesteps`, chunk ``i`` drawing ``t ~ U(i/k, (i+1)/k)``
+    (float32 ``[n]``). Raises :class:`ConfigError` when a batch holds fewer than ``k`` samples."""
+
+    continuous = True
+
+    def __init__(self, k: int, who: str = "timesteps"):
+        self.k, self.who = int(k), who
+
+    def __repr__(self) -> str:
+        return f"cluster_balanced(continuous, k={self.k})"
+
+    def sample(self, n: int, device: Any = None) -> Tensor:
+        k = self.k
+        if n < k:
+            raise ConfigError(f"{self.who}: batch of {n} per step cannot cover k={k} time intervals; use a batch "
+                              f"of at least {k}")
+        sizes = torch.tensor([n // k + (1 if i < n % k else 0) for i in range(k)], device=device)
+        cluster = torch.repeat_interleave(torch.arange(k, device=device), sizes)
+        return (cluster + torch.rand(n, device=device)) / k
+
+
+class SpeedTimesteps:
+    """SpeeD's asymmetric draw of integer timesteps (Wang et al., 2024, "A Closer Look at Time Steps is Worthy
+    of Triple Speed-Up for Diffusion Model Training"; official code 1zeryu/SpeeD, ``speed/diffusion/iddpm/speed.py``).
+
+    ``probs`` ``[T]`` (float64, sums to 1) and ``meaningful_steps`` ``m`` come from :func:`speed_distribution`. A
+    batch of ``n``: ``n // 2 + 1`` indices ``t`` drawn with replacement from ``probs`` (``torch.multinomial``, the
+    CPU generator), each followed in the batch by its partner ``m - t`` (for ``t < m``) or ``t - m`` (else),
+    clipped to ``T - 1``; the first ``n`` of ``[t, partner]`` (int64 ``[n]``, moved to ``device``)."""
+
+    continuous = False
+
+    def __init__(self, probs: Tensor, meaningful_steps: int):
+        self.probs, self.meaningful_steps = probs, int(meaningful_steps)
+        self.num_timesteps = int(probs.shape[0])
+
+    def __repr__(self) -> str:
+        return f"speed(T={self.num_timesteps}, meaningful_steps={self.meaningful_steps})"
+
+    def sample(self, n: int, device: Any = None) -> Tensor:
+        t = torch.multinomial(self.probs, n // 2 + 1, replacement=True)
+        m = self.meaningful_steps
+        partner = torch.where(t < m, m - t, t - m).clamp_(max=self.num_timesteps - 1)
+        return torch.cat([t, partner])[:n].to(device)
+
+
+def speed_distribution(alphas_cumprod: Any, threshold: float = 1e-4) -> tuple[Tensor, int]:
+    """SpeeD's sampling weights and its ``meaningful_steps`` from a schedule's ``abar_t`` (float64 ``[T]``).
+
+    With ``g`` the finite-difference slope (central, one-sided at the ends) of ``sqrt(1 - abar_t)`` over ``t``:
+    timesteps where ``g < threshold`` are the converged, nearly pure-noise tail; ``meaningful_steps`` is the
+    first such index plus one (1 when there is none), and the weight of ``t`` is ``tanh(1e6 (g_t - threshold))
+    + 1.5`` (about 2.5 before the tail, 0.5 in it: the tail drawn 5 times less often), normalised to sum 1."""
+    import numpy as np
+
+    slope = np.gradient(np.sqrt(1.0 - np.asarray(alphas_cumprod, dtype=np.float64)))
+    meaningful = int(np.argmax(slope < threshold)) + 1
+    weights = np.tanh(1e6 * (slope - threshold)) + 1.5
+    return torch.from_numpy(weights / np.abs(weights).sum()), meaningful
+
+
 def cluster_edges(num_timesteps: int, k: int) -> list[int]:
     """Boundaries of ``k`` contiguous near-equal timestep intervals: cluster i is ``[e[i], e[i+1])``."""
     return [(i * num_timesteps) // k for i in range(k + 1)]
@@ -105,20 +188,43 @@ class ClusterBalancedTimesteps:
         return low + torch.minimum((u * width).long(), width - 1)
 
 
-def training_sampler(process: Any, weighting: Any, weighting_name: str = "") -> TimestepSampler:
-    """The sampler of a run: ``weighting.timestep_sampler(T)`` when the weighting needs one, else
-    ``process.timestep_sampler()``. Raises :class:`ConfigError` (``loss_weighting.name: ...``) when the
-    weighting's sampler draws integer timesteps for a process with continuous times, or the reverse."""
+def choose_sampler(process: Any, weighting: Any, weighting_name: str = "", rule: TimestepRule | None = None,
+                   rule_name: str = "") -> tuple[TimestepSampler, str]:
+    """The sampler of a run and where it came from (``"timesteps"``, ``"loss_weighting"`` or ``"process"``):
+    ``rule.sampler(T, continuous=...)`` when the config names a ``timesteps`` rule, else
+    ``weighting.timestep_sampler(T)`` when the weighting needs one, else ``process.timestep_sampler()``; the
+    process's own sampler says whether its times are continuous. Raises :class:`ConfigError` (one line naming
+    ``timesteps.name`` or ``loss_weighting.name``) when the chosen sampler draws integer timesteps for a
+    process with continuous times, or the reverse."""
     own: TimestepSampler = process.timestep_sampler()
+    if rule is not None:
+        chosen = rule.sampler(process, continuous=bool(own.continuous))
+        _same_kind(chosen, own, f"timesteps.name: {rule_name or repr(rule)!r}")
+        return chosen, "timesteps"
     needed: TimestepSampler | None = weighting.timestep_sampler(process.num_timesteps)
     if needed is None:
-        return own
-    if bool(needed.continuous) != bool(own.continuous):
-        kind = "continuous times" if needed.continuous else "integer timesteps"
-        raise ConfigError(f"loss_weighting.name: {weighting_name or type(weighting).__name__!r} draws {kind} "
-                          f"({needed!r}); the process draws {own!r}")
-    return needed
+        return own, "process"
+    _same_kind(needed, own, f"loss_weighting.name: {weighting_name or type(weighting).__name__!r}")
+    return needed, "loss_weighting"
 
 
-__all__ = ["ClusterBalancedTimesteps", "LogitNormalTimes", "UniformTimes", "UniformTimesteps", "cluster_edges",
-           "training_sampler"]
+def _same_kind(chosen: TimestepSampler, own: TimestepSampler, who: str) -> None:
+    if bool(chosen.continuous) != bool(own.continuous):
+        kind = "continuous times" if chosen.continuous else "integer timesteps"
+        raise ConfigError(f"{who} draws {kind} ({chosen!r}); the process draws {own!r}")
+
+
+def training_sampler(process: Any, weighting: Any, weighting_name: str = "", rule: TimestepRule | None = None,
+                     rule_name: str = "") -> TimestepSampler:
+    """The sampler of :func:`choose_sampler` alone."""
+    return choose_sampler(process, weighting, weighting_name, rule, rule_name)[0]
+
+
+def sampler_record(sampler: TimestepSampler, source: str) -> dict[str, Any]:
+    """What ``meta.json`` records as the applied sampler: its ``repr``, kind of time and where it came from."""
+    return {"sampler": repr(sampler), "continuous": bool(sampler.continuous), "from": source}
+
+
+__all__ = ["ClusterBalancedTimes", "ClusterBalancedTimesteps", "LogitNormalTimes", "LogitNormalTimesteps",
+           "SpeedTimesteps", "UniformTimes", "UniformTimesteps", "choose_sampler", "cluster_edges", "sampler_record",
+           "speed_distribution", "training_sampler"]

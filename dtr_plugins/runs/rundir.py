@@ -11,6 +11,8 @@
       train.log            a suite run's captured output
       config.sha256        a suite run's config fingerprint (suites rerun a run whose config changed)
       checkpoints/0002000.pt
+      ema/snapshot-0002000-sigma0.050.pt   EMA snapshots (ema.snapshot_every): each profile's weights at a step
+      ema/posthoc-0002000-sigma0.020.pt    written by dtr ema: a post-hoc power-EMA width (dtr sample reads it)
       samples/             images/, grid.png, samples.npz, samples.json
       eval.json            the final evaluation
       .lock                held (``flock``) by the one ``dtr train`` writing the run: its pid and host
@@ -148,6 +150,25 @@ class RunDir:
         if ckpt is None:
             raise CheckpointError(f"{self.path}: no checkpoint in {self.checkpoints}")
         return ckpt
+
+    @property
+    def ema_dir(self) -> Path:
+        return self.path / "ema"
+
+    def ema_snapshot_path(self, step: int, profile: str) -> Path:
+        return self.ema_dir / f"snapshot-{int(step):07d}-{profile}.pt"
+
+    def posthoc_path(self, step: int, sigma_rel: float) -> Path:
+        return self.ema_dir / f"posthoc-{int(step):07d}-sigma{sigma_rel:.3f}.pt"
+
+    def ema_snapshots(self) -> list[tuple[int, str, Path]]:
+        """``(step, profile, path)`` of every EMA snapshot, by step then profile name."""
+        found = []
+        for path in self.ema_dir.glob("snapshot-*.pt"):
+            step, _, profile = path.stem.removeprefix("snapshot-").partition("-")
+            if step.isdigit() and profile:
+                found.append((int(step), profile, path))
+        return sorted(found)
 
     def has_checkpoints(self) -> bool:
         return self.latest_checkpoint() is not None

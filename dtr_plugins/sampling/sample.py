@@ -254,7 +254,8 @@ def _load(source: str | Path, *, use_ema: bool, allow_unsafe_load: bool, device)
     step = ckpt.get("step") if isinstance(ckpt, dict) else None
     if not isinstance(step, int):
         step = int(ckpt_path.stem) if ckpt_path.stem.isdigit() else None
-    return cfg, parts.to(device), ckpt_path, step, weights
+    profile = ckpt.get("ema_profile") if isinstance(ckpt, dict) and weights == "ema" else None
+    return cfg, parts.to(device), ckpt_path, step, weights, profile if isinstance(profile, dict) else None
 
 
 def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: bool = False, device=None):
@@ -262,7 +263,7 @@ def load_run(source: str | Path, *, use_ema: bool = True, allow_unsafe_load: boo
 
     The checkpoint is read once: its ``config`` (when it has one) and its weights come from the same load.
     """
-    cfg, parts, ckpt_path, _, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
+    cfg, parts, ckpt_path, _, _, _ = _load(source, use_ema=use_ema, allow_unsafe_load=allow_unsafe_load, device=device)
     return cfg, parts.model.eval(), parts.diffusion, ckpt_path
 
 
@@ -297,15 +298,18 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
     return out
 
 
-def default_out(run: RunDir, settings: SamplingSettings, *, step: int | None) -> Path:
+def default_out(run: RunDir, settings: SamplingSettings, *, step: int | None, profile: str | None = None) -> Path:
     """``<run>/samples/step0000800-ddim25-cfg2.0-seed0-n64``: a folder per sampling setting, never the
-    training-time evaluation samples (``<run>/samples/*.npz``)."""
+    training-time evaluation samples (``<run>/samples/*.npz``); ``profile`` (the EMA profile of an EMA snapshot
+    or post-hoc EMA file, e.g. ``posthoc-sigma0.050``) is appended as ``-ema-<profile>``."""
     sampler, respacing, labels = settings.sampler, settings.respacing, settings.labels
     steps = str(respacing) if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
     name = f"step{step:07d}" if step is not None else "stepNA"
     name += f"-{steps}-cfg{float(settings.cfg_scale)}-seed{settings.seed}-n{settings.num_samples}"
     if not settings.use_ema:
         name += "-raw"
+    elif profile:
+        name += f"-ema-{profile}"
     if labels is not None:
         name += "-labels" + hashlib.sha256(",".join(map(str, labels)).encode()).hexdigest()[:8]
     return run.samples / name
@@ -369,9 +373,11 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
                                 "weights with dtr export RUN --weights model")
             step = loaded.get("step")
         else:
-            cfg, parts, ckpt_path, step, weights = _load(source, use_ema=asked.use_ema,
-                                                         allow_unsafe_load=allow_unsafe_load, device=d.device)
+            cfg, parts, ckpt_path, step, weights, profile = _load(source, use_ema=asked.use_ema,
+                                                                  allow_unsafe_load=allow_unsafe_load, device=d.device)
             loaded["weights"] = weights
+            if profile is not None:  # an EMA snapshot or a post-hoc EMA (dtr ema)
+                loaded["ema_profile"] = profile.get("name")
             model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
@@ -379,7 +385,8 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
         all_labels, labels_from = _prepare(model, settings)
         _check_sampling(diffusion, settings)  # before the progress bar starts
         out_dir = Path(out) if out is not None else default_out(
-            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), settings, step=step)
+            RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), settings, step=step,
+            profile=loaded.get("ema_profile"))
         check_out(out_dir, overwrite=overwrite, sources=sources)
         if d.is_main:
             clean_dead_partials(out_dir)
@@ -400,10 +407,10 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
             try:
                 images, _ = _merge_shards(shards, d.world_size)
                 shutil.rmtree(shards)
-                info = {"checkpoint": str(ckpt_path), "step": step,
-                        "weights": loaded.get("weights", "ema" if settings.use_ema else "model"),
-                        **({"source": loaded["source"]} if "source" in loaded else {}),
-                        "labels": labels_from, **applied}
+                info: dict[str, Any] = {"checkpoint": str(ckpt_path), "step": step,
+                                        "weights": loaded.get("weights", "ema" if settings.use_ema else "model")}
+                info.update({k: loaded[k] for k in ("source", "ema_profile") if k in loaded})
+                info.update(labels=labels_from, **applied)
                 write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
                 _swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here

@@ -40,6 +40,7 @@ from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
+from dtr_plugins.core.timesteps import sampler_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
@@ -321,7 +322,8 @@ def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist
         init = Path(cfg.train.init_from)
         apply_checkpoint(parts.model, read_checkpoint(init, allow_unsafe=allow_unsafe_load), init, use_ema=True,
                          allow_routing_mismatch=True)
-    state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device)
+    state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device,
+                              profiles=[p.name for p in parts.ema.profiles()])
     if start_ckpt is not None:
         ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
         check_resume_identity(ckpt, cfg, start_ckpt)
@@ -361,6 +363,9 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
                                previous=previous if isinstance(previous, dict) else None)
     meta["trackers"] = trackers.applied()
     heldout, meta["heldout"] = _heldout_for(cfg, parts, start.registry, d.device)
+    meta["ema"] = {**parts.ema.applied(), "applied": True, "section": "ema" if cfg.ema is not None else
+                   "train.ema_decay/ema_warmup", "snapshot_every": cfg.ema.snapshot_every if cfg.ema else 0}
+    meta["timesteps"] = sampler_record(parts.timestep_sampler, parts.timestep_source)
     rd.write_meta(meta)
     heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
     if heatmap is not None:

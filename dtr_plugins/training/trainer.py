@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, LossWeighting, TimestepSampler
+from dtr_plugins.core.contracts import Backbone, EmaRule, LossWeighting, TimestepSampler
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 NUM_BUCKETS = 10
 
-__all__ = ["TrainState", "Trainer", "TrainingDiverged", "ema_update", "ema_decay_at", "step_seed", "autocast",
+__all__ = ["TrainState", "Trainer", "TrainingDiverged", "ema_update", "step_seed", "autocast",
            "model_kwargs_for", "check_data_fits", "ranks_in_sync", "NUM_BUCKETS"]
 
 
@@ -53,13 +53,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
-
-
-def ema_decay_at(cfg: ExperimentConfig, step: int) -> float:
-    """Configured decay, or with warm-up ``min(decay, (1 + step) / (10 + step))`` for short runs."""
-    if cfg.train.ema_warmup:
-        return min(cfg.train.ema_decay, (1 + step) / (10 + step))
-    return cfg.train.ema_decay
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -114,7 +107,9 @@ def ranks_in_sync(model: torch.nn.Module, d: distributed.Dist) -> bool:
 @dataclass
 class TrainState:
     """Everything a checkpoint restores: the model, its EMA, the optimizer, the fp16 grad scaler, the
-    loss weighting (ANT-UW learns weights) and the number of optimizer steps taken."""
+    loss weighting (ANT-UW learns weights) and the number of optimizer steps taken. ``ema`` is the first
+    profile of the run's :class:`~dtr_plugins.core.contracts.EmaRule`; ``extra_emas`` the others, named
+    ``profiles[1:]`` (checkpoint key ``ema_profiles``)."""
 
     model: torch.nn.Module
     ema: torch.nn.Module
@@ -122,15 +117,19 @@ class TrainState:
     scaler: torch.amp.GradScaler
     weighting: torch.nn.Module
     step: int = 0
+    profiles: list[str] = field(default_factory=lambda: ["ema"])
+    extra_emas: list[torch.nn.Module] = field(default_factory=list)
 
     @classmethod
     def create(cls, model: torch.nn.Module, weighting: torch.nn.Module, cfg: ExperimentConfig,
-               device: torch.device) -> TrainState:
-        """A fresh state: EMA = a copy of ``model``, AdamW over the backbone, the weighting's groups, then the
-        learned routing strategy's groups (their own lr / weight decay; none for static routing)."""
+               device: torch.device, profiles: Sequence[str] = ("ema",)) -> TrainState:
+        """A fresh state: one EMA per name of ``profiles``, each a copy of ``model``; AdamW over the backbone, the
+        weighting's groups, then the learned routing strategy's groups (their own lr / weight decay; none for
+        static routing)."""
         import copy
 
         ema = copy.deepcopy(model).requires_grad_(False).eval()
+        extra = [copy.deepcopy(ema) for _ in profiles[1:]]
         plan = routing_plan(model)
         routing_groups = plan.param_groups() if plan is not None else []
         routed = {id(p) for g in routing_groups for p in g["params"]}
@@ -140,11 +139,23 @@ class TrainState:
         optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                       fused=device.type == "cuda")
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-        return cls(model, ema, optimizer, scaler, weighting)
+        return cls(model, ema, optimizer, scaler, weighting, profiles=list(profiles), extra_emas=extra)
+
+    def averages(self) -> list[torch.nn.Module]:
+        """Every tracked average, in the order of ``profiles``."""
+        return [self.ema, *self.extra_emas]
 
     def load(self, ckpt: dict[str, Any]) -> None:
         """Restore from a checkpoint whose ``model`` weights were already applied to ``self.model``."""
+        from dtr_plugins.core.errors import CheckpointError
+
         self.ema.load_state_dict(ckpt["ema"])
+        saved = ckpt.get("ema_profiles") or {}
+        for name, module in zip(self.profiles[1:], self.extra_emas, strict=True):
+            if name not in saved:
+                raise CheckpointError(f"checkpoint of step {ckpt.get('step')}: no ema_profiles.{name} (its EMA "
+                                      f"profiles: {', '.join(['ema', *saved]) or 'ema'})")
+            module.load_state_dict(saved[name])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.weighting.load_state_dict(ckpt["loss_weighting"])
         if "scaler" in ckpt:
@@ -158,7 +169,9 @@ class TrainState:
         from dtr_plugins.core.fingerprint import weights_fingerprint
 
         config = cfg.to_dict()
-        return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(),
+        extra = {"ema_profiles": {name: m.state_dict() for name, m in zip(self.profiles[1:], self.extra_emas)}
+                 } if self.extra_emas else {}
+        return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(), **extra,
                     optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
                     scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
                     config=config, config_fingerprint=weights_fingerprint(config), routing=routing_record(self.model))
@@ -167,7 +180,9 @@ class TrainState:
     def nonfinite(self) -> list[str]:
         """Names (``model.X``, ``ema.X``) of floating tensors of the model and its EMA holding a NaN or inf."""
         bad = []
-        for prefix, module in (("model", self.model), ("ema", self.ema)):
+        named = [("model", self.model), ("ema", self.ema)]
+        named += [(f"ema_profiles.{n}", m) for n, m in zip(self.profiles[1:], self.extra_emas)]
+        for prefix, module in named:
             for name, t in module.state_dict().items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     bad.append(f"{prefix}.{name}")
@@ -197,6 +212,8 @@ class Trainer:
         self.heldout = heldout  # fixed held-out inputs (main rank only; None: no held-out loss)
         self.cfg, self.state, self.net, self.diffusion = cfg, state, net, parts.diffusion
         self.sampler: TimestepSampler = parts.timestep_sampler
+        self.ema_rule: EmaRule = parts.ema
+        self.snapshot_every = cfg.ema.snapshot_every if cfg.ema is not None else 0
         self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
         # the sampling of every evaluation, built once: the EMA weights, eval.num_samples images, seed cfg.seed
@@ -233,6 +250,8 @@ class Trainer:
             if self.heldout is not None and (step % cfg.eval.heldout_every == 0 or last):
                 with bar_paused(bar):
                     self.score_heldout()
+            if self.snapshot_every and (step % self.snapshot_every == 0 or last):  # first: a checkpoint of this
+                self.save_ema_snapshots()  # step then implies its snapshots (a resume never skips one)
             if (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or last:
                 self.save()
             if cfg.eval.every and (step % cfg.eval.every == 0 or last) or (last and cfg.eval.at_end):
@@ -271,7 +290,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        ema_update(state.ema, model, ema_decay_at(cfg, state.step))
+        for average, beta in zip(state.averages(), self.ema_rule.betas(state.step), strict=True):
+            ema_update(average, model, beta)
 
         with torch.no_grad():
             per_sample = per_sample_loss.double()
@@ -299,7 +319,7 @@ class Trainer:
                   "loss_bucket": stats["buckets"], "lr": state.optimizer.param_groups[0]["lr"],
                   "steps_per_s": self.window_steps / elapsed,
                   "images_per_s": self.window_steps * cfg.train.batch_size / elapsed,
-                  "ema_decay": ema_decay_at(cfg, state.step - 1)}
+                  "ema_decay": float(self.ema_rule.betas(state.step - 1)[0])}
         if d.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(d.device) / 2**20
         record.update({f"weighting/{k}": v for k, v in cast(LossWeighting, state.weighting).log_values().items()})
@@ -340,6 +360,16 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.run_dir.checkpoint_path(self.state.step), **self.state.checkpoint(self.cfg))
             prune_checkpoints(self.run_dir.checkpoints, self.cfg.train.keep_last)
+        self.dist.barrier()
+
+    def save_ema_snapshots(self) -> None:
+        """Each EMA profile's weights to ``<run>/ema/`` (main rank; after the finite-weights check on every rank;
+        :func:`~dtr_plugins.training.posthoc.write_snapshots`): ``dtr ema`` reconstructs from them."""
+        from dtr_plugins.training.posthoc import write_snapshots
+
+        self._stop_if_weights_nonfinite()
+        if self.dist.is_main:
+            write_snapshots(self.run_dir, self.cfg, self.state, self.ema_rule.profiles())
         self.dist.barrier()
 
     def evaluate(self, final: bool) -> None:

@@ -297,7 +297,8 @@ def test_aux_losses_must_be_named_scalars():
 def test_ema_follows_every_learned_routing_parameter_and_buffer_by_value():
     """The trainer's EMA (TrainState.create, ema_update) of a ``switch`` model after a few optimizer steps: each
     router and expert parameter is the by-hand average, and the EMA copy routes with the trained model's
-    ``matching`` (and ``forwards``), not with the values it was copied with."""
+    ``matching`` (and ``forwards``), not with the values it was copied with; a second EMA profile (an ``EmaRule``
+    tracking several averages) the same, with its own decay."""
     from dtr_plugins.core.config import config_from_dict
     from dtr_plugins.strategies.switch import SwitchRouting
     from dtr_plugins.training.trainer import TrainState, ema_update
@@ -308,12 +309,13 @@ def test_ema_follows_every_learned_routing_parameter_and_buffer_by_value():
                             "train": {"lr": 0.05}})
     torch.manual_seed(0)
     model = learned_dit(SwitchRouting(num_experts=3, top_k=2, freq_dim=16), seed=1).train()
-    state = TrainState.create(model, Constant(), cfg, torch.device("cpu"))
+    state = TrainState.create(model, Constant(), cfg, torch.device("cpu"), profiles=("ema", "slow"))
     learned = {n: p for n, p in model.named_parameters() if n.startswith("routing.learned.")}
-    ema_params = dict(state.ema.named_parameters())
+    ema_params, slow_params = dict(state.ema.named_parameters()), dict(state.extra_emas[0].named_parameters())
     start = {n: p.detach().clone() for n, p in learned.items()}
     expect = {n: p.detach().clone().double() for n, p in learned.items()}
-    decay = 0.75
+    slow = dict(expect)
+    decay, slow_decay = 0.75, 0.9
     gen = torch.Generator().manual_seed(3)
     matchings = []
     for _ in range(4):
@@ -323,13 +325,17 @@ def test_ema_follows_every_learned_routing_parameter_and_buffer_by_value():
         out = model(x, t, y)
         (out.square().mean() + sum(model.plan.pop_aux_losses().values())).backward()
         state.optimizer.step()
-        ema_update(state.ema, model, decay)
+        for average, beta in zip(state.averages(), [decay, slow_decay], strict=True):
+            ema_update(average, model, beta)
         for name, p in learned.items():
             expect[name] = decay * expect[name] + (1 - decay) * p.detach().double()
+            slow[name] = slow_decay * slow[name] + (1 - slow_decay) * p.detach().double()
             torch.testing.assert_close(ema_params[name].double(), expect[name], atol=1e-6, rtol=0, msg=name)
-        ema_buffers, buffers = dict(state.ema.named_buffers()), dict(model.named_buffers())
-        for name in ("routing.learned.matching", "routing.learned.forwards"):
-            assert torch.equal(ema_buffers[name], buffers[name]), name
+            torch.testing.assert_close(slow_params[name].double(), slow[name], atol=1e-6, rtol=0, msg=name)
+        buffers = dict(model.named_buffers())
+        for average in state.averages():
+            for name in ("routing.learned.matching", "routing.learned.forwards"):
+                assert torch.equal(dict(average.named_buffers())[name], buffers[name]), name
         matchings.append(buffers["routing.learned.matching"].clone())
     assert int(model.plan.learned.forwards) == 4
     assert any(not torch.equal(m, torch.arange(m.numel())) for m in matchings)  # the matching did move

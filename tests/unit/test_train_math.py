@@ -6,12 +6,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dtr_plugins.ema.builtin import ConstantEma, WarmupEma
 from dtr_plugins.training.train import StepBatches
-from dtr_plugins.training.trainer import ema_decay_at, ema_update
+from dtr_plugins.training.trainer import ema_update
 
 
 def train_cfg(decay: float, warmup: bool) -> SimpleNamespace:
     return SimpleNamespace(train=SimpleNamespace(ema_decay=decay, ema_warmup=warmup))
+
+
+def ema_decay_at(cfg: SimpleNamespace, step: int) -> float:
+    """The decay the ``train.ema_decay`` / ``train.ema_warmup`` shorthand stands for: the ``warmup`` or
+    ``constant`` EMA rule (compose.ema_section)."""
+    rule = WarmupEma(cfg.train.ema_decay) if cfg.train.ema_warmup else ConstantEma(cfg.train.ema_decay)
+    return rule.betas(step)[0]
 
 
 def two_parameter_model(a: float, b: float) -> torch.nn.Linear:

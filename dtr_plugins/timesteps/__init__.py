@@ -1,0 +1,1 @@
+"""Built-in timestep-sampler rules (the ``timestep_sampler`` plugin kind; config ``timesteps:``)."""
