@@ -11,11 +11,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
+from dtr_plugins.core.buckets import bucket_setting
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
@@ -126,6 +127,10 @@ class TrainConfig(_Strict):
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA (Ampere or newer); not applicable "
                        "on CPU/MPS (meta.json records what was applied); may change on --resume")
     device: str = Field("auto", description=DEVICES_ALLOWED)
+    timestep_buckets: Annotated[int | str, BeforeValidator(bucket_setting)] = Field(0, description="K: the batch "
+        "sorted by its rows of the routing tables into K buckets, each running only its samples' union of heads/MLP "
+        "units (same losses and gradients as 0, the masked path; DiT's unit sites; core/buckets.py); auto: the K "
+        "of least estimated cost per batch")
 
     @field_validator("device")
     @classmethod

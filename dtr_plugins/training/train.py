@@ -37,7 +37,7 @@ from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
-from dtr_plugins.core.routing import routed_units
+from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
@@ -247,6 +247,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         parts.to(d.device)
         compute["activation_checkpointing"] = apply_activation_checkpointing(
             parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
+        compute["timestep_buckets"] = apply_buckets(cfg, parts.model, d.is_main)
         state = _initial_state(cfg, parts, d, start_ckpt, allow_unsafe_load)
         start_step = state.step
         heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
@@ -378,9 +379,31 @@ def _finish_meta(rd: RunDir, model: torch.nn.Module, d: distributed.Dist, step: 
     segments = meta.get("segments") or [{}]
     segments[-1].update(to_step=step, finished=finished)
     extra: dict[str, Any] = {"segments": segments, "finished": finished}
+    plan = model.plan if isinstance(model, RoutedBackbone) else None
+    if plan is not None and plan.buckets is not None:  # what bucketing achieved in this invocation (rank 0's)
+        applied = {**meta.get("compute", {}).get("timestep_buckets", {}), **plan.buckets.stats.summary()}
+        segments[-1].setdefault("compute", {})["timestep_buckets"] = applied
+        extra["compute"] = {**meta.get("compute", {}), "timestep_buckets": applied}
     if in_sync is not None:
         extra = {"ranks_in_sync": in_sync, **extra}
     rd.update_meta(**extra)
+
+
+def apply_buckets(cfg: ExperimentConfig, model: torch.nn.Module, verbose: bool = True) -> dict[str, Any]:
+    """``train.timestep_buckets`` on the model's routing plan (core/buckets.py); returns what meta.json records
+    (``setting``, ``applied``, ``why`` when not). Where the masked path stays (a learned strategy, a continuous
+    process, ``train.compile``) one line says so. Raises ConfigError at the ``input`` site."""
+    from dtr_plugins.core.buckets import enable_train_buckets
+
+    setting = cfg.train.timestep_buckets
+    plan = model.plan if isinstance(model, RoutedBackbone) else None
+    if setting == 0 or plan is None:
+        return {"setting": setting, "applied": False, "why": "not requested" if setting == 0 else "no routing plan"}
+    why = ("train.compile: bucket sizes change every step (each would recompile)" if cfg.train.compile
+           else enable_train_buckets(plan, setting))
+    if why is not None and verbose:
+        print(f"dtr: note: train.timestep_buckets {setting!r} not applied, the masked path runs: {why}", flush=True)
+    return {"setting": setting, "applied": why is None, **({"why": why} if why is not None else {})}
 
 
 def _compute_settings(cfg: ExperimentConfig, d: distributed.Dist, held: contextlib.ExitStack) -> dict[str, Any]:
