@@ -10,7 +10,8 @@ Sources (nothing else, nothing downloaded, no torch needed; seconds):
   the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts);
 - ``benchmarks/results-cpu/routing_overhead.json``, ``benchmarks/results-gpu/routing_overhead_B2.json``
   -> ``routing-overhead-cpu``, ``routing-overhead-gpu``, ``routing-overhead-summary``;
-- ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``.
+- ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``;
+- ``benchmarks/results-cpu/train_buckets_t*.json`` (``benchmarks/train_buckets.py``) -> ``train-buckets-cpu``.
 
 A block whose name has no source is an error (its numbers could not be rebuilt).
 """
@@ -100,6 +101,44 @@ def sampling_sites_summary() -> str:
             f"of this comparison was not kept; rerun `benchmarks/routing_sites.py` and commit its JSON.\n")
 
 
+def _speed_ci(s: dict) -> str:
+    return f"{s['paired_median']:.2f}x [{s['ci95_low']:.2f}, {s['ci95_high']:.2f}]"
+
+
+def train_buckets_cpu() -> str:
+    """Training speed with timestep buckets, from ``benchmarks/results-cpu/train_buckets_t*.json``."""
+    rels = sorted(str(p.relative_to(REPO)) for p in REPO.glob("benchmarks/results-cpu/train_buckets_t*.json"))
+    if not rels:
+        raise ValueError("no benchmarks/results-cpu/train_buckets_t*.json")
+    lines = [f"Measured (`{'`, `'.join(rels)}`; {_when(_load(rels[0])['machine'])}): one training step (forward, "
+             "loss, backward, AdamW) of DTR (alpha 4) at `heads_mlp`, speed = vanilla's step time / the variant's in "
+             "the same round (above 1: faster), paired median over the interleaved rounds with its 95% bootstrap "
+             "interval; masked = `train.timestep_buckets: 0`; union width = share of the routed units the buckets "
+             "ran. The goals of the issue: 1.15x vanilla at beta 0.8, 1.5x at beta 0.5.", "",
+             "| model | threads | beta | masked | K auto (mean K, union width) | best fixed K | goal |",
+             "|---|---|---|---|---|---|---|"]
+    for rel in rels:
+        for g in _load(rel)["groups"]:
+            variants = g["variants"]
+            for beta, goal in (("0.8", 1.15), ("0.5", 1.5)):
+                if f"masked@{beta}" not in variants:
+                    continue
+                auto = variants.get(f"Kauto@{beta}")
+                fixed = [(n, v) for n, v in variants.items()
+                         if n.endswith(f"@{beta}") and n[1:].split("@")[0].isdigit()]
+                best = max(fixed, key=lambda nv: nv[1]["speed_vs_vanilla"]["paired_median"], default=None)
+                top = max([v["speed_vs_vanilla"]["paired_median"] for _, v in fixed]
+                          + ([auto["speed_vs_vanilla"]["paired_median"]] if auto else []), default=0.0)
+                auto_text = (f"{_speed_ci(auto['speed_vs_vanilla'])} ({auto['buckets']['mean_k']:.1f}, "
+                             f"{auto['buckets']['mean_union_width']:.2f})" if auto else "-")
+                best_text = f"{best[0].split('@')[0]}: {_speed_ci(best[1]['speed_vs_vanilla'])}" if best else "-"
+                verdict = "met" if top >= goal else f"missed by {goal - top:.2f}x"
+                lines.append(f"| DiT-{g['size']}, {g['input_size']}x{g['input_size']}x4, batch {g['batch']} | "
+                             f"{g['threads']} | {beta} | {_speed_ci(variants[f'masked@{beta}']['speed_vs_vanilla'])} "
+                             f"| {auto_text} | {best_text} | {goal}x: {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def suite_table(path: Path) -> str:
     """The paired comparison of one committed suite, recomputed from its per-run lines."""
     from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, compare_runs
@@ -125,6 +164,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         "routing-overhead-summary": routing_overhead_summary,
         "sampling-sites-gpu": sampling_sites_gpu,
         "sampling-sites-summary": sampling_sites_summary,
+        "train-buckets-cpu": train_buckets_cpu,
     }
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         machine = raw.parent.parent.name.removeprefix("results-")

@@ -40,7 +40,11 @@ At these sites the block input, LayerNorms and adaLN are untouched and the zeroe
 nothing, so when a batch shares one timestep (always in sampling) the block runs only the active
 units: the active heads' q/k/v rows and out-projection columns, the active ``fc1`` rows and ``fc2``
 columns (views for DTR's contiguous window). Mixed timesteps and training mode run the masked dense
-path; the two agree to float rounding. No parameters are added: checkpoints keep the official layout.
+path; the two agree to float rounding. With ``train.timestep_buckets`` (:mod:`dtr_plugins.core.buckets`) a
+training forward sorts the batch by its rows of the tables, splits it into buckets and runs each bucket on the
+union of its samples' units, each sample masked inside it (:class:`BucketedUnits` routes; the embeddings and the
+final layer see the batch in its own order): the same losses and gradients as the masked path, to float
+rounding. No parameters are added: checkpoints keep the official layout.
 """
 from __future__ import annotations
 
@@ -164,7 +168,7 @@ class Attention(nn.Module):
         inactive heads' outputs before ``proj`` (dense), :class:`ActiveUnits` (only those heads run) or
         :class:`BucketedUnits` (per bucket of the sorted batch, its union of heads, masked per sample)."""
         if isinstance(heads, BucketedUnits):
-            return heads.run(x, self._sliced)
+            return self._bucketed(x, heads)
         if isinstance(heads, ActiveUnits):
             return self._sliced(x, heads)
         n, tokens, dim = x.shape
@@ -175,24 +179,35 @@ class Attention(nn.Module):
             out = out * heads[:, :, None, None]
         return self.proj(out.transpose(1, 2).reshape(n, tokens, dim))
 
-    def _sliced(self, x: torch.Tensor, heads: ActiveUnits | None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Only the active heads: their q/k/v rows of ``qkv`` and their columns of ``proj``; ``mask``
-        ``[N, heads.count]`` zeroes a sample's heads among them (None: all run). ``heads`` None: all heads."""
-        if heads is None:
-            return self.forward(x, mask)
+    def _bucketed(self, x: torch.Tensor, route: BucketedUnits) -> torch.Tensor:
+        """Each bucket of the sorted batch on its union of heads, its samples masked inside it."""
+        dim = x.shape[-1]
+        head_dim = dim // self.num_heads
+        taken = zip(route.take(self.qkv.weight.view(3, dim, dim), 1, head_dim),
+                    route.take(self.qkv.bias.view(3, dim), 1, head_dim), route.take(self.proj.weight, 1, head_dim))
+        return torch.cat([self.forward(x[part], mask) if heads is None else self._sliced(x[part], heads, mask, w)
+                          for (part, heads, mask), w in zip(route.parts(), taken)])
+
+    def _sliced(self, x: torch.Tensor, heads: ActiveUnits, mask: torch.Tensor | None = None,
+                taken: tuple[Any, ...] | None = None) -> torch.Tensor:
+        """Only the active heads: their q/k/v rows of ``qkv`` and their columns of ``proj`` (``taken``: those
+        slices, already taken); ``mask`` ``[N, heads.count]`` zeroes a sample's heads among them (None: all run)."""
         n, tokens, dim = x.shape
         if heads.count == 0:  # every head off: the branch is proj's bias
             return torch.zeros_like(x) + self.proj.bias
         head_dim = dim // self.num_heads
-        weight = heads.take(self.qkv.weight.view(3, dim, dim), 1, head_dim)   # [3, k*hd, D]
-        bias = heads.take(self.qkv.bias.view(3, dim), 1, head_dim)            # [3, k*hd]
-        q, k, v = (F.linear(x, weight[i], bias[i]).reshape(n, tokens, heads.count, head_dim).transpose(1, 2)
-                   for i in range(3))
+        weight, bias, proj = taken if taken is not None else (
+            heads.take(self.qkv.weight.view(3, dim, dim), 1, head_dim),     # [3, k*hd, D]
+            heads.take(self.qkv.bias.view(3, dim), 1, head_dim),            # [3, k*hd]
+            heads.take(self.proj.weight, 1, head_dim))                      # [D, k*hd]
+        width = heads.count * head_dim  # one matmul for q, k and v: their rows side by side (a copy of the slices)
+        qkv = F.linear(x, weight.reshape(3 * width, dim), bias.reshape(3 * width))
+        q, k, v = qkv.reshape(n, tokens, 3, heads.count, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)                        # [N, k, T, hd]
         if mask is not None:
             out = out * mask[:, :, None, None]
         out = out.transpose(1, 2).reshape(n, tokens, heads.count * head_dim)
-        return F.linear(out, heads.take(self.proj.weight, 1, head_dim), self.proj.bias)
+        return F.linear(out, proj, self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -213,7 +228,7 @@ class Mlp(nn.Module):
         applied after the activation (dense), :class:`ActiveUnits` (only those units' ``fc1`` rows and
         ``fc2`` columns run) or :class:`BucketedUnits` (per bucket, its union of units, masked per sample)."""
         if isinstance(units, BucketedUnits):
-            return units.run(x, self._sliced)
+            return self._bucketed(x, units)
         if isinstance(units, ActiveUnits):
             return self._sliced(x, units)
         return self.fc2(self._masked(self.act(self.fc1(x)), units))
@@ -225,16 +240,25 @@ class Mlp(nn.Module):
         n, tokens, hidden = h.shape
         return (h.view(n, tokens, mask.shape[1], self.unit_width) * mask[:, None, :, None]).view(n, tokens, hidden)
 
-    def _sliced(self, x: torch.Tensor, units: ActiveUnits | None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Only the active units' ``fc1`` rows and ``fc2`` columns (None: all units); ``mask``
-        ``[N, units.count]`` zeroes a sample's units among them (None: all run)."""
-        if units is None:
-            return self.fc2(self._masked(self.act(self.fc1(x)), mask))
+    def _bucketed(self, x: torch.Tensor, route: BucketedUnits) -> torch.Tensor:
+        """Each bucket of the sorted batch on its union of units, its samples masked inside it."""
+        w = self.unit_width
+        taken = zip(route.take(self.fc1.weight, 0, w), route.take(self.fc1.bias, 0, w),
+                    route.take(self.fc2.weight, 1, w))
+        return torch.cat([self.fc2(self._masked(self.act(self.fc1(x[part])), mask)) if units is None
+                          else self._sliced(x[part], units, mask, ws)
+                          for (part, units, mask), ws in zip(route.parts(), taken)])
+
+    def _sliced(self, x: torch.Tensor, units: ActiveUnits, mask: torch.Tensor | None = None,
+                taken: tuple[Any, ...] | None = None) -> torch.Tensor:
+        """Only the active units' ``fc1`` rows and ``fc2`` columns (``taken``: those slices, already taken);
+        ``mask`` ``[N, units.count]`` zeroes a sample's units among them (None: all run)."""
         if units.count == 0:
             return torch.zeros_like(x) + self.fc2.bias
         w = self.unit_width
-        h = self.act(F.linear(x, units.take(self.fc1.weight, 0, w), units.take(self.fc1.bias, 0, w)))
-        return F.linear(self._masked(h, mask), units.take(self.fc2.weight, 1, w), self.fc2.bias)
+        fc1, bias, fc2 = taken if taken is not None else (
+            units.take(self.fc1.weight, 0, w), units.take(self.fc1.bias, 0, w), units.take(self.fc2.weight, 1, w))
+        return F.linear(self._masked(self.act(F.linear(x, fc1, bias)), mask), fc2, self.fc2.bias)
 
 
 class DiTBlock(nn.Module):

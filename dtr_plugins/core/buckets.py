@@ -40,7 +40,7 @@ matmuls. It is an estimate chosen once, not measured per machine; ``benchmarks/t
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +55,33 @@ AUTO_MAX_K = 16
 #: estimated cost of one more bucket, in samples run at full width (see the module docstring)
 BUCKET_OVERHEAD = 0.5
 
-#: a bucket's work: (its samples ``[n_b, ...]``, its union of units or None for all, the samples' masks inside
-#: the union ``[n_b, units]`` or None when every sample runs the whole union) -> its output ``[n_b, ...]``
-BucketFn = Callable[[torch.Tensor, ActiveUnits | None, torch.Tensor | None], torch.Tensor]
+
+
+class _TakeAll(torch.autograd.Function):
+    """Every bucket's slices of one weight in one autograd node: the backward writes their gradients into
+    one zero tensor of the weight's shape (slicing per bucket would allocate and add one per bucket)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, dim: int, unit_size: int,
+                units: tuple[ActiveUnits, ...]) -> tuple[torch.Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        ctx.dim, ctx.unit_size, ctx.units, ctx.shape = dim, unit_size, units, weight.shape
+        return tuple(u.take(weight, dim, unit_size) for u in units)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None, None]:
+        given = [(u, g) for u, g in zip(ctx.units, grads) if g is not None and g.numel()]
+        if not given:
+            return None, None, None, None
+        full = given[0][1].new_zeros(ctx.shape)
+        for units, grad in given:
+            if units.index is None:
+                full.narrow(ctx.dim, units.start * ctx.unit_size, grad.shape[ctx.dim]).add_(grad)
+            else:
+                index = (units.index[:, None] * ctx.unit_size
+                         + torch.arange(ctx.unit_size, device=units.index.device)).reshape(-1)
+                full.index_add_(ctx.dim, index, grad)
+        return full, None, None, None
 
 
 @dataclass(frozen=True)
@@ -73,10 +97,16 @@ class BucketedUnits:
     units: tuple[ActiveUnits | None, ...]
     masks: tuple[torch.Tensor | None, ...]
 
-    def run(self, x: torch.Tensor, fn: BucketFn) -> torch.Tensor:
-        """``fn`` on each bucket's slice of ``x`` (``[N, ...]``, sorted), outputs concatenated along dim 0."""
-        return torch.cat([fn(x[lo:hi], units, mask)
-                          for (lo, hi), units, mask in zip(self.bounds, self.units, self.masks)])
+    def take(self, weight: torch.Tensor, dim: int, unit_size: int = 1) -> list[torch.Tensor | None]:
+        """Each bucket's union slice of ``weight`` along ``dim`` (:meth:`ActiveUnits.take`; None for a bucket
+        that runs all units), taken in one autograd node (one gradient tensor of ``weight``'s shape)."""
+        sliced = [u for u in self.units if u is not None]
+        taken = iter(_TakeAll.apply(weight, dim, unit_size, tuple(sliced)) if sliced else ())
+        return [None if u is None else next(taken) for u in self.units]
+
+    def parts(self) -> list[tuple[slice, ActiveUnits | None, torch.Tensor | None]]:
+        """``(samples of the sorted batch, union of units or None, masks inside the union or None)`` per bucket."""
+        return [(slice(lo, hi), u, m) for (lo, hi), u, m in zip(self.bounds, self.units, self.masks)]
 
 
 @dataclass(frozen=True)
