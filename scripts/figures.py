@@ -115,9 +115,10 @@ def train_buckets_cpu() -> str:
              "the same round (above 1: faster), paired median over the interleaved rounds with its 95% bootstrap "
              "interval; masked = `train.timestep_buckets: 0`; union width = share of the routed units the buckets "
              "ran. The goals of the issue: 1.15x vanilla at beta 0.8, 1.5x at beta 0.5.", "",
-             "| model | threads | beta | masked | K auto (mean K, union width) | best fixed K | goal |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | threads (load average at start) | rounds | beta | masked | K auto (mean K, union width) | "
+             "best fixed K | goal |", "|---|---|---|---|---|---|---|---|"]
     for rel in rels:
+        load = _load(rel)["machine"].get("load_average", ["?"])[0]
         for g in _load(rel)["groups"]:
             variants = g["variants"]
             for beta, goal in (("0.8", 1.15), ("0.5", 1.5)):
@@ -134,7 +135,8 @@ def train_buckets_cpu() -> str:
                 best_text = f"{best[0].split('@')[0]}: {_speed_ci(best[1]['speed_vs_vanilla'])}" if best else "-"
                 verdict = "met" if top >= goal else f"missed by {goal - top:.2f}x"
                 lines.append(f"| DiT-{g['size']}, {g['input_size']}x{g['input_size']}x4, batch {g['batch']} | "
-                             f"{g['threads']} | {beta} | {_speed_ci(variants[f'masked@{beta}']['speed_vs_vanilla'])} "
+                             f"{g['threads']} ({load}) | {g['rounds']} | {beta} | "
+                             f"{_speed_ci(variants[f'masked@{beta}']['speed_vs_vanilla'])} "
                              f"| {auto_text} | {best_text} | {goal}x: {verdict} |")
     return "\n".join(lines) + "\n"
 
