@@ -100,7 +100,7 @@ def bench_size(size: str, variants: list[tuple[str, int, bool]], args, device: t
             torch.cuda.empty_cache()
 
 
-def table(rows: list[dict[str, Any]], device: torch.device) -> str:
+def table(rows: list[dict[str, Any]], device_type: str) -> str:
     base = {r["size"]: r for r in rows if r["variant"] == "k1" and not r.get("error")}
     out = []
     for r in rows:
@@ -109,7 +109,7 @@ def table(rows: list[dict[str, Any]], device: torch.device) -> str:
                         r["error"], "-", "-", "-", "-"])
             continue
         ref = base.get(r["size"])
-        mem = fmt_bytes(r["peak_memory_bytes"]) if r["peak_memory_bytes"] is not None else f"n/a ({device.type})"
+        mem = fmt_bytes(r["peak_memory_bytes"]) if r["peak_memory_bytes"] is not None else f"n/a ({device_type})"
         rel_mem = (f"{r['peak_memory_bytes'] / ref['peak_memory_bytes']:.2f}x"
                    if ref and r["peak_memory_bytes"] and ref["peak_memory_bytes"] else "-")
         rel_speed = f"{r['images_per_s'] / ref['images_per_s']:.3f}x" if ref else "-"
@@ -118,6 +118,14 @@ def table(rows: list[dict[str, Any]], device: torch.device) -> str:
                     f"{r['images_per_s']:.1f}", mem, rel_mem, rel_speed])
     return common.markdown_table(["model", "variant", "k", "micro-batch", "checkpointing", "median step (ms)",
                                   "images/s", "peak memory", "memory vs k1", "speed vs k1"], out)
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The Markdown of an accumulation result, from its JSON alone (``scripts/figures.py`` rebuilds docs with it)."""
+    args, info = payload["args"], payload["machine"]
+    return "\n".join([f"# Gradient accumulation and activation checkpointing, global batch {args['batch']}, "
+                      f"{args['precision']}, {args['strategy']}", "", *common.header_lines(info), "",
+                      table(payload["rows"], str(info.get("device_type", "cpu")))])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,12 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
 
     def emit() -> None:
-        md = "\n".join([f"# Gradient accumulation and activation checkpointing, global batch {args.batch}, "
-                        f"{args.precision}, {args.strategy}", "", *common.header_lines(info), "",
-                        table(rows, device)])
         metrics = {f"{r['size']}.{r['variant']}.{key}": r[key] for r in rows if not r.get("error")
                    for key in ("images_per_s", "peak_memory_bytes") if r.get(key) is not None}
-        common.write_outputs(args.out_dir, stem, md, {"machine": info, "args": vars(args), "rows": rows}, metrics)
+        payload = {"script": "accumulation", "machine": info, "args": vars(args), "rows": rows}
+        common.write_outputs(args.out_dir, stem, render(payload), payload, metrics)
 
     try:
         for size in filter(None, (s.strip() for s in args.sizes.split(","))):

@@ -76,6 +76,22 @@ def metrics_from_payload(payload: dict) -> dict[str, float]:
     return m
 
 
+def render(payload: dict) -> str:
+    """The Markdown of a compile_check result, from its JSON alone (``scripts/figures.py`` rebuilds docs with it)."""
+    args, rows = payload["args"], payload["results"]
+    dynamic = "True" if args.get("dynamic") else "None (automatic)"
+    md = "\n".join(common.header_lines(payload["machine"])) + (
+        f"\n\n### torch.compile recompiles (backend {args['backend']}, {args['precision']}, "
+        f"dynamic={dynamic}, training steps)\n\n") + common.markdown_table(
+        ["backbone", "strategy", "graphs, 1st step", f"new graphs, {args['steps']} more steps (new t, new data)",
+         f"new graphs, batch {args['batch'] + 2}", f"new graphs, batch {args['batch'] + 5}", "as expected"],
+        [[r["backbone"], r["strategy"], r["graphs_first_step"], r["new_graphs_same_shape"],
+          r["new_graphs_2nd_batch_size"], r["new_graphs_3rd_batch_size"], "yes" if r["ok"] else "NO"] for r in rows])
+    if payload.get("skipped"):
+        md += "\n\nNot checked: " + "; ".join(payload["skipped"])
+    return md
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
@@ -107,7 +123,7 @@ def main(argv=None) -> None:
             bm, error = common.run_guarded(f"build {backbone}", lambda backbone=backbone: common.build_bench_model(
                 backbone, common.size_for(backbone, args.size)))
             if bm is None:
-                skipped.append(f"{backbone}: {error}")
+                skipped.append(f"{backbone} (could not be built here: {error})")
                 continue
             bm.base.to(device)
             for strategy in strategies:
@@ -123,18 +139,9 @@ def main(argv=None) -> None:
         skipped.append("the rest: interrupted by a time limit")
         interrupted = True
         print("interrupted: reporting the pairs checked so far", file=sys.stderr, flush=True)
-    info = common.machine_info(device)
-    md = "\n".join(common.header_lines(info)) + (
-        f"\n\n### torch.compile recompiles (backend {args.backend}, {args.precision}, "
-        f"dynamic={'True' if args.dynamic else 'None (automatic)'}, training steps)\n\n") + common.markdown_table(
-        ["backbone", "strategy", "graphs, 1st step", f"new graphs, {args.steps} more steps (new t, new data)",
-         f"new graphs, batch {args.batch + 2}", f"new graphs, batch {args.batch + 5}", "as expected"],
-        [[r["backbone"], r["strategy"], r["graphs_first_step"], r["new_graphs_same_shape"],
-          r["new_graphs_2nd_batch_size"], r["new_graphs_3rd_batch_size"], "yes" if r["ok"] else "NO"] for r in rows])
-    if skipped:
-        md += "\n\nNot checked (could not be built here): " + "; ".join(skipped)
-    payload = {"machine": info, "args": vars(args), "results": rows, "skipped": skipped, "interrupted": interrupted}
-    common.write_outputs(args.out_dir, "compile_check", md, payload, metrics_from_payload(payload))
+    payload = {"script": "compile_check", "machine": common.machine_info(device), "args": vars(args), "results": rows,
+               "skipped": skipped, "interrupted": interrupted}
+    common.write_outputs(args.out_dir, "compile_check", render(payload), payload, metrics_from_payload(payload))
     if not all(r["ok"] for r in rows):
         sys.exit(1)
 

@@ -82,19 +82,29 @@ def main(argv=None) -> None:
         warm = evaluate(imgs, args.reference, scoring, cache_dir=cache, registry=registry)
         warm_s = time.perf_counter() - t0
     fid = warm["frechet_inception_distance"]
-    info = common.machine_info(device)
-    rows = [[args.extractor, args.num_samples, warm["num_reference"], f"{setup_s:.2f}", f"{cold_s:.2f}",
-             f"{warm_s:.2f}", f"{args.num_samples / warm_s:.0f}", f"{fid:.3f}"]]
-    md = "\n".join(common.header_lines(info)) + (
-        f"\n\n### FID time: {args.num_samples} samples against {args.reference}\n\n") + common.markdown_table(
+    payload = {"script": "eval", "machine": common.machine_info(device), "args": vars(args), "setup_s": setup_s,
+               "cold_s": cold_s, "warm_s": warm_s, "fid": fid, "spec": getattr(spec, "name", args.extractor),
+               "num_reference": warm["num_reference"], "reference_cache": [cold["reference_cache"],
+                                                                          warm["reference_cache"]]}
+    common.write_outputs(args.out_dir, "eval", render(payload), payload, metrics_from_payload(payload))
+
+
+def render(payload: dict) -> str:
+    """The Markdown of an eval result, from its JSON alone (``scripts/figures.py`` rebuilds docs with it).
+    Files before 2026-12 did not record the reference image count and cache states: said so in the table."""
+    args, warm_s, setup_s = payload["args"], payload["warm_s"], payload["setup_s"]
+    refs = payload.get("num_reference", "not recorded")
+    rows = [[args["extractor"], args["num_samples"], refs, f"{setup_s:.2f}", f"{payload['cold_s']:.2f}",
+             f"{warm_s:.2f}", f"{args['num_samples'] / warm_s:.0f}", f"{payload['fid']:.3f}"]]
+    md = "\n".join(common.header_lines(payload["machine"])) + (
+        f"\n\n### FID time: {args['num_samples']} samples against {args['reference']}\n\n") + common.markdown_table(
         ["extractor", "samples", "reference images", "extractor set-up (s)", "FID, cold cache (s)",
          "FID, warm cache (s)", "samples/s (warm)", "FID"], rows)
-    md += (f"\n\nCold: reference features computed and cached ({cold['reference_cache']}); warm: reference "
-           f"statistics from the cache ({warm['reference_cache']}). Set-up: "
+    cache = payload.get("reference_cache")
+    md += ("\n\nCold: reference features computed and cached" + (f" ({cache[0]})" if cache else "")
+           + "; warm: reference statistics from the cache" + (f" ({cache[1]})" if cache else "") + ". Set-up: "
            + ("loading the cached classifier" if setup_s < 1 else "training the classifier (first use)") + ".")
-    payload = {"machine": info, "args": vars(args), "setup_s": setup_s, "cold_s": cold_s, "warm_s": warm_s,
-               "fid": fid, "spec": getattr(spec, "name", args.extractor)}
-    common.write_outputs(args.out_dir, "eval", md, payload, metrics_from_payload(payload))
+    return md
 
 
 def metrics_from_payload(payload: dict) -> dict[str, float]:

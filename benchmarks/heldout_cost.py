@@ -84,17 +84,25 @@ def main(argv=None) -> None:
         for job in ((train_step, evaluate) if r % 2 == 0 else (evaluate, train_step)):
             (steps if job is train_step else evals).append(job())
     step_s, eval_s = statistics.median(steps), statistics.median(evals)
+    payload = {"script": "heldout_cost", "machine": common.machine_info(device), "args": vars(args), "batch": batch,
+               "heldout_inputs": len(heldout), "step_s": steps, "eval_s": evals, "ratio": eval_s / step_s}
+    common.write_outputs(args.out_dir, "heldout_cost", render(payload), payload,
+                         {"eval_over_step": eval_s / step_s, "step_ms": step_s * 1e3, "eval_ms": eval_s * 1e3})
+
+
+def render(payload: dict) -> str:
+    """The Markdown of a heldout_cost result, from its JSON alone (``scripts/figures.py`` rebuilds docs with it).
+    Files before 2026-12 did not record the train batch and the held-out input count: said so in the table."""
+    args = payload["args"]
+    step_s, eval_s = statistics.median(payload["step_s"]), statistics.median(payload["eval_s"])
     ratio = eval_s / step_s
-    info = common.machine_info(device)
-    rows = [[Path(args.config).name, batch, len(heldout), f"{step_s * 1e3:.1f}", f"{eval_s * 1e3:.1f}", f"{ratio:.2f}",
+    rows = [[Path(args["config"]).name, payload.get("batch", "not recorded"), payload.get("heldout_inputs",
+             "not recorded"), f"{step_s * 1e3:.1f}", f"{eval_s * 1e3:.1f}", f"{ratio:.2f}",
              *[f"{ratio / every:.1%}" for every in (50, 100, 200, 500)]]]
-    md = "\n".join(common.header_lines(info)) + (
-        f"\n\n### Held-out loss cost ({args.rounds} rounds, medians)\n\n") + common.markdown_table(
+    return "\n".join(common.header_lines(payload["machine"])) + (
+        f"\n\n### Held-out loss cost ({args['rounds']} rounds, medians)\n\n") + common.markdown_table(
         ["config", "train batch", "held-out inputs", "train step (ms)", "held-out eval (ms)", "eval / step",
          "added, every 50", "every 100", "every 200", "every 500"], rows)
-    common.write_outputs(args.out_dir, "heldout_cost", md, {"machine": info, "args": vars(args), "step_s": steps,
-                                                            "eval_s": evals, "ratio": ratio},
-                         {"eval_over_step": ratio, "step_ms": step_s * 1e3, "eval_ms": eval_s * 1e3})
 
 
 if __name__ == "__main__":

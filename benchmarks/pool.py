@@ -49,27 +49,31 @@ def main(argv=None) -> None:
                     pooled[pair][1].extend(ref["times_s"][:n])
     if len(configs) != 1:
         raise SystemExit("runs differ in configuration (model, batch, input size...); pool only like with like")
-    rows = []
     out = {}
     for pair, (a, b) in pooled.items():
-        if not a:
-            continue
-        o = common.paired_overhead(a, b)
-        out[pair[2]] = {**o, "rounds": len(a)}
-        rows.append([pair[2], len(a), fmt_pct(o["paired_median"]), f"{fmt_pct(o['ci95_low'])} .. "
-                     f"{fmt_pct(o['ci95_high'])}"])
-    md = (f"### Pooled paired ratios ({'; '.join(rounds)})\n\n"
-          + common.markdown_table(["comparison", "rounds", "pooled paired median", "95% CI (bootstrap)"], rows))
-    ours = out.get(PAIRS[0][2])
-    pub = out.get(PAIRS[1][2])
-    if ours and pub and ours["paired_median"] > 0:
-        md += f"\n\npublished-style / ours (pooled paired medians): {pub['paired_median'] / ours['paired_median']:.2f}x"
+        if a:
+            out[pair[2]] = {**common.paired_overhead(a, b), "rounds": len(a)}
     metrics = {f"{k}.{stat}": v[stat] for k, v in zip(("dtr_vs_vanilla", "pub_dtr_vs_pub_vanilla", "dtr_vs_pub_dtr"),
                                                       (out.get(p[2]) for p in PAIRS)) if v
                for stat in ("paired_median", "ci95_low", "ci95_high")}
-    payload = {"machine": common.machine_info(torch.device("cpu")), "runs": args.runs, "pooled": out}
-    common.write_outputs(args.out_dir, "pooled", md, payload, metrics)
+    payload = {"script": "pool", "machine": common.machine_info(torch.device("cpu")), "runs": args.runs,
+               "run_rounds": rounds, "pooled": out}
+    common.write_outputs(args.out_dir, "pooled", render(payload), payload, metrics)
 
+
+def render(payload: dict) -> str:
+    """The Markdown of a pool result, from its JSON alone (``scripts/figures.py`` rebuilds docs with it).
+    Files before 2026-12 did not record each run's round count: the runs are then named without it."""
+    out = payload["pooled"]
+    rows = [[name, o["rounds"], fmt_pct(o["paired_median"]), f"{fmt_pct(o['ci95_low'])} .. {fmt_pct(o['ci95_high'])}"]
+            for name, o in out.items()]
+    runs = payload.get("run_rounds") or [f"{Path(p).name} (rounds not recorded)" for p in payload["runs"]]
+    md = (f"### Pooled paired ratios ({'; '.join(runs)})\n\n"
+          + common.markdown_table(["comparison", "rounds", "pooled paired median", "95% CI (bootstrap)"], rows))
+    ours, pub = out.get(PAIRS[0][2]), out.get(PAIRS[1][2])
+    if ours and pub and ours["paired_median"] > 0:
+        md += f"\n\npublished-style / ours (pooled paired medians): {pub['paired_median'] / ours['paired_median']:.2f}x"
+    return md
 
 if __name__ == "__main__":
     main()

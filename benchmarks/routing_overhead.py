@@ -55,6 +55,46 @@ def ci(o: dict) -> str:
     return f"{fmt_pct(o['paired_median'])} [{fmt_pct(o['ci95_low'])}, {fmt_pct(o['ci95_high'])}]"
 
 
+def render(payload: dict) -> str:
+    """The Markdown of a routing_overhead result, from its JSON alone (``scripts/figures.py`` rebuilds docs with
+    it). Files written before 2026-12 lack ``shape``: the depth is then recovered from the stored estimate (the
+    plain blocks' time over one block's median), the activation shape is said to be unrecorded."""
+    args, bt, ot, st = payload["args"], payload["block_times_s"], payload["op_times_s"], payload["selection_times_s"]
+    over, est = payload["overhead"], payload["estimated_routing_s_per_step"]
+    shape = payload.get("shape")
+    depth = shape["depth"] if shape else round(est["ours"] / est["ours_fraction"] / statistics.median(bt["ours plain"]))
+    act = f"[{shape['batch']}, {shape['tokens']}, {shape['width']}] activations" if shape else (
+        f"batch {args['batch']} (activation shape not recorded in this file)")
+    refs = {"ours routed": over["ours"], "published routed": over["published"]}
+    rows = []
+    for name, ts in bt.items():
+        s = common.summary(ts)
+        o = refs.get(name)
+        rows.append([name, f"{1e3 * s['median']:.2f}", f"{1e3 * s['p25']:.2f}-{1e3 * s['p75']:.2f}",
+                     "(reference)" if o is None else fmt_pct(o["ratio_of_medians"]), "" if o is None else ci(o)])
+    op_rows = [[k, f"{1e3 * statistics.median(v):.3f}", f"{1e3 * common.quantile(v, .25):.3f}-"
+                f"{1e3 * common.quantile(v, .75):.3f}"] for k, v in ot.items()]
+    sel_rows = [[k, f"{1e6 * statistics.median(v):.1f}"] for k, v in st.items()]
+    o_cmp, o_plain = over["ours_vs_published"], over["ours_plain_vs_official"]
+    md = "\n".join(common.header_lines(payload["machine"]))
+    md += (f"\n\n### Routing cost, DiT-{args.get('size') or args.get('model')} block, {act}, "
+           f"{args['precision']}, forward + backward ({args['reps']} ABBA rounds)\n\n") + common.markdown_table(
+        ["block", "median (ms)", "p25-p75 (ms)", "overhead vs own plain block", "paired [95% CI]"], rows)
+    md += (f"\n\n- our routed block vs published-style routed block: {fmt_pct(o_cmp['ratio_of_medians'])} "
+           f"(paired {ci(o_cmp)})\n- our plain block vs official block: {fmt_pct(o_plain['ratio_of_medians'])} "
+           f"(paired {ci(o_plain)})")
+    md += (f"\n\nThe ops each routing adds, alone (forward + backward, same shape, median of {args['op_reps']} "
+           f"rounds):\n\n" + common.markdown_table(["added ops", "median (ms)", "p25-p75 (ms)"], op_rows))
+    md += (f"\n\nMask selection per model forward ({depth} routed blocks, median of {args['select_reps']} "
+           f"rounds):\n\n" + common.markdown_table(["mechanism", "microseconds"], sel_rows))
+    md += (f"\n\nRouting time per training step of the whole model ({depth} x added ops + one selection; an "
+           f"estimate from parts timed apart, not a measurement): ours {1e3 * est['ours']:.2f} ms = "
+           f"{fmt_pct(est['ours_fraction'])} of its {depth} plain blocks; published-style "
+           f"{1e3 * est['published']:.2f} ms = {fmt_pct(est['published_fraction'])} of the {depth} official "
+           f"blocks; published / ours = **{est['ratio']:.2f}x**")
+    return md
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="S/2", help="DiT size label from models.yaml")
@@ -156,52 +196,26 @@ def main(argv=None) -> None:
                           "published: global + model.apply walk (all routers re-select)": published_select},
                          args.select_reps, 10, device)
 
-    # --- tables
+    # --- results (render() turns them into the tables)
     o_ours = common.paired_overhead(bt["ours routed"], bt["ours plain"])
     o_pub = common.paired_overhead(bt["published routed"], bt["official"])
-    o_cmp = common.paired_overhead(bt["ours routed"], bt["published routed"])
-    o_plain = common.paired_overhead(bt["ours plain"], bt["official"])
-    refs = {"ours routed": o_ours, "published routed": o_pub}
-    rows = []
-    for name, ts in bt.items():
-        s = common.summary(ts)
-        o = refs.get(name)
-        rows.append([name, f"{1e3 * s['median']:.2f}", f"{1e3 * s['p25']:.2f}-{1e3 * s['p75']:.2f}",
-                     "(reference)" if o is None else fmt_pct(o["ratio_of_medians"]), "" if o is None else ci(o)])
-    op_rows = [[k, f"{1e3 * statistics.median(v):.3f}", f"{1e3 * common.quantile(v, .25):.3f}-"
-                f"{1e3 * common.quantile(v, .75):.3f}"] for k, v in ot.items()]
-    sel_rows = [[k, f"{1e6 * statistics.median(v):.1f}"] for k, v in st.items()]
     ours_op, pub_op = (statistics.median(v) for v in ot.values())
     ours_sel, pub_sel = (statistics.median(v) for v in st.values())
     plain_blocks = depth * statistics.median(bt["ours plain"])
     official_blocks = depth * statistics.median(bt["official"])
     est_ours = depth * ours_op + ours_sel
     est_pub = depth * pub_op + pub_sel
-    ratio = est_pub / est_ours
-
-    info = common.machine_info(device)
-    md = "\n".join(common.header_lines(info))
-    md += (f"\n\n### Routing cost, DiT-{args.size} block, [{args.batch}, {tokens}, {D}] activations, "
-           f"{args.precision}, forward + backward ({args.reps} ABBA rounds)\n\n") + common.markdown_table(
-        ["block", "median (ms)", "p25-p75 (ms)", "overhead vs own plain block", "paired [95% CI]"], rows)
-    md += (f"\n\n- our routed block vs published-style routed block: {fmt_pct(o_cmp['ratio_of_medians'])} "
-           f"(paired {ci(o_cmp)})\n- our plain block vs official block: {fmt_pct(o_plain['ratio_of_medians'])} "
-           f"(paired {ci(o_plain)})")
-    md += (f"\n\nThe ops each routing adds, alone (forward + backward, same shape, median of {args.op_reps} "
-           f"rounds):\n\n" + common.markdown_table(["added ops", "median (ms)", "p25-p75 (ms)"], op_rows))
-    md += (f"\n\nMask selection per model forward ({depth} routed blocks, median of {args.select_reps} rounds):\n\n"
-           + common.markdown_table(["mechanism", "microseconds"], sel_rows))
-    md += (f"\n\nRouting time per training step of the whole model ({depth} x added ops + one selection): ours "
-           f"{1e3 * est_ours:.2f} ms = {fmt_pct(est_ours / plain_blocks)} of its {depth} plain blocks; "
-           f"published-style {1e3 * est_pub:.2f} ms = {fmt_pct(est_pub / official_blocks)} of the {depth} official "
-           f"blocks; published / ours = **{ratio:.2f}x**")
-    payload = {"machine": info, "args": vars(args), "block_times_s": bt, "op_times_s": ot, "selection_times_s": st,
-               "overhead": {"ours": o_ours, "published": o_pub, "ours_vs_published": o_cmp,
-                            "ours_plain_vs_official": o_plain},
-               "estimated_routing_s_per_step": {"ours": est_ours, "published": est_pub, "ratio": ratio,
+    payload = {"script": "routing_overhead", "machine": common.machine_info(device), "args": vars(args),
+               "shape": {"batch": args.batch, "tokens": tokens, "width": D, "depth": depth},
+               "block_times_s": bt, "op_times_s": ot, "selection_times_s": st,
+               "overhead": {"ours": o_ours, "published": o_pub,
+                            "ours_vs_published": common.paired_overhead(bt["ours routed"], bt["published routed"]),
+                            "ours_plain_vs_official": common.paired_overhead(bt["ours plain"], bt["official"])},
+               "estimated_routing_s_per_step": {"ours": est_ours, "published": est_pub, "ratio": est_pub / est_ours,
                                                 "ours_fraction": est_ours / plain_blocks,
                                                 "published_fraction": est_pub / official_blocks}}
-    common.write_outputs(args.out_dir, "routing_overhead" + (f"_{args.tag}" if args.tag else ""), md, payload,
+    common.write_outputs(args.out_dir, "routing_overhead" + (f"_{args.tag}" if args.tag else ""), render(payload),
+                         payload,
                          metrics_from_payload(payload))
 
 

@@ -252,55 +252,64 @@ def main(argv=None) -> None:
 
     sample_times, schedule_len = run_sampling(model, plans, diffusion, args, device)
     sampling = summarize(sample_times)
-    lines = [f"### Sampling, {args.respacing} ({where})", "",
-             f"{args.reps} interleaved rounds after {args.warmup} warm-up; each call {args.steps_per_call} DDIM "
-             f"steps of the {schedule_len}-step schedule (starts spread over it); images/s = batch / "
-             f"(median s per step x {schedule_len}).", "",
-             "| variant | block MACs vs dense | median s / step | images/s | speed vs vanilla (ratio of medians) "
-             "| paired ratio median [min, max] |", "|---|---|---|---|---|---|"]
-    for label in plans:
-        _, site, beta, _ = parse_variant(label)
-        s = sampling[label]
-        share = block_flops_share(model, site if site != "input" else None, beta, tokens)
-        per_step = args.num_images / (s['median_s'] * schedule_len)
-        lines.append(f"| {label} | {share:.3f} | {s['median_s']:.3f} | {per_step:.3f} "
-                     f"| {s['speed_vs_vanilla']:.3f}x | {s['paired_speed_median']:.3f}x "
-                     f"[{s['paired_min']:.3f}, {s['paired_max']:.3f}] |")
-    result = {"setup": where, "args": vars(args), "sampling": sampling, "sampling_times_s_per_step": sample_times}
-
+    shares = {label: block_flops_share(model, parse_variant(label)[1] if parse_variant(label)[1] != "input" else None,
+                                       parse_variant(label)[2], tokens) for label in plans}
+    result = {"script": "routing_sites", "setup": where, "args": vars(args), "schedule_len": schedule_len,
+              "block_macs_share": shares, "sampling": sampling, "sampling_times_s_per_step": sample_times}
     if args.train_reps:
         train_times = run_training(model, plans, diffusion, args, device)
-        training = summarize(train_times)
-        lines += ["", f"### Training step, mixed timesteps ({where})", "",
-                  f"{args.train_reps} interleaved rounds after 1 warm-up; AdamW, forward + backward.", "",
-                  "| variant | median s / step | speed vs vanilla | paired ratio median [min, max] |",
-                  "|---|---|---|---|"]
-        for label, s in training.items():
-            lines.append(f"| {label} | {s['median_s']:.3f} | {s['speed_vs_vanilla']:.3f}x | "
-                         f"{s['paired_speed_median']:.3f}x [{s['paired_min']:.3f}, {s['paired_max']:.3f}] |")
-        result.update(training=training, training_times_s=train_times)
-
+        result.update(training=summarize(train_times), training_times_s=train_times)
     if args.profile:
         wanted = [label for label in ("vanilla", "heads_mlp@0.8") if label in plans]
         if "heads_mlp@0.8" in plans:
-            parts = profile_components(model, plans, args, device, "heads_mlp@0.8")
-            lines += ["", "### Profile: block 0, all units vs heads_mlp@0.8 at t=700 (best of 5)", "",
-                      "| part | active units | dense ms | sliced ms | time ratio | multiply-add ratio |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {r['part']} | {r['units']} | {r['dense_ms']:.1f} | {r['sliced_ms']:.1f} | "
-                      f"{r['time_ratio']:.3f} | {r['mac_ratio']:.3f} |" for r in parts]
-            result["components"] = parts
-        profiles = profile_ops(model, plans, args, device, wanted)
-        lines += ["", "### Profile: one model call at t=700 (self time, top ops; wall-clock)", ""]
-        for label, rows in profiles.items():
-            lines += [f"{label}:", "", "| op | ms | calls |", "|---|---|---|"]
-            lines += [f"| {name} | {ms:.1f} | {count} |" for name, ms, count in rows] + [""]
-        result["profile"] = profiles
-
-    print("\n".join(lines))
+            result["components"] = profile_components(model, plans, args, device, "heads_mlp@0.8")
+        result["profile"] = profile_ops(model, plans, args, device, wanted)
+    print(render(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 
+
+def render(payload: dict) -> str:
+    """The Markdown of a routing_sites result, from its JSON alone (``scripts/figures.py`` rebuilds docs with
+    it). Files before 2026-12 did not record the block MACs share nor the schedule length: the share reads
+    "not recorded", the length comes from a ``ddimN`` respacing."""
+    args, where, sampling = payload["args"], payload["setup"], payload["sampling"]
+    schedule_len = payload.get("schedule_len")
+    if schedule_len is None and str(args["respacing"]).startswith("ddim"):
+        schedule_len = int(str(args["respacing"])[4:])
+    shares = payload.get("block_macs_share") or {}
+    lines = [f"### Sampling, {args['respacing']} ({where})", "",
+             f"{args['reps']} interleaved rounds after {args['warmup']} warm-up; each call {args['steps_per_call']} "
+             f"DDIM steps of the {schedule_len}-step schedule (starts spread over it); images/s = batch / "
+             f"(median s per step x {schedule_len}).", "",
+             "| variant | block MACs vs dense | median s / step | images/s | speed vs vanilla (ratio of medians) "
+             "| paired ratio median [min, max] |", "|---|---|---|---|---|---|"]
+    for label, s in sampling.items():
+        share = f"{shares[label]:.3f}" if label in shares else "not recorded"
+        per_step = args["num_images"] / (s["median_s"] * schedule_len)
+        lines.append(f"| {label} | {share} | {s['median_s']:.3f} | {per_step:.3f} "
+                     f"| {s['speed_vs_vanilla']:.3f}x | {s['paired_speed_median']:.3f}x "
+                     f"[{s['paired_min']:.3f}, {s['paired_max']:.3f}] |")
+    if payload.get("training"):
+        lines += ["", f"### Training step, mixed timesteps ({where})", "",
+                  f"{args['train_reps']} interleaved rounds after 1 warm-up; AdamW, forward + backward.", "",
+                  "| variant | median s / step | speed vs vanilla | paired ratio median [min, max] |",
+                  "|---|---|---|---|"]
+        for label, s in payload["training"].items():
+            lines.append(f"| {label} | {s['median_s']:.3f} | {s['speed_vs_vanilla']:.3f}x | "
+                         f"{s['paired_speed_median']:.3f}x [{s['paired_min']:.3f}, {s['paired_max']:.3f}] |")
+    if payload.get("components"):
+        lines += ["", "### Profile: block 0, all units vs heads_mlp@0.8 at t=700 (best of 5)", "",
+                  "| part | active units | dense ms | sliced ms | time ratio | multiply-add ratio |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['part']} | {r['units']} | {r['dense_ms']:.1f} | {r['sliced_ms']:.1f} | "
+                  f"{r['time_ratio']:.3f} | {r['mac_ratio']:.3f} |" for r in payload["components"]]
+    if payload.get("profile"):
+        lines += ["", "### Profile: one model call at t=700 (self time, top ops; wall-clock)", ""]
+        for label, rows in payload["profile"].items():
+            lines += [f"{label}:", "", "| op | ms | calls |", "|---|---|---|"]
+            lines += [f"| {name} | {ms:.1f} | {count} |" for name, ms, count in rows] + [""]
+    return "\n".join(lines).rstrip("\n")
 
 if __name__ == "__main__":
     main()

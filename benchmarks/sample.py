@@ -102,33 +102,62 @@ def main(argv=None) -> None:
         interrupted = True
         print("interrupted: reporting the calls measured so far", file=sys.stderr, flush=True)
 
-    rows, payload_rows = [], []
+    payload_rows = []
     for name, scale in cells:
         ts = times[(name, scale)]
         if not ts:
-            rows.append([name, f"{scale:g}", "not measured (time limit)", "", ""])
             continue
         s = common.summary(ts)
         ref = times.get(("vanilla", scale)) if name != "vanilla" else None
         n = min(len(ts), len(ref)) if ref else 0
-        o = common.paired_overhead(ts[:n], ref[:n]) if n else None
-        rows.append([name, f"{scale:g}" + (" (no guidance)" if scale == 1 else ""), f"{s['median']:.3f}",
-                     f"{args.num_images / s['median']:.2f}", "(reference)" if name == "vanilla" else
-                     fmt_pct(o["ratio_of_medians"]) if o else "n/a"])
         payload_rows.append({"variant": name, "cfg_scale": scale, "seconds": s, "times_s": ts,
-                             "images_per_s": args.num_images / s["median"], "overhead_vs_vanilla": o})
-    info = common.machine_info(device)
-    c, h, w = bm.shape
-    md = "\n".join(common.header_lines(info)) + (
-        f"\n\n### Sampling: {bm.label}, {c}x{h}x{w}, {args.respacing}, {args.num_images} images per call, "
-        f"{args.precision}{', compiled (ours)' if args.compile else ''}\n\n"
+                             "images_per_s": args.num_images / s["median"],
+                             "overhead_vs_vanilla": common.paired_overhead(ts[:n], ref[:n]) if n else None})
+    payload = {"script": "sample", "machine": common.machine_info(device), "args": vars(args), "config": bm.desc,
+               "cells": [[name, scale] for name, scale in cells], "interrupted": interrupted, "results": payload_rows}
+    common.write_outputs(args.out_dir, "sample" + (f"_{args.tag}" if args.tag else ""), render(payload), payload,
+                         metrics_from_payload(payload))
+
+
+def _planned_cells(payload: dict) -> list[tuple[str, float]]:
+    """The (variant, cfg scale) cells the run planned; files before 2026-12 did not record them: from
+    ``--variants`` x ``--cfg-scales`` when given, else only the measured ones."""
+    if payload.get("cells"):
+        return [(str(n), float(s)) for n, s in payload["cells"]]
+    args = payload["args"]
+    if args.get("variants"):
+        return [(n.strip(), float(s)) for s in str(args["cfg_scales"]).split(",")
+                for n in str(args["variants"]).split(",") if n.strip()]
+    return [(r["variant"], float(r["cfg_scale"])) for r in payload["results"]]
+
+
+def render(payload: dict) -> str:
+    """The Markdown of a sample result, from its JSON alone (``scripts/figures.py`` rebuilds docs with it)."""
+    args, cfg = payload["args"], payload.get("config") or {}
+    done = {(r["variant"], float(r["cfg_scale"])): r for r in payload["results"]}
+    rows = []
+    for name, scale in _planned_cells(payload):
+        r = done.get((name, scale))
+        if r is None:
+            rows.append([name, f"{scale:g}", "not measured (time limit)", "", ""])
+            continue
+        o = r.get("overhead_vs_vanilla")
+        rows.append([name, f"{scale:g}" + (" (no guidance)" if scale == 1 else ""), f"{r['seconds']['median']:.3f}",
+                     f"{r['images_per_s']:.2f}", "(reference)" if name == "vanilla" else
+                     fmt_pct(o["ratio_of_medians"]) if o else "n/a"])
+    interrupted = payload.get("interrupted", len(done) < len(rows))
+    size = cfg.get("size") or cfg.get("model")
+    label = f"{cfg.get('backbone', '?')} {size}" if size else f"{cfg.get('backbone', '?')} (plugin defaults)"
+    shape = ("x".join(map(str, cfg["input_shape"])) if cfg.get("input_shape")
+             else f"{cfg.get('input_size')}x{cfg.get('input_size')} (channels not recorded)")
+    md = "\n".join(common.header_lines(payload["machine"])) + (
+        f"\n\n### Sampling: {label}, {shape}, {args['respacing']}, {args['num_images']} images per call, "
+        f"{args['precision']}{', compiled (ours)' if args.get('compile') else ''}\n\n"
         + common.markdown_table(["variant", "cfg scale", "median s per call", "images/s", "time vs vanilla"], rows))
-    md += (f"\n\n{args.reps} timed rounds after {args.warmup} warm-up"
+    md += (f"\n\n{args['reps']} timed rounds after {args['warmup']} warm-up"
            + (" (**interrupted by a time limit**: fewer calls measured)" if interrupted else "") + "; time vs "
            "vanilla is the ratio of medians (with few rounds on a shared machine, within noise).")
-    payload = {"machine": info, "args": vars(args), "config": bm.desc, "results": payload_rows}
-    common.write_outputs(args.out_dir, "sample" + (f"_{args.tag}" if args.tag else ""), md, payload,
-                         metrics_from_payload(payload))
+    return md
 
 
 def metrics_from_payload(payload: dict) -> dict[str, float]:

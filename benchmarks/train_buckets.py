@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         previous = json.loads(old.read_text())
         if previous.get("settings") == settings:
             groups = previous["groups"]
-    payload: dict[str, Any] = {"settings": settings, "machine": machine_info(device), "groups": groups}
+    payload: dict[str, Any] = {"script": "train_buckets", "settings": settings, "machine": machine_info(device),
+                               "groups": groups}
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         if any(g["size"] == size for g in groups):
             print(f"[train_buckets] DiT-{size}: in {old}, kept (--resume)", file=sys.stderr)

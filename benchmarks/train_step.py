@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
 import _published as pub
-from _common import fmt_bytes, fmt_pct
+from _train_step_report import comparisons, metrics_from_payload, render
+
+__all__ = ["main", "metrics_from_payload", "render"]
 
 PUBLISHED = ("pub_vanilla", "pub_dtr")
-ABBA_NOTE = ": 2 steps per variant per round, step time = their mean"
 
 
 @dataclass
@@ -237,109 +238,9 @@ def results(variants: list[Variant], batch: int, macs: float, device: torch.devi
     return rows
 
 
-def find(rows: list[dict[str, Any]], kind: str, settings: tuple[str, bool]) -> dict[str, Any] | None:
-    for r in rows:
-        if r["kind"] == kind and (r["precision"], r["compile"]) == settings and "step_s" in r:
-            return r
-    return None
-
-
-def _ci(o: dict[str, float]) -> str:
-    return (f"{fmt_pct(o['ratio_of_medians'])} (paired median {fmt_pct(o['paired_median'])}, 95% CI "
-            f"{fmt_pct(o['ci95_low'])} .. {fmt_pct(o['ci95_high'])})")
-
-
-def comparisons(rows: list[dict[str, Any]], seed: int) -> tuple[list[str], dict[str, Any]]:
-    """Our routing overhead, the published-style overhead, their ratio, our dtr step against the published-style
-    dtr step, and the end-to-end speed-up. Numbers only: ``check_targets.py`` compares them with the targets."""
-    lines, out = [], {}
-    for settings in dict.fromkeys((r["precision"], r["compile"]) for r in rows):
-        ours, published = find(rows, "dtr", settings), find(rows, "pub_dtr", settings)
-        tag = f"{settings[0]}{'+compile' if settings[1] else ''}"
-        entry: dict[str, Any] = {}
-        o = ours.get("overhead") if ours else None
-        p = published.get("overhead") if published else None
-        if o:
-            lines.append(f"- [{tag}] our routing overhead (dtr vs vanilla): {_ci(o)}")
-        if p:
-            lines.append(f"- [{tag}] published-style overhead (pub_dtr vs pub_vanilla): {_ci(p)}")
-        if o and p and o["ratio_of_medians"] > 0:
-            entry["published_over_ours"] = p["ratio_of_medians"] / o["ratio_of_medians"]
-            lines.append(f"- [{tag}] published-style overhead / ours: {entry['published_over_ours']:.2f}x")
-        if ours and published:
-            n = min(len(ours["times_s"]), len(published["times_s"]))
-            entry["dtr_vs_pub_dtr"] = common.paired_overhead(ours["times_s"][:n], published["times_s"][:n], seed=seed)
-            lines.append(f"- [{tag}] our dtr step vs published-style dtr step: {_ci(entry['dtr_vs_pub_dtr'])}")
-        if entry:
-            out[tag] = entry
-    # end to end: our compiled dtr against the published-style dtr in fp16 autocast, eager (its recipe)
-    fast = [r for r in rows if r["kind"] == "dtr" and r["compile"] and "step_s" in r]
-    slow = [r for r in rows if r["kind"] == "pub_dtr" and r["precision"] == "fp16" and not r["compile"]
-            and "step_s" in r]
-    if fast and slow:
-        out["end_to_end_speedup"] = slow[0]["step_s"]["median"] / fast[0]["step_s"]["median"]
-        lines.append(f"- end to end: our {fast[0]['variant']} ({fast[0]['precision']}, fused AdamW on CUDA) over the "
-                     f"published-style {slow[0]['variant']} (fp16 autocast, eager, default AdamW): "
-                     f"{out['end_to_end_speedup']:.2f}x (ratio of median step times)")
-    return lines, out
-
-
-def metrics_from_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """Flat metrics (``<backbone>.<variant>.<metric>``) of a train_step result, for ``check_targets.py``."""
-    m: dict[str, Any] = {}
-    for backbone, data in payload.items():
-        if not isinstance(data, dict) or "results" not in data:
-            continue
-        name = {"adm": "adm_unet"}.get(backbone, backbone)  # files written before backbones were plugin names
-        for r in data["results"]:
-            if "step_s" not in r:
-                continue
-            k = f"{name}.{r['variant']}"
-            m[f"{k}.step_s"] = r["step_s"]["median"]
-            m[f"{k}.images_per_s"] = r["images_per_s"]
-            m[f"{k}.mfu"] = r.get("mfu")
-            if r.get("peak_memory_bytes"):
-                m[f"{k}.peak_memory_gb"] = r["peak_memory_bytes"] / 1e9
-            if r.get("overhead"):
-                for stat in ("ratio_of_medians", "paired_median", "ci95_low", "ci95_high"):
-                    m[f"{k}.overhead.{stat}"] = r["overhead"][stat]
-        for tag, entry in (data.get("comparisons") or data.get("targets") or {}).items():
-            if not isinstance(entry, dict):
-                m[f"{name}.{tag}"] = entry
-                continue
-            ratio = entry.get("published_over_ours", entry.get("overhead_ratio"))
-            if ratio is not None:
-                m[f"{name}.{tag}.published_over_ours"] = ratio
-            for stat, value in (entry.get("dtr_vs_pub_dtr") or {}).items():
-                m[f"{name}.{tag}.dtr_vs_pub_dtr.{stat}"] = value
-        graphs = data.get("dynamo_graphs") or {}
-        if "after_warmup" in graphs and any(r.get("compile") and "step_s" in r for r in data["results"]):
-            m[f"{name}.new_graphs_timed"] = graphs["end"] - graphs["after_warmup"]
-    return m
-
-
-def table(rows: list[dict[str, Any]], device: torch.device) -> str:
-    headers = ["variant", "precision", "compile", "median step (ms)", "p25-p75 (ms)", "images/s", "peak memory",
-               "MFU", "overhead vs own vanilla", "paired [95% CI]"]
-    body = []
-    for r in rows:
-        if "step_s" not in r:
-            body.append([r["variant"], r["precision"], str(r["compile"]), f"failed: {r['error']}"] + [""] * 6)
-            continue
-        s, o = r["step_s"], r.get("overhead")
-        mem = fmt_bytes(r["peak_memory_bytes"]) if device.type == "cuda" else "n/a (CPU)"
-        body.append([r["variant"], r["precision"], "yes" if r["compile"] else "no", f"{1e3 * s['median']:.1f}",
-                     f"{1e3 * s['p25']:.1f}-{1e3 * s['p75']:.1f}", f"{r['images_per_s']:.2f}", mem,
-                     "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
-                     "(reference)" if o is None else fmt_pct(o["ratio_of_medians"]),
-                     "" if o is None else f"{fmt_pct(o['paired_median'])} [{fmt_pct(o['ci95_low'])}, "
-                                          f"{fmt_pct(o['ci95_high'])}]"])
-    return common.markdown_table(headers, body)
-
-
-def mask_memory(variants: list[Variant], bm: common.BenchModel) -> tuple[str, dict[str, Any]]:
-    """Mask buffers: measured on the benchmarked model; for DiT also computed for the published sizes."""
-    measured = []
+def mask_memory(variants: list[Variant], bm: common.BenchModel) -> dict[str, Any]:
+    """Mask buffers: measured on the benchmarked model; for DiT also computed for the published sizes (bytes)."""
+    measured: list[list[Any]] = []
     for v in variants:
         if v.family == "ours":
             persistent = sum(t.numel() * t.element_size() for k, t in v.module.state_dict().items() if "table_" in k)
@@ -348,9 +249,6 @@ def mask_memory(variants: list[Variant], bm: common.BenchModel) -> tuple[str, di
             persistent = sum(t.numel() * t.element_size() for k, t in v.module.state_dict().items()
                              if "unit_mapping" in k)
             measured.append([v.label, f"{len(v.module.blocks)} float tables", v.own_buffer_bytes, persistent])
-    text = "Mask buffers of the benchmarked model (measured):\n\n" + common.markdown_table(
-        ["variant", "tables", "buffer bytes", "bytes in state_dict (x2 with EMA per checkpoint)"],
-        [[a, b, fmt_bytes(c), fmt_bytes(d)] for a, b, c, d in measured])
     payload: dict[str, Any] = {"measured": measured}
     if bm.name == "dit":
         from dtr_plugins.backbones.dit import DIT_SIZES
@@ -359,13 +257,10 @@ def mask_memory(variants: list[Variant], bm: common.BenchModel) -> tuple[str, di
         for size in ("S/2", "B/2", "L/2", "XL/2"):
             d, c = DIT_SIZES[size]["depth"], DIT_SIZES[size]["hidden_size"]
             published = pub.published_mask_bytes(d, bm.num_tasks, c)
-            rows.append([f"DiT-{size}", f"{d} x {c}", fmt_bytes(bm.num_tasks * c), fmt_bytes(d * bm.num_tasks * c),
-                         fmt_bytes(published), fmt_bytes(2 * published), "0 B"])
-        text += ("\n\nMask buffers by DiT size (T = 1000; dtr shares one table per width, random draws one per "
-                 "layer; ours are non-persistent, rebuilt from the config):\n\n" + common.markdown_table(
-                     ["model", "depth x width", "ours dtr (bool)", "ours random (bool)", "published (float/block)",
-                      "published per checkpoint (model + EMA)", "ours per checkpoint"], rows))
-    return text, payload
+            rows.append([f"DiT-{size}", f"{d} x {c}", bm.num_tasks * c, d * bm.num_tasks * c, published,
+                         2 * published, 0])
+        payload["by_size"] = rows
+    return payload
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -383,7 +278,7 @@ def forward_macs(bm: common.BenchModel, device: torch.device) -> tuple[float, fl
     return (paper * 1e9 if paper else counted), counted
 
 
-def bench_backbone(bm: common.BenchModel, args, device: torch.device) -> tuple[str, dict[str, Any]]:
+def bench_backbone(bm: common.BenchModel, args, device: torch.device) -> dict[str, Any]:
     bm.base.to(device)
     strategies = sorted(common.plugin_names("strategy"), key=lambda n: n != "vanilla")  # the reference first
     specs = args.variants or [*strategies, *PUBLISHED]
@@ -394,32 +289,13 @@ def bench_backbone(bm: common.BenchModel, args, device: torch.device) -> tuple[s
           f"+ {args.steps} timed) interleaved rounds", file=sys.stderr, flush=True)
     graphs = run_interleaved(variants, diffusion, bm, args.batch, args, device)
     rows = results(variants, args.batch, macs, device, args)
-    lines, comps = comparisons(rows, args.seed)
-    compiled = [v for v in variants if v.compiled and not v.error]
-    if compiled:
-        new = graphs["end"] - graphs.get("after_warmup", graphs["end"])
-        first = ", ".join(f"{v.label} {v.warmup_times[0]:.1f} s" for v in compiled if v.warmup_times)
-        lines.append(f"- torch.compile: {graphs.get('after_warmup', 0)} graph(s) compiled in warm-up (first step, "
-                     f"compile included: {first}); {new} new graph(s) during the {args.steps} timed rounds with new "
-                     f"timesteps every step")
-    c, h, w = bm.shape
-    text = (f"### Training step: {bm.label}, {c}x{h}x{w} inputs, batch {args.batch}\n\n"
-            f"Forward {macs / 1e9:.3g} GMACs per image (counted: {counted / 1e9:.3g}); {args.steps} timed "
-            f"interleaved rounds ({args.order}{ABBA_NOTE if args.order == 'abba' else ''}) after {args.warmup} "
-            f"warm-up; device {device}.\n\n" + table(rows, device))
-    if graphs["interrupted_after_rounds"] >= 0:
-        lines.insert(0, f"- **interrupted by a time limit**: {graphs['interrupted_after_rounds']} complete timed "
-                        f"rounds of {args.steps} planned")
-    if lines:
-        text += "\n\n" + "\n".join(lines)
-    mem_text, mem_payload = mask_memory(variants, bm)
-    text += "\n\n" + mem_text
-    payload = {"config": {**bm.desc, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-                          "forward_macs_per_image": macs, "counted_forward_macs_per_image": counted},
-               "results": rows, "comparisons": comps, "mask_memory": mem_payload, "dynamo_graphs": graphs}
-    return text, payload
+    _, comps = comparisons(rows, args.seed)
+    return {"config": {**bm.desc, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                       "forward_macs_per_image": macs, "counted_forward_macs_per_image": counted},
+            "results": rows, "comparisons": comps, "mask_memory": mask_memory(variants, bm), "dynamo_graphs": graphs}
 
 
+# ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbones", default=None, help="comma list of backbone plugins (default: every registered)")
@@ -460,29 +336,29 @@ def main(argv: list[str] | None = None) -> None:
     device = common.pick_device(args.device)
     common.setup_backends(device, args.threads)
 
-    sections, payload = [], {"machine": common.machine_info(device), "args": vars(args)}
+    skipped: dict[str, str] = {}
+    payload: dict[str, Any] = {"script": "train_step", "machine": common.machine_info(device), "args": vars(args),
+                               "skipped": skipped}
     for backbone in common.plugin_names("backbone", args.backbones):
         size = common.size_for(backbone, args.size)
         bm, error = common.run_guarded(f"build {backbone} {size}",
                                        lambda backbone=backbone, size=size: common.build_bench_model(
                                            backbone, size, args.params, seed=args.seed))
         if bm is None:
-            sections.append(f"### Training step: {backbone} skipped, it could not be built here: {error}")
+            skipped[backbone] = f"skipped, it could not be built here: {error}"
             continue
         done, error = common.run_guarded(f"train_step {bm.label}", lambda bm=bm: bench_backbone(bm, args, device))
         bm = None  # free this backbone before building the next
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if done is None:
-            sections.append(f"### Training step: {backbone} failed: {error}")
+            skipped[backbone] = f"failed: {error}"
             continue
-        sections.append(done[0])
-        payload[backbone] = done[1]
+        payload[backbone] = done
     info = payload["machine"]
     info["max_rss_bytes"] = common.rss_bytes()
-    markdown = "\n".join(common.header_lines(info)) + "\n\n" + "\n\n".join(sections)
     stem = "train_step" + (f"_{args.tag}" if args.tag else "")
-    common.write_outputs(args.out_dir, stem, markdown, payload, metrics_from_payload(payload))
+    common.write_outputs(args.out_dir, stem, render(payload), payload, metrics_from_payload(payload))
 
 
 if __name__ == "__main__":

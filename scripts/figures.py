@@ -3,7 +3,7 @@
     python scripts/figures.py            # rewrite the blocks between <!-- figures:NAME --> and <!-- /figures:NAME -->
     python scripts/figures.py --check    # exit 1 and name each block that differs from its rebuild
 
-Sources (nothing else, nothing downloaded, no torch needed; seconds):
+Sources (nothing else, nothing downloaded; seconds; the ``bench:`` blocks import torch through the scripts):
 
 - ``benchmarks/results-<machine>/<suite>/runs.jsonl``: one line per run of a suite (the ``raw_results.jsonl``
   that ``dtr report`` writes, see ``dtr_plugins/experiments/raw_results.py``) -> block ``suite-<machine>-<suite>``:
@@ -11,6 +11,14 @@ Sources (nothing else, nothing downloaded, no torch needed; seconds):
 - ``benchmarks/results-cpu/routing_overhead.json``, ``benchmarks/results-gpu/routing_overhead_B2.json``
   -> ``routing-overhead-cpu``, ``routing-overhead-gpu``, ``routing-overhead-summary``;
 - ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``;
+- every benchmark result ``benchmarks/<results-dir>/<stem>.json`` -> block ``bench:<results-dir>/<stem>``: the
+  Markdown of the script that wrote it, ``render(payload)`` of ``benchmarks/<script>.py`` (the script named by
+  the JSON's ``script`` field, else by the stem's prefix: ``train_step_B2`` -> ``train_step.py``), headings
+  turned into bold lines so a block never adds sections to a document;
+- ``benchmarks/targets.yaml`` and both results folders -> ``targets`` (all targets), ``targets-gpu``: the
+  table ``benchmarks/check_targets.py`` prints;
+- the eager GPU ``train_step_{S2,B2,L2}.json`` -> ``train-step-gpu-eager`` (one row per size) and, with the
+  GPU targets and the DiT mask sizes, the README's ``speed-summary``;
 - ``benchmarks/results-cpu/train_buckets_t*.json`` (``benchmarks/train_buckets.py``) -> ``train-buckets-cpu``.
 
 A block whose name has no source is an error (its numbers could not be rebuilt).
@@ -18,14 +26,19 @@ A block whose name has no source is an error (its numbers could not be rebuilt).
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"(<!-- figures:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
+MARKER = re.compile(r"(<!-- figures:(?P<name>[\w.:/-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 
 
 def _pct(x: float) -> str:
@@ -82,7 +95,7 @@ def sampling_sites_gpu() -> str:
     lines = [f"Measured (`{rel}`): {d['setup']}; {a['respacing']}, {a['steps_per_call']} steps per call, "
              f"{a['reps']} interleaved rounds. Speed = vanilla's time / the variant's (above 1: faster); paired: "
              f"per round, median and range over the {a['reps']} rounds.", "",
-             "| variant | median s per call | speed vs vanilla (ratio of medians) | paired speed, median | "
+             "| variant | median s per DDIM step | speed vs vanilla (ratio of medians) | paired speed, median | "
              "paired range |", "|---|---|---|---|---|"]
     for name, v in d["sampling"].items():
         lines.append(f"| `{name}` | {v['median_s']:.4f} | {v['speed_vs_vanilla']:.2f}x | "
@@ -159,6 +172,231 @@ def suite_table(path: Path) -> str:
     return head + text.rstrip("\n") + "\n"
 
 
+#: Result stems written before the JSONs named their script: the stem's prefix names it.
+SCRIPT_BY_PREFIX = (("train_step", "train_step"), ("routing_overhead", "routing_overhead"),
+                    ("routing_sites", "routing_sites"), ("sample", "sample"), ("eval", "eval"),
+                    ("compile_check", "compile_check"), ("heldout_cost", "heldout_cost"), ("pooled", "pool"),
+                    ("accumulation", "accumulation"), ("train_buckets", "train_buckets"))
+
+
+@functools.cache
+def bench_module(bench: Path, script: str) -> ModuleType:
+    """``benchmarks/<script>.py`` imported without running it (its ``main`` sits under ``__main__``)."""
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))  # the scripts import _common / _published as top-level modules
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", bench / f"{script}.py")
+    if spec is None or spec.loader is None:
+        raise ValueError(f"benchmarks/{script}.py: not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def script_of(payload: dict[str, Any], stem: str) -> str | None:
+    """The benchmark script that wrote a result: its ``script`` field, else the stem's prefix (older files)."""
+    if isinstance(payload.get("script"), str):
+        return payload["script"]
+    return next((script for prefix, script in SCRIPT_BY_PREFIX if stem.startswith(prefix)), None)
+
+
+def bench_block(path: Path, bench: Path) -> str:
+    """The rebuilt Markdown of one committed benchmark result (see the module docstring)."""
+    payload = json.loads(path.read_text())
+    script = script_of(payload, path.stem)
+    if script is None:
+        raise ValueError(f"{path}: no benchmark script renders it (no 'script' field, unknown stem prefix)")
+    text = bench_module(bench, script).render(payload)
+    text = re.sub(r"^#{1,6} (.+)$", r"**\1**", text.strip("\n"), flags=re.M)
+    rel = path.relative_to(bench.parent) if path.is_relative_to(bench.parent) else path
+    return f"From `{rel}`, rendered by `benchmarks/{script}.py`:\n\n{text}\n"
+
+
+def targets_table(repo: Path, device: str | None = None) -> str:
+    """``check_targets.py``'s table over the committed results folders (``device``: only its targets)."""
+    ct = bench_module(repo / "benchmarks", "check_targets")
+    targets = [t for t in ct.load_targets(repo / "benchmarks" / "targets.yaml") if device in (None, t.device)]
+    metrics = {d: ct.load_metrics(repo / "benchmarks" / f"results-{d}", d) for d in ct.DEVICES}
+    return ct.report(targets, metrics)[0] + "\n"
+
+
+def _eager_gpu(repo: Path) -> list[tuple[str, dict, dict]]:
+    """(size, dit section, rows by variant) of the committed eager GPU train_step results."""
+    out = []
+    for tag in ("S2", "B2", "L2"):
+        path = repo / "benchmarks" / "results-gpu" / f"train_step_{tag}.json"
+        data = json.loads(path.read_text())["dit"]
+        out.append((data["config"]["size"], data, {r["variant"]: r for r in data["results"] if "step_s" in r}))
+    return out
+
+
+def _paired(o: dict) -> str:
+    return f"{_pct(o['paired_median'])} [{_pct(o['ci95_low'])}, {_pct(o['ci95_high'])}]"
+
+
+def train_step_gpu_eager(repo: Path = REPO) -> str:
+    """One row per DiT size of the eager GPU training-step results."""
+    lines = ["From `benchmarks/results-gpu/train_step_{S2,B2,L2}.json` (full tables: the `bench:` blocks of each).",
+             "", "| model | vanilla step (ms) | dtr step (ms) | dtr overhead, paired [95% CI] | published-style "
+             "overhead, paired [95% CI] | published / ours | our dtr step vs published dtr step | random, "
+             "task_specific_sharing overhead (paired) | dtr MFU | dtr peak memory | timed rounds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, data, rows in _eager_gpu(repo):
+        comp = next(iter(data["comparisons"].values()))
+        others = ", ".join(_pct(rows[v]["overhead"]["paired_median"]) if v in rows else "not run"
+                           for v in ("random", "task_specific_sharing"))
+        dtr = rows["dtr"]
+        lines.append(f"| DiT-{size} | {1e3 * rows['vanilla']['step_s']['median']:.1f} | "
+                     f"{1e3 * dtr['step_s']['median']:.1f} | {_paired(dtr['overhead'])} | "
+                     f"{_paired(rows['pub_dtr']['overhead'])} | {comp['published_over_ours']:.2f}x | "
+                     f"{_pct(comp['dtr_vs_pub_dtr']['ratio_of_medians'])} | {others} | {100 * dtr['mfu']:.1f}% | "
+                     f"{dtr['peak_memory_bytes'] / 1e9:.1f} GB | {dtr['step_s']['n']} of {data['config']['steps']} |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_summary(repo: Path = REPO) -> str:
+    """README's GPU sentence: eager overheads, the compiled end-to-end speed-up, the missed GPU targets."""
+    eager = _eager_gpu(repo)
+    ours = [rows["dtr"]["overhead"]["paired_median"] for _, _, rows in eager]
+    pub = [rows["pub_dtr"]["overhead"]["paired_median"] for _, _, rows in eager]
+    comp = json.loads((repo / "benchmarks" / "results-gpu" / "train_step_B2_compile.json").read_text())["dit"]
+    dtr = next(r for r in comp["results"] if r["variant"] == "dtr+compile")
+    ct = bench_module(repo / "benchmarks", "check_targets")
+    gpu = [t for t in ct.load_targets(repo / "benchmarks" / "targets.yaml") if t.device == "gpu"]
+    _, records = ct.report(gpu, {d: ct.load_metrics(repo / "benchmarks" / f"results-{d}", d) for d in ct.DEVICES})
+    missed = [r["id"] for r in records if r["verdict"] == "MISSED"]
+    mask = {row[0]: row for row in json.loads((repo / "benchmarks" / "results-cpu" / "train_step_S2.json")
+                                                .read_text())["dit"]["mask_memory"]["by_size"]}["DiT-L/2"]
+    when = _when(json.loads((repo / "benchmarks" / "results-gpu" / "train_step_B2.json").read_text())["machine"])
+    sizes = ", ".join(f"DiT-{size}" for size, _, _ in eager)
+    return (f"The mask tables of a DiT-L/2 take {mask[2]} (ours, bool, not in checkpoints) instead of {mask[4]} "
+            f"(published style, float). On the GPU ({when}; bf16, batch 256, `bash benchmarks/gpu.sh`) DTR adds "
+            f"{100 * min(ours):.1f}-{100 * max(ours):.1f}% (paired medians) to an eager training step of {sizes} "
+            f"(the published style {100 * min(pub):.1f}-{100 * max(pub):.1f}%), a compiled DiT-B/2 step runs "
+            f"{comp['comparisons']['end_to_end_speedup']:.2f}x faster than the published fp16 eager recipe at "
+            f"{100 * dtr['mfu']:.1f}% MFU, and {len(missed)} of the {len(records)} GPU targets are missed "
+            f"({', '.join(f'`{m}`' for m in missed)}).\n")
+
+
+def heldout_cost_summary(repo: Path = REPO) -> str:
+    """docs/comparisons.md's sentence on what held-out evaluation adds to training."""
+    rel = "benchmarks/results-cpu/heldout_cost.json"
+    d = json.loads((repo / rel).read_text())
+    ratio = statistics.median(d["eval_s"]) / statistics.median(d["step_s"])
+    return (f"on the quickstart model (`{Path(d['args']['config']).name}`) on one CPU thread one held-out "
+            f"evaluation takes {ratio:.1f} training steps (medians of {d['args']['rounds']} interleaved rounds, "
+            f"`{rel}`), so evaluating every 200 steps adds {ratio / 200:.1%} to training.\n")
+
+
+#: the Fashion-MNIST suite on one GPU: ``dtr suite configs/suites/fashion_routing.yaml`` with these ``--set``s
+#: (a DiT-S/2-shaped model: 196 tokens of 384 channels, 12 blocks; 50k steps of 256 images, bf16)
+FASHION_GPU_SETS = ("backbone.patch_size=2", "backbone.hidden_size=384", "backbone.depth=12", "backbone.num_heads=6",
+                    "train.steps=50000", "train.batch_size=256", "train.precision=bf16", "train.ckpt_every=5000",
+                    "eval.heldout_every=2500", "eval.num_samples=10000", "sample.batch_size=500")
+
+
+def _fashion_macs(sets: tuple[str, ...]) -> tuple[float, int]:
+    """(forward multiply-adds per image, parameters) of the Fashion-MNIST recipe's DiT with ``sets`` applied,
+    counted by torch's FlopCounterMode on the built model (the suite's base config)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _common import counted_forward_macs  # type: ignore[import-not-found]
+
+    from dtr_plugins.compose import build_model
+    from dtr_plugins.core.config import load_config
+
+    cfg = load_config(REPO / "configs" / "fashion_dit.yaml", overrides=list(sets))
+    model = build_model(cfg).eval()
+    b = cfg.backbone.params
+    x = torch.zeros(1, b["in_channels"], b["input_size"], b["input_size"])
+    macs = counted_forward_macs(model, (x, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
+    return macs, sum(p.numel() for p in model.parameters())
+
+
+def fashion_gpu_estimate(repo: Path = REPO) -> str:
+    """The Fashion-MNIST suite's GPU recipe and its estimated time per run: the measured DiT-B/2 training
+    throughput on the H200 (committed) scaled by the ratio of counted forward multiply-adds. An estimate."""
+    rel = "benchmarks/results-gpu/train_step_B2.json"
+    d = json.loads((repo / rel).read_text())
+    b2 = d["dit"]["config"]
+    vanilla = next(r for r in d["dit"]["results"] if r["variant"] == "vanilla")
+    macs, params = _fashion_macs(FASHION_GPU_SETS)
+    cpu_macs, cpu_params = _fashion_macs(())
+    sets = dict(s.partition("=")[::2] for s in FASHION_GPU_SETS)
+    steps, batch = int(sets["train.steps"]), int(sets["train.batch_size"])
+    images_per_s = vanilla["images_per_s"] * b2["counted_forward_macs_per_image"] / macs
+    hours = steps * batch / images_per_s / 3600
+    command = "dtr suite configs/suites/fashion_routing.yaml " + " ".join(f"--set {s}" for s in FASHION_GPU_SETS)
+    return (f"```bash\n{command}\n```\n\n"
+            f"A DiT-S/2-shaped model: {params / 1e6:.1f}M parameters, {macs / 1e9:.2f} GMACs per image forward "
+            f"(the CPU recipe: {cpu_params / 1e6:.1f}M, {cpu_macs / 1e9:.3f} GMACs). **Estimate, not a measurement**: "
+            f"DiT-B/2 trained at {vanilla['images_per_s']:.0f} images/s on the {d['machine']['gpu']} "
+            f"({b2['counted_forward_macs_per_image'] / 1e9:.1f} GMACs per image, {vanilla['precision']}, MFU "
+            f"{vanilla['mfu']:.0%}; `{rel}`); scaled by multiply-adds that is {images_per_s:.0f} images/s, so "
+            f"{steps:,} steps of {batch} images take about {hours:.1f} h per run, training only. A smaller model "
+            f"keeps a GPU less busy than DiT-B/2 does, so read it as a lower bound; sampling "
+            f"{sets['eval.num_samples']} images for the final evaluation adds minutes.\n")
+
+
+def recipe_table(path: Path) -> str:
+    """What a suite's recipe measured, from its committed per-run lines: run time, the seed-to-seed spread of
+    the primary metric, the smallest paired difference it resolves, and the class accuracy of the samples.
+
+    Per strategy (runs grouped by their axes): runs, median wall time per run (the launcher's, with its threads),
+    mean and SD over seeds of the primary metric and of ``class_accuracy``; per strategy but vanilla, the SD of the
+    paired differences against vanilla (same seed and other axes) and the half-width of the 95% t-interval of
+    their mean with that many pairs, as a share of vanilla's mean: the smallest relative difference that
+    resolves at that spread."""
+    from scipy import stats
+
+    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
+    from dtr_plugins.experiments.raw_results import read_raw_results
+
+    lines = [x for x in read_raw_results(path) if x["status"] == "done"]
+    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+
+    def setting(x: dict[str, Any]) -> tuple[tuple[str, str], ...]:  # every axis but the strategy
+        return tuple(sorted((k, str(v)) for k, v in x["axes"].items() if k != "routing"))
+
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
+    for x in lines:
+        groups.setdefault((str(x["axes"].get("routing", "base")), setting(x)), []).append(x)
+    reference = {(set_, x["seed"]): x["final"].get(primary) for (name, set_), runs in groups.items()
+                 if name == "vanilla" for x in runs}
+
+    def mean_sd(values: list[float]) -> str:
+        if not values:
+            return "n/a"
+        return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}" if len(values) > 1 else \
+            f"{values[0]:.4g}"
+
+    rows = [f"| strategy | runs | wall time per run (median) | {primary} (mean ± SD over seeds) | SD of paired "
+            "differences | smallest resolvable paired difference (95%) | class accuracy of samples |",
+            "|---|---|---|---|---|---|---|"]
+    for (name, set_), runs in groups.items():
+        seconds = [x["seconds"] for x in runs if x.get("seconds") is not None and not x.get("resumed")]
+        threads = sorted({str(x.get("threads")) for x in runs if x.get("seconds") is not None})
+        wall = (f"{statistics.median(seconds) / 60:.1f} min ({len(seconds)} unresumed runs, threads "
+                f"{'/'.join(threads)})" if seconds else "not recorded")
+        values = [x["final"][primary] for x in runs if x["final"].get(primary) is not None]
+        accuracy = [x["final"]["class_accuracy"] for x in runs if x["final"].get("class_accuracy") is not None]
+        spread = resolvable = "(reference)" if name == "vanilla" else "n/a"
+        base = [v for (s_, _), v in reference.items() if s_ == set_ and v is not None]
+        diffs = [x["final"][primary] - reference[(set_, x["seed"])] for x in runs if name != "vanilla"
+                 and reference.get((set_, x["seed"])) is not None and x["final"].get(primary) is not None]
+        if len(diffs) > 1 and base:
+            sd = statistics.stdev(diffs)
+            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+            spread = f"{sd:.2g}"
+            resolvable = f"±{half / statistics.fmean(base):.2%} of vanilla's mean ({len(diffs)} pairs)"
+        label = name + (f" ({', '.join(f'{k}={v}' for k, v in set_)})" if set_ else "")
+        rows.append(f"| {label} | {len(runs)} | {wall} | {mean_sd(values)} | {spread} | {resolvable} | "
+                    f"{mean_sd(accuracy)} |")
+    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n"
+
+
 def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     out: dict[str, Callable[[], str]] = {
         "routing-overhead-cpu": lambda: _overhead_text("benchmarks/results-cpu/routing_overhead.json"),
@@ -166,11 +404,22 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         "routing-overhead-summary": routing_overhead_summary,
         "sampling-sites-gpu": sampling_sites_gpu,
         "sampling-sites-summary": sampling_sites_summary,
+        "targets": lambda: targets_table(repo),
+        "targets-gpu": lambda: targets_table(repo, "gpu"),
+        "train-step-gpu-eager": lambda: train_step_gpu_eager(repo),
+        "speed-summary": lambda: speed_summary(repo),
+        "heldout-cost-summary": lambda: heldout_cost_summary(repo),
+        "fashion-gpu-estimate": lambda: fashion_gpu_estimate(repo),
         "train-buckets-cpu": train_buckets_cpu,
     }
+    bench = repo / "benchmarks"
+    for path in sorted(bench.glob("results-*/*.json")):
+        if path.stem != "check_targets":  # check_targets.json is the targets' verdicts: block ``targets``
+            out[f"bench:{path.parent.name}/{path.stem}"] = (lambda p=path: bench_block(p, bench))
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         machine = raw.parent.parent.name.removeprefix("results-")
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
+        out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
     return out
 
 

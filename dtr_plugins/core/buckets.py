@@ -42,13 +42,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import BeforeValidator
 
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutingPlan
+from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, RoutingPlan
 
 #: largest K that ``auto`` considers
 AUTO_MAX_K = 16
@@ -152,6 +153,14 @@ def bucket_setting(value: Any) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return int(value)
     raise ValueError("must be 0 (off), a bucket count K >= 1, or auto")
+
+
+#: ``train.timestep_buckets``: 0, a bucket count ``K`` >= 1 or ``"auto"`` (:func:`bucket_setting` checks it)
+BucketSetting = Annotated[int | str, BeforeValidator(bucket_setting)]
+#: its description in the config reference
+BUCKETS_HELP = ("K: the batch sorted by its rows of the routing tables into K buckets, each running only its samples' "
+                "union of heads/MLP units (same losses and gradients as 0, the masked path; DiT's unit sites; "
+                "core/buckets.py); auto: the K of least estimated cost per batch")
 
 
 def timestep_keys(tables: Sequence[np.ndarray]) -> np.ndarray:
@@ -295,3 +304,26 @@ def enable_train_buckets(plan: RoutingPlan, setting: int | str) -> str | None:
         return f"strategy {plan.strategy_repr} routes nothing"
     plan.buckets = TimestepBuckets(plan.host_tables(), plan.layer_table, setting)
     return None
+
+
+def apply_train_buckets(model: torch.nn.Module, setting: int | str, compiled: bool = False,
+                        verbose: bool = True) -> dict[str, Any]:
+    """``train.timestep_buckets`` (``setting``) on the model's routing plan; returns what meta.json records
+    (``setting``, ``applied``, ``why`` when not). Where the masked path stays (a learned strategy, a continuous
+    process, ``compiled``: ``train.compile``, whose bucket shapes would change every step) one line says so
+    (printed when ``verbose``). Raises :class:`ConfigError` at the ``input`` site."""
+    plan = model.plan if isinstance(model, RoutedBackbone) else None
+    if setting == 0 or plan is None:
+        return {"setting": setting, "applied": False, "why": "not requested" if setting == 0 else "no routing plan"}
+    why = ("train.compile: bucket sizes change every step (each would recompile)" if compiled
+           else enable_train_buckets(plan, setting))
+    if why is not None and verbose:
+        print(f"dtr: note: train.timestep_buckets {setting!r} not applied, the masked path runs: {why}", flush=True)
+    return {"setting": setting, "applied": why is None, **({"why": why} if why is not None else {})}
+
+
+def bucket_summary(model: torch.nn.Module) -> dict[str, Any] | None:
+    """What timestep buckets did in the model's training forwards (:meth:`BucketStats.summary`); None when its
+    plan has none."""
+    plan = model.plan if isinstance(model, RoutedBackbone) else None
+    return None if plan is None or plan.buckets is None else plan.buckets.stats.summary()

@@ -6,26 +6,29 @@ line naming the file, the key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
-from dtr_plugins.core.buckets import bucket_setting
+from dtr_plugins.core.buckets import BUCKETS_HELP, BucketSetting
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
+from dtr_plugins.core.text import first_control_char
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
 from dtr_plugins.core.tracking import check_trackers
 from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-exported: configs are read here
 from dtr_plugins.core.yaml_reader import YamlLimitError as YamlLimitError
 from dtr_plugins.core.yaml_reader import parse_yaml as parse_yaml
 from dtr_plugins.core.yaml_reader import read_yaml as read_yaml
+
+logger = logging.getLogger(__name__)
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -53,10 +56,6 @@ def check_inside_path(value: str) -> str:
     """``value`` if it is a relative path that stays inside the folder it is joined to (no absolute path,
     no ``..`` component, no control character), else ``ValueError`` saying what is allowed (for a pydantic
     field validator: the message gets the key). Output folders a config names go through it."""
-    from pathlib import PurePosixPath, PureWindowsPath
-
-    from dtr_plugins.core.text import first_control_char
-
     parts = PurePosixPath(value.replace("\\", "/")).parts
     if (not value.strip() or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
             or PureWindowsPath(value).drive or ".." in parts or first_control_char(value) is not None):
@@ -127,10 +126,7 @@ class TrainConfig(_Strict):
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA (Ampere or newer); not applicable "
                        "on CPU/MPS (meta.json records what was applied); may change on --resume")
     device: str = Field("auto", description=DEVICES_ALLOWED)
-    timestep_buckets: Annotated[int | str, BeforeValidator(bucket_setting)] = Field(0, description="K: the batch "
-        "sorted by its rows of the routing tables into K buckets, each running only its samples' union of heads/MLP "
-        "units (same losses and gradients as 0, the masked path; DiT's unit sites; core/buckets.py); auto: the K "
-        "of least estimated cost per batch")
+    timestep_buckets: BucketSetting = Field(0, description=BUCKETS_HELP)
 
     @field_validator("device")
     @classmethod
@@ -229,6 +225,8 @@ class LogConfig(_Strict):
 
     trackers: list[PluginSection] = Field(
         default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+    suite: str | None = Field(None, description="the suite this run belongs to (`dtr suite` sets it to the suite's "
+                              "name); trackers group by it: W&B group, MLflow experiment")
 
     @field_validator("trackers", mode="before")
     @classmethod
@@ -348,7 +346,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
 def _print_notes(notes: Sequence[str]) -> None:
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         for note in notes:
-            print(f"dtr: note: {note}", file=sys.stderr)
+            logger.warning(f"dtr: note: {note}")
 
 
 def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,
@@ -388,6 +386,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = (),
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    if suite_keys := sorted({"matrix", "base"} & data.keys()):  # a suite file's (experiments/suite.py), no run's
+        raise ConfigError(f"{path}: is a suite file (it has {' / '.join(suite_keys)}), not a "
+                          f"run config; run it with `dtr suite {path}`")
     notes: list[str] = []
     data = apply_overrides(data, overrides, notes=notes)
     cfg = config_from_dict(data, source=str(path), registry=registry)

@@ -24,7 +24,7 @@ import torch
 from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance
+from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance, SupportsSolverSteps
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
@@ -73,6 +73,24 @@ class _CountingModel:
         return getattr(self.model, name)
 
 
+class _StepCounter:
+    """Advances a progress bar per network call: by one call, or (``steps``: ``(steps, calls)`` of one batch) by
+    the solver steps completed, ``steps`` per batch (Heun's two calls per step count as one step)."""
+
+    def __init__(self, bar: Any, steps: tuple[int, int] | None):
+        self.bar, self.steps, self.calls, self.shown = bar, steps, 0, 0
+
+    def call(self) -> None:
+        if self.steps is None:
+            self.bar.update(1)
+            return
+        steps, calls = self.steps
+        self.calls += 1
+        done = (self.calls // calls) * steps + (self.calls % calls) * steps // calls
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+
 def _rank_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_labels: np.ndarray, *,
                  d: distributed.Dist, codec: Codec, progress: bool,
                  record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
@@ -104,8 +122,11 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
     conditional = num_classes > 1
     shape_chw = (model.in_channels, model.input_size, model.input_size)
     starts = list(range(0, num, batch))[d.rank::d.world_size]
-    bar = tqdm(total=None, desc=f"sampling {len(starts)} batch(es)", unit="step", disable=not (progress and d.is_main))
-    counted = _CountingModel(model, on_call=lambda: bar.update(1))
+    # solver steps x batches when the process says how many (SupportsSolverSteps), else network calls
+    steps = diffusion.solver_steps(s.solver()) if isinstance(diffusion, SupportsSolverSteps) else None
+    bar = tqdm(total=steps[0] * len(starts) if steps else None, desc=f"sampling {len(starts)} batch(es)",
+               unit="step", disable=not (progress and d.is_main))
+    counted = _CountingModel(model, on_call=_StepCounter(bar, steps).call)
     chunks: list[tuple[int, np.ndarray]] = []
     per_batch = None
     for chunk_index in starts:
@@ -123,8 +144,9 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
                              progress=False, device=d.device)
         if per_batch is None:  # network evaluations per image: images fed to the network / images made
             per_batch = (counted.rows - rows_before) // n
-            bar.total = (counted.calls - before) * len(starts)
-            bar.refresh()
+            if steps is None:
+                bar.total = (counted.calls - before) * len(starts)
+                bar.refresh()
         x = codec.decode(x)
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     bar.close()

@@ -130,6 +130,9 @@ def test_a_new_strategy_plugin_is_benchmarked_without_edits(tmp_path, monkeypatc
     machine = payload["machine"]
     assert machine["device_name"] and machine["torch"] == torch.__version__ and machine["date"]
     assert len(machine["source_sha256"]) == 64 and "git_commit" in machine
+    # the written Markdown is the render of the written JSON: a committed result rebuilds its table exactly
+    assert payload["script"] == "train_step"
+    assert (tmp_path / "train_step.md").read_text() == train_step.render(payload) + "\n"
 
 
 def test_bench_config_sizes_and_overrides():
@@ -175,6 +178,7 @@ def test_accumulation_benchmark_runs_every_variant_through_the_engine(tmp_path):
     assert (rows["k4"]["k"], rows["k4"]["micro_batch"], rows["k2+ckpt"]["activation_checkpointing"]) == (4, 2, True)
     assert rows["k1"]["activation_checkpointing"] is False and len(rows["k1"]["step_times_s"]) == 2
     assert payload["metrics"]["accumulation.tiny.k4.images_per_s"] > 0
+    assert (tmp_path / "accumulation.md").read_text() == accumulation.render(payload) + "\n"
     with pytest.raises(SystemExit, match="3 micro-batches do not divide --batch 8"):
         accumulation.parse_variants("k1,k3", 8)
 

@@ -11,6 +11,7 @@ import torch
 from dtr_plugins.compose import build_diffusion, build_model, validate_run
 from dtr_plugins.core.buckets import (
     BucketedUnits,
+    apply_train_buckets,
     choose_k,
     enable_train_buckets,
     split_bounds,
@@ -24,7 +25,6 @@ from dtr_plugins.core.plugins import default_registry
 from dtr_plugins.core.routing import RoutingPlan
 from dtr_plugins.strategies.dtr import SlidingWindow
 from dtr_plugins.training.accumulate import forward_backward
-from dtr_plugins.training.train import apply_buckets
 
 TINY = """\
 name: tiny
@@ -155,7 +155,7 @@ def test_learned_strategy_falls_back_with_one_line(capsys):
     cfg = config_from_dict(apply_overrides(parse_yaml(TINY), [
         "routing={name: switch, num_experts: 3, top_k: 2, freq_dim: 16}", "train.timestep_buckets=auto"]))
     model = build_model(cfg)
-    applied = apply_buckets(cfg, model)
+    applied = apply_train_buckets(model, cfg.train.timestep_buckets)
     assert applied["applied"] is False and "learned strategy" in applied["why"]
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "train.timestep_buckets 'auto' not applied, the masked path runs" in out[0]
@@ -165,11 +165,11 @@ def test_learned_strategy_falls_back_with_one_line(capsys):
 def test_compile_and_off_are_recorded():
     cfg = config_from_dict(apply_overrides(parse_yaml(TINY), ["train.timestep_buckets=2"]))
     model = build_model(cfg)
-    assert apply_buckets(cfg, model) == {"setting": 2, "applied": True}
+    assert apply_train_buckets(model, cfg.train.timestep_buckets) == {"setting": 2, "applied": True}
     off = config_from_dict(parse_yaml(TINY))
-    assert apply_buckets(off, model) == {"setting": 0, "applied": False, "why": "not requested"}
-    compiled = config_from_dict(apply_overrides(parse_yaml(TINY), ["train.timestep_buckets=2", "train.compile=true"]))
-    assert "train.compile" in apply_buckets(compiled, model, verbose=False)["why"]
+    assert apply_train_buckets(model, off.train.timestep_buckets) == {"setting": 0, "applied": False,
+                                                                      "why": "not requested"}
+    assert "train.compile" in apply_train_buckets(model, 2, compiled=True, verbose=False)["why"]
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -1,6 +1,7 @@
 """Raw per-run results and `make figures`: README/docs tables equal their rebuild from committed results."""
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def test_readme_and_docs_equal_their_rebuild_from_committed_results(capsys):
     assert figures.main(["--check"]) == 0, capsys.readouterr().err
     texts = [d.read_text() for d in figures.documents()]
     blocks = [m["name"] for t in texts for m in figures.MARKER.finditer(t)]
-    assert {"routing-overhead-summary", "routing-overhead-cpu", "sampling-sites-gpu"} <= set(blocks)
+    assert {"routing-overhead-summary", "routing-overhead-cpu", "sampling-sites-gpu", "targets", "speed-summary",
+            "bench:results-cpu/train_step_S2", "bench:results-gpu/train_step_B2_compile"} <= set(blocks)
     # the sum of separately timed parts is never presented as the measured overhead
     readme = (REPO / "README.md").read_text()
     assert "+0.26% of a DiT-S/2 block stack" not in readme and "[-2.70%, +4.25%]" in readme
@@ -46,6 +48,7 @@ def test_raw_results_round_trip_to_the_same_comparison(tmp_path):
     first = lines[0]
     assert first["run_id"] == "vanilla__constant__seed0" and first["seed"] == 0 and first["primary"] == "heldout/total"
     assert first["final"]["heldout/band9"] == pytest.approx(0.65 * 10 / 5.5) and first["final"]["heldout/total"] == 0.65
+    assert (first["seconds"], first["resumed"], first["threads"]) == (12.5, False, 1)  # the launcher's status.json
     def compared_fields(records):  # what a comparison reads of a run (the record also carries config and meta)
         return [(r.id, r.seed, dict(r.axes), {k: list(v) for k, v in r.curves.items()}, r.status,
                  r.heldout_fingerprint) for r in records]
@@ -73,3 +76,60 @@ def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
     assert figures.rebuild(new, "doc.md", table) == new  # a rebuilt block is stable
     with pytest.raises(ValueError, match="doc.md: block figures:gone has no committed source"):
         figures.rebuild("<!-- figures:gone -->\n1.33x\n<!-- /figures:gone -->\n", "doc.md", table)
+
+
+def test_every_committed_benchmark_result_renders_through_its_script():
+    """Each ``benchmarks/results-*/*.json`` has a ``bench:`` block source, and it names the script that renders it."""
+    figures = figures_module()
+    table = figures.builders()
+    results = sorted(REPO.glob("benchmarks/results-*/*.json"))
+    names = [f"bench:{p.parent.name}/{p.stem}" for p in results if p.stem != "check_targets"]
+    assert len(names) >= 15 and set(names) <= set(table)
+    for name in names:
+        text = table[name]()
+        assert text.startswith(f"From `benchmarks/{name[6:]}.json`, rendered by `benchmarks/") and "| " in text
+        assert "\n#" not in text  # headings become bold lines: a block never adds a section
+
+
+def test_a_changed_number_in_a_result_changes_its_block(tmp_path):
+    """The block is computed from the JSON: edit one stored time and the rebuilt table shows the new number."""
+    figures = figures_module()
+    repo = tmp_path / "repo"
+    bench = repo / "benchmarks"
+    (bench / "results-cpu").mkdir(parents=True)
+    for script in ("_common.py", "_published.py", "sample.py", "models.yaml"):
+        (bench / script).write_text((REPO / "benchmarks" / script).read_text())
+    payload = json.loads((REPO / "benchmarks/results-cpu/sample.json").read_text())
+    (bench / "results-cpu" / "sample.json").write_text(json.dumps(payload))
+    doc = "<!-- figures:bench:results-cpu/sample -->\nold\n<!-- /figures:bench:results-cpu/sample -->\n"
+    before = figures.rebuild(doc, "doc.md", figures.builders(repo))
+    row = payload["results"][0]
+    assert f"| {row['variant']} | 1 (no guidance) | {row['seconds']['median']:.3f} |" in before
+    row["seconds"]["median"] = 123.4567
+    row["images_per_s"] = 8 / 123.4567
+    (bench / "results-cpu" / "sample.json").write_text(json.dumps(payload))
+    after = figures.rebuild(before, "doc.md", figures.builders(repo))
+    assert after != before and "| vanilla | 1 (no guidance) | 123.457 | 0.06 |" in after
+    assert figures.rebuild(after, "doc.md", figures.builders(repo)) == after  # stable once rebuilt
+    # a JSON no script renders is an error, not an empty block
+    (bench / "results-cpu" / "mystery.json").write_text("{}")
+    with pytest.raises(ValueError, match="mystery.json: no benchmark script renders it"):
+        figures.builders(repo)["bench:results-cpu/mystery"]()
+
+
+def test_recipe_table_measures_spread_time_and_resolution_from_the_raw_lines(tmp_path):
+    """The recipe block: wall time from the launcher's status, the SD of paired differences and the half-width
+    of their 95% t-interval relative to vanilla's mean, recomputed by hand here."""
+    figures = figures_module()
+    raw = tmp_path / "runs.jsonl"
+    raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    table = figures.recipe_table(raw)
+    lines = [x for x in read_raw_results(raw) if x["status"] == "done"]
+    vanilla = {x["seed"]: x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("vanilla__constant")}
+    dtr = {x["seed"]: x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("dtr-a4-b0.8__constant")}
+    diffs = [dtr[s] - vanilla[s] for s in vanilla]
+    half = 2.7764451051977987 * statistics.stdev(diffs) / 5 ** 0.5 / statistics.fmean(vanilla.values())
+    row = next(r for r in table.splitlines() if r.startswith("| dtr-a4-b0.8 (loss_weighting=constant) |"))
+    assert f"±{half:.2%} of vanilla's mean (5 pairs)" in row and "0.2 min (6 unresumed runs, threads 1)" in row
+    reference = next(r for r in table.splitlines() if r.startswith("| vanilla (loss_weighting=constant) |"))
+    assert reference.count("(reference)") == 2
