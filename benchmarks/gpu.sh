@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu.sh OUT_DIR --only train_step_S2,train_step_B2   # only these stages (comma list)
 #
 # Two calls that each fit a 10-minute limit on an H200 (each writes its own OUT_DIR):
-#   --only train_step_S2,train_step_B2,train_step_B2_compile,train_step_L2,train_step_L2_compile,routing_overhead_B2
+#   --only train_step_S2,train_step_B2,train_step_B2_compile,train_step_L2,train_step_L2_compile,routing_overhead_B2,train_buckets_B2
 #   --only sample_B2,compile_check,routing_sites_B2,accumulation_L2_XL2
 #
 # Writes OUT_DIR/README.md (status of every stage, every table, the target check) and OUT_DIR/results-gpu.tar.gz
@@ -21,7 +21,7 @@
 # folder on PYTHONPATH, then this repo with `pip install --no-deps --no-build-isolation -e .` (for the plugin
 # entry points). Nothing is downloaded.
 #
-# Stages (bf16 autocast; each under its own time limit, 905 s in all; a stage that reaches its limit gets
+# Stages (bf16 autocast; each under its own time limit, 1025 s in all; a stage that reaches its limit gets
 # SIGINT and reports the rounds it finished; one stage failing does not stop the others). Strategies come
 # from the plugin registry: a new strategy is benchmarked with no edit here. Compiled variants have stages of
 # their own, so a slow inductor compile cannot cost the eager tables.
@@ -37,6 +37,8 @@
 #   routing_sites_B2       routing_sites.py, DiT-B/2: sampling and training speed per routing site       (130 s)
 #   accumulation_L2_XL2    DiT-L/2 and XL/2, dtr, global batch 256: train.grad_accum_steps k = 1, 2, 4 and
 #                          activation checkpointing (k = 1, 2): peak memory and images/s per variant    (180 s)
+#   train_buckets_B2       train_buckets.py, DiT-S/2 and B/2, 32x32 latents, batch 256, fp32 (TF32): training
+#                          step with train.timestep_buckets auto/2/4 vs masked vs vanilla, beta 0.8, 0.5  (120 s)
 # (The 2026-11-30 H200 run hit the earlier limits in S2 25 s, B2 30 s, L2 40 s, sample 30 s, compile_check
 # 25 s and routing_sites 60 s; docs/benchmarks.md says what each finished.)
 set -u -o pipefail
@@ -83,7 +85,7 @@ if [ $FETCH -eq 1 ]; then
   exit 0
 fi
 
-STAGES=",train_step_S2,train_step_B2,train_step_B2_compile,train_step_L2,train_step_L2_compile,sample_B2,routing_overhead_B2,compile_check,routing_sites_B2,accumulation_L2_XL2,"
+STAGES=",train_step_S2,train_step_B2,train_step_B2_compile,train_step_L2,train_step_L2_compile,sample_B2,routing_overhead_B2,compile_check,routing_sites_B2,accumulation_L2_XL2,train_buckets_B2,"
 for want in ${ONLY//,/ }; do
   if [[ "$STAGES" != *",$want,"* ]]; then
     echo "gpu.sh: --only: unknown stage '$want' (stages: $(echo "${STAGES:1:-1}" | sed 's/,/, /g'))" >&2; exit 2
@@ -155,6 +157,7 @@ if [ $SMOKE -eq 1 ]; then
   LIMIT_S2=120; LIMIT_B2=120; LIMIT_B2C=180; LIMIT_L2=120; LIMIT_L2C=180; LIMIT_S=60; LIMIT_RO=60; LIMIT_CC=120
   ACC=(--smoke --threads 1); LIMIT_ACC=120
   RS=(--size S/2 --input-size 8 --num-images 2 --steps-per-call 2 --reps 1 --warmup 1 --train-reps 1); LIMIT_RS=120
+  TB=(--quick --threads 1); LIMIT_TB=120
 else
   COMMON=(--device cuda)
   TRAIN=(--precision bf16 --batch 256 --steps 20 --warmup 3)
@@ -166,6 +169,7 @@ else
   RS=(--size B/2 --num-images 64 --steps-per-call 50 --reps 5 --warmup 1 --train-reps 10); LIMIT_RS=130
   ACC=(--device cuda --sizes L/2,XL/2 --batch 256 --precision bf16 --steps 5 --warmup 2
        --variants k1,k2,k4,k1+ckpt,k2+ckpt); LIMIT_ACC=180
+  TB=(--sizes S/2,B/2 --input-size 32 --batch 256 --rounds 10 --warmup 2 --budget-s 100); LIMIT_TB=120
 fi
 # the device, and every registered strategy (vanilla first), as the benchmarks list them
 STRATEGIES=$("$PY" - <<'EOF'
@@ -200,6 +204,7 @@ stage routing_overhead_B2 $LIMIT_RO benchmarks/routing_overhead.py "${COMMON[@]}
 stage compile_check $LIMIT_CC benchmarks/compile_check.py --device auto "${CC[@]}" --backbones dit --out-dir "$WORK"
 stage routing_sites_B2 $LIMIT_RS benchmarks/routing_sites.py "${COMMON[@]}" "${RS[@]}" --out "$WORK/routing_sites_B2.json"
 stage accumulation_L2_XL2 $LIMIT_ACC benchmarks/accumulation.py "${ACC[@]}" --out-dir "$WORK" --tag L2_XL2
+stage train_buckets_B2 $LIMIT_TB benchmarks/train_buckets.py --device auto "${TB[@]}" --out-dir "$WORK" --tag B2
 
 TOTAL=$(( $(date +%s) - START ))
 "$PY" benchmarks/check_targets.py --results "gpu=$WORK" --device gpu --json "$WORK/check_targets.json" \
@@ -223,7 +228,7 @@ CHECK_RC=$?
   echo
   cat "$WORK/check_targets.md" "$WORK/check_targets.log"
   for f in train_step_S2 train_step_B2 train_step_B2_compile train_step_L2 train_step_L2_compile sample_B2 \
-      routing_overhead_B2 compile_check routing_sites_B2 accumulation_L2_XL2; do
+      routing_overhead_B2 compile_check routing_sites_B2 accumulation_L2_XL2 train_buckets_B2; do
     if [ -f "$WORK/$f.md" ]; then echo; echo "## $f"; echo; cat "$WORK/$f.md"; fi
     if [ "$f" = routing_sites_B2 ] && [ -f "$WORK/$f.log" ]; then echo; echo "## $f (log)"; echo; tail -n 40 "$WORK/$f.log"; fi
   done

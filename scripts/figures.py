@@ -18,7 +18,8 @@ Sources (nothing else, nothing downloaded; seconds; the ``bench:`` blocks import
 - ``benchmarks/targets.yaml`` and both results folders -> ``targets`` (all targets), ``targets-gpu``: the
   table ``benchmarks/check_targets.py`` prints;
 - the eager GPU ``train_step_{S2,B2,L2}.json`` -> ``train-step-gpu-eager`` (one row per size) and, with the
-  GPU targets and the DiT mask sizes, the README's ``speed-summary``.
+  GPU targets and the DiT mask sizes, the README's ``speed-summary``;
+- ``benchmarks/results-cpu/train_buckets_t*.json`` (``benchmarks/train_buckets.py``) -> ``train-buckets-cpu``.
 
 A block whose name has no source is an error (its numbers could not be rebuilt).
 """
@@ -113,6 +114,46 @@ def sampling_sites_summary() -> str:
             f"of this comparison was not kept; rerun `benchmarks/routing_sites.py` and commit its JSON.\n")
 
 
+def _speed_ci(s: dict) -> str:
+    return f"{s['paired_median']:.2f}x [{s['ci95_low']:.2f}, {s['ci95_high']:.2f}]"
+
+
+def train_buckets_cpu() -> str:
+    """Training speed with timestep buckets, from ``benchmarks/results-cpu/train_buckets_t*.json``."""
+    rels = sorted(str(p.relative_to(REPO)) for p in REPO.glob("benchmarks/results-cpu/train_buckets_t*.json"))
+    if not rels:
+        raise ValueError("no benchmarks/results-cpu/train_buckets_t*.json")
+    lines = [f"Measured (`{'`, `'.join(rels)}`; {_when(_load(rels[0])['machine'])}): one training step (forward, "
+             "loss, backward, AdamW) of DTR (alpha 4) at `heads_mlp`, speed = vanilla's step time / the variant's in "
+             "the same round (above 1: faster), paired median over the interleaved rounds with its 95% bootstrap "
+             "interval; masked = `train.timestep_buckets: 0`; union width = share of the routed units the buckets "
+             "ran. The goals of the issue: 1.15x vanilla at beta 0.8, 1.5x at beta 0.5.", "",
+             "| model | threads (load average at start) | rounds | beta | masked | K auto (mean K, union width) | "
+             "best fixed K | goal |", "|---|---|---|---|---|---|---|---|"]
+    for rel in rels:
+        load = _load(rel)["machine"].get("load_average", ["?"])[0]
+        for g in _load(rel)["groups"]:
+            variants = g["variants"]
+            for beta, goal in (("0.8", 1.15), ("0.5", 1.5)):
+                if f"masked@{beta}" not in variants:
+                    continue
+                auto = variants.get(f"Kauto@{beta}")
+                fixed = [(n, v) for n, v in variants.items()
+                         if n.endswith(f"@{beta}") and n[1:].split("@")[0].isdigit()]
+                best = max(fixed, key=lambda nv: nv[1]["speed_vs_vanilla"]["paired_median"], default=None)
+                top = max([v["speed_vs_vanilla"]["paired_median"] for _, v in fixed]
+                          + ([auto["speed_vs_vanilla"]["paired_median"]] if auto else []), default=0.0)
+                auto_text = (f"{_speed_ci(auto['speed_vs_vanilla'])} ({auto['buckets']['mean_k']:.1f}, "
+                             f"{auto['buckets']['mean_union_width']:.2f})" if auto else "-")
+                best_text = f"{best[0].split('@')[0]}: {_speed_ci(best[1]['speed_vs_vanilla'])}" if best else "-"
+                verdict = "met" if top >= goal else f"missed by {goal - top:.2f}x"
+                lines.append(f"| DiT-{g['size']}, {g['input_size']}x{g['input_size']}x4, batch {g['batch']} | "
+                             f"{g['threads']} ({load}) | {g['rounds']} | {beta} | "
+                             f"{_speed_ci(variants[f'masked@{beta}']['speed_vs_vanilla'])} "
+                             f"| {auto_text} | {best_text} | {goal}x: {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def suite_table(path: Path) -> str:
     """The paired comparison of one committed suite, recomputed from its per-run lines."""
     from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, compare_runs
@@ -135,7 +176,7 @@ def suite_table(path: Path) -> str:
 SCRIPT_BY_PREFIX = (("train_step", "train_step"), ("routing_overhead", "routing_overhead"),
                     ("routing_sites", "routing_sites"), ("sample", "sample"), ("eval", "eval"),
                     ("compile_check", "compile_check"), ("heldout_cost", "heldout_cost"), ("pooled", "pool"),
-                    ("accumulation", "accumulation"))
+                    ("accumulation", "accumulation"), ("train_buckets", "train_buckets"))
 
 
 @functools.cache
@@ -369,6 +410,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         "speed-summary": lambda: speed_summary(repo),
         "heldout-cost-summary": lambda: heldout_cost_summary(repo),
         "fashion-gpu-estimate": lambda: fashion_gpu_estimate(repo),
+        "train-buckets-cpu": train_buckets_cpu,
     }
     bench = repo / "benchmarks"
     for path in sorted(bench.glob("results-*/*.json")):

@@ -40,9 +40,13 @@ At these sites the block input, LayerNorms and adaLN are untouched and the zeroe
 nothing, so when a batch shares one timestep (always in sampling) the block runs only the active
 units: the active heads' q/k/v rows and out-projection columns, the active ``fc1`` rows and ``fc2``
 columns (views for DTR's contiguous window). Mixed timesteps and training mode run the masked dense
-path; the two agree to float rounding. No parameters are added: checkpoints keep the official layout.
-Learned strategies may act at these sites too (``[N, units]`` gate rows, e.g. ``dydit_width``); their
-exported 0/1 task tables take the same sliced path at a shared timestep.
+path; the two agree to float rounding. Learned strategies may act at these sites too (``[N, units]`` gate rows,
+e.g. ``dydit_width``); their exported 0/1 task tables take the same sliced path at a shared timestep. With
+``train.timestep_buckets`` (:mod:`dtr_plugins.core.buckets`) a training forward of a static strategy sorts the
+batch by its rows of the tables, splits it into buckets and runs each bucket on the union of its samples'
+units, each sample masked inside it (:class:`BucketedUnits` routes; the embeddings and the final layer see the
+batch in its own order): the same losses and gradients as the masked path, to float rounding. No parameters
+are added: checkpoints keep the official layout.
 """
 from __future__ import annotations
 
@@ -57,13 +61,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 from torch import nn
 
+from dtr_plugins.core.buckets import BatchBuckets, BucketedUnits
 from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual
 
-#: a unit-site route of one layer: None (all units), a mask ``[N, units]`` (dense) or the active units (sliced)
-UnitRoute = torch.Tensor | ActiveUnits | None
+#: a unit-site route of one layer: None (all units), a mask ``[N, units]`` (dense), the active units (sliced)
+#: or, in training with timestep buckets, each bucket's union and masks (:class:`BucketedUnits`)
+UnitRoute = torch.Tensor | ActiveUnits | BucketedUnits | None
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -161,7 +167,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, heads: UnitRoute = None) -> torch.Tensor:
         """``x``: ``[N, T, D]`` -> ``[N, T, D]``. ``heads``: None (all heads), a mask ``[N, H]`` that zeroes
-        inactive heads' outputs before ``proj`` (dense), or :class:`ActiveUnits` (only those heads run)."""
+        inactive heads' outputs before ``proj`` (dense), :class:`ActiveUnits` (only those heads run) or
+        :class:`BucketedUnits` (per bucket of the sorted batch, its union of heads, masked per sample)."""
+        if isinstance(heads, BucketedUnits):
+            return self._bucketed(x, heads)
         if isinstance(heads, ActiveUnits):
             return self._sliced(x, heads)
         n, tokens, dim = x.shape
@@ -172,19 +181,35 @@ class Attention(nn.Module):
             out = out * heads[:, :, None, None]
         return self.proj(out.transpose(1, 2).reshape(n, tokens, dim))
 
-    def _sliced(self, x: torch.Tensor, heads: ActiveUnits) -> torch.Tensor:
-        """Only the active heads: their q/k/v rows of ``qkv`` and their columns of ``proj``."""
+    def _bucketed(self, x: torch.Tensor, route: BucketedUnits) -> torch.Tensor:
+        """Each bucket of the sorted batch on its union of heads, its samples masked inside it."""
+        dim = x.shape[-1]
+        head_dim = dim // self.num_heads
+        taken = zip(route.take(self.qkv.weight.view(3, dim, dim), 1, head_dim),
+                    route.take(self.qkv.bias.view(3, dim), 1, head_dim), route.take(self.proj.weight, 1, head_dim))
+        return torch.cat([self.forward(x[part], mask) if heads is None else self._sliced(x[part], heads, mask, w)
+                          for (part, heads, mask), w in zip(route.parts(), taken)])
+
+    def _sliced(self, x: torch.Tensor, heads: ActiveUnits, mask: torch.Tensor | None = None,
+                taken: tuple[Any, ...] | None = None) -> torch.Tensor:
+        """Only the active heads: their q/k/v rows of ``qkv`` and their columns of ``proj`` (``taken``: those
+        slices, already taken); ``mask`` ``[N, heads.count]`` zeroes a sample's heads among them (None: all run)."""
         n, tokens, dim = x.shape
         if heads.count == 0:  # every head off: the branch is proj's bias
             return torch.zeros_like(x) + self.proj.bias
         head_dim = dim // self.num_heads
-        weight = heads.take(self.qkv.weight.view(3, dim, dim), 1, head_dim)   # [3, k*hd, D]
-        bias = heads.take(self.qkv.bias.view(3, dim), 1, head_dim)            # [3, k*hd]
-        q, k, v = (F.linear(x, weight[i], bias[i]).reshape(n, tokens, heads.count, head_dim).transpose(1, 2)
-                   for i in range(3))
+        weight, bias, proj = taken if taken is not None else (
+            heads.take(self.qkv.weight.view(3, dim, dim), 1, head_dim),     # [3, k*hd, D]
+            heads.take(self.qkv.bias.view(3, dim), 1, head_dim),            # [3, k*hd]
+            heads.take(self.proj.weight, 1, head_dim))                      # [D, k*hd]
+        width = heads.count * head_dim  # one matmul for q, k and v: their rows side by side (a copy of the slices)
+        qkv = F.linear(x, weight.reshape(3 * width, dim), bias.reshape(3 * width))
+        q, k, v = qkv.reshape(n, tokens, 3, heads.count, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)                        # [N, k, T, hd]
+        if mask is not None:
+            out = out * mask[:, :, None, None]
         out = out.transpose(1, 2).reshape(n, tokens, heads.count * head_dim)
-        return F.linear(out, heads.take(self.proj.weight, 1, head_dim), self.proj.bias)
+        return F.linear(out, proj, self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -202,19 +227,40 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, units: UnitRoute = None) -> torch.Tensor:
         """``x``: ``[N, T, D]`` -> ``[N, T, D]``. ``units``: None (all hidden units), a mask ``[N, num_units]``
-        applied after the activation (dense), or :class:`ActiveUnits` (only those units' ``fc1`` rows and
-        ``fc2`` columns run)."""
+        applied after the activation (dense), :class:`ActiveUnits` (only those units' ``fc1`` rows and
+        ``fc2`` columns run) or :class:`BucketedUnits` (per bucket, its union of units, masked per sample)."""
+        if isinstance(units, BucketedUnits):
+            return self._bucketed(x, units)
         if isinstance(units, ActiveUnits):
-            if units.count == 0:
-                return torch.zeros_like(x) + self.fc2.bias
-            w = self.unit_width
-            h = self.act(F.linear(x, units.take(self.fc1.weight, 0, w), units.take(self.fc1.bias, 0, w)))
-            return F.linear(h, units.take(self.fc2.weight, 1, w), self.fc2.bias)
-        h = self.act(self.fc1(x))
-        if units is not None:
-            n, tokens, hidden = h.shape
-            h = (h.view(n, tokens, self.num_units, self.unit_width) * units[:, None, :, None]).view(n, tokens, hidden)
-        return self.fc2(h)
+            return self._sliced(x, units)
+        return self.fc2(self._masked(self.act(self.fc1(x)), units))
+
+    def _masked(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Hidden activations ``[N, T, k * unit_width]`` times the unit mask ``[N, k]`` (None: unchanged)."""
+        if mask is None:
+            return h
+        n, tokens, hidden = h.shape
+        return (h.view(n, tokens, mask.shape[1], self.unit_width) * mask[:, None, :, None]).view(n, tokens, hidden)
+
+    def _bucketed(self, x: torch.Tensor, route: BucketedUnits) -> torch.Tensor:
+        """Each bucket of the sorted batch on its union of units, its samples masked inside it."""
+        w = self.unit_width
+        taken = zip(route.take(self.fc1.weight, 0, w), route.take(self.fc1.bias, 0, w),
+                    route.take(self.fc2.weight, 1, w))
+        return torch.cat([self.fc2(self._masked(self.act(self.fc1(x[part])), mask)) if units is None
+                          else self._sliced(x[part], units, mask, ws)
+                          for (part, units, mask), ws in zip(route.parts(), taken)])
+
+    def _sliced(self, x: torch.Tensor, units: ActiveUnits, mask: torch.Tensor | None = None,
+                taken: tuple[Any, ...] | None = None) -> torch.Tensor:
+        """Only the active units' ``fc1`` rows and ``fc2`` columns (``taken``: those slices, already taken);
+        ``mask`` ``[N, units.count]`` zeroes a sample's units among them (None: all run)."""
+        if units.count == 0:
+            return torch.zeros_like(x) + self.fc2.bias
+        w = self.unit_width
+        fc1, bias, fc2 = taken if taken is not None else (
+            units.take(self.fc1.weight, 0, w), units.take(self.fc1.bias, 0, w), units.take(self.fc2.weight, 1, w))
+        return F.linear(self._masked(self.act(F.linear(x, fc1, bias)), mask), fc2, self.fc2.bias)
 
 
 class DiTBlock(nn.Module):
@@ -395,6 +441,7 @@ class DiT(RoutedBackbone):
 
     #: ``input`` (block inputs), ``heads`` (attention heads), ``mlp`` (MLP hidden units) or ``heads_mlp``
     routing_sites = (INPUT_SITE, "heads", "mlp", "heads_mlp")
+    bucketed_sites = ("heads", "mlp", "heads_mlp")  # train.timestep_buckets: see train_buckets
     checkpoint_blocks = False  # train.activation_checkpointing: recompute each block in the backward (core/compute.py)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
@@ -436,9 +483,14 @@ class DiT(RoutedBackbone):
         else:
             units = plan.shared_units(t, device) if plan.slice_shared and not self.training else None
             routes = plan.gather(t, dtype) if units is None else units
-        if plan.site == "heads":
+        return self._per_block(plan.site, routes)
+
+    @staticmethod
+    def _per_block(site: str, routes: list[Any]) -> list[tuple[torch.Tensor | None, UnitRoute, UnitRoute]]:
+        """Unit-site routes in forward order -> ``(None, heads route, mlp route)`` per block."""
+        if site == "heads":
             return [(None, r, None) for r in routes]
-        if plan.site == "mlp":
+        if site == "mlp":
             return [(None, None, r) for r in routes]
         return [(None, a, m) for a, m in zip(routes[0::2], routes[1::2])]
 
@@ -452,6 +504,14 @@ class DiT(RoutedBackbone):
             return None, plan.layer_gate(2 * block, h, t, c), plan.layer_gate(2 * block + 1, h, t, c)
         gate = plan.layer_gate(block, h, t, c)
         return (None, gate, None) if site == "heads" else (None, None, gate)
+
+    def train_buckets(self, t: torch.Tensor, dtype: torch.dtype) -> BatchBuckets | None:
+        """The timestep buckets of a training forward at timesteps ``t`` ``[N]`` (``train.timestep_buckets``,
+        core/buckets.py); None in eval mode or when the plan has none (the masked dense path)."""
+        plan = self.plan
+        if not self.training or plan is None or plan.buckets is None:
+            return None
+        return plan.buckets.split(t, dtype)
 
     def initialize_weights(self) -> None:
         """The official DiT initialisation: xavier linears, zero adaLN and output layers."""
@@ -498,13 +558,19 @@ class DiT(RoutedBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        routes = self.block_routes(t, x.dtype, x.device)
+        buckets = self.train_buckets(t, x.dtype)
+        if buckets is None:
+            routes = self.block_routes(t, x.dtype, x.device)
+        else:  # the blocks see the batch sorted by bucket (order), the rest of the model the batch as given
+            routes = self._per_block(self.plan.site if self.plan is not None else "", buckets.routes)
         h = self.x_embedder(x) + self.pos_embed                                   # [N, T, D]
         c = self.t_embedder(t) + self.y_embedder(self._labels(y, x.shape[0], x.device), self.training)  # [N, D]
         learned = self.plan if self.plan is not None and self.plan.is_learned and not routes else None
+        hb, cb = (h, c) if buckets is None else (h[buckets.order], c[buckets.order])  # learned plans: no buckets
         for layer, block in enumerate(self.blocks):
-            mask, heads, mlp = routes[layer] if learned is None else self._learned_route(learned, layer, h, t, c)
-            h = run_block(block, self.checkpoint_blocks, h, c, mask, heads, mlp)
+            mask, heads, mlp = routes[layer] if learned is None else self._learned_route(learned, layer, hb, t, cb)
+            hb = run_block(block, self.checkpoint_blocks, hb, cb, mask, heads, mlp)
+        h = hb if buckets is None else hb[buckets.inverse]
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 
 

@@ -15,21 +15,23 @@ from dtr_plugins.compose.build import (
     backbone_input_space,
     build_diffusion,
     build_loss_weighting,
+    build_strategy_from,
     check_composition,
     compose,
     data_params,
 )
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, DiffusionProcess, SupportsImageShape
+from dtr_plugins.core.contracts import Backbone, DiffusionProcess, LearnedRoutingStrategy, SupportsImageShape
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.io import creatable_folder_problem
 from dtr_plugins.core.labels import check_label_space
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
+from dtr_plugins.core.routing import RoutedBackbone, declared_backbone_class
 from dtr_plugins.core.timesteps import training_sampler
 
-__all__ = ["check_device", "check_machine", "check_run", "validate_run"]
+__all__ = ["check_device", "check_machine", "check_run", "check_buckets", "validate_run"]
 
 
 def check_device(name: str, local_rank: int = 0, key: str = "train.device") -> None:
@@ -123,6 +125,21 @@ def _check_init_from(path: str | None) -> None:
         raise ConfigError(f"train.init_from: {path} {what} (allowed: a checkpoint file, e.g. an official DiT .pt)")
 
 
+def check_buckets(cfg: ExperimentConfig, backbone: type[RoutedBackbone] | None, learned: bool) -> None:
+    """``train.timestep_buckets`` needs a routing site the backbone runs in buckets (``bucketed_sites``: DiT's
+    heads, mlp, heads_mlp); a learned strategy is not refused (training falls back to the masked path and says
+    so). ``backbone`` None (a factory that declares no class): checked when training applies it. Raises
+    :class:`ConfigError` (one line: the key, the value, what is allowed)."""
+    setting = cfg.train.timestep_buckets
+    if setting == 0 or learned or backbone is None or cfg.routing.site in backbone.bucketed_sites:
+        return
+    sites = backbone.bucketed_sites
+    allowed = f"0, or routing.site one of {', '.join(sites)}" if sites else \
+        f"0: backbone '{cfg.backbone.name}' runs no routing site in buckets"
+    raise ConfigError(f"train.timestep_buckets: {setting!r} with routing.site {cfg.routing.site!r} of backbone "
+                      f"'{cfg.backbone.name}' (allowed: {allowed})")
+
+
 def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None = None, *,
               run_dir: str | Path | None = None, machine: bool = True) -> None:
     """The checks on a composed run (``parts``, built by :func:`compose` on any device, meta included): the
@@ -138,6 +155,8 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
         _check_output(cfg, run_dir)
         _check_init_from(cfg.train.init_from)
     backbone = cast(Backbone, parts.model)
+    plan = parts.model.plan
+    check_buckets(cfg, type(parts.model), plan is not None and plan.is_learned)
     _check_sizes(cfg, backbone, registry)
     check_guidance(backbone, cfg.sample.cfg_scale, "sample.cfg_scale")
     if parts.dataset is not None:  # it exists, decodes its index, and its classes fit the backbone's labels
@@ -168,6 +187,8 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
                          build_timestep_rule(cfg, registry), cfg.timesteps.name if cfg.timesteps else "")
         build_ema(cfg, registry)
         _check_eval(cfg, registry, machine)
+        check_buckets(cfg, declared_backbone_class(info.factory),
+                      isinstance(build_strategy_from(cfg, registry), LearnedRoutingStrategy))
         return None
     parts = compose(cfg, registry, device="meta", data=machine)
     check_run(cfg, parts, registry, run_dir=run_dir, machine=machine)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
+from dtr_plugins.core.buckets import BUCKETS_HELP, BucketSetting
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.overrides import SWITCHABLE_SECTIONS as SWITCHABLE_SECTIONS  # re-exported
 from dtr_plugins.core.overrides import apply_overrides as apply_overrides
@@ -122,6 +123,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description=DEVICES_ALLOWED)
     init_from: str | None = Field(None, description="fine-tune from this checkpoint file: its EMA (else model) weights "
                                   "start a fresh run (an official DiT/DTR file or one of ours); not read on --resume")
+    timestep_buckets: BucketSetting = Field(0, description=BUCKETS_HELP)
 
     @field_validator("device")
     @classmethod

@@ -23,7 +23,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from torch import nn
 from dtr_plugins.core.continuous_routing import grid_rows
 from dtr_plugins.core.contracts import LearnedRoutingStrategy
 from dtr_plugins.core.errors import ConfigError, PluginError
+
+if TYPE_CHECKING:
+    from dtr_plugins.core.buckets import TimestepBuckets
 
 #: the site every backbone has: block inputs, masked channel by channel (the published DTR)
 INPUT_SITE = "input"
@@ -147,6 +150,8 @@ class RoutingPlan(nn.Module):
         self.num_tables = len(tables)
         # Host copies for active_units(): which units a shared timestep runs, without a device sync.
         self._host_tables = [table.numpy().copy() for table in tables]
+        #: timestep buckets of training forwards (train.timestep_buckets; core/buckets.py), None: masked path
+        self.buckets: TimestepBuckets | None = None
 
     def _bind_learned(self, strategy: Any, cond_dim: int | None) -> None:
         declared = typing.cast(LearnedRoutingStrategy, strategy)
@@ -266,6 +271,10 @@ class RoutingPlan(nn.Module):
             return None
         return [_units_of_row(host[shared], device) for host in self._exported_host]
 
+    def host_tables(self) -> list[np.ndarray]:
+        """Host copies of the distinct tables, ``bool [T, U]`` each (index ``i`` is :meth:`table` ``(i)``)."""
+        return list(self._host_tables)
+
     def table(self, index: int) -> torch.Tensor:
         return typing.cast(torch.Tensor, getattr(self, f"table_{index}"))
 
@@ -369,6 +378,10 @@ class RoutedBackbone(nn.Module):
     #: "pixels": works on images (identity codec); "latents": on a codec's latents, whose shape sets
     #: ``in_channels`` and ``input_size`` (see :mod:`dtr_plugins.compose`).
     input_space: ClassVar[Literal["pixels", "latents"]] = "pixels"
+
+    #: the sites at which the backbone runs training batches in timestep buckets (``train.timestep_buckets``,
+    #: core/buckets.py): it accepts :class:`~dtr_plugins.core.buckets.BucketedUnits` routes there
+    bucketed_sites: ClassVar[tuple[str, ...]] = ()
 
     #: the backbone asks a learned plan for each routed layer's gate (:meth:`RoutingPlan.layer_gate`) with the
     #: block input; a backbone that does not refuses learned strategies when the plan is attached

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from dtr_plugins._version import __version__
 from dtr_plugins.compose import Components, check_machine, check_run, compose
 from dtr_plugins.core import distributed
+from dtr_plugins.core.buckets import apply_train_buckets, bucket_summary
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone
@@ -260,6 +261,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         parts.to(d.device)
         compute["activation_checkpointing"] = apply_activation_checkpointing(
             parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
+        compute["timestep_buckets"] = apply_train_buckets(parts.model, cfg.train.timestep_buckets, cfg.train.compile,
+                                                          verbose=d.is_main)
         state = _initial_state(cfg, parts, d, start_ckpt, allow_unsafe_load)
         start_step = state.step
         heldout: HeldOutSet | None = None  # only rank 0 scores the held-out loss
@@ -402,6 +405,11 @@ def _finish_meta(rd: RunDir, model: torch.nn.Module, d: distributed.Dist, step: 
     segments = meta.get("segments") or [{}]
     segments[-1].update(to_step=step, finished=finished)
     extra: dict[str, Any] = {"segments": segments, "finished": finished}
+    achieved = bucket_summary(model)  # what timestep buckets did in this invocation (rank 0's), None: not applied
+    if achieved is not None:
+        applied = segments[-1].setdefault("compute", {})["timestep_buckets"] = {
+            **meta.get("compute", {}).get("timestep_buckets", {}), **achieved}
+        extra["compute"] = {**meta.get("compute", {}), "timestep_buckets": applied}
     if in_sync is not None:
         extra = {"ranks_in_sync": in_sync, **extra}
     rd.update_meta(**extra)

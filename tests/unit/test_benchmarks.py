@@ -206,3 +206,22 @@ def test_dydit_width_is_benchmarked_at_its_site_and_at_its_target_width():
     model.attach_routing(plan)
     units = plan.learned_active_units(torch.full((2,), 500))
     assert units is not None and any(isinstance(u, ActiveUnits) for u in units)
+
+
+def test_train_buckets_quick_run_writes_every_variant_and_resumes(tmp_path, capsys):
+    """The smoke run of benchmarks/train_buckets.py (tiny shape, one round; not a timing): every variant has a
+    speed with its interval, the bucketed ones their K and union width; --resume keeps a measured model."""
+    import train_buckets
+
+    args = ["--quick", "--threads", "1", "--betas", "0.5", "--ks", "auto,2", "--out-dir", str(tmp_path)]
+    train_buckets.main(args)
+    payload = json.loads((tmp_path / "train_buckets_t1.json").read_text())
+    (group,) = payload["groups"]
+    assert list(group["variants"]) == ["vanilla", "masked@0.5", "Kauto@0.5", "K2@0.5"]
+    k2 = group["variants"]["K2@0.5"]
+    assert k2["buckets"]["k_counts"] == {"2": 1} and 0 < k2["buckets"]["mean_union_width"] < 1
+    assert {"paired_median", "ci95_low", "ci95_high"} <= set(k2["speed_vs_masked"])
+    assert payload["metrics"]["train_buckets_t1.S/2.t1.K2@0.5.speed_vs_vanilla"] > 0
+    assert "goal 1.5x" in (tmp_path / "train_buckets_t1.md").read_text()
+    train_buckets.main([*args, "--resume"])
+    assert "kept (--resume)" in capsys.readouterr().err
