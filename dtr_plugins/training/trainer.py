@@ -2,7 +2,7 @@
 weighting, step), in the manner of guided-diffusion's ``TrainLoop`` (``improved_diffusion/train_util.py``).
 
 Resumption is exact: every step re-seeds the RNG from ``(seed, rank, step)`` and the data position is
-the step itself (see :class:`dtr_plugins.training.train.StepBatches`).
+the step itself (see :class:`dtr_plugins.training.batches.StepBatches`).
 """
 from __future__ import annotations
 
