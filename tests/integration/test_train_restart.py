@@ -6,12 +6,12 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.training.trainer import Trainer
 
-from ..conftest import write
+from ..conftest import tiny_dit_config
 from .test_sample_out import TINY
 
 
 def test_restart_without_checkpoint_and_resume_below_the_checkpoint_step(tmp_path, monkeypatch, run_cli):
-    path = write(tmp_path / "tiny.yaml", TINY)
+    path = tiny_dit_config(tmp_path, "tiny.yaml", **TINY)
     cfg = dp.load_config(path, overrides=[f"output_dir={tmp_path}", "train.steps=4"])
 
     def interrupted(self):
