@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
+from dtr_plugins.core.text_config import TextSection, resolve_text
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
 from dtr_plugins.core.tracking import check_trackers
 from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-exported: configs are read here
@@ -251,6 +252,7 @@ class ExperimentConfig(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
+    text: TextSection | None = Field(None, description="text-to-image: the conditioner (docs/text_to_image.md)")
     #: (diffusion section as validated, the process built from it): validation builds the process once to ask it
     #: for its defaults and checks; composition reuses it while the section is unchanged (one build per command)
     _validated_process: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
@@ -287,10 +289,11 @@ class ExperimentConfig(_Strict):
         return self.data
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values (a model-only config has no ``data`` key)."""
+        """The config as JSON-ready values (a model-only config has no ``data`` key, one without text no ``text``)."""
         out = self.model_dump(mode="json")
-        if out.get("data") is None:
-            out.pop("data", None)
+        for key in ("data", "text"):  # absent, not null: configs without them keep their fingerprints
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
     def to_yaml(self) -> str:
@@ -307,7 +310,7 @@ PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can f
 
 
 #: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
-SWITCHABLE_SECTIONS = ("diffusion", "backbone", "routing", "loss_weighting", "data", "codec")
+SWITCHABLE_SECTIONS = ("diffusion", "backbone", "routing", "loss_weighting", "data", "codec", "text")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set",
@@ -443,6 +446,8 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
                            sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
     updates["log"] = _resolve_trackers(cfg.log, registry)
+    if cfg.text is not None:
+        updates["text"] = resolve_text(cfg.text, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)

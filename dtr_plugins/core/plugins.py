@@ -36,6 +36,7 @@ KINDS: dict[str, str] = {
     "tracker": "dtr_register_trackers",  # experiment trackers (tensorboard, wandb, mlflow)
     "launcher": "dtr_register_launchers",  # slurm helper
     "state_dict_adapter": "dtr_register_state_dict_adapters",  # a backbone's weights in a foreign layout
+    "conditioner": "dtr_register_conditioners",  # frozen text encoders of text-to-image models (clip_text)
 }
 
 
