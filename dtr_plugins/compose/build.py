@@ -33,6 +33,8 @@ from dtr_plugins.codecs.latent_cache import (
     is_complete,
     write_cache,
 )
+from dtr_plugins.compose.text import build_text_stage, check_text
+from dtr_plugins.conditioners.text_cache import TextStage
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
     Backbone,
@@ -377,6 +379,8 @@ class Components:
     model_input: ModelInput = field(repr=False)
     #: how the training loop draws ``t`` (the weighting's sampler when it needs one, else the process's)
     timestep_sampler: TimestepSampler
+    #: text-to-image: caption indices / prompts -> packed text conditions (None: no text section)
+    text: TextStage | None = None
 
     def to(self, device: torch.device | str) -> Components:
         """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
@@ -386,7 +390,7 @@ class Components:
 
 
 def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, device: torch.device | str = "cpu",
-            data: bool = True) -> Components:
+            data: bool = True, text: bool = True) -> Components:
     """The one builder: codec, model with its routing plan, process, loss weighting, timestep sampler, dataset and
     input stage,
     each built once. ``dtr validate``, ``dtr train``, ``dtr sample``, ``dtr masks``, ``dtr export`` and the
@@ -396,6 +400,7 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     cost; the loss weighting stays on the CPU), for the checks of :func:`~dtr_plugins.compose.validate.check_run`.
     Otherwise the model and the loss weighting are moved to ``device``; the model's initial weights come from the
     global torch generator (seed it first). ``data=False``: the dataset is not opened (``dataset`` is None).
+    ``text=False``: a text section is checked against the backbone and data but its conditioner is not built.
     Raises :class:`ConfigError` / :class:`PluginError` (one line) for a composition that cannot work.
     """
     registry = registry or default_registry()
@@ -409,7 +414,12 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     dataset = build_dataset(cfg, registry, codec=codec) if data else None
     model_input = ModelInput(codec, spec.is_identity, isinstance(dataset, LatentCacheDataset))
     sampler = training_sampler(process, weighting, cfg.loss_weighting.name)
-    parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler)
+    if text:
+        stage = build_text_stage(cfg, model, registry, captions=data)
+    else:
+        stage = None
+        check_text(cfg, model, registry)
+    parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler, stage)
     return parts if meta else parts.to(device)
 
 

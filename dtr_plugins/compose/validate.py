@@ -19,6 +19,7 @@ from dtr_plugins.compose.build import (
     compose,
     data_params,
 )
+from dtr_plugins.compose.text import check_captioned
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, DiffusionProcess, SupportsImageShape
 from dtr_plugins.core.errors import ConfigError, UserError
@@ -157,7 +158,8 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
         _check_respacing(cfg, process)
         training_sampler(process, build_loss_weighting(cfg, registry), cfg.loss_weighting.name)
         _check_eval(cfg, registry, machine)
+        check_captioned(cfg, registry)
         return None
-    parts = compose(cfg, registry, device="meta", data=machine)
+    parts = compose(cfg, registry, device="meta", data=machine, text=machine)
     check_run(cfg, parts, registry, run_dir=run_dir, machine=machine)
     return parts

@@ -8,9 +8,10 @@ run sharing the folder); every later use reads the file. Each file is written at
 through the storage dtype, so an embedding read back equals the one used when it was first computed (bit-exact
 resumption). ``manifest.json`` beside the files records the conditioner.
 
-:class:`TextStage` is what training and sampling call: caption indices (a captioned dataset's labels, see
-``SupportsCaptions``) or prompts -> packed conditions on the device; training replaces each sample's condition by
-the empty caption's with probability ``caption_dropout`` (drawn from the global generator, re-seeded each step).
+:class:`TextStage` is what training and sampling call: item indices (a captioned dataset's labels, see
+``SupportsCaptions``) or prompts -> packed conditions on the device; training draws one of each item's captions
+and replaces the condition by the empty caption's with probability ``caption_dropout`` (both from the global
+generator, re-seeded each step).
 """
 from __future__ import annotations
 
@@ -42,14 +43,20 @@ class TextEmbeddingCache:
     def __init__(self, conditioner: Conditioner, root: str | Path, *, dtype: str = "float32", memory: int = 4096,
                  describe: dict[str, Any] | None = None):
         self.conditioner = conditioner
-        self.dtype = _DTYPES[dtype]
-        self.root = Path(root) / conditioner.fingerprint()[:16]
+        self.dtype, self._dtype_name = _DTYPES[dtype], dtype
+        self.base = Path(root)
         self.memory = memory
         self._held: OrderedDict[str, Tensor] = OrderedDict()
-        self._describe = {"format": CACHE_FORMAT, "fingerprint": conditioner.fingerprint(), "dtype": dtype,
-                          "max_length": conditioner.max_length, "embed_dim": conditioner.embed_dim,
-                          **(describe or {})}
+        self._extra = dict(describe or {})
+        self._root: Path | None = None
         self.encoded = 0  #: captions this object ran the encoder on (the rest were read)
+
+    @property
+    def root(self) -> Path:
+        """``<root>/<first 16 hex digits of the conditioner's fingerprint>`` (hashed on first use)."""
+        if self._root is None:
+            self._root = self.base / self.conditioner.fingerprint()[:16]
+        return self._root
 
     def file(self, text: str) -> Path:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -92,7 +99,10 @@ class TextEmbeddingCache:
     def _encode(self, texts: list[str]) -> dict[str, Tensor]:
         if not (self.root / "manifest.json").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
-            write_json(self.root / "manifest.json", self._describe)
+            c = self.conditioner
+            write_json(self.root / "manifest.json", {"format": CACHE_FORMAT, "fingerprint": c.fingerprint(),
+                                                     "dtype": self._dtype_name, "max_length": c.max_length,
+                                                     "embed_dim": c.embed_dim, **self._extra})
         tokens, pooled, mask = self.conditioner.encode(texts)
         packed = pack(tokens.cpu(), pooled.cpu(), mask.cpu()).to(self.dtype)
         self.encoded += len(texts)
@@ -113,24 +123,22 @@ class TextEmbeddingCache:
 
 
 class TextStage:
-    """Caption indices or prompts -> packed text conditions ``[B, L + 1, D + 1]`` (float32) on a device.
+    """Item indices or prompts -> packed text conditions ``[B, L + 1, D + 1]`` (float32) on a device.
 
-    ``captions``: the training data's flat caption list (``SupportsCaptions.caption_texts()``; None when sampling
-    only); ``caption_dropout``: probability that training replaces a sample's condition by the empty caption's
-    (classifier-free guidance, the null ``y``)."""
+    ``caption_sets``: the training data's captions per item (``SupportsCaptions.caption_sets()``; an item's label is
+    its index; None when sampling only); ``caption_dropout``: probability that training replaces a sample's
+    condition by the empty caption's (classifier-free guidance, the null ``y``)."""
 
-    def __init__(self, cache: TextEmbeddingCache, captions: Sequence[str] | None = None, caption_dropout: float = 0.1):
+    def __init__(self, cache: TextEmbeddingCache, caption_sets: Sequence[Sequence[str]] | None = None,
+                 caption_dropout: float = 0.1):
         self.cache = cache
-        self.captions = captions
+        self.caption_sets = caption_sets
         self.caption_dropout = float(caption_dropout)
 
     @property
-    def max_length(self) -> int:
-        return self.cache.conditioner.max_length
-
-    @property
-    def embed_dim(self) -> int:
-        return self.cache.conditioner.embed_dim
+    def captions(self) -> list[str]:
+        """Every caption of the training data, item by item (empty when sampling only)."""
+        return [c for captions in self.caption_sets or () for c in captions]
 
     def prompts(self, texts: Sequence[str], device: Any = None) -> Tensor:
         """The conditions of ``texts`` (no dropout)."""
@@ -140,26 +148,33 @@ class TextStage:
         """The empty caption's condition ``[1, L + 1, D + 1]``: the null ``y`` of classifier-free guidance."""
         return self.cache.get([""], device)
 
-    def caption_list(self, labels: Tensor) -> list[str]:
-        """The captions of caption indices ``labels`` ``[N]``; DataError for an index outside the list."""
-        if self.captions is None:
-            raise DataError("text: this run's text stage holds no caption list (sampling only)")
-        n = len(self.captions)
+    def _sets(self, labels: Tensor) -> list[Sequence[str]]:
+        if self.caption_sets is None:
+            raise DataError("text: this run's text stage holds no captions (sampling only)")
+        n = len(self.caption_sets)
         out = []
         for i in labels.tolist():
             if not 0 <= int(i) < n:
-                raise DataError(f"data: caption index {i} outside the dataset's {n} captions")
-            out.append(self.captions[int(i)])
+                raise DataError(f"data: item index {i} outside the dataset's {n} captioned items")
+            out.append(self.caption_sets[int(i)])
         return out
 
+    def drawn_captions(self, labels: Tensor) -> list[str]:
+        """One caption per item index of ``labels`` ``[N]``, drawn uniformly among the item's captions with one
+        ``torch.rand`` per sample from the global generator of ``labels``' device (re-seeded every training step
+        from the run's seed, rank and step: resumption draws the same captions)."""
+        sets = self._sets(labels)
+        u = torch.rand(len(sets), device=labels.device).cpu().tolist()
+        return [captions[min(int(x * len(captions)), len(captions) - 1)] for x, captions in zip(u, sets)]
+
     def condition(self, labels: Tensor) -> Tensor:
-        """Conditions of caption indices ``labels`` ``[N]`` on ``labels``' device (no dropout: held-out loss)."""
-        return self.prompts(self.caption_list(labels), labels.device)
+        """Conditions of the first caption of each item of ``labels`` ``[N]`` (no draw, no dropout)."""
+        return self.prompts([captions[0] for captions in self._sets(labels)], labels.device)
 
     def training_condition(self, labels: Tensor) -> Tensor:
-        """:meth:`condition` with caption dropout: each sample is the empty caption's with probability
-        ``caption_dropout`` (``torch.rand`` from the global generator of ``labels``' device)."""
-        y = self.condition(labels)
+        """A drawn caption per item (:meth:`drawn_captions`), then caption dropout: each sample is the empty
+        caption's condition with probability ``caption_dropout`` (``torch.rand`` from the same generator)."""
+        y = self.prompts(self.drawn_captions(labels), labels.device)
         if self.caption_dropout <= 0:
             return y
         drop = torch.rand(y.shape[0], device=labels.device) < self.caption_dropout

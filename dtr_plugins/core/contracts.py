@@ -547,11 +547,11 @@ class Conditioner(Protocol):
 
 @runtime_checkable
 class SupportsCaptions(Protocol):
-    """Optional capability of a dataset's params model: the data is captioned. ``caption_texts()`` is the flat
-    list of every caption; an item's label is an index into it (the caption drawn for that item at that step),
-    so a ``text`` section can encode it. A text-to-image config needs it (``dtr validate`` says so)."""
+    """Optional capability of a dataset's params model: the data is captioned. ``caption_sets()[i]`` lists the
+    captions of item ``i`` (at least one each) and an item's label is its index ``i`` (so a latent cache keeps
+    it); each training step draws one of the item's captions (``TextStage``). A text section needs it."""
 
-    def caption_texts(self) -> list[str]: ...
+    def caption_sets(self) -> list[list[str]]: ...
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -23,6 +23,7 @@ from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.sampling.prompts import training_prompts
 from dtr_plugins.training.accumulate import forward_backward
 from dtr_plugins.training.tracker_set import TrackerSet
 
@@ -197,8 +198,11 @@ class Trainer:
         self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
         # the sampling of every evaluation, built once: the EMA weights, eval.num_samples images, seed cfg.seed
-        self.sampling = SamplingSettings.from_config(
-            cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed), bounded=parts.codec.bounded)
+        # text-to-image: the prompts are eval.num_samples training captions drawn with the run's seed
+        prompts = None if parts.text is None else training_prompts(parts.text, cfg.eval.num_samples, cfg.seed)
+        self.sampling = replace(SamplingSettings.from_config(
+            cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed, prompts=prompts),
+            bounded=parts.codec.bounded), prompt_encoder=parts.text)
         device = dist.device
         self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
         self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
@@ -208,6 +212,7 @@ class Trainer:
         self.finite = torch.ones((), device=device, dtype=torch.bool)
         self.window_steps, self.window_start = 0, time.perf_counter()
         self.plan = routing_plan(state.model)
+        self.text = parts.text  # text-to-image: labels are caption indices, encoded through the cache
 
     # ------------------------------------------------------------------------------------- loop
     def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -254,8 +259,10 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         # train.grad_accum_steps micro-batches (1: the plain step), see training/accumulate.py; a learned routing
         # strategy's auxiliary losses are added to what is backpropagated (static routing: the loss itself)
+        kwargs = (model_kwargs_for(cast(Backbone, model), labels) if self.text is None
+                  else {"y": self.text.training_condition(labels)})  # caption dropout: the empty caption's
         loss, per_sample_loss, aux = forward_backward(
-            self.net, self.diffusion, weighting, x0, t, model_kwargs_for(cast(Backbone, model), labels),
+            self.net, self.diffusion, weighting, x0, t, kwargs,
             k=cfg.train.grad_accum_steps, autocast=lambda: autocast(cfg.train.precision, d.device),
             backward=lambda value: scaler.scale(value).backward(),
             aux_losses=self.plan.pop_aux_losses if self.plan is not None else None)

@@ -14,9 +14,9 @@ from dtr_plugins.core.text_condition import pack, unpack
 from ..t2i_helpers import TINY_TEXT_DIM, TINY_TEXT_LENGTH, tiny_clip_folder
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
+@pytest.fixture
+def clip_dir(tiny_clip_dir):
+    return tiny_clip_dir
 
 
 def test_clip_text_is_registered_and_satisfies_the_contract(clip_dir):
@@ -83,18 +83,22 @@ def test_cache_encodes_each_caption_once_and_reads_it_back_exactly(tmp_path, cli
         TextEmbeddingCache(enc, tmp_path / "cache").get(["a dog"])
 
 
-def test_stage_caption_dropout_uses_the_empty_caption(tmp_path, clip_dir):
+def test_stage_draws_a_caption_per_item_then_drops_to_the_empty_caption(tmp_path, clip_dir):
     enc = ClipTextConditioner(str(clip_dir), max_length=TINY_TEXT_LENGTH)
-    stage = TextStage(TextEmbeddingCache(enc, tmp_path), ["zero", "one", "two"], caption_dropout=0.5)
+    sets = [["zero", "nought"], ["one"], ["two", "deux", "zwei"]]
+    stage = TextStage(TextEmbeddingCache(enc, tmp_path), sets, caption_dropout=0.5)
     labels = torch.tensor([0, 1, 2, 1] * 8)
     torch.manual_seed(0)
     y = stage.training_condition(labels)
     torch.manual_seed(0)
+    drawn = stage.drawn_captions(labels)  # the same draws, in the same order
     drop = torch.rand(len(labels)) < 0.5
-    plain = stage.condition(labels)
-    null = stage.null()[0]
+    assert all(c in sets[int(i)] for c, i in zip(drawn, labels))
+    assert {c for c, i in zip(drawn, labels) if i == 2} == {"two", "deux", "zwei"}  # every caption gets drawn
+    null, plain = stage.null()[0], stage.prompts(drawn)
     assert 0 < int(drop.sum()) < len(labels)
     for i in range(len(labels)):
         assert torch.equal(y[i], null if drop[i] else plain[i])
-    with pytest.raises(DataError, match="caption index 7 outside"):
+    assert torch.equal(stage.condition(torch.tensor([2])), stage.prompts(["two"]))
+    with pytest.raises(DataError, match="item index 7 outside"):
         stage.condition(torch.tensor([7]))

@@ -1,0 +1,128 @@
+"""Text-to-image end to end, offline: a dit_t2i on digits_captions with a tiny local CLIP trains, resumes
+bit-exactly, samples from prompts (with guidance) and refuses what cannot work with one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import dtr_plugins as dp
+from dtr_plugins.backbones.dit_t2i import DiTT2I
+from dtr_plugins.core.contracts import SupportsTextConditioning
+from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.text_condition import pack
+
+from ..conftest import write
+from ..t2i_helpers import TINY_TEXT_DIM, TINY_TEXT_LENGTH
+
+
+@pytest.fixture
+def clip_dir(tiny_clip_dir):
+    return tiny_clip_dir
+
+
+def t2i_config(clip_dir, folder, **changes) -> dict:
+    cfg = {
+        "name": "t2i", "seed": 5, "output_dir": str(folder / "runs"),
+        "backbone": {"name": "dit_t2i", "input_size": 8, "patch_size": 2, "hidden_size": 32, "depth": 2,
+                     "num_heads": 2, "in_channels": 1, "text_dim": TINY_TEXT_DIM, "text_length": TINY_TEXT_LENGTH},
+        "routing": {"name": "dtr", "alpha": 4.0, "beta": 0.8},
+        "diffusion": {"steps": 100, "schedule": "linear", "learn_sigma": True},
+        "data": {"name": "digits_captions"},
+        "text": {"name": "clip_text", "path": str(clip_dir), "max_length": TINY_TEXT_LENGTH, "caption_dropout": 0.2,
+                 "cache_dir": str(folder / "text_cache")},
+        "train": {"steps": 6, "batch_size": 8, "lr": 1.0e-3, "log_every": 2, "ckpt_every": 3, "ema_warmup": True},
+        "sample": {"sampler": "ddim", "respacing": "ddim4", "num_samples": 4, "batch_size": 4, "cfg_scale": 1.5},
+        "eval": {"at_end": False},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def load(cfg: dict, folder, *overrides):
+    return dp.load_config(write(folder / "c.yaml", yaml.safe_dump(cfg)), overrides=list(overrides))
+
+
+@pytest.mark.parametrize("mode", ["cross_attention", "in_context"])
+@pytest.mark.parametrize("site", ["input", "heads_mlp"])
+def test_every_text_mode_runs_every_site_and_reads_the_text(mode, site):
+    torch.manual_seed(0)
+    model = DiTT2I(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, text_dim=8,
+                   text_length=5, text_mode=mode)
+    assert isinstance(model, SupportsTextConditioning) and model.routed_channels(site) == \
+        {"input": [32, 32], "heads_mlp": [2, 8, 2, 8]}[site]
+    for p in model.parameters():  # leave the zero initialisation, so that the output depends on everything
+        p.data.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 70])
+    mask = torch.tensor([[True, True, False, False, False]] * 2)
+    y1 = pack(torch.randn(2, 5, 8), torch.randn(2, 8), mask)
+    y2 = pack(torch.randn(2, 5, 8), torch.randn(2, 8), mask)
+    assert model(x, t, y1).shape == (2, 2, 8, 8)
+    assert not torch.allclose(model(x, t, y1), model(x, t, y2))
+    if mode == "cross_attention":  # padded tokens are masked out: changing them changes nothing
+        y3 = y1.clone()
+        y3[:, 2:5, :-1] = torch.randn(2, 3, 8)
+        assert torch.allclose(model(x, t, y1), model(x, t, y3), atol=1e-6)
+    with pytest.raises(ConfigError, match="backbone.text_dim"):
+        model(x, t, pack(torch.randn(2, 5, 4), torch.randn(2, 4), mask))
+
+
+def test_trains_resumes_bit_exactly_and_samples_from_prompts(tmp_path, clip_dir, run_cli):
+    cfg = t2i_config(clip_dir, tmp_path)
+    straight = dp.train(load(cfg, tmp_path), progress=False)
+    dp.train(load(cfg, tmp_path, "name=t2i_b", "train.steps=3"), progress=False)
+    resumed = dp.train(load(cfg, tmp_path, "name=t2i_b"), resume=True, progress=False)
+    for key in ("model", "ema"):
+        a = torch.load(straight / "checkpoints" / "0000006.pt", weights_only=True)[key]
+        b = torch.load(resumed / "checkpoints" / "0000006.pt", weights_only=True)[key]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert any("cross_attn" in k for k in a)
+    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    cache = next((tmp_path / "text_cache").iterdir())
+    assert json.loads((cache / "manifest.json").read_text())["max_length"] == TINY_TEXT_LENGTH
+    assert len(list(cache.glob("*/*.pt"))) > 1  # captions and the empty caption, cached by content
+    out = tmp_path / "s"
+    code, _, err = run_cli("sample", str(straight), "-n", "3", "--prompt", "the number seven",
+                           "--prompt", "a picture of a two", "--out", str(out))
+    assert code == 0, err
+    data = np.load(out / "samples.npz")
+    assert data["arr_0"].shape == (3, 8, 8, 1) and list(data["labels"]) == [0, 1, 0]
+    info = json.loads((out / "samples.json").read_text())
+    assert info["prompts"] == ["the number seven", "a picture of a two"] and info["guidance"] is True
+    prompts_file = write(tmp_path / "p.txt", "the number one\n\nzero\n")
+    code, _, err = run_cli("sample", str(straight), "-n", "2", "--prompts-file", str(prompts_file), "--seed", "1",
+                           "--out", str(tmp_path / "s2"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "s2" / "samples.json").read_text())["prompts"] == ["the number one", "zero"]
+    code, _, err = run_cli("sample", str(straight), "-n", "2", "--out", str(tmp_path / "s3"))
+    assert code == 2 and "--prompt: this model is text-conditioned" in err and "Traceback" not in err
+
+
+def test_mismatches_are_one_line(tmp_path, clip_dir, run_cli):
+    cases = [
+        ({"text": None}, "text: backbone 'dit_t2i' is text-conditioned and needs a text section"),
+        ({"data": {"name": "digits"}}, "data.name: dataset 'digits' has no captions"),
+        ({"backbone": {"text_dim": 32}}, "backbone.text_dim: 32 but the conditioner 'clip_text' gives 16"),
+        ({"text": {"name": "clip_txt"}}, "text.name: unknown conditioner 'clip_txt'"),
+        ({"text": {"max_lenght": 3}}, "text.max_lenght: unknown key"),
+    ]
+    for change, needle in cases:
+        cfg = t2i_config(clip_dir, tmp_path, **change)
+        if change.get("text") is None and "text" in change:
+            cfg.pop("text")
+        path = write(tmp_path / "bad.yaml", yaml.safe_dump(cfg))
+        code, _, err = run_cli("validate", str(path))
+        assert code == 2 and needle in err and "Traceback" not in err, (needle, err)
+    plain = t2i_config(clip_dir, tmp_path)
+    plain["backbone"] = {"name": "dit", "input_size": 8, "patch_size": 2, "hidden_size": 32, "depth": 2,
+                         "num_heads": 2, "in_channels": 1, "num_classes": 10}
+    code, _, err = run_cli("validate", str(write(tmp_path / "plain.yaml", yaml.safe_dump(plain))))
+    assert code == 2 and "text: backbone 'dit' reads no text" in err
