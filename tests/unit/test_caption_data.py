@@ -50,7 +50,8 @@ def test_coco_captions_reads_images_in_id_order_with_their_captions(tmp_path):
     assert isinstance(params, SupportsCaptions) and isinstance(params, SupportsImageShape)
     assert params.image_shape() == (3, 16, 16) and data.num_classes == 1
     # images 7, 13, 42; captions in annotation id order, stripped
-    assert params.caption_sets() == [["a bus in the city", "a red bus"], ["two cats"], ["A brown dog.", "a dog on grass"]]
+    assert params.caption_sets() == [["a bus in the city", "a red bus"], ["two cats"],
+                                     ["A brown dog.", "a dog on grass"]]
     assert len(data) == 3
     image, label = data[2]
     assert image.shape == (3, 16, 16) and label == 2 and -1 <= float(image.min()) <= float(image.max()) <= 1
