@@ -15,7 +15,7 @@ from dtr_plugins.conditioners.text_cache import TextStage
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.sampling_settings import SamplingSettings
 
-__all__ = ["prompt_labels", "prompt_kwargs", "read_prompts_file", "training_prompts"]
+__all__ = ["prompt_labels", "prompt_kwargs", "read_prompts_file", "evaluation_prompts"]
 
 
 def prompt_labels(settings: SamplingSettings) -> np.ndarray:
@@ -53,11 +53,32 @@ def read_prompts_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def training_prompts(text: TextStage, num: int, seed: int) -> tuple[str, ...]:
-    """``num`` captions of the training data drawn with ``numpy.random.default_rng(seed)`` (with replacement):
-    the prompts of a text-to-image run's evaluation samples."""
-    captions = text.captions or ()
-    if not captions:
-        raise UserError("text: the training data has no captions to draw evaluation prompts from")
-    picks = np.random.default_rng(seed).integers(0, len(captions), size=num)
-    return tuple(captions[int(i)] for i in picks)
+def evaluation_prompts(text: TextStage, num: int, seed: int, source: str | None = None) -> tuple[str, ...]:
+    """The ``num`` prompts of a text-to-image run's evaluation samples, drawn with
+    ``numpy.random.default_rng(seed)``: from ``source`` (``text.eval_prompts``) when given, else from the training
+    captions (one item drawn with replacement, then one of its captions).
+
+    ``source``: a text file (one prompt per line; taken in order, repeated to ``num``) or a COCO captions ``.json``
+    (U-ViT's protocol: one caption drawn per image, images in increasing id, cycled to ``num``). Raises UserError
+    (one line naming ``text.eval_prompts``) for a file that cannot be read."""
+    rng = np.random.default_rng(seed)
+    if source is None:
+        sets = text.caption_sets or ()
+        if not sets:
+            raise UserError("text: the training data has no captions to draw evaluation prompts from")
+        items = rng.integers(0, len(sets), size=num)
+        return tuple(sets[int(i)][int(rng.integers(0, len(sets[int(i)])))] for i in items)
+    if source.lower().endswith(".json"):
+        from dtr_plugins.data.captioned_images import CocoCaptionsParams
+
+        try:
+            per_image = CocoCaptionsParams(images=".", annotations=source).caption_sets()
+        except UserError as exc:
+            raise UserError(f"text.eval_prompts: {exc}") from None
+        drawn = [captions[int(rng.integers(0, len(captions)))] for captions in per_image]
+    else:
+        try:
+            drawn = read_prompts_file(source)
+        except UserError as exc:
+            raise UserError(f"text.eval_prompts: {str(exc).removeprefix('--prompts-file: ')}") from None
+    return tuple(drawn[i % len(drawn)] for i in range(num))

@@ -23,7 +23,7 @@ from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
-from dtr_plugins.sampling.prompts import training_prompts
+from dtr_plugins.sampling.prompts import evaluation_prompts
 from dtr_plugins.training.accumulate import forward_backward
 from dtr_plugins.training.tracker_set import TrackerSet
 
@@ -198,8 +198,9 @@ class Trainer:
         self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
         # the sampling of every evaluation, built once: the EMA weights, eval.num_samples images, seed cfg.seed
-        # text-to-image: the prompts are eval.num_samples training captions drawn with the run's seed
-        prompts = None if parts.text is None else training_prompts(parts.text, cfg.eval.num_samples, cfg.seed)
+        # text-to-image: eval.num_samples prompts (text.eval_prompts, else training captions) drawn with the run's seed
+        prompts = None if parts.text is None or cfg.text is None else evaluation_prompts(
+            parts.text, cfg.eval.num_samples, cfg.seed, cfg.text.eval_prompts)
         self.sampling = replace(SamplingSettings.from_config(
             cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed, prompts=prompts),
             bounded=parts.codec.bounded), prompt_encoder=parts.text)

@@ -126,3 +126,46 @@ def test_mismatches_are_one_line(tmp_path, clip_dir, run_cli):
                          "num_heads": 2, "in_channels": 1, "num_classes": 10}
     code, _, err = run_cli("validate", str(write(tmp_path / "plain.yaml", yaml.safe_dump(plain))))
     assert code == 2 and "text: backbone 'dit' reads no text" in err
+
+
+@pytest.mark.parametrize("name", ["t2i_dit_b2_coco256.yaml", "t2i_digits.yaml"])
+def test_t2i_configs_validate_config_only(name, run_cli):
+    from ..conftest import ROOT
+
+    code, _, err = run_cli("validate", str(ROOT / "configs" / name), "--config-only")  # no VAE, CLIP or data here
+    assert code == 0, err
+    cfg = dp.load_config(ROOT / "configs" / name)
+    assert cfg.text is not None and cfg.text.name == "clip_text" and cfg.text.caption_dropout == 0.1
+    if name.startswith("t2i_dit_b2"):
+        assert cfg.backbone.name == "latent_dit_t2i" and cfg.backbone.params["size"] == "B/2"
+        assert cfg.vae is not None and cfg.vae.path == "stabilityai/sd-vae-ft-ema"
+        assert (cfg.train.steps, cfg.sample.cfg_scale, cfg.eval.num_samples) == (400000, 1.5, 30000)
+        assert cfg.text.params == {"path": "openai/clip-vit-large-patch14", "max_length": 77, "batch_size": 64}
+
+
+def test_t2i_suite_plans_vanilla_random_and_dtr():
+    from dtr_plugins.experiments.suite import load_suite
+
+    from ..conftest import ROOT
+
+    suite = load_suite(ROOT / "configs" / "suites" / "dtr_t2i_coco256.yaml")
+    assert [r.config.routing.name for r in suite.runs] == ["vanilla", "random", "dtr"]
+    assert all(r.config.text is not None for r in suite.runs)
+
+
+def test_evaluation_prompts_from_a_file_or_coco_captions(tmp_path, clip_dir):
+    from dtr_plugins.conditioners.clip_text import ClipTextConditioner
+    from dtr_plugins.conditioners.text_cache import TextEmbeddingCache, TextStage
+    from dtr_plugins.core.errors import UserError
+    from dtr_plugins.sampling.prompts import evaluation_prompts
+
+    stage = TextStage(TextEmbeddingCache(ClipTextConditioner(str(clip_dir)), tmp_path), [["a", "b"], ["c"]])
+    drawn = evaluation_prompts(stage, 50, seed=0)
+    assert drawn == evaluation_prompts(stage, 50, seed=0) and set(drawn) == {"a", "b", "c"}
+    assert evaluation_prompts(stage, 3, 0, str(write(tmp_path / "p.txt", "x\ny\n"))) == ("x", "y", "x")
+    ann = write(tmp_path / "val.json", json.dumps({"images": [{"id": 2, "file_name": "b"}, {"id": 1, "file_name": "a"}],
+                                                   "annotations": [{"image_id": 1, "id": 1, "caption": "one"},
+                                                                   {"image_id": 2, "id": 2, "caption": "two"}]}))
+    assert evaluation_prompts(stage, 3, 0, str(ann)) == ("one", "two", "one")
+    with pytest.raises(UserError, match="text.eval_prompts: .*missing.txt"):
+        evaluation_prompts(stage, 3, 0, str(tmp_path / "missing.txt"))
