@@ -45,3 +45,26 @@ def _byte_symbols() -> list[str]:
             symbols[b] = chr(256 + extra)
             extra += 1
     return [symbols[b] for b in range(256)]
+
+
+def tiny_clip_model_folder(folder: Path, seed: int = 0) -> Path:
+    """``folder`` with a whole CLIPModel (text and vision towers, 32px images) and its CLIPProcessor, as
+    ``save_pretrained`` writes them (for the CLIP score); returns ``folder``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    text_dir = tiny_clip_folder(folder / "text", seed)
+    tokenizer = CLIPTokenizer.from_pretrained(str(text_dir))
+    text_config = json.loads((text_dir / "config.json").read_text())
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2}
+    config = CLIPConfig(text_config={k: text_config[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                                 "num_hidden_layers", "num_attention_heads",
+                                                                 "max_position_embeddings", "bos_token_id",
+                                                                 "eos_token_id", "pad_token_id")},
+                        vision_config=vision, projection_dim=8)
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(str(folder))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(str(folder))
+    return folder

@@ -29,7 +29,7 @@ __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "Supports
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
            "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner", "SupportsCaptions",
-           "SupportsTextConditioning"]
+           "SupportsCaptionClasses", "SupportsTextConditioning"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -552,6 +552,14 @@ class SupportsCaptions(Protocol):
     it); each training step draws one of the item's captions (``TextStage``). A text section needs it."""
 
     def caption_sets(self) -> list[list[str]]: ...
+
+
+@runtime_checkable
+class SupportsCaptionClasses(Protocol):
+    """Optional capability of a captioned dataset's params model whose captions name classes (the offline caption
+    sets): ``caption_classes()`` maps each caption to its class index, for the prompt-class agreement metric."""
+
+    def caption_classes(self) -> dict[str, int]: ...
 
 
 @runtime_checkable

@@ -25,6 +25,9 @@ class TextSection(BaseModel):
                                    "replaced by the empty caption (classifier-free guidance)")
     cache_dir: str | None = Field(None, description="root of text-embedding caches; default <output_dir>/text_cache")
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached embeddings")
+    clip_score_model: str | None = Field(None, description="a CLIP model (hub id or local folder: CLIPModel and its "
+                                         "processor) that scores evaluation samples against their prompts; none: no "
+                                         "CLIP score")
     eval_prompts: str | None = Field(None, description="prompts of evaluation samples: a text file (one per line) or "
                                      "a COCO captions .json (one caption per image, drawn with the run's seed); "
                                      "default: captions of the training data drawn with the run's seed")

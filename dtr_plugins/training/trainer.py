@@ -381,6 +381,7 @@ class Trainer:
             describe_metrics,
             evaluate_model_samples,
         )
+        from dtr_plugins.evaluation.text_metrics import score_text_samples
         from dtr_plugins.sampling.sample import write_samples
 
         cfg, step = self.cfg, self.state.step
@@ -393,7 +394,10 @@ class Trainer:
                    f"against {reference}")
         scoring = EvalSettings(metrics=cfg.eval.metrics, feature_extractor=cfg.eval.feature_extractor,
                                weights_path=cfg.eval.weights_path)
-        result = evaluate_model_samples(images, labels, reference, scoring)
+        if self.text is None:
+            result = evaluate_model_samples(images, labels, reference, scoring)
+        else:  # text-to-image: labels are the prompts' classes (offline caption sets), CLIP score when configured
+            result = score_text_samples(images, self.sampling.prompts or (), cfg, reference, scoring, self.dist.device)
         tqdm.write(f"dtr: step {step}: {describe_metrics(result)}")
         result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})

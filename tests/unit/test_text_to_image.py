@@ -169,3 +169,45 @@ def test_evaluation_prompts_from_a_file_or_coco_captions(tmp_path, clip_dir):
     assert evaluation_prompts(stage, 3, 0, str(ann)) == ("one", "two", "one")
     with pytest.raises(UserError, match="text.eval_prompts: .*missing.txt"):
         evaluation_prompts(stage, 3, 0, str(tmp_path / "missing.txt"))
+
+
+@pytest.fixture(scope="module")
+def clip_model_dir(tmp_path_factory):
+    from ..t2i_helpers import tiny_clip_model_folder
+
+    return tiny_clip_model_folder(tmp_path_factory.mktemp("clip-model"), seed=2)
+
+
+def test_clip_score_is_clipscore_of_the_model(clip_model_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from dtr_plugins.evaluation.text_metrics import clip_score
+
+    images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 1), dtype=np.uint8)
+    prompts = ["a cat", "a dog", "the number seven", "zero", "a red bus", "two cats on a mat"]
+    model, processor = CLIPModel.from_pretrained(str(clip_model_dir)), CLIPProcessor.from_pretrained(str(clip_model_dir))
+    with torch.no_grad():
+        inputs = processor(text=prompts, images=list(np.repeat(images, 3, -1)), return_tensors="pt", padding=True)
+        image = model.get_image_features(pixel_values=inputs["pixel_values"])
+        text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        image, text = getattr(image, "pooler_output", image), getattr(text, "pooler_output", text)
+        cos = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    expected = float(100 * cos.clamp(min=0).mean())
+    assert expected > 0 and bool((cos < 0).any())  # both sides of the clamp are exercised
+    assert clip_score(images, prompts, str(clip_model_dir), batch_size=4) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="6 images but 2 prompts"):
+        clip_score(images, prompts[:2], str(clip_model_dir))
+
+
+@pytest.mark.filterwarnings("ignore:FID from 12 samples")  # 12 samples: a rank-deficient FID, said and accepted here
+def test_a_text_run_is_scored_with_prompt_class_agreement_and_clip_score(tmp_path, clip_dir, clip_model_dir):
+    cfg = t2i_config(clip_dir, tmp_path, train={"steps": 2, "ckpt_every": 0},
+                     eval={"at_end": True, "metrics": ["fid"], "feature_extractor": "digits-classifier",
+                           "num_samples": 12, "reference": "dataset:digits?image_size=8", "heldout_every": 0})
+    cfg["text"]["clip_score_model"] = str(clip_model_dir)
+    cfg["sample"]["num_samples"] = 12
+    run = dp.train(load(cfg, tmp_path), progress=False)
+    result = json.loads((run / "eval.json").read_text())
+    assert np.isfinite(result["frechet_inception_distance"]) and 0 <= result["prompt_class_agreement"] <= 1
+    assert "class_accuracy" not in result and 0 <= result["clip_score"] <= 100
+    assert result["clip_score_model"] == str(clip_model_dir) and result["labels"] == "prompts"
