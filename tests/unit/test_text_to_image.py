@@ -185,7 +185,8 @@ def test_clip_score_is_clipscore_of_the_model(clip_model_dir):
 
     images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 1), dtype=np.uint8)
     prompts = ["a cat", "a dog", "the number seven", "zero", "a red bus", "two cats on a mat"]
-    model, processor = CLIPModel.from_pretrained(str(clip_model_dir)), CLIPProcessor.from_pretrained(str(clip_model_dir))
+    model = CLIPModel.from_pretrained(str(clip_model_dir))
+    processor = CLIPProcessor.from_pretrained(str(clip_model_dir))
     with torch.no_grad():
         inputs = processor(text=prompts, images=list(np.repeat(images, 3, -1)), return_tensors="pt", padding=True)
         image = model.get_image_features(pixel_values=inputs["pixel_values"])
