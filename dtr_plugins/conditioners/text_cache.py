@@ -76,7 +76,7 @@ class TextEmbeddingCache:
             else:
                 found[text] = held
         if missing:
-            found.update(self._encode(missing))
+            found.update(self._encode(missing, device))
         for text, value in found.items():
             self._remember(text, value)
         return torch.stack([found[t] for t in texts]).float().to(device or "cpu")
@@ -96,14 +96,15 @@ class TextEmbeddingCache:
                             f"delete it to encode the caption again")
         return value.to(self.dtype)
 
-    def _encode(self, texts: list[str]) -> dict[str, Tensor]:
+    def _encode(self, texts: list[str], device: Any = None) -> dict[str, Tensor]:
+        """Run the conditioner on ``device`` (where the conditions are wanted), store on the CPU."""
         if not (self.root / "manifest.json").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             c = self.conditioner
             write_json(self.root / "manifest.json", {"format": CACHE_FORMAT, "fingerprint": c.fingerprint(),
                                                      "dtype": self._dtype_name, "max_length": c.max_length,
                                                      "embed_dim": c.embed_dim, **self._extra})
-        tokens, pooled, mask = self.conditioner.encode(texts)
+        tokens, pooled, mask = self.conditioner.encode(texts, device)
         packed = pack(tokens.cpu(), pooled.cpu(), mask.cpu()).to(self.dtype)
         self.encoded += len(texts)
         out: dict[str, Tensor] = {}

@@ -74,6 +74,26 @@ def test_every_text_mode_runs_every_site_and_reads_the_text(mode, site):
         model(x, t, pack(torch.randn(2, 5, 4), torch.randn(2, 4), mask))
 
 
+@pytest.mark.parametrize("mode", ["cross_attention", "in_context"])
+def test_routed_text_model_slices_shared_timesteps_like_the_dense_path(mode, tmp_path, clip_dir):
+    """DTR at heads_mlp on both text modes: a batch sharing one timestep (sampling) runs only the active heads and
+    units, and gives what the masked dense path gives."""
+    cfg = load(t2i_config(clip_dir, tmp_path, backbone={"text_mode": mode},
+                          routing={"name": "dtr", "alpha": 4.0, "beta": 0.5, "site": "heads_mlp"}), tmp_path)
+    torch.manual_seed(0)
+    model = dp.build_model(cfg)
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 90)
+    y = pack(torch.randn(3, TINY_TEXT_LENGTH, TINY_TEXT_DIM), torch.randn(3, TINY_TEXT_DIM),
+             torch.ones(3, TINY_TEXT_LENGTH, dtype=torch.bool))
+    with torch.no_grad():
+        dense = model.train()(x, t, y)
+        sliced = model.eval()(x, t, y)
+    assert model.plan is not None and not model.plan.is_dense and model.plan.site == "heads_mlp"
+    assert torch.allclose(dense, sliced, atol=1e-5)
+
+
 def test_trains_resumes_bit_exactly_and_samples_from_prompts(tmp_path, clip_dir, run_cli):
     cfg = t2i_config(clip_dir, tmp_path)
     straight = dp.train(load(cfg, tmp_path), progress=False)
