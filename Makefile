@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU machines here serve this torch from a local cache; set TORCH_SPEC to use another build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test lint typecheck test-quick mutate demo setup clean figures figures-check fashion-data
+.PHONY: test lint typecheck test-quick mutate demo setup clean figures figures-check fashion-data chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
 	@$(MAKE) --no-print-directory fashion-data
+	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,6 +28,15 @@ fashion-data:
 	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null \
 	  || echo "setup: could not install dataset-fashion-mnist; the Fashion-MNIST tests will skip"; \
 	else echo "setup: Fashion-MNIST is not installed: as root, apt-get install dataset-fashion-mnist"; fi
+
+# Headless Chromium from Debian's package: the test that opens a suite's report.html in a browser (it skips
+# with one line where chromium is missing); installed the same way as the Fashion-MNIST files.
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null \
+	  || echo "setup: could not install chromium; the report.html browser test will skip"; \
+	else echo "setup: chromium is not installed: as root, apt-get install chromium"; fi
 
 # CI runs `make test`: lint, then types, then every test (unit, parity and the slow integration runs), on two
 # pytest-xdist workers (one per core; a test file stays on one worker).

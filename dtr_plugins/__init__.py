@@ -8,10 +8,13 @@ ones (training, sampling, evaluation, suites, sharing) are imported on first use
   exported folder or hub id; returns the output folder.
 - ``generate(model, diffusion, cfg, num, ...)``: images in memory (uint8 ``[N, H, W, C]`` arrays and their
   labels), as a diffusers pipeline gives them; nothing is written.
+- ``DTRPipeline``: a model with ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` (docs/sharing.md);
+  ``from_pretrained(source)``: the same loading as a ``(model, cfg, codec)`` tuple.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dtr_plugins._version import __version__
@@ -21,18 +24,23 @@ from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import build_strategy, list_plugins
 
+# silent unless the user configures logging (docs/architecture.md, "Log output"; the `dtr` command shows it)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 if TYPE_CHECKING:
     from dtr_plugins.core.checkpoint import load_checkpoint
     from dtr_plugins.evaluation.evaluate import evaluate
     from dtr_plugins.experiments.suite import run_suite
     from dtr_plugins.sampling.sample import generate, sample
     from dtr_plugins.sharing.hub import from_pretrained
+    from dtr_plugins.sharing.pipeline import DTRPipeline
     from dtr_plugins.training.train import train
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
     "load_checkpoint": "dtr_plugins.core.checkpoint",
     "from_pretrained": "dtr_plugins.sharing.hub",
+    "DTRPipeline": "dtr_plugins.sharing.pipeline",
     "train": "dtr_plugins.training.train",
     "sample": "dtr_plugins.sampling.sample",
     "generate": "dtr_plugins.sampling.sample",
@@ -56,5 +64,5 @@ def __dir__() -> list[str]:
 
 __all__ = ["hookimpl", "load_config", "list_plugins", "build_strategy", "build_model", "build_diffusion",
            "build_codec", "build_components",
-           "load_checkpoint", "from_pretrained", "train", "sample", "generate", "evaluate", "run_suite",
+           "load_checkpoint", "from_pretrained", "DTRPipeline", "train", "sample", "generate", "evaluate", "run_suite",
            "ExperimentConfig", "UserError", "__version__"]

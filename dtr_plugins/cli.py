@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import sys
 import warnings
@@ -15,7 +16,10 @@ from collections.abc import Sequence
 
 from dtr_plugins._version import __version__
 from dtr_plugins.core.errors import UserError, user_message
+from dtr_plugins.core.log import console_logging
 from dtr_plugins.core.metrics import selectable as metric_names
+
+logger = logging.getLogger("dtr_plugins.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,10 +138,10 @@ def cmd_masks(args) -> int:
         if drawn is None:
             raise UserError(f"{args.config}: strategy {plan.strategy_repr} reports no per-timestep gates to draw "
                             f"(task_tables() is None and it has no gate_summary())")
-        print(f"wrote {drawn} (learned gates of {len(plan.layer_channels)} routed layers, {weights})")
+        logger.info(f"wrote {drawn} (learned gates of {len(plan.layer_channels)} routed layers, {weights})")
         return 0
     out = plot_routing_plan(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr}")
-    print(f"wrote {out} ({plan.num_tables} distinct table(s) over {len(plan.layer_table)} routed layers)")
+    logger.info(f"wrote {out} ({plan.num_tables} distinct table(s) over {len(plan.layer_table)} routed layers)")
     return 0
 
 
@@ -268,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     common = _Parser(add_help=False)  # so that `dtr train ... --debug` works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    _verbosity_args(parser)
+    _verbosity_args(common, default=argparse.SUPPRESS)
 
     p = sub.add_parser(parents=[common], name="plugins",
                        help="list installed plugins: kind, name, distribution, version")
@@ -395,8 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbosity_args(p: argparse.ArgumentParser, default: object = False) -> None:
+    """``-q`` / ``-v`` (before or after the command): the console's log level (default INFO)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="show warnings and errors only (no progress or info lines)")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="also show debug lines")
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"dtr: warning: {message}", file=sys.stderr)
+    # through the log, so a run's train.log holds the warnings its console showed (stderr, one line)
+    logger.warning(f"dtr: warning: {message}")
 
 
 #: errno -> what the one line says about the path
@@ -434,8 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # --help / --version into a closed pipe
         _quiet_stdout()
         return 141
-    if not args.debug:
-        warnings.showwarning = _one_line_warning
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    with console_logging(level), warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _one_line_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = int(args.func(args) or 0)
         sys.stdout.flush()

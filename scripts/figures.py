@@ -247,6 +247,115 @@ def heldout_cost_summary(repo: Path = REPO) -> str:
             f"`{rel}`), so evaluating every 200 steps adds {ratio / 200:.1%} to training.\n")
 
 
+#: the Fashion-MNIST suite on one GPU: ``dtr suite configs/suites/fashion_routing.yaml`` with these ``--set``s
+#: (a DiT-S/2-shaped model: 196 tokens of 384 channels, 12 blocks; 50k steps of 256 images, bf16)
+FASHION_GPU_SETS = ("backbone.patch_size=2", "backbone.hidden_size=384", "backbone.depth=12", "backbone.num_heads=6",
+                    "train.steps=50000", "train.batch_size=256", "train.precision=bf16", "train.ckpt_every=5000",
+                    "eval.heldout_every=2500", "eval.num_samples=10000", "sample.batch_size=500")
+
+
+def _fashion_macs(sets: tuple[str, ...]) -> tuple[float, int]:
+    """(forward multiply-adds per image, parameters) of the Fashion-MNIST recipe's DiT with ``sets`` applied,
+    counted by torch's FlopCounterMode on the built model (the suite's base config)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _common import counted_forward_macs  # type: ignore[import-not-found]
+
+    from dtr_plugins.compose import build_model
+    from dtr_plugins.core.config import load_config
+
+    cfg = load_config(REPO / "configs" / "fashion_dit.yaml", overrides=list(sets))
+    model = build_model(cfg).eval()
+    b = cfg.backbone.params
+    x = torch.zeros(1, b["in_channels"], b["input_size"], b["input_size"])
+    macs = counted_forward_macs(model, (x, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
+    return macs, sum(p.numel() for p in model.parameters())
+
+
+def fashion_gpu_estimate(repo: Path = REPO) -> str:
+    """The Fashion-MNIST suite's GPU recipe and its estimated time per run: the measured DiT-B/2 training
+    throughput on the H200 (committed) scaled by the ratio of counted forward multiply-adds. An estimate."""
+    rel = "benchmarks/results-gpu/train_step_B2.json"
+    d = json.loads((repo / rel).read_text())
+    b2 = d["dit"]["config"]
+    vanilla = next(r for r in d["dit"]["results"] if r["variant"] == "vanilla")
+    macs, params = _fashion_macs(FASHION_GPU_SETS)
+    cpu_macs, cpu_params = _fashion_macs(())
+    sets = dict(s.partition("=")[::2] for s in FASHION_GPU_SETS)
+    steps, batch = int(sets["train.steps"]), int(sets["train.batch_size"])
+    images_per_s = vanilla["images_per_s"] * b2["counted_forward_macs_per_image"] / macs
+    hours = steps * batch / images_per_s / 3600
+    command = "dtr suite configs/suites/fashion_routing.yaml " + " ".join(f"--set {s}" for s in FASHION_GPU_SETS)
+    return (f"```bash\n{command}\n```\n\n"
+            f"A DiT-S/2-shaped model: {params / 1e6:.1f}M parameters, {macs / 1e9:.2f} GMACs per image forward "
+            f"(the CPU recipe: {cpu_params / 1e6:.1f}M, {cpu_macs / 1e9:.3f} GMACs). **Estimate, not a measurement**: "
+            f"DiT-B/2 trained at {vanilla['images_per_s']:.0f} images/s on the {d['machine']['gpu']} "
+            f"({b2['counted_forward_macs_per_image'] / 1e9:.1f} GMACs per image, {vanilla['precision']}, MFU "
+            f"{vanilla['mfu']:.0%}; `{rel}`); scaled by multiply-adds that is {images_per_s:.0f} images/s, so "
+            f"{steps:,} steps of {batch} images take about {hours:.1f} h per run, training only. A smaller model "
+            f"keeps a GPU less busy than DiT-B/2 does, so read it as a lower bound; sampling "
+            f"{sets['eval.num_samples']} images for the final evaluation adds minutes.\n")
+
+
+def recipe_table(path: Path) -> str:
+    """What a suite's recipe measured, from its committed per-run lines: run time, the seed-to-seed spread of
+    the primary metric, the smallest paired difference it resolves, and the class accuracy of the samples.
+
+    Per strategy (runs grouped by their axes): runs, median wall time per run (the launcher's, with its threads),
+    mean and SD over seeds of the primary metric and of ``class_accuracy``; per strategy but vanilla, the SD of the
+    paired differences against vanilla (same seed and other axes) and the half-width of the 95% t-interval of
+    their mean with that many pairs, as a share of vanilla's mean: the smallest relative difference that
+    resolves at that spread."""
+    from scipy import stats
+
+    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
+    from dtr_plugins.experiments.raw_results import read_raw_results
+
+    lines = [x for x in read_raw_results(path) if x["status"] == "done"]
+    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+
+    def setting(x: dict[str, Any]) -> tuple[tuple[str, str], ...]:  # every axis but the strategy
+        return tuple(sorted((k, str(v)) for k, v in x["axes"].items() if k != "routing"))
+
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
+    for x in lines:
+        groups.setdefault((str(x["axes"].get("routing", "base")), setting(x)), []).append(x)
+    reference = {(set_, x["seed"]): x["final"].get(primary) for (name, set_), runs in groups.items()
+                 if name == "vanilla" for x in runs}
+
+    def mean_sd(values: list[float]) -> str:
+        if not values:
+            return "n/a"
+        return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}" if len(values) > 1 else \
+            f"{values[0]:.4g}"
+
+    rows = [f"| strategy | runs | wall time per run (median) | {primary} (mean ± SD over seeds) | SD of paired "
+            "differences | smallest resolvable paired difference (95%) | class accuracy of samples |",
+            "|---|---|---|---|---|---|---|"]
+    for (name, set_), runs in groups.items():
+        seconds = [x["seconds"] for x in runs if x.get("seconds") is not None and not x.get("resumed")]
+        threads = sorted({str(x.get("threads")) for x in runs if x.get("seconds") is not None})
+        wall = (f"{statistics.median(seconds) / 60:.1f} min ({len(seconds)} unresumed runs, threads "
+                f"{'/'.join(threads)})" if seconds else "not recorded")
+        values = [x["final"][primary] for x in runs if x["final"].get(primary) is not None]
+        accuracy = [x["final"]["class_accuracy"] for x in runs if x["final"].get("class_accuracy") is not None]
+        spread = resolvable = "(reference)" if name == "vanilla" else "n/a"
+        base = [v for (s_, _), v in reference.items() if s_ == set_ and v is not None]
+        diffs = [x["final"][primary] - reference[(set_, x["seed"])] for x in runs if name != "vanilla"
+                 and reference.get((set_, x["seed"])) is not None and x["final"].get(primary) is not None]
+        if len(diffs) > 1 and base:
+            sd = statistics.stdev(diffs)
+            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+            spread = f"{sd:.2g}"
+            resolvable = f"±{half / statistics.fmean(base):.2%} of vanilla's mean ({len(diffs)} pairs)"
+        label = name + (f" ({', '.join(f'{k}={v}' for k, v in set_)})" if set_ else "")
+        rows.append(f"| {label} | {len(runs)} | {wall} | {mean_sd(values)} | {spread} | {resolvable} | "
+                    f"{mean_sd(accuracy)} |")
+    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n"
+
+
 def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     out: dict[str, Callable[[], str]] = {
         "routing-overhead-cpu": lambda: _overhead_text("benchmarks/results-cpu/routing_overhead.json"),
@@ -259,6 +368,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         "train-step-gpu-eager": lambda: train_step_gpu_eager(repo),
         "speed-summary": lambda: speed_summary(repo),
         "heldout-cost-summary": lambda: heldout_cost_summary(repo),
+        "fashion-gpu-estimate": lambda: fashion_gpu_estimate(repo),
     }
     bench = repo / "benchmarks"
     for path in sorted(bench.glob("results-*/*.json")):
@@ -267,6 +377,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         machine = raw.parent.parent.name.removeprefix("results-")
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
+        out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
     return out
 
 

@@ -44,6 +44,22 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def log_text(caplog):
+    """The package's log messages (INFO and up: what `dtr` shows) since the last call, one per line; a library
+    call logs through ``logging`` (silent unless configured), so its progress lines are read here, not on stdout."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dtr_plugins")
+
+    def read() -> str:
+        text = "".join(r.getMessage() + "\n" for r in caplog.records if r.name.startswith("dtr_plugins"))
+        caplog.clear()
+        return text
+
+    return read
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -78,6 +94,8 @@ def _merged(base: dict, changes: dict) -> dict:
         elif isinstance(value, dict) and isinstance(out.get(key), dict) and value.get("name", out[key].get("name")) \
                 == out[key].get("name"):
             out[key] = _merged(out[key], value)
+        elif isinstance(value, dict):
+            out[key] = _merged({}, value)  # a new section: its None values say "not set"
         else:
             out[key] = value
     return out

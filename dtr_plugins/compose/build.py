@@ -14,9 +14,9 @@ section is given (its shorthand); else ``identity`` (pixels). A backbone whose c
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ from dtr_plugins.core.errors import ConfigError, PluginError, UserError, first_l
 from dtr_plugins.core.plugins import PluginInfo, PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan, routed_units
 from dtr_plugins.core.timesteps import training_sampler
+
+logger = logging.getLogger(__name__)
 
 IDENTITY = "identity"
 
@@ -303,7 +305,7 @@ def latent_cache_root(cfg: ExperimentConfig, codec: Codec,
 def build_dataset(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, codec: Codec | None = None):
     """The training data. With a non-identity codec and a complete latent cache (``dtr cache-latents``)
     for this dataset, image size and codec content: the cached posteriors instead of the images (else
-    the images, and a one-line hint on stderr)."""
+    the images, and a one-line hint logged as a warning)."""
     registry = registry or default_registry()
     spec = codec_spec(cfg)
     if not spec.is_identity:
@@ -315,8 +317,8 @@ def build_dataset(cfg: ExperimentConfig, registry: PluginRegistry | None = None,
             return LatentCacheDataset(root, random_flip=bool(flip))
         if os.environ.get("RANK", "0") == "0":
             state = "is incomplete" if (root / "manifest.json").exists() else "does not exist"
-            print(f"dtr: hint: the latent cache {root} {state}, so every batch is encoded with the VAE (slower); "
-                  f"run `dtr cache-latents CONFIG` once to build it", file=sys.stderr)
+            logger.warning(f"dtr: hint: the latent cache {root} {state}, so every batch is encoded with the VAE "
+                           "(slower); run `dtr cache-latents CONFIG` once to build it")
     return registry.build("dataset", cfg.dataset.name, **cfg.dataset.params)
 
 

@@ -6,9 +6,9 @@ line naming the file, the key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,8 @@ from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-
 from dtr_plugins.core.yaml_reader import YamlLimitError as YamlLimitError
 from dtr_plugins.core.yaml_reader import parse_yaml as parse_yaml
 from dtr_plugins.core.yaml_reader import read_yaml as read_yaml
+
+logger = logging.getLogger(__name__)
 
 #: what a path component (run name, run id) may hold: one folder name, never ``.`` or ``..``
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -219,12 +221,13 @@ class VaeConfig(_Strict):
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
 
 
-# --- log section (helper "trackers") -----------------------------------------------------------------
 class LogConfig(_Strict):
     """Experiment trackers that mirror ``metrics.jsonl`` (which stays the source of truth)."""
 
     trackers: list[PluginSection] = Field(
         default_factory=list, description="tracker names (tensorboard, wandb, mlflow) or {name: wandb, project: ...}")
+    suite: str | None = Field(None, description="the suite this run belongs to (`dtr suite` sets it to the suite's "
+                              "name); trackers group by it: W&B group, MLflow experiment")
 
     @field_validator("trackers", mode="before")
     @classmethod
@@ -232,7 +235,6 @@ class LogConfig(_Strict):
         if isinstance(value, (list, tuple)):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
-# --- end log section ---------------------------------------------------------------------------------
 
 
 class ExperimentConfig(_Strict):
@@ -289,12 +291,9 @@ class ExperimentConfig(_Strict):
         return self.data
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values (a model-only config has no ``data`` key, one without text no ``text``)."""
-        out = self.model_dump(mode="json")
-        for key in ("data", "text"):  # absent, not null: configs without them keep their fingerprints
-            if out.get(key) is None:
-                out.pop(key, None)
-        return out
+        """The config as JSON-ready values; ``data`` and ``text`` are absent (not null) when unset (a model-only
+        config; a config without text keeps its fingerprint)."""
+        return self.model_dump(mode="json", exclude={k for k in ("data", "text") if getattr(self, k) is None})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -346,7 +345,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
 def _print_notes(notes: Sequence[str]) -> None:
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         for note in notes:
-            print(f"dtr: note: {note}", file=sys.stderr)
+            logger.warning(f"dtr: note: {note}")
 
 
 def _switch_plugin(original: dict[str, Any], data: dict[str, Any], section: str, keys: list[str], source: str,
@@ -386,6 +385,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = (),
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    if suite_keys := sorted({"matrix", "base"} & data.keys()):  # a suite file's (experiments/suite.py), no run's
+        raise ConfigError(f"{path}: is a suite file (it has {' / '.join(suite_keys)}), not a "
+                          f"run config; run it with `dtr suite {path}`")
     notes: list[str] = []
     data = apply_overrides(data, overrides, notes=notes)
     cfg = config_from_dict(data, source=str(path), registry=registry)
@@ -446,8 +448,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
                            sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
     updates["log"] = _resolve_trackers(cfg.log, registry)
-    if cfg.text is not None:
-        updates["text"] = resolve_text(cfg.text, registry)
+    updates["text"] = None if cfg.text is None else resolve_text(cfg.text, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)

@@ -27,9 +27,9 @@ from torch import Tensor
 __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
            "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
-           "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "TrackerFactory", "Launcher", "RunSpec",
-           "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner", "SupportsCaptions",
-           "SupportsCaptionClasses", "SupportsTextConditioning"]
+           "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
+           "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
+           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -425,6 +425,16 @@ class SupportsHeldoutLoss(Protocol):
 
 
 @runtime_checkable
+class SupportsSolverSteps(Protocol):
+    """Optional capability of a process: ``solver_steps(solver)`` is ``(steps, calls)``, the solver steps that
+    ``sample`` takes for one batch with ``solver`` (a :class:`~dtr_plugins.core.sampling_settings.SolverSettings`,
+    None: the process's defaults) and the network calls they make (Heun over 25 steps: ``(25, 50)``). The sampling
+    progress bar counts steps with it, its total known from the start; without it the bar counts network calls."""
+
+    def solver_steps(self, solver: Any = None) -> tuple[int, int]: ...
+
+
+@runtime_checkable
 class Tracker(Protocol):
     """One experiment tracker (the ``tracker`` kind), driven by the trainer through
     :class:`~dtr_plugins.training.tracker_set.TrackerSet`: it mirrors metrics.jsonl (the source of truth).
@@ -450,6 +460,19 @@ class Tracker(Protocol):
 
     def applied(self) -> dict[str, Any]:
         """What this tracker actually uses, for ``meta.json`` (folder, mode, store URI, run id); after ``start``."""
+
+
+@runtime_checkable
+class SupportsTrackerResume(Protocol):
+    """Optional capability of a :class:`Tracker`: continue the tracker's own run when training resumes.
+
+    On ``dtr train --resume`` (from a checkpoint) ``resume_from`` is called before ``start`` with what the
+    previous segment's ``applied()`` recorded in ``meta.json`` under ``trackers.<name>`` (e.g. its run id),
+    so the viewer shows one run, not one per segment. A tracker without it starts a new run.
+    """
+
+    def resume_from(self, applied: Mapping[str, Any]) -> None:
+        """Remember the run to continue (``applied``: the previous segment's record); ``start`` reopens it."""
 
 
 @runtime_checkable

@@ -326,6 +326,11 @@ class GaussianDiffusion:
 
     # -- sampling ----------------------------------------------------------------------------------
 
+    def solver_steps(self, solver: SolverSettings | None = None) -> tuple[int, int]:
+        """``(steps, network calls)`` of :meth:`sample` for one batch: one call per kept step (SupportsSolverSteps)."""
+        n = self.respaced((solver or self.default_solver).respacing).num_timesteps
+        return n, n
+
     def respaced(self, respacing: str | int | Iterable[int] | None = None, *,
                  use_timesteps: Iterable[int] | None = None) -> GaussianDiffusion:
         """The process over the steps kept by ``respacing`` (see :func:`space_timesteps`), or over the explicit

@@ -192,6 +192,13 @@ class FlowMatching:
                     x = x + dt * (0.5 * k1 + 0.5 * k2)
         return x.clamp(-1, 1) if s.clip_denoised else x
 
+    def solver_steps(self, solver: SolverSettings | None = None) -> tuple[int, int]:
+        """``(steps, network calls)`` of :meth:`sample` for one batch (SupportsSolverSteps): ``euler`` one call per
+        step, ``heun`` two; ``euler_maruyama`` ``steps - 1`` stochastic steps and the final mean step."""
+        s = solver or self.default_solver
+        steps = flow_steps(s.respacing)
+        return steps, 2 * steps if s.sampler == "heun" else steps
+
     def _sde(self, velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, steps: int, progress: bool) -> Tensor:
         """SiT's Euler-Maruyama with diffusion ``w(t) = 1 - t`` and a final mean step (see module docstring)."""
         if steps < 2:

@@ -26,6 +26,23 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     return grid
 
 
+#: one colour convention for every picture of a routing mask (the trackers' ``routing/masks`` image, ``dtr masks``,
+#: the reports' mask heatmaps): RGB of a unit that runs at a timestep, of a masked unit, of the gap between tables
+MASK_ACTIVE = (33, 102, 172)
+MASK_MASKED = (235, 235, 235)
+MASK_GAP = (214, 39, 40)
+
+
+def mask_rgb(table: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A mask table ``bool [T, C]`` (True = unit active) as ``uint8 [T, C, 3]`` in :data:`MASK_ACTIVE` /
+    :data:`MASK_MASKED`; row ``t`` is timestep ``t`` (a picture with t = 0 at the bottom flips it or draws it
+    with ``origin="lower"``)."""
+    active = np.asarray(table.detach().cpu() if isinstance(table, torch.Tensor) else table).astype(bool)
+    if active.ndim != 2:
+        raise ValueError(f"a mask table is [T, C], got shape {tuple(active.shape)}")
+    return np.where(active[:, :, None], np.array(MASK_ACTIVE, np.uint8), np.array(MASK_MASKED, np.uint8))
+
+
 #: smallest side of one cell of a readable sample grid, in pixels (images are enlarged by a whole factor)
 MIN_CELL = 64
 

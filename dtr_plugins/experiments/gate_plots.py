@@ -8,7 +8,6 @@ heatmaps of :mod:`.plots` do.
 """
 from __future__ import annotations
 
-import textwrap
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from dtr_plugins.core.contracts import GateSummary, LearnedRoutingStrategy
 from dtr_plugins.core.io import save_figure
 from dtr_plugins.core.routing import RoutingPlan
+from dtr_plugins.experiments.plots import unit_name, wrap_title
 
 
 def gate_matrix(tables: Sequence[torch.Tensor]) -> tuple[np.ndarray, list[int]]:
@@ -40,19 +40,15 @@ def gate_matrix(tables: Sequence[torch.Tensor]) -> tuple[np.ndarray, list[int]]:
     return np.concatenate(arrays, axis=1), offsets
 
 
-def plot_gate_tables(tables: Sequence[torch.Tensor], path: str | Path, title: str = "",
-                     unit: str = "expert", value: str = "selection probability") -> Path:
-    """One heatmap of a learned strategy's gates: x = (routed layer, unit), y = timestep; returns ``path``.
-
-    ``tables``: per routed layer (forward order) a ``[T, K]`` tensor, e.g. ``switch``'s expert
-    probabilities. Values in ``[0, 1]`` use that fixed colour range; others the data's range.
-    """
+def gate_figure(tables: Sequence[torch.Tensor], title: str = "", unit: str = "expert",
+                value: str = "selection probability", site: str = ""):
+    """The figure of :func:`plot_gate_tables` (not saved)."""
     matrix, offsets = gate_matrix(tables)
     layers = len(tables)
     lo, hi = float(matrix.min()), float(matrix.max())
     vmin, vmax = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
     width = min(max(6.5, 0.12 * matrix.shape[1] + 2.0), 16.0)
-    fig, ax = plt.subplots(figsize=(width, 4.2))
+    fig, ax = plt.subplots(figsize=(width, 4.6))
     im = ax.imshow(matrix, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
                    vmin=vmin, vmax=vmax)
     for edge in offsets[1:-1]:
@@ -64,26 +60,51 @@ def plot_gate_tables(tables: Sequence[torch.Tensor], path: str | Path, title: st
     per = f"{widths[0]} {unit}s each" if len(widths) == 1 else f"{widths[0]}-{widths[-1]} {unit}s each"
     ax.set_xlabel(f"routed layer ({per})")
     ax.set_ylabel(f"timestep t (T = {matrix.shape[0]})")
+    # each unit numbered within its layer on the top axis (every unit while they fit, else every few)
+    top = ax.secondary_xaxis("top")
+    every = max(1, -(-matrix.shape[1] // 48))
+    columns = [c for a, b in zip(offsets[:-1], offsets[1:]) for c in range(a, b)]
+    number = {c: c - a for a, b in zip(offsets[:-1], offsets[1:]) for c in range(a, b)}
+    shown = [c for c in columns if number[c] % every == 0]
+    top.set_xticks(shown, [str(number[c]) for c in shown], fontsize=6)
+    top.set_xlabel(f"{unit} (numbered 0-{widths[-1] - 1} within each layer)", fontsize=7)
     fig.colorbar(im, ax=ax, label=value, fraction=0.04, pad=0.02)
     chars = int(width * 13)
-    head = textwrap.fill(title, chars) + "\n" if title else ""
-    ax.set_title(head + textwrap.fill(f"learned gates: {value} per timestep, layer and {unit}", chars), fontsize=8)
+    where = f" at routing site {site}" if site else ""
+    head = wrap_title(title, chars) + "\n" if title else ""
+    ax.set_title(head + wrap_title(f"learned gates{where}: {value} per timestep, layer and {unit}", chars),
+                 fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_gate_tables(tables: Sequence[torch.Tensor], path: str | Path, title: str = "",
+                     unit: str = "expert", value: str = "selection probability", site: str = "") -> Path:
+    """One heatmap of a learned strategy's gates: x = (routed layer, unit), y = timestep; returns ``path``.
+
+    ``tables``: per routed layer (forward order) a ``[T, K]`` tensor, e.g. ``switch``'s expert
+    probabilities. Values in ``[0, 1]`` use that fixed colour range; others the data's range. Layers are
+    numbered on the bottom axis, the units of each layer (experts, channels) on the top axis; ``site`` (the
+    routing site) is named in the title.
+    """
+    fig = gate_figure(tables, title, unit, value, site)
     out = save_figure(fig, path, dpi=110)
     plt.close(fig)
     return out
 
 
 def learned_gate_tables(plan: RoutingPlan) -> tuple[list[torch.Tensor], str, str] | None:
-    """What to draw for a learned plan: the strategy's :class:`GateSummary`, else its ``task_tables`` (per
-    channel gates); None for a static plan or gates that depend on the input alone."""
+    """What to draw for a learned plan: the strategy's :class:`GateSummary`, else its ``task_tables`` (per unit
+    gates, the unit named by the routing site: channel, attention head, MLP unit); None for a static plan or
+    gates that depend on the input alone."""
     if plan.learned is None:
         return None
     strategy = plan.learned
     if isinstance(strategy, GateSummary):
         return strategy.gate_summary(plan.num_tasks)
     tables = typing.cast(LearnedRoutingStrategy, strategy).task_tables(plan.num_tasks)
-    return None if tables is None else (list(tables), "channel", "gate")
+    unit = unit_name(plan.site, range(len(plan.layer_channels)))
+    return None if tables is None else (list(tables), unit, "gate")
 
 
 def plot_learned_gates(plan: RoutingPlan, path: str | Path, title: str = "") -> Path | None:
@@ -92,7 +113,7 @@ def plot_learned_gates(plan: RoutingPlan, path: str | Path, title: str = "") -> 
     if found is None:
         return None
     tables, unit, value = found
-    return plot_gate_tables(tables, path, title=title or plan.strategy_repr, unit=unit, value=value)
+    return plot_gate_tables(tables, path, title=title or plan.strategy_repr, unit=unit, value=value, site=plan.site)
 
 
 def plot_run_gates(run_dir: str | Path, path: str | Path, label: str = "") -> Path | None:

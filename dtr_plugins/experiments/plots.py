@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from dtr_plugins.core.images import readable_grid
+from dtr_plugins.core.images import mask_rgb, readable_grid
 from dtr_plugins.core.io import save_figure
 from dtr_plugins.core.routing import RoutingPlan
 
@@ -24,11 +24,32 @@ def _finish(fig, path: str | Path, dpi: int = 110) -> Path:
     return out
 
 
-def _wrap(title: str, width: int = 70) -> str:
-    """Long titles on several lines (each line kept whole), so a title never runs past its figure."""
-    import textwrap
+def _phrases(text: str) -> list[str]:
+    """``text`` cut after ``", "``, ``"; "`` and ``": "`` and before ``" ("``, outside parentheses only: the
+    pieces a title may break between (``switch(E=4, k=2)`` stays one piece)."""
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([") - (ch in ")]")
+        if depth == 0 and ch == " " and i > start and (text[i - 1] in ",;:" or text[i + 1: i + 2] == "("):
+            pieces.append(text[start:i])
+            start = i + 1
+    return pieces + [text[start:]] if text[start:] else pieces
 
-    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
+
+def wrap_title(title: str, width: int = 70) -> str:
+    """Long titles on several lines, broken only between phrases (:func:`_phrases`), never inside one: a
+    phrase longer than ``width`` gets a line of its own. Existing line breaks are kept."""
+    out = []
+    for given in title.split("\n"):
+        line = ""
+        for piece in _phrases(given):
+            if line and len(line) + 1 + len(piece) > width:
+                out.append(line)
+                line = piece
+            else:
+                line = f"{line} {piece}" if line else piece
+        out.append(line)
+    return "\n".join(out)
 
 
 def _layer_label(layers: Sequence[int]) -> str:
@@ -39,8 +60,25 @@ def _layer_label(layers: Sequence[int]) -> str:
     return "layers " + ",".join(map(str, layers))
 
 
-def plot_routing_plan(plan: RoutingPlan, path: str | Path, title: str = "", max_tables: int = 8) -> Path:
-    """One heatmap per distinct mask table: timestep on the y axis (t=0 at the bottom), channel on x."""
+#: what one column of a mask table is at each routing site (docs/architecture.md; DiT's ``heads_mlp`` routes
+#: the heads, then the MLP hidden units of each block: even routed layers are heads, odd ones MLP units)
+SITE_UNITS = {"input": "channel", "heads": "attention head", "mlp": "MLP unit"}
+SITE_NAMES = {"input": "block inputs", "heads": "attention heads", "mlp": "MLP hidden units",
+              "heads_mlp": "attention heads and MLP hidden units"}
+
+
+def unit_name(site: str, layers: Sequence[int]) -> str:
+    """The unit a table's columns are at ``site`` for the routed ``layers`` it serves (``channel``,
+    ``attention head``, ``MLP unit``; ``unit`` for a site this module does not know)."""
+    if site == "heads_mlp":
+        kinds = {SITE_UNITS["heads"] if layer % 2 == 0 else SITE_UNITS["mlp"] for layer in layers}
+        return " / ".join(sorted(kinds))
+    return SITE_UNITS.get(site, "unit")
+
+
+def routing_plan_figure(plan: RoutingPlan, title: str = "", max_tables: int = 8):
+    """The figure of :func:`plot_routing_plan` (not saved): one panel per distinct mask table, in the mask colours
+    of :func:`dtr_plugins.core.images.mask_rgb` (the trackers' image uses the same)."""
     tables = plan.tables()
     if not tables:  # vanilla: draw the all-active table once so the picture still says something
         channels = plan.layer_channels[0] if plan.layer_channels else 1
@@ -49,20 +87,29 @@ def plot_routing_plan(plan: RoutingPlan, path: str | Path, title: str = "", max_
     cols = min(len(shown), 4)
     rows = (len(shown) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
+    units = set()
     for ax, (table, layers) in zip(axes.flat, shown):
-        img = table.to(torch.uint8).cpu().numpy()
-        ax.imshow(img, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
-        ax.set_xlabel(f"channel (C = {table.shape[1]})")
+        unit = unit_name(plan.site, layers)
+        units.add(unit)
+        ax.imshow(mask_rgb(table), aspect="auto", origin="lower", interpolation="nearest")
+        ax.set_xlabel(f"{unit} (count {table.shape[1]})")
         ax.set_ylabel(f"timestep t (T = {table.shape[0]})")
-        share = img.mean()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{_layer_label(layers)}  ({share:.0%} active)", fontsize=9)
+        ax.set_title(f"{_layer_label(layers)}  ({table.float().mean().item():.0%} active)", fontsize=9)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     more = f"  (+{len(tables) - len(shown)} more tables)" if len(tables) > len(shown) else ""
-    fig.suptitle(_wrap((title or plan.strategy_repr) + more, 30 * cols) + "\nblack = channel active for that timestep",
+    site = f"routing site {plan.site} ({SITE_NAMES.get(plan.site, plan.site)})"
+    legend = f"blue = {' / '.join(sorted(units))} active at that timestep, grey = masked"
+    fig.suptitle(wrap_title(f"{title or plan.strategy_repr}{more}; {site}", 30 * cols) + "\n" + legend,
                  fontsize=10)
-    return _finish(fig, path)
+    return fig
+
+
+def plot_routing_plan(plan: RoutingPlan, path: str | Path, title: str = "", max_tables: int = 8) -> Path:
+    """One heatmap per distinct mask table: timestep on the y axis (t=0 at the bottom), the site's unit on x
+    (channel, attention head or MLP unit), active units in :data:`~dtr_plugins.core.images.MASK_ACTIVE`."""
+    return _finish(routing_plan_figure(plan, title, max_tables), path)
 
 
 def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float]]]]], titles: dict[str, str],
@@ -87,7 +134,7 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
             (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, ms=3, label=group)
             if len(runs) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-        ax.set_title(_wrap(titles.get(key, key), 45))
+        ax.set_title(wrap_title(titles.get(key, key), 45))
         ax.set_xlabel("training step")
         if 0 < len(drawn) <= 8:  # few evaluations: ticks at the steps evaluated
             ax.set_xticks(sorted(drawn))
@@ -101,6 +148,33 @@ def plot_metrics_vs_steps(series: dict[str, dict[str, list[list[tuple[int, float
         fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(len(labels), cols * 2, 4)),
                    fontsize=8, frameon=False)
     return _finish(fig, path)
+
+
+def heldout_band_figure(by_step: dict[int, list[float]], target: str | None = None, latest: int = 5):
+    """The figure of :func:`plot_heldout_per_band` (not saved)."""
+    steps = sorted(by_step)[-latest:]
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    colours = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(steps)))
+    for colour, step in zip(colours, steps):
+        values = by_step[step]
+        ax.plot(range(len(values)), values, marker="o", ms=3, color=colour, label=f"step {step}")
+    count = max(len(v) for v in by_step.values())
+    ax.set_xticks(range(count))
+    ax.set_xlabel(f"noise band (0 = least noise, {count} bands of equal width)")
+    measured = f"{target} MSE" if target else "held-out loss"
+    ax.set_ylabel(f"held-out {measured}" if target else measured)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="held-out evaluation", title_fontsize=8)
+    ax.set_title(wrap_title(f"held-out loss per noise band, EMA weights, fixed inputs; the latest {len(steps)} "
+                            f"evaluation{'s' * (len(steps) > 1)}", 60), fontsize=10)
+    return fig
+
+
+def plot_heldout_per_band(by_step: dict[int, list[float]], path: str | Path, target: str | None = None) -> Path:
+    """One run's held-out loss against the noise band: ``by_step`` maps a step to its loss per band
+    (``[band0, band1, ...]``), one line per step (the latest five). ``target``: what the loss measures
+    (``epsilon`` / ``velocity``, from the run's ``meta.json``), named on the y axis."""
+    return _finish(heldout_band_figure(by_step, target), path)
 
 
 def plot_loss_per_bucket(buckets: dict[str, list[list[float | None]]], path: str | Path) -> Path:

@@ -10,7 +10,10 @@
   ``heldout/total`` and every ``heldout/band<k>``); ``curves``: metric -> ``[[step, value], ...]``;
 - ``heldout_fingerprint``: the held-out inputs the run was scored on;
 - ``machine`` (device), ``torch``, ``dtr_plugins``, ``git_commit``, ``date`` (training start, UTC ISO 8601),
-  from the run's ``meta.json``.
+  from the run's ``meta.json``;
+- ``seconds`` (wall time of the run's last launch, training and evaluation, as the launcher recorded it in
+  ``status.json``; with ``resumed`` true, earlier sittings are not included) and ``threads`` (CPU threads of
+  that launch; None: torch's default): optional, older files lack them.
 
 :func:`records_from_raw` turns the lines back into :class:`~dtr_plugins.runs.record.RunRecord` s, so every table of the
 report can be recomputed from the committed file alone (``make figures``, ``scripts/figures.py``).
@@ -43,6 +46,7 @@ def raw_lines(suite_dir: str | Path) -> list[dict[str, Any]]:
     for run in runs_from_suite(suite_dir):
         run_dir = suite.run(run.id)
         meta = run_dir.read_meta()
+        status = run_dir.read_status()
         recorded = run_dir.read_fingerprint()
         out.append({
             "suite": index.get("name", suite_dir.name), "run_id": run.id, "status": run.status, "seed": run.seed,
@@ -53,6 +57,7 @@ def raw_lines(suite_dir: str | Path) -> list[dict[str, Any]]:
             "heldout_fingerprint": run.heldout_fingerprint,
             "machine": meta.get("device"), "torch": meta.get("torch"), "dtr_plugins": meta.get("dtr_plugins"),
             "git_commit": meta.get("git_commit"), "date": meta.get("started"),
+            "seconds": status.get("seconds"), "resumed": status.get("resumed"), "threads": status.get("threads"),
         })
     return out
 

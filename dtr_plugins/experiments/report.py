@@ -1,4 +1,5 @@
-"""A suite's report: ``results.csv`` (one row per run and eval step), ``report.md`` and ``plots/*.png``.
+"""A suite's report: ``results.csv`` (one row per run and eval step), ``report.md``, ``plots/*.png`` and
+``report.html`` (the same report as one self-contained page to open in a browser, :mod:`.report_html`).
 
 Everything is rebuilt from the run directories, so ``dtr report SUITE_DIR`` works at any time, also
 while a suite is half done.
@@ -20,6 +21,8 @@ from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, c
 from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
 from dtr_plugins.experiments.raw_results import RAW_FILE, export_raw_results
+from dtr_plugins.experiments.report_html import write_html_report
+from dtr_plugins.experiments.svg_charts import Chart, mean_curve
 from dtr_plugins.runs.record import RunRecord
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 from dtr_plugins.sharing.model_card import fid_caveat
@@ -177,7 +180,33 @@ def build_report(suite_dir: str | Path) -> Path:
               f"held-out band, machine, torch, date): [{RAW_FILE}]({RAW_FILE}). Commit that file as "
               f"`benchmarks/results-<machine>/{index['name']}/runs.jsonl` and run `make figures` to put these tables "
               f"in the docs.", ""]
-    return write_text(suite_dir / "report.md", "\n".join(lines))
+    markdown = "\n".join(lines)
+    write_html_report(suite_dir, markdown, _charts(results, metric_keys))
+    return write_text(suite_dir / "report.md", markdown)
+
+
+def _charts(results: list[RunRecord], metric_keys: list[str]) -> dict[str, list[Chart]]:
+    """The curves of the report's line plots as :class:`Chart` s for ``report.html`` (values on hover): per
+    plot stem, one chart per panel, one series per group (mean over its seeds at the steps all logged)."""
+    from dtr_plugins.experiments.compare_plots import group_curves
+
+    groups = _groups(results)
+    out: dict[str, list[Chart]] = {}
+    out["metrics_vs_steps"] = [
+        Chart(report_metrics()[k][0], {g: mean_curve([[(e["step"], e[k]) for e in r.evals if e.get(k) is not None]
+                                                      for r in rs]) for g, rs in groups.items()},
+              y_label=report_metrics()[k][0]) for k in metric_keys]
+    out["train_loss"] = [Chart("training loss", {g: mean_curve([[(t["step"], t["loss"]) for t in r.train]
+                                                                 for r in rs]) for g, rs in groups.items()},
+                               y_label="training loss", log_y=True)]
+    heldout = group_curves(results)
+    bands = sorted({m for cs in heldout.values() for c in cs for m in c if m.startswith("heldout/band")},
+                   key=lambda m: int(m[len("heldout/band"):]))
+    out["heldout_loss_bands"] = [
+        Chart("held-out loss, total" if m == "heldout/total" else f"held-out loss, band {m[len('heldout/band'):]}",
+              {g: mean_curve([c.get(m, ()) for c in cs]) for g, cs in heldout.items()}, y_label="held-out loss")
+        for m in ["heldout/total", *bands]]
+    return out
 
 
 def _plots(suite_dir: Path, results: list[RunRecord], metric_keys: list[str]) -> list[Path]:
@@ -203,7 +232,7 @@ def _plots(suite_dir: Path, results: list[RunRecord], metric_keys: list[str]) ->
     samples = _sample_rows(suite_dir, groups)
     if samples is not None:
         made.append(plots.plot_sample_rows(samples[0], out_dir / "samples.png", class_names=samples[1]))
-    masks = _mask_plots(groups, out_dir)
+    masks = mask_plots(groups, out_dir)
     made.extend(masks)
     return made
 
@@ -244,7 +273,7 @@ def _comparison_plots(suite_dir: Path, results: list[RunRecord], comparison: Com
     return made
 
 
-def _mask_plots(groups: dict[str, list[RunRecord]], out_dir: Path) -> list[Path]:
+def mask_plots(groups: dict[str, list[RunRecord]], out_dir: Path) -> list[Path]:
     """One heatmap per distinct routing, from the strategy of the run's config and the routed layer
     widths its training recorded in meta.json (no model is built; vanilla has nothing to show). A learned
     strategy's gates live in its weights: they are drawn from the run's last checkpoint (gates_*.png)."""

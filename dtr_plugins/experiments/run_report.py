@@ -5,9 +5,15 @@ what training wrote (``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``classe
 ``samples/samples.npz``), so it works while the run trains and after it stopped:
 
 - ``plots/train_loss.png``: training loss over steps (log scale);
-- ``plots/heldout_loss_bands.png``: held-out loss per noise band over steps (:mod:`.heldout` records);
-- ``plots/metrics_vs_steps.png``: evaluation metrics (FID, precision, ...) over steps;
-- ``plots/samples.png``: the final evaluation's samples, enlarged and labelled with their class.
+- ``plots/heldout_loss_per_band.png``: held-out loss against the noise band, one line per held-out evaluation
+  (the latest five; :mod:`dtr_plugins.evaluation.heldout` records);
+- ``plots/metrics_vs_steps.png``: the evaluation metrics (FID, precision, ...) evaluated at two steps or more, over
+  steps (a metric evaluated once is in the tables only: no panel with one dot);
+- ``plots/masks_<routing>_1.png`` (or ``gates_...``): the run's routing masks, as in a suite's report;
+- the final samples: ``samples/grid.png`` as sampling wrote it, linked once (``plots/samples.png`` only for a run
+  whose samples have no grid).
+
+Not drawn for one run: the suite's paired comparisons (forest plot) and per-group sample rows.
 """
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.images import readable_grid
 from dtr_plugins.core.io import atomic_write, write_text
 from dtr_plugins.core.numbers import fmt
-from dtr_plugins.experiments.compare import metric_info
-from dtr_plugins.experiments.compare_records import curves_from_records
+from dtr_plugins.experiments.compare import is_band, metric_info
+from dtr_plugins.experiments.compare_records import curves_from_records, run_record
 from dtr_plugins.runs.listing import find_runs, is_run_dir, summarize_run
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sharing.model_card import fid_caveat
@@ -36,7 +42,6 @@ def _eval_keys(curves: dict[str, list[tuple[int, float]]]) -> list[str]:
 def _plots(run: RunDir, name: str, records: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]]],
            out_dir: Path) -> list[Path]:
     from dtr_plugins.experiments import plots
-    from dtr_plugins.experiments.compare_plots import plot_heldout_bands
 
     made = []
     loss = [(r["step"], float(r["loss"])) for r in records
@@ -44,26 +49,48 @@ def _plots(run: RunDir, name: str, records: list[dict[str, Any]], curves: dict[s
     if loss:
         made.append(plots.plot_metrics_vs_steps({"loss": {name: [loss]}}, {"loss": "training loss"},
                                                 out_dir / "train_loss.png", log_y=True))
-    if any(k.startswith("heldout/") for k in curves):
-        made.append(plot_heldout_bands({name: [curves]}, out_dir / "heldout_loss_bands.png"))
-    keys = _eval_keys(curves)
+    bands = heldout_by_step(curves)
+    if bands:
+        held = run.read_meta().get("heldout")
+        target = held.get("target") if isinstance(held, dict) else None
+        made.append(plots.plot_heldout_per_band(bands, out_dir / "heldout_loss_per_band.png", target=target))
+    keys = [k for k in _eval_keys(curves) if len(curves[k]) > 1]  # evaluated once: the tables say it
     if keys:
         series = {k: {name: [curves[k]]} for k in keys}
         titles = {k: (metric_info(k) or (k, ""))[0] for k in keys}
         made.append(plots.plot_metrics_vs_steps(series, titles, out_dir / "metrics_vs_steps.png"))
-    npz = run.samples / "samples.npz"
-    if npz.exists():
+    made.extend(_masks(run, name, out_dir))
+    grid, npz = run.samples / "grid.png", run.samples / "samples.npz"
+    if grid.exists():
+        made.append(grid)  # drawn once, by sampling
+    elif npz.exists():
         with np.load(npz) as data:
             images = data["arr_0"][:100]
             labels = data["labels"][:100] if "labels" in data.files else None
-        names = run.class_names()
         if len(images):
             from PIL import Image
 
-            grid = readable_grid(images, labels, names)
+            picture = readable_grid(images, labels, run.class_names())
             made.append(atomic_write(out_dir / "samples.png",
-                                     lambda tmp: Image.fromarray(grid).save(tmp, format="PNG")))
+                                     lambda tmp: Image.fromarray(picture).save(tmp, format="PNG")))
     return made
+
+
+def heldout_by_step(curves: dict[str, list[tuple[int, float]]]) -> dict[int, list[float]]:
+    """Held-out loss per band at each step every band was scored: ``{step: [band0, band1, ...]}``."""
+    bands = sorted((int(k[len("heldout/band"):]), dict(v)) for k, v in curves.items() if is_band(k))
+    if not bands:
+        return {}
+    steps = sorted(set.intersection(*(set(points) for _, points in bands)))
+    return {s: [points[s] for _, points in bands] for s in steps}
+
+
+def _masks(run: RunDir, name: str, out_dir: Path) -> list[Path]:
+    """The run's routing masks (or learned gates), drawn as a suite's report draws them."""
+    from dtr_plugins.experiments.report import mask_plots
+
+    record = run_record(run, name)
+    return mask_plots({name: [record]}, out_dir)
 
 
 def _eval_table(records: list[dict[str, Any]]) -> list[str]:
@@ -124,5 +151,5 @@ def build_run_report(run_dir: str | Path) -> Path:
     lines.append("")
     lines += _eval_table(records)
     if made:
-        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in made] + [""]
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(path).as_posix()})" for p in made] + [""]
     return write_text(path / "report.md", "\n".join(lines))

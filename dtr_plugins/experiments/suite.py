@@ -20,6 +20,7 @@ import copy
 import fnmatch
 import itertools
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,8 @@ from dtr_plugins.core.plugins import default_registry, format_validation_error
 from dtr_plugins.experiments.compare import metric_info
 from dtr_plugins.launchers import RunSpec, describe_launcher, resolve_launcher
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
+
+logger = logging.getLogger(__name__)
 
 
 class SuiteFile(BaseModel):
@@ -251,6 +254,8 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
             _apply(data, key, value)
         data["name"] = run_id
         data["output_dir"] = str(root)
+        if isinstance(data.setdefault("log", {}), dict):  # recorded in the run's config.yaml; trackers group by it
+            data["log"]["suite"] = spec.name
         data = apply_overrides(data, overrides)
         where = f"{path} (run {run_id})"
         cfg = config_from_dict(data, source=where, registry=registry)
@@ -400,7 +405,7 @@ def run_suite(path: str | Path, options: SuiteOptions | None = None, *, registry
         return suite.root
     if cancel:
         cancelled = runner.cancel(suite.root, list(specs.values()))
-        print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+        logger.info(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
         return suite.root
     live = runner.active(suite.root, list(specs.values())) if suite.root.exists() else {}
     changed = [c for c in changed if c.run.id not in live]  # a queued job is not moved under its feet
@@ -412,10 +417,12 @@ def run_suite(path: str | Path, options: SuiteOptions | None = None, *, registry
                           f"continue with that change{more}; restore the old value, or pass --rerun-changed to move "
                           "the run aside (<id>.stale-<fp8>) and train it anew")
     for c in refused:
-        print(f"stale    {c.run.id} -> {_move_aside(suite.root / c.run.id, c.old_fingerprint).name} (config changed)")
+        aside = _move_aside(suite.root / c.run.id, c.old_fingerprint).name
+        logger.info(f"stale    {c.run.id} -> {aside} (config changed)")
     for c in changed:
         if c.resumable:
-            print(f"continue {c.run.id} ({', '.join(c.keys) or 'config'} changed; continues from its checkpoints)")
+            what = ", ".join(c.keys) or "config"
+            logger.info(f"continue {c.run.id} ({what} changed; continues from its checkpoints)")
             write_text(specs[c.run.id].config_path, c.run.config.to_yaml())
             RunDir(specs[c.run.id].run_dir).write_fingerprint(c.run.fingerprint)
     suite.root.mkdir(parents=True, exist_ok=True)
@@ -425,9 +432,9 @@ def run_suite(path: str | Path, options: SuiteOptions | None = None, *, registry
     todo = []
     for r in runs:
         if run_state(suite.root / r.id, r.config) == "done":
-            print(f"skip     {r.id} (finished)")
+            logger.info(f"skip     {r.id} (finished)")
         elif r.id in live:
-            print(f"skip     {r.id} ({live[r.id]})")
+            logger.info(f"skip     {r.id} ({live[r.id]})")
         else:
             todo.append(r)
     for r in todo:
@@ -436,20 +443,22 @@ def run_suite(path: str | Path, options: SuiteOptions | None = None, *, registry
     results = runner.launch(suite.root, [specs[r.id] for r in todo])
     if not runner.blocking:
         if not wait:
-            print(f"{len(results)} run(s) submitted, {len(live)} still queued or running; rerun `dtr suite` to see "
-                  f"their states and resubmit failed ones, `dtr report {suite.root}` to report what has finished")
+            logger.info(f"{len(results)} run(s) submitted, {len(live)} still queued or running; rerun `dtr suite` to "
+                        f"see their states and resubmit failed ones, `dtr report {suite.root}` to report what has "
+                        "finished")
             return suite.root
         runner.wait(suite.root, list(specs.values()), timeout_s=o.wait_timeout_s)
     states = {r.id: run_state(suite.root / r.id, r.config) for r in runs}
     for r in runs:
         if not runner.blocking:
-            print(f"{states[r.id]:8s} {r.id}")
+            logger.info(f"{states[r.id]:8s} {r.id}")
     failed = [rid for rid, state in states.items() if state != "done"]
     if o.report:
         from dtr_plugins.experiments.report import build_report
 
         out = build_report(suite.root)
-        print(f"report: {out}")
+        logger.info(f"report: {out}")
     if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log; rerun the suite to retry)")
+        logger.warning(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log; rerun the suite to "
+                       "retry)")
     return suite.root

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import submitit
 
+from dtr_plugins.core.log import CAPTURED_ENV
 from dtr_plugins.launchers.local import failure_line, has_checkpoint
 from dtr_plugins.launchers.torchrun import rendezvous_port, torchrun_command
 from dtr_plugins.runs.rundir import RunDir
@@ -54,6 +55,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         started = time.time()
         log_path = rd.log_path if node == 0 else run_dir / f"train.node{node}.log"
         child_env["PYTHONUNBUFFERED"] = "1"  # the log fills as the run goes, not at its end
+        child_env[CAPTURED_ENV] = str(log_path)  # captured here: the child writes no train.log of its own
         with open(log_path, "ab") as log:
             log_start = log.tell()
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,

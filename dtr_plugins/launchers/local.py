@@ -1,7 +1,7 @@
 """The ``local`` launcher: a pool of training subprocesses on this machine, one GPU each (the default)."""
 from __future__ import annotations
 
-import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from dtr_plugins.core.config import read_yaml
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.log import CAPTURED_ENV
 from dtr_plugins.launchers import RunSpec
 from dtr_plugins.runs.rundir import RunDir
+
+logger = logging.getLogger(__name__)
 
 
 class LocalParams(BaseModel):
@@ -40,24 +43,6 @@ def failure_line(output: str, returncode: int) -> str:
         return errors[-1][len("dtr: error:"):].strip()
     lines = [ln for ln in lines if "warning" not in ln.lower()]
     return lines[-1] if lines else f"exit status {returncode}"
-
-
-def last_step(metrics_path: Path) -> int | None:
-    """The newest ``step`` in a metrics.jsonl (read from its last 8 KiB), or None."""
-    if not metrics_path.exists():
-        return None
-    with open(metrics_path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 8192))
-        tail = f.read().decode(errors="replace").splitlines()
-    for line in reversed(tail):
-        try:
-            step = json.loads(line).get("step")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(step, int):
-            return step
-    return None
 
 
 def _total_steps(config_path: Path) -> int | None:
@@ -87,7 +72,7 @@ class LocalLauncher:
             threads = max(1, (os.cpu_count() or 1) // width) if not gpus and width > 1 else None
             status = run_training(run, gpu, threads, self.progress_every)
             tail = f" ({status['error']})" if status["state"] == "failed" else f" in {status['seconds']}s"
-            print(f"{status['state']:8s} {run.id}{tail}", flush=True)
+            logger.info(f"{status['state']:8s} {run.id}{tail}")
             return run.id, status
 
         with ThreadPoolExecutor(max_workers=width) as pool:
@@ -116,15 +101,16 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None,
     cmd = [sys.executable, "-m", "dtr_plugins", "train", str(run.config_path), "--run-dir", str(run.run_dir)]
     if resume:
         cmd.append("--resume")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    rd = RunDir(run.run_dir)
+    # the child's output goes into train.log below: it writes no train.log of its own (one copy of each line)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{CAPTURED_ENV: str(rd.log_path)})
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     elif threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # CPU runs side by side share the cores
         cmd += ["--threads", str(threads)]
-    rd = RunDir(run.run_dir)
     rd.write_status({"state": "running", "launcher": "local", "resumed": resume, "threads": threads})
-    print(f"start    {run.id} (log: {rd.log_path})", flush=True)
+    logger.info(f"start    {run.id} (log: {rd.log_path})")
     total = _total_steps(run.config_path)
     started = time.time()
     with open(rd.log_path, "ab") as log:
@@ -135,10 +121,7 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None,
                 proc.wait(timeout=progress_every)
                 break
             except subprocess.TimeoutExpired:
-                step = last_step(rd.metrics_path)
-                doing = _evaluation_note(rd.log_path, log_start)
-                print(f"running  {run.id}: step {step or 0}/{total if total is not None else '?'}"
-                      f"{f', {doing}' if doing else ''} ({time.time() - started:.0f}s, log: {rd.log_path})", flush=True)
+                logger.info(progress_line(run.id, rd, total, log_start, time.time() - started))
     seconds = round(time.time() - started, 1)
     if proc.returncode == 0:
         status = {"state": "done", "seconds": seconds, "resumed": resume, "threads": threads}
@@ -150,6 +133,15 @@ def run_training(run: RunSpec, gpu: int | None, threads: int | None = None,
                   "error": failure_line(output, proc.returncode), "threads": threads}
     rd.write_status(status)
     return status
+
+
+def progress_line(run_id: str, rd: RunDir, total: int | None, log_start: int, seconds: float) -> str:
+    """``running  ID: step N/M[, what its evaluation is doing] (Ts, log: PATH)``: N is the newest step the run has
+    recorded (:meth:`RunDir.last_step`, read afresh for each line)."""
+    step = rd.last_step()
+    doing = _evaluation_note(rd.log_path, log_start)
+    return (f"running  {run_id}: step {step or 0}/{total if total is not None else '?'}"
+            f"{f', {doing}' if doing else ''} ({seconds:.0f}s, log: {rd.log_path})")
 
 
 def _evaluation_note(log_path: Path, start: int) -> str:

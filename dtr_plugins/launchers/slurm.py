@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import re
 import shlex
 import subprocess
@@ -28,6 +29,8 @@ from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import write_json
 from dtr_plugins.launchers import RunSpec
+
+logger = logging.getLogger(__name__)
 
 
 class SlurmParams(BaseModel):
@@ -150,7 +153,7 @@ class SlurmLauncher:
                       "log": str(suite_root / "slurm" / job.job_id / f"{job.job_id}_0_log.out")}
             known[run.id] = out[run.id] = record
             run.run_dir.mkdir(parents=True, exist_ok=True)
-            print(f"submit   {run.id} (slurm job {job.job_id})", flush=True)
+            logger.info(f"submit   {run.id} (slurm job {job.job_id})")
         write_json(self.jobs_file(suite_root), known)
         return out
 

@@ -48,6 +48,8 @@ class RunSummary:
     backbone: str = "?"
     missing: list[str] = field(default_factory=list)  # outputs the run still lacks (RunDir.missing_outputs)
     note: str = ""  # why a status could not be decided fully (e.g. a config that no longer loads)
+    process: str = "?"  # the diffusion process (config ``diffusion.name``; ``gaussian`` when unset)
+    heldout_target: str | None = None  # what its held-out loss measures (meta.json): ``epsilon`` or ``velocity`` MSE
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +116,18 @@ def _backbone_label(section: Any) -> str:
     return f"{section.get('name', '?')}" + (f" ({params})" if params else "")
 
 
+def _process(config: Any) -> str:
+    section = config.get("diffusion") if isinstance(config, dict) else None
+    name = section.get("name") if isinstance(section, dict) else None
+    return str(name) if name else "gaussian"  # the config's default process
+
+
+def _heldout_target(meta: Any) -> str | None:
+    held = meta.get("heldout") if isinstance(meta, dict) else None
+    target = held.get("target") if isinstance(held, dict) else None
+    return str(target) if target else None
+
+
 def _status(run: RunDir, record: RunRecord) -> tuple[str, list[str], str]:
     """(status, missing outputs, note)."""
     from dtr_plugins.core.config import config_from_dict
@@ -151,7 +165,8 @@ def summarize_run(path: str | Path, root: str | Path | None = None) -> RunSummar
                       metrics={k: v[-1][1] for k, v in curves.items()},
                       metrics_step={k: v[-1][0] for k, v in curves.items()},
                       strategy=_routing_label(record.config.get("routing")),
-                      backbone=_backbone_label(record.config.get("backbone")), missing=missing, note=note)
+                      backbone=_backbone_label(record.config.get("backbone")), missing=missing, note=note,
+                      process=_process(dict(record.config)), heldout_target=_heldout_target(dict(record.meta)))
 
 
 def _metric_order(key: str) -> tuple[int, str]:
@@ -159,25 +174,42 @@ def _metric_order(key: str) -> tuple[int, str]:
     return (order.index(key), key) if key in order else (len(order), key)
 
 
+def _heldout_title(target: str | None) -> str:
+    """``held-out loss (epsilon MSE)``: a held-out column names what it measures, so the epsilon MSE of a
+    Gaussian run and the velocity MSE of a flow-matching run never share a column."""
+    return f"held-out loss ({target or 'target ?'}{' MSE' if target else ''})"
+
+
 def format_runs_table(runs: list[RunSummary]) -> str:
     """One aligned text table: run, status, step (of ``train.steps``), last loss, one column per metric any run
-    has (latest value), the step of the latest evaluation (FID etc.), strategy, backbone."""
+    has (latest value; the held-out loss one column per held-out target, see :func:`_heldout_title`), the step
+    of the latest evaluation (FID etc.), process, strategy, backbone."""
     keys = sorted({k for r in runs for k in r.metrics}, key=_metric_order)
-    titles = [(metric_info(k) or (k, ""))[0] for k in keys]
+    targets = sorted({r.heldout_target or "" for r in runs}, key=lambda t: (t == "", t))
+    columns: list[tuple[str, str, str | None]] = []  # (title, metric, held-out target it holds)
+    for k in keys:
+        if k.startswith("heldout/"):  # one column per target that some run has a value of
+            held = [t for t in targets if any(k in r.metrics and (r.heldout_target or "") == t for r in runs)]
+            columns += [(_heldout_title(t or None), k, t) for t in held]
+        else:
+            columns.append(((metric_info(k) or (k, ""))[0], k, None))
     evaluated = [k for k in keys if not k.startswith("heldout/")]
-    headers = ["run", "status", "step", "loss", *titles, *(["eval step"] if evaluated else []), "strategy", "backbone"]
+    headers = ["run", "status", "step", "loss", *[c[0] for c in columns], *(["eval step"] if evaluated else []),
+               "process", "strategy", "backbone"]
     rows = []
     for r in runs:
         step = MISSING if r.step is None else str(r.step)
         if r.steps is not None:
             step += f"/{r.steps}"
         at = [r.metrics_step[k] for k in evaluated if k in r.metrics_step]  # the step the FID etc. are from
-        rows.append([r.run, r.status, step, fmt(r.loss), *[fmt(r.metrics.get(k)) for k in keys],
-                     *([fmt(max(at)) if at else MISSING] if evaluated else []), r.strategy, r.backbone])
+        cells = [fmt(r.metrics.get(k)) if t is None or (r.heldout_target or "") == t else MISSING
+                 for _, k, t in columns]
+        rows.append([r.run, r.status, step, fmt(r.loss), *cells,
+                     *([fmt(max(at)) if at else MISSING] if evaluated else []), r.process, r.strategy, r.backbone])
     headers = [printable(h) for h in headers]  # values from files: no terminal escape sequence reaches the screen
     rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    numeric = set(range(2, 4 + len(keys) + (1 if evaluated else 0)))  # step, loss, metrics: right-aligned
+    numeric = set(range(2, 4 + len(columns) + (1 if evaluated else 0)))  # step, loss, metrics: right-aligned
     lines = []
     for row in [headers, *rows]:
         cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

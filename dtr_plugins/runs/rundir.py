@@ -26,6 +26,7 @@ by a crash or a full disk is dropped (with a warning) when the file is read or a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -244,6 +245,32 @@ class RunDir:
                     out.append(record)
         return out
 
+    def last_step(self) -> int | None:
+        """The ``step`` of the newest complete record of metrics.jsonl (None before the first), read from the end
+        of the file backwards whatever the length of its last lines (an evaluation record can be long); a line
+        still being written (no newline yet) is not counted."""
+        try:
+            f = open(self.metrics_path, "rb")  # noqa: SIM115  # read backwards in blocks below
+        except FileNotFoundError:
+            return None
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            pos, size = end, 65536
+            while pos > 0:
+                pos, size = max(0, end - size), size * 2  # a window twice as long each time: linear in all
+                f.seek(pos)
+                tail = f.read(end - pos)
+                lines = tail.split(b"\n")
+                complete = lines[1:-1] if pos > 0 else lines[:-1]  # the first may be cut, the last is unfinished
+                for line in reversed(complete):
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and isinstance(record.get("step"), int):
+                        return int(record["step"])
+        return None
+
     def unreadable(self) -> str | None:
         """The name of the first record file of this run (status.json, meta.json, config.yaml, metrics.jsonl)
         that exists but cannot be read whole: not JSON / YAML, not a mapping, or a metrics.jsonl line that is not
@@ -329,7 +356,9 @@ class RunDir:
         """Hold ``<run>/.lock`` (``fcntl.flock``, exclusive, non-blocking) while the block runs.
 
         The OS releases the lock when the holder exits or dies, so a stale lock file never blocks a new
-        run. Raises :class:`RunLocked` (one line, with the holder's pid and host) when another process has it.
+        run. Raises :class:`RunLocked` (one line, with the holder's pid and host) when another process has it, and
+        :class:`UserError` (one line with the errno text) when ``flock`` fails otherwise (``ENOLCK`` on a file system
+        without locks).
         """
         import fcntl
 
@@ -338,10 +367,14 @@ class RunDir:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # not "held": flock failed
+                    raise UserError(f"{self.path}: cannot lock the run directory ({self.lock_path}): flock failed: "
+                                    f"{os.strerror(exc.errno) if exc.errno else exc} (the file system may not "
+                                    "support locks, e.g. some NFS mounts; use a local output_dir)") from None
                 holder = os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip() or "another process"
-                raise RunLocked(f"{self.path}: run directory is in use by {holder} (lock {self.lock_path}); "
-                                "wait for it to finish or stop it") from None
+                raise RunLocked(f"{self.path}: run directory is in use by {holder}, another dtr process (lock "
+                                f"{self.lock_path}); wait for it to finish or stop it") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
             for folder in (self.checkpoints, self.path / "plots"):  # what a killed run left half-written

@@ -12,15 +12,27 @@ from typing import Any
 import numpy as np
 
 from dtr_plugins.conditioners.text_cache import TextStage
+from dtr_plugins.core.contracts import SupportsTextConditioning
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.sampling_settings import SamplingSettings
 
-__all__ = ["prompt_labels", "prompt_kwargs", "read_prompts_file", "evaluation_prompts"]
+__all__ = ["prompted", "prompt_labels", "prompt_kwargs", "read_prompts_file", "evaluation_prompts"]
 
 
-def prompt_labels(settings: SamplingSettings) -> np.ndarray:
-    """The prompt index of every image ``[num_samples]``; UserError without prompts or without a prompt encoder
-    (the settings' ``prompt_encoder``: the run's text stage)."""
+def prompted(model: Any, settings: SamplingSettings) -> bool:
+    """The model is text-conditioned (its images come from prompts), or prompts were given (then refused)."""
+    return isinstance(model, SupportsTextConditioning) or settings.prompts is not None
+
+
+def prompt_labels(model: Any, settings: SamplingSettings) -> np.ndarray:
+    """The prompt index of every image ``[num_samples]``, after the guidance check; UserError for prompts given to
+    a model that reads no text, and for a text model without prompts or a prompt encoder (the settings'
+    ``prompt_encoder``: the run's text stage)."""
+    if not isinstance(model, SupportsTextConditioning):
+        raise UserError("--prompt: this model is not text-conditioned, so prompts would not be applied; leave out "
+                        "--prompt / --prompts-file")
+    check_guidance(model, settings.cfg_scale, settings.key("cfg_scale"))
     if settings.prompt_encoder is None:
         raise UserError("--prompt: this model is text-conditioned but its run has no text section to encode "
                         "prompts with (an exported model: sample from its run directory)")

@@ -24,7 +24,7 @@ import torch
 from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
-from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance, SupportsTextConditioning
+from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance, SupportsSolverSteps
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
@@ -32,7 +32,7 @@ from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
-from dtr_plugins.sampling.prompts import prompt_kwargs, prompt_labels
+from dtr_plugins.sampling.prompts import prompt_kwargs, prompt_labels, prompted
 from dtr_plugins.sampling.sample_out import check_out
 
 
@@ -74,6 +74,24 @@ class _CountingModel:
         return getattr(self.model, name)
 
 
+class _StepCounter:
+    """Advances a progress bar per network call: by one call, or (``steps``: ``(steps, calls)`` of one batch) by
+    the solver steps completed, ``steps`` per batch (Heun's two calls per step count as one step)."""
+
+    def __init__(self, bar: Any, steps: tuple[int, int] | None):
+        self.bar, self.steps, self.calls, self.shown = bar, steps, 0, 0
+
+    def call(self) -> None:
+        if self.steps is None:
+            self.bar.update(1)
+            return
+        steps, calls = self.steps
+        self.calls += 1
+        done = (self.calls // calls) * steps + (self.calls % calls) * steps // calls
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+
 def _rank_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_labels: np.ndarray, *,
                  d: distributed.Dist, codec: Codec, progress: bool,
                  record: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
@@ -105,8 +123,11 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
     conditional = num_classes > 1
     shape_chw = (model.in_channels, model.input_size, model.input_size)
     starts = list(range(0, num, batch))[d.rank::d.world_size]
-    bar = tqdm(total=None, desc=f"sampling {len(starts)} batch(es)", unit="step", disable=not (progress and d.is_main))
-    counted = _CountingModel(model, on_call=lambda: bar.update(1))
+    # solver steps x batches when the process says how many (SupportsSolverSteps), else network calls
+    steps = diffusion.solver_steps(s.solver()) if isinstance(diffusion, SupportsSolverSteps) else None
+    bar = tqdm(total=steps[0] * len(starts) if steps else None, desc=f"sampling {len(starts)} batch(es)",
+               unit="step", disable=not (progress and d.is_main))
+    counted = _CountingModel(model, on_call=_StepCounter(bar, steps).call)
     chunks: list[tuple[int, np.ndarray]] = []
     per_batch = None
     for chunk_index in starts:
@@ -126,8 +147,9 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
                              progress=False, device=d.device)
         if per_batch is None:  # network evaluations per image: images fed to the network / images made
             per_batch = (counted.rows - rows_before) // n
-            bar.total = (counted.calls - before) * len(starts)
-            bar.refresh()
+            if steps is None:
+                bar.total = (counted.calls - before) * len(starts)
+                bar.refresh()
         x = codec.decode(x)
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     bar.close()
@@ -140,15 +162,10 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
 def _prepare(model: Backbone, settings: SamplingSettings) -> tuple[np.ndarray, str]:
     """``(labels per image, where the labels came from)``; the last is recorded as ``labels``: ``given``
     (``--labels``), ``balanced``, ``unconditional`` (the model takes none) or ``prompts`` (a text-conditioned
-    model: prompt indices, :mod:`.prompts`). Checks the guidance scale
-    against the backbone (:func:`check_guidance`)."""
+    model: prompt indices, :mod:`.prompts`). Checks the guidance scale against the backbone (:func:`check_guidance`)."""
     num, labels = settings.num_samples, settings.labels
-    if isinstance(model, SupportsTextConditioning):
-        check_guidance(model, settings.cfg_scale, settings.key("cfg_scale"))
-        return prompt_labels(settings), "prompts"
-    if settings.prompts is not None:
-        raise UserError("--prompt: this model is not text-conditioned, so prompts would not be applied; leave out "
-                        "--prompt / --prompts-file")
+    if prompted(model, settings):
+        return prompt_labels(model, settings), "prompts"
     num_classes = int(model.num_classes or 0)
     if labels is not None and num_classes <= 1:
         raise UserError(f"--labels: this model is unconditional (num_classes={num_classes}), so class labels "

@@ -59,17 +59,38 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     not exist or be empty; the folder is written beside it and renamed into place, so it is complete or
     absent. Returns ``out``. Raises :class:`UserError` / :class:`CheckpointError` (one line).
     """
+    if layout not in ("dtr", "diffusers"):
+        raise UserError(f"--format: {layout!r} is not allowed (allowed: dtr, diffusers)")
+    out = Path(out)
+    found = run_weights(source, weights=weights, allow_unsafe_load=allow_unsafe_load, out=out)
+    return write_export(found, out, layout=layout)
+
+
+class RunWeights(NamedTuple):
+    """One set of weights to export, with what its folder records: the model (weights loaded), its config,
+    the export record (``weights``, ``step``, ``checkpoint``, ``codec``), ``eval.json`` and ``meta.json``."""
+
+    model: Any
+    cfg: ExperimentConfig
+    record: dict[str, Any]
+    evaluation: dict[str, Any] | None
+    meta: dict[str, Any] | None
+
+
+def run_weights(source: str | Path, *, weights: str = "ema", allow_unsafe_load: bool = False,
+                out: Path | None = None) -> RunWeights:
+    """The ``weights`` (``ema``/``model``) of a run directory's newest checkpoint, or of one checkpoint file,
+    in a model built from the config the checkpoint holds. ``out`` (checked before any checkpoint is read):
+    the folder an export will write. Raises :class:`UserError` / :class:`CheckpointError` (one line)."""
     from dtr_plugins.compose import codec_spec, compose
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
     from dtr_plugins.runs.rundir import RunDir
 
     if weights not in ("ema", "model"):
         raise UserError(f"--weights: {weights!r} is not allowed (allowed: ema, model)")
-    if layout not in ("dtr", "diffusers"):
-        raise UserError(f"--format: {layout!r} is not allowed (allowed: dtr, diffusers)")
-    out = Path(out)
     run, ckpt_path = RunDir.locate(source)
-    _check_out(out)
+    if out is not None:
+        _check_out(out)
     ckpt = read_checkpoint(ckpt_path, allow_unsafe=allow_unsafe_load)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(weights), dict):
         have = ", ".join(k for k in ("ema", "model") if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict))
@@ -78,30 +99,42 @@ def export_run(source: str | Path, out: str | Path, *, weights: str = "ema", lay
     cfg = run.config_of(ckpt, ckpt_path)
     model = compose(cfg, data=False).model
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     step = ckpt.get("step")
     record: dict[str, Any] = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
-              "checkpoint": ckpt_path.name, "layout": layout}
+              "checkpoint": ckpt_path.name}
     spec = codec_spec(cfg)
     if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
         record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}
-    evaluation = run.read_eval() or None
-    meta = run.read_meta() or None
+    return RunWeights(model.eval(), cfg, record, run.read_eval() or None, run.read_meta() or None)
+
+
+def write_export(found: RunWeights, out: str | Path, *, layout: str = "dtr", card: str | None = None) -> Path:
+    """Write ``found`` to the new (or empty) folder ``out`` in ``layout`` (``dtr`` or ``diffusers``); complete
+    or absent. ``card``: the ``README.md`` to write instead of a rendered one (``dtr`` layout), used only
+    when the weights written are byte for byte those it describes (``record["weights_sha256"]``)."""
+    out = Path(out)
+    _check_out(out)
+    state = {k: v.detach().cpu().contiguous() for k, v in found.model.state_dict().items()}
+    record = {k: v for k, v in found.record.items() if k not in ("weights_file", "weights_sha256", "conversion")}
+    record["layout"] = layout
     with _staging(out) as stage:
         if layout == "dtr":
-            _write_dtr(stage, state, cfg.to_dict(), record, evaluation, meta)
+            sha = _write_dtr(stage, state, found.cfg.to_dict(), record, found.evaluation, found.meta)
+            if card is not None and sha == found.record.get("weights_sha256"):
+                (stage / CARD_FILE).write_text(card)
         else:
-            _write_diffusers(stage, model, cfg, state, record, evaluation, meta)
+            _write_diffusers(stage, found.model, found.cfg, state, record, found.evaluation, found.meta)
     return out
 
 
-def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], evaluation, meta) -> None:
+def _write_dtr(stage: Path, state, cfg: dict[str, Any], record: dict[str, Any], evaluation, meta) -> str:
     from dtr_plugins.sharing.model_card import render_model_card
 
     sha = _save_safetensors(state, stage / WEIGHTS_FILE, record)
     record = {**record, "weights_file": WEIGHTS_FILE, "weights_sha256": sha}
     (stage / CONFIG_FILE).write_text(json.dumps({**cfg, EXPORT_KEY: record}, indent=2) + "\n")
     (stage / CARD_FILE).write_text(render_model_card(cfg, record, evaluation, meta))
+    return sha
 
 
 def _write_diffusers(stage: Path, model, cfg, state, record: dict[str, Any], evaluation, meta) -> None:

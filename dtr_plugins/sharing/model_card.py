@@ -5,6 +5,11 @@ are reported with what was applied to get them: step, weights, sampler, respacin
 sample count, feature extractor (and its weights' SHA-256), reference, seed, precision and world size.
 When the exported weights are not the evaluated ones (``--weights model``, or another step) the card
 shows no metrics and says why. A rank-deficient FID (``fid_rank_deficient``) carries its warning.
+
+The YAML front matter is huggingface_hub's :class:`~huggingface_hub.ModelCardData`: ``library_name``,
+``license`` (:data:`LICENSE`, the project's licence, unless the caller names another), ``tags`` and, when
+the card shows metrics, a ``model-index`` with one :class:`~huggingface_hub.EvalResult` per metric (name,
+value, dataset), which the hub shows as the model's evaluation results.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ import yaml
 
 from dtr_plugins.core.metrics import card_titles
 from dtr_plugins.core.text import printable
+
+#: the licence a model card declares unless told otherwise: the project's (LICENSE, MIT)
+LICENSE = "mit"
+#: the hub task of a DiT from this project: image generation (class-conditional when it has labels)
+TASK_TYPE = "image-generation"
 
 #: provenance keys of eval.json, not metrics
 _PROVENANCE = {"step", "sampler", "respacing", "cfg_scale", "cfg_channels", "train_precision", "world_size", "seed",
@@ -117,6 +127,45 @@ def _describe_model(cfg: Mapping[str, Any]) -> str:
     return text
 
 
+def _mismatch(record: Mapping[str, Any], evaluation: Mapping[str, Any]) -> list[str]:
+    """Why ``eval.json`` does not describe the exported weights (other weights, other step); [] when it does."""
+    step, weights = evaluation.get("step"), evaluated_weights(evaluation)
+    mismatch = []
+    if weights != record.get("weights"):
+        mismatch.append(f"the **{_weights_label(weights)}** weights")
+    if step is None or record.get("step") is None or int(step) != int(record["step"]):
+        mismatch.append(f"training step {_text(step)}")
+    return mismatch
+
+
+def shown_metrics(record: Mapping[str, Any], evaluation: Mapping[str, Any] | None) -> dict[str, float]:
+    """The metric values the card reports: those of ``eval.json`` when it measured exactly the exported
+    weights (same step, same EMA-or-not), else none."""
+    if not evaluation or _mismatch(record, evaluation):
+        return {}
+    return metrics_of(evaluation)
+
+
+def card_data(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluation: Mapping[str, Any] | None,
+              license: str = LICENSE) -> Any:
+    """The card's front matter as :class:`huggingface_hub.ModelCardData`: library, licence, tags and a
+    ``model-index`` with the :func:`shown_metrics` (metric key as ``type``, card title as ``name``, the
+    value, and the dataset: ``data.name`` as its type, ``eval.json``'s ``reference`` as its name)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data = cfg.get("data")
+    dataset = str((data.get("name") if isinstance(data, Mapping) else None) or "unknown")
+    reference = str((evaluation or {}).get("reference") or f"dataset:{dataset}")
+    titles = card_titles()
+    results = [EvalResult(task_type=TASK_TYPE, dataset_type=dataset, dataset_name=printable(reference),
+                          metric_type=key, metric_name=titles[key], metric_value=value)
+               for key, value in shown_metrics(record, evaluation).items()]
+    return ModelCardData(library_name="dtr-plugins", license=license,
+                         tags=["diffusion", "dit", "task-routing", "dtr-plugins"],
+                         model_name=printable(str(cfg.get("name", "model"))) if results else None,
+                         eval_results=results or None)
+
+
 def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | None) -> list[str]:
     """The metrics of exactly the exported weights (same step, same EMA-or-not), or a sentence why none."""
     lines = ["## Metrics", ""]
@@ -126,11 +175,7 @@ def _metrics_section(record: Mapping[str, Any], evaluation: Mapping[str, Any] | 
     if not values:
         return lines + ["The run's `eval.json` holds no metric values.", ""]
     step, weights = evaluation.get("step"), evaluated_weights(evaluation)
-    mismatch = []
-    if weights != record.get("weights"):
-        mismatch.append(f"the **{_weights_label(weights)}** weights")
-    if step is None or record.get("step") is None or int(step) != int(record["step"]):
-        mismatch.append(f"training step {_text(step)}")
+    mismatch = _mismatch(record, evaluation)
     if mismatch:
         return lines + [f"No metrics are shown: the run's `eval.json` was measured on {' at '.join(mismatch)}, "
                         f"not on these weights (the **{_weights_label(record.get('weights'))}** weights of training "
@@ -173,17 +218,20 @@ def fid_caveat(evaluation: Mapping[str, Any]) -> str | None:
 
 def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluation: Mapping[str, Any] | None,
                       meta: Mapping[str, Any] | None = None, *, layout_note: str | None = None,
-                      repo_hint: str = "ORG/NAME") -> str:
+                      repo_hint: str = "ORG/NAME", license: str = LICENSE) -> str:
     """``README.md`` text: front matter, description, metrics with provenance, usage and the full config.
 
     ``cfg``: the resolved run config (a plain dict). ``record``: the export record (``weights``, ``step``,
     ``checkpoint``, ``weights_sha256``). ``evaluation``: the run's ``eval.json`` or None. ``meta``: the
     run's ``meta.json`` or None. ``layout_note``: extra text for a non-default layout (diffusers).
+    ``license``: the hub licence id in the front matter (:data:`LICENSE` by default). The front matter is
+    :func:`card_data`'s (``model-index`` with the shown metrics).
     """
     cfg = _shown(cfg)  # local paths by their last component
     name = cfg.get("name", "model")
-    front = {"library_name": "dtr-plugins", "tags": ["diffusion", "dit", "task-routing", "dtr-plugins"]}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {_text(name)}", "",
+    evaluation = _shown(evaluation) if evaluation else evaluation
+    front = card_data(cfg, record, evaluation, license=license).to_yaml()
+    lines = ["---", front.rstrip(), "---", "", f"# {_text(name)}", "",
              f"A diffusion model trained with dtr-plugins ({_describe_model(cfg)}).", "",
              f"Weights: the **{_text(record.get('weights'))}** weights of checkpoint {_code(record.get('checkpoint'))} "
              f"(training step {_text(record.get('step'))}); {_code(record.get('weights_file'))} sha256 "
@@ -200,9 +248,8 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
     lines += _metrics_section(record, evaluation)
     lines += ["## Use", "", "```bash", f"dtr sample hf://{repo_hint} --num-samples 64 --out samples/{name}",
               "dtr sample path/to/this/folder --num-samples 64 --out samples/local", "```", "", "```python",
-              "import dtr_plugins as dp", f'model, cfg, codec = dp.from_pretrained("{repo_hint}")  # or a local folder',
-              "from dtr_plugins.sampling.sample import generate",
-              "images, labels = generate(model, dp.build_diffusion(cfg), cfg, 16, codec=codec)  # uint8 NHWC",
+              "import dtr_plugins as dp", f'pipe = dp.DTRPipeline.from_pretrained("{repo_hint}")  # or a local folder',
+              "images, labels = dp.generate(pipe.model, pipe.diffusion, pipe.cfg, 16, codec=pipe.codec)  # uint8 NHWC",
               "```", ""]
     if meta:
         keep = {k: meta[k] for k in ("dtr_plugins", "torch", "git_commit", "device", "world_size", "precision", "seed",

@@ -1,4 +1,5 @@
-"""TensorBoard tracker (built in): scalars and images in event files under ``<run_dir>/tensorboard/``.
+"""TensorBoard tracker (extra ``dtr-plugins[tensorboard]``): scalars and images in event files under
+``<run_dir>/tensorboard/``.
 
 Written with ``torch.utils.tensorboard.SummaryWriter``; read with ``tensorboard --logdir <run_dir>``.
 """
@@ -37,7 +38,8 @@ class TensorBoardTracker:
 
     @classmethod
     def missing_requirement(cls) -> str | None:
-        return requirement_missing("tensorboard", "pip install tensorboard")
+        # torch.utils.tensorboard's SummaryWriter imports the tensorboard package
+        return requirement_missing("tensorboard", "pip install 'dtr-plugins[tensorboard]'")
 
     def start(self, run_dir: Path, config: Mapping[str, Any], run_name: str) -> None:
         from torch.utils.tensorboard import SummaryWriter

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from dtr_plugins.core.errors import PluginError, UserError, first_line
+from dtr_plugins.core.images import MASK_GAP, mask_rgb
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
-from dtr_plugins.core.tracking import KIND, Tracker
+from dtr_plugins.core.tracking import KIND, SupportsTrackerResume, Tracker
 
 
 class TrackerWarning(UserWarning):
@@ -76,8 +77,9 @@ def routing_heatmap(plan: Any, gap: int = 2) -> np.ndarray | None:
     """The distinct mask tables of a :class:`~dtr_plugins.core.routing.RoutingPlan` side by side.
 
     Returns ``uint8 [T, sum(C) + gap * (n - 1), 3]``: row 0 is timestep ``T-1`` (t = 0 at the bottom, as
-    in ``dtr masks``), white = channel active, black = masked, grey = gap. ``None`` when nothing is
-    masked (vanilla: no tables).
+    in ``dtr masks``), in the colours of ``dtr masks`` (:func:`dtr_plugins.core.images.mask_rgb`: active units
+    :data:`~dtr_plugins.core.images.MASK_ACTIVE`, masked ones ``MASK_MASKED``), tables separated by ``gap``
+    columns of ``MASK_GAP``. ``None`` when nothing is masked (vanilla: no tables).
     """
     tables = [table for table, _ in plan.tables()]
     if not tables:
@@ -85,9 +87,9 @@ def routing_heatmap(plan: Any, gap: int = 2) -> np.ndarray | None:
     parts: list[np.ndarray] = []
     for i, table in enumerate(tables):
         if i:
-            parts.append(np.full((table.shape[0], gap), 128, dtype=np.uint8))
-        parts.append(table.to(torch.uint8).cpu().numpy()[::-1] * np.uint8(255))
-    return as_rgb_uint8(np.concatenate(parts, axis=1))
+            parts.append(np.broadcast_to(np.array(MASK_GAP, np.uint8), (table.shape[0], gap, 3)))
+        parts.append(mask_rgb(table)[::-1])
+    return np.ascontiguousarray(np.concatenate(parts, axis=1))
 
 
 class TrackerSet:
@@ -103,9 +105,12 @@ class TrackerSet:
 
     @classmethod
     def open(cls, sections: Sequence[Any], run_dir: str | Path, config: Mapping[str, Any], run_name: str,
-             registry: PluginRegistry | None = None) -> TrackerSet:
+             registry: PluginRegistry | None = None,
+             previous: Mapping[str, Mapping[str, Any]] | None = None) -> TrackerSet:
         """Build and start each tracker of ``log.trackers`` (resolved ``PluginSection`` entries).
 
+        ``previous``: on a resume, what the previous segment's trackers applied (``meta.json`` ``trackers``);
+        a tracker that :class:`SupportsTrackerResume` continues the run recorded there (same run id).
         Raises :class:`PluginError` (one line naming ``log.trackers`` and the tracker) if one cannot
         start; the ones already started are finished first.
         """
@@ -116,6 +121,9 @@ class TrackerSet:
             name = section.name
             try:
                 tracker = registry.build(KIND, name, **section.params)
+                record = (previous or {}).get(name)
+                if isinstance(record, Mapping) and isinstance(tracker, SupportsTrackerResume):
+                    tracker.resume_from(record)
                 tracker.start(run_dir, config, run_name)
             except UserError:
                 cls(started).finish()

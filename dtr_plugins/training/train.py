@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import platform
 import subprocess
 import warnings
@@ -36,12 +37,15 @@ from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
+from dtr_plugins.core.log import run_log
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.tracker_set import TrackerSet, routing_heatmap
 from dtr_plugins.training.trainer import Trainer, TrainingDiverged, TrainState, ranks_in_sync
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["train", "compose_checked", "StepBatches", "SeededItems", "draw_key", "run_meta", "check_resume_identity",
            "TrainingDiverged"]
@@ -217,7 +221,7 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
                                   num_timesteps, per_band=cfg.eval.heldout_per_band,
                                   seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     except (ConfigError, DataError) as exc:
-        print(f"dtr: note: no held-out loss for this run: {exc}")
+        logger.info(f"dtr: note: no held-out loss for this run: {exc}")
         return None, {"applied": False, "why": str(exc)}
     return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema", "time": time,
                      "target": target,
@@ -229,6 +233,9 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
           registry: PluginRegistry | None = None, allow_unsafe_load: bool = False, progress: bool = True,
           parts: Components | None = None) -> Path:
     """Train ``cfg``; returns the run directory (docs/design.md, "6. The run directory"; :class:`RunDir`).
+
+    Progress lines go to the ``dtr_plugins`` logger (silent unless logging is configured; ``dtr train`` shows
+    them) and, for the duration of the call, to ``<run>/train.log`` (appended; :func:`~dtr_plugins.core.log.run_log`).
 
     ``parts``: the run as :func:`compose_checked` composed it (``dtr train`` does this first, to name its config
     file in a refusal); composed here when None.
@@ -246,6 +253,11 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     try:
         compute = _compute_settings(cfg, d, held)
         rd, start_ckpt = _open_run_dir(cfg, run_dir, resume, d, held)
+        if d.is_main:  # the console's lines of this invocation, appended to <run>/train.log
+            held.enter_context(run_log(rd.log_path))
+            how = f"resuming from {start_ckpt.relative_to(rd.path)}" if start_ckpt is not None else "new run"
+            logger.info(f"dtr: run directory: {rd.path} ({how})")
+            logger.debug(f"dtr: device {d.device}, world size {d.world_size}, compute {compute}")
         parts.to(d.device)
         compute["activation_checkpointing"] = apply_activation_checkpointing(
             parts.model, cfg.train.activation_checkpointing, cfg.backbone.name)
@@ -341,7 +353,9 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
-    trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry)
+    previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
+    trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry,
+                               previous=previous if isinstance(previous, dict) else None)
     meta["trackers"] = trackers.applied()
     heldout, meta["heldout"] = _heldout_for(cfg, parts, start.registry, d.device)
     rd.write_meta(meta)
@@ -412,21 +426,23 @@ def _drop_records_of_an_attempt_without_checkpoint(rd: RunDir) -> None:
 
 def _remove_if_only_lock(rd: RunDir, created: list[Path]) -> None:
     """Undo the folders this run created (``created``: the run folder and the missing parents above it, deepest
-    first) when the run was refused before it wrote anything but its lock."""
+    first) when the run was refused before it wrote anything but its lock (and the first lines of train.log)."""
     with contextlib.suppress(OSError):
-        if [p.name for p in rd.path.iterdir()] == [rd.lock_path.name]:
-            rd.lock_path.unlink()
+        names = {p.name for p in rd.path.iterdir()}
+        if rd.lock_path.name in names and names <= {rd.lock_path.name, rd.log_path.name}:  # its log says no more
+            for name in names:
+                (rd.path / name).unlink()
             for folder in created:
                 folder.rmdir()  # stops (OSError) at the first folder that holds anything else
 
 
 def _lock_on_every_rank(rd: RunDir, d: distributed.Dist, held: contextlib.ExitStack) -> None:
     """The main rank takes the run's lock; under torchrun every rank learns the outcome, so all stop together."""
-    refused: RunLocked | None = None
+    refused: UserError | None = None
     if d.is_main:
         try:
             held.enter_context(rd.lock())
-        except RunLocked as exc:
+        except UserError as exc:  # RunLocked, or a file system without flock
             refused = exc
     if d.enabled:
         import torch.distributed as dist
@@ -434,7 +450,7 @@ def _lock_on_every_rank(rd: RunDir, d: distributed.Dist, held: contextlib.ExitSt
         flag = torch.tensor(0 if refused else 1, device=d.device, dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         if refused is None and int(flag) == 0:
-            refused = RunLocked(f"{rd.path}: run directory is in use by another process (see {rd.lock_path})")
+            refused = RunLocked(f"{rd.path}: rank 0 could not lock the run directory (see {rd.lock_path})")
     if refused is not None:
         raise refused
 
@@ -446,7 +462,7 @@ def _redo_missing_outputs(trainer: Trainer, rd: RunDir, cfg: ExperimentConfig, d
     if not missing:
         return
     if d.is_main:
-        print(f"dtr: {rd.path}: training is complete; redoing the missing {', '.join(missing)}", flush=True)
+        logger.info(f"dtr: {rd.path}: training is complete; redoing the missing {', '.join(missing)}")
     final_ckpt = str(rd.checkpoint_path(cfg.train.steps).relative_to(rd.path))
     if final_ckpt in missing:
         trainer.save()
@@ -467,5 +483,5 @@ def _redo_interrupted_evaluation(trainer: Trainer, rd: RunDir, cfg: ExperimentCo
     if any("eval" in r and r.get("step") == step for r in rd.read_metrics() if isinstance(r, dict)):
         return
     if d.is_main:
-        print(f"dtr: {rd.path}: the evaluation of step {step} has no record (interrupted); redoing it", flush=True)
+        logger.info(f"dtr: {rd.path}: the evaluation of step {step} has no record (interrupted); redoing it")
     trainer.evaluate(final=False)

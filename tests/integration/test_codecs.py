@@ -75,7 +75,7 @@ def test_normalisation_fields_key_the_cache(tmp_path):
     assert latent_cache_root(cfg, build_codec(cfg))[0] != root_plain
 
 
-def test_cache_is_keyed_by_the_vae_content_not_its_path(tmp_path, capsys):
+def test_cache_is_keyed_by_the_vae_content_not_its_path(tmp_path, log_text):
     folder = make_vae(tmp_path / "vae", seed=0)
     cfg = config(tmp_path, folder, "data.num_samples=8")
     root = cache_latents(cfg, progress=False)
@@ -90,9 +90,9 @@ def test_cache_is_keyed_by_the_vae_content_not_its_path(tmp_path, capsys):
     # Other weights saved into the same folder: a new cache; the old one is not used.
     make_vae(folder, seed=1)
     assert latent_cache_root(cfg, build_codec(cfg))[0] != root
-    capsys.readouterr()
+    log_text()
     assert not isinstance(build_dataset(cfg), LatentCacheDataset)
-    assert "does not exist" in capsys.readouterr().err
+    assert "does not exist" in log_text()
 
 
 def test_explicit_latent_geometry_must_agree(tmp_path, run_cli):

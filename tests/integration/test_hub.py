@@ -1,6 +1,7 @@
 """Export in hub layout, loading from folders and the Hugging Face cache, push (no network)."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,6 +259,10 @@ class _FakeApi:
         _FakeApi.calls.append(("create_repo", kwargs))
 
     def upload_folder(self, **kwargs):
+        from pathlib import Path
+
+        folder = Path(kwargs["folder_path"])  # what is in it at upload time (a pipeline's folder is temporary)
+        kwargs["uploaded"] = {p.name: p.read_bytes() for p in folder.iterdir()}
         _FakeApi.calls.append(("upload_folder", kwargs))
         if _FakeApi.fail:
             raise RuntimeError(_FakeApi.fail)
@@ -370,3 +375,90 @@ def test_sample_and_export_read_the_same_config_of_a_resumed_run(run_dir, tmp_pa
     assert (cfg.sample.respacing, cfg.train.steps) == ("ddim5", 4)  # what trained the newest checkpoint's weights
     assert (exported["sample"]["respacing"], exported["train"]["steps"]) == (cfg.sample.respacing, cfg.train.steps)
     assert {k: exported[k] for k in cfg.to_dict()} == cfg.to_dict()
+
+
+# ------------------------------------------------------------------------------- DTRPipeline (hub methods)
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pipeline_save_then_load_gives_identical_weights_and_samples(run_dir, tmp_path):
+    pipe = dp.DTRPipeline.from_run(run_dir)
+    out = pipe.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    again = dp.DTRPipeline.from_pretrained(out)
+    assert again.cfg.to_dict() == pipe.cfg.to_dict() and again.record["step"] == 4
+    before, after = _state(pipe.model), _state(again.model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    a, _ = generate(pipe.model, pipe.diffusion, pipe.cfg, 8, seed=11, progress=False)
+    b, _ = dp.generate(again.model, again.diffusion, again.cfg, 8, seed=11, progress=False)
+    assert a.dtype == np.uint8 and np.array_equal(a, b)
+
+    exported = hub.export_run(run_dir, tmp_path / "export")  # the same bytes as dtr export writes
+    assert (exported / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    resaved = again.save_pretrained(tmp_path / "resaved")  # unchanged weights keep their card, metrics included
+    assert (resaved / "README.md").read_text() == (out / "README.md").read_text()
+    assert "| FID | 12.35 |" in (resaved / "README.md").read_text()
+
+
+def test_pipeline_with_changed_weights_writes_a_card_without_the_old_metrics(run_dir, tmp_path):
+    pipe = dp.DTRPipeline.from_pretrained(hub.export_run(run_dir, tmp_path / "export"))
+    with torch.no_grad():
+        next(pipe.model.parameters()).add_(1.0)  # fine-tuned: eval.json no longer describes these weights
+    out = pipe.save_pretrained(tmp_path / "tuned")
+    card = (out / "README.md").read_text()
+    assert "| FID |" not in card and "No evaluation was recorded" in card and "model-index" not in card
+    assert torch.equal(_state(dp.DTRPipeline.from_pretrained(out).model)[next(iter(pipe.model.state_dict()))],
+                       next(iter(pipe.model.state_dict().values())))
+    with pytest.raises(UserError, match="already exists and is not an empty folder"):
+        pipe.save_pretrained(out)
+
+
+def test_pipeline_revision_applies_to_hub_ids_only(run_dir, tmp_path):
+    with pytest.raises(UserError, match="revision='v1' applies to a hub id"):
+        dp.DTRPipeline.from_pretrained(hub.export_run(run_dir, tmp_path / "e"), revision="v1")
+
+
+def test_model_card_front_matter_holds_licence_and_model_index(run_dir, tmp_path):
+    import yaml
+    from huggingface_hub import ModelCard
+
+    text = (hub.export_run(run_dir, tmp_path / "card") / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["license"] == "mit" and front["library_name"] == "dtr-plugins"
+    (index,) = front["model-index"]
+    assert index["name"] == "tiny-export"
+    (result,) = index["results"]
+    assert result["dataset"] == {"name": "dataset:digits", "type": "synthetic"}
+    metrics = {m["name"]: m["value"] for m in result["metrics"]}
+    assert metrics["FID"] == pytest.approx(12.345) and metrics["recall"] == pytest.approx(0.42)
+    assert "model_evaluations_per_image" not in {m["type"] for m in result["metrics"]}
+    card = ModelCard(text)  # huggingface_hub's own reader of the card
+    assert card.data.license == "mit"
+    fid = [r for r in card.data.eval_results if r.metric_type == "frechet_inception_distance"]
+    assert [(r.metric_value, r.dataset_name) for r in fid] == [(pytest.approx(12.345), "dataset:digits")]
+
+    raw = (hub.export_run(run_dir, tmp_path / "raw", weights="model") / "README.md").read_text()
+    front = yaml.safe_load(raw.split("---\n")[1])
+    assert front["license"] == "mit" and "model-index" not in front  # eval.json measured the EMA weights
+
+
+def test_pipeline_push_to_hub_uploads_a_saved_folder(run_dir, tmp_path, fake_api):
+    pipe = dp.DTRPipeline.from_run(run_dir)
+    url = pipe.push_to_hub("org/tiny", private=True)
+    assert url == "https://huggingface.co/org/tiny/commit/abc"
+    assert fake_api.calls[1] == ("create_repo", {"repo_id": "org/tiny", "repo_type": "model", "private": True,
+                                                 "exist_ok": True})
+    name, upload = fake_api.calls[2]
+    assert name == "upload_folder" and upload["repo_id"] == "org/tiny"
+    assert upload["commit_message"] == "Upload tiny-export with dtr-plugins"
+    files = upload["uploaded"]
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    saved = pipe.save_pretrained(tmp_path / "local")
+    assert files["model.safetensors"] == (saved / "model.safetensors").read_bytes()
+    assert not Path(upload["folder_path"]).exists()  # the temporary folder is gone
+    fake_api.fail = "401 Unauthorized: invalid token hf_SecretTokenValue123456 for org/tiny"
+    with pytest.raises(UserError) as info:
+        pipe.push_to_hub("org/tiny")
+    assert "upload failed" in str(info.value) and "SecretTokenValue" not in str(info.value)

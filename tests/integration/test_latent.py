@@ -127,7 +127,7 @@ def test_cache_written_reused_and_resumed(tmp_path, vae_dir, monkeypatch):
     assert latent_cache_root(other, build_codec(other))[0] != root
 
 
-def test_train_from_cache_without_vae_then_sample(tmp_path, vae_dir, monkeypatch, capsys, run_cli):
+def test_train_from_cache_without_vae_then_sample(tmp_path, vae_dir, monkeypatch, log_text, run_cli):
     cfg, _ = config(tmp_path, vae_dir, "data.num_samples=8", "vae.cache_dir=" + str(tmp_path / "cache"))
     root = cache_latents(cfg, progress=False)
     assert root.parent == tmp_path / "cache"
@@ -137,7 +137,7 @@ def test_train_from_cache_without_vae_then_sample(tmp_path, vae_dir, monkeypatch
     with monkeypatch.context() as m:
         forbid_vae(m)  # no encoder (and no VAE weights at all) while training from the cache
         run_dir = dp.train(cfg, progress=False)
-    assert "hint" not in capsys.readouterr().err
+    assert "hint" not in log_text()
     ckpt = torch.load(run_dir / "checkpoints" / "0000003.pt", weights_only=True)
     assert not any("vae" in k or "encoder" in k or "decoder" in k for k in ckpt["model"])
     assert ckpt["model"].keys() == ckpt["ema"].keys()
@@ -164,10 +164,10 @@ def test_draw_latents_flips_and_samples_on_the_device():
     assert torch.equal(single, mean[:, 0, 0])
 
 
-def test_online_encoding_keeps_the_vae_frozen(tmp_path, vae_dir, capsys):
+def test_online_encoding_keeps_the_vae_frozen(tmp_path, vae_dir, log_text):
     cfg, _ = config(tmp_path, vae_dir, "data.num_samples=8", "train.steps=2", "train.log_every=1")
     parts = build_components(cfg)  # no cache: the images, and a hint
-    err = capsys.readouterr().err
+    err = log_text()
     assert "dtr cache-latents" in err and len(err.strip().splitlines()) == 1
     model, codec = parts.model, parts.codec
     images = torch.stack([parts.dataset[i][0] for i in range(4)])

@@ -42,7 +42,7 @@ class RecordingLauncher:
         return []
 
 
-def test_site_launcher_plugin_runs_a_suite(tmp_path, capsys):
+def test_site_launcher_plugin_runs_a_suite(tmp_path, log_text):
     made = []
     module = types.ModuleType("site_launcher")
 
@@ -64,7 +64,7 @@ def test_site_launcher_plugin_runs_a_suite(tmp_path, capsys):
     assert isinstance(made[0], Launcher) and made[0].tag == "lab" and made[0].launched == ["seed0"]
     assert json.loads((root / "seed0" / "status.json").read_text())["state"] == "done"
     run_suite(path, registry=registry, report=False)  # finished: nothing launched again
-    assert made[1].launched == [] and "skip     seed0 (finished)" in capsys.readouterr().out
+    assert made[1].launched == [] and "skip     seed0 (finished)" in log_text()
 
 
 def test_local_launcher_is_the_default_and_a_launcher():

@@ -82,8 +82,11 @@ def test_runs_table_report_and_eval_output_on_a_suite(tmp_path, run_cli, capsys)
     assert code == 0 and out.strip() == f"report: {done / 'report.md'}", err
     report = (done / "report.md").read_text()
     assert "Status **done**, step 4 of 4" in report and f"| FID | {fid:.4g} | 4 |" in report
-    for name in ("train_loss", "heldout_loss_bands", "metrics_vs_steps", "samples"):
+    for name in ("train_loss", "heldout_loss_per_band"):
         assert f"![{name}](plots/{name}.png)" in report and (done / "plots" / f"{name}.png").stat().st_size > 0
+    assert "![grid](samples/grid.png)" in report and not (done / "plots" / "samples.png").exists()  # drawn once
+    evaluated = [r for r in records if "eval" in r]
+    assert ("metrics_vs_steps" in report) == (len(evaluated) > 1)  # one evaluation: no panel with a single dot
     code, out, _ = run_cli("runs", str(tmp_path / "runs"))
     assert len(out.strip().splitlines()) == 4  # the report's plots/ folder is not taken for a run
 

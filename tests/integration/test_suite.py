@@ -75,7 +75,7 @@ def test_bad_suite_files(tmp_path, run_cli, body, expected):
     assert len(lines) == 1 and expected in lines[0] and "suite.yaml" in lines[0]
 
 
-def test_failing_run_is_recorded_rerun_skips_and_report(tmp_path, capsys):
+def test_failing_run_is_recorded_rerun_skips_and_report(tmp_path, log_text):
     path = suite_file(tmp_path, """\
 name: mini
 matrix:
@@ -85,7 +85,7 @@ exclude:
   - {routing.name: dtr, backbone.in_channels: 3}
 """)
     root = run_suite(path)
-    out = capsys.readouterr().out
+    out = log_text()
     states = {p.parent.name: json.loads(p.read_text())["state"] for p in root.glob("*/status.json")}
     assert states == {"vanilla__in_channels1": "done", "vanilla__in_channels3": "failed",
                       "dtr__in_channels1": "done"}
@@ -99,7 +99,7 @@ exclude:
     ckpt_times = {p: p.stat().st_mtime_ns for p in root.glob("*__in_channels1/checkpoints/*.pt")}
 
     run_suite(path)  # again: finished runs are skipped, the failed one is retried (and fails again)
-    out = capsys.readouterr().out
+    out = log_text()
     assert "skip     vanilla__in_channels1 (finished)" in out and "skip     dtr__in_channels1 (finished)" in out
     assert "start    vanilla__in_channels3" in out
     assert {p: p.stat().st_mtime_ns for p in root.glob("*__in_channels1/checkpoints/*.pt")} == ckpt_times
@@ -250,17 +250,17 @@ def test_report_draws_masks_from_recorded_widths_without_building_models(tmp_pat
     assert "masks_dtr_1.png" in (root / "report.md").read_text()
 
 
-def test_raised_train_steps_continues_finished_runs_from_their_checkpoints(tmp_path, run_cli, capsys):
+def test_raised_train_steps_continues_finished_runs_from_their_checkpoints(tmp_path, run_cli, log_text):
     # the bug: raising train.steps marked every finished run "changed"; --rerun-changed retrained from step 0
     path = suite_file(tmp_path, "name: fp\nset: {train.steps: 2}\nmatrix: {seed: [0, 1]}\n")
     root = run_suite(path, report=False)
-    capsys.readouterr()
+    log_text()
     old_fp = (root / "seed0" / "config.sha256").read_text().strip()
     suite = load_suite(path)
     assert old_fp == suite.runs[0].fingerprint and suite.runs[0].fingerprint != suite.runs[1].fingerprint
     first = {p: p.stat().st_mtime_ns for p in root.glob("seed*/checkpoints/0000002.pt")}
     run_suite(path, report=False)  # unchanged: skipped
-    assert "skip     seed0 (finished)" in capsys.readouterr().out
+    assert "skip     seed0 (finished)" in log_text()
 
     write(path, path.read_text().replace("train.steps: 2", "train.steps: 3"))
     code, out, _ = run_cli("suite", str(path), "--dry-run")
@@ -283,7 +283,7 @@ def test_raised_train_steps_continues_finished_runs_from_their_checkpoints(tmp_p
         rows = list(csv.DictReader(f))
     assert sorted((r["run_id"], r["step"]) for r in rows) == [("seed0", "3"), ("seed1", "3")]
     run_suite(path, report=False)  # and now it is finished
-    assert "skip     seed0 (finished)" in capsys.readouterr().out
+    assert "skip     seed0 (finished)" in log_text()
     # a later sampling setting (the base config file) is resumable too: recorded, nothing retrained
     write(tmp_path / "base.yaml", BASE.replace("respacing: ddim4", "respacing: ddim3"))
     code, out, err = run_cli("suite", str(path), "--only", "seed0")
@@ -362,11 +362,11 @@ def test_suite_set_applies_to_every_run(tmp_path, run_cli):
     assert code == 2 and "train.steps" in err
 
 
-def test_streamed_log_progress_and_one_thread_per_child(tmp_path, capsys):
+def test_streamed_log_progress_and_one_thread_per_child(tmp_path, log_text):
     path = suite_file(tmp_path, "name: live\nset: {train.steps: 3}\nmatrix: {seed: [0, 1]}\n")
     root = run_suite(path, report=False, parallel=2, progress_every=0.5,
                      overrides=["data={name: synthetic, num_samples: 32, image_size: 8, num_classes: 4}"])
-    out = capsys.readouterr().out
+    out = log_text()
     for rid in ("seed0", "seed1"):
         log = root / rid / "train.log"
         assert f"start    {rid} (log: {log})" in out

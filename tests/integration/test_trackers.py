@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -64,8 +65,8 @@ def read_tensorboard(run_dir: Path):
     return scalars, images
 
 
-def read_wandb(run_dir: Path) -> list[dict]:
-    """History rows of the one offline run under ``run_dir/wandb``, decoded with wandb's protobuf schema.
+def wandb_records(path: Path):
+    """The ``wandb.proto`` records of one offline run's ``.wandb`` transaction log.
 
     The ``.wandb`` file is a LevelDB-style log: a 7-byte header (``:W&B``, magic 0xBEE1, version 0), then
     32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) | data`` (1 full, 2 first, 3 middle,
@@ -73,10 +74,9 @@ def read_wandb(run_dir: Path) -> list[dict]:
     """
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     data = path.read_bytes()
     assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
-    block, pos, pending, rows = 32768, 7, b"", []
+    block, pos, pending = 32768, 7, b""
     while pos + 7 <= len(data):
         left = block - pos % block
         if left < 7:
@@ -92,17 +92,31 @@ def read_wandb(run_dir: Path) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+            yield record
 
 
-def read_mlflow(run_dir: Path):
+def wandb_logs(run_dir: Path) -> list[Path]:
+    """The ``.wandb`` files of every offline run folder under ``run_dir/wandb``, oldest first."""
+    return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def read_wandb(run_dir: Path) -> list[dict]:
+    """History rows of the one offline run under ``run_dir/wandb``, decoded with wandb's protobuf schema."""
+    (path,) = wandb_logs(run_dir)
+    return [{(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(path) if record.WhichOneof("record_type") == "history"]
+
+
+def wandb_run(path: Path):
+    """The run record (id, project, group, job_type, tags) of one ``.wandb`` file."""
+    return next(r.run for r in wandb_records(path) if r.WhichOneof("record_type") == "run")
+
+
+def read_mlflow(run_dir: Path, experiment_name: str = "dtr-plugins"):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dtr-plugins")
+    experiment = client.get_experiment_by_name(experiment_name)
     (run,) = client.search_runs([experiment.experiment_id])
     history = {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
                for key in run.data.metrics}
@@ -170,7 +184,85 @@ def test_each_tracker_writes_what_its_own_reader_loads(tmp_path, name):
         assert any(p.endswith(".png") and "samples" in p for p in images)
         assert not (tmp_path / "mlruns").exists() and (run_dir / "mlflow.db").exists()
         assert applied == {"tracking_uri": f"sqlite:///{run_dir.resolve() / 'mlflow.db'}", "experiment": "dtr-plugins",
-                           "run_id": run.info.run_id}
+                           "run_id": run.info.run_id, "resumed": False}
+
+
+# ------------------------------------------------------------------------- environment, suites, resume
+SUITE_CONFIG = {**CONFIG, "seed": 3, "diffusion": {"name": "gaussian"}, "log": {"suite": "ablation"}}
+
+
+def _segment(run_dir: Path, name: str, config: dict, steps: list[int], previous: dict | None = None) -> dict:
+    """One training segment's trackers: open (resuming ``previous``), log ``loss`` at ``steps``, finish."""
+    with TrackerSet.open([PluginSection(name=name)], run_dir, config, "trk", previous=previous) as trackers:
+        for step in steps:
+            trackers.log_record({"step": step, "loss": 1.0 / step})
+        return trackers.applied()
+
+
+def test_wandb_leaves_unset_identity_to_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "env-group")
+    applied = _segment(tmp_path / "run", "wandb", CONFIG, [1])["wandb"]
+    (path,) = wandb_logs(tmp_path / "run")
+    run = wandb_run(path)
+    assert run.project == "from-env" and applied["project"] == "from-env"  # no project in the config
+    assert run.run_group == "env-group" and run.display_name == "trk" and run.job_type == "train"
+    assert list(run.tags) == ["dtr"]  # a lone run's strategy; no process or seed in CONFIG
+
+    explicit = PluginSection(name="wandb", project="from-config", run_name="shown")
+    with TrackerSet.open([explicit], tmp_path / "run2", CONFIG, "trk"):
+        pass
+    (path,) = wandb_logs(tmp_path / "run2")
+    assert (wandb_run(path).project, wandb_run(path).display_name) == ("from-config", "shown")  # config wins
+
+
+def test_a_suite_run_is_grouped_and_tagged_in_wandb_and_in_its_suites_mlflow_experiment(tmp_path):
+    applied = _segment(tmp_path / "run", "wandb", SUITE_CONFIG, [1])["wandb"]
+    (path,) = wandb_logs(tmp_path / "run")
+    run = wandb_run(path)
+    assert (run.run_group, run.job_type, list(run.tags)) == ("ablation", "train", ["dtr", "gaussian", "seed=3"])
+    assert (applied["group"], applied["job_type"], applied["tags"]) == ("ablation", "train",
+                                                                        ["dtr", "gaussian", "seed=3"])
+
+    applied = _segment(tmp_path / "run", "mlflow", SUITE_CONFIG, [1])["mlflow"]
+    mlrun, history, _ = read_mlflow(tmp_path / "run", experiment_name="ablation")  # one experiment per suite
+    assert applied["experiment"] == "ablation" and mlrun.info.run_id == applied["run_id"]
+    assert {k: v for k, v in mlrun.data.tags.items() if k.startswith("dtr.")} == {
+        "dtr.suite": "ablation", "dtr.strategy": "dtr", "dtr.process": "gaussian", "dtr.seed": "3"}
+    assert history["loss"] == [(1, 1.0)]
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    first = _segment(tmp_path, "wandb", CONFIG, [1, 2])
+    time.sleep(1.1)  # offline run folders are named by the second they start
+    second = _segment(tmp_path, "wandb", CONFIG, [3, 4], previous=first)["wandb"]
+    assert second["run_id"] == first["wandb"]["run_id"] and second["resumed"] and not first["wandb"]["resumed"]
+    logs = wandb_logs(tmp_path)
+    assert len(logs) == 2 and {wandb_run(p).run_id for p in logs} == {first["wandb"]["run_id"]}  # wandb sync: one run
+    fresh = _segment(tmp_path / "other", "wandb", CONFIG, [1])["wandb"]  # no record: a new run
+    assert fresh["run_id"] != second["run_id"]
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
+    first = _segment(tmp_path, "mlflow", CONFIG, [1, 2])
+    raised = {**CONFIG, "train": {**CONFIG["train"], "steps": 12}}  # a resumable change
+    second = _segment(tmp_path, "mlflow", raised, [3, 4], previous=first)["mlflow"]
+    assert second["run_id"] == first["mlflow"]["run_id"] and second["resumed"]
+    run, history, _ = read_mlflow(tmp_path)  # (run,): still one run in the experiment
+    assert run.info.status == "FINISHED" and sorted(history["loss"]) == [(s, 1.0 / s) for s in (1, 2, 3, 4)]
+    assert run.data.params["train.steps"] == "6" and run.data.tags["dtr.resumed.train.steps"] == "12"
+    gone = {"mlflow": {**first["mlflow"], "run_id": "0" * 32}}  # a record the store does not hold: a new run
+    assert _segment(tmp_path / "other", "mlflow", CONFIG, [1], previous=gone)["mlflow"]["resumed"] is False
+
+
+def test_a_suite_records_its_name_in_each_runs_config(tmp_path):
+    from dtr_plugins.experiments.suite import load_suite
+
+    path = write(tmp_path / "suite.yaml", json.dumps({"name": "abl", "base": BASE, "matrix": {"seed": [0, 1]},
+                                                     "output_dir": str(tmp_path / "runs")}))
+    suite = load_suite(path)
+    assert [r.config.to_dict()["log"]["suite"] for r in suite.runs] == ["abl", "abl"]
+    assert config_from_dict(BASE).log.suite is None
 
 
 # ---------------------------------------------------------------------------------- failure handling
@@ -248,14 +340,15 @@ def test_log_trackers_resolve_with_their_params():
     cfg = config_from_dict({**BASE, "log": {"trackers": ["tensorboard", {"name": "wandb", "project": "p"}]}})
     assert cfg.to_dict()["log"]["trackers"] == [
         {"name": "tensorboard", "subdir": "tensorboard"},
-        {"name": "wandb", "project": "p", "entity": None, "mode": None}]
+        {"name": "wandb", "project": "p", "entity": None, "run_name": None, "group": None, "tags": [], "mode": None}]
     assert config_from_dict(BASE).log.trackers == []
 
 
 @pytest.mark.parametrize("trackers, message", [
     (["tensorbord"], "log.trackers.0: unknown tracker 'tensorbord' (known: mlflow, tensorboard, wandb)"),
     (["wandb", "wandb"], "log.trackers.1: tracker 'wandb' is listed twice"),
-    ([{"name": "wandb", "projekt": "p"}], "log.trackers.0.projekt: unknown key (allowed: entity, mode, project)"),
+    ([{"name": "wandb", "projekt": "p"}], "log.trackers.0.projekt: unknown key (allowed: entity, group, mode, project, "
+                                                "run_name, tags)"),
 ])
 def test_bad_log_trackers_are_one_config_error_line(trackers, message):
     with pytest.raises(ConfigError) as info:
@@ -263,15 +356,16 @@ def test_bad_log_trackers_are_one_config_error_line(trackers, message):
     assert str(info.value) == f"run.yaml: {message}"
 
 
-@pytest.mark.parametrize("package, extra", [("wandb", "dtr-plugins[wandb]"), ("mlflow", "dtr-plugins[mlflow]")])
-def test_dtr_validate_finds_a_missing_tracker_package(tmp_path, run_cli, monkeypatch, package, extra):
+@pytest.mark.parametrize("package, other", [("wandb", "tensorboard"), ("mlflow", "tensorboard"),
+                                            ("tensorboard", "wandb")])
+def test_dtr_validate_finds_a_missing_tracker_package(tmp_path, run_cli, monkeypatch, package, other):
     monkeypatch.setitem(sys.modules, package, None)  # what find_spec reports for an uninstalled package
     cfg = write(tmp_path / "run.yaml", json.dumps(BASE))
-    code, out, err = run_cli("validate", str(cfg), "--set", f"log.trackers=[tensorboard, {package}]")
+    code, out, err = run_cli("validate", str(cfg), "--set", f"log.trackers=[{other}, {package}]")
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
         (f"dtr: error: {cfg}: log.trackers.1: tracker '{package}' needs a package that is not installed; "
-         f"install it with: pip install '{extra}'")]
+         f"install it with: pip install 'dtr-plugins[{package}]'")]
 
 
 # --------------------------------------------------------------------------------------- end to end
@@ -303,3 +397,24 @@ def test_training_run_writes_all_three_trackers(tmp_path, run_cli):
     assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "wandb").exists()
     applied = json.loads((run_dir / "meta.json").read_text())["trackers"]  # what was applied, not what was asked
     assert sorted(applied) == ["mlflow", "tensorboard", "wandb"] and applied["wandb"]["mode"] == "offline"
+
+
+def test_dtr_train_resume_continues_the_wandb_and_mlflow_runs(tmp_path, run_cli):
+    """``dtr train`` to step 2, then ``--resume`` to step 4: one W&B run id, one MLflow run, recorded in meta.json."""
+    from ..conftest import tiny_dit_config
+
+    cfg = tiny_dit_config(tmp_path, name="resumed", output_dir=str(tmp_path / "runs"),
+                          train={"steps": 2, "log_every": 1, "ckpt_every": 2}, log={"trackers": ["wandb", "mlflow"]})
+    assert run_cli("train", str(cfg))[0] == 0
+    run_dir = tmp_path / "runs" / "resumed"
+    first = json.loads((run_dir / "meta.json").read_text())["trackers"]
+    time.sleep(1.1)  # offline run folders are named by the second they start
+    code, _, err = run_cli("train", str(cfg), "--resume", "--set", "train.steps=4")
+    assert code == 0, err
+    second = json.loads((run_dir / "meta.json").read_text())["trackers"]
+    for name in ("wandb", "mlflow"):
+        assert second[name]["run_id"] == first[name]["run_id"] and second[name]["resumed"], name
+    logs = wandb_logs(run_dir)
+    assert len(logs) == 2 and {wandb_run(p).run_id for p in logs} == {first["wandb"]["run_id"]}
+    run, history, _ = read_mlflow(run_dir)  # one run in the experiment
+    assert run.info.run_id == first["mlflow"]["run_id"] and [s for s, _ in sorted(history["loss"])] == [1, 2, 3, 4]

@@ -15,13 +15,13 @@ from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sharing import hub
 from dtr_plugins.sharing.model_card import render_model_card
 
-from ..conftest import write
+from ..conftest import tiny_dit_config
 from .test_hub import TINY, fake_api, run_dir  # noqa: F401 -- fixtures
 
 
 @pytest.mark.parametrize("subdir", ["../../escape", "/tmp/elsewhere", "a/../../b"])
 def test_tracker_subdir_outside_the_run_is_refused(tmp_path, run_cli, subdir):
-    path = write(tmp_path / "c.yaml", TINY + f"log: {{trackers: [{{name: tensorboard, subdir: '{subdir}'}}]}}\n")
+    path = tiny_dit_config(tmp_path, "c.yaml", **TINY, log={"trackers": [{"name": "tensorboard", "subdir": subdir}]})
     code, _, err = run_cli("validate", str(path))
     assert code == 2 and "log.trackers.0.subdir: " in err and "relative path inside the run directory" in err
     assert len(err.strip().splitlines()) == 1
@@ -132,15 +132,15 @@ def test_run_lock_cleans_what_a_killed_run_left(tmp_path):
 
 
 def test_vanilla_refuses_a_routing_site_and_plugin_params_are_strict(tmp_path, run_cli):
-    text = TINY.replace("routing: {name: dtr, alpha: 4.0, beta: 0.8}", "routing: {name: vanilla, site: heads_mlp}")
-    code, _, err = run_cli("validate", str(write(tmp_path / "v.yaml", text)))
+    path = tiny_dit_config(tmp_path, "v.yaml", **{**TINY, "routing": {"name": "vanilla", "site": "heads_mlp"}})
+    code, _, err = run_cli("validate", str(path))
     assert code == 2 and "routing.site: 'heads_mlp' given with routing 'vanilla', which routes nothing" in err
-    text = TINY.replace("routing: {name: dtr, alpha: 4.0, beta: 0.8}", "routing: {name: switch, num_experts: true}")
-    code, _, err = run_cli("validate", str(write(tmp_path / "s.yaml", text)))
+    path = tiny_dit_config(tmp_path, "s.yaml", **{**TINY, "routing": {"name": "switch", "num_experts": True}})
+    code, _, err = run_cli("validate", str(path))
     assert code == 2 and "routing.num_experts: expected an integer, got True (bool)" in err
 
 
 def test_threads_minus_one_is_a_cli_error(tmp_path, run_cli):
-    code, _, err = run_cli("train", str(write(tmp_path / "c.yaml", TINY)), "--threads", "-1")
+    code, _, err = run_cli("train", str(tiny_dit_config(tmp_path, "c.yaml", **TINY)), "--threads", "-1")
     assert code == 2 and "--threads: -1 is not a thread count" in err and "train.threads" not in err
     assert len(err.strip().splitlines()) == 1

@@ -17,16 +17,16 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_an_evaluation_lost_at_the_resumed_checkpoint_is_redone(tmp_path, capsys):
+def test_an_evaluation_lost_at_the_resumed_checkpoint_is_redone(tmp_path, log_text):
     """Checkpoint 6 written, its evaluation killed: resuming to 12 records evaluations 3, 6, 9, 12."""
     base = [f"output_dir={tmp_path / 'runs'}", *EVAL]
     run_dir = dp.train(dp.load_config(tiny_dit_config(tmp_path), overrides=base), progress=False)
     kept = [r for r in records(run_dir) if not ("eval" in r and r["step"] == 6)]  # what the kill lost
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    capsys.readouterr()
+    log_text()
     dp.train(dp.load_config(tiny_dit_config(tmp_path), overrides=[*base, "train.steps=12"]), resume=True,
              progress=False)
-    assert "the evaluation of step 6 has no record (interrupted); redoing it" in capsys.readouterr().out
+    assert "the evaluation of step 6 has no record (interrupted); redoing it" in log_text()
     assert [r["step"] for r in records(run_dir) if "eval" in r] == [3, 6, 9, 12]
     steps = [r["step"] for r in records(run_dir)]
     assert steps == sorted(steps)

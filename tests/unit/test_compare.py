@@ -42,7 +42,7 @@ def write_run(root, runs, rid, routing, weighting, seed, *, state="done", finger
     runs.append({"id": rid, "group": rid.rsplit("__", 1)[0], "assignment": assignment})
     d = root / rid
     write(d / "config.yaml", f"name: {rid}\nseed: {seed}\nrouting: {json.dumps(ROUTINGS[routing])}\n")
-    write(d / "status.json", json.dumps({"state": state}))
+    write(d / "status.json", json.dumps({"state": state, "seconds": 12.5, "resumed": False, "threads": 1}))
     loss = DTR_LOSS[seed % 5] if routing.startswith("dtr") else [v + 0.1 for v in VANILLA_LOSS] \
         if routing.startswith("random") else VANILLA_LOSS
     if weighting == "min_snr":

@@ -129,14 +129,14 @@ def test_resolved_yaml_keeps_the_section_order(tmp_path):
     assert cfg.to_dict()["routing"] == {"name": "dtr", "site": "input", "alpha": 4.0, "beta": 0.8}
 
 
-def test_switch_notes_only_on_rank_0(tmp_path, capsys, monkeypatch):
+def test_switch_notes_only_on_rank_0(tmp_path, log_text, monkeypatch):
     path = write(tmp_path / "c.yaml", GOOD)
     monkeypatch.setenv("RANK", "1")
     dp.load_config(path, overrides=["routing.name=random"])
-    assert capsys.readouterr().err == ""
+    assert log_text() == ""
     monkeypatch.setenv("RANK", "0")
     dp.load_config(path, overrides=["routing.name=random"])
-    assert capsys.readouterr().err == ("dtr: note: --set routing.name=random replaces 'dtr': dropped "
+    assert log_text() == ("dtr: note: --set routing.name=random replaces 'dtr': dropped "
                                        "routing.alpha=4.0, routing.beta=0.8; 'random' starts from its defaults\n")
 
 
@@ -263,7 +263,7 @@ def test_trackers_resolved_with_their_defaults(tmp_path):
     trackers = dp.load_config(path).log.trackers
     assert [(t.name, t.params) for t in trackers] == [
         ("tensorboard", {"subdir": "tensorboard"}),
-        ("wandb", {"project": "dtr-plugins", "entity": None, "mode": "offline"})]
+        ("wandb", {"project": None, "entity": None, "run_name": None, "group": None, "tags": [], "mode": "offline"})]
     with pytest.raises(ConfigError) as info:
         dp.load_config(path, overrides=["log.trackers=[{name: tensorboard, dir: x}]"])
     assert str(info.value) == f"{path}: log.trackers.0.dir: unknown key (allowed: subdir)"

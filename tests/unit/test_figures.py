@@ -1,6 +1,7 @@
 """Raw per-run results and `make figures`: README/docs tables equal their rebuild from committed results."""
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def test_raw_results_round_trip_to_the_same_comparison(tmp_path):
     first = lines[0]
     assert first["run_id"] == "vanilla__constant__seed0" and first["seed"] == 0 and first["primary"] == "heldout/total"
     assert first["final"]["heldout/band9"] == pytest.approx(0.65 * 10 / 5.5) and first["final"]["heldout/total"] == 0.65
+    assert (first["seconds"], first["resumed"], first["threads"]) == (12.5, False, 1)  # the launcher's status.json
     def compared_fields(records):  # what a comparison reads of a run (the record also carries config and meta)
         return [(r.id, r.seed, dict(r.axes), {k: list(v) for k, v in r.curves.items()}, r.status,
                  r.heldout_fingerprint) for r in records]
@@ -113,3 +115,21 @@ def test_a_changed_number_in_a_result_changes_its_block(tmp_path):
     (bench / "results-cpu" / "mystery.json").write_text("{}")
     with pytest.raises(ValueError, match="mystery.json: no benchmark script renders it"):
         figures.builders(repo)["bench:results-cpu/mystery"]()
+
+
+def test_recipe_table_measures_spread_time_and_resolution_from_the_raw_lines(tmp_path):
+    """The recipe block: wall time from the launcher's status, the SD of paired differences and the half-width
+    of their 95% t-interval relative to vanilla's mean, recomputed by hand here."""
+    figures = figures_module()
+    raw = tmp_path / "runs.jsonl"
+    raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    table = figures.recipe_table(raw)
+    lines = [x for x in read_raw_results(raw) if x["status"] == "done"]
+    vanilla = {x["seed"]: x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("vanilla__constant")}
+    dtr = {x["seed"]: x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("dtr-a4-b0.8__constant")}
+    diffs = [dtr[s] - vanilla[s] for s in vanilla]
+    half = 2.7764451051977987 * statistics.stdev(diffs) / 5 ** 0.5 / statistics.fmean(vanilla.values())
+    row = next(r for r in table.splitlines() if r.startswith("| dtr-a4-b0.8 (loss_weighting=constant) |"))
+    assert f"±{half:.2%} of vanilla's mean (5 pairs)" in row and "0.2 min (6 unresumed runs, threads 1)" in row
+    reference = next(r for r in table.splitlines() if r.startswith("| vanilla (loss_weighting=constant) |"))
+    assert reference.count("(reference)") == 2

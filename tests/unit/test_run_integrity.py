@@ -9,7 +9,7 @@ import torch
 import dtr_plugins as dp
 from dtr_plugins.compose import build_model
 from dtr_plugins.core.checkpoint import RoutingMismatchWarning, routing_record, save_checkpoint
-from dtr_plugins.core.errors import CheckpointError
+from dtr_plugins.core.errors import CheckpointError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, identity_config, weights_fingerprint
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 
@@ -131,6 +131,38 @@ def test_second_process_is_refused_and_a_dead_holder_frees_the_lock(tmp_path):
     assert rd.lock_path.exists()  # stale lock file of the dead holder: no obstacle
     with rd.lock():
         assert rd.lock_path.read_text().startswith(f"pid {os.getpid()} on ")
+
+
+def test_a_held_lock_names_the_run_and_another_dtr_process(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(rd.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked) as info, rd.lock():
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    line = str(info.value)
+    assert "\n" not in line and line.startswith(f"{rd.path}: ") and "another dtr process" in line
+
+
+def test_a_file_system_without_flock_is_not_reported_as_in_use(tmp_path, monkeypatch):
+    """ENOLCK (some NFS mounts) is one line with the errno text, not "in use" (RunLocked)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(UserError) as info, rd.lock():
+        pass
+    assert not isinstance(info.value, RunLocked)
+    line = str(info.value)
+    assert "\n" not in line and line.startswith(f"{rd.path}: cannot lock the run directory")
+    assert os.strerror(errno.ENOLCK) in line and "in use" not in line
 
 
 def test_suite_counts_a_run_done_only_when_its_outputs_exist(tmp_path):

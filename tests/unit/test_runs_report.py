@@ -76,12 +76,14 @@ def test_pick_per_class_and_sample_rows(tmp_path):
 
 # ------------------------------------------------------------------------------------------ runs
 def make_run(path, *, steps=6, losses=(0.5, 0.25), fid=None, heldout=None, final=True, eval_at_end=False,
-             status=None, labels_used=True):
+             status=None, labels_used=True, process=None, target="epsilon"):
     """A run directory as training leaves it (no model is trained): config, meta, metrics, checkpoints."""
-    tiny_dit_config(path.parent, f"{path.name}.yaml", train={"steps": steps}, eval={"at_end": eval_at_end})
+    extra = {"diffusion": {"name": process}} if process else {}
+    tiny_dit_config(path.parent, f"{path.name}.yaml", train={"steps": steps}, eval={"at_end": eval_at_end}, **extra)
     rd = RunDir(path)
     rd.write_config((path.parent / f"{path.name}.yaml").read_text())
-    rd.write_meta({"device": "cpu (test)", "precision": "fp32", "world_size": 1})
+    rd.write_meta({"device": "cpu (test)", "precision": "fp32", "world_size": 1,
+                   **({"heldout": {"applied": True, "target": target}} if heldout is not None else {})})
     rd.write_classes({"num_classes": 4, "classes": ["a", "b", "c", "d"], "labels_used": labels_used})
     for i, loss in enumerate(losses):
         rd.append_metrics({"step": 2 * (i + 1), "loss": loss})
@@ -136,10 +138,10 @@ def test_runs_table_and_json_from_the_cli(tmp_path, run_cli):
     make_run(tmp_path / "runs" / "b", final=False, losses=(0.5,))
     runs = [summarize_run(p, tmp_path / "runs") for p in find_runs(tmp_path / "runs")]
     lines = format_runs_table(runs).splitlines()
-    assert lines[0].split() == ["run", "status", "step", "loss", "held-out", "loss", "FID", "eval", "step",
-                                "strategy", "backbone"]
-    assert lines[1].split()[:7] == ["a", "done", "6/6", "0.25", "0.0812", "12.35", "6"]
-    assert lines[2].split()[:7] == ["b", "incomplete", "3/6", "0.5", "—", "—", "—"]  # step: its checkpoint at 3
+    assert lines[0].split() == ["run", "status", "step", "loss", "held-out", "loss", "(epsilon", "MSE)", "FID", "eval",
+                                "step", "process", "strategy", "backbone"]
+    assert lines[1].split()[:8] == ["a", "done", "6/6", "0.25", "0.0812", "12.35", "6", "gaussian"]
+    assert lines[2].split()[:8] == ["b", "incomplete", "3/6", "0.5", "—", "—", "—", "gaussian"]  # step: checkpoint 3
     assert lines[1].index("done") == lines[0].index("status") and lines[1].index("dtr") == lines[0].index("strategy")
 
     code, out, err = run_cli("runs", str(tmp_path / "runs"))
@@ -147,8 +149,24 @@ def test_runs_table_and_json_from_the_cli(tmp_path, run_cli):
     code, out, _ = run_cli("runs", str(tmp_path / "runs"), "--json")
     assert [(r["run"], r["status"], r["metrics"]) for r in json.loads(out)] == [
         ("a", "done", {"frechet_inception_distance": 12.3456, "heldout/total": 0.0812}), ("b", "incomplete", {})]
+    assert [(r["process"], r["heldout_target"]) for r in json.loads(out)] == [("gaussian", "epsilon"),
+                                                                               ("gaussian", None)]
     code, out, err = run_cli("runs", str(tmp_path / "empty-missing"))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "no such folder" in err
+
+
+def test_runs_table_never_puts_epsilon_and_velocity_mse_in_one_column(tmp_path):
+    make_run(tmp_path / "runs" / "ddpm", heldout=0.0812)
+    make_run(tmp_path / "runs" / "flow", heldout=0.9, process="flow_matching", target="velocity")
+    runs = [summarize_run(p, tmp_path / "runs") for p in find_runs(tmp_path / "runs")]
+    assert [(r.process, r.heldout_target) for r in runs] == [("gaussian", "epsilon"), ("flow_matching", "velocity")]
+    lines = format_runs_table(runs).splitlines()
+    eps, vel = lines[0].index("held-out loss (epsilon MSE)"), lines[0].index("held-out loss (velocity MSE)")
+    assert eps < vel and "process" in lines[0]
+    ddpm, flow = lines[1], lines[2]
+    assert ddpm.split()[:6] == ["ddpm", "done", "6/6", "0.25", "0.0812", "—"]  # epsilon column, velocity empty
+    assert flow.split()[:6] == ["flow", "done", "6/6", "0.25", "—", "0.9"]
+    assert "gaussian" in ddpm and "flow_matching" in flow
 
 
 # ------------------------------------------------------------------------------------------ report of one run
@@ -163,9 +181,10 @@ def test_single_run_report(tmp_path, run_cli):
     assert "Status **done**, step 6 of 6. Strategy dtr (alpha=4.0, beta=0.8)" in report
     assert "| training loss | 0.25 | 6 |" in report and "| FID | 12.35 | 6 |" in report
     assert "| held-out loss | 0.0812 | 4 |" in report and "| 6 | 12.35 |" in report  # latest values, evaluations
-    for name in ("train_loss", "heldout_loss_bands", "metrics_vs_steps", "samples"):
+    for name in ("train_loss", "heldout_loss_per_band", "samples"):
         assert f"![{name}](plots/{name}.png)" in report
-    with Image.open(rd.path / "plots" / "samples.png") as img:
+    assert "metrics_vs_steps" not in report and "heldout_loss_bands" not in report  # one eval: no one-dot panels
+    with Image.open(rd.path / "plots" / "samples.png") as img:  # no grid.png: the samples drawn here
         assert img.size == (4 * 64 + 5 * 2, 3 * (64 + 16) + 4 * 2)  # 4 classes a row, captioned
 
     stopped = make_run(tmp_path / "stopped", final=False)
@@ -180,6 +199,44 @@ def test_single_run_report(tmp_path, run_cli):
     assert code == 2 and f"holds 2 run(s), e.g. {tmp_path / 'run'} (`dtr runs {tmp_path}` lists them)" in err
     code, out, err = run_cli("report", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"dtr: error: {tmp_path / 'missing'}: no such run directory or suite folder"
+
+
+def test_single_run_report_draws_what_suits_one_run(tmp_path):
+    """Curves where there are several points, the held-out loss against the band, the run's masks, sampling's
+    grid.png linked once; never a panel with a single dot or a second copy of the grid."""
+    import matplotlib.pyplot as plt
+
+    from dtr_plugins.experiments.plots import heldout_band_figure
+    from dtr_plugins.experiments.run_report import heldout_by_step
+
+    rd = make_run(tmp_path / "run", losses=(0.5, 0.4, 0.3, 0.25), fid=12.0, heldout=0.08)
+    rd.append_metrics({"step": 6, "heldout": {"band0": 0.5, "band1": 1.5, "total": 1.0, "fingerprint": "f"}})
+    rd.append_metrics({"step": 8, "eval": {"frechet_inception_distance": 10.0, "precision": 0.5, "num_samples": 8}})
+    rd.write_meta({**rd.read_meta(), "routed_channels": [32, 32], "heldout": {"target": "velocity"}})
+    rd.samples.mkdir()
+    write(rd.samples / "grid.png", "png")
+    report = build_run_report(rd.path).read_text()
+    drawn = sorted(p.name for p in (rd.path / "plots").iterdir())
+    assert drawn == ["heldout_loss_per_band.png", "masks_dtr_1.png", "metrics_vs_steps.png", "train_loss.png"]
+    assert "![grid](samples/grid.png)" in report and report.count("grid.png") == 1
+    assert "![masks_dtr_1](plots/masks_dtr_1.png)" in report
+
+    by_step = heldout_by_step(run_record_curves(rd))
+    assert by_step == {4: [1.0, 2.0], 6: [0.5, 1.5]}
+    fig = heldout_band_figure(by_step, "velocity")
+    try:
+        ax = fig.axes[0]
+        assert [len(line.get_xdata()) for line in ax.get_lines()] == [2, 2]  # a line per evaluation, not dots
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["step 4", "step 6"]
+        assert ax.get_ylabel() == "held-out velocity MSE" and ax.get_xlabel().startswith("noise band")
+    finally:
+        plt.close(fig)
+
+
+def run_record_curves(rd):
+    from dtr_plugins.experiments.compare_records import curves_from_records
+
+    return curves_from_records(rd.read_metrics())[0]
 
 
 def test_suite_progress_line_says_what_the_evaluation_is_doing(tmp_path):
