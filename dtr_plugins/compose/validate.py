@@ -127,6 +127,9 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
     registry = registry or default_registry()
     _check_respacing(cfg, parts.diffusion)
     _check_eval(cfg, registry, machine)
+    prompts = cfg.text.eval_prompts if cfg.text is not None and (cfg.eval.at_end or cfg.eval.every) else None
+    if machine and prompts and not Path(prompts).expanduser().is_file():
+        raise ConfigError(f"text.eval_prompts: {prompts} is not a file (a prompts file or a COCO captions .json)")
     if machine:
         _check_output(cfg, run_dir)
     backbone = cast(Backbone, parts.model)

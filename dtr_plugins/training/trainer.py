@@ -202,8 +202,9 @@ class Trainer:
         self.dist, self.progress = dist, progress
         # the sampling of every evaluation, built once: the EMA weights, eval.num_samples images, seed cfg.seed
         # text-to-image: eval.num_samples prompts (text.eval_prompts, else training captions) drawn with the run's seed
-        prompts = None if parts.text is None or cfg.text is None else evaluation_prompts(
-            parts.text, cfg.eval.num_samples, cfg.seed, cfg.text.eval_prompts)
+        text, evaluating = parts.text, cfg.eval.at_end or bool(cfg.eval.every)
+        prompts = (evaluation_prompts(text, cfg.eval.num_samples, cfg.seed, cfg.text.eval_prompts)
+                   if text is not None and cfg.text is not None and evaluating else None)
         self.sampling = replace(SamplingSettings.from_config(
             cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed, prompts=prompts),
             bounded=parts.codec.bounded), prompt_encoder=parts.text)
@@ -216,7 +217,7 @@ class Trainer:
         self.finite = torch.ones((), device=device, dtype=torch.bool)
         self.window_steps, self.window_start = 0, time.perf_counter()
         self.plan = routing_plan(state.model)
-        self.text = parts.text  # text-to-image: labels are caption indices, encoded through the cache
+        self.text = parts.text  # text-to-image: labels are item indices; their captions go through the cache
 
     # ------------------------------------------------------------------------------------- loop
     def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:

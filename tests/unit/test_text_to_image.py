@@ -141,6 +141,14 @@ def test_mismatches_are_one_line(tmp_path, clip_dir, run_cli):
         path = write(tmp_path / "bad.yaml", yaml.safe_dump(cfg))
         code, _, err = run_cli("validate", str(path))
         assert code == 2 and needle in err and "Traceback" not in err, (needle, err)
+    cfg = t2i_config(clip_dir, tmp_path, eval={"at_end": True, "metrics": ["fid"], "num_samples": 4,
+                                               "feature_extractor": "digits-classifier",
+                                               "reference": "dataset:digits?image_size=8"})
+    cfg["text"]["eval_prompts"] = str(tmp_path / "none.txt")
+    code, _, err = run_cli("validate", str(write(tmp_path / "ep.yaml", yaml.safe_dump(cfg))))
+    assert code == 2 and "text.eval_prompts:" in err and "none.txt is not a file" in err
+    code, _, err = run_cli("validate", str(tmp_path / "ep.yaml"), "--set", "eval.at_end=false")
+    assert code == 0, err  # no evaluation: the prompts file is never read
     plain = t2i_config(clip_dir, tmp_path)
     plain["backbone"] = {"name": "dit", "input_size": 8, "patch_size": 2, "hidden_size": 32, "depth": 2,
                          "num_heads": 2, "in_channels": 1, "num_classes": 10}
