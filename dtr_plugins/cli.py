@@ -176,11 +176,13 @@ def cmd_ema(args) -> int:
 
 def cmd_sample(args) -> int:
     from dtr_plugins.core.sampling_settings import SamplingOverrides
+    from dtr_plugins.sampling.prompts import read_prompts_file
     from dtr_plugins.sampling.sample import sample
 
+    prompts = list(args.prompt or []) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     asked = SamplingOverrides(num=args.num_samples, sampler=args.sampler, respacing=args.respacing,
                               cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed,
-                              batch_size=args.batch_size, use_ema=not args.no_ema)
+                              batch_size=args.batch_size, use_ema=not args.no_ema, prompts=prompts or None)
     out = sample(args.source, asked, out=args.out, allow_unsafe_load=args.allow_unsafe_load,
                  overwrite=args.overwrite, device=args.device, threads=args.threads)
     if out is not None:
@@ -328,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--respacing", default=None, help='timestep respacing, e.g. "250" or "ddim50"; flow: the step count')
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (default: balanced)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="text-to-image: a prompt (repeatable; image i gets prompt i mod the number given)")
+    p.add_argument("--prompts-file", default=None, metavar="FILE", help="text-to-image: prompts, one per line")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

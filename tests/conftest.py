@@ -160,3 +160,11 @@ def registry_with(kind: str, name: str, factory, *, params=None, description: st
     hook.__name__ = hook_name
     setattr(plugin, hook_name, hookimpl(hook))
     return build_registry([(plugin, *distribution) if distribution else plugin], entry_points=entry_points)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny, randomly initialised CLIP text model and tokenizer (tests/t2i_helpers.py), made once per session."""
+    from .t2i_helpers import tiny_clip_folder
+
+    return tiny_clip_folder(tmp_path_factory.mktemp("tiny-clip"))

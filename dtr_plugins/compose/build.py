@@ -34,6 +34,8 @@ from dtr_plugins.codecs.latent_cache import (
     write_cache,
 )
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
+from dtr_plugins.compose.text import build_text_stage, check_text
+from dtr_plugins.conditioners.text_cache import TextStage
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
     Backbone,
@@ -386,6 +388,8 @@ class Components:
     ema: EmaRule
     #: where ``timestep_sampler`` came from: ``timesteps``, ``loss_weighting`` or ``process``
     timestep_source: str = "process"
+    #: text-to-image: caption indices / prompts -> packed text conditions (None: no text section)
+    text: TextStage | None = None
 
     def to(self, device: torch.device | str) -> Components:
         """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
@@ -395,7 +399,7 @@ class Components:
 
 
 def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, device: torch.device | str = "cpu",
-            data: bool = True) -> Components:
+            data: bool = True, text: bool = True) -> Components:
     """The one builder: codec, model with its routing plan, process, loss weighting, timestep sampler, dataset and
     input stage,
     each built once. ``dtr validate``, ``dtr train``, ``dtr sample``, ``dtr masks``, ``dtr export`` and the
@@ -405,6 +409,7 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     cost; the loss weighting stays on the CPU), for the checks of :func:`~dtr_plugins.compose.validate.check_run`.
     Otherwise the model and the loss weighting are moved to ``device``; the model's initial weights come from the
     global torch generator (seed it first). ``data=False``: the dataset is not opened (``dataset`` is None).
+    ``text=False``: a text section is checked against the backbone and data but its conditioner is not built.
     Raises :class:`ConfigError` / :class:`PluginError` (one line) for a composition that cannot work.
     """
     registry = registry or default_registry()
@@ -420,8 +425,13 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     rule = build_timestep_rule(cfg, registry)
     sampler, source = choose_sampler(process, weighting, cfg.loss_weighting.name, rule,
                                      cfg.timesteps.name if cfg.timesteps else "")
+    if text:
+        stage = build_text_stage(cfg, model, registry, captions=data)
+    else:
+        stage = None
+        check_text(cfg, model, registry)
     parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler, build_ema(cfg, registry),
-                       source)
+                       source, stage)
     return parts if meta else parts.to(device)
 
 

@@ -21,6 +21,7 @@ from dtr_plugins.compose.build import (
     data_params,
 )
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
+from dtr_plugins.compose.text import check_captioned
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, DiffusionProcess, LearnedRoutingStrategy, SupportsImageShape
 from dtr_plugins.core.errors import ConfigError, UserError
@@ -151,6 +152,9 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
     registry = registry or default_registry()
     _check_respacing(cfg, parts.diffusion)
     _check_eval(cfg, registry, machine)
+    prompts = cfg.text.eval_prompts if cfg.text is not None and (cfg.eval.at_end or cfg.eval.every) else None
+    if machine and prompts and not Path(prompts).expanduser().is_file():
+        raise ConfigError(f"text.eval_prompts: {prompts} is not a file (a prompts file or a COCO captions .json)")
     if machine:
         _check_output(cfg, run_dir)
         _check_init_from(cfg.train.init_from)
@@ -189,7 +193,8 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
         _check_eval(cfg, registry, machine)
         check_buckets(cfg, declared_backbone_class(info.factory),
                       isinstance(build_strategy_from(cfg, registry), LearnedRoutingStrategy))
+        check_captioned(cfg, registry)
         return None
-    parts = compose(cfg, registry, device="meta", data=machine)
+    parts = compose(cfg, registry, device="meta", data=machine, text=machine)
     check_run(cfg, parts, registry, run_dir=run_dir, machine=machine)
     return parts

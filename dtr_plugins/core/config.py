@@ -22,6 +22,7 @@ from dtr_plugins.core.overrides import set_dotted as set_dotted
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
 from dtr_plugins.core.text import check_inside_path as check_inside_path  # re-exported: it lived here
+from dtr_plugins.core.text_config import TextSection, resolve_text
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
 from dtr_plugins.core.tracking import check_trackers
 from dtr_plugins.core.yaml_reader import YAML_MAX_BYTES as YAML_MAX_BYTES  # re-exported: configs are read here
@@ -216,7 +217,6 @@ class VaeConfig(_Strict):
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="storage type of cached posteriors")
 
 
-# --- log section (helper "trackers") -----------------------------------------------------------------
 class LogConfig(_Strict):
     """Experiment trackers that mirror ``metrics.jsonl`` (which stays the source of truth)."""
 
@@ -231,7 +231,6 @@ class LogConfig(_Strict):
         if isinstance(value, (list, tuple)):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
-# --- end log section ---------------------------------------------------------------------------------
 
 
 class ExperimentConfig(_Strict):
@@ -255,6 +254,7 @@ class ExperimentConfig(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
+    text: TextSection | None = Field(None, description="text-to-image: the conditioner (docs/text_to_image.md)")
     #: (diffusion section as validated, the process built from it): validation builds the process once to ask it
     #: for its defaults and checks; composition reuses it while the section is unchanged (one build per command)
     _validated_process: tuple[dict[str, Any], Any] | None = PrivateAttr(default=None)
@@ -291,12 +291,14 @@ class ExperimentConfig(_Strict):
         return self.data
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values (a model-only config has no ``data`` key)."""
+        """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``)
+        and an unset ``train.init_from`` are absent, not null, so configs written before them keep their
+        fingerprint (a model-only config has no ``data``)."""
         out = self.model_dump(mode="json")
-        for optional in ("data", "ema", "timesteps"):  # unset sections: absent, as in configs written before them
+        for optional in ("data", "ema", "timesteps", "text"):
             if out.get(optional) is None:
                 out.pop(optional, None)
-        if out["train"].get("init_from") is None:  # unset: fingerprints of runs from before the key stay the same
+        if out["train"].get("init_from") is None:
             out["train"].pop("init_from", None)
         return out
 
@@ -386,6 +388,7 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
     check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
                            sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
     updates["log"] = _resolve_trackers(cfg.log, registry)
+    updates["text"] = None if cfg.text is None else resolve_text(cfg.text, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)
     if backbone is not None:
         check_routing_site(backbone, cfg.routing.site, cfg.backbone.name)

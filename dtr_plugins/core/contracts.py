@@ -30,8 +30,8 @@ __all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "Supports
            "EmaRule", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
-           "RunSpec",
-           "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members"]
+           "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
+           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -599,3 +599,53 @@ class SupportsStateDictAdapter(Protocol):
     """
 
     def adapt_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class Conditioner(Protocol):
+    """The ``conditioner`` kind: a frozen text encoder (``clip_text``; docs/text_to_image.md). No gradients and
+    no state in checkpoints; training reads its outputs through the text-embedding cache
+    (:mod:`dtr_plugins.conditioners.text_cache`), keyed by ``fingerprint()`` and the caption.
+
+    Attributes:
+        max_length: tokens ``L`` per text (padded or truncated to it).
+        embed_dim: width ``D`` of the token and pooled embeddings.
+
+    ``encode(texts, device=None)``: ``(tokens [B, L, D] float32, pooled [B, D] float32, mask [B, L] bool)``
+    on ``device`` (``mask``: real tokens True, padding False; at least one True per row). ``fingerprint()``:
+    hex digest of everything that changes the embeddings (weights, tokenizer, ``max_length``), never a path.
+    """
+
+    max_length: int
+    embed_dim: int
+
+    def encode(self, texts: Sequence[str], device: Any = None) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@runtime_checkable
+class SupportsCaptions(Protocol):
+    """Optional capability of a dataset's params model: the data is captioned. ``caption_sets()[i]`` lists the
+    captions of item ``i`` (at least one each) and an item's label is its index ``i`` (so a latent cache keeps
+    it); each training step draws one of the item's captions (``TextStage``). A text section needs it."""
+
+    def caption_sets(self) -> list[list[str]]: ...
+
+
+@runtime_checkable
+class SupportsCaptionClasses(Protocol):
+    """Optional capability of a captioned dataset's params model whose captions name classes (the offline caption
+    sets): ``caption_classes()`` maps each caption to its class index, for the prompt-class agreement metric."""
+
+    def caption_classes(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class SupportsTextConditioning(Protocol):
+    """Optional capability of a backbone: conditioned on text. ``y`` is the packed text condition
+    ``[N, text_length + 1, text_dim + 1]`` of :mod:`dtr_plugins.core.text_condition` (tokens, mask, pooled);
+    classifier-free guidance uses the empty caption's packed condition as the null ``y``."""
+
+    text_dim: int
+    text_length: int

@@ -45,6 +45,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "train.steps", "train.ckpt_every", "train.log_every", "train.keep_last", "train.num_workers", "train.device",
     "train.compile", "train.activation_checkpointing", "train.grad_accum_steps", "train.tf32",
     "eval.*", "sample.*", "log.*", "codec.cache_dir", "vae.cache_dir", "ema.snapshot_every",
+    "text.cache_dir", "text.eval_prompts", "text.clip_score_model",
 )
 
 

@@ -1,5 +1,7 @@
 """The one guidance rule: classifier-free guidance (Ho & Salimans 2022) needs a
-class-conditional backbone (``num_classes > 1``) trained with label dropout, i.e. one with a ``null_class``.
+class-conditional backbone (``num_classes > 1``) trained with label dropout, i.e. one with a ``null_class``, or a
+text-conditioned one (:class:`~dtr_plugins.core.contracts.SupportsTextConditioning`, trained with caption dropout:
+the empty caption's condition is the null ``y``).
 
 ``dtr validate``, ``dtr train``, ``dtr sample``, :func:`~dtr_plugins.sampling.sample.generate` and the
 processes' samplers all refuse a scale the backbone cannot apply with :func:`check_guidance`'s one line.
@@ -24,7 +26,10 @@ def check_guidance(model: Any, scale: float, source: str = "sample.cfg_scale") -
     if scale == 1.0:
         return
     num_classes = int(model.num_classes or 0)
-    from dtr_plugins.core.contracts import SupportsGuidance
+    from dtr_plugins.core.contracts import SupportsGuidance, SupportsTextConditioning
+
+    if isinstance(model, SupportsTextConditioning):  # the empty caption's condition is the null y
+        return
 
     if num_classes > 1 and isinstance(model, SupportsGuidance) and model.null_class is not None:
         return

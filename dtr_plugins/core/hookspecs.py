@@ -194,3 +194,17 @@ def dtr_register_timestep_samplers(register: Callable[..., None]) -> None:
     Args:
         register: the registration callable described in the module docstring.
     """
+
+
+@hookspec
+def dtr_register_conditioners(register: Callable[..., None]) -> None:
+    """Register conditioners (:class:`~dtr_plugins.core.contracts.Conditioner`): frozen encoders of the text a
+    text-to-image model is conditioned on (the ``text`` config section; built-in: ``clip_text``).
+
+    A conditioner's factory returns an object with ``max_length`` (tokens ``L``), ``embed_dim`` (``D``),
+    ``fingerprint()`` (a digest of its weights and tokenizer, what the text-embedding cache is keyed by) and
+    ``encode(texts, device=None) -> (tokens [B, L, D], pooled [B, D], mask [B, L])``.
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """

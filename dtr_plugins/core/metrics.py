@@ -8,7 +8,9 @@ paired comparisons (which direction is better) and the rows of a model card. A n
 - a *selectable* metric (``fid``, ``isc``, ``kid``, ``prc``) is what ``eval.metrics`` names; it records one or
   more values (``fid`` -> ``frechet_inception_distance``);
 - other entries record values that are not asked for by name: ``class_accuracy`` (when the feature extractor
-  classifies), the held-out loss (``heldout/total``, per band ``heldout/band<k>``) and the training loss.
+  classifies), a text-to-image run's ``clip_score`` (``text.clip_score_model``) and ``prompt_class_agreement``
+  (offline caption sets: the classifier's class against the prompt's), the held-out loss (``heldout/total``, per
+  band ``heldout/band<k>``) and the training loss.
 
 A value with no ``direction`` (a standard deviation, the F-score) is shown on model cards but neither
 compared nor tabled in reports.
@@ -64,6 +66,10 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in (
     Metric("class_accuracy", (Value("class_accuracy", "class accuracy", HIGHER),), feature_layer="logits",
            selectable=False),
     Metric("train_loss", (Value("train_loss", "training loss", LOWER),), feature_layer=None, selectable=False),
+    # text-to-image runs (docs/text_to_image.md): recorded when their evaluation can compute them
+    Metric("clip_score", (Value("clip_score", "CLIP score", HIGHER),), feature_layer=None, selectable=False),
+    Metric("prompt_class_agreement", (Value("prompt_class_agreement", "prompt-class agreement", HIGHER),),
+           feature_layer="logits", selectable=False),
 )}
 
 _BAND = "heldout/band"

@@ -38,6 +38,7 @@ KINDS: dict[str, str] = {
     "state_dict_adapter": "dtr_register_state_dict_adapters",  # a backbone's weights in a foreign layout
     "ema": "dtr_register_ema",  # how the averaged weights follow the trained ones (constant, warmup, power)
     "timestep_sampler": "dtr_register_timestep_samplers",  # how training draws t (uniform, logit_normal, ...)
+    "conditioner": "dtr_register_conditioners",  # frozen text encoders of text-to-image models (clip_text)
 }
 
 

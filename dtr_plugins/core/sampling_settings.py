@@ -5,7 +5,7 @@ options (:meth:`SamplingSettings.from_config`), passed down to the sampler, and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class SamplingOverrides:
     seed: int = 0  #: ``--seed``: the noise of image ``i`` comes from ``(seed, i // batch_size)``
     labels: Sequence[int] | None = None  #: ``--labels``: one class per image (default: balanced)
     use_ema: bool = True  #: False (``--no-ema``): the raw weights
+    prompts: Sequence[str] | None = None  #: ``--prompt`` / ``--prompts-file``: image ``i`` gets prompt ``i mod P``
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class SamplingSettings:
     use_ema: bool = True
     labels: tuple[int, ...] | None = None
     from_options: frozenset[str] = frozenset()
+    prompts: tuple[str, ...] | None = None  #: text-to-image: image ``i`` is made from ``prompts[i % len(prompts)]``
+    #: text-to-image: what encodes the prompts (the run's ``TextStage``, set by ``dataclasses.replace``); not a
+    #: recorded setting, never compared
+    prompt_encoder: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, overrides: SamplingOverrides | None = None, *,
@@ -78,7 +83,8 @@ class SamplingSettings:
                    cfg_channels=s.cfg_channels, clip_denoised=bool(s.clip_denoised and bounded),
                    num_samples=o.num, batch_size=min(o.batch_size or s.batch_size, o.num), seed=o.seed,
                    use_ema=o.use_ema, labels=None if o.labels is None else tuple(o.labels),
-                   from_options=frozenset(k for k, v in given.items() if v is not None))
+                   from_options=frozenset(k for k, v in given.items() if v is not None),
+                   prompts=None if o.prompts is None else tuple(o.prompts))
 
     @property
     def guided(self) -> bool:

@@ -182,13 +182,13 @@ def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None,
         key = {"reference": ref.key, "feature_extractor": spec.name, "weights_sha256": weights_sha,
                "torch_fidelity": _fidelity_version(), "options": feature_options}
         ref_stats, cache_state = reference_statistics(ref, binary, layers, extractor, store, key, options)
-        if ref_stats.image_size != images.size:
+        if ref_stats.num_images and ref_stats.image_size != images.size:
             warnings.warn(f"samples are {images.size[1]}x{images.size[0]}, the reference "
                           f"{ref_stats.image_size[1]}x{ref_stats.image_size[0]}; {spec.name} resizes both to its "
                           f"input size", stacklevel=2)
 
     features = extractor(images.dataset, save_cpu_ram=_save_cpu_ram(images))
-    applied = metric_settings(metrics, len(images), ref_stats.num_images if ref_stats else None, options)
+    applied = metric_settings(metrics, len(images), ref_stats.num_images or None if ref_stats else None, options)
     record = compute_metrics(metrics, features, ref_stats, layers, applied, verbose=verbose)
     accuracy = _class_accuracy(spec, images, dev, batch_size, s.num_classes)
     if accuracy is not None:
@@ -206,7 +206,8 @@ def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None,
         record["feature_extractor_record"] = dict(spec.record())
     if ref is not None and ref_stats is not None:  # set together
         record.update({"reference": ref.label, "reference_fingerprint": ref.fingerprint,
-                       "num_reference": ref_stats.num_images, "reference_image_size": list(ref_stats.image_size)})
+                       "num_reference": ref_stats.num_images or None,  # None: a statistics file
+                       "reference_image_size": list(ref_stats.image_size) if ref_stats.num_images else None})
     record["reference_cache"] = cache_state
     record.update(applied.record(metrics))
     record.update({"torch_fidelity": _fidelity_version(), "device": str(dev)})
@@ -223,10 +224,15 @@ def reference_statistics(ref: Reference, metrics: Sequence[str], layers: dict[st
                          store: StatsCache, key: dict[str, Any], options: dict[str, Any]
                          ) -> tuple[ReferenceStats, str]:
     """The reference's statistics for ``metrics`` (FID mean/covariance, features for KID and precision/recall)
-    and where they came from (``hit``, ``miss`` or ``off``). On a hit the reference is never loaded; on a miss
+    and where they came from (``hit``, ``miss``, ``off``, or ``statistics``: a statistics ``.npz``, read as is).
+    On a hit the reference is never loaded; on a miss
     it is loaded, checked for size, extracted, and saved (merged with what the entry held)."""
     fid_layers = {layers["fid"]} if "fid" in metrics else set()
     feature_layers_needed = {layers[m] for m in metrics if m in ("kid", "prc")}
+    if ref.fid_statistics is not None:  # a statistics file: FID only, the number of its images is not known (0)
+        if feature_layers_needed:
+            ref.load()  # the one-line EvalError: no reference images for kid / prc
+        return ReferenceStats(0, (0, 0), {}, {layer: ref.fid_statistics() for layer in fid_layers}), "statistics"
     name = store.entry_name(ref.slug, key)
     cached = store.load(name, key)
     if cached is not None:

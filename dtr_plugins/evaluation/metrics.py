@@ -247,10 +247,12 @@ def _fid(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
     reference = _reference(inputs, "fid")
     feats = inputs.samples[inputs.layer]
     mine, theirs = fid_statistics(feats), reference.fid[inputs.layer]
+    theirs = {k: np.asarray(v, dtype=mine[k].dtype) for k, v in theirs.items()}  # a statistics file's own dtype
     out = dict(fid_statistics_to_metric(mine, theirs, inputs.verbose))
     out["frechet_inception_distance"] = _never_negative(out["frechet_inception_distance"], mine, theirs)
     dim = len(theirs["mu"])
-    problem = fid_rank_deficiency(len(feats), reference.num_images, dim)
+    # a statistics file does not say how many images it came from (0): only the samples' side is checked
+    problem = fid_rank_deficiency(len(feats), reference.num_images or len(feats), dim)
     if problem:
         warnings.warn(problem, stacklevel=4)
     return out, {"fid_rank_deficient": problem is not None, "fid_feature_dim": dim}

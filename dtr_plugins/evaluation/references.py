@@ -155,6 +155,8 @@ class Reference:
     key: dict[str, Any]
     slug: str
     load: Callable[[], ImageSet]
+    #: an ``.npz`` of FID statistics (``mu`` [D], ``sigma`` [D, D]; U-ViT's ``fid_stats_*.npz``): reads them
+    fid_statistics: Callable[[], dict[str, np.ndarray]] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -184,7 +186,32 @@ def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=Non
     content: dict[str, Any] = dict(fingerprint_path(path))
     if path.is_dir():
         content["decoder"] = DECODER_VERSION
+    elif _is_statistics_npz(path):
+        return Reference(spec, content, path.stem or "ref", lambda: _no_images(spec), lambda: read_fid_statistics(path))
     return Reference(spec, content, path.stem or "ref", lambda: load_images(path))
+
+
+def _is_statistics_npz(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"mu", "sigma"} <= set(data.files) and "arr_0" not in data.files
+    except (OSError, ValueError):
+        return False  # load_images names the file
+
+
+def _no_images(spec: str) -> ImageSet:
+    raise EvalError(f"reference {spec}: holds FID statistics (mu, sigma) only; kid and prc need reference images")
+
+
+def read_fid_statistics(path: Path) -> dict[str, np.ndarray]:
+    """``{"mu": [D], "sigma": [D, D]}`` (float64) of a statistics ``.npz``; DataError naming the file when the
+    shapes disagree or a value is not finite."""
+    with np.load(path, allow_pickle=False) as data:
+        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"reference {path}: FID statistics must be a finite mu [D] and sigma [D, D], got "
+                        f"{list(mu.shape)} and {list(sigma.shape)}")
+    return {"mu": mu, "sigma": sigma}
 
 
 def _dataset_reference(spec: str, sample_size: tuple[int, int], registry) -> Reference:

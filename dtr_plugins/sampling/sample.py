@@ -32,6 +32,7 @@ from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.sampling.prompts import prompt_kwargs, prompt_labels, prompted
 from dtr_plugins.sampling.sample_out import check_out
 
 
@@ -135,7 +136,9 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + chunk_index)
         noise = torch.randn((n, *shape_chw), generator=gen).to(d.device)
         kwargs: dict[str, Any] = {}
-        if conditional:
+        if s.prompt_encoder is not None:  # text-to-image: all_labels are prompt indices
+            kwargs = prompt_kwargs(s.prompt_encoder, s, all_labels[idx], d.device)
+        elif conditional:
             kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
             if s.guided:
                 kwargs["y_null"] = null_label(model, s.cfg_scale)
@@ -158,9 +161,11 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
 
 def _prepare(model: Backbone, settings: SamplingSettings) -> tuple[np.ndarray, str]:
     """``(labels per image, where the labels came from)``; the last is recorded as ``labels``: ``given``
-    (``--labels``), ``balanced`` or ``unconditional`` (the model takes none). Checks the guidance scale
-    against the backbone (:func:`check_guidance`)."""
+    (``--labels``), ``balanced``, ``unconditional`` (the model takes none) or ``prompts`` (a text-conditioned
+    model: prompt indices, :mod:`.prompts`). Checks the guidance scale against the backbone (:func:`check_guidance`)."""
     num, labels = settings.num_samples, settings.labels
+    if prompted(model, settings):
+        return prompt_labels(model, settings), "prompts"
     num_classes = int(model.num_classes or 0)
     if labels is not None and num_classes <= 1:
         raise UserError(f"--labels: this model is unconditional (num_classes={num_classes}), so class labels "
@@ -192,7 +197,8 @@ def generate(model: Backbone, diffusion, cfg: ExperimentConfig | SamplingSetting
     and the label each was generated for. Noise for image ``i`` comes from a generator seeded with
     ``(seed, i // batch)``, so results do not depend on the number of ranks. ``record`` (a dict) is filled with
     the settings applied. Raises ConfigError for a guidance scale the backbone cannot apply
-    (:func:`check_guidance`).
+    (:func:`check_guidance`). A text-conditioned model samples the settings' ``prompts`` encoded by their
+    ``prompt_encoder`` (the run's text stage); the labels returned are then prompt indices.
     """
     from dtr_plugins.codecs.identity import IdentityCodec
 
@@ -312,6 +318,8 @@ def default_out(run: RunDir, settings: SamplingSettings, *, step: int | None, pr
         name += f"-ema-{profile}"
     if labels is not None:
         name += "-labels" + hashlib.sha256(",".join(map(str, labels)).encode()).hexdigest()[:8]
+    if settings.prompts is not None:
+        name += "-prompts" + hashlib.sha256("\n".join(settings.prompts).encode()).hexdigest()[:8]
     return run.samples / name
 
 
@@ -368,6 +376,7 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
         loaded: dict[str, Any] = {}
         if pretrained:
             cfg, model, diffusion, codec, ckpt_path, loaded = load_for_sampling(source, device=d.device)
+            text = None
             if not asked.use_ema and loaded["weights"] != "model":
                 raise UserError(f"--no-ema: {source} holds only its {loaded['weights']} weights; export the raw "
                                 "weights with dtr export RUN --weights model")
@@ -378,10 +387,11 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
             loaded["weights"] = weights
             if profile is not None:  # an EMA snapshot or a post-hoc EMA (dtr ema)
                 loaded["ema_profile"] = profile.get("name")
-            model, diffusion, codec = parts.model.eval(), parts.diffusion, parts.codec
+            model, diffusion, codec, text = parts.model.eval(), parts.diffusion, parts.codec, parts.text
         dev_d = distributed.Dist(rank=d.rank, world_size=d.world_size, local_rank=d.local_rank,
                                  device=next(_module(model).parameters()).device)
         settings = SamplingSettings.from_config(cfg, asked, bounded=codec.bounded)
+        settings = replace(settings, prompt_encoder=text)
         all_labels, labels_from = _prepare(model, settings)
         _check_sampling(diffusion, settings)  # before the progress bar starts
         out_dir = Path(out) if out is not None else default_out(
@@ -411,6 +421,8 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
                                         "weights": loaded.get("weights", "ema" if settings.use_ema else "model")}
                 info.update({k: loaded[k] for k in ("source", "ema_profile") if k in loaded})
                 info.update(labels=labels_from, **applied)
+                if labels_from == "prompts":
+                    info["prompts"] = list(settings.prompts or ())
                 write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
                 _swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here

@@ -140,6 +140,8 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
     if not isinstance(parts.diffusion, SupportsHeldoutLoss):
         return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
     time, target = parts.diffusion.heldout_time, parts.diffusion.heldout_target
+    if parts.text is not None:  # a held-out split's labels index another caption list
+        return None, {"applied": False, "why": "text-to-image run (held-out loss not defined for captions yet)"}
     if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
         return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
     codec = parts.codec

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -24,6 +24,7 @@ from dtr_plugins.core.routing import RoutedBackbone, RoutingPlan
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.sampling.prompts import evaluation_prompts
 from dtr_plugins.training.accumulate import forward_backward
 from dtr_plugins.training.tracker_set import TrackerSet
 
@@ -217,8 +218,13 @@ class Trainer:
         self.model_input, self.codec, self.run_dir = parts.model_input, parts.codec, run_dir
         self.dist, self.progress = dist, progress
         # the sampling of every evaluation, built once: the EMA weights, eval.num_samples images, seed cfg.seed
-        self.sampling = SamplingSettings.from_config(
-            cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed), bounded=parts.codec.bounded)
+        # text-to-image: eval.num_samples prompts (text.eval_prompts, else training captions) drawn with the run's seed
+        text, evaluating = parts.text, cfg.eval.at_end or bool(cfg.eval.every)
+        prompts = (evaluation_prompts(text, cfg.eval.num_samples, cfg.seed, cfg.text.eval_prompts)
+                   if text is not None and cfg.text is not None and evaluating else None)
+        self.sampling = replace(SamplingSettings.from_config(
+            cfg, SamplingOverrides(num=cfg.eval.num_samples, seed=cfg.seed, prompts=prompts),
+            bounded=parts.codec.bounded), prompt_encoder=parts.text)
         device = dist.device
         self.base_lrs = [g.get("lr", cfg.train.lr) for g in state.optimizer.param_groups]
         self.bucket_sum = torch.zeros(NUM_BUCKETS, device=device, dtype=torch.float64)
@@ -228,6 +234,7 @@ class Trainer:
         self.finite = torch.ones((), device=device, dtype=torch.bool)
         self.window_steps, self.window_start = 0, time.perf_counter()
         self.plan = routing_plan(state.model)
+        self.text = parts.text  # text-to-image: labels are item indices; their captions go through the cache
 
     # ------------------------------------------------------------------------------------- loop
     def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -278,8 +285,10 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         # train.grad_accum_steps micro-batches (1: the plain step), see training/accumulate.py; a learned routing
         # strategy's auxiliary losses are added to what is backpropagated (static routing: the loss itself)
+        kwargs = (model_kwargs_for(cast(Backbone, model), labels) if self.text is None
+                  else {"y": self.text.training_condition(labels)})  # caption dropout: the empty caption's
         loss, per_sample_loss, aux = forward_backward(
-            self.net, self.diffusion, weighting, x0, t, model_kwargs_for(cast(Backbone, model), labels),
+            self.net, self.diffusion, weighting, x0, t, kwargs,
             k=cfg.train.grad_accum_steps, autocast=lambda: autocast(cfg.train.precision, d.device),
             backward=lambda value: scaler.scale(value).backward(),
             aux_losses=self.plan.pop_aux_losses if self.plan is not None else None)
@@ -404,6 +413,7 @@ class Trainer:
             describe_metrics,
             evaluate_model_samples,
         )
+        from dtr_plugins.evaluation.text_metrics import score_text_samples
         from dtr_plugins.sampling.sample import write_samples
 
         cfg, step = self.cfg, self.state.step
@@ -416,7 +426,10 @@ class Trainer:
                    f"against {reference}")
         scoring = EvalSettings(metrics=cfg.eval.metrics, feature_extractor=cfg.eval.feature_extractor,
                                weights_path=cfg.eval.weights_path)
-        result = evaluate_model_samples(images, labels, reference, scoring)
+        if self.text is None:
+            result = evaluate_model_samples(images, labels, reference, scoring)
+        else:  # text-to-image: labels are the prompts' classes (offline caption sets), CLIP score when configured
+            result = score_text_samples(images, self.sampling.prompts or (), cfg, reference, scoring, self.dist.device)
         logger.info(f"dtr: step {step}: {describe_metrics(result)}")
         result.update({"step": step, **applied, "weights": "ema", "train_precision": cfg.train.precision})
         self.run_dir.append_metrics({"step": step, "eval": result})

@@ -18,6 +18,7 @@ def test_eval_names_an_unknown_reference_dataset_before_missing_inception_weight
     np.savez(samples, arr_0=np.zeros((4, 8, 8, 1), np.uint8))
     code, _, err = run_cli("eval", "--samples", str(samples), "--ref", "dataset:nope", "--out", str(tmp_path / "e"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "unknown dataset 'nope' (known: digits, fashion_mnist, image_folder, synthetic)" in err
+    assert ("unknown dataset 'nope' (known: coco_captions, digits, digits_captions, fashion_captions, fashion_mnist, "
+            "image_folder, image_text, synthetic)") in err
     assert "weights" not in err
     assert not (tmp_path / "e").exists()

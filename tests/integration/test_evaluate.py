@@ -444,3 +444,23 @@ def test_record_says_what_was_applied(tmp_path, registry):
     (out / "samples.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="samples.json: the samples' provenance must be a JSON object"):
         digits_eval(str(out / "samples.npz"), registry=registry, cache_dir=tmp_path / "c")
+
+
+def test_fid_against_a_statistics_npz_equals_fid_against_its_images(tmp_path, registry):
+    """An .npz of mu and sigma (U-ViT's fid_stats_*.npz layout) is a FID reference: the same FID as the images
+    it was computed from; kid / prc are refused in one line (a statistics file holds no features)."""
+    images, labels = real_digits("a")
+    direct = digits_eval(images, metrics=["fid"], registry=registry, cache_dir=tmp_path / "c")
+    (entry,) = (tmp_path / "c").glob("*.npz")  # the reference statistics cached for dataset:digits?split=b
+    with np.load(entry) as cached:
+        layer = next(k for k in cached.files if k.startswith("fid_mu__")).partition("__")[2]
+        stats = tmp_path / "fid_stats_digits_b.npz"
+        np.savez(stats, mu=cached[f"fid_mu__{layer}"], sigma=cached[f"fid_sigma__{layer}"])
+    scored = digits_eval(images, ref=str(stats), metrics=["fid"], registry=registry, cache_dir=tmp_path / "c2")
+    assert scored["frechet_inception_distance"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-6)
+    assert scored["reference_cache"] == "statistics" and scored["num_reference"] is None
+    with pytest.raises(EvalError, match="holds FID statistics .* only; kid and prc need reference images"):
+        digits_eval(images, ref=str(stats), metrics=["fid", "kid"], registry=registry, cache_dir=tmp_path / "c3")
+    np.savez(tmp_path / "bad.npz", mu=np.zeros(3), sigma=np.zeros((2, 2)))
+    with pytest.raises(DataError, match="bad.npz: FID statistics must be a finite mu"):
+        digits_eval(images, ref=str(tmp_path / "bad.npz"), metrics=["fid"], registry=registry)
