@@ -6,7 +6,6 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from dtr_plugins._version import __version__
-from dtr_plugins.core.errors import UserError, user_message
+from dtr_plugins.core.errors import UserError, os_error_line, user_message
 from dtr_plugins.core.log import console_logging
 from dtr_plugins.core.metrics import selectable as metric_names
 
@@ -434,25 +433,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     logger.warning(f"dtr: warning: {message}")
 
 
-#: errno -> what the one line says about the path
-_OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose another output_dir",
-              errno.ENOTDIR: "a part of this path is a file, not a folder; choose another output_dir / name",
-              errno.EEXIST: "already exists; choose another output_dir / name / --out",
-              errno.EACCES: "permission denied; choose a folder you can write to",
-              errno.EROFS: "read-only file system; choose a folder you can write to",
-              errno.EISDIR: "is a folder, not a file",
-              errno.ENAMETOOLONG: "a name in this path is too long; choose a shorter output_dir / name / --out"}
-
-
-def _os_error_line(exc: OSError) -> str | None:
-    """The one line for an OSError the user can fix (full disk, a file where a folder goes, ...), else None."""
-    what = _OS_ERRORS.get(exc.errno or -1)
-    if what is None:
-        return None
-    where = exc.filename if exc.filename is not None else "(while writing)"
-    return f"{where}: {what} ({exc.strerror or os.strerror(exc.errno or 0)})"
-
-
 def _quiet_stdout() -> None:
     """stdout's reader went away (``dtr plugins | head``): send the rest to /dev/null, no traceback."""
     try:
@@ -490,7 +470,7 @@ def _run(args: argparse.Namespace) -> int:
         _quiet_stdout()
         return 141  # 128 + SIGPIPE, like a command killed by the closed pipe
     except OSError as exc:
-        line = _os_error_line(exc)
+        line = os_error_line(exc)
         if args.debug or line is None:
             raise
         print(f"dtr: error: {line}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """User-facing errors: the CLI prints their message as one line and exits with status 2."""
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
     """A mistake in the user's input (config, CLI, data, checkpoint). The message is the whole story."""
@@ -46,3 +49,22 @@ def user_message(exc: BaseException) -> str:
                 if line.startswith(head):
                     return line[len(head):].strip()
     return text
+
+
+#: errno -> what the one line says about the path
+OS_ERRORS = {errno.ENOSPC: "no space left on the device; free space or choose another output_dir",
+              errno.ENOTDIR: "a part of this path is a file, not a folder; choose another output_dir / name",
+              errno.EEXIST: "already exists; choose another output_dir / name / --out",
+              errno.EACCES: "permission denied; choose a folder you can write to",
+              errno.EROFS: "read-only file system; choose a folder you can write to",
+              errno.EISDIR: "is a folder, not a file",
+              errno.ENAMETOOLONG: "a name in this path is too long; choose a shorter output_dir / name / --out"}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """The one line for an OSError the user can fix (full disk, a file where a folder goes, ...), else None."""
+    what = OS_ERRORS.get(exc.errno or -1)
+    if what is None:
+        return None
+    where = exc.filename if exc.filename is not None else "(while writing)"
+    return f"{where}: {what} ({exc.strerror or os.strerror(exc.errno or 0)})"

@@ -13,10 +13,10 @@ import types
 import pytest
 from torch.distributed.run import get_args_parser
 
-from dtr_plugins.cli import _os_error_line, build_parser
+from dtr_plugins.cli import build_parser
 from dtr_plugins.compose import validate_run
 from dtr_plugins.core.config import load_config
-from dtr_plugins.core.errors import PluginError
+from dtr_plugins.core.errors import PluginError, os_error_line
 from dtr_plugins.core.plugins import PluginLoadWarning, build_registry
 
 from ..conftest import write
@@ -163,9 +163,9 @@ def test_plugins_into_a_closed_pipe_has_no_traceback():
     (errno.EACCES, "/out/x.pt: permission denied"),
 ])
 def test_os_errors_become_one_line(code, expected):
-    line = _os_error_line(OSError(code, os.strerror(code), "/out/x.pt"))
+    line = os_error_line(OSError(code, os.strerror(code), "/out/x.pt"))
     assert line is not None and line.startswith(expected) and "\n" not in line
-    assert _os_error_line(OSError(errno.EIO, "I/O error", "/x")) is None  # not the user's to fix: traceback
+    assert os_error_line(OSError(errno.EIO, "I/O error", "/x")) is None  # not the user's to fix: traceback
 
 
 def test_full_disk_while_training_is_one_line(tmp_path, run_cli, monkeypatch):
