@@ -33,6 +33,7 @@ from dtr_plugins.core.contracts import Codec
 from dtr_plugins.core.contracts import Dataset as ImageDataset
 from dtr_plugins.core.errors import DataError, first_line
 from dtr_plugins.core.io import save_torch, write_json
+from dtr_plugins.core.log import show_progress
 
 CACHE_FORMAT = "dtr-latent-cache/2"
 MANIFEST = "manifest.json"
@@ -125,7 +126,8 @@ def write_cache(root: Path, key: dict[str, Any], dataset: ImageDataset, codec: C
     todo = [i for i in mine if not shard_file(root, i).exists()]
     size_of = lambda i: min(n, (i + 1) * shard_size) - i * shard_size  # noqa: E731
     bar = tqdm(total=sum(size_of(i) for i in mine), initial=sum(size_of(i) for i in mine if i not in todo),
-               desc="cache-latents", unit="img", disable=not (progress and d.is_main), dynamic_ncols=True)
+               desc="cache-latents", unit="img", disable=not (show_progress(progress) and d.is_main),
+               dynamic_ncols=True)
     dtype = getattr(torch, settings.dtype)
     batch_size = settings.batch_size
     batches = [list(range(lo, min(lo + batch_size, i * shard_size + size_of(i))))

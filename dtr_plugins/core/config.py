@@ -366,8 +366,10 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         if section == "diffusion":
             process = _build_process(info, validated)
     if cfg.ema is not None and (cfg.train.ema_decay != TrainConfig().ema_decay or cfg.train.ema_warmup):
-        raise ConfigError("ema: give either an ema section or its shorthand train.ema_decay / train.ema_warmup, "
-                          "not both (e.g. ema: {name: warmup, decay: 0.999})")
+        default = TrainConfig().ema_decay
+        raise ConfigError(f"ema: give either an ema section or its shorthand train.ema_decay / train.ema_warmup, "
+                          f"not both (e.g. ema: {{name: warmup, decay: 0.999}}; to switch a config that uses the "
+                          f"shorthand: --set train.ema_decay={default} --set train.ema_warmup=false)")
     if cfg.codec is not None:
         if cfg.vae is not None:
             raise ConfigError("codec: give either a vae section (the autoencoder_kl shorthand) or a codec section, "

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.guidance import check_guidance
+from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SolverSettings
 
 Model = Callable[..., Tensor]
@@ -421,7 +422,7 @@ class GaussianDiffusion:
         from tqdm.auto import tqdm
 
         steps = range(process.num_timesteps - 1, -1, -1)
-        for i in tqdm(steps, disable=not progress, desc=f"{sampler} {process.num_timesteps} steps", leave=False):
+        for i in tqdm(steps, disable=not show_progress(progress), desc=f"{sampler} {len(steps)} steps", leave=False):
             t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
             stochastic = sampler == "ddpm" or eta > 0
             drawn = step_noise(x) if step_noise is not None and stochastic else None

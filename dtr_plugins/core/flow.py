@@ -34,6 +34,7 @@ from torch import Tensor
 from dtr_plugins.core.continuous_routing import ContinuousTasks
 from dtr_plugins.core.diffusion import mean_flat, sampling_start
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SolverSettings
 from dtr_plugins.core.timesteps import LogitNormalTimes, UniformTimes
 
@@ -181,7 +182,8 @@ class FlowMatching:
             x = self._sde(velocity, x, steps, progress)
         else:
             grid = torch.linspace(0.0, 1.0, steps + 1).to(device)  # on the CPU first, as SiT
-            for i in tqdm(range(steps), disable=not progress, desc=f"{sampler} {steps} steps", leave=False):
+            bar = tqdm(range(steps), disable=not show_progress(progress), desc=f"{sampler} {steps} steps", leave=False)
+            for i in bar:
                 t0, t1 = grid[i], grid[i + 1]
                 dt = t1 - t0
                 k1 = velocity(x, t0.reshape(1))
@@ -216,7 +218,9 @@ class FlowMatching:
         dt = grid[1] - grid[0]
         from tqdm.auto import tqdm
 
-        for i in tqdm(range(steps - 1), disable=not progress, desc=f"euler_maruyama {steps} steps", leave=False):
+        bar = tqdm(range(steps - 1), disable=not show_progress(progress), desc=f"euler_maruyama {steps} steps",
+                   leave=False)
+        for i in bar:
             t = torch.ones(x.shape[0], device=x.device) * grid[i]
             w = torch.randn_like(x)
             dw = w * torch.sqrt(dt)

@@ -27,6 +27,16 @@ def package_logger() -> logging.Logger:
     return logging.getLogger(PACKAGE)
 
 
+#: False while a console asked for warnings and errors only (``dtr -q``): no progress bar is drawn
+_BARS = {"on": True}
+
+
+def show_progress(requested: bool = True) -> bool:
+    """Whether a progress bar is drawn: the caller's ``progress`` argument, and no ``dtr -q`` console (see
+    :func:`console_logging`). A library user turns bars off with ``progress=False``."""
+    return bool(requested) and _BARS["on"]
+
+
 class ConsoleHandler(logging.Handler):
     """The message of each record on the current ``sys.stdout`` (below WARNING) or ``sys.stderr`` (WARNING and
     above), looked up at each record (so a swapped stream, e.g. pytest's ``capsys``, is honoured)."""
@@ -45,18 +55,21 @@ class ConsoleHandler(logging.Handler):
 @contextlib.contextmanager
 def console_logging(level: int = logging.INFO) -> Iterator[logging.Logger]:
     """Show the package's records of ``level`` and above on the console (plain messages) while the block runs;
-    the logger's level and handlers are restored afterwards."""
+    above INFO (``dtr -q``) no progress bar is drawn either (:func:`show_progress`). The logger's level and
+    handlers, and the bars, are restored afterwards."""
     logger = package_logger()
     handler = ConsoleHandler(level)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    old_level = logger.level
+    old_level, old_bars = logger.level, _BARS["on"]
     logger.setLevel(level)
     logger.addHandler(handler)
+    _BARS["on"] = level <= logging.INFO
     try:
         yield logger
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        _BARS["on"] = old_bars
 
 
 def captured_by_launcher(path: Path) -> bool:

@@ -195,6 +195,10 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{path}: {format_validation_error(exc, SuiteFile)}") from None
     if isinstance(spec.base, str):
         base_path = (path.parent / spec.base).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: {spec.base!r} (relative to the suite file's folder) is {base_path}, "
+                              "which is not a file; give the run config's path from the suite file's folder, or an "
+                              "absolute path")
         base = read_yaml(base_path)
         if not isinstance(base, dict):
             raise ConfigError(f"{path}: base: {spec.base} is not a run config mapping")

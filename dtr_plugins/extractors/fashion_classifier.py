@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +32,11 @@ from torch import nn
 from dtr_plugins.core.errors import DataError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import save_torch, write_json
+from dtr_plugins.core.log import show_progress
 from dtr_plugins.data.fashion_mnist import DEBIAN_PATH, FILES, find_file, load_split
 from dtr_plugins.extractors.builtin import FeatureExtractorSpec, classifier_fidelity_class
+
+logger = logging.getLogger(__name__)
 
 NAME = "fashion-classifier"
 INPUT_SIZE = 28
@@ -176,7 +180,10 @@ def ensure_classifier(path: str | os.PathLike[str] = DEBIAN_PATH) -> tuple[Path,
         return weights, float(json.loads(record.read_text())["test_accuracy"])
     from tqdm import tqdm
 
-    with tqdm(total=1, desc=f"{NAME}: training on first use (cached)", unit="batch", leave=False) as bar:
+    logger.info(f"{NAME}: not cached yet: training it on the Fashion-MNIST training split, once (about five "
+                f"minutes on two idle CPU cores); cached as {weights}")
+    with tqdm(total=1, desc=f"{NAME}: training on first use (cached)", unit="batch", leave=False,
+              disable=not show_progress()) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)

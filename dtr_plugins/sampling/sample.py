@@ -29,6 +29,7 @@ from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
+from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
@@ -126,7 +127,7 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
     # solver steps x batches when the process says how many (SupportsSolverSteps), else network calls
     steps = diffusion.solver_steps(s.solver()) if isinstance(diffusion, SupportsSolverSteps) else None
     bar = tqdm(total=steps[0] * len(starts) if steps else None, desc=f"sampling {len(starts)} batch(es)",
-               unit="step", disable=not (progress and d.is_main))
+               unit="step", disable=not (show_progress(progress) and d.is_main))
     counted = _CountingModel(model, on_call=_StepCounter(bar, steps).call)
     chunks: list[tuple[int, np.ndarray]] = []
     per_batch = None

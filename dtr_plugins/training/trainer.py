@@ -21,6 +21,7 @@ from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, EmaRule, LossWeighting, TimestepSampler
 from dtr_plugins.core.errors import ConfigError, UserError
+from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
@@ -147,8 +148,8 @@ class Trainer:
         cfg, d, state = self.cfg, self.dist, self.state
         if d.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(d.device)
-        bar = tqdm(total=cfg.train.steps, initial=state.step, desc=cfg.name, disable=not (self.progress and d.is_main),
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.train.steps, initial=state.step, desc=cfg.name,
+                   disable=not (show_progress(self.progress) and d.is_main), dynamic_ncols=True)
         state.model.train()
         for batch, labels in loader:
             loss = self.run_step(batch, labels)

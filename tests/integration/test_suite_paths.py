@@ -33,3 +33,13 @@ def test_a_run_config_given_as_suite_says_so(tmp_path, run_cli):
     # the bug: "base: Field required [and 8 more]"
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"{path}: this looks like a run config" in err and "dtr train" in err
+
+
+def test_a_copied_suite_whose_base_is_missing_names_the_suite_file_and_its_base_key(tmp_path, run_cli):
+    """A suite file copied elsewhere keeps ``base: ../dit_digits.yaml``, which now points nowhere: the one line
+    names the suite file, the ``base`` key, the value and where it was looked for."""
+    (tmp_path / "suites").mkdir()
+    path = write(tmp_path / "suites" / "copied.yaml", "name: c\nbase: ../dit_digits.yaml\nmatrix: {seed: [0]}\n")
+    code, _, err = run_cli("suite", str(path), "--dry-run")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{path}: base: '../dit_digits.yaml'" in err and str(tmp_path / "dit_digits.yaml") in err

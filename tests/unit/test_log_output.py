@@ -85,13 +85,14 @@ def test_quiet_cli_train_shows_no_info_lines(tmp_path, run_cli):
     assert code == 0, err
     run_dir = tmp_path / "runs" / "tiny"
     assert out.splitlines() == [f"run directory: {run_dir}"] and "dtr: run directory" not in err
+    assert "%|" not in err  # -q: no progress bar either (training, sampling at the end)
     log = run_dir / "train.log"  # what the console showed: no info line (a file only for a warning)
     assert not log.exists() or "dtr: run directory" not in log.read_text()
     # the flag after the command works too; the logger is as before afterwards
     code, out, _ = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs2'}", "--quiet")
     assert code == 0 and out.splitlines() == [f"run directory: {tmp_path / 'runs2' / 'tiny'}"]
-    code, out, _ = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs3'}")
-    assert code == 0 and "dtr: device cpu" not in out
+    code, out, err = run_cli("train", str(cfg), "--set", f"output_dir={tmp_path / 'runs3'}")
+    assert code == 0 and "dtr: device cpu" not in out and "tiny: 100%|" in err  # the training bar
     code, out, _ = run_cli("-v", "train", str(cfg), "--set", f"output_dir={tmp_path / 'runs4'}")
     assert code == 0 and out.splitlines()[1].startswith("dtr: device cpu, world size 1, compute {")  # debug
     assert PACKAGE.level == logging.NOTSET and not [h for h in PACKAGE.handlers
