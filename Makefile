@@ -41,7 +41,7 @@ chromium:
 # CI runs `make test`: lint, then types, then every test (unit, parity and the slow integration runs), on two
 # pytest-xdist workers (one per core; a test file stays on one worker).
 test: lint typecheck
-	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile tests
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check dtr_plugins tests benchmarks
