@@ -59,7 +59,7 @@ def check_out(out: Path, *, overwrite: bool, sources: tuple[Path, ...] = ()) -> 
         return
     if not overwrite:
         raise UserError(f"--out {out}: already holds files; choose a new folder or pass --overwrite "
-                        f"to replace it")
+                        f"(Python: overwrite=True) to replace it")
     if not is_sample_set(out):
         raise UserError(f"--out {out}: holds files that are not a sample set (samples.json / samples.npz, "
                         f"grid.png, images/); --overwrite replaces only an earlier sample set, choose a new folder")

@@ -238,8 +238,8 @@ def _open_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None, resume: boo
     _lock_on_every_rank(rd, d, held)
     start_ckpt = rd.latest_checkpoint()
     if start_ckpt is not None and not resume:
-        raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume to continue it, "
-                        f"or choose another name / --run-dir")
+        raise UserError(f"{rd.path}: run directory already has checkpoints; pass --resume (Python: "
+                        f"resume=True) to continue it, or choose another name / --run-dir (Python: run_dir=)")
     if resume and start_ckpt is None:
         raise CheckpointError(f"{rd.path}: --resume given but there is no checkpoint in {rd.checkpoints}")
     return rd, start_ckpt

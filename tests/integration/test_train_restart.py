@@ -39,3 +39,15 @@ def test_restart_without_checkpoint_and_resume_below_the_checkpoint_step(tmp_pat
     code, _, err = run_cli("train", str(path), "--resume", "--set", f"output_dir={tmp_path}", "--set", "train.steps=2")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "train.steps: 2 is below" in err, err
     assert {p: p.read_bytes() for p in files} == files
+
+
+def test_python_api_refusals_name_the_python_argument_beside_the_flag(tmp_path):
+    """``dp.train`` on a run with checkpoints says ``resume=True`` as well as ``--resume`` (a Python user has no
+    flag)."""
+    from dtr_plugins.core.errors import UserError
+
+    cfg = dp.load_config(tiny_dit_config(tmp_path, "tiny.yaml", **TINY),
+                         overrides=[f"output_dir={tmp_path}", "train.steps=2", "train.ckpt_every=2"])
+    dp.train(cfg, progress=False)
+    with pytest.raises(UserError, match=r"pass --resume \(Python: resume=True\) to continue it"):
+        dp.train(cfg, progress=False)
