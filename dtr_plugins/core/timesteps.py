@@ -104,9 +104,7 @@ class ClusterBalancedTimes:
         if n < k:
             raise ConfigError(f"{self.who}: batch of {n} per step cannot cover k={k} time intervals; use a batch "
                               f"of at least {k}")
-        sizes = torch.tensor([n // k + (1 if i < n % k else 0) for i in range(k)], device=device)
-        cluster = torch.repeat_interleave(torch.arange(k, device=device), sizes)
-        return (cluster + torch.rand(n, device=device)) / k
+        return (balanced_clusters(n, k, device) + torch.rand(n, device=device)) / k
 
 
 class SpeedTimesteps:
@@ -149,6 +147,13 @@ def speed_distribution(alphas_cumprod: Any, threshold: float = 1e-4) -> tuple[Te
     return torch.from_numpy(weights / np.abs(weights).sum()), meaningful
 
 
+def balanced_clusters(n: int, k: int, device: Any = None) -> Tensor:
+    """The cluster of each of ``n`` samples, ``long [n]``: ``k`` clusters in order, sizes ``n // k`` plus one for
+    the first ``n % k`` (ANT's equal share of a batch per cluster), for the discrete and continuous samplers."""
+    sizes = torch.tensor([n // k + (1 if i < n % k else 0) for i in range(k)], device=device)
+    return torch.repeat_interleave(torch.arange(k, device=device), sizes)
+
+
 def cluster_edges(num_timesteps: int, k: int) -> list[int]:
     """Boundaries of ``k`` contiguous near-equal timestep intervals: cluster i is ``[e[i], e[i+1])``."""
     return [(i * num_timesteps) // k for i in range(k + 1)]
@@ -180,8 +185,7 @@ class ClusterBalancedTimesteps:
             raise ConfigError(f"{self.who}: batch of {n} per step cannot cover k={k} timestep clusters; "
                               f"use a batch of at least {k} (a multiple of {k} keeps clusters equal)")
         edges = torch.tensor(cluster_edges(self.num_timesteps, k), device=device)
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        cluster = torch.repeat_interleave(torch.arange(k, device=device), torch.tensor(sizes, device=device))
+        cluster = balanced_clusters(n, k, device)
         low, width = edges[cluster], (edges[1:] - edges[:-1])[cluster]
         # one uniform draw per sample from the global generator, floored into its cluster
         u = torch.rand(n, device=device)
