@@ -41,8 +41,8 @@ from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
-from dtr_plugins.core.token_routing import token_record
 from dtr_plugins.core.timesteps import sampler_record
+from dtr_plugins.core.token_routing import token_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.batches import SeededItems, StepBatches, _collate, draw_key
