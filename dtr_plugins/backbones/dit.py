@@ -453,7 +453,7 @@ class DiT(RoutedBackbone, TokenRoutedBlocks):
 
     def token_layout(self) -> tuple[int, int]:
         """``(blocks, tokens)`` for token routing: the depth and the patch tokens per sample."""
-        return self.depth, self.grid_size ** 2
+        return len(self.blocks), self.grid_size ** 2
 
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Units per routed layer at ``site``: ``hidden_size`` per block (input), ``num_heads`` (heads),

@@ -180,7 +180,7 @@ class DiTT2I(DiT):
     def token_layout(self) -> tuple[int, int]:
         """``(blocks, tokens)``: in context the text tokens run the blocks (and may skip a span) too."""
         text = self.text_length if self.text_pos_embed is not None else 0
-        return self.depth, self.grid_size ** 2 + text
+        return len(self.blocks), self.grid_size ** 2 + text
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is None:
