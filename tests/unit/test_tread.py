@@ -14,7 +14,7 @@ from dtr_plugins.core.contracts import SupportsTokenRouting, TokenRouter, missin
 from dtr_plugins.core.plugins import default_registry
 from dtr_plugins.core.token_routing import keep_ratios
 
-from ..conftest import tiny_dit_config
+from ..conftest import registry_with, tiny_dit_config
 
 TREAD = {"name": "tread", "ratio": 0.5, "start": 1, "end": 2}
 
@@ -28,6 +28,38 @@ def test_tread_is_registered_like_a_plugin_and_satisfies_the_contract():
     assert registry.names("token_router") == ["tread"]
     info = registry.get("token_router", "tread")
     assert info.distribution == "dtr-plugins" and missing_members(tread(), TokenRouter) == []
+
+
+class FirstTokens:
+    """A third-party token router written from the TokenRouter Protocol alone: the first ``keep`` tokens run
+    blocks 0..0."""
+
+    def __init__(self, keep: int = 3):
+        self.start, self.end, self.keep = 0, 0, keep
+
+    def keep_count(self, tokens: int) -> int:
+        return self.keep
+
+    def select(self, n: int, tokens: int, device=None) -> torch.Tensor:
+        return torch.arange(self.keep, device=device).expand(n, -1)
+
+    def applied(self) -> dict:
+        return {"name": "first_tokens", "keep": self.keep}
+
+
+def test_a_third_party_token_router_is_composed_like_a_builtin(tmp_path):
+    from pydantic import BaseModel
+
+    class Params(BaseModel):
+        keep: int = 3
+
+    registry = registry_with("token_router", "first_tokens", FirstTokens, params=Params)
+    path = tiny_dit_config(tmp_path, token_routing={"name": "first_tokens", "keep": 5})
+    model = compose(dp.load_config(path, registry=registry), registry, data=False).model
+    seen: list[int] = []
+    model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    model.train()(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1]))
+    assert seen == [5] and model.token_router.applied() == {"name": "first_tokens", "keep": 5}
 
 
 @pytest.mark.parametrize(("ratio", "tokens", "keep"), [(0.5, 16, 8), (0.25, 16, 12), (0.3, 10, 7), (0.99, 16, 1)])
