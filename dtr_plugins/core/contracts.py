@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
+__all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter",
+           "Backbone",
            "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "TimestepRule", "SupportsNoiseSchedule",
            "EmaProfile",
            "EmaRule", "Dataset", "SupportsImageShape",
@@ -49,6 +50,16 @@ class RoutingStrategy(Protocol):
     """
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor: ...
+
+
+@runtime_checkable
+class ContinuousStrategy(Protocol):
+    """A strategy that also gives its masks in closed form over a continuous noise level ``u`` in [0, 1]
+    (0 clean, 1 pure noise), used under continuous-time processes (core/continuous_routing.py)."""
+
+    def mask_for_u(self, u: Tensor, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor:
+        """``bool [B, channels]`` for ``u`` ``[B]``; equals ``mask_table(T, ...)[k]`` at ``u = k / (T - 1)``."""
+        ...
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from dtr_plugins.compose import Components, check_machine, check_run, compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.buckets import apply_train_buckets, bucket_summary
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
-from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.config import ExperimentConfig, config_from_dict
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
@@ -91,14 +91,29 @@ def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
     new = cfg.to_dict()
     if stored == weights_fingerprint(new):
         return
+    trained = _with_current_defaults(ckpt.get("config") or {}, path)
+    if weights_fingerprint(trained) == weights_fingerprint(new):
+        logger.info(f"{path}: written before some config keys existed; they take their defaults, which keep "
+                    "the earlier behaviour")
+        return
     allowed = ", ".join(RESUMABLE_KEYS)
-    diff = first_difference(ckpt.get("config") or {}, new)
+    diff = first_difference(trained, new)
     if diff is None:
         raise ConfigError(f"{path}: the config's fingerprint differs from the checkpoint's; --resume may only change "
                           f"{allowed}; start a new run instead")
     key, old, now = diff
     raise ConfigError(f"{key}: {now!r} differs from {old!r} that the run was trained with ({path}); --resume may only "
                       f"change {allowed}; start a new run (another name or --run-dir) instead")
+
+
+def _with_current_defaults(stored: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The checkpoint's resolved config read again by this version: a key added since the checkpoint was
+    written takes its default (a new key's default keeps the earlier behaviour; keys the file has keep their
+    values). The stored mapping itself when it no longer validates (the difference is then named from it)."""
+    try:
+        return config_from_dict(dict(stored), source=str(path)).to_dict()
+    except UserError:
+        return stored
 
 
 def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: int, resume: bool) -> dict[str, Any]:
