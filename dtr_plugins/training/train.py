@@ -42,6 +42,7 @@ from dtr_plugins.core.log import run_log
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import routed_units
 from dtr_plugins.core.timesteps import sampler_record
+from dtr_plugins.core.token_routing import token_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.batches import SeededItems, StepBatches, _collate, draw_key
@@ -306,6 +307,8 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
+    if (tokens := token_record(parts.model)) is not None:  # token_routing (tread): applied in training forwards
+        meta["token_routing"] = tokens
     previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
     trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry,
                                previous=previous if isinstance(previous, dict) else None)
