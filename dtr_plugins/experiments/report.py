@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ def _eval_settings(results: list[RunRecord]) -> str:
     return "; " + "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in sorted(counts.items()))
 
 
-def _solver_extras(e: dict[str, Any]) -> str:
+def _solver_extras(e: Mapping[str, Any]) -> str:
     """The guidance interval, time shift and tolerances of an eval record, where they are set (else "")."""
     parts = []
     if e.get("guidance_interval") is not None:
