@@ -126,3 +126,18 @@ def test_adm_statistics_alone_give_fid_and_sfid_statistics(tmp_path):
     assert only.statistics is not None
     with pytest.raises(EvalError, match=r"holds no sfid statistics \(mu_s, sigma_s; it has mu, sigma\)"):
         only.statistics("sfid")
+
+
+def test_validate_refuses_sfid_without_the_spatial_inception(tmp_path, capsys):
+    from dtr_plugins.cli import main
+
+    from ..conftest import write
+    from .test_config import GOOD
+
+    path = write(tmp_path / "c.yaml", GOOD.replace("eval: {at_end: false}", "eval: {metrics: [sfid], "
+                                                   "feature_extractor: digits-classifier, num_samples: 20}"))
+    assert main(["validate", str(path), "--config-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "eval.metrics: sfid reads Inception's spatial features; it needs eval.feature_extractor " \
+           "inception-v3-compat (got 'digits-classifier')" in err
