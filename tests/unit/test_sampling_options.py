@@ -177,3 +177,11 @@ def test_options_are_checked_and_named_as_flags():
     with pytest.raises(ConfigError, match="sample.guidance_interval: .* is not applied by this process"):
         check_solver_options(Plain(), solver)  # type: ignore[arg-type]
     check_solver_options(Plain(), SolverSettings("euler", "8"))  # type: ignore[arg-type]
+
+
+def test_dtr_sample_flags_reach_the_overrides():
+    from dtr_plugins.cli import build_parser
+
+    args = build_parser().parse_args(["sample", "runs/x", "--guidance-interval", "0.1", "0.5", "--time-shift", "2",
+                                      "--atol", "1e-5", "--rtol", "1e-4", "--sampler", "dopri5"])
+    assert (args.guidance_interval, args.time_shift, args.atol, args.rtol) == ([0.1, 0.5], 2.0, 1e-5, 1e-4)
