@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sample images from a run, checkpoint, exported folder or hub id (hf://ORG/NAME)")
     p.add_argument("source", help="run directory, checkpoint file, folder written by dtr export (or a diffusers DiT "
                    "folder/pipeline) or hub id hf://ORG/NAME[@REVISION]")
-    p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=None,
+                   help="number of images (default: the config's sample.num_samples, 64 unless set)")
     p.add_argument("--out", default=None, help="new output folder (default <run>/samples/step<N>-<sampler><steps>-"
                    "cfg<s>-seed<k>-n<num>; required for an exported folder or hub id)")
     p.add_argument("--overwrite", action="store_true",

@@ -66,7 +66,7 @@ class SamplingOverrides:
     """The caller's options over the config's ``sample`` section (``dtr sample`` flags, keywords of
     ``sample`` / ``generate``); ``None``: the config's value."""
 
-    num: int = 64  #: images to make (``--num-samples``); the config's ``sample.num_samples`` is not read
+    num: int | None = None  #: images to make (``--num-samples``); None: the config's ``sample.num_samples``
     sampler: str | None = None  #: ``--sampler``
     respacing: str | None = None  #: ``--respacing`` (gaussian: ``250``, ``ddim50``...; flow matching: steps)
     cfg_scale: float | None = None  #: ``--cfg-scale`` (1.0: no guidance)
@@ -118,6 +118,7 @@ class SamplingSettings:
         outputs lie in ``[-1, 1]`` (pixels), the only case where ``sample.clip_denoised`` applies."""
         o = overrides if overrides is not None else SamplingOverrides()
         s = cfg.sample
+        num = s.num_samples if o.num is None else o.num
         given = {"sampler": o.sampler, "respacing": o.respacing, "cfg_scale": o.cfg_scale,
                  "batch_size": o.batch_size, "labels": o.labels, "guidance_interval": o.guidance_interval,
                  "time_shift": o.time_shift, "atol": o.atol, "rtol": o.rtol}
@@ -125,7 +126,7 @@ class SamplingSettings:
         return cls(sampler=o.sampler or s.sampler, respacing=o.respacing or s.respacing, eta=s.eta,
                    cfg_scale=s.cfg_scale if o.cfg_scale is None else float(o.cfg_scale),
                    cfg_channels=s.cfg_channels, clip_denoised=bool(s.clip_denoised and bounded),
-                   num_samples=o.num, batch_size=min(o.batch_size or s.batch_size, o.num), seed=o.seed,
+                   num_samples=num, batch_size=min(o.batch_size or s.batch_size, num), seed=o.seed,
                    use_ema=o.use_ema, labels=None if o.labels is None else tuple(o.labels),
                    from_options=frozenset(k for k, v in given.items() if v is not None),
                    prompts=None if o.prompts is None else tuple(o.prompts),

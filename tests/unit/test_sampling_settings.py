@@ -35,6 +35,9 @@ def test_options_go_over_the_config_and_show_in_the_record():
     assert s.key("sampler") == "--sampler" and plain.key("respacing") == "sample.respacing"
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 1  # type: ignore[misc]
+    # without --num-samples the config's sample.num_samples is the count (64 when the config does not set it)
+    assert SamplingSettings.from_config(_cfg(num_samples=7)).num_samples == 7
+    assert SamplingSettings.from_config(_cfg(num_samples=7), SamplingOverrides(num=2)).num_samples == 2
 
 
 class _Toy(torch.nn.Module):
