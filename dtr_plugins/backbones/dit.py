@@ -63,6 +63,7 @@ from torch import nn
 
 from dtr_plugins.core.buckets import BatchBuckets, BucketedUnits
 from dtr_plugins.core.compute import run_block
+from dtr_plugins.core.contracts import TokenLayout
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual
@@ -447,6 +448,22 @@ class DiT(RoutedBackbone):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.checkpoint_blocks = bool(enabled)
 
+    #: (block, sink) of :meth:`tap_block` (None: no tap); set only around a training step, never copied to an EMA
+    _tap: tuple[int, Callable[[torch.Tensor], None]] | None = None
+
+    def token_layout(self) -> TokenLayout:
+        """:class:`~dtr_plugins.core.contracts.SupportsBlockTokens`: ``depth`` blocks, ``hidden_size``-wide tokens
+        on the ``input_size / patch_size`` square patch grid."""
+        return TokenLayout(blocks=self.depth, width=self.hidden_size, grid=(self.grid_size, self.grid_size))
+
+    def tap_block(self, block: int, sink: Callable[[torch.Tensor], None] | None) -> None:
+        """``sink(h)`` gets block ``block``'s output tokens ``[N, T, D]`` (1-based) in each forward; None: no tap."""
+        self._tap = None if sink is None else (block, sink)
+
+    def _sink(self, layer: int) -> Callable[[torch.Tensor], None] | None:
+        """The tap's sink when it reads the output of ``layer`` (0-based), else None."""
+        return self._tap[1] if self._tap is not None and layer + 1 == self._tap[0] else None
+
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Units per routed layer at ``site``: ``hidden_size`` per block (input), ``num_heads`` (heads),
         MLP units of ``head_dim`` channels (mlp), or both per block, heads first (heads_mlp). Raises
@@ -570,6 +587,8 @@ class DiT(RoutedBackbone):
         for layer, block in enumerate(self.blocks):
             mask, heads, mlp = routes[layer] if learned is None else self._learned_route(learned, layer, hb, t, cb)
             hb = run_block(block, self.checkpoint_blocks, hb, cb, mask, heads, mlp)
+            if (sink := self._sink(layer)) is not None:  # a regulariser's tap (REPA), in the batch's order
+                sink(hb if buckets is None else hb[buckets.inverse])
         h = hb if buckets is None else hb[buckets.inverse]
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 
