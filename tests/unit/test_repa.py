@@ -149,7 +149,7 @@ def test_trains_under_each_process_and_routing_and_logs_the_aux_loss(tmp_path, d
         assert any(k.startswith("aux/") and k != "aux/repa" for k in logged[0])
 
 
-def test_resume_is_bit_exact_with_the_projector_and_export_is_the_plain_backbone(tmp_path, digits_weights, run_cli):
+def test_resume_is_bit_exact_with_the_projector(tmp_path, digits_weights):
     cfg = repa_config(tmp_path, digits_weights)
     straight = dp.train(dp.load_config(cfg), run_dir=tmp_path / "a", progress=False)
     dp.train(dp.load_config(cfg, overrides=["train.steps=2"]), run_dir=tmp_path / "b", progress=False)
@@ -162,12 +162,34 @@ def test_resume_is_bit_exact_with_the_projector_and_export_is_the_plain_backbone
     assert not torch.equal(start["0.weight"], a["regularizer"]["0.weight"])  # the projector trains
     assert [r["aux/repa"] for r in _records(straight) if "loss" in r] == \
         [r["aux/repa"] for r in _records(resumed) if "loss" in r]
-    code, _, err = run_cli("export", str(straight), "--out", str(tmp_path / "exported"))
+
+
+def test_export_is_the_plain_backbone(tmp_path, digits_weights, run_cli):
+    run = dp.train(dp.load_config(repa_config(tmp_path, digits_weights, steps=2)), run_dir=tmp_path / "a",
+                   progress=False)
+    a = torch.load(run / "checkpoints" / "0000002.pt", weights_only=True)
+    code, _, err = run_cli("export", str(run), "--out", str(tmp_path / "exported"))
     assert code == 0, err
     from safetensors.torch import load_file
 
     exported = load_file(tmp_path / "exported" / "model.safetensors")
     assert exported.keys() == a["ema"].keys()  # the plain backbone: no projector, no encoder
+    model, loaded_cfg, _ = dp.from_pretrained(tmp_path / "exported")  # loads without building the regulariser
+    assert type(model).__name__ == "DiT" and loaded_cfg.regularizer is not None  # config.json: the run's record
+    assert all(torch.equal(v, a["ema"][k]) for k, v in model.state_dict().items())
+
+
+def test_micro_batches_score_their_own_slice_of_the_targets(tmp_path, digits_weights):
+    runs = {}
+    for k in (1, 2):
+        cfg = dp.load_config(repa_config(tmp_path, digits_weights, steps=1, train={"grad_accum_steps": k},
+                                         routing={"name": "vanilla"}))
+        runs[k] = dp.train(cfg, run_dir=tmp_path / f"k{k}", progress=False)
+    one, two = (torch.load(runs[k] / "checkpoints" / "0000001.pt", weights_only=True) for k in (1, 2))
+    for key in ("model", "regularizer"):  # the same step in two micro-batches: the same update
+        assert all(torch.allclose(one[key][n], two[key][n], atol=1e-6) for n in one[key]), key
+    logged = [[r["aux/repa"] for r in _records(runs[k]) if "loss" in r] for k in (1, 2)]
+    assert len(logged[0]) == 1 and abs(logged[0][0] - logged[1][0]) < 1e-6
 
 
 @pytest.mark.parametrize(("section", "needle"), [
