@@ -225,3 +225,33 @@ def test_a_backbone_without_block_tokens_is_refused(tmp_path, digits_weights, ru
         "attention_resolutions": [], "channel_mult": [1, 2], "num_classes": 4})
     code, _, err = run_cli("validate", str(path))
     assert code == 2 and "regularizer.name: repa reads a block's hidden tokens; backbone 'adm_unet'" in err, err
+
+
+def test_the_tap_gives_block_tokens_in_the_batch_order_also_with_timestep_buckets(tmp_path):
+    from dtr_plugins.compose import compose
+    from dtr_plugins.core.buckets import apply_train_buckets
+
+    torch.manual_seed(0)
+    cfg = dp.load_config(tiny_dit_config(tmp_path, routing={"name": "dtr", "alpha": 4.0, "beta": 0.8,
+                                                            "site": "heads_mlp"}))
+    model = compose(cfg, data=False).model.train()
+    x, t, y = torch.randn(6, 1, 8, 8), torch.tensor([90, 3, 50, 7, 99, 0]), torch.zeros(6, dtype=torch.long)
+    got: list[torch.Tensor] = []
+    model.tap_block(2, got.append)
+    torch.manual_seed(1)
+    model(x, t, y)
+    assert apply_train_buckets(model, 2, verbose=False)["applied"]
+    torch.manual_seed(1)
+    model(x, t, y)
+    model.tap_block(2, None)
+    model(x, t, y)
+    assert len(got) == 2 and got[0].shape == (6, 16, 32)  # 2 forwards tapped; none after the tap is removed
+    assert torch.allclose(got[0], got[1], atol=1e-5)  # buckets run the batch sorted; the tap restores its order
+
+
+def test_a_hub_id_outside_the_cache_is_one_line_when_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(ConfigError, match="regularizer.encoder_path: the hub model 'facebook/dinov2-base' is not in "
+                                          "the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        Repa(encoder="dinov2")  # the default hub id; nothing is downloaded
