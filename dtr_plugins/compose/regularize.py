@@ -35,5 +35,5 @@ def build_regularizer(parts: Components, registry: PluginRegistry | None = None)
     if missing:
         raise PluginError(f"regularizer '{section.name}' of {info.origin} does not satisfy the Regularizer contract: "
                           f"missing {', '.join(missing)} (see dtr_plugins/core/contracts.py)")
-    built.bind(model.token_layout())
+    built.bind(model.block_layout())
     return built

@@ -32,8 +32,8 @@ __all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "G
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
-           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenLayout",
-           "SupportsBlockTokens", "Regularizer"]
+           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
+           "SupportsTokenRouting", "TokenLayout", "SupportsBlockTokens", "Regularizer"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -129,6 +129,43 @@ class GateSummary(Protocol):
     layer a float ``[num_tasks, K]`` table, the name of a unit (``"expert"``) and of the value drawn."""
 
     def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]: ...
+
+
+@runtime_checkable
+class TokenRouter(Protocol):
+    """The ``token_router`` kind (config ``token_routing: {name, **params}``; built-in ``tread``): in a training
+    forward, which tokens run blocks ``start..end`` (both included, 0-based); the others skip them and are put
+    back in place after block ``end`` (:mod:`dtr_plugins.core.token_routing`). Evaluation and sampling run every
+    token.
+
+    ``keep_count(tokens)``: ``K``, tokens of ``tokens`` that run the span (``1 <= K <= tokens``);
+    ``select(n, tokens, device)``: ``[n, K]`` int64 token indices per sample, drawn from the global generator of
+    ``device`` (training re-seeds it from ``(seed, rank, step)``, so a resume draws the same);
+    ``applied()``: JSON-able record for ``meta.json`` (``name`` and the parameters). ``repr`` names it.
+    """
+
+    start: int
+    end: int
+
+    def keep_count(self, tokens: int) -> int: ...
+
+    def select(self, n: int, tokens: int, device: Any = None) -> Tensor: ...
+
+    def applied(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SupportsTokenRouting(Protocol):
+    """Optional capability of a backbone: it routes tokens (:class:`TokenRouter`) through its blocks.
+    ``token_layout()``: ``(blocks, tokens)``, the blocks a span may cover (``end < blocks``) and the tokens per
+    sample they see; ``attach_token_routing(router)`` is called by the composition root; ``token_router`` is the
+    attached one (None: none). A backbone without it refuses a ``token_routing`` section."""
+
+    token_router: TokenRouter | None
+
+    def token_layout(self) -> tuple[int, int]: ...
+
+    def attach_token_routing(self, router: TokenRouter) -> None: ...
 
 
 @runtime_checkable
@@ -313,22 +350,24 @@ class EmaRule(Protocol):
 @dataclass(frozen=True)
 class TokenLayout:
     """A transformer backbone's hidden tokens: ``blocks`` blocks in forward order, each giving tokens
-    ``[B, grid[0] * grid[1], width]`` in row-major patch order."""
+    ``[B, grid[0] * grid[1], width]`` in row-major patch order; ``partial``: the blocks (1-based) whose output holds
+    only some of the tokens in training (inside a token router's span, :class:`TokenRouter`)."""
 
     blocks: int
     width: int
     grid: tuple[int, int]
+    partial: tuple[int, ...] = ()
 
 
 @runtime_checkable
 class SupportsBlockTokens(Protocol):
     """Optional capability of a backbone: a regulariser may read the hidden tokens after a block (REPA).
 
-    ``token_layout()``: its blocks, width and token grid. ``tap_block(block, sink)``: from the next forward on,
+    ``block_layout()``: its blocks, width and token grid. ``tap_block(block, sink)``: from the next forward on,
     ``sink(h)`` receives the output of block ``block`` (1-based: after ``block`` blocks), ``h`` ``[B, N, width]``
     in the batch's order, with its graph (gradients flow back into the blocks); ``sink=None`` removes the tap."""
 
-    def token_layout(self) -> TokenLayout: ...
+    def block_layout(self) -> TokenLayout: ...
 
     def tap_block(self, block: int, sink: Callable[[Tensor], None] | None) -> None: ...
 

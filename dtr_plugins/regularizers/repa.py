@@ -102,6 +102,10 @@ class Repa:
         if not 1 <= self.block <= layout.blocks:
             raise ConfigError(f"regularizer.block: {self.block} is out of range for a backbone of {layout.blocks} "
                               f"blocks (allowed: 1 to {layout.blocks}, the block whose output is aligned)")
+        if self.block in layout.partial:
+            raise ConfigError(f"regularizer.block: block {self.block}'s output holds only the tokens the token router "
+                              f"keeps in training (partial blocks: {', '.join(map(str, layout.partial))}); choose a "
+                              f"block before token_routing.start or from its end on (1-based: the output of block k)")
         if min(layout.grid) < 1:
             raise ConfigError(f"regularizer: the backbone's token grid {layout.grid} has no tokens to align")
         self.grid = layout.grid

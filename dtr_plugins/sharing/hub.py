@@ -119,7 +119,10 @@ def write_export(found: RunWeights, out: str | Path, *, layout: str = "dtr", car
     record["layout"] = layout
     with _staging(out) as stage:
         if layout == "dtr":
-            sha = _write_dtr(stage, state, found.cfg.to_dict(), record, found.evaluation, found.meta)
+            config = found.cfg.to_dict()
+            if (tokens := config.pop("token_routing", None)) is not None:  # training only: the model runs every token
+                record["trained_with_token_routing"] = tokens
+            sha = _write_dtr(stage, state, config, record, found.evaluation, found.meta)
             if card is not None and sha == found.record.get("weights_sha256"):
                 (stage / CARD_FILE).write_text(card)
         else:

@@ -255,3 +255,18 @@ def test_a_hub_id_outside_the_cache_is_one_line_when_offline(tmp_path, monkeypat
     with pytest.raises(ConfigError, match="regularizer.encoder_path: the hub model 'facebook/dinov2-base' is not in "
                                           "the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         Repa(encoder="dinov2")  # the default hub id; nothing is downloaded
+
+
+def test_with_token_routing_a_block_inside_the_span_is_refused_and_the_span_end_trains(tmp_path, digits_weights,
+                                                                                       run_cli):
+    tread = {"name": "tread", "ratio": 0.5, "start": 0, "end": 1}
+    path = repa_config(tmp_path, digits_weights, token_routing=tread)  # repa block 1: the output of block 0
+    code, _, err = run_cli("validate", str(path))
+    assert code == 2 and "regularizer.block: block 1's output holds only the tokens the token router keeps" in err
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["regularizer"]["block"] = 2  # after the span's last block every token is back in place
+    path.write_text(yaml.safe_dump(data))
+    run = dp.train(dp.load_config(path), run_dir=tmp_path / "run", progress=False)
+    assert all(abs(r["aux/repa"]) <= 0.5 for r in _records(run) if "loss" in r)
