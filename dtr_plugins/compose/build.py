@@ -45,6 +45,7 @@ from dtr_plugins.core.contracts import (
     EmaRule,
     InputSpace,
     LearnedRoutingStrategy,
+    Regularizer,
     RoutingStrategy,
     SupportsAugmentation,
     SupportsContentKey,
@@ -393,11 +394,16 @@ class Components:
     timestep_source: str = "process"
     #: text-to-image: caption indices / prompts -> packed text conditions (None: no text section)
     text: TextStage | None = None
+    #: the auxiliary loss of the ``regularizer`` section (repa), set by ``dtr train`` (compose/regularize.py)
+    regularizer: Regularizer | None = None
 
     def to(self, device: torch.device | str) -> Components:
-        """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
+        """The model, the loss weighting and the regulariser's trainable part moved to ``device`` (in place; returns
+        ``self``)."""
         self.model.to(device)
         self.loss_weighting.to(device)
+        if self.regularizer is not None:
+            self.regularizer.module().to(device)
         return self
 
 

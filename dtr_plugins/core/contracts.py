@@ -33,7 +33,7 @@ __all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "G
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
            "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
-           "SupportsTokenRouting"]
+           "SupportsTokenRouting", "TokenLayout", "SupportsBlockTokens", "Regularizer"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -343,6 +343,60 @@ class EmaRule(Protocol):
     def profiles(self) -> Sequence[EmaProfile]: ...
 
     def betas(self, step: int) -> Sequence[float]: ...
+
+    def applied(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A transformer backbone's hidden tokens: ``blocks`` blocks in forward order, each giving tokens
+    ``[B, grid[0] * grid[1], width]`` in row-major patch order; ``partial``: the blocks (1-based) whose output holds
+    only some of the tokens in training (inside a token router's span, :class:`TokenRouter`)."""
+
+    blocks: int
+    width: int
+    grid: tuple[int, int]
+    partial: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class SupportsBlockTokens(Protocol):
+    """Optional capability of a backbone: a regulariser may read the hidden tokens after a block (REPA).
+
+    ``block_layout()``: its blocks, width and token grid. ``tap_block(block, sink)``: from the next forward on,
+    ``sink(h)`` receives the output of block ``block`` (1-based: after ``block`` blocks), ``h`` ``[B, N, width]``
+    in the batch's order, with its graph (gradients flow back into the blocks); ``sink=None`` removes the tap."""
+
+    def block_layout(self) -> TokenLayout: ...
+
+    def tap_block(self, block: int, sink: Callable[[Tensor], None] | None) -> None: ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """The ``regularizer`` kind (config ``regularizer: {name, **params}``): an auxiliary training loss on a block's
+    hidden tokens against a frozen encoder's features of the clean images (REPA, docs/regularizers.md).
+
+    ``block``: the block whose output it reads (1-based, :class:`SupportsBlockTokens`). ``bind(layout)``: the
+    backbone's :class:`TokenLayout`; raises a one-line ``ConfigError`` naming ``regularizer.<key>`` when it cannot
+    apply (block out of range, features that do not fit the tokens); builds the trainable part. ``module()``: that
+    trainable part (a projector): its parameters are optimised, its state dict saved in checkpoints under
+    ``regularizer`` and restored on resume; it is never averaged (EMA) nor exported, and holds no frozen encoder.
+    ``prepare(images)``: the clean images of the step's local batch, ``[N, C, H, W]`` in ``[-1, 1]`` (pixels,
+    before the codec): the frozen encoder's targets are computed once, without gradients. ``losses(hidden,
+    part)``: the hidden tokens ``[m, N_tokens, width]`` of the micro-batch ``part`` (a slice of the prepared
+    batch) -> named weighted losses (scalars), added to the training loss and logged as ``aux/<name>``.
+    ``applied()``: JSON-ready record for ``meta.json`` (``regularizer``)."""
+
+    block: int
+
+    def bind(self, layout: TokenLayout) -> None: ...
+
+    def module(self) -> torch.nn.Module: ...
+
+    def prepare(self, images: Tensor) -> None: ...
+
+    def losses(self, hidden: Tensor, part: slice) -> dict[str, Tensor]: ...
 
     def applied(self) -> dict[str, Any]: ...
 

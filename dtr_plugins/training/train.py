@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dtr_plugins._version import __version__
-from dtr_plugins.compose import Components, check_machine, check_run, compose
+from dtr_plugins.compose import Components, build_regularizer, check_machine, check_run, compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.buckets import apply_train_buckets, bucket_summary
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
@@ -241,6 +241,7 @@ def compose_checked(cfg: ExperimentConfig, registry: PluginRegistry | None = Non
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     parts = compose(cfg, registry, device="cpu")
     check_run(cfg, parts, registry, run_dir=run_dir)
+    parts.regularizer = build_regularizer(parts, registry)  # its projector after the model, from the same seed
     return parts
 
 
@@ -272,7 +273,8 @@ def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist
         apply_checkpoint(parts.model, read_checkpoint(init, allow_unsafe=allow_unsafe_load), init, use_ema=True,
                          allow_routing_mismatch=True)
     state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device,
-                              profiles=[p.name for p in parts.ema.profiles()])
+                              profiles=[p.name for p in parts.ema.profiles()],
+                              regularizer=parts.regularizer.module() if parts.regularizer is not None else None)
     if start_ckpt is not None:
         ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
         check_resume_identity(ckpt, cfg, start_ckpt)
@@ -317,6 +319,8 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta["ema"] = {**parts.ema.applied(), "applied": True, "section": "ema" if cfg.ema is not None else
                    "train.ema_decay/ema_warmup", "snapshot_every": cfg.ema.snapshot_every if cfg.ema else 0}
     meta["timesteps"] = sampler_record(parts.timestep_sampler, parts.timestep_source)
+    meta["regularizer"] = ({**parts.regularizer.applied(), "applied": True} if parts.regularizer is not None
+                           else {"applied": False})
     rd.write_meta(meta)
     heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
     if heatmap is not None:
