@@ -84,6 +84,7 @@ def run_weights(source: str | Path, *, weights: str = "ema", allow_unsafe_load: 
     the folder an export will write. Raises :class:`UserError` / :class:`CheckpointError` (one line)."""
     from dtr_plugins.compose import codec_spec, compose
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+    from dtr_plugins.core.param_count import parameter_counts
     from dtr_plugins.runs.rundir import RunDir
 
     if weights not in ("ema", "model"):
@@ -102,6 +103,9 @@ def run_weights(source: str | Path, *, weights: str = "ema", allow_unsafe_load: 
     step = ckpt.get("step")
     record: dict[str, Any] = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
               "checkpoint": ckpt_path.name}
+    record["parameters"] = parameter_counts(model)  # total, and active in one forward (time experts: one expert)
+    if model.plan is not None and model.plan.time_experts is not None:  # which expert owns which noise levels
+        record["time_experts"] = model.plan.time_experts.intervals()
     spec = codec_spec(cfg)
     if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
         record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}

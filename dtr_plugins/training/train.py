@@ -40,7 +40,8 @@ from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weigh
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
-from dtr_plugins.core.routing import routed_units
+from dtr_plugins.core.param_count import parameter_counts
+from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.core.timesteps import sampler_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
@@ -291,6 +292,10 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
+    meta["parameters"] = parameter_counts(parts.model)  # total, and active in one forward (time experts: one)
+    experts = parts.model.plan.time_experts if parts.model.plan is not None else None
+    if experts is not None:  # which expert owns which noise levels
+        meta["time_experts"] = experts.intervals()
     previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
     trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry,
                                previous=previous if isinstance(previous, dict) else None)
@@ -310,8 +315,10 @@ def _network(cfg: ExperimentConfig, model: torch.nn.Module, d: distributed.Dist)
     """The module the training step calls: the model, wrapped for DDP and compiled as configured."""
     net: torch.nn.Module = model
     if d.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        plan = model.plan if isinstance(model, RoutedBackbone) else None
+        net = torch.nn.parallel.DistributedDataParallel(  # time experts: a batch need not reach every expert
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=plan is not None and plan.time_experts is not None)
     if cfg.train.compile:
         net = cast(torch.nn.Module, torch.compile(net))
     return net
