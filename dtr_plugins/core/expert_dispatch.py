@@ -1,4 +1,5 @@
-"""Running a backbone whose weights are split into time experts (:class:`~dtr_plugins.core.contracts.TimeExpertRouting`).
+"""Running a backbone whose weights are split into time experts
+(:class:`~dtr_plugins.core.contracts.TimeExpertRouting`).
 
 Each sample of a batch is denoised by the expert that owns its noise level: the batch is split by expert, each part
 runs the backbone's ordinary forward with that expert's weights swapped in (``torch.func.functional_call``, so the

@@ -437,7 +437,8 @@ class RoutedBackbone(nn.Module):
             raise ValueError("routing plan was built for a different list of routed layers")
         self.add_module("routing", plan)
         if plan.time_experts is not None:  # the experts copy the backbone's weights (their shared parent)
-            named = {name: p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("routing.")}
+            named = {name: p for name, p in self.named_parameters()
+                     if p.requires_grad and not name.startswith("routing.")}
             plan.time_experts.bind_weights(named, self.expert_blocks)
 
     @property

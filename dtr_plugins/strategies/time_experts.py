@@ -4,8 +4,8 @@ Sources of the idea: eDiff-I (Balaji et al., "eDiff-I: Text-to-Image Diffusion M
 Denoisers", arXiv 2211.01324), which trains one denoiser, then splits it into experts for intervals of the noise
 level, each initialised from the shared parent and fine-tuned on its interval only; MEME (Lee et al., "Multi-
 Architecture Multi-Expert Diffusion Models", arXiv 2306.04990) with one expert per interval of time-steps; Wan2.2's
-high-/low-noise experts (two models switched at a signal-to-noise boundary during sampling). **There is no official code of
-eDiff-I's or MEME's expert split that can be run here**, so the tests check this module against a hand-computed
+high-/low-noise experts (two models switched at a signal-to-noise boundary during sampling). **There is no official
+code of eDiff-I's or MEME's expert split that can be run here**, so the tests check this module against a hand-computed
 reference instead: a model split into N = 2 experts equals two independently built dense models, each evaluated on
 the noise levels it owns (``tests/unit/test_time_experts.py``).
 

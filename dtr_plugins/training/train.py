@@ -39,8 +39,8 @@ from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
-from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.param_count import parameter_counts
+from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.core.timesteps import sampler_record
 from dtr_plugins.evaluation.heldout import HeldOutSet

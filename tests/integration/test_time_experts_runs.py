@@ -106,7 +106,8 @@ def test_flow_matching_run_switches_experts_with_euler_and_heun(tmp_path):
 def test_validate_refuses_bad_settings_with_one_line(tmp_path, run_cli):
     path = tiny_dit_config(tmp_path, routing=ROUTING)
     cases = [("routing.num_experts=1", "num_experts"), ("routing.granularity=layer", "granularity"),
-             ("routing.boundaries=halves", "boundaries"), ("routing.num_experts=32 diffusion.steps=25", "routing.num_experts: 32 experts"),
+             ("routing.boundaries=halves", "boundaries"),
+             ("routing.num_experts=32 diffusion.steps=25", "routing.num_experts: 32 experts"),
              ("routing.boundaries=measured", "routing.measured_from: boundaries: measured needs the run directory"),
              (f"routing.measured_from={tmp_path / 'nowhere'}", "routing.measured_from: only read with boundaries")]
     for override, message in cases:

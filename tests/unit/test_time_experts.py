@@ -38,7 +38,7 @@ def random_dit(seed: int) -> DiT:
     torch.manual_seed(seed)
     model = DiT(**TINY)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn_like(p) * 0.2)
     return model.eval()
@@ -142,7 +142,8 @@ def test_two_experts_equal_two_independent_dense_models_on_their_intervals(granu
         out = model(x, t, y)
         low, high = first(x, t, y), reference(x, t, y)
     mine = t >= 50
-    assert torch.allclose(out[~mine], low[~mine], rtol=1e-5, atol=1e-5) and torch.allclose(out[mine], high[mine], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out[~mine], low[~mine], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out[mine], high[mine], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(low[mine], high[mine], atol=1e-3)  # the two experts do differ
     one = model(x[:1], torch.tensor(99), y[:1])  # a scalar time: the whole batch is one expert's
     assert torch.allclose(one, reference(x[:1], torch.tensor([99]), y[:1]), rtol=1e-5, atol=1e-5)
@@ -182,3 +183,17 @@ def test_a_dense_checkpoint_initialises_every_expert(tmp_path):
         assert torch.allclose(model(x, t, y), dense(x, t, y), rtol=1e-5, atol=1e-5)  # equal experts: the dense model
     saved = model.state_dict()  # a state with expert keys loads as it is
     assert strategy.adapt_state_dict(saved).keys() == saved.keys()
+
+
+def test_the_suite_report_shows_total_and_active_parameters_per_group():
+    from dtr_plugins.experiments.report import parameter_table
+    from dtr_plugins.runs.record import RunRecord
+
+    runs = [RunRecord("experts-s0", group="experts", meta={"parameters": {"total": 88136, "active": 50312}}),
+            RunRecord("experts-s1", group="experts", meta={"parameters": {"total": 88136, "active": 50312}}),
+            RunRecord("dense-s0", group="dense", meta={"parameters": {"total": 50312, "active": 50312}}),
+            RunRecord("old-s0", group="old", meta={})]
+    table = parameter_table(runs).splitlines()
+    assert table[2] == "| run | total | active per forward |"
+    assert table[4:] == ["| `experts` | 88136 | 50312 |", "| `dense` | 50312 | 50312 |"]
+    assert parameter_table(runs[3:]) == ""
