@@ -128,7 +128,7 @@ def read_band_losses(run_dir: str, continuous: bool) -> list[float]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{key}: {path} cannot be read ({exc.strerror or exc}); boundaries: measured needs a "
-                          f"trained run directory with held-out losses (train.heldout)") from None
+                          f"trained run directory with held-out losses (eval.heldout_every)") from None
     record: Mapping[str, Any] | None = None
     for line in reversed(lines):
         try:
@@ -140,7 +140,7 @@ def read_band_losses(run_dir: str, continuous: bool) -> list[float]:
             break
     if record is None:
         raise ConfigError(f"{key}: {path} has no held-out loss record; train that run with held-out losses "
-                          f"(train.heldout) first")
+                          f"(eval.heldout_every) first")
     time = "continuous" if continuous else "discrete"
     if record.get("time", "discrete") != time:
         raise ConfigError(f"{key}: {path} measured held-out losses over {record.get('time')} time, this run's "

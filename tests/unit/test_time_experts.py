@@ -197,3 +197,17 @@ def test_the_suite_report_shows_total_and_active_parameters_per_group():
     assert table[2] == "| run | total | active per forward |"
     assert table[4:] == ["| `experts` | 88136 | 50312 |", "| `dense` | 50312 | 50312 |"]
     assert parameter_table(runs[3:]) == ""
+
+
+def test_adm_unet_splits_its_input_middle_and_output_blocks():
+    from dtr_plugins.backbones.adm_unet import build_adm_unet
+
+    model = build_adm_unet(image_size=8, in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=[1, 2],
+                           attention_resolutions=[4], num_heads=2, num_classes=4)
+    strategy = TimeExperts(num_experts=2)
+    model.attach_routing(RoutingPlan(strategy, model.routed_channels(), T, cond_dim=model.routing_cond_dim()))
+    assert strategy.owned and all(n.split(".")[0] in ("input_blocks", "middle_block", "output_blocks")
+                                  for n in strategy.owned)
+    assert {n.split(".")[0] for n in strategy.owned} == {"input_blocks", "middle_block", "output_blocks"}
+    out = model.eval()(torch.randn(2, 1, 8, 8), torch.tensor([3, 80]), torch.tensor([0, 1]))
+    assert out.shape[0] == 2 and bool(torch.isfinite(out).all())
