@@ -211,3 +211,16 @@ def test_adm_unet_splits_its_input_middle_and_output_blocks():
     assert {n.split(".")[0] for n in strategy.owned} == {"input_blocks", "middle_block", "output_blocks"}
     out = model.eval()(torch.randn(2, 1, 8, 8), torch.tensor([3, 80]), torch.tensor([0, 1]))
     assert out.shape[0] == 2 and bool(torch.isfinite(out).all())
+
+
+def test_the_picture_puts_the_timestep_on_x_and_the_expert_on_y(tmp_path):
+    from dtr_plugins.experiments.gate_plots import expert_owner_figure, plot_learned_gates
+
+    model, strategy = split_dit(num_experts=3)
+    assert plot_learned_gates(model.plan, tmp_path / "owners.png").stat().st_size > 0
+    owner = strategy.expert_of(torch.arange(T)).numpy()
+    fig = expert_owner_figure(owner, 3)
+    ax = fig.axes[0]
+    x, y = ax.lines[0].get_data()
+    assert list(x) == list(range(T)) and list(y) == owner.tolist() and ax.get_ylabel() == "expert"
+    assert [line.get_xdata()[0] for line in ax.lines[1:]] == [33.5, 66.5]  # the boundaries at t = 34 and 67
