@@ -114,6 +114,7 @@ def cmd_masks(args) -> int:
     from pathlib import Path
 
     from dtr_plugins.compose import compose
+    from dtr_plugins.core.token_routing import describe_keep_ratios, token_record
     from dtr_plugins.experiments.gate_plots import plot_learned_gates
     from dtr_plugins.experiments.plots import plot_routing_plan
 
@@ -132,6 +133,8 @@ def cmd_masks(args) -> int:
         model = compose(cfg, data=False).model
     plan = model.plan
     assert plan is not None  # compose always attaches one
+    if (tokens := token_record(model)) is not None:  # token_routing: the share of tokens each block sees
+        logger.info(describe_keep_ratios(tokens))
     if plan.learned is not None:
         drawn = plot_learned_gates(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr} ({weights})")
         if drawn is None:

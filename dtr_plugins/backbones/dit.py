@@ -66,6 +66,7 @@ from dtr_plugins.core.compute import run_block
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual
+from dtr_plugins.core.token_routing import TokenRoutedBlocks
 
 #: a unit-site route of one layer: None (all units), a mask ``[N, units]`` (dense), the active units (sliced)
 #: or, in training with timestep buckets, each bucket's union and masks (:class:`BucketedUnits`)
@@ -393,8 +394,11 @@ class DiTParams(BaseModel):
 #                                 Core DiT Model                                #
 #################################################################################
 
-class DiT(RoutedBackbone):
+class DiT(RoutedBackbone, TokenRoutedBlocks):
     """Diffusion model with a Transformer backbone, ``model(x, t, y=None)``; every block is a routed layer.
+
+    Token routing (``token_routing``, e.g. TREAD; :mod:`dtr_plugins.core.token_routing`): in training forwards
+    the router's share of the tokens skips its span of blocks and is put back in place after it.
 
     ``x``: ``[N, in_channels, input_size, input_size]``; ``t``: ``[N]`` timestep indices; ``y``: ``[N]``
     class labels (``num_classes`` is the null class when ``class_dropout_prob > 0``). Returns
@@ -446,6 +450,10 @@ class DiT(RoutedBackbone):
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.checkpoint_blocks = bool(enabled)
+
+    def token_layout(self) -> tuple[int, int]:
+        """``(blocks, tokens)`` for token routing: the depth and the patch tokens per sample."""
+        return len(self.blocks), self.grid_size ** 2
 
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Units per routed layer at ``site``: ``hidden_size`` per block (input), ``num_heads`` (heads),
@@ -568,9 +576,12 @@ class DiT(RoutedBackbone):
         c = self.t_embedder(t) + self.y_embedder(self._labels(y, x.shape[0], x.device), self.training)  # [N, D]
         learned = self.plan if self.plan is not None and self.plan.is_learned and not routes else None
         hb, cb = (h, c) if buckets is None else (h[buckets.order], c[buckets.order])  # learned plans: no buckets
+        skip = self.token_skip(hb)  # training with a token router: its tokens skip a span of blocks
         for layer, block in enumerate(self.blocks):
+            hb = hb if skip is None else skip.enter(layer, hb)
             mask, heads, mlp = routes[layer] if learned is None else self._learned_route(learned, layer, hb, t, cb)
             hb = run_block(block, self.checkpoint_blocks, hb, cb, mask, heads, mlp)
+            hb = hb if skip is None else skip.leave(layer, hb)
         h = hb if buckets is None else hb[buckets.inverse]
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 

@@ -36,6 +36,7 @@ from dtr_plugins.codecs.latent_cache import (
 )
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.compose.text import build_text_stage, check_text
+from dtr_plugins.compose.tokens import attach_token_router
 from dtr_plugins.conditioners.text_cache import TextStage
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
@@ -262,7 +263,8 @@ def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, codec: Codec | None = None,
                 process: DiffusionProcess | None = None, meta: bool = False) -> RoutedBackbone:
-    """The backbone with the routing plan of ``cfg.routing`` attached: ``model(x, t, y=None)``.
+    """The backbone with the routing plan of ``cfg.routing`` (and the token router of ``cfg.token_routing``)
+    attached: ``model(x, t, y=None)``.
 
     ``codec`` / ``process``: the run's codec and process when already built (latent backbones read their
     geometry from the codec; the plan's tasks come from the process). ``meta``: build the backbone on the
@@ -286,6 +288,7 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
     _check_contract(model, Backbone, "backbone", info)
     model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
                                             cond_dim=model.routing_cond_dim(), process=process))
+    attach_token_router(cfg, model, registry)  # token_routing (tread): training forwards only
     return model
 
 

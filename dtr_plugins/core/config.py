@@ -251,6 +251,8 @@ class ExperimentConfig(_Strict):
                                    "train.ema_decay / train.ema_warmup (constant or warmup)")
     timesteps: PluginSection | None = Field(None, description="how training draws t (uniform, logit_normal, "
                                             "cluster_balanced); unset: the loss weighting's or the process's own")
+    token_routing: PluginSection | None = Field(None, description="tokens that skip a span of blocks in training "
+                                                "(tread); unset: every token runs every block")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
@@ -291,11 +293,11 @@ class ExperimentConfig(_Strict):
         return self.data
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``)
-        and an unset ``train.init_from`` are absent, not null, so configs written before them keep their
-        fingerprint (a model-only config has no ``data``)."""
+        """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``,
+        ``token_routing``) and an unset ``train.init_from`` are absent, not null, so configs written before them
+        keep their fingerprint (a model-only config has no ``data``)."""
         out = self.model_dump(mode="json")
-        for optional in ("data", "ema", "timesteps", "text"):
+        for optional in ("data", "ema", "timesteps", "text", "token_routing"):
             if out.get(optional) is None:
                 out.pop(optional, None)
         if out["train"].get("init_from") is None:
@@ -312,7 +314,8 @@ UNROUTED_STRATEGIES = ("vanilla",)
 #: config section -> plugin kind
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
-                   "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler"}
+                   "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler",
+                   "token_routing": "token_router"}
 
 
 

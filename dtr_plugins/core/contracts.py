@@ -24,15 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
+__all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter",
+           "Backbone",
            "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "TimestepRule", "SupportsNoiseSchedule",
            "EmaProfile",
            "EmaRule", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
-           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TimeExpertRouting", "NoiseAxis",
-           "SupportsActiveParameters", "SupportsLogSNR"]
+           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
+           "SupportsTokenRouting", "TimeExpertRouting", "NoiseAxis", "SupportsActiveParameters", "SupportsLogSNR"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -49,6 +50,16 @@ class RoutingStrategy(Protocol):
     """
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor: ...
+
+
+@runtime_checkable
+class ContinuousStrategy(Protocol):
+    """A strategy that also gives its masks in closed form over a continuous noise level ``u`` in [0, 1]
+    (0 clean, 1 pure noise), used under continuous-time processes (core/continuous_routing.py)."""
+
+    def mask_for_u(self, u: Tensor, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor:
+        """``bool [B, channels]`` for ``u`` ``[B]``; equals ``mask_table(T, ...)[k]`` at ``u = k / (T - 1)``."""
+        ...
 
 
 @runtime_checkable
@@ -176,6 +187,43 @@ class SupportsLogSNR(Protocol):
     reports its schedule through :class:`SupportsNoiseSchedule`.)"""
 
     def log_snr(self, levels: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TokenRouter(Protocol):
+    """The ``token_router`` kind (config ``token_routing: {name, **params}``; built-in ``tread``): in a training
+    forward, which tokens run blocks ``start..end`` (both included, 0-based); the others skip them and are put
+    back in place after block ``end`` (:mod:`dtr_plugins.core.token_routing`). Evaluation and sampling run every
+    token.
+
+    ``keep_count(tokens)``: ``K``, tokens of ``tokens`` that run the span (``1 <= K <= tokens``);
+    ``select(n, tokens, device)``: ``[n, K]`` int64 token indices per sample, drawn from the global generator of
+    ``device`` (training re-seeds it from ``(seed, rank, step)``, so a resume draws the same);
+    ``applied()``: JSON-able record for ``meta.json`` (``name`` and the parameters). ``repr`` names it.
+    """
+
+    start: int
+    end: int
+
+    def keep_count(self, tokens: int) -> int: ...
+
+    def select(self, n: int, tokens: int, device: Any = None) -> Tensor: ...
+
+    def applied(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SupportsTokenRouting(Protocol):
+    """Optional capability of a backbone: it routes tokens (:class:`TokenRouter`) through its blocks.
+    ``token_layout()``: ``(blocks, tokens)``, the blocks a span may cover (``end < blocks``) and the tokens per
+    sample they see; ``attach_token_routing(router)`` is called by the composition root; ``token_router`` is the
+    attached one (None: none). A backbone without it refuses a ``token_routing`` section."""
+
+    token_router: TokenRouter | None
+
+    def token_layout(self) -> tuple[int, int]: ...
+
+    def attach_token_routing(self, router: TokenRouter) -> None: ...
 
 
 @runtime_checkable

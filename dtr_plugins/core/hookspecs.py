@@ -208,3 +208,18 @@ def dtr_register_conditioners(register: Callable[..., None]) -> None:
     Args:
         register: the registration callable described in the module docstring.
     """
+
+
+@hookspec
+def dtr_register_token_routers(register: Callable[..., None]) -> None:
+    """Register token routers (:class:`~dtr_plugins.core.contracts.TokenRouter`; config
+    ``token_routing: {name, **params}``; built-in: ``tread``).
+
+    A token router's factory returns an object with ``start`` / ``end`` (the block span, both included),
+    ``keep_count(tokens)``, ``select(n, tokens, device) -> [n, K]`` token indices and ``applied()``; a backbone
+    with :class:`~dtr_plugins.core.contracts.SupportsTokenRouting` runs only the selected tokens through the span
+    in training forwards.
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """

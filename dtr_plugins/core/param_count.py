@@ -8,9 +8,11 @@ meta.json (``parameters``) and the suite report show both.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from dtr_plugins.core.contracts import SupportsActiveParameters
+from dtr_plugins.core.contracts import SupportsActiveParameters, TimeExpertRouting
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -19,3 +21,14 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     inactive = sum(int(part.inactive_parameters()) for part in model.modules()
                    if isinstance(part, SupportsActiveParameters))
     return {"total": int(total), "active": int(total - inactive)}
+
+
+def parameter_record(model: nn.Module) -> dict[str, Any]:
+    """What a run's meta.json and an export record say about the model's size: ``{"parameters": {"total",
+    "active"}}``, plus ``time_experts`` (who owns which noise levels, ``TimeExpertRouting.intervals()``) when a part
+    of it splits the weights into time experts."""
+    out: dict[str, Any] = {"parameters": parameter_counts(model)}
+    experts = [part for part in model.modules() if isinstance(part, TimeExpertRouting)]
+    if experts:
+        out["time_experts"] = experts[0].intervals()
+    return out

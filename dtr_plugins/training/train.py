@@ -33,16 +33,17 @@ from dtr_plugins.compose import Components, check_machine, check_run, compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.buckets import apply_train_buckets, bucket_summary
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
-from dtr_plugins.core.config import ExperimentConfig
+from dtr_plugins.core.config import ExperimentConfig, config_from_dict
 from dtr_plugins.core.contracts import Backbone
 from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
-from dtr_plugins.core.param_count import parameter_counts
+from dtr_plugins.core.param_count import parameter_record
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.core.timesteps import sampler_record
+from dtr_plugins.core.token_routing import token_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir, RunLocked
 from dtr_plugins.training.batches import SeededItems, StepBatches, _collate, draw_key
@@ -91,14 +92,29 @@ def check_resume_identity(ckpt: Any, cfg: ExperimentConfig, path: Path) -> None:
     new = cfg.to_dict()
     if stored == weights_fingerprint(new):
         return
+    trained = _with_current_defaults(ckpt.get("config") or {}, path)
+    if weights_fingerprint(trained) == weights_fingerprint(new):
+        logger.info(f"{path}: written before some config keys existed; they take their defaults, which keep "
+                    "the earlier behaviour")
+        return
     allowed = ", ".join(RESUMABLE_KEYS)
-    diff = first_difference(ckpt.get("config") or {}, new)
+    diff = first_difference(trained, new)
     if diff is None:
         raise ConfigError(f"{path}: the config's fingerprint differs from the checkpoint's; --resume may only change "
                           f"{allowed}; start a new run instead")
     key, old, now = diff
     raise ConfigError(f"{key}: {now!r} differs from {old!r} that the run was trained with ({path}); --resume may only "
                       f"change {allowed}; start a new run (another name or --run-dir) instead")
+
+
+def _with_current_defaults(stored: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The checkpoint's resolved config read again by this version: a key added since the checkpoint was
+    written takes its default (a new key's default keeps the earlier behaviour; keys the file has keep their
+    values). The stored mapping itself when it no longer validates (the difference is then named from it)."""
+    try:
+        return config_from_dict(dict(stored), source=str(path)).to_dict()
+    except UserError:
+        return stored
 
 
 def _begin_meta(rd: RunDir, d: distributed.Dist, cfg: ExperimentConfig, step: int, resume: bool) -> dict[str, Any]:
@@ -292,10 +308,9 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
-    meta["parameters"] = parameter_counts(parts.model)  # total, and active in one forward (time experts: one)
-    experts = parts.model.plan.time_experts if parts.model.plan is not None else None
-    if experts is not None:  # which expert owns which noise levels
-        meta["time_experts"] = experts.intervals()
+    meta.update(parameter_record(parts.model))  # parameters: total and active per forward; time experts' owners
+    if (tokens := token_record(parts.model)) is not None:  # token_routing (tread): applied in training forwards
+        meta["token_routing"] = tokens
     previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
     trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry,
                                previous=previous if isinstance(previous, dict) else None)

@@ -24,7 +24,7 @@ MAX_LINES = 500
 
 #: the plugin kinds' folders (each holds the built-in plugins of one kind)
 PLUGIN_KINDS = frozenset({"backbones", "strategies", "codecs", "processes", "weighting", "data", "trackers",
-                          "launchers", "extractors", "ema", "timesteps", "conditioners"})
+                          "launchers", "extractors", "ema", "timesteps", "conditioners", "token_routers"})
 _BELOW_SAMPLING = {"core", "compose", "runs", "sharing", *PLUGIN_KINDS}
 
 #: part -> the parts it may import (``_version``, the package version, any part may read).
