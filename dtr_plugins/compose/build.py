@@ -230,7 +230,8 @@ def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
 def noise_axis(process: DiffusionProcess, *, continuous: bool) -> NoiseAxis:
     """The process's noise levels for a time-expert strategy: ``T``, the kind of task, and the log-SNR on the grid
     of :class:`~dtr_plugins.core.contracts.NoiseAxis` (discrete: ``log(abar_t / (1 - abar_t))`` from
-    ``SupportsNoiseSchedule``; continuous: ``SupportsLogSNR`` at ``u = (k + 1/2) / T``; else None)."""
+    ``SupportsNoiseSchedule``; continuous: ``SupportsLogSNR`` at ``u = (k + 1/2) / T``; else None) and a reader of
+    a trained run's metrics records (measured boundaries)."""
     steps = int(process.num_timesteps)
     log_snr = None
     if not continuous and isinstance(process, SupportsNoiseSchedule):
@@ -238,7 +239,14 @@ def noise_axis(process: DiffusionProcess, *, continuous: bool) -> NoiseAxis:
         log_snr = np.log(abar) - np.log1p(-abar)
     elif continuous and isinstance(process, SupportsLogSNR):
         log_snr = np.asarray(process.log_snr((np.arange(steps, dtype=np.float64) + 0.5) / steps), dtype=np.float64)
-    return NoiseAxis(num_tasks=steps, continuous=continuous, log_snr=log_snr)
+    return NoiseAxis(num_tasks=steps, continuous=continuous, log_snr=log_snr, run_records=_run_records)
+
+
+def _run_records(run_dir: str) -> list[dict[str, Any]]:
+    """The metrics records of a trained run directory (its owner, ``RunDir``, reads them)."""
+    from dtr_plugins.runs.rundir import RunDir
+
+    return RunDir(run_dir).read_metrics()
 
 
 def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:

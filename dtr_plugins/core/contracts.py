@@ -137,11 +137,14 @@ class NoiseAxis:
     from the process). ``num_tasks``: ``T``; ``continuous``: the strategy sees float noise levels ``u`` in [0, 1]
     (flow matching) rather than int64 timesteps ``0..T-1``; ``log_snr``: float64 ``[T]``, the log signal-to-noise
     ratio at the grid positions ``p_k`` of the noise axis (discrete: timestep ``k``, ``p_k = k / T``; continuous:
-    ``u = p_k = (k + 1/2) / T``), decreasing in ``k``; None when the process does not report it."""
+    ``u = p_k = (k + 1/2) / T``), decreasing in ``k``; None when the process does not report it. ``run_records``:
+    reads a trained run directory's metrics records (``RunDir.read_metrics``: dicts, in order; held-out losses under
+    ``heldout``), for boundaries measured on that run; None where the composition root gives no reader."""
 
     num_tasks: int
     continuous: bool
     log_snr: np.ndarray | None = None
+    run_records: Callable[[str], list[dict[str, Any]]] | None = None
 
 
 @runtime_checkable

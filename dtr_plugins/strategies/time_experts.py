@@ -25,7 +25,7 @@ or Heun) switches experts where its time crosses a cut. ``boundaries`` places th
   interpolation on the process's ``T``-point grid; discrete: ``lambda_t = log(abar_t / (1 - abar_t))`` at
   ``t = 0..T-1``; flow matching's linear path: ``lambda(u) = 2 log((1 - u) / u)`` at ``u = (k + 1/2) / T``).
 - ``measured``: from a trained run's held-out loss per band (``measured_from``: its run directory; the last
-  ``heldout`` record of its ``metrics.jsonl``, :mod:`dtr_plugins.evaluation.heldout`, ``B`` equal bands of ``p``).
+  ``heldout`` record of its metrics records, :mod:`dtr_plugins.evaluation.heldout`, ``B`` equal bands of ``p``).
   With ``L_b`` the band losses, taken constant inside a band, the cut points give every expert an equal share of the
   total: ``F(c_k) = k / N`` with ``F(p) = sum_b L_b |[b/B, (b+1)/B) ∩ [0, p)| B / sum_b L_b`` (piecewise linear).
   Harder intervals (more loss) get narrower experts.
@@ -50,12 +50,11 @@ Deviations from the papers, and why:
 - eDiff-I and Wan2.2 place boundaries by hand (a noise level, an SNR); ``measured`` is this project's rule (equal
   shares of the held-out loss).
 - The routed blocks still take the learned-routing gate, which is constant 1 here (``x * 1``, exact).
-- A run with ``boundaries: measured`` needs the measured run's ``metrics.jsonl`` whenever the model is built; the
+- A run with ``boundaries: measured`` needs the measured run's held-out records whenever the model is built; the
   cut points in its checkpoints are the ones trained with (a changed file refuses nothing, the checkpoint wins).
 """
 from __future__ import annotations
 
-import json
 import math
 import typing
 from collections.abc import Mapping, Sequence
@@ -85,7 +84,7 @@ class TimeExpertsParams(BaseModel):
         "uniform_t", description="uniform_t: equal shares of t (or u); uniform_logsnr: equal log-SNR steps; "
         "measured: equal shares of a trained run's held-out loss (measured_from)")
     measured_from: str | None = Field(None, description="boundaries: measured: the run directory whose last held-out "
-                                      "band losses (metrics.jsonl) place the boundaries")
+                                      "band losses (its metrics records) place the boundaries")
     init: Literal["shared"] = Field("shared", description="shared: every expert starts as a copy of one parent (the "
                                     "backbone's init, or train.init_from's dense checkpoint)")
 
@@ -119,36 +118,30 @@ def measured_cuts(num_experts: int, band_losses: Sequence[float]) -> np.ndarray:
     return np.interp(uniform_cuts(num_experts), share, edges)
 
 
-def read_band_losses(run_dir: str, continuous: bool) -> list[float]:
-    """The band losses ``[B]`` of the last ``heldout`` record in ``<run_dir>/metrics.jsonl``; a ConfigError line
-    naming ``routing.measured_from`` when there is none, its time is not the run's, or a band is not positive."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_band_losses(axis: NoiseAxis, run_dir: str) -> list[float]:
+    """The band losses ``[B]`` of the last ``heldout`` record of the trained run ``run_dir`` (read through
+    ``axis.run_records``); a ConfigError line naming ``routing.measured_from`` when there is no such run or record,
+    its time is not the run's, or a band is not positive."""
     key = "routing.measured_from"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{key}: {path} cannot be read ({exc.strerror or exc}); boundaries: measured needs a "
-                          f"trained run directory with held-out losses (eval.heldout_every)") from None
-    record: Mapping[str, Any] | None = None
-    for line in reversed(lines):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("heldout"), dict):
-            record = entry["heldout"]
-            break
-    if record is None:
-        raise ConfigError(f"{key}: {path} has no held-out loss record; train that run with held-out losses "
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{key}: {run_dir} is not a directory; boundaries: measured needs a trained run directory "
+                          f"with held-out losses (eval.heldout_every)")
+    if axis.run_records is None:
+        raise ConfigError(f"{key}: this model was built without a reader of run directories; boundaries: measured "
+                          f"needs one (build the model through dtr_plugins.compose)")
+    found = [r["heldout"] for r in axis.run_records(run_dir) if isinstance(r.get("heldout"), dict)]
+    if not found:
+        raise ConfigError(f"{key}: {run_dir} has no held-out loss record; train that run with held-out losses "
                           f"(eval.heldout_every) first")
-    time = "continuous" if continuous else "discrete"
+    record: Mapping[str, Any] = found[-1]
+    time = "continuous" if axis.continuous else "discrete"
     if record.get("time", "discrete") != time:
-        raise ConfigError(f"{key}: {path} measured held-out losses over {record.get('time')} time, this run's "
+        raise ConfigError(f"{key}: {run_dir} measured held-out losses over {record.get('time')} time, this run's "
                           f"process uses {time} time")
     bands = int(record.get("num_bands", 0))
     losses = [record.get(f"band{b}") for b in range(bands)]
     if bands < 1 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in losses):
-        raise ConfigError(f"{key}: {path}: the last held-out record needs a positive finite loss in each of its "
+        raise ConfigError(f"{key}: {run_dir}: the last held-out record needs a positive finite loss in each of its "
                           f"bands, got {losses}")
     return [float(v) for v in typing.cast(list[float], losses)]
 
@@ -203,7 +196,7 @@ class TimeExperts(nn.Module):
                                   "(allowed here: uniform_t, measured)")
             cuts = logsnr_cuts(self.num_experts, grid_positions(axis), axis.log_snr)
         else:
-            cuts = measured_cuts(self.num_experts, read_band_losses(str(self.params.measured_from), self.continuous))
+            cuts = measured_cuts(self.num_experts, read_band_losses(axis, str(self.params.measured_from)))
         self._check(cuts, rule)
         with torch.no_grad():
             self.cuts.copy_(torch.from_numpy(cuts))

@@ -118,3 +118,17 @@ def test_validate_refuses_bad_settings_with_one_line(tmp_path, run_cli):
     code, _, err = run_cli("validate", str(path), "--set", "routing.boundaries=measured", "--set",
                            f"routing.measured_from={tmp_path / 'nowhere'}", "--set", f"output_dir={tmp_path / 'runs'}")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "routing.measured_from:" in err, err
+
+
+def test_measured_boundaries_come_from_a_trained_runs_heldout_losses(tmp_path):
+    dense = dp.train(config(tmp_path / "dense", "train.steps=2", "routing.name=vanilla",
+                            eval={"heldout_every": 2, "at_end": False}), progress=False)
+    bands = [r["heldout"] for r in map(json.loads, (dense / "metrics.jsonl").read_text().splitlines())
+             if "heldout" in r][-1]
+    losses = [bands[f"band{b}"] for b in range(bands["num_bands"])]
+    model = dp.build_model(config(tmp_path, "routing.boundaries=measured", f"routing.measured_from={dense}"))
+    strategy = model.plan.time_experts
+    share = sum(losses[: int(strategy.cuts[0] * len(losses))]) / sum(losses)  # whole bands below the cut
+    band = int(strategy.cuts[0] * len(losses))
+    inside = (float(strategy.cuts[0]) * len(losses) - band) * losses[band] / sum(losses)
+    assert share + inside == pytest.approx(0.5)  # each of the two experts owns half of the held-out loss

@@ -4,7 +4,6 @@ code exists to compare with), gradients reaching only the owning expert, honest 
 initialising every expert, and the one-line refusals."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from dtr_plugins.core.flow import FlowMatching
 from dtr_plugins.core.param_count import parameter_counts
 from dtr_plugins.core.plugins import build_registry
 from dtr_plugins.core.routing import RoutingPlan
+from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.strategies.time_experts import TimeExperts, measured_cuts
 
 TINY = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=4, num_classes=4)
@@ -84,8 +84,14 @@ def heldout_run(folder: Path, bands: list[float], time: str = "discrete") -> Pat
     record = {"step": 6, "heldout": {**{f"band{b}": v for b, v in enumerate(bands)}, "total": sum(bands) / len(bands),
                                      "time": time, "num_bands": len(bands)}}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 1.0}) + "\n" + json.dumps(record) + "\n")
+    run = RunDir(folder)
+    run.append_metrics({"step": 2, "loss": 1.0})
+    run.append_metrics(record)
     return folder
+
+
+def records(run_dir: str) -> list[dict]:
+    return RunDir(run_dir).read_metrics()
 
 
 def test_measured_cuts_give_each_expert_an_equal_share_of_the_heldout_loss(tmp_path):
@@ -95,17 +101,19 @@ def test_measured_cuts_give_each_expert_an_equal_share_of_the_heldout_loss(tmp_p
     run = heldout_run(tmp_path / "run", [3, 1, 1, 1])
     strategy = TimeExperts(num_experts=3, boundaries="measured", measured_from=str(run))
     strategy.bind([32], 12, site="input", cond_dim=None)
-    strategy.bind_noise(NoiseAxis(num_tasks=12, continuous=False))
+    strategy.bind_noise(NoiseAxis(num_tasks=12, continuous=False, run_records=records))
     assert strategy.intervals() == [{"expert": 0, "timesteps": [0, 2]}, {"expert": 1, "timesteps": [2, 6]},
                                     {"expert": 2, "timesteps": [6, 12]}]
-    bad = [(tmp_path / "none", "cannot be read"), (heldout_run(tmp_path / "flow", [1, 1], "continuous"),
+    bad = [(tmp_path / "none", "is not a directory"), (heldout_run(tmp_path / "flow", [1, 1], "continuous"),
                                                   "over continuous time"),
            (heldout_run(tmp_path / "zero", [1, 0]), "positive finite loss in each")]
     for folder, message in bad:
         other = TimeExperts(num_experts=2, boundaries="measured", measured_from=str(folder))
         other.bind([32], 12, site="input", cond_dim=None)
         with pytest.raises(ConfigError, match=f"routing.measured_from: .*{message}"):
-            other.bind_noise(NoiseAxis(num_tasks=12, continuous=False))
+            other.bind_noise(NoiseAxis(num_tasks=12, continuous=False, run_records=records))
+    with pytest.raises(ConfigError, match="routing.measured_from: this model was built without a reader"):
+        strategy.bind_noise(NoiseAxis(num_tasks=12, continuous=False))
 
 
 def test_refusals_name_the_key():
