@@ -97,6 +97,9 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
     if not (cfg.eval.at_end or cfg.eval.every):
         return  # no evaluation during training
     check_eval_settings(cfg.eval, cfg.eval.num_samples)
+    if "sfid" in cfg.eval.metrics and name != "inception-v3-compat":  # the one extractor with the spatial layer
+        raise ConfigError(f"eval.metrics: sfid reads Inception's spatial features; it needs eval.feature_extractor "
+                          f"inception-v3-compat (got {name!r})")
     check_config_reference(cfg, registry, machine)
     if not machine:
         return

@@ -146,7 +146,7 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: str = Field("", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama; "
+    sampler: str = Field("", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama, dopri5; "
                          "unset: the process's default_sampler (gaussian: ddim, flow_matching: euler)")
     respacing: str = Field("", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count; "
                            "unset: the process's default_respacing (gaussian: ddim50, flow_matching: 50)")
@@ -156,6 +156,23 @@ class SampleConfig(_Strict):
     clip_denoised: bool = True
     num_samples: int = Field(1000, ge=1)
     batch_size: int = Field(256, ge=1)
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="[lo, hi]: classifier-free guidance only at noise levels in [lo, hi] (gaussian: sigma, "
+        "flow_matching: t, 0 noise .. 1 data; Kynkaanniemi et al. 2024); unset: at every step")
+    time_shift: float = Field(1.0, gt=0, allow_inf_nan=False,
+                              description="flow_matching: SD3 shift of the time grid (> 1: more steps at high noise)")
+    atol: float = Field(1e-6, gt=0, allow_inf_nan=False, description="absolute tolerance of the dopri5 sampler")
+    rtol: float = Field(1e-3, gt=0, allow_inf_nan=False, description="relative tolerance of the dopri5 sampler")
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        from dtr_plugins.core.sampling_settings import interval_problem
+
+        problem = None if value is None else interval_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("respacing", mode="before")
     @classmethod
@@ -390,8 +407,13 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         "sampler": cfg.sample.sampler or process.default_sampler,
         "respacing": cfg.sample.respacing or str(process.default_respacing)})
     updates["sample"] = sample
+    from dtr_plugins.core.sampling_settings import SolverSettings
+
+    solver = SolverSettings(sample.sampler, sample.respacing, sample.eta, sample.cfg_scale, sample.cfg_channels,
+                            sample.clip_denoised, sample.guidance_interval, sample.time_shift, sample.atol,
+                            sample.rtol)
     check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
-                           sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
+                           sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta, solver=solver)
     updates["log"] = _resolve_trackers(cfg.log, registry)
     updates["text"] = None if cfg.text is None else resolve_text(cfg.text, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)

@@ -594,10 +594,21 @@ class SupportsHeldoutLoss(Protocol):
 class SupportsSolverSteps(Protocol):
     """Optional capability of a process: ``solver_steps(solver)`` is ``(steps, calls)``, the solver steps that
     ``sample`` takes for one batch with ``solver`` (a :class:`~dtr_plugins.core.sampling_settings.SolverSettings`,
-    None: the process's defaults) and the network calls they make (Heun over 25 steps: ``(25, 50)``). The sampling
-    progress bar counts steps with it, its total known from the start; without it the bar counts network calls."""
+    None: the process's defaults) and the network calls they make (Heun over 25 steps: ``(25, 50)``), or None when
+    not known in advance (an adaptive solver). The sampling progress bar counts steps with it, its total known from
+    the start; without it (or with None) the bar counts network calls."""
 
-    def solver_steps(self, solver: Any = None) -> tuple[int, int]: ...
+    def solver_steps(self, solver: Any = None) -> tuple[int, int] | None: ...
+
+
+@runtime_checkable
+class SupportsSolverOptions(Protocol):
+    """Optional capability of a process: ``check_solver_options(solver)`` raises a one-line ``ConfigError`` (text
+    starting ``sample.<key>: ``) for a guidance interval, time shift or solver tolerance of ``solver`` (a
+    :class:`~dtr_plugins.core.sampling_settings.SolverSettings`) that it cannot apply. A process without it is
+    refused any of these settings but the default (:func:`dtr_plugins.core.process.check_solver_options`)."""
+
+    def check_solver_options(self, solver: Any) -> None: ...
 
 
 @runtime_checkable

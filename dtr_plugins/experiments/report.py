@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,23 @@ def _eval_settings(results: list[RunRecord]) -> str:
         if r.evals:
             e = r.evals[-1]
             text = (f"{e.get('num_samples', '?')} samples per eval, sampler {e.get('sampler')} {e.get('respacing')}, "
-                    f"cfg scale {e.get('cfg_scale')}")
+                    f"cfg scale {e.get('cfg_scale')}" + _solver_extras(e))
             counts[text] = counts.get(text, 0) + 1
     if len(counts) < 2:
         return "".join(f", {text}" for text in counts)
     return "; " + "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in sorted(counts.items()))
+
+
+def _solver_extras(e: Mapping[str, Any]) -> str:
+    """The guidance interval, time shift and tolerances of an eval record, where they are set (else "")."""
+    parts = []
+    if e.get("guidance_interval") is not None:
+        parts.append(f"guidance interval {e['guidance_interval']}")
+    if e.get("time_shift") not in (None, 1.0):
+        parts.append(f"time shift {e['time_shift']}")
+    if e.get("atol") is not None:
+        parts.append(f"atol {e['atol']} rtol {e.get('rtol')}")
+    return "".join(f", {p}" for p in parts)
 
 
 def build_report(suite_dir: str | Path) -> Path:

@@ -212,3 +212,12 @@ def test_power_rule_defaults_and_its_record():
     assert rule.applied() == {"name": "power", "sigma_rels": [0.05, 0.10], "exponents": rule.exponents,
                               "profiles": ["sigma0.050", "sigma0.100"], "time": "optimizer steps"}
     assert default_registry().build("ema", "power").applied()["sigma_rels"] == [0.05, 0.10]
+
+
+def test_constant_and_warmup_records_say_what_was_applied():
+    registry = default_registry()
+    assert registry.build("ema", "constant", decay=0.99).applied() == {"name": "constant", "decay": 0.99,
+                                                                       "profiles": ["ema"]}
+    warmup = registry.build("ema", "warmup", decay=0.999).applied()
+    assert warmup["name"] == "warmup" and warmup["decay"] == 0.999 and warmup["profiles"] == ["ema"]
+    assert warmup["rule"] == "min(decay, (1 + step) / (10 + step))"

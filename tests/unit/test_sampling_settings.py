@@ -22,12 +22,14 @@ def _cfg(**sample):
 def test_options_go_over_the_config_and_show_in_the_record():
     plain = SamplingSettings.from_config(_cfg())
     assert plain.applied() == {"sampler": "ddim", "respacing": "ddim4", "cfg_scale": 1.0, "guidance": False,
-                               "cfg_channels": None, "eta": 0.5, "clip_denoised": True, "num_samples": 64,
+                               "cfg_channels": None, "guidance_interval": None, "time_shift": 1.0, "atol": None,
+                               "rtol": None, "eta": 0.5, "clip_denoised": True, "num_samples": 64,
                                "seed": 0, "batch_size": 4}
     asked = SamplingOverrides(num=3, sampler="ddpm", respacing="7", cfg_scale=2.5, batch_size=8, seed=9)
     s = SamplingSettings.from_config(_cfg(), asked, bounded=False)
     assert s.applied() == {"sampler": "ddpm", "respacing": "7", "cfg_scale": 2.5, "guidance": True,
-                           "cfg_channels": "first3", "eta": 0.5, "clip_denoised": False, "num_samples": 3,
+                           "cfg_channels": "first3", "guidance_interval": None, "time_shift": 1.0, "atol": None,
+                           "rtol": None, "eta": 0.5, "clip_denoised": False, "num_samples": 3,
                            "seed": 9, "batch_size": 3}  # a batch never larger than the images made
     assert s.key("cfg_scale") == "--cfg-scale" and plain.key("cfg_scale") == "sample.cfg_scale"
     assert s.key("sampler") == "--sampler" and plain.key("respacing") == "sample.respacing"

@@ -1,9 +1,13 @@
-"""Flow matching's Euler-Maruyama sampler by value (pinned by mutation testing): the SiT parity fixture has as
-many latent channels as images, so these use a batch unlike the channel count, step counts at the limit, the
-``meta`` device in place of a GPU, and the progress bar."""
+"""Flow matching and continuous routing, pinned by mutation testing.
+
+The Euler-Maruyama sampler by value (the SiT parity fixture has as many latent channels as images, so these use a
+batch unlike the channel count), step counts at the limit, the ``meta`` device in place of a GPU, the progress
+bar; the loss's defaults and refusals; the time-to-noise-level map of continuous routing and the arguments it
+passes to a strategy's closed form."""
 import pytest
 import torch
 
+from dtr_plugins.core.continuous_routing import ContinuousTasks
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.flow import FlowMatching
 from dtr_plugins.core.sampling_settings import SolverSettings
@@ -75,3 +79,52 @@ def test_progress_bar_is_drawn_when_asked_and_only_then(capsys):
     assert "euler_maruyama 3 steps" not in capsys.readouterr().err
     FlowMatching().sample(Linear(2), (1, 2, 4, 4), progress=True, **kwargs)
     assert "euler_maruyama 3 steps" in capsys.readouterr().err
+
+
+def test_training_loss_draws_its_noise_and_refuses_integer_times_and_wrong_shapes():
+    model, x = Linear(2), torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.1, 0.5, 0.9])
+    torch.manual_seed(5)
+    drawn = FlowMatching().training_losses(model, x, t)["loss"]
+    torch.manual_seed(5)
+    given = FlowMatching().training_losses(model, x, t, noise=torch.randn_like(x))["loss"]
+    assert torch.equal(drawn, given) and drawn.shape == (3,)
+    with pytest.raises(ValueError) as err:
+        FlowMatching().training_losses(model, x, torch.tensor([0, 1, 2]))
+    assert str(err.value) == "flow matching takes float times t in [0, 1], got integer timesteps"
+    with pytest.raises(ValueError) as err:
+        FlowMatching().training_losses(lambda x, t: torch.cat([x, x], 1), x, t)
+    assert str(err.value) == ("model output (3, 4, 4, 4): flow matching needs the input shape (3, 2, 4, 4) "
+                              "(velocity; build the backbone with learn_sigma false)")
+
+
+def test_logit_normal_times_take_both_parameters():
+    sampler = FlowMatching(time_sampling="logit_normal", logit_mean=0.5, logit_std=0.8).timestep_sampler()
+    assert repr(sampler) == "logit_normal(mean=0.5, std=0.8)"
+
+
+def test_flow_routes_by_noise_level_one_minus_t():
+    from dtr_plugins.strategies.dtr import SlidingWindow
+
+    assert repr(FlowMatching().continuous_tasks(SlidingWindow())) == "continuous(u=1-t, closed form)"
+    assert repr(FlowMatching(routing="grid").continuous_tasks(SlidingWindow())) == "continuous(u=1-t, nearest row)"
+
+
+class Recorder:
+    """A closed-form strategy that writes the layer it was asked for into the mask (channel ``layer`` on, and
+    channel ``num_layers`` too)."""
+
+    def mask_for_u(self, u, channels, *, layer=0, num_layers=1):
+        mask = torch.zeros(u.shape[0], channels, dtype=torch.bool)
+        mask[:, layer] = True
+        mask[:, num_layers] = True
+        return mask
+
+
+def test_noise_levels_are_clamped_and_follow_the_time_convention_and_device():
+    t = torch.tensor([-0.5, 0.25, 1.5])
+    assert ContinuousTasks(Recorder(), data_at_one=True).noise_level(t).tolist() == [1.0, 0.75, 0.0]
+    assert ContinuousTasks(Recorder(), data_at_one=False).noise_level(t).tolist() == [0.0, 0.25, 1.0]
+    assert ContinuousTasks(Recorder(), exact=False).rows(torch.empty(2, device="meta"), 5).device.type == "meta"
+    mask = ContinuousTasks(Recorder()).closed_form(torch.zeros(2), 8, layer=2, num_layers=5)
+    assert mask[0].nonzero().flatten().tolist() == [2, 5]
