@@ -487,6 +487,7 @@ class DiT(RoutedBackbone, TokenRoutedBlocks):
 
     learned_gates = True  # learned strategies (contract v2) gate the block inputs, seeing c [N, D]
     learned_sites = routing_sites  # ... or the heads / MLP units: gate rows [N, units], sliced from 0/1 tables
+    expert_blocks = ("blocks.",)  # time experts with granularity block: a copy of the transformer blocks each
     def routing_cond_dim(self) -> int | None:
         return self.hidden_size  # c = t_embedder(t) + y_embedder(y)
 

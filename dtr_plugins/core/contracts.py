@@ -33,7 +33,8 @@ __all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "G
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
            "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
-           "SupportsTokenRouting", "TokenLayout", "SupportsBlockTokens", "Regularizer"]
+           "SupportsTokenRouting", "TokenLayout", "SupportsBlockTokens", "Regularizer", "TimeExpertRouting",
+           "NoiseAxis", "SupportsActiveParameters", "SupportsLogSNR"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -129,6 +130,67 @@ class GateSummary(Protocol):
     layer a float ``[num_tasks, K]`` table, the name of a unit (``"expert"``) and of the value drawn."""
 
     def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]: ...
+
+
+@dataclass(frozen=True)
+class NoiseAxis:
+    """The run's noise levels as a :class:`TimeExpertRouting` strategy needs them (built by the composition root
+    from the process). ``num_tasks``: ``T``; ``continuous``: the strategy sees float noise levels ``u`` in [0, 1]
+    (flow matching) rather than int64 timesteps ``0..T-1``; ``log_snr``: float64 ``[T]``, the log signal-to-noise
+    ratio at the grid positions ``p_k`` of the noise axis (discrete: timestep ``k``, ``p_k = k / T``; continuous:
+    ``u = p_k = (k + 1/2) / T``), decreasing in ``k``; None when the process does not report it. ``run_records``:
+    reads a trained run directory's metrics records (``RunDir.read_metrics``: dicts, in order; held-out losses under
+    ``heldout``), for boundaries measured on that run; None where the composition root gives no reader."""
+
+    num_tasks: int
+    continuous: bool
+    log_snr: np.ndarray | None = None
+    run_records: Callable[[str], list[dict[str, Any]]] | None = None
+
+
+@runtime_checkable
+class TimeExpertRouting(Protocol):
+    """Optional capability of a learned strategy: experts that own whole sets of the backbone's weights, each for an
+    interval of noise levels (``time_experts``; eDiff-I's ensemble of expert denoisers).
+
+    ``bind_noise(axis)``: once, by the composition root after ``bind`` (a :class:`NoiseAxis`): place the boundaries
+    (one-line :class:`~dtr_plugins.core.errors.ConfigError` naming the ``routing`` key when they cannot be placed).
+    ``bind_weights(named, blocks)``: once, when the plan is attached to the backbone: ``named`` maps the backbone's
+    trainable parameter names to the tensors (the routing plan's own left out), ``blocks`` the name prefixes the
+    backbone declares as its per-noise-level blocks (``RoutedBackbone.expert_blocks``; empty: none); the strategy
+    keeps its own copies of the parameters it splits. ``expert_of(tasks)``: int64 ``[N]`` expert of each task
+    (``[N]`` int64 timesteps or float noise levels, as ``layer_gate`` gets them). ``expert_weights(e)``: parameter
+    name -> tensor for expert ``e`` (empty: the backbone's own weights, expert 0). ``intervals()``: JSON-able list,
+    one entry per expert, of the noise levels it owns (recorded in ``meta.json`` and model cards).
+    """
+
+    def bind_noise(self, axis: NoiseAxis) -> None: ...
+
+    def bind_weights(self, named: Mapping[str, Tensor], blocks: Sequence[str]) -> None: ...
+
+    def expert_of(self, tasks: Tensor) -> Tensor: ...
+
+    def expert_weights(self, expert: int) -> dict[str, Tensor]: ...
+
+    def intervals(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class SupportsActiveParameters(Protocol):
+    """Optional capability of a model part (a learned strategy): parameters it holds that one forward pass does not
+    use (``time_experts``: the other experts' copies). :func:`dtr_plugins.core.param_count.parameter_counts` reports
+    ``active = total - inactive_parameters()`` beside the total."""
+
+    def inactive_parameters(self) -> int: ...
+
+
+@runtime_checkable
+class SupportsLogSNR(Protocol):
+    """Optional capability of a continuous process: ``log_snr(u)``, float64 log signal-to-noise ratio at noise
+    levels ``u`` (float64 array in (0, 1)); flow matching's linear path: ``2 log((1 - u) / u)``. (A discrete process
+    reports its schedule through :class:`SupportsNoiseSchedule`.)"""
+
+    def log_snr(self, levels: np.ndarray) -> np.ndarray: ...
 
 
 @runtime_checkable

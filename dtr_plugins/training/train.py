@@ -39,8 +39,9 @@ from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
+from dtr_plugins.core.param_count import parameter_record
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
-from dtr_plugins.core.routing import routed_units
+from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.core.timesteps import sampler_record
 from dtr_plugins.core.token_routing import token_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
@@ -309,6 +310,7 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
+    meta.update(parameter_record(parts.model))  # parameters: total and active per forward; time experts' owners
     if (tokens := token_record(parts.model)) is not None:  # token_routing (tread): applied in training forwards
         meta["token_routing"] = tokens
     previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
@@ -332,8 +334,10 @@ def _network(cfg: ExperimentConfig, model: torch.nn.Module, d: distributed.Dist)
     """The module the training step calls: the model, wrapped for DDP and compiled as configured."""
     net: torch.nn.Module = model
     if d.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        plan = model.plan if isinstance(model, RoutedBackbone) else None
+        net = torch.nn.parallel.DistributedDataParallel(  # time experts: a batch need not reach every expert
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=plan is not None and plan.time_experts is not None)
     if cfg.train.compile:
         net = cast(torch.nn.Module, torch.compile(net))
     return net

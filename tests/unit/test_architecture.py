@@ -53,6 +53,9 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "REPA's offline encoder is the digits classifier's conv feature map (one copy of the net and its weights)",
     ("dtr_plugins.regularizers.encoders", "dtr_plugins.extractors.fashion_classifier"):
         "REPA's offline encoder is the Fashion-MNIST classifier's conv feature map (one copy of the net)",
+    ("dtr_plugins.compose.build", "dtr_plugins.runs.rundir"):
+        "time_experts' measured boundaries are placed, when the model is built, on a trained run's held-out losses "
+        "(RunDir is the one reader of its metrics records)",
     ("dtr_plugins.extractors.fashion_classifier", "dtr_plugins.data.fashion_mnist"):
         "the classifier is trained and scored on the data set it measures (one reader of the IDX files)",
     ("dtr_plugins.compose.validate", "dtr_plugins.evaluation.metrics"):
