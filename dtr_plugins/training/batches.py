@@ -38,7 +38,9 @@ class SeededItems(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, key = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key)
+            # the CPU generator only (what fork_rng restores): torch.manual_seed would also queue a CUDA seed,
+            # capturing a Python stack each time on a machine whose CUDA is not initialised (once per item)
+            torch.random.default_generator.manual_seed(key)
             return self.dataset[index]
 
 
