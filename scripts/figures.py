@@ -7,7 +7,9 @@ Sources (nothing else, nothing downloaded; seconds; the ``bench:`` blocks import
 
 - ``benchmarks/results-<machine>/<suite>/runs.jsonl``: one line per run of a suite (the ``raw_results.jsonl``
   that ``dtr report`` writes, see ``dtr_plugins/experiments/raw_results.py``) -> block ``suite-<machine>-<suite>``:
-  the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts);
+  the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts); ``recipe-...``: the
+  recipe's sizing (time per run, spread, resolution); ``summary-...``: the primary metric in plain words (per
+  strategy mean and SD, the paired difference against the baseline, its interval and verdict);
 - ``benchmarks/results-cpu/routing_overhead.json``, ``benchmarks/results-gpu/routing_overhead_B2.json``
   -> ``routing-overhead-cpu``, ``routing-overhead-gpu``, ``routing-overhead-summary``;
 - ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``;
@@ -397,6 +399,47 @@ def recipe_table(path: Path) -> str:
     return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n"
 
 
+def suite_summary(path: Path) -> str:
+    """A committed suite's primary metric in plain words: per strategy its mean and SD over seeds; per strategy
+    but the baseline, the paired difference against it (same seed and other axes), its 95% t-interval and the
+    verdict, as ``compare_runs`` computes them for the suite's report."""
+    from dtr_plugins.core.metrics import value_of
+    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, PRIMARY, compare_runs
+    from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
+
+    lines = [x for x in read_raw_results(path) if x["status"] == "done"]
+    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+    known = value_of(primary)
+    title = known.title if known else primary
+    result = compare_runs(records_from_raw(lines), primary=primary)
+    def label(name: str, setting: Any) -> str:
+        return name + (f" ({', '.join(f'{k}={v}' for k, v in setting)})" if setting else "")
+
+    per: dict[str, list[float]] = {}
+    for x in lines:
+        if x["final"].get(primary) is not None:
+            setting = sorted((k, str(v)) for k, v in x["axes"].items() if k != result.axis)
+            per.setdefault(label(str(x["axes"].get(result.axis, "base")), setting), []).append(
+                float(x["final"][primary]))
+
+    def mean_sd(values: list[float]) -> str:
+        sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.2f}{sd}"
+
+    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    parts = [f"{name} {mean_sd(values)} ({len(values)} runs)" for name, values in per.items()]
+    text = (f"**{title}** (the primary metric; `{rel}`, mean ± SD over seeds): {'; '.join(parts)}.")
+    for d in result.differences:
+        if d.family != PRIMARY or d.mean is None:
+            continue
+        interval = (f", {d.interval_level:.0%} interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]"
+                    if d.interval else "")
+        reason = f" ({d.reason})" if d.reason else ""
+        text += (f" {label(d.strategy, d.setting)} minus {result.baseline}, paired by seed over {len(d.seeds)} seeds: "
+                 f"{d.mean:+.3f}{interval}: **{d.verdict}**{reason}.")
+    return text + "\n"
+
+
 def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     out: dict[str, Callable[[], str]] = {
         "routing-overhead-cpu": lambda: _overhead_text("benchmarks/results-cpu/routing_overhead.json"),
@@ -420,6 +463,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         machine = raw.parent.parent.name.removeprefix("results-")
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
         out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
+        out[f"summary-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_summary(p))
     return out
 
 
