@@ -114,6 +114,7 @@ def cmd_masks(args) -> int:
     from pathlib import Path
 
     from dtr_plugins.compose import compose
+    from dtr_plugins.core.token_routing import describe_keep_ratios, token_record
     from dtr_plugins.experiments.gate_plots import plot_learned_gates
     from dtr_plugins.experiments.plots import plot_routing_plan
 
@@ -132,6 +133,8 @@ def cmd_masks(args) -> int:
         model = compose(cfg, data=False).model
     plan = model.plan
     assert plan is not None  # compose always attaches one
+    if (tokens := token_record(model)) is not None:  # token_routing: the share of tokens each block sees
+        logger.info(describe_keep_ratios(tokens))
     if plan.learned is not None:
         drawn = plot_learned_gates(plan, args.out, title=f"{cfg.name}: {plan.strategy_repr} ({weights})")
         if drawn is None:
@@ -181,7 +184,9 @@ def cmd_sample(args) -> int:
     prompts = list(args.prompt or []) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     asked = SamplingOverrides(num=args.num_samples, sampler=args.sampler, respacing=args.respacing,
                               cfg_scale=args.cfg_scale, labels=args.labels, seed=args.seed,
-                              batch_size=args.batch_size, use_ema=not args.no_ema, prompts=prompts or None)
+                              batch_size=args.batch_size, use_ema=not args.no_ema, prompts=prompts or None,
+                              guidance_interval=args.guidance_interval, time_shift=args.time_shift, atol=args.atol,
+                              rtol=args.rtol)
     out = sample(args.source, asked, out=args.out, allow_unsafe_load=args.allow_unsafe_load,
                  overwrite=args.overwrite, device=args.device, threads=args.threads)
     if out is not None:
@@ -319,15 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sample images from a run, checkpoint, exported folder or hub id (hf://ORG/NAME)")
     p.add_argument("source", help="run directory, checkpoint file, folder written by dtr export (or a diffusers DiT "
                    "folder/pipeline) or hub id hf://ORG/NAME[@REVISION]")
-    p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=None,
+                   help="number of images (default: the config's sample.num_samples, 64 unless set)")
     p.add_argument("--out", default=None, help="new output folder (default <run>/samples/step<N>-<sampler><steps>-"
                    "cfg<s>-seed<k>-n<num>; required for an exported folder or hub id)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds files (once the new set is complete)")
     _device_args(p)
-    p.add_argument("--sampler", default=None, help="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama")
+    p.add_argument("--sampler", default=None,
+                   help="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama, dopri5 (adaptive)")
     p.add_argument("--respacing", default=None, help='timestep respacing, e.g. "250" or "ddim50"; flow: the step count')
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only at noise levels in [LO, HI] (gaussian: sigma; flow_matching: t, 0 noise .. 1 data)")
+    p.add_argument("--time-shift", type=float, default=None, help="flow_matching: SD3 shift of the time grid (1: none)")
+    p.add_argument("--atol", type=float, default=None, help="dopri5: absolute tolerance (default 1e-6)")
+    p.add_argument("--rtol", type=float, default=None, help="dopri5: relative tolerance (default 1e-3)")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (default: balanced)")
     p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="text-to-image: a prompt (repeatable; image i gets prompt i mod the number given)")

@@ -2,6 +2,7 @@
 
     python scripts/mutation_score.py            # markdown table: module, mutants, killed, timeout, survived,
                                                 # no tests, not run, score = (killed + timeout) / mutants
+    python scripts/mutation_score.py "dtr_plugins.ema*" ...   # only the modules matching these mutmut patterns
 
 Reads ``mutants/**/*.py.meta`` (mutmut 3's per-file results: exit code per mutant; 1 and 3 killed, 0 survived,
 33 and 5 no test reached the code, 24/36/152/255/-24 timeout, null not run yet). Writes nothing.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 KILLED, SURVIVED, NO_TESTS, TIMEOUT = {1, 3}, {0}, {5, 33}, {24, 36, 152, 255, -24}
@@ -25,8 +27,15 @@ def status(code: int | None) -> str:
     return "other"
 
 
-def main(root: Path = Path("mutants")) -> int:
-    metas = sorted(root.rglob("*.py.meta"))
+def module_name(meta: Path, root: Path) -> str:
+    """``dtr_plugins.core.flow`` for ``mutants/dtr_plugins/core/flow.py.meta``."""
+    return str(meta.relative_to(root))[:-len(".py.meta")].replace("/", ".")
+
+
+def main(patterns: list[str], root: Path = Path("mutants")) -> int:
+    metas = [m for m in sorted(root.rglob("*.py.meta"))
+             if not patterns or any(fnmatch(module_name(m, root), p) or fnmatch(module_name(m, root) + ".", p)
+                                    for p in patterns)]
     if not metas:
         print(f"mutation_score: no results under {root}/ (run `make mutate` first)", file=sys.stderr)
         return 2
@@ -52,4 +61,4 @@ def row(name: str, counts: Counter[str], columns: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

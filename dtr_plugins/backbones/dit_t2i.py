@@ -177,6 +177,11 @@ class DiTT2I(DiT):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    def token_layout(self) -> tuple[int, int]:
+        """``(blocks, tokens)``: in context the text tokens run the blocks (and may skip a span) too."""
+        text = self.text_length if self.text_pos_embed is not None else 0
+        return len(self.blocks), self.grid_size ** 2 + text
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is None:
             raise ValueError("dit_t2i is text-conditioned: pass y, the packed text condition "
@@ -199,9 +204,14 @@ class DiTT2I(DiT):
         if self.text_pos_embed is not None:  # in context: [text tokens, image tokens] through plain dit blocks
             h, extra = torch.cat([text + self.text_pos_embed, h], dim=1), ()
         learned = self.plan if self.plan is not None and self.plan.is_learned else None
+        skip = self.token_skip(h)  # training with a token router (in context: text tokens are tokens too)
         for layer, (block, (mask, heads, mlp)) in enumerate(zip(self.blocks, routes)):
+            h = h if skip is None else skip.enter(layer, h)
             gate = mask if learned is None else learned.layer_gate(layer, h, t, c)
             h = run_block(block, self.checkpoint_blocks, h, c, gate, heads, mlp, *extra)
+            h = h if skip is None else skip.leave(layer, h)
+            if (sink := self._sink(layer)) is not None:  # a regulariser's tap: the image tokens (last in context)
+                sink(h[:, -self.grid_size ** 2:])
         if self.text_pos_embed is not None:
             h = h[:, self.text_length:]
         return self.unpatchify(self.final_layer(h, c))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -35,6 +36,7 @@ from dtr_plugins.codecs.latent_cache import (
 )
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.compose.text import build_text_stage, check_text
+from dtr_plugins.compose.tokens import attach_token_router
 from dtr_plugins.conditioners.text_cache import TextStage
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import (
@@ -44,10 +46,14 @@ from dtr_plugins.core.contracts import (
     EmaRule,
     InputSpace,
     LearnedRoutingStrategy,
+    NoiseAxis,
+    Regularizer,
     RoutingStrategy,
     SupportsAugmentation,
     SupportsContentKey,
     SupportsImageShape,
+    SupportsLogSNR,
+    SupportsNoiseSchedule,
     TimestepSampler,
     missing_members,
 )
@@ -210,6 +216,8 @@ def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
     try:
         plan = RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
                            continuous=process.continuous_tasks(strategy), site=cfg.routing.site, cond_dim=cond_dim)
+        if plan.time_experts is not None:  # time experts place their boundaries on the process's noise levels
+            plan.time_experts.bind_noise(noise_axis(process, continuous=plan.continuous is not None))
     except UserError:
         raise
     except Exception as exc:  # a strategy whose mask_table raises: a bug in its plugin
@@ -218,6 +226,28 @@ def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
                           f"(mask tables or bind): {first_line(exc)}") from exc
     _check_no_empty_rows(cfg, plan)
     return plan
+
+
+def noise_axis(process: DiffusionProcess, *, continuous: bool) -> NoiseAxis:
+    """The process's noise levels for a time-expert strategy: ``T``, the kind of task, and the log-SNR on the grid
+    of :class:`~dtr_plugins.core.contracts.NoiseAxis` (discrete: ``log(abar_t / (1 - abar_t))`` from
+    ``SupportsNoiseSchedule``; continuous: ``SupportsLogSNR`` at ``u = (k + 1/2) / T``; else None) and a reader of
+    a trained run's metrics records (measured boundaries)."""
+    steps = int(process.num_timesteps)
+    log_snr = None
+    if not continuous and isinstance(process, SupportsNoiseSchedule):
+        abar = np.asarray(process.alphas_cumprod, dtype=np.float64)
+        log_snr = np.log(abar) - np.log1p(-abar)
+    elif continuous and isinstance(process, SupportsLogSNR):
+        log_snr = np.asarray(process.log_snr((np.arange(steps, dtype=np.float64) + 0.5) / steps), dtype=np.float64)
+    return NoiseAxis(num_tasks=steps, continuous=continuous, log_snr=log_snr, run_records=_run_records)
+
+
+def _run_records(run_dir: str) -> list[dict[str, Any]]:
+    """The metrics records of a trained run directory (its owner, ``RunDir``, reads them)."""
+    from dtr_plugins.runs.rundir import RunDir
+
+    return RunDir(run_dir).read_metrics()
 
 
 def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
@@ -242,7 +272,8 @@ def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
 
 def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, codec: Codec | None = None,
                 process: DiffusionProcess | None = None, meta: bool = False) -> RoutedBackbone:
-    """The backbone with the routing plan of ``cfg.routing`` attached: ``model(x, t, y=None)``.
+    """The backbone with the routing plan of ``cfg.routing`` (and the token router of ``cfg.token_routing``)
+    attached: ``model(x, t, y=None)``.
 
     ``codec`` / ``process``: the run's codec and process when already built (latent backbones read their
     geometry from the codec; the plan's tasks come from the process). ``meta``: build the backbone on the
@@ -266,6 +297,7 @@ def build_model(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *
     _check_contract(model, Backbone, "backbone", info)
     model.attach_routing(build_routing_plan(cfg, routed_units(model, cfg.routing.site), registry,
                                             cond_dim=model.routing_cond_dim(), process=process))
+    attach_token_router(cfg, model, registry)  # token_routing (tread): training forwards only
     return model
 
 
@@ -390,11 +422,16 @@ class Components:
     timestep_source: str = "process"
     #: text-to-image: caption indices / prompts -> packed text conditions (None: no text section)
     text: TextStage | None = None
+    #: the auxiliary loss of the ``regularizer`` section (repa), set by ``dtr train`` (compose/regularize.py)
+    regularizer: Regularizer | None = None
 
     def to(self, device: torch.device | str) -> Components:
-        """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
+        """The model, the loss weighting and the regulariser's trainable part moved to ``device`` (in place; returns
+        ``self``)."""
         self.model.to(device)
         self.loss_weighting.to(device)
+        if self.regularizer is not None:
+            self.regularizer.module().to(device)
         return self
 
 

@@ -20,6 +20,7 @@ from dtr_plugins.compose.build import (
     compose,
     data_params,
 )
+from dtr_plugins.compose.regularize import build_regularizer
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.compose.text import check_captioned
 from dtr_plugins.core.config import ExperimentConfig
@@ -97,6 +98,9 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
     if not (cfg.eval.at_end or cfg.eval.every):
         return  # no evaluation during training
     check_eval_settings(cfg.eval, cfg.eval.num_samples)
+    if "sfid" in cfg.eval.metrics and name != "inception-v3-compat":  # the one extractor with the spatial layer
+        raise ConfigError(f"eval.metrics: sfid reads Inception's spatial features; it needs eval.feature_extractor "
+                          f"inception-v3-compat (got {name!r})")
     check_config_reference(cfg, registry, machine)
     if not machine:
         return
@@ -197,4 +201,6 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
         return None
     parts = compose(cfg, registry, device="meta", data=machine, text=machine)
     check_run(cfg, parts, registry, run_dir=run_dir, machine=machine)
+    if machine:  # its encoder's weights (a local folder, the hub cache) are this machine's
+        parts.regularizer = build_regularizer(parts, registry)
     return parts

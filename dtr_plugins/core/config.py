@@ -146,7 +146,7 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: str = Field("", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama; "
+    sampler: str = Field("", description="gaussian: ddpm, ddim; flow_matching: euler, heun, euler_maruyama, dopri5; "
                          "unset: the process's default_sampler (gaussian: ddim, flow_matching: euler)")
     respacing: str = Field("", description="gaussian: '250', 'ddim50', ...; flow_matching: the step count; "
                            "unset: the process's default_respacing (gaussian: ddim50, flow_matching: 50)")
@@ -154,8 +154,26 @@ class SampleConfig(_Strict):
     cfg_scale: float = Field(1.0, ge=0)
     cfg_channels: Literal["all", "first3"] = "all"
     clip_denoised: bool = True
-    num_samples: int = Field(1000, ge=1)
+    num_samples: int = Field(64, ge=1, description="images `dtr sample` makes when -n is not given (the "
+                             "end-of-training evaluation makes eval.num_samples)")
     batch_size: int = Field(256, ge=1)
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="[lo, hi]: classifier-free guidance only at noise levels in [lo, hi] (gaussian: sigma, "
+        "flow_matching: t, 0 noise .. 1 data; Kynkaanniemi et al. 2024); unset: at every step")
+    time_shift: float = Field(1.0, gt=0, allow_inf_nan=False,
+                              description="flow_matching: SD3 shift of the time grid (> 1: more steps at high noise)")
+    atol: float = Field(1e-6, gt=0, allow_inf_nan=False, description="absolute tolerance of the dopri5 sampler")
+    rtol: float = Field(1e-3, gt=0, allow_inf_nan=False, description="relative tolerance of the dopri5 sampler")
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        from dtr_plugins.core.sampling_settings import interval_problem
+
+        problem = None if value is None else interval_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("respacing", mode="before")
     @classmethod
@@ -251,6 +269,10 @@ class ExperimentConfig(_Strict):
                                    "train.ema_decay / train.ema_warmup (constant or warmup)")
     timesteps: PluginSection | None = Field(None, description="how training draws t (uniform, logit_normal, "
                                             "cluster_balanced); unset: the loss weighting's or the process's own")
+    token_routing: PluginSection | None = Field(None, description="tokens that skip a span of blocks in training "
+                                                "(tread); unset: every token runs every block")
+    regularizer: PluginSection | None = Field(None, description="an auxiliary loss from a frozen encoder (repa); "
+                                              "unset: none (docs/regularizers.md)")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
@@ -291,11 +313,11 @@ class ExperimentConfig(_Strict):
         return self.data
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``)
-        and an unset ``train.init_from`` are absent, not null, so configs written before them keep their
-        fingerprint (a model-only config has no ``data``)."""
+        """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``,
+        ``token_routing``, ``regularizer``) and an unset ``train.init_from`` are absent, not null, so configs written
+        before them keep their fingerprint (a model-only config has no ``data``)."""
         out = self.model_dump(mode="json")
-        for optional in ("data", "ema", "timesteps", "text"):
+        for optional in ("data", "ema", "timesteps", "text", "token_routing", "regularizer"):
             if out.get(optional) is None:
                 out.pop(optional, None)
         if out["train"].get("init_from") is None:
@@ -312,7 +334,8 @@ UNROUTED_STRATEGIES = ("vanilla",)
 #: config section -> plugin kind
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
-                   "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler"}
+                   "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler",
+                   "token_routing": "token_router", "regularizer": "regularizer"}
 
 
 
@@ -387,8 +410,13 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         "sampler": cfg.sample.sampler or process.default_sampler,
         "respacing": cfg.sample.respacing or str(process.default_respacing)})
     updates["sample"] = sample
+    from dtr_plugins.core.sampling_settings import SolverSettings
+
+    solver = SolverSettings(sample.sampler, sample.respacing, sample.eta, sample.cfg_scale, sample.cfg_channels,
+                            sample.clip_denoised, sample.guidance_interval, sample.time_shift, sample.atol,
+                            sample.rtol)
     check_process_settings(process, cfg.diffusion.name, loss_weighting=cfg.loss_weighting.name,
-                           sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta)
+                           sampler=sample.sampler, respacing=sample.respacing, eta=cfg.sample.eta, solver=solver)
     updates["log"] = _resolve_trackers(cfg.log, registry)
     updates["text"] = None if cfg.text is None else resolve_text(cfg.text, registry)
     backbone = declared_backbone_class(registry.get("backbone", cfg.backbone.name).factory)

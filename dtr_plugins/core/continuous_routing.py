@@ -14,19 +14,11 @@ into the **noise level** ``u`` in [0, 1], ordered like DDPM's index: ``u = 0`` c
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
-
-@runtime_checkable
-class ContinuousStrategy(Protocol):
-    """A strategy that also gives its masks in closed form over continuous ``u`` (0 clean, 1 noisy)."""
-
-    def mask_for_u(self, u: torch.Tensor, channels: int, *, layer: int = 0,
-                   num_layers: int = 1) -> torch.Tensor:
-        """``bool [B, channels]`` for ``u`` ``[B]``; equals ``mask_table(T, ...)[k]`` at ``u = k / (T - 1)``."""
-        ...
+from dtr_plugins.core.contracts import ContinuousStrategy  # the contract lives with the others
 
 
 def grid_rows(u: torch.Tensor, num_tasks: int) -> torch.Tensor:

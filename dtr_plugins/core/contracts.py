@@ -24,14 +24,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RoutingStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter", "Backbone",
+__all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "GateSummary", "SupportsStateDictAdapter",
+           "Backbone",
            "SupportsGuidance", "Codec", "LossWeighting", "TimestepSampler", "TimestepRule", "SupportsNoiseSchedule",
            "EmaProfile",
            "EmaRule", "Dataset", "SupportsImageShape",
            "SupportsAugmentation", "SupportsHeldoutSplit", "FeatureExtractor", "SupportsExtractorRecord",
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
-           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning"]
+           "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
+           "SupportsTokenRouting", "TokenLayout", "SupportsBlockTokens", "Regularizer", "TimeExpertRouting",
+           "NoiseAxis", "SupportsActiveParameters", "SupportsLogSNR"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -48,6 +51,16 @@ class RoutingStrategy(Protocol):
     """
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor: ...
+
+
+@runtime_checkable
+class ContinuousStrategy(Protocol):
+    """A strategy that also gives its masks in closed form over a continuous noise level ``u`` in [0, 1]
+    (0 clean, 1 pure noise), used under continuous-time processes (core/continuous_routing.py)."""
+
+    def mask_for_u(self, u: Tensor, channels: int, *, layer: int = 0, num_layers: int = 1) -> Tensor:
+        """``bool [B, channels]`` for ``u`` ``[B]``; equals ``mask_table(T, ...)[k]`` at ``u = k / (T - 1)``."""
+        ...
 
 
 @runtime_checkable
@@ -117,6 +130,104 @@ class GateSummary(Protocol):
     layer a float ``[num_tasks, K]`` table, the name of a unit (``"expert"``) and of the value drawn."""
 
     def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]: ...
+
+
+@dataclass(frozen=True)
+class NoiseAxis:
+    """The run's noise levels as a :class:`TimeExpertRouting` strategy needs them (built by the composition root
+    from the process). ``num_tasks``: ``T``; ``continuous``: the strategy sees float noise levels ``u`` in [0, 1]
+    (flow matching) rather than int64 timesteps ``0..T-1``; ``log_snr``: float64 ``[T]``, the log signal-to-noise
+    ratio at the grid positions ``p_k`` of the noise axis (discrete: timestep ``k``, ``p_k = k / T``; continuous:
+    ``u = p_k = (k + 1/2) / T``), decreasing in ``k``; None when the process does not report it. ``run_records``:
+    reads a trained run directory's metrics records (``RunDir.read_metrics``: dicts, in order; held-out losses under
+    ``heldout``), for boundaries measured on that run; None where the composition root gives no reader."""
+
+    num_tasks: int
+    continuous: bool
+    log_snr: np.ndarray | None = None
+    run_records: Callable[[str], list[dict[str, Any]]] | None = None
+
+
+@runtime_checkable
+class TimeExpertRouting(Protocol):
+    """Optional capability of a learned strategy: experts that own whole sets of the backbone's weights, each for an
+    interval of noise levels (``time_experts``; eDiff-I's ensemble of expert denoisers).
+
+    ``bind_noise(axis)``: once, by the composition root after ``bind`` (a :class:`NoiseAxis`): place the boundaries
+    (one-line :class:`~dtr_plugins.core.errors.ConfigError` naming the ``routing`` key when they cannot be placed).
+    ``bind_weights(named, blocks)``: once, when the plan is attached to the backbone: ``named`` maps the backbone's
+    trainable parameter names to the tensors (the routing plan's own left out), ``blocks`` the name prefixes the
+    backbone declares as its per-noise-level blocks (``RoutedBackbone.expert_blocks``; empty: none); the strategy
+    keeps its own copies of the parameters it splits. ``expert_of(tasks)``: int64 ``[N]`` expert of each task
+    (``[N]`` int64 timesteps or float noise levels, as ``layer_gate`` gets them). ``expert_weights(e)``: parameter
+    name -> tensor for expert ``e`` (empty: the backbone's own weights, expert 0). ``intervals()``: JSON-able list,
+    one entry per expert, of the noise levels it owns (recorded in ``meta.json`` and model cards).
+    """
+
+    def bind_noise(self, axis: NoiseAxis) -> None: ...
+
+    def bind_weights(self, named: Mapping[str, Tensor], blocks: Sequence[str]) -> None: ...
+
+    def expert_of(self, tasks: Tensor) -> Tensor: ...
+
+    def expert_weights(self, expert: int) -> dict[str, Tensor]: ...
+
+    def intervals(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class SupportsActiveParameters(Protocol):
+    """Optional capability of a model part (a learned strategy): parameters it holds that one forward pass does not
+    use (``time_experts``: the other experts' copies). :func:`dtr_plugins.core.param_count.parameter_counts` reports
+    ``active = total - inactive_parameters()`` beside the total."""
+
+    def inactive_parameters(self) -> int: ...
+
+
+@runtime_checkable
+class SupportsLogSNR(Protocol):
+    """Optional capability of a continuous process: ``log_snr(u)``, float64 log signal-to-noise ratio at noise
+    levels ``u`` (float64 array in (0, 1)); flow matching's linear path: ``2 log((1 - u) / u)``. (A discrete process
+    reports its schedule through :class:`SupportsNoiseSchedule`.)"""
+
+    def log_snr(self, levels: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TokenRouter(Protocol):
+    """The ``token_router`` kind (config ``token_routing: {name, **params}``; built-in ``tread``): in a training
+    forward, which tokens run blocks ``start..end`` (both included, 0-based); the others skip them and are put
+    back in place after block ``end`` (:mod:`dtr_plugins.core.token_routing`). Evaluation and sampling run every
+    token.
+
+    ``keep_count(tokens)``: ``K``, tokens of ``tokens`` that run the span (``1 <= K <= tokens``);
+    ``select(n, tokens, device)``: ``[n, K]`` int64 token indices per sample, drawn from the global generator of
+    ``device`` (training re-seeds it from ``(seed, rank, step)``, so a resume draws the same);
+    ``applied()``: JSON-able record for ``meta.json`` (``name`` and the parameters). ``repr`` names it.
+    """
+
+    start: int
+    end: int
+
+    def keep_count(self, tokens: int) -> int: ...
+
+    def select(self, n: int, tokens: int, device: Any = None) -> Tensor: ...
+
+    def applied(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SupportsTokenRouting(Protocol):
+    """Optional capability of a backbone: it routes tokens (:class:`TokenRouter`) through its blocks.
+    ``token_layout()``: ``(blocks, tokens)``, the blocks a span may cover (``end < blocks``) and the tokens per
+    sample they see; ``attach_token_routing(router)`` is called by the composition root; ``token_router`` is the
+    attached one (None: none). A backbone without it refuses a ``token_routing`` section."""
+
+    token_router: TokenRouter | None
+
+    def token_layout(self) -> tuple[int, int]: ...
+
+    def attach_token_routing(self, router: TokenRouter) -> None: ...
 
 
 @runtime_checkable
@@ -294,6 +405,60 @@ class EmaRule(Protocol):
     def profiles(self) -> Sequence[EmaProfile]: ...
 
     def betas(self, step: int) -> Sequence[float]: ...
+
+    def applied(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A transformer backbone's hidden tokens: ``blocks`` blocks in forward order, each giving tokens
+    ``[B, grid[0] * grid[1], width]`` in row-major patch order; ``partial``: the blocks (1-based) whose output holds
+    only some of the tokens in training (inside a token router's span, :class:`TokenRouter`)."""
+
+    blocks: int
+    width: int
+    grid: tuple[int, int]
+    partial: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class SupportsBlockTokens(Protocol):
+    """Optional capability of a backbone: a regulariser may read the hidden tokens after a block (REPA).
+
+    ``block_layout()``: its blocks, width and token grid. ``tap_block(block, sink)``: from the next forward on,
+    ``sink(h)`` receives the output of block ``block`` (1-based: after ``block`` blocks), ``h`` ``[B, N, width]``
+    in the batch's order, with its graph (gradients flow back into the blocks); ``sink=None`` removes the tap."""
+
+    def block_layout(self) -> TokenLayout: ...
+
+    def tap_block(self, block: int, sink: Callable[[Tensor], None] | None) -> None: ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """The ``regularizer`` kind (config ``regularizer: {name, **params}``): an auxiliary training loss on a block's
+    hidden tokens against a frozen encoder's features of the clean images (REPA, docs/regularizers.md).
+
+    ``block``: the block whose output it reads (1-based, :class:`SupportsBlockTokens`). ``bind(layout)``: the
+    backbone's :class:`TokenLayout`; raises a one-line ``ConfigError`` naming ``regularizer.<key>`` when it cannot
+    apply (block out of range, features that do not fit the tokens); builds the trainable part. ``module()``: that
+    trainable part (a projector): its parameters are optimised, its state dict saved in checkpoints under
+    ``regularizer`` and restored on resume; it is never averaged (EMA) nor exported, and holds no frozen encoder.
+    ``prepare(images)``: the clean images of the step's local batch, ``[N, C, H, W]`` in ``[-1, 1]`` (pixels,
+    before the codec): the frozen encoder's targets are computed once, without gradients. ``losses(hidden,
+    part)``: the hidden tokens ``[m, N_tokens, width]`` of the micro-batch ``part`` (a slice of the prepared
+    batch) -> named weighted losses (scalars), added to the training loss and logged as ``aux/<name>``.
+    ``applied()``: JSON-ready record for ``meta.json`` (``regularizer``)."""
+
+    block: int
+
+    def bind(self, layout: TokenLayout) -> None: ...
+
+    def module(self) -> torch.nn.Module: ...
+
+    def prepare(self, images: Tensor) -> None: ...
+
+    def losses(self, hidden: Tensor, part: slice) -> dict[str, Tensor]: ...
 
     def applied(self) -> dict[str, Any]: ...
 
@@ -484,10 +649,21 @@ class SupportsHeldoutLoss(Protocol):
 class SupportsSolverSteps(Protocol):
     """Optional capability of a process: ``solver_steps(solver)`` is ``(steps, calls)``, the solver steps that
     ``sample`` takes for one batch with ``solver`` (a :class:`~dtr_plugins.core.sampling_settings.SolverSettings`,
-    None: the process's defaults) and the network calls they make (Heun over 25 steps: ``(25, 50)``). The sampling
-    progress bar counts steps with it, its total known from the start; without it the bar counts network calls."""
+    None: the process's defaults) and the network calls they make (Heun over 25 steps: ``(25, 50)``), or None when
+    not known in advance (an adaptive solver). The sampling progress bar counts steps with it, its total known from
+    the start; without it (or with None) the bar counts network calls."""
 
-    def solver_steps(self, solver: Any = None) -> tuple[int, int]: ...
+    def solver_steps(self, solver: Any = None) -> tuple[int, int] | None: ...
+
+
+@runtime_checkable
+class SupportsSolverOptions(Protocol):
+    """Optional capability of a process: ``check_solver_options(solver)`` raises a one-line ``ConfigError`` (text
+    starting ``sample.<key>: ``) for a guidance interval, time shift or solver tolerance of ``solver`` (a
+    :class:`~dtr_plugins.core.sampling_settings.SolverSettings`) that it cannot apply. A process without it is
+    refused any of these settings but the default (:func:`dtr_plugins.core.process.check_solver_options`)."""
+
+    def check_solver_options(self, solver: Any) -> None: ...
 
 
 @runtime_checkable

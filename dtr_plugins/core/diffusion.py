@@ -23,14 +23,16 @@ import torch
 from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.core.guidance import check_guidance
+from dtr_plugins.core.guided_sampling import GuidanceInterval, sampling_start
+from dtr_plugins.core.guided_sampling import _guided as _guided
+from dtr_plugins.core.guided_sampling import _null_label as _null_label
 from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SolverSettings
 
 Model = Callable[..., Tensor]
 
 __all__ = ["get_named_beta_schedule", "betas_for_alpha_bar", "space_timesteps", "GaussianDiffusion",
-           "normal_kl", "discretized_gaussian_log_likelihood", "mean_flat"]
+           "normal_kl", "discretized_gaussian_log_likelihood", "mean_flat", "sampling_start"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +145,6 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
 # ------------------------------------------------------------------------------------------------
 
 _SAMPLERS = ("ddpm", "ddim")
-_CFG_CHANNELS = {"all": None, "first3": 3}
 
 
 class GaussianDiffusion:
@@ -225,6 +226,16 @@ class GaussianDiffusion:
         if table is None:
             abar = self.alphas_cumprod
             table = self._device_cache[key] = torch.from_numpy(abar / (1.0 - abar)).float().to(t.device)
+        return table[t]
+
+    def sigma_of(self, t: Tensor) -> Tensor:
+        """``sigma_t = sqrt((1 - abar_t) / abar_t)`` (EDM's noise level of ``x_t / sqrt(abar_t)``) at this process's
+        step indices ``t`` (``[N]`` int64; the training indices for the training process), float64."""
+        key = ("sigma", str(t.device))
+        table = self._device_cache.get(key)
+        if table is None:
+            abar = self.alphas_cumprod
+            table = self._device_cache[key] = torch.from_numpy(np.sqrt((1.0 - abar) / abar)).to(t.device)
         return table[t]
 
     # -- forward process ---------------------------------------------------------------------------
@@ -401,7 +412,9 @@ class GaussianDiffusion:
         the null label ``model_kwargs["y_null"]``, else ``model.num_classes``) run as one doubled batch;
         eps = uncond + s * (cond - uncond) on every epsilon channel (``cfg_channels="all"``) or on the
         first three only (``"first3"``, the published DiT behaviour); the remaining channels and the
-        learned variance come from the conditional half.
+        learned variance come from the conditional half. ``guidance_interval`` ``(lo, hi)``: guidance only where
+        ``sigma_t = sqrt((1 - abar_t) / abar_t)`` of the training step lies in ``[lo, hi]`` (Kynkäänniemi et al.
+        2024; :mod:`dtr_plugins.core.guided_sampling`), the conditional output elsewhere.
 
         ``noise`` is the starting x_T (default: drawn with ``torch.randn``). ``step_noise(x)`` draws the noise of
         each stochastic step, one call per step from the first to the last (t = 0 included, where it is multiplied
@@ -409,8 +422,8 @@ class GaussianDiffusion:
         ``eta = 0``. Tests pass recorded draws through it.
 
         ``solver`` (:class:`SolverSettings`: ``sampler``, ``respacing``, ``eta``, ``cfg_scale``, ``cfg_channels``,
-        ``clip_denoised``; default :attr:`default_solver`); its fields may also be given as keywords, which
-        replace those of ``solver`` (an unknown keyword raises TypeError).
+        ``clip_denoised``, ``guidance_interval``; default :attr:`default_solver`); its fields may also be given as
+        keywords, which replace those of ``solver`` (an unknown keyword raises TypeError).
         """
         s = replace(solver or self.default_solver, **options)
         sampler, respacing, eta, clip_denoised = s.sampler, s.respacing, s.eta, s.clip_denoised
@@ -418,7 +431,9 @@ class GaussianDiffusion:
         if sampler not in _SAMPLERS:
             raise ConfigError(f"sampler '{sampler}': allowed {', '.join(_SAMPLERS)}")
         process = self.respaced(respacing)
-        model, kwargs, x, device = sampling_start(model, model_kwargs, cfg_scale, cfg_channels, shape, noise, device)
+        interval = None if s.guidance_interval is None else GuidanceInterval(*s.guidance_interval, self.sigma_of)
+        model, kwargs, x, device = sampling_start(model, model_kwargs, cfg_scale, cfg_channels, shape, noise, device,
+                                                  interval=interval)
         from tqdm.auto import tqdm
 
         steps = range(process.num_timesteps - 1, -1, -1)
@@ -431,69 +446,3 @@ class GaussianDiffusion:
             else:
                 x = process.ddim_step(model, x, t, kwargs, clip_denoised, eta, noise=drawn)
         return x
-
-
-def _model_device(model: Any) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            device: torch.device = p.device
-            return device
-    return torch.device("cpu")
-
-
-def _null_label(model: Any, y_null: Any, scale: float) -> Any:
-    if y_null is not None:
-        return y_null
-    from dtr_plugins.core.contracts import SupportsGuidance
-
-    # the model itself, or the backbone inside DistributedDataParallel (module) / torch.compile (_orig_mod)
-    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        if isinstance(m, SupportsGuidance):  # the backbone says which label means "no class"
-            if m.null_class is None:
-                check_guidance(m, scale)  # the one guidance rule refuses it
-            return m.null_class
-    raise ConfigError("classifier-free guidance needs the null label: pass model_kwargs['y_null'] "
-                      "or use a backbone with a null_class (SupportsGuidance in dtr_plugins/core/contracts.py)")
-
-
-def _guided(model: Model, kwargs: dict[str, Any], scale: float, channels: int | None, y_null: Any,
-            in_channels: int) -> Model:
-    """Wrap ``model`` into a classifier-free-guided one with the same call convention."""
-    if kwargs.get("y") is None:
-        raise ConfigError(f"cfg_scale={scale:g} needs class labels (model_kwargs['y']); use cfg_scale 1 "
-                          "for an unconditional model")
-    null = _null_label(model, y_null, scale)
-
-    def guided(x: Tensor, t: Tensor, y: Tensor, **rest: Any) -> Tensor:
-        y_uncond = null.to(y) if torch.is_tensor(null) else torch.full_like(y, int(null))
-        out = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, y_uncond.expand_as(y)]), **rest)
-        cond, uncond = out.float().chunk(2)
-        g = in_channels if channels is None else min(channels, in_channels)
-        eps = uncond[:, :g] + scale * (cond[:, :g] - uncond[:, :g])
-        return torch.cat([eps, cond[:, g:]], dim=1)
-
-    return guided
-
-
-def sampling_start(model: Model, model_kwargs: Mapping[str, Any] | None, cfg_scale: float, cfg_channels: str,
-                   shape: Any, noise: Tensor | None, device: Any) -> tuple[Model, dict[str, Any], Tensor, Any]:
-    """What every sampler does before its first step (guided-diffusion's loops and the flow ODE/SDE samplers):
-    the device, the model wrapped for classifier-free guidance (``model_kwargs["y_null"]`` is the null label,
-    ``cfg_channels`` names the guided output channels), and the start ``x`` of ``shape`` ``[N, C, H, W]``
-    (``noise``, or a standard normal draw on the device).
-
-    Raises ConfigError for an unknown ``cfg_channels``; ValueError when ``noise`` is not of ``shape``.
-    """
-    if cfg_channels not in _CFG_CHANNELS:
-        raise ConfigError(f"sample.cfg_channels: {cfg_channels!r} (allowed: {', '.join(_CFG_CHANNELS)})")
-    if device is None:
-        device = noise.device if noise is not None else _model_device(model)
-    kwargs = dict(model_kwargs or {})
-    y_null = kwargs.pop("y_null", None)
-    if cfg_scale != 1.0:
-        model = _guided(model, kwargs, cfg_scale, _CFG_CHANNELS[cfg_channels], y_null, shape[1])
-    x = noise.to(device) if noise is not None else torch.randn(*shape, device=device)
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"noise shape {tuple(x.shape)} != sample shape {tuple(shape)}")
-    return model, kwargs, x, device

@@ -33,6 +33,8 @@ __all__ = ["RESUMABLE_KEYS", "weights_fingerprint", "plan_fingerprint", "identit
 #: - ``train.grad_accum_steps``: the same images, noise and timesteps per optimizer step, split into
 #:   micro-batches (equal in fp32 to rounding, like a change of world size); ``train.tf32``: a CUDA matmul
 #:   mode, like ``train.device`` a property of the machine; each segment of ``meta.json`` records both as applied;
+#: - ``train.threads``: CPU threads, a property of the machine too (a suite's local launcher gives each run
+#:   ``cpu_count // parallel``, so ``--parallel`` must not change a run's identity); recorded per segment;
 #: - ``eval.*``, ``sample.*``: evaluation settings; every evaluation record states the settings it applied;
 #: - ``log.*``: experiment trackers only mirror ``metrics.jsonl``;
 #: - ``codec.cache_dir``, ``vae.cache_dir``: where a latent cache lives (its content is keyed by the codec);
@@ -43,7 +45,7 @@ __all__ = ["RESUMABLE_KEYS", "weights_fingerprint", "plan_fingerprint", "identit
 RESUMABLE_KEYS: tuple[str, ...] = (
     "name", "output_dir",
     "train.steps", "train.ckpt_every", "train.log_every", "train.keep_last", "train.num_workers", "train.device",
-    "train.compile", "train.activation_checkpointing", "train.grad_accum_steps", "train.tf32",
+    "train.compile", "train.activation_checkpointing", "train.grad_accum_steps", "train.tf32", "train.threads",
     "eval.*", "sample.*", "log.*", "codec.cache_dir", "vae.cache_dir", "ema.snapshot_every",
     "text.cache_dir", "text.eval_prompts", "text.clip_score_model",
 )

@@ -13,6 +13,14 @@ Conventions follow SiT (Ma et al., 2024; github.com/willisma/SiT, ``transport/pa
   ``linspace(0, 1, steps + 1)``: Euler, or Heun (torchdiffeq's ``heun2``, explicit trapezoid, the
   corrector applied on every step including the last), as SiT's ``Sampler.sample_ode``; SiT's
   ``num_steps`` is this ``steps + 1``.
+- ``time_shift`` ``s`` (Esser et al. 2024, SD3, section 5.3.2 "resolution-dependent shifting"): SD3 writes the
+  shift over its noise level (its ``t = 1`` is noise): ``u' = s * u / (1 + (s - 1) * u)``. Here noise is at
+  ``t = 0``, so the shift applies to ``u = 1 - t``: each grid time becomes ``t' = 1 - u'`` (:func:`shifted`);
+  both ends stay, ``s > 1`` puts more steps at high noise. Euler and Heun only (their fixed grid).
+- ``dopri5``: torchdiffeq's adaptive Dormand-Prince 5(4) ``odeint`` from ``t = 0`` to ``t = 1`` with ``atol`` and
+  ``rtol`` (SiT's ``Sampler.sample_ode`` with ``sampling_method="dopri5"``, its defaults 1e-6 / 1e-3); the number
+  of steps is the solver's own, so ``respacing`` is not read; the network calls (function evaluations) are
+  counted by the caller (``nfe_per_batch`` in ``samples.json``).
 - ``euler_maruyama``: SiT's ``Sampler.sample_sde`` with ``sampling_method="Euler"``, diffusion form
   ``"sigma"`` (``w(t) = 1 - t``, SiT's sample.py default), norm 1 and last step ``"Mean"``: ``steps - 1``
   Euler-Maruyama steps on ``linspace(0, 1 - h, steps)`` then one mean step of size ``h``
@@ -28,19 +36,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dtr_plugins.core.continuous_routing import ContinuousTasks
-from dtr_plugins.core.diffusion import mean_flat, sampling_start
+from dtr_plugins.core.diffusion import mean_flat
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.guided_sampling import GuidanceInterval, sampling_start
 from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SolverSettings
 from dtr_plugins.core.timesteps import LogitNormalTimes, UniformTimes
 
-__all__ = ["FlowMatching", "flow_steps"]
+__all__ = ["FlowMatching", "flow_steps", "shifted"]
 
-SAMPLERS = ("euler", "heun", "euler_maruyama")
+SAMPLERS = ("euler", "heun", "euler_maruyama", "dopri5")
+#: the samplers that integrate on the fixed grid ``linspace(0, 1, steps + 1)`` (the time shift applies to them)
+GRID_SAMPLERS = ("euler", "heun")
+
+
+def shifted(t: Tensor, shift: float) -> Tensor:
+    """The SD3 time shift in this module's convention (``t = 0`` noise): ``u = 1 - t``,
+    ``u' = shift * u / (1 + (shift - 1) * u)``, returns ``1 - u'`` (same shape and dtype as ``t``).
+
+    ``shift = 1`` is the identity; ``t = 0`` and ``t = 1`` are fixed points. Source: Esser et al. 2024, eq. 23."""
+    u = 1 - t
+    return 1 - shift * u / (1 + (shift - 1) * u)
 
 
 def flow_steps(respacing: Any) -> int:
@@ -104,11 +125,28 @@ class FlowMatching:
                               f"(allowed: {', '.join(self.samplers)})")
         flow_steps(respacing)
 
+    def check_solver_options(self, solver: SolverSettings) -> None:
+        """SupportsSolverOptions: a guidance interval over ``t`` in [0, 1]; the time shift only with a grid sampler
+        (:data:`GRID_SAMPLERS`). Raises a one-line :class:`ConfigError`."""
+        interval = solver.guidance_interval
+        if interval is not None and interval[1] > 1:
+            raise ConfigError(f"sample.guidance_interval: [{interval[0]:g}, {interval[1]:g}] is over flow_matching's "
+                              "time t (0 noise .. 1 data); give 0 <= lo < hi <= 1")
+        if solver.time_shift != 1.0 and solver.sampler not in GRID_SAMPLERS:
+            raise ConfigError(f"sample.time_shift: {solver.time_shift:g} shifts the fixed time grid of "
+                              f"{', '.join(GRID_SAMPLERS)}; the {solver.sampler!r} sampler needs 1.0")
+
     # -- routing and logging ------------------------------------------------------------------------
 
     def continuous_tasks(self, strategy: Any) -> ContinuousTasks:
         """How the routing plan maps the model's time ``t`` to tasks: ``u = 1 - t``."""
         return ContinuousTasks(strategy, exact=self.routing == "continuous", data_at_one=True)
+
+    def log_snr(self, levels: np.ndarray) -> np.ndarray:
+        """Log signal-to-noise ratio ``2 log((1 - u) / u)`` of the linear path at noise levels ``u`` in (0, 1)
+        (``x = (1 - u) x1 + u x0``; ``SupportsLogSNR``), float64."""
+        u = np.asarray(levels, dtype=np.float64)
+        return np.asarray(2.0 * (np.log1p(-u) - np.log(u)), dtype=np.float64)
 
     def loss_bucket(self, t: Tensor, buckets: int) -> Tensor:
         """Bucket ``floor(u * buckets)`` of the noise level ``u = 1 - t`` (bucket 0: clean), int64."""
@@ -158,6 +196,9 @@ class FlowMatching:
         ``respacing``: the number of steps ``N`` (see :func:`flow_steps`). Classifier-free guidance when
         ``cfg_scale != 1``: ``v = v_uncond + s * (v_cond - v_uncond)`` with the backbone's null class,
         on every channel (``"all"``) or the first three (``"first3"``, SiT's / DiT's released behaviour).
+        ``guidance_interval`` ``(lo, hi)``: guidance only where ``lo <= t <= hi`` (Kynkäänniemi et al. 2024), the
+        conditional velocity elsewhere. ``time_shift``: the grid of Euler / Heun through :func:`shifted`.
+        ``dopri5``: adaptive, with ``atol`` / ``rtol`` (see the module docstring).
         ``clip_denoised`` clamps the final sample to [-1, 1]. ``eta`` must be 0 (a DDIM setting).
         Raises :class:`ConfigError` for an unknown sampler, a bad step count or ``eta != 0``.
 
@@ -170,7 +211,10 @@ class FlowMatching:
         steps = flow_steps(respacing)
         if eta:
             raise ConfigError(f"sample.eta: {eta:g} is a DDIM setting; flow_matching samplers need eta 0")
-        model, kwargs, x, device = sampling_start(model, model_kwargs, cfg_scale, cfg_channels, shape, noise, device)
+        self.check_solver_options(s)
+        interval = None if s.guidance_interval is None else GuidanceInterval(*s.guidance_interval, _time_level)
+        model, kwargs, x, device = sampling_start(model, model_kwargs, cfg_scale, cfg_channels, shape, noise, device,
+                                                  interval=interval)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             out: Tensor = model(x, t.expand(x.shape[0]), **kwargs)
@@ -180,8 +224,14 @@ class FlowMatching:
 
         if sampler == "euler_maruyama":
             x = self._sde(velocity, x, steps, progress)
+        elif sampler == "dopri5":
+            from torchdiffeq import odeint
+
+            ends = torch.tensor([0.0, 1.0], device=device)
+            x = odeint(lambda t, x: velocity(x, t.reshape(1)), x, ends, method="dopri5", atol=s.atol, rtol=s.rtol)[-1]
         else:
-            grid = torch.linspace(0.0, 1.0, steps + 1).to(device)  # on the CPU first, as SiT
+            grid = torch.linspace(0.0, 1.0, steps + 1)  # on the CPU first, as SiT
+            grid = (grid if s.time_shift == 1.0 else shifted(grid, s.time_shift)).to(device)
             bar = tqdm(range(steps), disable=not show_progress(progress), desc=f"{sampler} {steps} steps", leave=False)
             for i in bar:
                 t0, t1 = grid[i], grid[i + 1]
@@ -194,10 +244,13 @@ class FlowMatching:
                     x = x + dt * (0.5 * k1 + 0.5 * k2)
         return x.clamp(-1, 1) if s.clip_denoised else x
 
-    def solver_steps(self, solver: SolverSettings | None = None) -> tuple[int, int]:
+    def solver_steps(self, solver: SolverSettings | None = None) -> tuple[int, int] | None:
         """``(steps, network calls)`` of :meth:`sample` for one batch (SupportsSolverSteps): ``euler`` one call per
-        step, ``heun`` two; ``euler_maruyama`` ``steps - 1`` stochastic steps and the final mean step."""
+        step, ``heun`` two; ``euler_maruyama`` ``steps - 1`` stochastic steps and the final mean step; None for
+        ``dopri5`` (adaptive: not known in advance)."""
         s = solver or self.default_solver
+        if s.sampler == "dopri5":
+            return None
         steps = flow_steps(s.respacing)
         return steps, 2 * steps if s.sampler == "heun" else steps
 
@@ -228,3 +281,8 @@ class FlowMatching:
             x = mean_x + torch.sqrt(2 * (1 - t.view(-1, *([1] * (x.ndim - 1))))) * dw
         t_last = torch.ones(x.shape[0], device=x.device) * grid[-1]
         return x + drift(x, t_last) * h
+
+
+def _time_level(t: Tensor) -> Tensor:
+    """The noise level a flow guidance interval is over: the model's time ``t`` itself (0 noise, 1 data)."""
+    return t

@@ -208,3 +208,32 @@ def dtr_register_conditioners(register: Callable[..., None]) -> None:
     Args:
         register: the registration callable described in the module docstring.
     """
+
+
+@hookspec
+def dtr_register_token_routers(register: Callable[..., None]) -> None:
+    """Register token routers (:class:`~dtr_plugins.core.contracts.TokenRouter`; config
+    ``token_routing: {name, **params}``; built-in: ``tread``).
+
+    A token router's factory returns an object with ``start`` / ``end`` (the block span, both included),
+    ``keep_count(tokens)``, ``select(n, tokens, device) -> [n, K]`` token indices and ``applied()``; a backbone
+    with :class:`~dtr_plugins.core.contracts.SupportsTokenRouting` runs only the selected tokens through the span
+    in training forwards.
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """
+
+
+@hookspec
+def dtr_register_regularizers(register: Callable[..., None]) -> None:
+    """Register regularisers (:class:`~dtr_plugins.core.contracts.Regularizer`; config
+    ``regularizer: {name, **params}``): auxiliary losses on a backbone's hidden tokens against a frozen encoder.
+
+    The factory returns an object with ``block``, ``bind(layout)``, ``module()`` (its trainable part),
+    ``prepare(images)``, ``losses(hidden, part)`` and ``applied()``. Built-in: ``repa`` (REPA, Yu et al., ICLR
+    2025; docs/regularizers.md).
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """

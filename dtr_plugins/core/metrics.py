@@ -5,8 +5,10 @@ allowed values of ``eval.metrics`` in a config, the columns of the suite report 
 paired comparisons (which direction is better) and the rows of a model card. A new metric is one
 :class:`Metric` entry here plus the function that computes it (see docs/evaluation.md).
 
-- a *selectable* metric (``fid``, ``isc``, ``kid``, ``prc``) is what ``eval.metrics`` names; it records one or
-  more values (``fid`` -> ``frechet_inception_distance``);
+- a *selectable* metric (``fid``, ``sfid``, ``isc``, ``kid``, ``prc``) is what ``eval.metrics`` names; it records
+  one or more values (``fid`` -> ``frechet_inception_distance``); ``fid`` is the Fréchet distance on the
+  feature extractor's pooled features (with ``feature_extractor: dinov2`` it is FD-DINOv2, Stein et al. 2023),
+  ``sfid`` the one on Inception's spatial features (Nash et al. 2021, as ADM's evaluator computes it);
 - other entries record values that are not asked for by name: ``class_accuracy`` (when the feature extractor
   classifies), a text-to-image run's ``clip_score`` (``text.clip_score_model``) and ``prompt_class_agreement``
   (offline caption sets: the classifier's class against the prompt's), the held-out loss (``heldout/total``, per
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LOWER", "HIGHER", "Value", "Metric", "REGISTRY", "selectable", "needs_reference", "values",
+__all__ = ["LOWER", "HIGHER", "Value", "Metric", "REGISTRY", "selectable", "needs_reference", "frechet", "values",
            "value_of", "compared", "card_titles"]
 
 LOWER, HIGHER = "lower", "higher"
@@ -51,12 +53,16 @@ class Metric:
     needs_reference: bool = False
     feature_layer: str | None = "features"
     selectable: bool = True
+    #: the reference is read as a mean and covariance of its features (a Fréchet distance: fid, sfid)
+    frechet: bool = False
 
 
 #: name -> metric, in the order reports list them
 REGISTRY: dict[str, Metric] = {m.name: m for m in (
     Metric("heldout", (Value("heldout/total", "held-out loss", LOWER),), feature_layer=None, selectable=False),
-    Metric("fid", (Value("frechet_inception_distance", "FID", LOWER),), needs_reference=True),
+    Metric("fid", (Value("frechet_inception_distance", "FID", LOWER),), needs_reference=True, frechet=True),
+    Metric("sfid", (Value("sfid", "sFID", LOWER, "sFID (spatial Inception features)"),), needs_reference=True,
+           feature_layer="spatial", frechet=True),
     Metric("kid", (Value("kernel_inception_distance_mean", "KID", LOWER, "KID (mean)"),
                    Value("kernel_inception_distance_std", "KID std", None, "KID (std)")), needs_reference=True),
     Metric("isc", (Value("inception_score_mean", "IS", HIGHER, "Inception score (mean)"),
@@ -83,6 +89,11 @@ def selectable() -> tuple[str, ...]:
 def needs_reference() -> tuple[str, ...]:
     """The selectable metrics that compare samples against reference images."""
     return tuple(name for name, m in REGISTRY.items() if m.selectable and m.needs_reference)
+
+
+def frechet() -> tuple[str, ...]:
+    """The selectable metrics whose reference is a mean and covariance of features (fid, sfid)."""
+    return tuple(name for name, m in REGISTRY.items() if m.selectable and m.frechet)
 
 
 def values() -> list[Value]:

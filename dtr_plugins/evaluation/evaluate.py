@@ -56,6 +56,7 @@ from dtr_plugins.core.images import to_uint8
 from dtr_plugins.core.io import write_json
 from dtr_plugins.evaluation.features import (
     Extractor,
+    check_layers,
     device_of,
     feature_layers,
     predict_classes,
@@ -68,6 +69,7 @@ from dtr_plugins.evaluation.inputs import (
 from dtr_plugins.evaluation.metrics import (
     BINARY_METRICS,
     FEATURE_OPTIONS,
+    FRECHET_METRICS,
     METRICS,
     check_eval_settings,
     check_fidelity_options,
@@ -172,6 +174,7 @@ def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None,
     spec: FeatureExtractorSpec = registry.build("feature_extractor", feature_extractor, **params)
     weights_sha = file_sha256(spec.weights_path) if spec.weights_path else None
     layers = feature_layers(spec)
+    check_layers(spec, metrics, layers)
     feature_options = {k: options[k] for k in FEATURE_OPTIONS if k in options}
     extractor = Extractor(spec, [layers[m] for m in metrics], dev, batch_size, verbose, feature_options)
 
@@ -227,12 +230,13 @@ def reference_statistics(ref: Reference, metrics: Sequence[str], layers: dict[st
     and where they came from (``hit``, ``miss``, ``off``, or ``statistics``: a statistics ``.npz``, read as is).
     On a hit the reference is never loaded; on a miss
     it is loaded, checked for size, extracted, and saved (merged with what the entry held)."""
-    fid_layers = {layers["fid"]} if "fid" in metrics else set()
+    frechet_metrics = [m for m in metrics if m in FRECHET_METRICS]
+    fid_layers = {layers[m] for m in frechet_metrics}
     feature_layers_needed = {layers[m] for m in metrics if m in ("kid", "prc")}
-    if ref.fid_statistics is not None:  # a statistics file: FID only, the number of its images is not known (0)
+    if ref.statistics is not None:  # a statistics file: Fréchet metrics only, the number of images is not known (0)
         if feature_layers_needed:
             ref.load()  # the one-line EvalError: no reference images for kid / prc
-        return ReferenceStats(0, (0, 0), {}, {layer: ref.fid_statistics() for layer in fid_layers}), "statistics"
+        return ReferenceStats(0, (0, 0), {}, {layers[m]: ref.statistics(m) for m in frechet_metrics}), "statistics"
     name = store.entry_name(ref.slug, key)
     cached = store.load(name, key)
     if cached is not None:

@@ -8,7 +8,7 @@ statistics are cached by :mod:`dtr_plugins.evaluation.stats_cache` in a format t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,26 +49,45 @@ def exact_float32() -> Iterator[None]:
 
 
 def ensure_registered(spec: FeatureExtractorSpec) -> None:
-    """Register the spec's ``fidelity_class`` with torch-fidelity under ``spec.name`` if it is not known yet."""
+    """Register the spec's ``fidelity_class`` with torch-fidelity under ``spec.name`` if it is not known yet, or in
+    place of the known class when it subclasses it (it adds layers, e.g. the sFID layer of Inception)."""
     from torch_fidelity.registry import (
         FEATURE_EXTRACTORS_REGISTRY,
         register_feature_extractor,
     )
 
-    if spec.name not in FEATURE_EXTRACTORS_REGISTRY:
+    known = FEATURE_EXTRACTORS_REGISTRY.get(spec.name)
+    if known is None:
         if spec.fidelity_class is None:
             raise EvalError(f"feature extractor {spec.name!r} is not known to torch-fidelity and its plugin "
                             f"gives no fidelity_class to register")
         register_feature_extractor(spec.name, spec.fidelity_class)
+    elif spec.fidelity_class not in (None, known) and issubclass(spec.fidelity_class, known):
+        FEATURE_EXTRACTORS_REGISTRY[spec.name] = spec.fidelity_class  # an extension of torch-fidelity's own class
 
 
 def feature_layers(spec: FeatureExtractorSpec) -> dict[str, str]:
-    """The layer each metric reads: the spec's, else the torch-fidelity extractor's default for that metric."""
+    """The layer each metric reads: the spec's, else the torch-fidelity extractor's default for that metric; a
+    metric with neither (``sfid`` on an extractor with no spatial layer) is left out (:func:`check_layers`)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     ensure_registered(spec)
     cls = FEATURE_EXTRACTORS_REGISTRY[spec.name]
-    return {m: spec.layers.get(m) or cls.get_default_feature_layer_for_metric(m) for m in METRIC_NAMES}
+    layers: dict[str, str] = {}
+    for m in METRIC_NAMES:
+        try:
+            layers[m] = spec.layers.get(m) or cls.get_default_feature_layer_for_metric(m)
+        except (KeyError, NotImplementedError):  # torch-fidelity's defaults cover fid, isc, kid, prc
+            continue
+    return layers
+
+
+def check_layers(spec: FeatureExtractorSpec, metrics: Sequence[str], layers: Mapping[str, str]) -> None:
+    """:class:`EvalError` (one line) when a metric asked has no layer on this extractor."""
+    missing = [m for m in metrics if m not in layers]
+    if missing:
+        raise EvalError(f"metrics: {', '.join(missing)} need(s) a feature layer that feature extractor {spec.name!r} "
+                        "does not provide (sfid: inception-v3-compat's spatial layer; isc: class logits)")
 
 
 class Extractor:

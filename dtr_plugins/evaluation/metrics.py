@@ -4,6 +4,9 @@
 :mod:`~dtr_plugins.evaluation.features` and reference statistics from
 :mod:`~dtr_plugins.evaluation.stats_cache`:
 
+- sFID (Nash et al. 2021, "Generating images with sparse representations"; ADM's ``evaluations/evaluator.py``):
+  the same Fréchet distance on the extractor's ``sfid`` layer (Inception's spatial ``mixed_6/conv`` features,
+  see :mod:`dtr_plugins.extractors.inception_spatial`).
 - FID (Heusel et al. 2017): ``torch_fidelity.metric_fid.fid_statistics_to_metric`` on the two means and
   covariances. With ``N <= D`` images on a side (``D`` the feature dimension) that side's covariance is
   rank-deficient; the FID is still computed, but a warning names the counts and the record gets
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from dtr_plugins.core.errors import ConfigError
-from dtr_plugins.core.metrics import REGISTRY, needs_reference, selectable
+from dtr_plugins.core.metrics import REGISTRY, frechet, needs_reference, selectable
 from dtr_plugins.evaluation.stats_cache import ReferenceStats, fid_statistics
 from dtr_plugins.extractors.builtin import EvalError
 
@@ -42,6 +45,7 @@ from dtr_plugins.extractors.builtin import EvalError
 METRICS: dict[str, tuple[str, ...]] = {m.name: tuple(v.key for v in m.values)
                                        for m in REGISTRY.values() if m.selectable}
 BINARY_METRICS = needs_reference()  # compare against a reference
+FRECHET_METRICS = frechet()  # compare against a reference's mean and covariance
 KID_SUBSET_SIZE = 1000
 PRC_NEIGHBORHOOD = 3
 ISC_SPLITS = 10
@@ -240,22 +244,44 @@ def _reference(inputs: MetricInputs, metric: str) -> ReferenceStats:
     return inputs.reference
 
 
-@metric_function("fid", lambda options: (2, "fid (a covariance needs at least 2 images)"))
-def _fid(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+def _frechet(inputs: MetricInputs, metric: str) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """``(distance, samples' statistics, reference statistics, feature dim)`` of the Fréchet distance on
+    ``inputs.layer``: torch-fidelity's ``fid_statistics_to_metric`` (``|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))``,
+    Heusel et al. 2017), round-off below 0 reported as 0 (:func:`_never_negative`)."""
     from torch_fidelity.metric_fid import fid_statistics_to_metric
 
-    reference = _reference(inputs, "fid")
-    feats = inputs.samples[inputs.layer]
-    mine, theirs = fid_statistics(feats), reference.fid[inputs.layer]
+    reference = _reference(inputs, metric)
+    mine, theirs = fid_statistics(inputs.samples[inputs.layer]), reference.fid[inputs.layer]
     theirs = {k: np.asarray(v, dtype=mine[k].dtype) for k, v in theirs.items()}  # a statistics file's own dtype
-    out = dict(fid_statistics_to_metric(mine, theirs, inputs.verbose))
-    out["frechet_inception_distance"] = _never_negative(out["frechet_inception_distance"], mine, theirs)
-    dim = len(theirs["mu"])
+    if theirs["mu"].shape != mine["mu"].shape:
+        raise EvalError(f"{metric}: the reference statistics are {len(theirs['mu'])}-dimensional, the samples' "
+                        f"features {len(mine['mu'])}-dimensional (layer {inputs.layer}); use statistics of the same "
+                        "feature extractor")
+    out = fid_statistics_to_metric(mine, theirs, inputs.verbose)
+    return _never_negative(out["frechet_inception_distance"], mine, theirs), mine, theirs, len(theirs["mu"])
+
+
+@metric_function("fid", lambda options: (2, "fid (a covariance needs at least 2 images)"))
+def _fid(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    value, _, _, dim = _frechet(inputs, "fid")
+    feats, reference = inputs.samples[inputs.layer], _reference(inputs, "fid")
     # a statistics file does not say how many images it came from (0): only the samples' side is checked
     problem = fid_rank_deficiency(len(feats), reference.num_images or len(feats), dim)
     if problem:
         warnings.warn(problem, stacklevel=4)
-    return out, {"fid_rank_deficient": problem is not None, "fid_feature_dim": dim}
+    return {"frechet_inception_distance": value}, {"fid_rank_deficient": problem is not None, "fid_feature_dim": dim}
+
+
+@metric_function("sfid", lambda options: (2, "sfid (a covariance needs at least 2 images)"))
+def _sfid(inputs: MetricInputs) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """sFID (Nash et al. 2021) as ADM's evaluator computes it: the Fréchet distance on the first 7 channels of
+    Inception's ``mixed_6/conv`` (17 x 17 x 7 = 2023 values per image; the extractor's ``sfid`` layer)."""
+    value, _, _, dim = _frechet(inputs, "sfid")
+    feats, reference = inputs.samples[inputs.layer], _reference(inputs, "sfid")
+    problem = fid_rank_deficiency(len(feats), reference.num_images or len(feats), dim)
+    if problem:
+        warnings.warn("s" + problem, stacklevel=4)
+    return {"sfid": value}, {"sfid_rank_deficient": problem is not None, "sfid_feature_dim": dim}
 
 
 @metric_function("isc", _isc_minimum)

@@ -155,8 +155,9 @@ class Reference:
     key: dict[str, Any]
     slug: str
     load: Callable[[], ImageSet]
-    #: an ``.npz`` of FID statistics (``mu`` [D], ``sigma`` [D, D]; U-ViT's ``fid_stats_*.npz``): reads them
-    fid_statistics: Callable[[], dict[str, np.ndarray]] | None = None
+    #: an ``.npz`` of statistics alone (no ``arr_0``): ``statistics(metric)`` reads that Fréchet metric's mean and
+    #: covariance (:data:`STATISTICS_KEYS`; U-ViT's ``fid_stats_*.npz``, ADM's statistics)
+    statistics: Callable[[str], dict[str, np.ndarray]] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -187,7 +188,8 @@ def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=Non
     if path.is_dir():
         content["decoder"] = DECODER_VERSION
     elif _is_statistics_npz(path):
-        return Reference(spec, content, path.stem or "ref", lambda: _no_images(spec), lambda: read_fid_statistics(path))
+        return Reference(spec, content, path.stem or "ref", lambda: _no_images(spec),
+                         lambda metric: read_fid_statistics(path, metric))
     return Reference(spec, content, path.stem or "ref", lambda: load_images(path))
 
 
@@ -200,14 +202,24 @@ def _is_statistics_npz(path: Path) -> bool:
 
 
 def _no_images(spec: str) -> ImageSet:
-    raise EvalError(f"reference {spec}: holds FID statistics (mu, sigma) only; kid and prc need reference images")
+    raise EvalError(f"reference {spec}: holds statistics (mu, sigma) only; kid and prc need reference images")
 
 
-def read_fid_statistics(path: Path) -> dict[str, np.ndarray]:
-    """``{"mu": [D], "sigma": [D, D]}`` (float64) of a statistics ``.npz``; DataError naming the file when the
-    shapes disagree or a value is not finite."""
+#: the keys of a Fréchet metric's mean and covariance in a statistics ``.npz`` (ADM's evaluator: ``mu`` / ``sigma``
+#: of Inception's pool features, ``mu_s`` / ``sigma_s`` of its spatial ones)
+STATISTICS_KEYS = {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s")}
+
+
+def read_fid_statistics(path: Path, metric: str = "fid") -> dict[str, np.ndarray]:
+    """``{"mu": [D], "sigma": [D, D]}`` (float64) of ``metric`` (:data:`STATISTICS_KEYS`) in a statistics ``.npz``;
+    EvalError naming the file when it holds none for ``metric``, DataError when the shapes disagree or a value is
+    not finite."""
+    mu_key, sigma_key = STATISTICS_KEYS.get(metric, ("", ""))
     with np.load(path, allow_pickle=False) as data:
-        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+        if mu_key not in data.files or sigma_key not in data.files:
+            raise EvalError(f"reference {path}: holds no {metric} statistics ({mu_key or '?'}, {sigma_key or '?'}; "
+                            f"it has {', '.join(data.files)}); give reference images (arr_0) instead")
+        mu, sigma = np.asarray(data[mu_key], np.float64), np.asarray(data[sigma_key], np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise DataError(f"reference {path}: FID statistics must be a finite mu [D] and sigma [D, D], got "
                         f"{list(mu.shape)} and {list(sigma.shape)}")

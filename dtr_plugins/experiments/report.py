@@ -10,13 +10,14 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import clean_stale_temps, write_text
 from dtr_plugins.core.metrics import LOWER, compared
-from dtr_plugins.core.numbers import fmt_mean_std
+from dtr_plugins.core.numbers import fmt, fmt_mean_std
 from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
 from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
@@ -115,6 +116,20 @@ def metric_table(key: str, results: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parameter_table(results: list[RunRecord]) -> str:
+    """Rows: groups; columns: total parameters and the parameters one forward pass uses (``meta.json``
+    ``parameters``, :func:`dtr_plugins.core.param_count.parameter_counts`; time experts hold N copies and use one).
+    "" when no run recorded them."""
+    rows = []
+    for group, runs in _groups(results).items():
+        counts = next((r.meta["parameters"] for r in runs if isinstance(r.meta.get("parameters"), dict)), None)
+        if counts is not None:
+            rows.append(f"| `{group}` | {fmt(counts.get('total'))} | {fmt(counts.get('active'))} |")
+    if not rows:
+        return ""
+    return "\n".join(["### Parameters", "", "| run | total | active per forward |", "|---|---|---|", *rows]) + "\n"
+
+
 def _eval_settings(results: list[RunRecord]) -> str:
     """The sampling applied at each run's last eval, one entry per distinct setting (a suite that varies the
     process or sampler lists each, with how many runs used it); "" without evals."""
@@ -123,11 +138,23 @@ def _eval_settings(results: list[RunRecord]) -> str:
         if r.evals:
             e = r.evals[-1]
             text = (f"{e.get('num_samples', '?')} samples per eval, sampler {e.get('sampler')} {e.get('respacing')}, "
-                    f"cfg scale {e.get('cfg_scale')}")
+                    f"cfg scale {e.get('cfg_scale')}" + _solver_extras(e))
             counts[text] = counts.get(text, 0) + 1
     if len(counts) < 2:
         return "".join(f", {text}" for text in counts)
     return "; " + "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in sorted(counts.items()))
+
+
+def _solver_extras(e: Mapping[str, Any]) -> str:
+    """The guidance interval, time shift and tolerances of an eval record, where they are set (else "")."""
+    parts = []
+    if e.get("guidance_interval") is not None:
+        parts.append(f"guidance interval {e['guidance_interval']}")
+    if e.get("time_shift") not in (None, 1.0):
+        parts.append(f"time shift {e['time_shift']}")
+    if e.get("atol") is not None:
+        parts.append(f"atol {e['atol']} rtol {e.get('rtol')}")
+    return "".join(f", {p}" for p in parts)
 
 
 def build_report(suite_dir: str | Path) -> Path:
@@ -174,6 +201,9 @@ def build_report(suite_dir: str | Path) -> Path:
         table = metric_table(key, results)
         if table:
             lines += [table]
+    params = parameter_table(results)
+    if params:
+        lines += [params]
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     lines += ["", f"Raw numbers: [results.csv](results.csv); per run (config fingerprint, seed, every metric and "

@@ -106,7 +106,9 @@ def _eval_table(records: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {step} | " + " | ".join(fmt(e.get(k)) for k in keys) + " |")
     last = evals[-1][1]
     applied = ", ".join(f"{k} {last[k]}" for k in ("num_samples", "sampler", "respacing", "cfg_scale",
-                                                    "feature_extractor", "weights") if last.get(k) is not None)
+                                                    "guidance_interval", "time_shift", "atol", "rtol",
+                                                    "feature_extractor", "weights")
+                        if last.get(k) is not None and not (k == "time_shift" and last[k] == 1.0))
     flagged = [step for step, e in evals if fid_caveat(e)]
     warning = (f"**Warning:** the FID of step(s) {', '.join(map(str, flagged))} is rank-deficient: "
                f"{fid_caveat(dict(evals)[flagged[-1]])}." if flagged else "")

@@ -13,7 +13,10 @@ and returns a :class:`FeatureExtractorSpec`:
   ``feature_extractor_weights_path`` and hashed into ``eval.json``); the factory makes sure it exists, so
   nothing is downloaded while metrics are computed;
 - ``fidelity_class``: a ``torch_fidelity.FeatureExtractorBase`` subclass that the evaluator registers with
-  torch-fidelity under ``name`` if torch-fidelity does not know that name yet (``None`` for built-ins);
+  torch-fidelity under ``name`` if torch-fidelity does not know that name yet, or in place of the class it knows
+  when it subclasses that one (``inception-v3-compat`` adds the sFID layer so); ``None``: torch-fidelity's own;
+- a metric whose layer is neither in ``layers`` nor a default of the torch-fidelity class (``sfid`` needs a
+  spatial layer) is refused for that extractor with one line;
 - ``num_classes`` and ``classifier``: for extractors that are classifiers; ``classifier(device)`` returns a
   function from a ``uint8`` RGB batch ``[N, 3, H, W]`` (any size) on ``device`` to logits ``[N, num_classes]``.
   The evaluator uses it for ``class_accuracy``.
@@ -136,11 +139,16 @@ def _check_state_dict_cached(path: str, size: int, mtime_ns: int, name: str, key
 
 
 def inception_v3_compat(weights_path: str | None = None) -> FeatureExtractorSpec:
-    """torch-fidelity's Inception-v3 (TF-compatible), the standard FID/IS/KID extractor."""
+    """torch-fidelity's Inception-v3 (TF-compatible), the standard FID/IS/KID extractor, with the spatial layer of
+    sFID (:mod:`dtr_plugins.extractors.inception_spatial`)."""
     path = resolve_inception_weights(weights_path)
     _check_state_dict(path, "inception-v3-compat", "fc.weight", (1008, 2048))
+    from dtr_plugins.extractors.inception_spatial import SFID_LAYER, spatial_inception_class
+
     return FeatureExtractorSpec(name="inception-v3-compat", weights_path=path,
-                                layers={"fid": "2048", "kid": "2048", "prc": "2048", "isc": "logits_unbiased"})
+                                layers={"fid": "2048", "kid": "2048", "prc": "2048", "isc": "logits_unbiased",
+                                        "sfid": SFID_LAYER},
+                                fidelity_class=spatial_inception_class())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ values applied, never the ones asked for.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import warnings
@@ -34,7 +33,8 @@ from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.prompts import prompt_kwargs, prompt_labels, prompted
-from dtr_plugins.sampling.sample_out import check_out
+from dtr_plugins.sampling.sample_checks import check_options, check_sampling
+from dtr_plugins.sampling.sample_out import check_out, default_out, swap_into_place
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
@@ -130,7 +130,7 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
                unit="step", disable=not (show_progress(progress) and d.is_main))
     counted = _CountingModel(model, on_call=_StepCounter(bar, steps).call)
     chunks: list[tuple[int, np.ndarray]] = []
-    per_batch = None
+    per_batch, nfe = None, []
     for chunk_index in starts:
         idx = slice(chunk_index, min(chunk_index + batch, num))
         n = idx.stop - idx.start
@@ -146,6 +146,7 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
         before, rows_before = counted.calls, counted.rows
         x = diffusion.sample(counted, noise.shape, solver=s.solver(), noise=noise, model_kwargs=kwargs,
                              progress=False, device=d.device)
+        nfe.append(counted.calls - before)  # function evaluations (network calls) of this batch
         if per_batch is None:  # network evaluations per image: images fed to the network / images made
             per_batch = (counted.rows - rows_before) // n
             if steps is None:
@@ -155,7 +156,8 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     bar.close()
     dtype = next(_module(model).parameters()).dtype
-    record.update({**s.applied(), "model_evaluations_per_image": per_batch, "world_size": d.world_size,
+    record.update({**s.applied(), "model_evaluations_per_image": per_batch, "nfe_per_batch": nfe,
+                   "world_size": d.world_size,
                    "sample_precision": _PRECISION.get(dtype, str(dtype)), "device": str(d.device)})
     return chunks
 
@@ -305,25 +307,6 @@ def write_samples(images: np.ndarray, labels: np.ndarray, out: Path, *, png: boo
     return out
 
 
-def default_out(run: RunDir, settings: SamplingSettings, *, step: int | None, profile: str | None = None) -> Path:
-    """``<run>/samples/step0000800-ddim25-cfg2.0-seed0-n64``: a folder per sampling setting, never the
-    training-time evaluation samples (``<run>/samples/*.npz``); ``profile`` (the EMA profile of an EMA snapshot
-    or post-hoc EMA file, e.g. ``posthoc-sigma0.050``) is appended as ``-ema-<profile>``."""
-    sampler, respacing, labels = settings.sampler, settings.respacing, settings.labels
-    steps = str(respacing) if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
-    name = f"step{step:07d}" if step is not None else "stepNA"
-    name += f"-{steps}-cfg{float(settings.cfg_scale)}-seed{settings.seed}-n{settings.num_samples}"
-    if not settings.use_ema:
-        name += "-raw"
-    elif profile:
-        name += f"-ema-{profile}"
-    if labels is not None:
-        name += "-labels" + hashlib.sha256(",".join(map(str, labels)).encode()).hexdigest()[:8]
-    if settings.prompts is not None:
-        name += "-prompts" + hashlib.sha256("\n".join(settings.prompts).encode()).hexdigest()[:8]
-    return run.samples / name
-
-
 def _shared_pid(d: distributed.Dist) -> int:
     """Rank 0's process id, on every rank (names the shared ``.partial-<pid>`` folder)."""
     pid = [os.getpid()]
@@ -348,10 +331,10 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
     """Sample from a run directory, checkpoint, exported folder or hub id (``hf://ORG/NAME``) and write the
     images; returns the output folder.
 
-    ``overrides`` (:class:`SamplingOverrides`: ``num`` (default 64), ``sampler``, ``respacing``, ``cfg_scale``,
-    ``labels``, ``seed``, ``batch_size``, ``use_ema``; ``num`` and ``seed`` given here replace those) go over the
-    loaded config's ``sample`` section: the :class:`SamplingSettings` are built once from both, and
-    ``samples.json`` records what they applied.
+    ``overrides`` (:class:`SamplingOverrides`: ``num`` (default: the config's ``sample.num_samples``),
+    ``sampler``, ``respacing``, ``cfg_scale``, ``labels``, ``seed``, ``batch_size``, ``use_ema``; ``num`` and
+    ``seed`` given here replace those) go over the loaded config's ``sample`` section: the
+    :class:`SamplingSettings` are built once from both, and ``samples.json`` records what they applied.
     An exported folder or hub id has no run directory, so ``out`` is required there (:class:`UserError`
     otherwise); it holds one set of weights (``use_ema=False`` needs raw ones). ``samples.json`` records
     ``weights`` (ema, model or diffusers), and for those sources ``source``.
@@ -369,7 +352,7 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
     sources = _source_paths(Path(source)) if Path(str(source)).exists() else ()  # hf:// ids: none
     if out is not None:  # before loading anything: a bad --out costs no sampling
         check_out(Path(out), overwrite=overwrite, sources=sources)
-    _check_options(asked, device=device)
+    check_options(asked, device=device)
     distributed.set_threads(threads)
     d = distributed.setup(device or "auto")
     partial: Path | None = None
@@ -394,7 +377,7 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
         settings = SamplingSettings.from_config(cfg, asked, bounded=codec.bounded)
         settings = replace(settings, prompt_encoder=text)
         all_labels, labels_from = _prepare(model, settings)
-        _check_sampling(diffusion, settings)  # before the progress bar starts
+        check_sampling(diffusion, settings)  # before the progress bar starts
         out_dir = Path(out) if out is not None else default_out(
             RunDir(source) if Path(source).is_dir() else RunDir.of_checkpoint(source), settings, step=step,
             profile=loaded.get("ema_profile"))
@@ -425,7 +408,7 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
                 if labels_from == "prompts":
                     info["prompts"] = list(settings.prompts or ())
                 write_samples(images, all_labels, partial, info=info, class_names=_class_names(source, model))
-                _swap_into_place(partial, out_dir)
+                swap_into_place(partial, out_dir)
             except BaseException as exc:  # noqa: BLE001 -- told to every rank below, then re-raised here
                 failure = exc
         if not distributed.all_ok(d, failure is None):  # the other ranks stop with rank 0, never hang
@@ -451,49 +434,8 @@ def _class_names(source: str | Path, model: Backbone) -> list[str] | None:
     return names if names is not None else [str(i) for i in range(int(model.num_classes or 0))]
 
 
-def _check_options(asked: SamplingOverrides, *, device: str | None) -> None:
-    """The checks the config applies to ``sample.*`` / ``train.device``, for the values given as options
-    (UserError / ConfigError, one line naming the option and what is allowed)."""
-    import math
-
-    from dtr_plugins.compose import check_device
-
-    cfg_scale = asked.cfg_scale
-    if cfg_scale is not None and (not math.isfinite(float(cfg_scale)) or float(cfg_scale) < 0):
-        raise UserError(f"--cfg-scale: {cfg_scale} is not allowed; give a finite number >= 0 (1.0: no guidance)")
-    for key, value in (("--num-samples", asked.num), ("--batch-size", asked.batch_size)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise UserError(f"{key}: {value!r} is not allowed; give an integer of 1 or more")
-    if device is not None:
-        check_device(device, int(os.environ.get("LOCAL_RANK", "0")), key="--device")
-
-
-def _check_sampling(diffusion: Any, settings: SamplingSettings) -> None:
-    """The process's own checks of the sampler and the respacing (step count), as one ConfigError line
-    naming the option (``--sampler`` / ``--respacing``) or the config key the value came from."""
-    try:
-        diffusion.check_sample_settings(settings.sampler, settings.respacing)
-    except ConfigError as exc:
-        text = str(exc)
-        if text.startswith("sample.sampler: "):
-            raise ConfigError(f"{settings.key('sampler')}: {text.removeprefix('sample.sampler: ')}") from None
-        raise ConfigError(f"{settings.key('respacing')}: {text.removeprefix('sample.respacing: ')}") from None
-
-
 def _source_paths(source: Path) -> tuple[Path, ...]:
     """The run directory (and checkpoint file) sampled from: ``--out`` may be neither, nor hold them."""
     if source.is_file():
         return (source, RunDir.of_checkpoint(source).path)
     return (source,)
-
-
-def _swap_into_place(partial: Path, out_dir: Path) -> None:
-    """Rename the finished ``partial`` folder to ``out_dir``; an old ``out_dir`` is removed only afterwards."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    partial.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()

@@ -7,9 +7,14 @@ the source run. Every refusal is one :class:`UserError` line naming ``--out``.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 from dtr_plugins.core.errors import UserError
+from dtr_plugins.core.sampling_settings import SamplingSettings
+from dtr_plugins.runs.rundir import RunDir
 
 #: the entries a sample set folder holds (write_samples); a folder with anything else is not one
 SAMPLE_SET_ENTRIES = frozenset({"samples.json", "samples.npz", "grid.png", "images"})
@@ -63,3 +68,34 @@ def check_out(out: Path, *, overwrite: bool, sources: tuple[Path, ...] = ()) -> 
     if not is_sample_set(out):
         raise UserError(f"--out {out}: holds files that are not a sample set (samples.json / samples.npz, "
                         f"grid.png, images/); --overwrite replaces only an earlier sample set, choose a new folder")
+
+
+def default_out(run: RunDir, settings: SamplingSettings, *, step: int | None, profile: str | None = None) -> Path:
+    """``<run>/samples/step0000800-ddim25-cfg2.0-seed0-n64``: a folder per sampling setting, never the
+    training-time evaluation samples (``<run>/samples/*.npz``); the solver part is :meth:`SamplingSettings.describe`
+    (``dopri5-atol1e-06-rtol0.001``, ``euler50-shift3``...); ``profile`` (the EMA profile of an EMA snapshot
+    or post-hoc EMA file, e.g. ``posthoc-sigma0.050``) is appended as ``-ema-<profile>``."""
+    labels, steps = settings.labels, settings.describe()
+    name = f"step{step:07d}" if step is not None else "stepNA"
+    name += f"-{steps}-cfg{float(settings.cfg_scale)}-seed{settings.seed}-n{settings.num_samples}"
+    if not settings.use_ema:
+        name += "-raw"
+    elif profile:
+        name += f"-ema-{profile}"
+    if labels is not None:
+        name += "-labels" + hashlib.sha256(",".join(map(str, labels)).encode()).hexdigest()[:8]
+    if settings.prompts is not None:
+        name += "-prompts" + hashlib.sha256("\n".join(settings.prompts).encode()).hexdigest()[:8]
+    return run.samples / name
+
+
+def swap_into_place(partial: Path, out_dir: Path) -> None:
+    """Rename the finished ``partial`` folder to ``out_dir``; an old ``out_dir`` is removed only afterwards."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    partial.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()

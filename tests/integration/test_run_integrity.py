@@ -62,6 +62,24 @@ def test_old_checkpoint_without_fingerprint_resumes_with_a_warning(tmp_path):
     assert (run_dir / "checkpoints" / "0000006.pt").exists()
 
 
+def test_checkpoint_from_before_a_key_existed_resumes(tmp_path):
+    """A checkpoint written by a version without a config key (here ``train.timestep_buckets``) resumes: the key
+    takes its default, which keeps the earlier behaviour; a real change is still refused."""
+    from dtr_plugins.core.errors import ConfigError
+    from dtr_plugins.core.fingerprint import weights_fingerprint
+
+    run_dir = dp.train(tiny_config(tmp_path, "train.steps=3"), progress=False)
+    path = run_dir / "checkpoints" / "0000003.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["train"]["timestep_buckets"]
+    ckpt["config_fingerprint"] = weights_fingerprint(ckpt["config"])
+    torch.save(ckpt, path)
+    with pytest.raises(ConfigError, match=r"routing\.beta: 0\.5 differs from 0\.8"):
+        dp.train(tiny_config(tmp_path, "routing.beta=0.5"), resume=True, progress=False)
+    dp.train(tiny_config(tmp_path), resume=True, progress=False)
+    assert (run_dir / "checkpoints" / "0000006.pt").exists()
+
+
 def test_kill_then_resume_records_each_step_once(tmp_path):
     """Checkpoint at 6, logged 8 and 10, killed before the next checkpoint: resuming to 12 logs 2..12 once each."""
     run_dir = dp.train(tiny_config(tmp_path, "train.steps=10", "train.ckpt_every=6"), progress=False)

@@ -14,7 +14,7 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
 from dtr_plugins.runs.rundir import RunDir
 
-from ..conftest import tiny_dit_config, write
+from ..conftest import free_port, tiny_dit_config, write
 
 #: the shared tiny DiT run (tests/conftest.py) without routing: 2 steps, 32 images, DDIM-4 in batches of 4
 TINY = {"routing": None, "diffusion": {"steps": 100, "schedule": None, "learn_sigma": None},
@@ -130,7 +130,7 @@ def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_pat
     dp.sample(runs["cond"], num=10, out=single, progress=False)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # "--": torchrun would take --num for its own --numa-binding
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "dtr_plugins", "--", "sample", str(runs["cond"]), "--num", "10", "--out", str(tmp_path / "two"),
            "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -159,12 +159,9 @@ sys.exit(main(["sample", sys.argv[1], "--num", "4", "--out", sys.argv[2], "--dev
 def test_rank_0_failing_to_merge_stops_every_rank(runs, tmp_path):
     """A rank-0-only failure while merging shards ends every rank with one line. The ranks are started by
     hand (no torchrun agent to kill the survivor), as on two nodes: rank 1 must not wait at a barrier."""
-    import socket
 
     script = write(tmp_path / "merge_fails.py", MERGE_FAILS)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
         env = dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
@@ -203,7 +200,7 @@ distributed.teardown(d)
 def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
     script = write(tmp_path / "gather.py", GATHER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(script), str(runs["cond"]), str(tmp_path / "images.npy")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

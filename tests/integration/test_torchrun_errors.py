@@ -2,20 +2,13 @@
 ("Trustworthy results" #12, item 6)."""
 import os
 import re
-import socket
 import subprocess
 import sys
 
-from ..conftest import ROOT
+from ..conftest import ROOT, free_port
 
 LINE = (f"dtr: error: {ROOT / 'configs' / 'dit_digits.yaml'}: data.image_size: 16 but backbone 'dit' expects 8px "
         "images (backbone.input_size); make them equal")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _train_args(tmp_path):
@@ -26,7 +19,7 @@ def _train_args(tmp_path):
 def test_config_error_under_torchrun_is_one_line_on_every_rank(tmp_path):
     logs = tmp_path / "logs"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            f"--log-dir={logs}", "--redirects=3", *_train_args(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
@@ -46,7 +39,7 @@ def test_every_rank_refuses_the_config_before_the_process_group(tmp_path):
     """The two ranks of a torchrun world, started by hand so that neither is stopped by the other: each one
     exits 2 with the line on its own (none waits in a collective for the other)."""
     procs = []
-    port = str(_free_port())
+    port = str(free_port())
     for rank in (0, 1):
         env = dict(os.environ, OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)

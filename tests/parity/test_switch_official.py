@@ -86,6 +86,13 @@ def test_official_switch_weights_load_and_give_the_official_output(switch_offici
     assert torch.equal(strategy.window, f["window"].float())  # the prior's window: create_mask_tasks
     gates = [strategy.layer_gate(i, torch.randn(2, 16, 16), f["t"][:2]) for i in range(3)]
     assert all(not torch.allclose(g, torch.ones_like(g), atol=0.1) for g in gates)  # non-trivial routing
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations: a bf16 gate
+        x16 = torch.randn(2, 16, 16).bfloat16()
+        half = strategy.layer_gate(0, x16, f["t"][:2])
+    assert half.dtype == torch.bfloat16
+    with torch.no_grad():
+        full = strategy.layer_gate(0, x16.float(), f["t"][:2])
+    torch.testing.assert_close(half.float(), full, atol=0.1, rtol=0.05)
     with torch.no_grad():
         out = model.eval()(f["x"], f["t"], f["y"])
     torch.testing.assert_close(out, f["out"], atol=FORWARD_ATOL, rtol=0)
@@ -136,8 +143,16 @@ def test_official_adapter_refuses_other_state_dicts(switch_official):
     assert switch_module.is_official_switch_state_dict(switch_official["state_dict"])
     plain = {k: v for k, v in switch_official["state_dict"].items() if not k.startswith("routers.")}
     assert not switch_module.is_official_switch_state_dict(plain)
-    with pytest.raises(ValueError, match="no routers"):
+    with pytest.raises(ValueError) as err:
         switch_module.from_official_state_dict(plain)
+    assert str(err.value) == "not an official Switch-DiT state dict: no routers.N.f_gate / routers.N.experts keys"
+    no_embedder = {k: v for k, v in switch_official["state_dict"].items() if k != "t_embedder.mlp.2.bias"}
+    with pytest.raises(ValueError) as err:
+        switch_module.from_official_state_dict(no_embedder)
+    assert str(err.value) == "official Switch-DiT state dict without t_embedder.mlp.2.bias"
+    ours = switch_module.from_official_state_dict(switch_official["state_dict"])
+    forwards = ours[f"{switch_module.PREFIX}forwards"]
+    assert forwards.dtype == torch.int64 and forwards.shape == () and int(forwards) == 0
 
 
 def test_official_switch_checkpoints_load_through_load_checkpoint(switch_official, tmp_path):

@@ -45,7 +45,7 @@ BAD = [
     ("guidance without null class", GOOD, ["backbone.class_dropout_prob=0", "sample.cfg_scale=1.5"],
      "sample.cfg_scale: 1.5 asks for classifier-free guidance, but this backbone (num_classes=10) has no null class"),
     ("unknown feature extractor", GOOD, ["eval.feature_extractor=nope"],
-     "eval.feature_extractor: unknown feature extractor 'nope' (known: digits-classifier, fashion-classifier, "
+     "eval.feature_extractor: unknown feature extractor 'nope' (known: digits-classifier, dinov2, fashion-classifier, "
      "inception-v3-compat"),
     ("respacing beyond T", GOOD, ["sample.respacing=250"], "sample.respacing: respacing '250': cannot take 250 steps"),
     ("training config without data", GOOD.replace("data: {name: digits, image_size: 8}\n", ""), [],

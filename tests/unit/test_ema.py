@@ -153,3 +153,71 @@ def test_an_ema_rule_with_unusable_profile_names_is_one_plugin_error(tmp_path):
     registry = registry_with("ema", "slashes", Slashes)
     with pytest.raises(PluginError, match=r"profiles\(\) must name one or more distinct profiles.*'a/b'"):
         build_ema(cfg, registry)
+
+
+# ------------------------------------------------------------------- pinned by mutation testing (core/phema.py)
+def test_phema_math_is_float64_whatever_the_input_dtype():
+    """Every function promises float64: float32 and integer inputs are read as float64 before any arithmetic
+    (a float32 width would give a float32 exponent, off in the 7th digit)."""
+    from dtr_plugins.core.phema import profile_inner_products
+
+    widths32 = np.array([0.05, 0.1], dtype=np.float32)
+    exact = exponent_of(widths32.astype(np.float64))
+    got = exponent_of(widths32)
+    assert got.dtype == np.float64 and np.array_equal(got, exact)
+    assert sigma_rel_of(np.float32(2.5)).dtype == np.float64
+    assert sigma_rel_of(np.float32(2.5)) == sigma_rel_of(2.5)
+    assert sigma_rel_of(np.array([0, 1, 2])).dtype == np.float64  # integer exponents
+    ints = profile_inner_products(np.array([3]), np.array([1]), np.array([2]), np.array([2]))
+    assert ints.dtype == np.float64
+    f32 = profile_inner_products(*(np.array([v], dtype=np.float32) for v in (3.1, 1.3, 2.2, 2.7)))
+    assert f32.dtype == np.float64
+    assert f32[0] == profile_inner_products(*(np.array([v], dtype=np.float64) for v in
+                                              (np.float32(3.1), np.float32(1.3), np.float32(2.2), np.float32(2.7))))[0]
+    coef = posthoc_coefficients(np.array([10, 20, 30], dtype=np.int64), np.array([0.05, 0.1, 0.05], np.float32),
+                                np.int64(30), np.float32(0.07))
+    ref = posthoc_coefficients([10.0, 20.0, 30.0], np.array([0.05, 0.1, 0.05], np.float32).astype(np.float64),
+                               30.0, float(np.float32(0.07)))
+    assert coef.dtype == np.float64 and coef.shape == (3, 1) and np.array_equal(coef, ref)
+
+
+def test_profile_inner_product_equals_the_integral_of_the_two_profiles():
+    """``<p_a, p_b>`` against a fine midpoint sum of ``p_a(tau) p_b(tau)`` over ``[0, min(t_a, t_b)]`` (EDM2
+    eq. 151), for profiles of different exponents in both orders and of equal times."""
+    from dtr_plugins.core.phema import profile_inner_products
+
+    def profile(t, g, tau):
+        return (g + 1) * tau ** g / t ** (g + 1)
+
+    for t_a, g_a, t_b, g_b in ((7.0, 2.0, 4.0, 5.0), (4.0, 5.0, 7.0, 2.0), (5.0, 1.5, 5.0, 6.0)):
+        n = 400_000
+        tau = (np.arange(n) + 0.5) * min(t_a, t_b) / n
+        numeric = np.sum(profile(t_a, g_a, tau) * profile(t_b, g_b, tau)) * min(t_a, t_b) / n
+        assert float(profile_inner_products(t_a, g_a, t_b, g_b)) == pytest.approx(numeric, rel=1e-6)
+
+
+def test_width_zero_and_shapes_of_the_coefficients():
+    with pytest.raises(ValueError, match=r"sigma_rel 0\.0 is outside"):
+        exponent_of(0.0)
+    coef = posthoc_coefficients([[10.0, 20.0], [30.0, 40.0]], 0.05, [[40.0], [35.0]], [0.05, 0.07])
+    assert coef.shape == (4, 4) and np.allclose(coef.sum(axis=0), 1.0)  # outputs: t (40, 35) x width (0.05, 0.07)
+    assert coef[:, 0] == pytest.approx([0, 0, 0, 1], abs=1e-9)  # a tracked snapshot rebuilds to itself
+
+
+def test_power_rule_defaults_and_its_record():
+    from dtr_plugins.ema.builtin import PowerEma
+
+    rule = PowerEma()
+    assert rule.sigma_rels == [0.05, 0.10] and rule.exponents == [float(g) for g in exponent_of([0.05, 0.10])]
+    assert rule.applied() == {"name": "power", "sigma_rels": [0.05, 0.10], "exponents": rule.exponents,
+                              "profiles": ["sigma0.050", "sigma0.100"], "time": "optimizer steps"}
+    assert default_registry().build("ema", "power").applied()["sigma_rels"] == [0.05, 0.10]
+
+
+def test_constant_and_warmup_records_say_what_was_applied():
+    registry = default_registry()
+    assert registry.build("ema", "constant", decay=0.99).applied() == {"name": "constant", "decay": 0.99,
+                                                                       "profiles": ["ema"]}
+    warmup = registry.build("ema", "warmup", decay=0.999).applied()
+    assert warmup["name"] == "warmup" and warmup["decay"] == 0.999 and warmup["profiles"] == ["ema"]
+    assert warmup["rule"] == "min(decay, (1 + step) / (10 + step))"

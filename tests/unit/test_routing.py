@@ -230,6 +230,8 @@ def test_continuous_tasks_map_times_to_rows_or_closed_forms():
     assert grid.rows(t, 10).tolist() == [0, 2, 8, 9]  # round(u * 9), half to even
     exact = ContinuousTasks(dtr, exact=True)
     assert exact.rows(t, 10) is None
+    assert repr(grid) == "continuous(u=1-t, nearest row)"
+    assert repr(ContinuousTasks(dtr, exact=True, data_at_one=False)) == "continuous(u=t, closed form)"
     u = exact.noise_level(t)
     assert torch.equal(exact.closed_form(u, 8, layer=0, num_layers=1), dtr.mask_for_u(u, 8))
     plan = RoutingPlan(dtr, [8, 8], num_tasks=10, continuous=exact)

@@ -24,7 +24,7 @@ def cfg_with(tmp_path, *overrides):
 def test_fingerprint_ignores_resumable_keys_and_names_the_first_changed_key(tmp_path):
     base = cfg_with(tmp_path, "train.steps=20").to_dict()
     longer = cfg_with(tmp_path, "train.steps=40", "train.log_every=5", "train.num_workers=2",
-                      "eval.num_samples=10", "output_dir=/elsewhere").to_dict()
+                      "eval.num_samples=10", "output_dir=/elsewhere", "train.threads=1").to_dict()
     other_beta = cfg_with(tmp_path, "routing.beta=0.5", "train.steps=40").to_dict()
     assert weights_fingerprint(base) == weights_fingerprint(longer)
     assert weights_fingerprint(base) != weights_fingerprint(other_beta)

@@ -22,17 +22,22 @@ def _cfg(**sample):
 def test_options_go_over_the_config_and_show_in_the_record():
     plain = SamplingSettings.from_config(_cfg())
     assert plain.applied() == {"sampler": "ddim", "respacing": "ddim4", "cfg_scale": 1.0, "guidance": False,
-                               "cfg_channels": None, "eta": 0.5, "clip_denoised": True, "num_samples": 64,
+                               "cfg_channels": None, "guidance_interval": None, "time_shift": 1.0, "atol": None,
+                               "rtol": None, "eta": 0.5, "clip_denoised": True, "num_samples": 64,
                                "seed": 0, "batch_size": 4}
     asked = SamplingOverrides(num=3, sampler="ddpm", respacing="7", cfg_scale=2.5, batch_size=8, seed=9)
     s = SamplingSettings.from_config(_cfg(), asked, bounded=False)
     assert s.applied() == {"sampler": "ddpm", "respacing": "7", "cfg_scale": 2.5, "guidance": True,
-                           "cfg_channels": "first3", "eta": 0.5, "clip_denoised": False, "num_samples": 3,
+                           "cfg_channels": "first3", "guidance_interval": None, "time_shift": 1.0, "atol": None,
+                           "rtol": None, "eta": 0.5, "clip_denoised": False, "num_samples": 3,
                            "seed": 9, "batch_size": 3}  # a batch never larger than the images made
     assert s.key("cfg_scale") == "--cfg-scale" and plain.key("cfg_scale") == "sample.cfg_scale"
     assert s.key("sampler") == "--sampler" and plain.key("respacing") == "sample.respacing"
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 1  # type: ignore[misc]
+    # without --num-samples the config's sample.num_samples is the count (64 when the config does not set it)
+    assert SamplingSettings.from_config(_cfg(num_samples=7)).num_samples == 7
+    assert SamplingSettings.from_config(_cfg(num_samples=7), SamplingOverrides(num=2)).num_samples == 2
 
 
 class _Toy(torch.nn.Module):
