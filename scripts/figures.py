@@ -9,7 +9,8 @@ Sources (nothing else, nothing downloaded; seconds; the ``bench:`` blocks import
   that ``dtr report`` writes, see ``dtr_plugins/experiments/raw_results.py``) -> block ``suite-<machine>-<suite>``:
   the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts); ``recipe-...``: the
   recipe's sizing (time per run, spread, resolution); ``summary-...``: the primary metric in plain words (per
-  strategy mean and SD, the paired difference against the baseline, its interval and verdict);
+  strategy mean and SD, the paired difference against the baseline, its interval and verdict); with a
+  ``cpu_time.json`` beside it, ``cpu-time-...``: the suite's measured CPU time;
 - ``benchmarks/results-cpu/routing_overhead.json``, ``benchmarks/results-gpu/routing_overhead_B2.json``
   -> ``routing-overhead-cpu``, ``routing-overhead-gpu``, ``routing-overhead-summary``;
 - ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``;
@@ -400,44 +401,24 @@ def recipe_table(path: Path) -> str:
 
 
 def suite_summary(path: Path) -> str:
-    """A committed suite's primary metric in plain words: per strategy its mean and SD over seeds; per strategy
-    but the baseline, the paired difference against it (same seed and other axes), its 95% t-interval and the
-    verdict, as ``compare_runs`` computes them for the suite's report."""
-    from dtr_plugins.core.metrics import value_of
-    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, PRIMARY, compare_runs
-    from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
-
-    lines = [x for x in read_raw_results(path) if x["status"] == "done"]
-    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
-    known = value_of(primary)
-    title = known.title if known else primary
-    result = compare_runs(records_from_raw(lines), primary=primary)
-    def label(name: str, setting: Any) -> str:
-        return name + (f" ({', '.join(f'{k}={v}' for k, v in setting)})" if setting else "")
-
-    per: dict[str, list[float]] = {}
-    for x in lines:
-        if x["final"].get(primary) is not None:
-            setting = sorted((k, str(v)) for k, v in x["axes"].items() if k != result.axis)
-            per.setdefault(label(str(x["axes"].get(result.axis, "base")), setting), []).append(
-                float(x["final"][primary]))
-
-    def mean_sd(values: list[float]) -> str:
-        sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        return f"{statistics.fmean(values):.2f}{sd}"
+    """A committed suite's primary metric in plain words (``dtr_plugins/experiments/compare_summary.py``)."""
+    from dtr_plugins.experiments.compare_summary import primary_summary
+    from dtr_plugins.experiments.raw_results import read_raw_results
 
     rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    parts = [f"{name} {mean_sd(values)} ({len(values)} runs)" for name, values in per.items()]
-    text = (f"**{title}** (the primary metric; `{rel}`, mean ± SD over seeds): {'; '.join(parts)}.")
-    for d in result.differences:
-        if d.family != PRIMARY or d.mean is None:
-            continue
-        interval = (f", {d.interval_level:.0%} interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]"
-                    if d.interval else "")
-        reason = f" ({d.reason})" if d.reason else ""
-        text += (f" {label(d.strategy, d.setting)} minus {result.baseline}, paired by seed over {len(d.seeds)} seeds: "
-                 f"{d.mean:+.3f}{interval}: **{d.verdict}**{reason}.")
-    return text + "\n"
+    return primary_summary(read_raw_results(path), str(rel))
+
+
+def suite_cpu_time(path: Path) -> str:
+    """The CPU time a suite took (``cpu_time.json`` beside its ``runs.jsonl``: per pass, user and system CPU
+    seconds of the suite and all its runs as ``/usr/bin/time`` measured them, wall seconds, runs at a time)."""
+    d = json.loads(path.read_text())
+    rows = [f"{p['pass']} {(p['cpu_user_s'] + p['cpu_sys_s']) / 60:.1f} CPU-min ({p['wall_s'] / 60:.0f} min wall, "
+            f"{p['parallel']} runs at a time)" for p in d["passes"]]
+    total = sum(p["cpu_user_s"] + p["cpu_sys_s"] for p in d["passes"]) / 60
+    return (f"CPU time of the whole suite (`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`, "
+            f"user + system of every run, `/usr/bin/time`; {d['machine']}): **{total:.1f} CPU-minutes**, the time "
+            f"it takes on one free core: {'; '.join(rows)}.\n")
 
 
 def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
@@ -464,6 +445,8 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
         out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
         out[f"summary-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_summary(p))
+        if (raw.parent / "cpu_time.json").is_file():
+            out[f"cpu-time-{machine}-{raw.parent.name}"] = (lambda p=raw.parent / "cpu_time.json": suite_cpu_time(p))
     return out
 
 

@@ -155,3 +155,14 @@ def test_suite_summary_states_each_strategy_and_the_paired_verdict_of_the_primar
                     f"{d.mean:+.3f}, 95% interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]: **{d.verdict}**"
                     ) in text
     assert text.count(" minus vanilla") == sum(1 for d in result.differences if d.metric == "heldout/total")
+
+
+def test_suite_cpu_time_sums_the_passes_of_cpu_time_json(tmp_path):
+    figures = figures_module()
+    path = tmp_path / "cpu_time.json"
+    path.write_text(json.dumps({"machine": "AMD EPYC", "passes": [
+        {"pass": "training", "cpu_user_s": 1000.0, "cpu_sys_s": 50.0, "wall_s": 2400.0, "parallel": 6},
+        {"pass": "evaluation", "cpu_user_s": 110.0, "cpu_sys_s": 10.0, "wall_s": 600.0, "parallel": 6}]}))
+    text = figures.suite_cpu_time(path)
+    assert "**19.5 CPU-minutes**" in text and "training 17.5 CPU-min (40 min wall, 6 runs at a time)" in text
+    assert "evaluation 2.0 CPU-min (10 min wall" in text and "AMD EPYC" in text
