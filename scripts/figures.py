@@ -7,7 +7,10 @@ Sources (nothing else, nothing downloaded; seconds; the ``bench:`` blocks import
 
 - ``benchmarks/results-<machine>/<suite>/runs.jsonl``: one line per run of a suite (the ``raw_results.jsonl``
   that ``dtr report`` writes, see ``dtr_plugins/experiments/raw_results.py``) -> block ``suite-<machine>-<suite>``:
-  the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts);
+  the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts); ``recipe-...``: the
+  recipe's sizing (time per run, spread, resolution); ``summary-...``: the primary metric in plain words (per
+  strategy mean and SD, the paired difference against the baseline, its interval and verdict); with a
+  ``cpu_time.json`` beside it, ``cpu-time-...``: the suite's measured CPU time;
 - ``benchmarks/results-cpu/routing_overhead.json``, ``benchmarks/results-gpu/routing_overhead_B2.json``
   -> ``routing-overhead-cpu``, ``routing-overhead-gpu``, ``routing-overhead-summary``;
 - ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``;
@@ -397,6 +400,27 @@ def recipe_table(path: Path) -> str:
     return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n"
 
 
+def suite_summary(path: Path) -> str:
+    """A committed suite's primary metric in plain words (``dtr_plugins/experiments/compare_summary.py``)."""
+    from dtr_plugins.experiments.compare_summary import primary_summary
+    from dtr_plugins.experiments.raw_results import read_raw_results
+
+    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return primary_summary(read_raw_results(path), str(rel))
+
+
+def suite_cpu_time(path: Path) -> str:
+    """The CPU time a suite took (``cpu_time.json`` beside its ``runs.jsonl``: per pass, user and system CPU
+    seconds of the suite and all its runs as ``/usr/bin/time`` measured them, wall seconds, runs at a time)."""
+    d = json.loads(path.read_text())
+    rows = [f"{p['pass']} {(p['cpu_user_s'] + p['cpu_sys_s']) / 60:.1f} CPU-min ({p['wall_s'] / 60:.0f} min wall, "
+            f"{p['parallel']} runs at a time)" for p in d["passes"]]
+    total = sum(p["cpu_user_s"] + p["cpu_sys_s"] for p in d["passes"]) / 60
+    return (f"CPU time of the whole suite (`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`, "
+            f"user + system of every run, `/usr/bin/time`; {d['machine']}): **{total:.1f} CPU-minutes**, the time "
+            f"it takes on one free core: {'; '.join(rows)}.\n")
+
+
 def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     out: dict[str, Callable[[], str]] = {
         "routing-overhead-cpu": lambda: _overhead_text("benchmarks/results-cpu/routing_overhead.json"),
@@ -420,6 +444,9 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         machine = raw.parent.parent.name.removeprefix("results-")
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
         out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
+        out[f"summary-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_summary(p))
+        if (raw.parent / "cpu_time.json").is_file():
+            out[f"cpu-time-{machine}-{raw.parent.name}"] = (lambda p=raw.parent / "cpu_time.json": suite_cpu_time(p))
     return out
 
 

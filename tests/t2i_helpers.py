@@ -12,39 +12,11 @@ TINY_TEXT_LENGTH = 12
 
 def tiny_clip_folder(folder: Path, seed: int = 0) -> Path:
     """``folder`` with a CLIPTextModel (2 layers, width 16) and a CLIPTokenizer (one token per character, no
-    merges), as ``save_pretrained`` writes them; returns ``folder``."""
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    merges), as ``save_pretrained`` writes them (``dtr_plugins.conditioners.tiny_clip``); returns ``folder``."""
+    from dtr_plugins.conditioners.tiny_clip import TinyClipSpec, write_tiny_clip
 
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_symbols()
-    vocab_list = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(vocab_list)}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    tokenizer.save_pretrained(str(folder))
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=TINY_TEXT_DIM, intermediate_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32,
-                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                            pad_token_id=vocab["<|endoftext|>"])
-    torch.manual_seed(seed)
-    CLIPTextModel(config).save_pretrained(str(folder))
-    return folder
-
-
-def _byte_symbols() -> list[str]:
-    """The 256 printable symbols byte-level BPE uses for the bytes 0..255 (GPT-2's table)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    symbols, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            symbols[b] = chr(b)
-        else:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return [symbols[b] for b in range(256)]
+    spec = TinyClipSpec(width=TINY_TEXT_DIM, layers=2, heads=2, intermediate=32, max_positions=32, seed=seed)
+    return write_tiny_clip(folder, spec, exist_ok=True)
 
 
 def tiny_clip_model_folder(folder: Path, seed: int = 0) -> Path:

@@ -133,3 +133,36 @@ def test_recipe_table_measures_spread_time_and_resolution_from_the_raw_lines(tmp
     assert f"±{half:.2%} of vanilla's mean (5 pairs)" in row and "0.2 min (6 unresumed runs, threads 1)" in row
     reference = next(r for r in table.splitlines() if r.startswith("| vanilla (loss_weighting=constant) |"))
     assert reference.count("(reference)") == 2
+
+
+def test_suite_summary_states_each_strategy_and_the_paired_verdict_of_the_primary_metric(tmp_path):
+    """The summary block: per strategy and setting the mean ± SD over seeds of the primary metric, recomputed by
+    hand here, and each strategy's paired difference, interval and verdict as the comparison gives them."""
+    figures = figures_module()
+    raw = tmp_path / "runs.jsonl"
+    raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    text = figures.suite_summary(raw)
+    lines = [x for x in read_raw_results(raw) if x["status"] == "done"]
+    vanilla = [x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("vanilla__constant")]
+    assert text.startswith(f"**held-out loss** (the primary metric; `{raw}`")
+    assert (f"vanilla (loss_weighting=constant) {statistics.fmean(vanilla):.2f} ± {statistics.stdev(vanilla):.2f} "
+            f"(5 runs)") in text
+    result = compare_runs(records_from_raw(lines), primary="heldout/total")
+    for d in result.differences:
+        if d.metric == "heldout/total" and d.mean is not None:
+            setting = ", ".join(f"{k}={v}" for k, v in d.setting)
+            assert (f"{d.strategy} ({setting}) minus vanilla, paired by seed over {len(d.seeds)} seeds: "
+                    f"{d.mean:+.3f}, 95% interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]: **{d.verdict}**"
+                    ) in text
+    assert text.count(" minus vanilla") == sum(1 for d in result.differences if d.metric == "heldout/total")
+
+
+def test_suite_cpu_time_sums_the_passes_of_cpu_time_json(tmp_path):
+    figures = figures_module()
+    path = tmp_path / "cpu_time.json"
+    path.write_text(json.dumps({"machine": "AMD EPYC", "passes": [
+        {"pass": "training", "cpu_user_s": 1000.0, "cpu_sys_s": 50.0, "wall_s": 2400.0, "parallel": 6},
+        {"pass": "evaluation", "cpu_user_s": 110.0, "cpu_sys_s": 10.0, "wall_s": 600.0, "parallel": 6}]}))
+    text = figures.suite_cpu_time(path)
+    assert "**19.5 CPU-minutes**" in text and "training 17.5 CPU-min (40 min wall, 6 runs at a time)" in text
+    assert "evaluation 2.0 CPU-min (10 min wall" in text and "AMD EPYC" in text

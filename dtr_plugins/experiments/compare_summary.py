@@ -1,0 +1,56 @@
+"""A suite's primary metric in plain words, from its raw-results lines (``raw_results.jsonl``): what
+``scripts/figures.py`` writes into the ``summary-<machine>-<suite>`` blocks of README.md and docs/.
+
+Per strategy (and setting of the other axes): the mean and sample SD over seeds of the primary metric's final
+value; per strategy but the baseline: the mean paired difference against the baseline run of the same seed and
+setting, its Student-t interval and the verdict, exactly as :func:`~dtr_plugins.experiments.compare.compare_runs`
+computes them for the suite's report (docs/comparisons.md).
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from dtr_plugins.core.metrics import value_of
+from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, PRIMARY, compare_runs
+from dtr_plugins.experiments.raw_results import records_from_raw
+
+__all__ = ["primary_summary"]
+
+
+def _label(name: str, setting: Sequence[tuple[str, str]]) -> str:
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in setting)})" if setting else "")
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.2f}{sd}"
+
+
+def primary_summary(lines: list[dict[str, Any]], source: str) -> str:
+    """One Markdown paragraph (ending in a newline) about the primary metric of the finished runs among ``lines``
+    (raw-results lines, :mod:`~dtr_plugins.experiments.raw_results`); ``source`` names the file in the text.
+    Raises ValueError for a primary metric of unknown direction (as ``compare_runs``)."""
+    done = [x for x in lines if x["status"] == "done"]
+    primary = next((str(x["primary"]) for x in done if x.get("primary")), DEFAULT_PRIMARY)
+    known = value_of(primary)
+    result = compare_runs(records_from_raw(done), primary=primary)
+    per: dict[str, list[float]] = {}
+    for x in done:
+        if x["final"].get(primary) is not None:
+            setting = sorted((k, str(v)) for k, v in x["axes"].items() if k != result.axis)
+            per.setdefault(_label(str(x["axes"].get(result.axis, "base")), setting), []).append(
+                float(x["final"][primary]))
+    parts = [f"{name} {_mean_sd(values)} ({len(values)} runs)" for name, values in per.items()]
+    text = (f"**{known.title if known else primary}** (the primary metric; `{source}`, mean ± SD over seeds): "
+            f"{'; '.join(parts)}.")
+    for d in result.differences:
+        if d.family != PRIMARY or d.mean is None:
+            continue
+        interval = (f", {d.interval_level:.0%} interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]"
+                    if d.interval else "")
+        reason = f" ({d.reason})" if d.reason else ""
+        text += (f" {_label(d.strategy, d.setting)} minus {result.baseline}, paired by seed over {len(d.seeds)} "
+                 f"seeds: {d.mean:+.3f}{interval}: **{d.verdict}**{reason}.")
+    return text + "\n"
