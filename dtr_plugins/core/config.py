@@ -154,8 +154,8 @@ class SampleConfig(_Strict):
     cfg_scale: float = Field(1.0, ge=0)
     cfg_channels: Literal["all", "first3"] = "all"
     clip_denoised: bool = True
-    num_samples: int = Field(64, ge=1, description="images `dtr sample` makes when -n is not given (the end-of-training "
-                             "evaluation makes eval.num_samples)")
+    num_samples: int = Field(64, ge=1, description="images `dtr sample` makes when -n is not given (the "
+                             "end-of-training evaluation makes eval.num_samples)")
     batch_size: int = Field(256, ge=1)
     guidance_interval: tuple[float, float] | None = Field(
         None, description="[lo, hi]: classifier-free guidance only at noise levels in [lo, hi] (gaussian: sigma, "

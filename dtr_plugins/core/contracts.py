@@ -33,7 +33,7 @@ __all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "G
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
            "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
-           "SupportsTokenRouting"]
+           "SupportsTokenRouting", "SupportsActiveParameters"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -218,6 +218,16 @@ class SupportsGuidance(Protocol):
 
     @property
     def null_class(self) -> int | None: ...
+
+
+@runtime_checkable
+class SupportsActiveParameters(Protocol):
+    """Optional capability of a backbone or a routing strategy: how many of the model's parameters one forward
+    uses (e.g. a strategy that swaps whole experts per timestep uses one expert's). ``model``: the backbone
+    whose forward is meant (a backbone is handed itself). Without it every parameter counts as active
+    (:func:`dtr_plugins.core.cost.active_parameter_count`; docs/comparisons.md, "Cost at equal compute")."""
+
+    def active_parameters(self, model: torch.nn.Module) -> int: ...
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dtr_plugins.core.continuous_routing import grid_rows
-from dtr_plugins.core.contracts import LearnedRoutingStrategy
+from dtr_plugins.core.contracts import LearnedRoutingStrategy, SupportsActiveParameters
 from dtr_plugins.core.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
@@ -119,6 +119,9 @@ class RoutingPlan(nn.Module):
         # flow: float times -> tasks u in [0, 1] (a core.continuous_routing.ContinuousTasks); None: index only
         self.continuous = continuous
         self.strategy_repr = repr(strategy)
+        # the strategy's count of the parameters one forward uses (a bound method: no submodule is registered)
+        self.active_parameters: Callable[[nn.Module], int] | None = (
+            strategy.active_parameters if isinstance(strategy, SupportsActiveParameters) else None)
         self.site = str(site)
         self.slice_shared = bool(slice_shared)
         self.num_tasks = int(num_tasks)

@@ -1,0 +1,154 @@
+"""Cost at equal compute: FLOPs counted by torch, parameters and active parameters, and where runs record them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dtr_plugins.backbones.dit import DiT
+from dtr_plugins.core.config import load_config
+from dtr_plugins.core.cost import active_parameter_count, counting_flops, parameter_count
+from dtr_plugins.core.routing import RoutingPlan
+from dtr_plugins.runs.rundir import RunDir
+from dtr_plugins.strategies.dtr import SlidingWindow
+
+from ..conftest import tiny_dit_config
+
+TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10)
+T = 1000
+
+
+def dit(strategy=None, site: str = "heads_mlp") -> DiT:
+    model = DiT(**TINY)
+    if strategy is not None:
+        model.attach_routing(RoutingPlan(strategy, model.routed_channels(site), T, site=site))
+    return model.eval()
+
+
+def forward_flops(model: nn.Module, t: int = 500, n: int = 2) -> int:
+    x, y = torch.randn(n, 4, 8, 8), torch.arange(n)
+    with torch.no_grad(), counting_flops() as flops:
+        model(x, torch.full((n,), t), y)
+    return flops.total
+
+
+def hand_count(model: DiT, n: int) -> int:
+    """2 FLOPs per multiply-add of every Linear (rows of its input) and the patch convolution, plus attention's
+    two batched products (q k^T and p v: 2 * 2 * N * heads * tokens^2 * head_dim), of one dense forward."""
+    total = 0
+
+    def linear(module, args, out):
+        nonlocal total
+        total += 2 * args[0].numel() // module.in_features * module.in_features * module.out_features
+
+    def conv(module, args, out):
+        nonlocal total
+        total += 2 * out.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+
+    hooks = [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks += [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.randn(n, 4, 8, 8), torch.full((n,), 500), torch.arange(n))
+    for h in hooks:
+        h.remove()
+    tokens, heads, head_dim = (8 // 2) ** 2, 4, 64 // 4
+    return total + TINY["depth"] * 2 * 2 * n * heads * tokens ** 2 * head_dim
+
+
+def test_one_linear_layer_counts_two_flops_per_multiply_add():
+    layer = nn.Linear(32, 48)
+    with counting_flops() as flops:
+        layer(torch.randn(5, 7, 32))
+    assert flops.total == 2 * 32 * 48 * 5 * 7
+
+
+def test_a_dense_dit_forward_is_its_linears_convolution_and_attention():
+    model = dit()
+    assert forward_flops(model, n=2) == hand_count(model, 2)
+
+
+def test_attention_backward_is_counted_on_the_cpu_too():
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    with counting_flops() as flops:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+    product = 2 * 2 * 4 * 16 * 16 * 8  # one [16 x 8] x [8 x 16] product per head and image, 2 FLOPs each
+    assert flops.total == (2 + 5) * product  # forward: q k^T, p v; backward (torch's formula): the scores again, 4 more
+
+
+def test_dtr_sliced_sampling_counts_fewer_flops_at_beta_half_and_the_same_at_beta_one():
+    vanilla = forward_flops(dit())
+    half = forward_flops(dit(SlidingWindow(alpha=4.0, beta=0.5)))
+    one = forward_flops(dit(SlidingWindow(alpha=4.0, beta=1.0)))
+    assert half < 0.8 * vanilla and one == vanilla
+    train_mode = dit(SlidingWindow(alpha=4.0, beta=0.5)).train()  # masked dense: the full matmuls run
+    x, y = torch.randn(2, 4, 8, 8), torch.arange(2)
+    with torch.no_grad(), counting_flops() as flops:
+        train_mode(x, torch.tensor([10, 900]), y)
+    assert flops.total >= vanilla
+
+
+class Experts:
+    """A test strategy whose forward uses a fifth of the model's parameters (like one of five experts)."""
+
+    def mask_table(self, num_tasks, channels, *, layer, num_layers):
+        return torch.ones(num_tasks, channels, dtype=torch.bool)
+
+    def active_parameters(self, model: nn.Module) -> int:
+        return parameter_count(model) // 5
+
+
+def test_active_parameters_come_from_the_strategy_else_all():
+    plain = dit()
+    assert active_parameter_count(plain) == parameter_count(plain) == sum(p.numel() for p in plain.parameters())
+    routed = dit(SlidingWindow(alpha=4.0, beta=0.5))
+    assert active_parameter_count(routed) == parameter_count(routed)  # masks zero activations, not weights
+    experts = dit(Experts(), site="input")
+    assert active_parameter_count(experts) == parameter_count(experts) // 5 < parameter_count(experts)
+
+
+def sample_record(tmp_path, routing: dict, cfg_scale: float = 1.0) -> dict:
+    from dtr_plugins.compose import build_diffusion, build_model
+    from dtr_plugins.sampling.sample import generate
+
+    cfg = load_config(tiny_dit_config(tmp_path, routing=routing), [])
+    torch.manual_seed(0)
+    model, diffusion = build_model(cfg), build_diffusion(cfg)
+    record: dict = {}
+    generate(model, diffusion, cfg, num=3, seed=1, cfg_scale=cfg_scale, progress=False, record=record)
+    return record
+
+
+def test_the_sampling_record_has_its_flops_per_image_and_time(tmp_path):
+    vanilla = sample_record(tmp_path, {"name": "vanilla"})
+    steps = 5  # ddim5: one forward per step
+    assert vanilla["sample_flops_per_image"] == pytest.approx(steps * forward_flops_of_run(tmp_path))
+    assert vanilla["sampling_seconds"] > 0 and vanilla["seconds_per_image"] == pytest.approx(
+        vanilla["sampling_seconds"] / 3)
+    guided = sample_record(tmp_path, {"name": "vanilla"}, cfg_scale=2.0)
+    assert guided["sample_flops_per_image"] == pytest.approx(2 * vanilla["sample_flops_per_image"])
+    sliced = sample_record(tmp_path, {"name": "dtr", "site": "heads_mlp", "alpha": 4.0, "beta": 0.5})
+    assert sliced["sample_flops_per_image"] < vanilla["sample_flops_per_image"]
+
+
+def forward_flops_of_run(tmp_path) -> int:
+    from dtr_plugins.compose import build_model
+
+    model = build_model(load_config(tiny_dit_config(tmp_path, routing={"name": "vanilla"}), [])).eval()
+    with torch.no_grad(), counting_flops() as flops:
+        model(torch.randn(1, 1, 8, 8), torch.tensor([50]), torch.tensor([1]))
+    return flops.total
+
+
+def test_training_records_parameters_and_flops_per_image_at_the_start(tmp_path):
+    from dtr_plugins.training.train import train
+
+    cfg = load_config(tiny_dit_config(tmp_path, routing={"name": "vanilla"}, train={"steps": 2, "ckpt_every": 2}), [])
+    run = train(cfg, run_dir=tmp_path / "run", progress=False)
+    cost = RunDir(run).read_meta()["cost"]
+    forward = forward_flops_of_run(tmp_path)  # per image
+    assert cost["parameters"] == cost["active_parameters"] > 0
+    assert 2.5 * forward < cost["train_flops_per_image"] < 3.5 * forward  # backward: about twice the forward
+    assert "FlopCounterMode" in cost["flops_counted"]
+    assert json.loads((run / "meta.json").read_text())["cost"] == cost
