@@ -152,3 +152,90 @@ def test_training_records_parameters_and_flops_per_image_at_the_start(tmp_path):
     assert 2.5 * forward < cost["train_flops_per_image"] < 3.5 * forward  # backward: about twice the forward
     assert "FlopCounterMode" in cost["flops_counted"]
     assert json.loads((run / "meta.json").read_text())["cost"] == cost
+
+
+# ------------------------------------------------------------------------------------------------- the report
+SAMPLE_GFLOPS = {"vanilla": 10.0, "dtr": 6.0, "random": 8.0}
+STEPS_PER_S = {"vanilla": 4.0, "dtr": 5.0, "random": 2.0}
+
+
+def costed_suite(root, seeds=range(3)):
+    """The crafted suite of test_compare with what training and sampling record about cost."""
+    from .test_compare import crafted_suite
+
+    crafted_suite(root, seeds=seeds, extra=False)
+    for run in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = run.name.split("-")[0].split("__")[0]
+        (run / "meta.json").write_text(json.dumps({"cost": {"parameters": 1000, "active_parameters": 200 if name ==
+                                                            "random" else 1000, "train_flops_per_image": 3e9}}))
+        rate = STEPS_PER_S[name]
+        lines = [{"step": s, "loss": 0.5, "steps_per_s": r} for s, r in ((100, 0.1), (200, rate), (300, rate))]
+        lines.append({"step": 400, "eval": {"sample_flops_per_image": SAMPLE_GFLOPS[name] * 1e9,
+                                            "seconds_per_image": 0.5 / rate}})
+        with (run / "metrics.jsonl").open("a") as f:
+            f.write("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def test_run_records_carry_their_cost(tmp_path):
+    from dtr_plugins.experiments.compare_records import runs_from_suite
+
+    runs = {r.id: r for r in runs_from_suite(costed_suite(tmp_path / "s"))}
+    dtr = runs["dtr-a4-b0.8__min_snr__seed1"].cost
+    assert dtr == {"parameters": 1000, "active_parameters": 1000, "train_flops_per_image": 3e9,
+                   "sample_flops_per_image": 6e9, "seconds_per_sample": 0.1,
+                   "seconds_per_step": pytest.approx(0.2)}  # the first window (0.1 steps/s) left out
+
+
+def test_cost_table_and_plot_rebuild_from_raw_results(tmp_path):
+    from dtr_plugins.experiments.compare import compare_runs
+    from dtr_plugins.experiments.compare_records import runs_from_suite
+    from dtr_plugins.experiments.cost_report import cost_table, quality_points
+    from dtr_plugins.experiments.raw_results import export_raw_results, read_raw_results, records_from_raw
+
+    root = costed_suite(tmp_path / "s")
+    runs = runs_from_suite(root)
+    comparison = compare_runs(runs)
+    table = cost_table(runs, comparison)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines() if line.startswith("| `")}
+    assert len(rows) == 6  # one per group, not per seed
+    dtr, vanilla, rnd = rows["`dtr-a4-b0.8__constant`"], rows["`vanilla__constant`"], rows["`random-b0.8-s0__min_snr`"]
+    assert dtr[1:6] == ["0", "1000", "1000", "3", "6"] and rnd[3] == "200"
+    assert dtr[6] == "0.2 (0.8x)" and vanilla[6] == "0.25 (1x)" and rnd[6] == "0.5 (2x)"
+    assert dtr[7] == "0.1 (0.8x)"
+    expected = next(d for d in comparison.differences if d.strategy == "dtr-a4-b0.8" and d.family == "primary"
+                    and dict(d.setting) == {"loss_weighting": "constant"})
+    assert dtr[8].startswith(expected.verdict) and vanilla[8].startswith("baseline")
+    lines = read_raw_results(export_raw_results(root))
+    assert all(x["cost"]["sample_flops_per_image"] for x in lines) and lines[0]["group"] == "vanilla__constant"
+    rebuilt = records_from_raw(lines)
+    assert cost_table(rebuilt, compare_runs(rebuilt)) == table  # committed runs.jsonl files rebuild the table
+    points = quality_points(rebuilt, "heldout/total")
+    assert [p[2] for p in points["dtr-a4-b0.8__constant"]] == [0, 1, 2]  # one point per seed
+    assert {p[0] for p in points["dtr-a4-b0.8__constant"]} == {6e9}
+
+
+def test_no_cost_recorded_no_table(tmp_path):
+    from dtr_plugins.experiments.compare_records import runs_from_suite
+    from dtr_plugins.experiments.cost_report import cost_table, plot_quality_vs_flops
+
+    from .test_compare import crafted_suite
+
+    runs = runs_from_suite(crafted_suite(tmp_path / "s", seeds=range(2), extra=False))
+    assert cost_table(runs) == ""
+    assert plot_quality_vs_flops(runs, "heldout/total", tmp_path / "q.png") is None
+    assert not (tmp_path / "q.png").exists()
+
+
+def test_the_suite_report_has_the_cost_table_and_the_quality_against_flops_plot(tmp_path):
+    from dtr_plugins.experiments.compare import compare_runs
+    from dtr_plugins.experiments.compare_records import runs_from_suite
+    from dtr_plugins.experiments.cost_report import cost_table
+    from dtr_plugins.experiments.report import build_report
+
+    root = costed_suite(tmp_path / "s", seeds=range(1))
+    report = build_report(root).read_text()
+    runs = runs_from_suite(root)
+    assert cost_table(runs, compare_runs(runs)) in report and "## Cost" in report
+    assert (root / "plots" / "quality_vs_flops.png").stat().st_size > 0
+    assert "![quality_vs_flops](plots/quality_vs_flops.png)" in report
