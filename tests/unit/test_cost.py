@@ -154,6 +154,19 @@ def test_training_records_parameters_and_flops_per_image_at_the_start(tmp_path):
     assert json.loads((run / "meta.json").read_text())["cost"] == cost
 
 
+
+def test_tread_token_routing_counts_fewer_training_flops(tmp_path):
+    from dtr_plugins.training.train import train
+
+    flops = {}
+    for name, tokens in (("dense", None), ("tread", {"name": "tread", "ratio": 0.5, "start": 1, "end": 2})):
+        changes = {"routing": {"name": "vanilla"}, "backbone": {"depth": 4}, "train": {"steps": 1, "ckpt_every": 1},
+                   **({"token_routing": tokens} if tokens else {})}
+        cfg = load_config(tiny_dit_config(tmp_path / name, **changes), [])
+        run = train(cfg, run_dir=tmp_path / name / "run", progress=False)
+        flops[name] = RunDir(run).read_meta()["cost"]["train_flops_per_image"]
+    assert flops["tread"] < 0.85 * flops["dense"]  # half the tokens skip two of four blocks
+
 # ------------------------------------------------------------------------------------------------- the report
 SAMPLE_GFLOPS = {"vanilla": 10.0, "dtr": 6.0, "random": 8.0}
 STEPS_PER_S = {"vanilla": 4.0, "dtr": 5.0, "random": 2.0}
