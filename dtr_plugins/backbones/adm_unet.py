@@ -355,6 +355,7 @@ class ADMUNet(RoutedBackbone):
                 if isinstance(layer, ResBlock) or (isinstance(layer, AttentionBlock) and layer.routed)]
 
     learned_gates = True  # learned strategies gate each routed layer's input [N, C, H, W]; cond: emb
+    expert_blocks = ("input_blocks.", "middle_block.", "output_blocks.")  # time experts, granularity block
 
     def routing_cond_dim(self) -> int | None:
         return cast(nn.Linear, self.time_embed[2]).out_features  # emb = time_embed(t) (+ label_emb(y))

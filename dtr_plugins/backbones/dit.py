@@ -63,6 +63,7 @@ from torch import nn
 
 from dtr_plugins.core.buckets import BatchBuckets, BucketedUnits
 from dtr_plugins.core.compute import run_block
+from dtr_plugins.core.contracts import TokenLayout
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.routing import INPUT_SITE, ActiveUnits, RoutedBackbone, routed_residual
@@ -455,6 +456,26 @@ class DiT(RoutedBackbone, TokenRoutedBlocks):
         """``(blocks, tokens)`` for token routing: the depth and the patch tokens per sample."""
         return len(self.blocks), self.grid_size ** 2
 
+    #: (block, sink) of :meth:`tap_block` (None: no tap); set only around a training step, never copied to an EMA
+    _tap: tuple[int, Callable[[torch.Tensor], None]] | None = None
+
+    def block_layout(self) -> TokenLayout:
+        """:class:`~dtr_plugins.core.contracts.SupportsBlockTokens`: ``depth`` blocks, ``hidden_size``-wide tokens
+        on the ``input_size / patch_size`` square patch grid; with a token router, the blocks of its span but the
+        last hold only the kept tokens in training (``partial``)."""
+        router = self.token_router
+        partial = tuple(range(router.start + 1, router.end + 1)) if router is not None else ()
+        return TokenLayout(blocks=self.depth, width=self.hidden_size, grid=(self.grid_size, self.grid_size),
+                           partial=partial)
+
+    def tap_block(self, block: int, sink: Callable[[torch.Tensor], None] | None) -> None:
+        """``sink(h)`` gets block ``block``'s output tokens ``[N, T, D]`` (1-based) in each forward; None: no tap."""
+        self._tap = None if sink is None else (block, sink)
+
+    def _sink(self, layer: int) -> Callable[[torch.Tensor], None] | None:
+        """The tap's sink when it reads the output of ``layer`` (0-based), else None."""
+        return self._tap[1] if self._tap is not None and layer + 1 == self._tap[0] else None
+
     def routed_channels(self, site: str = INPUT_SITE) -> list[int]:
         """Units per routed layer at ``site``: ``hidden_size`` per block (input), ``num_heads`` (heads),
         MLP units of ``head_dim`` channels (mlp), or both per block, heads first (heads_mlp). Raises
@@ -466,6 +487,7 @@ class DiT(RoutedBackbone, TokenRoutedBlocks):
 
     learned_gates = True  # learned strategies (contract v2) gate the block inputs, seeing c [N, D]
     learned_sites = routing_sites  # ... or the heads / MLP units: gate rows [N, units], sliced from 0/1 tables
+    expert_blocks = ("blocks.",)  # time experts with granularity block: a copy of the transformer blocks each
     def routing_cond_dim(self) -> int | None:
         return self.hidden_size  # c = t_embedder(t) + y_embedder(y)
 
@@ -581,6 +603,8 @@ class DiT(RoutedBackbone, TokenRoutedBlocks):
             mask, heads, mlp = routes[layer] if learned is None else self._learned_route(learned, layer, hb, t, cb)
             hb = run_block(block, self.checkpoint_blocks, hb, cb, mask, heads, mlp)
             hb = hb if skip is None else skip.leave(layer, hb)
+            if (sink := self._sink(layer)) is not None:  # a regulariser's tap (REPA), in the batch's order
+                sink(hb if buckets is None else hb[buckets.inverse])
         h = hb if buckets is None else hb[buckets.inverse]
         return self.unpatchify(self.final_layer(h, c))                        # [N, out_channels, H, W]
 

@@ -210,6 +210,8 @@ class DiTT2I(DiT):
             gate = mask if learned is None else learned.layer_gate(layer, h, t, c)
             h = run_block(block, self.checkpoint_blocks, h, c, gate, heads, mlp, *extra)
             h = h if skip is None else skip.leave(layer, h)
+            if (sink := self._sink(layer)) is not None:  # a regulariser's tap: the image tokens (last in context)
+                sink(h[:, -self.grid_size ** 2:])
         if self.text_pos_embed is not None:
             h = h[:, self.text_length:]
         return self.unpatchify(self.final_layer(h, c))

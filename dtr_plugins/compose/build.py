@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -45,10 +46,14 @@ from dtr_plugins.core.contracts import (
     EmaRule,
     InputSpace,
     LearnedRoutingStrategy,
+    NoiseAxis,
+    Regularizer,
     RoutingStrategy,
     SupportsAugmentation,
     SupportsContentKey,
     SupportsImageShape,
+    SupportsLogSNR,
+    SupportsNoiseSchedule,
     TimestepSampler,
     missing_members,
 )
@@ -211,6 +216,8 @@ def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
     try:
         plan = RoutingPlan(strategy, routed_channels, num_tasks=process.num_timesteps,
                            continuous=process.continuous_tasks(strategy), site=cfg.routing.site, cond_dim=cond_dim)
+        if plan.time_experts is not None:  # time experts place their boundaries on the process's noise levels
+            plan.time_experts.bind_noise(noise_axis(process, continuous=plan.continuous is not None))
     except UserError:
         raise
     except Exception as exc:  # a strategy whose mask_table raises: a bug in its plugin
@@ -219,6 +226,28 @@ def build_routing_plan(cfg: ExperimentConfig, routed_channels: list[int],
                           f"(mask tables or bind): {first_line(exc)}") from exc
     _check_no_empty_rows(cfg, plan)
     return plan
+
+
+def noise_axis(process: DiffusionProcess, *, continuous: bool) -> NoiseAxis:
+    """The process's noise levels for a time-expert strategy: ``T``, the kind of task, and the log-SNR on the grid
+    of :class:`~dtr_plugins.core.contracts.NoiseAxis` (discrete: ``log(abar_t / (1 - abar_t))`` from
+    ``SupportsNoiseSchedule``; continuous: ``SupportsLogSNR`` at ``u = (k + 1/2) / T``; else None) and a reader of
+    a trained run's metrics records (measured boundaries)."""
+    steps = int(process.num_timesteps)
+    log_snr = None
+    if not continuous and isinstance(process, SupportsNoiseSchedule):
+        abar = np.asarray(process.alphas_cumprod, dtype=np.float64)
+        log_snr = np.log(abar) - np.log1p(-abar)
+    elif continuous and isinstance(process, SupportsLogSNR):
+        log_snr = np.asarray(process.log_snr((np.arange(steps, dtype=np.float64) + 0.5) / steps), dtype=np.float64)
+    return NoiseAxis(num_tasks=steps, continuous=continuous, log_snr=log_snr, run_records=_run_records)
+
+
+def _run_records(run_dir: str) -> list[dict[str, Any]]:
+    """The metrics records of a trained run directory (its owner, ``RunDir``, reads them)."""
+    from dtr_plugins.runs.rundir import RunDir
+
+    return RunDir(run_dir).read_metrics()
 
 
 def _check_no_empty_rows(cfg: ExperimentConfig, plan: RoutingPlan) -> None:
@@ -393,11 +422,16 @@ class Components:
     timestep_source: str = "process"
     #: text-to-image: caption indices / prompts -> packed text conditions (None: no text section)
     text: TextStage | None = None
+    #: the auxiliary loss of the ``regularizer`` section (repa), set by ``dtr train`` (compose/regularize.py)
+    regularizer: Regularizer | None = None
 
     def to(self, device: torch.device | str) -> Components:
-        """The model and the loss weighting moved to ``device`` (in place; returns ``self``)."""
+        """The model, the loss weighting and the regulariser's trainable part moved to ``device`` (in place; returns
+        ``self``)."""
         self.model.to(device)
         self.loss_weighting.to(device)
+        if self.regularizer is not None:
+            self.regularizer.module().to(device)
         return self
 
 

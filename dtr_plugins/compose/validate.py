@@ -20,6 +20,7 @@ from dtr_plugins.compose.build import (
     compose,
     data_params,
 )
+from dtr_plugins.compose.regularize import build_regularizer
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.compose.text import check_captioned
 from dtr_plugins.core.config import ExperimentConfig
@@ -200,4 +201,6 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
         return None
     parts = compose(cfg, registry, device="meta", data=machine, text=machine)
     check_run(cfg, parts, registry, run_dir=run_dir, machine=machine)
+    if machine:  # its encoder's weights (a local folder, the hub cache) are this machine's
+        parts.regularizer = build_regularizer(parts, registry)
     return parts

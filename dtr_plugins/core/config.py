@@ -271,6 +271,8 @@ class ExperimentConfig(_Strict):
                                             "cluster_balanced); unset: the loss weighting's or the process's own")
     token_routing: PluginSection | None = Field(None, description="tokens that skip a span of blocks in training "
                                                 "(tread); unset: every token runs every block")
+    regularizer: PluginSection | None = Field(None, description="an auxiliary loss from a frozen encoder (repa); "
+                                              "unset: none (docs/regularizers.md)")
     sample: SampleConfig = Field(default_factory=SampleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)  # helper "trackers"
@@ -312,10 +314,10 @@ class ExperimentConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``,
-        ``token_routing``) and an unset ``train.init_from`` are absent, not null, so configs written before them
-        keep their fingerprint (a model-only config has no ``data``)."""
+        ``token_routing``, ``regularizer``) and an unset ``train.init_from`` are absent, not null, so configs written
+        before them keep their fingerprint (a model-only config has no ``data``)."""
         out = self.model_dump(mode="json")
-        for optional in ("data", "ema", "timesteps", "text", "token_routing"):
+        for optional in ("data", "ema", "timesteps", "text", "token_routing", "regularizer"):
             if out.get(optional) is None:
                 out.pop(optional, None)
         if out["train"].get("init_from") is None:
@@ -333,7 +335,7 @@ UNROUTED_STRATEGIES = ("vanilla",)
 PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can follow its learn_sigma
                    "backbone": "backbone", "routing": "strategy", "loss_weighting": "loss_weighting",
                    "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler",
-                   "token_routing": "token_router"}
+                   "token_routing": "token_router", "regularizer": "regularizer"}
 
 
 

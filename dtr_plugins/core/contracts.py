@@ -33,7 +33,8 @@ __all__ = ["RoutingStrategy", "ContinuousStrategy", "LearnedRoutingStrategy", "G
            "DiffusionProcess", "SupportsHeldoutLoss", "Tracker", "SupportsTrackerResume", "TrackerFactory", "Launcher",
            "RunSpec", "StateDictAdapter", "InputSpace", "VARIANCE_PARAM", "missing_members", "Conditioner",
            "SupportsCaptions", "SupportsCaptionClasses", "SupportsTextConditioning", "TokenRouter",
-           "SupportsTokenRouting", "SupportsActiveParameters"]
+           "SupportsTokenRouting", "TokenLayout", "SupportsBlockTokens", "Regularizer", "TimeExpertRouting",
+           "NoiseAxis", "SupportsActiveParameters", "SupportsLogSNR"]
 
 #: where a backbone's inputs live: image pixels (identity codec) or the latents of a codec
 InputSpace = Literal["pixels", "latents"]
@@ -131,6 +132,67 @@ class GateSummary(Protocol):
     def gate_summary(self, num_tasks: int) -> tuple[list[Tensor], str, str]: ...
 
 
+@dataclass(frozen=True)
+class NoiseAxis:
+    """The run's noise levels as a :class:`TimeExpertRouting` strategy needs them (built by the composition root
+    from the process). ``num_tasks``: ``T``; ``continuous``: the strategy sees float noise levels ``u`` in [0, 1]
+    (flow matching) rather than int64 timesteps ``0..T-1``; ``log_snr``: float64 ``[T]``, the log signal-to-noise
+    ratio at the grid positions ``p_k`` of the noise axis (discrete: timestep ``k``, ``p_k = k / T``; continuous:
+    ``u = p_k = (k + 1/2) / T``), decreasing in ``k``; None when the process does not report it. ``run_records``:
+    reads a trained run directory's metrics records (``RunDir.read_metrics``: dicts, in order; held-out losses under
+    ``heldout``), for boundaries measured on that run; None where the composition root gives no reader."""
+
+    num_tasks: int
+    continuous: bool
+    log_snr: np.ndarray | None = None
+    run_records: Callable[[str], list[dict[str, Any]]] | None = None
+
+
+@runtime_checkable
+class TimeExpertRouting(Protocol):
+    """Optional capability of a learned strategy: experts that own whole sets of the backbone's weights, each for an
+    interval of noise levels (``time_experts``; eDiff-I's ensemble of expert denoisers).
+
+    ``bind_noise(axis)``: once, by the composition root after ``bind`` (a :class:`NoiseAxis`): place the boundaries
+    (one-line :class:`~dtr_plugins.core.errors.ConfigError` naming the ``routing`` key when they cannot be placed).
+    ``bind_weights(named, blocks)``: once, when the plan is attached to the backbone: ``named`` maps the backbone's
+    trainable parameter names to the tensors (the routing plan's own left out), ``blocks`` the name prefixes the
+    backbone declares as its per-noise-level blocks (``RoutedBackbone.expert_blocks``; empty: none); the strategy
+    keeps its own copies of the parameters it splits. ``expert_of(tasks)``: int64 ``[N]`` expert of each task
+    (``[N]`` int64 timesteps or float noise levels, as ``layer_gate`` gets them). ``expert_weights(e)``: parameter
+    name -> tensor for expert ``e`` (empty: the backbone's own weights, expert 0). ``intervals()``: JSON-able list,
+    one entry per expert, of the noise levels it owns (recorded in ``meta.json`` and model cards).
+    """
+
+    def bind_noise(self, axis: NoiseAxis) -> None: ...
+
+    def bind_weights(self, named: Mapping[str, Tensor], blocks: Sequence[str]) -> None: ...
+
+    def expert_of(self, tasks: Tensor) -> Tensor: ...
+
+    def expert_weights(self, expert: int) -> dict[str, Tensor]: ...
+
+    def intervals(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class SupportsActiveParameters(Protocol):
+    """Optional capability of a model part (a learned strategy): parameters it holds that one forward pass does not
+    use (``time_experts``: the other experts' copies). :func:`dtr_plugins.core.param_count.parameter_counts` reports
+    ``active = total - inactive_parameters()`` beside the total."""
+
+    def inactive_parameters(self) -> int: ...
+
+
+@runtime_checkable
+class SupportsLogSNR(Protocol):
+    """Optional capability of a continuous process: ``log_snr(u)``, float64 log signal-to-noise ratio at noise
+    levels ``u`` (float64 array in (0, 1)); flow matching's linear path: ``2 log((1 - u) / u)``. (A discrete process
+    reports its schedule through :class:`SupportsNoiseSchedule`.)"""
+
+    def log_snr(self, levels: np.ndarray) -> np.ndarray: ...
+
+
 @runtime_checkable
 class TokenRouter(Protocol):
     """The ``token_router`` kind (config ``token_routing: {name, **params}``; built-in ``tread``): in a training
@@ -218,16 +280,6 @@ class SupportsGuidance(Protocol):
 
     @property
     def null_class(self) -> int | None: ...
-
-
-@runtime_checkable
-class SupportsActiveParameters(Protocol):
-    """Optional capability of a backbone or a routing strategy: how many of the model's parameters one forward
-    uses (e.g. a strategy that swaps whole experts per timestep uses one expert's). ``model``: the backbone
-    whose forward is meant (a backbone is handed itself). Without it every parameter counts as active
-    (:func:`dtr_plugins.core.cost.active_parameter_count`; docs/comparisons.md, "Cost at equal compute")."""
-
-    def active_parameters(self, model: torch.nn.Module) -> int: ...
 
 
 @runtime_checkable
@@ -353,6 +405,60 @@ class EmaRule(Protocol):
     def profiles(self) -> Sequence[EmaProfile]: ...
 
     def betas(self, step: int) -> Sequence[float]: ...
+
+    def applied(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A transformer backbone's hidden tokens: ``blocks`` blocks in forward order, each giving tokens
+    ``[B, grid[0] * grid[1], width]`` in row-major patch order; ``partial``: the blocks (1-based) whose output holds
+    only some of the tokens in training (inside a token router's span, :class:`TokenRouter`)."""
+
+    blocks: int
+    width: int
+    grid: tuple[int, int]
+    partial: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class SupportsBlockTokens(Protocol):
+    """Optional capability of a backbone: a regulariser may read the hidden tokens after a block (REPA).
+
+    ``block_layout()``: its blocks, width and token grid. ``tap_block(block, sink)``: from the next forward on,
+    ``sink(h)`` receives the output of block ``block`` (1-based: after ``block`` blocks), ``h`` ``[B, N, width]``
+    in the batch's order, with its graph (gradients flow back into the blocks); ``sink=None`` removes the tap."""
+
+    def block_layout(self) -> TokenLayout: ...
+
+    def tap_block(self, block: int, sink: Callable[[Tensor], None] | None) -> None: ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """The ``regularizer`` kind (config ``regularizer: {name, **params}``): an auxiliary training loss on a block's
+    hidden tokens against a frozen encoder's features of the clean images (REPA, docs/regularizers.md).
+
+    ``block``: the block whose output it reads (1-based, :class:`SupportsBlockTokens`). ``bind(layout)``: the
+    backbone's :class:`TokenLayout`; raises a one-line ``ConfigError`` naming ``regularizer.<key>`` when it cannot
+    apply (block out of range, features that do not fit the tokens); builds the trainable part. ``module()``: that
+    trainable part (a projector): its parameters are optimised, its state dict saved in checkpoints under
+    ``regularizer`` and restored on resume; it is never averaged (EMA) nor exported, and holds no frozen encoder.
+    ``prepare(images)``: the clean images of the step's local batch, ``[N, C, H, W]`` in ``[-1, 1]`` (pixels,
+    before the codec): the frozen encoder's targets are computed once, without gradients. ``losses(hidden,
+    part)``: the hidden tokens ``[m, N_tokens, width]`` of the micro-batch ``part`` (a slice of the prepared
+    batch) -> named weighted losses (scalars), added to the training loss and logged as ``aux/<name>``.
+    ``applied()``: JSON-ready record for ``meta.json`` (``regularizer``)."""
+
+    block: int
+
+    def bind(self, layout: TokenLayout) -> None: ...
+
+    def module(self) -> torch.nn.Module: ...
+
+    def prepare(self, images: Tensor) -> None: ...
+
+    def losses(self, hidden: Tensor, part: slice) -> dict[str, Tensor]: ...
 
     def applied(self) -> dict[str, Any]: ...
 

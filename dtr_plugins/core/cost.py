@@ -1,4 +1,4 @@
-"""What a model costs: its parameters, the parameters one forward uses, and FLOPs counted while code runs.
+"""FLOPs counted while code runs: what training and sampling a model cost in floating-point operations.
 
 FLOPs are counted, never estimated by hand: :func:`counting_flops` runs code under
 :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the floating-point operations of the ops it has a
@@ -10,9 +10,7 @@ elementwise ops, normalisations, activations, softmax outside attention, embeddi
 the EMA. What is counted is what really ran: a sliced (sampling) path counts its narrower matmuls, classifier-free
 guidance its doubled batch, token routing its dropped tokens, activation checkpointing its recomputed forward.
 
-Active parameters (:func:`active_parameter_count`): the backbone's or its routing strategy's own count through
-:class:`~dtr_plugins.core.contracts.SupportsActiveParameters`; without it every parameter is active (masking
-channels zeroes activations, not weights: a routed layer's weights all stay in the model).
+Parameters (all, and those one forward uses) are :func:`dtr_plugins.core.param_count.parameter_counts`.
 
 docs/comparisons.md ("Cost at equal compute") says where these numbers are recorded and reported.
 """
@@ -24,30 +22,11 @@ from typing import Any
 
 import torch
 
-from dtr_plugins.core.contracts import SupportsActiveParameters
-from dtr_plugins.core.routing import RoutedBackbone
-
-__all__ = ["FLOPS_COUNTED", "FlopCount", "parameter_count", "active_parameter_count", "counting_flops"]
+__all__ = ["FLOPS_COUNTED", "FlopCount", "counting_flops"]
 
 #: what the recorded FLOPs are, written beside them (meta.json ``cost``, samples.json)
 FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode: matmuls, convolutions and scaled dot-product attention "
                  "(2 FLOPs per multiply-add); elementwise ops not counted")
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    """Every parameter of ``model`` (elements, trainable or not; shared tensors once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def active_parameter_count(model: torch.nn.Module) -> int:
-    """The parameters one forward of ``model`` uses: the backbone's own count
-    (:class:`SupportsActiveParameters`), else its routing strategy's, else :func:`parameter_count`."""
-    if isinstance(model, SupportsActiveParameters):
-        return int(model.active_parameters(model))
-    plan = model.plan if isinstance(model, RoutedBackbone) else None
-    if plan is not None and plan.active_parameters is not None:
-        return int(plan.active_parameters(model))
-    return parameter_count(model)
 
 
 def _sdpa_cpu(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -140,6 +141,12 @@ class FlowMatching:
     def continuous_tasks(self, strategy: Any) -> ContinuousTasks:
         """How the routing plan maps the model's time ``t`` to tasks: ``u = 1 - t``."""
         return ContinuousTasks(strategy, exact=self.routing == "continuous", data_at_one=True)
+
+    def log_snr(self, levels: np.ndarray) -> np.ndarray:
+        """Log signal-to-noise ratio ``2 log((1 - u) / u)`` of the linear path at noise levels ``u`` in (0, 1)
+        (``x = (1 - u) x1 + u x0``; ``SupportsLogSNR``), float64."""
+        u = np.asarray(levels, dtype=np.float64)
+        return np.asarray(2.0 * (np.log1p(-u) - np.log(u)), dtype=np.float64)
 
     def loss_bucket(self, t: Tensor, buckets: int) -> Tensor:
         """Bucket ``floor(u * buckets)`` of the noise level ``u = 1 - t`` (bucket 0: clean), int64."""

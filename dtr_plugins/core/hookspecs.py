@@ -223,3 +223,17 @@ def dtr_register_token_routers(register: Callable[..., None]) -> None:
     Args:
         register: the registration callable described in the module docstring.
     """
+
+
+@hookspec
+def dtr_register_regularizers(register: Callable[..., None]) -> None:
+    """Register regularisers (:class:`~dtr_plugins.core.contracts.Regularizer`; config
+    ``regularizer: {name, **params}``): auxiliary losses on a backbone's hidden tokens against a frozen encoder.
+
+    The factory returns an object with ``block``, ``bind(layout)``, ``module()`` (its trainable part),
+    ``prepare(images)``, ``losses(hidden, part)`` and ``applied()``. Built-in: ``repa`` (REPA, Yu et al., ICLR
+    2025; docs/regularizers.md).
+
+    Args:
+        register: the registration callable described in the module docstring.
+    """

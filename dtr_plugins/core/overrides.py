@@ -19,7 +19,7 @@ logger = logging.getLogger("dtr_plugins.core.config")  # the config's notes, und
 
 #: sections that name a plugin: changing their ``name`` by ``--set`` starts from the new plugin's defaults
 SWITCHABLE_SECTIONS = ("diffusion", "backbone", "routing", "loss_weighting", "data", "codec", "ema", "timesteps",
-                       "text", "token_routing")
+                       "text", "token_routing", "regularizer")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set",

@@ -40,6 +40,7 @@ KINDS: dict[str, str] = {
     "timestep_sampler": "dtr_register_timestep_samplers",  # how training draws t (uniform, logit_normal, ...)
     "conditioner": "dtr_register_conditioners",  # frozen text encoders of text-to-image models (clip_text)
     "token_router": "dtr_register_token_routers",  # tokens that skip blocks in training (tread)
+    "regularizer": "dtr_register_regularizers",  # auxiliary losses from frozen encoders (repa)
 }
 
 

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from dtr_plugins.core.continuous_routing import grid_rows
-from dtr_plugins.core.contracts import LearnedRoutingStrategy, SupportsActiveParameters
+from dtr_plugins.core.contracts import LearnedRoutingStrategy, TimeExpertRouting
 from dtr_plugins.core.errors import ConfigError, PluginError
+from dtr_plugins.core.expert_dispatch import split_by_expert
 
 if TYPE_CHECKING:
     from dtr_plugins.core.buckets import TimestepBuckets
@@ -119,9 +120,6 @@ class RoutingPlan(nn.Module):
         # flow: float times -> tasks u in [0, 1] (a core.continuous_routing.ContinuousTasks); None: index only
         self.continuous = continuous
         self.strategy_repr = repr(strategy)
-        # the strategy's count of the parameters one forward uses (a bound method: no submodule is registered)
-        self.active_parameters: Callable[[nn.Module], int] | None = (
-            strategy.active_parameters if isinstance(strategy, SupportsActiveParameters) else None)
         self.site = str(site)
         self.slice_shared = bool(slice_shared)
         self.num_tasks = int(num_tasks)
@@ -175,6 +173,11 @@ class RoutingPlan(nn.Module):
     def is_learned(self) -> bool:
         """True when the plan routes with a learned strategy: blocks ask :meth:`layer_gate` for their gate."""
         return self.learned is not None
+
+    @property
+    def time_experts(self) -> TimeExpertRouting | None:
+        """The learned strategy when it splits the backbone's weights into time experts, else None."""
+        return self.learned if isinstance(self.learned, TimeExpertRouting) else None
 
     def _learned_strategy(self) -> LearnedRoutingStrategy:
         if self.learned is None:
@@ -392,6 +395,24 @@ class RoutedBackbone(nn.Module):
     #: the routing sites at which the backbone applies learned gates (``[N, units]`` rows at a unit site)
     learned_sites: ClassVar[tuple[str, ...]] = (INPUT_SITE,)
 
+    #: parameter-name prefixes of the backbone's per-noise-level blocks (DiT: ``blocks.``): what a time-expert
+    #: strategy with ``granularity: block`` gives every expert its own copy of; empty: none declared
+    expert_blocks: ClassVar[tuple[str, ...]] = ()
+    _in_experts: bool = False  # set while the time experts' dispatch runs this backbone's own forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``forward`` as every module; with time experts (:class:`~dtr_plugins.core.contracts.TimeExpertRouting`)
+        each sample runs with the weights of the expert owning its time (:mod:`dtr_plugins.core.expert_dispatch`)."""
+        plan = self.plan
+        experts = plan.time_experts if plan is not None else None
+        if experts is None or self._in_experts:
+            return super().__call__(*args, **kwargs)
+        self._in_experts = True
+        try:
+            return split_by_expert(self, experts, plan.tasks_of, args, kwargs)  # type: ignore[union-attr]
+        finally:
+            self._in_experts = False
+
     def routing_cond_dim(self) -> int | None:
         """Width of the conditioning vector handed to learned gates (``cond`` of ``layer_gate``); None: none."""
         return None
@@ -415,6 +436,10 @@ class RoutedBackbone(nn.Module):
         if len(plan.layer_table) != len(routed_units(self, plan.site)):
             raise ValueError("routing plan was built for a different list of routed layers")
         self.add_module("routing", plan)
+        if plan.time_experts is not None:  # the experts copy the backbone's weights (their shared parent)
+            named = {name: p for name, p in self.named_parameters()
+                     if p.requires_grad and not name.startswith("routing.")}
+            plan.time_experts.bind_weights(named, self.expert_blocks)
 
     @property
     def plan(self) -> RoutingPlan | None:

@@ -3,8 +3,10 @@
 Per run (:func:`run_cost`, kept as :attr:`RunRecord.cost` and in ``raw_results.jsonl`` ``cost``), from what the run
 recorded itself:
 
-- ``parameters``, ``active_parameters``, ``train_flops_per_image``: ``meta.json`` ``cost``, from the counted first
-  training step (:mod:`dtr_plugins.training.cost`);
+- ``parameters``, ``active_parameters``: ``meta.json`` ``parameters`` (``total``, ``active``;
+  :func:`dtr_plugins.core.param_count.parameter_counts`);
+- ``train_flops_per_image``: ``meta.json`` ``cost``, from the counted first training step
+  (:mod:`dtr_plugins.training.cost`);
 - ``sample_flops_per_image``, ``seconds_per_sample``: the last evaluation record that has them (its sampling,
   :func:`dtr_plugins.sampling.sample.generate`: one image's sampling counted, the batches' wall time over the
   images made);
@@ -42,9 +44,12 @@ def run_cost(meta: Mapping[str, Any], evals: Sequence[Mapping[str, Any]],
              train: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """A run's cost record (keys :data:`COST_KEYS`, None where the run did not record it) from its ``meta.json``,
     eval records and training records of ``metrics.jsonl`` (module docstring)."""
-    found = meta.get("cost")
+    found, counts = meta.get("cost"), meta.get("parameters")
     recorded: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
-    out: dict[str, float | None] = {k: _number(recorded.get(k)) for k in COST_KEYS[:3]}
+    sizes: Mapping[str, Any] = counts if isinstance(counts, Mapping) else {}
+    out: dict[str, float | None] = {"parameters": _number(sizes.get("total")),
+                                    "active_parameters": _number(sizes.get("active")),
+                                    "train_flops_per_image": _number(recorded.get("train_flops_per_image"))}
     counted = [e for e in evals if _number(e.get("sample_flops_per_image")) is not None]
     sampled: Mapping[str, Any] = counted[-1] if counted else {}
     out["sample_flops_per_image"] = _number(sampled.get("sample_flops_per_image"))

@@ -107,8 +107,39 @@ def learned_gate_tables(plan: RoutingPlan) -> tuple[list[torch.Tensor], str, str
     return None if tables is None else (list(tables), unit, "gate")
 
 
+def expert_owner_figure(owner: np.ndarray, num_experts: int, title: str = "", continuous: bool = False):
+    """Which time expert runs each timestep: ``owner`` int ``[T]`` (expert of row ``t``) as a step line, the
+    timestep on x and the expert index on y (the figure of :func:`plot_learned_gates` for time experts)."""
+    steps = len(owner)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.step(np.arange(steps), owner, where="mid", color="tab:blue", lw=1.6)
+    for change in np.flatnonzero(np.diff(owner)) + 1:
+        ax.axvline(change - 0.5, color="0.7", lw=0.8, ls="--")
+        ax.annotate(f"{change}", (change - 0.5, num_experts - 0.6), fontsize=7, ha="center", color="0.35")
+    ax.set_yticks(range(num_experts))
+    ax.set_ylim(-0.5, num_experts - 0.5)
+    ax.set_xlim(-0.5, steps - 0.5)
+    ax.set_xlabel(f"timestep t (T = {steps})" + (": noise level u = t / (T - 1)" if continuous else ""))
+    ax.set_ylabel("expert")
+    head = wrap_title(title, 84) + "\n" if title else ""
+    ax.set_title(head + "time experts: the expert that denoises each timestep (boundaries dashed)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_learned_gates(plan: RoutingPlan, path: str | Path, title: str = "") -> Path | None:
-    """:func:`plot_gate_tables` of :func:`learned_gate_tables`; None when there is nothing to draw."""
+    """:func:`plot_gate_tables` of :func:`learned_gate_tables`; None when there is nothing to draw. Time experts
+    (``TimeExpertRouting``) are drawn as the expert of every timestep (:func:`expert_owner_figure`)."""
+    experts = plan.time_experts
+    if experts is not None:
+        owner = torch.arange(plan.num_tasks)
+        tasks = owner.double() / max(plan.num_tasks - 1, 1) if plan.continuous is not None else owner
+        chosen = experts.expert_of(tasks).cpu().numpy()
+        count = len(experts.intervals())
+        fig = expert_owner_figure(chosen, count, title or plan.strategy_repr, continuous=plan.continuous is not None)
+        out = save_figure(fig, path, dpi=110)
+        plt.close(fig)
+        return out
     found = learned_gate_tables(plan)
     if found is None:
         return None

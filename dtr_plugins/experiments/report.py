@@ -17,7 +17,7 @@ from typing import Any
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.io import clean_stale_temps, write_text
 from dtr_plugins.core.metrics import LOWER, compared
-from dtr_plugins.core.numbers import fmt_mean_std
+from dtr_plugins.core.numbers import fmt, fmt_mean_std
 from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
 from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
@@ -117,6 +117,20 @@ def metric_table(key: str, results: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parameter_table(results: list[RunRecord]) -> str:
+    """Rows: groups; columns: total parameters and the parameters one forward pass uses (``meta.json``
+    ``parameters``, :func:`dtr_plugins.core.param_count.parameter_counts`; time experts hold N copies and use one).
+    "" when no run recorded them."""
+    rows = []
+    for group, runs in _groups(results).items():
+        counts = next((r.meta["parameters"] for r in runs if isinstance(r.meta.get("parameters"), dict)), None)
+        if counts is not None:
+            rows.append(f"| `{group}` | {fmt(counts.get('total'))} | {fmt(counts.get('active'))} |")
+    if not rows:
+        return ""
+    return "\n".join(["### Parameters", "", "| run | total | active per forward |", "|---|---|---|", *rows]) + "\n"
+
+
 def _eval_settings(results: list[RunRecord]) -> str:
     """The sampling applied at each run's last eval, one entry per distinct setting (a suite that varies the
     process or sampler lists each, with how many runs used it); "" without evals."""
@@ -192,6 +206,9 @@ def build_report(suite_dir: str | Path) -> Path:
         table = metric_table(key, results)
         if table:
             lines += [table]
+    params = parameter_table(results)
+    if params:
+        lines += [params]
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     lines += ["", f"Raw numbers: [results.csv](results.csv); per run (config fingerprint, seed, every metric and "

@@ -361,10 +361,10 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
     """Sample from a run directory, checkpoint, exported folder or hub id (``hf://ORG/NAME``) and write the
     images; returns the output folder.
 
-    ``overrides`` (:class:`SamplingOverrides`: ``num`` (default: the config's ``sample.num_samples``), ``sampler``,
-    ``respacing``, ``cfg_scale``, ``labels``, ``seed``, ``batch_size``, ``use_ema``; ``num`` and ``seed`` given here
-    replace those) go over the loaded config's ``sample`` section: the :class:`SamplingSettings` are built once
-    from both, and ``samples.json`` records what they applied.
+    ``overrides`` (:class:`SamplingOverrides`: ``num`` (default: the config's ``sample.num_samples``),
+    ``sampler``, ``respacing``, ``cfg_scale``, ``labels``, ``seed``, ``batch_size``, ``use_ema``; ``num`` and
+    ``seed`` given here replace those) go over the loaded config's ``sample`` section: the
+    :class:`SamplingSettings` are built once from both, and ``samples.json`` records what they applied.
     An exported folder or hub id has no run directory, so ``out`` is required there (:class:`UserError`
     otherwise); it holds one set of weights (``use_ema=False`` needs raw ones). ``samples.json`` records
     ``weights`` (ema, model or diffusers), and for those sources ``source``.

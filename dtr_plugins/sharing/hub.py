@@ -84,6 +84,7 @@ def run_weights(source: str | Path, *, weights: str = "ema", allow_unsafe_load: 
     the folder an export will write. Raises :class:`UserError` / :class:`CheckpointError` (one line)."""
     from dtr_plugins.compose import codec_spec, compose
     from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+    from dtr_plugins.core.param_count import parameter_record
     from dtr_plugins.runs.rundir import RunDir
 
     if weights not in ("ema", "model"):
@@ -101,7 +102,7 @@ def run_weights(source: str | Path, *, weights: str = "ema", allow_unsafe_load: 
     apply_checkpoint(model, {weights: ckpt[weights]}, ckpt_path, use_ema=weights == "ema")
     step = ckpt.get("step")
     record: dict[str, Any] = {"format": EXPORT_FORMAT, "weights": weights, "step": None if step is None else int(step),
-              "checkpoint": ckpt_path.name}
+              "checkpoint": ckpt_path.name, **parameter_record(model)}  # parameters (total, active), time experts
     spec = codec_spec(cfg)
     if not spec.is_identity:  # the codec's config section is in config.json; its weights are not in the folder
         record["codec"] = {"name": spec.name, "section": spec.section, "params": spec.params, "in_folder": False}

@@ -253,7 +253,7 @@ def render_model_card(cfg: Mapping[str, Any], record: Mapping[str, Any], evaluat
               "```", ""]
     if meta:
         keep = {k: meta[k] for k in ("dtr_plugins", "torch", "git_commit", "device", "world_size", "precision", "seed",
-                                     "started", "finished") if k in meta}
+                                     "started", "finished", "parameters", "time_experts") if k in meta}
         lines += ["## Training run", "", *_block("json", json.dumps(keep, indent=2)), ""]
     lines += ["## Config", "", "The resolved run config (also in `config.json`; local paths shown by their last "
               "component):", "", *_block("yaml", yaml.safe_dump(dict(cfg), sort_keys=False).rstrip()), ""]

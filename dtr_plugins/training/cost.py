@@ -5,11 +5,11 @@ The first optimizer step of a run (step 0) runs its forward and backward under
 routing and accumulation as configured. A compiled network runs that one step eagerly (its uncompiled module;
 the same step on a resumed or uninterrupted run). Recorded (docs/comparisons.md, "Cost at equal compute"):
 
-- ``parameters``, ``active_parameters``: :func:`~dtr_plugins.core.cost.parameter_count`,
-  :func:`~dtr_plugins.core.cost.active_parameter_count` of the model (without the EMA copy);
 - ``train_flops_per_image``: the step's counted FLOPs on this rank divided by its local batch size (the
   optimizer and EMA updates are elementwise and not counted);
 - ``flops_counted``: :data:`~dtr_plugins.core.cost.FLOPS_COUNTED`.
+
+The model's parameters (all and active) are ``meta.json`` ``parameters`` (:mod:`dtr_plugins.core.param_count`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dtr_plugins.core.cost import FLOPS_COUNTED, active_parameter_count, parameter_count
+from dtr_plugins.core.cost import FLOPS_COUNTED
 
 __all__ = ["eager_net", "train_cost_record"]
 
@@ -29,7 +29,6 @@ def eager_net(net: torch.nn.Module) -> torch.nn.Module:
     return net._orig_mod if isinstance(net, OptimizedModule) else net
 
 
-def train_cost_record(model: torch.nn.Module, flops: int, batch: int) -> dict[str, Any]:
-    """The ``cost`` record of ``meta.json``: ``flops`` counted over one step of ``batch`` images on ``model``."""
-    return {"parameters": parameter_count(model), "active_parameters": active_parameter_count(model),
-            "train_flops_per_image": flops / max(batch, 1), "flops_counted": FLOPS_COUNTED}
+def train_cost_record(flops: int, batch: int) -> dict[str, Any]:
+    """The ``cost`` record of ``meta.json``: ``flops`` counted over one training step of ``batch`` images."""
+    return {"train_flops_per_image": flops / max(batch, 1), "flops_counted": FLOPS_COUNTED}

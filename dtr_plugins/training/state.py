@@ -48,13 +48,18 @@ class TrainState:
     step: int = 0
     profiles: list[str] = field(default_factory=lambda: ["ema"])
     extra_emas: list[torch.nn.Module] = field(default_factory=list)
+    #: the regulariser's trainable part (REPA's projector; None without one): optimised, saved under
+    #: ``regularizer``, never averaged nor exported
+    regularizer: torch.nn.Module | None = None
 
     @classmethod
     def create(cls, model: torch.nn.Module, weighting: torch.nn.Module, cfg: ExperimentConfig,
-               device: torch.device, profiles: Sequence[str] = ("ema",)) -> TrainState:
+               device: torch.device, profiles: Sequence[str] = ("ema",),
+               regularizer: torch.nn.Module | None = None) -> TrainState:
         """A fresh state: one EMA per name of ``profiles``, each a copy of ``model``; AdamW over the backbone, the
         weighting's groups, then the learned routing strategy's groups (their own lr / weight decay; none for
-        static routing)."""
+        static routing), then the regulariser's trainable part (the backbone's lr and weight decay; REPA trains
+        its projector with the model)."""
         import copy
 
         ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -65,10 +70,18 @@ class TrainState:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in routed]}]
         groups += list(cast(LossWeighting, weighting).param_groups())
         groups += routing_groups
+        if regularizer is not None:
+            groups.append({"params": [p for p in regularizer.parameters() if p.requires_grad]})
         optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                       fused=device.type == "cuda")
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-        return cls(model, ema, optimizer, scaler, weighting, profiles=list(profiles), extra_emas=extra)
+        return cls(model, ema, optimizer, scaler, weighting, profiles=list(profiles), extra_emas=extra,
+                   regularizer=regularizer)
+
+    def trained(self) -> list[torch.nn.Parameter]:
+        """The parameters the step clips and all-reduces with the model's: the model's and the regulariser's."""
+        extra = list(self.regularizer.parameters()) if self.regularizer is not None else []
+        return [*self.model.parameters(), *extra]
 
     def averages(self) -> list[torch.nn.Module]:
         """Every tracked average, in the order of ``profiles``."""
@@ -85,6 +98,11 @@ class TrainState:
                 raise CheckpointError(f"checkpoint of step {ckpt.get('step')}: no ema_profiles.{name} (its EMA "
                                       f"profiles: {', '.join(['ema', *saved]) or 'ema'})")
             module.load_state_dict(saved[name])
+        if self.regularizer is not None:
+            if "regularizer" not in ckpt:
+                raise CheckpointError(f"checkpoint of step {ckpt.get('step')}: no regularizer weights (it was trained "
+                                      f"without the regularizer section)")
+            self.regularizer.load_state_dict(ckpt["regularizer"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.weighting.load_state_dict(ckpt["loss_weighting"])
         if "scaler" in ckpt:
@@ -100,6 +118,8 @@ class TrainState:
         config = cfg.to_dict()
         extra = {"ema_profiles": {name: m.state_dict() for name, m in zip(self.profiles[1:], self.extra_emas)}
                  } if self.extra_emas else {}
+        if self.regularizer is not None:
+            extra["regularizer"] = self.regularizer.state_dict()
         return dict(step=self.step, model=self.model.state_dict(), ema=self.ema.state_dict(), **extra,
                     optimizer=self.optimizer.state_dict(), loss_weighting=self.weighting.state_dict(),
                     scaler=self.scaler.state_dict(), rng={"torch": torch.get_rng_state()}, data_position=self.step,
@@ -111,6 +131,7 @@ class TrainState:
         bad = []
         named = [("model", self.model), ("ema", self.ema)]
         named += [(f"ema_profiles.{n}", m) for n, m in zip(self.profiles[1:], self.extra_emas)]
+        named += [("regularizer", self.regularizer)] if self.regularizer is not None else []
         for prefix, module in named:
             for name, t in module.state_dict().items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):

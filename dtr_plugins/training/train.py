@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dtr_plugins._version import __version__
-from dtr_plugins.compose import Components, check_machine, check_run, compose
+from dtr_plugins.compose import Components, build_regularizer, check_machine, check_run, compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.buckets import apply_train_buckets, bucket_summary
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
@@ -39,8 +39,9 @@ from dtr_plugins.core.errors import CheckpointError, ConfigError, UserError
 from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weights_fingerprint
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
+from dtr_plugins.core.param_count import parameter_record
 from dtr_plugins.core.plugins import PluginRegistry, default_registry
-from dtr_plugins.core.routing import routed_units
+from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.core.timesteps import sampler_record
 from dtr_plugins.core.token_routing import token_record
 from dtr_plugins.evaluation.heldout import HeldOutSet
@@ -241,6 +242,7 @@ def compose_checked(cfg: ExperimentConfig, registry: PluginRegistry | None = Non
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     parts = compose(cfg, registry, device="cpu")
     check_run(cfg, parts, registry, run_dir=run_dir)
+    parts.regularizer = build_regularizer(parts, registry)  # its projector after the model, from the same seed
     return parts
 
 
@@ -272,7 +274,8 @@ def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist
         apply_checkpoint(parts.model, read_checkpoint(init, allow_unsafe=allow_unsafe_load), init, use_ema=True,
                          allow_routing_mismatch=True)
     state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device,
-                              profiles=[p.name for p in parts.ema.profiles()])
+                              profiles=[p.name for p in parts.ema.profiles()],
+                              regularizer=parts.regularizer.module() if parts.regularizer is not None else None)
     if start_ckpt is not None:
         ckpt = read_checkpoint(start_ckpt, allow_unsafe=allow_unsafe_load)
         check_resume_identity(ckpt, cfg, start_ckpt)
@@ -307,6 +310,7 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta = _begin_meta(rd, d, cfg, step, start.resume)
     meta["compute"] = meta["segments"][-1]["compute"] = start.compute  # as applied by this invocation
     meta["routed_channels"] = routed_units(parts.model, cfg.routing.site)  # the report draws masks from these
+    meta.update(parameter_record(parts.model))  # parameters: total and active per forward; time experts' owners
     if (tokens := token_record(parts.model)) is not None:  # token_routing (tread): applied in training forwards
         meta["token_routing"] = tokens
     previous = meta.get("trackers") if start.from_checkpoint else None  # the run ids to continue
@@ -317,6 +321,8 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     meta["ema"] = {**parts.ema.applied(), "applied": True, "section": "ema" if cfg.ema is not None else
                    "train.ema_decay/ema_warmup", "snapshot_every": cfg.ema.snapshot_every if cfg.ema else 0}
     meta["timesteps"] = sampler_record(parts.timestep_sampler, parts.timestep_source)
+    meta["regularizer"] = ({**parts.regularizer.applied(), "applied": True} if parts.regularizer is not None
+                           else {"applied": False})
     rd.write_meta(meta)
     heatmap = routing_heatmap(parts.model.plan) if parts.model.plan is not None else None
     if heatmap is not None:
@@ -328,8 +334,10 @@ def _network(cfg: ExperimentConfig, model: torch.nn.Module, d: distributed.Dist)
     """The module the training step calls: the model, wrapped for DDP and compiled as configured."""
     net: torch.nn.Module = model
     if d.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        plan = model.plan if isinstance(model, RoutedBackbone) else None
+        net = torch.nn.parallel.DistributedDataParallel(  # time experts: a batch need not reach every expert
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=plan is not None and plan.time_experts is not None)
     if cfg.train.compile:
         net = cast(torch.nn.Module, torch.compile(net))
     return net

@@ -28,6 +28,7 @@ from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.prompts import evaluation_prompts
 from dtr_plugins.training.accumulate import forward_backward
+from dtr_plugins.training.aux_losses import step_aux_losses
 from dtr_plugins.training.cost import eager_net, train_cost_record
 from dtr_plugins.training.state import TrainState, ema_update, routing_plan
 from dtr_plugins.training.tracker_set import TrackerSet
@@ -141,6 +142,7 @@ class Trainer:
         self.window_steps, self.window_start = 0, time.perf_counter()
         self.plan = routing_plan(state.model)
         self.text = parts.text  # text-to-image: labels are item indices; their captions go through the cache
+        self.regularizer = parts.regularizer  # an auxiliary loss from a frozen encoder (repa), logged as aux/<name>
 
     # ------------------------------------------------------------------------------------- loop
     def run(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -194,19 +196,22 @@ class Trainer:
         kwargs = (model_kwargs_for(cast(Backbone, model), labels) if self.text is None
                   else {"y": self.text.training_condition(labels)})  # caption dropout: the empty caption's
         first = state.step == 0  # the run's first step is counted (training/cost.py): meta.json ``cost``
-        with counting_flops() if first else contextlib.nullcontext() as flops:
+        # a regulariser (REPA) reads the clean images and the tokens of one block (training/aux_losses.py)
+        with step_aux_losses(model, self.plan, self.regularizer, batch) as aux_losses, \
+                counting_flops() if first else contextlib.nullcontext() as flops:
             loss, per_sample_loss, aux = forward_backward(
                 eager_net(self.net) if first else self.net, self.diffusion, weighting, x0, t, kwargs,
                 k=cfg.train.grad_accum_steps, autocast=lambda: autocast(cfg.train.precision, d.device),
-                backward=lambda value: scaler.scale(value).backward(),
-                aux_losses=self.plan.pop_aux_losses if self.plan is not None else None)
+                backward=lambda value: scaler.scale(value).backward(), aux_losses=aux_losses)
         if flops is not None and d.is_main:
-            self.run_dir.update_meta(cost=train_cost_record(model, flops.total, int(x0.shape[0])))
-        if d.enabled:  # the weighting's own parameters (ANT-UW) live outside DDP: average their gradients
+            self.run_dir.update_meta(cost=train_cost_record(flops.total, int(x0.shape[0])))
+        if d.enabled:  # the weighting's and the regulariser's parameters live outside DDP: average their gradients
             _all_reduce_grads(weighting.parameters(), d.world_size)
+            if state.regularizer is not None:
+                _all_reduce_grads(state.regularizer.parameters(), d.world_size)
         if cfg.train.grad_clip:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(state.trained(), cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         for average, beta in zip(state.averages(), self.ema_rule.betas(state.step), strict=True):
@@ -242,7 +247,8 @@ class Trainer:
         if d.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(d.device) / 2**20
         record.update({f"weighting/{k}": v for k, v in cast(LossWeighting, state.weighting).log_values().items()})
-        # the learned strategy's weighted auxiliary losses (this rank's window mean), added to the training loss
+        # the learned strategy's and the regulariser's weighted auxiliary losses (this rank's window mean), added to
+        # the training loss
         record.update({f"aux/{k}": float(v) / self.window_steps for k, v in sorted(self.aux_sum.items())})
         self.aux_sum = {}
         if d.is_main:

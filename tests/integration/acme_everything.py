@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import dtr_plugins
+from dtr_plugins.core.contracts import TokenLayout
 from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.routing import RoutedBackbone, routed_residual
 
@@ -176,6 +177,14 @@ class Net(RoutedBackbone):
     def routed_channels(self, site="input"):
         return [self.width, self.width]
 
+    tap = None  # SupportsBlockTokens: (block, sink) while a regularizer reads a block's output
+
+    def block_layout(self):
+        return TokenLayout(blocks=2, width=self.width, grid=(self.input_size, self.input_size))
+
+    def tap_block(self, block, sink):
+        self.tap = None if sink is None else (block, sink)
+
     def forward(self, x, t, y=None):
         h = self.inp(x) + self.t_emb(t)[:, :, None, None]
         plan = self.plan
@@ -186,6 +195,8 @@ class Net(RoutedBackbone):
             elif m is not None:
                 m = m[:, :, None, None]
             h = routed_residual(h, m, lambda z, b=block: torch.relu(b(z)))
+            if self.tap is not None and self.tap[0] == i + 1:
+                self.tap[1](h.flatten(2).transpose(1, 2))  # [N, H * W, width]
         return self.out(h)
 
 
@@ -273,6 +284,34 @@ class Pool:
 
 class LatentNet(Net):
     input_space = "latents"
+
+
+# -- regularizer: a block's tokens, projected to one value each, pulled towards the clean image's grey levels
+class AlignParams(Strict):
+    weight: float = Field(0.1, ge=0)
+
+
+class PixelAlign:
+    block = 1
+
+    def __init__(self, weight):
+        self.weight, self.proj, self.targets, self.grid = weight, None, None, (0, 0)
+
+    def bind(self, layout):
+        self.grid, self.proj = layout.grid, nn.Linear(layout.width, 1)
+
+    def module(self):
+        return self.proj
+
+    def prepare(self, images):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), self.grid)
+        self.targets = pooled.flatten(2).transpose(1, 2)  # [N, H * W, 1]
+
+    def losses(self, hidden, part):
+        return {"acme_align": self.weight * (self.proj(hidden) - self.targets[part]).pow(2).mean()}
+
+    def applied(self):
+        return {"name": "acme_pixel_align", "weight": self.weight, "block": self.block}
 
 
 # -- tracker: writes what it is given into the run directory
@@ -430,3 +469,8 @@ def dtr_register_timestep_samplers(register):
 @dtr_plugins.hookimpl
 def dtr_register_feature_extractors(register):
     register("acme-projection", ExtractorSpec, params=HalfParams, description="random projection")
+
+
+@dtr_plugins.hookimpl
+def dtr_register_regularizers(register):
+    register("acme_pixel_align", PixelAlign, params=AlignParams, description="block tokens towards grey levels")

@@ -33,6 +33,7 @@ data: {name: acme_blobs, mirror: true}
 log: {trackers: [acme_tracker]}
 ema: {name: acme_halflife, snapshot_every: 2}
 timesteps: {name: acme_low_half}
+regularizer: {name: acme_pixel_align}
 train: {steps: 3, batch_size: 4, log_every: 1, threads: 1}
 sample: {num_samples: 8, batch_size: 8}
 eval: {at_end: true, metrics: [fid], feature_extractor: acme-projection, num_samples: 8, heldout_every: 2,
@@ -87,7 +88,7 @@ def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     assert report["plugins"]["code"] == 0, driven.stderr
     kinds = {r["kind"] for r in json.loads(report["plugins"]["out"]) if r["distribution"] == "acme-everything"}
     assert kinds == {"process", "dataset", "backbone", "strategy", "loss_weighting", "codec", "tracker",
-                     "launcher", "feature_extractor", "ema", "timestep_sampler"}
+                     "launcher", "feature_extractor", "ema", "timestep_sampler", "regularizer"}
     assert report["validate"]["code"] == 0, driven.stderr
     statuses = {k: v["state"] for k, v in report["launch"].items()}
     assert statuses == {"pixels": "done", "latent": "done"}, driven.stderr
@@ -104,6 +105,8 @@ def test_one_plugin_of_every_kind_from_the_protocols_alone(tmp_path):
     assert config["heldout"]["target"] == "epsilon"
     assert config["ema"]["name"] == "acme_halflife" and config["ema"]["applied"] is True  # the EMA rule's record
     assert config["timesteps"] == {"sampler": "every_step(T=10)", "continuous": False, "from": "timesteps"}
+    assert config["regularizer"] == {"name": "acme_pixel_align", "weight": 0.1, "block": 1, "applied": True}
+    assert all(r["aux/acme_align"] > 0 for r in records if "loss" in r)  # the regularizer's loss, logged
     assert sorted(p.name for p in (run / "ema").iterdir()) == [
         f"snapshot-{s:07d}-{n}.pt" for s in (2, 3) for n in ("fast", "slow")]  # both profiles, every 2 and at the end
     # the final evaluation sampled with the process's own default sampler (walk, 4 steps)

@@ -125,7 +125,7 @@ def test_resolved_yaml_keeps_the_section_order(tmp_path):
     text = cfg.to_yaml()
     tops = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
     # optional sections left out when unset (the fingerprint of older runs holds)
-    unset = {"ema", "timesteps", "text", "token_routing"}
+    unset = {"ema", "timesteps", "text", "token_routing", "regularizer"}
     assert tops == [f for f in type(cfg).model_fields if f not in unset]  # name, seed, output_dir, backbone, ...
     assert tops[:3] == ["name", "seed", "output_dir"]
     assert cfg.to_dict()["routing"] == {"name": "dtr", "site": "input", "alpha": 4.0, "beta": 0.8}

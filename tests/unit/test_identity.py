@@ -118,7 +118,7 @@ def test_a_registered_metric_reaches_cli_config_report_runs_and_card(extra_metri
 def test_unregistered_metric_is_refused_by_config_and_cli(tmp_path, capsys):
     from dtr_plugins.cli import main
 
-    with pytest.raises(ConfigError, match="unknown metric 'sharpness'.*allowed: fid, kid, isc, prc"):
+    with pytest.raises(ConfigError, match="unknown metric 'sharpness'.*allowed: fid, sfid, kid, isc, prc"):
         tiny(tmp_path, eval={"metrics": ["sharpness"]})
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--samples", "s", "--ref", "r", "--out", "o", "--metrics", "sharpness"])
