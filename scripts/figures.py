@@ -161,12 +161,17 @@ def suite_table(path: Path) -> str:
     """The paired comparison of one committed suite, recomputed from its per-run lines."""
     from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, compare_runs
     from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
+    from dtr_plugins.experiments.cost_report import cost_table
     from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
 
     lines = read_raw_results(path)
     primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
-    result = compare_runs(records_from_raw(lines), primary=primary)
+    records = records_from_raw(lines)
+    result = compare_runs(records, primary=primary)
     text = render_comparison_markdown(result).split("\n", 2)[2]  # without the section heading
+    costs = cost_table(records, result)
+    if costs:  # the cost section one heading level down, inside the block
+        text = text.rstrip("\n") + "\n\n#" + costs
     machines = sorted({f"{x['machine']}, torch {x['torch']}" for x in lines})
     dates = sorted(str(x["date"])[:10] for x in lines if x.get("date"))
     rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.experiments.cost_report import run_cost
 from dtr_plugins.runs.record import RunRecord
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 
@@ -103,11 +104,12 @@ def run_record(run_dir: RunDir, run_id: str, entry: dict[str, Any] | None = None
     routing = config.get("routing")
     state = run_dir.read_status()
     status = f"unreadable ({damaged})" if damaged else str(state.get("state", "new"))
+    meta = run_dir.read_meta()
+    train = [r for r in steps if "loss" in r]  # held-out and eval lines are not training
     return RunRecord(id=run_id, seed=seed if isinstance(seed, int) else 0,
                      axes=axes_of(run_id, assignment, config), curves=curves, status=status,
                      heldout_fingerprint=fingerprint, group=str(entry.get("group", run_id)),
                      routing=str(routing.get("name", "?")) if isinstance(routing, dict) else "?",
-                     config=config, meta=run_dir.read_meta(), evals=evals,
-                     train=[r for r in steps if "loss" in r],  # held-out and eval lines are not training
+                     config=config, meta=meta, evals=evals, train=train,
                      current=None in (recorded, planned) or recorded == planned,  # unknown: not stale
-                     error=str(state.get("error", "")))
+                     error=str(state.get("error", "")), cost=run_cost(meta, evals, train))

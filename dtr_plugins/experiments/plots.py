@@ -227,3 +227,17 @@ def plot_sample_rows(rows: dict[str, tuple[np.ndarray, np.ndarray | None]], path
         ax.set_title(group, fontsize=10, loc="left")
         ax.axis("off")
     return _finish(fig, path, dpi=dpi)
+
+
+def plot_quality_vs_flops(points: dict[str, list[tuple[float, float]]], metric_label: str, path: str | Path) -> Path:
+    """A scatter plot: per group, its runs' ``(sampling GFLOPs per image, metric value)`` points (one marker
+    per group); ``metric_label`` names the y axis."""
+    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
+    for marker, (group, pts) in zip(("o", "s", "^", "D", "v", "P", "X", "*") * 8, points.items()):
+        ax.scatter([x for x, _ in pts], [y for _, y in pts], marker=marker, label=group, alpha=0.8)
+    ax.set_xlabel("sampling GFLOPs per image (counted)")
+    ax.set_ylabel(metric_label)
+    ax.set_title(wrap_title(f"{metric_label} against sampling compute, one point per run", 60))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, path)

@@ -3,7 +3,8 @@
 ``raw_results.jsonl`` (written by ``dtr report`` beside ``report.md``; commit it as
 ``benchmarks/results-<machine>/<suite>/runs.jsonl``) has one JSON object per run, keys sorted:
 
-- ``suite``, ``run_id``, ``status``, ``seed``, ``axes`` (axis -> value label, seed left out);
+- ``suite``, ``run_id``, ``status``, ``seed``, ``axes`` (axis -> value label, seed left out), ``group`` (the run id
+  without the seed; optional, older files lack it);
 - ``config_fingerprint``: sha256 of the run's resolved config (``status.json``/``fingerprint`` of the run);
 - ``primary``: the suite's primary metric (see :mod:`.compare`);
 - ``final``: metric -> value at the run's last logged step of that metric (every eval metric,
@@ -13,7 +14,10 @@
   from the run's ``meta.json``;
 - ``seconds`` (wall time of the run's last launch, training and evaluation, as the launcher recorded it in
   ``status.json``; with ``resumed`` true, earlier sittings are not included) and ``threads`` (CPU threads of
-  that launch; None: torch's default): optional, older files lack them.
+  that launch; None: torch's default): optional, older files lack them;
+- ``cost``: parameters, active parameters, training and sampling FLOPs per image, seconds per training step and
+  per sample (:func:`dtr_plugins.experiments.cost_report.run_cost`; None where the run did not record it):
+  optional, older files lack it.
 
 :func:`records_from_raw` turns the lines back into :class:`~dtr_plugins.runs.record.RunRecord` s, so every table of the
 report can be recomputed from the committed file alone (``make figures``, ``scripts/figures.py``).
@@ -58,6 +62,7 @@ def raw_lines(suite_dir: str | Path) -> list[dict[str, Any]]:
             "machine": meta.get("device"), "torch": meta.get("torch"), "dtr_plugins": meta.get("dtr_plugins"),
             "git_commit": meta.get("git_commit"), "date": meta.get("started"),
             "seconds": status.get("seconds"), "resumed": status.get("resumed"), "threads": status.get("threads"),
+            "cost": dict(run.cost), "group": run.group,
         })
     return out
 
@@ -90,4 +95,7 @@ def records_from_raw(lines: list[dict[str, Any]]) -> list[RunRecord]:
     """The comparison's input, rebuilt from raw-results lines."""
     return [RunRecord(id=x["run_id"], seed=int(x["seed"]), axes=dict(x["axes"]), status=str(x["status"]),
                       curves={m: [(int(s), float(v)) for s, v in pts] for m, pts in x["curves"].items()},
-                      heldout_fingerprint=x.get("heldout_fingerprint")) for x in lines]
+                      heldout_fingerprint=x.get("heldout_fingerprint"),
+                      group=str(x.get("group") or x["run_id"]),
+                      cost=dict(x["cost"]) if isinstance(x.get("cost"), dict) else {}) for x in lines]
+

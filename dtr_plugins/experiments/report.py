@@ -21,6 +21,7 @@ from dtr_plugins.core.numbers import fmt, fmt_mean_std
 from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, ComparisonResult, compare_runs
 from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
 from dtr_plugins.experiments.compare_records import runs_from_suite
+from dtr_plugins.experiments.cost_report import cost_table, plot_quality_vs_flops
 from dtr_plugins.experiments.raw_results import RAW_FILE, export_raw_results
 from dtr_plugins.experiments.report_html import write_html_report
 from dtr_plugins.experiments.svg_charts import Chart, mean_curve
@@ -164,6 +165,8 @@ def build_report(suite_dir: str | Path) -> Path:
     export_raw_results(suite_dir)
     comparison = compare_runs(results, primary=str(index.get("primary") or DEFAULT_PRIMARY))
     plots = _plots(suite_dir, results, metric_keys) + _comparison_plots(suite_dir, results, comparison)
+    drawn = plot_quality_vs_flops(results, comparison.primary, suite_dir / "plots" / "quality_vs_flops.png")
+    plots += [drawn] if drawn is not None else []
     done = [r for r in results if r.status == "done"]
     first = next((r for r in results if r.meta), None)
     evals = [e for r in results for e in r.evals]
@@ -195,6 +198,8 @@ def build_report(suite_dir: str | Path) -> Path:
     if failed or any(r.status.startswith("unreadable") for r in results):
         lines.append("")
     lines += [render_comparison_markdown(comparison)]
+    costs = cost_table(results, comparison)
+    lines += [costs] if costs else []
     lines += ["## Results per run group", "", "Mean ± std over seeds (no test: see the paired comparisons above); "
               "best value per column in **bold**.", ""]
     for key in [*metric_keys, TRAIN_LOSS]:

@@ -22,7 +22,8 @@ class RunRecord:
     group differ only by seed); ``routing``: the strategy's name; ``config`` / ``meta``: the run's
     ``config.yaml`` and ``meta.json``; ``evals``: one eval record per eval step (with ``"step"``); ``train``: the
     training records of ``metrics.jsonl``; ``current``: trained with the suite's current plan (its recorded
-    plan fingerprint is the planned one, or unknown); ``error``: the failure line its ``status.json`` recorded.
+    plan fingerprint is the planned one, or unknown); ``error``: the failure line its ``status.json`` recorded;
+    ``cost``: its parameters, FLOPs per image and speeds (:func:`dtr_plugins.experiments.cost_report.run_cost`).
     ``dtr runs`` shows a view of it (:class:`dtr_plugins.runs.listing.RunSummary`).
     """
 
@@ -40,6 +41,7 @@ class RunRecord:
     train: Sequence[Mapping[str, Any]] = field(default_factory=list)
     current: bool = True
     error: str = ""
+    cost: Mapping[str, Any] = field(default_factory=dict)
 
     def final(self, metric: str) -> tuple[int, float] | None:
         """The last ``(step, value)`` of ``metric``, None when the run logged none."""

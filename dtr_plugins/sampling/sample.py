@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,6 +25,7 @@ from dtr_plugins.compose import compose
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, Codec, SupportsGuidance, SupportsSolverSteps
+from dtr_plugins.core.cost import counting_flops
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.guidance import check_guidance
 from dtr_plugins.core.images import to_uint8
@@ -120,8 +122,6 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
     from tqdm.auto import tqdm
 
     s, num, batch = settings, settings.num_samples, settings.batch_size
-    num_classes = int(model.num_classes or 0)
-    conditional = num_classes > 1
     shape_chw = (model.in_channels, model.input_size, model.input_size)
     starts = list(range(0, num, batch))[d.rank::d.world_size]
     # solver steps x batches when the process says how many (SupportsSolverSteps), else network calls
@@ -131,18 +131,13 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
     counted = _CountingModel(model, on_call=_StepCounter(bar, steps).call)
     chunks: list[tuple[int, np.ndarray]] = []
     per_batch, nfe = None, []
+    started = time.perf_counter()
     for chunk_index in starts:
         idx = slice(chunk_index, min(chunk_index + batch, num))
         n = idx.stop - idx.start
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + chunk_index)
         noise = torch.randn((n, *shape_chw), generator=gen).to(d.device)
-        kwargs: dict[str, Any] = {}
-        if s.prompt_encoder is not None:  # text-to-image: all_labels are prompt indices
-            kwargs = prompt_kwargs(s.prompt_encoder, s, all_labels[idx], d.device)
-        elif conditional:
-            kwargs["y"] = torch.from_numpy(all_labels[idx]).to(d.device)
-            if s.guided:
-                kwargs["y_null"] = null_label(model, s.cfg_scale)
+        kwargs = _batch_kwargs(model, s, all_labels[idx], d.device)
         before, rows_before = counted.calls, counted.rows
         x = diffusion.sample(counted, noise.shape, solver=s.solver(), noise=noise, model_kwargs=kwargs,
                              progress=False, device=d.device)
@@ -155,11 +150,46 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
         x = codec.decode(x)
         chunks.append((chunk_index, to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()))  # uint8 NHWC
     bar.close()
+    if d.device.type == "cuda":
+        torch.cuda.synchronize(d.device)
+    seconds = time.perf_counter() - started
+    made = sum(min(c + batch, num) - c for c in starts)
+    if starts:  # one more image, counted (not timed): the sampler's FLOPs per image
+        record["sample_flops_per_image"] = _sample_flops(model, diffusion, s, all_labels[starts[0]:starts[0] + 1],
+                                                         d.device)
     dtype = next(_module(model).parameters()).dtype
     record.update({**s.applied(), "model_evaluations_per_image": per_batch, "nfe_per_batch": nfe,
+                   "sampling_seconds": seconds, "seconds_per_image": seconds / made if made else None,
                    "world_size": d.world_size,
                    "sample_precision": _PRECISION.get(dtype, str(dtype)), "device": str(d.device)})
     return chunks
+
+
+def _batch_kwargs(model: Backbone, s: SamplingSettings, labels: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """The model kwargs of one batch: encoded prompts (``labels`` are prompt indices), class labels (with the
+    null label when guided) or none (an unconditional model)."""
+    if s.prompt_encoder is not None:  # text-to-image: labels are prompt indices
+        return prompt_kwargs(s.prompt_encoder, s, labels, device)
+    kwargs: dict[str, Any] = {}
+    if int(model.num_classes or 0) > 1:
+        kwargs["y"] = torch.from_numpy(labels).to(device)
+        if s.guided:
+            kwargs["y_null"] = null_label(model, s.cfg_scale)
+    return kwargs
+
+
+def _sample_flops(model: Backbone, diffusion: Any, s: SamplingSettings, labels: np.ndarray,
+                  device: torch.device) -> float:
+    """FLOPs of sampling one image (``labels``: its one label) with the settings ``s``: every network call of the
+    real sampling loop (guidance's doubled batch, a routed model's sliced path), counted by
+    :func:`~dtr_plugins.core.cost.counting_flops`; decoding is not included. Changes no RNG state."""
+    shape = (len(labels), model.in_channels, model.input_size, model.input_size)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(s.seed)).to(device)
+        with counting_flops() as flops:
+            diffusion.sample(model, noise.shape, solver=s.solver(), noise=noise,
+                             model_kwargs=_batch_kwargs(model, s, labels, device), progress=False, device=device)
+    return flops.total / max(len(labels), 1)
 
 
 def _prepare(model: Backbone, settings: SamplingSettings) -> tuple[np.ndarray, str]:

@@ -20,6 +20,7 @@ import torch
 from dtr_plugins.core import distributed
 from dtr_plugins.core.config import ExperimentConfig
 from dtr_plugins.core.contracts import Backbone, EmaRule, LossWeighting, TimestepSampler
+from dtr_plugins.core.cost import counting_flops
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
@@ -28,6 +29,7 @@ from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.prompts import evaluation_prompts
 from dtr_plugins.training.accumulate import forward_backward
 from dtr_plugins.training.aux_losses import step_aux_losses
+from dtr_plugins.training.cost import eager_net, train_cost_record
 from dtr_plugins.training.state import TrainState, ema_update, routing_plan
 from dtr_plugins.training.tracker_set import TrackerSet
 
@@ -193,12 +195,16 @@ class Trainer:
         # strategy's auxiliary losses are added to what is backpropagated (static routing: the loss itself)
         kwargs = (model_kwargs_for(cast(Backbone, model), labels) if self.text is None
                   else {"y": self.text.training_condition(labels)})  # caption dropout: the empty caption's
+        first = state.step == 0  # the run's first step is counted (training/cost.py): meta.json ``cost``
         # a regulariser (REPA) reads the clean images and the tokens of one block (training/aux_losses.py)
-        with step_aux_losses(model, self.plan, self.regularizer, batch) as aux_losses:
+        with step_aux_losses(model, self.plan, self.regularizer, batch) as aux_losses, \
+                counting_flops() if first else contextlib.nullcontext() as flops:
             loss, per_sample_loss, aux = forward_backward(
-                self.net, self.diffusion, weighting, x0, t, kwargs,
+                eager_net(self.net) if first else self.net, self.diffusion, weighting, x0, t, kwargs,
                 k=cfg.train.grad_accum_steps, autocast=lambda: autocast(cfg.train.precision, d.device),
                 backward=lambda value: scaler.scale(value).backward(), aux_losses=aux_losses)
+        if flops is not None and d.is_main:
+            self.run_dir.update_meta(cost=train_cost_record(flops.total, int(x0.shape[0])))
         if d.enabled:  # the weighting's and the regulariser's parameters live outside DDP: average their gradients
             _all_reduce_grads(weighting.parameters(), d.world_size)
             if state.regularizer is not None:
