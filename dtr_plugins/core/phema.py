@@ -39,7 +39,7 @@ def exponent_of(sigma_rel: float | Sequence[float] | np.ndarray) -> np.ndarray:
     (``sqrt(1/12)``: ``gamma = 0``, a plain mean); a ``ValueError`` names a width outside ``(0, 0.2886]``.
     """
     widths = np.asarray(sigma_rel, dtype=np.float64)
-    out = np.empty(widths.shape, dtype=np.float64)
+    out = np.empty(widths.shape)  # float64
     for index, width in np.ndenumerate(widths):
         if not 0 < width <= np.sqrt(1 / 12):
             raise ValueError(f"sigma_rel {float(width)!r} is outside (0, 0.2886] (0.2886 = sqrt(1/12): gamma 0)")
@@ -69,7 +69,8 @@ def profile_inner_products(a_t: np.ndarray, a_gamma: np.ndarray, b_t: np.ndarray
     t_min = np.minimum(a_t, b_t)
     g_long = np.where(a_t >= b_t, a_gamma, b_gamma)
     scale = (a_gamma + 1) * (b_gamma + 1) / (a_gamma + b_gamma + 1)
-    return np.asarray(scale * np.exp(g_long * np.log(t_min / t_max)) / t_max, dtype=np.float64)
+    product: np.ndarray = scale * np.exp(g_long * np.log(t_min / t_max)) / t_max  # float64: the inputs are
+    return product
 
 
 def posthoc_coefficients(in_t: Sequence[float], in_sigma_rel: Sequence[float], out_t: float | Sequence[float],
@@ -82,11 +83,13 @@ def posthoc_coefficients(in_t: Sequence[float], in_sigma_rel: Sequence[float], o
     (``A``: their Gram matrix under :func:`profile_inner_products`; ``b``: their inner products with the
     wanted one), then scales each column to sum to 1. ``numpy.linalg.LinAlgError`` when ``A`` is singular
     (two snapshots of the same time and width)."""
-    t_in = np.asarray(in_t, dtype=np.float64).reshape(-1)
-    g_in = exponent_of(np.broadcast_to(np.asarray(in_sigma_rel, dtype=np.float64), t_in.shape))
-    t_out, s_out = np.broadcast_arrays(np.asarray(out_t, dtype=np.float64), np.asarray(out_sigma_rel, np.float64))
-    t_out, g_out = t_out.reshape(-1), exponent_of(s_out.reshape(-1))
+    # exponent_of and profile_inner_products read every input as float64
+    t_in = np.ravel(in_t)
+    g_in = exponent_of(np.broadcast_to(in_sigma_rel, t_in.shape))
+    t_out, s_out = np.broadcast_arrays(out_t, out_sigma_rel)
+    t_out, g_out = np.ravel(t_out), exponent_of(np.ravel(s_out))
     gram = profile_inner_products(t_in[:, None], g_in[:, None], t_in[None, :], g_in[None, :])
     target = profile_inner_products(t_in[:, None], g_in[:, None], t_out[None, :], g_out[None, :])
-    x = np.linalg.solve(gram, target)
-    return np.asarray(x / x.sum(axis=0, keepdims=True), dtype=np.float64)
+    x: np.ndarray = np.linalg.solve(gram, target)
+    coefficients: np.ndarray = x / x.sum(axis=0)  # each column (one output) sums to 1
+    return coefficients
