@@ -131,6 +131,16 @@ def venv_with_example(tmp_path: Path, example: Path) -> Path:
     return venv / "bin" / "python"
 
 
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), loaded afresh."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a torchrun rendezvous)."""
     import socket

@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError, DataError, first_line
-from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import file_sha256
 
@@ -256,27 +255,15 @@ def resolve_vae_folder(path: str) -> tuple[Path, str]:
 
 
 def _hub_snapshot(repo_id: str) -> Path:
+    from dtr_plugins.core.hf_hub import HubUnavailable, snapshot
+
     try:
-        from huggingface_hub import snapshot_download
+        return snapshot(repo_id, ["config.json", WEIGHTS_FILE], complete=lambda f: (f / "config.json").is_file())
     except ImportError:
         raise ConfigError(f"vae.path: {repo_id!r} is not a local folder, and loading a hub VAE needs diffusers "
                           "(pip install 'dtr-plugins[latent]')") from None
-    kwargs: dict[str, Any] = dict(repo_id=repo_id, allow_patterns=["config.json", WEIGHTS_FILE],
-                                  cache_dir=hub_cache_dir())
-    try:
-        folder = Path(snapshot_download(local_files_only=True, **kwargs))
-        if (folder / "config.json").is_file():
-            return folder
-    except Exception:  # noqa: BLE001 -- not in the local cache (hub raises many kinds): try the network
-        pass
-    if hub_offline():
-        raise ConfigError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                                                  "is set"))
-    try:
-        return Path(snapshot_download(**kwargs))
-    except Exception as exc:  # noqa: BLE001 -- any download failure becomes one ConfigError line
-        raise ConfigError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
-                                                  f"failed ({first_line(exc, limit=200)})")) from None
+    except HubUnavailable as why:
+        raise ConfigError(_not_available(repo_id, str(why))) from None
 
 
 def _not_available(repo_id: str, why: str) -> str:

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dtr_plugins.core.errors import ConfigError, first_line
-from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.io import file_sha256
 
@@ -64,22 +63,13 @@ def resolve_folder(path: str, key: str = "text.path") -> tuple[Path, Path]:
 
 
 def _hub_snapshot(repo_id: str, key: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from dtr_plugins.core.hf_hub import HubUnavailable, snapshot
 
-    kwargs: dict[str, Any] = dict(repo_id=repo_id, cache_dir=hub_cache_dir(),
-                                  allow_patterns=["config.json", "model.safetensors", *_TOKENIZER_FILES])
     try:
-        return Path(snapshot_download(local_files_only=True, **kwargs))
-    except Exception:  # noqa: BLE001 -- not in the local cache (the hub raises many kinds): try the network
-        pass
-    if hub_offline():
-        raise ConfigError(f"{key}: the hub model {repo_id!r} is not in the local Hugging Face cache and "
-                          f"HF_HUB_OFFLINE is set; copy a save_pretrained folder here and give its path")
-    try:
-        return Path(snapshot_download(**kwargs))
-    except Exception as exc:  # noqa: BLE001 -- any download failure becomes one ConfigError line
-        raise ConfigError(f"{key}: cannot load the hub model {repo_id!r}: {first_line(exc, limit=200)}; copy a "
-                          f"save_pretrained folder here and give its path") from None
+        return snapshot(repo_id, ["config.json", "model.safetensors", *_TOKENIZER_FILES])
+    except HubUnavailable as why:
+        raise ConfigError(f"{key}: cannot load the hub model {repo_id!r}: {why}; copy a save_pretrained folder "
+                          "here and give its path") from None
 
 
 def _text_config(folder: Path) -> dict[str, Any]:

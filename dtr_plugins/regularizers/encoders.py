@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dtr_plugins.core.errors import ConfigError, first_line
-from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
 
 __all__ = ["EncoderName", "ENCODERS", "FrozenEncoder", "make_encoder", "to_tokens", "DINOV2_DEFAULT"]
 
@@ -161,22 +160,13 @@ def _resolve_folder(source: str) -> Path:
 
 
 def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from dtr_plugins.core.hf_hub import HubUnavailable, snapshot
 
-    kwargs: dict[str, Any] = dict(repo_id=repo_id, cache_dir=hub_cache_dir(),
-                                  allow_patterns=["config.json", "model.safetensors"])
     try:
-        return Path(snapshot_download(local_files_only=True, **kwargs))
-    except Exception:  # noqa: BLE001 -- not in the local cache (the hub raises many kinds): try the network
-        pass
-    if hub_offline():
-        raise ConfigError(f"{_KEY}: the hub model {repo_id!r} is not in the local Hugging Face cache and "
-                          f"HF_HUB_OFFLINE is set; give a local Dinov2Model folder")
-    try:
-        return Path(snapshot_download(**kwargs))
-    except Exception as exc:  # noqa: BLE001 -- any download failure becomes one ConfigError line
-        raise ConfigError(f"{_KEY}: cannot load the hub model {repo_id!r}: {first_line(exc, limit=200)}; give a "
-                          f"local Dinov2Model folder") from None
+        return snapshot(repo_id, ["config.json", "model.safetensors"])
+    except HubUnavailable as why:
+        raise ConfigError(f"{_KEY}: cannot load the hub model {repo_id!r}: {why}; give a local Dinov2Model "
+                          "folder") from None
 
 
 def _dinov2_config(folder: Path) -> dict[str, Any]:

@@ -453,28 +453,12 @@ def resolve(source: str | Path) -> Path:
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    from dtr_plugins.core.hf_hub import hub_cache_dir, hub_offline
-
-    def download(local_only: bool) -> Path:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
-                                      cache_dir=hub_cache_dir(), local_files_only=local_only))
+    from dtr_plugins.core.hf_hub import HubUnavailable, snapshot
 
     try:
-        folder = download(local_only=True)
-        if _complete(folder):
-            return folder
-    except Exception:  # noqa: BLE001 -- huggingface_hub raises many kinds for "not cached"; then the network
-        pass
-    if hub_offline():
-        raise CheckpointError(_not_available(repo_id, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                                                      "is set"))
-    try:
-        return download(local_only=False)
-    except Exception as exc:  # noqa: BLE001 -- any download failure becomes the one-line message
-        raise CheckpointError(_not_available(repo_id, f"it is not in the local Hugging Face cache and the download "
-                                                      f"failed ({_scrub(first_line(exc, limit=200))})")) from None
+        return snapshot(repo_id, HUB_PATTERNS, revision=revision, complete=_complete)
+    except HubUnavailable as why:
+        raise CheckpointError(_not_available(repo_id, _scrub(str(why)))) from None
 
 
 def _complete(folder: Path) -> bool:

@@ -79,6 +79,9 @@ def test_forward_backward_in_micro_batches_gives_the_single_batch_gradients(weig
     cfg, model, diffusion = _tiny(f"loss_weighting={{name: {weighting}, k: 4}}" if weighting == "ant_uw" else
                                   "loss_weighting.name=constant")
     model.train()  # label dropout on: its uniform draws are sequential on CPU, so they match too
+    with torch.no_grad():  # leave DiT's zero initialisation, so the labels reach the output and the gradients
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     x0 = torch.randn(8, 1, 8, 8)
     y = torch.arange(8) % 4
     results = {}
@@ -190,6 +193,8 @@ def test_activation_checkpointing_gives_the_same_output_and_gradients(backbone):
             p.add_(0.02 * torch.randn_like(p))
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([3, 40, 77, 99]), torch.tensor([0, 1, 2, 3])
     out_plain, plain = _grads(model, x, t, y)
+    assert apply_activation_checkpointing(model, False, cfg.backbone.name) == {"applied": False,
+                                                                               "why": "not requested"}
     assert apply_activation_checkpointing(model, True, cfg.backbone.name) == {"applied": True}
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
@@ -213,7 +218,8 @@ def test_checkpointing_is_a_plain_call_without_gradients_and_refused_backbones_a
     assert calls == [False]
     assert apply_activation_checkpointing(torch.nn.Linear(2, 2), True, "mlp") == {
         "applied": False, "why": "backbone 'mlp' has no per-block activation checkpointing"}
-    assert apply_activation_checkpointing(torch.nn.Linear(2, 2), False, "mlp")["applied"] is False
+    assert apply_activation_checkpointing(torch.nn.Linear(2, 2), False, "mlp") == {"applied": False,
+                                                                                 "why": "not requested"}
 
 
 # ------------------------------------------------------------------------------------------------ TF32
@@ -225,6 +231,23 @@ def test_tf32_is_not_applicable_on_cpu_and_touches_nothing():
     with tf32_mode(False, torch.device("cpu")) as record:
         pass
     assert record["applied"] is False
+
+
+def test_tf32_on_cuda_devices_by_compute_capability(monkeypatch):
+    """The CUDA branch without a GPU: capability and name come from torch.cuda, asked about the given device."""
+    from dtr_plugins.core.compute import _tf32_support
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: asked.append(d) or (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: asked.append(d) or "Tesla T4")
+    device = torch.device("cuda", 1)
+    assert _tf32_support(device) == "Tesla T4 (compute capability 7.5) has no TF32 (needs 8.0)"
+    assert asked == [device, device]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (8, 0))
+    assert _tf32_support(device) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (9, 0))
+    assert _tf32_support(device) is None
+    assert _tf32_support(torch.device("cpu")) == "device cpu: TF32 is a CUDA (Ampere or newer) mode, not applicable"
 
 
 def test_config_keys_and_bad_values(tmp_path, run_cli):

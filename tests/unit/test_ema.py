@@ -218,6 +218,8 @@ def test_constant_and_warmup_records_say_what_was_applied():
     registry = default_registry()
     assert registry.build("ema", "constant", decay=0.99).applied() == {"name": "constant", "decay": 0.99,
                                                                        "profiles": ["ema"]}
+    assert [p.name for p in registry.build("ema", "constant", decay=0.99).profiles()] == ["ema"]
+    assert [p.name for p in registry.build("ema", "warmup", decay=0.99).profiles()] == ["ema"]
     warmup = registry.build("ema", "warmup", decay=0.999).applied()
     assert warmup["name"] == "warmup" and warmup["decay"] == 0.999 and warmup["profiles"] == ["ema"]
     assert warmup["rule"] == "min(decay, (1 + step) / (10 + step))"

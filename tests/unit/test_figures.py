@@ -1,5 +1,4 @@
 """Raw per-run results and `make figures`: README/docs tables equal their rebuild from committed results."""
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -16,16 +15,14 @@ from dtr_plugins.experiments.raw_results import (
     records_from_raw,
 )
 
+from ..conftest import load_script
 from .test_compare import crafted_suite
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def figures_module():
-    spec = importlib.util.spec_from_file_location("figures", REPO / "scripts" / "figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("figures")
 
 
 def test_readme_and_docs_equal_their_rebuild_from_committed_results(capsys):

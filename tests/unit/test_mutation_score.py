@@ -1,16 +1,12 @@
 """scripts/mutation_score.py: the per-module table of docs/testing.md, from mutmut's result files."""
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from ..conftest import load_script
 
 
 def score_module():
-    spec = importlib.util.spec_from_file_location("mutation_score", REPO / "scripts" / "mutation_score.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("mutation_score")
 
 
 def _meta(root: Path, rel: str, codes: dict) -> None:

@@ -252,8 +252,8 @@ def test_the_tap_gives_block_tokens_in_the_batch_order_also_with_timestep_bucket
 def test_a_hub_id_outside_the_cache_is_one_line_when_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.raises(ConfigError, match="regularizer.encoder_path: the hub model 'facebook/dinov2-base' is not in "
-                                          "the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+    with pytest.raises(ConfigError, match="regularizer.encoder_path: cannot load the hub model 'facebook/dinov2-base': "
+                                          "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         Repa(encoder="dinov2")  # the default hub id; nothing is downloaded
 
 
