@@ -128,3 +128,30 @@ def test_noise_levels_are_clamped_and_follow_the_time_convention_and_device():
     assert ContinuousTasks(Recorder(), exact=False).rows(torch.empty(2, device="meta"), 5).device.type == "meta"
     mask = ContinuousTasks(Recorder()).closed_form(torch.zeros(2), 8, layer=2, num_layers=5)
     assert mask[0].nonzero().flatten().tolist() == [2, 5]
+
+
+def test_log_snr_of_the_linear_path_and_the_constructor_defaults_and_refusals():
+    import numpy as np
+
+    from dtr_plugins.core.flow import flow_steps
+    from dtr_plugins.core.phema import power_beta
+
+    u = np.array([0.1, 0.5, 0.8], dtype=np.float32)
+    got = FlowMatching().log_snr(u)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, 2 * np.log((1 - u.astype(np.float64)) / u.astype(np.float64)), rtol=1e-12)
+    assert FlowMatching().num_timesteps == 1000  # rows of the routing grid over u
+    assert power_beta(0.05, 1.0) == 0.0  # the first update (t_delta defaults to one step) copies the weights
+    with pytest.raises(ConfigError) as err:
+        FlowMatching(time_sampling="beta")
+    assert str(err.value) == "diffusion.time_sampling: 'beta' (allowed: uniform, logit_normal)"
+    with pytest.raises(ConfigError) as err:
+        FlowMatching(routing="exact")
+    assert str(err.value) == "diffusion.routing: 'exact' (allowed: continuous, grid)"
+    with pytest.raises(ConfigError) as err:
+        FlowMatching().sample(Linear(2), (1, 2, 4, 4), sampler="rk4", respacing=3, progress=False)
+    assert "(allowed: euler, heun, euler_maruyama, dopri5)" in str(err.value)
+    assert flow_steps(" 7 ") == 7
+    for bad in (None, ""):
+        with pytest.raises(ConfigError, match=r"\(got (None|'');"):
+            flow_steps(bad)
