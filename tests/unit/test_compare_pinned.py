@@ -189,3 +189,22 @@ def test_metrics_come_in_registry_order_then_bands_by_number_and_need_both_runs(
                      {m: [(10, 1.0)] for m in names})
     assert [d.metric for d in compare_runs(runs).differences] == [HELD, FID, PREC, "heldout/band2",
                                                                   "heldout/band10"]
+
+
+def test_pairing_skips_runs_without_one_baseline_and_says_why():
+    from dtr_plugins.experiments.compare import family, pair_runs
+
+    assert family("dtr-a4-b0.8-sinput") == "dtr" and family("vanilla") == "vanilla"
+    axes = {"process": "flow"}
+    runs = [RunRecord("dtr0", 0, {"routing": "dtr-a4", **axes}), RunRecord("van0a", 0, {"routing": "vanilla", **axes}),
+            RunRecord("van0b", 0, {"routing": "vanilla", **axes}),  # two baselines for seed 0: ambiguous
+            RunRecord("dtr1", 1, {"routing": "dtr-a4", **axes}),  # no baseline for seed 1
+            RunRecord("dtr2", 2, {"routing": "dtr-a4"}), RunRecord("van2", 2, {"routing": "vanilla"})]
+    groups, skipped = pair_runs(runs)
+    assert skipped == [("dtr0", "2 `vanilla` runs match (seed 0): ambiguous baseline"),
+                       ("dtr1", "no `vanilla` run with seed 1 and process=flow")]
+    assert list(groups) == [("dtr-a4", ())] and [(a.id, b.id) for a, b in groups[("dtr-a4", ())]] == [("dtr2", "van2")]
+    _, skipped = pair_runs([RunRecord("dtr3", 3, {"routing": "dtr-a4"})])
+    assert skipped == [("dtr3", "no `vanilla` run with seed 3")]
+    _, skipped = pair_runs([RunRecord("d", 0, {"routing": "dtr", "a": "1", "b": "2"})])
+    assert skipped == [("d", "no `vanilla` run with seed 0 and a=1, b=2")]
