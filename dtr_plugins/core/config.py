@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from dtr_plugins.core.buckets import BUCKETS_HELP, BucketSetting
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
@@ -207,6 +207,14 @@ class EvalConfig(_Strict):
     heldout_per_band: int = Field(64, ge=1, description="held-out images (and fixed t, noise) per noise band")
     heldout_seed: int = Field(0, ge=0, description="seed of the held-out inputs (not the run's seed: every run "
                               "of a suite is scored on the same inputs)")
+
+    @model_validator(mode="after")
+    def _metrics_when_evaluating(self) -> EvalConfig:
+        """An evaluation (``at_end`` or ``every``) needs a metric: found here, not at the end of training."""
+        if not self.metrics and (self.at_end or self.every):
+            raise ValueError("no metrics, but an evaluation is asked for (eval.at_end or eval.every); name "
+                             "eval.metrics or set eval.at_end: false and eval.every: 0")
+        return self
 
 
 class CacheFields(BaseModel):

@@ -63,6 +63,8 @@ BAD = [
     ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:10: malformed YAML"),
     ("learn_sigma conflict", GOOD, ["backbone.learn_sigma=false"],
      "backbone.learn_sigma: False disagrees with diffusion.learn_sigma"),
+    ("evaluation without metrics", GOOD, ["eval.metrics=[]", "eval.at_end=true"],
+     "eval: no metrics, but an evaluation is asked for (eval.at_end or eval.every)"),
 ]
 
 
