@@ -67,7 +67,7 @@ MUTATE_CI = "dtr_plugins.strategies.dtr*" "dtr_plugins.core.continuous_routing*"
 	"dtr_plugins.training.accumulate*" "dtr_plugins.ema*"
 mutate-ci: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m mutmut run $(MUTATE_CI)
-	$(PY) scripts/mutation_score.py
+	$(PY) scripts/mutation_score.py $(MUTATE_CI)
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
