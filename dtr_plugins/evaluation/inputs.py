@@ -174,15 +174,28 @@ def folder_images(path: Path) -> ImageSet:
     return ImageSet(FolderImages(files, size), size, None, False, str(path))
 
 
+#: the files ``dtr sample`` writes into its output folder (beside ``images/`` and ``grid.png``)
+SAMPLE_SET = ("samples.npz", "samples.json")
+
+
+def sample_set_file(path: Path) -> Path:
+    """A folder written by ``dtr sample`` stands for its ``samples.npz`` (the images with their labels and,
+    beside it, how they were made); its ``grid.png`` is not a sample. Any other path is returned as given."""
+    if path.is_dir() and all((path / name).is_file() for name in SAMPLE_SET):
+        return path / SAMPLE_SET[0]
+    return path
+
+
 def load_images(source: Any, labels: Any = None) -> ImageSet:
-    """Samples as an :class:`ImageSet`: a folder, an ``.npz`` or a ``uint8`` NHWC array.
+    """Samples as an :class:`ImageSet`: a folder, an ``.npz`` or a ``uint8`` NHWC array; a folder written by
+    ``dtr sample`` is read from its ``samples.npz`` (:func:`sample_set_file`).
 
     ``labels`` (``int [N]``) overrides labels stored in an npz. Raises :class:`DataError` (one line).
     """
     if isinstance(source, (np.ndarray, torch.Tensor)):
         arr = source.cpu().numpy() if torch.is_tensor(source) else source
         return array_images(arr, "<array>", labels, "argument")
-    path = Path(source)
+    path = sample_set_file(Path(source))
     if path.is_dir():
         images = folder_images(path)
     elif path.is_file() and path.suffix.lower() == ".npz":
@@ -231,7 +244,7 @@ def provenance_beside(source: Any) -> tuple[dict[str, Any], str] | None:
     """
     if isinstance(source, (np.ndarray, torch.Tensor)):
         return None
-    path = Path(source)
+    path = sample_set_file(Path(source))
     if path.suffix.lower() != ".npz":
         return None
     sidecar = path.with_suffix(".json")

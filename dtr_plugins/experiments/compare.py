@@ -56,9 +56,14 @@ def is_band(metric: str) -> bool:
     return metric.startswith("heldout/band")
 
 
+#: the label of a matrix value ``null`` (an optional section left unset, e.g. ``token_routing: null``)
+NO_VALUE = "none"
+
+
 def family(label: str) -> str:
-    """The plugin name in a value label: ``dtr-a4-b0.8`` -> ``dtr``."""
-    return label.split("-", 1)[0]
+    """The plugin name in a value label: ``dtr-a4-b0.8`` -> ``dtr``; a strategy with a token router,
+    ``dtr-a4-b0.8+tread``, is the family ``dtr+tread`` (neither ``dtr`` nor a baseline)."""
+    return "+".join(part.split("-", 1)[0] for part in label.split("+"))
 
 
 # ------------------------------------------------------------------------------------------ inputs

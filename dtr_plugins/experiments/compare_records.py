@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.experiments.compare import NO_VALUE, metric_info
 from dtr_plugins.experiments.cost_report import run_cost
 from dtr_plugins.runs.record import RunRecord
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
@@ -54,6 +54,8 @@ def curves_from_records(records: list[dict[str, Any]]) -> tuple[dict[str, list[t
 
 
 def _label(value: Any, id_part: str | None) -> str:
+    if value is None:
+        return NO_VALUE
     if isinstance(value, dict):
         return id_part or "-".join([str(value.get("name", "?"))] + [f"{k}{v}" for k, v in value.items() if k != "name"])
     return str(value)
@@ -62,7 +64,9 @@ def _label(value: Any, id_part: str | None) -> str:
 def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
     """Axis -> value label, seed left out. A section value (a mapping) is labelled as in the run id
     (``dtr-a4-b0.8``), a plain value by itself; the one matrix key on the routing section (``routing`` or
-    ``routing.name``) becomes the ``routing`` axis, and with none the applied routing is used."""
+    ``routing.name``) becomes the ``routing`` axis, and with none the applied routing is used. A
+    ``token_routing`` axis joins the routing axis (``dtr-a4-b0.8+tread``; ``none`` adds nothing), so that
+    token routing, alone (``vanilla+tread``) or with a channel routing, is a strategy compared with vanilla."""
     keys = list(assignment)
     parts = run_id.split("__")
     ids = parts[:len(keys)] if len(parts) in (len(keys), len(keys) + 1) else [None] * len(keys)
@@ -72,6 +76,9 @@ def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> 
         axes["routing"] = axes.pop(routing_keys[0])
     if not routing_keys and isinstance(config.get("routing"), dict):
         axes["routing"] = _label(config["routing"], None)
+    token = axes.pop("token_routing", None)  # a varied token router is part of the strategy: dtr-a4-b0.8+tread
+    if token is not None and token != NO_VALUE and "routing" in axes:
+        axes["routing"] = f"{axes['routing']}+{token}"
     return axes
 
 

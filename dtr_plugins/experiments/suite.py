@@ -43,7 +43,7 @@ from dtr_plugins.core.fingerprint import changed_keys, plan_fingerprint, resume_
 from dtr_plugins.core.io import write_text
 from dtr_plugins.core.metrics import compared
 from dtr_plugins.core.plugins import default_registry, format_validation_error
-from dtr_plugins.experiments.compare import metric_info
+from dtr_plugins.experiments.compare import NO_VALUE, metric_info
 from dtr_plugins.launchers import RunSpec, describe_launcher, resolve_launcher
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 
@@ -123,6 +123,8 @@ def value_label(key: str, value: Any, full: bool | None = None) -> str:
 
     ``full`` adds every parameter of a section (used when short labels of one axis would collide).
     """
+    if value is None:
+        return NO_VALUE  # an optional section left unset (``token_routing: null``)
     if isinstance(value, dict):
         head = str(value.get("name", key))
         for tag in ("size", "preset"):
@@ -227,6 +229,9 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         key = item.partition("=")[0].strip()
         if key in spec.matrix:
             raise ConfigError(f"--set {item}: {key} is a matrix key of {path}; it cannot be set for every run")
+        if key in ("output_dir", "name"):  # the suite places and names its runs; a run's own value is ignored
+            raise ConfigError(f"--set {item}: a suite's runs live in <output_dir>/<suite name>/<run id>; set "
+                              f"output_dir (or name) at the top of {path}, or copy the suite file")
     check_path_component(spec.name, f"{path}: name")  # ../evil would write outside output_dir
     root = Path(spec.output_dir) / spec.name
     if metric_info(spec.primary) is None:

@@ -261,6 +261,13 @@ def test_eval_takes_device_and_threads(runs, run_cli, tmp_path):
                            "--out", str(tmp_path / "eval.json"))
     assert code == 0, err
     assert json.loads((tmp_path / "eval.json").read_text())["device"] == "cpu"
+    # the folder dtr sample wrote is read as its samples.npz: labels and provenance, not grid.png as a sample
+    code, _, err = run_cli("eval", "--samples", str(out), "--ref", "dataset:digits", "--feature-extractor",
+                           "digits-classifier", "--metrics", "prc", "--out", str(tmp_path / "folder.json"))
+    assert code == 0, err
+    got = json.loads((tmp_path / "folder.json").read_text())
+    assert got["provenance_file"] == str(out / "samples.json") and got["num_samples"] == 4
+    assert got["sample_labels"] == "labels" and "class_accuracy" in got
 
 
 def test_overwrite_never_replaces_a_run_a_file_or_foreign_files(runs, run_cli, tmp_path, monkeypatch):

@@ -220,6 +220,17 @@ def test_shipped_suites_expand():
         assert load_suite(path).runs, path
 
 
+def test_a_null_matrix_value_unsets_an_optional_section_and_is_labelled_none():
+    suite = load_suite(ROOT / "configs" / "suites" / "routing_families_v3.yaml")
+    ids = [r.id for r in suite.runs]
+    assert len(ids) == 24 and "seed0__vanilla__none" in ids and "seed2__dtr-a4-b0.8__tread" in ids
+    assert not any("tread" in i and i.split("__")[1].split("-")[0] in ("switch", "dydit_width", "time_experts")
+                   for i in ids)  # the excludes keep TREAD to vanilla and DTR
+    plain = next(r for r in suite.runs if r.id == "seed0__vanilla__none")
+    routed = next(r for r in suite.runs if r.id == "seed0__vanilla__tread")
+    assert plain.config.token_routing is None and routed.config.token_routing.name == "tread"
+
+
 def test_colliding_short_labels_get_parameters():
     from dtr_plugins.experiments.suite import axis_labels
 
@@ -360,6 +371,9 @@ def test_suite_set_applies_to_every_run(tmp_path, run_cli):
     assert code == 2 and "--set seed=3: seed is a matrix key" in err
     code, _, err = run_cli("suite", str(path), "--dry-run", "--set", "train.steps=0")
     assert code == 2 and "train.steps" in err
+    code, _, err = run_cli("suite", str(path), "--dry-run", "--set", f"output_dir={tmp_path / 'elsewhere'}")
+    assert code == 2 and "a suite's runs live in <output_dir>/<suite name>/<run id>" in err  # it was ignored
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_streamed_log_progress_and_one_thread_per_child(tmp_path, log_text):

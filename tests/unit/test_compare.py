@@ -8,6 +8,7 @@ from dtr_plugins.experiments.compare import (
     NOT_RESOLVED,
     RunRecord,
     compare_runs,
+    family,
     first_reach,
     pair_runs,
     t_interval,
@@ -199,6 +200,22 @@ def test_axis_labels_from_assignment_ids_and_config():
     assert axes_of("namedtr__lr0.001", {"routing.name": "dtr", "train.lr": 0.001}, {}) == {
         "routing": "dtr", "train.lr": "0.001"}
     assert axes_of("base", {}, {"routing": {"name": "vanilla"}}) == {"routing": "vanilla"}
+
+
+def test_a_varied_token_router_is_part_of_the_strategy_compared_with_plain_vanilla():
+    tread = {"name": "tread", "ratio": 0.5, "start": 1, "end": 2}
+    assignment = {"seed": 0, "routing": {"name": "dtr", "alpha": 4.0, "beta": 0.8}, "token_routing": tread}
+    assert axes_of("seed0__dtr-a4-b0.8__tread", assignment, {}) == {"routing": "dtr-a4-b0.8+tread"}
+    assert axes_of("seed0__vanilla__none", {**assignment, "routing": {"name": "vanilla"}, "token_routing": None},
+                   {}) == {"routing": "vanilla"}
+    assert family("dtr-a4-b0.8+tread") == "dtr+tread" and family("vanilla+tread") == "vanilla+tread"
+    runs = [RunRecord("v", 0, {"routing": "vanilla"}, {FID: [(10, 5.0)]}),
+            RunRecord("t", 0, {"routing": "vanilla+tread"}, {FID: [(10, 4.5)]}),
+            RunRecord("dt", 0, {"routing": "dtr-a4-b0.8+tread"}, {FID: [(10, 4.0)]})]
+    result = compare_runs(runs)
+    assert [(d.strategy, d.mean) for d in result.differences] == [("vanilla+tread", -0.5),
+                                                                 ("dtr-a4-b0.8+tread", -1.0)]
+    assert [c.status for c in result.claims if c.claim.strategy == "dtr"] == ["not tested"] * 3  # DTR + TREAD is not DTR
 
 
 def test_plots_of_bands_and_forest(tmp_path):
