@@ -10,7 +10,8 @@ Sources (nothing else, nothing downloaded; seconds; the ``bench:`` blocks import
   the paired comparison recomputed from the per-run values (intervals, multiplicity, verdicts); ``recipe-...``: the
   recipe's sizing (time per run, spread, resolution); ``summary-...``: the primary metric in plain words (per
   strategy mean and SD, the paired difference against the baseline, its interval and verdict); with a
-  ``cpu_time.json`` beside it, ``cpu-time-...``: the suite's measured CPU time;
+  ``cpu_time.json`` beside it, ``cpu-time-...``: the suite's measured CPU time; where its runs carry their cost,
+  the picture ``quality_vs_flops.png`` beside it (not in ``--check``);
 - ``benchmarks/results-cpu/routing_overhead.json``, ``benchmarks/results-gpu/routing_overhead_B2.json``
   -> ``routing-overhead-cpu``, ``routing-overhead-gpu``, ``routing-overhead-summary``;
 - ``benchmarks/results-gpu/routing_sites_B2.json`` -> ``sampling-sites-gpu``, ``sampling-sites-summary``;
@@ -466,6 +467,23 @@ def rebuild(text: str, source: str, table: dict[str, Callable[[], str]]) -> str:
     return MARKER.sub(one, text)
 
 
+def suite_figures(repo: Path = REPO) -> list[Path]:
+    """Beside each committed ``runs.jsonl`` whose runs carry their cost: ``quality_vs_flops.png`` (the suite's
+    primary metric against sampling FLOPs per image, one point per run), drawn from that file alone."""
+    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
+    from dtr_plugins.experiments.cost_report import plot_quality_vs_flops
+    from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
+
+    drawn = []
+    for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
+        lines = read_raw_results(raw)
+        primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+        done = [r for r in records_from_raw(lines) if r.status == "done"]
+        path = plot_quality_vs_flops(done, primary, raw.parent / "quality_vs_flops.png")
+        drawn += [path] if path is not None else []
+    return drawn
+
+
 def documents(repo: Path = REPO) -> list[Path]:
     return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
 
@@ -487,12 +505,14 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(doc.relative_to(REPO))
             if not args.check:
                 doc.write_text(new)
+    pictures = [] if args.check else suite_figures()
     blocks = sum(len(MARKER.findall(d.read_text())) for d in documents())
     if args.check and stale:
         print(f"figures: out of date in {', '.join(map(str, stale))}; run `make figures`", file=sys.stderr)
         return 1
     print(f"figures: {blocks} blocks {'checked' if args.check else 'rebuilt'}"
-          + (f", rewrote {', '.join(map(str, stale))}" if stale and not args.check else ""))
+          + (f", rewrote {', '.join(map(str, stale))}" if stale and not args.check else "")
+          + (f"; drew {', '.join(str(p.relative_to(REPO)) for p in pictures)}" if pictures else ""))
     return 0
 
 
