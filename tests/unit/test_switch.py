@@ -331,3 +331,13 @@ def test_switch_param_errors_name_the_plugin_and_buffers_persist():
     s = bound()
     assert set(s.state_dict()) >= {"matching", "forwards"} and "window" not in s.state_dict()
     assert s.forwards.dtype == torch.int64 and s.matching.tolist() == list(range(6))
+
+
+def test_bind_refuses_a_site_other_than_the_block_inputs_naming_what_is_allowed():
+    s = SwitchRouting(embed_dim=8, freq_dim=16)
+    with pytest.raises(ConfigError) as err:
+        s.bind([4, 4], 10, site="heads_mlp", cond_dim=None)
+    assert str(err.value) == ("routing.site: 'heads_mlp' is not supported by switch, which gates block inputs "
+                              "(allowed: input)")
+    with pytest.raises(ConfigError, match=r"^routing.embed_dim: the backbone gives no conditioning width"):
+        SwitchRouting(freq_dim=16).bind([4], 10, site="input", cond_dim=None)
