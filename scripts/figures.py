@@ -348,6 +348,26 @@ def fashion_gpu_estimate(repo: Path = REPO) -> str:
             f"{sets['eval.num_samples']} images for the final evaluation adds minutes.\n")
 
 
+def fashion_sizing(repo: Path = REPO) -> str:
+    """The measurements that chose the Fashion-MNIST recipe (``benchmarks/results-cpu/fashion_routing/sizing.json``)."""
+    rel = "benchmarks/results-cpu/fashion_routing/sizing.json"
+    d = json.loads((repo / rel).read_text())
+    lines = [f"From `{rel}` ({d['date']}; {d['machine']}): {d['what']}.", "",
+             "| model | steps x batch | weights | guidance | samples | class accuracy | FID | precision | recall "
+             "| held-out loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['model']} | {r['train_steps']} x {r['batch_size']} | {r['weights']} | {r['cfg_scale']:g} "
+                     f"| {r['num_samples']} | {r['class_accuracy']:.3f} | {r['frechet_inception_distance']:.1f} "
+                     f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['heldout_total']:.4f} |")
+    for t in d.get("timings", []):
+        lines += ["", f"Time, {t['model']}: {t['what']} took {t['seconds']:.0f} s with {t['parallel']} runs at a time, "
+                      f"{t['sampling_seconds']:.0f} s of it sampling, so "
+                      f"{(t['seconds'] - t['sampling_seconds']) / t['steps']:.2f} s per training step with its "
+                      f"held-out passes ({t['source']}; the machine was not otherwise idle)."]
+    lines += ["", f"Chosen: {d['chosen']}."]
+    return "\n".join(lines) + "\n"
+
+
 def recipe_table(path: Path) -> str:
     """What a suite's recipe measured, from its committed per-run lines: run time, the seed-to-seed spread of
     the primary metric, the smallest paired difference it resolves, and the class accuracy of the samples.
@@ -440,6 +460,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         "speed-summary": lambda: speed_summary(repo),
         "heldout-cost-summary": lambda: heldout_cost_summary(repo),
         "fashion-gpu-estimate": lambda: fashion_gpu_estimate(repo),
+        "fashion-sizing": lambda: fashion_sizing(repo),
         "train-buckets-cpu": train_buckets_cpu,
     }
     bench = repo / "benchmarks"
