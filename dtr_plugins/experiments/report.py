@@ -206,7 +206,7 @@ def build_report(suite_dir: str | Path) -> Path:
         table = metric_table(key, results)
         if table:
             lines += [table]
-    params = parameter_table(results)
+    params = "" if costs else parameter_table(results)  # the cost table has both counts already
     if params:
         lines += [params]
     lines += ["## Plots", ""]

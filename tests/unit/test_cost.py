@@ -238,5 +238,6 @@ def test_the_suite_report_has_the_cost_table_and_the_quality_against_flops_plot(
     report = build_report(root).read_text()
     runs = runs_from_suite(root)
     assert cost_table(runs, compare_runs(runs)) in report and "## Cost" in report
+    assert "### Parameters" not in report  # the cost table gives total and active parameters once
     assert (root / "plots" / "quality_vs_flops.png").stat().st_size > 0
     assert "![quality_vs_flops](plots/quality_vs_flops.png)" in report
