@@ -13,9 +13,10 @@ recorded itself:
 - ``seconds_per_step``: 1 / the median ``steps_per_s`` of the run's ``metrics.jsonl`` windows (the first window,
   with the counted step and warm-up, left out when there are more).
 
-The table (:func:`cost_table`) has one row per run group, from its run with the lowest seed (timings from one
-run each, so on a shared machine they are as noisy as that machine), wall-clock ratios to the ``vanilla`` group of
-the same setting, and the primary metric's paired verdict (:mod:`.compare`). What the FLOPs count:
+The table (:func:`cost_table`) has one row per run group: counts and FLOPs from its run with the lowest seed (they
+do not depend on the seed), wall-clock as the median over the group's runs (so one run slowed by a busy machine
+does not set it; a suite's runs share the machine as ``--parallel`` has them), its ratio to the ``vanilla``
+group's median of the same setting, and the primary metric's paired verdict (:mod:`.compare`). What the FLOPs count:
 :mod:`dtr_plugins.core.cost`; docs/comparisons.md, "Cost at equal compute".
 """
 from __future__ import annotations
@@ -75,6 +76,19 @@ def _representatives(results: Sequence[RunRecord]) -> dict[str, RunRecord]:
     return out
 
 
+def _groups(results: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = {}
+    for r in results:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def _median(runs: Sequence[RunRecord], key: str) -> float | None:
+    """The median of ``key`` over the runs that recorded it (None when none did)."""
+    values = [v for r in runs if (v := _number(r.cost.get(key))) is not None]
+    return statistics.median(values) if values else None
+
+
 def _ratio(value: Any, base: Any) -> str:
     v, b = _number(value), _number(base)
     return f"{fmt(v)} ({fmt(v / b, 3)}x)" if v is not None and b else fmt(v)
@@ -100,23 +114,27 @@ def cost_table(results: Sequence[RunRecord], comparison: ComparisonResult | None
     reps = _representatives(results)
     if not any(v is not None for r in reps.values() for v in r.cost.values()):
         return ""
-    base = {_setting(r): r for r in reps.values() if family(str(r.axes.get("routing", r.routing))) == BASELINE}
+    members = _groups(results)
+    base = {_setting(r): g for g, r in reps.items() if family(str(r.axes.get("routing", r.routing))) == BASELINE}
     metric = comparison.primary if comparison is not None else None
-    head = ["run", "seed", "params", "active params", "train GFLOPs/img", "sample GFLOPs/img",
+    head = ["run", "timed runs", "params", "active params", "train GFLOPs/img", "sample GFLOPs/img",
             f"s/step (x {BASELINE})", f"s/sample (x {BASELINE})", "verdict" + (f" ({metric})" if metric else "")]
     lines = ["## Cost", "",
              "Parameters and FLOPs counted by torch (matmuls, convolutions, attention; docs/comparisons.md, \"Cost at "
-             "equal compute\"); wall-clock from one run per group (the lowest seed), with its ratio to the "
-             f"`{BASELINE}` group of the same setting; verdict: the primary metric's paired comparison above.", "",
+             "equal compute\"); wall-clock: the median over the group's runs (timed runs: how many recorded it), "
+             f"with its ratio to the `{BASELINE}` group's median of the same setting; verdict: the primary metric's "
+             "paired comparison above.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, r in reps.items():
-        ref = base.get(_setting(r))
-        c, b = r.cost, ref.cost if ref is not None else {}
+        runs, ref = members[group], members.get(base.get(_setting(r), ""), [])
+        c = r.cost
+        timed = sum(_number(x.cost.get("seconds_per_step")) is not None for x in runs)
         lines.append("| " + " | ".join([
-            f"`{group}`", str(r.seed), fmt(_int(c.get("parameters"))), fmt(_int(c.get("active_parameters"))),
+            f"`{group}`", str(timed), fmt(_int(c.get("parameters"))), fmt(_int(c.get("active_parameters"))),
             _giga(c.get("train_flops_per_image")), _giga(c.get("sample_flops_per_image")),
-            _ratio(c.get("seconds_per_step"), b.get("seconds_per_step")),
-            _ratio(c.get("seconds_per_sample"), b.get("seconds_per_sample")), _verdict(r, comparison)]) + " |")
+            _ratio(_median(runs, "seconds_per_step"), _median(ref, "seconds_per_step")),
+            _ratio(_median(runs, "seconds_per_sample"), _median(ref, "seconds_per_sample")),
+            _verdict(r, comparison)]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -198,7 +198,7 @@ def test_cost_table_and_plot_rebuild_from_raw_results(tmp_path):
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines() if line.startswith("| `")}
     assert len(rows) == 6  # one per group, not per seed
     dtr, vanilla, rnd = rows["`dtr-a4-b0.8__constant`"], rows["`vanilla__constant`"], rows["`random-b0.8-s0__min_snr`"]
-    assert dtr[1:6] == ["0", "1000", "1000", "3", "6"] and rnd[3] == "200"
+    assert dtr[1:6] == ["3", "1000", "1000", "3", "6"] and rnd[3] == "200"
     assert dtr[6] == "0.2 (0.8x)" and vanilla[6] == "0.25 (1x)" and rnd[6] == "0.5 (2x)"
     assert dtr[7] == "0.1 (0.8x)"
     expected = next(d for d in comparison.differences if d.strategy == "dtr-a4-b0.8" and d.family == "primary"
@@ -211,6 +211,20 @@ def test_cost_table_and_plot_rebuild_from_raw_results(tmp_path):
     points = quality_points(rebuilt, "heldout/total")
     assert [p[2] for p in points["dtr-a4-b0.8__constant"]] == [0, 1, 2]  # one point per seed
     assert {p[0] for p in points["dtr-a4-b0.8__constant"]} == {6e9}
+
+
+def test_wall_clock_is_the_median_over_the_groups_runs_so_one_slowed_run_does_not_set_it(tmp_path):
+    from dtr_plugins.experiments.compare_records import runs_from_suite
+    from dtr_plugins.experiments.cost_report import cost_table
+
+    root = costed_suite(tmp_path / "s")
+    slowed = root / "vanilla__constant__seed0" / "metrics.jsonl"  # the lowest seed ran beside other jobs: 10x slower
+    slowed.write_text(slowed.read_text().replace('"steps_per_s": 4.0', '"steps_per_s": 0.4'))
+    assert slowed.read_text().count('"steps_per_s": 0.4') == 2
+    table = cost_table(runs_from_suite(root))
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines() if line.startswith("| `")}
+    assert rows["`vanilla__constant`"][6] == "0.25 (1x)" and rows["`dtr-a4-b0.8__constant`"][6] == "0.2 (0.8x)"
+    assert "the median over the group's runs" in table
 
 
 def test_no_cost_recorded_no_table(tmp_path):
