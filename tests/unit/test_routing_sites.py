@@ -257,12 +257,12 @@ def test_adm_unet_declares_only_the_input_site():
         build_model(cfg)
 
 
-def test_routing_sites_suite_compares_three_routings_over_three_seeds():
+def test_routing_sites_suite_compares_three_routings_over_five_seeds():
     from dtr_plugins.experiments.suite import load_suite
 
     suite = load_suite(CONFIGS / "suites" / "routing_sites_digits.yaml")
     groups = {r.group: r.config.routing for r in suite.runs}
-    assert len(suite.runs) == 9 and len(groups) == 3
+    assert len(suite.runs) == 15 and len(groups) == 3 and {r.config.seed for r in suite.runs} == set(range(5))
     assert sorted((g.name, g.site, g.params.get("beta")) for g in groups.values()) == [
         ("dtr", "heads_mlp", 0.8), ("dtr", "input", 0.8), ("vanilla", "input", None)]
     assert {r.config.train.steps for r in suite.runs} == {600}  # the quickstart recipe, so DTR input = quickstart dtr
