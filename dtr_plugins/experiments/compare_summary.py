@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dtr_plugins.core.metrics import value_of
+from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_signed
 from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, PRIMARY, compare_runs
 from dtr_plugins.experiments.raw_results import records_from_raw
 
@@ -24,8 +25,9 @@ def _label(name: str, setting: Sequence[tuple[str, str]]) -> str:
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):.2f}{sd}"
+    """Three significant digits (a held-out loss of 0.0667 stays 0.0667, not 0.07), the SD two."""
+    sd = f" ± {fmt(statistics.stdev(values), 2)}" if len(values) > 1 else ""
+    return f"{fmt(statistics.fmean(values), 3)}{sd}"
 
 
 def primary_summary(lines: list[dict[str, Any]], source: str) -> str:
@@ -48,9 +50,8 @@ def primary_summary(lines: list[dict[str, Any]], source: str) -> str:
     for d in result.differences:
         if d.family != PRIMARY or d.mean is None:
             continue
-        interval = (f", {d.interval_level:.0%} interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]"
-                    if d.interval else "")
+        interval = f", {d.interval_level:.0%} interval {fmt_interval(d.interval, 3)}" if d.interval else ""
         reason = f" ({d.reason})" if d.reason else ""
         text += (f" {_label(d.strategy, d.setting)} minus {result.baseline}, paired by seed over {len(d.seeds)} "
-                 f"seeds: {d.mean:+.3f}{interval}: **{d.verdict}**{reason}.")
+                 f"seeds: {fmt_signed(d.mean, 3)}{interval}: **{d.verdict}**{reason}.")
     return text + "\n"

@@ -142,14 +142,14 @@ def test_suite_summary_states_each_strategy_and_the_paired_verdict_of_the_primar
     lines = [x for x in read_raw_results(raw) if x["status"] == "done"]
     vanilla = [x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("vanilla__constant")]
     assert text.startswith(f"**held-out loss** (the primary metric; `{raw}`")
-    assert (f"vanilla (loss_weighting=constant) {statistics.fmean(vanilla):.2f} ± {statistics.stdev(vanilla):.2f} "
+    assert (f"vanilla (loss_weighting=constant) {statistics.fmean(vanilla):.3g} ± {statistics.stdev(vanilla):.2g} "
             f"(5 runs)") in text
     result = compare_runs(records_from_raw(lines), primary="heldout/total")
     for d in result.differences:
         if d.metric == "heldout/total" and d.mean is not None:
             setting = ", ".join(f"{k}={v}" for k, v in d.setting)
             assert (f"{d.strategy} ({setting}) minus vanilla, paired by seed over {len(d.seeds)} seeds: "
-                    f"{d.mean:+.3f}, 95% interval [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]: **{d.verdict}**"
+                    f"{d.mean:+.3g}, 95% interval [{d.interval[0]:+.3g}, {d.interval[1]:+.3g}]: **{d.verdict}**"
                     ) in text
     assert text.count(" minus vanilla") == sum(1 for d in result.differences if d.metric == "heldout/total")
 
