@@ -160,13 +160,13 @@ def train_buckets_cpu() -> str:
 
 def suite_table(path: Path) -> str:
     """The paired comparison of one committed suite, recomputed from its per-run lines."""
-    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, compare_runs
+    from dtr_plugins.experiments.compare import compare_runs
     from dtr_plugins.experiments.compare_markdown import render_comparison_markdown
     from dtr_plugins.experiments.cost_report import cost_table
-    from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
+    from dtr_plugins.experiments.raw_results import primary_of, read_raw_results, records_from_raw
 
     lines = read_raw_results(path)
-    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+    primary = primary_of(lines)
     records = records_from_raw(lines)
     result = compare_runs(records, primary=primary)
     text = render_comparison_markdown(result).split("\n", 2)[2]  # without the section heading
@@ -379,11 +379,10 @@ def recipe_table(path: Path) -> str:
     resolves at that spread."""
     from scipy import stats
 
-    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
-    from dtr_plugins.experiments.raw_results import read_raw_results
+    from dtr_plugins.experiments.raw_results import primary_of, read_raw_results
 
     lines = [x for x in read_raw_results(path) if x["status"] == "done"]
-    primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+    primary = primary_of(lines)
 
     def setting(x: dict[str, Any]) -> tuple[tuple[str, str], ...]:  # every axis but the strategy
         return tuple(sorted((k, str(v)) for k, v in x["axes"].items() if k != "routing"))
@@ -491,16 +490,14 @@ def rebuild(text: str, source: str, table: dict[str, Callable[[], str]]) -> str:
 def suite_figures(repo: Path = REPO) -> list[Path]:
     """Beside each committed ``runs.jsonl`` whose runs carry their cost: ``quality_vs_flops.png`` (the suite's
     primary metric against sampling FLOPs per image, one point per run), drawn from that file alone."""
-    from dtr_plugins.experiments.compare import DEFAULT_PRIMARY
     from dtr_plugins.experiments.cost_report import plot_quality_vs_flops
-    from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
+    from dtr_plugins.experiments.raw_results import primary_of, read_raw_results, records_from_raw
 
     drawn = []
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         lines = read_raw_results(raw)
-        primary = next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
         done = [r for r in records_from_raw(lines) if r.status == "done"]
-        path = plot_quality_vs_flops(done, primary, raw.parent / "quality_vs_flops.png")
+        path = plot_quality_vs_flops(done, primary_of(lines), raw.parent / "quality_vs_flops.png")
         drawn += [path] if path is not None else []
     return drawn
 

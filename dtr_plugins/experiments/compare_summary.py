@@ -14,8 +14,8 @@ from typing import Any
 
 from dtr_plugins.core.metrics import value_of
 from dtr_plugins.core.numbers import fmt, fmt_interval, fmt_signed
-from dtr_plugins.experiments.compare import DEFAULT_PRIMARY, PRIMARY, compare_runs
-from dtr_plugins.experiments.raw_results import records_from_raw
+from dtr_plugins.experiments.compare import PRIMARY, compare_runs
+from dtr_plugins.experiments.raw_results import primary_of, records_from_raw
 
 __all__ = ["primary_summary"]
 
@@ -35,7 +35,7 @@ def primary_summary(lines: list[dict[str, Any]], source: str) -> str:
     (raw-results lines, :mod:`~dtr_plugins.experiments.raw_results`); ``source`` names the file in the text.
     Raises ValueError for a primary metric of unknown direction (as ``compare_runs``)."""
     done = [x for x in lines if x["status"] == "done"]
-    primary = next((str(x["primary"]) for x in done if x.get("primary")), DEFAULT_PRIMARY)
+    primary = primary_of(done)
     known = value_of(primary)
     result = compare_runs(records_from_raw(done), primary=primary)
     per: dict[str, list[float]] = {}

@@ -28,7 +28,7 @@ from typing import Any
 
 from dtr_plugins.core.numbers import MISSING, fmt
 from dtr_plugins.experiments.compare import PRIMARY, ComparisonResult, family, metric_info
-from dtr_plugins.runs.record import RunRecord
+from dtr_plugins.runs.record import RunRecord, by_group
 
 __all__ = ["COST_KEYS", "run_cost", "cost_table", "quality_points", "plot_quality_vs_flops"]
 
@@ -76,12 +76,6 @@ def _representatives(results: Sequence[RunRecord]) -> dict[str, RunRecord]:
     return out
 
 
-def _groups(results: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
-    out: dict[str, list[RunRecord]] = {}
-    for r in results:
-        out.setdefault(r.group, []).append(r)
-    return out
-
 
 def _median(runs: Sequence[RunRecord], key: str) -> float | None:
     """The median of ``key`` over the runs that recorded it (None when none did)."""
@@ -114,7 +108,7 @@ def cost_table(results: Sequence[RunRecord], comparison: ComparisonResult | None
     reps = _representatives(results)
     if not any(v is not None for r in reps.values() for v in r.cost.values()):
         return ""
-    members = _groups(results)
+    members = by_group(results)
     base = {_setting(r): g for g, r in reps.items() if family(str(r.axes.get("routing", r.routing))) == BASELINE}
     metric = comparison.primary if comparison is not None else None
     head = ["run", "timed runs", "params", "active params", "train GFLOPs/img", "sample GFLOPs/img",

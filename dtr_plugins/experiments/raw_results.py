@@ -91,6 +91,11 @@ def read_raw_results(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def primary_of(lines: list[dict[str, Any]]) -> str:
+    """The suite's primary metric as its raw-results lines record it (the default where none does)."""
+    return next((str(x["primary"]) for x in lines if x.get("primary")), DEFAULT_PRIMARY)
+
+
 def records_from_raw(lines: list[dict[str, Any]]) -> list[RunRecord]:
     """The comparison's input, rebuilt from raw-results lines."""
     return [RunRecord(id=x["run_id"], seed=int(x["seed"]), axes=dict(x["axes"]), status=str(x["status"]),

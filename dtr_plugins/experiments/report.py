@@ -25,7 +25,7 @@ from dtr_plugins.experiments.cost_report import cost_table, plot_quality_vs_flop
 from dtr_plugins.experiments.raw_results import RAW_FILE, export_raw_results
 from dtr_plugins.experiments.report_html import write_html_report
 from dtr_plugins.experiments.svg_charts import Chart, mean_curve
-from dtr_plugins.runs.record import RunRecord
+from dtr_plugins.runs.record import RunRecord, by_group
 from dtr_plugins.runs.rundir import RunDir, SuiteIndex
 from dtr_plugins.sharing.model_card import fid_caveat
 
@@ -74,18 +74,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, s
 
 
-def _groups(results: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    out: dict[str, list[RunRecord]] = {}
-    for r in results:
-        out.setdefault(r.group, []).append(r)
-    return out
-
 
 def metric_table(key: str, results: list[RunRecord]) -> str:
     """Rows: groups; columns: eval steps (mean ± std over seeds); best per column in bold. Differences
     against the baseline are the paired comparison's job (:mod:`.compare`), not this table's."""
     title, lower = report_metrics().get(key, ("final training loss" if key == TRAIN_LOSS else key, True))
-    groups = _groups(results)
+    groups = by_group(results)
     if key == TRAIN_LOSS:
         cells = {g: {"final": [v for v in (_final_loss(r) for r in rs) if v is not None]} for g, rs in groups.items()}
         steps: list[Any] = ["final"]
@@ -122,7 +116,7 @@ def parameter_table(results: list[RunRecord]) -> str:
     ``parameters``, :func:`dtr_plugins.core.param_count.parameter_counts`; time experts hold N copies and use one).
     "" when no run recorded them."""
     rows = []
-    for group, runs in _groups(results).items():
+    for group, runs in by_group(results).items():
         counts = next((r.meta["parameters"] for r in runs if isinstance(r.meta.get("parameters"), dict)), None)
         if counts is not None:
             rows.append(f"| `{group}` | {fmt(counts.get('total'))} | {fmt(counts.get('active'))} |")
@@ -225,7 +219,7 @@ def _charts(results: list[RunRecord], metric_keys: list[str]) -> dict[str, list[
     plot stem, one chart per panel, one series per group (mean over its seeds at the steps all logged)."""
     from dtr_plugins.experiments.compare_plots import group_curves
 
-    groups = _groups(results)
+    groups = by_group(results)
     out: dict[str, list[Chart]] = {}
     out["metrics_vs_steps"] = [
         Chart(report_metrics()[k][0], {g: mean_curve([[(e["step"], e[k]) for e in r.evals if e.get(k) is not None]
@@ -250,7 +244,7 @@ def _plots(suite_dir: Path, results: list[RunRecord], metric_keys: list[str]) ->
     out_dir = suite_dir / "plots"
     clean_stale_temps(out_dir)  # left by a report that was killed mid-write
     made = []
-    groups = _groups(results)
+    groups = by_group(results)
     if metric_keys:
         series = {k: {g: [[(e["step"], e[k]) for e in r.evals if e.get(k) is not None] for r in rs]
                       for g, rs in groups.items()} for k in metric_keys}

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunRecord"]
+__all__ = ["RunRecord", "by_group"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,11 @@ class RunRecord:
             return None
         step, value = points[-1]
         return (step, value)
+
+
+def by_group(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The records per :attr:`RunRecord.group` (runs that differ only by seed), in the order first seen."""
+    out: dict[str, list[RunRecord]] = {}
+    for r in records:
+        out.setdefault(r.group, []).append(r)
+    return out
