@@ -488,17 +488,29 @@ def rebuild(text: str, source: str, table: dict[str, Callable[[], str]]) -> str:
 
 
 def suite_figures(repo: Path = REPO) -> list[Path]:
-    """Beside each committed ``runs.jsonl`` whose runs carry their cost: ``quality_vs_flops.png`` (the suite's
-    primary metric against sampling FLOPs per image, one point per run), drawn from that file alone."""
+    """Beside each committed ``runs.jsonl``, drawn from that file alone: ``quality_vs_flops.png`` (the suite's
+    primary metric against sampling FLOPs per image, one point per run; only when the runs carry their cost),
+    ``paired_differences.png`` (forest plot of the paired differences against the baseline with their
+    intervals, as the ``suite-*`` block's table) and ``heldout_loss_bands.png`` (held-out loss per noise band
+    over training, mean over seeds with the seeds' range), each only when there is something to draw."""
+    from dtr_plugins.experiments.compare import compare_runs
+    from dtr_plugins.experiments.compare_plots import group_curves, plot_forest, plot_heldout_bands
     from dtr_plugins.experiments.cost_report import plot_quality_vs_flops
     from dtr_plugins.experiments.raw_results import primary_of, read_raw_results, records_from_raw
 
     drawn = []
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         lines = read_raw_results(raw)
-        done = [r for r in records_from_raw(lines) if r.status == "done"]
+        records = records_from_raw(lines)
+        done = [r for r in records if r.status == "done"]
         path = plot_quality_vs_flops(done, primary_of(lines), raw.parent / "quality_vs_flops.png")
         drawn += [path] if path is not None else []
+        result = compare_runs(records, primary=primary_of(lines))
+        if any(d.mean is not None for d in result.differences):
+            drawn.append(plot_forest(result, raw.parent / "paired_differences.png"))
+        groups = group_curves(done)
+        if any(m.startswith("heldout/") for cs in groups.values() for c in cs for m in c):
+            drawn.append(plot_heldout_bands(groups, raw.parent / "heldout_loss_bands.png"))
     return drawn
 
 

@@ -75,6 +75,25 @@ def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
         figures.rebuild("<!-- figures:gone -->\n1.33x\n<!-- /figures:gone -->\n", "doc.md", table)
 
 
+def test_pictures_beside_a_committed_suite_are_drawn_from_its_runs_jsonl_alone(tmp_path):
+    """``make figures`` draws the forest plot and the per-band curves beside ``runs.jsonl`` (the suite folder
+    that produced it is gone), and leaves out what the lines cannot show."""
+    figures = figures_module()
+    repo = tmp_path / "repo"
+    raw = repo / "benchmarks" / "results-cpu" / "crafted" / "runs.jsonl"
+    raw.parent.mkdir(parents=True)
+    raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    drawn = figures.suite_figures(repo)
+    names = sorted(p.name for p in drawn)
+    assert "paired_differences.png" in names and "heldout_loss_bands.png" in names
+    assert all(p.parent == raw.parent and p.stat().st_size > 10_000 for p in drawn)
+    only_vanilla = [x for x in read_raw_results(raw) if x["run_id"].startswith("vanilla")]
+    raw.write_text("".join(json.dumps(x) + "\n" for x in only_vanilla))
+    for p in drawn:
+        p.unlink()
+    assert "paired_differences.png" not in [p.name for p in figures.suite_figures(repo)]  # nothing to pair
+
+
 def test_every_committed_benchmark_result_renders_through_its_script():
     """Each ``benchmarks/results-*/*.json`` has a ``bench:`` block source, and it names the script that renders it."""
     figures = figures_module()
