@@ -345,6 +345,11 @@ PLUGIN_SECTIONS = {"diffusion": "process",  # flow: first, so the backbone can f
                    "data": "dataset", "ema": "ema", "timesteps": "timestep_sampler",
                    "token_routing": "token_router", "regularizer": "regularizer"}
 
+#: the sections that together make the strategy a suite compares with ``vanilla``: the first names it
+#: (``dtr-a4-b0.8``), each further one joins it as ``+label`` when a suite varies it (``dtr-a4-b0.8+tread``;
+#: ``vanilla+tread`` is token routing alone). Every other varied section is a setting both sides of a pair share.
+STRATEGY_SECTIONS = ("routing", "token_routing")
+
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (),

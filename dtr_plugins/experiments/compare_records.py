@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dtr_plugins.core.config import STRATEGY_SECTIONS
 from dtr_plugins.experiments.compare import NO_VALUE, metric_info
 from dtr_plugins.experiments.cost_report import run_cost
 from dtr_plugins.runs.record import RunRecord
@@ -64,9 +65,10 @@ def _label(value: Any, id_part: str | None) -> str:
 def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
     """Axis -> value label, seed left out. A section value (a mapping) is labelled as in the run id
     (``dtr-a4-b0.8``), a plain value by itself; the one matrix key on the routing section (``routing`` or
-    ``routing.name``) becomes the ``routing`` axis, and with none the applied routing is used. A
-    ``token_routing`` axis joins the routing axis (``dtr-a4-b0.8+tread``; ``none`` adds nothing), so that
-    token routing, alone (``vanilla+tread``) or with a channel routing, is a strategy compared with vanilla."""
+    ``routing.name``) becomes the ``routing`` axis, and with none the applied routing is used. An axis of a
+    further section of :data:`~dtr_plugins.core.config.STRATEGY_SECTIONS` (``token_routing``) joins the routing
+    axis (``dtr-a4-b0.8+tread``; ``none`` adds nothing), so that token routing, alone (``vanilla+tread``) or
+    with a channel routing, is a strategy compared with vanilla."""
     keys = list(assignment)
     parts = run_id.split("__")
     ids = parts[:len(keys)] if len(parts) in (len(keys), len(keys) + 1) else [None] * len(keys)
@@ -76,9 +78,10 @@ def axes_of(run_id: str, assignment: dict[str, Any], config: dict[str, Any]) -> 
         axes["routing"] = axes.pop(routing_keys[0])
     if not routing_keys and isinstance(config.get("routing"), dict):
         axes["routing"] = _label(config["routing"], None)
-    token = axes.pop("token_routing", None)  # a varied token router is part of the strategy: dtr-a4-b0.8+tread
-    if token is not None and token != NO_VALUE and "routing" in axes:
-        axes["routing"] = f"{axes['routing']}+{token}"
+    for section in STRATEGY_SECTIONS[1:]:  # a varied token router is part of the strategy: dtr-a4-b0.8+tread
+        part = axes.pop(section, None)
+        if part is not None and part != NO_VALUE and "routing" in axes:
+            axes["routing"] = f"{axes['routing']}+{part}"
     return axes
 
 
