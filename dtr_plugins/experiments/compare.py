@@ -24,6 +24,15 @@ names which (``"2 pairs"``, ``"no spread"``).
 Convergence: per seed, the first logged step at which the strategy reaches the baseline's final value,
 against the first step at which the baseline itself reaches it; their difference (steps saved) gets the
 same interval and the verdict *faster* / *slower* / *not resolved*.
+
+Where the gain lies (:data:`NOISY_HALF`): per pair, with the held-out bands split into a cleaner and a noisier
+half (band 0 is the cleanest under both processes; an odd middle band is left out), the mean over the noisier
+half's bands of the relative difference ``loss_b(strategy) / loss_b(baseline) - 1`` (each band counts the
+same, though the losses differ by orders of magnitude between bands), minus the same mean over the cleaner
+half. Negative: the strategy gains more (or loses less), relative to the
+baseline, where the noise is high. One test per strategy and setting at the plain ``level`` with the same
+interval and verdict words (*better*: the interval is below 0); it is what the claim "helps the noisy bands
+most" is checked on, and is not a row of the band table.
 """
 from __future__ import annotations
 
@@ -41,6 +50,9 @@ INTERVAL_METHOD = "t"
 MIN_PAIRS = 3  # fewer pairs give no verdict word: the t quantile with 1 degree of freedom is 12.7
 DEFAULT_PRIMARY = "heldout/total"
 PRIMARY, SECONDARY, BANDS, CONVERGENCE = "primary", "other metrics", "noise bands", "convergence"
+#: the per-pair statistic of "where the gain lies" (module docstring): noisier-half minus cleaner-half relative
+#: difference of the held-out band losses; lower means the strategy's gain is in the noisy bands
+NOISY_HALF = "heldout/noisy_half_minus_clean_half"
 BONFERRONI, NO_CORRECTION = "Bonferroni", "none"
 
 def metric_info(metric: str) -> tuple[str, str] | None:
@@ -142,6 +154,7 @@ class ComparisonResult:
     differences: list[PairedDifference] = field(default_factory=list)
     convergence: list[Convergence] = field(default_factory=list)
     claims: list[ClaimCheck] = field(default_factory=list)
+    emphasis: list[PairedDifference] = field(default_factory=list)  # metric NOISY_HALF, one per strategy+setting
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, why it is in no pair)
     max_seeds: int = 0
     primary: str = DEFAULT_PRIMARY
@@ -154,6 +167,8 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
     Claim("random routing worse than vanilla on FID", "random", "frechet_inception_distance", WORSE),
     Claim("random routing worse than vanilla on held-out loss", "random", "heldout/total", WORSE),
     Claim("DTR converges faster than vanilla (held-out loss)", "dtr", "heldout/total", FASTER),
+    Claim("DTR's gain lies in the noisy bands (held-out loss, noisier half against cleaner half)", "dtr",
+          NOISY_HALF, BETTER),
 )
 
 
@@ -261,6 +276,41 @@ def _paired(label, setting, metric, direction, pairs, level) -> PairedDifference
                             mean, interval, verdict, "; ".join([reason, *notes]).strip("; "), interval_level=level)
 
 
+def _half_gains(run: RunRecord, ref: RunRecord, bands: Sequence[str]) -> tuple[float, float]:
+    """The mean over the cleaner and over the noisier half of ``bands`` (sorted by index) of the per-band
+    relative difference ``run / ref - 1`` of the final losses."""
+    half = len(bands) // 2
+    rel = [cast(tuple[int, float], run.final(b))[1] / cast(tuple[int, float], ref.final(b))[1] - 1 for b in bands]
+    return math.fsum(rel[:half]) / half, math.fsum(rel[-half:]) / half
+
+
+def _band_emphasis(label, setting, pairs, level) -> PairedDifference | None:
+    """The :data:`NOISY_HALF` row of one strategy and setting (module docstring); ``values``: per seed the
+    noisier half's relative difference, ``baseline``: the cleaner half's; None when no pair has 2+ bands."""
+    seeds, clean, noisy, steps = [], [], [], set()
+    for run, ref in sorted(pairs, key=lambda p: p[0].seed):
+        bands = sorted((m for m in run.curves if is_band(m) and m in ref.curves),
+                       key=lambda m: int(m[len("heldout/band"):]))
+        finals = [(run.final(b), ref.final(b)) for b in bands]
+        if len(bands) < 2 or run.heldout_fingerprint != ref.heldout_fingerprint \
+                or any(a is None or r is None or a[0] != r[0] for a, r in finals):
+            continue
+        if any(r[1] <= 0 for _, r in finals):  # type: ignore[index]
+            continue
+        gain_clean, gain_noisy = _half_gains(run, ref, bands)
+        seeds.append(run.seed)
+        clean.append(gain_clean)
+        noisy.append(gain_noisy)
+        steps.add(int(cast(tuple[int, float], finals[0][0])[0]))
+    if not seeds:
+        return None
+    diffs = [n - c for n, c in zip(noisy, clean)]
+    mean, interval = t_interval(diffs, level)
+    verdict, reason = _verdict(diffs, interval, False, BETTER, WORSE)
+    return PairedDifference(label, setting, NOISY_HALF, LOWER, max(steps), tuple(seeds), tuple(clean),
+                            tuple(noisy), mean, interval, verdict, reason, interval_level=level)
+
+
 def first_reach(points: Sequence[tuple[int, float]], target: float, direction: str) -> int | None:
     """The first step whose value is at least as good as ``target`` (``<=`` when lower is better)."""
     for step, value in points:
@@ -302,9 +352,22 @@ def _where_of(c: PairedDifference | Convergence) -> str:
     return f"`{c.strategy}`" + "".join(f", {k}={v}" for k, v in c.setting)
 
 
+def _emphasis_numbers(c: PairedDifference | Convergence) -> str:
+    """For a :data:`NOISY_HALF` row: the two halves' mean relative differences and the interval, in points."""
+    if not isinstance(c, PairedDifference) or c.metric != NOISY_HALF or c.mean is None:
+        return ""
+    noisy, clean = (100 * math.fsum(v) / len(v) for v in (c.values, c.baseline))
+    where = (f", {100 * c.mean:+.2f} points, {c.interval_level:.0%} interval [{100 * c.interval[0]:+.2f}, "
+             f"{100 * c.interval[1]:+.2f}]" if c.interval else "")
+    return (f" (noisier half {noisy:+.2f}%, cleaner half {clean:+.2f}% against the baseline{where}; "
+            f"{len(c.seeds)} pairs)")
+
+
 def check_claims(claims: Sequence[Claim], differences: Sequence[PairedDifference],
-                 convergence: Sequence[Convergence]) -> list[ClaimCheck]:
-    """For each claim, the verdicts of the matching comparisons (every setting of that strategy family).
+                 convergence: Sequence[Convergence],
+                 emphasis: Sequence[PairedDifference] = ()) -> list[ClaimCheck]:
+    """For each claim, the verdicts of the matching comparisons (every setting of that strategy family);
+    a claim on :data:`NOISY_HALF` reads ``emphasis`` and its detail gives each setting's interval.
 
     *confirmed*: every setting resolves in the claimed direction; *contradicted*: every setting resolves
     against it; *mixed*: some setting resolves and the settings do not all agree; *not resolved*: no
@@ -312,7 +375,8 @@ def check_claims(claims: Sequence[Claim], differences: Sequence[PairedDifference
     """
     out = []
     for claim in claims:
-        pool = convergence if claim.expect in (FASTER, SLOWER) else differences
+        pool = convergence if claim.expect in (FASTER, SLOWER) else emphasis if claim.metric == NOISY_HALF \
+            else differences
         found = [c for c in pool if family(c.strategy) == claim.strategy and c.metric == claim.metric]
         if not found:
             out.append(ClaimCheck(claim, "not tested", f"no `{claim.strategy}` run with this metric"))
@@ -322,7 +386,8 @@ def check_claims(claims: Sequence[Claim], differences: Sequence[PairedDifference
         against = sum(c.verdict == opposite for c in found)
         status = ("confirmed" if agree == len(found) else "contradicted" if against == len(found)
                   else NOT_RESOLVED if agree + against == 0 else "mixed")
-        parts = [f"{c.verdict}" + (f" ({c.reason})" if c.reason else "") + f" at {_where_of(c)}" for c in found]
+        parts = [f"{c.verdict}" + (f" ({c.reason})" if c.reason else "") + _emphasis_numbers(c)
+                 + f" at {_where_of(c)}" for c in found]
         out.append(ClaimCheck(claim, status, "; ".join(parts)))
     return out
 
@@ -368,7 +433,10 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
             conv = _convergence(label, setting, metric, direction, pairs, adjusted_level(level, len(found)))
             if conv is not None:
                 result.convergence.append(replace(conv, family_size=len(found)))
-    result.claims = check_claims(claims, result.differences, result.convergence)
+        emphasis = _band_emphasis(label, setting, pairs, level)
+        if emphasis is not None:
+            result.emphasis.append(emphasis)
+    result.claims = check_claims(claims, result.differences, result.convergence, result.emphasis)
     return result
 
 

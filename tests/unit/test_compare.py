@@ -1,9 +1,11 @@
 """Paired comparisons on a hand-written suite folder: baseline matching, intervals, verdicts, convergence."""
 import json
+from dataclasses import replace
 
 import pytest
 
 from dtr_plugins.experiments.compare import (
+    NOISY_HALF,
     NOT_RESOLVABLE,
     NOT_RESOLVED,
     RunRecord,
@@ -216,7 +218,7 @@ def test_a_varied_token_router_is_part_of_the_strategy_compared_with_plain_vanil
     assert [(d.strategy, d.mean) for d in result.differences] == [("vanilla+tread", -0.5),
                                                                  ("dtr-a4-b0.8+tread", -1.0)]
     dtr_claims = [c.status for c in result.claims if c.claim.strategy == "dtr"]
-    assert dtr_claims == ["not tested"] * 3  # DTR + TREAD is not DTR
+    assert dtr_claims == ["not tested"] * 4  # DTR + TREAD is not DTR
 
 
 def test_plots_of_bands_and_forest(tmp_path):
@@ -248,3 +250,42 @@ def test_a_suite_without_the_axis_says_so():
     text = render_comparison_markdown(result)
     assert "No pairs: the suite does not vary `routing`." in text
     assert {c.status for c in result.claims} == {"not tested"}
+
+
+def _banded(rid, routing, seed, bands, fingerprint="f" * 64):
+    curves = {f"heldout/band{b}": [(100, 0.5), (200, v)] for b, v in enumerate(bands)}
+    curves["heldout/total"] = [(100, 1.0), (200, sum(bands) / len(bands))]
+    return RunRecord(id=rid, seed=seed, axes={"routing": routing}, curves=curves, heldout_fingerprint=fingerprint,
+                     group=rid.split("__")[0], routing=routing.split("-")[0])
+
+
+def test_where_the_gain_lies_noisier_half_against_cleaner_half_per_pair():
+    """The claim "DTR's gain lies in the noisy bands": per pair, the mean relative difference over the noisier
+    half of the bands (the higher band indices) minus that over the cleaner half; the middle band of an odd
+    count is left out; computed by hand here."""
+    base = [0.4, 0.2, 0.1, 0.04, 0.01]  # band 0 the cleanest: the largest epsilon loss
+    runs, expected = [], []
+    for seed, (clean_gain, noisy_gain) in enumerate([(0.0, -0.10), (0.01, -0.08), (-0.01, -0.12), (0.0, -0.09)]):
+        dtr = [base[0] * (1 + clean_gain), base[1] * (1 + clean_gain), base[2] * 1.5,  # middle band: ignored
+               base[3] * (1 + noisy_gain), base[4] * (1 + noisy_gain)]
+        runs += [_banded(f"vanilla__seed{seed}", "vanilla", seed, base),
+                 _banded(f"dtr-a4-b0.8__seed{seed}", "dtr-a4-b0.8", seed, dtr)]
+        expected.append(noisy_gain - clean_gain)
+    result = compare_runs(runs)
+    (row,) = result.emphasis
+    mean, interval = t_interval(expected)
+    assert row.metric == NOISY_HALF and row.seeds == (0, 1, 2, 3)
+    assert row.mean == pytest.approx(mean, abs=1e-12) and row.interval == pytest.approx(interval, abs=1e-12)
+    assert row.verdict == "better"
+    claim = next(c for c in result.claims if c.claim.metric == NOISY_HALF)
+    assert claim.status == "confirmed"
+    assert "noisier half -9.75%, cleaner half +0.00% against the baseline, -9.75 points, 95% interval [" in claim.detail
+    assert NOISY_HALF not in {d.metric for d in result.differences}  # a claim's statistic, not a band-table row
+    # the gain in the clean bands instead: the claim is contradicted
+    flipped = [replace(r, curves={**r.curves, **{f"heldout/band{b}": r.curves[f"heldout/band{4 - b}"]
+                                                 for b in range(5)}}) for r in runs]
+    assert next(c for c in compare_runs(flipped).claims if c.claim.metric == NOISY_HALF).status == "contradicted"
+    # two pairs give no verdict; held-out inputs that differ give no pair
+    assert compare_runs(runs[:4]).emphasis[0].verdict == NOT_RESOLVABLE
+    other = [replace(r, heldout_fingerprint="e" * 64) if r.routing == "dtr" else r for r in runs]
+    assert compare_runs(other).emphasis == []
