@@ -295,7 +295,7 @@ def _band_emphasis(label, setting, pairs, level) -> PairedDifference | None:
         if len(bands) < 2 or run.heldout_fingerprint != ref.heldout_fingerprint \
                 or any(a is None or r is None or a[0] != r[0] for a, r in finals):
             continue
-        if any(r[1] <= 0 for _, r in finals):  # type: ignore[index]
+        if any(r[1] <= 0 for _, r in finals):
             continue
         gain_clean, gain_noisy = _half_gains(run, ref, bands)
         seeds.append(run.seed)
