@@ -1,16 +1,17 @@
 """Timestep buckets benchmark: the training step of DTR on heads and MLP units with ``train.timestep_buckets``
-(K = auto and fixed K) against vanilla and against the masked dense path (K = 0), interleaved in one process.
+(K = auto and fixed K) against vanilla, against the masked dense path (K = 0) and against DTR at the block
+inputs (the published DTR's site, ``input@beta``), interleaved in one process.
 
 A step is what ``dtr train`` runs per batch: forward, the diffusion loss, backward and an AdamW step, on a batch of
 mixed timesteps (uniform over the 1000 tasks). Every round draws a new batch (images, labels, timesteps), runs
 every variant on it in a rotating order, one routing plan swapped in per variant (one set of weights, one
 optimizer). Speed is vanilla's step time / the variant's in the same round (above 1: faster); the table gives
 the median over rounds with a 95% bootstrap interval (``_common.paired_overhead``), also against the masked
-path, and for the bucketed variants the ``K`` applied and the mean union width (share of the routed units the
-buckets ran; core/buckets.py). Speeds use the process CPU time of each step on the CPU (on cores shared with
-other processes it leaves out the time they hold the cores; with 2 threads it is the work of both, so it does
-not show how well a variant uses the second core) and wall-clock on a GPU (``_common.Timer``); the JSON keeps
-both clocks of every step.
+path and against ``input@beta`` (both at the same beta), and for the bucketed variants the ``K`` applied and
+the mean union width (share of the routed units the buckets ran; core/buckets.py). Speeds use the process
+CPU time of each step on the CPU (on cores shared with other processes it leaves out the time they hold the
+cores; with 2 threads it is the work of both, so it does not show how well a variant uses the second core) and
+wall-clock on a GPU (``_common.Timer``); the JSON keeps both clocks of every step.
 
 CPU default: DiT-S/2 and DiT-B/2 on 16x16x4 latents (64 tokens, a quarter of the 256 tokens of 256px images, so
 a run fits minutes on two cores), batch 16, beta 0.8 and 0.5 (alpha 4), K in auto, 2, 4. One process per thread
@@ -56,19 +57,23 @@ GOALS = {0.8: 1.15, 0.5: 1.5}  #: the issue's goals: speed vs vanilla at these b
 
 
 def variant_names(betas: list[float], ks: list[str]) -> list[str]:
-    """``vanilla``, then per beta ``masked@beta`` and ``K<k>@beta`` for each bucket setting."""
+    """``vanilla``, then per beta ``input@beta`` (DTR at the block inputs, the published site), ``masked@beta``
+    and ``K<k>@beta`` for each bucket setting (DTR at heads_mlp)."""
     names = ["vanilla"]
     for beta in betas:
-        names += [f"masked@{beta:g}", *[f"K{k}@{beta:g}" for k in ks]]
+        names += [f"input@{beta:g}", f"masked@{beta:g}", *[f"K{k}@{beta:g}" for k in ks]]
     return names
 
 
 def make_plan(model: DiT, name: str, device: torch.device) -> RoutingPlan:
-    """The routing plan of one variant (vanilla at the input site; DTR alpha 4 at heads_mlp otherwise)."""
+    """The routing plan of one variant (vanilla and ``input@beta`` at the input site; DTR alpha 4 at heads_mlp
+    otherwise)."""
     if name == "vanilla":
         return RoutingPlan(dp.build_strategy("vanilla"), model.routed_channels(), NUM_TASKS).to(device)
     label, _, beta = name.partition("@")
     strategy = dp.build_strategy("dtr", {"alpha": 4.0, "beta": float(beta)})
+    if label == "input":
+        return RoutingPlan(strategy, model.routed_channels(), NUM_TASKS).to(device)
     plan = RoutingPlan(strategy, model.routed_channels("heads_mlp"), NUM_TASKS, site="heads_mlp").to(device)
     if label != "masked":
         setting = label[1:]
@@ -134,11 +139,14 @@ def summarize(size: str, names: list[str], plans: dict[str, RoutingPlan], clocks
     for name in names:
         beta = name.partition("@")[2]
         masked = times.get(f"masked@{beta}") if beta else None
+        published = times.get(f"input@{beta}") if beta else None
         row: dict[str, Any] = {"median_s": statistics.median(times[name]),
                                "speed_vs_vanilla": _speed(times["vanilla"], times[name]),
                                "wall_speed_vs_vanilla": _speed(wall["vanilla"], wall[name])}
-        if masked is not None:
+        if masked is not None and not name.startswith("input@"):
             row["speed_vs_masked"] = _speed(masked, times[name])
+        if published is not None and not name.startswith("input@"):
+            row["speed_vs_input"] = _speed(published, times[name])
         buckets = plans[name].buckets
         if buckets is not None:
             row["buckets"] = buckets.stats.summary()
@@ -164,10 +172,12 @@ def render(payload: dict[str, Any]) -> str:
             b = v.get("buckets") or {}
             table.append([f"`{name}`", f"{v['median_s']:.3f}", f"{g['batch'] / v['median_s']:.2f}",
                           _ci(v["speed_vs_vanilla"]), _ci(v["speed_vs_masked"]) if "speed_vs_masked" in v else "-",
+                          _ci(v["speed_vs_input"]) if "speed_vs_input" in v else "-",
                           f"{b['mean_k']:.2f}" if b.get("mean_k") is not None else "-",
                           f"{b['mean_union_width']:.3f}" if b.get("mean_union_width") is not None else "-"])
         lines += [markdown_table(["variant", "median s / step", "images/s (that clock)", "speed vs vanilla [95% CI]",
-                                  "speed vs masked [95% CI]", "mean K", "union width"], table), ""]
+                                  "speed vs masked [95% CI]", "speed vs input site [95% CI]", "mean K",
+                                  "union width"], table), ""]
         for beta, goal in GOALS.items():
             best = max(((n, v) for n, v in g["variants"].items() if n.startswith("K") and n.endswith(f"@{beta:g}")),
                        key=lambda nv: nv[1]["speed_vs_vanilla"]["paired_median"], default=None)
@@ -187,6 +197,8 @@ def metrics_of(payload: dict[str, Any]) -> dict[str, float]:
             out[f"{key}.speed_vs_vanilla"] = v["speed_vs_vanilla"]["paired_median"]
             if "speed_vs_masked" in v:
                 out[f"{key}.speed_vs_masked"] = v["speed_vs_masked"]["paired_median"]
+            if "speed_vs_input" in v:
+                out[f"{key}.speed_vs_input"] = v["speed_vs_input"]["paired_median"]
     return out
 
 

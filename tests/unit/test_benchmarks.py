@@ -217,10 +217,12 @@ def test_train_buckets_quick_run_writes_every_variant_and_resumes(tmp_path, caps
     train_buckets.main(args)
     payload = json.loads((tmp_path / "train_buckets_t1.json").read_text())
     (group,) = payload["groups"]
-    assert list(group["variants"]) == ["vanilla", "masked@0.5", "Kauto@0.5", "K2@0.5"]
+    assert list(group["variants"]) == ["vanilla", "input@0.5", "masked@0.5", "Kauto@0.5", "K2@0.5"]
     k2 = group["variants"]["K2@0.5"]
     assert k2["buckets"]["k_counts"] == {"2": 1} and 0 < k2["buckets"]["mean_union_width"] < 1
     assert {"paired_median", "ci95_low", "ci95_high"} <= set(k2["speed_vs_masked"])
+    assert {"paired_median", "ci95_low", "ci95_high"} <= set(k2["speed_vs_input"])  # the published DTR's site
+    assert "speed_vs_input" not in group["variants"]["input@0.5"] and "buckets" not in group["variants"]["input@0.5"]
     assert payload["metrics"]["train_buckets_t1.S/2.t1.K2@0.5.speed_vs_vanilla"] > 0
     assert "goal 1.5x" in (tmp_path / "train_buckets_t1.md").read_text()
     train_buckets.main([*args, "--resume"])
