@@ -158,6 +158,83 @@ def train_buckets_cpu() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the suites that compare DTR at heads_mlp with vanilla and with DTR at the block inputs: (data set, folder)
+SITE_SUITES = (("digits", "routing_sites_digits"), ("Fashion-MNIST", "fashion_routing"))
+
+
+def _seed_pairs(lines: list[dict[str, Any]], label: str, other: str, metric: str) -> tuple[list[float], float]:
+    """Per seed ``label - other`` on ``metric`` (finished runs of both, same held-out inputs), and ``other``'s mean."""
+    def final(name: str) -> dict[int, tuple[float, str | None]]:
+        return {x["seed"]: (x["final"][metric], x.get("heldout_fingerprint")) for x in lines
+                if x["status"] == "done" and x["axes"].get("routing") == name and x["final"].get(metric) is not None}
+    a, b = final(label), final(other)
+    seeds = sorted(s for s in a.keys() & b.keys() if not metric.startswith("heldout/") or a[s][1] == b[s][1])
+    return [a[s][0] - b[s][0] for s in seeds], (statistics.fmean(b[s][0] for s in seeds) if seeds else 0.0)
+
+
+def _relative_interval(diffs: list[float], base: float) -> str:
+    from dtr_plugins.experiments.compare import t_interval
+
+    if len(diffs) < 2 or not base:
+        return f"not resolvable ({len(diffs)} pair{'s' * (len(diffs) != 1)})"
+    mean, (low, high) = t_interval(diffs)  # type: ignore[misc]
+    return f"{mean / base:+.1%} [{low / base:+.1%}, {high / base:+.1%}]"
+
+
+def heads_mlp_summary(repo: Path = REPO) -> str:
+    """README's speed-section paragraph on DTR at heads_mlp: its training speed (``train_buckets_t1.json``), its
+    sampling speed (``routing_sites_B2.json``) and what it costs in quality in the committed site suites, each
+    against vanilla and against DTR at the block inputs (the published DTR's site)."""
+    from dtr_plugins.experiments.raw_results import read_raw_results
+
+    out = []
+    rel = "benchmarks/results-cpu/train_buckets_t1.json"
+    d = json.loads((repo / rel).read_text())
+    rows = []
+    for g in d["groups"]:
+        for beta in ("0.8", "0.5"):
+            v = g["variants"].get(f"Kauto@{beta}")
+            if v is None:
+                continue
+            versus = f", {_speed_ci(v['speed_vs_input'])} DTR at the inputs" if "speed_vs_input" in v else ""
+            rows.append(f"DiT-{g['size']} beta {beta}: {_speed_ci(v['speed_vs_vanilla'])} vanilla{versus}")
+    missing = "" if any("speed_vs_input" in v for g in d["groups"] for v in g["variants"].values()) else \
+        " (this run had no input-site variant; rerun the benchmark for that ratio)"
+    out.append(f"**Training** (`{rel}`; {_when(d['machine'])}; one thread, {d['settings']['input_size']}x"
+               f"{d['settings']['input_size']}x4 latents, batch {d['settings']['batch']}; "
+               f"`train.timestep_buckets: auto`; speed with its 95% bootstrap interval, above 1 faster): "
+               f"{'; '.join(rows)}{missing}.")
+    sites, srel = _sites()
+    s = sites["sampling"]
+    parts = [f"beta {beta}: {s[f'heads_mlp@{beta}']['speed_vs_vanilla']:.2f}x vanilla, "
+             f"{s[f'input@{beta}']['median_s'] / s[f'heads_mlp@{beta}']['median_s']:.2f}x DTR at the inputs"
+             for beta in ("0.8", "0.5")]
+    out.append(f"**Sampling** (`{srel}`; DiT-{sites['args']['size']} on the GPU, ratios of medians): "
+               f"{'; '.join(parts)}.")
+    quality = []
+    for name, folder in SITE_SUITES:
+        raw = repo / "benchmarks" / "results-cpu" / folder / "runs.jsonl"
+        if not raw.is_file():
+            quality.append(f"{name}: not yet committed (`configs/suites/{folder}.yaml`)")
+            continue
+        lines = read_raw_results(raw)
+        heads = next((x["axes"]["routing"] for x in lines if str(x["axes"].get("routing", "")).endswith("-sheads_mlp")),
+                     None)
+        inputs = next((x["axes"]["routing"] for x in lines if str(x["axes"].get("routing", "")).endswith("-sinput")),
+                      None)
+        if heads is None or inputs is None:
+            raise ValueError(f"{raw}: no heads_mlp and input-site DTR runs to compare")
+        vs_vanilla, base_v = _seed_pairs(lines, heads, "vanilla", "heldout/total")
+        vs_input, base_i = _seed_pairs(lines, heads, inputs, "heldout/total")
+        quality.append(f"{name} (`{raw.relative_to(repo)}`, {len(vs_vanilla)} seeds): "
+                       f"{_relative_interval(vs_vanilla, base_v)} against vanilla, "
+                       f"{_relative_interval(vs_input, base_i)} against DTR at the inputs")
+    out.append("**Quality**, held-out loss of heads_mlp minus the other's, paired by seed, as a share of the "
+               "other's mean, with the 95% t-interval (lower is better; no correction across these two "
+               "comparisons, so no verdict word): " + "; ".join(quality) + ".")
+    return "\n\n".join(out) + "\n"
+
+
 def suite_table(path: Path) -> str:
     """The paired comparison of one committed suite, recomputed from its per-run lines."""
     from dtr_plugins.experiments.compare import compare_runs
@@ -461,6 +538,7 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
         "fashion-gpu-estimate": lambda: fashion_gpu_estimate(repo),
         "fashion-sizing": lambda: fashion_sizing(repo),
         "train-buckets-cpu": train_buckets_cpu,
+        "heads-mlp-summary": lambda: heads_mlp_summary(repo),
     }
     bench = repo / "benchmarks"
     for path in sorted(bench.glob("results-*/*.json")):

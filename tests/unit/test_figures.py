@@ -182,3 +182,34 @@ def test_suite_cpu_time_sums_the_passes_of_cpu_time_json(tmp_path):
     text = figures.suite_cpu_time(path)
     assert "**19.5 CPU-minutes**" in text and "training 17.5 CPU-min (40 min wall, 6 runs at a time)" in text
     assert "evaluation 2.0 CPU-min (10 min wall" in text and "AMD EPYC" in text
+
+
+def test_heads_mlp_summary_pairs_heads_mlp_with_vanilla_and_the_input_site_by_seed(tmp_path):
+    """README's heads_mlp paragraph: the quality rows are the paired held-out differences of the committed site
+    suites, as a share of the other side's mean with the 95% t-interval, recomputed by hand here; a suite not
+    committed yet is named as such."""
+    figures = figures_module()
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results-cpu").mkdir(parents=True)
+    (repo / "benchmarks/results-cpu/train_buckets_t1.json").write_text(
+        (REPO / "benchmarks/results-cpu/train_buckets_t1.json").read_text())
+    loss = {"vanilla": [1.0, 1.1, 0.9, 1.05], "dtr-a4-b0.8-sinput": [0.98, 1.09, 0.87, 1.04],
+            "dtr-a4-b0.8-sheads_mlp": [1.02, 1.13, 0.93, 1.06]}
+    lines = [{"suite": "routing-sites-digits", "run_id": f"{name}__seed{seed}", "status": "done", "seed": seed,
+              "axes": {"routing": name}, "final": {"heldout/total": v}, "curves": {"heldout/total": [[600, v]]},
+              "heldout_fingerprint": "f" * 64, "primary": "heldout/total", "config_fingerprint": f"{name}{seed}",
+              "machine": "cpu", "torch": "2", "date": "2026-12-07"}
+             for name, values in loss.items() for seed, v in enumerate(values)]
+    raw = repo / "benchmarks/results-cpu/routing_sites_digits/runs.jsonl"
+    raw.parent.mkdir()
+    raw.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    text = figures.heads_mlp_summary(repo)
+    for other in ("vanilla", "dtr-a4-b0.8-sinput"):
+        diffs = [a - b for a, b in zip(loss["dtr-a4-b0.8-sheads_mlp"], loss[other])]
+        base = statistics.fmean(loss[other])
+        half = 3.182446305284263 * statistics.stdev(diffs) / 2  # t(0.975, 3) * sd / sqrt(4)
+        mean = statistics.fmean(diffs)
+        assert f"{mean / base:+.1%} [{(mean - half) / base:+.1%}, {(mean + half) / base:+.1%}]" in text
+    assert "digits (`benchmarks/results-cpu/routing_sites_digits/runs.jsonl`, 4 seeds)" in text
+    assert "Fashion-MNIST: not yet committed (`configs/suites/fashion_routing.yaml`)" in text
+    assert "**Training** (`benchmarks/results-cpu/train_buckets_t1.json`" in text and "**Sampling**" in text
