@@ -15,6 +15,7 @@ by :mod:`dtr_plugins.core.decode` (16-bit and float images scaled, not clipped; 
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +130,25 @@ def array_images(arr: Any, where: str, labels: Any = None, labels_from: str | No
                     labels_from if labels is not None else None)
 
 
+def npz_keys(path: Path) -> list[str]:
+    """The array names in an ``.npz`` file, from its zip directory (no array is read). Raises
+    :class:`DataError` naming the file when it is not a readable ``.npz`` (numpy's zip archive of ``.npy``
+    arrays): a truncated download, a text file, a pickle."""
+    try:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not an .npz archive (numpy's zip of arrays, as np.savez writes); "
+                            "a partial download or another format?")
+        with np.load(path, allow_pickle=False) as data:
+            return list(data.files)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged zip directory, an unreadable file
+        raise DataError(f"{path}: cannot read .npz: {one_line(exc)}") from None
+
+
 def npz_images(path: Path) -> ImageSet:
     """Images from ``arr_0`` (or the only array), labels from ``labels`` or ``arr_1`` (see the module docstring)."""
+    npz_keys(path)  # one clear line for a file that is no .npz at all
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())

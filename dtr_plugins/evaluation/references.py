@@ -47,6 +47,7 @@ from dtr_plugins.evaluation.inputs import (
     array_images,
     load_images,
     materialize,
+    npz_keys,
 )
 from dtr_plugins.extractors.builtin import EvalError
 
@@ -194,11 +195,10 @@ def resolve_reference(reference: Any, sample_size: tuple[int, int], registry=Non
 
 
 def _is_statistics_npz(path: Path) -> bool:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {"mu", "sigma"} <= set(data.files) and "arr_0" not in data.files
-    except (OSError, ValueError):
-        return False  # load_images names the file
+    """Whether an ``.npz`` holds FID statistics (``mu``, ``sigma``) rather than images; reads its zip directory
+    only, so a file that is no readable ``.npz`` raises :class:`DataError` here (and in ``dtr validate``)."""
+    keys = npz_keys(path)
+    return {"mu", "sigma"} <= set(keys) and "arr_0" not in keys
 
 
 def _no_images(spec: str) -> ImageSet:
