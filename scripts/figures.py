@@ -127,13 +127,15 @@ def train_buckets_cpu() -> str:
     rels = sorted(str(p.relative_to(REPO)) for p in REPO.glob("benchmarks/results-cpu/train_buckets_t*.json"))
     if not rels:
         raise ValueError("no benchmarks/results-cpu/train_buckets_t*.json")
-    lines = [f"Measured (`{'`, `'.join(rels)}`; {_when(_load(rels[0])['machine'])}): one training step (forward, "
+    sources = "; ".join(f"`{rel}`, {_when(_load(rel)['machine'])}" for rel in rels)
+    lines = [f"Measured ({sources}): one training step (forward, "
              "loss, backward, AdamW) of DTR (alpha 4) at `heads_mlp`, speed = vanilla's step time / the variant's in "
              "the same round (above 1: faster), paired median over the interleaved rounds with its 95% bootstrap "
              "interval; masked = `train.timestep_buckets: 0`; union width = share of the routed units the buckets "
-             "ran. The goals of the issue: 1.15x vanilla at beta 0.8, 1.5x at beta 0.5.", "",
+             "ran; vs DTR at the inputs = against `input@beta` (the published DTR's site) in the same round. The "
+             "goals of the issue: 1.15x vanilla at beta 0.8, 1.5x at beta 0.5.", "",
              "| model | threads (load average at start) | rounds | beta | masked | K auto (mean K, union width) | "
-             "best fixed K | goal |", "|---|---|---|---|---|---|---|---|"]
+             "K auto vs DTR at the inputs | best fixed K | goal |", "|---|---|---|---|---|---|---|---|---|"]
     for rel in rels:
         load = _load(rel)["machine"].get("load_average", ["?"])[0]
         for g in _load(rel)["groups"]:
@@ -154,7 +156,9 @@ def train_buckets_cpu() -> str:
                 lines.append(f"| DiT-{g['size']}, {g['input_size']}x{g['input_size']}x4, batch {g['batch']} | "
                              f"{g['threads']} ({load}) | {g['rounds']} | {beta} | "
                              f"{_speed_ci(variants[f'masked@{beta}']['speed_vs_vanilla'])} "
-                             f"| {auto_text} | {best_text} | {goal}x: {verdict} |")
+                             f"| {auto_text} | "
+                             f"{_speed_ci(auto['speed_vs_input']) if auto and 'speed_vs_input' in auto else '-'} "
+                             f"| {best_text} | {goal}x: {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,8 +213,13 @@ def heads_mlp_summary(repo: Path = REPO) -> str:
     parts = [f"beta {beta}: {s[f'heads_mlp@{beta}']['speed_vs_vanilla']:.2f}x vanilla, "
              f"{s[f'input@{beta}']['median_s'] / s[f'heads_mlp@{beta}']['median_s']:.2f}x DTR at the inputs"
              for beta in ("0.8", "0.5")]
+    cpu_rel = "benchmarks/results-cpu/routing_sites_dydit_S2.json"
+    cpu = json.loads((repo / cpu_rel).read_text())
+    on_cpu = "; ".join(f"beta {n.partition('@')[2]}: {v['speed_vs_vanilla']:.2f}x vanilla"
+                       for n, v in cpu["sampling"].items() if n.startswith("heads_mlp@"))
     out.append(f"**Sampling** (`{srel}`; DiT-{sites['args']['size']} on the GPU, ratios of medians): "
-               f"{'; '.join(parts)}.")
+               f"{'; '.join(parts)}. On the CPU (`{cpu_rel}`; DiT-S/2, 256 tokens, one thread, no input-site "
+               f"variant in that run): {on_cpu}.")
     quality = []
     for name, folder in SITE_SUITES:
         raw = repo / "benchmarks" / "results-cpu" / folder / "runs.jsonl"

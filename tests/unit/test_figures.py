@@ -191,8 +191,8 @@ def test_heads_mlp_summary_pairs_heads_mlp_with_vanilla_and_the_input_site_by_se
     figures = figures_module()
     repo = tmp_path / "repo"
     (repo / "benchmarks" / "results-cpu").mkdir(parents=True)
-    (repo / "benchmarks/results-cpu/train_buckets_t1.json").write_text(
-        (REPO / "benchmarks/results-cpu/train_buckets_t1.json").read_text())
+    for name in ("train_buckets_t1.json", "routing_sites_dydit_S2.json"):
+        (repo / "benchmarks/results-cpu" / name).write_text((REPO / "benchmarks/results-cpu" / name).read_text())
     loss = {"vanilla": [1.0, 1.1, 0.9, 1.05], "dtr-a4-b0.8-sinput": [0.98, 1.09, 0.87, 1.04],
             "dtr-a4-b0.8-sheads_mlp": [1.02, 1.13, 0.93, 1.06]}
     lines = [{"suite": "routing-sites-digits", "run_id": f"{name}__seed{seed}", "status": "done", "seed": seed,
