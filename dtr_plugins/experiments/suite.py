@@ -242,6 +242,7 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
     seen: dict[str, int] = {}
     labels_of = {k: axis_labels(k, spec.matrix[k]) for k in keys}
     used = [False] * len(spec.exclude)
+    contents: dict[str, str] = {}  # the validated config of each run, without its name -> the run's id
     for combo in itertools.product(*(range(len(spec.matrix[k])) for k in keys)):
         assignment = {k: spec.matrix[k][i] for k, i in zip(keys, combo)}
         hits = [i for i, partial in enumerate(spec.exclude) if _matches(assignment, partial)]
@@ -268,6 +269,12 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         data = apply_overrides(data, overrides)
         where = f"{path} (run {run_id})"
         cfg = config_from_dict(data, source=where, registry=registry)
+        content = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "name"}, sort_keys=True, default=str)
+        if content in contents:  # values written differently (4 and 4.0) that validate to the same run
+            values = ", ".join(f"{k}: {json.dumps(v, default=str)}" for k, v in assignment.items())
+            raise ConfigError(f"{path}: matrix: runs {contents[content]} and {run_id} are the same run once "
+                              f"validated ({values}); list each value once")
+        contents[content] = run_id
         suite.runs.append(PlannedRun(id=run_id, assignment=assignment, config=cfg, group=group))
     for i, hit in enumerate(used):
         if not hit:

@@ -64,6 +64,8 @@ def test_value_labels():
     ("name: s\nmatrix: {seed: [0, 0]}\n", "matrix.seed: the value 0 is given more than once"),
     ("name: s\nmatrix: {routing: [{name: vanilla}, {name: dtr}, {name: vanilla}]}\n",
      'matrix.routing: the value {"name": "vanilla"} is given more than once'),
+    ("name: s\nmatrix: {routing: [{name: dtr, alpha: 4.0, beta: 0.8}, {name: dtr, alpha: 4, beta: 0.8}]}\n",
+     "matrix: runs dtr-a4-b0.8 and dtr-a4-b0.8__1 are the same run once validated"),
     ("name: s\nmatrix: {routing.beta: [2.0]}\nset: {routing: {name: dtr}}\n",
      "routing.beta: Input should be less than or equal to 1"),
 ])
