@@ -58,12 +58,18 @@ def test_raw_results_round_trip_to_the_same_comparison(tmp_path):
         read_raw_results(tmp_path / "bad.jsonl")
 
 
-def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
-    figures = figures_module()
+def committed_crafted_suite(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository folder with the crafted suite's raw results committed as ``benchmarks/results-cpu/crafted``."""
     repo = tmp_path / "repo"
     raw = repo / "benchmarks" / "results-cpu" / "crafted" / "runs.jsonl"
     raw.parent.mkdir(parents=True)
     raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    return repo, raw
+
+
+def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
+    figures = figures_module()
+    repo, raw = committed_crafted_suite(tmp_path)
     table = figures.builders(repo)
     assert "suite-cpu-crafted" in table
     doc = "intro\n<!-- figures:suite-cpu-crafted -->\nold numbers\n<!-- /figures:suite-cpu-crafted -->\nend\n"
@@ -79,10 +85,7 @@ def test_pictures_beside_a_committed_suite_are_drawn_from_its_runs_jsonl_alone(t
     """``make figures`` draws the forest plot and the per-band curves beside ``runs.jsonl`` (the suite folder
     that produced it is gone), and leaves out what the lines cannot show."""
     figures = figures_module()
-    repo = tmp_path / "repo"
-    raw = repo / "benchmarks" / "results-cpu" / "crafted" / "runs.jsonl"
-    raw.parent.mkdir(parents=True)
-    raw.write_text(export_raw_results(crafted_suite(tmp_path / "s")).read_text())
+    repo, raw = committed_crafted_suite(tmp_path)
     drawn = figures.suite_figures(repo)
     names = sorted(p.name for p in drawn)
     assert "paired_differences.png" in names and "heldout_loss_bands.png" in names
