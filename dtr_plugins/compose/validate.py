@@ -145,13 +145,41 @@ def check_buckets(cfg: ExperimentConfig, backbone: type[RoutedBackbone] | None, 
                       f"'{cfg.backbone.name}' (allowed: {allowed})")
 
 
+def _check_heldout_split(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry) -> None:
+    """When training will measure held-out loss (``eval.heldout_every``, a process that defines it, class labels,
+    pixels or a codec rather than a latent cache), the data's held-out split opens and has images: a missing or
+    broken split (Fashion-MNIST's ``t10k-*`` files) would otherwise leave the run without its primary metric.
+    A dataset that declares no held-out split is not checked (training says so in one note)."""
+    from dtr_plugins.core.contracts import SupportsHeldoutLoss
+    from dtr_plugins.core.errors import DataError
+    from dtr_plugins.evaluation.heldout import heldout_dataset_params
+
+    if not cfg.eval.heldout_every or not isinstance(parts.diffusion, SupportsHeldoutLoss) \
+            or parts.text is not None or parts.model_input.cached:
+        return
+    try:
+        params = heldout_dataset_params(cfg.dataset.name, registry.get("dataset", cfg.dataset.name).params,
+                                        cfg.dataset.params)
+    except ConfigError:
+        return  # no held-out split declared
+    try:
+        dataset = registry.build("dataset", cfg.dataset.name, **params)
+        if len(dataset) == 0:
+            raise DataError("it has no images")
+    except DataError as exc:
+        raise ConfigError(f"eval.heldout_every: the held-out split of data '{cfg.dataset.name}' cannot be read "
+                          f"({exc}); fix the data, or set eval.heldout_every: 0 to train without held-out loss"
+                          ) from None
+
+
 def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None = None, *,
               run_dir: str | Path | None = None, machine: bool = True) -> None:
     """The checks on a composed run (``parts``, built by :func:`compose` on any device, meta included): the
     respacing fits the process, the evaluation settings and their prerequisites (Inception weights) are
     there, the output paths are folders, the backbone fits the data sizes, guidance has a null class
-    (:func:`~dtr_plugins.core.guidance.check_guidance`), and the dataset's classes fit the backbone's labels.
-    The routing plan (every task gets channels at ``routing.site``) was checked when it was built.
+    (:func:`~dtr_plugins.core.guidance.check_guidance`), the dataset's classes fit the backbone's labels, and its
+    held-out split opens when held-out loss is asked for. The routing plan (every task gets channels at
+    ``routing.site``) was checked when it was built.
     ``machine=False``: no weights-file or output-folder checks. Raises :class:`ConfigError` (one line)."""
     registry = registry or default_registry()
     _check_respacing(cfg, parts.diffusion)
@@ -169,6 +197,7 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
     check_guidance(backbone, cfg.sample.cfg_scale, "sample.cfg_scale")
     if parts.dataset is not None:  # it exists, decodes its index, and its classes fit the backbone's labels
         check_label_space(backbone.num_classes, parts.dataset, cfg.dataset.name)
+        _check_heldout_split(cfg, parts, registry)
 
 
 def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,

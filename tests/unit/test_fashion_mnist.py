@@ -108,3 +108,26 @@ def test_declares_its_shape_augmentation_and_held_out_split():
     assert isinstance(params, SupportsAugmentation) and params.random_hflip() and not params.unaugmented().random_flip
     held = params.heldout_split()
     assert isinstance(params, SupportsHeldoutSplit) and held.split == "test" and not held.random_flip
+
+
+def test_validate_refuses_a_missing_or_broken_heldout_split_when_heldout_loss_is_asked_for(tmp_path):
+    """Only the training files there (or a zero-byte test labels file): `dtr validate` (and so `dtr train`
+    before writing anything) says in one line that the held-out split cannot be read, instead of a run that
+    trains without its primary metric; with eval.heldout_every: 0 the same data is fine."""
+    from dtr_plugins.compose import validate_run
+    from dtr_plugins.core.config import load_config
+    from dtr_plugins.core.errors import ConfigError
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "fashion_dit.yaml"
+    write_split(tmp_path, "train", *fake_data(20, 0), gz=True)
+    sets = [f"data.path={tmp_path}", f"output_dir={tmp_path / 'runs'}", "eval.at_end=false"]
+    with pytest.raises(ConfigError, match=r"^eval.heldout_every: the held-out split of data 'fashion_mnist' cannot "
+                                          r"be read \(data.path: .*t10k-images-idx3-ubyte.* not found"):
+        validate_run(load_config(config, overrides=sets))
+    validate_run(load_config(config, overrides=[*sets, "eval.heldout_every=0"]))
+    write_split(tmp_path, "test", *fake_data(5, 1), gz=True)
+    validate_run(load_config(config, overrides=sets))  # the split is there now
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"held-out split .* cannot be read .*t10k-labels-idx1-ubyte.gz"):
+        validate_run(load_config(config, overrides=sets))
+    assert not (tmp_path / "runs").exists()
