@@ -271,9 +271,9 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         cfg = config_from_dict(data, source=where, registry=registry)
         content = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "name"}, sort_keys=True, default=str)
         if content in contents:  # values written differently (4 and 4.0) that validate to the same run
-            values = ", ".join(f"{k}: {json.dumps(v, default=str)}" for k, v in assignment.items())
+            given = ", ".join(f"{k}: {json.dumps(v, default=str)}" for k, v in assignment.items())
             raise ConfigError(f"{path}: matrix: runs {contents[content]} and {run_id} are the same run once "
-                              f"validated ({values}); list each value once")
+                              f"validated ({given}); list each value once")
         contents[content] = run_id
         suite.runs.append(PlannedRun(id=run_id, assignment=assignment, config=cfg, group=group))
     for i, hit in enumerate(used):
