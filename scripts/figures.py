@@ -166,30 +166,21 @@ def train_buckets_cpu() -> str:
 SITE_SUITES = (("digits", "routing_sites_digits"), ("Fashion-MNIST", "fashion_routing"))
 
 
-def _seed_pairs(lines: list[dict[str, Any]], label: str, other: str, metric: str) -> tuple[list[float], float]:
-    """Per seed ``label - other`` on ``metric`` (finished runs of both, same held-out inputs), and ``other``'s mean."""
-    def final(name: str) -> dict[int, tuple[float, str | None]]:
-        return {x["seed"]: (x["final"][metric], x.get("heldout_fingerprint")) for x in lines
-                if x["status"] == "done" and x["axes"].get("routing") == name and x["final"].get(metric) is not None}
-    a, b = final(label), final(other)
-    seeds = sorted(s for s in a.keys() & b.keys() if not metric.startswith("heldout/") or a[s][1] == b[s][1])
-    return [a[s][0] - b[s][0] for s in seeds], (statistics.fmean(b[s][0] for s in seeds) if seeds else 0.0)
-
-
-def _relative_interval(diffs: list[float], base: float) -> str:
-    from dtr_plugins.experiments.compare import t_interval
-
-    if len(diffs) < 2 or not base:
-        return f"not resolvable ({len(diffs)} pair{'s' * (len(diffs) != 1)})"
-    mean, (low, high) = t_interval(diffs)  # type: ignore[misc]
-    return f"{mean / base:+.1%} [{low / base:+.1%}, {high / base:+.1%}]"
+def _relative_interval(d: Any) -> str:
+    """A paired difference (:class:`~dtr_plugins.experiments.compare.PairedDifference`) as a share of its
+    baseline's mean, with its interval."""
+    base = d.baseline_mean
+    if d.interval is None or not base:
+        return f"not resolvable ({len(d.seeds)} pair{'s' * (len(d.seeds) != 1)})"
+    return f"{d.mean / base:+.1%} [{d.interval[0] / base:+.1%}, {d.interval[1] / base:+.1%}]"
 
 
 def heads_mlp_summary(repo: Path = REPO) -> str:
     """README's speed-section paragraph on DTR at heads_mlp: its training speed (``train_buckets_t1.json``), its
     sampling speed (``routing_sites_B2.json``) and what it costs in quality in the committed site suites, each
     against vanilla and against DTR at the block inputs (the published DTR's site)."""
-    from dtr_plugins.experiments.raw_results import read_raw_results
+    from dtr_plugins.experiments.compare import compare_runs
+    from dtr_plugins.experiments.raw_results import read_raw_results, records_from_raw
 
     out = []
     rel = "benchmarks/results-cpu/train_buckets_t1.json"
@@ -233,11 +224,13 @@ def heads_mlp_summary(repo: Path = REPO) -> str:
                       None)
         if heads is None or inputs is None:
             raise ValueError(f"{raw}: no heads_mlp and input-site DTR runs to compare")
-        vs_vanilla, base_v = _seed_pairs(lines, heads, "vanilla", "heldout/total")
-        vs_input, base_i = _seed_pairs(lines, heads, inputs, "heldout/total")
-        quality.append(f"{name} (`{raw.relative_to(repo)}`, {len(vs_vanilla)} seeds): "
-                       f"{_relative_interval(vs_vanilla, base_v)} against vanilla, "
-                       f"{_relative_interval(vs_input, base_i)} against DTR at the inputs")
+        records = records_from_raw(lines)
+        vs_vanilla, vs_input = (
+            next(d for d in compare_runs(records, baseline=base, metrics=["heldout/total"]).differences
+                 if d.strategy == heads) for base in ("vanilla", inputs))
+        quality.append(f"{name} (`{raw.relative_to(repo)}`, {len(vs_vanilla.seeds)} seeds): "
+                       f"{_relative_interval(vs_vanilla)} against vanilla, "
+                       f"{_relative_interval(vs_input)} against DTR at the inputs")
     out.append("**Quality**, held-out loss of heads_mlp minus the other's, paired by seed, as a share of the "
                "other's mean, with the 95% t-interval (lower is better; no correction across these two "
                "comparisons, so no verdict word): " + "; ".join(quality) + ".")

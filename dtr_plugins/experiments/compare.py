@@ -217,7 +217,12 @@ def _setting(run: RunRecord, axis: str) -> tuple[tuple[str, str], ...]:
 def pair_runs(runs: Sequence[RunRecord], axis: str = "routing", baseline: str = "vanilla"
               ) -> tuple[dict[tuple[str, tuple], list[tuple[RunRecord, RunRecord]]], list[tuple[str, str]]]:
     """Group ``(strategy run, baseline run)`` pairs by ``(strategy label, setting)``; also the runs left out
-    and why. A baseline is a run whose ``axis`` value is ``baseline`` (or a label of that plugin)."""
+    and why. A baseline is a run whose ``axis`` value is ``baseline`` (a plugin, any of its labels, or one
+    exact label such as ``dtr-a4-b0.8-sinput``, whose plugin's other labels are then strategies)."""
+
+    def is_baseline(label: str) -> bool:
+        return label == baseline or family(label) == baseline
+
     skipped: list[tuple[str, str]] = []
     usable = []
     for run in runs:
@@ -229,12 +234,12 @@ def pair_runs(runs: Sequence[RunRecord], axis: str = "routing", baseline: str = 
             usable.append(run)
     base: dict[tuple, list[RunRecord]] = {}
     for run in usable:
-        if family(str(run.axes[axis])) == baseline:
+        if is_baseline(str(run.axes[axis])):
             base.setdefault((_setting(run, axis), run.seed), []).append(run)
     groups: dict[tuple[str, tuple], list[tuple[RunRecord, RunRecord]]] = {}
     for run in usable:
         label = str(run.axes[axis])
-        if family(label) == baseline:
+        if is_baseline(label):
             continue
         setting = _setting(run, axis)
         matches = base.get((setting, run.seed), [])
