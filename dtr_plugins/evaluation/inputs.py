@@ -148,10 +148,9 @@ def npz_keys(path: Path) -> list[str]:
 
 def npz_images(path: Path) -> ImageSet:
     """Images from ``arr_0`` (or the only array), labels from ``labels`` or ``arr_1`` (see the module docstring)."""
-    npz_keys(path)  # one clear line for a file that is no .npz at all
+    keys = npz_keys(path)  # one clear line for a file that is no .npz at all
     try:
         with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
             key = "arr_0" if "arr_0" in keys else (keys[0] if len(keys) == 1 else None)
             if key is None:
                 raise DataError(f"{path}: no arr_0 array (keys: {', '.join(keys) or 'none'})")

@@ -281,11 +281,11 @@ def _paired(label, setting, metric, direction, pairs, level) -> PairedDifference
                             mean, interval, verdict, "; ".join([reason, *notes]).strip("; "), interval_level=level)
 
 
-def _half_gains(run: RunRecord, ref: RunRecord, bands: Sequence[str]) -> tuple[float, float]:
-    """The mean over the cleaner and over the noisier half of ``bands`` (sorted by index) of the per-band
-    relative difference ``run / ref - 1`` of the final losses."""
-    half = len(bands) // 2
-    rel = [cast(tuple[int, float], run.final(b))[1] / cast(tuple[int, float], ref.final(b))[1] - 1 for b in bands]
+def _half_gains(finals: Sequence[tuple[tuple[int, float], tuple[int, float]]]) -> tuple[float, float]:
+    """The mean over the cleaner and over the noisier half of the bands (``(run, baseline)`` final points,
+    sorted by band index) of the per-band relative difference ``run / baseline - 1``."""
+    half = len(finals) // 2
+    rel = [a[1] / r[1] - 1 for a, r in finals]
     return math.fsum(rel[:half]) / half, math.fsum(rel[-half:]) / half
 
 
@@ -296,17 +296,15 @@ def _band_emphasis(label, setting, pairs, level) -> PairedDifference | None:
     for run, ref in sorted(pairs, key=lambda p: p[0].seed):
         bands = sorted((m for m in run.curves if is_band(m) and m in ref.curves),
                        key=lambda m: int(m[len("heldout/band"):]))
-        finals = [(run.final(b), ref.final(b)) for b in bands]
-        if len(bands) < 2 or run.heldout_fingerprint != ref.heldout_fingerprint \
-                or any(a is None or r is None or a[0] != r[0] for a, r in finals):
+        points = [(run.final(b), ref.final(b)) for b in bands]
+        finals = [(a, r) for a, r in points if a is not None and r is not None and a[0] == r[0] and r[1] > 0]
+        if len(bands) < 2 or len(finals) < len(points) or run.heldout_fingerprint != ref.heldout_fingerprint:
             continue
-        if any(r[1] <= 0 for _, r in finals):
-            continue
-        gain_clean, gain_noisy = _half_gains(run, ref, bands)
+        gain_clean, gain_noisy = _half_gains(finals)
         seeds.append(run.seed)
         clean.append(gain_clean)
         noisy.append(gain_noisy)
-        steps.add(int(cast(tuple[int, float], finals[0][0])[0]))
+        steps.add(int(finals[0][0][0]))
     if not seeds:
         return None
     diffs = [n - c for n, c in zip(noisy, clean)]
