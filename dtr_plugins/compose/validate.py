@@ -145,17 +145,33 @@ def check_buckets(cfg: ExperimentConfig, backbone: type[RoutedBackbone] | None, 
                       f"'{cfg.backbone.name}' (allowed: {allowed})")
 
 
-def _check_heldout_split(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry) -> None:
-    """When training will measure held-out loss (``eval.heldout_every``, a process that defines it, class labels,
-    pixels or a codec rather than a latent cache), the data's held-out split opens and has images: a missing or
-    broken split (Fashion-MNIST's ``t10k-*`` files) would otherwise leave the run without its primary metric.
-    A dataset that declares no held-out split is not checked (training says so in one note)."""
+def heldout_skip_reason(cfg: ExperimentConfig, parts: Components) -> str | None:
+    """Why a run composed as ``parts`` measures no held-out loss, or None when it does (its data may still
+    declare no held-out split): ``eval.heldout_every`` is 0, the process defines no held-out loss
+    (:class:`~dtr_plugins.core.contracts.SupportsHeldoutLoss`), the run is text-to-image, or it trains from a
+    latent cache. Training records the reason in ``meta.json``; :func:`check_run` checks the split otherwise."""
     from dtr_plugins.core.contracts import SupportsHeldoutLoss
+
+    if not cfg.eval.heldout_every:
+        return "eval.heldout_every is 0"
+    if not isinstance(parts.diffusion, SupportsHeldoutLoss):
+        return f"no held-out loss defined for the process {cfg.diffusion.name!r}"
+    if parts.text is not None:  # a held-out split's labels index another caption list
+        return "text-to-image run (held-out loss not defined for captions yet)"
+    if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
+        return "training from a latent cache (no cached held-out latents)"
+    return None
+
+
+def _check_heldout_split(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry) -> None:
+    """When training will measure held-out loss (:func:`heldout_skip_reason`), the data's held-out split opens
+    and has images: a missing or broken split (Fashion-MNIST's ``t10k-*`` files) would otherwise leave the run
+    without its primary metric. A dataset that declares no held-out split is not checked (training says so in
+    one note)."""
     from dtr_plugins.core.errors import DataError
     from dtr_plugins.evaluation.heldout import heldout_dataset_params
 
-    if not cfg.eval.heldout_every or not isinstance(parts.diffusion, SupportsHeldoutLoss) \
-            or parts.text is not None or parts.model_input.cached:
+    if heldout_skip_reason(cfg, parts) is not None:
         return
     try:
         params = heldout_dataset_params(cfg.dataset.name, registry.get("dataset", cfg.dataset.name).params,

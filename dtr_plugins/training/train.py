@@ -29,7 +29,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from dtr_plugins._version import __version__
-from dtr_plugins.compose import Components, build_regularizer, check_machine, check_run, compose
+from dtr_plugins.compose import (
+    Components,
+    build_regularizer,
+    check_machine,
+    check_run,
+    compose,
+    heldout_skip_reason,
+)
 from dtr_plugins.core import distributed
 from dtr_plugins.core.buckets import apply_train_buckets, bucket_summary
 from dtr_plugins.core.compute import apply_activation_checkpointing, tf32_mode
@@ -151,16 +158,12 @@ def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegis
     from dtr_plugins.core.errors import DataError
     from dtr_plugins.evaluation.heldout import heldout_set_for
 
-    if not cfg.eval.heldout_every:
-        return None, {"applied": False, "why": "eval.heldout_every is 0"}
+    why = heldout_skip_reason(cfg, parts)
+    if why is not None:
+        return None, {"applied": False, "why": why}
+    process = cast(SupportsHeldoutLoss, parts.diffusion)  # heldout_skip_reason checked it
     num_timesteps = parts.diffusion.num_timesteps
-    if not isinstance(parts.diffusion, SupportsHeldoutLoss):
-        return None, {"applied": False, "why": f"no held-out loss defined for the process {cfg.diffusion.name!r}"}
-    time, target = parts.diffusion.heldout_time, parts.diffusion.heldout_target
-    if parts.text is not None:  # a held-out split's labels index another caption list
-        return None, {"applied": False, "why": "text-to-image run (held-out loss not defined for captions yet)"}
-    if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
-        return None, {"applied": False, "why": "training from a latent cache (no cached held-out latents)"}
+    time, target = process.heldout_time, process.heldout_target
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
     try:
