@@ -23,12 +23,14 @@ from dtr_plugins.compose.build import (
     image_shape,
     latent_cache_root,
 )
+from dtr_plugins.compose.heldout import heldout_dataset_params, heldout_skip_reason, open_heldout_split
 from dtr_plugins.compose.regularize import build_regularizer
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule, ema_section
-from dtr_plugins.compose.validate import check_device, check_machine, check_run, heldout_skip_reason, validate_run
+from dtr_plugins.compose.validate import check_device, check_machine, check_run, validate_run
 
 __all__ = ["CodecSpec", "Components", "ModelInput", "codec_spec", "build_codec", "build_strategy_from",
            "build_model", "build_routing_plan", "build_diffusion", "build_loss_weighting", "build_dataset",
            "build_components", "compose", "check_composition", "image_shape", "latent_cache_root", "cache_latents",
            "backbone_input_space", "build_ema", "build_regularizer", "build_timestep_rule", "ema_section",
-           "check_device", "check_machine", "check_run", "heldout_skip_reason", "validate_run"]
+           "check_device", "check_machine", "check_run", "heldout_dataset_params", "heldout_skip_reason",
+           "open_heldout_split", "validate_run"]

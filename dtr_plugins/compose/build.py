@@ -34,6 +34,7 @@ from dtr_plugins.codecs.latent_cache import (
     is_complete,
     write_cache,
 )
+from dtr_plugins.compose.heldout import open_heldout_split
 from dtr_plugins.compose.schedules import build_ema, build_timestep_rule
 from dtr_plugins.compose.text import build_text_stage, check_text
 from dtr_plugins.compose.tokens import attach_token_router
@@ -424,6 +425,9 @@ class Components:
     text: TextStage | None = None
     #: the auxiliary loss of the ``regularizer`` section (repa), set by ``dtr train`` (compose/regularize.py)
     regularizer: Regularizer | None = None
+    #: the data's held-out split, opened with the data (compose/heldout.py); None with ``heldout_why`` saying why
+    heldout_data: Any = None
+    heldout_why: str = ""
 
     def to(self, device: torch.device | str) -> Components:
         """The model, the loss weighting and the regulariser's trainable part moved to ``device`` (in place; returns
@@ -445,7 +449,8 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
     ``device="meta"``: the backbone is built on the meta device (shapes only, no memory, no initialisation
     cost; the loss weighting stays on the CPU), for the checks of :func:`~dtr_plugins.compose.validate.check_run`.
     Otherwise the model and the loss weighting are moved to ``device``; the model's initial weights come from the
-    global torch generator (seed it first). ``data=False``: the dataset is not opened (``dataset`` is None).
+    global torch generator (seed it first). ``data=False``: the dataset and its held-out split are not opened
+    (``dataset`` is None).
     ``text=False``: a text section is checked against the backbone and data but its conditioner is not built.
     Raises :class:`ConfigError` / :class:`PluginError` (one line) for a composition that cannot work.
     """
@@ -469,6 +474,8 @@ def compose(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *, de
         check_text(cfg, model, registry)
     parts = Components(cfg, codec, model, process, weighting, dataset, model_input, sampler, build_ema(cfg, registry),
                        source, stage)
+    if data:
+        parts.heldout_data, parts.heldout_why = open_heldout_split(cfg, registry, process, model_input.cached)
     return parts if meta else parts.to(device)
 
 

@@ -145,56 +145,13 @@ def check_buckets(cfg: ExperimentConfig, backbone: type[RoutedBackbone] | None, 
                       f"'{cfg.backbone.name}' (allowed: {allowed})")
 
 
-def heldout_skip_reason(cfg: ExperimentConfig, parts: Components) -> str | None:
-    """Why a run composed as ``parts`` measures no held-out loss, or None when it does (its data may still
-    declare no held-out split): ``eval.heldout_every`` is 0, the process defines no held-out loss
-    (:class:`~dtr_plugins.core.contracts.SupportsHeldoutLoss`), the run is text-to-image, or it trains from a
-    latent cache. Training records the reason in ``meta.json``; :func:`check_run` checks the split otherwise."""
-    from dtr_plugins.core.contracts import SupportsHeldoutLoss
-
-    if not cfg.eval.heldout_every:
-        return "eval.heldout_every is 0"
-    if not isinstance(parts.diffusion, SupportsHeldoutLoss):
-        return f"no held-out loss defined for the process {cfg.diffusion.name!r}"
-    if parts.text is not None:  # a held-out split's labels index another caption list
-        return "text-to-image run (held-out loss not defined for captions yet)"
-    if parts.model_input.cached:  # encoding held-out images would load the VAE that a cached run never needs
-        return "training from a latent cache (no cached held-out latents)"
-    return None
-
-
-def _check_heldout_split(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry) -> None:
-    """When training will measure held-out loss (:func:`heldout_skip_reason`), the data's held-out split opens
-    and has images: a missing or broken split (Fashion-MNIST's ``t10k-*`` files) would otherwise leave the run
-    without its primary metric. A dataset that declares no held-out split is not checked (training says so in
-    one note)."""
-    from dtr_plugins.core.errors import DataError
-    from dtr_plugins.evaluation.heldout import heldout_dataset_params
-
-    if heldout_skip_reason(cfg, parts) is not None:
-        return
-    try:
-        params = heldout_dataset_params(cfg.dataset.name, registry.get("dataset", cfg.dataset.name).params,
-                                        cfg.dataset.params)
-    except ConfigError:
-        return  # no held-out split declared
-    try:
-        dataset = registry.build("dataset", cfg.dataset.name, **params)
-        if len(dataset) == 0:
-            raise DataError("it has no images")
-    except DataError as exc:
-        raise ConfigError(f"eval.heldout_every: the held-out split of data '{cfg.dataset.name}' cannot be read "
-                          f"({exc}); fix the data, or set eval.heldout_every: 0 to train without held-out loss"
-                          ) from None
-
-
 def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None = None, *,
               run_dir: str | Path | None = None, machine: bool = True) -> None:
     """The checks on a composed run (``parts``, built by :func:`compose` on any device, meta included): the
     respacing fits the process, the evaluation settings and their prerequisites (Inception weights) are
     there, the output paths are folders, the backbone fits the data sizes, guidance has a null class
-    (:func:`~dtr_plugins.core.guidance.check_guidance`), the dataset's classes fit the backbone's labels, and its
-    held-out split opens when held-out loss is asked for. The routing plan (every task gets channels at
+    (:func:`~dtr_plugins.core.guidance.check_guidance`) and the dataset's classes fit the backbone's labels. The
+    data's held-out split was opened, and the routing plan (every task gets channels at
     ``routing.site``) was checked when it was built.
     ``machine=False``: no weights-file or output-folder checks. Raises :class:`ConfigError` (one line)."""
     registry = registry or default_registry()
@@ -213,7 +170,6 @@ def check_run(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry
     check_guidance(backbone, cfg.sample.cfg_scale, "sample.cfg_scale")
     if parts.dataset is not None:  # it exists, decodes its index, and its classes fit the backbone's labels
         check_label_space(backbone.num_classes, parts.dataset, cfg.dataset.name)
-        _check_heldout_split(cfg, parts, registry)
 
 
 def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, *,

@@ -518,7 +518,8 @@ class SupportsContentKey(Protocol):
 @runtime_checkable
 class SupportsHeldoutSplit(Protocol):
     """Optional capability of a dataset's params model: ``heldout_split()`` returns the params of images
-    never trained on (no augmentation), for the held-out loss. Without it a run records no held-out loss."""
+    never trained on (no augmentation), for the held-out loss, or None when these params hold nothing out.
+    Without it, or with None, a run records no held-out loss (and says why in ``meta.json``)."""
 
     def heldout_split(self) -> Any: ...
 

@@ -79,15 +79,24 @@ def find_file(path: str | os.PathLike[str], name: str) -> Path:
 def read_idx(file: Path) -> torch.Tensor:
     """An IDX file (gzip-compressed or not) as a tensor, through torchvision's reader.
 
-    Raises :class:`DataError` naming the file when it is not a valid IDX file."""
+    Raises :class:`DataError` naming the file when it is not a valid IDX file (empty, cut short, another format)."""
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
+    try:
+        raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+    except (OSError, EOFError) as err:
+        raise DataError(f"data.path: {file} is not a readable IDX file ({type(err).__name__}: {err})") from err
+    if len(raw) < 4 or raw[:2] != b"\0\0":  # an IDX file starts with two zero bytes, a type code and a rank
+        what = "it is empty" if not raw else \
+            f"its first {min(len(raw), 4)} bytes are not an IDX header: 00 00, type, rank"
+        raise DataError(f"data.path: {file} is not an IDX file ({what}); reinstall it with apt-get install "
+                        f"--reinstall dataset-fashion-mnist")
     try:
         if file.suffix != ".gz":
             return read_sn3_pascalvincent_tensor(str(file), strict=False)
         with tempfile.TemporaryDirectory(prefix="dtr-idx-") as tmp:  # the reader takes a path
             plain = Path(tmp) / file.stem
-            plain.write_bytes(gzip.decompress(file.read_bytes()))
+            plain.write_bytes(raw)
             return read_sn3_pascalvincent_tensor(str(plain), strict=False)
     except (OSError, EOFError, ValueError, RuntimeError, KeyError, AssertionError) as err:
         raise DataError(f"data.path: {file} is not a readable IDX file ({type(err).__name__}: {err})") from err

@@ -77,8 +77,11 @@ class ImageFolderParams(BaseModel):
     def unaugmented(self) -> ImageFolderParams:
         return self.model_copy(update={"random_flip": False})
 
-    def heldout_split(self) -> ImageFolderParams:
-        """The held-out split of the same data, never augmented."""
+    def heldout_split(self) -> ImageFolderParams | None:
+        """The held-out split of the same data, never augmented; None when ``heldout_fraction`` is 0 (nothing
+        held out)."""
+        if self.heldout_fraction == 0:
+            return None
         return self.model_copy(update={"split": "heldout", "random_flip": False})
 
 

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dtr_plugins.core.errors import ConfigError, DataError
+from dtr_plugins.compose.heldout import heldout_dataset_params
+from dtr_plugins.core.errors import DataError
 
 #: the per-sample loss term reported (see the module docstring)
 HELDOUT_TERM = "mse"
@@ -213,24 +214,6 @@ def heldout_record(step: int, losses: Mapping[str, float], heldout: HeldOutSet, 
                 per_band=heldout.per_band, images=heldout.images,
                 seed=heldout.seed, fingerprint=heldout.fingerprint)
     return {"step": int(step), "heldout": body}
-
-
-def heldout_dataset_params(dataset_name: str, params_model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of ``dataset_name``'s held-out split, as its params model declares them
-    (:class:`~dtr_plugins.core.contracts.SupportsHeldoutSplit`: the same data, never augmented).
-
-    ``params_model`` is the dataset plugin's pydantic params class (``registry.get("dataset", name).params``).
-    Raises :class:`ConfigError` naming the dataset when it declares no held-out split.
-    """
-    from dtr_plugins.core.contracts import SupportsHeldoutSplit
-
-    validated = params_model.model_validate(dict(params))
-    if not isinstance(validated, SupportsHeldoutSplit):
-        raise ConfigError(f"data.name: dataset '{dataset_name}' declares no held-out split (its params model has no "
-                          f"heldout_split(); see SupportsHeldoutSplit in dtr_plugins/core/contracts.py); set "
-                          f"eval.heldout_every: 0 or use digits, synthetic or image_folder")
-    out: dict[str, Any] = validated.heldout_split().model_dump()
-    return out
 
 
 def heldout_set_for(registry: Any, dataset_name: str, dataset_params: Mapping[str, Any], num_timesteps: int, *,

@@ -47,7 +47,7 @@ from dtr_plugins.core.fingerprint import RESUMABLE_KEYS, first_difference, weigh
 from dtr_plugins.core.labels import class_map
 from dtr_plugins.core.log import run_log
 from dtr_plugins.core.param_count import parameter_record
-from dtr_plugins.core.plugins import PluginRegistry, default_registry
+from dtr_plugins.core.plugins import PluginRegistry
 from dtr_plugins.core.routing import RoutedBackbone, routed_units
 from dtr_plugins.core.timesteps import sampler_record
 from dtr_plugins.core.token_routing import token_record
@@ -148,31 +148,24 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _heldout_for(cfg: ExperimentConfig, parts: Components, registry: PluginRegistry | None,
-                 device: torch.device) -> tuple[HeldOutSet | None, dict[str, Any]]:
-    """The run's fixed held-out inputs and what meta.json records about them (or why there are none):
-    off when ``eval.heldout_every`` is 0, for a process without :class:`SupportsHeldoutLoss` (which says
-    how held-out times are drawn and what the loss measures), when training from a latent cache and for
-    data without a held-out split."""
+def _heldout_for(cfg: ExperimentConfig, parts: Components, device: torch.device) -> tuple[HeldOutSet | None,
+                                                                                       dict[str, Any]]:
+    """The run's fixed held-out inputs, drawn from the held-out split :func:`compose` opened
+    (``parts.heldout_data``), and what meta.json records about them, or why there are none
+    (``parts.heldout_why``: ``eval.heldout_every`` 0, a process without :class:`SupportsHeldoutLoss`, a
+    text-to-image run, a latent cache, or data without a held-out split)."""
     from dtr_plugins.core.contracts import SupportsHeldoutLoss
-    from dtr_plugins.core.errors import DataError
-    from dtr_plugins.evaluation.heldout import heldout_set_for
 
-    why = heldout_skip_reason(cfg, parts)
-    if why is not None:
-        return None, {"applied": False, "why": why}
-    process = cast(SupportsHeldoutLoss, parts.diffusion)  # heldout_skip_reason checked it
-    num_timesteps = parts.diffusion.num_timesteps
+    if parts.heldout_data is None:
+        if heldout_skip_reason(cfg, parts.diffusion, parts.model_input.cached) is None:  # the data has no split
+            logger.info(f"dtr: note: no held-out loss for this run: {parts.heldout_why}")
+        return None, {"applied": False, "why": parts.heldout_why}
+    process = cast(SupportsHeldoutLoss, parts.diffusion)  # open_heldout_split checked it
     time, target = process.heldout_time, process.heldout_target
     codec = parts.codec
     prepare = None if parts.model_input.identity else (lambda x: codec.encode(x.to(device)))
-    try:
-        heldout = heldout_set_for(registry or default_registry(), cfg.dataset.name, cfg.dataset.params,
-                                  num_timesteps, per_band=cfg.eval.heldout_per_band,
-                                  seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
-    except (ConfigError, DataError) as exc:
-        logger.info(f"dtr: note: no held-out loss for this run: {exc}")
-        return None, {"applied": False, "why": str(exc)}
+    heldout = HeldOutSet.build(parts.heldout_data, parts.diffusion.num_timesteps, per_band=cfg.eval.heldout_per_band,
+                               seed=cfg.eval.heldout_seed, prepare=prepare, time=time)
     return heldout, {"applied": True, "every": cfg.eval.heldout_every, "weights": "ema", "time": time,
                      "target": target,
                      "num_bands": heldout.num_bands, "per_band": heldout.per_band, "seed": heldout.seed,
@@ -320,7 +313,7 @@ def _write_run_start(rd: RunDir, parts: Components, d: distributed.Dist, step: i
     trackers = TrackerSet.open(cfg.log.trackers, rd.path, cfg.to_dict(), cfg.name, start.registry,
                                previous=previous if isinstance(previous, dict) else None)
     meta["trackers"] = trackers.applied()
-    heldout, meta["heldout"] = _heldout_for(cfg, parts, start.registry, d.device)
+    heldout, meta["heldout"] = _heldout_for(cfg, parts, d.device)
     meta["ema"] = {**parts.ema.applied(), "applied": True, "section": "ema" if cfg.ema is not None else
                    "train.ema_decay/ema_warmup", "snapshot_every": cfg.ema.snapshot_every if cfg.ema else 0}
     meta["timesteps"] = sampler_record(parts.timestep_sampler, parts.timestep_source)

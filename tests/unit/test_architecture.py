@@ -62,8 +62,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "the eval section is checked when a config is composed (dtr validate finds what dtr train would)",
     ("dtr_plugins.compose.validate", "dtr_plugins.evaluation.references"):
         "eval.reference is resolved when a config is composed (dtr validate finds what dtr train would)",
-    ("dtr_plugins.compose.validate", "dtr_plugins.evaluation.heldout"):
-        "the data's held-out split is opened when a config is composed (dtr validate finds what dtr train would)",
     ("dtr_plugins.evaluation.evaluate", "dtr_plugins.experiments.compare"):
         "metric titles come from the comparison's metric table (one table of metric names)",
     ("dtr_plugins.runs.listing", "dtr_plugins.experiments.compare"):

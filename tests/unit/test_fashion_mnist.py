@@ -74,7 +74,14 @@ def test_corrupt_and_mismatched_files_are_one_line(tmp_path):
     (tmp_path / FILES["train"][1]).write_bytes(idx_bytes(torch.zeros(3, dtype=torch.uint8)))
     with pytest.raises(DataError, match="disagree"):
         FashionMNIST(path=str(tmp_path))
-    (tmp_path / FILES["train"][0]).write_bytes(b"\x00\x00")
+    images = tmp_path / FILES["train"][0]
+    for content, why in ((b"", r"it is empty"), (b"\x00\x00", r"its first 2 bytes are not an IDX header"),
+                         (b"<html>oops</html>", r"its first 4 bytes are not an IDX header")):
+        images.write_bytes(content)
+        with pytest.raises(DataError, match=rf"^data.path: {images} is not an IDX file \({why}.*\); reinstall it "
+                                            rf"with apt-get install --reinstall dataset-fashion-mnist$"):
+            FashionMNIST(path=str(tmp_path))
+    images.write_bytes(idx_bytes(torch.zeros(4, 28, 28, dtype=torch.uint8))[:40])  # a header, then cut short
     with pytest.raises(DataError, match="not a readable IDX file"):
         FashionMNIST(path=str(tmp_path))
 

@@ -195,3 +195,31 @@ def test_content_key_names_the_folder_not_how_it_was_written(tmp_path, monkeypat
     assert relative.content_key() == absolute.content_key()
     assert relative.content_key()["path"] == str((tmp_path / "data").resolve())
     assert relative.content_key() != ImageFolderParams(path="data", image_size=16).content_key()
+
+
+def test_a_folder_with_nothing_held_out_trains_without_heldout_loss_and_says_why(tmp_path):
+    """heldout_fraction 0 (the default) holds no images out: the run measures no held-out loss and records why,
+    instead of being refused for an empty held-out split; a fraction above 0 opens the split with the data."""
+    from dtr_plugins.compose import compose, heldout_dataset_params
+    from dtr_plugins.core.config import config_from_dict
+    from dtr_plugins.data.image_folder import ImageFolderParams
+
+    root = tmp_path / "d"
+    for i in range(30):
+        png(root / ("a", "b")[i % 2] / f"{i:03d}.png", i)
+    assert ImageFolderParams(path=str(root), image_size=8).heldout_split() is None
+    with pytest.raises(ConfigError, match=r"^data: dataset 'image_folder' holds no images out .*heldout_fraction"):
+        heldout_dataset_params("image_folder", ImageFolderParams, {"path": str(root), "image_size": 8})
+
+    def run(fraction):
+        return compose(config_from_dict({
+            "name": "f", "backbone": {"name": "dit", "input_size": 8, "patch_size": 2, "hidden_size": 32, "depth": 2,
+                                      "num_heads": 2, "in_channels": 3, "num_classes": 2},
+            "data": {"name": "image_folder", "path": str(root), "image_size": 8, "heldout_fraction": fraction},
+            "eval": {"heldout_every": 5}}), device="meta")
+
+    nothing = run(0.0)
+    assert nothing.heldout_data is None and "holds no images out" in nothing.heldout_why
+    some = run(0.4)
+    assert some.heldout_why == "" and 0 < len(some.heldout_data) < 30
+    assert len(some.dataset) + len(some.heldout_data) == 30
