@@ -103,7 +103,7 @@ def cmd_validate(args) -> int:
 
     cfg = _load(args)
     try:
-        validate_run(cfg, machine=not args.config_only)
+        validate_run(cfg, machine=not args.config_only, allow_unsafe_load=args.allow_unsafe_load)
     except UserError as exc:
         raise type(exc)(f"{args.config}: {exc}") from None
     print(cfg.to_yaml(), end="")
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--config-only", action="store_true",
                    help="check the config alone, not this machine (devices, weight files, hub VAE, output folders)")
+    p.add_argument("--allow-unsafe-load", action="store_true",
+                   help="read train.init_from even if it needs arbitrary unpickling (only for files you trust)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(parents=[common], name="masks",

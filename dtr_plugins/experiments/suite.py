@@ -204,6 +204,10 @@ def load_suite(path: str | Path, registry=None, overrides: Sequence[str] = ()) -
         base = read_yaml(base_path)
         if not isinstance(base, dict):
             raise ConfigError(f"{path}: base: {spec.base} is not a run config mapping")
+        if "matrix" in base or "base" in base:
+            raise ConfigError(f"{path}: base: {spec.base} is a suite file (it has "
+                              f"{' and '.join(k for k in ('base', 'matrix') if k in base)}); base must be a run "
+                              f"config (backbone, data, train ...), e.g. that suite's own base")
     else:
         base = copy.deepcopy(spec.base)
     for key, value in spec.set.items():
