@@ -1,8 +1,8 @@
 """dtr-plugins: task routing for diffusion models.
 
 The public API (docs/design.md, "Python API"). Plugin authors need only :data:`hookimpl`. Every name here
-is the implementing function itself (``help(dtr_plugins.sample)`` shows its real signature); the heavy
-ones (training, sampling, evaluation, suites, sharing) are imported on first use.
+is the implementing function itself (``help(dtr_plugins.sample)`` shows its real signature), imported on first
+use: ``import dtr_plugins`` (and the ``dtr`` command before it parses its arguments) loads no torch.
 
 - ``sample(source, ...)``: images to files on disk (PNGs, a grid, an ``.npz``) from a run, checkpoint,
   exported folder or hub id; returns the output folder.
@@ -18,17 +18,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from dtr_plugins._version import __version__
-from dtr_plugins.compose import build_codec, build_components, build_diffusion, build_model
-from dtr_plugins.core.config import ExperimentConfig, load_config
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.core.hookspecs import hookimpl
-from dtr_plugins.core.plugins import build_strategy, list_plugins
 
 # silent unless the user configures logging (docs/architecture.md, "Log output"; the `dtr` command shows it)
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
+    from dtr_plugins.compose import build_codec, build_components, build_diffusion, build_model
     from dtr_plugins.core.checkpoint import load_checkpoint
+    from dtr_plugins.core.config import ExperimentConfig, load_config
+    from dtr_plugins.core.plugins import build_strategy, list_plugins
     from dtr_plugins.evaluation.evaluate import evaluate
     from dtr_plugins.experiments.suite import run_suite
     from dtr_plugins.sampling.sample import generate, sample
@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
+    "build_codec": "dtr_plugins.compose",
+    "build_components": "dtr_plugins.compose",
+    "build_diffusion": "dtr_plugins.compose",
+    "build_model": "dtr_plugins.compose",
+    "ExperimentConfig": "dtr_plugins.core.config",
+    "load_config": "dtr_plugins.core.config",
+    "build_strategy": "dtr_plugins.core.plugins",
+    "list_plugins": "dtr_plugins.core.plugins",
     "load_checkpoint": "dtr_plugins.core.checkpoint",
     "from_pretrained": "dtr_plugins.sharing.hub",
     "DTRPipeline": "dtr_plugins.sharing.pipeline",

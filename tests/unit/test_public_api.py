@@ -41,3 +41,15 @@ def test_py_typed_ships_as_package_data():
     assert (ROOT / "dtr_plugins" / "py.typed").is_file()
     section = (ROOT / "pyproject.toml").read_text().partition("[tool.setuptools.package-data]")[2]
     assert re.match(r'\s*dtr_plugins = \[[^]]*"py\.typed"', section), "py.typed is not package data in pyproject"
+
+
+def test_the_command_parses_its_arguments_before_importing_torch():
+    """`dtr --version`, `dtr --help` and a mistyped command answer at once: the package root and the CLI module
+    import no torch (the API's names load on first use), so only the commands that need it pay for it."""
+    import subprocess
+    import sys
+
+    code = "import sys, dtr_plugins, dtr_plugins.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert dp.load_config.__module__ == "dtr_plugins.core.config" and dp.ExperimentConfig.__name__ == "ExperimentConfig"
