@@ -39,9 +39,11 @@ chromium:
 	else echo "setup: chromium is not installed: as root, apt-get install chromium"; fi
 
 # CI runs `make test`: lint, then types, then every test (unit, parity and the slow integration runs), on two
-# pytest-xdist workers (one per core; a test file stays on one worker).
+# pytest-xdist workers (one per core; a test file stays on one worker). Files go out in collection order
+# (--no-loadscope-reorder): the slow integration files first, the many short unit files last to fill the gaps;
+# xdist's default order (most tests first) left a one-test, minute-long file for the end while a core idled.
 test: lint typecheck
-	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check dtr_plugins tests benchmarks
