@@ -201,8 +201,14 @@ def cmd_eval(args) -> int:
 
     _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
+    params = {}
+    for item in args.extractor_params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--extractor-param: expected KEY=VALUE, got {item!r}")
+        params[key] = value
     settings = EvalSettings(metrics=args.metrics, feature_extractor=args.feature_extractor,
-                            weights_path=args.weights, device=args.device)
+                            weights_path=args.weights, device=args.device, extractor_params=params)
     result = evaluate(args.samples, args.ref, settings)
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
@@ -360,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=metric_names())
     p.add_argument("--feature-extractor", default="inception-v3-compat")
     p.add_argument("--weights", default=None, help="local weights file of the feature extractor (offline use)")
+    p.add_argument("--extractor-param", dest="extractor_params", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the feature extractor plugin, e.g. data_path=/my/fashion (repeatable)")
     p.add_argument("--out", required=True, help="JSON file to write")
     _device_args(p)
     p.set_defaults(func=cmd_eval)

@@ -95,6 +95,11 @@ def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool =
     if name not in known:
         raise ConfigError(f"eval.feature_extractor: unknown feature extractor {name!r} "
                           f"(known: {', '.join(known) or 'none installed'})")
+    if cfg.eval.feature_extractor_params:  # its keys and values, as the extractor's params model allows them
+        if "weights_path" in cfg.eval.feature_extractor_params:
+            raise ConfigError("eval.feature_extractor_params.weights_path: set eval.weights_path instead")
+        registry.get("feature_extractor", name).validate(dict(cfg.eval.feature_extractor_params),
+                                                         where="eval.feature_extractor_params")
     if not (cfg.eval.at_end or cfg.eval.every):
         return  # no evaluation during training
     check_eval_settings(cfg.eval, cfg.eval.num_samples)

@@ -197,6 +197,9 @@ class EvalConfig(_Strict):
             raise ValueError(f"unknown metric {unknown[0]!r} (allowed: {', '.join(allowed)})")
         return value
     feature_extractor: str = "inception-v3-compat"
+    feature_extractor_params: dict[str, Any] = Field(
+        default_factory=dict, description="parameters of the feature extractor plugin, checked against its params "
+        "model (e.g. fashion-classifier's data_path: where its training and test IDX files are)")
     weights_path: str | None = None
     reference: str | None = Field(None, description="dataset:NAME, a folder or an .npz; default: the training data")
     every: int = Field(0, ge=0, description="evaluate during training every N steps (0: only at the end)")
@@ -322,14 +325,17 @@ class ExperimentConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values; unset optional sections (``data``, ``ema``, ``timesteps``, ``text``,
-        ``token_routing``, ``regularizer``) and an unset ``train.init_from`` are absent, not null, so configs written
-        before them keep their fingerprint (a model-only config has no ``data``)."""
+        ``token_routing``, ``regularizer``), an unset ``train.init_from`` and empty ``eval.feature_extractor_params``
+        are absent, not null, so configs written before them keep their fingerprint (a model-only config has no
+        ``data``)."""
         out = self.model_dump(mode="json")
         for optional in ("data", "ema", "timesteps", "text", "token_routing", "regularizer"):
             if out.get(optional) is None:
                 out.pop(optional, None)
         if out["train"].get("init_from") is None:
             out["train"].pop("init_from", None)
+        if not out["eval"].get("feature_extractor_params"):
+            out["eval"].pop("feature_extractor_params", None)
         return out
 
     def to_yaml(self) -> str:

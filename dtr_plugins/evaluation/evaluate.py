@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,8 @@ class EvalSettings:
     metrics: Sequence[str] = ("fid",)  #: any of ``fid``, ``isc``, ``kid``, ``prc``
     feature_extractor: str = "inception-v3-compat"  #: a registered feature-extractor plugin
     weights_path: str | os.PathLike | None = None  #: the extractor's local weights file
+    #: the extractor plugin's other parameters (its params model checks them), e.g. ``{"data_path": ...}``
+    extractor_params: Mapping[str, Any] | None = None
     num_classes: int | None = None  #: the model's class count, checked against the extractor's
     cache_dir: str | os.PathLike | None = None  #: where reference statistics are cached
     batch_size: int = 64  #: images per extractor batch
@@ -170,7 +172,7 @@ def evaluate(samples: Any, reference: Any, settings: EvalSettings | None = None,
     registry = default_registry(registry)
     binary = [m for m in metrics if m in BINARY_METRICS]
     ref = resolve_reference(reference, images.size, registry) if binary else None  # a bad --ref before weights
-    params = {"weights_path": str(weights_path)} if weights_path else {}
+    params = {**(s.extractor_params or {}), **({"weights_path": str(weights_path)} if weights_path else {})}
     spec: FeatureExtractorSpec = registry.build("feature_extractor", feature_extractor, **params)
     weights_sha = file_sha256(spec.weights_path) if spec.weights_path else None
     layers = feature_layers(spec)

@@ -341,7 +341,8 @@ class Trainer:
         logger.info(f"dtr: step {step}: scoring {', '.join(cfg.eval.metrics)} with {cfg.eval.feature_extractor} "
                    f"against {reference}")
         scoring = EvalSettings(metrics=cfg.eval.metrics, feature_extractor=cfg.eval.feature_extractor,
-                               weights_path=cfg.eval.weights_path)
+                               weights_path=cfg.eval.weights_path,
+                               extractor_params=cfg.eval.feature_extractor_params)
         if self.text is None:
             result = evaluate_model_samples(images, labels, reference, scoring)
         else:  # text-to-image: labels are the prompts' classes (offline caption sets), CLIP score when configured

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,54 @@ def test_given_weights_carry_their_accuracy_into_the_record(fake_folder, tmp_pat
     assert spec.record()["test_accuracy"] == 0.9123 and spec.num_classes == 10
     logits = spec.classifier(torch.device("cpu"))(torch.zeros(2, 3, 56, 56, dtype=torch.uint8))
     assert logits.shape == (2, 10)
+
+
+def test_the_classifier_reads_the_data_where_the_config_says(fake_folder, tmp_path, monkeypatch):
+    """``eval.feature_extractor_params`` reaches the extractor plugin (fashion-classifier's ``data_path``: Fashion-MNIST
+    outside Debian's folder), is checked by validate against the plugin's params model, and leaves the fingerprint of
+    configs without it unchanged."""
+    import numpy as np
+
+    from dtr_plugins.compose import validate_run
+    from dtr_plugins.core.config import load_config
+    from dtr_plugins.core.errors import ConfigError
+    from dtr_plugins.evaluation.evaluate import EvalSettings, evaluate
+
+    def stop(data_path=fc.DEBIAN_PATH):
+        raise DataError(f"would train on {data_path}")
+
+    monkeypatch.setattr(fc, "ensure_classifier", stop)
+    settings = EvalSettings(metrics=["isc"], feature_extractor="fashion-classifier", device="cpu",
+                            extractor_params={"data_path": str(fake_folder)})
+    with pytest.raises(DataError, match=f"would train on {fake_folder}$"):
+        evaluate(np.zeros((4, 28, 28, 3), np.uint8), None, settings)
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "fashion_dit.yaml"
+    sets = [f"data.path={fake_folder}", f"output_dir={tmp_path / 'runs'}", "eval.at_end=false"]
+    plain = load_config(config, overrides=sets)
+    assert "feature_extractor_params" not in plain.to_dict()["eval"]  # absent when empty: fingerprints stay
+    moved = load_config(config, overrides=[*sets, f"eval.feature_extractor_params={{data_path: {fake_folder}}}"])
+    assert moved.to_dict()["eval"]["feature_extractor_params"] == {"data_path": str(fake_folder)}
+    validate_run(moved)
+    for params, error in (("{data_pth: x}", r"^eval.feature_extractor_params.data_pth: .*"),
+                          ("{weights_path: w.pt}", r"^eval.feature_extractor_params.weights_path: set eval.weights")):
+        with pytest.raises(ConfigError, match=error):
+            validate_run(load_config(config, overrides=[*sets, f"eval.feature_extractor_params={params}"]))
+
+
+def test_dtr_eval_passes_extractor_params(fake_folder, tmp_path, monkeypatch, run_cli):
+    import numpy as np
+
+    def stop(data_path=fc.DEBIAN_PATH):
+        raise DataError(f"would train on {data_path}")
+
+    monkeypatch.setattr(fc, "ensure_classifier", stop)
+    samples = tmp_path / "s.npz"
+    np.savez(samples, np.zeros((4, 28, 28, 3), np.uint8))
+    base = ("eval", "--samples", str(samples), "--ref", str(samples), "--metrics", "isc", "--feature-extractor",
+            "fashion-classifier", "--out", str(tmp_path / "e.json"), "--device", "cpu")
+    for param, line in ((f"data_path={fake_folder}", f"would train on {fake_folder}"),
+                        ("data_pth=x", "data_pth"), ("data_path", "--extractor-param: expected KEY=VALUE")):
+        code, _, err = run_cli(*base, "--extractor-param", param)
+        assert code == 2 and line in err and "Traceback" not in err, err
+    assert not (tmp_path / "e.json").exists()
