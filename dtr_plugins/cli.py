@@ -37,6 +37,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed, an integer >= 0 (numpy's and the sampler's generators take no negative seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer, 0 or more), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer, 0 or more), got {value}")
+    return value
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -352,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="text-to-image: a prompt (repeatable; image i gets prompt i mod the number given)")
     p.add_argument("--prompts-file", default=None, metavar="FILE", help="text-to-image: prompts, one per line")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling noise and labels (default 0)")
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--allow-unsafe-load", action="store_true",

@@ -187,3 +187,17 @@ def test_run_dir_that_is_a_file(tmp_path, run_cli):
     code, _, err = run_cli("train", str(write(tmp_path / "c.yaml", GOOD)), "--run-dir", str(target))
     assert code == 2
     assert err.strip() == f"dtr: error: --run-dir: '{target}' is a file, not a folder; choose another --run-dir"
+
+
+@pytest.mark.parametrize(("flag", "value", "line"), [
+    ("--seed", "-1", "argument --seed: expected a seed (an integer, 0 or more), got -1"),
+    ("--seed", "x", "argument --seed: expected a seed (an integer, 0 or more), got 'x'"),
+    ("--num-samples", "0", "argument -n/--num-samples: expected a positive integer (1 or more), got 0"),
+])
+def test_sample_flags_are_refused_in_one_line_before_anything_loads(capsys, tmp_path, flag, value, line):
+    from dtr_plugins.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["sample", str(tmp_path / "no-run"), flag, value])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.strip() == f"dtr sample: error: {line} (see --help)", err
