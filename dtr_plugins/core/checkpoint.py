@@ -311,9 +311,15 @@ def _check_routing(model: nn.Module, stored: Mapping[str, Any], path: Path, allo
     own = routing_record(model)
     if own is None or stored.get("masks_sha256") in (None, own["masks_sha256"]):
         return
-    message = (f"{path}: the checkpoint was trained with routing {stored.get('strategy', '?')} "
-               f"(masks sha256 {str(stored.get('masks_sha256'))[:12]}) but the model uses {own['strategy']} "
-               f"(masks sha256 {own['masks_sha256'][:12]})")
+    theirs = stored.get("strategy", "?")
+    if theirs == own["strategy"]:  # same settings, other tables: say what else decides them
+        message = (f"{path}: the checkpoint was trained with routing {theirs}, as the model's, but with other mask "
+                   f"tables (masks sha256 {str(stored.get('masks_sha256'))[:12]}, the model's "
+                   f"{own['masks_sha256'][:12]}: another routing.site, number of timesteps or routed layout)")
+    else:
+        message = (f"{path}: the checkpoint was trained with routing {theirs} "
+                   f"(masks sha256 {str(stored.get('masks_sha256'))[:12]}) but the model uses {own['strategy']} "
+                   f"(masks sha256 {own['masks_sha256'][:12]})")
     if not allow_mismatch:
         raise CheckpointError(message + "; use the config the checkpoint was trained with (its routing section); "
                               "a deliberate transfer to another routing is a Python API call: "

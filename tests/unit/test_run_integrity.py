@@ -51,6 +51,11 @@ def test_loading_into_a_model_with_other_routing_raises_unless_allowed(tmp_path)
     for name, t in other.state_dict().items():
         assert torch.equal(t, trained.state_dict()[name]), name
     dp.load_checkpoint(same, path)  # same routing: silent
+    # same strategy settings, other tables (another number of timesteps): the message says what differs
+    steps = build_model(cfg_with(tmp_path, "routing.beta=0.8", "diffusion.steps=500"))
+    with pytest.raises(CheckpointError, match=r"trained with routing dtr\(alpha=4, beta=0\.8\), as the model's, but "
+                                              r"with other mask tables .*another routing.site, number of timesteps"):
+        dp.load_checkpoint(steps, path)
     # a file without the record (older checkpoints, bare state dicts) loads as before
     dp.load_checkpoint(other, save_checkpoint(tmp_path / "old.pt", model=trained.state_dict(), step=1))
 
