@@ -501,7 +501,21 @@ def recipe_table(path: Path) -> str:
         rows.append(f"| {label} | {len(runs)} | {wall} | {mean_sd(values)} | {spread} | {resolvable} | "
                     f"{mean_sd(accuracy)} |")
     rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n"
+    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n" + _suite_hours(groups)
+
+
+def _suite_hours(groups: dict[Any, list[dict[str, Any]]]) -> str:
+    """The whole suite's time estimated from the recipe table: per strategy its median unresumed wall time times
+    its runs, summed, over the runs that trained side by side (one thread each, so one per core). Empty when a
+    strategy has no timed run or the runs did not all use one thread."""
+    total = 0.0
+    for runs in groups.values():
+        seconds = [x["seconds"] for x in runs if x.get("seconds") is not None and not x.get("resumed")]
+        if not seconds or any(x.get("threads") != 1 for x in runs if x.get("seconds") is not None):
+            return ""
+        total += statistics.median(seconds) * len(runs)
+    return (f"\nThe whole suite, estimated from these medians (median x runs, summed): {total / 3600:.2g} run-hours "
+            f"of one thread each, so about {total / 7200:.2g} h on 2 cores with `--parallel 2`.\n")
 
 
 def suite_summary(path: Path) -> str:

@@ -152,6 +152,20 @@ def test_recipe_table_measures_spread_time_and_resolution_from_the_raw_lines(tmp
     assert f"±{half:.2%} of vanilla's mean (5 pairs)" in row and "0.2 min (6 unresumed runs, threads 1)" in row
     reference = next(r for r in table.splitlines() if r.startswith("| vanilla (loss_weighting=constant) |"))
     assert reference.count("(reference)") == 2
+    # the suite's time: per strategy and setting the median of its unresumed runs x its runs, summed; one slow run
+    # moves a mean but not the median
+    slow = [json.loads(line) for line in raw.read_text().splitlines()]
+    slow[0]["seconds"] = 1000.0
+    raw.write_text("".join(json.dumps(x) + "\n" for x in slow))
+    done = [x for x in read_raw_results(raw) if x["status"] == "done"]
+    groups: dict[str, list[float]] = {}
+    for x in done:
+        groups.setdefault(x["run_id"].rsplit("__seed", 1)[0], []).append(x["seconds"])
+    total = sum(statistics.median(v) * len(v) for v in groups.values())
+    assert total < sum(x["seconds"] for x in done)
+    assert figures.recipe_table(raw).rstrip().endswith(
+        f"{total / 3600:.2g} run-hours of one thread each, so about {total / 7200:.2g} h on 2 cores with "
+        f"`--parallel 2`.")
 
 
 def test_suite_summary_states_each_strategy_and_the_paired_verdict_of_the_primary_metric(tmp_path):
