@@ -172,7 +172,8 @@ def _relative_interval(d: Any) -> str:
     base = d.baseline_mean
     if d.interval is None or not base:
         return f"not resolvable ({len(d.seeds)} pair{'s' * (len(d.seeds) != 1)})"
-    return f"{d.mean / base:+.1%} [{d.interval[0] / base:+.1%}, {d.interval[1] / base:+.1%}]"
+    return (f"{d.mean / base:+.1%} [{d.interval[0] / base:+.1%}, {d.interval[1] / base:+.1%}] "
+            f"({d.interval_level * 100:.4g}%)")
 
 
 def heads_mlp_summary(repo: Path = REPO) -> str:
@@ -232,8 +233,9 @@ def heads_mlp_summary(repo: Path = REPO) -> str:
                        f"{_relative_interval(vs_vanilla)} against vanilla, "
                        f"{_relative_interval(vs_input)} against DTR at the inputs")
     out.append("**Quality**, held-out loss of heads_mlp minus the other's, paired by seed, as a share of the "
-               "other's mean, with the 95% t-interval (lower is better; no correction across these two "
-               "comparisons, so no verdict word): " + "; ".join(quality) + ".")
+               "other's mean, with its t-interval at the level the suite's report gives it (the primary metric's "
+               "comparisons against one baseline are one Bonferroni family; lower is better; no correction across "
+               "the two baselines here, so no verdict word): " + "; ".join(quality) + ".")
     return "\n\n".join(out) + "\n"
 
 
@@ -453,9 +455,10 @@ def recipe_table(path: Path) -> str:
 
     Per strategy (runs grouped by their axes): runs, median wall time per run (the launcher's, with its threads),
     mean and SD over seeds of the primary metric and of ``class_accuracy``; per strategy but vanilla, the SD of the
-    paired differences against vanilla (same seed and other axes) and the half-width of the 95% t-interval of
-    their mean with that many pairs, as a share of vanilla's mean: the smallest relative difference that
-    resolves at that spread."""
+    paired differences against vanilla (same seed and other axes) and the half-width of the t-interval of
+    their mean with that many pairs, at the level of the primary family (Bonferroni over the strategies and
+    settings compared, as the report tests them), as a share of vanilla's mean: the smallest relative difference
+    that resolves at that spread."""
     from scipy import stats
 
     from dtr_plugins.experiments.raw_results import primary_of, read_raw_results
@@ -478,8 +481,10 @@ def recipe_table(path: Path) -> str:
         return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}" if len(values) > 1 else \
             f"{values[0]:.4g}"
 
+    compared = sum(name != "vanilla" for name, _ in groups)  # the primary family: one comparison per group
+    level = 1 - 0.05 / max(compared, 1)
     rows = [f"| strategy | runs | wall time per run (median) | {primary} (mean ± SD over seeds) | SD of paired "
-            "differences | smallest resolvable paired difference (95%) | class accuracy of samples |",
+            f"differences | smallest resolvable paired difference ({level * 100:.4g}%) | class accuracy of samples |",
             "|---|---|---|---|---|---|---|"]
     for (name, set_), runs in groups.items():
         seconds = [x["seconds"] for x in runs if x.get("seconds") is not None and not x.get("resumed")]
@@ -494,7 +499,7 @@ def recipe_table(path: Path) -> str:
                  and reference.get((set_, x["seed"])) is not None and x["final"].get(primary) is not None]
         if len(diffs) > 1 and base:
             sd = statistics.stdev(diffs)
-            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+            half = float(stats.t.ppf(1 - (1 - level) / 2, len(diffs) - 1)) * sd / len(diffs) ** 0.5
             spread = f"{sd:.2g}"
             resolvable = f"±{half / statistics.fmean(base):.2%} of vanilla's mean ({len(diffs)} pairs)"
         label = name + (f" ({', '.join(f'{k}={v}' for k, v in set_)})" if set_ else "")

@@ -11,11 +11,14 @@ For each strategy, setting (the other axis values) and metric: the paired differ
 the interval excludes 0 (by the metric's direction), else *not resolved*.
 
 Multiplicity: a suite declares one *primary* metric (default ``heldout/total``; the suite file's
-``primary`` key). Its verdict uses the plain interval at ``level``. Per strategy and setting, the other
-metrics form one family and the held-out noise bands another; each row of a family of ``m`` rows uses the
-Bonferroni-adjusted interval at level ``1 - (1 - level) / m`` (Bonferroni 1936; Dunn 1961, "Multiple
-comparisons among means"), which keeps the family-wise error rate at most ``1 - level``. Convergence rows of
-one strategy and setting are one family too.
+``primary`` key). Its comparisons, one per strategy and setting, form one family: with ``k`` of them each uses
+the Bonferroni-adjusted interval at level ``1 - (1 - level) / k`` (the plain ``level`` when one strategy is
+compared), so that a suite of many strategies does not read as resolved by chance more often than a suite of
+one. Per strategy and setting, the other metrics form one family and the held-out noise bands another; each row
+of a family of ``m`` rows uses the interval at level ``1 - (1 - level) / m`` (Bonferroni 1936; Dunn 1961,
+"Multiple comparisons among means"), which keeps the family-wise error rate at most ``1 - level``. Convergence
+rows of one strategy and setting are one family too; the noisy-half tests of all strategies and settings are
+one family, as the primary comparisons are.
 
 No verdict from nothing: with fewer than :data:`MIN_PAIRS` pairs, or differences that are all equal (zero
 spread: a zero-width interval says nothing about noise), the verdict is *not resolvable* and the reason
@@ -30,8 +33,8 @@ half (band 0 is the cleanest under both processes; an odd middle band is left ou
 half's bands of the relative difference ``loss_b(strategy) / loss_b(baseline) - 1`` (each band counts the
 same, though the losses differ by orders of magnitude between bands), minus the same mean over the cleaner
 half. Negative: the strategy gains more (or loses less), relative to the
-baseline, where the noise is high. One test per strategy and setting at the plain ``level`` with the same
-interval and verdict words (*better*: the interval is below 0); it is what the claim "helps the noisy bands
+baseline, where the noise is high. One test per strategy and setting (one Bonferroni family over them) with the
+same interval and verdict words (*better*: the interval is below 0); it is what the claim "helps the noisy bands
 most" is checked on, and is not a row of the band table.
 """
 from __future__ import annotations
@@ -50,6 +53,7 @@ INTERVAL_METHOD = "t"
 MIN_PAIRS = 3  # fewer pairs give no verdict word: the t quantile with 1 degree of freedom is 12.7
 DEFAULT_PRIMARY = "heldout/total"
 PRIMARY, SECONDARY, BANDS, CONVERGENCE = "primary", "other metrics", "noise bands", "convergence"
+EMPHASIS = "noisy half"  # the family of the noisy-half tests (one per strategy and setting)
 #: the per-pair statistic of "where the gain lies" (module docstring): noisier-half minus cleaner-half relative
 #: difference of the held-out band losses; lower means the strategy's gain is in the noisy bands
 NOISY_HALF = "heldout/noisy_half_minus_clean_half"
@@ -94,7 +98,7 @@ class PairedDifference:
     interval: tuple[float, float] | None  # at ``interval_level`` (Bonferroni-adjusted in a family of several)
     verdict: str
     reason: str = ""
-    family: str = PRIMARY  # PRIMARY, SECONDARY or BANDS
+    family: str = PRIMARY  # PRIMARY, SECONDARY, BANDS or EMPHASIS
     family_size: int = 1
     interval_level: float = 0.95
 
@@ -360,7 +364,7 @@ def _emphasis_numbers(c: PairedDifference | Convergence) -> str:
     if not isinstance(c, PairedDifference) or c.metric != NOISY_HALF or c.mean is None:
         return ""
     noisy, clean = (100 * math.fsum(v) / len(v) for v in (c.values, c.baseline))
-    where = (f", {100 * c.mean:+.2f} points, {c.interval_level:.0%} interval [{100 * c.interval[0]:+.2f}, "
+    where = (f", {100 * c.mean:+.2f} points, {c.interval_level * 100:.4g}% interval [{100 * c.interval[0]:+.2f}, "
              f"{100 * c.interval[1]:+.2f}]" if c.interval else "")
     return (f" (noisier half {noisy:+.2f}%, cleaner half {clean:+.2f}% against the baseline{where}; "
             f"{len(c.seeds)} pairs)")
@@ -402,8 +406,9 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
     """Every strategy against its baseline, per setting and metric; convergence; the claims' status.
 
     ``metrics``: the metric keys to compare (default: every metric with a known direction, see
-    :func:`metric_info`, that some run logged). ``primary``: the metric tested at the plain ``level``; the
-    others and the bands are Bonferroni families per strategy and setting (module docstring). Runs that are
+    :func:`metric_info`, that some run logged). ``primary``: the metric whose comparisons, one per strategy and
+    setting, form one Bonferroni family; the others and the bands are Bonferroni families per strategy and setting
+    (module docstring). Runs that are
     not ``done``, that lack the axis, or that have no baseline partner are listed in ``skipped`` with the
     reason. Raises ``ValueError`` for a metric (or primary) of unknown direction.
     """
@@ -420,13 +425,19 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
         if metric_info(metric) is None:
             raise ValueError(f"metric {metric!r}: direction unknown (known: {', '.join(compared())}, "
                              "heldout/band<k>)")
+    present_in = {key: [m for m in metrics if any(m in r.curves and m in b.curves for r, b in pairs)]
+                  for key, pairs in groups.items()}
+    # the primary metric of every strategy and setting is one family, and so is the noisy-half test
+    primaries = sum(primary in present for present in present_in.values())
+    emphases = sum(_band_emphasis(label, setting, pairs, level) is not None
+                   for (label, setting), pairs in groups.items())
     for (label, setting), pairs in groups.items():
         result.max_seeds = max(result.max_seeds, len({r.seed for r, _ in pairs}))
-        present = [m for m in metrics if any(m in r.curves and m in b.curves for r, b in pairs)]
+        present = present_in[(label, setting)]
         families = {m: PRIMARY if m == primary else BANDS if is_band(m) else SECONDARY for m in present}
         sizes = {f: sum(v == f for v in families.values()) for f in set(families.values())}
         for metric in present:
-            size = 1 if families[metric] == PRIMARY else sizes[families[metric]]
+            size = primaries if families[metric] == PRIMARY else sizes[families[metric]]
             d = _paired(label, setting, metric, metric_info(metric)[1], pairs,  # type: ignore[index]
                         adjusted_level(level, size))
             result.differences.append(replace(d, family=families[metric], family_size=size))
@@ -436,9 +447,9 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
             conv = _convergence(label, setting, metric, direction, pairs, adjusted_level(level, len(found)))
             if conv is not None:
                 result.convergence.append(replace(conv, family_size=len(found)))
-        emphasis = _band_emphasis(label, setting, pairs, level)
+        emphasis = _band_emphasis(label, setting, pairs, adjusted_level(level, emphases))
         if emphasis is not None:
-            result.emphasis.append(emphasis)
+            result.emphasis.append(replace(emphasis, family=EMPHASIS, family_size=emphases))
     result.claims = check_claims(claims, result.differences, result.convergence, result.emphasis)
     return result
 

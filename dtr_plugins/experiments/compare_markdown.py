@@ -31,11 +31,13 @@ def _word(verdict: str) -> str:
 
 
 def test_label(row: PairedDifference | Convergence) -> str:
-    """How a row's verdict was tested: ``"primary, 95%"`` or ``"Bonferroni, family of 4, 98.75%"``."""
+    """How a row's verdict was tested: ``"primary, 95%"``, ``"primary, Bonferroni, family of 3, 98.33%"`` or
+    ``"Bonferroni, family of 4, 98.75%"``."""
     level = f"{row.interval_level * 100:.4g}%"
+    prefix = "primary, " if isinstance(row, PairedDifference) and row.family == "primary" else ""
     if row.family_size > 1:
-        return f"{row.correction}, family of {row.family_size}, {level}"
-    return ("primary, " if isinstance(row, PairedDifference) and row.family == "primary" else "") + level
+        return f"{prefix}{row.correction}, family of {row.family_size}, {level}"
+    return prefix + level
 
 
 def direction_check_line(result: ComparisonResult) -> str:
@@ -53,11 +55,13 @@ def _method(result: ComparisonResult) -> str:
             f"step, mean over seeds, with a Student-t interval over the seeds' differences (t quantile with "
             f"n − 1 degrees of freedom). Verdict *better* / *worse* when the interval excludes 0 (in the metric's "
             f"direction), else *not resolved*; *not resolvable* with fewer than {MIN_PAIRS} pairs or when every "
-            f"pair differs by the same amount (no spread). Multiplicity: the primary metric ({primary}) is tested "
-            f"with the plain {pct} interval; per strategy and setting, the other metrics are one family and the "
-            f"noise bands another, each row with a Bonferroni-adjusted interval (level 1 − {1 - result.level:.2g}/m "
-            f"in a family of m), so that a family reads as resolved by chance at most {1 - result.level:.0%} of the "
-            f"time; the column *test* names the correction and the family size of each row. Held-out loss: epsilon "
+            f"pair differs by the same amount (no spread). Multiplicity: the primary metric's ({primary}) "
+            f"comparisons, one per strategy and setting, are one family, as are the noisy-half tests of the "
+            f"direction check; per strategy and setting, the other metrics are one family and the noise bands "
+            f"another; each row of a family of m uses a Bonferroni-adjusted interval (level "
+            f"1 − {1 - result.level:.2g}/m; the plain {pct} when m is 1), so that a family reads as resolved by "
+            f"chance at most {1 - result.level:.0%} of the time; the column *test* names the correction and the "
+            f"family size of each row. Held-out loss: epsilon "
             f"MSE (velocity MSE for flow matching) of the EMA weights on fixed held-out images, times and noise, "
             f"identical for every run of one process.")
 

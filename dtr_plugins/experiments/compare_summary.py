@@ -50,7 +50,9 @@ def primary_summary(lines: list[dict[str, Any]], source: str) -> str:
     for d in result.differences:
         if d.family != PRIMARY or d.mean is None:
             continue
-        interval = f", {d.interval_level:.0%} interval {fmt_interval(d.interval, 3)}" if d.interval else ""
+        family = f", Bonferroni over {d.family_size} comparisons" if d.family_size > 1 else ""
+        interval = (f", {d.interval_level * 100:.4g}% interval{family} {fmt_interval(d.interval, 3)}"
+                    if d.interval else "")
         reason = f" ({d.reason})" if d.reason else ""
         text += (f" {_label(d.strategy, d.setting)} minus {result.baseline}, paired by seed over {len(d.seeds)} "
                  f"seeds: {fmt_signed(d.mean, 3)}{interval}: **{d.verdict}**{reason}.")

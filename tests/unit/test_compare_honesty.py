@@ -126,3 +126,22 @@ def test_a_suite_file_declares_its_primary_metric(tmp_path):
     (tmp_path / "bad.yaml").write_text(text + "\nprimary: mystery\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: primary: 'mystery' is not a compared metric \(allowed: "):
         load_suite(tmp_path / "bad.yaml")
+
+
+def test_the_primary_comparisons_of_several_strategies_are_one_bonferroni_family():
+    """One strategy: the plain 95%. Five strategies with the same differences: each at 1 - 0.05/5, so a difference
+    that one strategy alone resolves is not resolved when it is one of five looks at the same question."""
+    same = [0.04, 0.06, 0.08]
+    _, (low5, _high5) = t_interval(same, adjusted_level(0.95, 5))
+    assert low5 < 0
+    runs = runs_from({HELD: same}) + [r for name in ("random", "tss", "switch", "time")
+                                      for r in runs_from({HELD: same}, strategy=name) if r.axes["routing"] == name]
+    result = compare_runs(runs)
+    rows = [d for d in result.differences if d.metric == HELD]
+    assert len(rows) == 5 and all(d.family == "primary" and d.family_size == 5 for d in rows)
+    assert all(d.interval_level == pytest.approx(0.99) and d.verdict == NOT_RESOLVED for d in rows)
+    assert all(d.interval[0] == pytest.approx(low5) for d in rows)
+    text = render_comparison_markdown(result)
+    line = next(s for s in text.splitlines() if "| held-out loss ↓ |" in s)
+    assert "| primary, Bonferroni, family of 5, 99% | *not resolved* (interval contains 0) |" in line
+    assert row(compare_runs(runs_from({HELD: same})), HELD).verdict == "worse"  # alone: resolved at 95%

@@ -4,6 +4,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from scipy import stats as scipy_stats
 
 from dtr_plugins.core.errors import UserError
 from dtr_plugins.experiments.compare import compare_runs
@@ -75,7 +76,7 @@ def test_a_committed_suite_becomes_a_block_and_stale_blocks_are_found(tmp_path):
     doc = "intro\n<!-- figures:suite-cpu-crafted -->\nold numbers\n<!-- /figures:suite-cpu-crafted -->\nend\n"
     new = figures.rebuild(doc, "doc.md", table)
     assert "old numbers" not in new and new.startswith("intro\n<!-- figures:suite-cpu-crafted -->\nFrom `")
-    assert "| primary, 95% |" in new and "Bonferroni, family of" in new and "**Direction check**" in new
+    assert "| primary, Bonferroni, family of 4, 98.75% |" in new and "**Direction check**" in new
     assert figures.rebuild(new, "doc.md", table) == new  # a rebuilt block is stable
     with pytest.raises(ValueError, match="doc.md: block figures:gone has no committed source"):
         figures.rebuild("<!-- figures:gone -->\n1.33x\n<!-- /figures:gone -->\n", "doc.md", table)
@@ -147,7 +148,10 @@ def test_recipe_table_measures_spread_time_and_resolution_from_the_raw_lines(tmp
     vanilla = {x["seed"]: x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("vanilla__constant")}
     dtr = {x["seed"]: x["final"]["heldout/total"] for x in lines if x["run_id"].startswith("dtr-a4-b0.8__constant")}
     diffs = [dtr[s] - vanilla[s] for s in vanilla]
-    half = 2.7764451051977987 * statistics.stdev(diffs) / 5 ** 0.5 / statistics.fmean(vanilla.values())
+    compared = len({x["run_id"].rsplit("__seed", 1)[0] for x in lines if not x["run_id"].startswith("vanilla")})
+    quantile = float(scipy_stats.t.ppf(1 - 0.05 / compared / 2, 4))  # the primary family: Bonferroni over them
+    assert f"smallest resolvable paired difference ({(1 - 0.05 / compared) * 100:.4g}%)" in table
+    half = quantile * statistics.stdev(diffs) / 5 ** 0.5 / statistics.fmean(vanilla.values())
     row = next(r for r in table.splitlines() if r.startswith("| dtr-a4-b0.8 (loss_weighting=constant) |"))
     assert f"±{half:.2%} of vanilla's mean (5 pairs)" in row and "0.2 min (6 unresumed runs, threads 1)" in row
     reference = next(r for r in table.splitlines() if r.startswith("| vanilla (loss_weighting=constant) |"))
@@ -184,9 +188,11 @@ def test_suite_summary_states_each_strategy_and_the_paired_verdict_of_the_primar
     for d in result.differences:
         if d.metric == "heldout/total" and d.mean is not None:
             setting = ", ".join(f"{k}={v}" for k, v in d.setting)
+            m = d.family_size  # the primary comparisons are one family: Bonferroni over them
+            assert m == sum(1 for x in result.differences if x.metric == "heldout/total") > 1
             assert (f"{d.strategy} ({setting}) minus vanilla, paired by seed over {len(d.seeds)} seeds: "
-                    f"{d.mean:+.3g}, 95% interval [{d.interval[0]:+.3g}, {d.interval[1]:+.3g}]: **{d.verdict}**"
-                    ) in text
+                    f"{d.mean:+.3g}, {(1 - 0.05 / m) * 100:.4g}% interval, Bonferroni over {m} comparisons "
+                    f"[{d.interval[0]:+.3g}, {d.interval[1]:+.3g}]: **{d.verdict}**") in text
     assert text.count(" minus vanilla") == sum(1 for d in result.differences if d.metric == "heldout/total")
 
 
@@ -203,7 +209,8 @@ def test_suite_cpu_time_sums_the_passes_of_cpu_time_json(tmp_path):
 
 def test_heads_mlp_summary_pairs_heads_mlp_with_vanilla_and_the_input_site_by_seed(tmp_path):
     """README's heads_mlp paragraph: the quality rows are the paired held-out differences of the committed site
-    suites, as a share of the other side's mean with the 95% t-interval, recomputed by hand here; a suite not
+    suites, as a share of the other side's mean with the t-interval of the suite's primary family (Bonferroni over
+    its two comparisons against each baseline), recomputed by hand here; a suite not
     committed yet is named as such."""
     figures = figures_module()
     repo = tmp_path / "repo"
@@ -224,9 +231,10 @@ def test_heads_mlp_summary_pairs_heads_mlp_with_vanilla_and_the_input_site_by_se
     for other in ("vanilla", "dtr-a4-b0.8-sinput"):
         diffs = [a - b for a, b in zip(loss["dtr-a4-b0.8-sheads_mlp"], loss[other])]
         base = statistics.fmean(loss[other])
-        half = 3.182446305284263 * statistics.stdev(diffs) / 2  # t(0.975, 3) * sd / sqrt(4)
+        # the report's primary family against this baseline has two comparisons: 97.5% each
+        half = 4.176534846104503 * statistics.stdev(diffs) / 2  # t(1 - 0.025 / 2, 3) * sd / sqrt(4)
         mean = statistics.fmean(diffs)
-        assert f"{mean / base:+.1%} [{(mean - half) / base:+.1%}, {(mean + half) / base:+.1%}]" in text
+        assert f"{mean / base:+.1%} [{(mean - half) / base:+.1%}, {(mean + half) / base:+.1%}] (97.5%)" in text
     assert "digits (`benchmarks/results-cpu/routing_sites_digits/runs.jsonl`, 4 seeds)" in text
     assert "Fashion-MNIST: not yet committed (`configs/suites/fashion_routing.yaml`)" in text
     assert "**Training** (`benchmarks/results-cpu/train_buckets_t1.json`" in text and "**Sampling**" in text
