@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dtr_plugins._version import __version__
 from dtr_plugins.cli.commands import (
@@ -41,26 +41,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--num-samples 0`` is refused with one line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {value}")
-    return value
+def _integer(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``; anything else is one line saying ``what`` it takes
+    (``--num-samples 0``, ``--seed -1``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
 
 
-def _seed(text: str) -> int:
-    """argparse type: a seed, an integer >= 0 (numpy's and the sampler's generators take no negative seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a seed (an integer, 0 or more), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed (an integer, 0 or more), got {value}")
-    return value
+_positive_int = _integer(1, "a positive integer (1 or more)")
+_seed = _integer(0, "a seed (an integer, 0 or more)")  # numpy's and the sampler's generators take no negative seed
+
+
+def _unsafe_load_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--allow-unsafe-load", action="store_true", help=help)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -101,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--config-only", action="store_true",
                    help="check the config alone, not this machine (devices, weight files, hub VAE, output folders)")
-    p.add_argument("--allow-unsafe-load", action="store_true",
-                   help="read train.init_from even if it needs arbitrary unpickling (only for files you trust)")
+    _unsafe_load_arg(p, "read train.init_from even if it needs arbitrary unpickling (only for files you trust)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(parents=[common], name="masks",
@@ -110,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", default="masks.png", help="image path; its suffix picks the format (default masks.png)")
     p.add_argument("--no-ema", action="store_true", help="with a run directory or checkpoint: the raw weights")
-    p.add_argument("--allow-unsafe-load", action="store_true",
-                   help="with a checkpoint: allow a full pickle load (only for files you trust)")
+    _unsafe_load_arg(p, "with a checkpoint: allow a full pickle load (only for files you trust)")
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser(parents=[common], name="train",
@@ -120,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", default=None, help="run directory (default: <output_dir>/<name>)")
     _threads_arg(p)
-    p.add_argument("--allow-unsafe-load", action="store_true",
-                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    _unsafe_load_arg(p, "allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(parents=[common], name="sample",
@@ -151,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling noise and labels (default 0)")
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--allow-unsafe-load", action="store_true",
-                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    _unsafe_load_arg(p, "allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(parents=[common], name="eval",
@@ -215,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
     p.add_argument("--format", choices=["dtr", "diffusers"], default="dtr",
                    help="dtr: this project's layout (any model); diffusers: DiTTransformer2DModel (vanilla DiT only)")
-    p.add_argument("--allow-unsafe-load", action="store_true",
-                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    _unsafe_load_arg(p, "allow checkpoints that need full unpickling (only for files you trust)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(parents=[common], name="ema",
