@@ -167,6 +167,10 @@ def render(payload: dict[str, Any]) -> str:
     for g in payload["groups"]:
         lines += [f"## DiT-{g['size']}, {g['input_size']}x{g['input_size']}x4 latents ({g['tokens']} tokens), batch "
                   f"{g['batch']}, {g['threads']} thread(s), {g['rounds']} interleaved rounds, {g['clock']}", ""]
+        if "machine" in g:  # measured in its own sitting (--resume keeps each model's machine state)
+            lines += [f"measured {g['machine'].get('date', '?')}, load average "
+                      f"{(g['machine'].get('load_average') or ['?'])[0]}, commit {g['machine'].get('git_commit')}",
+                      ""]
         table = []
         for name, v in g["variants"].items():
             b = v.get("buckets") or {}
@@ -239,8 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     old = Path(args.out_dir or "") / f"{stem}.json"
     if args.resume and args.out_dir and old.exists():
         previous = json.loads(old.read_text())
-        if previous.get("settings") == settings:
-            groups = previous["groups"]
+        if previous.get("settings") == settings:  # each kept model keeps the machine state it was measured in
+            groups = [{"machine": previous["machine"], **g} for g in previous["groups"]]
     payload: dict[str, Any] = {"script": "train_buckets", "settings": settings, "machine": machine_info(device),
                                "groups": groups}
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[train_buckets] DiT-{size}: not measured, --budget-s reached (rerun with --resume)",
                   file=sys.stderr)
             continue
-        groups.append(measure(size, args, device))
+        groups.append({"machine": machine_info(device), **measure(size, args, device)})
         write_outputs(args.out_dir, stem, render(payload), payload, metrics_of(payload))
 
 

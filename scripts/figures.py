@@ -137,8 +137,8 @@ def train_buckets_cpu() -> str:
              "| model | threads (load average at start) | rounds | beta | masked | K auto (mean K, union width) | "
              "K auto vs DTR at the inputs | best fixed K | goal |", "|---|---|---|---|---|---|---|---|---|"]
     for rel in rels:
-        load = _load(rel)["machine"].get("load_average", ["?"])[0]
-        for g in _load(rel)["groups"]:
+        for g in _load(rel)["groups"]:  # a model measured in another sitting (--resume) carries its own machine
+            load = g.get("machine", _load(rel)["machine"]).get("load_average", ["?"])[0]
             variants = g["variants"]
             for beta, goal in (("0.8", 1.15), ("0.5", 1.5)):
                 if f"masked@{beta}" not in variants:

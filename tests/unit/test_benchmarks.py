@@ -225,5 +225,9 @@ def test_train_buckets_quick_run_writes_every_variant_and_resumes(tmp_path, caps
     assert "speed_vs_input" not in group["variants"]["input@0.5"] and "buckets" not in group["variants"]["input@0.5"]
     assert payload["metrics"]["train_buckets_t1.S/2.t1.K2@0.5.speed_vs_vanilla"] > 0
     assert "goal 1.5x" in (tmp_path / "train_buckets_t1.md").read_text()
+    assert group["machine"]["device_name"] == payload["machine"]["device_name"]  # each model records its sitting
     train_buckets.main([*args, "--resume"])
     assert "kept (--resume)" in capsys.readouterr().err
+    again = json.loads((tmp_path / "train_buckets_t1.json").read_text())
+    assert again["groups"][0]["machine"] == group["machine"]  # the kept model keeps the machine it was measured on
+    assert f"measured {group['machine']['date']}" in (tmp_path / "train_buckets_t1.md").read_text()
