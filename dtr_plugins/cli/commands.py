@@ -41,7 +41,6 @@ def _check_out_file(out: str, what: str, inputs: Sequence[str] = ()) -> None:
             raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
 
 
-
 def cmd_plugins(args) -> int:
     from dtr_plugins.core.plugins import default_registry
 

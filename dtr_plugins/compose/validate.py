@@ -33,7 +33,7 @@ from dtr_plugins.core.plugins import PluginRegistry, default_registry
 from dtr_plugins.core.routing import RoutedBackbone, declared_backbone_class
 from dtr_plugins.core.timesteps import training_sampler
 
-__all__ = ["check_device", "check_machine", "check_run", "check_buckets", "check_init_weights", "validate_run"]
+__all__ = ["check_device", "check_machine", "check_run", "check_buckets", "validate_run"]
 
 
 def check_device(name: str, local_rank: int = 0, key: str = "train.device") -> None:
@@ -135,24 +135,6 @@ def _check_init_from(path: str | None) -> None:
         raise ConfigError(f"train.init_from: {path} {what} (allowed: a checkpoint file, e.g. an official DiT .pt)")
 
 
-def check_init_weights(model: torch.nn.Module, path: str, allow_unsafe_load: bool = False) -> None:
-    """``train.init_from``'s checkpoint reads (weights-only unless ``allow_unsafe_load``) and fits ``model``
-    (its keys and shapes; on the meta device nothing is copied), as fine-tuning will load it.
-    Raises :class:`~dtr_plugins.core.errors.CheckpointError` (one line naming ``train.init_from`` and the file)."""
-    import warnings
-
-    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
-    from dtr_plugins.core.errors import CheckpointError
-
-    try:
-        ckpt = read_checkpoint(path, allow_unsafe=allow_unsafe_load)
-        with warnings.catch_warnings():  # torch: copying into a meta parameter is a no-op (here, the point)
-            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
-            apply_checkpoint(model, ckpt, path, use_ema=True, allow_routing_mismatch=True)
-    except CheckpointError as exc:
-        raise CheckpointError(f"train.init_from: {exc}") from None
-
-
 def check_buckets(cfg: ExperimentConfig, backbone: type[RoutedBackbone] | None, learned: bool) -> None:
     """``train.timestep_buckets`` needs a routing site the backbone runs in buckets (``bucketed_sites``: DiT's
     heads, mlp, heads_mlp); a learned strategy is not refused (training falls back to the masked path and says
@@ -201,9 +183,9 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     """Everything :func:`~dtr_plugins.training.train.train` would find before its first step, at tiny cost and
     without writing anything: :func:`check_machine`, then :func:`compose` on the meta device (the codec fits
     the backbone, the routing plan gives every task channels at ``routing.site``) and :func:`check_run` on
-    what it built, then reads ``train.init_from``'s checkpoint into the meta model (:func:`check_init_weights`;
-    ``allow_unsafe_load`` as ``dtr train --allow-unsafe-load``). ``dtr train`` runs the same checks on the run it
-    composes for training, and refuses a checkpoint that does not fit when it loads it, before writing anything.
+    what it built, then loads ``train.init_from``'s checkpoint into the meta model as fine-tuning will
+    (:func:`~dtr_plugins.core.checkpoint.load_init_from`, the one loader of both; ``allow_unsafe_load`` as
+    ``dtr train --allow-unsafe-load``). ``dtr train`` runs the same checks on the run it composes for training.
 
     ``machine=False`` (``dtr validate --config-only``) checks the config alone, not this machine: no device,
     weights-file, codec (hub VAE), data or output-folder checks; a latent backbone is then not built (None
@@ -231,5 +213,7 @@ def validate_run(cfg: ExperimentConfig, registry: PluginRegistry | None = None, 
     if machine:  # its encoder's weights (a local folder, the hub cache) are this machine's
         parts.regularizer = build_regularizer(parts, registry)
         if cfg.train.init_from is not None:
-            check_init_weights(parts.model, cfg.train.init_from, allow_unsafe_load)
+            from dtr_plugins.core.checkpoint import load_init_from
+
+            load_init_from(parts.model, cfg.train.init_from, allow_unsafe=allow_unsafe_load)
     return parts

@@ -178,6 +178,20 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, use_ema: bool = True,
                             strict=strict, allow_routing_mismatch=allow_routing_mismatch)
 
 
+def load_init_from(model: nn.Module, path: str | Path, *, allow_unsafe: bool = False) -> None:
+    """``train.init_from``: fine-tuning's starting weights (EMA, else model) from ``path`` into ``model``, another
+    routing allowed (a deliberate transfer, with its :class:`RoutingMismatchWarning`). On a meta-device model
+    nothing is copied, so ``dtr validate`` checks with it what ``dtr train`` will load (the file reads, its keys and
+    shapes fit). Raises :class:`CheckpointError`, one line naming ``train.init_from`` and the file."""
+    try:
+        ckpt = read_checkpoint(path, allow_unsafe=allow_unsafe)
+        with warnings.catch_warnings():  # torch: copying into a meta parameter is a no-op (for validate, the point)
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+            apply_checkpoint(model, ckpt, path, use_ema=True, allow_routing_mismatch=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.init_from: {exc}") from None
+
+
 def apply_checkpoint(model: nn.Module, ckpt: Any, path: str | Path, *, use_ema: bool = True,
                      strict: bool = True, allow_routing_mismatch: bool = False) -> dict[str, Any]:
     """:func:`load_checkpoint` for contents already read with :func:`read_checkpoint` (``path`` names it in errors)."""

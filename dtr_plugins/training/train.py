@@ -263,15 +263,10 @@ def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist
                    allow_unsafe_load: bool) -> TrainState:
     """The training state: fresh (from ``train.init_from``'s weights when set), or loaded from ``start_ckpt``
     (same config identity, step <= train.steps)."""
-    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
+    from dtr_plugins.core.checkpoint import apply_checkpoint, load_init_from, read_checkpoint
 
     if start_ckpt is None and cfg.train.init_from is not None:  # fine-tuning: a deliberate transfer of weights
-        init = Path(cfg.train.init_from)
-        try:
-            apply_checkpoint(parts.model, read_checkpoint(init, allow_unsafe=allow_unsafe_load), init, use_ema=True,
-                             allow_routing_mismatch=True)
-        except CheckpointError as exc:  # the line of `dtr validate` (compose.validate.check_init_weights)
-            raise CheckpointError(f"train.init_from: {exc}") from None
+        load_init_from(parts.model, cfg.train.init_from, allow_unsafe=allow_unsafe_load)
     state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device,
                               profiles=[p.name for p in parts.ema.profiles()],
                               regularizer=parts.regularizer.module() if parts.regularizer is not None else None)
