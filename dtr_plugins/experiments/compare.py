@@ -293,9 +293,9 @@ def _half_gains(finals: Sequence[tuple[tuple[int, float], tuple[int, float]]]) -
     return math.fsum(rel[:half]) / half, math.fsum(rel[-half:]) / half
 
 
-def _band_emphasis(label, setting, pairs, level) -> PairedDifference | None:
-    """The :data:`NOISY_HALF` row of one strategy and setting (module docstring); ``values``: per seed the
-    noisier half's relative difference, ``baseline``: the cleaner half's; None when no pair has 2+ bands."""
+def _band_gains(pairs) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], int] | None:
+    """Per seed of one strategy and setting, the cleaner and the noisier half's relative differences (module
+    docstring), as ``(seeds, clean, noisy, step)``; None when no pair has 2+ bands."""
     seeds, clean, noisy, steps = [], [], [], set()
     for run, ref in sorted(pairs, key=lambda p: p[0].seed):
         bands = sorted((m for m in run.curves if is_band(m) and m in ref.curves),
@@ -309,13 +309,18 @@ def _band_emphasis(label, setting, pairs, level) -> PairedDifference | None:
         clean.append(gain_clean)
         noisy.append(gain_noisy)
         steps.add(int(finals[0][0][0]))
-    if not seeds:
-        return None
+    return (tuple(seeds), tuple(clean), tuple(noisy), max(steps)) if seeds else None
+
+
+def _band_emphasis(label, setting, gains, level) -> PairedDifference:
+    """The :data:`NOISY_HALF` row of one strategy and setting from its :func:`_band_gains`, tested at ``level``;
+    ``values``: per seed the noisier half's relative difference, ``baseline``: the cleaner half's."""
+    seeds, clean, noisy, step = gains
     diffs = [n - c for n, c in zip(noisy, clean)]
     mean, interval = t_interval(diffs, level)
     verdict, reason = _verdict(diffs, interval, False, BETTER, WORSE)
-    return PairedDifference(label, setting, NOISY_HALF, LOWER, max(steps), tuple(seeds), tuple(clean),
-                            tuple(noisy), mean, interval, verdict, reason, interval_level=level)
+    return PairedDifference(label, setting, NOISY_HALF, LOWER, step, seeds, clean, noisy, mean, interval, verdict,
+                            reason, interval_level=level)
 
 
 def first_reach(points: Sequence[tuple[int, float]], target: float, direction: str) -> int | None:
@@ -429,8 +434,8 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
                   for key, pairs in groups.items()}
     # the primary metric of every strategy and setting is one family, and so is the noisy-half test
     primaries = sum(primary in present for present in present_in.values())
-    emphases = sum(_band_emphasis(label, setting, pairs, level) is not None
-                   for (label, setting), pairs in groups.items())
+    gains = {key: _band_gains(pairs) for key, pairs in groups.items()}  # read once, tested at the family's level
+    emphases = sum(g is not None for g in gains.values())
     for (label, setting), pairs in groups.items():
         result.max_seeds = max(result.max_seeds, len({r.seed for r, _ in pairs}))
         present = present_in[(label, setting)]
@@ -447,8 +452,8 @@ def compare_runs(runs: Sequence[RunRecord], *, axis: str = "routing", baseline: 
             conv = _convergence(label, setting, metric, direction, pairs, adjusted_level(level, len(found)))
             if conv is not None:
                 result.convergence.append(replace(conv, family_size=len(found)))
-        emphasis = _band_emphasis(label, setting, pairs, adjusted_level(level, emphases))
-        if emphasis is not None:
+        if (found_gains := gains[(label, setting)]) is not None:
+            emphasis = _band_emphasis(label, setting, found_gains, adjusted_level(level, emphases))
             result.emphasis.append(replace(emphasis, family=EMPHASIS, family_size=emphases))
     result.claims = check_claims(claims, result.differences, result.convergence, result.emphasis)
     return result
