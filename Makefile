@@ -73,7 +73,7 @@ mutate-ci: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/dtr plugins
-	$(VENV)/bin/dtr suite configs/suites/quickstart.yaml --parallel 2
+	$(VENV)/bin/dtr suite configs/suites/quickstart.yaml --parallel 3
 	@echo "demo: open runs/quickstart/report.md (tables) and runs/quickstart/plots/ (pictures); .venv/bin/dtr runs lists the runs"
 
 # Rebuild every measured table of README.md and docs/ from the committed raw results (benchmarks/results-*/):

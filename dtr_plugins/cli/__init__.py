@@ -63,8 +63,8 @@ def _unsafe_load_arg(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--allow-unsafe-load", action="store_true", help=help)
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config (YAML)")
+def _config_args(p: argparse.ArgumentParser, what: str = "run config (YAML)") -> None:
+    p.add_argument("config", help=what)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set routing.beta=0.7 (repeatable)")
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(parents=[common], name="masks",
                        help="draw the mask tables of a config, or the learned gates of a run, as heatmaps")
-    _config_args(p)
+    _config_args(p, "run config (YAML), or a trained run: its directory or a checkpoint (.pt)")
     p.add_argument("--out", default="masks.png", help="image path; its suffix picks the format (default masks.png)")
     p.add_argument("--no-ema", action="store_true", help="with a run directory or checkpoint: the raw weights")
     _unsafe_load_arg(p, "with a checkpoint: allow a full pickle load (only for files you trust)")

@@ -158,16 +158,15 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from dtr_plugins.core.distributed import set_threads
     from dtr_plugins.core.io import write_json
+    from dtr_plugins.core.overrides import split_assignment
     from dtr_plugins.evaluation.evaluate import EvalSettings, evaluate
 
     _check_out_file(args.out, "JSON file", inputs=[args.samples, args.ref])
     set_threads(args.threads)
     params = {}
     for item in args.extractor_params:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--extractor-param: expected KEY=VALUE, got {item!r}")
-        params[key] = value
+        key, value = split_assignment(item, "--extractor-param", "KEY=VALUE, e.g. data_path=/data/fashion")
+        params[key] = value  # a string: the extractor's params model converts it
     settings = EvalSettings(metrics=args.metrics, feature_extractor=args.feature_extractor,
                             weights_path=args.weights, device=args.device, extractor_params=params)
     result = evaluate(args.samples, args.ref, settings)

@@ -402,8 +402,8 @@ def resolve_plugins(cfg: ExperimentConfig, registry: PluginRegistry) -> Experime
         params = current.params
         if section == "backbone":
             _follow_process(params, info, process, cfg.diffusion.name, updates["diffusion"].params)
-        validated = info.validate(params, where=section)
         fixed = current.model_dump(exclude=set(params))  # name, and routing.site
+        validated = info.validate(params, where=section, section_keys=[k for k in fixed if k != "name"])
         updates[section] = type(current)(**fixed, **validated.model_dump(mode="json"))
         if section == "diffusion":
             process = _build_process(info, validated)

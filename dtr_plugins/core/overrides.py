@@ -10,9 +10,10 @@ from typing import Any
 import yaml
 
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.text import first_control_char, printable
 from dtr_plugins.core.yaml_reader import parse_yaml
 
-__all__ = ["SWITCHABLE_SECTIONS", "apply_overrides", "print_notes", "set_dotted"]
+__all__ = ["SWITCHABLE_SECTIONS", "apply_overrides", "print_notes", "set_dotted", "split_assignment"]
 
 logger = logging.getLogger("dtr_plugins.core.config")  # the config's notes, under the logger they always had
 
@@ -33,15 +34,13 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
     data = copy.deepcopy(data)
     keys: list[str] = []
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: override '{item}' is not of the form key.path=value")
+        key, raw = split_assignment(item, source, "key.path=value")
         try:
             value = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"{source}: override '{item}': value is not valid YAML") from None
-        set_dotted(data, key.strip(), value, source=source)
-        keys.append(key.strip())
+        set_dotted(data, key, value, source=source)
+        keys.append(key)
     said: list[str] = []
     for section in SWITCHABLE_SECTIONS:
         _switch_plugin(original, data, section, keys, source, said)
@@ -50,6 +49,24 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
     else:
         notes.extend(said)
     return data
+
+
+def split_assignment(item: str, source: str, form: str) -> tuple[str, str]:
+    """``(key, raw value)`` of one ``KEY=VALUE`` command-line item (``--set``, ``--launcher-set``,
+    ``--extractor-param``): the key stripped, the value as typed (each caller parses it its own way).
+
+    Raises :class:`ConfigError` (one line naming ``source`` and the item) when there is no ``=`` or no key
+    (``form`` says what is expected), and when the item holds a control character: YAML would fold a newline
+    into a space and change the value without a word (an escape inside YAML quotes, ``"a\\nb"``, still works).
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{source}: '{printable(item)}' is not of the form {form}")
+    char = first_control_char(item)
+    if char is not None:
+        raise ConfigError(f"{source}: '{printable(item)}' holds a control character ({char!r}); give one "
+                          f"line of printable text (an escape inside YAML quotes, e.g. key=\"a\\nb\", is kept)")
+    return key.strip(), raw
 
 
 def print_notes(notes: Sequence[str]) -> None:

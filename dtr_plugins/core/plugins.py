@@ -11,7 +11,7 @@ import functools
 import importlib.metadata as md
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -65,9 +65,10 @@ class PluginInfo:
     distribution: str | None
     version: str | None
 
-    def validate(self, params: dict[str, Any], *, where: str = "") -> BaseModel:
-        """Validate ``params`` against the plugin's model; errors name the key and what is allowed."""
-        return validate_params(self.params, params, where)
+    def validate(self, params: dict[str, Any], *, where: str = "", section_keys: Sequence[str] = ()) -> BaseModel:
+        """Validate ``params`` against the plugin's model; errors name the key and what is allowed (the
+        plugin's params and ``section_keys``, the section's own keys such as ``name`` and ``routing.site``)."""
+        return validate_params(self.params, params, where, section_keys)
 
     @property
     def origin(self) -> str:
@@ -114,11 +115,12 @@ def yaml_text(value: bool | int | float) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def validate_params(model: type[M], params: Any, where: str = "") -> M:
+def validate_params(model: type[M], params: Any, where: str = "", section_keys: Sequence[str] = ()) -> M:
     """``model.model_validate(params)`` with strict numbers and booleans: ``true`` is not ``1``, ``"3"`` is
     not ``3`` and ``1`` is not ``true`` (an integer is still a float). Any mistake is one
     :class:`ConfigError` line naming the key, the value and what is allowed. NaN and infinity are
-    refused in every float field (``routing.beta=nan``, ``routing.alpha=.inf``)."""
+    refused in every float field (``routing.beta=nan``, ``routing.alpha=.inf``). ``section_keys``: keys of the
+    enclosing section beside the params (``name``, ``site``), listed as allowed in an unknown-key line."""
     _refuse_nonfinite(model, params, where)
     try:  # strict first: ``num_experts: true`` must not reach a model validator as 1
         model.model_validate(params, strict=True)
@@ -134,7 +136,7 @@ def validate_params(model: type[M], params: Any, where: str = "") -> M:
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, model, prefix=where)) from None
+        raise ConfigError(format_validation_error(exc, model, prefix=where, section_keys=section_keys)) from None
     return validated
 
 
@@ -163,14 +165,18 @@ def _refuse_nonfinite(model: type[BaseModel], params: Any, where: str) -> None:
             raise ConfigError(f"{key}: must be a finite number (got {value!r})")
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
-    """The first error of a pydantic ValidationError as one line: key path, bad value, what is allowed."""
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "",
+                            section_keys: Sequence[str] = ()) -> str:
+    """The first error of a pydantic ValidationError as one line: key path, bad value, what is allowed
+    (for an unknown top-level key: ``model``'s fields and ``section_keys``)."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(p for p in (prefix, ".".join(loc)) if p)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
+        if len(loc) == 1:
+            allowed = sorted({*allowed, *section_keys})
         msg = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
     hidden = (err["type"] in ("missing", "extra_forbidden")
               or (err["type"] == "value_error" and repr(err.get("input")) in msg))

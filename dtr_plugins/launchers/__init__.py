@@ -16,6 +16,7 @@ from yaml import YAMLError
 from dtr_plugins.core.config import parse_yaml
 from dtr_plugins.core.contracts import Launcher, RunSpec
 from dtr_plugins.core.errors import ConfigError, PluginError, UserError
+from dtr_plugins.core.overrides import split_assignment
 from dtr_plugins.core.text import refuse_control_chars
 
 __all__ = ["Launcher", "RunSpec", "launcher_from_section", "parse_launcher_settings"]
@@ -69,11 +70,9 @@ def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs of ``dtr suite --launcher-set``, values read as YAML (``gpus_per_run=8``)."""
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--launcher-set {item!r}: expected KEY=VALUE, e.g. gpus_per_run=8")
+        key, value = split_assignment(item, "--launcher-set", "KEY=VALUE, e.g. gpus_per_run=8")
         try:
-            out[key.strip()] = parse_yaml(value)
+            out[key] = parse_yaml(value)
         except YAMLError:
             raise UserError(f"--launcher-set {item!r}: the value is not valid YAML") from None
     return out

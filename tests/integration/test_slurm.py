@@ -79,7 +79,14 @@ def test_unknown_launcher_and_bad_launcher_key_are_one_line(tmp_path, run_cli):
                            "--launcher-set", "nodes_per_run=2")
     assert code == 2 and "launcher: gpus_per_run 3 is not divisible by nodes_per_run 2" in err
     code, _, err = run_cli("suite", str(path), "--dry-run", "--launcher-set", "partition")
-    assert code == 2 and "--launcher-set 'partition': expected KEY=VALUE" in err
+    assert code == 2 and "--launcher-set: 'partition' is not of the form KEY=VALUE" in err
+    # a raw newline: YAML would fold it into a space (partition 'gpu rm') without a word
+    code, out, err = run_cli("suite", str(path), "--dry-run", "--launcher", "slurm",
+                             "--launcher-set", "partition=gpu\nrm")
+    assert code == 2 and err.strip() == ("dtr: error: --launcher-set: 'partition=gpu\\nrm' holds a control character "
+                                         "('\\n'); give one line of printable text (an escape inside YAML quotes, "
+                                         "e.g. key=\"a\\nb\", is kept)"), err
+    assert "gpu rm" not in out
 
 
 def test_suite_through_slurm_with_a_cancelled_job_that_resumes(tmp_path, run_cli, capsys):

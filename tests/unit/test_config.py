@@ -49,7 +49,7 @@ BAD = [
      "routing.name: unknown strategy 'nope' (known: dtr, dydit_width, random"),
     ("unknown backbone", GOOD, ["backbone.name=resnet"], "backbone.name: unknown backbone 'resnet'"),
     ("param of another strategy", GOOD, ["routing.shared_ratio=0.5"],
-     "routing.shared_ratio: unknown key (allowed: alpha, beta)"),
+     "routing.shared_ratio: unknown key (allowed: alpha, beta, site)"),
     ("zero steps", GOOD, ["train.steps=0"], "train.steps: Input should be greater than or equal to 1 (got 0)"),
     ("bad precision", GOOD, ["train.precision=fp8"],
      "train.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
@@ -57,7 +57,8 @@ BAD = [
     ("bad sampler", GOOD, ["sample.sampler=plms"], "sample.sampler"),
     ("string for int", GOOD, ["data.image_size=big"], "data.image_size"),
     ("missing backbone", GOOD.replace("\n".join(GOOD.splitlines()[1:3]) + "\n", ""), [], "backbone: Field required"),
-    ("override without =", GOOD, ["routing.beta"], "override 'routing.beta' is not of the form key.path=value"),
+    ("override without =", GOOD, ["routing.beta"], "--set: 'routing.beta' is not of the form key.path=value"),
+    ("override with a newline", GOOD, ["name=a\nb"], "--set: 'name=a\\nb' holds a control character ('\\n')"),
     ("override into a value", GOOD, ["name.x=1"], "--set: name is not a section"),
     ("not a mapping", "- a\n- b\n", [], "expected a mapping of sections, got list"),
     ("malformed yaml", GOOD + "train: {steps: [1, 2\n", [], "c.yaml:10: malformed YAML"),
@@ -156,7 +157,7 @@ def test_set_dotted_error_names_the_scalar_on_the_path():
 def test_override_errors_name_the_source():
     with pytest.raises(ConfigError) as info:
         apply_overrides({}, ["=1"], source="suite.yaml: runs.0.set")
-    assert str(info.value) == "suite.yaml: runs.0.set: override '=1' is not of the form key.path=value"
+    assert str(info.value) == "suite.yaml: runs.0.set: '=1' is not of the form key.path=value"
     with pytest.raises(ConfigError) as info:
         apply_overrides({}, ["a=[1"])
     assert str(info.value) == "--set: override 'a=[1': value is not valid YAML"

@@ -110,7 +110,9 @@ def test_dtr_eval_passes_extractor_params(fake_folder, tmp_path, monkeypatch, ru
     base = ("eval", "--samples", str(samples), "--ref", str(samples), "--metrics", "isc", "--feature-extractor",
             "fashion-classifier", "--out", str(tmp_path / "e.json"), "--device", "cpu")
     for param, line in ((f"data_path={fake_folder}", f"would train on {fake_folder}"),
-                        ("data_pth=x", "data_pth"), ("data_path", "--extractor-param: expected KEY=VALUE")):
+                        ("data_pth=x", "data_pth"),
+                        ("data_path", "--extractor-param: 'data_path' is not of the form KEY=VALUE"),
+                        ("data_path=a\tb", "--extractor-param: 'data_path=a\\tb' holds a control character")):
         code, _, err = run_cli(*base, "--extractor-param", param)
         assert code == 2 and line in err and "Traceback" not in err, err
     assert not (tmp_path / "e.json").exists()

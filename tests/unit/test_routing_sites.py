@@ -265,7 +265,7 @@ def test_routing_sites_suite_compares_three_routings_over_five_seeds():
     assert len(suite.runs) == 15 and len(groups) == 3 and {r.config.seed for r in suite.runs} == set(range(5))
     assert sorted((g.name, g.site, g.params.get("beta")) for g in groups.values()) == [
         ("dtr", "heads_mlp", 0.8), ("dtr", "input", 0.8), ("vanilla", "input", None)]
-    assert {r.config.train.steps for r in suite.runs} == {600}  # the quickstart recipe, so DTR input = quickstart dtr
+    assert {r.config.train.steps for r in suite.runs} == {600}  # the committed digits recipe (the demo's has 500)
 
 
 @pytest.mark.parametrize("exact", [True, False])
