@@ -437,9 +437,11 @@ def fashion_sizing(repo: Path = REPO) -> str:
              "| model | steps x batch | weights | guidance | samples | class accuracy | FID | precision | recall "
              "| held-out loss |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
-        lines.append(f"| {r['model']} | {r['train_steps']} x {r['batch_size']} | {r['weights']} | {r['cfg_scale']:g} "
+        model = r["model"] + (f", seed {r['seed']}" if r.get("seed", 0) else "")
+        held = "—" if r["heldout_total"] is None else f"{r['heldout_total']:.4f}"  # None: not scored in that run
+        lines.append(f"| {model} | {r['train_steps']} x {r['batch_size']} | {r['weights']} | {r['cfg_scale']:g} "
                      f"| {r['num_samples']} | {r['class_accuracy']:.3f} | {r['frechet_inception_distance']:.1f} "
-                     f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['heldout_total']:.4f} |")
+                     f"| {r['precision']:.3f} | {r['recall']:.3f} | {held} |")
     for t in d.get("timings", []):
         lines += ["", f"Time, {t['model']}: {t['what']} took {t['seconds']:.0f} s with {t['parallel']} runs at a time, "
                       f"{t['sampling_seconds']:.0f} s of it sampling, so "
