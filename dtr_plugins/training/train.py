@@ -195,6 +195,10 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     held = contextlib.ExitStack()
     try:
         compute = _compute_settings(cfg, d, held)
+        if not resume and cfg.train.init_from is not None:  # fine-tuning: refused before the run directory opens
+            from dtr_plugins.core.checkpoint import load_init_from
+
+            load_init_from(parts.model, cfg.train.init_from, allow_unsafe=allow_unsafe_load)
         rd, start_ckpt = _open_run_dir(cfg, run_dir, resume, d, held)
         if d.is_main:  # the console's lines of this invocation, appended to <run>/train.log
             held.enter_context(run_log(rd.log_path))
@@ -261,12 +265,10 @@ def _open_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None, resume: boo
 
 def _initial_state(cfg: ExperimentConfig, parts: Components, d: distributed.Dist, start_ckpt: Path | None,
                    allow_unsafe_load: bool) -> TrainState:
-    """The training state: fresh (from ``train.init_from``'s weights when set), or loaded from ``start_ckpt``
-    (same config identity, step <= train.steps)."""
-    from dtr_plugins.core.checkpoint import apply_checkpoint, load_init_from, read_checkpoint
+    """The training state: fresh (the model as it is: ``train.init_from``'s weights were loaded into it before
+    the run directory opened), or loaded from ``start_ckpt`` (same config identity, step <= train.steps)."""
+    from dtr_plugins.core.checkpoint import apply_checkpoint, read_checkpoint
 
-    if start_ckpt is None and cfg.train.init_from is not None:  # fine-tuning: a deliberate transfer of weights
-        load_init_from(parts.model, cfg.train.init_from, allow_unsafe=allow_unsafe_load)
     state = TrainState.create(parts.model, parts.loss_weighting, cfg, d.device,
                               profiles=[p.name for p in parts.ema.profiles()],
                               regularizer=parts.regularizer.module() if parts.regularizer is not None else None)

@@ -160,12 +160,14 @@ def test_a_dense_file_initialises_a_fresh_run_and_init_from_is_validated(tmp_pat
     dense = DiT(**{**TINY, "num_classes": 4})
     ema = {k: torch.randn_like(v) for k, v in dense.state_dict().items()}
     torch.save({"model": dense.state_dict(), "ema": ema}, tmp_path / "dense.pt")
+    from dtr_plugins.core.checkpoint import load_init_from
     from dtr_plugins.training.train import _initial_state, compose_checked
 
     cfg = dp.load_config(path, overrides=["routing.site=heads_mlp", f"train.init_from={tmp_path / 'dense.pt'}"])
     parts = compose_checked(cfg)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # as dtr train: the file loaded, then the state built
         warnings.simplefilter("always")
+        load_init_from(parts.model, cfg.train.init_from)
         state = _initial_state(cfg, parts, types.SimpleNamespace(device=torch.device("cpu")), None, False)
     assert any(issubclass(w.category, RouterInitWarning) for w in caught)
     own = state.model.state_dict()

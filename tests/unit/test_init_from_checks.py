@@ -49,5 +49,6 @@ def test_validate_reads_init_from_like_train(tmp_path, run_cli):
         lines = [ln for ln in err.splitlines() if not ln.startswith("dtr: warning")]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
         assert lines[0].startswith(f"dtr: error: {config}: train.init_from: {path}: {why}"), lines[0]
-    code, _, err = run_cli("train", str(config), "--set", f"train.init_from={other}")
+    code, out, err = run_cli("train", str(config), "--set", f"train.init_from={other}")
     assert code == 2 and f"train.init_from: {other}: checkpoint does not match the model" in err, err
+    assert "run directory" not in out + err and not (tmp_path / "runs").exists()  # refused before it opened
