@@ -11,7 +11,7 @@ import torch
 
 import dtr_plugins as dp
 
-from ..conftest import TINY_DIT, free_port, tiny_dit_config
+from ..conftest import TINY_DIT, tiny_dit_config
 from .test_train import tiny_config
 
 
@@ -118,8 +118,8 @@ def test_two_processes_with_accumulation_equal_two_processes_without(tmp_path):
     cfg_path = tiny_dit_config(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = {}
-    for k, port in ((1, free_port()), (2, free_port())):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+    for k in (1, 2):  # --standalone: torchrun binds its own free port (no race with another test's gloo ports)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                "-m", "dtr_plugins", "train", str(cfg_path), "--set", f"output_dir={tmp_path / f'k{k}'}",
                "--set", "train.steps=3", "--set", "train.ckpt_every=0", "--set", f"train.grad_accum_steps={k}"]
         procs[k] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

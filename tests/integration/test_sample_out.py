@@ -130,7 +130,7 @@ def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_pat
     dp.sample(runs["cond"], num=10, out=single, progress=False)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # "--": torchrun would take --num for its own --numa-binding
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "dtr_plugins", "--", "sample", str(runs["cond"]), "--num", "10", "--out", str(tmp_path / "two"),
            "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -200,7 +200,7 @@ distributed.teardown(d)
 def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
     script = write(tmp_path / "gather.py", GATHER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(script), str(runs["cond"]), str(tmp_path / "images.npy")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

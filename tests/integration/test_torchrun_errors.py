@@ -19,7 +19,7 @@ def _train_args(tmp_path):
 def test_config_error_under_torchrun_is_one_line_on_every_rank(tmp_path):
     logs = tmp_path / "logs"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            f"--log-dir={logs}", "--redirects=3", *_train_args(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0

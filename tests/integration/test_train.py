@@ -10,7 +10,7 @@ import torch
 
 import dtr_plugins as dp
 
-from ..conftest import free_port, registry_with, tiny_dit_config
+from ..conftest import registry_with, tiny_dit_config
 
 
 def tiny_config(tmp_path, *overrides):
@@ -96,7 +96,7 @@ def test_sample_errors_are_one_line(tmp_path, run_cli):
 def test_torchrun_two_processes_on_cpu(tmp_path):
     cfg_path = tiny_dit_config(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "dtr_plugins", "train", str(cfg_path), "--set", f"output_dir={tmp_path / 'runs'}",
            "--set", "train.steps=4", "--set", "train.ckpt_every=0"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
