@@ -127,7 +127,8 @@ def train_buckets_cpu() -> str:
     rels = sorted(str(p.relative_to(REPO)) for p in REPO.glob("benchmarks/results-cpu/train_buckets_t*.json"))
     if not rels:
         raise ValueError("no benchmarks/results-cpu/train_buckets_t*.json")
-    sources = "; ".join(f"`{rel}`, {_when(_load(rel)['machine'])}" for rel in rels)
+    payloads = {rel: _load(rel) for rel in rels}
+    sources = "; ".join(f"`{rel}`, {_when(payloads[rel]['machine'])}" for rel in rels)
     lines = [f"Measured ({sources}): one training step (forward, "
              "loss, backward, AdamW) of DTR (alpha 4) at `heads_mlp`, speed = vanilla's step time / the variant's in "
              "the same round (above 1: faster), paired median over the interleaved rounds with its 95% bootstrap "
@@ -136,9 +137,9 @@ def train_buckets_cpu() -> str:
              "goals of the issue: 1.15x vanilla at beta 0.8, 1.5x at beta 0.5.", "",
              "| model | threads (load average at start) | rounds | beta | masked | K auto (mean K, union width) | "
              "K auto vs DTR at the inputs | best fixed K | goal |", "|---|---|---|---|---|---|---|---|---|"]
-    for rel in rels:
-        for g in _load(rel)["groups"]:  # a model measured in another sitting (--resume) carries its own machine
-            load = g.get("machine", _load(rel)["machine"]).get("load_average", ["?"])[0]
+    for payload in payloads.values():
+        for g in payload["groups"]:  # a model measured in another sitting (--resume) carries its own machine
+            load = g.get("machine", payload["machine"]).get("load_average", ["?"])[0]
             variants = g["variants"]
             for beta, goal in (("0.8", 1.15), ("0.5", 1.5)):
                 if f"masked@{beta}" not in variants:
