@@ -13,7 +13,8 @@ from dtr_plugins.core.errors import ConfigError
 from dtr_plugins.core.text import first_control_char, printable
 from dtr_plugins.core.yaml_reader import parse_yaml
 
-__all__ = ["SWITCHABLE_SECTIONS", "apply_overrides", "print_notes", "set_dotted", "split_assignment"]
+__all__ = ["SWITCHABLE_SECTIONS", "apply_overrides", "print_notes", "read_assignment", "set_dotted",
+           "split_assignment"]
 
 logger = logging.getLogger("dtr_plugins.core.config")  # the config's notes, under the logger they always had
 
@@ -34,11 +35,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
     data = copy.deepcopy(data)
     keys: list[str] = []
     for item in overrides:
-        key, raw = split_assignment(item, source, "key.path=value")
-        try:
-            value = parse_yaml(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"{source}: override '{item}': value is not valid YAML") from None
+        key, value = read_assignment(item, source, "key.path=value")
         set_dotted(data, key, value, source=source)
         keys.append(key)
     said: list[str] = []
@@ -67,6 +64,19 @@ def split_assignment(item: str, source: str, form: str) -> tuple[str, str]:
         raise ConfigError(f"{source}: '{printable(item)}' holds a control character ({char!r}); give one "
                           f"line of printable text (an escape inside YAML quotes, e.g. key=\"a\\nb\", is kept)")
     return key.strip(), raw
+
+
+def read_assignment(item: str, source: str, form: str) -> tuple[str, Any]:
+    """``(key, value)`` of one ``KEY=VALUE`` command-line item whose value is read as YAML (``--set``,
+    ``--launcher-set``): ``1e-4``, ``true``, ``[1, 2]``, ``{name: dtr}``; an empty value is ``None``.
+
+    Raises :class:`ConfigError` as :func:`split_assignment` does, and (one line naming ``source`` and the
+    item) when the value is not valid YAML."""
+    key, raw = split_assignment(item, source, form)
+    try:
+        return key, (parse_yaml(raw) if raw.strip() else None)
+    except yaml.YAMLError:
+        raise ConfigError(f"{source}: '{printable(item)}': the value is not valid YAML") from None
 
 
 def print_notes(notes: Sequence[str]) -> None:

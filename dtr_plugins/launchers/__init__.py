@@ -11,12 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from yaml import YAMLError
-
-from dtr_plugins.core.config import parse_yaml
 from dtr_plugins.core.contracts import Launcher, RunSpec
-from dtr_plugins.core.errors import ConfigError, PluginError, UserError
-from dtr_plugins.core.overrides import split_assignment
+from dtr_plugins.core.errors import ConfigError, PluginError
+from dtr_plugins.core.overrides import read_assignment
 from dtr_plugins.core.text import refuse_control_chars
 
 __all__ = ["Launcher", "RunSpec", "launcher_from_section", "parse_launcher_settings"]
@@ -70,9 +67,6 @@ def parse_launcher_settings(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs of ``dtr suite --launcher-set``, values read as YAML (``gpus_per_run=8``)."""
     out: dict[str, Any] = {}
     for item in items:
-        key, value = split_assignment(item, "--launcher-set", "KEY=VALUE, e.g. gpus_per_run=8")
-        try:
-            out[key] = parse_yaml(value)
-        except YAMLError:
-            raise UserError(f"--launcher-set {item!r}: the value is not valid YAML") from None
+        key, value = read_assignment(item, "--launcher-set", "KEY=VALUE, e.g. gpus_per_run=8")
+        out[key] = value
     return out

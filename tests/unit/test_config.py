@@ -160,7 +160,19 @@ def test_override_errors_name_the_source():
     assert str(info.value) == "suite.yaml: runs.0.set: '=1' is not of the form key.path=value"
     with pytest.raises(ConfigError) as info:
         apply_overrides({}, ["a=[1"])
-    assert str(info.value) == "--set: override 'a=[1': value is not valid YAML"
+    assert str(info.value) == "--set: 'a=[1': the value is not valid YAML"
+
+
+def test_launcher_set_reads_values_as_set_does():
+    """One reader for the command line's YAML-valued KEY=VALUE items: same values, same one-line error."""
+    from dtr_plugins.launchers import parse_launcher_settings
+
+    assert parse_launcher_settings(["gpus_per_run=8", "qos=", "extra={a: 1}"]) == {
+        "gpus_per_run": 8, "qos": None, "extra": {"a": 1}}
+    assert apply_overrides({}, ["a.b=8", "c="]) == {"a": {"b": 8}, "c": None}
+    with pytest.raises(ConfigError) as info:
+        parse_launcher_settings(["qos=[1"])
+    assert str(info.value) == "--launcher-set: 'qos=[1': the value is not valid YAML"
 
 
 def test_override_value_may_hold_an_equals_sign():
