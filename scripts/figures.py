@@ -452,7 +452,7 @@ def fashion_sizing(repo: Path = REPO) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recipe_table(path: Path) -> str:
+def recipe_table(path: Path, planned: dict[str, int] | None = None) -> str:
     """What a suite's recipe measured, from its committed per-run lines: run time, the seed-to-seed spread of
     the primary metric, the smallest paired difference it resolves, and the class accuracy of the samples.
 
@@ -461,7 +461,8 @@ def recipe_table(path: Path) -> str:
     paired differences against vanilla (same seed and other axes) and the half-width of the t-interval of
     their mean with that many pairs, at the level of the primary family (Bonferroni over the strategies and
     settings compared, as the report tests them), as a share of vanilla's mean: the smallest relative difference
-    that resolves at that spread."""
+    that resolves at that spread. ``planned``: runs per group that the suite file plans (:func:`planned_runs`),
+    for the whole suite's time when fewer have finished."""
     from scipy import stats
 
     from dtr_plugins.experiments.raw_results import primary_of, read_raw_results
@@ -509,21 +510,38 @@ def recipe_table(path: Path) -> str:
         rows.append(f"| {label} | {len(runs)} | {wall} | {mean_sd(values)} | {spread} | {resolvable} | "
                     f"{mean_sd(accuracy)} |")
     rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n" + _suite_hours(groups)
+    return f"From `{rel}` ({len(lines)} finished runs).\n\n" + "\n".join(rows) + "\n" + _suite_hours(groups, planned)
 
 
-def _suite_hours(groups: dict[Any, list[dict[str, Any]]]) -> str:
+def planned_runs(suite_file: Path) -> dict[str, int]:
+    """Runs per group (the run id without its seed) that ``suite_file`` plans; empty when there is no such file."""
+    if not suite_file.is_file():
+        return {}
+    from dtr_plugins.experiments.suite import load_suite
+
+    counts: dict[str, int] = {}
+    for run in load_suite(suite_file).runs:
+        counts[run.group] = counts.get(run.group, 0) + 1
+    return counts
+
+
+def _suite_hours(groups: dict[Any, list[dict[str, Any]]], planned: dict[str, int] | None = None) -> str:
     """The whole suite's time estimated from the recipe table: per strategy its median unresumed wall time times
-    its runs, summed, over the runs that trained side by side (one thread each, so one per core). Empty when a
-    strategy has no timed run or the runs did not all use one thread."""
+    its runs (the suite file's planned runs of that group when ``planned`` names it, so that a suite committed part
+    way is still estimated whole), summed, over the runs that trained side by side (one thread each, so one per
+    core). Empty when a strategy has no timed run or the runs did not all use one thread."""
     total = 0.0
+    counted = finished = 0
     for runs in groups.values():
         seconds = [x["seconds"] for x in runs if x.get("seconds") is not None and not x.get("resumed")]
         if not seconds or any(x.get("threads") != 1 for x in runs if x.get("seconds") is not None):
             return ""
-        total += statistics.median(seconds) * len(runs)
-    return (f"\nThe whole suite, estimated from these medians (median x runs, summed): {total / 3600:.2g} run-hours "
-            f"of one thread each, so about {total / 7200:.2g} h on 2 cores with `--parallel 2`.\n")
+        n = max((planned or {}).get(str(runs[0].get("group")), 0), len(runs))
+        total += statistics.median(seconds) * n
+        counted, finished = counted + n, finished + len(runs)
+    part = f" ({counted} planned runs, {finished} of them finished)" if counted > finished else ""
+    return (f"\nThe whole suite{part}, estimated from these medians (median x runs, summed): {total / 3600:.2g} "
+            f"run-hours of one thread each, so about {total / 7200:.2g} h on 2 cores with `--parallel 2`.\n")
 
 
 def suite_summary(path: Path) -> str:
@@ -571,7 +589,8 @@ def builders(repo: Path = REPO) -> dict[str, Callable[[], str]]:
     for raw in sorted(repo.glob("benchmarks/results-*/*/runs.jsonl")):
         machine = raw.parent.parent.name.removeprefix("results-")
         out[f"suite-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_table(p))
-        out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(p))
+        out[f"recipe-{machine}-{raw.parent.name}"] = (lambda p=raw: recipe_table(
+            p, planned_runs(repo / "configs" / "suites" / f"{p.parent.name}.yaml")))
         out[f"summary-{machine}-{raw.parent.name}"] = (lambda p=raw: suite_summary(p))
         if (raw.parent / "cpu_time.json").is_file():
             out[f"cpu-time-{machine}-{raw.parent.name}"] = (lambda p=raw.parent / "cpu_time.json": suite_cpu_time(p))

@@ -170,6 +170,13 @@ def test_recipe_table_measures_spread_time_and_resolution_from_the_raw_lines(tmp
     assert figures.recipe_table(raw).rstrip().endswith(
         f"{total / 3600:.2g} run-hours of one thread each, so about {total / 7200:.2g} h on 2 cores with "
         f"`--parallel 2`.")
+    # committed part way: the estimate is still of the whole suite, each group's median x its planned runs
+    planned = {x["group"]: 2 * len(groups[x["run_id"].rsplit("__seed", 1)[0]]) for x in done}
+    whole = sum(statistics.median(v) * 2 * len(v) for v in groups.values())
+    assert figures.recipe_table(raw, planned).rstrip().endswith(
+        f"The whole suite ({2 * len(done)} planned runs, {len(done)} of them finished), estimated from these "
+        f"medians (median x runs, summed): {whole / 3600:.2g} run-hours of one thread each, so about "
+        f"{whole / 7200:.2g} h on 2 cores with `--parallel 2`.")
 
 
 def test_suite_summary_states_each_strategy_and_the_paired_verdict_of_the_primary_metric(tmp_path):
