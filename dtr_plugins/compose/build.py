@@ -376,11 +376,14 @@ def cache_latents(cfg: ExperimentConfig, *, registry: PluginRegistry | None = No
     dataset = registry.build("dataset", cfg.dataset.name, **params.model_dump())
     describe = {"name": spec.name, "params": spec.params, "repr": repr(codec)}
     d = distributed.setup(cfg.train.device)
+    finished = False
     try:
-        return write_cache(root, key, dataset, codec, spec.cache, image_size=image_size, dist=d,
-                           num_workers=cfg.train.num_workers, progress=progress, describe=describe)
+        written = write_cache(root, key, dataset, codec, spec.cache, image_size=image_size, dist=d,
+                              num_workers=cfg.train.num_workers, progress=progress, describe=describe)
+        finished = True
+        return written
     finally:
-        distributed.teardown(d)
+        distributed.teardown(d, clean=finished)
 
 
 @dataclass

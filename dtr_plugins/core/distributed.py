@@ -75,6 +75,15 @@ def setup(device: str = "auto") -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def teardown(d: Dist) -> None:
+def teardown(d: Dist, *, clean: bool) -> None:
+    """Leave the process group (nothing in one process).
+
+    ``clean``: this rank reached its end without an error. It then waits at a barrier first, so that no rank
+    closes its connections while another still reads from them (gloo can abort a peer whose socket closes
+    mid-exchange, e.g. rank 1 leaving while rank 0 still receives a ``gather``). After an error it leaves at
+    once: the other ranks may never reach a barrier (torchrun stops them when this rank exits).
+    """
     if d.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

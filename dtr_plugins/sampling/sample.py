@@ -386,6 +386,7 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
     distributed.set_threads(threads)
     d = distributed.setup(device or "auto")
     partial: Path | None = None
+    finished = False
     try:
         loaded: dict[str, Any] = {}
         if pretrained:
@@ -446,11 +447,12 @@ def sample(source: str | Path, overrides: SamplingOverrides | None = None, *, nu
                 raise failure
             raise UserError(f"{out_dir}: rank 0 failed while merging the sample shards (its error is above); "
                             f"nothing was written")
+        finished = True
         return out_dir
     finally:
         if d.is_main and partial is not None and partial.exists():
             shutil.rmtree(partial, ignore_errors=True)  # interrupted or failed: nothing that looks complete
-        distributed.teardown(d)
+        distributed.teardown(d, clean=finished)
 
 
 def _class_names(source: str | Path, model: Backbone) -> list[str] | None:

@@ -193,6 +193,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
     d = distributed.setup(cfg.train.device)
     trackers = TrackerSet()  # only rank 0 mirrors metrics.jsonl into log.trackers
     held = contextlib.ExitStack()
+    finished = False
     try:
         compute = _compute_settings(cfg, d, held)
         if not resume and cfg.train.init_from is not None:  # fine-tuning: refused before the run directory opens
@@ -225,10 +226,11 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, run_dir: str | Path | 
         if start_step == cfg.train.steps:  # resumed at the final step: redo the final outputs a crash lost
             _redo_missing_outputs(trainer, rd, cfg, d)
         _finish_meta(rd, parts.model, d, state.step)
+        finished = True
         return rd.path
     finally:
         trackers.finish()
-        distributed.teardown(d)
+        distributed.teardown(d, clean=finished)
         held.close()
 
 

@@ -134,7 +134,7 @@ def test_torchrun_sampling_writes_rank_shards_and_merges_on_rank_0(runs, tmp_pat
            "-m", "dtr_plugins", "--", "sample", str(runs["cond"]), "--num", "10", "--out", str(tmp_path / "two"),
            "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-8000:]
     two = tmp_path / "two"
     assert np.array_equal(np.load(two / "samples.npz")["arr_0"], np.load(single / "samples.npz")["arr_0"])
     assert np.array_equal(np.load(two / "samples.npz")["labels"], np.load(single / "samples.npz")["labels"])
@@ -193,7 +193,7 @@ if d.is_main:
 else:
     assert images.shape == (0,), images.shape  # only rank 0 receives the images
 assert record["world_size"] == 2 and len(labels) == 10
-distributed.teardown(d)
+distributed.teardown(d, clean=True)
 """
 
 
@@ -203,7 +203,7 @@ def test_generate_under_torchrun_gathers_to_rank_0_only(runs, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(script), str(runs["cond"]), str(tmp_path / "images.npy")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-8000:]
     single = tmp_path / "single"
     dp.sample(runs["cond"], num=10, out=single, progress=False)
     assert np.array_equal(np.load(tmp_path / "images.npy"), np.load(single / "samples.npz")["arr_0"])
