@@ -32,6 +32,7 @@ from dtr_plugins.cli.commands import (
 from dtr_plugins.core.errors import UserError, os_error_line, user_message
 from dtr_plugins.core.log import console_logging
 from dtr_plugins.core.metrics import selectable as metric_names
+from dtr_plugins.core.seeds import SEED_MAX
 
 logger = logging.getLogger("dtr_plugins.cli")
 
@@ -41,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _integer(minimum: int, what: str) -> Callable[[str], int]:
+def _integer(minimum: int, what: str, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer of at least ``minimum``; anything else is one line saying ``what`` it takes
     (``--num-samples 0``, ``--seed -1``)."""
     def parse(text: str) -> int:
@@ -49,14 +50,15 @@ def _integer(minimum: int, what: str) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
     return parse
 
 
 _positive_int = _integer(1, "a positive integer (1 or more)")
-_seed = _integer(0, "a seed (an integer, 0 or more)")  # numpy's and the sampler's generators take no negative seed
+# numpy's and the sampler's generators take no negative seed, torch's none above a signed 64-bit integer
+_seed = _integer(0, f"a seed (an integer from 0 to {SEED_MAX})", SEED_MAX)
 
 
 def _unsafe_load_arg(p: argparse.ArgumentParser, help: str) -> None:

@@ -82,7 +82,8 @@ def _check_sizes(cfg: ExperimentConfig, model: Backbone, registry: PluginRegistr
                           f"images (backbone.input_size); make them equal")
     if channels != model.in_channels:
         raise ConfigError(f"data: '{cfg.dataset.name}' gives {channels}-channel images but backbone.in_channels is "
-                          f"{model.in_channels}; set data.channels or backbone.in_channels to match")
+                          f"{model.in_channels}; set backbone.in_channels to {channels}, or give the data "
+                          f"{model.in_channels}-channel images")
 
 
 def _check_eval(cfg: ExperimentConfig, registry: PluginRegistry, machine: bool = True) -> None:

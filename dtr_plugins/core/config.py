@@ -21,6 +21,7 @@ from dtr_plugins.core.overrides import print_notes
 from dtr_plugins.core.overrides import set_dotted as set_dotted
 from dtr_plugins.core.plugins import PluginRegistry, default_registry, validate_params
 from dtr_plugins.core.routing import check_routing_site, declared_backbone_class
+from dtr_plugins.core.seeds import SEED_MAX
 from dtr_plugins.core.text import check_inside_path as check_inside_path  # re-exported: it lived here
 from dtr_plugins.core.text_config import TextSection, resolve_text
 from dtr_plugins.core.tracking import KIND as TRACKER_KIND
@@ -208,8 +209,9 @@ class EvalConfig(_Strict):
     heldout_every: int = Field(200, ge=0, description="held-out denoising loss per noise band (EMA weights) every "
                                "N steps and at the end (0: off); see evaluation/heldout.py")
     heldout_per_band: int = Field(64, ge=1, description="held-out images (and fixed t, noise) per noise band")
-    heldout_seed: int = Field(0, ge=0, description="seed of the held-out inputs (not the run's seed: every run "
-                              "of a suite is scored on the same inputs)")
+    heldout_seed: int = Field(0, ge=0, le=SEED_MAX,
+                              description="seed of the held-out inputs (not the run's seed: every run of a suite is "
+                                          "scored on the same inputs)")
 
     @model_validator(mode="after")
     def _metrics_when_evaluating(self) -> EvalConfig:
@@ -264,7 +266,7 @@ class LogConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(min_length=1)
-    seed: int = Field(0, ge=0, lt=2**63, description="the run's seed (0 to 2**63 - 1, what torch.manual_seed takes)")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="the run's seed (0 to 2**63 - 1, what torch.manual_seed takes)")
     output_dir: str = "runs"
     backbone: PluginSection
     routing: RoutingSection = Field(default_factory=lambda: RoutingSection(name="vanilla"))

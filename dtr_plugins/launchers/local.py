@@ -36,11 +36,12 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 def failure_line(output: str, returncode: int) -> str:
     """The error of a failed run from its output: its ``dtr: error:`` line, else the last line that is
-    not a warning."""
+    not a warning. The error may follow a progress bar on the same line (a bar draws no newline)."""
+    marker = "dtr: error:"
     lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("dtr: error:")]
+    errors = [ln for ln in lines if marker in ln]
     if errors:
-        return errors[-1][len("dtr: error:"):].strip()
+        return errors[-1].rsplit(marker, 1)[1].strip()
     lines = [ln for ln in lines if "warning" not in ln.lower()]
     return lines[-1] if lines else f"exit status {returncode}"
 

@@ -33,6 +33,7 @@ from dtr_plugins.core.io import atomic_write, clean_dead_partials, write_json
 from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.routing import RoutedBackbone
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
+from dtr_plugins.core.seeds import derived
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.prompts import prompt_kwargs, prompt_labels, prompted
 from dtr_plugins.sampling.sample_checks import check_options, check_sampling
@@ -135,7 +136,7 @@ def _sample_chunks(model: Backbone, diffusion, settings: SamplingSettings, all_l
     for chunk_index in starts:
         idx = slice(chunk_index, min(chunk_index + batch, num))
         n = idx.stop - idx.start
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + chunk_index)
+        gen = torch.Generator().manual_seed(derived(s.seed * 1_000_003 + chunk_index))
         noise = torch.randn((n, *shape_chw), generator=gen).to(d.device)
         kwargs = _batch_kwargs(model, s, all_labels[idx], d.device)
         before, rows_before = counted.calls, counted.rows

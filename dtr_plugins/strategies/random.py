@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dtr_plugins.core.hookspecs import hookimpl
 from dtr_plugins.core.plugins import parse_params
+from dtr_plugins.core.seeds import SEED_MAX, derived
 
 
 class RandomParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     beta: float = Field(0.8, gt=0, le=1, description="share of channels active per task")
-    seed: int = Field(0, ge=0, description="base seed; layer i draws with seed + i")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="base seed; layer i draws with seed + i")
 
 
 class RandomRouting:
@@ -28,7 +29,7 @@ class RandomRouting:
 
     def mask_table(self, num_tasks: int, channels: int, *, layer: int = 0, num_layers: int = 1) -> torch.Tensor:
         n = math.floor(self.beta * channels)
-        gen = torch.Generator().manual_seed(self.seed + layer)
+        gen = torch.Generator().manual_seed(derived(self.seed + layer))
         chosen = torch.rand(num_tasks, channels, generator=gen).argsort(dim=1)[:, :n]
         table = torch.zeros(num_tasks, channels, dtype=torch.bool)
         table.scatter_(1, chosen, True)

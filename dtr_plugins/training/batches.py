@@ -14,14 +14,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dtr_plugins.core.errors import ConfigError
+from dtr_plugins.core.seeds import derived
 
 __all__ = ["draw_key", "SeededItems", "StepBatches"]
 
 
 def draw_key(seed: int, step: int, slot: int) -> int:
     """Seed of the random draws (augmentation) for the sample at ``slot`` of the global batch of ``step``."""
-    return (seed * 6_364_136_223_846_793_005 + step * 1_442_695_040_888_963_407 + slot * 2_654_435_761 + 1) \
-        % (2**63 - 1)
+    return derived(seed * 6_364_136_223_846_793_005 + step * 1_442_695_040_888_963_407 + slot * 2_654_435_761 + 1)
 
 
 class SeededItems(Dataset):
@@ -61,7 +61,7 @@ class StepBatches:
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            gen = torch.Generator().manual_seed(derived(self.seed * 100003 + epoch))
             self._perms = {epoch: torch.randperm(self.n, generator=gen)}
         return self._perms[epoch]
 

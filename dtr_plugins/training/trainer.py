@@ -24,6 +24,7 @@ from dtr_plugins.core.cost import counting_flops
 from dtr_plugins.core.errors import ConfigError, UserError
 from dtr_plugins.core.log import show_progress
 from dtr_plugins.core.sampling_settings import SamplingOverrides, SamplingSettings
+from dtr_plugins.core.seeds import derived
 from dtr_plugins.evaluation.heldout import HeldOutSet
 from dtr_plugins.runs.rundir import RunDir
 from dtr_plugins.sampling.prompts import evaluation_prompts
@@ -50,7 +51,7 @@ class TrainingDiverged(UserError):
 
 # ---------------------------------------------------------------------------------------- helpers
 def step_seed(seed: int, rank: int, step: int) -> int:
-    return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63 - 1)
+    return derived(seed * 1_000_003 + rank * 7919 + step * 104_729)
 
 
 def autocast(precision: str, device: torch.device):

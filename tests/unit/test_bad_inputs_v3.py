@@ -21,7 +21,7 @@ def one_line(code, err):
 
 @pytest.mark.parametrize(("setting", "words"), [
     ("name=" + "a" * 300, "name: 'aaaaaaaaaaaaaaaaaaaa'... is 300 characters long; at most 200 allowed"),
-    ("seed=18446744073709551616", "seed: Input should be less than 9223372036854775808"),
+    ("seed=18446744073709551616", "seed: Input should be less than or equal to 9223372036854775807"),
     ("seed=-1", "seed: Input should be greater than or equal to 0"),
 ])
 def test_validate_refuses_names_and_seeds_that_cannot_work(run_cli, setting, words):

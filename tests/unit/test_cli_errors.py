@@ -190,8 +190,10 @@ def test_run_dir_that_is_a_file(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize(("flag", "value", "line"), [
-    ("--seed", "-1", "argument --seed: expected a seed (an integer, 0 or more), got -1"),
-    ("--seed", "x", "argument --seed: expected a seed (an integer, 0 or more), got 'x'"),
+    ("--seed", "-1", "argument --seed: expected a seed (an integer from 0 to 9223372036854775807), got -1"),
+    ("--seed", "x", "argument --seed: expected a seed (an integer from 0 to 9223372036854775807), got 'x'"),
+    ("--seed", "9223372036854775808",
+     "argument --seed: expected a seed (an integer from 0 to 9223372036854775807), got 9223372036854775808"),
     ("--num-samples", "0", "argument -n/--num-samples: expected a positive integer (1 or more), got 0"),
 ])
 def test_sample_flags_are_refused_in_one_line_before_anything_loads(capsys, tmp_path, flag, value, line):

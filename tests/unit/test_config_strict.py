@@ -39,7 +39,8 @@ BAD = [
     ("size vs backbone", GOOD, ["data.image_size=16"],
      "data.image_size: 16 but backbone 'dit' expects 8px images (backbone.input_size)"),
     ("channels vs backbone", GOOD, ["data.channels=3"],
-     "data: 'digits' gives 3-channel images but backbone.in_channels is 1"),
+     "data: 'digits' gives 3-channel images but backbone.in_channels is 1; set backbone.in_channels to 3, or give "
+     "the data 1-channel images"),
     ("guidance unconditional", GOOD, ["backbone.num_classes=1", "sample.cfg_scale=2"],
      "sample.cfg_scale: 2 asks for classifier-free guidance, but this backbone (num_classes=1) is unconditional"),
     ("guidance without null class", GOOD, ["backbone.class_dropout_prob=0", "sample.cfg_scale=1.5"],
@@ -176,6 +177,17 @@ def test_validate_checks_the_dataset_label_space(tmp_path, run_cli, folders):
     code, _, err = run_cli("validate", str(write(tmp_path / "c.yaml", GOOD)), *[a for o in over for a in ("--set", o)])
     assert code == 2 and "Traceback" not in err
     assert f"backbone.num_classes is 3 but data 'image_folder' has {folders} classes" in err
+
+
+def test_channel_mismatch_names_only_keys_the_dataset_takes(tmp_path, run_cli):
+    """image_folder's channels are not a setting: the line must not send the user to data.channels (a fresh user
+    followed that advice and got "data.channels: unknown key")."""
+    data = _image_folder(tmp_path / "imgs", ["a", "b"])
+    over = ["backbone.num_classes=2", f"data={{name: image_folder, path: {data}, image_size: 8}}"]
+    code, _, err = run_cli("validate", str(write(tmp_path / "c.yaml", GOOD)), *[a for o in over for a in ("--set", o)])
+    assert code == 2 and "Traceback" not in err
+    assert "data: 'image_folder' gives 3-channel images but backbone.in_channels is 1; set backbone.in_channels " \
+           "to 3, or give the data 1-channel images" in err and "data.channels" not in err, err
 
 
 def test_validate_finds_a_missing_data_folder(tmp_path, run_cli):

@@ -29,3 +29,4 @@ def test_slurm_launch_without_submitit_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"launcher slurm needs submitit: pip install 'dtr-plugins\[slurm\]'"):
         slurm.SlurmLauncher().launch(tmp_path, [run])
     assert not (tmp_path / "a").exists() and not (tmp_path / "slurm").exists()
+
