@@ -1,8 +1,8 @@
 """The ``dtr`` command: parses arguments and dispatches to its handlers (:mod:`dtr_plugins.cli.commands`, which
 call the public API); nothing else lives here.
 
-Bad input (a :class:`UserError`) prints one line on stderr and exits with status 2; ``--debug`` shows
-the traceback instead.
+Bad input (a :class:`UserError`) prints one line on stderr and exits with status 2; ``--debug`` prints the
+traceback before that line (the exit status stays 2).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -277,8 +278,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return result
     except UserError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, then the same line and exit status as without --debug
+            traceback.print_exc()
         print(f"dtr: error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
@@ -286,8 +287,10 @@ def _run(args: argparse.Namespace) -> int:
         return 141  # 128 + SIGPIPE, like a command killed by the closed pipe
     except OSError as exc:
         line = os_error_line(exc)
-        if args.debug or line is None:
+        if line is None:
             raise
+        if args.debug:
+            traceback.print_exc()
         print(f"dtr: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -87,14 +87,16 @@ def test_missing_file(run_cli, tmp_path):
     assert code == 2 and "nope.yaml: file not found" in err
 
 
-def test_debug_shows_traceback(tmp_path):
+def test_debug_shows_traceback(tmp_path, capsys):
     from dtr_plugins.cli import main
 
     path = write(tmp_path / "c.yaml", GOOD)
-    with pytest.raises(ConfigError):
-        main(["--debug", "validate", str(path), "--set", "routing.beta=2"])
-    with pytest.raises(ConfigError):
-        main(["validate", str(path), "--set", "routing.beta=2", "--debug"])
+    for argv in (["--debug", "validate", str(path), "--set", "routing.beta=2"],
+                 ["validate", str(path), "--set", "routing.beta=2", "--debug"]):
+        assert main(argv) == 2  # the same exit status as without --debug (a fresh user found 1)
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "ConfigError" in err
+        assert err.strip().splitlines()[-1].startswith("dtr: error: ") and "routing.beta" in err
 
 
 def test_bad_cli_usage_is_one_line(run_cli):

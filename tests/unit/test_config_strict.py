@@ -66,11 +66,12 @@ def test_refused_as_one_line(tmp_path, run_cli, label, text, overrides, expected
     assert lines[0].startswith(f"dtr: error: {path}") and expected in lines[0], lines[0]
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(tmp_path, capsys):
     from dtr_plugins.cli import main
 
-    with pytest.raises(ConfigError, match="train.steps"):
-        main(["validate", str(write(tmp_path / "c.yaml", GOOD)), "--set", "train.steps=true", "--debug"])
+    assert main(["validate", str(write(tmp_path / "c.yaml", GOOD)), "--set", "train.steps=true", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError" in err and "train.steps" in err.strip().splitlines()[-1]
 
 
 def test_non_utf8_config_is_one_line(tmp_path, run_cli):
