@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
 from dtr_plugins.core.hookspecs import hookimpl
+from dtr_plugins.core.seeds import SEED_MAX, derived
 
 
 class SyntheticParams(BaseModel):
@@ -17,7 +18,7 @@ class SyntheticParams(BaseModel):
     image_size: int = Field(8, ge=2)
     channels: int = Field(1, ge=1)
     num_classes: int = Field(4, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     split: Literal["train", "heldout"] = Field("train", description="heldout: other draws of the same patterns")
     heldout_samples: int = Field(64, ge=1, description="size of the heldout split")
 
@@ -46,7 +47,7 @@ class Synthetic(Dataset):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be train or heldout, got {split!r}")
         if split == "heldout":
-            num_samples, seed = heldout_samples, seed + HELDOUT_SEED_OFFSET
+            num_samples, seed = heldout_samples, derived(seed + HELDOUT_SEED_OFFSET)
         gen = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(num_samples) % num_classes
         coords = torch.linspace(-1, 1, image_size)

@@ -47,3 +47,14 @@ def test_training_and_sampling_with_the_largest_seed(tmp_path):
     run = dp.train(cfg, progress=False)
     out = dp.sample(run, num=2, seed=SEED_MAX, out=tmp_path / "s", progress=False)
     assert np.load(out / "samples.npz")["arr_0"].shape[0] == 2
+
+
+def test_the_synthetic_datasets_held_out_split_takes_the_largest_seed():
+    from pydantic import ValidationError
+
+    from dtr_plugins.data.synthetic import Synthetic, SyntheticParams
+
+    params = SyntheticParams(seed=SEED_MAX, split="heldout", heldout_samples=4)
+    assert len(Synthetic(**params.model_dump())) == 4
+    with pytest.raises(ValidationError, match="seed"):
+        SyntheticParams(seed=SEED_MAX + 1)
